@@ -1,0 +1,27 @@
+"""Backends. Each has a build half (`<name>.compile`: compile, unsupported_nodes) and a device
+half (`<name>.session`: Session, host_support) that imports only its own runtime package."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ..errors import TargetError
+
+NAMES = ("onnxruntime", "openvino")
+
+
+def _module(backend: str, half: str) -> ModuleType:
+    if backend not in NAMES:
+        raise TargetError(f"unknown backend {backend!r}; known: {', '.join(NAMES)}")
+    return importlib.import_module(f"{__name__}.{backend}.{half}")
+
+
+def session_module(backend: str) -> ModuleType:
+    """The device half of a backend."""
+    return _module(backend, "session")
+
+
+def compiler_module(backend: str) -> ModuleType:
+    """The build half of a backend."""
+    return _module(backend, "compile")

@@ -1,0 +1,74 @@
+"""Build half of the ONNX Runtime backend: an ONNX artifact optimized at ONNX Runtime's portable level."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from ...errors import BackendUnavailableError
+from ...graph import Graph
+from ...targets import Target
+
+ARTIFACT = "model.onnx"
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailableError("building for ONNX Runtime needs onnxruntime on the build host; "
+                                      "`pip install edgegen[ort]`") from None
+    return onnxruntime
+
+
+def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]]:
+    """(node, op, reason) for every node ONNX Runtime has no CPU kernel for (execution
+    providers fall back to CPU kernels, so this is the set that cannot run anywhere)."""
+    ort = _ort()
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    kernels: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for k in state.get_all_opkernel_def():
+        kernels.setdefault((k.domain or "", k.op_name), []).append(tuple(k.version_range))
+    opsets = {o.domain or "": o.version for o in graph.model.opset_import}
+    missing = []
+    for i, node in enumerate(graph.model.graph.node):
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        ranges = kernels.get((domain, node.op_type))
+        name = node.name or f"{node.op_type}_{i}"
+        if not ranges:
+            missing.append((name, node.op_type, f"onnxruntime {ort.__version__} has no kernel for it"))
+            continue
+        try:
+            since = onnx.defs.get_schema(node.op_type, opsets.get(domain, 1), domain).since_version
+        except onnx.defs.SchemaError:
+            continue
+        if not any(lo <= since <= hi for lo, hi in ranges):
+            missing.append((name, node.op_type, f"no kernel for opset version {since}"))
+    return missing
+
+
+def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict[str, Any]:
+    """Write the artifact into workdir; return its files and the session settings for the manifest."""
+    ort = _ort()
+    model = graph.model
+    if precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    staged = workdir / ".staged.onnx"
+    onnx.save(model, str(staged))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(workdir / ARTIFACT)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(staged), options, providers=["CPUExecutionProvider"])
+    staged.unlink()
+    providers = target.backend_options.get("providers", ["CPUExecutionProvider"])
+    session = {"entry": ARTIFACT, "precision": precision, "providers": providers}
+    if "required_providers" in target.backend_options:
+        session["required_providers"] = target.backend_options["required_providers"]
+    return {"files": [ARTIFACT], "session": session,
+            "tools": {"onnx": onnx.__version__, "onnxruntime": ort.__version__}}

@@ -1,0 +1,70 @@
+"""Device half of the ONNX Runtime backend: imports numpy and onnxruntime only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import BackendUnavailableError
+
+INSTALL_HINT = "install it with `pip install onnxruntime` (or `pip install edgegen[ort]`)"
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailableError(f"this bundle needs ONNX Runtime, which is not installed; {INSTALL_HINT}") from None
+    return onnxruntime
+
+
+def host_support(options: dict[str, Any]) -> tuple[bool, str]:
+    """Whether this host has ONNX Runtime and one of the execution providers the target requires."""
+    try:
+        available = _ort().get_available_providers()
+    except BackendUnavailableError as exc:
+        return False, str(exc)
+    required = options.get("required_providers") or options.get("providers") or ["CPUExecutionProvider"]
+    if any(p in available for p in required):
+        return True, "onnxruntime " + _ort().__version__
+    return False, f"needs one of {', '.join(required)}; this onnxruntime has {', '.join(available)}"
+
+
+class Session:
+    """Runs an ONNX artifact with the providers its target names.
+
+    host_fallback: when the target's providers are absent, run on CPUExecutionProvider instead
+    (used by the build host to verify an artifact built for another device).
+    """
+
+    def __init__(self, bundle_dir: Path, session: dict[str, Any], threads: int, host_fallback: bool = False):
+        ort = _ort()
+        ok, why = host_support(session)
+        if not ok and not host_fallback:
+            raise BackendUnavailableError(f"cannot run this bundle here: it {why}")
+        available = ort.get_available_providers()
+        providers = [p for p in session.get("providers", ["CPUExecutionProvider"]) if p in available]
+        providers = [self._with_options(p, session) for p in providers or ["CPUExecutionProvider"]]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(Path(bundle_dir) / session["entry"]), options, providers=providers)
+        self.providers = self._session.get_providers()
+        self.output_names = [o.name for o in self._session.get_outputs()]
+
+    @staticmethod
+    def _with_options(provider: str, session: dict[str, Any]):
+        if provider == "TensorrtExecutionProvider":
+            cache = os.path.join(os.path.expanduser("~"), ".cache", "edgegen", "tensorrt")
+            return (provider, {"trt_fp16_enable": session.get("precision") == "fp16",
+                               "trt_engine_cache_enable": True, "trt_engine_cache_path": cache})
+        return provider
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name for one batch of inputs."""
+        return dict(zip(self.output_names, self._session.run(self.output_names, feeds)))

@@ -1,0 +1,54 @@
+"""Build half of the OpenVINO backend: ONNX -> OpenVINO IR (.xml/.bin)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from ...errors import BackendUnavailableError, BuildError
+from ...graph import Graph
+from ...targets import Target
+
+ARTIFACT = "model.xml"
+
+
+def _ov():
+    try:
+        import openvino
+    except ImportError:
+        raise BackendUnavailableError("building for OpenVINO needs openvino on the build host; "
+                                      "`pip install edgegen[openvino]`") from None
+    return openvino
+
+
+def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]]:
+    """(node, op, reason) for every node OpenVINO's ONNX front end cannot convert."""
+    ov = _ov()
+    from openvino.frontend import FrontEndManager
+
+    frontend = FrontEndManager().load_by_framework("onnx")
+    partial = frontend.convert_partially(frontend.load(_stream(graph)))
+    missing = []
+    for op in partial.get_ordered_ops():
+        if "FrameworkNode" in op.get_type_name():
+            attrs = op.get_attributes()
+            missing.append((op.get_friendly_name(), str(attrs.get("ONNX_META_type", op.get_type_name())),
+                            f"openvino {ov.__version__} has no conversion for it"))
+    return missing
+
+
+def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict[str, Any]:
+    """Convert to IR in workdir (fp16 compresses weights); return files and session settings."""
+    ov = _ov()
+    try:
+        model = ov.convert_model(_stream(graph))
+    except Exception as exc:  # OpenVINO raises its own exception types per front end
+        raise BuildError(f"OpenVINO could not convert {graph.source}: {str(exc).strip().splitlines()[0]}") from None
+    ov.save_model(model, str(workdir / ARTIFACT), compress_to_fp16=(precision == "fp16"))
+    session = {"entry": ARTIFACT, "precision": precision, "device": target.backend_options.get("device", "CPU")}
+    return {"files": [ARTIFACT, "model.bin"], "session": session, "tools": {"openvino": ov.__version__}}
+
+
+def _stream(graph: Graph) -> io.BytesIO:
+    return io.BytesIO(graph.model.SerializeToString())

@@ -1,0 +1,68 @@
+"""Device half of the OpenVINO backend: imports numpy and openvino only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import BackendUnavailableError
+
+INSTALL_HINT = "install it with `pip install openvino` (or `pip install edgegen[openvino]`)"
+# OpenVINO's names for edgegen precisions; set explicitly, never left to the plugin's default
+# (bf16 on CPUs with AVX-512-BF16 or AMX).
+INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16"}
+
+
+def _ov():
+    try:
+        import openvino
+    except ImportError:
+        raise BackendUnavailableError(f"this bundle needs OpenVINO, which is not installed; {INSTALL_HINT}") from None
+    return openvino
+
+
+def host_support(options: dict[str, Any]) -> tuple[bool, str]:
+    """Whether this host has OpenVINO and the device the target names."""
+    try:
+        ov = _ov()
+    except BackendUnavailableError as exc:
+        return False, str(exc)
+    device = options.get("device", "CPU")
+    devices = ov.Core().available_devices
+    if any(d.split(".")[0] == device for d in devices):
+        return True, f"openvino {ov.__version__} {device}"
+    return False, f"needs the OpenVINO {device} device; this host has {', '.join(devices) or 'none'}"
+
+
+class Session:
+    """Runs an OpenVINO IR on the target's device with an explicit inference precision.
+
+    host_fallback: when the device is absent, compile for CPU instead (build-host verification).
+    """
+
+    def __init__(self, bundle_dir: Path, session: dict[str, Any], threads: int, host_fallback: bool = False):
+        ov = _ov()
+        ok, why = host_support(session)
+        if not ok and not host_fallback:
+            raise BackendUnavailableError(f"cannot run this bundle here: it {why}")
+        device = session.get("device", "CPU") if ok else "CPU"
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
+                                  "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[session["precision"]]}
+        if device == "CPU":
+            config.update({"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1})
+        core = ov.Core()
+        self._compiled = core.compile_model(str(Path(bundle_dir) / session["entry"]), device, config)
+        self._request = self._compiled.create_infer_request()
+        self.device = device
+        self.output_names = [_name(o) for o in self._compiled.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name for one batch of inputs."""
+        result = self._request.infer(feeds, share_inputs=False)
+        return {_name(port): np.array(value, copy=True) for port, value in result.items()}
+
+
+def _name(port) -> str:
+    return port.get_any_name()

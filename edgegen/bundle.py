@@ -1,0 +1,115 @@
+"""Bundles: a directory with `manifest.json`, the backend artifact and reference data.
+
+Standard library only, so the on-device runtime can read and verify bundles. Bundles are
+written into a temporary sibling directory and moved into place with renames, so a reader
+never sees half a bundle and an interrupted build leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import BuildError, BundleError
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+FORMAT = "edgegen-bundle"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_bundle(path: Path) -> bool:
+    """True when path holds an edgegen manifest."""
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a bundle directory; BundleError when there is none or it is unreadable."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: no such bundle directory. Build one with `edgegen build MODEL --target NAME --out DIR`.")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path}: not a bundle ({MANIFEST} is missing). Rebuild it with `edgegen build`.") from None
+    except ValueError as exc:
+        raise BundleError(f"{path / MANIFEST}: not valid JSON ({exc}). The bundle is damaged; rebuild it.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path / MANIFEST}: not an edgegen manifest. Rebuild the bundle with `edgegen build`.")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"{path}: bundle schema version {manifest.get('schema_version')} is not the "
+                          f"{SCHEMA_VERSION} this edgegen reads. Rebuild it with this version of edgegen.")
+    return manifest
+
+
+def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
+    """Check every file listed in the manifest against its sha256; name the first that differs."""
+    path = Path(path)
+    for name, expected in sorted(manifest.get("files", {}).items()):
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{path}: file {name!r} listed in the manifest is missing. Rebuild or re-copy the bundle.")
+        if sha256_file(file) != expected:
+            raise BundleError(f"{path}: file {name!r} does not match its sha256 in the manifest (modified or "
+                              "corrupted). Refusing to load it; rebuild or re-copy the bundle.")
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse to build into a directory that holds anything but an edgegen bundle."""
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"{out}: exists and is not a directory. Choose another --out.")
+    if out.is_dir() and any(out.iterdir()) and not is_bundle(out):
+        raise BuildError(f"{out}: the directory holds other files and is not an edgegen bundle; edgegen will not "
+                         "overwrite it. Choose an empty or new --out directory.")
+
+
+def staging_dir(out: Path) -> Path:
+    """A fresh temporary directory beside out (same filesystem, so the final move is a rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+
+
+def write_manifest(staging: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Hash every file in staging into the manifest and write it; return the final manifest."""
+    files = {}
+    for file in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST):
+        files[file.relative_to(staging).as_posix()] = sha256_file(file)
+    manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **manifest, "files": files}
+    tmp = staging / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, staging / MANIFEST)
+    return manifest
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move a finished staging directory to out, replacing an older bundle there."""
+    check_output_dir(out)
+    if out.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.rmdir(retired)
+        os.replace(out, retired)
+        os.replace(staging, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def bundle_bytes(path: Path, manifest: dict[str, Any]) -> int:
+    """Total size of the files a bundle lists, plus its manifest."""
+    return sum((path / name).stat().st_size for name in manifest.get("files", {})) + (path / MANIFEST).stat().st_size

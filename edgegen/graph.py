@@ -1,0 +1,217 @@
+"""Graph: edgegen's one in-memory view of a model (a cleaned ONNX ModelProto plus queries)."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, shape_inference
+
+from . import zoo
+from .errors import ModelError
+from .graph_load import clean, default_opset, read_model
+from .roles import describe_io
+from .specs import TensorSpec
+
+DEFAULT_SPATIAL = 64
+
+
+@dataclass
+class NodeCost:
+    """Work and memory of one node at the default input shapes (batch 1)."""
+
+    name: str
+    op: str
+    macs: int
+    param_bytes: int
+    activation_bytes: int
+
+
+class Graph:
+    """A cleaned, shape-inferred model with I/O roles and per-node costs."""
+
+    def __init__(self, model: onnx.ModelProto, source: Path, notes: list[str],
+                 inputs: list[TensorSpec], outputs: list[TensorSpec]):
+        self.model = model
+        self.source = source
+        self.notes = notes
+        self.inputs = inputs
+        self.outputs = outputs
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path,
+        input_shapes: dict[str, list[int]] | None = None,
+        roles: dict[str, str] | None = None,
+        input_range: list[float] | None = None,
+        output_range: list[float] | None = None,
+    ) -> "Graph":
+        """Load a model path or `zoo:NAME`, clean it up and describe its inputs and outputs."""
+        path = zoo.resolve(model)
+        proto = read_model(path)
+        proto, notes = clean(proto, str(path))
+        shapes = _default_shapes(proto, input_shapes or {}, str(path))
+        _check_names(proto, shapes, roles or {}, str(path))
+        ins, outs = describe_io(proto, {}, roles, input_range, output_range)
+        for spec in ins:
+            spec.default_shape = shapes[spec.name]
+        concrete = _infer_concrete(proto, shapes, str(path))
+        for spec in outs:
+            spec.default_shape = concrete.get(spec.name, [])
+        return cls(proto, path, notes, ins, outs)
+
+    @property
+    def name(self) -> str:
+        return self.source.stem
+
+    @property
+    def opset(self) -> int:
+        return default_opset(self.model)
+
+    def input(self, role: str) -> TensorSpec | None:
+        """The first input with this role, if any."""
+        return next((s for s in self.inputs if s.role == role), None)
+
+    def op_inventory(self) -> Counter:
+        """How many nodes of each op type (domain-qualified where not the default domain)."""
+        return Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+                       for n in self.model.graph.node)
+
+    def node_costs(self) -> list[NodeCost]:
+        """MACs and bytes per node at the default input shapes."""
+        shapes = _infer_concrete(self.model, {s.name: s.default_shape for s in self.inputs}, str(self.source))
+        dtypes = _value_dtypes(self.model)
+        init = {t.name: t for t in self.model.graph.initializer}
+        costs = []
+        for i, node in enumerate(self.model.graph.node):
+            params = sum(_tensor_bytes(init[n]) for n in node.input if n in init)
+            acts = sum(_numel(shapes.get(o)) * dtypes.get(o, 4) for o in node.output)
+            costs.append(NodeCost(node.name or f"{node.op_type}_{i}", node.op_type, _macs(node, shapes, init),
+                                  params, acts))
+        return costs
+
+    def total_macs(self) -> int:
+        return sum(c.macs for c in self.node_costs())
+
+    def save(self, path: str | Path) -> None:
+        """Write the cleaned model as one self-contained ONNX file."""
+        onnx.save(self.model, str(path))
+
+
+def _default_shapes(model: onnx.ModelProto, given: dict[str, list[int]], origin: str) -> dict[str, list[int]]:
+    """Concrete input shapes: batch 1, dynamic spatial dims from metadata or DEFAULT_SPATIAL."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    spatial = [int(v) for v in meta.get("edgegen.default_size", f"{DEFAULT_SPATIAL}x{DEFAULT_SPATIAL}").split("x")]
+    init = {t.name for t in model.graph.initializer}
+    out = {}
+    for value in model.graph.input:
+        if value.name in init:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        if value.name in given:
+            shape = list(given[value.name])
+            if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape)):
+                raise ModelError(f"{origin}: input {value.name!r} is declared {_fmt(dims)}; "
+                                 f"the shape {_fmt(shape)} given for it does not fit")
+        else:
+            shape = []
+            for axis, d in enumerate(dims):
+                if d is not None:
+                    shape.append(d)
+                elif axis == 0:
+                    shape.append(1)
+                elif len(dims) == 4 and axis >= 2:
+                    shape.append(spatial[axis - 2])
+                else:
+                    raise ModelError(f"{origin}: input {value.name!r} has a dynamic dim {axis} ({_fmt(dims)}) "
+                                     "that edgegen cannot guess; give it with --input-shape NAME=DxDxD")
+        out[value.name] = shape
+    return out
+
+
+def _check_names(model: onnx.ModelProto, shapes: dict, roles: dict, origin: str) -> None:
+    names = {v.name for v in model.graph.input} | {v.name for v in model.graph.output}
+    for key in roles:
+        if key not in names:
+            raise ModelError(f"{origin}: role given for {key!r}, which is not an input or output "
+                             f"(these are: {', '.join(sorted(names))})")
+
+
+def _infer_concrete(model: onnx.ModelProto, shapes: dict[str, list[int]], origin: str) -> dict[str, list[int]]:
+    """Shapes of every tensor when the inputs have these concrete shapes."""
+    fixed = copy.deepcopy(model)
+    for value in fixed.graph.input:
+        if value.name in shapes:
+            dims = value.type.tensor_type.shape.dim
+            for d, size in zip(dims, shapes[value.name]):
+                d.Clear()
+                d.dim_value = int(size)
+    for out in fixed.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    del fixed.graph.value_info[:]
+    try:
+        fixed = shape_inference.infer_shapes(fixed, data_prop=True)
+    except Exception as exc:
+        raise ModelError(f"{origin}: shape inference at input shapes {shapes} fails: "
+                         f"{str(exc).strip().splitlines()[0]}") from None
+    result = {}
+    for value in list(fixed.graph.value_info) + list(fixed.graph.output) + list(fixed.graph.input):
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+            if None not in dims:
+                result[value.name] = dims
+    for t in fixed.graph.initializer:
+        result[t.name] = list(t.dims)
+    return result
+
+
+def _value_dtypes(model: onnx.ModelProto) -> dict[str, int]:
+    sizes = {}
+    for value in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
+        elem = value.type.tensor_type.elem_type
+        if elem:
+            sizes[value.name] = np.dtype(helper.tensor_dtype_to_np_dtype(elem)).itemsize
+    return sizes
+
+
+def _numel(shape: list[int] | None) -> int:
+    return int(np.prod(shape)) if shape else 0
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    return int(np.prod(t.dims)) * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+
+
+def _macs(node: onnx.NodeProto, shapes: dict, init: dict) -> int:
+    """Multiply-accumulates of the linear ops; 0 for element-wise and data-movement ops."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    out = shapes.get(node.output[0]) if node.output else None
+    if node.op_type == "Conv" and out and node.input[1] in shapes:
+        w = shapes[node.input[1]]
+        return _numel(out) * _numel(w[1:])
+    if node.op_type == "ConvTranspose" and node.input[0] in shapes and node.input[1] in shapes:
+        w = shapes[node.input[1]]
+        return _numel(shapes[node.input[0]]) * _numel(w[1:])
+    if node.op_type in ("Gemm", "MatMul") and out and node.input[0] in shapes:
+        a = shapes[node.input[0]]
+        k = a[0] if node.op_type == "Gemm" and attrs.get("transA") else a[-1]
+        return _numel(out) * k
+    return 0
+
+
+def _fmt(dims) -> str:
+    return "x".join("?" if d is None else str(d) for d in dims)
+
+
+def parse_shape(text: str) -> list[int]:
+    """'1x3x128x128' -> [1, 3, 128, 128]."""
+    try:
+        return [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        raise ModelError(f"shape {text!r} is not like 1x3x128x128") from None

@@ -1,0 +1,165 @@
+"""Read an ONNX file and clean up what real exporters emit.
+
+`load_clean(path)` returns a checked, shape-inferred ModelProto plus a list of
+what the clean-up changed. Broken input becomes a `ModelError` naming the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import shape_inference
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 13
+MAX_OPSET = 21
+_PASSTHROUGH_OPS = {"Identity", "Dropout"}
+
+
+def read_model(path: str | Path) -> onnx.ModelProto:
+    """Load and check an ONNX file (external data included); raise ModelError on anything broken."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file. Pass the path of an .onnx file or a zoo:NAME (see `edgegen zoo`).")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except DecodeError as exc:
+        raise ModelError(
+            f"{path}: not a readable ONNX file ({exc}). The file is truncated or is not ONNX; "
+            "re-export it, e.g. with torch.onnx.export."
+        ) from None
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        raise ModelError(
+            f"{path}: its external weight data could not be read ({exc}). Keep the .data file next to the "
+            ".onnx file under the name the model refers to."
+        ) from None
+    if not model.graph.node or not model.graph.output or not model.opset_import:
+        raise ModelError(
+            f"{path}: not an ONNX model (no graph nodes, outputs or opset). The file is truncated or is not "
+            "ONNX; re-export it."
+        )
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: the ONNX checker rejects this model: {first}. Re-export the model.") from None
+    opset = default_opset(model)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ModelError(
+            f"{path}: ONNX opset {opset} is outside the supported range {MIN_OPSET}-{MAX_OPSET}. Re-export "
+            "with e.g. torch.onnx.export(..., opset_version=17), or convert it with onnx.version_converter."
+        )
+    return model
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The opset version of the default ONNX domain."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return 0
+
+
+def clean(model: onnx.ModelProto, origin: str) -> tuple[onnx.ModelProto, list[str]]:
+    """Fold constants and shape arithmetic, drop pass-through nodes, re-infer every shape."""
+    notes: list[str] = []
+    nodes_before = len(model.graph.node)
+    model = _drop_passthrough(model, notes)
+    model = _fold(model, notes)
+    model = _recompute_shapes(model, origin, notes)
+    removed = nodes_before - len(model.graph.node)
+    if removed:
+        notes.insert(0, f"{nodes_before} -> {len(model.graph.node)} nodes")
+    return model, notes
+
+
+def _drop_passthrough(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """Remove Identity and inference-mode Dropout by renaming their input to their output."""
+    graph = model.graph
+    protected = {t.name for t in graph.input} | {t.name for t in graph.initializer} | {t.name for t in graph.output}
+    dropped = 0
+    for node in list(graph.node):
+        if node.op_type not in _PASSTHROUGH_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Dropout" and (len(node.input) > 2 and node.input[2] or _used(graph, node.output[1:])):
+            continue
+        src, dst = node.input[0], node.output[0]
+        if src in protected and dst in protected:
+            continue
+        old, new = (dst, src) if dst not in protected else (src, dst)
+        graph.node.remove(node)
+        _rename(graph, old, new)
+        dropped += 1
+    if dropped:
+        notes.append(f"removed {dropped} Identity/Dropout node(s)")
+    return model
+
+
+def _used(graph: onnx.GraphProto, names) -> bool:
+    names = {n for n in names if n}
+    return any(i in names for node in graph.node for i in node.input) or any(o.name in names for o in graph.output)
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+
+
+def _fold(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """Constant and shape folding with onnxscript's optimizer (numerics are verified later by the build)."""
+    import onnxscript.optimizer
+
+    try:
+        folded = onnxscript.optimizer.optimize(model)
+    except Exception as exc:  # the optimizer is an optional nicety; the model stays valid without it
+        log.warning("constant folding skipped: %s", exc)
+        notes.append(f"constant folding skipped ({type(exc).__name__})")
+        return model
+    before = len(model.graph.node)
+    if len(folded.graph.node) != before:
+        notes.append(f"folded constants and shape arithmetic ({before} -> {len(folded.graph.node)} nodes)")
+    return folded
+
+
+def _recompute_shapes(model: onnx.ModelProto, origin: str, notes: list[str]) -> onnx.ModelProto:
+    """Drop declared intermediate and output shapes and infer them anew; keep symbolic dim names."""
+    declared = {o.name: _dims(o) for o in model.graph.output}
+    del model.graph.value_info[:]
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    try:
+        model = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise ModelError(f"{origin}: shape inference fails: {str(exc).strip().splitlines()[0]}") from None
+    for out in model.graph.output:
+        computed = _dims(out)
+        old = declared.get(out.name)
+        if old is None or not computed:
+            continue
+        dims = out.type.tensor_type.shape.dim
+        for dim, was in zip(dims, old):
+            if not dim.HasField("dim_value") and not dim.dim_param and isinstance(was, str):
+                dim.dim_param = was
+        if old and len(old) == len(computed) and any(
+            isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(old, computed)
+        ):
+            notes.append(f"output {out.name!r}: declared shape {old} disagrees with computed {computed}; using computed")
+    return model
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]

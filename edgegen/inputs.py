@@ -1,0 +1,67 @@
+"""Deterministic model inputs from small request keys (numpy only; used on the device too).
+
+A seed becomes a latent through numpy's PCG64, so a request (seed, label, ...) is a small
+hashable key that always gives the same pixels for a given bundle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import RequestError
+from .specs import TensorSpec
+
+
+def latent_from_seed(seed: int, shape: list[int]) -> np.ndarray:
+    """A standard-normal float32 latent, the same for the same seed on every machine."""
+    return np.random.Generator(np.random.PCG64(int(seed))).standard_normal(tuple(shape), dtype=np.float32)
+
+
+def synthetic_image(seed: int, shape: list[int], value_range: list[float]) -> np.ndarray:
+    """A smooth random CHW image in value_range (blocky noise, box-blurred), for verification inputs."""
+    rng = np.random.Generator(np.random.PCG64(int(seed)))
+    c, h, w = shape
+    coarse = rng.random((c, max(1, h // 8 + 1), max(1, w // 8 + 1)), dtype=np.float32)
+    img = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2)[:, :h, :w]
+    kernel = 5
+    padded = np.pad(img, ((0, 0), (kernel // 2, kernel // 2), (kernel // 2, kernel // 2)), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kernel, kernel), axis=(1, 2))
+    img = windows.mean(axis=(-1, -2))
+    lo, hi = value_range
+    return (lo + img * (hi - lo)).astype(np.float32)
+
+
+def check_label(spec: TensorSpec, label: int) -> None:
+    """Refuse a label outside [0, num_classes)."""
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+        raise RequestError(f"label must be an integer, got {label!r}")
+    if label < 0 or (spec.num_classes is not None and label >= spec.num_classes):
+        top = f"0..{spec.num_classes - 1}" if spec.num_classes is not None else ">= 0"
+        raise RequestError(f"label {label} is out of range for input {spec.name!r}: this model takes labels {top}")
+
+
+def sample(spec: TensorSpec, seed: int, label: int | None = None) -> np.ndarray:
+    """One sample (no batch axis) for an input spec: latent from seed, label, or a synthetic image."""
+    shape = spec.default_shape[1:]
+    if spec.role == "label":
+        if label is None:
+            label = seed % spec.num_classes if spec.num_classes else 0
+        check_label(spec, label)
+        return np.full(shape, label, dtype=spec.dtype)
+    if spec.role == "image":
+        return synthetic_image(seed, shape, spec.range or [0.0, 1.0]).astype(spec.dtype)
+    return latent_from_seed(seed, shape).astype(spec.dtype)
+
+
+def sample_feeds(specs: list[TensorSpec], seeds: list[int]) -> dict[str, np.ndarray]:
+    """A batch of verification inputs, one sample per seed (labels cycle with the seed)."""
+    return {s.name: np.stack([sample(s, seed) for seed in seeds]) for s in specs}
+
+
+def run_batched(run, specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a batch in one call when every input has a dynamic batch axis, else one sample at a time."""
+    if all(s.batch_dynamic for s in specs):
+        return run(feeds)
+    count = len(next(iter(feeds.values())))
+    parts = [run({k: v[i:i + 1] for k, v in feeds.items()}) for i in range(count)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}

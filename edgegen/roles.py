@@ -1,0 +1,137 @@
+"""Decide what each model input and output is for: latent, label, image, condition.
+
+Rules, in order: the model's own metadata (`edgegen.roles`, `edgegen.num_classes`,
+`edgegen.output_range`, `edgegen.input_range`), then explicit overrides from the user,
+then the structure of the graph (dtype, rank, channels, what consumes a label, which
+activation produces an image).
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import ModelError
+from .specs import TensorSpec
+
+_RANGE_OF_LAST_OP = {"Tanh": [-1.0, 1.0], "Sigmoid": [0.0, 1.0], "HardSigmoid": [0.0, 1.0]}
+_SHAPE_ONLY_OPS = {"Reshape", "Transpose", "Identity", "DepthToSpace", "SpaceToDepth", "Resize", "Upsample",
+                   "Squeeze", "Unsqueeze", "Flatten", "Slice", "Pad", "Concat"}
+DEFAULT_RANGE = [0.0, 1.0]
+
+
+def parse_overrides(text: str, origin: str) -> dict[str, str]:
+    """Parse 'name=value,name=value' (metadata or CLI) into a dict."""
+    out: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if "=" not in item:
+            raise ModelError(f"{origin}: {item!r} is not NAME=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_range(text: str, origin: str) -> list[float]:
+    """Parse 'lo,hi' into [lo, hi]."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ModelError(f"{origin}: range {text!r} is not 'LOW,HIGH' (e.g. -1,1)") from None
+    if not hi > lo:
+        raise ModelError(f"{origin}: range {text!r} must have HIGH > LOW")
+    return [lo, hi]
+
+
+def describe_io(
+    model: onnx.ModelProto,
+    default_shapes: dict[str, list[int]],
+    roles: dict[str, str] | None = None,
+    input_range: list[float] | None = None,
+    output_range: list[float] | None = None,
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """TensorSpecs for the graph inputs and outputs, with roles and value ranges."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    explicit = parse_overrides(meta.get("edgegen.roles", ""), "model metadata edgegen.roles")
+    explicit.update(roles or {})
+    graph = model.graph
+    init = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    if output_range is None and "edgegen.output_range" in meta:
+        output_range = parse_range(meta["edgegen.output_range"], "model metadata edgegen.output_range")
+    if input_range is None and "edgegen.input_range" in meta:
+        input_range = parse_range(meta["edgegen.input_range"], "model metadata edgegen.input_range")
+
+    outputs = []
+    for value in graph.output:
+        spec = _spec(value, default_shapes.get(value.name, []))
+        spec.role = explicit.get(value.name) or ("image" if _looks_like_image(spec.shape) else "tensor")
+        if spec.role == "image":
+            spec.range = list(output_range or _range_from_producer(value.name, producers, init) or DEFAULT_RANGE)
+        outputs.append(spec)
+    image_range = next((o.range for o in outputs if o.range), None)
+
+    inputs = []
+    for value in graph.input:
+        if value.name in init:
+            continue
+        spec = _spec(value, default_shapes.get(value.name, []))
+        spec.role = explicit.get(value.name) or _input_role(spec)
+        if spec.role == "label":
+            spec.num_classes = _num_classes(value.name, graph, init, meta)
+        elif spec.role == "image":
+            spec.range = list(input_range or image_range or DEFAULT_RANGE)
+        inputs.append(spec)
+    return inputs, outputs
+
+
+def _spec(value: onnx.ValueInfoProto, default_shape: list[int]) -> TensorSpec:
+    tensor = value.type.tensor_type
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    return TensorSpec(name=value.name, dtype=dtype, shape=shape, role="tensor", default_shape=list(default_shape))
+
+
+def _looks_like_image(shape: list[int | None]) -> bool:
+    return len(shape) == 4 and shape[1] in (1, 3, 4)
+
+
+def _input_role(spec: TensorSpec) -> str:
+    if spec.dtype.startswith(("int", "uint")):
+        return "label"
+    shape = spec.shape
+    if len(shape) == 2 or (len(shape) == 4 and shape[2] == 1 and shape[3] == 1):
+        return "latent"
+    if len(shape) == 4:
+        return "image" if shape[1] in (1, 3) else "latent"
+    return "condition"
+
+
+def _num_classes(name: str, graph: onnx.GraphProto, init: dict, meta: dict) -> int | None:
+    if "edgegen.num_classes" in meta:
+        return int(meta["edgegen.num_classes"])
+    for node in graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name and node.input[0] in init:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            return int(init[node.input[0]].dims[axis])
+        if node.op_type == "OneHot" and node.input[0] == name and node.input[1] in init:
+            return int(numpy_helper.to_array(init[node.input[1]]).reshape(-1)[0])
+    return None
+
+
+def _range_from_producer(name: str, producers: dict, init: dict) -> list[float] | None:
+    """Follow shape-only ops back from an output to the activation that bounds it."""
+    seen = set()
+    while name in producers and name not in seen:
+        seen.add(name)
+        node = producers[name]
+        if node.op_type in _RANGE_OF_LAST_OP:
+            return list(_RANGE_OF_LAST_OP[node.op_type])
+        if node.op_type == "Clip":
+            bounds = [numpy_helper.to_array(init[i]).item() if i in init else None for i in node.input[1:3]]
+            if len(bounds) == 2 and None not in bounds:
+                return [float(bounds[0]), float(bounds[1])]
+            return None
+        if node.op_type not in _SHAPE_ONLY_OPS:
+            return None
+        name = node.input[0]
+    return None

@@ -1,0 +1,122 @@
+"""Device targets: YAML files in `targets/`, validated on load.
+
+A target names a device, the backend that serves it, its default and allowed precisions,
+thread count, memory ceiling and backend options. Errors name the file and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import TargetError
+
+TARGETS_DIR = Path(os.environ.get("EDGEGEN_TARGETS_DIR", Path(__file__).resolve().parent.parent / "targets"))
+BACKENDS = ("onnxruntime", "openvino")
+PRECISIONS = ("fp32", "fp16")
+ARCHES = ("x86_64", "aarch64")
+
+# key -> (type, required)
+_SCHEMA: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "name": (str, True),
+    "description": (str, True),
+    "device": (str, True),
+    "arch": (str, True),
+    "backend": (str, True),
+    "precision": (str, True),
+    "precisions": (list, False),
+    "threads": (int, True),
+    "memory_mb": (int, True),
+    "backend_options": (dict, False),
+}
+
+
+@dataclass
+class Target:
+    """One validated device target."""
+
+    name: str
+    description: str
+    device: str
+    arch: str
+    backend: str
+    precision: str
+    threads: int
+    memory_mb: int
+    precisions: list[str] = field(default_factory=list)
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in (*_SCHEMA, "path")}
+
+
+def target_files() -> list[Path]:
+    """Every target YAML in the targets directory."""
+    return sorted(TARGETS_DIR.glob("*.yaml"))
+
+
+def load_all() -> list[Target]:
+    """Every shipped target, validated."""
+    return [load_file(p) for p in target_files()]
+
+
+def load(name_or_path: str) -> Target:
+    """A target by name (from `targets/`) or by the path of a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return load_file(path)
+    candidate = TARGETS_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return load_file(candidate)
+    known = [p.stem for p in target_files()]
+    close = difflib.get_close_matches(name_or_path, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise TargetError(f"unknown target {name_or_path!r}.{hint} Known targets: {', '.join(known)} "
+                      f"(in {TARGETS_DIR}); `edgegen targets` lists them, or pass the path of a target .yaml.")
+
+
+def load_file(path: Path) -> Target:
+    """Parse and validate one target file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise TargetError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise TargetError(f"{path}: a target file must be a mapping of keys (name, backend, precision, ...)")
+    for key in data:
+        if key not in _SCHEMA:
+            close = difflib.get_close_matches(str(key), _SCHEMA, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TargetError(f"{path}: unknown key {key!r}{hint}; allowed keys: {', '.join(_SCHEMA)}")
+    for key, (kind, required) in _SCHEMA.items():
+        if key not in data:
+            if required:
+                raise TargetError(f"{path}: missing required key {key!r}")
+            continue
+        if not isinstance(data[key], kind) or (kind is int and isinstance(data[key], bool)):
+            raise TargetError(f"{path}: key {key!r} must be a {kind.__name__}, got {data[key]!r}")
+    _check_choice(path, "backend", data["backend"], BACKENDS)
+    _check_choice(path, "arch", data["arch"], ARCHES)
+    _check_choice(path, "precision", data["precision"], PRECISIONS)
+    precisions = data.get("precisions", [data["precision"]])
+    for value in precisions:
+        _check_choice(path, "precisions", value, PRECISIONS)
+    if data["precision"] not in precisions:
+        raise TargetError(f"{path}: key 'precision' ({data['precision']}) must be one of 'precisions' {precisions}")
+    if data["threads"] < 1 or data["memory_mb"] < 16:
+        raise TargetError(f"{path}: keys 'threads' (>= 1) and 'memory_mb' (>= 16) are out of range")
+    if data["name"] != path.stem:
+        raise TargetError(f"{path}: key 'name' is {data['name']!r} but the file is named {path.stem!r}; make them equal")
+    return Target(**{**data, "precisions": list(precisions), "backend_options": data.get("backend_options") or {}},
+                  path=str(path))
+
+
+def _check_choice(path: Path, key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise TargetError(f"{path}: key {key!r} is {value!r}; allowed: {', '.join(allowed)}")

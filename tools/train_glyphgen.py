@@ -1,0 +1,496 @@
+"""Train, export and sample the ``glyphgen`` zoo model.
+
+glyphgen is a class-conditional generator: ``latent`` (float32 [N,64]) and
+``label`` (int64 [N], digits 0-9) -> ``image`` (float32 [N,3,64,64], tanh,
+[-1,1]) plus ``preview`` (float32 [N,3,32,32], [-1,1]), a cheap
+low-resolution output taken from the intermediate 32x32 stage (multi-resolution
+outputs as in Anycost GAN).
+
+It is trained as the decoder of a conditional VAE on the procedural glyph data
+of ``tools/glyph_data.py`` (CPU friendly, no GAN):
+
+    loss = L1(image, x) + w32 * L1(preview, avgpool2(x))
+           + w_sharp * L1(grad(image), grad(x))
+           + beta * KL(q(z|x,y) || N(0,I)) / (3*64*64)
+
+The generator is MobileNet-style (depthwise 3x3 + pointwise 1x1 convs, BN,
+ReLU, nearest x2 upsampling).  The label only joins part-way: a latent-only
+trunk (Linear -> 4x4 -> ... -> 16x16) holds well over a third of the MACs,
+then an ``nn.Embedding`` vector is broadcast over the 16x16 map and
+concatenated, and the head finishes the image.
+
+Default command (produces the shipped model):
+
+    .venv/bin/python tools/train_glyphgen.py
+
+Outputs: ``--out`` (ONNX, default edgegen/zoo/glyphgen.onnx), the training
+summary JSON next to it (``glyphgen.train.json``) and the sample grids
+``docs/zoo/glyphgen_samples.png`` / ``docs/zoo/glyphgen_preview.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from glyph_data import NUM_CLASSES, GlyphDataset, make_grid  # noqa: E402
+
+LATENT_DIM = 64
+EMBED_DIM = 64
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------
+class SepConv(nn.Module):
+    """[nearest x2] -> depthwise 3x3 -> pointwise 1x1 -> BN -> ReLU."""
+
+    def __init__(self, cin: int, cout: int, up: bool = False):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="nearest") if up else nn.Identity()
+        self.dw = nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False)
+        self.pw = nn.Conv2d(cin, cout, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.bn(self.pw(self.dw(self.up(x)))))
+
+
+class ToRGB(nn.Module):
+    """Cheap to-RGB head: [depthwise 3x3] -> pointwise 1x1 (bias) -> tanh."""
+
+    def __init__(self, cin: int, depthwise: bool):
+        super().__init__()
+        self.dw = nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False) if depthwise else nn.Identity()
+        self.pw = nn.Conv2d(cin, 3, 1, bias=True)
+
+    def forward(self, x):
+        return torch.tanh(self.pw(self.dw(x)))
+
+
+class Trunk(nn.Module):
+    """Latent-only part: latent -> Linear -> 256x4x4 -> 8x8 -> 16x16 (256 ch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(LATENT_DIM, 256 * 4 * 4)
+        self.bn0 = nn.BatchNorm2d(256)
+        self.blocks = nn.Sequential(
+            SepConv(256, 256, up=True),  # 8x8
+            SepConv(256, 256),
+            SepConv(256, 256, up=True),  # 16x16
+            SepConv(256, 256),
+        )
+
+    def forward(self, z):
+        h = self.fc(z).view(-1, 256, 4, 4)
+        h = F.relu(self.bn0(h))
+        return self.blocks(h)
+
+
+class Head(nn.Module):
+    """Label-conditioned part: 16x16 (+label) -> 32x32 (preview) -> 64x64."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(NUM_CLASSES, EMBED_DIM)
+        self.b16 = nn.Sequential(SepConv(256 + EMBED_DIM, 192), SepConv(192, 192))
+        self.b32 = nn.Sequential(SepConv(192, 96, up=True), SepConv(96, 64))  # 32x32
+        self.to_rgb32 = ToRGB(64, depthwise=False)  # preview head (1x1)
+        self.b64 = SepConv(64, 32, up=True)  # 64x64
+        self.to_rgb64 = ToRGB(32, depthwise=True)
+
+    def forward(self, h, label):
+        e = self.embed(label)[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
+        h = self.b16(torch.cat([h, e], dim=1))
+        h32 = self.b32(h)
+        preview = self.to_rgb32(h32)
+        image = self.to_rgb64(self.b64(h32))
+        return image, preview
+
+
+class GlyphGen(nn.Module):
+    """The exported generator: (latent, label) -> (image 64x64, preview 32x32)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = Trunk()
+        self.head = Head()
+
+    def forward(self, latent, label):
+        return self.head(self.trunk(latent), label)
+
+
+class Encoder(nn.Module):
+    """Training-only encoder q(z | x, y): strided 3x3 convs -> (mu, logvar)."""
+
+    def __init__(self):
+        super().__init__()
+        chans = [3 + NUM_CLASSES, 32, 64, 128, 256]
+        layers = []
+        for a, b in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(a, b, 3, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        self.conv = nn.Sequential(*layers)  # 64 -> 4
+        self.fc = nn.Linear(256 * 4 * 4, 2 * LATENT_DIM)
+
+    def forward(self, x, y):
+        onehot = F.one_hot(y, NUM_CLASSES).to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        h = self.conv(torch.cat([x, onehot], 1)).flatten(1)
+        mu, logvar = self.fc(h).chunk(2, dim=1)
+        return mu, logvar.clamp(-10.0, 6.0)
+
+
+# --------------------------------------------------------------------------
+# MAC counting (Conv / ConvTranspose / Linear(Gemm)), per image
+# --------------------------------------------------------------------------
+def count_macs(model: nn.Module, *inputs) -> dict[str, int]:
+    """MACs per top-level-qualified module name, for batch size 1 inputs."""
+    macs: dict[str, int] = {}
+    hooks = []
+
+    def hook(name):
+        def fn(mod, inp, out):
+            if isinstance(mod, nn.Conv2d):
+                k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
+                n = out[0].numel() * k
+            elif isinstance(mod, nn.ConvTranspose2d):
+                k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.out_channels // mod.groups)
+                n = inp[0][0].numel() * k
+            elif isinstance(mod, nn.Linear):
+                n = mod.in_features * mod.out_features
+            else:
+                return
+            macs[name] = macs.get(name, 0) + int(n)
+
+        return fn
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            hooks.append(mod.register_forward_hook(hook(name)))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(*inputs)
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return macs
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+# --------------------------------------------------------------------------
+# training helpers
+# --------------------------------------------------------------------------
+def grad_l1(a, b):
+    dax, dbx = a[..., :, 1:] - a[..., :, :-1], b[..., :, 1:] - b[..., :, :-1]
+    day, dby = a[..., 1:, :] - a[..., :-1, :], b[..., 1:, :] - b[..., :-1, :]
+    return (dax - dbx).abs().mean() + (day - dby).abs().mean()
+
+
+def vae_losses(enc, gen, x, y, beta, w32, w_sharp, sample=True):
+    mu, logvar = enc(x, y)
+    z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+    img, prev = gen(z, y)
+    x32 = F.avg_pool2d(x, 2)
+    rec64 = (img - x).abs().mean()
+    rec32 = (prev - x32).abs().mean()
+    sharp = grad_l1(img, x)
+    kl = (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(1).mean()
+    loss = rec64 + w32 * rec32 + w_sharp * sharp + beta * kl / x[0].numel()
+    return loss, dict(rec64=rec64.item(), rec32=rec32.item(), sharp=sharp.item(), kl=kl.item(), loss=loss.item())
+
+
+class DigitClassifier(nn.Module):
+    """Small CNN used only to measure whether generated digits are legible."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),  # 32
+            nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),  # 16
+            nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(),  # 8
+            nn.Conv2d(128, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(),  # 4
+            nn.Flatten(), nn.Linear(128 * 16, NUM_CLASSES),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def train_classifier(seed, steps, batch, log):
+    """Train the legibility probe on real glyphs (disjoint data seed)."""
+    torch.manual_seed(seed + 7)
+    ds = GlyphDataset(seed=seed + 2000)
+    clf = DigitClassifier()
+    opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    for s in range(steps):
+        x, y = ds.batch(s * batch, batch)
+        loss = F.cross_entropy(clf(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (s + 1) % 100 == 0:
+            log(f"  classifier step {s + 1}/{steps} ce {loss.item():.3f}")
+    clf.eval()
+    xv, yv = GlyphDataset(seed=seed + 3000).batch(0, 1000)
+    with torch.no_grad():
+        acc = (clf(xv).argmax(1) == yv).float().mean().item()
+    return clf, acc
+
+
+# --------------------------------------------------------------------------
+# export / verification / samples
+# --------------------------------------------------------------------------
+def export_onnx(gen: GlyphGen, path: str, description: str) -> None:
+    import onnx
+
+    gen = gen.eval()
+    z = torch.randn(2, LATENT_DIM)
+    y = torch.tensor([3, 7], dtype=torch.int64)
+    torch.onnx.export(
+        gen,
+        (z, y),
+        path,
+        dynamo=False,
+        opset_version=17,
+        input_names=["latent", "label"],
+        output_names=["image", "preview"],
+        dynamic_axes={"latent": {0: "N"}, "label": {0: "N"}, "image": {0: "N"}, "preview": {0: "N"}},
+        do_constant_folding=True,
+    )
+    m = onnx.load(path)
+    meta = {
+        "edgegen.output_range": "-1,1",
+        "edgegen.num_classes": "10",
+        "edgegen.description": description,
+    }
+    del m.metadata_props[:]
+    for k, v in meta.items():
+        p = m.metadata_props.add()
+        p.key, p.value = k, v
+    onnx.checker.check_model(m)
+    onnx.save(m, path)  # small model: weights stay inside the .onnx file
+
+
+def verify_onnx(gen: GlyphGen, path: str) -> dict:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    res = {}
+    for n in (1, 4):
+        g = torch.Generator().manual_seed(100 + n)
+        z = torch.randn(n, LATENT_DIM, generator=g)
+        y = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+        with torch.no_grad():
+            ti, tp = gen.eval()(z, y)
+        oi, op = sess.run(["image", "preview"], {"latent": z.numpy(), "label": y.numpy()})
+        assert oi.shape == (n, 3, 64, 64) and op.shape == (n, 3, 32, 32), (oi.shape, op.shape)
+        d = max(np.abs(oi - ti.numpy()).max(), np.abs(op - tp.numpy()).max())
+        res[f"batch{n}_max_abs_diff"] = float(d)
+        assert d < 1e-4, f"ONNX Runtime mismatch {d} at batch {n}"
+    return res
+
+
+def ort_sample_grids(path: str, seeds: list[int], out_img: str, out_prev: str):
+    """Rows = labels 0-9, columns = seeds; latent = default_rng(seed).standard_normal(64)."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    lat = np.stack([np.random.default_rng(s).standard_normal(LATENT_DIM, dtype=np.float32) for s in seeds])
+    imgs, prevs, labels = [], [], []
+    for d in range(NUM_CLASSES):
+        i, p = sess.run(["image", "preview"], {"latent": lat, "label": np.full(len(seeds), d, np.int64)})
+        imgs.append(i)
+        prevs.append(p)
+        labels += [d] * len(seeds)
+    imgs = torch.from_numpy(np.concatenate(imgs))
+    prevs = torch.from_numpy(np.concatenate(prevs))
+    # tiles are shown enlarged with nearest neighbour: 64px x2, 32px x4 (same on-screen size)
+    g = make_grid(imgs, len(seeds))
+    Image.fromarray(g).resize((g.shape[1] * 2, g.shape[0] * 2), Image.NEAREST).save(out_img)
+    g = make_grid(prevs, len(seeds))
+    Image.fromarray(g).resize((g.shape[1] * 4, g.shape[0] * 4), Image.NEAREST).save(out_prev)
+    return imgs, prevs, torch.tensor(labels)
+
+
+# --------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Train the glyphgen zoo model (conditional VAE decoder).")
+    ap.add_argument("--steps", type=int, default=1400)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=os.path.join(REPO, "edgegen", "zoo", "glyphgen.onnx"))
+    ap.add_argument("--docs", default=os.path.join(REPO, "docs", "zoo"), help="where the sample PNGs go")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--beta", type=float, default=1.0, help="KL weight (per-pixel-mean L1 units x 12288)")
+    ap.add_argument("--w32", type=float, default=0.5, help="weight of the 32x32 preview L1 loss")
+    ap.add_argument("--w-sharp", type=float, default=0.5, help="weight of the gradient (sharpness) L1 loss")
+    ap.add_argument("--kl-warmup", type=float, default=0.2, help="fraction of steps over which beta ramps up")
+    ap.add_argument("--classifier-steps", type=int, default=300, help="legibility-probe steps (0 = skip)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--log-every", type=int, default=50)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t_start = time.time()
+
+    def log(msg):
+        print(f"[{time.time() - t_start:7.1f}s] {msg}", flush=True)
+
+    gen, enc = GlyphGen(), Encoder()
+
+    # --- MACs / params -----------------------------------------------------
+    z1, y1 = torch.zeros(1, LATENT_DIM), torch.zeros(1, dtype=torch.int64)
+    macs = count_macs(gen, z1, y1)
+    total = sum(macs.values())
+    trunk = sum(v for k, v in macs.items() if k.startswith("trunk."))
+    preview_only = sum(v for k, v in macs.items() if k.startswith("head.b16") or k.startswith("head.b32") or k.startswith("head.to_rgb32")) + trunk
+    enc_macs = sum(count_macs(enc, torch.zeros(1, 3, 64, 64), y1).values())
+    log("generator MACs per image:")
+    for k, v in macs.items():
+        log(f"  {k:28s} {v / 1e6:8.3f} M")
+    log(f"total {total / 1e6:.2f} MMACs, trunk {trunk / 1e6:.2f} MMACs = {trunk / total:.3f} of total; "
+        f"preview path only {preview_only / 1e6:.2f} MMACs; encoder (training only) {enc_macs / 1e6:.2f} MMACs")
+    log(f"params: generator {n_params(gen)}, trunk {n_params(gen.trunk)}, encoder {n_params(enc)}")
+
+    # --- training ----------------------------------------------------------
+    gen = gen.to(memory_format=torch.channels_last)
+    enc = enc.to(memory_format=torch.channels_last)
+    params = list(gen.parameters()) + list(enc.parameters())
+    opt = torch.optim.Adam(params, lr=args.lr, betas=(0.9, 0.99))
+    warm = min(100, args.steps // 10 + 1)
+
+    def lr_at(s):
+        if s < warm:
+            return args.lr * (s + 1) / warm
+        p = (s - warm) / max(1, args.steps - warm)
+        return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p)))
+
+    ds = GlyphDataset(seed=args.seed)
+    hist = []
+    run = {}
+    t_train = time.time()
+    gen.train()
+    enc.train()
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        beta = args.beta * min(1.0, (step + 1) / max(1, args.kl_warmup * args.steps))
+        x, y = ds.batch(step * args.batch, args.batch)
+        x = x.contiguous(memory_format=torch.channels_last)
+        loss, st = vae_losses(enc, gen, x, y, beta, args.w32, args.w_sharp)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        for k, v in st.items():
+            run[k] = 0.9 * run.get(k, v) + 0.1 * v if step else v
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            el = time.time() - t_train
+            eta = el / (step + 1) * (args.steps - step - 1)
+            log(f"step {step + 1}/{args.steps} lr {lr_at(step):.2e} beta {beta:.2f} "
+                + " ".join(f"{k} {v:.4f}" for k, v in run.items()) + f"  ({el / (step + 1):.2f}s/step, eta {eta:.0f}s)")
+            hist.append(dict(step=step + 1, **{k: round(v, 5) for k, v in run.items()}))
+    train_time = time.time() - t_train
+    log(f"training took {train_time:.1f}s")
+
+    # --- held-out evaluation -----------------------------------------------
+    gen.eval()
+    enc.eval()
+    gen = gen.to(memory_format=torch.contiguous_format)
+    xv, yv = GlyphDataset(seed=args.seed + 1000).batch(0, 512)
+    with torch.no_grad():
+        _, val = vae_losses(enc, gen, xv, yv, args.beta, args.w32, args.w_sharp, sample=False)
+        mu, _ = enc(xv, yv)
+        img, prev = gen(mu, yv)
+        val["preview_vs_image_down_l1"] = (prev - F.avg_pool2d(img, 2)).abs().mean().item()
+        # latent usage: dimensions whose posterior means vary across the data
+        val["active_latent_dims"] = int((mu.var(0) > 0.01).sum().item())
+    log("held-out (posterior mean): " + " ".join(f"{k} {v:.4f}" for k, v in val.items()))
+
+    # --- export + verify -----------------------------------------------------
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    desc = ("Class-conditional 64x64 digit-glyph generator (latent[N,64] + label[N] 0-9 -> image [-1,1] "
+            "+ 32x32 preview), MobileNet-style conditional-VAE decoder")
+    export_onnx(gen, args.out, desc)
+    size = os.path.getsize(args.out)
+    log(f"exported {args.out}: {size / 1e6:.3f} MB")
+    assert size < 4e6, "ONNX file over 4 MB"
+    diffs = verify_onnx(gen, args.out)
+    log(f"onnxruntime check: {diffs}")
+
+    os.makedirs(args.docs, exist_ok=True)
+    seeds = list(range(8))
+    s_img = os.path.join(args.docs, "glyphgen_samples.png")
+    s_prev = os.path.join(args.docs, "glyphgen_preview.png")
+    imgs, prevs, labels = ort_sample_grids(args.out, seeds, s_img, s_prev)
+    log(f"wrote {s_img} and {s_prev}")
+
+    # --- legibility probe: classifier trained on real glyphs -----------------
+    probe = {}
+    if args.classifier_steps > 0:
+        t0 = time.time()
+        clf, real_acc = train_classifier(args.seed, args.classifier_steps, 64, log)
+        g = torch.Generator().manual_seed(args.seed + 4242)
+        zs = torch.randn(1000, LATENT_DIM, generator=g)
+        ys = torch.arange(1000) % NUM_CLASSES
+        with torch.no_grad():
+            gi, gp = gen(zs, ys)
+            acc_prior = (clf(gi).argmax(1) == ys).float().mean().item()
+            acc_prev = (clf(F.interpolate(gp, scale_factor=2, mode="bilinear", align_corners=False)).argmax(1) == ys).float().mean().item()
+            acc_grid = (clf(imgs).argmax(1) == labels).float().mean().item()
+        probe = dict(classifier_acc_real_heldout=real_acc, classifier_acc_generated_prior_1000=acc_prior,
+                     classifier_acc_generated_preview_1000=acc_prev, classifier_acc_sample_grid=acc_grid,
+                     probe_time_s=round(time.time() - t0, 1))
+        log(f"legibility probe: {probe}")
+
+    summary = dict(
+        model="glyphgen",
+        command="python tools/train_glyphgen.py " + " ".join(sys.argv[1:]),
+        args=vars(args),
+        torch=torch.__version__,
+        threads=args.threads,
+        train_time_s=round(train_time, 1),
+        total_time_s=round(time.time() - t_start, 1),
+        final_train_losses_ema={k: round(v, 5) for k, v in run.items()},
+        heldout=val,
+        macs_per_image=total,
+        macs_trunk=trunk,
+        trunk_fraction=round(trunk / total, 4),
+        macs_preview_path=preview_only,
+        macs_by_module=macs,
+        params_generator=n_params(gen),
+        params_trunk=n_params(gen.trunk),
+        params_encoder_training_only=n_params(enc),
+        onnx_bytes=size,
+        onnx_check=diffs,
+        legibility_probe=probe,
+        history=hist,
+    )
+    js = os.path.splitext(os.path.abspath(args.out))[0] + ".train.json"
+    with open(js, "w") as f:
+        json.dump(summary, f, indent=1)
+    log(f"wrote {js}")
+
+
+if __name__ == "__main__":
+    main()
