@@ -18,11 +18,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__, backends, bundle, targets
+from . import __version__, backends, bundle, reference, targets
 from .errors import BackendUnavailableError, BuildError, UnsupportedOpError
 from .graph import Graph
 from .inputs import run_batched, sample_feeds
 from .metrics import compare
+from .source import SourceSession
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ Progress = Callable[[str, int, int], None]
 FP32_MAX_ABS = 1e-3
 FP16_PSNR_MARGIN_DB = 6.0
 VERIFY_SEED = 10_000
-REFERENCE_FILE = "reference.npz"
 
 
 @dataclass
@@ -93,11 +93,11 @@ def _verify(graph: Graph, tgt: targets.Target, precision: str, staging: Path, se
     """Run source and artifact on held-out inputs; fail an fp32 build that drifts past FP32_MAX_ABS."""
     seeds = list(range(VERIFY_SEED, VERIFY_SEED + samples))
     feeds = sample_feeds(graph.inputs, seeds)
-    source = _SourceRunner(graph)
+    source = SourceSession(graph.source)
     expected = run_batched(source.run, graph.inputs, feeds)
     report("verify", samples // 2, samples)
     session_mod = backends.session_module(tgt.backend)
-    native, where = session_mod.host_support(session_cfg)
+    native, where = targets.runs_here(tgt)
     threads = tgt.threads
     try:
         session = session_mod.Session(staging, session_cfg, threads, host_fallback=True)
@@ -121,16 +121,14 @@ def _verify(graph: Graph, tgt: targets.Target, precision: str, staging: Path, se
                          "model to the edgegen developers with `edgegen inspect` output.")
     report("verify", samples, samples)
     first = {k: v[:1] for k, v in feeds.items()}
-    reference = {**{f"input:{k}": v for k, v in first.items()},
-                 **{f"output:{k}": v[:1] for k, v in expected.items()}}
-    np.savez(staging / REFERENCE_FILE, **reference)
+    ref_file = reference.save(staging, first, {k: v[:1] for k, v in expected.items()})
     tolerance = {"max_abs": FP32_MAX_ABS} if precision == "fp32" else \
         {"min_psnr_db": round(worst["psnr_db"] - FP16_PSNR_MARGIN_DB, 2)}
     return {
         "fidelity": {"samples": samples, "seed": VERIFY_SEED, "reference": source.describe,
                      "ran_on": ran_on, "outputs": per_output,
                      "psnr_db": worst["psnr_db"], "ssim": worst.get("ssim"), "max_abs": max_abs},
-        "reference": {"file": REFERENCE_FILE, "tolerance": tolerance},
+        "reference": {"file": ref_file, "tolerance": tolerance},
         "latency": _latency(session, first, threads, ran_on),
     }
 
@@ -144,24 +142,6 @@ def _latency(session, feeds: dict[str, np.ndarray], threads: int, where: str, ru
         times.append((time.perf_counter() - start) * 1e3)
     return {"p50_ms": round(statistics.median(times), 3), "runs": runs, "batch": 1, "threads": threads,
             "measured_on": where}
-
-
-class _SourceRunner:
-    """The fp32 source model in a plain ONNX Runtime CPU session: the ground truth of every build."""
-
-    def __init__(self, graph: Graph):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise BuildError("verifying a build needs onnxruntime on the build host; `pip install edgegen[ort]`") from None
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(graph.source), options, providers=["CPUExecutionProvider"])
-        self.describe = f"fp32 source {graph.source.name} in onnxruntime {ort.__version__} (CPU)"
-        self._names = [o.name for o in self._session.get_outputs()]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._names, self._session.run(self._names, feeds)))
 
 
 def _manifest(graph: Graph, tgt: targets.Target, precision: str, compiled: dict, checks: dict) -> dict[str, Any]:

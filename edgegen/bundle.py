@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BuildError, BundleError
+from .fileio import write_text
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -91,9 +92,7 @@ def write_manifest(staging: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     for file in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST):
         files[file.relative_to(staging).as_posix()] = sha256_file(file)
     manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **manifest, "files": files}
-    tmp = staging / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, staging / MANIFEST)
+    write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

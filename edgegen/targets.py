@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,22 @@ def load_file(path: Path) -> Target:
 def _check_choice(path: Path, key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise TargetError(f"{path}: key {key!r} is {value!r}; allowed: {', '.join(allowed)}")
+
+
+_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def host_arch() -> str:
+    """This machine's architecture in target terms (x86_64, aarch64)."""
+    machine = platform.machine().lower()
+    return _ARCH_ALIASES.get(machine, machine)
+
+
+def runs_here(target: Target) -> tuple[bool, str]:
+    """Whether this host can run a target natively, and if not, why."""
+    from . import backends
+
+    if target.arch != host_arch():
+        return False, f"needs an {target.arch} device (this host is {host_arch()})"
+    options = {**target.backend_options, "precision": target.precision}
+    return backends.session_module(target.backend).host_support(options)

@@ -1,0 +1,24 @@
+# The two commands: `make demo` and `make test`. Everything installs into a local .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.edgegen-installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[ort,openvino,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/demo.py --out out
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) tools/bench.py --out bench
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,219 @@
+"""The `edgegen` command line: build, inspect, targets, generate, bench, zoo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import EdgegenError, RequestError
+from .fileio import atomic_path, write_text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 user error, 1 internal fault)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args) or 0
+    except EdgegenError as exc:
+        print(f"edgegen: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgegen: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # an internal fault: show everything so it can be reported
+        traceback.print_exc()
+        print("edgegen: internal error (a bug in edgegen); please report it with the traceback above", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgegen", description="Compile image generators for edge devices.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what each step does")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("build", help="compile a model for one or more targets into bundles")
+    p.add_argument("model", help="an .onnx file or zoo:NAME")
+    p.add_argument("--target", "-t", action="append", required=True, help="target name or .yaml (repeatable)")
+    p.add_argument("--out", "-o", required=True, help="bundle directory (with several targets: a parent directory)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], help="default: the target's precision")
+    p.add_argument("--samples", type=int, default=8, help="held-out inputs for the fidelity check (default 8)")
+    _graph_args(p)
+    p.set_defaults(func=_build)
+
+    p = verbs.add_parser("inspect", help="show a model's inputs, ops, costs and support per target")
+    p.add_argument("model")
+    p.add_argument("--nodes", action="store_true", help="list every node with MACs and bytes")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _graph_args(p)
+    p.set_defaults(func=_inspect)
+
+    p = verbs.add_parser("targets", help="list device targets and whether each can run on this host")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_targets)
+
+    p = verbs.add_parser("generate", help="generate one image from a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--label", type=int)
+    p.add_argument("--image", help="input image file for image-to-image models")
+    p.add_argument("--output-name", help="which image output to save (default: the first)")
+    p.add_argument("-o", "--out", required=True, help="image file to write (.png, .jpg, ...)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--host-fallback", action="store_true", help="run a bundle for absent hardware on this CPU")
+    p.set_defaults(func=_generate)
+
+    p = verbs.add_parser("bench", help="latency, throughput and peak memory of a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--baseline", action="store_true", help="also run the fp32 source in plain ONNX Runtime")
+    p.add_argument("--source", help="the fp32 source model (default: the path recorded at build time)")
+    p.add_argument("--json", help="also write the result as JSON to this file")
+    p.add_argument("--host-fallback", action="store_true")
+    p.set_defaults(func=_bench)
+
+    p = verbs.add_parser("zoo", help="list the models that ship with edgegen")
+    p.set_defaults(func=_zoo)
+    return parser
+
+
+def _graph_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3xHxW",
+                   help="concrete shape for an input with dynamic dims (repeatable)")
+    p.add_argument("--role", action="append", default=[], metavar="NAME=ROLE",
+                   help="override an input/output role: latent, label, image, condition, tensor")
+    p.add_argument("--input-range", metavar="LO,HI", help="value range of image inputs (default: from the model)")
+    p.add_argument("--output-range", metavar="LO,HI", help="value range of image outputs (default: from the model)")
+
+
+def _graph_options(args) -> dict:
+    from .graph import parse_shape
+    from .roles import parse_overrides, parse_range
+    from .specs import ROLES
+
+    shapes = {k: parse_shape(v) for k, v in parse_overrides(",".join(args.input_shape), "--input-shape").items()}
+    roles = parse_overrides(",".join(args.role), "--role")
+    for name, role in roles.items():
+        if role not in ROLES:
+            raise RequestError(f"--role {name}={role}: unknown role; use one of {', '.join(ROLES)}")
+    return {"input_shapes": shapes, "roles": roles,
+            "input_range": parse_range(args.input_range, "--input-range") if args.input_range else None,
+            "output_range": parse_range(args.output_range, "--output-range") if args.output_range else None}
+
+
+def _progress(stage: str, done: int, total: int) -> None:
+    if sys.stderr.isatty():
+        width = 20
+        filled = int(width * done / max(total, 1))
+        print(f"\r  {stage:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr)
+        if stage == "done":
+            print(file=sys.stderr)
+
+
+def _build(args) -> int:
+    from .build import build
+    from .graph import Graph
+
+    graph = Graph.load(args.model, **_graph_options(args))
+    out = Path(args.out)
+    for name in args.target:
+        dest = out / name if len(args.target) > 1 else out
+        result = build(graph, name, dest, precision=args.precision, samples=args.samples, progress=_progress)
+        fid, lat = result.fidelity, result.manifest["latency"]
+        print(f"{name}: {result.manifest['backend']} {result.manifest['precision']} -> {dest}  "
+              f"PSNR {fid['psnr_db']:.1f} dB, max-abs {fid['max_abs']:.2g}, p50 {lat['p50_ms']:.2f} ms "
+              f"({fid['ran_on']})")
+    return 0
+
+
+def _inspect(args) -> int:
+    from .inspect import inspect_model, render
+
+    report = inspect_model(args.model, **_graph_options(args))
+    print(json.dumps(report, indent=2) if args.json else render(report, nodes=args.nodes))
+    return 0
+
+
+def _targets(args) -> int:
+    from .inspect import target_rows
+
+    rows = target_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'target':<26} {'backend':<12} {'precisions':<11} {'runs here':<9} device / why not")
+    for r in rows:
+        note = r["device"] if r["runs_here"] else r["why"]
+        print(f"{r['name']:<26} {r['backend']:<12} {','.join(r['precisions']):<11} "
+              f"{'yes' if r['runs_here'] else 'no':<9} {note}")
+    return 0
+
+
+def _generate(args) -> int:
+    from .runtime import Generator, to_pil
+
+    image = None
+    if args.image:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            image = Image.open(args.image).convert("RGB")
+        except (OSError, UnidentifiedImageError) as exc:
+            raise RequestError(f"{args.image}: cannot read the image ({exc})") from None
+    gen = Generator.open(args.bundle, threads=args.threads, host_fallback=args.host_fallback)
+    pixels = gen.generate(seed=args.seed, label=args.label, image=image, output=args.output_name)
+    out = Path(args.out)
+    fmt = _format_of(out)
+    with atomic_path(out) as tmp:
+        to_pil(pixels).save(tmp, format=fmt)
+    print(f"wrote {args.out} ({pixels.shape[1]}x{pixels.shape[0]})")
+    return 0
+
+
+def _format_of(path: Path) -> str:
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise RequestError(f"{path}: unknown image file extension; use .png or .jpg")
+    return fmt
+
+
+def _bench(args) -> int:
+    from . import bench
+
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        raise RequestError(f"--threads {args.threads!r}: give comma-separated integers, e.g. 1,2") from None
+    result = bench.run(args.bundle, threads, batch=args.batch, runs=args.runs, warmup=args.warmup,
+                       baseline=args.baseline, source=args.source, host_fallback=args.host_fallback)
+    print(bench.table(result))
+    if args.json:
+        write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _zoo(args) -> int:
+    from . import zoo
+
+    for name in zoo.names():
+        print(f"zoo:{name:<14} {zoo.card(name)}")
+    return 0
+
+
+def main_exit() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_exit()

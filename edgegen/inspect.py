@@ -1,0 +1,83 @@
+"""`edgegen inspect` and `edgegen targets`: what a model is, and where it can run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import backends, targets
+from .errors import BackendUnavailableError
+from .graph import Graph
+
+def target_rows() -> list[dict[str, Any]]:
+    """Every shipped target with whether it runs on this host."""
+    rows = []
+    for target in targets.load_all():
+        ok, why = targets.runs_here(target)
+        rows.append({"name": target.name, "backend": target.backend, "device": target.device,
+                     "precisions": target.precisions, "runs_here": ok, "why": why})
+    return rows
+
+
+def inspect_model(model: str, **graph_options: Any) -> dict[str, Any]:
+    """Inputs/outputs with roles, op inventory, costs per node and op support per target."""
+    graph = Graph.load(model, **graph_options)
+    costs = graph.node_costs()
+    support = {}
+    for target in targets.load_all():
+        try:
+            missing = backends.compiler_module(target.backend).unsupported_nodes(graph, target)
+        except BackendUnavailableError as exc:
+            support[target.name] = {"checked": False, "why": str(exc)}
+            continue
+        support[target.name] = {"checked": True, "supported": not missing,
+                                "unsupported": [{"node": n, "op": op, "why": why} for n, op, why in missing]}
+    return {
+        "model": str(graph.source),
+        "opset": graph.opset,
+        "cleanup": graph.notes,
+        "inputs": [s.to_json() for s in graph.inputs],
+        "outputs": [s.to_json() for s in graph.outputs],
+        "ops": dict(sorted(graph.op_inventory().items(), key=lambda kv: (-kv[1], kv[0]))),
+        "macs": sum(c.macs for c in costs),
+        "param_bytes": sum(c.param_bytes for c in costs),
+        "activation_bytes": sum(c.activation_bytes for c in costs),
+        "nodes": [vars(c) for c in costs],
+        "targets": support,
+    }
+
+
+def render(report: dict[str, Any], nodes: bool = False) -> str:
+    """The inspect report as text."""
+    lines = [f"model   {report['model']} (opset {report['opset']})"]
+    if report["cleanup"]:
+        lines.append(f"cleanup {'; '.join(report['cleanup'])}")
+    for kind in ("inputs", "outputs"):
+        lines.append(f"{kind}:")
+        for s in report[kind]:
+            shape = "x".join("N" if (d is None and i == 0) else ("?" if d is None else str(d))
+                             for i, d in enumerate(s["shape"]))
+            extra = []
+            if "num_classes" in s:
+                extra.append(f"{s['num_classes']} classes")
+            if "range" in s:
+                extra.append(f"range [{s['range'][0]:g}, {s['range'][1]:g}]")
+            lines.append(f"  {s['name']:<20} {s['dtype']:<8} {shape:<18} {s['role']:<9} {', '.join(extra)}")
+    lines.append("ops     " + ", ".join(f"{op} x{n}" for op, n in report["ops"].items()))
+    lines.append(f"cost    {report['macs'] / 1e6:.2f} MMACs, {report['param_bytes'] / 1e6:.2f} MB parameters, "
+                 f"{report['activation_bytes'] / 1e6:.2f} MB activations (batch 1)")
+    if nodes:
+        lines.append(f"  {'node':<40} {'op':<18} {'MMACs':>9} {'param KB':>9} {'act KB':>9}")
+        for c in report["nodes"]:
+            lines.append(f"  {c['name'][:40]:<40} {c['op']:<18} {c['macs'] / 1e6:>9.3f} "
+                         f"{c['param_bytes'] / 1e3:>9.1f} {c['activation_bytes'] / 1e3:>9.1f}")
+    lines.append("targets:")
+    for name, s in report["targets"].items():
+        if not s["checked"]:
+            lines.append(f"  {name:<26} not checked: {s['why']}")
+        elif s["supported"]:
+            lines.append(f"  {name:<26} all ops supported")
+        else:
+            first = s["unsupported"][0]
+            lines.append(f"  {name:<26} UNSUPPORTED: {len(s['unsupported'])} node(s), first: node {first['node']!r} "
+                         f"(op {first['op']}): {first['why']}")
+    return "\n".join(lines)

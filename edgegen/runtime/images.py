@@ -1,0 +1,42 @@
+"""Conversions between model tensors and 8-bit images (numpy only; Pillow imported on demand)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import RequestError
+
+
+def tensor_to_uint8(batch: np.ndarray, value_range: list[float]) -> np.ndarray:
+    """NCHW float tensor in value_range -> NHWC uint8 (rounded, clipped)."""
+    lo, hi = value_range
+    scaled = (batch.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def image_to_tensor(image, channels: int, value_range: list[float], dtype: str) -> np.ndarray:
+    """A uint8 HWC/HW array or a PIL image -> CHW tensor in value_range."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise RequestError(f"image must be uint8 HxWxC (or a PIL image), got dtype {array.dtype}; pass float "
+                           "tensors by input name instead")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise RequestError(f"image must be HxWxC or HxW, got shape {array.shape}")
+    if array.shape[2] != channels:
+        if channels == 3 and array.shape[2] in (1, 4):
+            array = np.repeat(array[:, :, :1], 3, axis=2) if array.shape[2] == 1 else array[:, :, :3]
+        elif channels == 1 and array.shape[2] in (3, 4):
+            array = np.rint(array[:, :, :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114]))[:, :, None]
+        else:
+            raise RequestError(f"image has {array.shape[2]} channels; the model takes {channels}")
+    lo, hi = value_range
+    return (array.astype(np.float32).transpose(2, 0, 1) * ((hi - lo) / 255.0) + lo).astype(dtype)
+
+
+def to_pil(image: np.ndarray):
+    """A uint8 HWC array as a PIL image (needs Pillow)."""
+    from PIL import Image
+
+    return Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
