@@ -95,8 +95,15 @@ class Graph:
                                   params, acts))
         return costs
 
-    def total_macs(self) -> int:
-        return sum(c.macs for c in self.node_costs())
+    def input_dependencies(self) -> dict[str, frozenset[str]]:
+        """For every tensor, the graph inputs its value depends on (empty for constants)."""
+        inputs = {s.name for s in self.inputs}
+        deps: dict[str, frozenset[str]] = {name: frozenset([name]) for name in inputs}
+        for node in self.model.graph.node:  # ONNX nodes are topologically sorted
+            depends = frozenset().union(*(deps.get(i, frozenset()) for i in node.input if i))
+            for out in node.output:
+                deps[out] = depends
+        return deps
 
     def save(self, path: str | Path) -> None:
         """Write the cleaned model as one self-contained ONNX file."""

@@ -34,7 +34,7 @@ def read_model(path: str | Path) -> onnx.ModelProto:
             f"{path}: not a readable ONNX file ({exc}). The file is truncated or is not ONNX; "
             "re-export it, e.g. with torch.onnx.export."
         ) from None
-    except (FileNotFoundError, OSError, ValueError) as exc:
+    except (FileNotFoundError, OSError, ValueError, onnx.checker.ValidationError) as exc:
         raise ModelError(
             f"{path}: its external weight data could not be read ({exc}). Keep the .data file next to the "
             ".onnx file under the name the model refers to."
@@ -70,9 +70,12 @@ def clean(model: onnx.ModelProto, origin: str) -> tuple[onnx.ModelProto, list[st
     """Fold constants and shape arithmetic, drop pass-through nodes, re-infer every shape."""
     notes: list[str] = []
     nodes_before = len(model.graph.node)
+    for i, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.op_type}_{i}"
+    declared = {o.name: _dims(o) for o in model.graph.output}
     model = _drop_passthrough(model, notes)
     model = _fold(model, notes)
-    model = _recompute_shapes(model, origin, notes)
+    model = _recompute_shapes(model, declared, origin, notes)
     removed = nodes_before - len(model.graph.node)
     if removed:
         notes.insert(0, f"{nodes_before} -> {len(model.graph.node)} nodes")
@@ -132,9 +135,8 @@ def _fold(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     return folded
 
 
-def _recompute_shapes(model: onnx.ModelProto, origin: str, notes: list[str]) -> onnx.ModelProto:
+def _recompute_shapes(model: onnx.ModelProto, declared: dict, origin: str, notes: list[str]) -> onnx.ModelProto:
     """Drop declared intermediate and output shapes and infer them anew; keep symbolic dim names."""
-    declared = {o.name: _dims(o) for o in model.graph.output}
     del model.graph.value_info[:]
     for out in model.graph.output:
         out.type.tensor_type.ClearField("shape")

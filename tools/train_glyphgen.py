@@ -50,6 +50,21 @@ EMBED_DIM = 64
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def tune_malloc() -> None:
+    """Keep freed activation buffers in the glibc heap instead of mmap/munmap-ing
+    them every step (page-fault bound on this CPU: ~1.2 s/step -> ~0.9 s/step).
+    Harmless no-op where glibc is not available."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: never serve allocations with mmap
+        libc.mallopt(-1, 1 << 36)  # M_TRIM_THRESHOLD: do not give memory back
+        libc.mallopt(-2, 1 << 28)  # M_TOP_PAD
+    except (OSError, AttributeError):
+        pass
+
+
 # --------------------------------------------------------------------------
 # model
 # --------------------------------------------------------------------------
@@ -349,6 +364,7 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=50)
     args = ap.parse_args()
 
+    tune_malloc()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.time()

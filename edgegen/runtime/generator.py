@@ -83,18 +83,19 @@ class Generator:
         if unknown:
             raise RequestError(f"request {index} has unknown key(s) {sorted(unknown)}; use seed, label, image or "
                                f"input names {[s.name for s in self.inputs]}")
-        if spec.name in request:
+        if spec.name in request and not (spec.role == "label" and np.ndim(request[spec.name]) == 0):
             return self._check_array(spec, np.asarray(request[spec.name]), batched=False)
         if spec.role == "latent":
             if "seed" not in request:
                 raise RequestError(f"request {index} needs a seed (or a {spec.name!r} array) for the latent input")
             return latent_from_seed(request["seed"], spec.default_shape[1:]).astype(spec.dtype)
         if spec.role == "label":
-            if "label" not in request:
+            label = request.get("label", request.get(spec.name))
+            if label is None:
                 top = f"0..{spec.num_classes - 1}" if spec.num_classes else "an integer"
                 raise RequestError(f"request {index} needs a label ({top}) for input {spec.name!r}")
-            check_label(spec, request["label"])
-            return np.full(spec.default_shape[1:], request["label"], dtype=spec.dtype)
+            check_label(spec, label)
+            return np.full(spec.default_shape[1:], label, dtype=spec.dtype)
         if spec.role == "image" and "image" in request:
             return self._check_array(spec, image_to_tensor(request["image"], spec.default_shape[1],
                                                            spec.range or [0.0, 1.0], spec.dtype), batched=False)
@@ -131,6 +132,9 @@ class Generator:
             raise RequestError(f"input {spec.name!r} must have shape {wanted or 'scalar'}"
                                f"{' (with the batch axis)' if batched else ' (without the batch axis)'}, "
                                f"got {'x'.join(map(str, array.shape)) or 'scalar'}")
+        if spec.role == "label":
+            for value in np.unique(array):
+                check_label(spec, int(value))
         return array
 
     # -- self-test --------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from ...graph import Graph
 from ...targets import Target
 
 ARTIFACT = "model.xml"
+# What OpenVINO's ONNX front end leaves in a partially converted model where it has no conversion.
+_UNCONVERTED = {"NotSupportedONNXNode", "ONNXFrameworkNode", "FrameworkNode"}
 
 
 def _ov():
@@ -29,12 +31,13 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
 
     frontend = FrontEndManager().load_by_framework("onnx")
     partial = frontend.convert_partially(frontend.load(_stream(graph)))
+    producers = {out: (node.name or f"{node.op_type}_{i}", node.op_type)
+                 for i, node in enumerate(graph.model.graph.node) for out in node.output}
     missing = []
     for op in partial.get_ordered_ops():
-        if "FrameworkNode" in op.get_type_name():
-            attrs = op.get_attributes()
-            missing.append((op.get_friendly_name(), str(attrs.get("ONNX_META_type", op.get_type_name())),
-                            f"openvino {ov.__version__} has no conversion for it"))
+        if op.get_type_name() in _UNCONVERTED:
+            name, op_type = producers.get(op.get_friendly_name(), (op.get_friendly_name(), op.get_type_name()))
+            missing.append((name, op_type, f"openvino {ov.__version__} has no conversion for it"))
     return missing
 
 

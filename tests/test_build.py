@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import conditional_generator
+from onnx import TensorProto, helper
+
+from edgegen import bundle
+from edgegen.build import build
+from edgegen.errors import BuildError, UnsupportedOpError
+from edgegen.runtime import Generator
+
+
+@pytest.mark.parametrize("fixture, artifact", [("ort_bundle", "model.onnx"), ("ov_bundle", "model.xml")])
+def test_bundle_layout_and_manifest(request, fixture, artifact):
+    out = request.getfixturevalue(fixture)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["schema_version"] == bundle.SCHEMA_VERSION
+    assert manifest["precision"] == "fp32"
+    assert artifact in manifest["files"] and "reference.npz" in manifest["files"]
+    for name, digest in manifest["files"].items():
+        assert bundle.sha256_file(out / name) == digest
+    fid = manifest["fidelity"]
+    assert fid["max_abs"] <= 1e-3 and fid["psnr_db"] >= 60 and fid["samples"] == 8
+    assert {s["role"] for s in manifest["model"]["inputs"]} == {"latent", "label"}
+    assert manifest["tools"]["edgegen"] and manifest["latency"]["p50_ms"] > 0
+    assert not list(out.parent.glob(".*tmp"))  # no staging left behind
+
+
+def test_openvino_fp32_sets_inference_precision_explicitly(ov_bundle):
+    gen = Generator.open(ov_bundle)
+    assert gen.session._compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+
+
+@pytest.mark.parametrize("target", ["x86-onnxruntime", "x86-openvino"])
+def test_fp16_build_is_verified_and_smaller(tmp_path, cgen_path, target):
+    result = build(cgen_path, target, tmp_path / "b16", precision="fp16")
+    assert result.manifest["precision"] == "fp16"
+    assert 40 < result.fidelity["psnr_db"] < 200
+    assert "min_psnr_db" in result.manifest["reference"]["tolerance"]
+    assert Generator.open(tmp_path / "b16").self_test()["pass"]
+
+
+@pytest.mark.parametrize("target", ["jetson-orin-onnxruntime", "intel-npu-openvino"])
+def test_device_targets_build_anywhere_and_say_where_they_were_verified(tmp_path, cgen_path, target):
+    result = build(cgen_path, target, tmp_path / "dev")
+    assert result.manifest["precision"] == "fp16"
+    assert "fallback" in result.fidelity["ran_on"] or "native" in result.fidelity["ran_on"] or \
+        result.fidelity["ran_on"].startswith(("onnxruntime", "openvino"))
+
+
+def test_refuses_directory_with_other_files(tmp_path, cgen_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(BuildError, match="holds other files"):
+        build(cgen_path, "x86-onnxruntime", out)
+    assert (out / "notes.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
+
+
+def test_rebuild_replaces_an_existing_bundle(tmp_path, cgen_path):
+    out = tmp_path / "b"
+    build(cgen_path, "x86-onnxruntime", out)
+    first = json.loads((out / "manifest.json").read_text())["created"]
+    build(cgen_path, "x86-openvino", out)
+    manifest = bundle.read_manifest(out)
+    assert manifest["backend"] == "openvino" and "model.onnx" not in manifest["files"] and first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_failed_build_leaves_previous_bundle_intact(tmp_path, cgen_path):
+    out = tmp_path / "b"
+    build(cgen_path, "x86-onnxruntime", out)
+    before = (out / "manifest.json").read_text()
+    with pytest.raises(BuildError):
+        build(cgen_path, "x86-onnxruntime", out, precision="fp8")
+    assert (out / "manifest.json").read_text() == before
+
+
+def test_unsupported_op_names_node_and_op(tmp_path):
+    g = helper.make_graph([helper.make_node("FancyUpsample", ["x"], ["y"], name="up1", domain="com.example")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])])
+    path = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]),
+              str(path))
+    for target in ("x86-onnxruntime", "x86-openvino"):
+        with pytest.raises(UnsupportedOpError, match="node 'up1' \\(op FancyUpsample\\)"):
+            build(path, target, tmp_path / target)
+        assert not (tmp_path / target).exists()
+
+
+def test_fixed_batch_model_builds_and_batches(tmp_path):
+    path = tmp_path / "b1.onnx"
+    onnx.save(conditional_generator(batch=1, extras=False), str(path))
+    build(path, "x86-onnxruntime", tmp_path / "b")
+    gen = Generator.open(tmp_path / "b")
+    images = gen.generate_batch([{"seed": s, "label": s} for s in range(3)])
+    assert images.shape == (3, 8, 8, 3)
+    np.testing.assert_array_equal(images[2], gen.generate(seed=2, label=2))

@@ -1,0 +1,126 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import conditional_generator
+from onnx import TensorProto, helper, numpy_helper
+
+from edgegen.errors import ModelError
+from edgegen.graph import Graph
+
+
+def test_cleanup_removes_passthrough_and_folds_constants(cgen_path):
+    graph = Graph.load(cgen_path)
+    ops = graph.op_inventory()
+    assert "Identity" not in ops and "Dropout" not in ops and "Constant" not in ops
+    assert "Div" not in ops  # the constant subgraph two*two/four folded away
+    assert graph.notes
+
+
+def test_computed_output_shape_replaces_wrong_declared_one(cgen_path):
+    graph = Graph.load(cgen_path)
+    out = graph.outputs[0]
+    assert out.shape == [None, 3, 8, 8]
+    assert out.default_shape == [1, 3, 8, 8]
+    assert any("disagrees" in n for n in graph.notes)
+
+
+def test_cleaned_graph_computes_the_same(cgen_path, tmp_path):
+    graph = Graph.load(cgen_path)
+    graph.save(tmp_path / "clean.onnx")
+    feeds = {"latent": np.random.default_rng(1).standard_normal((3, 16), dtype=np.float32),
+             "label": np.array([0, 5, 9])}
+    a = ort.InferenceSession(str(cgen_path)).run(None, feeds)[0]
+    b = ort.InferenceSession(str(tmp_path / "clean.onnx")).run(None, feeds)[0]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_roles_and_label_classes(cgen_path):
+    graph = Graph.load(cgen_path)
+    roles = {s.name: s.role for s in graph.inputs + graph.outputs}
+    assert roles == {"latent": "latent", "label": "label", "image": "image"}
+    assert graph.input("label").num_classes == 10
+    assert graph.outputs[0].range == [-1.0, 1.0]  # from the Tanh that produces it
+
+
+def test_macs_are_exact(cgen_path):
+    costs = {c.op: c for c in Graph.load(cgen_path).node_costs()}
+    assert costs["Gemm"].macs == 16 * 128
+    assert costs["ConvTranspose"].macs == 8 * 4 * 4 * 8 * 4 * 4  # input elements x (Cout x k x k)
+    assert costs["Conv"].macs == 3 * 8 * 8 * 12 * 3 * 3
+    assert costs["Gemm"].param_bytes == (16 * 128 + 128) * 4
+
+
+def test_input_dependencies_find_the_latent_only_trunk(cgen_path):
+    graph = Graph.load(cgen_path)
+    deps = graph.input_dependencies()
+    trunk = [n for n in graph.model.graph.node if deps[n.output[0]] == {"latent"}]
+    assert {n.op_type for n in trunk} >= {"Gemm", "ConvTranspose"}
+    assert deps["image"] == {"latent", "label"}
+
+
+def test_external_data_is_loaded(tmp_path):
+    model = conditional_generator(extras=False)
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.onnx.data", size_threshold=0)
+    assert (tmp_path / "ext.onnx.data").stat().st_size > 1000
+    graph = Graph.load(tmp_path / "ext.onnx")
+    assert graph.node_costs()[0].param_bytes > 0
+
+
+def test_missing_external_data_is_a_clear_error(tmp_path):
+    model = conditional_generator(extras=False)
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="w.data", size_threshold=0)
+    (tmp_path / "w.data").unlink()
+    with pytest.raises(ModelError, match="external weight data"):
+        Graph.load(tmp_path / "ext.onnx")
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a model", b"\x08\x07\x12\x04junk" * 50])
+def test_non_onnx_files_are_refused(tmp_path, content):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ModelError, match="bad.onnx"):
+        Graph.load(path)
+
+
+def test_truncated_file_is_refused(tmp_path, cgen_path):
+    data = cgen_path.read_bytes()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ModelError, match="cut.onnx"):
+        Graph.load(path)
+
+
+@pytest.mark.parametrize("opset", [13, 21])
+def test_supported_opset_range(tmp_path, opset):
+    path = tmp_path / f"op{opset}.onnx"
+    onnx.save(conditional_generator(opset=opset, extras=False), str(path))
+    assert Graph.load(path).opset == opset
+
+
+def test_opset_outside_range_is_refused(tmp_path):
+    path = tmp_path / "op11.onnx"
+    onnx.save(conditional_generator(opset=11, extras=False), str(path))
+    with pytest.raises(ModelError, match="opset 11"):
+        Graph.load(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelError, match="no such model file"):
+        Graph.load(tmp_path / "nope.onnx")
+
+
+def test_dynamic_spatial_dims_take_given_shape(tmp_path):
+    w = numpy_helper.from_array(np.ones((3, 3, 3, 3), np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "fc",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])], [w])
+    path = tmp_path / "fc.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    graph = Graph.load(path, input_shapes={"x": [1, 3, 32, 48]})
+    assert graph.inputs[0].role == "image" and graph.inputs[0].default_shape == [1, 3, 32, 48]
+    assert graph.node_costs()[0].macs == 3 * 32 * 48 * 27
+    assert Graph.load(path).inputs[0].default_shape == [1, 3, 64, 64]
+    with pytest.raises(ModelError, match="does not fit"):
+        Graph.load(path, input_shapes={"x": [1, 4, 32, 32]})

@@ -1,0 +1,116 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgegen.errors import BundleError, RequestError
+from edgegen.inputs import latent_from_seed
+from edgegen.runtime import Generator, to_pil
+
+
+@pytest.fixture(params=["ort_bundle", "ov_bundle"])
+def gen(request):
+    return Generator.open(request.getfixturevalue(request.param))
+
+
+def test_generate_is_deterministic_uint8_hwc(gen):
+    a = gen.generate(seed=3, label=7)
+    assert a.dtype == np.uint8 and a.shape == (8, 8, 3)
+    np.testing.assert_array_equal(a, gen.generate(seed=3, label=7))
+    assert not np.array_equal(a, gen.generate(seed=4, label=7))
+    assert not np.array_equal(a, gen.generate(seed=3, label=1))
+
+
+def test_seed_gives_pcg64_latent_and_matches_explicit_arrays(gen):
+    latent = latent_from_seed(3, [16])
+    np.testing.assert_array_equal(latent, np.random.Generator(np.random.PCG64(3)).standard_normal(16, np.float32))
+    explicit = gen.generate(latent=latent, label=7)
+    np.testing.assert_array_equal(explicit, gen.generate(seed=3, label=7))
+
+
+def test_batch_equals_single_requests(gen):
+    requests = [{"seed": s, "label": (s * 3) % 10} for s in range(5)]
+    batch = gen.generate_batch(requests)
+    assert batch.shape == (5, 8, 8, 3)
+    for request, image in zip(requests, batch):
+        np.testing.assert_array_equal(image, gen.generate(**request))
+
+
+def test_run_matches_reference_and_self_test_passes(gen):
+    report = gen.self_test()
+    assert report["pass"] and report["outputs"]["image"]["max_abs"] <= 1e-3
+
+
+def test_pil_helper(gen):
+    img = to_pil(gen.generate(seed=1, label=2))
+    assert img.size == (8, 8) and img.mode == "RGB"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seed": 1, "label": 10}, "label 10 is out of range .* 0..9"),
+    ({"seed": 1, "label": -1}, "label -1 is out of range"),
+    ({"seed": 1}, "needs a label"),
+    ({"label": 1}, "needs a seed"),
+    ({"seed": 1, "label": 1, "latent": np.zeros(15, np.float32)}, "'latent' must have shape 16"),
+    ({"seed": 1, "label": 1, "latent": np.zeros(16, np.float64)}, "'latent' must be float32, got float64"),
+    ({"seed": 1, "label": 1, "style": 3}, "unknown key"),
+])
+def test_bad_requests_are_clear_errors(gen, kwargs, message):
+    with pytest.raises(RequestError, match=message):
+        gen.generate(**kwargs)
+
+
+def test_run_checks_batched_arrays(gen):
+    with pytest.raises(RequestError, match="with the batch axis"):
+        gen.run({"latent": np.zeros(16, np.float32), "label": np.zeros(1, np.int64)})
+    with pytest.raises(RequestError, match="needs exactly the inputs"):
+        gen.run({"latent": np.zeros((1, 16), np.float32)})
+    out = gen.run({"latent": np.zeros((2, 16), np.float32), "label": np.array([1, 2])})
+    assert out["image"].shape == (2, 3, 8, 8)
+
+
+def test_tampered_bundle_is_refused_naming_the_file(tmp_path, ort_bundle):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(ort_bundle, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="'model.onnx' does not match its sha256"):
+        Generator.open(copy)
+    (copy / "model.onnx").unlink()
+    with pytest.raises(BundleError, match="'model.onnx' listed in the manifest is missing"):
+        Generator.open(copy)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="no such bundle"):
+        Generator.open(tmp_path / "missing")
+    with pytest.raises(BundleError, match="manifest.json is missing"):
+        Generator.open(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        Generator.open(tmp_path)
+
+
+def test_runtime_imports_only_numpy_and_its_backend(ort_bundle):
+    code = (
+        "import sys, json\n"
+        "from edgegen.runtime import Generator\n"
+        f"g = Generator.open({str(ort_bundle)!r})\n"
+        "g.generate(seed=1, label=2)\n"
+        "print(json.dumps(sorted(m for m in sys.modules)))\n"
+    )
+    mods = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                     check=True).stdout.strip().splitlines()[-1])
+    forbidden = ("onnx", "openvino", "yaml", "tflite_runtime", "ai_edge_litert", "tensorflow", "PIL", "onnxscript")
+    assert "onnxruntime" in mods
+    assert not [m for m in mods if m.split(".")[0] in forbidden]
+
+
+def test_run_checks_label_range(gen):
+    with pytest.raises(RequestError, match="label 12 is out of range"):
+        gen.run({"latent": np.zeros((2, 16), np.float32), "label": np.array([1, 12])})

@@ -1,0 +1,62 @@
+import pytest
+
+from edgegen import targets
+from edgegen.errors import TargetError
+
+GOOD = """name: {name}
+description: test target
+device: x86-64 CPU
+arch: x86_64
+backend: onnxruntime
+precision: fp32
+threads: 2
+memory_mb: 512
+"""
+
+
+def test_shipped_targets_load():
+    names = {t.name for t in targets.load_all()}
+    assert {"x86-onnxruntime", "x86-openvino", "jetson-orin-onnxruntime", "intel-npu-openvino"} <= names
+
+
+def test_openvino_cpu_target_is_fp32_and_npu_is_fp16():
+    assert targets.load("x86-openvino").precision == "fp32"
+    assert targets.load("intel-npu-openvino").precision == "fp16"
+    jetson = targets.load("jetson-orin-onnxruntime")
+    assert jetson.precision == "fp16" and "TensorrtExecutionProvider" in jetson.backend_options["providers"]
+
+
+def test_runs_here_reflects_this_host():
+    assert targets.runs_here(targets.load("x86-onnxruntime"))[0] is (targets.host_arch() == "x86_64")
+    ok, why = targets.runs_here(targets.load("jetson-orin-onnxruntime"))
+    if targets.host_arch() != "aarch64":
+        assert not ok and "aarch64" in why
+
+
+def test_target_by_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(GOOD.format(name="mine"))
+    assert targets.load(str(path)).name == "mine"
+
+
+def test_unknown_target_suggests_close_name():
+    with pytest.raises(TargetError, match="did you mean 'x86-openvino'|Did you mean 'x86-openvino'"):
+        targets.load("x86-openvno")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("threads: 2", "threads: two"), "key 'threads' must be a int"),
+    (lambda t: t.replace("backend: onnxruntime", "backend: tensorflow"), "key 'backend' is 'tensorflow'"),
+    (lambda t: t.replace("precision: fp32", "precision: fp8"), "key 'precision' is 'fp8'"),
+    (lambda t: t.replace("memory_mb: 512\n", ""), "missing required key 'memory_mb'"),
+    (lambda t: t + "thread: 4\n", "unknown key 'thread' \\(did you mean 'threads'\\?\\)"),
+    (lambda t: t.replace("name: bad", "name: other"), "key 'name' is 'other'"),
+    (lambda t: "- just\n- a list\n", "must be a mapping"),
+    (lambda t: "name: [unclosed\n", "not valid YAML"),
+])
+def test_invalid_target_names_file_and_key(tmp_path, edit, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(edit(GOOD.format(name="bad")))
+    with pytest.raises(TargetError, match=message) as info:
+        targets.load(str(path))
+    assert str(path) in str(info.value)
