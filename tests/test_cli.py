@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgegen.cli import main
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_targets_lists_every_target_with_host_support(capsys):
+    code, out, _ = run(capsys, "targets")
+    assert code == 0
+    for name in ("x86-onnxruntime", "x86-openvino", "jetson-orin-onnxruntime", "intel-npu-openvino"):
+        assert name in out
+    code, out, _ = run(capsys, "targets", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["x86-onnxruntime"]["runs_here"] and not rows["intel-npu-openvino"]["runs_here"]
+
+
+def test_inspect_shows_roles_ops_costs_and_support(capsys, cgen_path):
+    code, out, _ = run(capsys, "inspect", str(cgen_path), "--nodes")
+    assert code == 0
+    assert "latent" in out and "10 classes" in out and "range [-1, 1]" in out
+    assert "ConvTranspose x1" in out and "MMACs" in out
+    assert "x86-openvino               all ops supported" in out
+    code, out, _ = run(capsys, "inspect", str(cgen_path), "--json")
+    report = json.loads(out)
+    assert report["macs"] > 0 and report["targets"]["x86-onnxruntime"]["supported"]
+
+
+def test_build_then_generate(capsys, tmp_path, cgen_path):
+    code, out, err = run(capsys, "build", str(cgen_path), "--target", "x86-onnxruntime", "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    assert "PSNR" in out
+    code, out, err = run(capsys, "generate", str(tmp_path / "b"), "--seed", "3", "--label", "7", "-o",
+                         str(tmp_path / "img.png"))
+    assert code == 0, err
+    assert np.asarray(Image.open(tmp_path / "img.png")).shape == (8, 8, 3)
+
+
+def test_build_for_several_targets(capsys, tmp_path, cgen_path):
+    code, _, err = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "-t", "x86-openvino",
+                       "-o", str(tmp_path / "fleet"))
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "fleet").iterdir()) == ["x86-onnxruntime", "x86-openvino"]
+
+
+def test_bench_with_baseline_writes_json(capsys, tmp_path, ort_bundle):
+    path = tmp_path / "bench.json"
+    code, out, err = run(capsys, "bench", str(ort_bundle), "--threads", "1", "--runs", "5", "--baseline",
+                         "--json", str(path))
+    assert code == 0, err
+    result = json.loads(path.read_text())
+    bundle_row, base_row = result["rows"]
+    assert base_row["subject"].startswith("fp32 source")
+    for row in result["rows"]:
+        assert row["p50_ms"] > 0 and row["p95_ms"] >= row["p50_ms"] and row["peak_rss_mb"] > 10
+    assert bundle_row["speedup_vs_baseline"] == pytest.approx(base_row["p50_ms"] / bundle_row["p50_ms"], rel=1e-2)
+    assert "vs fp32 ORT" in out
+
+
+def test_zoo_lists_names(capsys):
+    code, out, _ = run(capsys, "zoo")
+    assert code == 0
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda t, m: ["build", str(t / "not.onnx"), "-t", "x86-onnxruntime", "-o", str(t / "o")], "no such model file"),
+    (lambda t, m: ["build", str(m), "-t", "x86-onnxrt", "-o", str(t / "o")], "unknown target 'x86-onnxrt'"),
+    (lambda t, m: ["build", str(t / "text.onnx"), "-t", "x86-onnxruntime", "-o", str(t / "o")], "not a readable ONNX"),
+    (lambda t, m: ["build", str(t / "cut.onnx"), "-t", "x86-onnxruntime", "-o", str(t / "o")], "cut.onnx"),
+    (lambda t, m: ["build", str(m), "-t", "x86-onnxruntime", "-o", str(t / "full")], "holds other files"),
+    (lambda t, m: ["build", str(m), "-t", "intel-npu-openvino", "--precision", "fp32", "-o", str(t / "o")],
+     "does not offer precision"),
+    (lambda t, m: ["inspect", str(m), "--role", "latent=colour"], "unknown role"),
+    (lambda t, m: ["inspect", str(m), "--input-shape", "latent=1x17"], "does not fit"),
+    (lambda t, m: ["generate", str(t / "nobundle"), "--seed", "1", "-o", str(t / "x.png")], "no such bundle"),
+])
+def test_bad_input_exits_2_with_one_paragraph_and_writes_nothing(capsys, tmp_path, cgen_path, make_args, message):
+    (tmp_path / "text.onnx").write_text("this is not a model\n")
+    (tmp_path / "cut.onnx").write_bytes(cgen_path.read_bytes()[:900])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, out, err = run(capsys, *make_args(tmp_path, cgen_path))
+    assert code == 2
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_generate_errors(capsys, tmp_path, ort_bundle):
+    code, _, err = run(capsys, "generate", str(ort_bundle), "--seed", "1", "--label", "99", "-o", str(tmp_path / "x.png"))
+    assert code == 2 and "label 99 is out of range" in err and not (tmp_path / "x.png").exists()
+    code, _, err = run(capsys, "generate", str(ort_bundle), "--seed", "1", "--label", "1", "-o", str(tmp_path / "x.xyz"))
+    assert code == 2 and "unknown image file extension" in err
