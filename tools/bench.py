@@ -1,0 +1,72 @@
+"""`make bench`: measure the zoo models on every target this host runs, against the fp32 source
+in plain ONNX Runtime measured in the same run. Writes JSON and a Markdown table."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+from pathlib import Path
+
+from edgegen import bench, bundle, targets, zoo
+from edgegen.build import build
+from edgegen.fileio import write_text
+
+# the upscaler is measured where a product would use it: 128x128 -> 256x256
+INPUT_SHAPES = {"upscale2x": {"image": [1, 3, 128, 128]}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="bench")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--runs", type=int, default=100)
+    args = parser.parse_args()
+    out = Path(args.out)
+    threads = [int(t) for t in args.threads.split(",")]
+    results = []
+    for name in zoo.names():
+        for target in targets.load_all():
+            ok, why = targets.runs_here(target)
+            if not ok:
+                print(f"skip {target.name}: {why}", file=sys.stderr)
+                continue
+            for precision in target.precisions:
+                dest = out / "bundles" / f"{name}-{target.name}-{precision}"
+                built = build(f"zoo:{name}", target.name, dest, precision=precision,
+                              graph_options={"input_shapes": INPUT_SHAPES.get(name, {})})
+                result = bench.run(dest, threads, runs=args.runs, baseline=True)
+                result.update(model=name, psnr_db=built.fidelity["psnr_db"], ssim=built.fidelity["ssim"],
+                              bundle_bytes=bundle.bundle_bytes(dest, built.manifest))
+                results.append(result)
+                print(f"{name} {target.name} {precision}\n{bench.table(result)}\n", flush=True)
+    meta = {"command": "make bench", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "host": f"{platform.machine()} {platform.processor() or ''}".strip(), "runs": args.runs}
+    write_text(out / "results.json", json.dumps({**meta, "results": results}, indent=2) + "\n")
+    write_text(out / "results.md", render(meta, results))
+    print((out / "results.md").read_text())
+    return 0
+
+
+def render(meta: dict, results: list[dict]) -> str:
+    """One Markdown table: each model x target x precision x threads, with the baseline ratio."""
+    lines = [f"Measured by `{meta['command']}` on {meta['date']} ({meta['host']}), {meta['runs']} runs each, "
+             "batch 1; baseline = the fp32 source in a plain ONNX Runtime CPU session, same process layout, same run.",
+             "",
+             "| model | target | precision | threads | p50 ms | p95 ms | images/s | peak RSS MB | baseline p50 ms "
+             "| speed-up | PSNR dB | bundle KB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        rows = r["rows"]
+        for subject, base in zip(rows[::2], rows[1::2]):
+            lines.append(f"| {r['model']} | {r['target']} | {r['precision']} | {subject['threads']} | "
+                         f"{subject['p50_ms']:.3f} | {subject['p95_ms']:.3f} | {subject['images_per_s']:.1f} | "
+                         f"{subject['peak_rss_mb']:.0f} | {base['p50_ms']:.3f} | {subject['speedup_vs_baseline']:.2f}x | "
+                         f"{r['psnr_db']:.1f} | {r['bundle_bytes'] / 1024:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
