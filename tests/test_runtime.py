@@ -114,3 +114,18 @@ def test_runtime_imports_only_numpy_and_its_backend(ort_bundle):
 def test_run_checks_label_range(gen):
     with pytest.raises(RequestError, match="label 12 is out of range"):
         gen.run({"latent": np.zeros((2, 16), np.float32), "label": np.array([1, 12])})
+
+
+def test_missing_backend_package_says_how_to_install(ov_bundle):
+    code = (
+        "import sys\n"
+        "sys.modules['openvino'] = None  # as if it were not installed\n"
+        "from edgegen.runtime import Generator\n"
+        "from edgegen.errors import BackendUnavailableError\n"
+        "try:\n"
+        f"    Generator.open({str(ov_bundle)!r})\n"
+        "except BackendUnavailableError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install openvino" in out and "edgegen[openvino]" in out

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from ..errors import TargetError
+from ..errors import BackendUnavailableError, TargetError
 
 NAMES = ("onnxruntime", "openvino")
 
@@ -25,3 +25,12 @@ def session_module(backend: str) -> ModuleType:
 def compiler_module(backend: str) -> ModuleType:
     """The build half of a backend."""
     return _module(backend, "compile")
+
+
+def require(package: str, purpose: str, extra: str) -> ModuleType:
+    """Import a backend's runtime package, or say clearly how to install it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise BackendUnavailableError(f"{purpose} needs the {package} package, which is not installed here; "
+                                      f"install it with `pip install {package}` (or `pip install edgegen[{extra}]`)") from None

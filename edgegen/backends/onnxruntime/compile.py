@@ -7,7 +7,7 @@ from typing import Any
 
 import onnx
 
-from ...errors import BackendUnavailableError
+from .. import require
 from ...graph import Graph
 from ...targets import Target
 
@@ -15,12 +15,7 @@ ARTIFACT = "model.onnx"
 
 
 def _ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise BackendUnavailableError("building for ONNX Runtime needs onnxruntime on the build host; "
-                                      "`pip install edgegen[ort]`") from None
-    return onnxruntime
+    return require("onnxruntime", "building for ONNX Runtime", "ort")
 
 
 def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]]:

@@ -9,16 +9,12 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendUnavailableError
+from .. import require
 
-INSTALL_HINT = "install it with `pip install onnxruntime` (or `pip install edgegen[ort]`)"
 
 
 def _ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise BackendUnavailableError(f"this bundle needs ONNX Runtime, which is not installed; {INSTALL_HINT}") from None
-    return onnxruntime
+    return require("onnxruntime", "this bundle", "ort")
 
 
 def host_support(options: dict[str, Any]) -> tuple[bool, str]:

@@ -6,7 +6,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ...errors import BackendUnavailableError, BuildError
+from ...errors import BuildError
+from .. import require
 from ...graph import Graph
 from ...targets import Target
 
@@ -16,12 +17,7 @@ _UNCONVERTED = {"NotSupportedONNXNode", "ONNXFrameworkNode", "FrameworkNode"}
 
 
 def _ov():
-    try:
-        import openvino
-    except ImportError:
-        raise BackendUnavailableError("building for OpenVINO needs openvino on the build host; "
-                                      "`pip install edgegen[openvino]`") from None
-    return openvino
+    return require("openvino", "building for OpenVINO", "openvino")
 
 
 def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]]:

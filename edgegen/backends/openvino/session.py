@@ -8,19 +8,15 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendUnavailableError
+from .. import require
 
-INSTALL_HINT = "install it with `pip install openvino` (or `pip install edgegen[openvino]`)"
 # OpenVINO's names for edgegen precisions; set explicitly, never left to the plugin's default
 # (bf16 on CPUs with AVX-512-BF16 or AMX).
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16"}
 
 
 def _ov():
-    try:
-        import openvino
-    except ImportError:
-        raise BackendUnavailableError(f"this bundle needs OpenVINO, which is not installed; {INSTALL_HINT}") from None
-    return openvino
+    return require("openvino", "this bundle", "openvino")
 
 
 def host_support(options: dict[str, Any]) -> tuple[bool, str]:
