@@ -82,9 +82,13 @@ class Graph:
         return Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
                        for n in self.model.graph.node)
 
+    def concrete_shapes(self) -> dict[str, list[int]]:
+        """Every tensor's shape at the default input shapes (batch 1)."""
+        return _infer_concrete(self.model, {s.name: s.default_shape for s in self.inputs}, str(self.source))
+
     def node_costs(self) -> list[NodeCost]:
         """MACs and bytes per node at the default input shapes."""
-        shapes = _infer_concrete(self.model, {s.name: s.default_shape for s in self.inputs}, str(self.source))
+        shapes = self.concrete_shapes()
         dtypes = _value_dtypes(self.model)
         init = {t.name: t for t in self.model.graph.initializer}
         costs = []

@@ -18,8 +18,7 @@ import yaml
 from .errors import TargetError
 
 TARGETS_DIR = Path(os.environ.get("EDGEGEN_TARGETS_DIR", Path(__file__).resolve().parent.parent / "targets"))
-BACKENDS = ("onnxruntime", "openvino")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 ARCHES = ("x86_64", "aarch64")
 
 # key -> (type, required)
@@ -102,7 +101,7 @@ def load_file(path: Path) -> Target:
             continue
         if not isinstance(data[key], kind) or (kind is int and isinstance(data[key], bool)):
             raise TargetError(f"{path}: key {key!r} must be a {kind.__name__}, got {data[key]!r}")
-    _check_choice(path, "backend", data["backend"], BACKENDS)
+    _check_choice(path, "backend", data["backend"], backend_names())
     _check_choice(path, "arch", data["arch"], ARCHES)
     _check_choice(path, "precision", data["precision"], PRECISIONS)
     precisions = data.get("precisions", [data["precision"]])
@@ -116,6 +115,13 @@ def load_file(path: Path) -> Target:
         raise TargetError(f"{path}: key 'name' is {data['name']!r} but the file is named {path.stem!r}; make them equal")
     return Target(**{**data, "precisions": list(precisions), "backend_options": data.get("backend_options") or {}},
                   path=str(path))
+
+
+def backend_names() -> tuple[str, ...]:
+    """Backends a target may name."""
+    from .backends import NAMES
+
+    return NAMES
 
 
 def _check_choice(path: Path, key: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -12,6 +12,9 @@ Pillow from one of the TrueType fonts that matplotlib ships
 * rotation in [-20, 20] degrees,
 * small offset from the centre (at most 4 px and never leaving the canvas).
 
+``GlyphDataset.pair_batch`` additionally renders two digits in one shared
+style (used by the glyphgen trainer to tie the digit identity to the label).
+
 Everything is a pure function of ``(seed, index)`` so a dataset is fully
 reproducible and can be indexed in any order (no stored state is needed).
 
@@ -106,39 +109,53 @@ def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
             return fg.astype(np.float32), bg.astype(np.float32)
 
 
-def render_glyph(
-    digit: int,
-    rng: np.random.Generator,
-    size: int = IMAGE_SIZE,
-    fonts: list[str] | None = None,
-) -> np.ndarray:
-    """Render one glyph; returns float32 HWC in [0, 1]."""
-    fonts = fonts if fonts is not None else available_fonts()
+def sample_style(rng: np.random.Generator, fonts: list[str]) -> dict:
+    """Draw everything about a sample except the digit itself."""
     font_path = fonts[int(rng.integers(len(fonts)))]
     fg, bg = _colours(rng)
-    frac = float(rng.uniform(0.55, 0.90))
-    angle = float(rng.uniform(-20.0, 20.0))
-    off_u = rng.uniform(-1.0, 1.0, size=2)
+    return dict(
+        font=font_path,
+        fg=fg,
+        bg=bg,
+        frac=float(rng.uniform(0.55, 0.90)),
+        angle=float(rng.uniform(-20.0, 20.0)),
+        offset=rng.uniform(-1.0, 1.0, size=2),
+    )
 
+
+def render_style(digit: int, style: dict, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Render ``digit`` in ``style``; returns float32 HWC in [0, 1]."""
     big = size * _SUPERSAMPLE
-    glyph = _master_glyph(font_path, digit).rotate(angle, resample=Image.BICUBIC, expand=True)
+    glyph = _master_glyph(style["font"], digit).rotate(style["angle"], resample=Image.BICUBIC, expand=True)
     glyph = glyph.crop(glyph.getbbox())
     gw, gh = glyph.size
-    scale = frac * big / max(gw, gh)
+    scale = style["frac"] * big / max(gw, gh)
     nw, nh = max(1, round(gw * scale)), max(1, round(gh * scale))
     glyph = glyph.resize((nw, nh), resample=Image.LANCZOS)
 
     # centre + small offset (<= 4 px at output resolution, clipped to canvas)
     max_off = 4 * _SUPERSAMPLE
     room_x, room_y = (big - nw) // 2, (big - nh) // 2
-    dx = int(round(off_u[0] * min(max_off, room_x)))
-    dy = int(round(off_u[1] * min(max_off, room_y)))
+    dx = int(round(style["offset"][0] * min(max_off, room_x)))
+    dy = int(round(style["offset"][1] * min(max_off, room_y)))
     mask = Image.new("L", (big, big), 0)
     mask.paste(glyph, (room_x + dx, room_y + dy))
     mask = mask.resize((size, size), resample=Image.BOX)
 
     m = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
+    fg, bg = style["fg"], style["bg"]
     return bg[None, None, :] * (1.0 - m) + fg[None, None, :] * m
+
+
+def render_glyph(
+    digit: int,
+    rng: np.random.Generator,
+    size: int = IMAGE_SIZE,
+    fonts: list[str] | None = None,
+) -> np.ndarray:
+    """Render one glyph in a random style; returns float32 HWC in [0, 1]."""
+    fonts = fonts if fonts is not None else available_fonts()
+    return render_style(digit, sample_style(rng, fonts), size)
 
 
 class GlyphDataset(torch.utils.data.Dataset):
@@ -163,6 +180,24 @@ class GlyphDataset(torch.utils.data.Dataset):
         label = int(rng.integers(NUM_CLASSES))
         img = render_glyph(label, rng, self.size, self.fonts)
         return img, label
+
+    def pair_np(self, index: int) -> tuple[np.ndarray, int, np.ndarray, int]:
+        """Two digits (independent labels, may coincide) in the SAME style
+        (font, colours, size, rotation, offset).  Used to teach a conditional
+        generator that the label, not the latent, decides which digit is drawn."""
+        rng = np.random.default_rng([self.seed, int(index), 1])
+        a, b = (int(v) for v in rng.integers(NUM_CLASSES, size=2))
+        style = sample_style(rng, self.fonts)
+        return render_style(a, style, self.size), a, render_style(b, style, self.size), b
+
+    def pair_batch(self, start: int, n: int):
+        """Pairs ``start .. start+n-1``: (xa, ya, xb, yb), images in [-1,1] NCHW."""
+        xa, ya, xb, yb = zip(*(self.pair_np(i) for i in range(start, start + n)))
+
+        def t(imgs):
+            return torch.from_numpy(np.stack(imgs).transpose(0, 3, 1, 2).copy()) * 2.0 - 1.0
+
+        return t(xa), torch.tensor(ya, dtype=torch.int64), t(xb), torch.tensor(yb, dtype=torch.int64)
 
     def __getitem__(self, index: int):
         img, label = self.sample_np(index)

@@ -7,11 +7,17 @@ low-resolution output taken from the intermediate 32x32 stage (multi-resolution
 outputs as in Anycost GAN).
 
 It is trained as the decoder of a conditional VAE on the procedural glyph data
-of ``tools/glyph_data.py`` (CPU friendly, no GAN):
+of ``tools/glyph_data.py`` (CPU friendly, no GAN).  Each training example is a
+pair of renders sharing one style (font, colours, size, rotation, offset):
+(xa, ya) goes through the encoder, the decoder gets the latent and the label y
+of the second render x and must reproduce x (a cross-reconstruction CVAE; with
+plain self-reconstruction the latent learns the digit and the label is
+ignored):
 
-    loss = L1(image, x) + w32 * L1(preview, avgpool2(x))
+    z ~ q(z | xa, ya)
+    loss = L1(image(z, y), x) + w32 * L1(preview(z, y), avgpool2(x))
            + w_sharp * L1(grad(image), grad(x))
-           + beta * KL(q(z|x,y) || N(0,I)) / (3*64*64)
+           + beta * KL(q(z|xa,ya) || N(0,I)) / (3*64*64)
 
 The generator is MobileNet-style (depthwise 3x3 + pointwise 1x1 convs, BN,
 ReLU, nearest x2 upsampling).  The label only joins part-way: a latent-only
@@ -69,12 +75,13 @@ def tune_malloc() -> None:
 # model
 # --------------------------------------------------------------------------
 class SepConv(nn.Module):
-    """[nearest x2] -> depthwise 3x3 -> pointwise 1x1 -> BN -> ReLU."""
+    """[nearest x2] -> depthwise 3x3 (x dw_layers) -> pointwise 1x1 -> BN -> ReLU."""
 
-    def __init__(self, cin: int, cout: int, up: bool = False):
+    def __init__(self, cin: int, cout: int, up: bool = False, dw_layers: int = 1):
         super().__init__()
         self.up = nn.Upsample(scale_factor=2, mode="nearest") if up else nn.Identity()
-        self.dw = nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False)
+        dws = [nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False) for _ in range(dw_layers)]
+        self.dw = dws[0] if dw_layers == 1 else nn.Sequential(*dws)
         self.pw = nn.Conv2d(cin, cout, 1, bias=False)
         self.bn = nn.BatchNorm2d(cout)
         self.act = nn.ReLU(inplace=True)
@@ -121,7 +128,9 @@ class Head(nn.Module):
     def __init__(self):
         super().__init__()
         self.embed = nn.Embedding(NUM_CLASSES, EMBED_DIM)
-        self.b16 = nn.Sequential(SepConv(256 + EMBED_DIM, 192), SepConv(192, 192))
+        # two stacked depthwise 3x3 per block: wider spatial context right after the
+        # label joins, for almost no MACs
+        self.b16 = nn.Sequential(SepConv(256 + EMBED_DIM, 192, dw_layers=2), SepConv(192, 192, dw_layers=2))
         self.b32 = nn.Sequential(SepConv(192, 96, up=True), SepConv(96, 64))  # 32x32
         self.to_rgb32 = ToRGB(64, depthwise=False)  # preview head (1x1)
         self.b64 = SepConv(64, 32, up=True)  # 64x64
@@ -217,8 +226,12 @@ def grad_l1(a, b):
     return (dax - dbx).abs().mean() + (day - dby).abs().mean()
 
 
-def vae_losses(enc, gen, x, y, beta, w32, w_sharp, sample=True):
-    mu, logvar = enc(x, y)
+def vae_losses(enc, gen, xa, ya, x, y, beta, w32, w_sharp, sample=True):
+    """Encode (xa, ya); decode with label y; reconstruct x.
+
+    x is digit y rendered in exactly the style of xa (see GlyphDataset.pair_batch),
+    so the latent only pays off for style and the label must decide the digit."""
+    mu, logvar = enc(xa, ya)
     z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
     img, prev = gen(z, y)
     x32 = F.avg_pool2d(x, 2)
@@ -411,9 +424,9 @@ def main() -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         beta = args.beta * min(1.0, (step + 1) / max(1, args.kl_warmup * args.steps))
-        x, y = ds.batch(step * args.batch, args.batch)
-        x = x.contiguous(memory_format=torch.channels_last)
-        loss, st = vae_losses(enc, gen, x, y, beta, args.w32, args.w_sharp)
+        xa, ya, x, y = ds.pair_batch(step * args.batch, args.batch)
+        xa = xa.contiguous(memory_format=torch.channels_last)
+        loss, st = vae_losses(enc, gen, xa, ya, x, y, beta, args.w32, args.w_sharp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -433,10 +446,12 @@ def main() -> None:
     gen.eval()
     enc.eval()
     gen = gen.to(memory_format=torch.contiguous_format)
-    xv, yv = GlyphDataset(seed=args.seed + 1000).batch(0, 512)
+    xva, yva, xv, yv = GlyphDataset(seed=args.seed + 1000).pair_batch(0, 512)
     with torch.no_grad():
-        _, val = vae_losses(enc, gen, xv, yv, args.beta, args.w32, args.w_sharp, sample=False)
-        mu, _ = enc(xv, yv)
+        _, val = vae_losses(enc, gen, xva, yva, xv, yv, args.beta, args.w32, args.w_sharp, sample=False)
+        _, same = vae_losses(enc, gen, xv, yv, xv, yv, args.beta, args.w32, args.w_sharp, sample=False)
+        val.update({f"same_label_{k}": v for k, v in same.items() if k in ("rec64", "rec32")})
+        mu, _ = enc(xva, yva)
         img, prev = gen(mu, yv)
         val["preview_vs_image_down_l1"] = (prev - F.avg_pool2d(img, 2)).abs().mean().item()
         # latent usage: dimensions whose posterior means vary across the data
