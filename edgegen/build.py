@@ -1,8 +1,9 @@
 """`edgegen build`: model + target -> verified bundle.
 
-Load and clean the graph, refuse ops the target cannot run, compile with the target's
-backend, run the artifact against the fp32 source on held-out inputs, and publish the
-bundle atomically with its manifest.
+Load and clean the graph, refuse ops the target cannot run, apply the passes the precision
+asks for (int8: calibrate, quantize to QDQ, keep layers in float until the quality floor
+holds), compile with the target's backend, run the artifact against the fp32 source on
+held-out inputs, and publish the bundle atomically with its manifest.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import shutil
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,14 +24,33 @@ from .errors import BackendUnavailableError, BuildError, UnsupportedOpError
 from .graph import Graph
 from .inputs import run_batched, sample_feeds
 from .metrics import compare
+from .passes.floor import Evaluator, QualityFloor
 from .source import SourceSession
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 FP32_MAX_ABS = 1e-3
-FP16_PSNR_MARGIN_DB = 6.0
+REDUCED_PSNR_MARGIN_DB = 6.0
 VERIFY_SEED = 10_000
+
+
+@dataclass
+class BuildOptions:
+    """Everything a build can be asked for besides the model, target and output directory."""
+
+    precision: str | None = None  # default: the target's
+    samples: int = 8  # held-out inputs for verification and the quality floor
+    min_psnr: float | None = None
+    min_ssim: float | None = None
+    calibration: str | None = None  # None/'spec', 'zoo', an image folder, an .npy/.npz file
+    calibration_count: int = 32
+    calibration_method: str = "minmax"
+    graph_options: dict[str, Any] = field(default_factory=dict)  # Graph.load keyword arguments
+
+    @property
+    def floor(self) -> QualityFloor:
+        return QualityFloor(self.min_psnr, self.min_ssim)
 
 
 @dataclass
@@ -45,40 +65,37 @@ class BuildResult:
         return self.manifest["fidelity"]
 
 
-def build(
-    model: str | Path | Graph,
-    target: str,
-    out: str | Path,
-    precision: str | None = None,
-    samples: int = 8,
-    progress: Progress | None = None,
-    graph_options: dict[str, Any] | None = None,
-) -> BuildResult:
-    """Build a bundle for one target. See the module docstring for the steps."""
+def build(model: str | Path | Graph, target: str, out: str | Path, options: BuildOptions | None = None,
+          progress: Progress | None = None, **overrides: Any) -> BuildResult:
+    """Build a bundle for one target; keyword overrides set BuildOptions fields (e.g. precision="fp16")."""
+    opts = replace(options or BuildOptions(), **overrides)
     report = progress or (lambda stage, done, total: None)
     out = Path(out)
     tgt = targets.load(target)
-    precision = precision or tgt.precision
+    precision = opts.precision or tgt.precision
     if precision not in tgt.precisions:
         raise BuildError(f"target {tgt.name} does not offer precision {precision!r}; it offers "
                          f"{', '.join(tgt.precisions)} (see {tgt.path})")
+    if opts.samples < 1:
+        raise BuildError(f"--samples must be >= 1, got {opts.samples}")
     bundle.check_output_dir(out)
     report("load", 0, 1)
-    graph = model if isinstance(model, Graph) else Graph.load(model, **(graph_options or {}))
+    source = model if isinstance(model, Graph) else Graph.load(model, **opts.graph_options)
     compiler = backends.compiler_module(tgt.backend)
-    missing = compiler.unsupported_nodes(graph, tgt)
-    if missing:
-        lines = "; ".join(f"node {n!r} (op {op}): {why}" for n, op, why in missing[:5])
-        raise UnsupportedOpError(f"{graph.source}: {len(missing)} node(s) cannot run on target {tgt.name}: {lines}. "
-                                 "Replace these ops in the model before export, or pick another target "
-                                 "(`edgegen inspect MODEL` shows support per target).")
+    _refuse_unsupported(compiler.unsupported_nodes(source, tgt), source, tgt)
+    feeds = sample_feeds(source.inputs, list(range(VERIFY_SEED, VERIFY_SEED + opts.samples)))
+    reference_run = SourceSession(source.source)
+    expected = run_batched(reference_run.run, source.inputs, feeds)
+    evaluator = Evaluator(source.inputs, source.outputs, feeds, expected)
+    graph, passes = _apply_passes(source, precision, opts, evaluator, report)
     staging = bundle.staging_dir(out)
     try:
         report("compile", 0, 1)
         compiled = compiler.compile(graph, tgt, precision, staging)
-        report("verify", 0, samples)
-        checks = _verify(graph, tgt, precision, staging, compiled["session"], samples, report)
-        manifest = _manifest(graph, tgt, precision, compiled, checks)
+        report("verify", 0, 1)
+        checks = _verify(source, tgt, precision, opts.floor, staging, compiled["session"], feeds, expected,
+                         reference_run.describe)
+        manifest = _manifest(source, graph, tgt, precision, compiled, checks, passes)
         bundle.write_manifest(staging, manifest)
         bundle.publish(staging, out)
     finally:
@@ -88,48 +105,75 @@ def build(
     return BuildResult(out, bundle.read_manifest(out))
 
 
-def _verify(graph: Graph, tgt: targets.Target, precision: str, staging: Path, session_cfg: dict,
-            samples: int, report: Progress) -> dict[str, Any]:
-    """Run source and artifact on held-out inputs; fail an fp32 build that drifts past FP32_MAX_ABS."""
-    seeds = list(range(VERIFY_SEED, VERIFY_SEED + samples))
-    feeds = sample_feeds(graph.inputs, seeds)
-    source = SourceSession(graph.source)
-    expected = run_batched(source.run, graph.inputs, feeds)
-    report("verify", samples // 2, samples)
+def _refuse_unsupported(missing: list[tuple[str, str, str]], graph: Graph, tgt: targets.Target) -> None:
+    if missing:
+        lines = "; ".join(f"node {n!r} (op {op}): {why}" for n, op, why in missing[:5])
+        raise UnsupportedOpError(f"{graph.source}: {len(missing)} node(s) cannot run on target {tgt.name}: {lines}. "
+                                 "Replace these ops in the model before export, or pick another target "
+                                 "(`edgegen inspect MODEL` shows support per target).")
+
+
+def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: Evaluator,
+                  report: Progress) -> tuple[Graph, dict[str, Any]]:
+    """Graph-to-graph passes the precision asks for; returns the graph to compile and their reports."""
+    passes: dict[str, Any] = {}
+    if precision == "int8":
+        from .passes.calibration import load_calibration
+        from .passes.floor import search_float_layers
+        from .passes.quantize import Quantizer, qdq_summary
+
+        report("calibrate", 0, 1)
+        calibration = load_calibration(graph.inputs, opts.calibration, opts.calibration_count, graph.name)
+        quantizer = Quantizer(graph, calibration, opts.calibration_method)
+        report("quantize", 0, 1)
+        model, floor_report = search_float_layers(quantizer.layers(), quantizer, evaluator, opts.floor)
+        passes["quantize"] = {"ir": "QDQ ONNX (int8 per-channel symmetric weights, int8 per-tensor activations)",
+                              "method": opts.calibration_method, "calibration": calibration.report(),
+                              **floor_report, **qdq_summary(model)}
+        graph = graph.with_model(model, [f"quantized to int8 QDQ ({opts.calibration_method})"])
+    return graph, passes
+
+
+def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFloor, staging: Path,
+            session_cfg: dict, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray],
+            reference_name: str) -> dict[str, Any]:
+    """Run the artifact on the held-out inputs; fail fp32 past FP32_MAX_ABS and any precision below the floor."""
     session_mod = backends.session_module(tgt.backend)
-    native, where = targets.runs_here(tgt)
-    threads = tgt.threads
+    native, where = targets.runs_here(tgt, precision)
     try:
-        session = session_mod.Session(staging, session_cfg, threads, host_fallback=True)
+        session = session_mod.Session(staging, session_cfg, tgt.threads, host_fallback=True)
     except BackendUnavailableError:
         raise
     except Exception as exc:  # a runtime's own load error, reported with the artifact it concerns
-        raise BuildError(f"the compiled {tgt.backend} artifact for {graph.source} does not load: "
+        raise BuildError(f"the compiled {tgt.backend} artifact for {source.source} does not load: "
                          f"{str(exc).strip().splitlines()[0]}") from None
-    actual = run_batched(session.run, graph.inputs, feeds)
+    actual = run_batched(session.run, source.inputs, feeds)
     per_output = {}
-    for spec in graph.outputs:
+    for spec in source.outputs:
         ref, got = expected[spec.name], actual[spec.name].astype(np.float32)
         data_range = (spec.range[1] - spec.range[0]) if spec.range else float(np.ptp(ref)) or 1.0
         per_output[spec.name] = compare(ref, got, data_range)
     worst = min(per_output.values(), key=lambda r: r["psnr_db"])
-    max_abs = max(r["max_abs"] for r in per_output.values())
-    ran_on = where if native else f"build host fallback ({where}); device numerics not measured"
-    if precision == "fp32" and max_abs > FP32_MAX_ABS:
-        raise BuildError(f"fp32 artifact for {tgt.name} differs from the source model by {max_abs:.3g} max-abs "
-                         f"(limit {FP32_MAX_ABS}) on {samples} held-out inputs; the build is refused. Report this "
-                         "model to the edgegen developers with `edgegen inspect` output.")
-    report("verify", samples, samples)
+    quality = {"psnr_db": worst["psnr_db"], "ssim": min(r.get("ssim", 1.0) for r in per_output.values()),
+               "max_abs": max(r["max_abs"] for r in per_output.values())}
+    samples = len(next(iter(feeds.values())))
+    if precision == "fp32" and quality["max_abs"] > FP32_MAX_ABS:
+        raise BuildError(f"fp32 artifact for {tgt.name} differs from the source model by {quality['max_abs']:.3g} "
+                         f"max-abs (limit {FP32_MAX_ABS}) on {samples} held-out inputs; the build is refused. "
+                         "Report this model to the edgegen developers with `edgegen inspect` output.")
+    if floor and not floor.met(quality):
+        raise BuildError(f"the {precision} artifact for {tgt.name} reaches PSNR {quality['psnr_db']:.2f} dB / SSIM "
+                         f"{quality['ssim']:.4f} against the fp32 source, below the floor ({floor.describe()}).")
     first = {k: v[:1] for k, v in feeds.items()}
     ref_file = reference.save(staging, first, {k: v[:1] for k, v in expected.items()})
     tolerance = {"max_abs": FP32_MAX_ABS} if precision == "fp32" else \
-        {"min_psnr_db": round(worst["psnr_db"] - FP16_PSNR_MARGIN_DB, 2)}
+        {"min_psnr_db": round(quality["psnr_db"] - REDUCED_PSNR_MARGIN_DB, 2)}
+    ran_on = where if native else f"build host fallback ({where}); device numerics not measured"
     return {
-        "fidelity": {"samples": samples, "seed": VERIFY_SEED, "reference": source.describe,
-                     "ran_on": ran_on, "outputs": per_output,
-                     "psnr_db": worst["psnr_db"], "ssim": worst.get("ssim"), "max_abs": max_abs},
+        "fidelity": {"samples": samples, "seed": VERIFY_SEED, "reference": reference_name, "ran_on": ran_on,
+                     "floor": floor.describe() or None, "outputs": per_output, **quality},
         "reference": {"file": ref_file, "tolerance": tolerance},
-        "latency": _latency(session, first, threads, ran_on),
+        "latency": _latency(session, first, tgt.threads, ran_on),
     }
 
 
@@ -144,25 +188,29 @@ def _latency(session, feeds: dict[str, np.ndarray], threads: int, where: str, ru
             "measured_on": where}
 
 
-def _manifest(graph: Graph, tgt: targets.Target, precision: str, compiled: dict, checks: dict) -> dict[str, Any]:
-    costs = graph.node_costs()
+def _manifest(source: Graph, graph: Graph, tgt: targets.Target, precision: str, compiled: dict, checks: dict,
+              passes: dict) -> dict[str, Any]:
+    before, after = source.node_costs(), graph.node_costs()
     return {
         "edgegen_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {
-            "name": graph.name,
-            "source": str(graph.source.resolve()),
-            "source_sha256": bundle.sha256_file(graph.source),
-            "opset": graph.opset,
-            "inputs": [s.to_json() for s in graph.inputs],
-            "outputs": [s.to_json() for s in graph.outputs],
-            "macs": sum(c.macs for c in costs),
-            "param_bytes": sum(c.param_bytes for c in costs),
+            "name": source.name,
+            "source": str(source.source.resolve()),
+            "source_sha256": bundle.sha256_file(source.source),
+            "opset": source.opset,
+            "inputs": [s.to_json() for s in source.inputs],
+            "outputs": [s.to_json() for s in source.outputs],
+            "macs": sum(c.macs for c in after),
+            "param_bytes": sum(c.param_bytes for c in after),
+            "source_macs": sum(c.macs for c in before),
+            "source_param_bytes": sum(c.param_bytes for c in before),
             "cleanup": graph.notes,
         },
         "target": tgt.to_json(),
         "backend": tgt.backend,
         "precision": precision,
+        "passes": passes,
         "session": compiled["session"],
         "tools": {"edgegen": __version__, **compiled["tools"]},
         **checks,

@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 
 from .errors import EdgegenError, RequestError
+from .targets import PRECISIONS
 from .fileio import atomic_path, write_text
 
 
@@ -41,8 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="an .onnx file or zoo:NAME")
     p.add_argument("--target", "-t", action="append", required=True, help="target name or .yaml (repeatable)")
     p.add_argument("--out", "-o", required=True, help="bundle directory (with several targets: a parent directory)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], help="default: the target's precision")
-    p.add_argument("--samples", type=int, default=8, help="held-out inputs for the fidelity check (default 8)")
+    p.add_argument("--precision", choices=list(PRECISIONS), help="default: the target's precision")
+    p.add_argument("--samples", type=int, default=8, help="held-out inputs for verification and floors (default 8)")
+    p.add_argument("--min-psnr", type=float, metavar="DB", help="quality floor: PSNR vs the fp32 source")
+    p.add_argument("--min-ssim", type=float, metavar="S", help="quality floor: SSIM vs the fp32 source")
+    p.add_argument("--calibration", metavar="SOURCE",
+                   help="int8 calibration data: spec (default: seeded inputs), zoo, an image folder, an .npy/.npz")
+    p.add_argument("--calibration-count", type=int, default=32, metavar="N", help="calibration samples (default 32)")
+    p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax")
     _graph_args(p)
     p.set_defaults(func=_build)
 
@@ -119,18 +126,19 @@ def _progress(stage: str, done: int, total: int) -> None:
 
 
 def _build(args) -> int:
-    from .build import build
+    from .build import BuildOptions, build
     from .graph import Graph
+    from .report import render_build_report
 
+    options = BuildOptions(precision=args.precision, samples=args.samples, min_psnr=args.min_psnr,
+                           min_ssim=args.min_ssim, calibration=args.calibration,
+                           calibration_count=args.calibration_count, calibration_method=args.calibration_method)
     graph = Graph.load(args.model, **_graph_options(args))
     out = Path(args.out)
     for name in args.target:
         dest = out / name if len(args.target) > 1 else out
-        result = build(graph, name, dest, precision=args.precision, samples=args.samples, progress=_progress)
-        fid, lat = result.fidelity, result.manifest["latency"]
-        print(f"{name}: {result.manifest['backend']} {result.manifest['precision']} -> {dest}  "
-              f"PSNR {fid['psnr_db']:.1f} dB, max-abs {fid['max_abs']:.2g}, p50 {lat['p50_ms']:.2f} ms "
-              f"({fid['ran_on']})")
+        result = build(graph, name, dest, options, progress=_progress)
+        print(render_build_report(result.manifest, dest))
     return 0
 
 

@@ -13,7 +13,7 @@ from onnx import helper, shape_inference
 
 from . import zoo
 from .errors import ModelError
-from .graph_load import clean, default_opset, read_model
+from .graph_load import clean, default_opset, fold_constants, read_model
 from .roles import describe_io
 from .specs import TensorSpec
 
@@ -64,6 +64,10 @@ class Graph:
         for spec in outs:
             spec.default_shape = concrete.get(spec.name, [])
         return cls(proto, path, notes, ins, outs)
+
+    def with_model(self, model: onnx.ModelProto, notes: list[str]) -> "Graph":
+        """The same model interface (source, inputs, outputs) over a transformed ModelProto."""
+        return Graph(model, self.source, self.notes + notes, self.inputs, self.outputs)
 
     @property
     def name(self) -> str:
@@ -165,6 +169,7 @@ def _infer_concrete(model: onnx.ModelProto, shapes: dict[str, list[int]], origin
     for out in fixed.graph.output:
         out.type.tensor_type.ClearField("shape")
     del fixed.graph.value_info[:]
+    fixed = fold_constants(fixed)  # shape arithmetic on now-static dims (e.g. exporters' reflect pads)
     try:
         fixed = shape_inference.infer_shapes(fixed, data_prop=True)
     except Exception as exc:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import shape_inference
+from onnx import numpy_helper, shape_inference
 
 from .errors import ModelError
 
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 MIN_OPSET = 13
 MAX_OPSET = 21
 _PASSTHROUGH_OPS = {"Identity", "Dropout"}
+# Not folded: quantized weights stay int8 (QDQ), random ops stay random.
+_NEVER_FOLD = {"DequantizeLinear", "QuantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike",
+               "RandomUniformLike", "Multinomial", "Bernoulli"}
+_MAX_FOLDED_ELEMENTS = 1 << 16
 
 
 def read_model(path: str | Path) -> onnx.ModelProto:
@@ -119,16 +124,51 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
                 node.output[i] = new
 
 
-def _fold(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
-    """Constant and shape folding with onnxscript's optimizer (numerics are verified later by the build)."""
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant and shape folding: every node whose inputs are all constants is evaluated with ONNX's
+    reference evaluator (exporters build pads and shapes from ConstantOfShape/Slice/Transpose chains),
+    then onnxscript's optimizer folds what depends on static shapes. On failure the model is unchanged."""
     import onnxscript.optimizer
 
     try:
-        folded = onnxscript.optimizer.optimize(model)
-    except Exception as exc:  # the optimizer is an optional nicety; the model stays valid without it
+        return onnxscript.optimizer.optimize(_evaluate_constant_nodes(model))
+    except Exception as exc:  # folding is an optimization; the model stays valid without it
         log.warning("constant folding skipped: %s", exc)
-        notes.append(f"constant folding skipped ({type(exc).__name__})")
         return model
+
+
+def _evaluate_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    kept = []
+    for node in graph.node:
+        inputs = [i for i in node.input if i]
+        foldable = (node.domain in ("", "ai.onnx") and node.op_type not in _NEVER_FOLD
+                    and all(i in values for i in inputs)
+                    and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                for a in node.attribute))
+        if foldable:
+            results = ReferenceEvaluator(node).run(None, {i: values[i] for i in inputs})
+            if all(np.asarray(r).size <= _MAX_FOLDED_ELEMENTS for r in results):
+                for name, result in zip(node.output, results):
+                    values[name] = np.asarray(result)
+                    graph.initializer.append(numpy_helper.from_array(np.asarray(result), name))
+                continue
+        kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for init in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(init)
+    return model
+
+
+def _fold(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """Fold constants and shape arithmetic (numerics are verified later by the build)."""
+    folded = fold_constants(model)
     before = len(model.graph.node)
     if len(folded.graph.node) != before:
         notes.append(f"folded constants and shape arithmetic ({before} -> {len(folded.graph.node)} nodes)")

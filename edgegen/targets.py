@@ -138,11 +138,11 @@ def host_arch() -> str:
     return _ARCH_ALIASES.get(machine, machine)
 
 
-def runs_here(target: Target) -> tuple[bool, str]:
-    """Whether this host can run a target natively, and if not, why."""
+def runs_here(target: Target, precision: str | None = None) -> tuple[bool, str]:
+    """Whether this host can run a target (at a precision, default its own) natively, and if not, why."""
     from . import backends
 
     if target.arch != host_arch():
         return False, f"needs an {target.arch} device (this host is {host_arch()})"
-    options = {**target.backend_options, "precision": target.precision}
+    options = {**target.backend_options, "precision": precision or target.precision}
     return backends.session_module(target.backend).host_support(options)

@@ -9,6 +9,7 @@ import onnx
 
 from .. import require
 from ...graph import Graph
+from ...passes.qdq import activations_to_uint8
 from ...targets import Target
 
 ARTIFACT = "model.onnx"
@@ -54,11 +55,26 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
 def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict[str, Any]:
     """Write the artifact into workdir; return its files and the session settings for the manifest."""
     ort = _ort()
-    model = graph.model
-    if precision == "fp16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+    if precision == "int8":
+        # QDQ stays as it is (ONNX Runtime fuses it at load time on the device), with uint8 activations
+        onnx.save(activations_to_uint8(graph.model), str(workdir / ARTIFACT))
+    else:
+        model = graph.model
+        if precision == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+            model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+        _optimize_offline(ort, model, workdir)
+    providers = target.backend_options.get("providers", ["CPUExecutionProvider"])
+    session = {"entry": ARTIFACT, "precision": precision, "providers": providers}
+    if "required_providers" in target.backend_options:
+        session["required_providers"] = target.backend_options["required_providers"]
+    return {"files": [ARTIFACT], "session": session,
+            "tools": {"onnx": onnx.__version__, "onnxruntime": ort.__version__}}
+
+
+def _optimize_offline(ort, model: onnx.ModelProto, workdir: Path) -> None:
+    """Save the model optimized at ONNX Runtime's portable (basic) level, which any device's ORT loads."""
     staged = workdir / ".staged.onnx"
     onnx.save(model, str(staged))
     options = ort.SessionOptions()
@@ -67,9 +83,3 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
     options.log_severity_level = 3
     ort.InferenceSession(str(staged), options, providers=["CPUExecutionProvider"])
     staged.unlink()
-    providers = target.backend_options.get("providers", ["CPUExecutionProvider"])
-    session = {"entry": ARTIFACT, "precision": precision, "providers": providers}
-    if "required_providers" in target.backend_options:
-        session["required_providers"] = target.backend_options["required_providers"]
-    return {"files": [ARTIFACT], "session": session,
-            "tools": {"onnx": onnx.__version__, "onnxruntime": ort.__version__}}

@@ -10,9 +10,10 @@ import numpy as np
 from ...errors import BackendUnavailableError
 from .. import require
 
-# OpenVINO's names for edgegen precisions; set explicitly, never left to the plugin's default
-# (bf16 on CPUs with AVX-512-BF16 or AMX).
-INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16"}
+# OpenVINO's inference precision for each edgegen precision; always set explicitly, never left to
+# the plugin's default (bf16 on CPUs with AVX-512-BF16 or AMX). int8 layers come from the QDQ graph;
+# what stays float in an int8 model runs in f32.
+INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 
 
 def _ov():
@@ -26,8 +27,11 @@ def host_support(options: dict[str, Any]) -> tuple[bool, str]:
     except BackendUnavailableError as exc:
         return False, str(exc)
     device = options.get("device", "CPU")
-    devices = ov.Core().available_devices
+    core = ov.Core()
+    devices = core.available_devices
     if any(d.split(".")[0] == device for d in devices):
+        if options.get("precision") == "bf16" and "BF16" not in core.get_property(device, "OPTIMIZATION_CAPABILITIES"):
+            return False, f"needs bf16 support on {device} (AVX-512-BF16 or AMX); this {device} has none"
         return True, f"openvino {ov.__version__} {device}"
     return False, f"needs the OpenVINO {device} device; this host has {', '.join(devices) or 'none'}"
 

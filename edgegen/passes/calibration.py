@@ -1,0 +1,111 @@
+"""Calibration data for quantization and pruning.
+
+Sources: the model's own input spec (seeded latents, labels cycled, smooth synthetic images),
+a folder of images (for image inputs), `.npy`/`.npz` arrays, or `zoo` (the calibration images a
+zoo model ships). Calibration seeds (0..n-1) never overlap the build's held-out verification seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import RequestError
+from ..inputs import sample_feeds
+from ..specs import TensorSpec
+from ..zoo import ZOO_DIR
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Calibration:
+    """A batch of calibration inputs (by input name) and where it came from."""
+
+    feeds: dict[str, np.ndarray]
+    source: str
+
+    @property
+    def count(self) -> int:
+        return len(next(iter(self.feeds.values())))
+
+    def samples(self) -> list[dict[str, np.ndarray]]:
+        """One feed dict per sample (batch 1)."""
+        return [{k: v[i:i + 1] for k, v in self.feeds.items()} for i in range(self.count)]
+
+    def report(self) -> dict:
+        return {"source": self.source, "count": self.count}
+
+
+def load_calibration(specs: list[TensorSpec], source: str | None, count: int, model_name: str = "") -> Calibration:
+    """Calibration inputs from `source` (None/'spec', 'zoo', an image folder, or an .npy/.npz file)."""
+    if count < 1:
+        raise RequestError(f"calibration count must be >= 1, got {count}")
+    if source in (None, "spec"):
+        return Calibration(sample_feeds(specs, list(range(count))), f"input spec (seeds 0..{count - 1})")
+    if source == "zoo":
+        folder = ZOO_DIR / f"{model_name}.calib"
+        if not folder.is_dir():
+            raise RequestError(f"zoo model {model_name!r} ships no calibration images ({folder}); use "
+                               "--calibration spec, a folder of images or an .npz file")
+        return _from_images(specs, folder, count, f"zoo:{model_name} calibration images")
+    path = Path(source)
+    if path.is_dir():
+        return _from_images(specs, path, count, str(path))
+    if path.suffix in (".npy", ".npz") and path.is_file():
+        return _from_arrays(specs, path, count)
+    raise RequestError(f"calibration source {source!r} is neither 'spec', 'zoo', a folder of images nor an "
+                       ".npy/.npz file")
+
+
+def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str) -> Calibration:
+    from PIL import Image
+
+    image_specs = [s for s in specs if s.role == "image"]
+    if len(image_specs) != 1:
+        raise RequestError(f"calibration from images needs a model with exactly one image input; this one has "
+                           f"{[s.name for s in image_specs] or 'none'}. Use an .npz file keyed by input name.")
+    spec = image_specs[0]
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise RequestError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    c, h, w = spec.default_shape[1:]
+    lo, hi = spec.range or [0.0, 1.0]
+    images = []
+    for i in range(count):
+        with Image.open(files[i % len(files)]) as img:
+            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BICUBIC)
+            array = np.asarray(img, dtype=np.float32).reshape(h, w, c).transpose(2, 0, 1)
+        images.append(lo + array * ((hi - lo) / 255.0))
+    feeds = sample_feeds([s for s in specs if s is not spec], list(range(count)))
+    feeds[spec.name] = np.stack(images).astype(spec.dtype)
+    return Calibration(feeds, f"{label} ({len(files)} files, resized to {w}x{h})")
+
+
+def _from_arrays(specs: list[TensorSpec], path: Path, count: int) -> Calibration:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RequestError(f"{path}: cannot read calibration arrays ({exc})") from None
+    if isinstance(data, np.ndarray):
+        if len(specs) != 1:
+            raise RequestError(f"{path}: an .npy file calibrates single-input models only; this model has inputs "
+                               f"{[s.name for s in specs]}: use an .npz keyed by input name")
+        arrays = {specs[0].name: data}
+    else:
+        arrays = {k: data[k] for k in data.files}
+    feeds = {}
+    for spec in specs:
+        if spec.name not in arrays:
+            raise RequestError(f"{path}: no array for input {spec.name!r} (has {sorted(arrays)})")
+        array = arrays[spec.name]
+        if array.dtype != np.dtype(spec.dtype):
+            raise RequestError(f"{path}: array {spec.name!r} is {array.dtype}; the input is {spec.dtype}")
+        want = spec.default_shape[1:]
+        if list(array.shape[1:]) != list(want):
+            raise RequestError(f"{path}: array {spec.name!r} has shape {list(array.shape)}; expected "
+                               f"[N, {', '.join(map(str, want))}] (N samples of the input's shape)")
+        feeds[spec.name] = array[:count]
+    return Calibration(feeds, f"{path} ({min(count, len(next(iter(feeds.values()))))} samples)")

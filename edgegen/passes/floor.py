@@ -1,0 +1,103 @@
+"""The image-quality floor: keep the most damaging layers in float until PSNR/SSIM against the fp32
+source holds (NNCF's accuracy-control idea, with image quality as the metric)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import BuildError
+from ..inputs import run_batched
+from ..metrics import psnr, ssim
+from ..specs import TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QualityFloor:
+    """Minimum PSNR (dB) and/or SSIM of every image output against the fp32 source."""
+
+    min_psnr: float | None = None
+    min_ssim: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.min_psnr is not None or self.min_ssim is not None
+
+    def met(self, quality: dict[str, float]) -> bool:
+        return (self.min_psnr is None or quality["psnr_db"] >= self.min_psnr) and \
+            (self.min_ssim is None or quality.get("ssim", 1.0) >= self.min_ssim)
+
+    def describe(self) -> str:
+        parts = [f"PSNR >= {self.min_psnr} dB" if self.min_psnr is not None else "",
+                 f"SSIM >= {self.min_ssim}" if self.min_ssim is not None else ""]
+        return " and ".join(p for p in parts if p)
+
+
+class Evaluator:
+    """Scores candidate ONNX models against the fp32 source's outputs on held-out inputs."""
+
+    def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec], feeds: dict[str, np.ndarray],
+                 expected: dict[str, np.ndarray]):
+        self.inputs, self.outputs, self.feeds, self.expected = inputs, outputs, feeds, expected
+
+    def quality(self, model: onnx.ModelProto) -> dict[str, float]:
+        """Worst PSNR and SSIM over the outputs (each output's own value range)."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        got = run_batched(lambda f: dict(zip(names, session.run(names, f))), self.inputs, self.feeds)
+        worst = {"psnr_db": float("inf"), "ssim": 1.0, "nmse": 0.0}
+        for spec in self.outputs:
+            ref = self.expected[spec.name]
+            data_range = (spec.range[1] - spec.range[0]) if spec.range else float(np.ptp(ref)) or 1.0
+            worst["psnr_db"] = min(worst["psnr_db"], psnr(ref, got[spec.name], data_range))
+            worst["nmse"] = max(worst["nmse"], float(np.mean((got[spec.name] - ref) ** 2)) / data_range ** 2)
+            if ref.ndim >= 3:
+                worst["ssim"] = min(worst["ssim"], ssim(ref, got[spec.name], data_range))
+        return {"psnr_db": round(worst["psnr_db"], 3), "ssim": round(worst["ssim"], 5), "nmse": worst["nmse"]}
+
+
+def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator: Evaluator,
+                        floor: QualityFloor) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Keep the most damaging layers in float until the floor holds.
+
+    Sensitivity: each layer quantized alone (all others float) and its error measured as mean squared
+    error relative to the output range; errors of layers add up roughly, so layers are kept in float,
+    largest error first, until the whole model meets the floor. A model with every layer in float is
+    not an int8 model: that is a failure, reported with what was reachable.
+    """
+    model = quantizer.emit()
+    base = evaluator.quality(model)
+    report: dict[str, Any] = {"floor": floor.describe() or None, "all_int8": base, "kept_float": [],
+                              "sensitivity": []}
+    if not floor or floor.met(base):
+        report["result"] = base
+        return model, report
+    for name, op in candidates:
+        alone = evaluator.quality(quantizer.emit(only=[name]))
+        report["sensitivity"].append({"node": name, "op": op, "psnr_db_alone": alone["psnr_db"],
+                                      "nmse": alone["nmse"]})
+    ranked = sorted(report["sensitivity"], key=lambda r: -r["nmse"])
+    kept: list[str] = []
+    quality = base
+    for row in ranked[:-1]:
+        kept.append(row["node"])
+        model = quantizer.emit(exclude=kept)
+        quality = evaluator.quality(model)
+        log.info("keeping %s in float -> %s", row["node"], quality)
+        if floor.met(quality):
+            report.update(kept_float=kept, result=quality)
+            return model, report
+    raise BuildError(f"no mix of int8 and float layers meets the quality floor ({floor.describe()}): all int8 gives "
+                     f"{base['psnr_db']:.1f} dB / SSIM {base['ssim']:.3f}; with all but the least sensitive of the "
+                     f"{len(candidates)} quantizable layers in float, {quality['psnr_db']:.1f} dB / SSIM "
+                     f"{quality['ssim']:.3f}. Lower --min-psnr/--min-ssim, calibrate with more representative data "
+                     "(--calibration, --calibration-method percentile), or build fp16.")

@@ -1,0 +1,107 @@
+"""int8 post-training quantization into the project's one quantized IR: a QDQ ONNX graph.
+
+Per-channel symmetric int8 weights, per-tensor asymmetric int8 activations, int32 biases,
+computed by onnxruntime.quantization's calibrators (MinMax, Entropy, Percentile) after
+BatchNorm and constant folding (its `quant_pre_process`). Calibration runs once; any set of
+layers can then be kept in float without calibrating again, which is what the quality-floor
+search (`edgegen.passes.floor`) needs. Backends lower this same graph, so every device gets the
+same scales.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+
+from ..errors import BuildError
+from ..graph import Graph
+from .calibration import Calibration
+
+log = logging.getLogger(__name__)
+
+METHODS = ("minmax", "entropy", "percentile")
+
+
+def _ort_quantization():
+    try:
+        from onnxruntime import quantization
+    except ImportError:
+        raise BuildError("int8 quantization needs onnxruntime on the build host; `pip install edgegen[ort]`") from None
+    return quantization
+
+
+class Quantizer:
+    """Calibrated once for a graph; `emit(exclude)` gives QDQ graphs with chosen layers left in float."""
+
+    def __init__(self, graph: Graph, calibration: Calibration, method: str = "minmax"):
+        if method not in METHODS:
+            raise BuildError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+        q = _ort_quantization()
+        self.graph = graph
+        self.method = method
+        self.calibration = calibration
+        with tempfile.TemporaryDirectory(prefix="edgegen-quant-") as tmp:
+            src, pre = Path(tmp) / "source.onnx", Path(tmp) / "pre.onnx"
+            onnx.save(graph.model, str(src))
+            q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            self.model = onnx.load(str(pre))
+            calibrator = q.create_calibrator(
+                pre, op_types_to_calibrate=None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                calibrate_method=getattr(q.CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy",
+                                                              "percentile": "Percentile"}[method]))
+            calibrator.collect_data(_Reader(calibration))
+            self.ranges = calibrator.compute_data()
+        self.op_types = sorted(set(q.registry.QLinearOpsRegistry) | set(q.registry.QDQRegistry))
+
+    def layers(self) -> list[tuple[str, str]]:
+        """(node name, op) of every node the quantizer would quantize, which the floor search may keep in float."""
+        return [(n.name, n.op_type) for n in self.model.graph.node if n.op_type in self.op_types]
+
+    def emit(self, exclude: Iterable[str] = (), only: Iterable[str] | None = None) -> onnx.ModelProto:
+        """A QDQ model with the `exclude` nodes kept in float (or with only the `only` nodes quantized)."""
+        q = _ort_quantization()
+        quantizer = q.QDQQuantizer(
+            onnx.ModelProto.FromString(self.model.SerializeToString()), True, False, q.QuantType.QInt8,
+            q.QuantType.QInt8, self.ranges, list(only) if only is not None else None, list(exclude), self.op_types,
+            {"WeightSymmetric": True, "ActivationSymmetric": False})
+        quantizer.quantize_model()
+        quantizer.model.topological_sort()
+        return quantizer.model.model
+
+
+def qdq_summary(model: onnx.ModelProto) -> dict[str, object]:
+    """Per op type, how many nodes the QDQ graph makes int8 (every input from a DequantizeLinear, every
+    output into a QuantizeLinear) and how many stay float."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    produced_by_dq = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    consumers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    quantized: dict[str, int] = {}
+    float_ops: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        data_inputs = [i for i in node.input if i and i not in inits]
+        int8 = bool(data_inputs) and all(i in produced_by_dq for i in data_inputs) and all(
+            consumers.get(o) and set(consumers[o]) == {"QuantizeLinear"} for o in node.output)
+        bucket = quantized if int8 else float_ops
+        bucket[node.op_type] = bucket.get(node.op_type, 0) + 1
+    return {"quantized_ops": quantized, "float_ops": float_ops}
+
+
+class _Reader:
+    """onnxruntime.quantization CalibrationDataReader over a Calibration."""
+
+    def __init__(self, calibration: Calibration):
+        self._samples = iter(calibration.samples())
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._samples, None)

@@ -1,0 +1,32 @@
+"""The printed form of a build's report (the same facts the manifest holds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
+    """A few lines per build: where, cost before/after, fidelity, what the passes did, latency."""
+    model, fid, lat = manifest["model"], manifest["fidelity"], manifest["latency"]
+    lines = [
+        f"{manifest['target']['name']}: {manifest['backend']} {manifest['precision']} -> {dest}",
+        f"  cost      {model['source_macs'] / 1e6:.2f} -> {model['macs'] / 1e6:.2f} MMACs, parameters "
+        f"{model['source_param_bytes'] / 1e3:.0f} -> {model['param_bytes'] / 1e3:.0f} KB",
+        f"  fidelity  PSNR {fid['psnr_db']:.2f} dB, SSIM {fid['ssim']:.4f}, max-abs {fid['max_abs']:.3g} vs the "
+        f"fp32 source on {fid['samples']} held-out inputs" + (f" (floor: {fid['floor']})" if fid.get("floor") else ""),
+        f"  latency   p50 {lat['p50_ms']:.3f} ms, batch 1, {lat['threads']} thread(s), on {fid['ran_on']}",
+    ]
+    quant = manifest.get("passes", {}).get("quantize")
+    if quant:
+        lines.append(f"  int8      calibration: {quant['calibration']['source']}, {quant['calibration']['count']} "
+                     f"samples, {quant['method']}; all-int8 PSNR {quant['all_int8']['psnr_db']:.2f} dB")
+        lines.append("            quantized ops: " + ", ".join(f"{k} x{v}" for k, v in quant["quantized_ops"].items()))
+        if quant["float_ops"]:
+            lines.append("            float ops: " + ", ".join(f"{k} x{v}" for k, v in quant["float_ops"].items()))
+        if quant["sensitivity"]:
+            lines.append(f"            kept in float for the floor: {', '.join(quant['kept_float']) or 'none'}")
+            lines.append("            layer sensitivity (PSNR with only this layer int8), most damaging first:")
+            for row in sorted(quant["sensitivity"], key=lambda r: -r["nmse"])[:12]:
+                lines.append(f"              {row['node'][:48]:<48} {row['op']:<22} {row['psnr_db_alone']:7.2f} dB")
+    return "\n".join(lines)
