@@ -1,0 +1,169 @@
+import json
+import logging
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, numpy_helper
+from PIL import Image
+
+from edgegen import bundle
+from edgegen.build import build
+from edgegen.errors import BuildError, RequestError
+from edgegen.graph import Graph
+from edgegen.passes.calibration import load_calibration
+from edgegen.passes.qdq import activations_to_uint8
+from edgegen.passes.quantize import Quantizer, qdq_summary
+from edgegen.runtime import Generator
+
+logging.getLogger().setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="module")
+def graph(cgen_path):
+    return Graph.load(cgen_path)
+
+
+@pytest.fixture(scope="module")
+def qdq(graph):
+    return Quantizer(graph, load_calibration(graph.inputs, None, 16)).emit()
+
+
+def run(model, feeds):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def feeds():
+    return {"latent": np.random.default_rng(5).standard_normal((4, 16), dtype=np.float32),
+            "label": np.array([0, 3, 6, 9])}
+
+
+def test_qdq_ir_has_per_channel_symmetric_weights_and_int8_activations(qdq):
+    inits = {t.name: t for t in qdq.graph.initializer}
+    weight_dqs = [n for n in qdq.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    conv_weights = [n for n in weight_dqs if inits[n.input[0]].data_type == TensorProto.INT8
+                    and len(inits[n.input[0]].dims) == 4]
+    assert conv_weights
+    for node in conv_weights:
+        zero_points = numpy_helper.to_array(inits[node.input[2]])
+        assert zero_points.size > 1 and not zero_points.any()  # per-channel, symmetric
+    activation_qs = [n for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert activation_qs and all(inits[n.input[2]].data_type == TensorProto.INT8 for n in activation_qs)
+    summary = qdq_summary(qdq)
+    assert {"Conv", "ConvTranspose", "Gemm", "Concat"} <= set(summary["quantized_ops"])
+
+
+def test_uint8_reencoding_is_lossless(qdq):
+    u8 = activations_to_uint8(qdq)
+    onnx.checker.check_model(u8)
+    inits = {t.name: t for t in u8.graph.initializer}
+    activation_qs = [n for n in u8.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert all(inits[n.input[2]].data_type == TensorProto.UINT8 for n in activation_qs)
+    np.testing.assert_array_equal(run(qdq, feeds()), run(u8, feeds()))
+
+
+def test_int8_is_close_to_fp32(graph, qdq):
+    ref = run(graph.model, feeds())
+    got = run(qdq, feeds())
+    assert 10 * np.log10(4 / np.mean((ref - got) ** 2)) > 25
+
+
+@pytest.mark.parametrize("target", ["x86-onnxruntime", "x86-openvino"])
+def test_int8_build_reports_and_runs(tmp_path, cgen_path, target):
+    result = build(cgen_path, target, tmp_path / "q", precision="int8")
+    quant = result.manifest["passes"]["quantize"]
+    assert quant["calibration"] == {"source": "input spec (seeds 0..31)", "count": 32}
+    assert "ConvTranspose" in quant["quantized_ops"] and quant["method"] == "minmax"
+    assert result.fidelity["psnr_db"] > 25
+    assert result.manifest["model"]["param_bytes"] < result.manifest["model"]["source_param_bytes"] / 2
+    gen = Generator.open(tmp_path / "q")
+    assert gen.self_test()["pass"] and gen.generate(seed=1, label=2).shape == (8, 8, 3)
+
+
+def test_quality_floor_keeps_the_most_damaging_layers_in_float(tmp_path, cgen_path):
+    plain = build(cgen_path, "x86-onnxruntime", tmp_path / "a", precision="int8")
+    base = plain.manifest["passes"]["quantize"]["all_int8"]["psnr_db"]
+    floored = build(cgen_path, "x86-onnxruntime", tmp_path / "b", precision="int8", min_psnr=base + 1.5)
+    quant = floored.manifest["passes"]["quantize"]
+    assert quant["kept_float"] and len(quant["sensitivity"]) >= 4
+    assert floored.fidelity["psnr_db"] >= base + 1.5
+    worst = max(quant["sensitivity"], key=lambda r: r["nmse"])["node"]
+    assert quant["kept_float"][0] == worst
+
+
+def test_unmeetable_floor_fails_clearly_and_writes_nothing(tmp_path, cgen_path):
+    with pytest.raises(BuildError, match="no mix of int8 and float layers meets the quality floor"):
+        build(cgen_path, "x86-openvino", tmp_path / "q", precision="int8", min_psnr=250)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_floor_applies_to_every_precision(tmp_path, cgen_path):
+    with pytest.raises(BuildError, match="below the floor"):
+        build(cgen_path, "x86-onnxruntime", tmp_path / "q", precision="fp16", min_psnr=190)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_other_calibration_methods(tmp_path, cgen_path, method):
+    result = build(cgen_path, "x86-onnxruntime", tmp_path / method, precision="int8", calibration_method=method,
+                   calibration_count=8)
+    assert result.manifest["passes"]["quantize"]["method"] == method
+
+
+def test_bf16_on_openvino_sets_the_hint(tmp_path, cgen_path):
+    import openvino as ov
+
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bf16 support (AVX-512-BF16/AMX); OpenVINO cannot run bf16 here")
+    result = build(cgen_path, "x86-openvino", tmp_path / "bf", precision="bf16")
+    assert 30 < result.fidelity["psnr_db"] < 200
+    gen = Generator.open(tmp_path / "bf")
+    assert gen.session._compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "bf16"
+
+
+def test_calibration_from_images_and_arrays(tmp_path, graph):
+    image_model_spec = [s for s in graph.inputs]
+    npz = tmp_path / "cal.npz"
+    np.savez(npz, latent=np.zeros((5, 16), np.float32), label=np.arange(5))
+    cal = load_calibration(image_model_spec, str(npz), 3)
+    assert cal.count == 3 and cal.feeds["latent"].shape == (3, 16)
+    np.savez(npz, latent=np.zeros((5, 16), np.float64), label=np.arange(5))
+    with pytest.raises(RequestError, match="'latent' is float64; the input is float32"):
+        load_calibration(image_model_spec, str(npz), 3)
+    np.savez(npz, latent=np.zeros((5, 15), np.float32), label=np.arange(5))
+    with pytest.raises(RequestError, match=r"expected \[N, 16\]"):
+        load_calibration(image_model_spec, str(npz), 3)
+    np.save(tmp_path / "one.npy", np.zeros((2, 16), np.float32))
+    with pytest.raises(RequestError, match="single-input models only"):
+        load_calibration(image_model_spec, str(tmp_path / "one.npy"), 2)
+    with pytest.raises(RequestError, match="exactly one image input"):
+        load_calibration(image_model_spec, str(tmp_path), 2)
+    with pytest.raises(RequestError, match="neither"):
+        load_calibration(image_model_spec, str(tmp_path / "nothing.txt"), 2)
+    with pytest.raises(RequestError, match=">= 1"):
+        load_calibration(image_model_spec, None, 0)
+
+
+def test_calibration_from_an_image_folder(tmp_path):
+    from edgegen.specs import TensorSpec
+
+    spec = TensorSpec("img", "float32", [None, 3, None, None], "image", [1, 3, 32, 24], [-1.0, 1.0])
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    cal = load_calibration([spec], str(folder), 5)
+    assert cal.feeds["img"].shape == (5, 3, 32, 24)
+    assert cal.feeds["img"].min() >= -1 and cal.feeds["img"].max() <= 1
+    assert "3 files" in cal.source
+
+
+def test_cli_int8_flags(tmp_path, cgen_path, capsys):
+    from edgegen.cli import main
+
+    code = main(["build", str(cgen_path), "-t", "x86-openvino", "-o", str(tmp_path / "q"), "--precision", "int8",
+                 "--calibration-count", "8", "--calibration-method", "percentile"])
+    out = capsys.readouterr().out
+    assert code == 0 and "int8" in out and "quantized ops" in out
+    manifest = json.loads((tmp_path / "q" / bundle.MANIFEST).read_text())
+    assert manifest["passes"]["quantize"]["calibration"]["count"] == 8
