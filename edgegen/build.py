@@ -174,6 +174,7 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
                      "floor": floor.describe() or None, "outputs": per_output, **quality},
         "reference": {"file": ref_file, "tolerance": tolerance},
         "latency": _latency(session, first, tgt.threads, ran_on),
+        "execution": session.execution_report() if hasattr(session, "execution_report") else None,
     }
 
 

@@ -17,6 +17,10 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
         f"fp32 source on {fid['samples']} held-out inputs" + (f" (floor: {fid['floor']})" if fid.get("floor") else ""),
         f"  latency   p50 {lat['p50_ms']:.3f} ms, batch 1, {lat['threads']} thread(s), on {fid['ran_on']}",
     ]
+    execution = manifest.get("execution")
+    if execution and execution["int8"]:
+        lines.append("  executes  int8: " + ", ".join(f"{k} x{v}" for k, v in sorted(execution["int8"].items()))
+                     + "; float: " + (", ".join(f"{k} x{v}" for k, v in sorted(execution["float"].items())) or "none"))
     quant = manifest.get("passes", {}).get("quantize")
     if quant:
         lines.append(f"  int8      calibration: {quant['calibration']['source']}, {quant['calibration']['count']} "

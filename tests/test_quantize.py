@@ -167,3 +167,11 @@ def test_cli_int8_flags(tmp_path, cgen_path, capsys):
     assert code == 0 and "int8" in out and "quantized ops" in out
     manifest = json.loads((tmp_path / "q" / bundle.MANIFEST).read_text())
     assert manifest["passes"]["quantize"]["calibration"]["count"] == 8
+
+
+@pytest.mark.parametrize("target", ["x86-onnxruntime", "x86-openvino"])
+def test_execution_report_counts_layers_that_really_run_int8(tmp_path, cgen_path, target):
+    fp32 = build(cgen_path, target, tmp_path / "f", precision="fp32").manifest["execution"]
+    int8 = build(cgen_path, target, tmp_path / "q", precision="int8").manifest["execution"]
+    assert not fp32["int8"] and fp32["float"].get("Conv")
+    assert int8["int8"].get("Conv", 0) >= 1

@@ -29,6 +29,16 @@ def host_support(options: dict[str, Any]) -> tuple[bool, str]:
     return False, f"needs one of {', '.join(required)}; this onnxruntime has {', '.join(available)}"
 
 
+# ONNX Runtime's fused integer kernels, by the ONNX op they execute
+_INT8_KERNELS = {"QLinearConv": "Conv", "ConvInteger": "Conv", "QLinearMatMul": "MatMul", "MatMulInteger": "MatMul",
+                 "QGemm": "Gemm", "QLinearAdd": "Add", "QLinearMul": "Mul", "QLinearConcat": "Concat",
+                 "QLinearLeakyRelu": "LeakyRelu", "QLinearSigmoid": "Sigmoid", "QLinearConvTranspose": "ConvTranspose",
+                 "QLinearAveragePool": "AveragePool", "QLinearGlobalAveragePool": "GlobalAveragePool"}
+_COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul",
+                "InstanceNormalization", "Add", "Mul", "Concat", "LeakyRelu", "Sigmoid", "Resize", "AveragePool",
+                "GlobalAveragePool", "Tanh"}
+
+
 class Session:
     """Runs an ONNX artifact with the providers its target names.
 
@@ -49,7 +59,8 @@ class Session:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(Path(bundle_dir) / session["entry"]), options, providers=providers)
+        self._path = str(Path(bundle_dir) / session["entry"])
+        self._session = ort.InferenceSession(self._path, options, providers=providers)
         self.providers = self._session.get_providers()
         self.output_names = [o.name for o in self._session.get_outputs()]
 
@@ -60,6 +71,29 @@ class Session:
             return (provider, {"trt_fp16_enable": session.get("precision") == "fp16",
                                "trt_engine_cache_enable": True, "trt_engine_cache_path": cache})
         return provider
+
+    def execution_report(self) -> dict[str, dict[str, int]]:
+        """Compute nodes of the graph ONNX Runtime actually executes (after its QDQ fusions), int8 vs float."""
+        report: dict[str, dict[str, int]] = {"int8": {}, "float": {}}
+        for op_type in self._optimized_ops():
+            kind, layer = ("int8", _INT8_KERNELS[op_type]) if op_type in _INT8_KERNELS else ("float", op_type)
+            if layer in _COMPUTE_OPS:
+                report[kind][layer] = report[kind].get(layer, 0) + 1
+        return report
+
+    def _optimized_ops(self) -> list[str]:
+        import tempfile
+
+        import onnx  # build-host only: execution_report is a build-time introspection
+
+        ort = _ort()
+        with tempfile.TemporaryDirectory(prefix="edgegen-ort-") as tmp:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+            options.log_severity_level = 3
+            ort.InferenceSession(self._path, options, providers=self.providers)
+            return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for one batch of inputs."""

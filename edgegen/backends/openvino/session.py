@@ -58,10 +58,27 @@ class Session:
         self.device = device
         self.output_names = [_name(o) for o in self._compiled.outputs]
 
+    def execution_report(self) -> dict[str, dict[str, int]]:
+        """Compute layers of the compiled model by the precision the plugin actually runs them in."""
+        report: dict[str, dict[str, int]] = {"int8": {}, "float": {}}
+        for op in self._compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            layer = _LAYER_NAMES.get(info["layerType"].astype(str))
+            if layer:
+                kind = "int8" if info["runtimePrecision"].astype(str) in ("i8", "u8") else "float"
+                report[kind][layer] = report[kind].get(layer, 0) + 1
+        return report
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for one batch of inputs."""
         result = self._request.infer(feeds, share_inputs=False)
         return {_name(port): np.array(value, copy=True) for port, value in result.items()}
+
+
+# OpenVINO CPU plugin layer types that do arithmetic, by the ONNX op they come from
+_LAYER_NAMES = {"Convolution": "Conv", "Deconvolution": "ConvTranspose", "FullyConnected": "Gemm",
+                "MatMul": "MatMul", "MVN": "InstanceNormalization", "Eltwise": "Eltwise",
+                "Concatenation": "Concat", "Interpolate": "Resize", "Pooling": "Pool"}
 
 
 def _name(port) -> str:
