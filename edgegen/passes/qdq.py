@@ -48,3 +48,40 @@ def activations_to_uint8(model: onnx.ModelProto) -> onnx.ModelProto:
         if value.name in quantized_by_q and value.type.tensor_type.elem_type == TensorProto.INT8:
             value.type.tensor_type.elem_type = TensorProto.UINT8
     return model
+
+
+# Element-wise activations that CPU plugins fuse into the preceding convolution or matmul.
+FUSABLE_ACTIVATIONS = ("HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Softplus", "Mish", "Gelu")
+_FUSING_PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def fuse_activation_requantization(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove the Quantize/Dequantize pair between a Conv (ConvTranspose, Gemm, MatMul) and the one
+    element-wise activation that alone consumes it, so a backend can run the activation as a post-op
+    of the int8 layer and requantize once after it. Not lossless: that one intermediate rounding
+    disappears, which only moves the result closer to the float model."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    graph_outputs = {o.name for o in graph.output}
+    dropped = []
+    for node in graph.node:
+        if node.op_type not in FUSABLE_ACTIVATIONS:
+            continue
+        dq = producer.get(node.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        source = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+        if source is None or source.op_type not in _FUSING_PRODUCERS:
+            continue
+        if consumers.get(q.output[0]) != 1 or consumers.get(dq.output[0]) != 1 or \
+                consumers.get(q.input[0]) != 1 or {q.output[0], dq.output[0]} & graph_outputs:
+            continue
+        node.input[0] = q.input[0]
+        dropped += [q, dq]
+    for node in dropped:
+        graph.node.remove(node)
+    return model

@@ -1,8 +1,8 @@
 """int8 post-training quantization into the project's one quantized IR: a QDQ ONNX graph.
 
 Per-channel symmetric int8 weights, per-tensor asymmetric int8 activations, int32 biases,
-computed by onnxruntime.quantization's calibrators (MinMax, Entropy, Percentile) after
-BatchNorm and constant folding (its `quant_pre_process`). Calibration runs once; any set of
+computed by onnxruntime.quantization's calibrators (MinMax, Entropy, Percentile) on the
+cleaned graph (BatchNorm and constants already folded by edgegen's import). Calibration runs once; any set of
 layers can then be kept in float without calibrating again, which is what the quality-floor
 search (`edgegen.passes.floor`) needs. Backends lower this same graph, so every device gets the
 same scales.
@@ -48,7 +48,9 @@ class Quantizer:
         with tempfile.TemporaryDirectory(prefix="edgegen-quant-") as tmp:
             src, pre = Path(tmp) / "source.onnx", Path(tmp) / "pre.onnx"
             onnx.save(graph.model, str(src))
-            q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            # edgegen's clean-up already folded BatchNorm and constants; ONNX Runtime's own optimizer here
+            # would also inline function ops (HardSwish -> HardSigmoid * x), which no backend fuses in int8
+            q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, skip_optimization=True)
             self.model = onnx.load(str(pre))
             calibrator = q.create_calibrator(
                 pre, op_types_to_calibrate=None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),

@@ -1,0 +1,52 @@
+"""Run a model over calibration samples and hand back intermediate tensors (ONNX Runtime)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..errors import BuildError
+from .calibration import Calibration
+
+CHUNK = 8  # samples per run when every input has a dynamic batch axis
+
+
+def capture(model: onnx.ModelProto, names: list[str], calibration: Calibration, batch_dynamic: bool,
+            each: Callable[[int, dict[str, np.ndarray]], None]) -> None:
+    """Run `model` over the calibration samples in chunks; call each(first sample index, {name: array}).
+
+    Only the nodes the named tensors depend on are run."""
+    import onnxruntime as ort
+
+    probe = _truncated(model, names)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise BuildError(f"ONNX Runtime cannot run the model to capture activations: "
+                         f"{str(exc).strip().splitlines()[0]}") from None
+    step = CHUNK if batch_dynamic else 1
+    for start in range(0, calibration.count, step):
+        feeds = {k: v[start:start + step] for k, v in calibration.feeds.items()}
+        each(start, dict(zip(names, session.run(names, feeds))))
+
+
+def _truncated(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` with just the nodes `names` depend on, and `names` as its outputs."""
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = probe.graph
+    declared = {v.name: v for v in list(graph.value_info) + list(graph.output)}
+    needed, kept = set(names), []
+    for node in reversed(graph.node):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    del graph.output[:]
+    graph.output.extend(declared.get(n) or helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    return probe

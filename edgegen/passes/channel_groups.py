@@ -1,0 +1,465 @@
+"""Channel dependency analysis: which output channels must be pruned together (Torch-Pruning's idea, on ONNX).
+
+Every Conv / ConvTranspose / Gemm / MatMul output starts a *channel space*. Walking the nodes in
+order, each tensor gets a `Layout`: the spaces its channel axis (axis 1) is made of, in order.
+
+- channel-transparent ops (activations, Pad and Resize that leave axis 1 alone, Batch/Instance
+  normalization, per-channel constants, depthwise Conv/ConvTranspose) pass the layout through and
+  record which initializer axes follow it;
+- Add/Mul/... of two tensors ties them: their spaces are merged (same channel indices);
+- Concat on axis 1 lays the inputs' spaces side by side, so each input keeps its own offset;
+- Gemm/MatMul followed by Reshape to [N, C, H, W] makes a space of C channels of H*W features each;
+- a layer reading channels (Conv groups=1, ConvTranspose groups=1, Gemm, MatMul) is a *consumer*:
+  its input axis of weights follows the layout (and it is what least squares can refit).
+
+Anything else (graph inputs and outputs, grouped convolutions, DepthToSpace, Reshape/Slice/Flatten,
+ops not listed) marks the spaces it touches as excluded, with the reason. Merged spaces form a
+*group*: one set of channel indices kept or removed in every member at once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+UNARY_OPS = {"Relu", "LeakyRelu", "Tanh", "Sigmoid", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu", "Softplus",
+             "Softsign", "Gelu", "Mish", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Sin", "Cos",
+             "Identity", "Dropout", "Cast", "ThresholdedRelu", "Floor", "Ceil", "Round", "Sign"}
+ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where"}
+_NORM_PARAMS = {"BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2)}
+
+
+@dataclass
+class Space:
+    """The output channels of one layer (or of a graph input, or of an op edgegen does not model)."""
+
+    size: int
+    producer: str | None = None
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A tensor's channel axis: segments (space id, channels), each a whole space; every channel spans
+    `block` consecutive elements (a Gemm output later reshaped to [N, C, H, W] has block H*W)."""
+
+    segments: tuple[tuple[int, int], ...]
+    block: int = 1
+
+    @property
+    def channels(self) -> int:
+        return sum(n for _, n in self.segments)
+
+
+@dataclass(frozen=True)
+class ParamAxis:
+    """Axis `axis` of the initializer at input `slot` of node `node` follows `layout`."""
+
+    node: int
+    slot: int
+    axis: int
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class ShapeEntry:
+    """Entry 1 of the constant shape/sizes vector at input `slot` of node `node` is `layout`'s channel count."""
+
+    node: int
+    slot: int
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A weighted layer reading channels: kind is conv, convtranspose, gemm or matmul."""
+
+    node: int
+    kind: str
+    layout: Layout
+
+
+@dataclass
+class Group:
+    """Spaces that share channel indices; pruned as one unless `reasons` says why not."""
+
+    root: int
+    spaces: list[int]
+    size: int
+    producers: list[str]
+    consumers: list[int]
+    reasons: list[str]
+
+
+class ChannelGraph:
+    """The result of `analyze`: spaces, tensor layouts, and every place a channel index appears."""
+
+    def __init__(self) -> None:
+        self.spaces: list[Space] = []
+        self.layouts: dict[str, Layout] = {}
+        self.params: list[ParamAxis] = []
+        self.shape_entries: list[ShapeEntry] = []
+        self.depthwise: list[tuple[int, Layout]] = []  # (node, layout): its `group` attribute is the channel count
+        self.consumers: list[Consumer] = []
+        self._parent: list[int] = []
+
+    def new_space(self, size: int, producer: str | None = None, reason: str | None = None) -> int:
+        self.spaces.append(Space(size, producer, [reason] if reason else []))
+        self._parent.append(len(self._parent))
+        return len(self.spaces) - 1
+
+    def find(self, space: int) -> int:
+        while self._parent[space] != space:
+            self._parent[space] = self._parent[self._parent[space]]
+            space = self._parent[space]
+        return space
+
+    def union(self, a: int, b: int) -> None:
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            self._parent[max(a, b)] = min(a, b)
+
+    def exclude(self, layout: Layout | None, reason: str) -> None:
+        for space, _ in layout.segments if layout else ():
+            if reason not in self.spaces[space].reasons:
+                self.spaces[space].reasons.append(reason)
+
+    def groups(self) -> list[Group]:
+        """Every group of merged spaces, in order of first appearance."""
+        members: dict[int, list[int]] = defaultdict(list)
+        for s in range(len(self.spaces)):
+            members[self.find(s)].append(s)
+        out = []
+        for root, spaces in members.items():
+            reasons = list(dict.fromkeys(r for s in spaces for r in self.spaces[s].reasons))
+            consumers = [c.node for c in self.consumers if any(self.find(s) == root for s, _ in c.layout.segments)]
+            producers = [self.spaces[s].producer for s in spaces if self.spaces[s].producer]
+            out.append(Group(root, spaces, self.spaces[root].size, producers, consumers, reasons))
+        return out
+
+    def positions(self, layout: Layout, keep: dict[int, np.ndarray]) -> np.ndarray | None:
+        """Kept element positions along an axis laid out as `layout`; None where nothing is removed."""
+        parts, offset, changed = [], 0, False
+        for space, n in layout.segments:
+            kept = keep.get(self.find(space))
+            changed |= kept is not None
+            parts.append(offset + (kept if kept is not None else np.arange(n)))
+            offset += n
+        if not changed:
+            return None
+        channels = np.concatenate(parts)
+        return (channels[:, None] * layout.block + np.arange(layout.block)).ravel()
+
+    def kept_channels(self, layout: Layout, keep: dict[int, np.ndarray]) -> int:
+        return sum(len(keep[self.find(s)]) if self.find(s) in keep else n for s, n in layout.segments)
+
+
+def analyze(model: onnx.ModelProto, shapes: dict[str, list[int | None]]) -> ChannelGraph:
+    """Channel spaces, groups and parameter axes of a model whose constants are all initializers.
+
+    shapes: tensor name -> dims (None where unknown); only ranks and channel counts are used.
+    """
+    return _Walker(model, shapes).run()
+
+
+class _Walker:
+    def __init__(self, model: onnx.ModelProto, shapes: dict[str, list[int | None]]):
+        self.graph = model.graph
+        self.shapes = shapes
+        self.consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in model.graph.node:
+            for name in node.input:
+                self.users[name].append(node)
+        self.cg = ChannelGraph()
+        self.rules = {"Conv": self.conv, "ConvTranspose": self.conv_transpose, "Gemm": self.gemm,
+                      "MatMul": self.matmul, "Concat": self.concat, "Reshape": self.reshape, "Pad": self.pad,
+                      "Resize": self.resize, "Clip": self.clip, "BatchNormalization": self.norm,
+                      "InstanceNormalization": self.norm}
+
+    def run(self) -> ChannelGraph:
+        for value in self.graph.input:
+            if value.name not in self.consts:
+                self.fresh(value.name, f"graph input {value.name!r}")
+        for i, node in enumerate(self.graph.node):
+            self.visit(i, node)
+        for value in self.graph.output:
+            self.cg.exclude(self.cg.layouts.get(value.name), f"reaches graph output {value.name!r}")
+        for name in _subgraph_reads(self.graph):
+            self.cg.exclude(self.cg.layouts.get(name), f"{name!r} is read inside a subgraph (If/Loop/Scan)")
+        return self.cg
+
+    # helpers -------------------------------------------------------------------------------------------
+    def shape(self, name: str) -> list[int | None] | None:
+        return list(self.consts[name].shape) if name in self.consts else self.shapes.get(name)
+
+    def fresh(self, name: str, reason: str) -> None:
+        """A layout of one excluded space for a tensor whose channels edgegen must not touch."""
+        shape = self.shape(name)
+        if shape and len(shape) >= 2 and shape[1]:
+            space = self.cg.new_space(int(shape[1]), reason=reason)
+            self.cg.layouts[name] = Layout(((space, int(shape[1])),))
+
+    def produce(self, node: onnx.NodeProto, channels: int, block: int = 1) -> Layout:
+        layout = Layout(((self.cg.new_space(channels, node.name), channels),), block)
+        self.cg.layouts[node.output[0]] = layout
+        return layout
+
+    def param(self, i: int, node: onnx.NodeProto, slot: int, axis: int, layout: Layout | None) -> None:
+        if layout is not None and slot < len(node.input) and node.input[slot]:
+            self.cg.params.append(ParamAxis(i, slot, axis, layout))
+
+    def opaque(self, node: onnx.NodeProto, why: str | None = None) -> None:
+        why = why or f"read by {node.op_type} node {node.name!r}, whose channel semantics edgegen does not model"
+        for name in node.input:
+            if name and name not in self.consts:
+                self.cg.exclude(self.cg.layouts.get(name), why)
+        for name in node.output:
+            if name:
+                self.fresh(name, f"output of {node.op_type} node {node.name!r} (not modelled)")
+
+    def data_layout(self, node: onnx.NodeProto) -> Layout | None:
+        return self.cg.layouts.get(node.input[0]) if node.input and node.input[0] not in self.consts else None
+
+    def passthrough(self, node: onnx.NodeProto) -> Layout | None:
+        layout = self.data_layout(node)
+        if layout is not None:
+            self.cg.layouts[node.output[0]] = layout
+        return layout
+
+    def constant(self, node: onnx.NodeProto, slot: int) -> np.ndarray | None:
+        name = node.input[slot] if slot < len(node.input) else ""
+        return self.consts.get(name) if name else None
+
+    def unify(self, node: onnx.NodeProto, layouts: list[Layout]) -> Layout | None:
+        """Merge the spaces of tensors combined element by element; exclude them if they are laid out differently."""
+        first = layouts[0]
+        sizes = [n for _, n in first.segments]
+        if all([n for _, n in lay.segments] == sizes and lay.block == first.block for lay in layouts):
+            for lay in layouts[1:]:
+                for (a, _), (b, _) in zip(first.segments, lay.segments):
+                    self.cg.union(a, b)
+            return first
+        why = f"{node.op_type} node {node.name!r} combines tensors whose channels are concatenated differently"
+        for lay in layouts:
+            self.cg.exclude(lay, why)
+        return None
+
+    # rules ---------------------------------------------------------------------------------------------
+    def visit(self, i: int, node: onnx.NodeProto) -> None:
+        if node.domain not in ("", "ai.onnx"):
+            self.opaque(node)
+        elif node.op_type in self.rules:
+            self.rules[node.op_type](i, node)
+        elif node.op_type in UNARY_OPS:
+            self.passthrough(node)
+        elif node.op_type in ELEMENTWISE_OPS:
+            self.elementwise(i, node)
+        elif node.op_type in ("DepthToSpace", "SpaceToDepth"):
+            self.opaque(node, f"{node.op_type} node {node.name!r} moves channels into space in blocks of r*r")
+        else:
+            self.opaque(node)
+
+    def conv(self, i: int, node: onnx.NodeProto) -> None:
+        w = self.constant(node, 1)
+        if w is None or (len(node.input) > 2 and node.input[2] and self.constant(node, 2) is None):
+            return self.opaque(node, f"Conv node {node.name!r} has computed (non-constant) weights")
+        group, x = _attr(node, "group", 1), self.data_layout(node)
+        if group == 1:
+            self.param(i, node, 1, 1, x)
+            if x is not None:
+                self.cg.consumers.append(Consumer(i, "conv", x))
+            out = self.produce(node, w.shape[0])
+            self.param(i, node, 1, 0, out)
+            self.param(i, node, 2, 0, out)
+        elif x is not None and w.shape[1] == 1 and group == w.shape[0] == x.channels:  # depthwise
+            self.depthwise_layer(i, node, x)
+        else:
+            self.opaque(node, f"grouped Conv node {node.name!r} (group={group}) ties channels within groups")
+
+    def conv_transpose(self, i: int, node: onnx.NodeProto) -> None:
+        w = self.constant(node, 1)
+        if w is None or (len(node.input) > 2 and node.input[2] and self.constant(node, 2) is None):
+            return self.opaque(node, f"ConvTranspose node {node.name!r} has computed (non-constant) weights")
+        group, x = _attr(node, "group", 1), self.data_layout(node)
+        if group == 1:  # weights [Cin, Cout, k, k]
+            self.param(i, node, 1, 0, x)
+            if x is not None:
+                self.cg.consumers.append(Consumer(i, "convtranspose", x))
+            out = self.produce(node, w.shape[1])
+            self.param(i, node, 1, 1, out)
+            self.param(i, node, 2, 0, out)
+        elif x is not None and w.shape[1] == 1 and group == w.shape[0] == x.channels:  # depthwise
+            self.depthwise_layer(i, node, x)
+        else:
+            self.opaque(node, f"grouped ConvTranspose node {node.name!r} (group={group}) ties channels within groups")
+
+    def depthwise_layer(self, i: int, node: onnx.NodeProto, x: Layout) -> None:
+        self.passthrough(node)
+        self.param(i, node, 1, 0, x)
+        self.param(i, node, 2, 0, x)
+        self.cg.depthwise.append((i, x))
+
+    def gemm(self, i: int, node: onnx.NodeProto) -> None:
+        b, c = self.constant(node, 1), self.constant(node, 2)
+        has_c = len(node.input) > 2 and bool(node.input[2])
+        if b is None or _attr(node, "transA", 0) or (has_c and (c is None or c.ndim > 2 or
+                                                                   (c.ndim == 2 and c.shape[0] != 1))):
+            return self.opaque(node, f"Gemm node {node.name!r} has transA, computed weights or a per-row bias")
+        trans_b = _attr(node, "transB", 0)
+        self.linear(i, node, "gemm", k_axis=1 if trans_b else 0, n_axis=0 if trans_b else 1)
+        out = self.cg.layouts[node.output[0]]
+        if c is not None and c.shape and c.shape[-1] == b.shape[0 if trans_b else 1]:
+            self.param(i, node, 2, c.ndim - 1, out)
+
+    def matmul(self, i: int, node: onnx.NodeProto) -> None:
+        b, a = self.constant(node, 1), self.shape(node.input[0])
+        if b is None or b.ndim != 2 or not a or len(a) != 2 or node.input[0] in self.consts:
+            return self.opaque(node, f"MatMul node {node.name!r} is not [N, K] x constant [K, M]")
+        self.linear(i, node, "matmul", k_axis=0, n_axis=1)
+
+    def linear(self, i: int, node: onnx.NodeProto, kind: str, k_axis: int, n_axis: int) -> None:
+        x = self.data_layout(node)
+        self.param(i, node, 1, k_axis, x)
+        if x is not None:
+            self.cg.consumers.append(Consumer(i, kind, x))
+        features = int(self.consts[node.input[1]].shape[n_axis])
+        channels, block = self.reshaped_to_channels(node.output[0], features)
+        self.param(i, node, 1, n_axis, self.produce(node, channels, block))
+
+    def reshaped_to_channels(self, name: str, features: int) -> tuple[int, int]:
+        """(C, H*W) when the features reach a Reshape to [N, C, H, W] through element-wise ops, else (F, 1)."""
+        found, todo, seen = set(), [name], set()
+        while todo:
+            tensor = todo.pop()
+            for user in self.users.get(tensor, []):
+                if user.op_type in UNARY_OPS and user.name not in seen:
+                    seen.add(user.name)
+                    todo.append(user.output[0])
+                elif user.op_type == "Reshape" and user.input[0] == tensor:
+                    shape = self.constant(user, 1)
+                    if shape is not None and len(shape) == 4 and all(shape[1:] > 0) and \
+                            int(np.prod(shape[1:])) == features:
+                        found.add((int(shape[1]), int(shape[2] * shape[3])))
+        return found.pop() if len(found) == 1 else (features, 1)
+
+    def reshape(self, i: int, node: onnx.NodeProto) -> None:
+        x, shape = self.data_layout(node), self.constant(node, 1)
+        if x is not None and shape is not None and len(shape) == 4 and len(x.segments) == 1 and \
+                x.block > 1 and shape[1] == x.channels and shape[2] * shape[3] == x.block:
+            self.cg.layouts[node.output[0]] = Layout(x.segments)
+            self.cg.shape_entries.append(ShapeEntry(i, 1, Layout(x.segments)))
+        else:
+            self.opaque(node, f"Reshape node {node.name!r} regroups channels")
+
+    def concat(self, i: int, node: onnx.NodeProto) -> None:
+        rank = len(self.shape(node.output[0]) or [])
+        axis = _attr(node, "axis", 0)
+        axis = axis + rank if axis < 0 else axis
+        names = [n for n in node.input if n]
+        if rank < 2 or any(n not in self.consts and n not in self.cg.layouts for n in names):
+            return self.opaque(node)
+        if axis != 1:
+            layout = None if any(n in self.consts for n in names) else \
+                self.unify(node, [self.cg.layouts[n] for n in names])
+            if layout is None:
+                return self.opaque(node)
+            self.cg.layouts[node.output[0]] = layout
+            return None
+        segments: list[tuple[int, int]] = []
+        for name in names:
+            if name in self.consts:
+                self.fresh(name, f"constant input of Concat node {node.name!r}")
+            layout = self.cg.layouts[name]
+            if layout.block != 1:
+                return self.opaque(node)
+            segments.extend(layout.segments)
+        self.cg.layouts[node.output[0]] = Layout(tuple(segments))
+
+    def elementwise(self, i: int, node: onnx.NodeProto) -> None:
+        out = self.shape(node.output[0])
+        if not out or len(out) < 2:
+            return self.opaque(node)
+        rank, tied, params = len(out), [], []
+        for slot, name in enumerate(node.input):
+            shape = self.shape(name) if name else []
+            if shape is None:
+                return self.opaque(node)
+            axis = 1 - (rank - len(shape))
+            if axis < 0 or shape[axis] == 1:
+                continue  # broadcast along channels
+            if name in self.consts:
+                params.append((slot, axis))
+            elif name in self.cg.layouts:
+                tied.append(self.cg.layouts[name])
+            else:
+                return self.opaque(node)
+        layout = self.unify(node, tied) if tied else None
+        if layout is None:
+            return self.fresh(node.output[0], f"output of {node.op_type} node {node.name!r}")
+        self.cg.layouts[node.output[0]] = layout
+        for slot, axis in params:
+            self.param(i, node, slot, axis, layout)
+
+    def pad(self, i: int, node: onnx.NodeProto) -> None:
+        pads = self.constant(node, 1) if len(node.input) > 1 else np.array(_attr(node, "pads", []))
+        rank = len(self.shape(node.input[0]) or [])
+        axes = self.constant(node, 3)
+        computed = pads is None or (len(node.input) > 3 and bool(node.input[3]) and axes is None)
+        if rank < 2 or computed:
+            return self.opaque(node, f"Pad node {node.name!r} has computed pads")
+        axes = [int(a) % rank for a in axes] if axes is not None else list(range(rank))
+        n = len(axes)
+        if pads.size != 2 * n or (1 in axes and (pads[axes.index(1)] != 0 or pads[n + axes.index(1)] != 0)):
+            return self.opaque(node, f"Pad node {node.name!r} pads the channel axis")
+        self.passthrough(node)
+
+    def resize(self, i: int, node: onnx.NodeProto) -> None:
+        scales, sizes = (self.constant(node, 1), None) if len(node.input) == 2 else \
+            (self.constant(node, 2), self.constant(node, 3))
+        if _attr(node, "axes", None) is not None:
+            return self.opaque(node, f"Resize node {node.name!r} uses the axes attribute")
+        if scales is not None and scales.size and scales.size > 1 and scales[1] == 1:
+            self.passthrough(node)
+        elif sizes is not None and sizes.size > 1:
+            layout = self.passthrough(node)
+            if layout is not None:
+                self.cg.shape_entries.append(ShapeEntry(i, 3, layout))
+        else:
+            self.opaque(node, f"Resize node {node.name!r} has computed scales or resizes channels")
+
+    def clip(self, i: int, node: onnx.NodeProto) -> None:
+        bounds = [n for n in node.input[1:] if n]
+        if all(n in self.consts and self.consts[n].size == 1 for n in bounds):
+            self.passthrough(node)
+        else:
+            self.opaque(node, f"Clip node {node.name!r} has computed or per-element bounds")
+
+    def norm(self, i: int, node: onnx.NodeProto) -> None:
+        slots = _NORM_PARAMS[node.op_type]
+        if any(self.constant(node, s) is None for s in slots) or _attr(node, "training_mode", 0):
+            return self.opaque(node, f"{node.op_type} node {node.name!r} has computed or training-mode parameters")
+        layout = self.passthrough(node)
+        for slot in slots:
+            self.param(i, node, slot, 0, layout)
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names read by nodes inside If/Loop/Scan bodies (outer tensors used implicitly)."""
+    names: set[str] = set()
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= {n for inner in sub.node for n in inner.input} | _subgraph_reads(sub)
+    return names

@@ -1,0 +1,249 @@
+"""Training-free structured channel pruning on the ONNX graph.
+
+1. Channel groups (`channel_groups`): output channels of Conv / ConvTranspose / Gemm layers that must go
+   together (residual Add, Concat offsets, depthwise, norms, Gemm -> Reshape), and what may not be
+   touched (graph inputs and outputs, ops edgegen does not model), with reasons.
+2. Importance (`channel_importance`): calibration activations times the weight norms of the layers
+   that read each channel.
+3. Selection: the same ratio in every prunable group (round(ratio x channels), at least one channel
+   kept), lowest importance removed first. One ratio everywhere keeps every layer's share of the
+   work and makes MACs fall predictably (about (1 - ratio)^2 for layers between two pruned groups).
+4. Reconstruction (`reconstruct`): layers that lost input channels are re-fitted by least squares so
+   their outputs match the unpruned model's on the calibration data.
+
+`prune_to_floor` and `prune_to_macs` search the ratio; the analysis and importance are computed once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import BuildError, RequestError
+from ..graph import Graph
+from ..inputs import run_batched, sample_feeds
+from .calibration import Calibration
+from .channel_edit import constants_to_initializers, remove_channels, tensor_shapes
+from .channel_groups import ChannelGraph, Group, analyze
+from .channel_importance import channel_importance
+from .floor import Evaluator, QualityFloor
+from .reconstruct import reconstruct as refit, refittable
+
+log = logging.getLogger(__name__)
+
+HELD_OUT_SEED = 20_000  # default quality check inputs; calibration uses seeds 0..n-1
+HELD_OUT_COUNT = 8
+FLOOR_STEP = 0.05
+MACS_STEP = 0.01
+IMPORTANCE = "rms(calibration activation) x ||weights of the layers reading the channel||, summed over readers"
+
+
+def prune(graph: Graph, ratio: float, calibration: Calibration, reconstruct: bool = True,
+          evaluator: Evaluator | None = None) -> tuple[Graph, dict[str, Any]]:
+    """Remove `ratio` of the output channels of every prunable group; returns the pruned graph and a report.
+
+    Quality (PSNR/SSIM) is measured with `evaluator` (default: the unpruned model on 8 held-out inputs
+    from the input spec) both with and without reconstruction.
+    """
+    _check_ratio(ratio)
+    pruner = Pruner(graph, calibration)
+    return pruner.result(ratio, reconstruct, evaluator or pruner.default_evaluator())
+
+
+def prune_to_floor(graph: Graph, calibration: Calibration, evaluator: Evaluator, floor: QualityFloor,
+                   max_ratio: float = 0.9) -> tuple[Graph, dict[str, Any]]:
+    """The largest ratio on a 0.05 grid (up to max_ratio) whose reconstructed result meets `floor`.
+
+    Quality falls with the ratio, so the grid is bisected; every ratio tried is in the report's `search`.
+    """
+    if not floor:
+        raise RequestError("pruning to a quality floor needs --min-psnr and/or --min-ssim")
+    _check_ratio(max_ratio)
+    pruner = Pruner(graph, calibration)
+    grid = [round(FLOOR_STEP * k, 2) for k in range(1, int(max_ratio / FLOOR_STEP + 1e-9) + 1)] or [max_ratio]
+    search: list[dict[str, Any]] = []
+
+    def meets(ratio: float) -> bool:
+        quality = evaluator.quality(pruner.model(ratio, True)[0])
+        search.append({"ratio": ratio, **quality, "met": floor.met(quality)})
+        return search[-1]["met"]
+
+    if not meets(grid[0]):
+        raise BuildError(f"{graph.source}: no pruning ratio meets the quality floor ({floor.describe()}): pruning "
+                         f"{grid[0]:.0%} of the channels with reconstruction already gives {search[0]['psnr_db']:.1f} "
+                         f"dB / SSIM {search[0]['ssim']:.3f}. Lower the floor, calibrate with more representative "
+                         "data, or build without pruning.")
+    lo, hi = 0, len(grid)  # grid[lo] meets the floor; grid[hi:] do not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if meets(grid[mid]) else (lo, mid)
+    pruned, report = pruner.result(grid[lo], True, evaluator)
+    report["search"] = {"floor": floor.describe(), "max_ratio": max_ratio, "step": FLOOR_STEP, "tried": search}
+    return pruned, report
+
+
+def prune_to_macs(graph: Graph, calibration: Calibration, target_macs: int,
+                  evaluator: Evaluator | None = None) -> tuple[Graph, dict[str, Any]]:
+    """The smallest ratio on a 0.01 grid whose result needs at most `target_macs` MACs (batch 1), reconstructed."""
+    pruner = Pruner(graph, calibration)
+    before = pruner.costs(pruner.work)["macs"]
+    if not 0 < target_macs < before:
+        raise RequestError(f"--prune-to-macs {target_macs}: {graph.source} needs {before:,} MACs; give a target "
+                           "between 1 and that")
+    grid = [round(MACS_STEP * k, 2) for k in range(1, round(1 / MACS_STEP))]
+    macs = {}
+
+    def fits(k: int) -> bool:
+        macs[grid[k]] = pruner.costs(pruner.model(grid[k], False)[0])["macs"]
+        return macs[grid[k]] <= target_macs
+
+    if not fits(len(grid) - 1):
+        raise BuildError(f"{graph.source}: pruning cannot reach {target_macs:,} MACs: even at {grid[-1]:.0%} the "
+                         f"model needs {macs[grid[-1]]:,} (layers that cannot be pruned: see `excluded` in the "
+                         "report of --prune). Raise the target.")
+    lo, hi = -1, len(grid) - 1  # grid[hi] fits; grid[:lo + 1] do not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    pruned, report = pruner.result(grid[hi], True, evaluator or pruner.default_evaluator())
+    report["search"] = {"target_macs": target_macs, "step": MACS_STEP,
+                        "tried": [{"ratio": r, "macs": m} for r, m in sorted(macs.items())]}
+    return pruned, report
+
+
+class Pruner:
+    """Channel groups and importance of one graph, computed once; models at any ratio on demand."""
+
+    def __init__(self, graph: Graph, calibration: Calibration):
+        _check_calibration(graph, calibration)
+        self.graph, self.calibration = graph, calibration
+        self.batch_dynamic = all(s.batch_dynamic for s in graph.inputs)
+        self.work = constants_to_initializers(graph.model)
+        self.cg: ChannelGraph = analyze(self.work, tensor_shapes(self.work, graph.concrete_shapes()))
+        groups = self.cg.groups()
+        self.prunable = [g for g in groups if not g.reasons and g.size > 1]
+        self.excluded = [g for g in groups if g.reasons and (g.producers or g.consumers)]
+        if not self.prunable:
+            raise BuildError(f"{graph.source}: no prunable channels: " + _why_none(self.excluded, groups))
+        self.importance = channel_importance(self.work, self.cg, self.prunable, calibration, self.batch_dynamic)
+        self._cache: dict[tuple[float, bool], tuple[onnx.ModelProto, list[dict], list[dict]]] = {}
+
+    def keep(self, ratio: float) -> dict[int, np.ndarray]:
+        """Kept channel indices per group: the most important round(size x (1 - ratio)), at least one."""
+        keep = {}
+        for g in self.prunable:
+            drop = min(g.size - 1, math.floor(ratio * g.size + 0.5))
+            if drop:
+                keep[g.root] = np.sort(np.argsort(-self.importance[g.root], kind="stable")[:g.size - drop])
+        return keep
+
+    def model(self, ratio: float, reconstruct: bool) -> tuple[onnx.ModelProto, list[dict], list[dict]]:
+        """(pruned model, refit rows, layers left as they were) at `ratio`; reconstructed models are cached."""
+        if (ratio, reconstruct) not in self._cache:
+            keep = self.keep(ratio)
+            pruned = remove_channels(self.work, self.cg, keep)
+            self._cache[ratio, reconstruct] = self._reconstruct(pruned, keep) if reconstruct else (pruned, [], [])
+        return self._cache[ratio, reconstruct]
+
+    def _reconstruct(self, pruned: onnx.ModelProto, keep: dict[int, np.ndarray]):
+        layers, skipped = [], []
+        for c in self.cg.consumers:
+            if self.cg.positions(c.layout, keep) is None:
+                continue
+            node = pruned.graph.node[c.node]
+            why = refittable(node, c.kind, pruned)
+            if why:
+                skipped.append({"layer": node.name, "reason": why})
+            else:
+                out = self.cg.layouts.get(node.output[0])
+                layers.append((c.node, c.kind, self.cg.positions(out, keep) if out else None))
+        fitted, rows = refit(self.work, pruned, layers, self.calibration, self.batch_dynamic)
+        return fitted, rows, skipped
+
+    def costs(self, model: onnx.ModelProto) -> dict[str, int]:
+        """MACs, parameter count and bytes (batch 1, default shapes)."""
+        nodes = self.graph.with_model(model, []).node_costs()
+        params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+        return {"macs": sum(c.macs for c in nodes), "params": params,
+                "param_bytes": sum(c.param_bytes for c in nodes),
+                "activation_bytes": sum(c.activation_bytes for c in nodes)}
+
+    def default_evaluator(self) -> Evaluator:
+        """The unpruned model's outputs on held-out inputs from the input spec."""
+        import onnxruntime as ort
+
+        feeds = sample_feeds(self.graph.inputs, list(range(HELD_OUT_SEED, HELD_OUT_SEED + HELD_OUT_COUNT)))
+        session = ort.InferenceSession(self.work.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        expected = run_batched(lambda f: dict(zip(names, session.run(names, f))), self.graph.inputs, feeds)
+        return Evaluator(self.graph.inputs, self.graph.outputs, feeds, expected)
+
+    def result(self, ratio: float, reconstruct: bool, evaluator: Evaluator) -> tuple[Graph, dict[str, Any]]:
+        """The pruned graph at `ratio` and its report (quality with and without reconstruction)."""
+        start = time.perf_counter()
+        keep = self.keep(ratio)
+        raw, _, _ = self.model(ratio, False)
+        final, rows, skipped = self.model(ratio, True) if reconstruct else (raw, [], [])
+        before, after = self.costs(self.work), self.costs(final)
+        quality = {"without_reconstruction": evaluator.quality(raw)}
+        if reconstruct:
+            quality["with_reconstruction"] = evaluator.quality(final)
+        report = {
+            "ratio": ratio,
+            "selection": "same ratio in every prunable group, least important channels first",
+            "importance": IMPORTANCE,
+            "calibration": self.calibration.report(),
+            **{key: {"before": before[key], "after": after[key]} for key in before},
+            "groups": [self._group_row(g, keep) for g in self.prunable],
+            "excluded": [{"layers": g.producers, "channels": g.size, "reasons": g.reasons} for g in self.excluded],
+            "reconstruction": {"enabled": reconstruct, "layers": rows, "not_refit": skipped},
+            "quality": quality,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        removed = sum(g.size - len(keep.get(g.root, range(g.size))) for g in self.prunable)
+        note = (f"pruned {removed} channels ({ratio:.0%} per group, {len(keep)} groups): MACs {before['macs']:,} -> "
+                f"{after['macs']:,}" + (f", {len(rows)} layers re-fitted by least squares" if reconstruct else ""))
+        log.info(note)
+        return self.graph.with_model(final, [note]), report
+
+    def _group_row(self, g: Group, keep: dict[int, np.ndarray]) -> dict[str, Any]:
+        kept = keep.get(g.root, np.arange(g.size))
+        score = self.importance[g.root]
+        nodes = self.work.graph.node
+        return {"layers": g.producers, "consumers": [nodes[i].name for i in g.consumers],
+                "channels": [g.size, int(len(kept))],
+                "importance_removed": round(float(1 - score[kept].sum() / (score.sum() or 1.0)), 4)}
+
+
+def _check_ratio(ratio: float) -> None:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+        raise RequestError(f"pruning ratio must be a number strictly between 0 and 1 (the share of channels "
+                           f"removed per group), got {ratio!r}")
+
+
+def _check_calibration(graph: Graph, calibration: Calibration) -> None:
+    for spec in graph.inputs:
+        array = calibration.feeds.get(spec.name)
+        if array is None:
+            raise RequestError(f"calibration data has no array for input {spec.name!r} (has "
+                               f"{sorted(calibration.feeds)})")
+        fixed = [d for d in spec.shape[1:]]
+        if array.dtype != np.dtype(spec.dtype) or array.ndim != len(spec.shape) or any(
+                d is not None and d != s for d, s in zip(fixed, array.shape[1:])):
+            raise RequestError(f"calibration array {spec.name!r} is {array.dtype} {list(array.shape)}; input "
+                               f"{spec.name!r} takes {spec.dtype} [N, {', '.join(str(d or '?') for d in fixed)}]")
+
+
+def _why_none(excluded: list[Group], groups: list[Group]) -> str:
+    reasons = list(dict.fromkeys(r for g in excluded for r in g.reasons))
+    if not any(g.producers for g in groups):
+        return "the model has no Conv, ConvTranspose, Gemm or MatMul layer whose output channels could be removed"
+    single = [g for g in groups if not g.reasons and g.size == 1]
+    tail = f"; {len(single)} group(s) have a single channel" if single else ""
+    return ("every layer's output channels are tied to something that must not change: " +
+            "; ".join(reasons[:4]) + (f" (and {len(reasons) - 4} more)" if len(reasons) > 4 else "") + tail)

@@ -1,0 +1,272 @@
+"""Least-squares reconstruction after pruning (He et al. 2017; ThiNet).
+
+A layer that lost input channels is re-fitted so that, fed the *pruned* model's own activations,
+it reproduces the *unpruned* model's output at that layer. Weights and bias come in closed form
+from ridge regression on the im2col patches of sampled output positions; the ridge pulls toward
+the layer's original (sliced) weights, so directions the calibration data does not cover stay as
+they were. Layers are fitted in dependency order (a wave needs the previous waves' refits), so
+each fit also absorbs the error left upstream.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .activations import capture
+from .calibration import Calibration
+from .channel_edit import initializer, set_inputs
+
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # candidate ridge strengths, relative to the mean diagonal of X^T X
+VALIDATION_FOLD = 5  # every 5th calibration sample checks the ridge choice
+MIN_POSITIONS, MAX_POSITIONS = 2048, 8192  # sampled output positions per layer (all if fewer)
+
+
+@dataclass
+class _Layer:
+    node: int
+    kind: str
+    outputs: np.ndarray | None  # the output channels the pruned layer kept (None: all)
+    picks: dict[int, tuple[np.ndarray, ...]] = field(default_factory=dict)  # chunk start -> (n, oy, ox)
+    targets: list[np.ndarray] = field(default_factory=list)
+    patches: list[np.ndarray] = field(default_factory=list)
+    samples: list[np.ndarray] = field(default_factory=list)  # calibration sample of each patch row
+
+
+def refittable(node: onnx.NodeProto, kind: str, model: onnx.ModelProto) -> str | None:
+    """Why this consumer cannot be re-fitted (None if it can)."""
+    if kind in ("gemm", "matmul"):
+        return None
+    rank = len(initializer(model, node.input[1]).shape)
+    if rank != 4:
+        return f"{node.op_type} over {rank - 2}-D data (only 2-D is re-fitted)"
+    if kind == "convtranspose" and (_attr(node, "output_shape") or _attr(node, "auto_pad", b"NOTSET") not in
+                                    (b"NOTSET", b"VALID")):
+        return "ConvTranspose with output_shape/auto_pad"
+    return None
+
+
+def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, layers: list[tuple[int, str, np.ndarray | None]],
+                calibration: Calibration, batch_dynamic: bool, seed: int = 0) -> tuple[onnx.ModelProto, list[dict]]:
+    """Re-fit the weights of `layers` of `pruned`; returns the model and a report row per layer.
+
+    layers: (node index, kind, output channels the layer kept or None); node indices are the same in
+    `original` (the unpruned model) and `pruned`.
+    """
+    model = onnx.ModelProto.FromString(pruned.SerializeToString())
+    fits = [_Layer(i, kind, kept) for i, kind, kept in layers]
+    _sample_targets(original, fits, calibration, batch_dynamic, seed)
+    rows = []
+    for wave in _waves(model, fits):
+        nodes = model.graph.node
+        by_input: dict[str, list[_Layer]] = {}
+        for fit in wave:
+            by_input.setdefault(nodes[fit.node].input[0], []).append(fit)
+
+        def collect(start: int, tensors: dict[str, np.ndarray]) -> None:
+            for name, users in by_input.items():
+                for fit in users:
+                    fit.patches.append(_patches(fit, nodes[fit.node], model, tensors[name], start))
+                    fit.samples.append(start + fit.picks[start][0])
+
+        capture(model, list(by_input), calibration, batch_dynamic, collect)
+        for fit in wave:
+            rows.append(_fit(model, fit))
+    return model, rows
+
+
+def _sample_targets(original: onnx.ModelProto, fits: list[_Layer], calibration: Calibration, batch_dynamic: bool,
+                    seed: int) -> None:
+    """Pick output positions per layer and record the unpruned model's outputs there."""
+    nodes = original.graph.node
+    outputs = {nodes[f.node].output[0]: f for f in fits}
+    per_sample = {}
+    for fit in fits:
+        w = initializer(original, nodes[fit.node].input[1])
+        features = w[0].size if fit.kind == "conv" else w.size // w.shape[1] if fit.kind == "convtranspose" else 0
+        budget = min(MAX_POSITIONS, max(MIN_POSITIONS, 8 * features))
+        per_sample[fit.node] = math.ceil(budget / calibration.count)
+
+    def record(start: int, tensors: dict[str, np.ndarray]) -> None:
+        for name, fit in outputs.items():
+            y = tensors[name]
+            if fit.kind in ("gemm", "matmul"):
+                fit.picks[start] = (np.arange(len(y)),)
+                fit.targets.append(y if fit.outputs is None else y[:, fit.outputs])
+                continue
+            rng = np.random.default_rng([seed, fit.node, start])
+            spots = y.shape[2] * y.shape[3]
+            k = min(spots, per_sample[fit.node])
+            n = np.repeat(np.arange(len(y)), k)
+            flat = np.concatenate([rng.choice(spots, k, replace=False) for _ in range(len(y))])
+            oy, ox = np.divmod(flat, y.shape[3])
+            fit.picks[start] = (n, oy, ox)
+            y = y if fit.outputs is None else y[:, fit.outputs]
+            fit.targets.append(y[n, :, oy, ox])
+
+    capture(original, list(outputs), calibration, batch_dynamic, record)
+
+
+def _waves(model: onnx.ModelProto, fits: list[_Layer]) -> list[list[_Layer]]:
+    """Layers grouped so that each group's inputs depend only on layers of earlier groups."""
+    by_node = {f.node: f for f in fits}
+    level: dict[str, int] = {}
+    waves: dict[int, list[_Layer]] = {}
+    for i, node in enumerate(model.graph.node):
+        needed = max((level.get(n, 0) for n in node.input), default=0)
+        if i in by_node:
+            waves.setdefault(needed, []).append(by_node[i])
+        for out in node.output:
+            level[out] = needed + (i in by_node)
+    return [waves[k] for k in sorted(waves)]
+
+
+def _patches(fit: _Layer, node: onnx.NodeProto, model: onnx.ModelProto, x: np.ndarray, start: int) -> np.ndarray:
+    picks = fit.picks[start]
+    if fit.kind in ("gemm", "matmul"):
+        return x[picks[0]]
+    kernel = initializer(model, node.input[1]).shape[2:]
+    dil = _attr(node, "dilations") or [1, 1]
+    if fit.kind == "conv":
+        strides = _attr(node, "strides") or [1, 1]
+        pads = _conv_pads(node, x.shape[2:], kernel, strides, dil)
+        x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        return _im2col(x, picks, kernel, strides, dil)
+    return _im2col(_stuff(x, node, kernel, dil), picks, kernel, [1, 1], dil)
+
+
+def _im2col(x: np.ndarray, picks: tuple[np.ndarray, ...], kernel, strides, dil) -> np.ndarray:
+    """Rows [channel, ky, kx] of the (already padded) input under each picked output position."""
+    n, oy, ox = picks
+    iy = oy[:, None] * strides[0] + np.arange(kernel[0]) * dil[0]
+    ix = ox[:, None] * strides[1] + np.arange(kernel[1]) * dil[1]
+    c = np.arange(x.shape[1])
+    cols = x[n[:, None, None, None], c[None, :, None, None], iy[:, None, :, None], ix[:, None, None, :]]
+    return cols.reshape(len(n), -1)
+
+
+def _stuff(x: np.ndarray, node: onnx.NodeProto, kernel, dil) -> np.ndarray:
+    """ConvTranspose input turned into the input of an equivalent stride-1 Conv with the flipped kernel:
+    (stride-1) zeros between pixels, dil*(k-1)-pad zeros around (cropped where negative), output_padding at the end."""
+    strides = _attr(node, "strides") or [1, 1]
+    pads = _attr(node, "pads") or [0, 0, 0, 0]
+    extra = _attr(node, "output_padding") or [0, 0]
+    n, c, h, w = x.shape
+    z = np.zeros((n, c, (h - 1) * strides[0] + 1, (w - 1) * strides[1] + 1), x.dtype)
+    z[:, :, ::strides[0], ::strides[1]] = x
+    for axis in (0, 1):
+        reach = dil[axis] * (kernel[axis] - 1)
+        before, after = reach - pads[axis], reach - pads[axis + 2] + extra[axis]
+        widths = [(0, 0)] * 4
+        widths[axis + 2] = (max(before, 0), max(after, 0))
+        z = np.pad(z, widths)
+        size = z.shape[axis + 2]
+        z = np.take(z, np.arange(max(-before, 0), size - max(-after, 0)), axis=axis + 2)
+    return z
+
+
+def _conv_pads(node: onnx.NodeProto, size, kernel, strides, dil) -> list[int]:
+    auto = _attr(node, "auto_pad", b"NOTSET")
+    if auto in (b"SAME_UPPER", b"SAME_LOWER"):
+        pads = [0, 0, 0, 0]
+        for a in (0, 1):
+            total = max((math.ceil(size[a] / strides[a]) - 1) * strides[a] + (kernel[a] - 1) * dil[a] + 1 - size[a], 0)
+            small, large = total // 2, total - total // 2
+            pads[a], pads[a + 2] = (small, large) if auto == b"SAME_UPPER" else (large, small)
+        return pads
+    return [0, 0, 0, 0] if auto == b"VALID" else list(_attr(node, "pads") or [0, 0, 0, 0])
+
+
+def _fit(model: onnx.ModelProto, fit: _Layer) -> dict:
+    """Solve the ridge regression for one layer and write its new weights and bias into `model`."""
+    node = model.graph.node[fit.node]
+    w = initializer(model, node.input[1])
+    x = np.concatenate(fit.patches).astype(np.float64)
+    y = np.concatenate(fit.targets).astype(np.float64)
+    w0, b0, alpha, beta = _as_matrix(model, node, fit.kind, w)
+    if b0 is not None:
+        x, w0 = np.hstack([x, np.ones((len(x), 1))]), np.vstack([w0, b0[None]])
+    ridge = _choose_ridge(x, y, w0, np.concatenate(fit.samples) % VALIDATION_FOLD == VALIDATION_FOLD - 1)
+    norm = np.linalg.norm(y) or 1.0
+    row = {"layer": node.name, "op": node.op_type, "features": int(x.shape[1]), "positions": int(len(x)),
+           "ridge": ridge, "relative_error_before": round(float(np.linalg.norm(x @ w0 - y) / norm), 5)}
+    if ridge is None:  # the original weights predict held-out samples best: leave the layer as it is
+        return {**row, "relative_error_after": row["relative_error_before"]}
+    m = _ridge_solve(x.T @ x, x.T @ y, w0, ridge)
+    arrays = {1: _from_matrix(fit.kind, node, (m[:-1] if b0 is not None else m) / alpha, w.shape)}
+    if b0 is not None:
+        arrays[2] = m[-1] / beta
+    set_inputs(model, fit.node, arrays)
+    return {**row, "relative_error_after": round(float(np.linalg.norm(x @ m - y) / norm), 5)}
+
+
+def _choose_ridge(x: np.ndarray, y: np.ndarray, w0: np.ndarray, held: np.ndarray) -> float | None:
+    """The ridge strength whose fit on the other samples predicts the held-out samples best (None: no refit)."""
+    if held.all() or not held.any():
+        return RIDGES[1]
+    values, vectors = np.linalg.eigh(x[~held].T @ x[~held])  # one factorization serves every candidate
+    rhs, start = vectors.T @ (x[~held].T @ y[~held]), vectors.T @ w0
+    errors = {None: float(np.sum((x[held] @ w0 - y[held]) ** 2))}
+    for ridge in RIDGES:
+        lam = ridge * values.sum() / len(values) + 1e-12
+        w = vectors @ ((rhs + lam * start) / (values + lam)[:, None])
+        errors[ridge] = float(np.sum((x[held] @ w - y[held]) ** 2))
+    return min(errors, key=errors.get)
+
+
+def _ridge_solve(gram: np.ndarray, rhs: np.ndarray, w0: np.ndarray, ridge: float) -> np.ndarray:
+    """argmin_W ||XW - Y||^2 + lam ||W - W0||^2, lam = ridge x mean diagonal of X^T X."""
+    lam = ridge * np.trace(gram) / len(gram) + 1e-12
+    return np.linalg.solve(gram + lam * np.eye(len(gram)), rhs + lam * w0)
+
+
+def _as_matrix(model: onnx.ModelProto, node: onnx.NodeProto, kind: str, w: np.ndarray):
+    """(weights as [features, outputs], bias or None, Gemm alpha, Gemm beta)."""
+    bias = initializer(model, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if kind == "conv":
+        return w.reshape(w.shape[0], -1).T, _bias(bias, w.shape[0]), 1.0, 1.0
+    if kind == "convtranspose":
+        flipped = w[:, :, ::-1, ::-1]
+        return flipped.transpose(0, 2, 3, 1).reshape(-1, w.shape[1]), _bias(bias, w.shape[1]), 1.0, 1.0
+    if kind == "matmul":
+        return w, None, 1.0, 1.0
+    trans_b = _attr(node, "transB", 0)
+    alpha = float(_attr(node, "alpha", 1.0))
+    beta = float(_attr(node, "beta", 1.0)) if bias is not None else 1.0
+    if beta == 0.0:
+        beta = 1.0
+        _set_attr(node, "beta", 1.0)
+    outputs = w.shape[0] if trans_b else w.shape[1]
+    matrix = (w.T if trans_b else w) * alpha
+    return matrix, beta * _bias(bias, outputs), alpha, beta
+
+
+def _from_matrix(kind: str, node: onnx.NodeProto, m: np.ndarray, shape) -> np.ndarray:
+    if kind == "conv":
+        return m.T.reshape(shape)
+    if kind == "convtranspose":
+        cin, cout, kh, kw = shape
+        return m.reshape(cin, kh, kw, cout).transpose(0, 3, 1, 2)[:, :, ::-1, ::-1]
+    return m.T if kind == "gemm" and _attr(node, "transB", 0) else m
+
+
+def _bias(bias: np.ndarray | None, n: int) -> np.ndarray:
+    return np.zeros(n) if bias is None else np.broadcast_to(bias.reshape(-1), (n,)).astype(np.float64)
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _set_attr(node: onnx.NodeProto, name: str, value: float) -> None:
+    for a in list(node.attribute):
+        if a.name == name:
+            node.attribute.remove(a)
+    node.attribute.append(helper.make_attribute(name, value))
