@@ -175,3 +175,32 @@ def test_execution_report_counts_layers_that_really_run_int8(tmp_path, cgen_path
     int8 = build(cgen_path, target, tmp_path / "q", precision="int8").manifest["execution"]
     assert not fp32["int8"] and fp32["float"].get("Conv")
     assert int8["int8"].get("Conv", 0) >= 1
+
+
+def test_activation_fusion_removes_only_the_requantization_between_conv_and_activation(tmp_path):
+    from onnx import helper
+
+    from edgegen.passes.qdq import fuse_activation_requantization
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    w2 = numpy_helper.from_array(rng.standard_normal((3, 8, 1, 1)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["c"], ["h"]),
+             helper.make_node("Conv", ["h", "w2"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])], [w, w2])
+    path = tmp_path / "hs.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    graph = Graph.load(path)
+    qdq = Quantizer(graph, load_calibration(graph.inputs, None, 8)).emit()
+    assert "HardSwish" in {n.op_type for n in qdq.graph.node}  # function ops stay whole
+    fused = fuse_activation_requantization(qdq)
+    assert sum(n.op_type == "QuantizeLinear" for n in qdq.graph.node) - \
+        sum(n.op_type == "QuantizeLinear" for n in fused.graph.node) == 1
+    producer = {o: n.op_type for n in fused.graph.node for o in n.output}
+    hardswish = next(n for n in fused.graph.node if n.op_type == "HardSwish")
+    assert producer[hardswish.input[0]] == "Conv"
+    x = {"x": rng.random((1, 3, 16, 16), dtype=np.float32)}
+    ref, a, b = run(graph.model, x), run(qdq, x), run(fused, x)
+    assert np.mean((b - ref) ** 2) <= np.mean((a - ref) ** 2) * 1.05

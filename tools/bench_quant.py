@@ -1,0 +1,162 @@
+"""Quantization benchmark (part of `make bench`): fp32 / bf16 / int8 bundles of the zoo models and
+of product-sized PyTorch generator exports, 1 thread, each against the fp32 source in a plain ONNX
+Runtime session measured in the same run; int8 throughput against this CPU's int8 peak, which this
+script measures itself with a large int8 convolution. Writes bench/quant.json and bench/quant.md."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgegen import bench
+from edgegen.build import build
+from edgegen.errors import BuildError
+from edgegen.fileio import write_text
+
+# (model, graph options, quality floor for int8 in dB)
+MODELS = [
+    ("zoo:glyphgen", {}, 35.0),
+    ("zoo:upscale2x", {"input_shapes": {"image": [1, 3, 128, 128]}}, 35.0),
+    ("cyclegan_resnet", {}, 30.0),
+    ("fast_style", {"input_range": [0.0, 255.0], "output_range": [0.0, 255.0]}, 30.0),
+    ("pix2pix_unet", {}, 30.0),
+    ("mobilenet_resnet", {}, 30.0),
+    ("tiny_decoder", {}, 30.0),
+]
+CONFIGS = [("x86-onnxruntime", "fp32"), ("x86-onnxruntime", "int8"), ("x86-openvino", "fp32"),
+           ("x86-openvino", "bf16"), ("x86-openvino", "int8")]
+
+
+def int8_peak_gmacs(seconds: float = 3.0) -> dict[str, float]:
+    """GMAC/s of a large int8 3x3 convolution (256 -> 256 channels, 32x32) at 1 thread, in
+    OpenVINO and in ONNX Runtime (QDQ, uint8 activations); the larger is the CPU's measured peak."""
+    rng = np.random.default_rng(0)
+    c, size = 256, 32
+    macs = c * c * 9 * size * size
+    inits = [numpy_helper.from_array(rng.integers(-127, 128, (c, c, 3, 3), dtype=np.int8), "w"),
+             numpy_helper.from_array(np.full(c, 0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(c, np.int8), "wz"),
+             numpy_helper.from_array(np.float32(0.02), "s"), numpy_helper.from_array(np.uint8(128), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["y", "s", "z"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["out"])]
+    graph = helper.make_graph(nodes, "peak", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, size, size])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, c, size, size])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, c, size, size), dtype=np.float32)
+    return {"openvino": macs / _time_openvino(model, x, seconds) / 1e9,
+            "onnxruntime": macs / _time_onnxruntime(model, x, seconds) / 1e9}
+
+
+def _median_seconds(run, seconds: float) -> float:
+    run()
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 5:
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _time_openvino(model: onnx.ModelProto, x: np.ndarray, seconds: float) -> float:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(ov.convert_model(io.BytesIO(model.SerializeToString())), "CPU",
+                                       {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+                                        "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    return _median_seconds(lambda: request.infer({"x": x}), seconds)
+
+
+def _time_onnxruntime(model: onnx.ModelProto, x: np.ndarray, seconds: float) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return _median_seconds(lambda: session.run(None, {"x": x}), seconds)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument("--models", type=Path, default=Path("bench/models"), help="from tools/export_bench_models.py")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    peak = int8_peak_gmacs()
+    best_peak = max(peak.values())
+    print(f"int8 peak (1 thread): {peak}", flush=True)
+    rows = []
+    for model, graph_options, floor in MODELS:
+        source = model if model.startswith("zoo:") else str(args.models / f"{model}.onnx")
+        for target, precision in CONFIGS:
+            dest = args.out / "bundles" / f"quant-{model.replace(':', '_')}-{target}-{precision}"
+            extra = {"min_psnr": floor, "calibration_method": "percentile"} if precision == "int8" else {}
+            try:
+                built = build(source, target, dest, precision=precision, graph_options=graph_options, **extra)
+            except BuildError as exc:
+                rows.append({"model": model, "target": target, "precision": precision, "error": str(exc)})
+                print(f"{model} {target} {precision}: {exc}", flush=True)
+                continue
+            macs = built.manifest["model"]["source_macs"]
+            runs = 50 if macs < 1e9 else 8
+            result = bench.run(dest, [1], runs=runs, warmup=2, baseline=True)
+            mine, base = result["rows"]
+            quant = built.manifest["passes"].get("quantize", {})
+            rows.append({
+                "model": model, "target": target, "precision": precision, "gmacs": macs / 1e9,
+                "p50_ms": mine["p50_ms"], "baseline_p50_ms": base["p50_ms"],
+                "speedup": mine["speedup_vs_baseline"], "psnr_db": built.fidelity["psnr_db"],
+                "ssim": built.fidelity["ssim"], "kept_float": len(quant.get("kept_float", [])),
+                "execution": built.manifest["execution"],
+                "int8_peak_fraction": (macs / (mine["p50_ms"] / 1e3) / 1e9 / best_peak) if precision == "int8" else None,
+            })
+            print(json.dumps(rows[-1]), flush=True)
+    meta = {"command": "make bench (tools/bench_quant.py)", "date": dt.datetime.now(dt.timezone.utc).isoformat(
+        timespec="seconds"), "host": platform.machine(), "threads": 1, "int8_peak_gmacs": peak}
+    write_text(args.out / "quant.json", json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    write_text(args.out / "quant.md", render(meta, rows))
+    print((args.out / "quant.md").read_text())
+    return 0
+
+
+def render(meta: dict, rows: list[dict]) -> str:
+    """Markdown table of the quantization benchmark."""
+    peak = max(meta["int8_peak_gmacs"].values())
+    lines = [f"Measured by `{meta['command']}` on {meta['date']}, 1 thread, batch 1. Baseline: the fp32 source in a "
+             f"plain ONNX Runtime session, same run. int8 peak of this CPU (large int8 conv, measured here): "
+             f"{peak:.0f} GMAC/s.", "",
+             "| model | GMACs | target | precision | p50 ms | fp32 ORT ms | speed-up | PSNR dB | SSIM | layers kept float "
+             "| int8 % of peak | int8 ConvTranspose / InstanceNorm |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | | {r['target']} | {r['precision']} | floor not met: {r['error'][:80]} "
+                         "| | | | | | | |")
+            continue
+        ex = r["execution"]["int8"] if r["execution"] else {}
+        frac = f"{100 * r['int8_peak_fraction']:.0f}%" if r["int8_peak_fraction"] else ""
+        counts = f"{ex.get('ConvTranspose', 0)} / {ex.get('InstanceNormalization', 0)}" if r["precision"] == "int8" else ""
+        lines.append(f"| {r['model']} | {r['gmacs']:.2f} | {r['target']} | {r['precision']} | {r['p50_ms']:.2f} | "
+                     f"{r['baseline_p50_ms']:.2f} | {r['speedup']:.2f}x | {r['psnr_db']:.1f} | {r['ssim']:.4f} | "
+                     f"{r['kept_float']} | {frac} | {counts} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
