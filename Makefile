@@ -18,7 +18,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train]'
+	$(PY) tools/export_bench_models.py --out bench/models
 	$(PY) tools/bench.py --out bench
+	$(PY) tools/bench_quant.py --out bench --models bench/models
 
 clean:
 	rm -rf out .pytest_cache
