@@ -22,8 +22,8 @@ import numpy as np
 from . import __version__, backends, bundle, reference, targets
 from .errors import BackendUnavailableError, BuildError, UnsupportedOpError
 from .graph import Graph
-from .inputs import run_batched, sample_feeds
-from .metrics import compare
+from .inputs import fixed_batch, run_batched, sample_feeds
+from .metrics import compare, value_range
 from .passes.floor import Evaluator, QualityFloor
 from .source import SourceSession
 
@@ -151,8 +151,7 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
     per_output = {}
     for spec in source.outputs:
         ref, got = expected[spec.name], actual[spec.name].astype(np.float32)
-        data_range = (spec.range[1] - spec.range[0]) if spec.range else float(np.ptp(ref)) or 1.0
-        per_output[spec.name] = compare(ref, got, data_range)
+        per_output[spec.name] = compare(ref, got, value_range(spec.range, ref))
     worst = min(per_output.values(), key=lambda r: r["psnr_db"])
     quality = {"psnr_db": worst["psnr_db"], "ssim": min(r.get("ssim", 1.0) for r in per_output.values()),
                "max_abs": max(r["max_abs"] for r in per_output.values())}
@@ -164,8 +163,9 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
     if floor and not floor.met(quality):
         raise BuildError(f"the {precision} artifact for {tgt.name} reaches PSNR {quality['psnr_db']:.2f} dB / SSIM "
                          f"{quality['ssim']:.4f} against the fp32 source, below the floor ({floor.describe()}).")
-    first = {k: v[:1] for k, v in feeds.items()}
-    ref_file = reference.save(staging, first, {k: v[:1] for k, v in expected.items()})
+    unit = fixed_batch(source.inputs) or 1
+    first = {k: v[:unit] for k, v in feeds.items()}
+    ref_file = reference.save(staging, first, {k: v[:unit] for k, v in expected.items()})
     tolerance = {"max_abs": FP32_MAX_ABS} if precision == "fp32" else \
         {"min_psnr_db": round(quality["psnr_db"] - REDUCED_PSNR_MARGIN_DB, 2)}
     ran_on = where if native else f"build host fallback ({where}); device numerics not measured"

@@ -58,10 +58,23 @@ def sample_feeds(specs: list[TensorSpec], seeds: list[int]) -> dict[str, np.ndar
     return {s.name: np.stack([sample(s, seed) for seed in seeds]) for s in specs}
 
 
+def fixed_batch(specs: list[TensorSpec]) -> int | None:
+    """The batch size a model was exported with, or None when its batch axis is dynamic."""
+    return next((s.shape[0] for s in specs if s.shape and not s.batch_dynamic), None)
+
+
 def run_batched(run, specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run a batch in one call when every input has a dynamic batch axis, else one sample at a time."""
-    if all(s.batch_dynamic for s in specs):
+    """Run a batch in one call when every input has a dynamic batch axis; for a model exported with a
+    fixed batch B, in chunks of B (the last one padded by repeating its final sample, then trimmed)."""
+    size = fixed_batch(specs)
+    if size is None:
         return run(feeds)
     count = len(next(iter(feeds.values())))
-    parts = [run({k: v[i:i + 1] for k, v in feeds.items()}) for i in range(count)]
+    parts = []
+    for start in range(0, count, size):
+        chunk = {k: v[start:start + size] for k, v in feeds.items()}
+        short = size - len(next(iter(chunk.values())))
+        if short:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in chunk.items()}
+        parts.append({k: v[:size - short] for k, v in run(chunk).items()})
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}

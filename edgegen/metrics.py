@@ -44,6 +44,14 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float, win: int = 7) -> float
     return float(s.mean())
 
 
+def value_range(declared: list[float] | None, reference: np.ndarray) -> float:
+    """The span PSNR and SSIM measure against: the tensor's declared range, widened to what the
+    reference actually spans (an unbounded output whose range was only assumed)."""
+    spread = float(np.ptp(reference)) if reference.size else 0.0
+    width = declared[1] - declared[0] if declared else 0.0
+    return max(width, spread) or 1.0
+
+
 def compare(reference: np.ndarray, actual: np.ndarray, data_range: float) -> dict[str, float]:
     """PSNR, SSIM (for image-shaped tensors) and max-abs of actual against reference."""
     report = {"psnr_db": round(psnr(reference, actual, data_range), 3), "max_abs": max_abs(reference, actual)}

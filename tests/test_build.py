@@ -99,3 +99,14 @@ def test_fixed_batch_model_builds_and_batches(tmp_path):
     images = gen.generate_batch([{"seed": s, "label": s} for s in range(3)])
     assert images.shape == (3, 8, 8, 3)
     np.testing.assert_array_equal(images[2], gen.generate(seed=2, label=2))
+
+
+def test_model_exported_with_a_fixed_batch_of_two(tmp_path):
+    path = tmp_path / "b2.onnx"
+    onnx.save(conditional_generator(batch=2, extras=False), str(path))
+    result = build(path, "x86-openvino", tmp_path / "b")
+    assert result.fidelity["samples"] == 8
+    gen = Generator.open(tmp_path / "b")
+    images = gen.generate_batch([{"seed": s, "label": s} for s in range(3)])
+    assert images.shape == (3, 8, 8, 3)
+    np.testing.assert_array_equal(images[1], gen.generate(seed=1, label=1))

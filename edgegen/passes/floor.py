@@ -12,7 +12,7 @@ import onnx
 
 from ..errors import BuildError
 from ..inputs import run_batched
-from ..metrics import psnr, ssim
+from ..metrics import psnr, ssim, value_range
 from ..specs import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Evaluator:
         worst = {"psnr_db": float("inf"), "ssim": 1.0, "nmse": 0.0}
         for spec in self.outputs:
             ref = self.expected[spec.name]
-            data_range = (spec.range[1] - spec.range[0]) if spec.range else float(np.ptp(ref)) or 1.0
+            data_range = value_range(spec.range, ref)
             worst["psnr_db"] = min(worst["psnr_db"], psnr(ref, got[spec.name], data_range))
             worst["nmse"] = max(worst["nmse"], float(np.mean((got[spec.name] - ref) ** 2)) / data_range ** 2)
             if ref.ndim >= 3:

@@ -12,7 +12,7 @@ from .. import backends, reference
 from ..bundle import read_manifest, verify_files
 from ..errors import RequestError
 from ..inputs import check_label, latent_from_seed, run_batched
-from ..metrics import compare
+from ..metrics import compare, value_range
 from ..specs import TensorSpec
 from .images import image_to_tensor, tensor_to_uint8
 
@@ -146,8 +146,7 @@ class Generator:
         outputs, passed = {}, True
         for spec in self.outputs:
             expected = expected_outputs[spec.name]
-            data_range = (spec.range[1] - spec.range[0]) if spec.range else float(np.ptp(expected)) or 1.0
-            report = compare(expected, got[spec.name].astype(np.float32), data_range)
+            report = compare(expected, got[spec.name].astype(np.float32), value_range(spec.range, expected))
             ok = report["max_abs"] <= tolerance.get("max_abs", float("inf")) and \
                 report["psnr_db"] >= tolerance.get("min_psnr_db", float("-inf"))
             outputs[spec.name] = {**report, "pass": ok}
