@@ -1,7 +1,7 @@
 """Write a TFLite flatbuffer with the schema object API that ai-edge-litert ships (build host only).
 
 `ModelBuilder` collects tensors, constant buffers and operators of one subgraph and serializes
-them; `read_operators` lists the operators of any .tflite file for the reports.
+them; `read_model` lists the operators and tensors of any .tflite file for the reports.
 """
 
 from __future__ import annotations
@@ -43,12 +43,6 @@ class QParams:
     @property
     def per_tensor(self) -> bool:
         return len(self.scale) == 1
-
-    def quantize(self, real: np.ndarray, dtype=np.int8) -> np.ndarray:
-        """Round real values onto this (per-tensor) grid."""
-        info = np.iinfo(dtype)
-        q = np.round(np.asarray(real, np.float64) / self.scale[0]) + self.zero_point[0]
-        return np.clip(q, info.min, info.max).astype(dtype)
 
     def to_json(self) -> dict:
         return {"scale": list(self.scale), "zero_point": list(self.zero_point)}
@@ -133,8 +127,22 @@ class ModelBuilder:
         names = {getattr(self.fb.TensorType, v): k for k, v in _TENSOR_TYPES.items()}
         return names[self.tensors[index].type]
 
-    def name(self, index: int) -> str:
-        return self.tensors[index].name
+    def reorder(self, order: list[int]) -> None:
+        """Put the operators in another (topological) order."""
+        self.operators = [self.operators[i] for i in order]
+        self.records = [self.records[i] for i in order]
+
+    def view(self) -> tuple[list["ModelOp"], list["ModelTensor"]]:
+        """The operators and tensors as read_model gives them for a finished file."""
+        ops = [ModelOp(r.code, r.version, r.inputs, r.outputs, o.builtinOptions)
+               for r, o in zip(self.records, self.operators)]
+        tensors = []
+        for i, t in enumerate(self.tensors):
+            raw = self.buffers[t.buffer].data if t.buffer else None
+            dtype = self.dtype(i)
+            data = None if raw is None else np.frombuffer(raw.tobytes(), dtype=dtype).reshape(self.shape(i))
+            tensors.append(ModelTensor(t.name, self.shape(i), dtype, data, self.quant(i)))
+        return ops, tensors
 
     def serialize(self, description: str) -> bytes:
         """The finished model as .tflite bytes."""
@@ -170,12 +178,54 @@ class ModelBuilder:
         return name
 
 
-def read_operators(data: bytes) -> tuple[list[tuple[str, int]], list]:
-    """(builtin name, version) of every operator of a .tflite file's main subgraph, and its tensors."""
+@dataclass
+class ModelOp:
+    """One operator of a .tflite file: builtin name, version, tensor indices, options object."""
+
+    code: str
+    version: int
+    inputs: list[int]
+    outputs: list[int]
+    options: object
+
+
+@dataclass
+class ModelTensor:
+    """One tensor of a .tflite file."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+    data: np.ndarray | None  # constants only
+    quant: QParams | None = None
+
+    @property
+    def constant(self) -> bool:
+        return self.data is not None
+
+
+def read_model(data: bytes) -> tuple[list[ModelOp], list[ModelTensor]]:
+    """The operators (in execution order) and tensors of a .tflite file's main subgraph."""
     fb = schema()
     model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
     names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    types = {getattr(fb.TensorType, v): k for k, v in _TENSOR_TYPES.items()}
     codes = [(names.get(max(c.builtinCode, c.deprecatedBuiltinCode), "CUSTOM"), c.version)
              for c in model.operatorCodes]
     graph = model.subgraphs[0]
-    return [codes[o.opcodeIndex] for o in graph.operators], graph.tensors
+    ops = [ModelOp(*codes[o.opcodeIndex], [int(i) for i in o.inputs], [int(i) for i in o.outputs],
+                   o.builtinOptions) for o in graph.operators]
+    tensors = []
+    for t in graph.tensors:
+        shape = [int(d) for d in (t.shape if t.shape is not None else [])]
+        dtype = types.get(t.type, "other")
+        raw = model.buffers[t.buffer].data if t.buffer > 0 else None
+        data = None
+        if raw is not None and len(raw):
+            data = np.frombuffer(bytes(bytearray(raw)), dtype=dtype if dtype != "other" else np.uint8)
+            data = data.reshape(shape) if dtype != "other" else data
+        q = t.quantization
+        quant = QParams.of(q.scale, q.zeroPoint, q.quantizedDimension) if q is not None and q.scale is not None \
+            and len(q.scale) else None
+        tensors.append(ModelTensor(t.name.decode() if isinstance(t.name, bytes) else t.name, shape, dtype, data, quant))
+    return ops, tensors

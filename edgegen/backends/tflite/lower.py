@@ -9,15 +9,16 @@ DEQUANTIZE/QUANTIZE inserted where the representation changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from ...errors import UnsupportedOpError
-from .flatbuffer import ModelBuilder, OpRecord, QParams
+from .flatbuffer import ModelBuilder, QParams
 from .layout import channel_axis, plan_orders, tfl_shape
 from .prepare import Prepared
+from .versions import version
 
 
 @dataclass
@@ -32,29 +33,26 @@ class Value:
 
 @dataclass
 class Lowered:
-    """A lowered model: .tflite bytes, boundary description for the session, op records, notes."""
+    """A lowered model (its builder, still reorderable) and its inputs and outputs as the session sees them."""
 
-    data: bytes
+    builder: ModelBuilder
     inputs: list[dict]
     outputs: list[dict]
-    records: list[OpRecord]
-    tensor_names: list[str]
-    notes: list[str] = field(default_factory=list)
 
 
 class Lowerer:
     """Emission state of one lowering."""
 
-    def __init__(self, p: Prepared, precision: str):
+    def __init__(self, p: Prepared, precision: str, delegate: str = "xnnpack"):
         self.p = p
         self.precision = precision
+        self.delegate = delegate  # the accelerator the model is laid out for: xnnpack | edgetpu
         self.b = ModelBuilder()
         self.fb = self.b.fb
         self.values: dict[str, Value] = {}
         self.plan = plan_orders(p)
         self.node: onnx.NodeProto | None = None
         self._converted: dict[tuple[str, str], Value] = {}
-        self._weights: dict[tuple[str, bytes], int] = {}
 
     # -- what the graph says -------------------------------------------------------------------
     def const(self, name: str) -> np.ndarray | None:
@@ -77,13 +75,20 @@ class Lowerer:
             setattr(opts, key, value)
         return opts
 
-    def op(self, code: str, inputs: list[int], outputs: list[int], options=None, version: int = 1) -> None:
-        self.b.op(code, inputs, outputs, options, version, self.node.name if self.node else "")
+    def op(self, code: str, inputs: list[int], outputs: list[int], options=None) -> None:
+        """Append an operator; its version follows from its tensor types (see versions.py)."""
+        b = self.b
+        ratio = 0.0
+        if code == "MUL" and b.quant(outputs[0]) is not None:
+            ratio = b.quant(inputs[0]).scale[0] * b.quant(inputs[1]).scale[0] / b.quant(outputs[0]).scale[0]
+        v = version(code, [b.dtype(i) for i in inputs], [b.dtype(o) for o in outputs],
+                    [len(b.shape(i)) for i in inputs], options, ratio)
+        b.op(code, inputs, outputs, options, v, self.node.name if self.node else "")
 
-    def temp(self, shape: list[int], quant: QParams | None = None, hint: str = "t", dtype: str | None = None) -> int:
+    def temp(self, shape: list[int], quant: QParams | None = None, hint: str = "t") -> int:
         """An intermediate tensor (int8 when quant is given)."""
         base = self.node.name if self.node else "io"
-        return self.b.tensor(f"{base}/{hint}", shape, dtype or ("int8" if quant else "float32"), quant)
+        return self.b.tensor(f"{base}/{hint}", shape, "int8" if quant else "float32", quant)
 
     def define(self, name: str, shape: list[int], nhwc: bool, order: np.ndarray | None = None,
                quant: QParams | None = None, dtype: str | None = None) -> int:
@@ -96,19 +101,26 @@ class Lowerer:
         """Let ONNX tensor `name` be held by an existing tensor."""
         self.values[name] = value
 
+    def emit_keeping_grid(self, code: str, inputs: list[int], name: str, shape: list[int], nhwc: bool,
+                          grid: QParams | None, options=None, order: np.ndarray | None = None) -> None:
+        """An op whose int8 output stays on its input's grid (data movement, padding, resizing);
+        requantized onto the QDQ graph's grid for `name` when that one differs."""
+        target = self.p.quant.activations.get(name) if grid else None
+        if target is None or target == grid:
+            self.op(code, inputs, [self.define(name, shape, nhwc, order, grid)], options)
+            return
+        moved = self.temp(shape, grid, hint=code.lower())
+        self.op(code, inputs, [moved], options)
+        self.op("QUANTIZE", [moved], [self.define(name, shape, nhwc, order, target)])
+
     def weight(self, array: np.ndarray, hint: str, quant: QParams | None = None) -> int:
         """A constant operand; float constants are stored as float16 + DEQUANTIZE at fp16."""
         array = np.ascontiguousarray(array)
-        key = (hint, array.dtype.str.encode() + str(array.shape).encode() + array.tobytes())
-        if key in self._weights:
-            return self._weights[key]
-        if self.precision == "fp16" and array.dtype == np.float32:
-            half = self.b.constant(f"{hint}/fp16", array.astype(np.float16))
-            index = self.b.tensor(hint, list(array.shape), "float32")
-            self.op("DEQUANTIZE", [half], [index])
-        else:
-            index = self.b.constant(hint, array, quant)
-        self._weights[key] = index
+        if self.precision != "fp16" or array.dtype != np.float32:
+            return self.b.constant(hint, array, quant)
+        half = self.b.constant(f"{hint}/fp16", array.astype(np.float16))
+        index = self.b.tensor(hint, list(array.shape), "float32")
+        self.op("DEQUANTIZE", [half], [index])
         return index
 
     def int32(self, values, hint: str) -> int:
@@ -136,6 +148,11 @@ class Lowerer:
         if self.precision != "int8" or any(self.grid(n) is None for n in inputs):
             return None
         return fixed or self.p.quant.activations.get(output)
+
+    def keeps_grid(self, name: str) -> bool:
+        """Whether a data-movement op on `name` runs on int8: its output stays on the input's grid
+        (requantized onto the QDQ graph's output grid where that one exists)."""
+        return self.precision == "int8" and self.grid(name) is not None
 
     def as_float(self, name: str) -> Value:
         value = self.value(name)
@@ -169,7 +186,7 @@ class Lowerer:
         if to is None or source is None or source == to:
             return index
         out = self.temp(self.b.shape(index), to, hint="requantized")
-        self.op("QUANTIZE", [index], [out], version=2)
+        self.op("QUANTIZE", [index], [out])
         return out
 
     def reorder(self, value: Value, order: np.ndarray | None) -> Value:
@@ -183,15 +200,15 @@ class Lowerer:
         inverse = np.argsort(current)
         out = self.temp(shape, value.quant, hint="reordered")
         self.op("GATHER", [value.index, self.int32(inverse[wanted], "order")], [out],
-                self.options("Gather", axis=axis), version=2 if value.quant else 1)
+                self.options("Gather", axis=axis))
         return Value(out, value.nhwc, order, value.quant)
 
 
-def lower(p: Prepared, precision: str, description: str) -> Lowered:
+def lower(p: Prepared, precision: str, delegate: str = "xnnpack") -> Lowered:
     """Lower every node; graph inputs and outputs keep their ONNX names."""
     from .ops import RULES
 
-    lw = Lowerer(p, precision)
+    lw = Lowerer(p, precision, delegate)
     inputs = []
     for spec in p.inputs:
         shape = spec.default_shape
@@ -210,14 +227,12 @@ def lower(p: Prepared, precision: str, description: str) -> Lowered:
     lw.node = None
     outputs = []
     for spec in p.outputs:
-        value = lw.value(spec.name) if spec.name in lw.values else None
-        if value is None:
+        if spec.name not in lw.values:
             raise UnsupportedOpError(f"output {spec.name!r} is not computed by any lowered node")
-        value = lw.reorder(value, None)
+        value = lw.reorder(lw.values[spec.name], None)
         lw.b.outputs.append(value.index)
         outputs.append(_boundary(spec.name, value.nhwc, lw.b.dtype(value.index), value.quant))
-    data = lw.b.serialize(description)
-    return Lowered(data, inputs, outputs, lw.b.records, [t.name for t in lw.b.tensors])
+    return Lowered(lw.b, inputs, outputs)
 
 
 def _boundary(name: str, nhwc: bool, dtype: str, grid: QParams | None) -> dict:

@@ -57,6 +57,8 @@ def prepare(graph: Graph) -> Prepared:
     shapes = graph.concrete_shapes()
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     nodes = [_copy(n) for n in model.graph.node]
+    for i, node in enumerate(nodes):
+        node.name = node.name or f"{node.op_type}_{i}"
     outputs = [s.name for s in graph.outputs]
     quant = qdq.QuantInfo()
     if any(n.op_type in qdq.QDQ_OPS for n in nodes):
@@ -64,6 +66,7 @@ def prepare(graph: Graph) -> Prepared:
     nodes = _fold_constants(nodes, consts, shapes)
     prepared = Prepared(nodes, consts, quant, shapes, graph.inputs, graph.outputs)
     _fold_batchnorm(prepared)
+    _fuse_hardswish(prepared)
     return prepared
 
 
@@ -99,32 +102,95 @@ def _fold_constants(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
 
 
 def _fold_batchnorm(p: Prepared) -> None:
-    """y = BN(conv(x)) -> conv'(x) with scaled weights and shifted bias (float weights only)."""
+    """BN(conv(x)) -> conv'(x), and BN(reshape(gemm(x))) -> reshape(gemm'(x)): weights scaled and
+    bias shifted per output channel (float weights only)."""
     for bn in [n for n in p.nodes if n.op_type == "BatchNormalization"]:
-        conv = p.producer(bn.input[0])
-        if conv is None or conv.op_type not in ("Conv", "ConvTranspose") or not p.single_use(bn.input[0]):
-            continue
-        weight = conv.input[1]
-        if weight not in p.consts or weight in p.quant.constants or not all(i in p.consts for i in bn.input[1:5]) \
-                or attrs(conv).get("group", 1) != 1 or len(bn.output) > 1 and any(bn.output[1:]):
+        if not all(i in p.consts for i in bn.input[1:5]) or any(bn.output[1:]) or not p.single_use(bn.input[0]):
             continue
         gamma, beta, mean, var = (p.consts[i].astype(np.float64) for i in bn.input[1:5])
         scale = gamma / np.sqrt(var + attrs(bn).get("epsilon", 1e-5))
-        w = p.consts[weight].astype(np.float64)
-        axis = 0 if conv.op_type == "Conv" else 1
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        out_channels = w.shape[axis]
-        bias = p.consts[conv.input[2]].astype(np.float64) if len(conv.input) > 2 and conv.input[2] \
-            else np.zeros(out_channels)
-        new_w, new_b = f"{weight}/bn_folded", f"{bn.name}/bias_folded"
-        p.consts[new_w] = (w * scale.reshape(shape)).astype(np.float32)
-        p.consts[new_b] = ((bias - mean) * scale + beta).astype(np.float32)
-        conv.input[1] = new_w
-        if len(conv.input) > 2:
-            conv.input[2] = new_b
+        shift = beta - mean * scale
+        producer = p.producer(bn.input[0])
+        if producer is not None and producer.op_type == "Reshape" and p.single_use(producer.input[0]):
+            gemm = p.producer(producer.input[0])
+            shape = p.shapes.get(bn.input[0], [])
+            if gemm is None or gemm.op_type != "Gemm" or len(shape) != 4 or not _scale_outputs(
+                    p, gemm, np.repeat(scale, shape[2] * shape[3]), np.repeat(shift, shape[2] * shape[3])):
+                continue
+            producer.output[0] = bn.output[0]
+            _take_grid(p, gemm.output[0], bn.output[0])
+        elif producer is not None and producer.op_type in ("Conv", "ConvTranspose") and \
+                attrs(producer).get("group", 1) == 1 and _scale_outputs(p, producer, scale, shift):
+            producer.output[0] = bn.output[0]
         else:
-            conv.input.append(new_b)
-        conv.output[0] = bn.output[0]
+            continue
+        p.quant.activations.pop(bn.input[0], None)  # the pre-normalization tensor no longer exists
         p.nodes.remove(bn)
+    p.__post_init__()
+
+
+def _take_grid(p: Prepared, name: str, source: str) -> None:
+    """`name` now holds normalized values: it takes the grid of the normalized tensor (or none)."""
+    if source in p.quant.activations:
+        p.quant.activations[name] = p.quant.activations[source]
+    else:
+        p.quant.activations.pop(name, None)
+
+
+def _scale_outputs(p: Prepared, node: onnx.NodeProto, scale: np.ndarray, shift: np.ndarray) -> bool:
+    """Make node's output o become o * scale + shift per output channel, in its weights and bias.
+
+    int8 weights (symmetric, per output channel) stay int8: the channel's grid absorbs |scale| and
+    its integers the sign, so no value is re-rounded."""
+    a = attrs(node)
+    weight = node.input[1]
+    if weight not in p.consts:
+        return False
+    if node.op_type == "Gemm":
+        if a.get("transA", 0) or a.get("beta", 1.0) == 0:
+            return False
+        axis, bias_factor = (0 if a.get("transB", 0) else 1), a.get("beta", 1.0)
+    else:
+        axis, bias_factor = (0 if node.op_type == "Conv" else 1), 1.0
+    w = p.consts[weight].astype(np.float64)
+    has_bias = len(node.input) > 2 and bool(node.input[2])
+    if w.shape[axis] != scale.size or (has_bias and node.input[2] not in p.consts):
+        return False
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    new_w, new_b = f"{weight}/bn_folded/{node.name}", f"{node.name}/bias_folded"
+    qc = p.quant.constants.get(weight)
+    if qc is not None:
+        if qc.params.axis % w.ndim != axis or len(qc.params.scale) != scale.size or any(qc.params.zero_point) or \
+                (qc.data == np.iinfo(np.int8).min).any():
+            return False
+        sign = np.where(scale < 0, -1, 1).reshape(shape)
+        params = qdq.QParams.of(np.asarray(qc.params.scale) * np.abs(scale), np.zeros(scale.size), qc.params.axis)
+        p.quant.constants[new_w] = qdq.QConst((qc.data * sign).astype(np.int8), params)
+    bias = p.consts[node.input[2]].astype(np.float64).reshape(-1) if has_bias else np.zeros(scale.size)
+    p.consts[new_w] = (w * scale.reshape(shape)).astype(np.float32)
+    p.consts[new_b] = (np.broadcast_to(bias, scale.shape) * scale + shift / bias_factor).astype(np.float32)
+    node.input[1] = new_w
+    if has_bias:
+        node.input[2] = new_b
+    else:
+        node.input.append(new_b)
+    return True
+
+
+def _fuse_hardswish(p: Prepared) -> None:
+    """x * HardSigmoid(x) with alpha 1/6, beta 1/2 (how HardSwish is expanded by ONNX Runtime's
+    optimizer, e.g. in quant_pre_process) -> HardSwish."""
+    for mul in [n for n in p.nodes if n.op_type == "Mul"]:
+        for x, gate in (mul.input, reversed(mul.input)):
+            hs = p.producer(gate)
+            if hs is None or hs.op_type != "HardSigmoid" or hs.input[0] != x or not p.single_use(gate):
+                continue
+            a = attrs(hs)
+            if not (np.isclose(a.get("alpha", 0.2), 1 / 6) and np.isclose(a.get("beta", 0.5), 0.5)):
+                continue
+            fused = helper.make_node("HardSwish", [x], [mul.output[0]], name=mul.name)
+            p.nodes[p.nodes.index(mul)] = fused
+            p.nodes.remove(hs)
+            break
     p.__post_init__()

@@ -1,0 +1,102 @@
+"""Build half of the TFLite backend: Graph -> .tflite, written with the schema object API (no
+TensorFlow), plus the XNNPACK delegation report and, for int8, the Edge TPU compatibility report
+(and the Edge TPU compile on Edge TPU targets)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ...errors import BuildError, UnsupportedOpError
+from ...graph import Graph
+from ...targets import Target
+from .. import require
+from . import edgetpu, xnnpack
+from .lower import lower
+from .ops import RULES
+from .prepare import prepare
+
+ARTIFACT = "model.tflite"
+EDGETPU_ARTIFACT = "model_edgetpu.tflite"
+REPORTS = "reports"
+
+
+def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]]:
+    """(node, op, reason) for every node the TFLite lowering cannot express."""
+    try:
+        p = prepare(graph)
+    except UnsupportedOpError as exc:
+        return [("(quantized graph)", "QuantizeLinear/DequantizeLinear", str(exc))]
+    missing = []
+    for node in p.nodes:
+        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        why = rule.check(node, p) if rule else "no TFLite lowering for this op"
+        if why:
+            missing.append((node.name, node.op_type, why))
+    return missing
+
+
+def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict[str, Any]:
+    """Write model.tflite (and reports) into workdir; return files, session settings and tool versions."""
+    require("ai_edge_litert", "building for TFLite", "tflite")
+    import ai_edge_litert
+    import flatbuffers
+
+    delegate = target.backend_options.get("delegate", "xnnpack")
+    p = prepare(graph)
+    if precision == "int8" and not p.quant:
+        raise BuildError(f"{graph.source}: int8 TFLite is lowered from the quantized QDQ graph (QuantizeLinear/"
+                         "DequantizeLinear around every int8 tensor), which carries the scales; this graph has "
+                         "none: quantize it first (edgegen's quantize pass, `--precision int8`), or build fp32/fp16")
+    if precision != "int8" and (p.quant or delegate == "edgetpu"):
+        raise BuildError(f"{graph.source}: {'the Edge TPU runs int8 models only' if delegate == 'edgetpu' else 'the graph is quantized (QDQ)'}"
+                         f"; build target {target.name} with --precision int8")
+    lowered = lower(p, precision, delegate)
+    if delegate == "edgetpu":
+        lowered.builder.reorder(edgetpu.schedule(*lowered.builder.view()))
+    workdir = Path(workdir)
+    (workdir / ARTIFACT).write_bytes(lowered.builder.serialize(f"edgegen {graph.name} {precision}"))
+    reports = {"xnnpack": _delegation(workdir / ARTIFACT)}
+    session = {"entry": ARTIFACT, "precision": precision,
+               "runtime": target.backend_options.get("runtime", "ai-edge-litert"), "delegate": delegate,
+               "inputs": lowered.inputs, "outputs": lowered.outputs,
+               "delegation": xnnpack.summary(reports["xnnpack"])}
+    files = [ARTIFACT]
+    tools = {"ai-edge-litert": ai_edge_litert.__version__, "flatbuffers": flatbuffers.__version__}
+    if precision == "int8":
+        reports["edgetpu"] = _edgetpu_compatibility(p, lowered if delegate == "edgetpu" else None)
+        session["edgetpu"] = edgetpu.summary(reports["edgetpu"])
+    if delegate == "edgetpu":
+        compiled = edgetpu.compile_model(workdir / ARTIFACT, workdir / EDGETPU_ARTIFACT, reports["edgetpu"])
+        reports["edgetpu_compiler"] = compiled
+        files += [EDGETPU_ARTIFACT, compiled["log"]]
+        session["edgetpu_entry"] = EDGETPU_ARTIFACT
+        tools["edgetpu_compiler"] = compiled["version"]
+    (workdir / REPORTS).mkdir(exist_ok=True)
+    for name, rep in reports.items():
+        (workdir / REPORTS / f"{name}.json").write_text(json.dumps(rep, indent=2) + "\n")
+        files.append(f"{REPORTS}/{name}.json")
+    return {"files": files, "session": session, "tools": tools}
+
+
+def _edgetpu_compatibility(p, lowered) -> dict[str, Any]:
+    """What an Edge TPU build of this graph would map (its own lowering and op order), on any host."""
+    if lowered is None:
+        lowered = lower(p, "int8", "edgetpu")
+        lowered.builder.reorder(edgetpu.schedule(*lowered.builder.view()))
+    return edgetpu.compatibility(lowered.builder.serialize("edgetpu"), [r.origin for r in lowered.builder.records])
+
+
+def _delegation(model: Path) -> dict[str, Any]:
+    """The XNNPACK delegation of the model in ai-edge-litert on this host (1 thread)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interpreter = Interpreter(model_path=str(model), num_threads=1)
+        interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as exc:
+        raise BuildError(f"the emitted {model.name} does not load in ai-edge-litert: "
+                         f"{str(exc).strip().splitlines()[0]}. Report this model to the edgegen developers.") from None
+    return xnnpack.report(interpreter)
+

@@ -1,0 +1,204 @@
+"""Activations, element-wise arithmetic and normalizations."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..flatbuffer import QParams
+from ..layout import channel_axis
+from ..lower import Lowerer, Value
+from ..prepare import Prepared, attrs
+from . import rule, static_shapes
+
+_UNARY = {"Relu": "RELU", "Tanh": "TANH", "Sigmoid": "LOGISTIC", "HardSwish": "HARD_SWISH",
+          "LeakyRelu": "LEAKY_RELU"}
+# int8 TANH and LOGISTIC have a fixed output grid (their range is [-1, 1] / [0, 1])
+FIXED_GRID = {"TANH": QParams.of(1 / 128, 0), "LOGISTIC": QParams.of(1 / 256, -128)}
+_BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV"}
+_CLIPS = {(0.0, 6.0): "RELU6", (0.0, None): "RELU", (-1.0, 1.0): "RELU_N1_TO_1"}
+
+
+def layout_const(array: np.ndarray, rank: int, nhwc: bool, order: np.ndarray | None) -> np.ndarray:
+    """An ONNX constant operand in the layout of a stored tensor of the given rank."""
+    array = array.reshape((1,) * (rank - array.ndim) + array.shape)
+    if nhwc:
+        array = array.transpose(0, 2, 3, 1)
+    axis = channel_axis(rank, nhwc)
+    if order is not None and axis is not None and array.shape[axis] > 1:
+        array = array.take(order, axis)
+    while array.ndim > 1 and array.shape[0] == 1:
+        array = array[0]
+    return np.ascontiguousarray(array)
+
+
+def _unary_op(lw: Lowerer, node: onnx.NodeProto, code: str, options=None, int8_ok: bool = True) -> None:
+    x, out = node.input[0], node.output[0]
+    grid = lw.quantized([x], out, FIXED_GRID.get(code)) if int8_ok else None
+    value = lw.operand(x, grid is not None)
+    index = lw.define(out, lw.tshape(value), value.nhwc, value.order, grid)
+    lw.op(code, [value.index], [index], options)
+
+
+@rule(*_UNARY, check=static_shapes)
+def unary(lw: Lowerer, node: onnx.NodeProto) -> None:
+    code = _UNARY[node.op_type]
+    options = lw.options("LeakyRelu", alpha=attrs(node).get("alpha", 0.01)) if code == "LEAKY_RELU" else None
+    # LiteRT's XNNPACK takes no int8 HARD_SWISH (each one would split the graph); between DEQUANTIZE
+    # and QUANTIZE onto the same grids it stays inside the delegate
+    _unary_op(lw, node, code, options, int8_ok=not (code == "HARD_SWISH" and lw.delegate == "xnnpack"))
+
+
+def _clip_bounds(node: onnx.NodeProto, p: Prepared) -> tuple[float | None, float | None]:
+    a = attrs(node)
+    lo, hi = a.get("min"), a.get("max")
+    if len(node.input) > 1 and node.input[1]:
+        lo = float(p.consts[node.input[1]])
+    if len(node.input) > 2 and node.input[2]:
+        hi = float(p.consts[node.input[2]])
+    lo = None if lo is None or lo <= -3.4e38 else float(lo)
+    hi = None if hi is None or hi >= 3.4e38 else float(hi)
+    return lo, hi
+
+
+def _check_clip(node: onnx.NodeProto, p: Prepared) -> str | None:
+    if any(i and i not in p.consts for i in node.input[1:]):
+        return "min and max must be constants"
+    return static_shapes(node, p)
+
+
+@rule("Clip", check=_check_clip)
+def clip(lw: Lowerer, node: onnx.NodeProto) -> None:
+    lo, hi = _clip_bounds(node, lw.p)
+    if lo is None and hi is None:
+        lw.bind(node.output[0], lw.value(node.input[0]))
+        return
+    code = _CLIPS.get((lo, hi))
+    if code is not None:
+        _unary_op(lw, node, code)
+        return
+    value = lw.as_float(node.input[0])
+    shape = lw.tshape(value)
+    current = value.index
+    for bound, op in ((lo, "MAXIMUM"), (hi, "MINIMUM")):
+        if bound is None:
+            continue
+        last = op == "MINIMUM" or hi is None
+        target = lw.define(node.output[0], shape, value.nhwc, value.order) if last else lw.temp(shape, hint=op)
+        lw.op(op, [current, lw.weight(np.array([bound], np.float32), f"{node.name}/{op.lower()}")], [target])
+        current = target
+
+
+@rule("HardSigmoid", check=static_shapes)
+def hard_sigmoid(lw: Lowerer, node: onnx.NodeProto) -> None:
+    """max(0, min(1, alpha * x + beta)) in float."""
+    a = attrs(node)
+    value = lw.as_float(node.input[0])
+    shape = lw.tshape(value)
+    current = value.index
+    steps = (("MUL", a.get("alpha", 0.2)), ("ADD", a.get("beta", 0.5)), ("MAXIMUM", 0.0), ("MINIMUM", 1.0))
+    for i, (code, constant) in enumerate(steps):
+        last = i == len(steps) - 1
+        target = lw.define(node.output[0], shape, value.nhwc, value.order) if last else lw.temp(shape, hint=code)
+        lw.op(code, [current, lw.weight(np.array([constant], np.float32), f"{node.name}/{code.lower()}")], [target])
+        current = target
+
+
+def _check_prelu(node: onnx.NodeProto, p: Prepared) -> str | None:
+    return "its slope is not a constant" if node.input[1] not in p.consts else static_shapes(node, p)
+
+
+@rule("PRelu", check=_check_prelu)
+def prelu(lw: Lowerer, node: onnx.NodeProto) -> None:
+    value = lw.as_float(node.input[0])
+    shape = lw.tshape(value)
+    alpha = layout_const(lw.const(node.input[1]).astype(np.float32), len(shape), value.nhwc, value.order)
+    alpha = np.broadcast_to(alpha, shape[len(shape) - alpha.ndim:]).copy()  # PRELU wants alpha without broadcast rank gaps
+    index = lw.define(node.output[0], shape, value.nhwc, value.order)
+    lw.op("PRELU", [value.index, lw.weight(alpha, f"{node.name}/alpha")], [index])
+
+
+def _check_binary(node: onnx.NodeProto, p: Prepared) -> str | None:
+    variable = [i for i in node.input if i not in p.consts]
+    ranks = {len(p.shapes[i]) for i in variable if i in p.shapes}
+    if len(ranks) > 1:
+        return "both operands are computed but have different ranks (broadcast across ranks is not supported)"
+    if ranks and max(ranks) > 4:
+        return "tensors of rank > 4 are not supported"
+    return static_shapes(node, p)
+
+
+@rule(*_BINARY, check=_check_binary)
+def binary(lw: Lowerer, node: onnx.NodeProto) -> None:
+    code = _BINARY[node.op_type]
+    out = node.output[0]
+    variable = [i for i in node.input if lw.const(i) is None]
+    qconsts = {i: lw.p.quant.constants.get(i) for i in node.input if lw.const(i) is not None}
+    int8_consts = all(q is not None and q.params.per_tensor and q.data.dtype == np.int8 for q in qconsts.values())
+    grid = lw.quantized(variable, out) if int8_consts and code != "DIV" else None
+    ref = lw.operand(variable[0], grid is not None)
+    operands = []
+    for name in node.input:
+        if name in variable:
+            value = lw.operand(name, grid is not None)
+            operands.append(lw.reorder(value, ref.order).index)
+            continue
+        rank, hint = len(lw.tshape(ref)), f"{node.name}/{name}"
+        if grid is not None:
+            qc = qconsts[name]
+            operands.append(lw.weight(layout_const(qc.data, rank, ref.nhwc, ref.order), hint, qc.params))
+        else:
+            operands.append(lw.weight(layout_const(lw.const(name).astype(np.float32), rank, ref.nhwc, ref.order), hint))
+    shape = [int(d) for d in np.broadcast_shapes(*(tuple(lw.b.shape(i)) for i in operands))]
+    lw.op(code, operands, [lw.define(out, shape, ref.nhwc, ref.order, grid)])
+
+
+def _check_norm(node: onnx.NodeProto, p: Prepared) -> str | None:
+    if any(i not in p.consts for i in node.input[1:] if i):
+        return "its scale, bias (and statistics) must be constants"
+    if node.input[0] in p.shapes and len(p.shapes[node.input[0]]) != 4:
+        return "only 4-D (NCHW) inputs are supported"
+    if node.op_type == "BatchNormalization" and attrs(node).get("training_mode", 0):
+        return "training_mode=1 is not supported"
+    return static_shapes(node, p)
+
+
+def _affine(lw: Lowerer, node: onnx.NodeProto, value: Value, scale: np.ndarray, shift: np.ndarray) -> None:
+    """out = value * scale + shift, per channel, in float."""
+    shape = lw.tshape(value)
+    c_scale = layout_const(scale.reshape(1, -1, 1, 1).astype(np.float32), 4, True, value.order)
+    c_shift = layout_const(shift.reshape(1, -1, 1, 1).astype(np.float32), 4, True, value.order)
+    scaled = lw.temp(shape, hint="scaled")
+    lw.op("MUL", [value.index, lw.weight(c_scale, f"{node.name}/scale")], [scaled])
+    lw.op("ADD", [scaled, lw.weight(c_shift, f"{node.name}/shift")],
+          [lw.define(node.output[0], shape, True, value.order)])
+
+
+@rule("BatchNormalization", check=_check_norm)
+def batch_norm(lw: Lowerer, node: onnx.NodeProto) -> None:
+    gamma, beta, mean, var = (lw.const(i).astype(np.float64) for i in node.input[1:5])
+    scale = gamma / np.sqrt(var + attrs(node).get("epsilon", 1e-5))
+    _affine(lw, node, lw.as_float(node.input[0]), scale, beta - mean * scale)
+
+
+@rule("InstanceNormalization", check=_check_norm)
+def instance_norm(lw: Lowerer, node: onnx.NodeProto) -> None:
+    """(x - mean) * rsqrt(var + eps) over H, W per channel, then the affine scale and bias."""
+    value = lw.as_float(node.input[0])
+    shape = lw.tshape(value)
+    stat_shape = [shape[0], 1, 1, shape[3]]
+    axes = lw.int32([1, 2], "axes")
+    keep = lw.options("Reducer", keepDims=True)
+    mean, centered, square, var, ve, inv, normed = (
+        lw.temp(s, hint=h) for s, h in ((stat_shape, "mean"), (shape, "centered"), (shape, "square"),
+                                        (stat_shape, "var"), (stat_shape, "var_eps"), (stat_shape, "rsqrt"),
+                                        (shape, "normalized")))
+    eps = lw.weight(np.array([attrs(node).get("epsilon", 1e-5)], np.float32), f"{node.name}/epsilon")
+    lw.op("MEAN", [value.index, axes], [mean], keep)
+    lw.op("SUB", [value.index, mean], [centered])
+    lw.op("MUL", [centered, centered], [square])
+    lw.op("MEAN", [square, axes], [var], keep)
+    lw.op("ADD", [var, eps], [ve])
+    lw.op("RSQRT", [ve], [inv])
+    lw.op("MUL", [centered, inv], [normed])
+    _affine(lw, node, Value(normed, True, value.order), lw.const(node.input[1]), lw.const(node.input[2]))

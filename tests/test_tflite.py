@@ -1,0 +1,270 @@
+"""TFLite backend: fp32 / fp16 / int8 builds of the generator families for the TFLite targets,
+bundles that reproduce PyTorch, int8 read from the QDQ graph, and the errors a user can fix."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import conditional_generator
+from onnx import TensorProto, helper
+
+from edgegen import targets
+from edgegen.backends.tflite import compile as tflite_compile
+from edgegen.backends.tflite.flatbuffer import read_model
+from edgegen.build import build
+from edgegen.errors import BackendUnavailableError, BuildError, RequestError, UnsupportedOpError
+from edgegen.graph import Graph
+from edgegen.inputs import sample_feeds
+from edgegen.inspect import inspect_model
+from edgegen.runtime import Generator
+from edgegen.toolchains import ToolNotFoundError
+
+FAMILIES = sorted((Path(__file__).parent / "data" / "families").glob("*.onnx"))
+NAMED = ["dcgan__legacy_b1", "pix2pix_unet__dynamo_dyn", "espcn__legacy_dyn", "cyclegan_resnet__legacy_b1",
+         "tiny_decoder__dynamo_dyn"]
+
+
+def _reference(model: Path) -> tuple[dict, dict]:
+    data = np.load(model.with_suffix(".npz"))
+    feeds = {k: data[k] for k in data.files if not k.startswith("output:")}
+    return feeds, {k[7:]: data[k] for k in data.files if k.startswith("output:")}
+
+
+def _ops(bundle: Path) -> Counter:
+    return Counter(op.code for op in read_model((bundle / "model.tflite").read_bytes())[0])
+
+
+@pytest.mark.parametrize("model", FAMILIES, ids=lambda p: p.stem)
+def test_family_fp32_matches_source_and_pytorch_within_1e4(tmp_path, model):
+    feeds, outputs = _reference(model)
+    # TFLite models have static shapes: build at the reference's spatial size
+    shapes = {k: [1, *v.shape[1:]] for k, v in feeds.items() if v.ndim == 4}
+    result = build(model, "x86-litert", tmp_path / "b", graph_options={"input_shapes": shapes})
+    assert result.fidelity["max_abs"] <= 1e-4, result.fidelity
+    gen = Generator.open(tmp_path / "b")
+    got = gen.run(feeds)
+    for name, expected in outputs.items():
+        np.testing.assert_allclose(got[name], expected, atol=1e-4, rtol=0)
+    assert gen.self_test()["pass"]
+    ops = _ops(tmp_path / "b")
+    assert "TRANSPOSE" not in ops and "RESIZE_NEAREST_NEIGHBOR" not in ops, dict(ops)
+    assert ops["GATHER"] == (1 if model.stem.startswith("cgan") else 0), dict(ops)  # only embedding lookups
+
+
+def test_bundle_layout_manifest_and_delegation_report(tmp_path, cgen_path):
+    result = build(cgen_path, "x86-litert", tmp_path / "b")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert {"model.tflite", "reference.npz", "reports/xnnpack.json"} <= set(manifest["files"])
+    session = manifest["session"]
+    assert session["runtime"] == "ai-edge-litert" and session["entry"] == "model.tflite"
+    assert [s["name"] for s in session["inputs"]] == ["latent", "label"]
+    assert session["inputs"][1]["dtype"] == "int64" and session["outputs"][0]["layout"] == "nhwc"
+    report = json.loads((tmp_path / "b" / "reports" / "xnnpack.json").read_text())
+    # the embedding lookup is the one operator XNNPACK does not take; it splits nothing off the rest
+    assert report["cpu_ops"] == {"GATHER": 1} and report["delegated"] == report["ops"] - 1
+    assert "XNNPACK took" in session["delegation"]
+    assert manifest["tools"]["ai-edge-litert"] and result.fidelity["max_abs"] <= 1e-4
+    execution = manifest["execution"]
+    # the stride-2 ConvTranspose runs as a sub-pixel CONV_2D + DEPTH_TO_SPACE on XNNPACK
+    assert execution["float"]["CONV_2D"] == 2 and execution["float"]["DEPTH_TO_SPACE"] == 1
+    assert execution["delegation"]["partitions"] == 2
+
+
+def test_no_transpose_inside_for_the_nchw_dependent_ops(tmp_path, cgen_path):
+    """Gemm -> Reshape [N,C,H,W] and an embedding -> Reshape are laid out by permuting weights."""
+    build(cgen_path, "x86-litert", tmp_path / "b")
+    ops = _ops(tmp_path / "b")
+    assert ops["FULLY_CONNECTED"] == 1 and ops["GATHER"] == 1 and "TRANSPOSE" not in ops, dict(ops)
+
+
+def test_fp16_stores_half_weights_and_is_verified(tmp_path, cgen_path):
+    fp32 = build(cgen_path, "x86-litert", tmp_path / "b32")
+    fp16 = build(cgen_path, "x86-litert", tmp_path / "b16", precision="fp16")
+    assert 40 < fp16.fidelity["psnr_db"] < 200 and "min_psnr_db" in fp16.manifest["reference"]["tolerance"]
+    _, tensors = read_model((tmp_path / "b16" / "model.tflite").read_bytes())
+    assert any(t.dtype == "float16" and t.constant for t in tensors)
+    assert not any(t.dtype == "float32" and t.constant and t.data.size > 16 for t in tensors)
+    assert (tmp_path / "b16" / "model.tflite").stat().st_size < 0.6 * (tmp_path / "b32" / "model.tflite").stat().st_size
+    assert Generator.open(tmp_path / "b16").self_test()["pass"] and fp32.fidelity["max_abs"] <= 1e-4
+
+
+@pytest.mark.parametrize("model", ["dcgan__legacy_b1", "espcn__legacy_b1", "pix2pix_unet__legacy_b1",
+                                   "cgan_dcgan__legacy_b1", "mobilenet_resnet__legacy_b1"])
+def test_int8_is_full_integer_from_the_quantize_pass(tmp_path, model):
+    path = Path(__file__).parent / "data" / "families" / f"{model}.onnx"
+    result = build(path, "x86-litert", tmp_path / "b", precision="int8")
+    assert result.fidelity["psnr_db"] >= 35, result.fidelity
+    session = result.manifest["session"]
+    for spec in session["inputs"] + session["outputs"]:
+        assert spec["dtype"] in ("int8", "int64") and ("quant" in spec) == (spec["dtype"] == "int8"), spec
+    ops, tensors = read_model((tmp_path / "b" / "model.tflite").read_bytes())
+    floats = Counter(op.code for op in ops if tensors[op.outputs[0]].dtype == "float32")
+    # no float island, except int8 HARD_SWISH, which LiteRT's XNNPACK does not take
+    assert floats == (Counter({"DEQUANTIZE": 6, "HARD_SWISH": 6}) if "mobilenet" in model else Counter()), floats
+    for op in ops:
+        if op.code in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED"):
+            weights = tensors[op.inputs[1]]
+            bias = tensors[op.inputs[3] if op.code == "TRANSPOSE_CONV" else op.inputs[2]]
+            assert weights.dtype == "int8" and bias.dtype == "int32"
+            assert op.version == {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "TRANSPOSE_CONV": 3, "FULLY_CONNECTED": 4}[op.code]
+        if op.code in ("TANH", "CONCATENATION", "ADD", "PAD"):
+            assert op.version == 2
+    gen = Generator.open(tmp_path / "b")
+    assert gen.self_test()["pass"]
+    image = gen.generate(seed=1, label=3) if any(s.role == "latent" for s in gen.inputs) else None
+    assert image is None or image.dtype == np.uint8
+
+
+def _ort_qdq(tmp_path: Path, source: Path) -> Path:
+    """The QDQ form the project's quantize pass produces, made directly with onnxruntime.quantization."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    graph = Graph.load(source)
+    feeds = sample_feeds(graph.inputs, list(range(16)))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = [{k: v[i:i + 1] for k, v in feeds.items()} for i in range(16)]
+
+        def get_next(self):
+            return self.items.pop() if self.items else None
+
+    clean, pre, out = tmp_path / "clean.onnx", tmp_path / "pre.onnx", tmp_path / "qdq.onnx"
+    graph.save(clean)
+    quant_pre_process(str(clean), str(pre))
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True,
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    return out
+
+
+def test_int8_takes_every_grid_from_the_qdq_graph(tmp_path):
+    source = Path(__file__).parent / "data" / "families" / "pix2pix_unet__legacy_b1.onnx"
+    qdq_path = _ort_qdq(tmp_path, source)
+    qdq = onnx.load(str(qdq_path))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    grids = {n.input[0]: (float(inits[n.input[1]]), int(inits[n.input[2]])) for n in qdq.graph.node
+             if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    out = tmp_path / "staged"
+    out.mkdir()
+    compiled = tflite_compile.compile(Graph.load(qdq_path), targets.load("x86-litert"), "int8", out)
+    _, tensors = read_model((out / "model.tflite").read_bytes())
+    checked = [t for t in tensors if t.name in grids and t.dtype == "int8"]
+    for t in checked:
+        assert (np.float32(t.quant.scale[0]), t.quant.zero_point[0]) == (np.float32(grids[t.name][0]), grids[t.name][1])
+    assert len(checked) >= 15  # the input and every conv / activation / concat output
+    first = compiled["session"]["inputs"][0]["quant"]
+    assert (first["scale"][0], first["zero_point"][0]) == pytest.approx(grids["input.1"])
+    # the Tanh output takes TFLite's fixed int8 grid (1/128, 0): its range is the op's, not calibrated
+    assert compiled["session"]["outputs"][0]["quant"] == {"scale": [1 / 128], "zero_point": [0]}
+
+
+def test_device_targets_build_here_and_say_they_were_verified_on_the_host(tmp_path, cgen_path):
+    for name in ("rpi4-litert", "rpi5-litert"):
+        target = targets.load(name)
+        assert target.arch == "aarch64" and target.backend == "tflite" and "int8" in target.precisions
+        result = build(cgen_path, name, tmp_path / name)
+        assert result.manifest["precision"] == "int8" and result.fidelity["psnr_db"] >= 30
+        assert result.fidelity["ran_on"].startswith("build host fallback (needs an aarch64 device")
+    assert targets.load("rpi4-litert").threads == 4
+    ok, why = targets.runs_here(targets.load("x86-litert"))
+    assert ok and why.startswith("ai-edge-litert ")
+
+
+def test_coral_target_fails_clearly_without_edgetpu_compiler(tmp_path, cgen_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no edgetpu_compiler here
+    with pytest.raises(ToolNotFoundError, match=r"edgetpu_compiler.*apt-get install edgetpu-compiler.*"
+                                                r"Edge TPU: \d+/\d+ ops would map"):
+        build(cgen_path, "coral-edgetpu", tmp_path / "coral")
+    assert not (tmp_path / "coral").exists()
+
+
+def test_unsupported_op_names_node_and_op_and_shows_in_inspect(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="stem", pads=[1, 1, 1, 1]),
+         helper.make_node("Erf", ["c"], ["y"], name="the_erf")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [onnx.numpy_helper.from_array(np.ones((3, 3, 3, 3), np.float32), "w")])
+    path = tmp_path / "erf.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    missing = tflite_compile.unsupported_nodes(Graph.load(path), targets.load("x86-litert"))
+    assert missing == [("the_erf", "Erf", "no TFLite lowering for this op")]
+    with pytest.raises(UnsupportedOpError, match=r"node 'the_erf' \(op Erf\)"):
+        build(path, "x86-litert", tmp_path / "b")
+    report = inspect_model(str(path))
+    for name in ("x86-litert", "rpi4-litert", "coral-edgetpu"):
+        assert report["targets"][name]["unsupported"][0]["node"] == "the_erf"
+
+
+def test_grouped_conv_is_refused_with_the_reason(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="grouped", group=2)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [onnx.numpy_helper.from_array(np.ones((4, 2, 3, 3), np.float32), "w")])
+    path = tmp_path / "grouped.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    [(node, op, why)] = tflite_compile.unsupported_nodes(Graph.load(path), targets.load("x86-litert"))
+    assert (node, op) == ("grouped", "Conv") and "group=2" in why
+
+
+def test_int8_compile_needs_the_qdq_graph(tmp_path, cgen_path):
+    with pytest.raises(BuildError, match="QDQ"):
+        tflite_compile.compile(Graph.load(cgen_path), targets.load("x86-litert"), "int8", tmp_path)
+
+
+def test_static_shape_mismatch_is_a_request_error(tmp_path):
+    model = Path(__file__).parent / "data" / "families" / "espcn__legacy_dyn.onnx"
+    build(model, "x86-litert", tmp_path / "b")  # default 64x64
+    gen = Generator.open(tmp_path / "b")
+    with pytest.raises(RequestError, match=r"built for 1x1x64x64.*--input-shape input=1x1x64x64"):
+        gen.run({"input": np.zeros((1, 1, 32, 32), np.float32)})
+
+
+def test_unknown_runtime_is_refused(tmp_path, cgen_path, monkeypatch):
+    build(cgen_path, "x86-litert", tmp_path / "b")
+    monkeypatch.setenv("EDGEGEN_TFLITE_RUNTIME", "tensorflow")
+    with pytest.raises(BackendUnavailableError, match="unknown TFLite runtime 'tensorflow'"):
+        Generator.open(tmp_path / "b")
+
+
+def test_conditional_generator_int8_generates(tmp_path):
+    path = tmp_path / "cgen.onnx"
+    onnx.save(conditional_generator(), str(path))
+    result = build(path, "x86-litert", tmp_path / "b", precision="int8")
+    gen = Generator.open(tmp_path / "b")
+    image = gen.generate(seed=3, label=7)
+    assert image.shape == (8, 8, 3) and image.dtype == np.uint8 and result.fidelity["psnr_db"] >= 30
+    np.testing.assert_array_equal(image, gen.generate(seed=3, label=7))
+
+
+def test_int8_strided_transposed_conv_is_a_subpixel_conv_for_xnnpack_and_stays_for_the_edge_tpu(tmp_path):
+    """XNNPACK's TRANSPOSE_CONV is slow, so x86/Pi targets get CONV_2D + DEPTH_TO_SPACE with the same
+    integers (same numbers); the Edge TPU maps TRANSPOSE_CONV and not DEPTH_TO_SPACE, so it keeps it."""
+    from edgegen.backends.tflite.lower import lower
+    from edgegen.backends.tflite.prepare import prepare
+
+    model = Path(__file__).parent / "data" / "families" / "dcgan__legacy_b1.onnx"
+    qdq = Graph.load(_ort_qdq(tmp_path, model))
+    for delegate, expected in (("xnnpack", {"TRANSPOSE_CONV": 1, "DEPTH_TO_SPACE": 4, "CONV_2D": 4}),
+                               ("edgetpu", {"TRANSPOSE_CONV": 5, "DEPTH_TO_SPACE": 0, "CONV_2D": 0})):
+        ops = Counter(r.code for r in lower(prepare(qdq), "int8", delegate).builder.records)
+        assert {k: ops.get(k, 0) for k in expected} == expected, (delegate, dict(ops))
+    feeds = sample_feeds(qdq.inputs, [1, 2])
+    results = {}
+    for delegate in ("xnnpack", "edgetpu"):
+        out = tmp_path / delegate
+        out.mkdir()
+        lowered = lower(prepare(qdq), "int8", delegate)
+        (out / "model.tflite").write_bytes(lowered.builder.serialize("test"))
+        from edgegen.backends.tflite.session import Session
+
+        cfg = {"entry": "model.tflite", "inputs": lowered.inputs, "outputs": lowered.outputs}
+        results[delegate] = Session(out, cfg, 1).run(feeds)
+    [name] = results["xnnpack"]
+    assert np.abs(results["xnnpack"][name] - results["edgetpu"][name]).max() <= 2 / 128  # +-1 LSB rounding

@@ -1,0 +1,186 @@
+"""The ONNX -> TFLite lowering, op by op: small onnx.helper models built for x86-litert at fp32
+must match the fp32 source in ONNX Runtime within 1e-4 max-abs, with the TFLite operators the
+lowering promises (no Transpose left inside, XNNPACK-friendly forms)."""
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgegen.backends.tflite.flatbuffer import read_model
+from edgegen.build import build
+
+RNG = np.random.default_rng(0)
+
+
+def _init(name, *shape, scale=0.3):
+    return numpy_helper.from_array((RNG.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def _const(name, values, dtype=np.int64):
+    return numpy_helper.from_array(np.asarray(values, dtype=dtype), name)
+
+
+def _model(nodes, inits, in_shape, opset=17, extra_inputs=()):
+    graph = helper.make_graph(
+        nodes, "op", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape), *extra_inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+
+
+def _conv(name, cin, cout, k, group=1, **attrs):
+    return [helper.make_node("Conv", ["x", f"{name}_w", f"{name}_b"], ["y"], group=group, **attrs)], \
+        [_init(f"{name}_w", cout, cin // group, k, k), _init(f"{name}_b", cout)]
+
+
+def _conv_t(k, s, p, op=0, cin=4, cout=3):
+    attrs = dict(strides=[s, s], pads=[p, p, p, p])
+    if op:
+        attrs["output_padding"] = [op, op]
+    return [helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)], [_init("w", cin, cout, k, k),
+                                                                                  _init("b", cout)]
+
+
+def _resize(mode, ctm, sizes=None, scales=None, **extra):
+    inputs = ["x", "", "scales"] if scales else ["x", "", "", "sizes"]
+    init = [numpy_helper.from_array(np.array(scales, np.float32), "scales")] if scales else [_const("sizes", sizes)]
+    return [helper.make_node("Resize", inputs, ["y"], mode=mode, coordinate_transformation_mode=ctm, **extra)], init
+
+
+def _unary(op, **attrs):
+    return [helper.make_node(op, ["x"], ["y"], **attrs)], []
+
+
+def _chain(*steps):
+    """Nodes of single-input steps chained x -> t1 -> ... -> y (each step: (op, extra inputs, attrs))."""
+    nodes, names = [], ["x"] + [f"t{i}" for i in range(1, len(steps))] + ["y"]
+    for i, (op, extra, attrs) in enumerate(steps):
+        nodes.append(helper.make_node(op, [names[i], *extra], [names[i + 1]], **attrs))
+    return nodes
+
+
+CASES = {
+    # convolution padding: TF SAME, explicit PAD + VALID, VALID, dilation, depthwise (multiplier 2)
+    "conv3x3_same": (*_conv("c", 4, 6, 3, pads=[1, 1, 1, 1]), [1, 4, 9, 9], {"CONV_2D": 1}),
+    "conv3x3_s2_even_pads": (*_conv("c", 4, 6, 3, pads=[1, 1, 1, 1], strides=[2, 2]), [1, 4, 8, 8],
+                             {"PAD": 1, "CONV_2D": 1}),
+    "conv4x4_s2_valid": (*_conv("c", 3, 5, 4, strides=[2, 2]), [1, 3, 10, 10], {"CONV_2D": 1}),
+    "conv_dilated": (*_conv("c", 4, 4, 3, pads=[2, 2, 2, 2], dilations=[2, 2]), [1, 4, 12, 12], {"CONV_2D": 1}),
+    "conv_auto_pad_same": (*_conv("c", 4, 4, 3, auto_pad="SAME_UPPER", strides=[2, 2]), [1, 4, 9, 9], {}),
+    "depthwise_mult2": (*_conv("c", 4, 8, 3, group=4, pads=[1, 1, 1, 1]), [1, 4, 8, 8], {"DEPTHWISE_CONV_2D": 1}),
+    # strided transposed convolution: a sub-pixel CONV_2D + DEPTH_TO_SPACE for XNNPACK
+    "convT_k4_s2_p1": (*_conv_t(4, 2, 1), [1, 4, 5, 5], {"TRANSPOSE_CONV": 0, "CONV_2D": 1, "DEPTH_TO_SPACE": 1}),
+    "convT_k3_s2_p1_op1": (*_conv_t(3, 2, 1, 1), [1, 4, 5, 5], {"CONV_2D": 1, "DEPTH_TO_SPACE": 1}),
+    "convT_k4_s1_p0": (*_conv_t(4, 1, 0), [1, 4, 1, 1], {"TRANSPOSE_CONV": 1}),
+    "convT_k2_s2_p0": (*_conv_t(2, 2, 0), [1, 4, 6, 6], {"CONV_2D": 1, "DEPTH_TO_SPACE": 1}),
+    # resizing: nearest integer factors as CONCATENATION + RESHAPE, never RESIZE_NEAREST_NEIGHBOR
+    "nearest_x2_asymmetric": (*_resize("nearest", "asymmetric", scales=[1, 1, 2, 2], nearest_mode="floor"),
+                              [1, 3, 5, 6], {"CONCATENATION": 2, "RESIZE_NEAREST_NEIGHBOR": 0}),
+    "nearest_x3_half_pixel": (*_resize("nearest", "half_pixel", sizes=[1, 3, 12, 15]), [1, 3, 4, 5],
+                              {"RESIZE_NEAREST_NEIGHBOR": 0}),
+    "nearest_downscale": (*_resize("nearest", "asymmetric", sizes=[1, 3, 4, 4], nearest_mode="floor"),
+                          [1, 3, 8, 8], {"RESIZE_NEAREST_NEIGHBOR": 1}),
+    "bilinear_half_pixel": (*_resize("linear", "half_pixel", scales=[1, 1, 2, 2]), [1, 3, 5, 7],
+                            {"RESIZE_BILINEAR": 1}),
+    "bilinear_align_corners": (*_resize("linear", "align_corners", sizes=[1, 3, 9, 13]), [1, 3, 5, 7],
+                               {"RESIZE_BILINEAR": 1}),
+    "bicubic_x2": (*_resize("cubic", "pytorch_half_pixel", scales=[1, 1, 2, 2], cubic_coeff_a=-0.75),
+                   [1, 3, 8, 9], {"CONV_2D": 1, "DEPTH_TO_SPACE": 1}),
+    # padding
+    "pad_reflect": ([helper.make_node("Pad", ["x", "pads"], ["y"], mode="reflect")],
+                    [_const("pads", [0, 0, 3, 1, 0, 0, 3, 2])], [1, 3, 8, 8], {"MIRROR_PAD": 0, "SLICE": 9}),
+    "pad_reflect_wide": ([helper.make_node("Pad", ["x", "pads"], ["y"], mode="reflect")],
+                         [_const("pads", [0, 0, 5, 5, 0, 0, 5, 5])], [1, 3, 8, 8], {"MIRROR_PAD": 1}),
+    "pad_edge": ([helper.make_node("Pad", ["x", "pads"], ["y"], mode="edge")],
+                 [_const("pads", [0, 0, 1, 2, 0, 0, 2, 1])], [1, 3, 6, 6], {"MIRROR_PAD": 0, "PAD": 0}),
+    "pad_constant_value": ([helper.make_node("Pad", ["x", "pads", "v"], ["y"])],
+                           [_const("pads", [0, 0, 1, 1, 0, 0, 1, 1]), numpy_helper.from_array(np.float32(0.5), "v")],
+                           [1, 3, 4, 4], {"PADV2": 1}),
+    # activations
+    "relu": (*_unary("Relu"), [1, 3, 4, 4], {"RELU": 1}),
+    "leaky_relu": (*_unary("LeakyRelu", alpha=0.2), [1, 3, 4, 4], {"LEAKY_RELU": 1}),
+    "sigmoid": (*_unary("Sigmoid"), [1, 3, 4, 4], {"LOGISTIC": 1}),
+    "tanh": (*_unary("Tanh"), [1, 3, 4, 4], {"TANH": 1}),
+    "hardswish": (*_unary("HardSwish"), [1, 3, 4, 4], {"HARD_SWISH": 1}),
+    "hardsigmoid": (*_unary("HardSigmoid", alpha=0.25, beta=0.4), [1, 3, 4, 4], {}),
+    "prelu": ([helper.make_node("PRelu", ["x", "slope"], ["y"])], [_init("slope", 3, 1, 1)], [1, 3, 4, 4],
+              {"PRELU": 1}),
+    "relu6": ([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])],
+              [numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")],
+              [1, 3, 4, 4], {"RELU6": 1}),
+    "clip_any": ([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])],
+                 [numpy_helper.from_array(np.float32(-0.3), "lo"), numpy_helper.from_array(np.float32(0.4), "hi")],
+                 [1, 3, 4, 4], {"MAXIMUM": 1, "MINIMUM": 1}),
+    # arithmetic with per-channel constants (laid out NHWC), normalizations
+    "sub_div_consts": (_chain(("Sub", ["c1"], {}), ("Div", ["c2"], {}), ("Mul", ["c3"], {}), ("Add", ["c4"], {})),
+                       [_init("c1", 3, 1, 1), numpy_helper.from_array(np.float32(3.0), "c2"),
+                        _init("c3", 1, 3, 1, 1), _init("c4", 1, 1, 1, 4)], [1, 3, 4, 4], {}),
+    "batchnorm_alone": ([helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"])],
+                        [_init("g", 3), _init("b", 3), _init("m", 3),
+                         numpy_helper.from_array(np.abs(RNG.standard_normal(3)).astype(np.float32) + 0.5, "v")],
+                        [1, 3, 4, 4], {"MUL": 1, "ADD": 1}),
+    "instance_norm": ([helper.make_node("InstanceNormalization", ["x", "g", "b"], ["y"], epsilon=1e-5)],
+                      [_init("g", 3), _init("b", 3)], [1, 3, 6, 5], {"MEAN": 2, "RSQRT": 1}),
+    # data movement
+    "depth_to_space_dcr": ([helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, mode="DCR")], [],
+                           [1, 12, 3, 4], {"DEPTH_TO_SPACE": 1}),
+    "slice_hw": ([helper.make_node("Slice", ["x", "s", "e", "a"], ["y"])],
+                 [_const("s", [1, 2]), _const("e", [-1, 100]), _const("a", [2, 3])], [1, 3, 6, 7],
+                 {"STRIDED_SLICE": 1}),
+    "transpose_hw": ([helper.make_node("Transpose", ["x"], ["y"], perm=[0, 1, 3, 2])], [], [1, 3, 4, 5],
+                     {"TRANSPOSE": 1}),
+    "expand_1x1": ([helper.make_node("Expand", ["x", "shape"], ["y"])], [_const("shape", [1, 5, 6, 6])],
+                   [1, 5, 1, 1], {"CONCATENATION": 6}),  # x6 = (x2, x4) on each axis
+    "flatten_gemm": (_chain(("Flatten", [], {}), ("Gemm", ["w", "b"], {"transB": 1, "alpha": 0.5})),
+                     [_init("w", 7, 3 * 4 * 5), _init("b", 7)], [1, 3, 4, 5], {"FULLY_CONNECTED": 1}),
+    "gemm_reshape_conv": (_chain(("Gemm", ["w", "b"], {}), ("Reshape", ["shape"], {}), ("Conv", ["cw"], {})),
+                          [_init("w", 8, 4 * 3 * 5), _init("b", 4 * 3 * 5), _const("shape", [-1, 4, 3, 5]),
+                           _init("cw", 2, 4, 1, 1)], [1, 8], {"FULLY_CONNECTED": 1, "CONV_2D": 1}),
+    "crd_pixel_shuffle": (_chain(("Conv", ["cw", "cb"], {"pads": [1, 1, 1, 1]}),
+                                 ("DepthToSpace", [], {"blocksize": 3, "mode": "CRD"})),
+                          [_init("cw", 18, 4, 3, 3), _init("cb", 18)], [1, 4, 5, 5],
+                          {"DEPTH_TO_SPACE": 1, "GATHER": 0}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_op_matches_onnxruntime_at_fp32(tmp_path, case):
+    nodes, inits, shape, expected_ops = CASES[case]
+    path = tmp_path / f"{case}.onnx"
+    onnx.save(_model(nodes, inits, shape), str(path))
+    result = build(path, "x86-litert", tmp_path / "b", samples=3)
+    assert result.fidelity["max_abs"] <= 1e-4, result.fidelity
+    ops = Counter(op.code for op in read_model((tmp_path / "b" / "model.tflite").read_bytes())[0])
+    for op, count in expected_ops.items():
+        assert ops.get(op, 0) == count, (op, dict(ops))
+    if case not in ("transpose_hw",):
+        assert "TRANSPOSE" not in ops, dict(ops)
+
+
+@pytest.mark.parametrize("case, expected", [("convT_k4_s2_p1", {"TRANSPOSE_CONV": 1}),
+                                            ("convT_k3_s2_p1_op1", {"TRANSPOSE_CONV": 1, "SLICE": 1}),
+                                            ("convT_k2_s2_p0", {"TRANSPOSE_CONV": 1, "SLICE": 0})])
+def test_transposed_conv_for_the_edge_tpu_is_transpose_conv(tmp_path, case, expected):
+    """The Edge TPU lowering keeps TRANSPOSE_CONV: TF SAME where it reproduces ONNX pads, else VALID + SLICE."""
+    from edgegen.backends.tflite.lower import lower
+    from edgegen.backends.tflite.prepare import prepare
+    from edgegen.backends.tflite.session import Session
+    from edgegen.graph import Graph
+    from edgegen.inputs import sample_feeds
+    from edgegen.source import SourceSession
+
+    nodes, inits, shape, _ = CASES[case]
+    path = tmp_path / f"{case}.onnx"
+    onnx.save(_model(nodes, inits, shape), str(path))
+    graph = Graph.load(path)
+    lowered = lower(prepare(graph), "fp32", "edgetpu")
+    ops = Counter(r.code for r in lowered.builder.records)
+    assert {k: ops.get(k, 0) for k in expected} == expected, dict(ops)
+    (tmp_path / "model.tflite").write_bytes(lowered.builder.serialize(case))
+    session = Session(tmp_path, {"entry": "model.tflite", "inputs": lowered.inputs, "outputs": lowered.outputs}, 1)
+    feeds = sample_feeds(graph.inputs, [1])
+    np.testing.assert_allclose(session.run(feeds)["y"], SourceSession(path).run(feeds)["y"], atol=1e-4, rtol=0)

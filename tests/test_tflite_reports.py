@@ -1,0 +1,112 @@
+"""The reports of a TFLite build: XNNPACK delegation, the Edge TPU compatibility report (on any
+host) and the edgetpu_compiler wrapper (its command line and its log format)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgegen.backends.tflite import edgetpu
+from edgegen.backends.tflite.flatbuffer import read_model
+from edgegen.build import build
+from edgegen.runtime import Generator
+from edgegen.toolchains import ToolNotFoundError
+from edgegen.toolchains import edgetpu as compiler
+
+FAMILIES = Path(__file__).parent / "data" / "families"
+LOGS = Path(__file__).parent / "data" / "edgetpu"
+
+
+def test_xnnpack_report_counts_partitions_around_ops_it_does_not_take(tmp_path, cgen_path):
+    """XNNPACK takes no GATHER: the embedding lookup runs on TFLite's kernels, the rest in 2 partitions."""
+    build(cgen_path, "x86-litert", tmp_path / "b")
+    report = json.loads((tmp_path / "b" / "reports" / "xnnpack.json").read_text())
+    ops = read_model((tmp_path / "b" / "model.tflite").read_bytes())[0]
+    assert report["ops"] == len(ops) and report["delegate"] == "XNNPACK"
+    assert report["cpu_ops"] == {"GATHER": 1} and report["delegated"] == len(ops) - 1
+    assert report["partitions"] == 2 and report["by_op"]["CONV_2D"] == {"delegated": 2, "cpu": 0}
+    session = Generator.open(tmp_path / "b").session
+    assert session.delegation() == report  # the device half reports the same from its own interpreter
+
+
+def test_int8_hardswish_stays_inside_xnnpack(tmp_path):
+    """LiteRT's XNNPACK takes no int8 HARD_SWISH; it runs between DEQUANTIZE/QUANTIZE inside the delegate."""
+    build(FAMILIES / "mobilenet_resnet__legacy_b1.onnx", "x86-litert", tmp_path / "b", precision="int8")
+    report = json.loads((tmp_path / "b" / "reports" / "xnnpack.json").read_text())
+    assert report["partitions"] == 1 and report["cpu_ops"] == {}
+    assert report["by_op"]["HARD_SWISH"] == {"delegated": 6, "cpu": 0}
+
+
+def test_reflect_pads_are_sliced_so_xnnpack_takes_the_whole_cyclegan(tmp_path):
+    build(FAMILIES / "cyclegan_resnet__legacy_b1.onnx", "x86-litert", tmp_path / "b")
+    report = json.loads((tmp_path / "b" / "reports" / "xnnpack.json").read_text())
+    assert report["partitions"] == 1 and report["cpu_ops"] == {} and "MIRROR_PAD" not in report["by_op"]
+
+
+def test_edgetpu_report_for_a_model_that_maps_entirely(tmp_path):
+    result = build(FAMILIES / "dcgan__legacy_b1.onnx", "x86-litert", tmp_path / "b", precision="int8")
+    report = json.loads((tmp_path / "b" / "reports" / "edgetpu.json").read_text())
+    assert report["first_fallback"] is None and report["edgetpu_ops"] == report["ops"] == 6
+    assert report["by_op"] == {"TANH": {"edgetpu": 1, "cpu": 0}, "TRANSPOSE_CONV": {"edgetpu": 5, "cpu": 0}}
+    assert result.manifest["session"]["edgetpu"] == "Edge TPU: all 6 ops would map (one Edge TPU subgraph)"
+
+
+def test_edgetpu_report_names_the_first_fallback_and_schedules_it_late(tmp_path, cgen_path):
+    """A conditional generator's embedding lookup (GATHER) cannot map; the latent-only trunk is
+    scheduled before it so that the trunk still maps."""
+    build(cgen_path, "x86-litert", tmp_path / "b", precision="int8")
+    report = json.loads((tmp_path / "b" / "reports" / "edgetpu.json").read_text())
+    first = report["first_fallback"]
+    assert first["op"] == "GATHER" and first["node"] and "not in the Edge TPU operator set" in first["why"]
+    # the trunk (FULLY_CONNECTED, RESHAPE, TRANSPOSE_CONV, and the requantization before the concat) maps
+    assert first["index"] == report["edgetpu_ops"] == 4 and report["cpu_ops"] == report["ops"] - 4
+    assert report["by_op"]["TRANSPOSE_CONV"] == {"edgetpu": 1, "cpu": 0}
+    ops, _ = read_model((tmp_path / "b" / "model.tflite").read_bytes())
+    assert ops[0].code == "GATHER"  # in the graph's own order (the XNNPACK artifact) nothing would have mapped
+
+
+def test_edgetpu_rules_on_tensor_types_and_ranks(tmp_path):
+    """A float model maps nothing: every tensor must be int8."""
+    build(FAMILIES / "dcgan__legacy_b1.onnx", "x86-litert", tmp_path / "b")
+    ops, tensors = read_model((tmp_path / "b" / "model.tflite").read_bytes())
+    why = edgetpu.why_not(ops[0], tensors)
+    assert "float32" in why and "int8/uint8 tensors only" in why
+    report = edgetpu.compatibility((tmp_path / "b" / "model.tflite").read_bytes(), [])
+    assert report["edgetpu_ops"] == 0 and sum(report["unmappable_by_op"].values()) == report["ops"] == len(ops)
+
+
+def test_compiler_command_line(tmp_path):
+    cmd = compiler.command("/usr/bin/edgetpu_compiler", tmp_path / "model.tflite", tmp_path / "out")
+    assert cmd == ["/usr/bin/edgetpu_compiler", "--out_dir", str(tmp_path / "out"), "--show_operations",
+                   "--timeout_sec", "180", str(tmp_path / "model.tflite")]
+
+
+def test_compiler_absent_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert compiler.find() is None
+    with pytest.raises(ToolNotFoundError, match="edgetpu_compiler is not on PATH.*coral.ai/docs/edgetpu/compiler"):
+        compiler.compile_model(tmp_path / "model.tflite", tmp_path / "out")
+
+
+def test_parse_partial_mapping_console_and_log():
+    console = compiler.parse_log((LOGS / "partial_stdout.txt").read_text())
+    assert console.version == "16.0.384591198" and console.subgraphs == 1
+    assert (console.total_ops, console.edgetpu_ops, console.cpu_ops) == (56, 19, 37)
+    assert console.on_chip_used_bytes == round(612.25 * 1024) and console.off_chip_bytes == 0
+    assert console.on_chip_remaining_bytes == round(7.03 * 1024 ** 2)
+    assert console.operators[0] == {"op": "GATHER", "count": 1, "status": "Operation not supported"}
+    log = compiler.parse_log((LOGS / "partial_edgetpu.log").read_text())
+    mapped = sum(r["count"] for r in log.operators if r["status"] == compiler.MAPPED)
+    assert mapped == console.edgetpu_ops and sum(r["count"] for r in log.operators) == console.total_ops
+
+
+def test_parse_fully_mapped_console():
+    report = compiler.parse_log((LOGS / "mapped_stdout.txt").read_text())
+    assert (report.total_ops, report.edgetpu_ops, report.cpu_ops) == (7, 7, 0)
+    assert report.input_model == "model.tflite" and report.output_model == "model_edgetpu.tflite"
+
+
+def test_parse_size_units():
+    assert compiler.parse_size("0.00B") == 0 and compiler.parse_size("1.50KiB") == 1536
+    with pytest.raises(ValueError):
+        compiler.parse_size("12 parsecs")
