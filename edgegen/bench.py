@@ -46,13 +46,20 @@ def run(bundle_dir: str | Path, threads: list[int], batch: int = 1, runs: int = 
 
 def table(result: dict[str, Any]) -> str:
     """A Markdown table of a bench result."""
-    lines = ["| subject | threads | batch | p50 ms | p95 ms | images/s | peak RSS MB | vs fp32 ORT |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| subject | threads | batch | p50 ms | p95 ms | images/s | peak RSS MB | vs fp32 ORT | delegate |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         ratio = f"{r['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in r else ""
         lines.append(f"| {r['subject']} | {r['threads']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | "
-                     f"{r['images_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} |")
+                     f"{r['images_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} | {_delegation(r.get('delegation'))} |")
     return "\n".join(lines)
+
+
+def _delegation(report: dict[str, Any] | None) -> str:
+    """One cell: how much of the graph a delegate took (TFLite bundles), else empty."""
+    if not report:
+        return ""
+    return ", ".join(f"{k}: {v}" for k, v in report.items() if isinstance(v, (int, float, str)))
 
 
 def _source_path(manifest: dict[str, Any], given: str | None) -> Path:
@@ -90,7 +97,8 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     batch = config["batch"]
     if config["kind"] == "bundle":
         gen = Generator.open(config["path"], threads=config["threads"], host_fallback=config["host_fallback"])
-        subject = f"{gen.manifest['target']['name']} {gen.manifest['precision']}"
+        runtime = getattr(gen.session, "runtime", gen.manifest["backend"])
+        subject = f"{gen.manifest['target']['name']} {gen.manifest['precision']} ({runtime})"
         bundle_dir, run_once = gen.path, gen.run
     else:
         bundle_dir, run_once = Path(config["bundle"]), SourceSession(config["path"], config["threads"]).run
@@ -99,7 +107,9 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     feeds = {name: np.repeat(array, batch, axis=0) for name, array in inputs.items()}
     times = _measure(lambda: run_once(feeds), config["runs"], config["warmup"])
     p50 = statistics.median(times)
+    delegation = gen.session.delegation() if config["kind"] == "bundle" and hasattr(gen.session, "delegation") else None
     return {"subject": subject, "threads": config["threads"], "batch": batch, "p50_ms": round(p50, 4),
+            "delegation": delegation,
             "p95_ms": round(float(np.percentile(times, 95)), 4), "images_per_s": round(batch * 1e3 / p50, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
