@@ -21,6 +21,15 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
     if execution and execution["int8"]:
         lines.append("  executes  int8: " + ", ".join(f"{k} x{v}" for k, v in sorted(execution["int8"].items()))
                      + "; float: " + (", ".join(f"{k} x{v}" for k, v in sorted(execution["float"].items())) or "none"))
+    pruned = manifest.get("passes", {}).get("prune")
+    if pruned:
+        quality = pruned["quality"]
+        refit = quality.get("with_reconstruction")
+        lines.append(f"  pruning   {pruned['ratio']:.0%} of channels per group, MACs {pruned['macs']['before'] / 1e6:.2f} -> "
+                     f"{pruned['macs']['after'] / 1e6:.2f} M; PSNR without re-fit "
+                     f"{quality['without_reconstruction']['psnr_db']:.2f} dB"
+                     + (f", with least-squares re-fit {refit['psnr_db']:.2f} dB" if refit else "")
+                     + f"; {len(pruned['groups'])} groups pruned, {len(pruned['excluded'])} excluded")
     quant = manifest.get("passes", {}).get("quantize")
     if quant:
         lines.append(f"  int8      calibration: {quant['calibration']['source']}, {quant['calibration']['count']} "

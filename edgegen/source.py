@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from .errors import BuildError
 
@@ -13,7 +14,7 @@ from .errors import BuildError
 class SourceSession:
     """Runs an ONNX file as exported, with ONNX Runtime's default CPU provider."""
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path | onnx.ModelProto, threads: int | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -23,8 +24,10 @@ class SourceSession:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.describe = f"fp32 source {Path(path).name} in onnxruntime {ort.__version__} (CPU)"
+        model = path.SerializeToString() if isinstance(path, onnx.ModelProto) else str(path)
+        self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        name = "transformed graph" if isinstance(path, onnx.ModelProto) else Path(path).name
+        self.describe = f"fp32 {name} in onnxruntime {ort.__version__} (CPU)"
         self._names = [o.name for o in self._session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

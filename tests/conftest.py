@@ -1,6 +1,9 @@
 """Shared fixtures: small generator models built with onnx.helper, and built bundles."""
-
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy in the pruning tests: no thread fights on 2 shared cores
 
 from pathlib import Path
 

@@ -3,9 +3,9 @@
 Every Conv / ConvTranspose / Gemm / MatMul output starts a *channel space*. Walking the nodes in
 order, each tensor gets a `Layout`: the spaces its channel axis (axis 1) is made of, in order.
 
-- channel-transparent ops (activations, Pad and Resize that leave axis 1 alone, Batch/Instance
-  normalization, per-channel constants, depthwise Conv/ConvTranspose) pass the layout through and
-  record which initializer axes follow it;
+- channel-transparent ops (activations, pooling, Pad and Resize that leave axis 1 alone,
+  Batch/Instance normalization, per-channel constants, depthwise Conv/ConvTranspose) pass the layout
+  through and record which initializer axes follow it;
 - Add/Mul/... of two tensors ties them: their spaces are merged (same channel indices);
 - Concat on axis 1 lays the inputs' spaces side by side, so each input keeps its own offset;
 - Gemm/MatMul followed by Reshape to [N, C, H, W] makes a space of C channels of H*W features each;
@@ -26,10 +26,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-UNARY_OPS = {"Relu", "LeakyRelu", "Tanh", "Sigmoid", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu", "Softplus",
-             "Softsign", "Gelu", "Mish", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Sin", "Cos",
-             "Identity", "Dropout", "Cast", "ThresholdedRelu", "Floor", "Ceil", "Round", "Sign"}
+# each output channel computed from the same input channel alone (extra inputs/attributes are not per channel)
+CHANNELWISE_OPS = {"Relu", "LeakyRelu", "Tanh", "Sigmoid", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu",
+                   "Softplus", "Softsign", "Gelu", "Mish", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal",
+                   "Sin", "Cos", "Identity", "Dropout", "Cast", "ThresholdedRelu", "Floor", "Ceil", "Round", "Sign",
+                   "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where"}
+LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 _NORM_PARAMS = {"BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2)}
 
 
@@ -197,11 +200,11 @@ class _Walker:
     def shape(self, name: str) -> list[int | None] | None:
         return list(self.consts[name].shape) if name in self.consts else self.shapes.get(name)
 
-    def fresh(self, name: str, reason: str) -> None:
+    def fresh(self, name: str, reason: str, producer: str | None = None) -> None:
         """A layout of one excluded space for a tensor whose channels edgegen must not touch."""
         shape = self.shape(name)
         if shape and len(shape) >= 2 and shape[1]:
-            space = self.cg.new_space(int(shape[1]), reason=reason)
+            space = self.cg.new_space(int(shape[1]), producer, reason)
             self.cg.layouts[name] = Layout(((space, int(shape[1])),))
 
     def produce(self, node: onnx.NodeProto, channels: int, block: int = 1) -> Layout:
@@ -214,13 +217,15 @@ class _Walker:
             self.cg.params.append(ParamAxis(i, slot, axis, layout))
 
     def opaque(self, node: onnx.NodeProto, why: str | None = None) -> None:
-        why = why or f"read by {node.op_type} node {node.name!r}, whose channel semantics edgegen does not model"
+        """Exclude the channels this node reads and writes (`why`, or: an op edgegen does not model)."""
+        reads = why or f"read by {node.op_type} node {node.name!r}, whose channel semantics edgegen does not model"
         for name in node.input:
             if name and name not in self.consts:
-                self.cg.exclude(self.cg.layouts.get(name), why)
+                self.cg.exclude(self.cg.layouts.get(name), reads)
+        layer = node.name if node.op_type in LAYER_OPS else None
         for name in node.output:
             if name:
-                self.fresh(name, f"output of {node.op_type} node {node.name!r} (not modelled)")
+                self.fresh(name, why or f"output of {node.op_type} node {node.name!r} (not modelled)", layer)
 
     def data_layout(self, node: onnx.NodeProto) -> Layout | None:
         return self.cg.layouts.get(node.input[0]) if node.input and node.input[0] not in self.consts else None
@@ -255,7 +260,7 @@ class _Walker:
             self.opaque(node)
         elif node.op_type in self.rules:
             self.rules[node.op_type](i, node)
-        elif node.op_type in UNARY_OPS:
+        elif node.op_type in CHANNELWISE_OPS:
             self.passthrough(node)
         elif node.op_type in ELEMENTWISE_OPS:
             self.elementwise(i, node)
@@ -268,7 +273,7 @@ class _Walker:
         w = self.constant(node, 1)
         if w is None or (len(node.input) > 2 and node.input[2] and self.constant(node, 2) is None):
             return self.opaque(node, f"Conv node {node.name!r} has computed (non-constant) weights")
-        group, x = _attr(node, "group", 1), self.data_layout(node)
+        group, x = attribute(node, "group", 1), self.data_layout(node)
         if group == 1:
             self.param(i, node, 1, 1, x)
             if x is not None:
@@ -285,7 +290,7 @@ class _Walker:
         w = self.constant(node, 1)
         if w is None or (len(node.input) > 2 and node.input[2] and self.constant(node, 2) is None):
             return self.opaque(node, f"ConvTranspose node {node.name!r} has computed (non-constant) weights")
-        group, x = _attr(node, "group", 1), self.data_layout(node)
+        group, x = attribute(node, "group", 1), self.data_layout(node)
         if group == 1:  # weights [Cin, Cout, k, k]
             self.param(i, node, 1, 0, x)
             if x is not None:
@@ -307,10 +312,10 @@ class _Walker:
     def gemm(self, i: int, node: onnx.NodeProto) -> None:
         b, c = self.constant(node, 1), self.constant(node, 2)
         has_c = len(node.input) > 2 and bool(node.input[2])
-        if b is None or _attr(node, "transA", 0) or (has_c and (c is None or c.ndim > 2 or
+        if b is None or attribute(node, "transA", 0) or (has_c and (c is None or c.ndim > 2 or
                                                                    (c.ndim == 2 and c.shape[0] != 1))):
             return self.opaque(node, f"Gemm node {node.name!r} has transA, computed weights or a per-row bias")
-        trans_b = _attr(node, "transB", 0)
+        trans_b = attribute(node, "transB", 0)
         self.linear(i, node, "gemm", k_axis=1 if trans_b else 0, n_axis=0 if trans_b else 1)
         out = self.cg.layouts[node.output[0]]
         if c is not None and c.shape and c.shape[-1] == b.shape[0 if trans_b else 1]:
@@ -332,12 +337,14 @@ class _Walker:
         self.param(i, node, 1, n_axis, self.produce(node, channels, block))
 
     def reshaped_to_channels(self, name: str, features: int) -> tuple[int, int]:
-        """(C, H*W) when the features reach a Reshape to [N, C, H, W] through element-wise ops, else (F, 1)."""
+        """(C, H*W) when the features reach a Reshape to [N, C, H, W] through per-feature ops, else (F, 1)."""
         found, todo, seen = set(), [name], set()
         while todo:
             tensor = todo.pop()
             for user in self.users.get(tensor, []):
-                if user.op_type in UNARY_OPS and user.name not in seen:
+                per_feature = user.op_type in CHANNELWISE_OPS | ELEMENTWISE_OPS | {"BatchNormalization"} and all(
+                    n in self.consts for n in user.input if n and n != tensor)
+                if per_feature and user.name not in seen:
                     seen.add(user.name)
                     todo.append(user.output[0])
                 elif user.op_type == "Reshape" and user.input[0] == tensor:
@@ -358,7 +365,7 @@ class _Walker:
 
     def concat(self, i: int, node: onnx.NodeProto) -> None:
         rank = len(self.shape(node.output[0]) or [])
-        axis = _attr(node, "axis", 0)
+        axis = attribute(node, "axis", 0)
         axis = axis + rank if axis < 0 else axis
         names = [n for n in node.input if n]
         if rank < 2 or any(n not in self.consts and n not in self.cg.layouts for n in names):
@@ -406,7 +413,7 @@ class _Walker:
             self.param(i, node, slot, axis, layout)
 
     def pad(self, i: int, node: onnx.NodeProto) -> None:
-        pads = self.constant(node, 1) if len(node.input) > 1 else np.array(_attr(node, "pads", []))
+        pads = self.constant(node, 1) if len(node.input) > 1 else np.array(attribute(node, "pads", []))
         rank = len(self.shape(node.input[0]) or [])
         axes = self.constant(node, 3)
         computed = pads is None or (len(node.input) > 3 and bool(node.input[3]) and axes is None)
@@ -421,7 +428,7 @@ class _Walker:
     def resize(self, i: int, node: onnx.NodeProto) -> None:
         scales, sizes = (self.constant(node, 1), None) if len(node.input) == 2 else \
             (self.constant(node, 2), self.constant(node, 3))
-        if _attr(node, "axes", None) is not None:
+        if attribute(node, "axes", None) is not None:
             return self.opaque(node, f"Resize node {node.name!r} uses the axes attribute")
         if scales is not None and scales.size and scales.size > 1 and scales[1] == 1:
             self.passthrough(node)
@@ -441,14 +448,15 @@ class _Walker:
 
     def norm(self, i: int, node: onnx.NodeProto) -> None:
         slots = _NORM_PARAMS[node.op_type]
-        if any(self.constant(node, s) is None for s in slots) or _attr(node, "training_mode", 0):
+        if any(self.constant(node, s) is None for s in slots) or attribute(node, "training_mode", 0):
             return self.opaque(node, f"{node.op_type} node {node.name!r} has computed or training-mode parameters")
         layout = self.passthrough(node)
         for slot in slots:
             self.param(i, node, slot, 0, layout)
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """A node attribute's value, or `default` where the node does not set it."""
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)

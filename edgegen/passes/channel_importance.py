@@ -22,7 +22,7 @@ _INPUT_AXIS = {"conv": 1, "convtranspose": 0, "matmul": 0}
 
 
 def channel_importance(model: onnx.ModelProto, cg: ChannelGraph, groups: list[Group], calibration: Calibration,
-                       batch_dynamic: bool) -> dict[int, np.ndarray]:
+                       batch: int | None) -> dict[int, np.ndarray]:
     """Importance of every channel of each group (group root -> array of the group's size)."""
     roots = {g.root for g in groups}
     consumers = [c for c in cg.consumers if any(cg.find(s) in roots for s, _ in c.layout.segments)]
@@ -38,7 +38,7 @@ def channel_importance(model: onnx.ModelProto, cg: ChannelGraph, groups: list[Gr
             counts[name] = counts.get(name, 0) + x.size // x.shape[1]
 
     if tensors:
-        capture(model, tensors, calibration, batch_dynamic, accumulate)
+        capture(model, tensors, calibration, batch, accumulate)
     scores = {g.root: np.zeros(g.size) for g in groups}
     for consumer in consumers:
         name = nodes[consumer.node].input[0]

@@ -4,8 +4,10 @@ A layer that lost input channels is re-fitted so that, fed the *pruned* model's 
 it reproduces the *unpruned* model's output at that layer. Weights and bias come in closed form
 from ridge regression on the im2col patches of sampled output positions; the ridge pulls toward
 the layer's original (sliced) weights, so directions the calibration data does not cover stay as
-they were. Layers are fitted in dependency order (a wave needs the previous waves' refits), so
-each fit also absorbs the error left upstream.
+they were. Where a layer has few positions per weight (small feature maps, Gemm rows), its ridge
+strength is chosen on held-out calibration samples, and the layer is left as it was if no re-fit
+predicts them better. Layers are fitted in dependency order (a wave needs the previous waves'
+refits), so each fit also absorbs the error left upstream.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from onnx import helper
 from .activations import capture
 from .calibration import Calibration
 from .channel_edit import initializer, set_inputs
+from .channel_groups import attribute
 
-RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # candidate ridge strengths, relative to the mean diagonal of X^T X
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # ridge strengths, relative to the mean diagonal of X^T X; the first is
+# used where the data is plentiful, all are tried on held-out samples where it is scarce
 VALIDATION_FOLD = 5  # every 5th calibration sample checks the ridge choice
+ROWS_PER_FEATURE = 8  # plentiful data: at least this many sampled positions per weight of an output channel
 MIN_POSITIONS, MAX_POSITIONS = 2048, 8192  # sampled output positions per layer (all if fewer)
 
 
@@ -44,22 +49,22 @@ def refittable(node: onnx.NodeProto, kind: str, model: onnx.ModelProto) -> str |
     rank = len(initializer(model, node.input[1]).shape)
     if rank != 4:
         return f"{node.op_type} over {rank - 2}-D data (only 2-D is re-fitted)"
-    if kind == "convtranspose" and (_attr(node, "output_shape") or _attr(node, "auto_pad", b"NOTSET") not in
+    if kind == "convtranspose" and (attribute(node, "output_shape") or attribute(node, "auto_pad", b"NOTSET") not in
                                     (b"NOTSET", b"VALID")):
         return "ConvTranspose with output_shape/auto_pad"
     return None
 
 
 def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, layers: list[tuple[int, str, np.ndarray | None]],
-                calibration: Calibration, batch_dynamic: bool, seed: int = 0) -> tuple[onnx.ModelProto, list[dict]]:
+                calibration: Calibration, batch: int | None, seed: int = 0) -> tuple[onnx.ModelProto, list[dict]]:
     """Re-fit the weights of `layers` of `pruned`; returns the model and a report row per layer.
 
     layers: (node index, kind, output channels the layer kept or None); node indices are the same in
-    `original` (the unpruned model) and `pruned`.
+    `original` (the unpruned model) and `pruned`. batch: the models' fixed batch size, None if dynamic.
     """
     model = onnx.ModelProto.FromString(pruned.SerializeToString())
     fits = [_Layer(i, kind, kept) for i, kind, kept in layers]
-    _sample_targets(original, fits, calibration, batch_dynamic, seed)
+    _sample_targets(original, fits, calibration, batch, seed)
     rows = []
     for wave in _waves(model, fits):
         nodes = model.graph.node
@@ -73,14 +78,14 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, layers: list
                     fit.patches.append(_patches(fit, nodes[fit.node], model, tensors[name], start))
                     fit.samples.append(start + fit.picks[start][0])
 
-        capture(model, list(by_input), calibration, batch_dynamic, collect)
+        capture(model, list(by_input), calibration, batch, collect)
         for fit in wave:
             rows.append(_fit(model, fit))
     return model, rows
 
 
-def _sample_targets(original: onnx.ModelProto, fits: list[_Layer], calibration: Calibration, batch_dynamic: bool,
-                    seed: int) -> None:
+def _sample_targets(original: onnx.ModelProto, fits: list[_Layer], calibration: Calibration,
+                    batch: int | None, seed: int) -> None:
     """Pick output positions per layer and record the unpruned model's outputs there."""
     nodes = original.graph.node
     outputs = {nodes[f.node].output[0]: f for f in fits}
@@ -88,7 +93,7 @@ def _sample_targets(original: onnx.ModelProto, fits: list[_Layer], calibration: 
     for fit in fits:
         w = initializer(original, nodes[fit.node].input[1])
         features = w[0].size if fit.kind == "conv" else w.size // w.shape[1] if fit.kind == "convtranspose" else 0
-        budget = min(MAX_POSITIONS, max(MIN_POSITIONS, 8 * features))
+        budget = min(MAX_POSITIONS, max(MIN_POSITIONS, ROWS_PER_FEATURE * features))
         per_sample[fit.node] = math.ceil(budget / calibration.count)
 
     def record(start: int, tensors: dict[str, np.ndarray]) -> None:
@@ -108,7 +113,7 @@ def _sample_targets(original: onnx.ModelProto, fits: list[_Layer], calibration: 
             y = y if fit.outputs is None else y[:, fit.outputs]
             fit.targets.append(y[n, :, oy, ox])
 
-    capture(original, list(outputs), calibration, batch_dynamic, record)
+    capture(original, list(outputs), calibration, batch, record)
 
 
 def _waves(model: onnx.ModelProto, fits: list[_Layer]) -> list[list[_Layer]]:
@@ -130,9 +135,9 @@ def _patches(fit: _Layer, node: onnx.NodeProto, model: onnx.ModelProto, x: np.nd
     if fit.kind in ("gemm", "matmul"):
         return x[picks[0]]
     kernel = initializer(model, node.input[1]).shape[2:]
-    dil = _attr(node, "dilations") or [1, 1]
+    dil = attribute(node, "dilations") or [1, 1]
     if fit.kind == "conv":
-        strides = _attr(node, "strides") or [1, 1]
+        strides = attribute(node, "strides") or [1, 1]
         pads = _conv_pads(node, x.shape[2:], kernel, strides, dil)
         x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
         return _im2col(x, picks, kernel, strides, dil)
@@ -152,9 +157,9 @@ def _im2col(x: np.ndarray, picks: tuple[np.ndarray, ...], kernel, strides, dil) 
 def _stuff(x: np.ndarray, node: onnx.NodeProto, kernel, dil) -> np.ndarray:
     """ConvTranspose input turned into the input of an equivalent stride-1 Conv with the flipped kernel:
     (stride-1) zeros between pixels, dil*(k-1)-pad zeros around (cropped where negative), output_padding at the end."""
-    strides = _attr(node, "strides") or [1, 1]
-    pads = _attr(node, "pads") or [0, 0, 0, 0]
-    extra = _attr(node, "output_padding") or [0, 0]
+    strides = attribute(node, "strides") or [1, 1]
+    pads = attribute(node, "pads") or [0, 0, 0, 0]
+    extra = attribute(node, "output_padding") or [0, 0]
     n, c, h, w = x.shape
     z = np.zeros((n, c, (h - 1) * strides[0] + 1, (w - 1) * strides[1] + 1), x.dtype)
     z[:, :, ::strides[0], ::strides[1]] = x
@@ -170,7 +175,7 @@ def _stuff(x: np.ndarray, node: onnx.NodeProto, kernel, dil) -> np.ndarray:
 
 
 def _conv_pads(node: onnx.NodeProto, size, kernel, strides, dil) -> list[int]:
-    auto = _attr(node, "auto_pad", b"NOTSET")
+    auto = attribute(node, "auto_pad", b"NOTSET")
     if auto in (b"SAME_UPPER", b"SAME_LOWER"):
         pads = [0, 0, 0, 0]
         for a in (0, 1):
@@ -178,7 +183,7 @@ def _conv_pads(node: onnx.NodeProto, size, kernel, strides, dil) -> list[int]:
             small, large = total // 2, total - total // 2
             pads[a], pads[a + 2] = (small, large) if auto == b"SAME_UPPER" else (large, small)
         return pads
-    return [0, 0, 0, 0] if auto == b"VALID" else list(_attr(node, "pads") or [0, 0, 0, 0])
+    return [0, 0, 0, 0] if auto == b"VALID" else list(attribute(node, "pads") or [0, 0, 0, 0])
 
 
 def _fit(model: onnx.ModelProto, fit: _Layer) -> dict:
@@ -190,32 +195,50 @@ def _fit(model: onnx.ModelProto, fit: _Layer) -> dict:
     w0, b0, alpha, beta = _as_matrix(model, node, fit.kind, w)
     if b0 is not None:
         x, w0 = np.hstack([x, np.ones((len(x), 1))]), np.vstack([w0, b0[None]])
-    ridge = _choose_ridge(x, y, w0, np.concatenate(fit.samples) % VALIDATION_FOLD == VALIDATION_FOLD - 1)
-    norm = np.linalg.norm(y) or 1.0
+    held = np.concatenate(fit.samples) % VALIDATION_FOLD == VALIDATION_FOLD - 1
+    full = _Normal(x, y)
+    scarce = len(x) < ROWS_PER_FEATURE * x.shape[1] and 0 < held.sum() < len(held)
+    ridge = _choose_ridge(full, _Normal(x[held], y[held]), w0) if scarce else RIDGES[0]
     row = {"layer": node.name, "op": node.op_type, "features": int(x.shape[1]), "positions": int(len(x)),
-           "ridge": ridge, "relative_error_before": round(float(np.linalg.norm(x @ w0 - y) / norm), 5)}
+           "ridge": ridge, "relative_error_before": full.relative_error(w0)}
     if ridge is None:  # the original weights predict held-out samples best: leave the layer as it is
         return {**row, "relative_error_after": row["relative_error_before"]}
-    m = _ridge_solve(x.T @ x, x.T @ y, w0, ridge)
+    m = _ridge_solve(full.gram, full.rhs, w0, ridge)
     arrays = {1: _from_matrix(fit.kind, node, (m[:-1] if b0 is not None else m) / alpha, w.shape)}
     if b0 is not None:
         arrays[2] = m[-1] / beta
     set_inputs(model, fit.node, arrays)
-    return {**row, "relative_error_after": round(float(np.linalg.norm(x @ m - y) / norm), 5)}
+    return {**row, "relative_error_after": full.relative_error(m)}
 
 
-def _choose_ridge(x: np.ndarray, y: np.ndarray, w0: np.ndarray, held: np.ndarray) -> float | None:
-    """The ridge strength whose fit on the other samples predicts the held-out samples best (None: no refit)."""
-    if held.all() or not held.any():
-        return RIDGES[1]
-    values, vectors = np.linalg.eigh(x[~held].T @ x[~held])  # one factorization serves every candidate
-    rhs, start = vectors.T @ (x[~held].T @ y[~held]), vectors.T @ w0
-    errors = {None: float(np.sum((x[held] @ w0 - y[held]) ** 2))}
-    for ridge in RIDGES:
-        lam = ridge * values.sum() / len(values) + 1e-12
-        w = vectors @ ((rhs + lam * start) / (values + lam)[:, None])
-        errors[ridge] = float(np.sum((x[held] @ w - y[held]) ** 2))
-    return min(errors, key=errors.get)
+class _Normal:
+    """The normal equations of min ||XW - Y||: X^T X, X^T Y and ||Y||^2."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        self.gram, self.rhs, self.energy = x.T @ x, x.T @ y, float(np.sum(y * y))
+
+    def errors(self, w: np.ndarray) -> np.ndarray:
+        """||XW - Y||^2 for each of k stacked solutions w [k, features, outputs] (one product for all)."""
+        k, features, outputs = w.shape
+        side = w.transpose(1, 0, 2).reshape(features, k * outputs)
+        product = (self.gram @ side).reshape(features, k, outputs)
+        side = side.reshape(features, k, outputs)
+        return np.einsum("fko,fko->k", side, product) - 2 * np.einsum("fko,fo->k", side, self.rhs) + self.energy
+
+    def relative_error(self, w: np.ndarray) -> float:
+        return round(float(np.sqrt(max(self.errors(w[None])[0], 0.0) / (self.energy or 1.0))), 5)
+
+
+def _choose_ridge(full: _Normal, held: _Normal, w0: np.ndarray) -> float | None:
+    """The ridge strength whose fit without the held-out rows predicts them best (None: the original weights)."""
+    values, vectors = np.linalg.eigh(full.gram - held.gram)  # one factorization serves every candidate
+    rhs, start = vectors.T @ (full.rhs - held.rhs), vectors.T @ w0
+    lams = np.array(RIDGES)[:, None, None] * values.sum() / len(values) + 1e-12
+    rotated = (rhs + lams * start) / (values[None, :, None] + lams)  # [ridges, features, outputs]
+    k, features, outputs = rotated.shape
+    fits = (vectors @ rotated.transpose(1, 0, 2).reshape(features, -1)).reshape(features, k, outputs)
+    best = int(np.argmin(held.errors(np.concatenate([w0[None], fits.transpose(1, 0, 2)]))))
+    return None if best == 0 else RIDGES[best - 1]
 
 
 def _ridge_solve(gram: np.ndarray, rhs: np.ndarray, w0: np.ndarray, ridge: float) -> np.ndarray:
@@ -234,12 +257,12 @@ def _as_matrix(model: onnx.ModelProto, node: onnx.NodeProto, kind: str, w: np.nd
         return flipped.transpose(0, 2, 3, 1).reshape(-1, w.shape[1]), _bias(bias, w.shape[1]), 1.0, 1.0
     if kind == "matmul":
         return w, None, 1.0, 1.0
-    trans_b = _attr(node, "transB", 0)
-    alpha = float(_attr(node, "alpha", 1.0))
-    beta = float(_attr(node, "beta", 1.0)) if bias is not None else 1.0
+    trans_b = attribute(node, "transB", 0)
+    alpha = float(attribute(node, "alpha", 1.0))
+    beta = float(attribute(node, "beta", 1.0)) if bias is not None else 1.0
     if beta == 0.0:
         beta = 1.0
-        _set_attr(node, "beta", 1.0)
+        _setattribute(node, "beta", 1.0)
     outputs = w.shape[0] if trans_b else w.shape[1]
     matrix = (w.T if trans_b else w) * alpha
     return matrix, beta * _bias(bias, outputs), alpha, beta
@@ -251,18 +274,11 @@ def _from_matrix(kind: str, node: onnx.NodeProto, m: np.ndarray, shape) -> np.nd
     if kind == "convtranspose":
         cin, cout, kh, kw = shape
         return m.reshape(cin, kh, kw, cout).transpose(0, 3, 1, 2)[:, :, ::-1, ::-1]
-    return m.T if kind == "gemm" and _attr(node, "transB", 0) else m
+    return m.T if kind == "gemm" and attribute(node, "transB", 0) else m
 
 
 def _bias(bias: np.ndarray | None, n: int) -> np.ndarray:
     return np.zeros(n) if bias is None else np.broadcast_to(bias.reshape(-1), (n,)).astype(np.float64)
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _set_attr(node: onnx.NodeProto, name: str, value: float) -> None:
