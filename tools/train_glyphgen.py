@@ -91,22 +91,38 @@ class SepConv(nn.Module):
 
 
 class ToRGB(nn.Module):
-    """Cheap to-RGB head: [depthwise 3x3] -> pointwise 1x1 (bias) -> tanh."""
+    """Cheap to-RGB head with a two-colour compositing prior.
+
+    [depthwise 3x3] -> pointwise 1x1 to 4 channels: an alpha logit and an RGB
+    residual.  With per-image colours fg, bg (pre-tanh, predicted from the
+    latent by the trunk):  rgb = tanh(bg + sigmoid(alpha) * (fg - bg) + residual).
+    The residual starts at zero, so early training only has to learn a mask
+    (the glyph shape) while the colours come straight from the latent; the
+    residual keeps the output unrestricted (any RGB image is reachable)."""
 
     def __init__(self, cin: int, depthwise: bool):
         super().__init__()
         self.dw = nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False) if depthwise else nn.Identity()
-        self.pw = nn.Conv2d(cin, 3, 1, bias=True)
+        self.pw = nn.Conv2d(cin, 4, 1, bias=True)
+        with torch.no_grad():
+            self.pw.weight[1:].mul_(0.1)
+            self.pw.bias.zero_()
 
-    def forward(self, x):
-        return torch.tanh(self.pw(self.dw(x)))
+    def forward(self, x, fg, bg):
+        o = self.pw(self.dw(x))
+        alpha = torch.sigmoid(o[:, :1])
+        return torch.tanh(bg + alpha * (fg - bg) + o[:, 1:])
 
 
 class Trunk(nn.Module):
-    """Latent-only part: latent -> Linear -> 256x4x4 -> 8x8 -> 16x16 (256 ch)."""
+    """Latent-only part: latent -> Linear -> 256x4x4 -> 8x8 -> 16x16 (256 ch),
+    plus a small MLP latent -> (fg, bg) colour pair for the to-RGB heads."""
 
     def __init__(self):
         super().__init__()
+        # small MLP (not a single Linear): data colours always contrast, a
+        # non-convex set that a linear map of a Gaussian cannot cover
+        self.colors = nn.Sequential(nn.Linear(LATENT_DIM, 64), nn.ReLU(inplace=True), nn.Linear(64, 6))
         self.fc = nn.Linear(LATENT_DIM, 256 * 4 * 4)
         self.bn0 = nn.BatchNorm2d(256)
         self.blocks = nn.Sequential(
@@ -119,7 +135,8 @@ class Trunk(nn.Module):
     def forward(self, z):
         h = self.fc(z).view(-1, 256, 4, 4)
         h = F.relu(self.bn0(h))
-        return self.blocks(h)
+        c = self.colors(z)[:, :, None, None]
+        return self.blocks(h), c[:, :3], c[:, 3:]
 
 
 class Head(nn.Module):
@@ -136,12 +153,12 @@ class Head(nn.Module):
         self.b64 = SepConv(64, 32, up=True)  # 64x64
         self.to_rgb64 = ToRGB(32, depthwise=True)
 
-    def forward(self, h, label):
+    def forward(self, h, fg, bg, label):
         e = self.embed(label)[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
         h = self.b16(torch.cat([h, e], dim=1))
         h32 = self.b32(h)
-        preview = self.to_rgb32(h32)
-        image = self.to_rgb64(self.b64(h32))
+        preview = self.to_rgb32(h32, fg, bg)
+        image = self.to_rgb64(self.b64(h32), fg, bg)
         return image, preview
 
 
@@ -154,7 +171,8 @@ class GlyphGen(nn.Module):
         self.head = Head()
 
     def forward(self, latent, label):
-        return self.head(self.trunk(latent), label)
+        h, fg, bg = self.trunk(latent)
+        return self.head(h, fg, bg, label)
 
 
 class Encoder(nn.Module):
@@ -226,7 +244,21 @@ def grad_l1(a, b):
     return (dax - dbx).abs().mean() + (day - dby).abs().mean()
 
 
-def vae_losses(enc, gen, xa, ya, x, y, beta, w32, w_sharp, sample=True):
+def mmd_imq(z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Unbiased MMD^2 between two samples with a multi-scale inverse-multiquadric
+    kernel (as in Wasserstein auto-encoders)."""
+    n, d = z.shape
+    off = 1.0 - torch.eye(n, dtype=z.dtype)
+    zz, pp, zp = torch.cdist(z, z).pow(2), torch.cdist(p, p).pow(2), torch.cdist(z, p).pow(2)
+    out = z.new_zeros(())
+    for scale in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0):
+        c = 2.0 * d * scale
+        out = out + ((c / (c + zz)) * off).sum() / (n * (n - 1)) + ((c / (c + pp)) * off).sum() / (n * (n - 1)) \
+            - 2.0 * (c / (c + zp)).mean()
+    return out
+
+
+def vae_losses(enc, gen, xa, ya, x, y, beta, w32, w_sharp, sample=True, w_mmd=0.0):
     """Encode (xa, ya); decode with label y; reconstruct x.
 
     x is digit y rendered in exactly the style of xa (see GlyphDataset.pair_batch),
@@ -240,7 +272,16 @@ def vae_losses(enc, gen, xa, ya, x, y, beta, w32, w_sharp, sample=True):
     sharp = grad_l1(img, x)
     kl = (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(1).mean()
     loss = rec64 + w32 * rec32 + w_sharp * sharp + beta * kl / x[0].numel()
-    return loss, dict(rec64=rec64.item(), rec32=rec32.item(), sharp=sharp.item(), kl=kl.item(), loss=loss.item())
+    stats = dict(rec64=rec64.item(), rec32=rec32.item(), sharp=sharp.item(), kl=kl.item())
+    if w_mmd > 0:
+        # match the aggregate posterior to N(0, I) (InfoVAE / WAE-MMD): without it the
+        # posterior means spread wider than the prior and prior samples land on
+        # washed-out, low-contrast "average" glyphs
+        mmd = mmd_imq(z, torch.randn_like(z))
+        loss = loss + w_mmd * mmd
+        stats["mmd"] = mmd.item()
+    stats["loss"] = loss.item()
+    return loss, stats
 
 
 class DigitClassifier(nn.Module):
@@ -304,6 +345,14 @@ def export_onnx(gen: GlyphGen, path: str, description: str) -> None:
         do_constant_folding=True,
     )
     m = onnx.load(path)
+    # the exporter leaves the spatial output dims symbolic (they come out of
+    # Resize); they are fixed, so record them: image [N,3,64,64], preview [N,3,32,32]
+    for out in m.graph.output:
+        side = {"image": 64, "preview": 32}[out.name]
+        dims = out.type.tensor_type.shape.dim
+        for i, v in ((1, 3), (2, side), (3, side)):
+            dims[i].Clear()
+            dims[i].dim_value = v
     meta = {
         "edgegen.output_range": "-1,1",
         "edgegen.num_classes": "10",
@@ -362,17 +411,21 @@ def ort_sample_grids(path: str, seeds: list[int], out_img: str, out_prev: str):
 # --------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description="Train the glyphgen zoo model (conditional VAE decoder).")
-    ap.add_argument("--steps", type=int, default=1400)
+    ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(REPO, "edgegen", "zoo", "glyphgen.onnx"))
     ap.add_argument("--docs", default=os.path.join(REPO, "docs", "zoo"), help="where the sample PNGs go")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--beta", type=float, default=1.0, help="KL weight (per-pixel-mean L1 units x 12288)")
+    ap.add_argument("--beta", type=float, default=2.0, help="KL weight (per-pixel-mean L1 units x 12288)")
+    ap.add_argument("--w-mmd", type=float, default=0.5, help="weight of the aggregate-posterior MMD term")
     ap.add_argument("--w32", type=float, default=0.5, help="weight of the 32x32 preview L1 loss")
     ap.add_argument("--w-sharp", type=float, default=0.5, help="weight of the gradient (sharpness) L1 loss")
     ap.add_argument("--kl-warmup", type=float, default=0.2, help="fraction of steps over which beta ramps up")
     ap.add_argument("--classifier-steps", type=int, default=300, help="legibility-probe steps (0 = skip)")
+    ap.add_argument("--ckpt", default="", help="optional path to save the PyTorch weights (encoder + generator)")
+    ap.add_argument("--reexport", default="", metavar="CKPT",
+                    help="skip training: load a --ckpt file, export to --out, verify and redraw the sample grids")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=50)
     args = ap.parse_args()
@@ -386,6 +439,16 @@ def main() -> None:
         print(f"[{time.time() - t_start:7.1f}s] {msg}", flush=True)
 
     gen, enc = GlyphGen(), Encoder()
+    desc = ("Class-conditional 64x64 digit-glyph generator (latent[N,64] + label[N] 0-9 -> image [-1,1] "
+            "+ 32x32 preview), MobileNet-style conditional-VAE decoder")
+    if args.reexport:
+        gen.load_state_dict(torch.load(args.reexport)["gen"])
+        gen.eval()
+        export_onnx(gen, args.out, desc)
+        log(f"exported {args.out}: {os.path.getsize(args.out)} bytes; onnxruntime check: {verify_onnx(gen, args.out)}")
+        ort_sample_grids(args.out, list(range(8)), os.path.join(args.docs, "glyphgen_samples.png"),
+                         os.path.join(args.docs, "glyphgen_preview.png"))
+        return
 
     # --- MACs / params -----------------------------------------------------
     z1, y1 = torch.zeros(1, LATENT_DIM), torch.zeros(1, dtype=torch.int64)
@@ -426,7 +489,7 @@ def main() -> None:
         beta = args.beta * min(1.0, (step + 1) / max(1, args.kl_warmup * args.steps))
         xa, ya, x, y = ds.pair_batch(step * args.batch, args.batch)
         xa = xa.contiguous(memory_format=torch.channels_last)
-        loss, st = vae_losses(enc, gen, xa, ya, x, y, beta, args.w32, args.w_sharp)
+        loss, st = vae_losses(enc, gen, xa, ya, x, y, beta, args.w32, args.w_sharp, w_mmd=args.w_mmd)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -441,6 +504,10 @@ def main() -> None:
             hist.append(dict(step=step + 1, **{k: round(v, 5) for k, v in run.items()}))
     train_time = time.time() - t_train
     log(f"training took {train_time:.1f}s")
+    if args.ckpt:
+        os.makedirs(os.path.dirname(os.path.abspath(args.ckpt)), exist_ok=True)
+        torch.save({"gen": gen.state_dict(), "enc": enc.state_dict(), "args": vars(args)}, args.ckpt)
+        log(f"saved {args.ckpt}")
 
     # --- held-out evaluation -----------------------------------------------
     gen.eval()
@@ -460,8 +527,6 @@ def main() -> None:
 
     # --- export + verify -----------------------------------------------------
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    desc = ("Class-conditional 64x64 digit-glyph generator (latent[N,64] + label[N] 0-9 -> image [-1,1] "
-            "+ 32x32 preview), MobileNet-style conditional-VAE decoder")
     export_onnx(gen, args.out, desc)
     size = os.path.getsize(args.out)
     log(f"exported {args.out}: {size / 1e6:.3f} MB")
@@ -496,7 +561,7 @@ def main() -> None:
 
     summary = dict(
         model="glyphgen",
-        command="python tools/train_glyphgen.py " + " ".join(sys.argv[1:]),
+        command=" ".join(["python tools/train_glyphgen.py"] + sys.argv[1:]),
         args=vars(args),
         torch=torch.__version__,
         threads=args.threads,

@@ -245,20 +245,27 @@ def save_sample(path_onnx: str, hr_u8: np.ndarray, out_png: str, box, zoom: int 
     gt = to_t(crop.astype(np.float32) / 255.0)[None]
     lr_near = F.interpolate(x, scale_factor=2.0, mode="nearest")
     panels = [lr_near, bic, sr, gt]
-    pad = 4
-    canvas = np.full((s * zoom, 4 * s * zoom + 3 * pad, 3), 255, np.uint8)
+    from PIL import ImageDraw
+
+    pad, top = 4, 18
+    names = ["low-res input (nearest)", "bicubic x2", "upscale2x (ONNX)", "ground truth"]
+    canvas = np.full((s * zoom + top, 4 * s * zoom + 3 * pad, 3), 255, np.uint8)
     for i, p in enumerate(panels):
         a = (p[0].clamp(0, 1).numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)
         a = np.asarray(Image.fromarray(a).resize((s * zoom, s * zoom), Image.NEAREST))
-        canvas[:, i * (s * zoom + pad): i * (s * zoom + pad) + s * zoom] = a
-    Image.fromarray(canvas).save(out_png)
+        canvas[top:, i * (s * zoom + pad): i * (s * zoom + pad) + s * zoom] = a
+    im = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(im)
+    for i, n in enumerate(names):
+        draw.text((i * (s * zoom + pad) + 4, 3), n, fill=(0, 0, 0))
+    im.save(out_png)
     return dict(crop_box_tls=list(box), crop_psnr_bicubic=psnr(bic, gt), crop_psnr_model=psnr(sr, gt))
 
 
 # --------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description="Train the upscale2x zoo model.")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(REPO, "edgegen", "zoo", "upscale2x.onnx"))
     ap.add_argument("--docs", default=os.path.join(REPO, "docs", "zoo"))
@@ -353,7 +360,7 @@ def main() -> None:
 
     summary = dict(
         model="upscale2x",
-        command="python tools/train_upscaler.py " + " ".join(sys.argv[1:]),
+        command=" ".join(["python tools/train_upscaler.py"] + sys.argv[1:]),
         args=vars(args),
         torch=torch.__version__,
         threads=args.threads,
