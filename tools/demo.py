@@ -11,6 +11,7 @@ import numpy as np
 
 from edgegen import bench, bundle, targets
 from edgegen.build import build
+from edgegen.errors import EdgegenError
 from edgegen.runtime import Generator, to_pil
 
 
@@ -47,7 +48,11 @@ def main() -> int:
             continue
         for precision in target.precisions:
             dest = out / "bundles" / f"{target.name}-{precision}"
-            result = build(args.model, target.name, dest, precision=precision)
+            try:
+                result = build(args.model, target.name, dest, precision=precision)
+            except EdgegenError as exc:
+                print(f"skipping {target.name} {precision}: {str(exc)[:160]}...", file=sys.stderr)
+                continue
             gen = Generator.open(dest)
             for name in gen.image_outputs:
                 path = out / f"{target.name}-{precision}-{name}.png"
