@@ -23,8 +23,9 @@ from . import __version__, backends, bundle, reference, targets
 from .errors import BackendUnavailableError, BuildError, UnsupportedOpError
 from .graph import Graph
 from .inputs import fixed_batch, run_batched, sample_feeds
-from .metrics import compare, value_range
+from .metrics import compare, max_abs, value_range
 from .passes.floor import Evaluator, QualityFloor
+from .serving import ServingOptions, build_step as serving_step
 from .source import SourceSession
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,20 @@ class BuildOptions:
     calibration: str | None = None  # None/'spec', 'zoo', an image folder, an .npy/.npz file
     calibration_count: int = 32
     calibration_method: str = "minmax"
+    prune: float | None = None  # channel ratio; with a floor, the largest ratio up to this that meets it
+    prune_to_macs: int | None = None
     graph_options: dict[str, Any] = field(default_factory=dict)  # Graph.load keyword arguments
+    # serving (edgegen.serving): extra parts, their checks, and precomputed assets
+    split: list[str] | None = None  # ["auto"] or tensor names: trunk/head for the feature cache
+    roi: bool = False  # parts and spatial programs for regions, edits and tiles
+    tiers: list[int] | None = None  # output sizes a fully-convolutional model is compiled for
+    preview_upscale: str | None = None  # "lanczos" or an upscaler model for the preview tier
+    batch_sizes: list[int] | None = None  # batch-N artifacts of a fixed-batch model
+    precompute: str | None = None  # request file rendered into assets/
+
+    @property
+    def serving(self) -> ServingOptions:
+        return ServingOptions(self.split, self.roi, self.tiers, self.preview_upscale, self.batch_sizes)
 
     @property
     def floor(self) -> QualityFloor:
@@ -93,9 +107,14 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
         report("compile", 0, 1)
         compiled = compiler.compile(graph, tgt, precision, staging)
         report("verify", 0, 1)
+        # an fp32 artifact must equal what it was compiled from: the source, or the pruned graph
+        compiled_from = expected if graph is source or precision != "fp32" else \
+            run_batched(SourceSession(graph.model).run, source.inputs, feeds)
         checks = _verify(source, tgt, precision, opts.floor, staging, compiled["session"], feeds, expected,
-                         reference_run.describe)
+                         compiled_from, reference_run.describe)
         manifest = _manifest(source, graph, tgt, precision, compiled, checks, passes)
+        manifest.update(serving_step(graph, tgt, precision, staging, opts.serving, opts.precompute, manifest,
+                                     feeds, report))
         bundle.write_manifest(staging, manifest)
         bundle.publish(staging, out)
     finally:
@@ -117,13 +136,18 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
                   report: Progress) -> tuple[Graph, dict[str, Any]]:
     """Graph-to-graph passes the precision asks for; returns the graph to compile and their reports."""
     passes: dict[str, Any] = {}
+    if precision != "int8" and opts.prune is None and opts.prune_to_macs is None:
+        return graph, passes
+    from .passes.calibration import load_calibration
+
+    report("calibrate", 0, 1)
+    calibration = load_calibration(graph.inputs, opts.calibration, opts.calibration_count, graph.name)
+    if opts.prune is not None or opts.prune_to_macs is not None:
+        graph, passes["prune"] = _prune(graph, calibration, opts, evaluator, report)
     if precision == "int8":
-        from .passes.calibration import load_calibration
         from .passes.floor import search_float_layers
         from .passes.quantize import Quantizer, qdq_summary
 
-        report("calibrate", 0, 1)
-        calibration = load_calibration(graph.inputs, opts.calibration, opts.calibration_count, graph.name)
         quantizer = Quantizer(graph, calibration, opts.calibration_method)
         report("quantize", 0, 1)
         model, floor_report = search_float_layers(quantizer.layers(), quantizer, evaluator, opts.floor)
@@ -134,10 +158,27 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
     return graph, passes
 
 
+def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator,
+           report: Progress) -> tuple[Graph, dict[str, Any]]:
+    """Structured channel pruning: to a MAC budget, to the quality floor (up to the given ratio), or a ratio."""
+    from .passes import prune
+
+    report("prune", 0, 1)
+    if opts.prune is not None and opts.prune_to_macs is not None:
+        raise BuildError("give either --prune RATIO or --prune-to-macs N, not both")
+    if opts.prune_to_macs is not None:
+        return prune.prune_to_macs(graph, calibration, opts.prune_to_macs, evaluator)
+    if opts.floor:
+        return prune.prune_to_floor(graph, calibration, evaluator, opts.floor, max_ratio=opts.prune)
+    return prune.prune(graph, opts.prune, calibration, evaluator=evaluator)
+
+
 def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFloor, staging: Path,
             session_cfg: dict, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray],
-            reference_name: str) -> dict[str, Any]:
-    """Run the artifact on the held-out inputs; fail fp32 past FP32_MAX_ABS and any precision below the floor."""
+            compiled_from: dict[str, np.ndarray], reference_name: str) -> dict[str, Any]:
+    """Run the artifact on the held-out inputs: quality against the fp32 source (`expected`); an fp32
+    artifact must also match the graph it was compiled from within FP32_MAX_ABS; every precision must
+    meet the floor."""
     session_mod = backends.session_module(tgt.backend)
     native, where = targets.runs_here(tgt, precision)
     try:
@@ -156,8 +197,9 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
     quality = {"psnr_db": worst["psnr_db"], "ssim": min(r.get("ssim", 1.0) for r in per_output.values()),
                "max_abs": max(r["max_abs"] for r in per_output.values())}
     samples = len(next(iter(feeds.values())))
-    if precision == "fp32" and quality["max_abs"] > FP32_MAX_ABS:
-        raise BuildError(f"fp32 artifact for {tgt.name} differs from the source model by {quality['max_abs']:.3g} "
+    drift = max(max_abs(compiled_from[s.name], actual[s.name].astype(np.float32)) for s in source.outputs)
+    if precision == "fp32" and drift > FP32_MAX_ABS:
+        raise BuildError(f"fp32 artifact for {tgt.name} differs from the model it was compiled from by {drift:.3g} "
                          f"max-abs (limit {FP32_MAX_ABS}) on {samples} held-out inputs; the build is refused. "
                          "Report this model to the edgegen developers with `edgegen inspect` output.")
     if floor and not floor.met(quality):
@@ -165,7 +207,7 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
                          f"{quality['ssim']:.4f} against the fp32 source, below the floor ({floor.describe()}).")
     unit = fixed_batch(source.inputs) or 1
     first = {k: v[:unit] for k, v in feeds.items()}
-    ref_file = reference.save(staging, first, {k: v[:unit] for k, v in expected.items()})
+    ref_file = reference.save(staging, first, {k: v[:unit] for k, v in compiled_from.items()})
     tolerance = {"max_abs": FP32_MAX_ABS} if precision == "fp32" else \
         {"min_psnr_db": round(quality["psnr_db"] - REDUCED_PSNR_MARGIN_DB, 2)}
     ran_on = where if native else f"build host fallback ({where}); device numerics not measured"

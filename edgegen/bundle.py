@@ -21,6 +21,7 @@ from .fileio import write_text
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 FORMAT = "edgegen-bundle"
+ASSETS_DIR = "assets"
 
 
 def sha256_file(path: Path) -> str:
@@ -86,11 +87,26 @@ def staging_dir(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
 
 
+def file_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every file under a bundle directory (but the manifest), by relative path."""
+    return {file.relative_to(directory).as_posix(): sha256_file(file)
+            for file in sorted(p for p in Path(directory).rglob("*") if p.is_file() and p.name != MANIFEST)}
+
+
+def content_hash(files: dict[str, str], serving: dict[str, Any] | None = None) -> str:
+    """The bundle's content hash: sha256 over the hashes of its files except the precomputed
+    assets (adding assets does not change what the bundle computes) and its serving settings.
+    Every cache key starts with it."""
+    digest = hashlib.sha256(json.dumps(serving or {}, sort_keys=True).encode())
+    for name, sha in sorted(files.items()):
+        if not name.startswith(ASSETS_DIR + "/"):
+            digest.update(f"{name}\0{sha}\n".encode())
+    return digest.hexdigest()
+
+
 def write_manifest(staging: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Hash every file in staging into the manifest and write it; return the final manifest."""
-    files = {}
-    for file in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST):
-        files[file.relative_to(staging).as_posix()] = sha256_file(file)
+    files = file_hashes(staging)
     manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **manifest, "files": files}
     write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -1,4 +1,4 @@
-"""The `edgegen` command line: build, inspect, targets, generate, bench, zoo."""
+"""The `edgegen` command line: build, inspect, targets, generate, bench, zoo, precompute, serve."""
 
 from __future__ import annotations
 
@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="int8 calibration data: spec (default: seeded inputs), zoo, an image folder, an .npy/.npz")
     p.add_argument("--calibration-count", type=int, default=32, metavar="N", help="calibration samples (default 32)")
     p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    p.add_argument("--prune", type=float, metavar="RATIO",
+                   help="structured channel pruning: share of channels removed per group, in (0, 1); with "
+                        "--min-psnr/--min-ssim, the largest ratio up to RATIO that meets the floor")
+    p.add_argument("--prune-to-macs", type=_count, metavar="N", help="prune until the model needs at most N MACs "
+                                                                     "(e.g. 50M)")
+    _serving_args(p)
     _graph_args(p)
     p.set_defaults(func=_build)
 
@@ -70,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int)
     p.add_argument("--image", help="input image file for image-to-image models")
     p.add_argument("--output-name", help="which image output to save (default: the first)")
+    p.add_argument("--size", type=int, help="a resolution tier the bundle offers")
+    p.add_argument("--quality", choices=["full", "preview"])
+    p.add_argument("--roi", metavar="X,Y,W,H", help="compute only this region (bundles built with --roi)")
     p.add_argument("-o", "--out", required=True, help="image file to write (.png, .jpg, ...)")
     p.add_argument("--threads", type=int)
     p.add_argument("--host-fallback", action="store_true", help="run a bundle for absent hardware on this CPU")
@@ -89,7 +98,62 @@ def _parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("zoo", help="list the models that ship with edgegen")
     p.set_defaults(func=_zoo)
+
+    p = verbs.add_parser("precompute", help="render a request file into a bundle's precomputed assets")
+    p.add_argument("bundle")
+    p.add_argument("requests", help="YAML/JSON: a list of requests, or requests:/grid:/log: + top: (see README)")
+    p.set_defaults(func=_precompute)
+
+    p = verbs.add_parser("serve", help="serve a bundle over HTTP (POST /v1/generate, GET /v1/health, /v1/stats, /)")
+    p.add_argument("bundle")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--max-batch", type=int, default=8, help="micro-batcher: most requests per backend call")
+    p.add_argument("--max-delay-us", type=int, default=2000, help="micro-batcher: longest wait for a batch to fill")
+    p.add_argument("--cache-mb", type=float, default=64, help="in-memory LRU budget (MiB)")
+    p.add_argument("--disk-cache", help="directory of an on-disk cache (off by default)")
+    p.add_argument("--disk-cache-mb", type=float, default=256)
+    p.add_argument("--host-fallback", action="store_true")
+    p.set_defaults(func=_serve)
     return parser
+
+
+def _serving_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precompute", metavar="REQUESTS", help="render these requests into the bundle's assets")
+    p.add_argument("--split", metavar="auto|TENSOR[,TENSOR]",
+                   help="compile trunk and head for the feature cache: at the automatic split point or these tensors")
+    p.add_argument("--roi", action="store_true", help="compile what region requests, edits and tiles need")
+    p.add_argument("--tiers", metavar="SIZE[,SIZE]", help="output sizes to compile a fully-convolutional model for")
+    p.add_argument("--preview-upscale", metavar="lanczos|MODEL",
+                   help="upscale the preview tier to full size: Lanczos-3, or an upscaler model compiled for the target")
+    p.add_argument("--batch-sizes", metavar="N[,N]", help="batch-N artifacts of a model exported with a fixed batch")
+
+
+def _serving_options(args) -> dict:
+    def integers(text: str | None, flag: str) -> list[int] | None:
+        if not text:
+            return None
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise RequestError(f"{flag} {text!r}: give comma-separated integers, e.g. 1,4,8") from None
+        if min(values) < 1:
+            raise RequestError(f"{flag} {text!r}: values must be >= 1")
+        return values
+
+    return {"precompute": args.precompute, "split": args.split.split(",") if args.split else None, "roi": args.roi,
+            "tiers": integers(args.tiers, "--tiers"), "preview_upscale": args.preview_upscale,
+            "batch_sizes": integers(args.batch_sizes, "--batch-sizes")}
+
+
+def _count(text: str) -> int:
+    """'50M' / '1.5G' / '120000' -> an integer count."""
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:].upper(), 1)
+    try:
+        return int(float(text[:-1] if scale != 1 else text) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count like 50M or 120000") from None
 
 
 def _graph_args(p: argparse.ArgumentParser) -> None:
@@ -132,7 +196,8 @@ def _build(args) -> int:
 
     options = BuildOptions(precision=args.precision, samples=args.samples, min_psnr=args.min_psnr,
                            min_ssim=args.min_ssim, calibration=args.calibration,
-                           calibration_count=args.calibration_count, calibration_method=args.calibration_method)
+                           calibration_count=args.calibration_count, calibration_method=args.calibration_method,
+                           prune=args.prune, prune_to_macs=args.prune_to_macs, **_serving_options(args))
     graph = Graph.load(args.model, **_graph_options(args))
     out = Path(args.out)
     for name in args.target:
@@ -177,7 +242,14 @@ def _generate(args) -> int:
         except (OSError, UnidentifiedImageError) as exc:
             raise RequestError(f"{args.image}: cannot read the image ({exc})") from None
     gen = Generator.open(args.bundle, threads=args.threads, host_fallback=args.host_fallback)
-    pixels = gen.generate(seed=args.seed, label=args.label, image=image, output=args.output_name)
+    roi = None
+    if args.roi:
+        try:
+            roi = tuple(int(v) for v in args.roi.split(","))
+        except ValueError:
+            raise RequestError(f"--roi {args.roi!r}: give X,Y,WIDTH,HEIGHT in pixels, e.g. 0,0,32,32") from None
+    pixels = gen.generate(seed=args.seed, label=args.label, image=image, output=args.output_name, size=args.size,
+                          quality=args.quality, roi=roi)
     out = Path(args.out)
     fmt = _format_of(out)
     with atomic_path(out) as tmp:
@@ -215,6 +287,24 @@ def _zoo(args) -> int:
 
     for name in zoo.names():
         print(f"zoo:{name:<14} {zoo.card(name)}")
+    return 0
+
+
+def _precompute(args) -> int:
+    from .precompute import add_assets
+
+    summary = add_assets(args.bundle, args.requests, progress=_progress)
+    print(f"{args.bundle}: {summary['count']} precomputed asset(s), rendered on {summary['rendered_on']}")
+    return 0
+
+
+def _serve(args) -> int:
+    from .runtime.server import serve
+
+    serve(args.bundle, host=args.host, port=args.port, threads=args.threads, host_fallback=args.host_fallback,
+          max_batch=args.max_batch, max_delay_us=args.max_delay_us, cache_bytes=int(args.cache_mb * 2 ** 20),
+          disk_cache=args.disk_cache, disk_cache_bytes=int(args.disk_cache_mb * 2 ** 20),
+          announce=lambda url: print(f"serving {args.bundle} at {url} (Ctrl-C stops)", flush=True))
     return 0
 
 

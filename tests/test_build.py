@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -110,3 +111,25 @@ def test_model_exported_with_a_fixed_batch_of_two(tmp_path):
     images = gen.generate_batch([{"seed": s, "label": s} for s in range(3)])
     assert images.shape == (3, 8, 8, 3)
     np.testing.assert_array_equal(images[1], gen.generate(seed=1, label=1))
+
+
+def test_pruned_fp32_build_reports_and_self_tests(tmp_path):
+    from edgegen.cli import main
+
+    model = Path(__file__).parent / "data" / "families" / "mobilenet_resnet__legacy_dyn.onnx"
+    assert main(["build", str(model), "-t", "x86-onnxruntime", "-o", str(tmp_path / "p"), "--prune", "0.3"]) == 0
+    manifest = bundle.read_manifest(tmp_path / "p")
+    pruned = manifest["passes"]["prune"]
+    assert pruned["ratio"] == 0.3 and manifest["model"]["macs"] < 0.8 * manifest["model"]["source_macs"]
+    assert pruned["quality"]["with_reconstruction"]["psnr_db"] > pruned["quality"]["without_reconstruction"]["psnr_db"]
+    assert Generator.open(tmp_path / "p").self_test()["pass"]
+
+
+def test_prune_to_floor_and_to_macs(tmp_path):
+    model = Path(__file__).parent / "data" / "families" / "dcgan__legacy_dyn.onnx"
+    floored = build(model, "x86-openvino", tmp_path / "f", prune=0.5, min_psnr=40)
+    assert floored.fidelity["psnr_db"] >= 40 and 0 < floored.manifest["passes"]["prune"]["ratio"] <= 0.5
+    budget = build(model, "x86-openvino", tmp_path / "m", prune_to_macs=500_000)
+    assert budget.manifest["model"]["macs"] <= 500_000
+    with pytest.raises(BuildError, match="not both"):
+        build(model, "x86-openvino", tmp_path / "x", prune=0.3, prune_to_macs=500_000)

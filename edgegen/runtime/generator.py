@@ -1,74 +1,368 @@
-"""Generator: a verified bundle behind a request API (seed, label, image -> uint8 pixels)."""
+"""Generator: a verified bundle behind a request API (seed, label, image -> uint8 pixels).
+
+Requests are served, in order, from the in-memory LRU, the bundle's precomputed assets and the
+optional disk cache; misses are computed through the route the request names (full, preview or a
+size tier; trunk + head where the bundle has a feature split; a region for `roi`; halo-aware tiles
+when a frame does not fit the memory budget) and stored back. Every cache is keyed on (bundle
+content hash, canonical request), and a request always takes the same route, so the same request
+gives the same pixels whichever cache serves it.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
+from collections import Counter
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import backends, reference
-from ..bundle import read_manifest, verify_files
+from ..bundle import content_hash, read_manifest, verify_files
 from ..errors import RequestError
 from ..inputs import check_label, latent_from_seed, run_batched
 from ..metrics import compare, value_range
 from ..specs import TensorSpec
+from .assets import PACK, AssetPack
+from .cache import DiskCache, LRUCache
+from .features import FeatureCache
 from .images import image_to_tensor, tensor_to_uint8
+from .parts import MAIN, Parts
+from .requests import Request, cache_key, digest, parse
+from .roi import RoiEngine, SpatialProgram, to_rect
+from .tiers import Route, Tiers, lanczos_resize
 
-Request = dict[str, Any]
+RequestDict = dict[str, Any]
+MiB = 1 << 20
+
+
+@dataclass
+class ServeConfig:
+    """Runtime settings: cache budgets (bytes), an optional disk cache directory, the activation
+    memory budget above which frames are computed in tiles (default: half the target's memory
+    ceiling), whether to use the bundle's precomputed assets, and the cell size (input pixels) by
+    which edit() groups changed pixels."""
+
+    cache_bytes: int = 64 * MiB
+    disk_cache: str | Path | None = None
+    disk_cache_bytes: int = 256 * MiB
+    feature_cache_bytes: int = 32 * MiB
+    memory_budget: int | None = None
+    assets: bool = True
+    edit_cell: int = 8
+
+
+@dataclass
+class Rendered:
+    """One served image and what served it: lru, asset, disk, computed or edit."""
+
+    pixels: np.ndarray
+    served_by: str
+
+
+@dataclass
+class _Job:
+    index: int
+    request: Request
+    route: Route
+    key: str
 
 
 class Generator:
     """Serves generation requests from one bundle. Create it with `Generator.open(path)`."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], session, threads: int):
-        self.path = path
+    def __init__(self, path: Path, manifest: dict[str, Any], session, threads: int, host_fallback: bool = False,
+                 config: ServeConfig | None = None):
+        self.path = Path(path)
         self.manifest = manifest
         self.session = session
         self.threads = threads
+        self.config = config or ServeConfig()
         self.inputs = [TensorSpec.from_json(s) for s in manifest["model"]["inputs"]]
         self.outputs = [TensorSpec.from_json(s) for s in manifest["model"]["outputs"]]
         self.image_outputs = [s.name for s in self.outputs if s.role == "image"]
+        self._input_names = tuple(s.name for s in self.inputs)
+        serving = manifest.get("serving", {})
+        self.content_hash = content_hash(manifest.get("files", {}), serving)
+        self.parts = Parts(self.path, manifest, threads, host_fallback, session)
+        self.cache = LRUCache(self.config.cache_bytes)
+        self.disk = DiskCache(self.config.disk_cache, self.config.disk_cache_bytes) if self.config.disk_cache else None
+        self.assets = AssetPack(self.path, self.content_hash) \
+            if self.config.assets and AssetPack.present(self.path) else None
+        split = serving.get("split")
+        self.features = FeatureCache(self.parts, split, self.content_hash, self.config.feature_cache_bytes) \
+            if split and "cut" in split else None
+        self.roi = {name: RoiEngine(SpatialProgram(entry["program"]), self.parts, entry["pre"], entry["post"])
+                    for name, entry in serving.get("roi", {}).items() if "program" in entry}
+        self._roi_refused = {name: entry["refused"] for name, entry in serving.get("roi", {}).items()
+                             if "refused" in entry}
+        sizes = {s.name: tuple(s.default_shape[2:4]) for s in self.outputs if len(s.default_shape) == 4}
+        self.tiers = Tiers(serving, self.image_outputs, sizes, self.features is not None)
+        self.batch_parts = {int(k): v for k, v in serving.get("batch_sizes", {}).items()}
+        budget = self.config.memory_budget
+        self.memory_budget = budget if budget is not None else manifest["target"]["memory_mb"] * MiB // 2
+        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._served: Counter = Counter()
+        self._edits: Counter = Counter()
 
     @classmethod
-    def open(cls, path: str | Path, threads: int | None = None, verify: bool = True,
-             host_fallback: bool = False) -> "Generator":
+    def open(cls, path: str | Path, threads: int | None = None, verify: bool = True, host_fallback: bool = False,
+             **config: Any) -> "Generator":
         """Open a bundle: check every file's sha256 (unless verify=False) and load its backend session.
 
         threads: intra-op threads (default: the target's, capped at this machine's cores).
         host_fallback: run a bundle built for absent hardware on this host's CPU instead.
+        config: ServeConfig fields (cache_bytes, disk_cache, disk_cache_bytes, feature_cache_bytes,
+        memory_budget, assets, edit_cell). The asset pack is checked entry by entry when read.
         """
         path = Path(path)
         manifest = read_manifest(path)
+        unknown = set(config) - {f.name for f in fields(ServeConfig)}
+        if unknown:
+            raise TypeError(f"Generator.open got unknown settings {sorted(unknown)}")
         if verify:
-            verify_files(path, manifest)
+            verify_files(path, {"files": {k: v for k, v in manifest.get("files", {}).items() if k != PACK}})
         threads = threads or min(manifest["target"]["threads"], os.cpu_count() or 1)
         session_mod = backends.session_module(manifest["backend"])
         session = session_mod.Session(path, manifest["session"], threads, host_fallback=host_fallback)
-        return cls(path, manifest, session, threads)
+        return cls(path, manifest, session, threads, host_fallback, ServeConfig(**config))
 
     # -- requests -----------------------------------------------------------------------------
-    def generate(self, seed: int | None = None, label: int | None = None, image=None,
-                 output: str | None = None, **arrays: np.ndarray) -> np.ndarray:
-        """One image as a uint8 HxWxC array. Inputs come from seed (latents), label, image
-        (uint8 HxWxC or PIL), or arrays passed by input name without the batch axis."""
-        request = {k: v for k, v in dict(seed=seed, label=label, image=image, **arrays).items() if v is not None}
-        return self.generate_batch([request], output=output)[0]
+    def generate(self, seed: int | None = None, label: int | None = None, image=None, output: str | None = None,
+                 size: int | None = None, quality: str | None = None, roi: tuple[int, int, int, int] | None = None,
+                 **arrays: np.ndarray) -> np.ndarray:
+        """One image as a uint8 HxWxC array. Inputs come from seed (latents), label, image (uint8
+        HxWxC or PIL), or arrays passed by input name without the batch axis. size / quality pick a
+        resolution tier ("preview" or "full"); roi=(x, y, width, height) computes only that region."""
+        request = {k: v for k, v in dict(seed=seed, label=label, image=image, size=size, quality=quality, roi=roi,
+                                         **arrays).items() if v is not None}
+        return self.render([request], output)[0].pixels
 
-    def generate_batch(self, requests: list[Request], output: str | None = None) -> np.ndarray:
+    def generate_batch(self, requests: list[RequestDict], output: str | None = None) -> np.ndarray:
         """Images for many requests (dicts with the keyword arguments of `generate`) as NxHxWxC uint8."""
+        images = [r.pixels for r in self.render(requests, output)]
+        if len({i.shape for i in images}) > 1:
+            raise RequestError(f"the requests give images of different sizes ({sorted({i.shape for i in images})}); "
+                               "use render() for mixed sizes")
+        return np.stack(images)
+
+    def render(self, requests: list[RequestDict], output: str | None = None) -> list[Rendered]:
+        """Serve many requests; each result says what served it. Misses sharing a route run as one batch."""
         if not requests:
             raise RequestError("generate_batch needs at least one request")
-        name = self._image_output(output)
-        spec = next(s for s in self.outputs if s.name == name)
-        feeds = self.feeds(requests)
-        result = run_batched(self.session.run, self.inputs, feeds)
-        return tensor_to_uint8(result[name], spec.range or [0.0, 1.0])
+        jobs = [self._job(i, r, output) for i, r in enumerate(requests)]
+        results: list[Rendered | None] = [self.lookup(job.key) for job in jobs]
+        groups: dict[tuple, list[_Job]] = {}
+        for job, found in zip(jobs, results):
+            if found is None:
+                groups.setdefault(self._bucket(job), []).append(job)
+        for group in groups.values():
+            for job, pixels in zip(group, self._compute(group)):
+                self._remember(job.key, pixels)
+                results[job.index] = Rendered(pixels, "computed")
+        with self._count_lock:
+            for found in results:
+                self._served[found.served_by] += 1
+        return results
 
-    def feeds(self, requests: list[Request]) -> dict[str, np.ndarray]:
+    def record(self, served_by: str) -> None:
+        """Count one request as served by a cache, the assets or the backend (see stats())."""
+        with self._count_lock:
+            self._served[served_by] += 1
+
+    def key_of(self, request: RequestDict, output: str | None = None) -> str:
+        """The cache key of a request: sha256 of the bundle content hash and the canonical request."""
+        return self._job(0, request, output).key
+
+    def plan(self, request: RequestDict, output: str | None = None) -> tuple[str, tuple]:
+        """(cache key, batch bucket) of a checked request: requests in one bucket can share a backend call."""
+        job = self._job(0, request, output)
+        return job.key, self._bucket(job)
+
+    @staticmethod
+    def _bucket(job: _Job) -> tuple:
+        shapes = tuple(sorted(job.route.inputs.items()))
+        image = job.request.image.shape if job.request.image is not None else None
+        return job.route, shapes, image, job.request.roi, job.key if job.request.roi else None
+
+    def lookup(self, key: str) -> Rendered | None:
+        """A cached image for a key (LRU, then assets, then disk), or None."""
+        found = self.cache.get(key)
+        if found is not None:
+            return Rendered(found.copy(), "lru")
+        if self.assets is not None:
+            found = self.assets.get(key)
+            if found is not None:
+                return Rendered(found, "asset")
+        if self.disk is not None:
+            found = self.disk.get(key)
+            if found is not None:
+                self._remember(key, found, disk=False)
+                return Rendered(found, "disk")
+        return None
+
+    def _remember(self, key: str, pixels: np.ndarray, disk: bool = True) -> None:
+        """Store a result: a read-only copy in the LRU (callers always get their own arrays), and on disk."""
+        frozen = pixels.copy()
+        frozen.flags.writeable = False
+        self.cache.put(key, frozen)
+        if disk and self.disk is not None:
+            self.disk.put(key, pixels)
+
+    def _job(self, index: int, raw: RequestDict, output: str | None) -> _Job:
+        request = parse(raw, index, self._input_names)
+        route = self.tiers.route(request.output or output, request.size, request.quality)
+        if request.roi is not None and route.upscale:
+            raise RequestError(f"request {index}: roi is not offered with an upscaled preview; ask for "
+                               "output=<the preview output> to get a region of the raw preview")
+        inputs = [(s.name, self._describe(s, request, index)) for s in self.inputs]
+        key = cache_key(self.content_hash, (route.tier, route.output, route.size, request.roi), inputs)
+        return _Job(index, request, route, key)
+
+    def _describe(self, spec: TensorSpec, request: Request, index: int) -> str:
+        """The canonical form of what a request gives one input (checked, not yet materialized)."""
+        if spec.name in request.arrays and not (spec.role == "label" and np.ndim(request.arrays[spec.name]) == 0):
+            return f"array:{digest(np.asarray(request.arrays[spec.name]))}"
+        if spec.role == "latent":
+            if request.seed is None:
+                raise RequestError(f"request {index} needs a seed (or a {spec.name!r} array) for the latent input")
+            return f"seed:{request.seed}"
+        if spec.role == "label":
+            label = request.label if request.label is not None else request.arrays.get(spec.name)
+            if label is None:
+                top = f"0..{spec.num_classes - 1}" if spec.num_classes else "an integer"
+                raise RequestError(f"request {index} needs a label ({top}) for input {spec.name!r}")
+            check_label(spec, label)
+            return f"label:{int(label)}"
+        if spec.role == "image" and request.image is not None:
+            return f"image:{digest(request.image)}"
+        raise RequestError(f"request {index} gives nothing for input {spec.name!r} (role {spec.role}); pass "
+                           f"{'image=' if spec.role == 'image' else spec.name + '='} an array")
+
+    # -- computing misses ---------------------------------------------------------------------
+    def _compute(self, jobs: list[_Job]) -> list[np.ndarray]:
+        route, roi = jobs[0].route, jobs[0].request.roi
+        feeds = self._feeds([j.request for j in jobs], route)
+        with self._lock:
+            if roi is not None:
+                raw = self._region(route, feeds, to_rect(roi))
+            else:
+                raw = self._frame(route, feeds)
+        spec = self._spec(route.output)
+        pixels = tensor_to_uint8(raw, spec.range or [0.0, 1.0])
+        if route.upscale:
+            pixels = self._upscale(route, raw, pixels)
+        return [np.array(p) for p in pixels]
+
+    def _spec(self, name: str) -> TensorSpec:
+        return next(s for s in self.outputs if s.name == name)
+
+    def _frame(self, route: Route, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        engine = self.roi.get(route.output)
+        if route.tier == "full" and engine is not None:
+            roots = engine.roots(feeds) if engine.pre is None or self._too_big(engine, route, feeds) else None
+            tile = engine.tile_size(roots, self.memory_budget) if roots is not None else None
+            if tile is not None:
+                return engine.tiled(roots, tile)
+        if route.trunk:
+            return self.features.run(route.part, feeds)[route.output]
+        if route.part == MAIN and self.batch_parts:
+            return self._run_in_batches(feeds)[route.output]
+        return self.parts.run(route.part, feeds)[route.output]
+
+    def _too_big(self, engine: RoiEngine, route: Route, feeds: dict[str, np.ndarray]) -> bool:
+        h, w = self._spec(route.output).default_shape[2:4]
+        return engine.program.bytes_per_pixel * h * w * len(next(iter(feeds.values()))) > self.memory_budget
+
+    def _region(self, route: Route, feeds: dict[str, np.ndarray], rect) -> np.ndarray:
+        engine = self._engine(route.output)
+        roots = engine.roots(feeds)
+        engine.check(rect, roots)
+        return engine.region(roots, rect)
+
+    def _engine(self, output: str) -> RoiEngine:
+        if output in self.roi:
+            return self.roi[output]
+        why = self._roi_refused.get(output, "the bundle was built without --roi; rebuild it with `--roi`")
+        raise RequestError(f"region-of-interest requests are not offered for output {output!r}: {why}")
+
+    def _run_in_batches(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A fixed-batch model run with its batch-N artifacts: chunks of the largest batch, and what
+        is left in one call of the smallest batch that holds it (padded)."""
+        count, start, parts = len(next(iter(feeds.values()))), 0, []
+        sizes = sorted(self.batch_parts)
+        while start < count:
+            left = count - start
+            size = next((s for s in sizes if s >= left), sizes[-1])
+            chunk = {k: v[start:start + size] for k, v in feeds.items()}
+            parts.append(self.parts.run(self.batch_parts[size], chunk))
+            start += size
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def _upscale(self, route: Route, raw: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        height, width = route.size
+        if route.upscale == "lanczos":
+            return lanczos_resize(pixels, height, width)
+        spec_in = self.parts.inputs("upscaler")[0]
+        lo, hi = self._spec(route.output).range or [0.0, 1.0]
+        a, b = spec_in.range or [0.0, 1.0]
+        scaled = ((raw.astype(np.float32) - lo) / (hi - lo) * (b - a) + a).astype(spec_in.dtype)
+        with self._lock:
+            out = self.parts.run("upscaler", {spec_in.name: scaled})
+        spec_out = self.parts.outputs("upscaler")[0]
+        return tensor_to_uint8(out[spec_out.name], spec_out.range or [0.0, 1.0])
+
+    # -- incremental editing ----------------------------------------------------------------------
+    def edit(self, previous, image, output: str | None = None) -> np.ndarray:
+        """The output for `image`, computed by recomputing only what changed since `previous` (the
+        input of an earlier request): the output each group of changed pixels reaches is recomputed
+        as a region and pasted into the previous output (served from the cache, or computed now)."""
+        engine = self._engine(self.tiers.route(output, None, None).output)
+        spec = next((s for s in self.inputs if s.role == "image"), None)
+        if spec is None or len(self.inputs) != 1 or spec.name not in engine.program.roots:
+            raise RequestError("edit() needs an image-to-image model with one image input whose output is "
+                               "computed by local ops from it")
+        old, new = np.asarray(previous), np.asarray(image)
+        if old.shape != new.shape:
+            raise RequestError(f"edit(): previous image is {old.shape}, the new one {new.shape}; an edit keeps the size")
+        job = self._job(0, {"image": new, "output": output}, None)
+        found = self.lookup(job.key)
+        if found is not None:
+            self.record(found.served_by)
+            return found.pixels
+        base = self.render([{"image": old, "output": output}])[0].pixels
+        changed = np.any((old != new).reshape(old.shape[0], old.shape[1], -1), axis=2)
+        feeds = self._feeds([job.request], job.route)
+        with self._lock:
+            roots = engine.roots(feeds)
+            sizes = engine.sizes(roots)
+            rects = engine.dirty_rects(changed, spec.name, roots, self.config.edit_cell)
+            area = sum(engine.window_area(r, sizes) for r in rects)
+            h, w = sizes[engine.program.output]
+            patches = [(r, engine.region(roots, r)) for r in rects] if area < h * w else None
+        with self._count_lock:
+            self._edits.update(edits=1, rects=len(rects), computed_pixels=min(area, h * w), frame_pixels=h * w)
+        if patches is None:  # the change reaches so far that the whole frame is cheaper
+            return self.render([{"image": new, "output": output}])[0].pixels
+        value_range = self._spec(job.route.output).range or [0.0, 1.0]
+        pixels = base.copy()
+        for ((y0, y1), (x0, x1)), patch in patches:
+            pixels[y0:y1, x0:x1] = tensor_to_uint8(patch, value_range)[0]
+        self._remember(job.key, pixels)
+        self.record("edit")
+        return pixels
+
+    # -- model inputs ---------------------------------------------------------------------------
+    def feeds(self, requests: list[RequestDict]) -> dict[str, np.ndarray]:
         """Model inputs (with batch axis) for a list of requests."""
-        samples = {s.name: [self._sample(s, r, i) for i, r in enumerate(requests)] for s in self.inputs}
+        parsed = [parse(r, i, self._input_names) for i, r in enumerate(requests)]
+        return self._feeds(parsed, Route("full", MAIN, self.image_outputs[0] if self.image_outputs else ""))
+
+    def _feeds(self, requests: list[Request], route: Route) -> dict[str, np.ndarray]:
+        samples = {s.name: [self._sample(s, r, i, route) for i, r in enumerate(requests)] for s in self.inputs}
         feeds = {}
         for name, items in samples.items():
             if len({a.shape for a in items}) > 1:
@@ -77,39 +371,27 @@ class Generator:
             feeds[name] = np.stack(items)
         return feeds
 
-    def _sample(self, spec: TensorSpec, request: Request, index: int) -> np.ndarray:
-        known = {s.name for s in self.inputs} | {"seed", "label", "image"}
-        unknown = set(request) - known
-        if unknown:
-            raise RequestError(f"request {index} has unknown key(s) {sorted(unknown)}; use seed, label, image or "
-                               f"input names {[s.name for s in self.inputs]}")
-        if spec.name in request and not (spec.role == "label" and np.ndim(request[spec.name]) == 0):
-            return self._check_array(spec, np.asarray(request[spec.name]), batched=False)
+    def _sample(self, spec: TensorSpec, request: Request, index: int, route: Route) -> np.ndarray:
+        arrays = request.arrays
+        if spec.name in arrays and not (spec.role == "label" and np.ndim(arrays[spec.name]) == 0):
+            return self._check_array(spec, np.asarray(arrays[spec.name]), batched=False)
+        shape = route.inputs.get(spec.name, tuple(spec.default_shape[1:]))
         if spec.role == "latent":
-            if "seed" not in request:
+            if request.seed is None:
                 raise RequestError(f"request {index} needs a seed (or a {spec.name!r} array) for the latent input")
-            return latent_from_seed(request["seed"], spec.default_shape[1:]).astype(spec.dtype)
+            return latent_from_seed(request.seed, list(shape)).astype(spec.dtype)
         if spec.role == "label":
-            label = request.get("label", request.get(spec.name))
+            label = request.label if request.label is not None else arrays.get(spec.name)
             if label is None:
                 top = f"0..{spec.num_classes - 1}" if spec.num_classes else "an integer"
                 raise RequestError(f"request {index} needs a label ({top}) for input {spec.name!r}")
             check_label(spec, label)
-            return np.full(spec.default_shape[1:], label, dtype=spec.dtype)
-        if spec.role == "image" and "image" in request:
-            return self._check_array(spec, image_to_tensor(request["image"], spec.default_shape[1],
-                                                           spec.range or [0.0, 1.0], spec.dtype), batched=False)
+            return np.full(shape, label, dtype=spec.dtype)
+        if spec.role == "image" and request.image is not None:
+            tensor = image_to_tensor(request.image, spec.default_shape[1], spec.range or [0.0, 1.0], spec.dtype)
+            return self._check_array(spec, tensor, batched=False)
         raise RequestError(f"request {index} gives nothing for input {spec.name!r} (role {spec.role}); pass "
                            f"{'image=' if spec.role == 'image' else spec.name + '='} an array")
-
-    def _image_output(self, output: str | None) -> str:
-        if output is None:
-            if not self.image_outputs:
-                raise RequestError("this model has no image output; use run() for raw tensors")
-            return self.image_outputs[0]
-        if output not in self.image_outputs:
-            raise RequestError(f"no image output named {output!r}; image outputs: {self.image_outputs}")
-        return output
 
     # -- raw tensors ----------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -137,7 +419,14 @@ class Generator:
                 check_label(spec, int(value))
         return array
 
-    # -- self-test --------------------------------------------------------------------------------
+    # -- counters and self-test --------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Requests by what served them, and every cache's counters (hits, misses, bytes, evictions)."""
+        return {"served": dict(self._served), "edits": dict(self._edits), "lru": self.cache.stats.to_json(),
+                "assets": self.assets.stats.to_json() if self.assets else None,
+                "disk": self.disk.stats.to_json() if self.disk else None,
+                "features": self.features.cache.stats.to_json() if self.features else None}
+
     def self_test(self) -> dict[str, Any]:
         """Run the bundle's reference input and compare with its reference output within tolerance."""
         feeds, expected_outputs = reference.load(self.path, self.manifest)

@@ -51,8 +51,9 @@ def attrs(node: onnx.NodeProto) -> dict:
     return out
 
 
-def prepare(graph: Graph) -> Prepared:
-    """Strip Q/DQ, fold constants and shape arithmetic, fold BatchNormalization into convolutions."""
+def prepare(graph: Graph, fold_batchnorm: bool = True) -> Prepared:
+    """Strip Q/DQ, fold constants and shape arithmetic, fold BatchNormalization into convolutions
+    (unless fold_batchnorm is False: the fpga backend keeps the QDQ graph's rounding after the conv)."""
     model = graph.model
     shapes = graph.concrete_shapes()
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -65,7 +66,8 @@ def prepare(graph: Graph) -> Prepared:
         nodes, quant = qdq.strip(nodes, consts, outputs)
     nodes = _fold_constants(nodes, consts, shapes)
     prepared = Prepared(nodes, consts, quant, shapes, graph.inputs, graph.outputs)
-    _fold_batchnorm(prepared)
+    if fold_batchnorm:
+        _fold_batchnorm(prepared)
     _fuse_hardswish(prepared)
     return prepared
 

@@ -1,0 +1,176 @@
+"""Precomputed assets: request lists, rendering them with the compiled artifact, and adding them to
+an existing bundle atomically (`edgegen precompute BUNDLE REQUESTS`).
+
+A request file (YAML or JSON) is a list of requests, or a mapping with any of:
+    requests: [{seed: 1, label: 3}, ...]      explicit requests
+    grid: {seed: "0..99", label: [0, 1, 2], quality: [full, preview]}    every combination
+    log: requests.jsonl                        a request log, one JSON request per line ...
+    top: 100                                   ... of which the N most frequent
+Ranges "A..B" include both ends. Assets are rendered through the runtime's own Generator on the
+staging bundle, so their pixels are the ones the device would compute.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import platform
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from . import backends, bundle
+from .errors import BuildError, EdgegenError
+from .runtime.assets import DIR as ASSETS_DIR, write_pack
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+CHUNK = 32
+MAX_REQUESTS = 1_000_000
+
+
+def load_requests(path: str | Path) -> list[dict[str, Any]]:
+    """The requests a request file names, in order, without duplicates."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise BuildError(f"{path}: cannot read the request file ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise BuildError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+    if isinstance(data, list):
+        data = {"requests": data}
+    if not isinstance(data, dict) or not set(data) & {"requests", "grid", "log"}:
+        raise BuildError(f"{path}: a request file is a list of requests or a mapping with requests:, grid: "
+                         "and/or log: (+ top:); see `edgegen precompute --help`")
+    unknown = set(data) - {"requests", "grid", "log", "top"}
+    if unknown:
+        raise BuildError(f"{path}: unknown key(s) {sorted(unknown)}; use requests, grid, log, top")
+    out = list(data.get("requests") or [])
+    if "grid" in data:
+        out += _grid(data["grid"], path)
+    if "log" in data:
+        out += _from_log(path.parent / data["log"], data.get("top"), path)
+    for i, request in enumerate(out):
+        if not isinstance(request, dict):
+            raise BuildError(f"{path}: request {i} is {request!r}, not a mapping like {{seed: 1, label: 3}}")
+    unique = {json.dumps(r, sort_keys=True): r for r in out}
+    if len(unique) > MAX_REQUESTS:
+        raise BuildError(f"{path}: {len(unique)} requests; precompute at most {MAX_REQUESTS}")
+    return list(unique.values())
+
+
+def _grid(grid: Any, origin: Path) -> list[dict[str, Any]]:
+    if not isinstance(grid, dict) or not grid:
+        raise BuildError(f"{origin}: grid must map fields to values, e.g. grid: {{seed: '0..9', label: [1, 2]}}")
+    axes = []
+    for key, values in grid.items():
+        if isinstance(values, str) and ".." in values:
+            try:
+                lo, hi = (int(v) for v in values.split(".."))
+            except ValueError:
+                raise BuildError(f"{origin}: grid {key}: {values!r} is not a range like '0..99'") from None
+            values = list(range(lo, hi + 1))
+        elif not isinstance(values, list):
+            values = [values]
+        axes.append([(key, v) for v in values])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def _from_log(log_path: Path, top: Any, origin: Path) -> list[dict[str, Any]]:
+    counts: Counter = Counter()
+    try:
+        lines = log_path.read_text().splitlines()
+    except OSError as exc:
+        raise BuildError(f"{origin}: cannot read the request log {log_path} ({exc.strerror or exc})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except ValueError:
+            raise BuildError(f"{log_path}:{number}: not a JSON request") from None
+        counts[json.dumps(request, sort_keys=True)] += 1
+    if top is not None and (not isinstance(top, int) or top < 1):
+        raise BuildError(f"{origin}: top must be a positive integer, got {top!r}")
+    return [json.loads(text) for text, _ in counts.most_common(top)]
+
+
+def render_assets(gen, requests: list[dict[str, Any]], directory: Path, rendered_on: str, progress: Progress,
+                  keep: list[tuple[str, dict[str, Any], Any]] = ()) -> int:
+    """Render requests with `gen` (caches off) and write the pack into a staging bundle directory,
+    after the entries in `keep`; return the number of assets."""
+    entries = {key: (key, request, array) for key, request, array in keep}
+    for start in range(0, len(requests), CHUNK):
+        progress("precompute", start, len(requests))
+        chunk = requests[start:start + CHUNK]
+        try:
+            keys = [gen.key_of(r) for r in chunk]
+            todo = [(k, r) for k, r in zip(keys, chunk) if k not in entries]
+            rendered = gen.render([r for _, r in todo]) if todo else []
+        except EdgegenError as exc:
+            raise BuildError(f"precomputing requests {start}..{start + len(chunk) - 1}: {exc}") from None
+        for (key, request), result in zip(todo, rendered):
+            entries[key] = (key, request, result.pixels)
+    progress("precompute", len(requests), len(requests))
+    return write_pack(directory, gen.content_hash, entries.values(), rendered_on)
+
+
+def rendered_on(manifest: dict[str, Any]) -> str:
+    """Where assets are rendered: this host, natively or as a fallback for the device."""
+    ok, _ = backends.session_module(manifest["backend"]).host_support(manifest["session"])
+    how = "the target's runtime" if ok else "host fallback (the device's own numerics may differ slightly)"
+    return f"{platform.machine()} build host, {manifest['backend']}, {how}"
+
+
+def add_assets(bundle_dir: str | Path, requests_path: str | Path, progress: Progress | None = None) -> dict[str, Any]:
+    """Render a request file into an existing bundle's assets (merged with what it has) and publish
+    the new bundle atomically; returns the manifest's `assets` summary."""
+    from .runtime import Generator
+
+    report = progress or (lambda stage, done, total: None)
+    out = Path(bundle_dir)
+    requests = load_requests(requests_path)
+    old = Generator.open(out, host_fallback=True, cache_bytes=0, feature_cache_bytes=0)
+    keep = []
+    if old.assets is not None:
+        keep = [(key, request, array) for key, request, array in old.assets.items() if array is not None]
+        dropped = len(old.assets.entries) - len(keep)
+        if dropped:
+            log.warning("%s: %d damaged asset(s) dropped (re-rendered if the request file names them)", out, dropped)
+    staging = bundle.staging_dir(out)
+    try:
+        _copy_bundle(out, staging)
+        count = render_assets(old, requests, staging, rendered_on(old.manifest), report, keep)
+        manifest = {k: v for k, v in old.manifest.items() if k not in ("format", "schema_version", "files")}
+        manifest["assets"] = {"count": count, "rendered_on": rendered_on(old.manifest),
+                              "requests": str(Path(requests_path))}
+        bundle.write_manifest(staging, manifest)
+        if old.assets is not None:
+            old.assets.close()
+        bundle.publish(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return manifest["assets"]
+
+
+def _copy_bundle(src: Path, dst: Path) -> None:
+    """Every file but the manifest and the assets, hard-linked where the filesystem allows (bundle
+    files are never modified in place, only replaced)."""
+    for file in sorted(p for p in src.rglob("*") if p.is_file()):
+        rel = file.relative_to(src)
+        if rel.as_posix() == bundle.MANIFEST or rel.parts[0] == ASSETS_DIR:
+            continue
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(file, target)
+        except OSError:
+            shutil.copy2(file, target)
+

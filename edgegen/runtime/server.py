@@ -1,0 +1,260 @@
+"""`edgegen serve`: a small HTTP API on one Generator (standard library only).
+
+    POST /v1/generate   JSON {seed, label, size, quality, roi: [x, y, w, h], output, image: base64 PNG/JPEG,
+                        format: "png" | "json"} -> PNG (headers X-Edgegen-Served-By, X-Edgegen-Latency-Ms)
+                        or JSON {width, height, served_by, latency_ms, key, png_base64}
+    GET  /v1/health     the bundle, its inputs and what it offers (sizes, preview, ROI)
+    GET  /v1/stats      requests, latencies, caches, batcher
+    GET  /              the playground page
+
+Requests are checked before they queue (body size, image size, fields, seed range, labels, ROI,
+sizes); misses go through a micro-batcher. Errors are JSON {"error": message} with 400 (bad
+request), 413 (too large), 503 (overloaded) or 500 (a fault, logged).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import socket
+import threading
+import time
+from collections import Counter, deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+
+from ..errors import EdgegenError, RequestError
+from .batcher import MicroBatcher, OverloadedError
+from .cache import LRUCache
+from .generator import Generator
+from .png import encode_png
+from .requests import FIELDS
+
+log = logging.getLogger(__name__)
+
+PLAYGROUND = Path(__file__).with_name("playground.html")
+MAX_BODY_BYTES = 8 << 20
+MAX_IMAGE_PIXELS = 2048 * 2048
+ENCODED_CACHE_BYTES = 16 << 20
+LATENCY_WINDOW = 4096
+DRAIN_FACTOR = 4
+
+
+class TooLarge(RequestError):
+    """A request body or image over the server's limits."""
+
+
+class Server:
+    """A Generator behind HTTP; `start()` runs it in a background thread, `close()` stops it."""
+
+    def __init__(self, generator: Generator, host: str = "127.0.0.1", port: int = 0, max_batch: int = 8,
+                 max_delay_us: int = 2000, max_body_bytes: int = MAX_BODY_BYTES,
+                 max_image_pixels: int = MAX_IMAGE_PIXELS):
+        self.generator = generator
+        self.batcher = MicroBatcher(generator, max_batch, max_delay_us)
+        self.max_body_bytes = max_body_bytes
+        self.max_image_pixels = max_image_pixels
+        self.encoded = LRUCache(ENCODED_CACHE_BYTES, size=lambda entry: len(entry[0]))
+        self.counts: Counter = Counter()
+        self.latencies: deque = deque(maxlen=LATENCY_WINDOW)
+        self._lock = threading.Lock()
+        handler = type("Handler", (_Handler,), {"app": self})
+        self.httpd = _HTTPServer((host, port), handler)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "Server":
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="edgegen-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.batcher.close()
+
+    # -- endpoints ------------------------------------------------------------------------------
+    def generate(self, body: bytes, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
+        start = time.perf_counter()
+        try:
+            fields = json.loads(body or b"{}")
+        except ValueError as exc:
+            raise RequestError(f"the body is not JSON ({exc}); send e.g. {{\"seed\": 3, \"label\": 7}}") from None
+        if not isinstance(fields, dict):
+            raise RequestError("the body must be a JSON object of request fields")
+        fmt = fields.pop("format", None) or query.get("format", ["png"])[0]
+        if fmt not in ("png", "json"):
+            raise RequestError(f"format {fmt!r}: use png or json")
+        arrays = [s.name for s in self.generator.inputs if s.name in fields and s.name not in FIELDS]
+        if arrays:
+            raise RequestError(f"field(s) {arrays}: arrays are not accepted over HTTP; send seed, label or image")
+        if isinstance(fields.get("image"), str):
+            fields["image"] = self._decode_image(fields["image"])
+        if fields.get("roi") is not None and not isinstance(fields["roi"], list):
+            raise RequestError("roi must be a list [x, y, width, height]")
+        key, _ = self.generator.plan(fields)
+        encoded = self.encoded.get(f"{key}:{fmt}")
+        if encoded is not None:
+            served_by = "lru"
+            self.generator.record(served_by)
+            width, height = encoded[1]
+            payload = encoded[0]
+        else:
+            result = self.batcher.generate(fields)
+            served_by = result.served_by
+            height, width = result.pixels.shape[:2]
+            png = encode_png(result.pixels)
+            payload = png if fmt == "png" else json.dumps(
+                {"width": width, "height": height, "key": key,
+                 "png_base64": base64.b64encode(png).decode()}).encode()
+            self.encoded.put(f"{key}:{fmt}", (payload, (width, height)))
+        latency = (time.perf_counter() - start) * 1e3
+        with self._lock:
+            self.latencies.append(latency)
+        headers = {"X-Edgegen-Served-By": served_by, "X-Edgegen-Latency-Ms": f"{latency:.3f}",
+                   "X-Edgegen-Key": key, "X-Edgegen-Size": f"{width}x{height}"}
+        if fmt == "json":
+            data = json.loads(payload)
+            data.update(served_by=served_by, latency_ms=round(latency, 3))
+            return 200, {**headers, "Content-Type": "application/json"}, json.dumps(data).encode()
+        return 200, {**headers, "Content-Type": "image/png"}, payload
+
+    def _decode_image(self, text: str) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError  # image I/O only; lazily
+        import io
+
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError("image must be a base64-encoded PNG or JPEG file") from None
+        try:
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > self.max_image_pixels:
+                raise TooLarge(f"the image is {image.width}x{image.height}; this server takes at most "
+                               f"{self.max_image_pixels} pixels")
+            return np.asarray(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise RequestError(f"image is not a readable PNG/JPEG ({exc})") from None
+
+    def health(self) -> dict[str, Any]:
+        gen = self.generator
+        manifest = gen.manifest
+        return {"status": "ok", "bundle": gen.path.name, "model": manifest["model"]["name"],
+                "target": manifest["target"]["name"], "backend": manifest["backend"],
+                "precision": manifest["precision"],
+                "inputs": [{"name": s.name, "role": s.role, "num_classes": s.num_classes,
+                            "shape": s.default_shape} for s in gen.inputs],
+                "image_outputs": gen.image_outputs, "sizes": gen.tiers.offered(),
+                "preview": bool(gen.tiers.preview), "roi": sorted(gen.roi),
+                "assets": len(gen.assets.entries) if gen.assets else 0}
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            times = sorted(self.latencies)
+            counts = dict(self.counts)
+        pct = (lambda q: round(times[min(len(times) - 1, int(q * len(times)))], 3)) if times else (lambda q: None)
+        return {"http": {"responses": counts, "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "window": len(times)}},
+                "generator": self.generator.stats(), "batcher": self.batcher.stats(),
+                "encoded_cache": self.encoded.stats.to_json()}
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # many clients connecting at once must not be reset by a short listen backlog
+
+
+class _Handler(BaseHTTPRequestHandler):
+    app: Server
+    protocol_version = "HTTP/1.1"
+    server_version = "edgegen"
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("%s " + fmt, self.address_string(), *args)
+
+    def setup(self) -> None:
+        super().setup()
+        # answers go out in one write, without waiting for the client's delayed ACK (Nagle)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self._headers_buffer.append(b"\r\n")
+        self.wfile.write(b"".join(self._headers_buffer) + body)
+        self._headers_buffer = []
+        with self.app._lock:
+            self.app.counts[str(status)] += 1
+
+    def _json(self, status: int, data: Any, extra: dict[str, str] | None = None) -> None:
+        self._send(status, {"Content-Type": "application/json", **(extra or {})}, json.dumps(data).encode())
+
+    def _guard(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except TooLarge as exc:
+            self._json(413, {"error": str(exc)})
+        except OverloadedError as exc:
+            self._json(503, {"error": str(exc)}, {"Retry-After": "1"})
+        except EdgegenError as exc:
+            self._json(400, {"error": str(exc)})
+        except Exception:  # a fault in edgegen: log it, answer without details
+            log.exception("internal error serving %s", self.path)
+            self._json(500, {"error": "internal error; see the server log"})
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = urlparse(self.path).path
+        if path == "/v1/health":
+            self._guard(lambda: self._json(200, self.app.health()))
+        elif path == "/v1/stats":
+            self._guard(lambda: self._json(200, self.app.stats()))
+        elif path in ("/", "/index.html"):
+            self._send(200, {"Content-Type": "text/html; charset=utf-8"}, PLAYGROUND.read_bytes())
+        else:
+            self._json(404, {"error": f"no such path {path}; see / for the playground, /v1/health, /v1/stats"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        url = urlparse(self.path)
+        if url.path != "/v1/generate":
+            self._json(404, {"error": f"POST {url.path}: only /v1/generate takes POST"})
+            return
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self._json(411, {"error": "send a Content-Length header with the JSON body"})
+            return
+        if int(length) > self.app.max_body_bytes:
+            if int(length) <= DRAIN_FACTOR * self.app.max_body_bytes:  # read it away so the client sees the answer
+                left = int(length)
+                while left > 0:
+                    left -= len(self.rfile.read(min(1 << 16, left))) or left
+            self.close_connection = True
+            self._json(413, {"error": f"the body is {length} bytes; this server takes at most "
+                                      f"{self.app.max_body_bytes}"})
+            return
+        body = self.rfile.read(int(length))
+        self._guard(lambda: self._send(*self.app.generate(body, parse_qs(url.query))))
+
+
+def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8080, threads: int | None = None,
+          host_fallback: bool = False, max_batch: int = 8, max_delay_us: int = 2000,
+          announce: Callable[[str], None] = lambda url: None, **config: Any) -> None:
+    """Open a bundle and serve it until interrupted."""
+    generator = Generator.open(bundle, threads=threads, host_fallback=host_fallback, **config)
+    server = Server(generator, host, port, max_batch, max_delay_us)
+    announce(server.url)
+    try:
+        server.httpd.serve_forever()
+    finally:
+        server.httpd.server_close()
+        server.batcher.close()

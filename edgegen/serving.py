@@ -1,0 +1,397 @@
+"""Build step for fast serving: compile the extra parts a bundle serves with, check them against
+the whole artifact, and report what each costs.
+
+Parts (each compiled for the bundle's target and precision into `parts/NAME/`):
+- trunk / head: the feature-cache split (automatic or `--split TENSOR`);
+- roiN_pre / roiN_post: roots of image output N computed whole, and the local rest on crops (with
+  dynamic spatial dims); the whole-model artifact serves as `post` where it already is that;
+- preview (or head_preview after the trunk): the graph up to a lower-resolution image output, and
+  an optional upscaler model compiled for the same target;
+- sizeS: a fully-convolutional model at output size S; batchN: a fixed-batch model at batch N.
+Every part is run on the build's held-out inputs through the runtime itself; fp32 split and ROI
+results must equal the whole artifact within SPLIT_MAX_ABS.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import backends, targets
+from .errors import BuildError
+from .graph import Graph
+from .metrics import psnr
+from .receptive_field import RoiRefused, spatial_program
+from .split import find_split, split_at
+from .subgraph import extract, with_batch, with_input_dims
+
+SPLIT_MAX_ABS = 1e-5
+PART_MAX_ABS = 1e-3  # a compiled part against its own fp32 graph, as the build checks the whole artifact
+ROI_CHECKS = 6
+STATIC_SHAPE_BACKENDS = {"tflite"}  # regions run on crops of varying size
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ServingOptions:
+    """What to compile for serving (all off by default)."""
+
+    split: list[str] | None = None  # ["auto"] or tensor names
+    roi: bool = False
+    tiers: list[int] | None = None  # output sizes of a fully-convolutional model
+    preview_upscale: str | None = None  # "lanczos", or an upscaler model (path or zoo:NAME)
+    batch_sizes: list[int] | None = None
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.split or self.roi or self.tiers or self.preview_upscale or self.batch_sizes)
+
+
+class _Compiler:
+    """Compiles sub-graphs into staging/parts/NAME and records them for the manifest."""
+
+    def __init__(self, tgt: targets.Target, precision: str, staging: Path, report: Progress):
+        self.tgt, self.precision, self.staging, self.report = tgt, precision, staging, report
+        self.module = backends.compiler_module(tgt.backend)
+        self.parts: dict[str, Any] = {}
+        self.graphs: dict[str, Graph] = {}
+
+    def add(self, name: str, graph: Graph) -> str:
+        self.report(f"part {name}", len(self.parts), len(self.parts) + 1)
+        directory = self.staging / "parts" / name
+        directory.mkdir(parents=True)
+        compiled = self.module.compile(graph, self.tgt, self.precision, directory)
+        self.parts[name] = {"dir": f"parts/{name}", "session": compiled["session"],
+                            "inputs": [s.to_json() for s in graph.inputs],
+                            "outputs": [s.to_json() for s in graph.outputs],
+                            "macs": sum(c.macs for c in graph.node_costs())}
+        self.graphs[name] = graph
+        return name
+
+
+def compile_serving(graph: Graph, tgt: targets.Target, precision: str, staging: Path, options: ServingOptions,
+                    report: Progress) -> tuple[dict[str, Any], dict[str, Any], dict[str, Graph]]:
+    """Compile every part the options ask for; return the manifest's `parts` and `serving` sections
+    and the graph of each part."""
+    comp = _Compiler(tgt, precision, staging, report)
+    serving: dict[str, Any] = {}
+    names = [s.name for s in graph.inputs]
+    outputs = [s.name for s in graph.outputs]
+    split = None
+    if options.split:
+        split = find_split(graph) if options.split == ["auto"] else split_at(graph, options.split)
+        if split is None:
+            serving["split"] = {"none": "every input joins in the first layers: no trunk worth caching"}
+        else:
+            comp.add("trunk", extract(graph, split.trunk_inputs, split.cut, "trunk"))
+            head = extract(graph, split.cut + names, outputs, "head")
+            comp.add("head", head)
+            serving["split"] = split.to_json()
+    if options.roi:
+        serving["roi"] = _roi_parts(graph, comp)
+    tiers = _tier_parts(graph, comp, options, split)
+    if tiers:
+        serving["tiers"] = tiers
+    if options.batch_sizes:
+        serving["batch_sizes"] = _batch_parts(graph, comp, options.batch_sizes)
+    return comp.parts, serving, comp.graphs
+
+
+def _roi_parts(graph: Graph, comp: _Compiler) -> dict[str, Any]:
+    inputs = {s.name for s in graph.inputs}
+    result = {}
+    for i, spec in enumerate(s for s in graph.outputs if s.role == "image"):
+        if comp.tgt.backend in STATIC_SHAPE_BACKENDS:
+            result[spec.name] = {"refused": f"{comp.tgt.backend} artifacts have static shapes, and a region runs "
+                                            "on a crop of its own size; build for an ONNX Runtime or OpenVINO target"}
+            continue
+        try:
+            program = spatial_program(graph, spec.name)
+        except RoiRefused as exc:
+            result[spec.name] = {"refused": str(exc)}
+            continue
+        roots = [r["name"] for r in program["roots"]]
+        pre = None
+        if program["needs_pre"]:
+            pre = comp.add(f"roi{i}_pre", extract(graph, sorted(inputs), [r for r in roots if r not in inputs],
+                                                  f"roi {spec.name} roots"))
+        post = extract(graph, roots, [spec.name], f"roi {spec.name} region")
+        spatial = {r["name"] for r in program["roots"] if r["spatial"]}
+        dims = {s.name: [s.shape[0] if s.shape and s.shape[0] is not None else "N", s.default_shape[1],
+                         f"{s.name}_h", f"{s.name}_w"] for s in post.inputs if s.name in spatial}
+        reusable = not program["needs_pre"] and len(graph.outputs) == 1 and \
+            all(s.shape[2:] == [None, None] for s in graph.inputs if s.name in spatial)
+        post_name = "main" if reusable else comp.add(f"roi{i}_post", with_input_dims(post, dims, "dynamic frame"))
+        result[spec.name] = {"program": program, "pre": pre, "post": post_name}
+    return result
+
+
+def _tier_parts(graph: Graph, comp: _Compiler, options: ServingOptions, split) -> dict[str, Any]:
+    images = [s for s in graph.outputs if s.role == "image" and len(s.default_shape) == 4]
+    tiers: dict[str, Any] = {}
+    if len(images) > 1:
+        full = max(images, key=lambda s: s.default_shape[2] * s.default_shape[3])
+        small = min(images, key=lambda s: s.default_shape[2] * s.default_shape[3])
+        if small.default_shape[2:] != full.default_shape[2:]:
+            tiers["full"] = {"output": full.name, "size": full.default_shape[2:]}
+            tiers["preview"] = _preview(graph, comp, options, split, small, full)
+    if options.tiers:
+        tiers["sizes"] = _size_parts(graph, comp, options.tiers, images)
+    elif options.preview_upscale and "preview" not in tiers:
+        raise BuildError(f"{graph.source}: --preview-upscale needs a model with a lower-resolution image output "
+                         f"(this one has {[s.name for s in images]} at one size)")
+    return tiers
+
+
+def _preview(graph: Graph, comp: _Compiler, options: ServingOptions, split, small, full) -> dict[str, Any]:
+    entry: dict[str, Any] = {"output": small.name, "size": small.default_shape[2:]}
+    if split is not None:
+        head = extract(graph, split.cut + [s.name for s in graph.inputs], [small.name], "head to the preview")
+        entry.update(part=comp.add("head_preview", head), trunk=True)
+    else:
+        entry.update(part=comp.add("preview", extract(graph, [s.name for s in graph.inputs], [small.name],
+                                                      "preview")), trunk=False)
+    upscale = options.preview_upscale
+    if upscale:
+        entry["upscaled_size"] = full.default_shape[2:]
+        if upscale == "lanczos":
+            entry["upscale"] = "lanczos"
+        else:
+            entry["upscale"] = "upscaler"
+            entry["upscaler_model"] = upscale
+            comp.add("upscaler", _upscaler(upscale, small, full))
+    return entry
+
+
+def _upscaler(model: str, small, full) -> Graph:
+    probe = Graph.load(model)
+    images = [s for s in probe.inputs if s.role == "image"]
+    if len(probe.inputs) != 1 or not images:
+        raise BuildError(f"{model}: a preview upscaler must take one image input; this model takes "
+                         f"{[(s.name, s.role) for s in probe.inputs]}")
+    spec = images[0]
+    shape = [1, spec.default_shape[1], *small.default_shape[2:]]
+    up = Graph.load(model, input_shapes={spec.name: shape})
+    out = next((s for s in up.outputs if s.role == "image"), None)
+    if out is None or out.default_shape[1:] != full.default_shape[1:]:
+        raise BuildError(f"{model}: upscales a {small.default_shape[1:]} preview to "
+                         f"{out.default_shape[1:] if out else 'no image'}, not the full image's {full.default_shape[1:]}")
+    return up
+
+
+def _size_parts(graph: Graph, comp: _Compiler, sizes: list[int], images) -> dict[str, Any]:
+    if len(images) != 1:
+        raise BuildError(f"{graph.source}: --tiers sizes need a model with one image output")
+    out = images[0]
+    base = out.default_shape[2]
+    spatial = [s for s in graph.inputs if len(s.default_shape) == 4]
+    if not spatial or out.default_shape[2] != out.default_shape[3]:
+        raise BuildError(f"{graph.source}: --tiers sizes need a fully-convolutional model with a square image "
+                         "output and a spatial input")
+    result = {}
+    for size in sorted(set(sizes)):
+        dims, shapes = {}, {}
+        for s in spatial:
+            h, w = (d * size / base for d in s.default_shape[2:])
+            if h != int(h) or w != int(w):
+                raise BuildError(f"{graph.source}: size {size} needs input {s.name!r} at {h}x{w}; choose sizes "
+                                 f"that are multiples of {base // max(1, s.default_shape[2]) or 1}")
+            dims[s.name] = [s.shape[0] if s.shape[0] is not None else "N", s.default_shape[1], int(h), int(w)]
+            shapes[s.name] = [s.default_shape[1], int(h), int(w)]
+        dynamic = all(s.shape[2:] == [None, None] for s in spatial)
+        if size == base or dynamic:
+            part = "main"
+        else:
+            part = comp.add(f"size{size}", with_input_dims(graph, dims, f"output size {size}"))
+        result[str(size)] = {"part": part, "inputs": shapes}
+    return result
+
+
+def _batch_parts(graph: Graph, comp: _Compiler, sizes: list[int]) -> dict[str, str]:
+    fixed = [s for s in graph.inputs if not s.batch_dynamic]
+    if not fixed:
+        raise BuildError(f"{graph.source}: --batch-sizes is for models exported with a fixed batch; this model's "
+                         "batch axis is dynamic, so every batch size already runs in one call")
+    exported = fixed[0].shape[0]
+    result = {}
+    for size in sorted(set(sizes)):
+        if size == exported:
+            result[str(size)] = "main"
+            continue
+        result[str(size)] = comp.add(f"batch{size}", with_batch(graph, exported, size))
+    return result
+
+
+# -- checks, run through the runtime on the staging bundle ------------------------------------------
+def verify_serving(gen, feeds: dict[str, np.ndarray], precision: str, graphs: dict[str, Graph],
+                   report: Progress) -> dict[str, Any]:
+    """Run every part against the whole artifact on the held-out inputs; refuse fp32 results that
+    differ by more than SPLIT_MAX_ABS; check size parts against their graph in ONNX Runtime;
+    measure each tier. Returns the `serving_report` section."""
+    whole = gen.parts.run("main", feeds)
+    out: dict[str, Any] = {}
+    for size, entry in gen.manifest["serving"].get("tiers", {}).get("sizes", {}).items():
+        if entry["part"] != "main":
+            report("check sizes", 0, 1)
+            out.setdefault("sizes", {})[size] = _check_part(gen, entry["part"], graphs[entry["part"]], precision)
+    if gen.features is not None:
+        report("check split", 0, 1)
+        split = gen.features.run("head", feeds)
+        diff = max(float(np.max(np.abs(split[s.name] - whole[s.name]))) for s in gen.outputs)
+        _refuse(precision, diff, "trunk + head")
+        out["split"] = {"max_abs": diff, "head_share": gen.manifest["serving"]["split"]["head_share"]}
+    rng = np.random.default_rng(0)
+    for name, engine in gen.roi.items():
+        report("check roi", 0, 1)
+        first = {k: v[:1] for k, v in feeds.items()}
+        roots = engine.roots(first)
+        h, w = engine.frame_size(roots)
+        rects = [((0, h), (0, w)), ((0, max(1, h // 2)), (0, max(1, w // 2))), ((h // 3, h), (w // 4, w))]
+        while len(rects) < ROI_CHECKS:
+            y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+            rects.append(((y0, int(rng.integers(y0 + 1, h + 1))), (x0, int(rng.integers(x0 + 1, w + 1)))))
+        diffs = [float(np.max(np.abs(engine.region(roots, r) - whole[name][:1, :, r[0][0]:r[0][1], r[1][0]:r[1][1]])))
+                 for r in rects]
+        _refuse(precision, max(diffs), f"region of {name!r}")
+        out.setdefault("roi", {})[name] = {"max_abs": max(diffs), "checked_rects": len(rects),
+                                          "bit_exact": max(diffs) == 0.0}
+    if gen.batch_parts:
+        report("check batches", 0, 1)
+        try:
+            batched = gen._run_in_batches(feeds)
+        except Exception as exc:  # the runtime's own error, for an export that hard-codes its batch
+            raise BuildError(f"a batch-N artifact of {gen.manifest['model']['source']} does not run: "
+                             f"{str(exc).strip().splitlines()[0]}. The model hard-codes its batch somewhere "
+                             "edgegen cannot rewrite; re-export it with a dynamic batch axis instead") from None
+        diff = max(float(np.max(np.abs(batched[s.name] - whole[s.name]))) for s in gen.outputs)
+        _refuse(precision, diff, "batch-N artifacts")
+        out["batch_sizes"] = {"max_abs": diff, "sizes": sorted(gen.batch_parts)}
+    tiers = gen.manifest.get("serving", {}).get("tiers")
+    if tiers:
+        out["tiers"] = _tier_report(gen, tiers, feeds, whole, precision)
+    return out
+
+
+def _check_part(gen, name: str, graph: Graph, precision: str) -> dict[str, Any]:
+    """A part against its own graph run by ONNX Runtime on seeded inputs at the part's shapes."""
+    from .build import VERIFY_SEED
+    from .inputs import sample_feeds
+    from .source import SourceSession
+
+    specs = gen.parts.inputs(name)
+    feeds = sample_feeds(specs, [VERIFY_SEED])
+    with tempfile.TemporaryDirectory(prefix="edgegen-part-") as tmp:
+        graph.save(Path(tmp) / "part.onnx")
+        expected = SourceSession(Path(tmp) / "part.onnx").run(feeds)
+    got = gen.parts.run(name, feeds)
+    diff = max(float(np.max(np.abs(got[s.name] - expected[s.name]))) for s in gen.parts.outputs(name))
+    if precision == "fp32" and diff > PART_MAX_ABS:
+        raise BuildError(f"part {name} differs from its fp32 graph by {diff:.3g} max-abs (limit {PART_MAX_ABS}); "
+                         "the build is refused. Report this model to the edgegen developers.")
+    return {"max_abs_vs_graph": diff}
+
+
+def _refuse(precision: str, diff: float, what: str) -> None:
+    if precision == "fp32" and diff > SPLIT_MAX_ABS:
+        raise BuildError(f"the {what} differs from the whole fp32 artifact by {diff:.3g} max-abs (limit "
+                         f"{SPLIT_MAX_ABS}); the build is refused. Report this model to the edgegen developers "
+                         "with `edgegen inspect` output.")
+
+
+def _tier_report(gen, tiers: dict[str, Any], feeds: dict[str, np.ndarray], whole: dict[str, np.ndarray],
+                 precision: str) -> dict[str, Any]:
+    """Cost of each tier (MACs, p50 of a request served end to end with caches off) and the preview's
+    fidelity: PSNR against the full image downscaled, and (upscaled) against the full image."""
+    request = _sample_request(gen, feeds)
+    full = tiers.get("full", {}).get("output") or gen.image_outputs[0]
+    full_pixels = gen.render([request])[0].pixels
+    rows = [{"tier": "full", "output": full, "macs": gen.manifest["model"]["macs"],
+             "p50_ms": _p50(lambda: gen.render([request]))}]
+    preview = tiers.get("preview")
+    if preview:
+        raw = (gen.features.run(preview["part"], feeds) if preview["trunk"] else
+               gen.parts.run(preview["part"], feeds))[preview["output"]]
+        diff = float(np.max(np.abs(raw - whole[preview["output"]])))
+        _refuse(precision, diff, "preview part")
+        small = gen.render([{**request, "output": preview["output"]}])[0].pixels.astype(np.float64)
+        factor = full_pixels.shape[0] // small.shape[0]
+        down = full_pixels.astype(np.float64).reshape(small.shape[0], factor, small.shape[1], factor, -1).mean(axis=(1, 3))
+        macs = gen.parts.macs(preview["part"]) + (gen.parts.macs("trunk") if preview["trunk"] else 0)
+        row = {"tier": "preview", "output": preview["output"], "macs": macs,
+               "p50_ms": _p50(lambda: gen.render([{**request, "quality": "preview"}])),
+               "max_abs_vs_whole": diff, "psnr_vs_full_downscaled_db": round(psnr(down, small, 255.0), 2)}
+        if preview.get("upscale"):
+            up = gen.render([{**request, "quality": "preview"}])[0].pixels.astype(np.float64)
+            row.update(upscale=preview["upscale"], psnr_upscaled_vs_full_db=round(psnr(full_pixels, up, 255.0), 2))
+        rows.append(row)
+    for size, entry in tiers.get("sizes", {}).items():
+        sized = {**request, "size": int(size)}
+        if "image" in sized:
+            continue  # an image model's size is its input's; the whole artifact serves every size
+        rows.append({"tier": f"size{size}", "output": full, "macs": gen.parts.macs(entry["part"]),
+                     "p50_ms": _p50(lambda: gen.render([sized]))})
+    return {"rows": rows}
+
+
+def _sample_request(gen, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A request for the first held-out input: seed 0 for latents, label 0, the held-out image."""
+    from .runtime.images import tensor_to_uint8
+
+    request: dict[str, Any] = {}
+    for spec in gen.inputs:
+        if spec.role == "latent":
+            request["seed"] = 0
+        elif spec.role == "label":
+            request["label"] = 0
+        elif spec.role == "image":
+            request["image"] = tensor_to_uint8(feeds[spec.name][:1], spec.range or [0.0, 1.0])[0]
+        else:
+            request[spec.name] = feeds[spec.name][0]
+    return request
+
+
+def _p50(run: Callable[[], Any], runs: int = 10) -> float:
+    run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1e3)
+    return round(statistics.median(times), 3)
+
+
+def build_step(graph: Graph, tgt: targets.Target, precision: str, staging: Path, options: ServingOptions,
+               precompute: str | None, manifest: dict[str, Any], feeds: dict[str, np.ndarray],
+               report: Progress) -> dict[str, Any]:
+    """The serving part of a build, run on the staging bundle before its manifest is written:
+    compile and check the parts, then render the precomputed assets. Returns manifest sections."""
+    from .bundle import file_hashes
+    from .precompute import load_requests, render_assets, rendered_on
+    from .runtime.generator import Generator, ServeConfig
+
+    if not options.wanted and not precompute:
+        return {}
+    requests = load_requests(precompute) if precompute else []
+    extra: dict[str, Any] = {}
+    graphs: dict[str, Graph] = {}
+    if options.wanted:
+        parts, serving, graphs = compile_serving(graph, tgt, precision, staging, options, report)
+        extra.update(parts=parts, serving=serving)
+    session = backends.session_module(tgt.backend).Session(staging, manifest["session"], tgt.threads,
+                                                           host_fallback=True)
+    draft = {**manifest, **extra, "files": file_hashes(staging)}
+    gen = Generator(staging, draft, session, tgt.threads, host_fallback=True,
+                    config=ServeConfig(cache_bytes=0, feature_cache_bytes=0, assets=False))
+    if options.wanted:
+        extra["serving_report"] = verify_serving(gen, feeds, precision, graphs, report)
+    if requests:
+        where = rendered_on(manifest)
+        count = render_assets(gen, requests, staging, where, report)
+        extra["assets"] = {"count": count, "rendered_on": where, "requests": str(precompute)}
+    return extra

@@ -1,0 +1,118 @@
+"""Split points for the feature cache: a trunk that depends on a subset of the inputs (the
+latent-only trunk before a label joins, an encoder before a style input) and a head for the rest.
+
+The cut is the set of trunk tensors the head reads; the runtime caches them keyed by the trunk's
+inputs and reruns only the head for variations."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from itertools import combinations
+from typing import Any
+
+from .errors import BuildError
+from .graph import Graph
+
+MIN_TRUNK_SHARE = 0.05  # a trunk with less of the MACs is not worth a cache
+
+
+@dataclass
+class Split:
+    """Where a graph is cut: trunk inputs, the tensors crossing the cut, and the MAC shares."""
+
+    trunk_inputs: list[str]
+    cut: list[str]
+    trunk_macs: int
+    head_macs: int
+    chosen_by: str
+
+    @property
+    def head_share(self) -> float:
+        total = self.trunk_macs + self.head_macs
+        return self.head_macs / total if total else 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "head_share": round(self.head_share, 4)}
+
+
+def find_split(graph: Graph) -> Split | None:
+    """The automatic split with the largest trunk (by MACs), or None when no input subset has a
+    trunk worth caching (every input joins at the first layers)."""
+    deps = value_dependencies(graph)
+    names = [s.name for s in graph.inputs]
+    best = None
+    for size in range(1, len(names)):
+        for subset in combinations(names, size):
+            cut = _cut_for(graph, frozenset(subset), deps)
+            if not cut:
+                continue
+            split = split_at(graph, cut, "auto")
+            if best is None or split.trunk_macs > best.trunk_macs:
+                best = split
+    total = best.trunk_macs + best.head_macs if best else 0
+    return best if best and total and best.trunk_macs / total >= MIN_TRUNK_SHARE else None
+
+
+def split_at(graph: Graph, tensors: list[str], chosen_by: str = "--split") -> Split:
+    """The split whose trunk computes `tensors` (and everything they need); the head is the rest."""
+    deps = value_dependencies(graph)
+    inputs = {s.name for s in graph.inputs}
+    for name in tensors:
+        if name not in deps:
+            raise BuildError(f"{graph.source}: --split tensor {name!r} is not a tensor of the graph; "
+                             "`edgegen inspect MODEL --nodes` lists them")
+        if name in inputs:
+            raise BuildError(f"{graph.source}: --split tensor {name!r} is a graph input; name a tensor computed from it")
+    trunk_inputs = frozenset().union(*(deps[t] for t in tensors))
+    if trunk_inputs >= inputs:
+        raise BuildError(f"{graph.source}: --split tensor(s) {tensors} depend on every input "
+                         f"({', '.join(sorted(inputs))}), so nothing can be cached; name tensors computed "
+                         "before the last input joins")
+    nodes = graph.model.graph.node
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output}
+    trunk: set[int] = set()
+    stack = [producer[t] for t in tensors]
+    while stack:
+        i = stack.pop()
+        if i not in trunk:
+            trunk.add(i)
+            stack.extend(producer[x] for x in nodes[i].input if x in producer)
+    produced = {out for i in trunk for out in nodes[i].output}
+    read_by_head = {x for i, n in enumerate(nodes) if i not in trunk for x in n.input}
+    outputs = {s.name for s in graph.outputs}
+    cut = [t for t in _ordered(produced, nodes) if (t in read_by_head or t in outputs) and deps[t]]
+    costs = graph.node_costs()
+    trunk_macs = sum(c.macs for i, c in enumerate(costs) if i in trunk and deps[nodes[i].output[0]])
+    total = sum(c.macs for c in costs)
+    return Split(sorted(trunk_inputs), cut, trunk_macs, total - trunk_macs, chosen_by)
+
+
+def value_dependencies(graph: Graph) -> dict[str, frozenset[str]]:
+    """Graph.input_dependencies, but a Shape or Size of a tensor depends on no input's values: shape
+    arithmetic (an exporter's expand-to-the-map-size) is recomputed by the head, never cached."""
+    deps = dict(graph.input_dependencies())
+    for node in graph.model.graph.node:
+        if node.op_type in ("Shape", "Size"):
+            deps[node.output[0]] = frozenset()
+        elif node.output and node.output[0] in deps:
+            depends = frozenset().union(*(deps.get(i, frozenset()) for i in node.input if i))
+            for out in node.output:
+                deps[out] = depends
+    return deps
+
+
+def _cut_for(graph: Graph, subset: frozenset[str], deps: dict[str, frozenset[str]]) -> list[str]:
+    """Tensors depending only on `subset` that a node depending on other inputs reads (or outputs)."""
+    inputs = {s.name for s in graph.inputs}
+    cut = []
+    for node in graph.model.graph.node:
+        node_deps = deps[node.output[0]] if node.output else frozenset()
+        if node_deps <= subset:
+            continue
+        cut += [x for x in node.input if x in deps and deps[x] and deps[x] <= subset and x not in inputs]
+    cut += [s.name for s in graph.outputs if deps.get(s.name) and deps[s.name] <= subset]
+    return list(dict.fromkeys(cut))
+
+
+def _ordered(names: set[str], nodes) -> list[str]:
+    return [out for n in nodes for out in n.output if out in names]

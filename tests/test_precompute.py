@@ -1,0 +1,146 @@
+"""Precomputed assets: request files, rendering at build time, `edgegen precompute`, and a damaged pack."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from edgegen.build import build
+from edgegen.bundle import read_manifest
+from edgegen.cli import main
+from edgegen.errors import BuildError, BundleError
+from edgegen.precompute import load_requests
+from edgegen.runtime import Generator
+from runtime_models import glyph_like
+
+
+@pytest.fixture(scope="module")
+def glyph_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "glyph.onnx"
+    onnx.save(glyph_like(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def asset_bundle(tmp_path_factory, glyph_path):
+    requests = tmp_path_factory.mktemp("requests") / "grid.yaml"
+    requests.write_text("grid: {seed: '0..3', label: [1, 2]}\nrequests: [{seed: 9, label: 0, quality: preview}]\n")
+    out = tmp_path_factory.mktemp("bundles") / "glyph"
+    build(glyph_path, "x86-onnxruntime", out, split=["auto"], preview_upscale="lanczos", precompute=str(requests))
+    return out
+
+
+class CountingSession:
+    """The real session, with its calls counted."""
+
+    def __init__(self, session):
+        self.session, self.calls = session, 0
+
+    def run(self, feeds):
+        self.calls += 1
+        return self.session.run(feeds)
+
+
+def count_backend_calls(gen):
+    counters = []
+    for name in ("main", "trunk", "head", "head_preview"):
+        counting = CountingSession(gen.parts.session(name))
+        gen.parts._sessions[name] = counting
+        counters.append(counting)
+    return lambda: sum(c.calls for c in counters)
+
+
+def test_request_file_forms(tmp_path):
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in
+                                                  [{"seed": 1}, {"seed": 2}, {"seed": 2}, {"label": 3, "seed": 4},
+                                                   {"seed": 4, "label": 3}, {"seed": 4, "label": 3}]) + "\n")
+    (tmp_path / "r.yaml").write_text("log: log.jsonl\ntop: 2\ngrid: {seed: '5..6', quality: [full, preview]}\n")
+    requests = load_requests(tmp_path / "r.yaml")
+    assert requests[:4] == [{"seed": 5, "quality": "full"}, {"seed": 5, "quality": "preview"},
+                            {"seed": 6, "quality": "full"}, {"seed": 6, "quality": "preview"}]
+    assert requests[4:] == [{"seed": 4, "label": 3}, {"seed": 2}]  # the two most frequent, most frequent first
+    (tmp_path / "list.json").write_text('[{"seed": 1}, {"seed": 1}, {"seed": 2}]')
+    assert load_requests(tmp_path / "list.json") == [{"seed": 1}, {"seed": 2}]
+    for text, message in [("grid: {seed: '1..x'}", "not a range"), ("{seeds: [1]}", "a request file is"),
+                          ("[1, 2]", "not a mapping"), ("log: missing.jsonl", "cannot read the request log")]:
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(BuildError, match=message):
+            load_requests(tmp_path / "bad.yaml")
+
+
+def test_assets_are_the_pixels_the_device_computes_and_hits_skip_the_backend(asset_bundle):
+    manifest = read_manifest(asset_bundle)
+    assert manifest["assets"]["count"] == 9 and "assets/pack.bin" in manifest["files"]
+    fresh = Generator.open(asset_bundle, assets=False, cache_bytes=0)
+    gen = Generator.open(asset_bundle)
+    calls = count_backend_calls(gen)
+    requests = [{"seed": s, "label": label} for s in range(4) for label in (1, 2)]
+    requests.append({"seed": 9, "label": 0, "quality": "preview"})
+    for request in requests:
+        hit = gen.render([request])[0]
+        assert hit.served_by == "asset"
+        np.testing.assert_array_equal(hit.pixels, fresh.render([request])[0].pixels)
+    assert calls() == 0 and gen.stats()["assets"]["hits"] == 9
+    assert gen.render([{"seed": 9, "label": 0}])[0].served_by == "computed" and calls() > 0
+
+
+def test_damaged_pack_entry_is_recomputed_not_served(tmp_path, asset_bundle):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(asset_bundle, copy)
+    index = json.loads((copy / "assets/index.json").read_text())
+    gen_key = Generator.open(copy).key_of({"seed": 2, "label": 1})
+    entry = index["entries"][gen_key]
+    pack = bytearray((copy / "assets/pack.bin").read_bytes())
+    pack[entry["offset"] + 5] ^= 0xFF
+    (copy / "assets/pack.bin").write_bytes(bytes(pack))
+    gen = Generator.open(copy)  # the pack is checked entry by entry, so the bundle still opens
+    got = gen.render([{"seed": 2, "label": 1}])[0]
+    assert got.served_by == "computed" and gen.stats()["assets"]["corrupt"] == 1
+    np.testing.assert_array_equal(got.pixels, Generator.open(asset_bundle).generate(seed=2, label=1))
+    assert gen.render([{"seed": 3, "label": 1}])[0].served_by == "asset"
+    (copy / "assets/index.json").write_text(json.dumps(index).replace('"offset": 0', '"offset": 64'))
+    with pytest.raises(BundleError, match="assets/index.json"):
+        Generator.open(copy)
+
+
+def test_precompute_verb_adds_assets_atomically(tmp_path, capsys, glyph_path):
+    out = tmp_path / "b"
+    build(glyph_path, "x86-onnxruntime", out)
+    (tmp_path / "r.yaml").write_text("grid: {seed: '0..2', label: 4}\n")
+    assert main(["precompute", str(out), str(tmp_path / "r.yaml")]) == 0
+    assert "3 precomputed asset(s)" in capsys.readouterr().out
+    (tmp_path / "more.yaml").write_text("[{seed: 0, label: 4}, {seed: 7, label: 7}]\n")
+    assert main(["precompute", str(out), str(tmp_path / "more.yaml")]) == 0
+    gen = Generator.open(out)
+    assert len(gen.assets.entries) == 4
+    assert [gen.render([{"seed": s, "label": label}])[0].served_by for s, label in [(1, 4), (7, 7)]] == ["asset"] * 2
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (tmp_path / "bad.yaml").write_text("[{seed: 1, label: 42}]\n")
+    assert main(["precompute", str(out), str(tmp_path / "bad.yaml")]) == 2
+    assert "label 42 is out of range" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "bad.yaml", "more.yaml", "r.yaml"]
+
+
+def test_cli_build_flags_and_generate_options(tmp_path, capsys, glyph_path):
+    from PIL import Image
+
+    (tmp_path / "r.yaml").write_text("grid: {seed: 1, label: '0..1'}\n")
+    code = main(["build", str(glyph_path), "-t", "x86-onnxruntime", "-o", str(tmp_path / "b"), "--split", "auto",
+                 "--roi", "--preview-upscale", "lanczos", "--precompute", str(tmp_path / "r.yaml")])
+    assert code == 0, capsys.readouterr().err
+    manifest = read_manifest(tmp_path / "b")
+    assert manifest["assets"]["count"] == 2 and {"trunk", "head", "head_preview"} <= set(manifest["parts"])
+    for args, size in [(["--roi", "2,4,10,6"], (10, 6)), (["--quality", "preview"], (32, 32)), (["--size", "16"], (16, 16))]:
+        assert main(["generate", str(tmp_path / "b"), "--seed", "1", "--label", "1", "-o", str(tmp_path / "i.png"),
+                     *args]) == 0
+        assert Image.open(tmp_path / "i.png").size == size
+    assert main(["generate", str(tmp_path / "b"), "--seed", "1", "--label", "1", "-o", str(tmp_path / "i.png"),
+                 "--roi", "1,2"]) == 2
+    assert "roi must be (x, y, width, height)" in capsys.readouterr().err
+    assert main(["build", str(glyph_path), "-t", "x86-onnxruntime", "-o", str(tmp_path / "c"), "--batch-sizes",
+                 "x"]) == 2
+    assert "comma-separated integers" in capsys.readouterr().err

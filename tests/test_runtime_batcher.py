@@ -1,0 +1,96 @@
+"""Micro-batching: concurrent requests share backend calls, with the same pixels as one by one."""
+
+import threading
+
+import numpy as np
+import onnx
+import pytest
+
+from edgegen.build import build
+from edgegen.errors import BuildError, RequestError
+from edgegen.runtime import Generator
+from edgegen.runtime.batcher import MicroBatcher, OverloadedError
+from runtime_models import glyph_like
+
+FAMILIES = "tests/data/families"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "glyph.onnx"
+    onnx.save(glyph_like(), str(path))
+    out = tmp_path_factory.mktemp("bundles") / "glyph"
+    build(path, "x86-onnxruntime", out, split=["auto"])
+    return out
+
+
+def concurrently(batcher: MicroBatcher, requests: list[dict]) -> list:
+    results = [None] * len(requests)
+    barrier = threading.Barrier(len(requests))
+
+    def client(i):
+        barrier.wait()
+        try:
+            results[i] = batcher.generate(requests[i], timeout=30).pixels
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            results[i] = exc
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_concurrent_requests_are_merged_and_pixels_do_not_change(bundle):
+    batcher = MicroBatcher(Generator.open(bundle), max_batch=8, max_delay_us=50_000)
+    requests = [{"seed": i, "label": i % 10} for i in range(16)] + [{"seed": 0, "label": 0}] * 4
+    results = concurrently(batcher, requests)
+    stats = batcher.stats()
+    batcher.close()
+    alone = Generator.open(bundle, cache_bytes=0, feature_cache_bytes=0)
+    for request, pixels in zip(requests, results):
+        np.testing.assert_array_equal(pixels, alone.generate(**request))
+    assert stats["largest_batch"] > 1 and stats["batches"] < 16
+    assert stats["merged_duplicates"] + stats["hits"] >= 3  # the four equal requests were computed once
+
+
+def test_a_bad_request_fails_alone(bundle):
+    batcher = MicroBatcher(Generator.open(bundle), max_batch=4, max_delay_us=50_000)
+    with pytest.raises(RequestError, match="label 11 is out of range"):
+        batcher.submit({"seed": 1, "label": 11})
+    requests = [{"seed": 1, "label": 1}, {"latent": np.zeros(15, np.float32), "label": 2}, {"seed": 2, "label": 2}]
+    results = concurrently(batcher, requests)
+    batcher.close()
+    assert isinstance(results[1], RequestError) and "must have shape 16" in str(results[1])
+    assert results[0].shape == results[2].shape == (32, 32, 3)
+
+
+def test_queue_limit_rejects_with_overloaded(bundle):
+    batcher = MicroBatcher(Generator.open(bundle), max_batch=100, max_delay_us=5_000_000, max_pending=3)
+    futures = [batcher.submit({"seed": s, "label": 1}) for s in range(3)]
+    with pytest.raises(OverloadedError, match="limit 3"):
+        batcher.submit({"seed": 9, "label": 1})
+    batcher.close()  # serves what waits
+    assert all(f.result().pixels.shape == (32, 32, 3) for f in futures)
+    assert batcher.stats()["rejected"] == 1
+
+
+def test_fixed_batch_model_uses_batch_n_artifacts(tmp_path):
+    # exported at batch 1 with Reshape targets that hard-code it: the batch-4 artifact rewrites them
+    build(f"{FAMILIES}/cgan_dcgan__legacy_b1.onnx", "x86-onnxruntime", tmp_path / "b", batch_sizes=[1, 4])
+    gen = Generator.open(tmp_path / "b", cache_bytes=0)
+    assert gen.batch_parts == {1: "main", 4: "batch4"}
+    assert gen.manifest["serving_report"]["batch_sizes"]["max_abs"] == 0.0
+    calls = []
+    session = gen.parts.session("batch4")
+    gen.parts._sessions["batch4"] = type("Spy", (), {"run": lambda self, f: calls.append(
+        len(next(iter(f.values())))) or session.run(f)})()
+    requests = [{"seed": s, "label": s % 10} for s in range(7)]
+    batch = gen.generate_batch(requests)
+    assert calls == [4, 4]  # 4, then 3 padded to 4
+    for request, image in zip(requests, batch):
+        np.testing.assert_array_equal(image, gen.generate(**request))
+    with pytest.raises(BuildError, match="batch axis is dynamic"):
+        build(f"{FAMILIES}/dcgan__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "c", batch_sizes=[4])

@@ -1,0 +1,115 @@
+"""Runtime caches: LRU byte budget and counters; the disk cache survives crashes, damage and full disks."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from edgegen.runtime.cache import DiskCache, LRUCache
+
+
+def block(value: int, size: int = 1000) -> np.ndarray:
+    return np.full(size, value % 256, np.uint8)
+
+
+def test_lru_keeps_within_budget_and_counts():
+    cache = LRUCache(3500)
+    for i in range(5):
+        cache.put(f"k{i}", block(i))
+    stats = cache.stats
+    assert stats.bytes == 3000 <= stats.budget_bytes and stats.entries == 3 and stats.evictions == 2
+    assert cache.get("k0") is None and cache.get("k4") is not None
+    cache.get("k2")  # k2 becomes the most recent, so k3 goes next
+    cache.put("k5", block(5))
+    assert cache.get("k3") is None and cache.get("k2") is not None
+    assert (stats.hits, stats.misses) == (3, 2)
+    cache.put("huge", block(0, 10_000))  # larger than the budget: not stored, nothing evicted for it
+    assert cache.get("huge") is None and stats.bytes <= stats.budget_bytes
+
+
+def test_disk_cache_round_trip_budget_and_eviction(tmp_path):
+    cache = DiskCache(tmp_path, 3 * 1200)
+    arrays = {f"{i:064x}": np.arange(i, i + 250, dtype=np.float32) for i in range(6)}
+    for key, array in arrays.items():
+        cache.put(key, array)
+        assert cache.stats.bytes <= cache.stats.budget_bytes
+    files = list(tmp_path.glob("*.egc"))
+    assert len(files) == cache.stats.entries == 3 and cache.stats.evictions == 3
+    last = list(arrays)[-1]
+    np.testing.assert_array_equal(cache.get(last), arrays[last])
+    reopened = DiskCache(tmp_path, 3 * 1200)
+    assert reopened.stats.entries == 3 and reopened.stats.bytes == cache.stats.bytes
+
+
+def test_damaged_and_foreign_entries_are_dropped_never_served(tmp_path):
+    cache = DiskCache(tmp_path, 1 << 20)
+    good = np.arange(100, dtype=np.int32)
+    cache.put("a" * 64, good)
+    cache.put("b" * 64, good)
+    path = tmp_path / f"{'a' * 64}.egc"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x55
+    path.write_bytes(bytes(data))
+    (tmp_path / f"{'b' * 64}.egc").rename(tmp_path / f"{'c' * 64}.egc")  # an entry under the wrong name
+    (tmp_path / f"{'d' * 64}.egc").write_bytes(b"EGC1\x10\x00")  # truncated
+    assert cache.get("a" * 64) is None and cache.get("c" * 64) is None and cache.get("d" * 64) is None
+    assert cache.stats.corrupt == 3 and not list(tmp_path.glob("*.egc"))
+
+
+def test_a_process_killed_mid_write_leaves_no_servable_damage(tmp_path):
+    """A writer SIGKILLed while writing 1 MB entries in a loop: every entry left is whole or absent."""
+    script = textwrap.dedent(f"""
+        import numpy as np, sys
+        from edgegen.runtime.cache import DiskCache
+        cache = DiskCache({str(tmp_path)!r}, 1 << 30)
+        print("ready", flush=True)
+        i = 0
+        while True:
+            cache.put(f"{{i:064x}}", np.full(1 << 20, i % 251, np.uint8))
+            i += 1
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    while len(list(tmp_path.glob("*.egc"))) < 5:
+        pass
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    cache = DiskCache(tmp_path, 1 << 30)
+    assert not list(tmp_path.glob(".*.tmp")), "leftover temporary files are cleaned on open"
+    keys = [p.stem for p in tmp_path.glob("*.egc")]
+    for key in keys:
+        array = cache.get(key)
+        assert array is not None and np.all(array == int(key, 16) % 251)
+    assert cache.stats.corrupt == 0 and len(keys) >= 5
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE")
+def test_full_disk_stops_writes_not_serving(tmp_path):
+    """With the file size limit below one entry (writes fail as on a full disk), puts are counted as
+    write errors, reads of existing entries still work, and nothing partial is left behind."""
+    DiskCache(tmp_path, 1 << 20).put("0" * 64, np.arange(10, dtype=np.uint8))
+    script = textwrap.dedent(f"""
+        import resource, signal, numpy as np
+        from edgegen.runtime.cache import DiskCache
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        cache = DiskCache({str(tmp_path)!r}, 1 << 30)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        for i in range(1, 4):
+            cache.put(f"{{i:064x}}", np.zeros(100_000, np.uint8))
+        assert cache.get("0" * 64) is not None
+        print(cache.stats.write_errors, cache.stats.entries)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["3", "1"]
+    assert [p.name for p in tmp_path.iterdir()] == [f"{'0' * 64}.egc"]
+
+
+def test_unusable_directory_means_no_disk_cache_not_a_failure(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    cache = DiskCache(tmp_path / "file" / "cache", 1 << 20)
+    cache.put("e" * 64, np.zeros(4))
+    assert cache.get("e" * 64) is None and cache.stats.write_errors == 1

@@ -1,0 +1,84 @@
+"""Feature cache: split points from the graph, trunk + head equal to the whole model, variations run the head only."""
+
+import numpy as np
+import onnx
+import pytest
+
+from edgegen.build import build
+from edgegen.errors import BuildError
+from edgegen.graph import Graph
+from edgegen.runtime import Generator
+from edgegen.split import find_split, split_at
+from runtime_models import glyph_like
+
+FAMILIES = "tests/data/families"
+
+
+@pytest.fixture(scope="module")
+def glyph_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "glyph.onnx"
+    onnx.save(glyph_like(width=24), str(path))
+    return path
+
+
+@pytest.fixture(scope="module", params=["x86-onnxruntime", "x86-openvino"])
+def split_bundle(request, tmp_path_factory, glyph_path):
+    out = tmp_path_factory.mktemp("bundles") / request.param
+    build(glyph_path, request.param, out, split=["auto"])
+    return out
+
+
+def test_automatic_split_is_the_latent_only_trunk(glyph_path):
+    graph = Graph.load(glyph_path)
+    split = find_split(graph)
+    assert split.trunk_inputs == ["latent"] and split.chosen_by == "auto"
+    shapes = graph.concrete_shapes()
+    assert sorted(shapes[t] for t in split.cut) == [[1, 3, 1, 1], [1, 24, 16, 16]]  # colours and the 16x16 map
+    costs = graph.node_costs()
+    assert split.trunk_macs + split.head_macs == sum(c.macs for c in costs) and 0 < split.head_share < 1
+
+
+def test_split_results_equal_unsplit_and_variations_skip_the_trunk(split_bundle):
+    gen = Generator.open(split_bundle)
+    report = gen.manifest["serving_report"]["split"]
+    assert report["max_abs"] <= 1e-5
+    whole = Generator.open(split_bundle, cache_bytes=0)
+    feeds = whole.feeds([{"seed": 5, "label": label} for label in range(3)])
+    via_parts = gen.features.run("head", feeds)
+    raw = whole.run(feeds)
+    for name in ("image", "preview"):
+        assert np.max(np.abs(via_parts[name] - raw[name])) <= 1e-5
+    assert gen.stats()["features"]["misses"] == 1, "three samples of one seed: one trunk run"
+    trunk = gen.parts.session("trunk")
+    calls = []
+    gen.parts._sessions["trunk"] = type("Spy", (), {"run": lambda self, f: calls.append(1) or trunk.run(f)})()
+    first = gen.generate(seed=11, label=0)
+    variations = [gen.generate(seed=11, label=label) for label in range(1, 10)]
+    assert len(calls) == 1, "one trunk run for ten labels of one seed"
+    stats = gen.stats()["features"]
+    assert stats["hits"] == 9 and stats["misses"] == 2 and stats["bytes"] <= stats["budget_bytes"]
+    cold = Generator.open(split_bundle, feature_cache_bytes=0, cache_bytes=0)
+    for label, image in enumerate([first] + variations):
+        np.testing.assert_array_equal(image, cold.generate(seed=11, label=label))
+
+
+def test_split_at_named_tensors_and_clear_refusals(tmp_path, glyph_path):
+    graph = Graph.load(glyph_path)
+    auto = find_split(graph)
+    named = split_at(graph, auto.cut[:1])
+    assert named.cut[0] == auto.cut[0] and named.chosen_by == "--split"
+    with pytest.raises(BuildError, match="not a tensor of the graph"):
+        split_at(graph, ["nope"])
+    with pytest.raises(BuildError, match="is a graph input"):
+        split_at(graph, ["latent"])
+    with pytest.raises(BuildError, match="depend on every input"):
+        split_at(graph, ["image"])
+    result = build(glyph_path, "x86-onnxruntime", tmp_path / "b", split=auto.cut[:1])
+    assert result.manifest["serving"]["split"]["chosen_by"] == "--split"
+
+
+def test_model_whose_label_joins_first_has_no_split(tmp_path):
+    result = build(f"{FAMILIES}/cgan_dcgan__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "b", split=["auto"])
+    assert "none" in result.manifest["serving"]["split"]
+    gen = Generator.open(tmp_path / "b")
+    assert gen.features is None and gen.generate(seed=1, label=2).shape == (32, 32, 3)

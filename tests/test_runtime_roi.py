@@ -1,0 +1,179 @@
+"""Region of interest, incremental edits and halo-aware tiles: equal to the same region of the full output."""
+
+import numpy as np
+import onnx
+import pytest
+
+from edgegen.build import build
+from edgegen.errors import RequestError
+from edgegen.graph import Graph
+from edgegen.receptive_field import RoiRefused, spatial_program
+from edgegen.runtime import Generator
+from edgegen.runtime.geometry import needed
+from runtime_models import geometry_like, glyph_like, upscaler_like
+
+FAMILIES = "tests/data/families"
+RNG = np.random.default_rng(7)
+
+
+def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((height // 4 + 1, width // 4 + 1, 3))
+    return (np.kron(coarse, np.ones((4, 4, 1)))[:height, :width] * 255).astype(np.uint8)
+
+
+def random_rects(height: int, width: int, count: int) -> list[tuple[int, int, int, int]]:
+    rects = [(0, 0, width, height), (width - 1, height - 1, 1, 1), (0, height // 2, width // 2, height - height // 2)]
+    while len(rects) < count:
+        x, y = int(RNG.integers(0, width)), int(RNG.integers(0, height))
+        rects.append((x, y, int(RNG.integers(1, width - x + 1)), int(RNG.integers(1, height - y + 1))))
+    return rects
+
+
+def build_roi(tmp_path_factory, name: str, model, target: str = "x86-onnxruntime") -> Generator:
+    if isinstance(model, onnx.ModelProto):
+        path = tmp_path_factory.mktemp("models") / f"{name}.onnx"
+        onnx.save(model, str(path))
+        model = path
+    out = tmp_path_factory.mktemp("bundles") / name
+    build(model, target, out, roi=True)
+    return Generator.open(out, cache_bytes=0)
+
+
+@pytest.fixture(scope="module")
+def upscaler(tmp_path_factory):
+    return build_roi(tmp_path_factory, "up", upscaler_like())
+
+
+@pytest.fixture(scope="module")
+def glyph(tmp_path_factory):
+    return build_roi(tmp_path_factory, "glyph", glyph_like())
+
+
+def check_regions(gen: Generator, image: np.ndarray, count: int) -> None:
+    full = gen.generate(image=image)
+    for x, y, w, h in random_rects(full.shape[0], full.shape[1], count):
+        np.testing.assert_array_equal(gen.generate(image=image, roi=(x, y, w, h)), full[y:y + h, x:x + w])
+
+
+def test_every_local_op_kind_gives_the_exact_region(tmp_path_factory):
+    # ONNX Runtime only: OpenVINO 2026.4's CPU plugin cannot compile this graph with dynamic H, W
+    # ("Can't clone desc if new dims are undefined"), with or without ROI
+    gen = build_roi(tmp_path_factory, "geo", geometry_like())
+    assert gen.manifest["serving"]["roi"]["image_2x"]["post"] == "main"  # dynamic H, W: no second artifact
+    for size in [(24, 24), (32, 20)]:
+        check_regions(gen, smooth_image(*size, seed=1), 25)
+
+
+def test_openvino_regions_at_two_frame_sizes(tmp_path_factory):
+    gen = build_roi(tmp_path_factory, "up-ov", upscaler_like(), "x86-openvino")
+    for size in [(32, 32), (48, 40)]:
+        check_regions(gen, smooth_image(*size, seed=3), 12)
+
+
+@pytest.mark.parametrize("family", ["espcn__legacy_dyn", "mobilenet_resnet__legacy_dyn", "pix2pix_unet__legacy_b1",
+                                    "tiny_decoder__legacy_dyn", "dcgan__legacy_dyn"])
+def test_pytorch_families_regions_match_the_full_output(tmp_path_factory, family):
+    gen = build_roi(tmp_path_factory, family, f"{FAMILIES}/{family}.onnx")
+    report = gen.manifest["serving_report"]["roi"]
+    assert all(r["max_abs"] <= 1e-5 for r in report.values())
+    request = {"image": smooth_image(*gen.inputs[0].default_shape[2:], seed=2)} \
+        if gen.inputs[0].role == "image" else {"seed": 4}
+    full = gen.generate(**request)
+    for x, y, w, h in random_rects(full.shape[0], full.shape[1], 6):
+        region = gen.generate(**request, roi=(x, y, w, h)).astype(int)
+        assert np.abs(region - full[y:y + h, x:x + w]).max() <= (0 if report[gen.image_outputs[0]]["bit_exact"] else 1)
+
+
+def test_latent_model_regions_start_after_the_projection(glyph):
+    roi = glyph.manifest["serving"]["roi"]
+    roots = {r["name"]: r for r in roi["image"]["program"]["roots"]}
+    assert roi["image"]["pre"] and any(r["spatial"] for r in roots.values()) and any(
+        not r["spatial"] for r in roots.values())  # the 4x4 map and the label map cropped; colours whole
+    full = glyph.generate(seed=3, label=4)
+    np.testing.assert_array_equal(glyph.generate(seed=3, label=4, roi=(5, 9, 11, 7)), full[9:16, 5:16])
+    preview = glyph.generate(seed=3, label=4, output="preview")
+    np.testing.assert_array_equal(glyph.generate(seed=3, label=4, output="preview", roi=(2, 2, 4, 4)),
+                                  preview[2:6, 2:6])
+
+
+def test_global_ops_refuse_roi_naming_the_op(tmp_path):
+    graph = Graph.load(f"{FAMILIES}/cyclegan_resnet__legacy_dyn.onnx")
+    with pytest.raises(RoiRefused, match=r"\(InstanceNormalization\) mixes pixels across the whole frame"):
+        spatial_program(graph, graph.outputs[0].name)
+    build(graph, "x86-onnxruntime", tmp_path / "b", roi=True)
+    gen = Generator.open(tmp_path / "b")
+    with pytest.raises(RequestError, match="InstanceNormalization"):
+        gen.generate(image=smooth_image(64, 64, 0), roi=(0, 0, 8, 8))
+    with pytest.raises(RequestError, match="InstanceNormalization"):
+        gen.edit(smooth_image(64, 64, 0), smooth_image(64, 64, 1))
+
+
+def test_bad_roi_requests(upscaler, glyph):
+    image = smooth_image(32, 32, 0)
+    with pytest.raises(RequestError, match="reaches outside the 64x64 image"):
+        upscaler.generate(image=image, roi=(60, 0, 8, 8))
+    with pytest.raises(RequestError, match="roi must be"):
+        upscaler.generate(image=image, roi=(1, 2, 3))
+    with pytest.raises(RequestError, match="width, height >= 1"):
+        glyph.generate(seed=1, label=1, roi=(0, 0, 0, 4))
+
+
+def test_edit_recomputes_only_what_the_change_reaches(upscaler):
+    before = smooth_image(96, 96, 5)
+    after = before.copy()
+    after[10:30, 60:80] = 255 - after[10:30, 60:80]  # 4.3% of the input
+    after[90:92, 2:4] = 0
+    fresh = Generator.open(upscaler.path, cache_bytes=0)
+    edited = upscaler.edit(before, after)
+    np.testing.assert_array_equal(edited, fresh.generate(image=after))
+    stats = upscaler.stats()["edits"]
+    assert stats["rects"] == 2 and stats["computed_pixels"] < 0.3 * stats["frame_pixels"]
+    np.testing.assert_array_equal(upscaler.edit(after, after), edited)  # nothing changed: served from cache
+    with pytest.raises(RequestError, match="an edit keeps the size"):
+        upscaler.edit(before, smooth_image(96, 92, 5))
+
+
+def test_edit_needs_an_image_model(glyph):
+    with pytest.raises(RequestError, match="image-to-image"):
+        glyph.edit(smooth_image(8, 8, 0), smooth_image(8, 8, 1))
+
+
+def test_frames_over_the_memory_budget_are_computed_in_tiles(upscaler, glyph):
+    image = smooth_image(64, 48, 9)
+    whole = upscaler.generate(image=image)
+    tiny = Generator.open(upscaler.path, cache_bytes=0, memory_budget=20_000)
+    engine = tiny.roi["image_2x"]
+    assert engine.tile_size(engine.roots(tiny.feeds([{"image": image}])), tiny.memory_budget) < 64
+    np.testing.assert_array_equal(tiny.generate(image=image), whole)
+    small = Generator.open(glyph.path, cache_bytes=0, memory_budget=30_000)
+    np.testing.assert_array_equal(small.generate(seed=2, label=5), glyph.generate(seed=2, label=5))
+
+
+def test_receptive_fields_of_single_ops():
+    conv = {"k": 3, "s": 2, "d": 1, "p0": 1, "p1": 1}
+    assert needed("conv", conv, 0, 1, 8) == (0, 2) and needed("conv", conv, 3, 4, 8) == (5, 8)
+    convt = {"k": 4, "s": 2, "d": 1, "p0": 1, "p1": 1}
+    assert needed("convT", convt, 0, 1, 4) == (0, 1) and needed("convT", convt, 1, 3, 4) == (0, 2)
+    reflect = {"p0": 2, "p1": 2, "mode": "reflect"}
+    assert needed("pad", reflect, 0, 1, 6) == (0, 3)  # a reflected pad pixel reads index 2, and the border
+    assert needed("pad", reflect, 9, 10, 6) == (3, 6)
+    assert needed("pad", {"p0": 2, "p1": 2, "mode": "constant"}, 0, 2, 6) is None  # only padding
+    cubic = {"scale": [2, 1], "mode": "cubic", "coord": "half_pixel"}
+    assert needed("resize", cubic, 0, 1, 8) == (0, 2) and needed("resize", cubic, 8, 9, 8) == (2, 6)
+    assert needed("d2s", {"b": 3}, 4, 7, 5) == (1, 3)
+
+
+def test_int8_regions_and_static_shape_backends(tmp_path):
+    path = tmp_path / "up.onnx"
+    onnx.save(upscaler_like(), str(path))
+    result = build(path, "x86-onnxruntime", tmp_path / "int8", precision="int8", roi=True)
+    assert result.manifest["serving_report"]["roi"]["image_2x"]["max_abs"] == 0.0  # QDQ ops map pixel to pixel
+    gen = Generator.open(tmp_path / "int8", cache_bytes=0)
+    image = smooth_image(32, 32, 4)
+    np.testing.assert_array_equal(gen.generate(image=image, roi=(9, 3, 20, 30)), gen.generate(image=image)[3:33, 9:29])
+    result = build(path, "x86-litert", tmp_path / "tflite", roi=True, graph_options={"input_shapes": {
+        "image": [1, 3, 32, 32]}})
+    assert "static shapes" in result.manifest["serving"]["roi"]["image_2x"]["refused"]
+    with pytest.raises(RequestError, match="static shapes"):
+        Generator.open(tmp_path / "tflite").generate(image=image, roi=(0, 0, 4, 4))

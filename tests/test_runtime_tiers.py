@@ -1,0 +1,100 @@
+"""Resolution tiers: a preview from a head that stops at the low-resolution output, its upscaling,
+and output sizes compiled for fully-convolutional models."""
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from edgegen.build import build
+from edgegen.errors import BuildError, RequestError
+from edgegen.runtime import Generator
+from edgegen.runtime.tiers import lanczos_resize
+from runtime_models import glyph_like, upscaler_like
+
+FAMILIES = "tests/data/families"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    onnx.save(glyph_like(), str(root / "glyph.onnx"))
+    onnx.save(upscaler_like(), str(root / "up.onnx"))
+    return root
+
+
+def test_preview_runs_only_the_graph_up_to_the_preview(tmp_path, models):
+    result = build(models / "glyph.onnx", "x86-onnxruntime", tmp_path / "b")
+    tiers = result.manifest["serving"]["tiers"] if "serving" in result.manifest else None
+    assert tiers is None  # nothing asked for: no parts
+    result = build(models / "glyph.onnx", "x86-onnxruntime", tmp_path / "b", preview_upscale="lanczos")
+    tiers = result.manifest["serving"]["tiers"]
+    assert tiers["preview"]["part"] == "preview" and tiers["full"]["output"] == "image"
+    rows = {r["tier"]: r for r in result.manifest["serving_report"]["tiers"]["rows"]}
+    assert rows["preview"]["macs"] < 0.6 * rows["full"]["macs"] and rows["preview"]["max_abs_vs_whole"] <= 1e-5
+    assert "psnr_vs_full_downscaled_db" in rows["preview"] and "psnr_upscaled_vs_full_db" in rows["preview"]
+    gen = Generator.open(tmp_path / "b", cache_bytes=0)
+    raw = gen.generate(seed=4, label=2, output="preview")
+    assert raw.shape == (16, 16, 3)
+    np.testing.assert_array_equal(raw, gen.generate(seed=4, label=2, size=16))
+    up = gen.generate(seed=4, label=2, quality="preview")
+    assert up.shape == (32, 32, 3)
+    np.testing.assert_array_equal(up, lanczos_resize(raw[None], 32, 32)[0])
+    np.testing.assert_array_equal(gen.generate(seed=4, label=2, quality="full"), gen.generate(seed=4, label=2))
+    assert gen.generate(seed=4, label=2, quality="full", size=32).shape == (32, 32, 3)
+    with pytest.raises(RequestError, match=r"size 24 is not offered by this bundle; sizes: \[16, 32\]"):
+        gen.generate(seed=4, label=2, size=24)
+    with pytest.raises(RequestError, match="quality 'draft' is not one of full, preview"):
+        gen.generate(seed=4, label=2, quality="draft")
+
+
+def test_preview_upscaled_by_an_upscaler_compiled_for_the_target(tmp_path, models):
+    result = build(models / "glyph.onnx", "x86-openvino", tmp_path / "b", split=["auto"],
+                   preview_upscale=str(models / "up.onnx"))
+    preview = result.manifest["serving"]["tiers"]["preview"]
+    assert preview["upscale"] == "upscaler" and preview["part"] == "head_preview" and preview["trunk"]
+    assert "upscaler" in result.manifest["parts"]
+    gen = Generator.open(tmp_path / "b", cache_bytes=0)
+    up = gen.generate(seed=1, label=1, quality="preview")
+    raw = gen.generate(seed=1, label=1, output="preview")
+    upscaler_bundle = tmp_path / "upscaler"
+    build(models / "up.onnx", "x86-openvino", upscaler_bundle)
+    # the preview in [-1, 1] maps to the upscaler's [0, 1]; in uint8 that is the preview image itself
+    expected = Generator.open(upscaler_bundle).generate(image=raw)
+    assert up.shape == (32, 32, 3) and np.abs(up.astype(int) - expected).max() <= 1
+
+
+def test_preview_needs_a_low_resolution_output(tmp_path):
+    with pytest.raises(BuildError, match="lower-resolution image output"):
+        build(f"{FAMILIES}/dcgan__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "b", preview_upscale="lanczos")
+    build(f"{FAMILIES}/dcgan__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "b")
+    with pytest.raises(RequestError, match="no preview tier"):
+        Generator.open(tmp_path / "b").generate(seed=1, quality="preview")
+
+
+def test_fully_convolutional_sizes_are_compiled(tmp_path):
+    result = build(f"{FAMILIES}/tiny_decoder__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[64, 128])
+    sizes = result.manifest["serving"]["tiers"]["sizes"]
+    assert sizes["64"]["part"] == "main" and sizes["128"]["part"] == "size128"
+    assert sizes["128"]["inputs"] == {"latent": [4, 16, 16]}
+    assert result.manifest["serving_report"]["sizes"]["128"]["max_abs_vs_graph"] <= 1e-4
+    gen = Generator.open(tmp_path / "b")
+    big = gen.generate(seed=3, size=128)
+    assert big.shape == (128, 128, 3) and gen.generate(seed=3).shape == (64, 64, 3)
+    latent = np.random.Generator(np.random.PCG64(3)).standard_normal((4, 16, 16), dtype=np.float32)
+    raw = gen.parts.run("size128", {"latent": latent[None]})["image"]
+    np.testing.assert_array_equal(big, np.clip(np.rint(raw[0].transpose(1, 2, 0) * 255), 0, 255))  # range [0, 1]
+    with pytest.raises(RequestError, match=r"sizes: \[64, 128\]"):
+        gen.generate(seed=3, size=96)
+    with pytest.raises(BuildError, match="multiples of 8"):
+        build(f"{FAMILIES}/tiny_decoder__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "c", tiers=[100])
+
+
+def test_lanczos_matches_pillow():
+    rng = np.random.default_rng(0)
+    images = np.clip(np.cumsum(rng.normal(0, 9, (2, 24, 20, 3)), axis=1) + 128, 0, 255).astype(np.uint8)
+    for height, width in [(48, 40), (30, 64), (12, 10)]:
+        ours = lanczos_resize(images, height, width)
+        for i in range(2):
+            pillow = np.asarray(Image.fromarray(images[i]).resize((width, height), Image.LANCZOS))
+            assert np.abs(ours[i].astype(int) - pillow).max() <= 1
