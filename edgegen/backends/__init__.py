@@ -8,7 +8,7 @@ from types import ModuleType
 
 from ..errors import BackendUnavailableError, TargetError
 
-NAMES = ("onnxruntime", "openvino", "tflite")
+NAMES = ("onnxruntime", "openvino", "tflite", "fpga")
 
 
 def _module(backend: str, half: str) -> ModuleType:

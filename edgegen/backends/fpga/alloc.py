@@ -1,0 +1,87 @@
+"""Place activation buffers in ACT, check every memory against the target's sizes, and encode the
+program's memory images. A model that does not fit is an error naming the layer and the bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...errors import BuildError
+from .emit import Program
+from .isa import DESC_WORDS, Images, KIND_END, Layer
+from .tensors import Buffer
+
+
+class FitError(BuildError):
+    """The model needs more on-chip memory than the target's NPU has."""
+
+
+def allocate(program: Program, buffers: list[Buffer], target: str) -> dict[str, Any]:
+    """First-fit placement of buffers by live range; returns ACT usage (peak words)."""
+    config = program.config
+    placed: list[Buffer] = []
+    peak = 0
+    for buf in sorted(buffers, key=lambda b: (b.first, -b.words)):
+        live = sorted((b for b in placed if b.first <= buf.last and b.last >= buf.first), key=lambda b: b.base)
+        base = 0
+        for other in live:
+            if base + buf.words <= other.base:
+                break
+            base = max(base, other.base + other.words)
+        buf.base = base
+        placed.append(buf)
+        peak = max(peak, base + buf.words)
+        if base + buf.words > config.act_words:
+            live_now = [b for b in placed if b.first <= buf.first <= b.last]
+            need = sum(b.words for b in live_now) * config.lanes
+            writer = "the host (a model input)" if buf.first < 0 else _describe(program.layers[buf.first])
+            tensors = ", ".join(f"{b.name} {b.words * config.lanes} B" for b in live_now)
+            raise FitError(f"target {target}: {writer} needs {need} bytes of activation RAM at once "
+                           f"(live tensors: {tensors}) at address {base * config.lanes}, but the NPU has "
+                           f"{config.act_bytes} bytes (backend_options.act_kb). Use a target with more on-chip "
+                           "RAM, a smaller input size (--input-shape), or prune the model.")
+    program.resolve()
+    return {"act_bytes": peak * config.lanes, "act_capacity": config.act_bytes}
+
+
+def check_static(program: Program, target: str) -> dict[str, Any]:
+    """Weights, per-channel parameters, tables, taps and descriptors against the memories that hold them."""
+    config = program.config
+    limits = [("wgt_end", config.wgt_words, config.lanes, "weight RAM", "wgt_kb"),
+              ("par_end", config.par_entries, 12, "parameter RAM (bias, multiplier, shift per channel)", "par_entries"),
+              ("tap_end", config.tap_entries, 8, "tap RAM", "tap_entries"),
+              ("luts", config.lut_bytes // 256, 256, "activation-table RAM", "lut_tables")]
+    for key, capacity, unit, memory, option in limits:
+        for index, layer in enumerate(program.layers):
+            used = layer.notes.get(key, 0)
+            if used > capacity:
+                before = f"with the {index} layers before it" if index else "the first layer alone"
+                raise FitError(f"target {target}: {_describe(layer)} needs {used * unit} bytes of {memory} "
+                               f"({before}), but the NPU has {capacity * unit} bytes "
+                               f"(backend_options.{option}). Use a target with more on-chip RAM or prune the model.")
+    words = (len(program.layers) + 1) * DESC_WORDS
+    if words > config.prog_words:
+        raise FitError(f"target {target}: the program has {len(program.layers)} layers ({words * 4} bytes of "
+                       f"descriptors), but the NPU's program RAM holds {config.prog_words // DESC_WORDS - 1} "
+                       "(backend_options.prog_layers).")
+    return {"wgt_bytes": program.wgt_words * config.lanes, "wgt_capacity": config.wgt_bytes,
+            "par_entries": program.par_rows, "tap_entries": len(program.tap), "lut_tables": len(program.luts),
+            "layers": len(program.layers)}
+
+
+def _describe(layer: Layer) -> str:
+    return f"layer {layer.name!r} (op {layer.op})"
+
+
+def encode(program: Program) -> Images:
+    """The static memory images of a resolved program."""
+    lanes = program.config.lanes
+    wgt = np.concatenate(program.wgt) if program.wgt else np.zeros((0, lanes), np.int8)
+    par = np.concatenate(program.par) if program.par else np.zeros((0, 3), np.int64)
+    lut = np.zeros(len(program.luts) * 256, np.uint8)
+    for table, base in program.luts.items():
+        lut[base:base + 256] = np.frombuffer(table, np.uint8)
+    end = Layer(KIND_END).encode()
+    prog = np.concatenate([layer.encode() for layer in program.layers] + [end])
+    return Images(wgt=wgt, par=par, lut=lut, tap=np.asarray(program.tap, np.uint64), prog=prog)

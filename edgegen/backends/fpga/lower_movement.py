@@ -1,0 +1,211 @@
+"""The lowering's two-input and data-movement layers: Add/Sub/Mul with broadcasting, Concat,
+channel relayouts, Resize (nearest, bilinear), DepthToSpace, and the views that cost no layer
+(Slice, Expand, Reshape), plus the host-side embedding lookup."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import onnx
+
+from ..tflite.ops.resize import onnx_nearest, source_coordinates
+from ..tflite.prepare import attrs
+from . import unary
+from .emit import Phase, requant_params
+from .tensors import Tensor, dense_layout, phase_major_layout
+from .values import Host, Upsampled
+
+
+class MovementLayers:
+    """Mixin of `Lowerer`: the rules for layers without weights of their own."""
+
+    def binary(self, node: onnx.NodeProto) -> None:
+        """Add / Sub / Mul of two tensors; a one-channel or one-pixel operand is broadcast."""
+        out = node.output[0]
+        _, c, h, w = (self.shape(out) + [1, 1])[:4] if len(self.shape(out)) == 2 else self.shape(out)
+        a, b = (self.broadcast(self.tensor(i), c, h, w) for i in node.input[:2])
+        if not np.array_equal(a.cmap, b.cmap) or a.groups != b.groups:
+            b = self.relayout(b, a.cmap, a.groups)
+        dst = self.new_tensor(out, (c, h, w), self.grid(out), a.cmap, a.groups)
+        self.program.elementwise(node.name, node.op_type, a, b, dst)
+        self.values[out] = dst
+
+    def broadcast(self, t: Tensor, c: int, h: int, w: int) -> Tensor:
+        """t seen as [c, h, w]: one channel repeated (a 1x1 layer), one pixel repeated (a view with no
+        pixel stride)."""
+        if t.c != c:
+            if t.c != 1:
+                raise self.unsupported(f"an operand of {t.c} channels cannot broadcast to {c}")
+            t = self.relayout(t, *dense_layout(c, self.lanes), take=np.zeros(c, np.int64))
+        if (t.h, t.w) != (h, w):
+            if (t.h, t.w) != (1, 1):
+                raise self.unsupported(f"an operand of {t.h}x{t.w} pixels cannot broadcast to {h}x{w}")
+            t = replace(t, h=h, w=w, gs=0)
+        return t
+
+    def concat(self, node: onnx.NodeProto) -> None:
+        parts = [self.tensor(i) for i in node.input if i]
+        rank = len(self.shape(node.output[0]))
+        if attrs(node).get("axis") % rank != 1:
+            raise self.unsupported("only concatenation along channels runs on the NPU")
+        grid = self.grid(node.output[0])
+        groups = sum(t.groups for t in parts)
+        cmap, offset = [], 0
+        for t in parts:
+            cmap.append(t.cmap + offset * self.lanes)
+            offset += t.groups
+        c = sum(t.c for t in parts)
+        dst = self.new_tensor(node.output[0], (c, parts[0].h, parts[0].w), grid, np.concatenate(cmap), groups)
+        offset = 0
+        for i, t in enumerate(parts):
+            if (t.h, t.w) != (dst.h, dst.w):
+                raise self.unsupported("its inputs have different spatial sizes")
+            view = replace(dst, name=f"{dst.name}[{i}]", c=t.c, cmap=t.cmap, groups=t.groups, goff=offset)
+            self.copy(t, view, name=f"{node.name}/{i}", op="Concat")
+            offset += t.groups
+        self.values[node.output[0]] = dst
+
+    def relayout(self, src: Tensor, cmap: np.ndarray, groups: int, take: np.ndarray | None = None) -> Tensor:
+        """src with its channels moved to another channel map (a 1x1 selection, same grid); output
+        channel i takes input channel take[i] (default: i)."""
+        take = np.arange(src.c) if take is None else take
+        dst = self.new_tensor(f"{src.name}/relayout", (len(take), src.h, src.w), src.grid, cmap, groups)
+        inv = dst.inverse(self.lanes)
+        eye = (take[:, None] == np.arange(src.c)[None, :]).astype(np.int8)[:, :, None]
+        words = self._broadcast_words(eye, inv, src)
+        params = self.identity_requant(groups * self.lanes, inv)
+        self.program.conv(f"{self.node.name}/relayout", "Relayout", src, dst, [Phase([(0, 0, 0)], words)], params,
+                          depthwise=False, up=False, stride=1, oh=src.h, ow=src.w, out_gs=groups, groups=groups,
+                          cin=src.physical, macs=0)
+        return dst
+
+    def resize(self, node: onnx.NodeProto) -> None:
+        x, out = self.tensor(node.input[0]), node.output[0]
+        a = attrs(node)
+        _, _, oh, ow = self.shape(out)
+        factor = oh // x.h
+        mode = a.get("coordinate_transformation_mode", "half_pixel")
+        integral = oh == x.h * factor and ow == x.w * factor and factor >= 1
+        if integral and a.get("mode", "nearest") == "linear":
+            return self.bilinear(node, x, factor, mode)
+        ok = integral and a.get("mode", "nearest") == "nearest"
+        for out_len, in_len in ((oh, x.h), (ow, x.w)):
+            index = onnx_nearest(out_len, in_len, mode, a.get("nearest_mode", "round_prefer_floor")) if ok else None
+            ok = index is not None and np.array_equal(index, np.arange(out_len) // factor)
+        if not ok:
+            raise self.unsupported("only nearest or bilinear upsampling by the same integer factor in both axes "
+                                   "runs on the NPU")
+        self.values[out] = Upsampled(x, factor, self.grid(out, inherit=x), node.name)
+
+    def bilinear(self, node: onnx.NodeProto, x: Tensor, f: int, mode: str) -> None:
+        """Bilinear upsampling x f: per output phase at most 2 x 2 taps within one pixel, integer weights
+        over (2f)**2 (doubled where int8 allows, so that the requantizer's doubling high multiply is exact),
+        border taps reading the border pixel (edge mode), requantized by s_in / ((2f)**2 s_out) rounding
+        half to even like ONNX Runtime's float resize."""
+        axes = []
+        for in_len in (x.h, x.w):
+            src = source_coordinates(in_len * f, in_len, mode)
+            if src is None or f > 6:
+                raise self.unsupported(f"bilinear resize with coordinate_transformation_mode {mode!r} or factor {f} "
+                                       "is not supported (half_pixel/asymmetric/..., factor <= 6)")
+            phases = []
+            for p in range(f):
+                rel = src[p::f] - np.arange(in_len)
+                base = np.floor(rel)
+                frac = rel - base
+                numerators = [(int(base[0]), 2 * f * (1 - frac[0])), (int(base[0]) + 1, 2 * f * frac[0])]
+                if not (np.allclose(rel, rel[0]) and all(abs(round(n) - n) < 1e-6 for _, n in numerators)
+                        and -1 <= base[0] <= 0):
+                    raise self.unsupported(f"bilinear resize ({mode}) x{f} has no fixed integer taps per phase")
+                phases.append([(d, round(n)) for d, n in numerators if round(n)])
+            axes.append(phases)
+        dst = self.new_tensor(node.output[0], (x.c, x.h * f, x.w * f), self.grid(node.output[0], inherit=x),
+                              x.cmap, x.groups)
+        inv = dst.inverse(self.lanes)
+        gain = 2 if (2 * f - 1) ** 2 * 2 <= 127 else 1
+        phases = []
+        for py in range(f):
+            for px in range(f):
+                taps = [(dy, dx, ny * nx * gain) for dy, ny in axes[0][py] for dx, nx in axes[1][px]]
+                words = np.zeros((x.groups, len(taps), 1, self.lanes), np.int8)
+                words[:] = np.array([w for _, _, w in taps], np.int8)[None, :, None, None]
+                phases.append(Phase([(dy, dx, 0) for dy, dx, _ in taps], words))
+        scale = np.full(x.c, 1.0 / ((2 * f) ** 2 * gain))
+        params = requant_params(x.groups * self.lanes, inv, np.zeros(x.c, np.int64),
+                                self.multipliers(x.scale, scale, dst.scale))
+        self.program.conv(node.name, "Resize", x, dst, phases, params, depthwise=True, up=True, stride=f, oh=dst.h,
+                          ow=dst.w, out_gs=x.groups, groups=x.groups, cin=1, macs=0, edge=True, even=True)
+        self.values[node.output[0]] = dst
+
+    def depth_to_space(self, node: onnx.NodeProto) -> None:
+        x, out = self.tensor(node.input[0]), node.output[0]
+        a = attrs(node)
+        r = int(a["blocksize"])
+        cmap, groups = phase_major_layout(x.c, r, a.get("mode", "DCR"), self.lanes)
+        if not np.array_equal(x.cmap, cmap) or x.groups != groups:
+            x = self.relayout(x, cmap, groups)
+        dst = self.new_tensor(out, (x.c // (r * r), x.h * r, x.w * r), self.grid(out, inherit=x))
+        self.copy(x, dst, name=node.name, op="DepthToSpace", up=r, phase_groups=dst.groups)
+        self.values[out] = dst
+
+    def slice(self, node: onnx.NodeProto) -> None:
+        """Channels [start, end) of a tensor: a view with part of its channel map."""
+        x, out = self.tensor(node.input[0]), node.output[0]
+        consts = [self.p.consts.get(i) if i else None for i in node.input[1:5]]
+        consts += [None] * (4 - len(consts))
+        if any(v is None for v in consts[:2]) or (len(node.input) > 1 and any(
+                i and i not in self.p.consts for i in node.input[1:])):
+            raise self.unsupported("its starts/ends/axes/steps are not constants")
+        starts, ends = (np.asarray(v).reshape(-1) for v in consts[:2])
+        rank = len(self.shape(node.input[0]))
+        axes = np.asarray(consts[2]).reshape(-1) % rank if consts[2] is not None else np.arange(len(starts))
+        steps = np.asarray(consts[3]).reshape(-1) if consts[3] is not None else np.ones(len(starts), np.int64)
+        shape_in, shape_out = self.shape(node.input[0]), self.shape(out)
+        moved = [int(ax) for ax, st, en in zip(axes, starts, ends) if shape_in[int(ax)] != shape_out[int(ax)]]
+        if moved not in ([], [1]) or any(steps != 1):
+            raise self.unsupported("only a contiguous slice of channels runs on the NPU")
+        index = list(axes).index(1) if moved else None
+        start = int(np.clip(starts[index], -x.c, x.c)) % x.c if moved else 0
+        view = replace(x, name=out, c=shape_out[1], cmap=x.cmap[start:start + shape_out[1]])
+        grid = self.grid(out, inherit=x)
+        self.values[out] = view if grid == x.grid else self.table_layer(view, out, [], grid)
+
+    def expand(self, node: onnx.NodeProto) -> None:
+        """A one-pixel tensor broadcast over a map: a view with no pixel stride (a channel broadcast: a 1x1)."""
+        _, c, h, w = self.shape(node.output[0])
+        x = self.tensor(node.input[0])
+        grid = self.grid(node.output[0], inherit=x)
+        view = replace(self.broadcast(x, c, h, w), name=node.output[0])
+        self.values[node.output[0]] = view if grid == x.grid else self.table_layer(view, node.output[0], [], grid)
+
+    def reshape(self, node: onnx.NodeProto) -> None:
+        data, out = node.input[0], node.output[0]
+        value = self.values.get(data)
+        shape = self.shape(out)
+        if isinstance(value, Host):
+            params = self.p.quant.activations.get(out)
+            moved = (float(params.scale[0]), int(params.zero_point[0])) if params is not None else value.grid
+            if value.grid is not None and moved != value.grid:
+                raise self.unsupported("a model input is requantized by a reshape; quantize it once")
+            self.values[out] = replace(value, shape=shape)
+            return
+        x = self.tensor(data)
+        flat = [d for d in shape if d != 1]
+        if x.h == 1 and x.w == 1 and flat in ([x.c], []) and shape[:2] in ([1, x.c], [1]):
+            grid = self.grid(out, inherit=x)
+            self.values[out] = x if grid == x.grid else self.table_layer(x, out, [], grid)
+            return
+        raise self.unsupported(f"reshaping a [{x.c}, {x.h}, {x.w}] map to {shape} moves channels across pixels; only "
+                               "[1, C] <-> [1, C, 1, 1] and a dense layer's output reshaped to a map run on the NPU")
+
+    def gather(self, node: onnx.NodeProto) -> None:
+        table, index = node.input[0], node.input[1]
+        value = self.values.get(index)
+        if table not in self.p.consts or not isinstance(value, Host) or value.chain or attrs(node).get("axis", 0):
+            raise self.unsupported("only an embedding lookup (a constant table indexed by an integer model input) "
+                                   "runs, on the host")
+        grid = self.grid(node.output[0])
+        rows = np.asarray(self.p.consts[table], np.float32)
+        codes = unary.quantize(rows, *grid)
+        self.values[node.output[0]] = Host(index, self.shape(node.output[0]), grid=grid, gather=codes)

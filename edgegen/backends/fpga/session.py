@@ -1,0 +1,146 @@
+"""Device half of the `fpga` backend (numpy only): run a bundle's NPU program on an NPU.
+
+The NPU is reached through a `Transport`: the functional model in-process (default, the golden
+reference), the RTL in Verilator (mode "rtl", or EDGEGEN_FPGA_MODE=rtl), or a board link a user
+passes in (`Session(..., transport=MySpiLink())`). The session uploads the program once, then per
+image: runs the host prologue (element-wise float ops, embedding lookups, quantization), writes the
+inputs, starts, waits, reads the outputs, dequantizes and runs the host epilogue (a final Tanh).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import BackendUnavailableError, RequestError
+from . import hostio, unary
+from .isa import Images, NpuConfig
+from .model import FunctionalNpu
+from .transport import NpuError, RunStatus, Transport
+
+MODES = ("functional", "rtl")
+MODE_ENV = "EDGEGEN_FPGA_MODE"
+CYCLE_LIMIT = 1 << 31
+
+
+def host_support(options: dict[str, Any]) -> tuple[bool, str]:
+    """FPGA bundles run anywhere numpy does (functional model); RTL mode needs Verilator."""
+    mode = os.environ.get(MODE_ENV) or options.get("mode", "functional")
+    if mode == "rtl":
+        from ...toolchains import ToolNotFoundError
+        from .rtlsim import verilator_command
+        try:
+            verilator_command()
+        except ToolNotFoundError as exc:
+            return False, str(exc)
+        return True, "NPU RTL simulation (Verilator)"
+    return True, "NPU functional model (numpy)"
+
+
+def open_device(mode: str, config: NpuConfig) -> Transport:
+    """A fresh NPU of this configuration: the functional model or the RTL simulation."""
+    if mode == "functional":
+        return FunctionalNpu(config)
+    if mode == "rtl":
+        from .rtlsim import RtlNpu
+        return RtlNpu(config)
+    raise BackendUnavailableError(f"unknown NPU mode {mode!r} (from {MODE_ENV} or the target's backend_options.mode); "
+                                  f"use one of {', '.join(MODES)}, or pass a board transport")
+
+
+class Session:
+    """Runs an FPGA bundle: batch elements one at a time through the NPU."""
+
+    def __init__(self, bundle_dir: Path, session: dict[str, Any], threads: int, host_fallback: bool = False,
+                 transport: Transport | None = None, mode: str | None = None):
+        bundle_dir = Path(bundle_dir)
+        self.config = NpuConfig(**session["npu"])
+        self.mode = "board" if transport is not None else (mode or os.environ.get(MODE_ENV)
+                                                            or session.get("mode", "functional"))
+        self.device = transport or open_device(self.mode, self.config)
+        self.inputs, self.outputs = session["inputs"], session["outputs"]
+        self.output_names = [o["name"] for o in self.outputs]
+        tables = np.load(bundle_dir / session["host_tables"])
+        self.tables = {k: tables[k] for k in tables.files}
+        self.fmax_mhz = session.get("fmax_mhz")
+        self.layer_ops = session.get("layer_ops", {})
+        self.last_status: RunStatus | None = None
+        for address, data in Images.load(bundle_dir / session["entry"]).host_writes():
+            self.device.write(address, data)
+
+    def close(self) -> None:
+        self.device.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def run_codes(self, codes: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], RunStatus]:
+        """One NPU run on int8 input codes (by NPU input name) -> int8 output codes (by output name)."""
+        lanes = self.config.lanes
+        for entry in self.inputs:
+            self.device.write(*hostio.to_words(entry["placement"], codes[entry["name"]], lanes))
+        self.device.start()
+        status = self.device.wait(CYCLE_LIMIT)
+        if not status.ok:
+            raise NpuError(f"the NPU ({self.mode}) did not finish this bundle's program: status {status.status:#x} "
+                           f"after {status.layers} layers. Check that the NPU has the configuration the bundle was "
+                           f"built for ({self.config.lanes} lanes, its memory sizes) and that its link works.")
+        out = {}
+        for entry in self.outputs:
+            address, count = hostio.span(entry["placement"], lanes)
+            out[entry["name"]] = hostio.from_words(entry["placement"], self.device.read(address, count), lanes)
+        self.last_status = status
+        return out, status
+
+    def input_codes(self, feeds: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+        """The host prologue for batch element `index`: int8 codes of every NPU input."""
+        codes = {}
+        for entry in self.inputs:
+            if entry["source"] not in feeds:
+                raise RequestError(f"input {entry['source']!r} is missing; this model takes "
+                                   f"{sorted({e['source'] for e in self.inputs})}")
+            value = np.asarray(feeds[entry["source"]])[index]
+            grid = entry["placement"]["scale"], entry["placement"]["zero_point"]
+            if "gather" in entry:
+                table = self.tables[entry["gather"]]
+                row = int(np.asarray(value).reshape(-1)[0])
+                if not 0 <= row < len(table):
+                    raise RequestError(f"input {entry['source']!r}: index {row} is outside the table's "
+                                       f"{len(table)} rows")
+                codes[entry["name"]] = table[row]
+            else:
+                codes[entry["name"]] = unary.quantize(unary.apply(entry["chain"], value), *grid)
+        return codes
+
+    def outputs_from(self, codes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The host epilogue: dequantize and run what the QDQ graph computes in float after the NPU."""
+        result = {}
+        for entry in self.outputs:
+            grid = entry["placement"]["scale"], entry["placement"]["zero_point"]
+            values = unary.apply(entry["chain"], unary.dequantize(codes[entry["name"]], *grid))
+            result[entry["name"]] = values.reshape(entry["shape"][1:])
+        return result
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name for one batch of inputs (each element is one NPU run)."""
+        count = len(next(iter(feeds.values()))) if feeds else 1
+        parts = [self.outputs_from(self.run_codes(self.input_codes(feeds, i))[0]) for i in range(count)]
+        return {name: np.stack([p[name] for p in parts]).astype(np.float32) for name in self.output_names}
+
+    def execution_report(self) -> dict[str, Any]:
+        """Where the layers run (the NPU, int8) and the last run's cycles and latency at Fmax."""
+        host = [spec["op"] for entry in self.inputs + self.outputs for spec in entry["chain"]]
+        host += ["Gather" for entry in self.inputs if "gather" in entry]
+        report: dict[str, Any] = {"int8": dict(self.layer_ops), "device": self.mode,
+                                  "float": {f"{op} (host)": host.count(op) for op in host}}
+        if self.last_status is not None and self.last_status.cycles:
+            report["cycles"] = self.last_status.cycles
+            if self.fmax_mhz:
+                report["latency_ms_at_fmax"] = round(self.last_status.cycles / (self.fmax_mhz * 1e3), 3)
+        return report

@@ -1,0 +1,67 @@
+"""Element-wise functions of one tensor, in float32 numpy (device-safe: numpy only).
+
+The compiler turns any chain of them between two int8 grids into a 256-entry activation table; the
+session runs a chain before the first grid (host prologue) or after the last one (host epilogue).
+A spec is a small dict: {"op": "LeakyRelu", "alpha": 0.2}, {"op": "Mul", "const": 3.0}, ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+Spec = dict[str, Any]
+F = np.float32
+
+
+def _hard_sigmoid(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    return np.clip(F(alpha) * x + F(beta), F(0), F(1))
+
+
+_FUNCTIONS = {
+    "Identity": lambda x, s: x,
+    "Relu": lambda x, s: np.maximum(x, F(0)),
+    "LeakyRelu": lambda x, s: np.where(x >= 0, x, x * F(s.get("alpha", 0.01))),
+    "Clip": lambda x, s: np.clip(x, F(s.get("min", -np.inf)), F(s.get("max", np.inf))),
+    "Tanh": lambda x, s: np.tanh(x),
+    "Sigmoid": lambda x, s: F(1) / (F(1) + np.exp(-x)),
+    "HardSigmoid": lambda x, s: _hard_sigmoid(x, s.get("alpha", 0.2), s.get("beta", 0.5)),
+    "HardSwish": lambda x, s: x * _hard_sigmoid(x, 1 / 6, 0.5),
+    "Elu": lambda x, s: np.where(x >= 0, x, F(s.get("alpha", 1.0)) * (np.exp(x) - F(1))),
+    "Softplus": lambda x, s: np.log1p(np.exp(x)),
+    "Neg": lambda x, s: -x,
+    "Abs": lambda x, s: np.abs(x),
+    "Exp": lambda x, s: np.exp(x),
+    "Add": lambda x, s: x + F(s["const"]),
+    "Sub": lambda x, s: F(s["const"]) - x if s.get("const_first") else x - F(s["const"]),
+    "Mul": lambda x, s: x * F(s["const"]),
+    "Div": lambda x, s: F(s["const"]) / x if s.get("const_first") else x / F(s["const"]),
+}
+OPS = tuple(_FUNCTIONS)
+
+
+def apply(chain: list[Spec], x: np.ndarray) -> np.ndarray:
+    """Apply a chain of element-wise specs to float32 values."""
+    x = np.asarray(x, F)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        for spec in chain:
+            x = np.asarray(_FUNCTIONS[spec["op"]](x, spec), F)
+    return x
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """ONNX QuantizeLinear to int8: x / scale rounded half to even, plus the zero point, saturated."""
+    q = np.rint(np.asarray(x, F) / F(scale)) + zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """ONNX DequantizeLinear of int8 codes."""
+    return ((np.asarray(q, np.int32) - zero_point).astype(F) * F(scale)).astype(F)
+
+
+def table(chain: list[Spec], grid_in: tuple[float, int], grid_out: tuple[float, int]) -> np.ndarray:
+    """The 256-entry activation table: entry i is the output code for input code i - 128."""
+    codes = np.arange(-128, 128, dtype=np.int32)
+    return quantize(apply(chain, dequantize(codes, *grid_in)), *grid_out).view(np.uint8)
