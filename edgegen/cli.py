@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgegen: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stderr.close()
+        return 0
     except Exception:  # an internal fault: show everything so it can be reported
         traceback.print_exc()
         print("edgegen: internal error (a bug in edgegen); please report it with the traceback above", file=sys.stderr)
@@ -222,10 +225,10 @@ def _targets(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'target':<26} {'backend':<12} {'precisions':<11} {'runs here':<9} device / why not")
+    print(f"{'target':<26} {'backend':<12} {'precisions':<20} {'runs here':<9} device / why not")
     for r in rows:
-        note = r["device"] if r["runs_here"] else r["why"]
-        print(f"{r['name']:<26} {r['backend']:<12} {','.join(r['precisions']):<11} "
+        note = f"{r['device']} (runs on: {r['why']})" if r["runs_here"] else r["why"]
+        print(f"{r['name']:<26} {r['backend']:<12} {','.join(r['precisions']):<20} "
               f"{'yes' if r['runs_here'] else 'no':<9} {note}")
     return 0
 
