@@ -7,6 +7,7 @@ thread count, memory ceiling and backend options. Errors name the file and the k
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import platform
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from typing import Any
 import yaml
 
 from .errors import TargetError
+
+log = logging.getLogger(__name__)
 
 TARGETS_DIR = Path(os.environ.get("EDGEGEN_TARGETS_DIR", Path(__file__).resolve().parent.parent / "targets"))
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -136,6 +139,18 @@ def host_arch() -> str:
     """This machine's architecture in target terms (x86_64, aarch64)."""
     machine = platform.machine().lower()
     return _ARCH_ALIASES.get(machine, machine)
+
+
+def runnable_here() -> list[Target]:
+    """The shipped targets this host can run; the others are logged with the reason."""
+    runnable = []
+    for target in load_all():
+        ok, why = runs_here(target)
+        if ok:
+            runnable.append(target)
+        else:
+            log.info("target %s does not run here: %s", target.name, why)
+    return runnable
 
 
 def runs_here(target: Target, precision: str | None = None) -> tuple[bool, str]:

@@ -29,11 +29,7 @@ def main() -> int:
     threads = [int(t) for t in args.threads.split(",")]
     results = []
     for name in zoo.names():
-        for target in targets.load_all():
-            ok, why = targets.runs_here(target)
-            if not ok:
-                print(f"skip {target.name}: {why}", file=sys.stderr)
-                continue
+        for target in targets.runnable_here():
             for precision in target.precisions:
                 dest = out / "bundles" / f"{name}-{target.name}-{precision}"
                 try:

@@ -4,6 +4,7 @@ images to out/, and print one row per target and precision."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -40,12 +41,10 @@ def main() -> int:
     parser.add_argument("--out", default="out")
     args = parser.parse_args()
     out = Path(args.out)
+    logging.basicConfig(format="skipping %(message)s")
+    logging.getLogger("edgegen.targets").setLevel(logging.INFO)
     rows = []
-    for target in targets.load_all():
-        ok, why = targets.runs_here(target)
-        if not ok:
-            print(f"skipping {target.name}: {why}", file=sys.stderr)
-            continue
+    for target in targets.runnable_here():
         for precision in target.precisions:
             dest = out / "bundles" / f"{target.name}-{precision}"
             try:
