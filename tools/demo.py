@@ -41,7 +41,7 @@ def main() -> int:
     parser.add_argument("--out", default="out")
     args = parser.parse_args()
     out = Path(args.out)
-    logging.basicConfig(format="skipping %(message)s")
+    logging.basicConfig(format="%(message)s")
     logging.getLogger("edgegen.targets").setLevel(logging.INFO)
     rows = []
     for target in targets.runnable_here():
