@@ -8,6 +8,7 @@ generator resolved it, so equal requests share one key whichever way they were s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +41,7 @@ def parse(raw: dict[str, Any], index: int, input_names: tuple[str, ...]) -> Requ
     """Check the shape of a request dict (keys, types, ranges) and return it as a Request."""
     if not isinstance(raw, dict):
         raise RequestError(f"request {index} must be a mapping of fields, got {type(raw).__name__}")
-    unknown = raw.keys() - _FIELD_SET - set(input_names)
+    unknown = raw.keys() - _allowed_keys(input_names)
     if unknown:
         raise RequestError(f"request {index} has unknown key(s) {sorted(unknown)}; use {', '.join(FIELDS)} "
                            f"or input names {list(input_names)}")
@@ -66,6 +67,11 @@ def parse(raw: dict[str, Any], index: int, input_names: tuple[str, ...]) -> Requ
     if raw.get("output") is not None:
         req.output = str(raw["output"])
     return req
+
+
+@functools.lru_cache(maxsize=16)
+def _allowed_keys(input_names: tuple[str, ...]) -> frozenset[str]:
+    return _FIELD_SET.union(input_names)
 
 
 def _integer(value: Any, name: str, index: int) -> int:
