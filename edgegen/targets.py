@@ -36,7 +36,9 @@ _SCHEMA: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "threads": (int, True),
     "memory_mb": (int, True),
     "backend_options": (dict, False),
+    "roofline": (dict, False),
 }
+ROOFLINE_KEYS = ("peak_gops", "bandwidth_gbs", "source")  # peak_gops: {precision: 1e9 ops/s}; 1 MAC = 2 ops
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Target:
     precisions: list[str] = field(default_factory=list)
     backend_options: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    roofline: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (*_SCHEMA, "path")}
@@ -114,10 +117,27 @@ def load_file(path: Path) -> Target:
         raise TargetError(f"{path}: key 'precision' ({data['precision']}) must be one of 'precisions' {precisions}")
     if data["threads"] < 1 or data["memory_mb"] < 16:
         raise TargetError(f"{path}: keys 'threads' (>= 1) and 'memory_mb' (>= 16) are out of range")
+    if "roofline" in data:
+        _check_roofline(path, data["roofline"], precisions)
     if data["name"] != path.stem:
         raise TargetError(f"{path}: key 'name' is {data['name']!r} but the file is named {path.stem!r}; make them equal")
     return Target(**{**data, "precisions": list(precisions), "backend_options": data.get("backend_options") or {}},
                   path=str(path))
+
+
+def _check_roofline(path: Path, roofline: dict[str, Any], precisions: list[str]) -> None:
+    """roofline: peak_gops per precision the target allows, bandwidth_gbs, and the public source of both."""
+    missing = [k for k in ROOFLINE_KEYS if k not in roofline]
+    if missing or set(roofline) - set(ROOFLINE_KEYS):
+        raise TargetError(f"{path}: key 'roofline' must have exactly {', '.join(ROOFLINE_KEYS)}; missing "
+                          f"{missing}, unknown {sorted(set(roofline) - set(ROOFLINE_KEYS))}")
+    peaks, bandwidth = roofline["peak_gops"], roofline["bandwidth_gbs"]
+    if not isinstance(peaks, dict) or set(precisions) - set(peaks) or \
+            not all(isinstance(v, (int, float)) and v > 0 for v in peaks.values()):
+        raise TargetError(f"{path}: key 'roofline.peak_gops' must give a positive number for each of {precisions}")
+    if not isinstance(bandwidth, (int, float)) or bandwidth <= 0 or not str(roofline["source"]).strip():
+        raise TargetError(f"{path}: 'roofline.bandwidth_gbs' must be a positive number and 'roofline.source' "
+                          "must cite where the numbers come from")
 
 
 def backend_names() -> tuple[str, ...]:
