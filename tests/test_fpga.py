@@ -48,10 +48,21 @@ def test_functional_model_agrees_with_onnxruntime_within_one_lsb(tmp_path, model
     assert stats["exact"] / stats["values"] >= 0.7, stats
 
 
+def test_zoo_generator_agrees_with_onnxruntime_through_every_layer(tmp_path):
+    # a generator amplifies any one-code difference through every layer after it: single rounding in the
+    # requantizer and an exact BatchNormalization bias keep glyphgen's codes equal to ONNX Runtime's
+    big = NpuConfig.from_options({"lanes": 8, "act_kb": 1024, "wgt_kb": 1024, "par_entries": 16384})
+    compiled = emu.compile_for(emu.quantize(Graph.load("zoo:glyphgen"), 8), big, tmp_path / "npu")
+    stats = emu.agreement(compiled, samples=2)
+    print(f"glyphgen: {stats['exact']} of {stats['values']} codes equal, max {stats['max_lsb']} LSB")
+    assert stats["within_1_lsb"] >= 0.99 and stats["exact"] / stats["values"] >= 0.99, stats
+
+
 @pytest.mark.parametrize("model, layers", [("tiny_decoder__legacy_b1", 30), ("mobilenet_resnet__legacy_b1", 20)])
 def test_each_layer_alone_agrees_with_onnxruntime_within_one_lsb(tmp_path, model, layers):
-    # deep random networks amplify 1-LSB differences (MobileNet family: 91% within 1 LSB at the output, see
-    # bench/fpga.md); fed ONNX Runtime's own inputs, every layer stays within 1 LSB on >= 99.9% of its values
+    # the MobileNet family's bilinear Resize runs in float32 in ONNX Runtime, whose rounding error decides
+    # exact ties; the NPU rounds them to even, and the network amplifies the odd code (see bench/fpga.md).
+    # Fed ONNX Runtime's own inputs, every layer stays within 1 LSB on >= 99.9% of its values
     compiled = emu.compile_for(emu.quantize(_graph(tmp_path, model)), ROOMY, tmp_path / "npu")
     result = emu.layer_agreement(compiled)
     print([(row["op"], row["exact"], row["values"], row["max_lsb"]) for row in result["layers"]])

@@ -1,15 +1,14 @@
 """The NPU's requantization against TFLite's int8 reference arithmetic, on hand-checked cases.
 
-Each expected value below was worked out by hand from the reference code (gemmlowp's
-SaturatingRoundingDoublingHighMul and RoundingDivideByPOT, TFLite's QuantizeMultiplier and
-MultiplyByQuantizedMultiplier, and the int8 ADD kernel's Prepare/Eval); the comments show the work.
+Each expected value below was worked out by hand from the reference code (TFLite's QuantizeMultiplier,
+MultiplyByQuantizedMultiplier in its single-rounding form, and the int8 ADD kernel's Prepare/Eval);
+the comments show the work.
 """
 
 import pytest
 
 from edgegen.backends.fpga import arith
 
-INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
 @pytest.mark.parametrize("real, expected", [
@@ -25,43 +24,29 @@ def test_quantize_multiplier(real, expected):
     assert arith.quantize_multiplier(real) == expected
 
 
-@pytest.mark.parametrize("a, b, expected", [
-    (3, 1 << 30, 2),                  # 1.5 -> 2: nudge +2**30, (3*2**30 + 2**30) / 2**31 = 2
-    (-3, 1 << 30, -1),                # -1.5 -> -1: nudge 1 - 2**30, (-4*2**30 + 1) / 2**31 truncates to -1
-    (5, 1 << 30, 3),                  # 2.5 -> 3
-    (-5, 1 << 30, -2),                # -2.5 -> -2
-    (100, 1288490189, 60),            # 100 * 0.6 = 60.0000000093
-    (INT32_MIN, INT32_MIN, INT32_MAX),  # the one overflow: saturates
-    (INT32_MIN, INT32_MAX, -INT32_MAX),  # -2**31 * (2**31 - 1) / 2**31 = -(2**31 - 1)
-])
-def test_saturating_rounding_doubling_high_mul(a, b, expected):
-    assert int(arith.srdhm(a, b)) == expected
-
-
-@pytest.mark.parametrize("x, exponent, expected", [
-    (5, 1, 3),      # 2.5 -> 3 (ties away from zero)
-    (-5, 1, -3),    # -2.5 -> -3
-    (6, 2, 2),      # 1.5 -> 2
-    (-6, 2, -2),    # -1.5 -> -2: remainder 2 (two's complement), threshold 1 + 1, not above: floor -2
-    (7, 2, 2),      # 1.75 -> 2
-    (-7, 2, -2),    # -1.75 -> -2
-    (123, 0, 123),
-    (INT32_MAX, 31, 1),  # 0.99999 -> 1
-])
-def test_rounding_divide_by_pot(x, exponent, expected):
-    assert int(arith.rdbpot(x, exponent)) == expected
-
-
 @pytest.mark.parametrize("x, m, shift, expected", [
-    (100, 1288490189, -1, 30),  # 100 * 0.3: SRDHM -> 60, RDBPOT(60, 1) -> 30
-    (5, 1 << 30, -1, 2),        # 5 * 0.25 = 1.25, yet 2: SRDHM rounds 2.5 -> 3, then 1.5 -> 2 (double rounding)
-    (-5, 1 << 30, -1, -1),      # SRDHM -2.5 -> -2, then -1.0 -> -1
-    (3, 1 << 30, 2, 6),         # left shift first: SRDHM(12, 2**30) = 6
-    (1 << 28, 1 << 30, 3, INT32_MIN // 2),  # 2**28 << 3 wraps to -2**31 in int32; * 0.5 = -2**30
+    (100, 1288490189, -1, 30),  # 100 * 1288490189 / 2**32 = 30.0000000047 -> 30
+    (5, 1 << 30, -1, 1),        # 5 * 0.25 = 1.25 -> 1 (gemmlowp's double rounding gives 2: 2.5 -> 3, 1.5 -> 2)
+    (-5, 1 << 30, -1, -1),      # -1.25 -> -1
+    (3, 1 << 30, 0, 2),         # 1.5: ties go toward +inf
+    (-3, 1 << 30, 0, -1),       # -1.5 -> -1
+    (3, 1 << 30, 2, 6),         # shift > 0: 3 * 2**30 / 2**29
+    (1 << 28, 1 << 30, 3, 1 << 30),  # no pre-shift, so no int32 wrap before the multiply
     (-7, 1073741824, 1, -7),    # multiplier 1.0 (2**30, shift 1) is the identity
+    ((1 << 31) - 1, (1 << 31) - 1, 31, 1),  # shift 31: (2**31-1)**2 = 2**62 - 2**32 + 1, low 32 bits kept
 ])
 def test_multiply_by_quantized_multiplier(x, m, shift, expected):
     assert int(arith.mbqm(x, m, shift)) == expected
+
+
+@pytest.mark.parametrize("x, m, shift, expected", [
+    (3, 1 << 30, 0, 2),         # 1.5 -> 2
+    (5, 1 << 30, 0, 2),         # 2.5 -> 2
+    (-3, 1 << 30, 0, -2),       # -1.5 -> -2
+    (7, 1 << 30, -1, 2),        # 1.75 -> 2
+])
+def test_multiply_by_quantized_multiplier_half_to_even(x, m, shift, expected):
+    assert int(arith.mbqm(x, m, shift, even=True)) == expected
 
 
 def test_conv_multiplier_is_computed_in_double_from_float32_scales():
@@ -79,4 +64,4 @@ def test_add_matches_tflite_int8_add_by_hand():
     a = arith.mbqm(3 << arith.ADD_LEFT_SHIFT, ma, sa)   # 3 * 2**20 * 0.5 = 1572864
     b = arith.mbqm(4 << arith.ADD_LEFT_SHIFT, mb, sb)   # 2097152
     assert (int(a), int(b)) == (1572864, 2097152)
-    assert int(arith.mbqm(a + b, mo, so)) == 7          # SRDHM -> 1835008, RDBPOT(., 18) = 7.0
+    assert int(arith.mbqm(a + b, mo, so)) == 7          # 3670016 * 2**30 / 2**49 = 7.0

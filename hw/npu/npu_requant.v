@@ -1,8 +1,9 @@
-// TFLite's MultiplyByQuantizedMultiplier, pipelined (4 cycles, one result per cycle):
-//   y = RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x << max(sh,0), m), max(-sh,0))
-// `tag` travels with the value (what to do with the result). `even` (held for a whole layer) makes the
-// final division round half to even, as ONNX's float requantization does for layers the QDQ graph
-// computes in float (bilinear resize).
+// TFLite's MultiplyByQuantizedMultiplier with single rounding (TFLITE_SINGLE_ROUNDING), pipelined
+// (4 cycles, one result per cycle):
+//   y = (x * m + 2**(n-1)) >> n,  n = 31 - sh  (0..62; the 64-bit product is exact, rounded once)
+// Ties go toward +inf; `even` (held for a whole layer) makes them go to even instead (ONNX's rounding,
+// for layers the QDQ graph computes in float: bilinear resize). y keeps the low 32 bits.
+// `tag` travels with the value (what to do with the result).
 module npu_requant #(
     parameter TW = 8
 ) (
@@ -19,31 +20,26 @@ module npu_requant #(
     output reg  [TW-1:0]      out_tag,
     output wire               busy
 );
-    // stage 1: left shift (int32 wrap-around), right shift amount
+    // stage 1: operands, right shift n = 31 - sh
     reg               v1;
-    reg signed [31:0] xs1, m1;
-    reg        [4:0]  r1;
+    reg signed [31:0] x1, m1;
+    reg        [5:0]  n1;
     reg        [TW-1:0] t1;
     // stage 2: 64-bit product
-    reg               v2, ovf2;
+    reg               v2;
     reg signed [63:0] p2;
-    reg        [4:0]  r2;
+    reg        [5:0]  n2;
     reg        [TW-1:0] t2;
-    // stage 3: rounding doubling high multiply
-    reg               v3;
-    reg signed [31:0] h3;
-    reg        [4:0]  r3;
+    // stage 3: quotient and rounding decision
+    reg               v3, up3;
+    reg signed [31:0] q3;
     reg        [TW-1:0] t3;
 
-    wire signed [63:0] nudged = p2 + (p2[63] ? 64'sd1 - 64'sd1073741824 : 64'sd1073741824);
-    // C division by 2**31 truncates toward zero
-    wire signed [63:0] high = nudged[63] ? ((nudged + 64'sd2147483647) >>> 31) : (nudged >>> 31);
-    wire        [31:0] mask = (32'd1 << r3) - 32'd1;
-    wire        [31:0] rem = h3 & mask;
-    wire        [31:0] thr = (mask >> 1) + {31'd0, h3[31]};
-    wire signed [31:0] q = h3 >>> r3;
-    wire        [31:0] half = (r3 == 5'd0) ? 32'd0 : (32'd1 << (r3 - 5'd1));
-    wire               up = even ? ((r3 != 5'd0) && ((rem > half) || ((rem == half) && q[0]))) : (rem > thr);
+    wire signed [63:0] q = p2 >>> n2;
+    wire        [63:0] mask = (64'd1 << n2) - 64'd1;
+    wire        [63:0] rem = p2 & mask;
+    wire        [63:0] half = (n2 == 6'd0) ? 64'd0 : (64'd1 << (n2 - 6'd1));
+    wire               up = (n2 != 6'd0) && (even ? ((rem > half) || ((rem == half) && q[0])) : (rem >= half));
 
     assign busy = v1 | v2 | v3 | out_valid;
 
@@ -56,18 +52,17 @@ module npu_requant #(
             v3 <= v2;
             out_valid <= v3;
         end
-        xs1 <= sh[7] ? x : (x << sh[4:0]);
-        r1 <= sh[7] ? -sh[4:0] : 5'd0;
+        x1 <= x;
         m1 <= m;
+        n1 <= 6'd31 - sh[5:0];
         t1 <= in_tag;
-        p2 <= xs1 * m1;
-        ovf2 <= (xs1 == 32'sh80000000) && (m1 == 32'sh80000000);
-        r2 <= r1;
+        p2 <= x1 * m1;
+        n2 <= n1;
         t2 <= t1;
-        h3 <= ovf2 ? 32'sh7fffffff : high[31:0];
-        r3 <= r2;
+        q3 <= q[31:0];
+        up3 <= up;
         t3 <= t2;
-        y <= q + (up ? 32'sd1 : 32'sd0);
+        y <= q3 + (up3 ? 32'sd1 : 32'sd0);
         out_tag <= t3;
     end
 endmodule

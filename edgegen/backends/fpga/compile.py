@@ -38,15 +38,16 @@ def config_of(target: Target) -> NpuConfig:
 
 
 def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]]:
-    """(node, op, reason) for every node of the (float) graph the NPU has no layer for."""
+    """(node, op, reason) for every node of the (float) graph the NPU has no layer for. The NPU runs one
+    image at a time, so the graph is read at batch 1 with its constants folded: shape arithmetic of a
+    dynamic batch (Shape/ConstantOfShape/Equal/Where feeding an Expand) needs no layer."""
     missing = []
-    for i, node in enumerate(graph.model.graph.node):
-        name = node.name or f"{node.op_type}_{i}"
+    for node in prepare(graph, fold_batchnorm=False).nodes:
         if node.op_type in _FLOAT_ONLY:
-            missing.append((name, node.op_type, _FLOAT_ONLY[node.op_type]))
+            missing.append((node.name, node.op_type, _FLOAT_ONLY[node.op_type]))
         elif node.op_type not in SUPPORTED and node.op_type not in ("Constant", "BatchNormalization", "Dropout",
                                                                       "Identity", "Shape", "Cast"):
-            missing.append((name, node.op_type, "the edgegen NPU has no layer for this op"))
+            missing.append((node.name, node.op_type, "the edgegen NPU has no layer for this op"))
     return missing
 
 

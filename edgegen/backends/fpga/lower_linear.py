@@ -91,23 +91,34 @@ class LinearLayers:
         return Phase([(dy, dx, 0) for dy, dx, _ in taps], words)
 
     def batch_norm(self, node: onnx.NodeProto) -> None:
-        """x * a + b per channel (a BatchNormalization the import could not fold into a conv): a depthwise
-        1x1 layer whose int8 weight is +-127 on a grid of |a| / 127, so a is represented exactly."""
+        """x * a + b per channel (a BatchNormalization the import could not fold into a conv), as ONNX
+        Runtime computes it in float32: a depthwise 1x1 layer of T taps on the same pixel whose weights sum
+        to W per channel, bias B, requantized by a * s_in / (W * s_out). W (up to 127 T) is chosen so that
+        B / W is the best rational approximation of b / (a * s_in): a one-tap weight of 127 leaves the
+        bias up to 1/254 of an input step off, which moves ~0.1% of outputs by one code, and a generator
+        amplifies each such code through every layer after it. T = max(8, lanes): a depthwise group takes
+        at least `lanes` cycles anyway."""
         x, out = self.tensor(node.input[0]), node.output[0]
         if not all(i in self.p.consts for i in node.input[1:5]):
             raise self.unsupported("its scale, bias, mean and variance are not constants")
-        gamma, beta, mean, var = (np.asarray(self.p.consts[i], np.float64).reshape(-1) for i in node.input[1:5])
-        a = gamma / np.sqrt(var + attrs(node).get("epsilon", 1e-5))
-        w_scale = np.where(a == 0, 1.0, np.abs(a) / 127).astype(np.float32).astype(np.float64)
-        weights = np.where(a == 0, 0, np.sign(a) * 127).astype(np.int8).reshape(-1, 1, 1)
-        bias = np.round((beta - mean * a) / (np.float64(np.float32(x.scale)) * w_scale)).astype(np.int64)
+        f32 = np.float32
+        gamma, beta, mean, var = (np.asarray(self.p.consts[i], f32).reshape(-1) for i in node.input[1:5])
+        a = f32(1) / np.sqrt(var + f32(attrs(node).get("epsilon", 1e-5))) * gamma
+        b = (beta - mean * a).astype(np.float64)
+        a = a.astype(np.float64)
+        taps = max(8, self.lanes)
+        w_total = _best_denominators(b / np.where(a == 0, 1.0, a * np.float64(f32(x.scale))), 127 * taps)
+        w_total = np.where(a == 0, 0, w_total * np.sign(a)).astype(np.int64)
+        weights = np.stack([_split(w_total, taps, t) for t in range(taps)], axis=1).astype(np.int8)[:, None, :]
+        w_scale = np.where(a == 0, 1.0, a / np.where(w_total == 0, 1, w_total))
+        bias = np.round(b / (np.float64(f32(x.scale)) * w_scale)).astype(np.int64)
         grid = self.grid(out)
         dst = self.new_tensor(out, (x.c, x.h, x.w), grid, x.cmap, x.groups)
         inv = dst.inverse(self.lanes)
         params = requant_params(x.groups * self.lanes, inv, bias, self.multipliers(x.scale, w_scale, grid[0]))
-        self.program.conv(node.name, node.op_type, x, dst, [self._phase([(0, 0, 0)], weights, inv, x, True)], params,
-                          depthwise=True, up=False, stride=1, oh=x.h, ow=x.w, out_gs=x.groups, groups=x.groups, cin=1,
-                          macs=x.c * x.h * x.w)
+        phase = self._phase([(0, 0, t) for t in range(taps)], weights, inv, x, True)
+        self.program.conv(node.name, node.op_type, x, dst, [phase], params, depthwise=True, up=False, stride=1,
+                          oh=x.h, ow=x.w, out_gs=x.groups, groups=x.groups, cin=1, macs=x.c * x.h * x.w)
         self.values[out] = dst
 
     def _broadcast_words(self, weights: np.ndarray, inv: np.ndarray, x: Tensor) -> np.ndarray:
@@ -183,3 +194,17 @@ class LinearLayers:
                           up=False, stride=1, oh=1, ow=1, out_gs=len(inv) // self.lanes,
                           groups=len(inv) // self.lanes, cin=x.physical, macs=macs)
         self.values[target] = dst
+
+
+def _best_denominators(ratio: np.ndarray, largest: int) -> np.ndarray:
+    """Per value, the integer W in [largest / 2, largest] for which round(ratio * W) / W is closest to ratio."""
+    w = np.arange(largest // 2, largest + 1, dtype=np.float64)
+    scaled = ratio[:, None] * w[None, :]
+    error = np.abs(np.round(scaled) - scaled) / w[None, :]
+    return w[np.argmin(error, axis=1)].astype(np.int64)
+
+
+def _split(total: np.ndarray, parts: int, index: int) -> np.ndarray:
+    """Part `index` of `parts` integers that sum to `total` and differ by at most one (same sign)."""
+    magnitude = np.abs(total)
+    return np.sign(total) * (magnitude // parts + (index < magnitude % parts))

@@ -108,8 +108,8 @@ class FunctionalNpu(Transport):
             raise IndexError(f"unknown layer kind {layer.kind}")
 
     def _post(self, layer: Layer, y: np.ndarray) -> np.ndarray:
-        """Output zero point, clamp, then the activation table."""
-        y = np.clip(y + layer.zp_out, layer.act_min, layer.act_max)
+        """Output zero point (int32 wrap, as the RTL adds), clamp, then the activation table."""
+        y = np.clip(arith.wrap32(y + layer.zp_out), layer.act_min, layer.act_max)
         if layer.lut:
             table = self.lut[layer.lut_base:layer.lut_base + 256]
             if table.size < 256:
