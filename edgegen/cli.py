@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
                                                                      "(e.g. 50M)")
     _serving_args(p)
     _graph_args(p)
+    _executor_args(p, "with several --target: build them here one by one, or one Ray task per target")
     p.set_defaults(func=_build)
 
     p = verbs.add_parser("inspect", help="show a model's inputs, ops, costs and support per target")
@@ -105,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("precompute", help="render a request file into a bundle's precomputed assets")
     p.add_argument("bundle")
     p.add_argument("requests", help="YAML/JSON: a list of requests, or requests:/grid:/log: + top: (see README)")
+    _executor_args(p, "render here, or in shards on Ray actors (same assets, byte for byte)")
+    p.add_argument("--workers", type=int, metavar="N", help="Ray actors rendering shards (default: one per CPU)")
     p.set_defaults(func=_precompute)
 
     p = verbs.add_parser("serve", help="serve a bundle over HTTP (POST /v1/generate, GET /v1/health, /v1/stats, /)")
@@ -149,6 +152,12 @@ def _serving_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview-upscale", metavar="lanczos|MODEL",
                    help="upscale the preview tier to full size: Lanczos-3, or an upscaler model compiled for the target")
     p.add_argument("--batch-sizes", metavar="N[,N]", help="batch-N artifacts of a model exported with a fixed batch")
+
+
+def _executor_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--executor", choices=["local", "ray"], default="local", help=f"{what} (default local)")
+    p.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="the Ray cluster's head (as `ray start --head` prints it; default: a Ray instance started here)")
 
 
 def _serving_options(args) -> dict:
@@ -211,20 +220,18 @@ def _progress(stage: str, done: int, total: int) -> None:
 
 
 def _build(args) -> int:
-    from .build import BuildOptions, build
-    from .graph import Graph
+    from .build import BuildOptions
     from .report import render_build_report
+    from .scale.fleet import build_fleet
 
     options = BuildOptions(precision=args.precision, samples=args.samples, min_psnr=args.min_psnr,
                            min_ssim=args.min_ssim, calibration=args.calibration,
                            calibration_count=args.calibration_count, calibration_method=args.calibration_method,
-                           prune=args.prune, prune_to_macs=args.prune_to_macs, **_serving_options(args))
-    graph = Graph.load(args.model, **_graph_options(args))
-    out = Path(args.out)
-    for name in args.target:
-        dest = out / name if len(args.target) > 1 else out
-        result = build(graph, name, dest, options, progress=_progress)
-        print(render_build_report(result.manifest, dest))
+                           prune=args.prune, prune_to_macs=args.prune_to_macs,
+                           graph_options=_graph_options(args), **_serving_options(args))
+    for result in build_fleet(args.model, args.target, args.out, options, args.executor, args.ray_address,
+                              progress=_progress):
+        print(render_build_report(result.manifest, result.out))
     return 0
 
 
@@ -314,7 +321,8 @@ def _zoo(args) -> int:
 def _precompute(args) -> int:
     from .precompute import add_assets
 
-    summary = add_assets(args.bundle, args.requests, progress=_progress)
+    summary = add_assets(args.bundle, args.requests, progress=_progress, executor=args.executor,
+                         address=args.ray_address, workers=args.workers)
     print(f"{args.bundle}: {summary['count']} precomputed asset(s), rendered on {summary['rendered_on']}")
     return 0
 

@@ -20,7 +20,7 @@ import platform
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Container
 
 from . import backends, bundle
 from .errors import BuildError, EdgegenError
@@ -106,19 +106,31 @@ def render_assets(gen, requests: list[dict[str, Any]], directory: Path, rendered
     """Render requests with `gen` (caches off) and write the pack into a staging bundle directory,
     after the entries in `keep`; return the number of assets."""
     entries = {key: (key, request, array) for key, request, array in keep}
+    render_new(gen, requests, entries, progress)
+    return write_pack(directory, gen.content_hash, entries.values(), rendered_on)
+
+
+def render_new(gen, requests: list[dict[str, Any]], entries: dict[str, tuple], progress: Progress,
+               skip: Container[str] = (), first: int = 0) -> list[str]:
+    """Render, CHUNK requests per backend call, those whose keys are neither in `entries` nor in
+    `skip`, adding (key, request, pixels) to `entries` in request order; return every request's key.
+    `first` is the position of requests[0] in the whole request list (for error messages)."""
+    keys: list[str] = []
     for start in range(0, len(requests), CHUNK):
         progress("precompute", start, len(requests))
         chunk = requests[start:start + CHUNK]
         try:
-            keys = [gen.key_of(r) for r in chunk]
-            todo = [(k, r) for k, r in zip(keys, chunk) if k not in entries]
+            chunk_keys = [gen.key_of(r) for r in chunk]
+            todo = [(k, r) for k, r in zip(chunk_keys, chunk) if k not in entries and k not in skip]
             rendered = gen.render([r for _, r in todo]) if todo else []
         except EdgegenError as exc:
-            raise BuildError(f"precomputing requests {start}..{start + len(chunk) - 1}: {exc}") from None
+            where = first + start
+            raise BuildError(f"precomputing requests {where}..{where + len(chunk) - 1}: {exc}") from None
         for (key, request), result in zip(todo, rendered):
             entries[key] = (key, request, result.pixels)
+        keys += chunk_keys
     progress("precompute", len(requests), len(requests))
-    return write_pack(directory, gen.content_hash, entries.values(), rendered_on)
+    return keys
 
 
 def rendered_on(manifest: dict[str, Any]) -> str:
@@ -128,10 +140,17 @@ def rendered_on(manifest: dict[str, Any]) -> str:
     return f"{platform.machine()} build host, {manifest['backend']}, {how}"
 
 
-def add_assets(bundle_dir: str | Path, requests_path: str | Path, progress: Progress | None = None) -> dict[str, Any]:
+def add_assets(bundle_dir: str | Path, requests_path: str | Path, progress: Progress | None = None,
+               executor: str = "local", address: str | None = None, workers: int | None = None) -> dict[str, Any]:
     """Render a request file into an existing bundle's assets (merged with what it has) and publish
-    the new bundle atomically; returns the manifest's `assets` summary."""
+    the new bundle atomically; returns the manifest's `assets` summary.
+
+    executor "ray" renders shards of the request list on Ray actors (the cluster at `address`, or a
+    local instance; `workers` actors, default one per CPU) into the same bytes the local loop writes."""
     from .runtime import Generator
+    from .scale import check_executor
+
+    check_executor(executor)
 
     report = progress or (lambda stage, done, total: None)
     out = Path(bundle_dir)
@@ -146,7 +165,13 @@ def add_assets(bundle_dir: str | Path, requests_path: str | Path, progress: Prog
     staging = bundle.staging_dir(out)
     try:
         _copy_bundle(out, staging)
-        count = render_assets(old, requests, staging, rendered_on(old.manifest), report, keep)
+        if executor == "ray":
+            from .scale.precompute import render_assets_on_ray
+
+            count = render_assets_on_ray(old, requests, staging, rendered_on(old.manifest), report, keep,
+                                         address, workers)
+        else:
+            count = render_assets(old, requests, staging, rendered_on(old.manifest), report, keep)
         manifest = {k: v for k, v in old.manifest.items() if k not in ("format", "schema_version", "files")}
         manifest["assets"] = {"count": count, "rendered_on": rendered_on(old.manifest),
                               "requests": str(Path(requests_path))}

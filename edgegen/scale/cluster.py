@@ -1,0 +1,94 @@
+"""Connecting to Ray: import it with an install hint, check a cluster address before Ray would
+wait minutes on it, and turn Ray's failures into messages that say what to do."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from typing import Any, Iterator
+
+from ..errors import EdgegenError
+from . import ClusterError
+
+INSTALL = "pip install 'edgegen[ray]'"
+CONNECT_TIMEOUT_S = 5
+# Ray retries for ~14 minutes on an address where something that is not a Ray head listens; these
+# bound its retries while it joins a cluster (set for ray.init only, where the user has not set them).
+_JOIN_TIMEOUTS = {"RAY_gcs_server_port_wait_time_s": "1", "RAY_py_gcs_connect_timeout_s": "5",
+                  "RAY_gcs_rpc_server_connect_timeout_s": "5"}
+
+
+def import_ray() -> Any:
+    """The ray module, or ClusterError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError(f"--executor ray needs Ray, which is not installed here; install it with `{INSTALL}`, "
+                           "or use --executor local") from None
+    return ray
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail within `timeout` seconds when nothing listens at a HOST:PORT (or ray://HOST:PORT) address."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"--ray-address {address!r}: give HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379, "
+                           "as `ray start --head` prints it) or 'auto' for a cluster started on this machine")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start its head with "
+                           "`ray start --head` on that machine, check the address and port it printed, or leave "
+                           "out --ray-address to run on a Ray instance started here") from None
+
+
+@contextlib.contextmanager
+def connect(address: str | None = None) -> Iterator[Any]:
+    """Yield the ray module, connected: reuse an initialized Ray, else join `address` (or start a local
+    instance when it is None) and disconnect afterwards."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    if address:
+        check_reachable(address)
+    added = {k: v for k, v in _JOIN_TIMEOUTS.items() if k not in os.environ} if address else {}
+    os.environ.update(added)
+    try:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    except (ConnectionError, TimeoutError, RuntimeError) as exc:
+        raise ClusterError(f"cannot connect to the Ray cluster at {address or 'this machine'}: "
+                           f"{str(exc).strip().splitlines()[0]}. Check that `ray status` works there.") from None
+    finally:
+        for name in added:
+            del os.environ[name]
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def cluster_cpus(ray: Any) -> int:
+    """Logical CPUs of the connected cluster (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+@contextlib.contextmanager
+def user_errors(ray: Any, what: str) -> Iterator[None]:
+    """Re-raise an edgegen error from a Ray worker as itself; a worker that died beyond its
+    retries as ClusterError."""
+    try:
+        yield
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, EdgegenError):
+            raise cause from None
+        raise
+    except ray.exceptions.RayActorError as exc:
+        raise ClusterError(f"{what}: a Ray worker died and could not be restarted ({str(exc).splitlines()[0]}); "
+                           "check the nodes' memory and `ray status`, then rerun") from None

@@ -1,0 +1,95 @@
+"""Fleet builds: one model for several targets, one bundle per target in OUT/<target>, built here
+one after the other (`local`) or as one Ray task per target (`ray`).
+
+A Ray task builds into a temporary directory on its node and returns the bundle's files; the
+driver publishes each bundle atomically (staging + rename) as its task finishes, so a fleet
+needs no shared filesystem for its output. Model, calibration and request files must be readable
+at the same path on every node (`zoo:` models always are).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+from .. import bundle
+from ..build import BuildOptions, BuildResult, Progress, build
+from ..errors import BuildError
+from . import check_executor, cluster
+
+TASK_RETRIES = 2  # a task whose worker died is run again this many times
+
+
+def destinations(out: str | Path, names: list[str]) -> dict[str, Path]:
+    """Where each target's bundle goes: `out` itself for one target, `out/<target>` for several."""
+    out = Path(out)
+    if len(set(names)) != len(names):
+        raise BuildError(f"--target lists a target twice ({', '.join(names)}); name each once")
+    return {name: out / name if len(names) > 1 else out for name in names}
+
+
+def build_fleet(model: str, names: list[str], out: str | Path, options: BuildOptions, executor: str = "local",
+                address: str | None = None, progress: Progress | None = None) -> Iterator[BuildResult]:
+    """Build `model` for every target in `names`, yielding each published bundle's result (in target
+    order locally, as they finish on Ray); stops at the first failed build."""
+    check_executor(executor)
+    dests = destinations(out, names)
+    for dest in dests.values():
+        bundle.check_output_dir(dest)
+    if executor == "ray":
+        yield from _on_ray(model, dests, options, address)
+        return
+    from ..graph import Graph
+
+    graph = Graph.load(model, **options.graph_options)
+    for name, dest in dests.items():
+        yield build(graph, name, dest, options, progress=progress)
+
+
+def _on_ray(model: str, dests: dict[str, Path], options: BuildOptions, address: str | None) -> Iterator[BuildResult]:
+    model, options = _absolute(model), replace(options, calibration=_absolute(options.calibration),
+                                               precompute=_absolute(options.precompute),
+                                               preview_upscale=_absolute(options.preview_upscale))
+    with cluster.connect(address) as ray:
+        task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(build_files)
+        pending = {task.remote(model, name, options): name for name in dests}
+        try:
+            with cluster.user_errors(ray, "fleet build"):
+                while pending:
+                    [ref], _ = ray.wait(list(pending), num_returns=1)
+                    name = pending.pop(ref)
+                    yield _publish(ray.get(ref), dests[name])
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+
+
+def build_files(model: str, target: str, options: BuildOptions) -> dict[str, bytes]:
+    """Build one bundle in a temporary directory and return its files (run as a Ray task)."""
+    with tempfile.TemporaryDirectory(prefix="edgegen-fleet-") as tmp:
+        out = Path(tmp) / target
+        build(model, target, out, options)
+        return {file.relative_to(out).as_posix(): file.read_bytes() for file in out.rglob("*") if file.is_file()}
+
+
+def _publish(files: dict[str, bytes], dest: Path) -> BuildResult:
+    staging = bundle.staging_dir(dest)
+    try:
+        for name, data in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data)
+        manifest = bundle.read_manifest(staging)
+        bundle.verify_files(staging, manifest)
+        bundle.publish(staging, dest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return BuildResult(dest, manifest)
+
+
+def _absolute(value: str | None) -> str | None:
+    """A path that exists here, made absolute (Ray workers run elsewhere); anything else as it is."""
+    return str(Path(value).resolve()) if value and Path(value).exists() else value

@@ -1,0 +1,180 @@
+"""`edgegen precompute --executor ray`: the request list in shards, rendered by Ray actors that each
+open the bundle once, merged by the driver into the pack the local executor would write, byte for byte.
+
+Actors get the bundle's files through Ray's object store (no shared filesystem needed) and return
+each shard's (key, request, pixels). The driver writes every shard as a small pack under its shard
+number (atomically, so a shard redone after a killed actor replaces nothing half-written), checks
+that every request's key landed in a shard or in the kept assets, and then writes the bundle's pack
+from the kept entries and the shards in request order with the same writer as the local executor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..bundle import MANIFEST, ASSETS_DIR
+from ..errors import BuildError, BundleError
+from ..precompute import Progress, render_new
+from ..runtime.assets import AssetPack, write_pack
+from . import cluster
+
+SHARD_MAX = 256  # requests per shard at most
+SHARDS_PER_WORKER = 4  # at least this many shards per actor when the list allows, to balance load
+ACTOR_RESTARTS = 4
+# one intra-op thread per actor (Ray gives each actor its CPU); no caches, no assets: every request is rendered
+OPEN = {"threads": 1, "host_fallback": True, "cache_bytes": 0, "feature_cache_bytes": 0, "assets": False}
+
+
+def shard_size(count: int, workers: int) -> int:
+    """Requests per shard: small enough that each worker gets several shards, at most SHARD_MAX."""
+    return max(1, min(SHARD_MAX, math.ceil(count / (workers * SHARDS_PER_WORKER))))
+
+
+def render_assets_on_ray(gen, requests: list[dict[str, Any]], staging: Path, rendered_on: str, progress: Progress,
+                         keep: list[tuple[str, dict[str, Any], Any]], address: str | None = None,
+                         workers: int | None = None) -> int:
+    """Ray twin of precompute.render_assets: same arguments (plus the cluster and the actor count),
+    same pack and index bytes; returns the number of assets."""
+    with cluster.connect(address) as ray:
+        count = workers or cluster.cluster_cpus(ray)
+        if count < 1:
+            raise BuildError(f"--workers must be >= 1, got {count}")
+        size = shard_size(len(requests), count)
+        shards = [requests[i:i + size] for i in range(0, len(requests), size)]
+        count = min(count, max(1, len(shards)))
+        cpus = min(1.0, cluster.cluster_cpus(ray) / count)
+        actor_cls = ray.remote(num_cpus=cpus, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)(
+            ShardRenderer)
+        files = [ray.put(_bundle_files(gen.path, gen.manifest))]
+        skip = ray.put(frozenset(key for key, _, _ in keep))
+        actors = [actor_cls.remote(gen.content_hash) for _ in range(count)]
+        shard_dir = Path(tempfile.mkdtemp(prefix=f".{gen.path.name}.", suffix=".shards", dir=gen.path.parent))
+        try:
+            pool = ray.util.ActorPool(actors)
+            progress("precompute", 0, len(requests))
+            done = 0
+            with cluster.user_errors(ray, f"precomputing {gen.path}"):
+                jobs = pool.map_unordered(lambda actor, job: actor.render.remote(*job, skip, files),
+                                          [(i * size, shard) for i, shard in enumerate(shards)])
+                for first, keys, entries in jobs:
+                    _write_shard(shard_dir, first // size, gen.content_hash, keys, entries)
+                    done += len(keys)
+                    progress("precompute", done, len(requests))
+            return write_pack(staging, gen.content_hash, _merged(keep, shard_dir, len(shards), gen.content_hash),
+                              rendered_on)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+            shutil.rmtree(shard_dir, ignore_errors=True)
+
+
+class ShardRenderer:
+    """A Ray actor: one Generator on a local copy of the bundle (opened at its first shard, and again
+    after a restart), rendering shards of requests."""
+
+    def __init__(self, content_hash: str):
+        self.content_hash = content_hash
+        self.gen = None
+
+    def render(self, first: int, requests: list[dict[str, Any]], skip: frozenset[str],
+               files_ref: list) -> tuple[int, list, list]:
+        """(first, every request's key, new (key, request, pixels) entries) of one shard; files_ref
+        holds the ref of the bundle's files (nested, so it is fetched only when the bundle is opened)."""
+        if self.gen is None:
+            self.gen = self._open(files_ref[0])
+        entries: dict[str, tuple] = {}
+        keys = render_new(self.gen, requests, entries, lambda *_: None, skip, first)
+        return first, keys, list(entries.values())
+
+    def _open(self, ref):
+        import ray
+
+        from ..runtime import Generator
+
+        files = ray.get(ref)
+        directory = _materialize(files, self.content_hash)
+        try:
+            gen = Generator.open(directory, **OPEN)
+        except BundleError:  # a copy left damaged on this node: write it anew
+            shutil.rmtree(directory, ignore_errors=True)
+            gen = Generator.open(_materialize(files, self.content_hash), **OPEN)
+        if gen.content_hash != self.content_hash:
+            raise BundleError(f"{directory}: the bundle copy on this Ray node is not the one being precomputed; "
+                              "delete it and rerun")
+        return gen
+
+
+def _bundle_files(path: Path, manifest: dict[str, Any]) -> dict[str, bytes]:
+    """The bundle's files without its assets, and a manifest listing just those (the content hash
+    leaves assets out, so it is unchanged)."""
+    files = {name: (path / name).read_bytes() for name in manifest.get("files", {})
+             if not name.startswith(ASSETS_DIR + "/")}
+    listed = {name: sha for name, sha in manifest.get("files", {}).items() if name in files}
+    files[MANIFEST] = (json.dumps({**manifest, "files": listed}, indent=2) + "\n").encode()
+    return files
+
+
+def _materialize(files: dict[str, bytes], content_hash: str) -> Path:
+    """The bundle written once per node under a name made of its content hash (atomically: written
+    beside it and renamed; a copy another actor finished first is used as it is)."""
+    root = Path(tempfile.gettempdir()) / "edgegen-ray-bundles"
+    final = root / content_hash[:32]
+    if (final / MANIFEST).is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".", dir=root))
+    for name, data in files.items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_bytes(data)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another actor on this node renamed its copy first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _write_shard(shard_dir: Path, number: int, content_hash: str, keys: list[str], entries: list) -> None:
+    """Shard `number` as a pack plus its requests' keys, moved into place in one rename."""
+    final = shard_dir / f"{number:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{number:06d}.", dir=shard_dir))
+    write_pack(tmp, content_hash, entries, "shard")
+    (tmp / "keys.json").write_text(json.dumps(keys))
+    try:
+        os.rename(tmp, final)
+    except OSError:  # the same shard, already written by an earlier try
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _merged(keep: list[tuple[str, dict[str, Any], Any]], shard_dir: Path, shards: int,
+            content_hash: str) -> Iterator[tuple[str, dict[str, Any], Any]]:
+    """Kept entries, then each shard's in order, each key once (its first occurrence, as the local
+    executor keeps it); BuildError when a shard is missing or lacks a key it was given."""
+    seen = set()
+    for key, request, array in keep:
+        seen.add(key)
+        yield key, request, array
+    for number in range(shards):
+        directory = shard_dir / f"{number:06d}"
+        try:
+            keys = json.loads((directory / "keys.json").read_text())
+            pack = AssetPack(directory, content_hash)
+        except (OSError, ValueError, BundleError) as exc:
+            raise BuildError(f"precompute shard {number} is missing or unreadable after the Ray run ({exc}); "
+                             "rerun the precompute") from None
+        lost = [key for key in keys if key not in seen and key not in pack.entries]
+        if lost:
+            raise BuildError(f"precompute shard {number} lacks {len(lost)} of its assets (first key {lost[0][:12]}); "
+                             "rerun the precompute")
+        for key, request, array in pack.items():
+            if array is None:
+                raise BuildError(f"precompute shard {number}: asset {key[:12]} is damaged; rerun the precompute")
+            if key not in seen:
+                seen.add(key)
+                yield key, request, array
+        pack.close()

@@ -1,0 +1,189 @@
+"""Scale-out on Ray (edgegen.scale): precompute in shards on actors, byte-identical to the local
+executor, through a killed worker and an interrupt; fleet builds as Ray tasks; clear errors for an
+unreachable cluster and a missing Ray. One local Ray instance (2 CPUs) serves the whole module."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnx
+import pytest
+import ray
+
+from edgegen.build import build
+from edgegen.bundle import read_manifest
+from edgegen.cli import main
+from edgegen.precompute import add_assets
+from edgegen.runtime import Generator
+from runtime_models import glyph_like
+
+FIRST = "grid: {seed: '0..5', label: [1, 2]}\n"
+# overlaps FIRST (kept assets), repeats a request in another spelling, mixes tiers: 8 shards on 2 workers
+SECOND = ("grid: {seed: '0..59', label: [1, 3]}\n"
+          "requests: [{seed: 2, label: 1, quality: full}, {seed: 7, label: 0, quality: preview}]\n")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    ray.init(num_cpus=2, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def base_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray")
+    onnx.save(glyph_like(), str(root / "glyph.onnx"))
+    (root / "first.yaml").write_text(FIRST)
+    (root / "second.yaml").write_text(SECOND)
+    build(root / "glyph.onnx", "x86-onnxruntime", root / "base", split=["auto"], preview_upscale="lanczos",
+          precompute=str(root / "first.yaml"))
+    return root / "base"
+
+
+@pytest.fixture(scope="module")
+def local_result(base_bundle):
+    """The local executor's bundle after precomputing SECOND."""
+    out = base_bundle.parent / "local"
+    shutil.copytree(base_bundle, out)
+    add_assets(out, base_bundle.parent / "second.yaml")
+    return out
+
+
+def files(bundle: Path) -> dict[str, bytes]:
+    return {p.relative_to(bundle).as_posix(): p.read_bytes() for p in sorted(bundle.rglob("*")) if p.is_file()}
+
+
+def assert_same_assets(got: Path, expected: Path) -> None:
+    for name in ("assets/pack.bin", "assets/index.json"):
+        assert (got / name).read_bytes() == (expected / name).read_bytes(), name
+    assert read_manifest(got)["files"] == read_manifest(expected)["files"]
+
+
+def renderer_pids(method: str = "") -> list[int]:
+    """Processes of this test's Ray instance running edgegen's ShardRenderer actor (by process title)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if proc.name.isdigit() and title.startswith(f"ray::ShardRenderer{method}"):
+            pids.append(int(proc.name))
+    return pids
+
+
+def no_renderers_within(seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while renderer_pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not renderer_pids()
+
+
+def test_ray_precompute_is_byte_identical_to_local(tmp_path, base_bundle, local_result, capsys):
+    out = tmp_path / "bundle"
+    shutil.copytree(base_bundle, out)
+    assert main(["precompute", str(out), str(base_bundle.parent / "second.yaml"), "--executor", "ray",
+                 "--workers", "2"]) == 0, capsys.readouterr().err
+    assert "127 precomputed asset(s)" in capsys.readouterr().out  # 12 kept, 114 new in the grid, 1 preview
+    assert_same_assets(out, local_result)
+    gen = Generator.open(out)
+    assert gen.render([{"seed": 59, "label": 3}])[0].served_by == "asset"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no staging or shard directories left
+    assert no_renderers_within(10)
+
+
+def test_killed_worker_is_retried_without_lost_or_duplicated_assets(tmp_path, base_bundle, local_result):
+    out = tmp_path / "bundle"
+    shutil.copytree(base_bundle, out)
+    killed = []
+
+    def kill_one_busy_worker(stage, done, total):
+        if done and not killed:
+            busy = renderer_pids(".render") or renderer_pids()
+            os.kill(busy[0], signal.SIGKILL)
+            killed.append((busy[0], done, total))
+
+    add_assets(out, base_bundle.parent / "second.yaml", progress=kill_one_busy_worker, executor="ray", workers=2)
+    pid, done, total = killed[0]
+    assert done < total and not Path(f"/proc/{pid}").exists()
+    assert_same_assets(out, local_result)  # same keys, each once, in the local executor's order
+
+
+def test_interrupted_precompute_leaves_the_previous_pack(tmp_path, base_bundle):
+    out = tmp_path / "bundle"
+    shutil.copytree(base_bundle, out)
+    before = files(out)
+
+    def interrupt(stage, done, total):
+        if done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        add_assets(out, base_bundle.parent / "second.yaml", progress=interrupt, executor="ray", workers=2)
+    assert files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+    assert no_renderers_within(10)  # the run's actors were stopped
+
+
+def test_fleet_build_on_ray_matches_local(tmp_path, base_bundle, capsys):
+    model = str(base_bundle.parent / "glyph.onnx")
+    fleet = ["-t", "x86-onnxruntime", "-t", "x86-openvino"]
+    assert main(["build", model, *fleet, "-o", str(tmp_path / "local")]) == 0
+    assert main(["build", model, *fleet, "-o", str(tmp_path / "ray"), "--executor", "ray"]) == 0, \
+        capsys.readouterr().err
+    assert capsys.readouterr().out.count("PSNR") >= 4  # a report per bundle, both executors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local", "ray"]
+    for target in ("x86-onnxruntime", "x86-openvino"):
+        local, remote = read_manifest(tmp_path / "local" / target), read_manifest(tmp_path / "ray" / target)
+        assert remote["target"]["name"] == target
+        assert remote["files"] == local["files"]  # same artifacts and reference data, byte for byte
+        assert remote["fidelity"] == local["fidelity"]
+        Generator.open(tmp_path / "ray" / target).generate(seed=1, label=2)
+
+
+def test_failed_fleet_target_is_reported_as_itself(tmp_path, base_bundle, capsys):
+    model = str(base_bundle.parent / "glyph.onnx")
+    code = main(["build", model, "-t", "x86-onnxruntime", "-t", "x86-onnxruntime", "-o", str(tmp_path / "o"),
+                 "--executor", "ray"])
+    assert code == 2 and "lists a target twice" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("[{seed: 1, label: 42}]\n")  # fails on the worker, after compiling
+    code = main(["build", model, "-t", "x86-onnxruntime", "-t", "x86-openvino", "-o", str(tmp_path / "o"),
+                 "--executor", "ray", "--precompute", str(tmp_path / "bad.yaml")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "label 42 is out of range" in err and "Traceback" not in err and "RayTaskError" not in err
+
+
+def test_unreachable_cluster_is_a_clear_error_within_seconds(tmp_path, base_bundle):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "edgegen.cli", "precompute", str(base_bundle),
+                           str(base_bundle.parent / "second.yaml"), "--executor", "ray", "--ray-address",
+                           f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and time.monotonic() - start < 30
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in done.stderr and "ray start --head" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "edgegen.cli", "precompute", str(base_bundle),
+                           str(base_bundle.parent / "second.yaml"), "--executor", "ray", "--ray-address", "nowhere"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "give HOST:PORT" in done.stderr
+
+
+def test_without_ray_the_executor_says_how_to_install_it(monkeypatch, tmp_path, base_bundle, capsys):
+    done = subprocess.run([sys.executable, "-c", "import sys, edgegen.cli, edgegen.precompute, edgegen.build, "
+                           "edgegen.scale.fleet, edgegen.scale.precompute, edgegen.runtime; "
+                           "sys.exit('ray' in sys.modules)"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, "edgegen imported ray without the ray executor being asked for"
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert main(["precompute", str(base_bundle), str(base_bundle.parent / "second.yaml"), "--executor", "ray"]) == 2
+    assert "pip install 'edgegen[ray]'" in capsys.readouterr().err
+    assert main(["build", "zoo:glyphgen", "-t", "x86-onnxruntime", "-t", "x86-openvino", "-o", str(tmp_path / "o"),
+                 "--executor", "ray"]) == 2
+    assert "pip install 'edgegen[ray]'" in capsys.readouterr().err
