@@ -1,0 +1,168 @@
+"""`edgegen emulate`: a bundle run as its target device would run it, on this host.
+
+The bundle runs in a child process with the target's thread count and its memory ceiling as an
+address-space limit, runs its self-test and is timed; the target's accelerator is checked for
+operator support; device latency is estimated from the target's roofline. aarch64 targets also
+run in an arm64 userland under QEMU (same runtime package, aarch64 wheels) and must give the same
+images as this host; FPGA targets run the NPU's functional model and its RTL simulation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import targets
+from ..bundle import read_manifest, verify_files
+from ..errors import BundleError
+from . import process, roofline, support, userland
+from .render import last_line
+
+QEMU_RUNS = 3
+FP32_MAX_ABS = 1e-5
+
+
+def emulate(bundle: str | Path, target: str | None = None, runs: int = 20, rebuild: bool = False,
+            aarch64: bool = True, rtl: bool = True, userland_root: Path | None = None,
+            keep_outputs: bool = False) -> dict[str, Any]:
+    """Emulate a bundle on its target (or `target`, which must be the one it was built for).
+
+    aarch64=False skips the QEMU run of aarch64 targets, rtl=False the RTL tier of FPGA targets.
+    Returns the report: constraints, the runs, checks (each with pass and detail), estimate, pass;
+    keep_outputs adds "outputs": the reference input's outputs as the emulated device computed them
+    (under QEMU for aarch64 targets).
+    """
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    verify_files(bundle, manifest)
+    device = _target(bundle, manifest, target)
+    estimate = roofline.estimate(manifest, device)
+    settings = process.Settings(threads=device.threads, memory_mb=device.memory_mb, runs=runs, host_fallback=True)
+    host = process.run(bundle, settings)
+    checks = [_memory_check(bundle, host, settings)]
+    report: dict[str, Any] = {
+        "bundle": str(bundle), "target": device.name, "device": device.device, "arch": device.arch,
+        "backend": manifest["backend"], "precision": manifest["precision"],
+        "constraints": {"threads": device.threads, "memory_mb": device.memory_mb,
+                        "accelerator_replaced_by_cpu": support.accelerator(device)},
+        "host": _summary(host), "estimate": estimate, "checks": checks}
+    if host["ok"]:
+        checks.append(_self_test_check("self-test on this host", host))
+        report["op_support"] = support.check(bundle, manifest, device, host.get("execution"))
+        outputs = host["outputs"]
+        if device.arch == "aarch64" and aarch64:
+            report["aarch64"], outputs = _aarch64(bundle, manifest, device, host, checks, rebuild, userland_root)
+        if device.backend == "fpga" and rtl:
+            report["rtl"] = _rtl(bundle, device, host, checks)
+        if keep_outputs:
+            report["outputs"] = outputs
+    report["pass"] = all(c["pass"] for c in checks)
+    return report
+
+
+def _target(bundle: Path, manifest: dict[str, Any], name: str | None) -> targets.Target:
+    built_for = manifest["target"]["name"]
+    device = targets.load(name or built_for)
+    if device.name != built_for:
+        raise BundleError(f"{bundle} was built for target {built_for!r} ({manifest['backend']}, "
+                          f"{manifest['precision']}), not {device.name!r}; emulate it as {built_for!r}, or build "
+                          f"the model for {device.name!r} with `edgegen build MODEL --target {device.name}`")
+    if manifest["precision"] not in device.precisions:
+        raise BundleError(f"{bundle}: precision {manifest['precision']} is not one target {device.name!r} runs "
+                          f"({', '.join(device.precisions)})")
+    return device
+
+
+def _summary(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in run.items() if k != "outputs"}
+
+
+def _memory_check(bundle: Path, run: dict[str, Any], settings: process.Settings) -> dict[str, Any]:
+    """Within the ceiling; when the run failed, a run without the ceiling tells whether the ceiling
+    was the cause and how much the bundle needs."""
+    limit = settings.memory_mb
+    if run["ok"]:
+        return {"name": "memory ceiling", "pass": True,
+                "detail": f"peak RSS {run['peak_rss_mb']:.0f} MB, peak address space {run['peak_vm_mb']:.0f} MB "
+                          f"<= {limit} MB"}
+    free = process.run(bundle, process.Settings(settings.threads, None, runs=1, warmup=0, host_fallback=True))
+    if not free["ok"]:
+        return {"name": "bundle runs", "pass": False, "detail": run["message"]}
+    return {"name": "memory ceiling", "pass": False,
+            "detail": f"exceeded the target's {limit} MB: under the ceiling it failed ({last_line(run['message'])}); "
+                      f"without it, it needs {free['peak_vm_mb']:.0f} MB of address space "
+                      f"(peak RSS {free['peak_rss_mb']:.0f} MB)"}
+
+
+def _self_test_check(name: str, run: dict[str, Any]) -> dict[str, Any]:
+    test = run["self_test"]
+    parts = [f"{out}: PSNR {r['psnr_db']:.2f} dB, max-abs {r['max_abs']:.3g}" for out, r in test["outputs"].items()]
+    return {"name": name, "pass": bool(test["pass"]),
+            "detail": "; ".join(parts) + f" (tolerance {_tolerance(test['tolerance'])})"}
+
+
+def _tolerance(tolerance: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in tolerance.items()) or "none"
+
+
+def _aarch64(bundle: Path, manifest: dict[str, Any], device: targets.Target, host: dict[str, Any],
+             checks: list[dict[str, Any]], rebuild: bool, root: Path | None
+             ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+    """The QEMU run in the arm64 userland: (its report, its outputs)."""
+    root = Path(root or userland.default_root())
+    stamp = userland.ensure(root, rebuild=rebuild)
+    settings = process.Settings(threads=device.threads, memory_mb=None, runs=QEMU_RUNS, warmup=1, host_fallback=True)
+    arm = process.run(bundle, settings, userland=root)
+    loads = arm["ok"] and arm.get("machine") == "aarch64"
+    checks.append({"name": "loads on aarch64 (QEMU)", "pass": loads,
+                   "detail": f"{arm.get('runtime')} on {arm.get('machine')}" if arm["ok"] else arm["message"]})
+    result = {"userland": str(root), "userland_build_s": stamp.get("build_s"), "packages": stamp.get("packages"),
+              **_summary(arm)}
+    if not arm["ok"]:
+        return result, None
+    checks.append(_self_test_check("self-test on aarch64", arm))
+    match = same_images(manifest, host["outputs"], arm["outputs"])
+    checks.append({"name": "same images on aarch64 as x86", "pass": match["pass"], "detail": match["detail"]})
+    result["match"] = match
+    result["slowdown_vs_host"] = round(arm["latency_ms"]["p50"] / host["latency_ms"]["p50"], 1)
+    return result, arm["outputs"]
+
+
+def same_images(manifest: dict[str, Any], reference: dict[str, np.ndarray], got: dict[str, np.ndarray]
+                ) -> dict[str, Any]:
+    """int8: identical outputs; fp32: max-abs <= 1e-5; fp16/bf16: within the bundle's self-test tolerance."""
+    precision = manifest["precision"]
+    worst = max(float(np.max(np.abs(reference[k].astype(np.float64) - got[k]))) for k in reference)
+    if precision == "int8":
+        ok, rule = worst == 0.0, "identical (int8)"
+    elif precision == "fp32":
+        ok, rule = worst <= FP32_MAX_ABS, f"max-abs <= {FP32_MAX_ABS:g} (fp32)"
+    else:
+        limit = manifest["reference"]["tolerance"].get("max_abs", float("inf"))
+        ok, rule = worst <= limit, f"within the bundle's tolerance ({precision})"
+    return {"rule": rule, "max_abs": worst, "pass": ok, "detail": f"max-abs {worst:.3g} vs x86, rule: {rule}"}
+
+
+def _rtl(bundle: Path, device: targets.Target, functional: dict[str, Any], checks: list[dict[str, Any]]
+         ) -> dict[str, Any]:
+    """The RTL-simulation tier: same outputs as the functional model, bit for bit, and its cycles."""
+    from ..backends import session_module
+
+    ok, why = session_module("fpga").host_support({"mode": "rtl"})
+    if not ok:
+        return {"skipped": f"RTL simulation unavailable on this host: {why}"}
+    settings = process.Settings(threads=1, memory_mb=None, runs=1, warmup=0, host_fallback=True,
+                                env={"EDGEGEN_FPGA_MODE": "rtl"})
+    rtl = process.run(bundle, settings)
+    if not rtl["ok"]:
+        checks.append({"name": "RTL simulation", "pass": False, "detail": rtl["message"]})
+        return _summary(rtl)
+    same = all(np.array_equal(functional["outputs"][k], rtl["outputs"][k]) for k in functional["outputs"])
+    execution = rtl.get("execution", {})
+    checks.append({"name": "RTL identical to the functional model", "pass": same,
+                   "detail": f"{execution.get('cycles')} cycles" + (", outputs bit-identical" if same else
+                                                                    ", outputs differ")})
+    return {**_summary(rtl), "identical": same, "cycles": execution.get("cycles"),
+            "latency_ms_at_fmax": execution.get("latency_ms_at_fmax")}

@@ -1,0 +1,95 @@
+"""Text of an emulation report (edgegen emulate) and of a self-test (edgegen verify)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def emulation(report: dict[str, Any]) -> str:
+    """The report of `edgegen emulate` as lines of text."""
+    c = report["constraints"]
+    lines = [f"emulating {report['bundle']} on {report['target']} ({report['device']}, {report['arch']}, "
+             f"{report['backend']} {report['precision']})",
+             f"  constraints  {c['threads']} threads, memory ceiling {c['memory_mb']} MB (address-space limit on the "
+             "process)" + (f"; {c['accelerator_replaced_by_cpu']} absent: its CPU path runs"
+                           if c["accelerator_replaced_by_cpu"] else "")]
+    if "op_support" in report:
+        lines.append(f"  op support   {report['op_support']['summary']}")
+    lines.append(f"  this host    {_run(report['host'])}")
+    arm = report.get("aarch64")
+    if arm:
+        line = _run(arm)
+        if "slowdown_vs_host" in arm:
+            line += f"; {arm['slowdown_vs_host']:g}x this host's time (QEMU: proves it runs, not how fast)"
+        lines.append(f"  aarch64      {line}")
+        lines.append(f"  userland     {arm['userland']} (built in {arm['userland_build_s']} s; "
+                     + ", ".join(f"{k} {v}" for k, v in (arm.get("packages") or {}).items()) + ")")
+    rtl = report.get("rtl")
+    if rtl:
+        if "skipped" in rtl:
+            lines.append(f"  RTL tier     skipped: {rtl['skipped']}")
+        elif rtl.get("ok"):
+            at_fmax = f", {rtl['latency_ms_at_fmax']} ms at Fmax" if rtl.get("latency_ms_at_fmax") else ""
+            lines.append(f"  RTL tier     {rtl['cycles']} cycles{at_fmax}; simulated in {rtl['latency_ms']['p50']:.0f} ms")
+    e = report["estimate"]
+    lines.append(f"  estimate     {e['latency_ms']:.3g} ms per image on the device: ESTIMATE from the roofline "
+                 f"({e['bound']}-bound; {e['ops'] / 1e6:.0f} Mops at {e['peak_gops']:g} GOPS, {e['bytes'] / 1e6:.2f} "
+                 f"MB at {e['bandwidth_gbs']:g} GB/s), a lower bound")
+    for check in report["checks"]:
+        lines.append(f"  {'PASS' if check['pass'] else 'FAIL'}  {check['name']}: {check['detail']}")
+    lines.append(f"result: {'PASS' if report['pass'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def last_line(message: str) -> str:
+    """The last non-empty line of a (multi-line) error message, cut to 200 characters."""
+    lines = [line for line in str(message).strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else "no message"
+
+
+def _run(run: dict[str, Any]) -> str:
+    if not run.get("ok"):
+        return f"failed: {last_line(run.get('message', ''))}"
+    t = run["latency_ms"]
+    return (f"{run['runtime']} on {run['machine']}: p50 {t['p50']:.3g} ms (min {t['min']:.3g}, {t['runs']} runs), "
+            f"peak RSS {run['peak_rss_mb']:.0f} MB")
+
+
+def self_test(result: dict[str, Any]) -> str:
+    """The report of `edgegen verify` as lines of text."""
+    lines = [f"verifying {result['bundle']} (target {result['target']}, {result['backend']} {result['precision']}) "
+             f"with {result['runtime']} on {result['machine']}"]
+    test = result["self_test"]
+    tolerance = ", ".join(f"{k} {v}" for k, v in test["tolerance"].items())
+    for name, r in test["outputs"].items():
+        lines.append(f"  {'PASS' if r['pass'] else 'FAIL'}  {name}: PSNR {r['psnr_db']:.2f} dB, max-abs "
+                     f"{r['max_abs']:.4g}, SSIM {r.get('ssim', float('nan')):.4f} (tolerance {tolerance})")
+    lines.append(f"  latency p50 {result['latency_ms']['p50']:.3g} ms ({result['latency_ms']['runs']} runs, "
+                 f"{result['threads']} threads)")
+    lines.append(f"result: {'PASS' if test['pass'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def summary_rows(records: list[dict[str, Any]]) -> list[str]:
+    """The pytest plugin's end-of-run table: one row per emulated bundle (or why it was skipped)."""
+    rows = [f"{'target':<24} {'result':<6} {'host p50 ms':>11} {'aarch64 p50 ms':>14} {'estimate ms':>11} "
+            f"{'min PSNR dB':>11} {'arm64 max-abs':>11} {'peak RSS MB':>11}  bundle"]
+    for record in records:
+        if "skipped" in record:
+            rows.append(f"{record['target']:<24} {'SKIP':<6} {record['skipped']}")
+            continue
+        r = record["report"]
+        host, arm = r["host"], r.get("aarch64") or {}
+        psnr = [o["psnr_db"] for o in (host.get("self_test") or {}).get("outputs", {}).values()]
+        match = f"{arm['match']['max_abs']:.1g}" if "match" in arm else "-"
+        fidelity = f"{min(psnr):.2f}" if psnr else "-"
+        rows.append(f"{r['target']:<24} {'PASS' if r['pass'] else 'FAIL':<6} {_ms(host):>11} {_ms(arm):>14} "
+                    f"{r['estimate']['latency_ms']:>11.3g} {fidelity:>11} {match:>11} "
+                    f"{host.get('peak_rss_mb', 0):>11.0f}  {record['bundle']}")
+    rows.append("estimate: roofline of the target's cited peaks (a lower bound, not a measurement); aarch64 p50: "
+                "under QEMU on this host; arm64 max-abs: vs x86; peak RSS: this host's run under the ceiling")
+    return rows
+
+
+def _ms(run: dict[str, Any]) -> str:
+    return f"{run['latency_ms']['p50']:.3g}" if run.get("ok") else "-"

@@ -1,0 +1,57 @@
+"""Device latency from a roofline model: the larger of compute time (ops / peak ops/s) and memory
+time (bytes moved / bandwidth), with the peaks a target YAML records and cites. It is the latency
+of a device running at its peak: an estimate, a lower bound on what a real device measures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import TargetError
+from ..targets import ROOFLINE_KEYS, Target
+
+ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+
+
+def traffic(manifest: dict[str, Any]) -> tuple[int, str]:
+    """(bytes one image moves, how they were counted): the bundle's parameters once, plus every
+    activation written and read once at the precision's element size when the source model is
+    at hand (else inputs and outputs only, a smaller lower bound)."""
+    model, precision = manifest["model"], manifest["precision"]
+    element = ELEMENT_BYTES[precision]
+    source = Path(model.get("source", ""))
+    if source.is_file():
+        from ..graph import Graph
+
+        costs = Graph.load(str(source)).node_costs()
+        activations = sum(c.activation_bytes for c in costs) // 4  # node_costs counts fp32 elements
+        return model["param_bytes"] + 2 * activations * element, "parameters + activations written and read once"
+    io = sum(_numel(s["default_shape"]) for s in model["inputs"] + model["outputs"])
+    return model["param_bytes"] + io * element, "parameters + inputs and outputs (source model absent)"
+
+
+def estimate(manifest: dict[str, Any], target: Target) -> dict[str, Any]:
+    """The roofline estimate of one image's latency on the target at the bundle's precision."""
+    if not target.roofline:
+        raise TargetError(f"{target.path}: target {target.name!r} has no 'roofline' key, so its latency cannot be "
+                          f"estimated; add roofline: {{{', '.join(ROOFLINE_KEYS)}}} with a cited public source")
+    precision = manifest["precision"]
+    peaks = target.roofline["peak_gops"]
+    if precision not in peaks:
+        raise TargetError(f"{target.path}: roofline.peak_gops has no entry for {precision} (the bundle's precision)")
+    ops = 2 * manifest["model"]["macs"]
+    moved, counted = traffic(manifest)
+    compute_ms = ops / (peaks[precision] * 1e9) * 1e3
+    memory_ms = moved / (target.roofline["bandwidth_gbs"] * 1e9) * 1e3
+    return {"label": "estimate (roofline: the device at its peak; real devices are slower)",
+            "latency_ms": round(max(compute_ms, memory_ms), 4), "bound": "compute" if compute_ms >= memory_ms
+            else "memory", "compute_ms": round(compute_ms, 4), "memory_ms": round(memory_ms, 4), "ops": ops,
+            "bytes": moved, "bytes_counted": counted, "peak_gops": peaks[precision],
+            "bandwidth_gbs": target.roofline["bandwidth_gbs"], "source": target.roofline["source"]}
+
+
+def _numel(shape: list) -> int:
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    return count

@@ -1,0 +1,150 @@
+"""pytest plugin (entry point `pytest11`): test bundles on emulated devices.
+
+    @pytest.mark.edgegen_target("rpi4-litert", "x86-openvino")
+    def test_my_generator(edgegen_device):
+        run = edgegen_device.open("bundles/")          # bundles/<target>/ or one bundle directory
+        assert run.passed, run.failures
+        assert_images_close(run.outputs["image"], run.reference["image"], min_psnr=30)
+
+The test runs once per target. `edgegen_device.open` emulates the bundle built for that target
+(`edgegen emulate`: threads, memory ceiling, op support, self-test, aarch64 under QEMU, FPGA RTL)
+and returns its outputs for the bundle's reference input. A target this host cannot emulate skips
+with the reason (or fails, with EDGEGEN_REQUIRE_EMULATION=1). The end of the run prints one row per
+emulated bundle: latency, fidelity, memory peak. Importing the plugin costs nothing beyond pytest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MARKER = "edgegen_target"
+REQUIRE_ENV = "EDGEGEN_REQUIRE_EMULATION"
+_RECORDS = pytest.StashKey[list]()
+
+
+@dataclass
+class EmulatedRun:
+    """One bundle emulated on one target: the report of `edgegen emulate` and the outputs (of the
+    bundle's reference input) as the emulated device computed them, beside the reference outputs."""
+
+    target: str
+    bundle: Path
+    report: dict[str, Any]
+    outputs: dict[str, Any] = field(repr=False)
+    reference: dict[str, Any] = field(repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["pass"])
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{c['name']}: {c['detail']}" for c in self.report["checks"] if not c["pass"]]
+
+
+class EmulatedDevice:
+    """A target to open bundles on; `open` runs the emulation (see the module docstring)."""
+
+    def __init__(self, target: str, records: list, runs: int = 10):
+        self.target = target
+        self.runs = runs
+        self._records = records
+
+    def __repr__(self) -> str:
+        return f"EmulatedDevice({self.target!r})"
+
+    def bundle_path(self, path: str | Path) -> Path:
+        """path itself when it is a bundle, else path/<target> (the layout of a multi-target build)."""
+        from .bundle import is_bundle
+
+        path = Path(path)
+        return path if is_bundle(path) else path / self.target
+
+    def open(self, path: str | Path) -> EmulatedRun:
+        """Emulate the bundle for this target; skip (with the reason) if this host cannot emulate it."""
+        from . import reference
+        from .bundle import read_manifest
+        from .emulate import EmulatorUnavailableError
+        from .emulate.device import emulate
+
+        bundle = self.bundle_path(path)
+        try:
+            report = emulate(bundle, target=self.target, runs=self.runs, keep_outputs=True)
+        except EmulatorUnavailableError as exc:
+            self._records.append({"target": self.target, "bundle": str(bundle), "skipped": str(exc)})
+            if os.environ.get(REQUIRE_ENV):
+                pytest.fail(f"edgegen cannot emulate {self.target} here ({REQUIRE_ENV} is set): {exc}")
+            pytest.skip(f"edgegen cannot emulate {self.target} on this host: {exc}")
+        outputs = report.pop("outputs")
+        self._records.append({"target": self.target, "bundle": str(bundle), "report": report})
+        _, expected = reference.load(bundle, read_manifest(bundle))
+        return EmulatedRun(self.target, bundle, report, outputs, expected)
+
+
+def assert_images_close(actual, expected, min_psnr: float | None = None, max_abs: float | None = None,
+                        data_range: float | None = None) -> dict[str, float]:
+    """Assert two images (arrays of the same shape: uint8 pixels or float tensors) agree: PSNR >=
+    min_psnr dB and/or max-abs <= max_abs. data_range: the span PSNR is measured against (default
+    255 for uint8, else the expected array's declared-or-observed span). Returns the numbers."""
+    import numpy as np
+
+    from .metrics import compare, value_range
+
+    a, b = np.asarray(actual), np.asarray(expected)
+    if a.shape != b.shape:
+        raise AssertionError(f"images differ in shape: {a.shape} vs expected {b.shape}")
+    span = data_range or (255.0 if b.dtype == np.uint8 else value_range(None, b.astype(np.float32)))
+    numbers = compare(b.astype(np.float32), a.astype(np.float32), span)
+    problems = []
+    if min_psnr is not None and numbers["psnr_db"] < min_psnr:
+        problems.append(f"PSNR {numbers['psnr_db']:.2f} dB < {min_psnr} dB")
+    if max_abs is not None and numbers["max_abs"] > max_abs:
+        problems.append(f"max-abs {numbers['max_abs']:.4g} > {max_abs}")
+    if problems:
+        raise AssertionError("images not close: " + "; ".join(problems) + f" (data range {span:g})")
+    return numbers
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{MARKER}(*targets): run the test once per edgegen target; the "
+                                       "`edgegen_device` fixture gives that target's emulated device")
+    config.stash[_RECORDS] = []
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker(MARKER)
+    if "edgegen_device" not in metafunc.fixturenames:
+        return
+    if marker is None or not marker.args:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: the edgegen_device fixture needs "
+                                f"@pytest.mark.{MARKER}(\"TARGET\", ...) naming the targets to emulate")
+    metafunc.parametrize("edgegen_device", list(marker.args), indirect=True, ids=list(marker.args))
+
+
+@pytest.fixture
+def edgegen_device(request: pytest.FixtureRequest) -> EmulatedDevice:
+    """The emulated device of one target named by @pytest.mark.edgegen_target."""
+    from .errors import TargetError
+    from .targets import load
+
+    try:
+        load(request.param)
+    except TargetError as exc:
+        raise pytest.UsageError(f"@pytest.mark.{MARKER}: {exc}") from None
+    return EmulatedDevice(request.param, request.config.stash[_RECORDS])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    records = config.stash.get(_RECORDS, [])
+    if not records:
+        return
+    from .emulate.render import summary_rows
+
+    terminalreporter.section("edgegen emulated targets")
+    for line in summary_rows(records):
+        terminalreporter.write_line(line)

@@ -1,0 +1,26 @@
+"""`edgegen verify`: on the device itself, check an installed bundle: its files' sha256, that it
+loads with the target's runtime (no fallback), its self-test (reference input -> reference output
+within the precision's tolerance) and its latency. numpy, the backend and edgegen's runtime only."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+from . import reference
+from .emulate.worker import sample_ms
+
+
+def verify(bundle: str | Path, threads: int | None = None, runs: int = 10) -> dict[str, Any]:
+    """The self-test result of a bundle on this machine, with its numbers."""
+    from .runtime import Generator
+
+    gen = Generator.open(bundle, threads=threads)
+    test = gen.self_test()
+    feeds, _ = reference.load(gen.path, gen.manifest)
+    times = sample_ms(lambda: gen.session.run(feeds), runs, 2)
+    return {"bundle": str(bundle), "target": gen.manifest["target"]["name"], "backend": gen.manifest["backend"],
+            "precision": gen.manifest["precision"], "machine": platform.machine(), "threads": gen.threads,
+            "runtime": getattr(gen.session, "runtime", None) or gen.manifest["backend"], "self_test": test,
+            "latency_ms": times, "pass": bool(test["pass"])}

@@ -1,0 +1,129 @@
+"""edgegen emulate on this host's architecture, and edgegen verify: constraints, failures, estimates."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgegen import targets
+from edgegen.build import build
+from edgegen.cli import main
+from edgegen.emulate import roofline, support
+from edgegen.emulate.device import emulate
+from edgegen.errors import BundleError, TargetError
+
+
+def _target_copy(tmp_path: Path, name: str, **changes) -> Path:
+    """A copy of a shipped target file (same name) with some keys changed or (value None) removed."""
+    data = yaml.safe_load((targets.TARGETS_DIR / f"{name}.yaml").read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key)
+        else:
+            data[key] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_emulating_a_bundle_checks_its_constraints_and_estimates_latency(ort_bundle):
+    report = emulate(ort_bundle, runs=3)
+    assert report["pass"], report["checks"]
+    assert [c["name"] for c in report["checks"]] == ["memory ceiling", "self-test on this host"]
+    host = report["host"]
+    assert host["machine"] == "x86_64" and host["threads"] == 2 and host["latency_ms"]["p50"] > 0
+    assert 0 < host["peak_rss_mb"] <= host["peak_vm_mb"] <= 2048
+    estimate = report["estimate"]
+    assert estimate["label"].startswith("estimate") and estimate["source"]
+    macs = json.loads((ort_bundle / "manifest.json").read_text())["model"]["macs"]
+    assert estimate["ops"] == 2 * macs
+    assert estimate["latency_ms"] == pytest.approx(max(estimate["compute_ms"], estimate["memory_ms"]), rel=1e-3)
+    assert report["op_support"]["checked"]
+
+
+def test_exceeding_the_memory_ceiling_is_a_failure_report_with_what_it_needs(tmp_path, ort_bundle):
+    small = _target_copy(tmp_path, "x86-onnxruntime", memory_mb=64)
+    report = emulate(ort_bundle, target=str(small), runs=1)
+    assert not report["pass"]
+    check = report["checks"][0]
+    assert check["name"] == "memory ceiling" and not check["pass"]
+    assert "exceeded the target's 64 MB" in check["detail"] and "MB of address space" in check["detail"]
+
+
+def test_a_bundle_built_for_another_target_is_refused(ort_bundle):
+    with pytest.raises(BundleError, match="built for target 'x86-onnxruntime'.*not 'x86-openvino'"):
+        emulate(ort_bundle, target="x86-openvino")
+
+
+def test_a_target_without_roofline_numbers_is_a_clear_error(tmp_path, ort_bundle):
+    bare = _target_copy(tmp_path, "x86-onnxruntime", roofline=None)
+    with pytest.raises(TargetError, match="no 'roofline' key.*cited public source"):
+        emulate(ort_bundle, target=str(bare))
+
+
+def test_roofline_schema_names_what_is_missing(tmp_path):
+    path = _target_copy(tmp_path, "x86-onnxruntime", roofline={"peak_gops": {"fp32": 1}, "bandwidth_gbs": 2})
+    with pytest.raises(TargetError, match="roofline.*missing \\['source'\\]"):
+        targets.load_file(path)
+    path = _target_copy(tmp_path, "x86-onnxruntime",
+                        roofline={"peak_gops": {"fp32": 1}, "bandwidth_gbs": 2, "source": "x"})
+    with pytest.raises(TargetError, match="peak_gops.*each of"):
+        targets.load_file(path)
+
+
+def test_every_shipped_target_has_a_cited_roofline():
+    for target in targets.load_all():
+        assert target.roofline and len(target.roofline["source"]) > 20, target.path
+
+
+def test_roofline_is_memory_bound_when_bandwidth_is_scarce(ort_bundle):
+    manifest = json.loads((ort_bundle / "manifest.json").read_text())
+    target = targets.load("x86-onnxruntime")
+    target.roofline = {**target.roofline, "bandwidth_gbs": 1e-6}
+    estimate = roofline.estimate(manifest, target)
+    assert estimate["bound"] == "memory" and estimate["memory_ms"] > estimate["compute_ms"]
+
+
+def test_edge_tpu_op_support_applies_coral_rules_to_the_bundle_model(tmp_path, cgen_path):
+    from edgegen.backends.tflite.flatbuffer import read_model
+
+    build(cgen_path, "x86-litert", tmp_path / "b", precision="int8")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    result = support.check(tmp_path / "b", manifest, targets.load("coral-edgetpu"), None)
+    assert result["accelerator"] == "Edge TPU" and result["rules"].startswith("Coral")
+    ops, _ = read_model((tmp_path / "b" / "model.tflite").read_bytes())
+    assert result["total"] == len(ops) and result["mapped"] < result["total"]
+    first = result["first_fallback"]
+    assert first["op"] == ops[first["index"]].code and first["why"] and first["op"] in result["summary"]
+
+
+def test_fpga_target_runs_the_functional_and_rtl_tiers(tmp_path, cgen_path):
+    build(cgen_path, "fpga-sim", tmp_path / "npu")
+    report = emulate(tmp_path / "npu", runs=2)
+    assert report["pass"], report["checks"]
+    assert report["op_support"]["accelerator"] == "edgegen NPU"
+    rtl = report["rtl"]
+    assert "skipped" not in rtl, rtl
+    assert rtl["identical"] and rtl["cycles"] > 0 and rtl["latency_ms_at_fmax"] > 0
+    assert "RTL identical to the functional model" in [c["name"] for c in report["checks"]]
+
+
+def test_emulate_and_verify_commands_print_numbers_and_exit_by_result(tmp_path, ort_bundle, capsys):
+    assert main(["emulate", str(ort_bundle), "--runs", "2", "--json", str(tmp_path / "r.json")]) == 0
+    text = capsys.readouterr().out
+    assert "ESTIMATE from the roofline" in text and "result: PASS" in text
+    assert json.loads((tmp_path / "r.json").read_text())["pass"]
+    assert main(["verify", str(ort_bundle), "--runs", "2"]) == 0
+    assert "PASS  image: PSNR" in capsys.readouterr().out
+    failing = tmp_path / "strict"
+    build(Path(json.loads((ort_bundle / "manifest.json").read_text())["model"]["source"]), "x86-onnxruntime",
+          failing)
+    manifest = json.loads((failing / "manifest.json").read_text())
+    manifest["reference"]["tolerance"] = {"min_psnr_db": 500}
+    (failing / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(failing), "--runs", "2"]) == 3
+    out = capsys.readouterr().out
+    assert "FAIL  image" in out and "result: FAIL" in out
+    assert main(["emulate", str(failing), "--runs", "1"]) == 3

@@ -1,0 +1,123 @@
+"""The pytest plugin (entry point pytest11): marker, fixture, image helper, end-of-run summary, skips."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgegen.build import build
+from edgegen.pytest_plugin import assert_images_close
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, cgen_path) -> Path:
+    """A multi-target build: bundles/<target>/ for two x86 targets."""
+    out = tmp_path_factory.mktemp("plugin-bundles")
+    for target in ("x86-onnxruntime", "x86-openvino"):
+        build(cgen_path, target, out / target)
+    return out
+
+
+def test_marker_runs_the_test_per_target_and_prints_a_summary(pytester, bundles):
+    pytester.makepyfile(f"""
+        import pytest
+        from edgegen.pytest_plugin import assert_images_close
+
+        @pytest.mark.edgegen_target("x86-onnxruntime", "x86-openvino")
+        def test_generator(edgegen_device):
+            run = edgegen_device.open({str(bundles)!r})
+            assert run.passed, run.failures
+            assert run.target == edgegen_device.target
+            assert_images_close(run.outputs["image"], run.reference["image"], min_psnr=30)
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*edgegen emulated targets*", "target*host p50 ms*estimate ms*peak RSS MB*",
+                                 "x86-onnxruntime*PASS*", "x86-openvino*PASS*", "estimate: roofline*"])
+
+
+def test_a_failing_image_assertion_fails_the_test_with_numbers(pytester, bundles):
+    pytester.makepyfile(f"""
+        import pytest
+        from edgegen.pytest_plugin import assert_images_close
+
+        @pytest.mark.edgegen_target("x86-onnxruntime")
+        def test_strict(edgegen_device):
+            run = edgegen_device.open({str(bundles)!r})
+            assert_images_close(run.outputs["image"], run.reference["image"] + 0.5, min_psnr=40)
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*images not close: PSNR * dB < 40 dB*"])
+
+
+def test_fixture_without_the_marker_is_a_usage_error(pytester):
+    pytester.makepyfile("""
+        def test_unmarked(edgegen_device):
+            pass
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret != 0
+    assert "the edgegen_device fixture needs @pytest.mark.edgegen_target" in result.stdout.str() + result.stderr.str()
+
+
+def test_unknown_target_names_the_known_ones(pytester):
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.edgegen_target("rpi9-litert")
+        def test_x(edgegen_device):
+            pass
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret != 0
+    assert "unknown target 'rpi9-litert'" in result.stdout.str() + result.stderr.str()
+
+
+def test_a_host_that_cannot_emulate_skips_with_the_reason_or_fails_when_required(pytester, tmp_path, cgen_path,
+                                                                                 monkeypatch):
+    """A host without debootstrap cannot build the arm64 userland: the skip says so (never silently),
+    and EDGEGEN_REQUIRE_EMULATION=1 turns it into a failure (as CI sets it)."""
+    build(cgen_path, "rpi4-litert", tmp_path / "rpi4")
+    monkeypatch.setenv("EDGEGEN_AARCH64_ROOT", str(tmp_path / "no-userland"))
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # no debootstrap, no chroot
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.edgegen_target("rpi4-litert")
+        def test_arm(edgegen_device):
+            edgegen_device.open({str(tmp_path / 'rpi4')!r})
+    """)
+    monkeypatch.delenv("EDGEGEN_REQUIRE_EMULATION", raising=False)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*edgegen emulated targets*", "rpi4-litert*SKIP*install it with*",
+                                 "SKIPPED*edgegen cannot emulate rpi4-litert on this host*install it with*"])
+    monkeypatch.setenv("EDGEGEN_REQUIRE_EMULATION", "1")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+
+
+def test_assert_images_close_measures_psnr_and_max_abs():
+    a = np.full((8, 8, 3), 100, np.uint8)
+    numbers = assert_images_close(a, a.copy(), min_psnr=60, max_abs=0)
+    assert numbers["max_abs"] == 0
+    b = a.copy()
+    b[0, 0, 0] = 140
+    with pytest.raises(AssertionError, match="max-abs 40 > 1"):
+        assert_images_close(b, a, max_abs=1)
+    with pytest.raises(AssertionError, match="shape"):
+        assert_images_close(a[:4], a)
+
+
+def test_the_plugin_is_cheap_to_import_and_registered():
+    code = ("import sys, edgegen.pytest_plugin; from importlib.metadata import entry_points; "
+            "print(sorted(m for m in ('numpy', 'onnx', 'edgegen.emulate') if m in sys.modules)); "
+            "print([e.value for e in entry_points(group='pytest11') if e.name == 'edgegen'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["[]", "['edgegen.pytest_plugin']"]
