@@ -1,6 +1,7 @@
 // TFLite's MultiplyByQuantizedMultiplier with single rounding (TFLITE_SINGLE_ROUNDING), pipelined
 // (4 cycles, one result per cycle):
-//   y = (x * m + 2**(n-1)) >> n,  n = 31 - sh  (0..62; the 64-bit product is exact, rounded once)
+//   y = (x * m + 2**(n-1)) >> n = q + (bit n-1 of x * m),  n = 31 - sh  (0..62; the 64-bit product is
+//   exact, rounded once)
 // Ties go toward +inf; `even` (held for a whole layer) makes them go to even instead (ONNX's rounding,
 // for layers the QDQ graph computes in float: bilinear resize). y keeps the low 32 bits.
 // `tag` travels with the value (what to do with the result).
@@ -30,16 +31,15 @@ module npu_requant #(
     reg signed [63:0] p2;
     reg        [5:0]  n2;
     reg        [TW-1:0] t2;
-    // stage 3: quotient and rounding decision
-    reg               v3, up3;
-    reg signed [31:0] q3;
-    reg        [TW-1:0] t3;
+    // stage 3: p >> (n - 1): the quotient and, below it, the half bit; the sticky OR of the bits under it
+    reg               v3, sticky3;
+    reg signed [32:0] t3;
+    reg        [TW-1:0] t3_tag;
 
-    wire signed [63:0] q = p2 >>> n2;
-    wire        [63:0] mask = (64'd1 << n2) - 64'd1;
-    wire        [63:0] rem = p2 & mask;
-    wire        [63:0] half = (n2 == 6'd0) ? 64'd0 : (64'd1 << (n2 - 6'd1));
-    wire               up = (n2 != 6'd0) && (even ? ((rem > half) || ((rem == half) && q[0])) : (rem >= half));
+    wire signed [63:0] shifted = p2 >>> (n2 - 6'd1);
+    wire        [63:0] below = (64'd1 << (n2 - 6'd1)) - 64'd1;
+    // ties toward +inf add the half bit; ties to even add it when anything lies below it or q is odd
+    wire               up = t3[0] & (~even | sticky3 | t3[1]);
 
     assign busy = v1 | v2 | v3 | out_valid;
 
@@ -59,10 +59,10 @@ module npu_requant #(
         p2 <= x1 * m1;
         n2 <= n1;
         t2 <= t1;
-        q3 <= q[31:0];
-        up3 <= up;
-        t3 <= t2;
-        y <= q3 + (up3 ? 32'sd1 : 32'sd0);
-        out_tag <= t3;
+        t3 <= (n2 == 6'd0) ? {p2[31:0], 1'b0} : shifted[32:0];
+        sticky3 <= (n2 > 6'd1) && ((p2 & below) != 64'd0);
+        t3_tag <= t2;
+        y <= t3[32:1] + (up ? 32'sd1 : 32'sd0);
+        out_tag <= t3_tag;
     end
 endmodule
