@@ -44,13 +44,13 @@ def command(root: Path, run_dir: str, argv: list[str]) -> list[str]:
     """argv (a program inside the userland) run through chroot in a private mount namespace."""
     r = shlex.quote(str(root))
     script = (f"set -e; mount -t proc proc {r}/proc; mount --bind {r}{shlex.quote(run_dir)}/cpuinfo {r}/proc/cpuinfo; "
-              f"mount -t sysfs sysfs {r}/sys; exec chroot {r} {shlex.join(argv)}")
+              f"mount --bind /sys {r}/sys; exec chroot {r} {shlex.join(argv)}")
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
 
 
 def environment(run_dir: str, threads: int) -> dict[str, str]:
     """The worker's environment inside the userland (nothing of the host's leaks in)."""
-    return {"PATH": "/usr/bin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8", "QEMU_CPU": CPU,
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8", "QEMU_CPU": CPU,
             "PYTHONPATH": f"{run_dir}/src", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": str(threads)}
 
 

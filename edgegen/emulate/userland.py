@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -32,6 +33,7 @@ STAMP = ".edgegen-userland.json"
 PACKAGES = ("numpy", "ai-edge-litert", "onnxruntime")  # the device runtimes, at the host's versions
 DEBIAN_PACKAGES = "python3,python3-venv,ca-certificates"
 STEP_TIMEOUT_S = 1800
+log = logging.getLogger(__name__)
 
 
 def default_root() -> Path:
@@ -69,6 +71,7 @@ def ensure(root: Path | None = None, rebuild: bool = False) -> dict:
 
 def _build(root: Path) -> dict:
     _require_tools()
+    log.warning("building the arm64 userland in %s (once; about 6 minutes)", root)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     start = time.perf_counter()
     try:
@@ -102,7 +105,7 @@ def _install_runtimes(staging: Path) -> dict[str, str]:
     and CA bundle (the host's own pip configuration is for x86 and is not used)."""
     shutil.copyfile("/etc/resolv.conf", staging / "etc" / "resolv.conf")
     pins = [f"{name}=={_host_version(name)}" if _host_version(name) else name for name in PACKAGES]
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "PIP_CONFIG_FILE": "/dev/null",
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "PIP_CONFIG_FILE": "/dev/null",
            "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
            "QEMU_CPU": "cortex-a72", "LC_ALL": "C.UTF-8"}
     _run(["chroot", str(staging), "/usr/bin/python3", "-m", "venv", VENV], "python3 -m venv", env)
