@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import reference
-from .emulate.worker import sample_ms
+from .emulate.worker import runtime_name, sample_ms
 
 
 def verify(bundle: str | Path, threads: int | None = None, runs: int = 10) -> dict[str, Any]:
@@ -22,5 +22,5 @@ def verify(bundle: str | Path, threads: int | None = None, runs: int = 10) -> di
     times = sample_ms(lambda: gen.session.run(feeds), runs, 2)
     return {"bundle": str(bundle), "target": gen.manifest["target"]["name"], "backend": gen.manifest["backend"],
             "precision": gen.manifest["precision"], "machine": platform.machine(), "threads": gen.threads,
-            "runtime": getattr(gen.session, "runtime", None) or gen.manifest["backend"], "self_test": test,
+            "runtime": runtime_name(gen), "self_test": test,
             "latency_ms": times, "pass": bool(test["pass"])}

@@ -30,10 +30,11 @@ def emulation(report: dict[str, Any]) -> str:
             lines.append(f"  RTL tier     skipped: {rtl['skipped']}")
         elif rtl.get("ok"):
             at_fmax = f", {rtl['latency_ms_at_fmax']} ms at Fmax" if rtl.get("latency_ms_at_fmax") else ""
-            lines.append(f"  RTL tier     {rtl['cycles']} cycles{at_fmax}; simulated in {rtl['latency_ms']['p50']:.0f} ms")
+            lines.append(f"  RTL tier     {rtl['cycles']} cycles{at_fmax}; "
+                         f"simulated in {rtl['latency_ms']['p50']:.0f} ms")
     e = report["estimate"]
     lines.append(f"  estimate     {e['latency_ms']:.3g} ms per image on the device: ESTIMATE from the roofline "
-                 f"({e['bound']}-bound; {e['ops'] / 1e6:.0f} Mops at {e['peak_gops']:g} GOPS, {e['bytes'] / 1e6:.2f} "
+                 f"({e['bound']}-bound; {e['ops'] / 1e6:.3g} Mops at {e['peak_gops']:g} GOPS, {e['bytes'] / 1e6:.2f} "
                  f"MB at {e['bandwidth_gbs']:g} GB/s), a lower bound")
     for check in report["checks"]:
         lines.append(f"  {'PASS' if check['pass'] else 'FAIL'}  {check['name']}: {check['detail']}")

@@ -33,6 +33,7 @@ STAMP = ".edgegen-userland.json"
 PACKAGES = ("numpy", "ai-edge-litert", "onnxruntime")  # the device runtimes, at the host's versions
 DEBIAN_PACKAGES = "python3,python3-venv,ca-certificates"
 STEP_TIMEOUT_S = 1800
+HOST_CA = "/etc/ssl/certs/edgegen-host-ca.crt"  # the host's CA bundle, copied in for pip
 log = logging.getLogger(__name__)
 
 
@@ -104,9 +105,10 @@ def _install_runtimes(staging: Path) -> dict[str, str]:
     """A venv with the device runtimes inside the userland; pip reaches PyPI through the host's DNS
     and CA bundle (the host's own pip configuration is for x86 and is not used)."""
     shutil.copyfile("/etc/resolv.conf", staging / "etc" / "resolv.conf")
+    shutil.copyfile(host_ca_bundle(), staging / HOST_CA.lstrip("/"))
     pins = [f"{name}=={_host_version(name)}" if _host_version(name) else name for name in PACKAGES]
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "PIP_CONFIG_FILE": "/dev/null",
-           "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+           "PIP_CERT": HOST_CA, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
            "QEMU_CPU": "cortex-a72", "LC_ALL": "C.UTF-8"}
     _run(["chroot", str(staging), "/usr/bin/python3", "-m", "venv", VENV], "python3 -m venv", env)
     _run(["chroot", str(staging), f"{VENV}/bin/pip", "install", "--quiet", "--only-binary=:all:", *pins],
@@ -116,6 +118,16 @@ def _install_runtimes(staging: Path) -> dict[str, str]:
                 f"{list(PACKAGES)!r}}}))"], "listing the installed runtimes", env)
     shutil.rmtree(staging / "root" / ".cache", ignore_errors=True)
     return json.loads(out.strip().splitlines()[-1])
+
+
+def host_ca_bundle() -> str:
+    """The CA bundle this host's TLS clients trust (a proxy's own CA included): $PIP_CERT,
+    $SSL_CERT_FILE, else Debian's bundle."""
+    for candidate in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"),
+                      "/etc/ssl/certs/ca-certificates.crt"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise EmulationError("building the arm64 userland: no CA bundle found for pip (set PIP_CERT to one)")
 
 
 def _host_version(name: str) -> str | None:

@@ -61,10 +61,17 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     np.savez(config["outputs"], **outputs)
     times = sample_ms(lambda: gen.session.run(feeds), config["runs"], config["warmup"])
     result = {"ok": True, "self_test": test, "load_s": round(load_s, 3), "latency_ms": times,
-              "runtime": getattr(gen.session, "runtime", None) or gen.manifest["backend"], "threads": gen.threads}
+              "runtime": runtime_name(gen), "threads": gen.threads}
     if hasattr(gen.session, "execution_report"):
         result["execution"] = gen.session.execution_report()
     return result
+
+
+def runtime_name(gen) -> str:
+    """What ran the bundle: the session's runtime and version, else its backend (and NPU mode)."""
+    session = gen.session
+    return getattr(session, "runtime", None) or " ".join(filter(None, [gen.manifest["backend"],
+                                                                       getattr(session, "mode", None)]))
 
 
 def sample_ms(call, runs: int, warmup: int) -> dict[str, Any]:
