@@ -7,7 +7,8 @@ A request file (YAML or JSON) is a list of requests, or a mapping with any of:
     log: requests.jsonl                        a request log, one JSON request per line ...
     top: 100                                   ... of which the N most frequent
 Ranges "A..B" include both ends. Assets are rendered through the runtime's own Generator on the
-staging bundle, so their pixels are the ones the device would compute.
+staging bundle, so their pixels are the ones the device would compute. `--executor ray` renders the
+same requests in shards on Ray actors (edgegen.scale.precompute) into the same bytes.
 """
 
 from __future__ import annotations
