@@ -34,7 +34,10 @@ def test_zoo_model_is_shipped_small_and_documented(name):
         assert topic.lower() in card.lower()
     stats = json.loads((zoo.ZOO_DIR / f"{name}.train.json").read_text())
     assert stats["train_time_s"] > 0
-    assert depthwise_convs(Graph.load(f"zoo:{name}")) >= 4  # MobileNet-style
+
+
+def test_glyphgen_is_mobilenet_style():
+    assert depthwise_convs(Graph.load("zoo:glyphgen")) >= 4
 
 
 def test_glyphgen_is_a_class_conditional_generator_with_a_latent_only_trunk():
@@ -75,6 +78,8 @@ def test_upscale2x_is_fully_convolutional_x2():
     assert out.default_shape == [1, 3, 256, 256]
     out2 = SourceSession(graph.source).run({"image": np.random.default_rng(0).random((2, 3, 40, 24), np.float32)})
     assert out2[out.name].shape == (2, 3, 80, 48)
+    ops = {n.op_type for n in graph.model.graph.node}
+    assert "DepthToSpace" in ops and depthwise_convs(graph) == 0  # ESPCN-style: plain convs, pixel shuffle
 
 
 @pytest.mark.parametrize("target", ["x86-onnxruntime", "x86-openvino"])
