@@ -152,6 +152,8 @@ def add_assets(bundle_dir: str | Path, requests_path: str | Path, progress: Prog
     from .scale import check_executor
 
     check_executor(executor)
+    if workers is not None and executor != "ray":
+        raise BuildError(f"--workers applies to --executor ray (got --workers {workers} with --executor {executor}); leave it out")
 
     report = progress or (lambda stage, done, total: None)
     out = Path(bundle_dir)

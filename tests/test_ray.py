@@ -18,6 +18,7 @@ import ray
 from edgegen.build import build
 from edgegen.bundle import read_manifest
 from edgegen.cli import main
+from edgegen.errors import BuildError
 from edgegen.precompute import add_assets
 from edgegen.runtime import Generator
 from runtime_models import glyph_like
@@ -66,16 +67,28 @@ def assert_same_assets(got: Path, expected: Path) -> None:
 
 
 def renderer_pids(method: str = "") -> list[int]:
-    """Processes of this test's Ray instance running edgegen's ShardRenderer actor (by process title)."""
+    """Processes of this test's Ray instance (descendants of this process) running edgegen's
+    ShardRenderer actor, found by their process title."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode()
         except (OSError, UnicodeDecodeError):
             continue
-        if proc.name.isdigit() and title.startswith(f"ray::ShardRenderer{method}"):
+        if proc.name.isdigit() and title.startswith(f"ray::ShardRenderer{method}") and ours(int(proc.name)):
             pids.append(int(proc.name))
     return pids
+
+
+def ours(pid: int) -> bool:
+    while pid > 1:
+        if pid == os.getpid():
+            return True
+        try:
+            pid = int((Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1]).split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+    return False
 
 
 def no_renderers_within(seconds: float) -> bool:
@@ -129,6 +142,12 @@ def test_interrupted_precompute_leaves_the_previous_pack(tmp_path, base_bundle):
     assert files(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
     assert no_renderers_within(10)  # the run's actors were stopped
+    (tmp_path / "bad.yaml").write_text("[{seed: 1, label: 1}, {seed: 1, label: 42}]\n")  # fails in an actor
+    with pytest.raises(BuildError, match="precomputing requests 1..1: label 42 is out of range"):
+        add_assets(out, tmp_path / "bad.yaml", executor="ray")
+    assert files(out) == before
+    with pytest.raises(BuildError, match="--workers applies to --executor ray"):
+        add_assets(out, tmp_path / "bad.yaml", workers=2)
 
 
 def test_fleet_build_on_ray_matches_local(tmp_path, base_bundle, capsys):
