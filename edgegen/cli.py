@@ -140,24 +140,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--runs", type=int, default=10, help="timed runs (default 10)")
     p.set_defaults(func=_verify)
-
-    p = verbs.add_parser("emulate", help="run a bundle as its target device would (threads, memory ceiling, "
-                                         "op support, self-test; aarch64 under QEMU, FPGA on its RTL); "
-                                         "exit 3 if a check fails")
-    p.add_argument("bundle")
-    p.add_argument("--target", "-t", help="the target to emulate (default: the one the bundle was built for)")
-    p.add_argument("--runs", type=int, default=20, help="timed runs on this host (default 20)")
-    p.add_argument("--rebuild", action="store_true", help="rebuild the cached arm64 userland first")
-    p.add_argument("--no-aarch64", action="store_true", help="skip the QEMU run of an aarch64 target")
-    p.add_argument("--no-rtl", action="store_true", help="skip the RTL simulation of an FPGA target")
-    p.add_argument("--json", help="also write the report as JSON to this file")
-    p.set_defaults(func=_emulate)
-
-    p = verbs.add_parser("verify", help="on the device: run an installed bundle's self-test; exit 3 if it fails")
-    p.add_argument("bundle")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--runs", type=int, default=10, help="timed runs (default 10)")
-    p.set_defaults(func=_verify)
     return parser
 
 
@@ -353,27 +335,6 @@ def _serve(args) -> int:
           disk_cache=args.disk_cache, disk_cache_bytes=int(args.disk_cache_mb * 2 ** 20),
           announce=lambda url: print(f"serving {args.bundle} at {url} (Ctrl-C stops)", flush=True))
     return 0
-
-
-def _emulate(args) -> int:
-    from .emulate.device import emulate
-    from .emulate.render import emulation
-
-    report = emulate(args.bundle, target=args.target, runs=args.runs, rebuild=args.rebuild,
-                     aarch64=not args.no_aarch64, rtl=not args.no_rtl)
-    print(emulation(report))
-    if args.json:
-        write_text(args.json, json.dumps(report, indent=2, default=str) + "\n")
-    return 0 if report["pass"] else 3
-
-
-def _verify(args) -> int:
-    from .emulate.render import self_test
-    from .verify import verify
-
-    result = verify(args.bundle, threads=args.threads, runs=args.runs)
-    print(self_test(result))
-    return 0 if result["pass"] else 3
 
 
 def _emulate(args) -> int:
