@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) tools/bench_tflite.py --out bench --models-dir bench/models
 	$(PY) tools/bench_runtime.py --out bench
 	$(PY) tools/bench_fpga.py --out bench
+	$(PY) tools/bench_bitstream.py --out bench
 	$(PY) tools/bench_ray.py --out bench
 
 clean:

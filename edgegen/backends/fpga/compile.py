@@ -96,7 +96,13 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
                "mode": target.backend_options.get("mode", "functional"), "inputs": inputs, "outputs": outputs,
                "fmax_mhz": target.backend_options.get("fmax_mhz"), "layer_ops": layer_ops,
                "summary": {"layers": len(layers), "macs": report["macs"], **memory}}
-    return {"files": [PROGRAM, HOST_TABLES, REPORT, *hex_files], "session": session,
+    files = [PROGRAM, HOST_TABLES, REPORT, *hex_files]
+    if target.backend_options.get("board"):  # a board target: the bitstream stage (part 2)
+        from .bitstream import stage
+
+        extra, session["bitstream"] = stage(workdir, target, config, memory, images)
+        files += extra
+    return {"files": files, "session": session,
             "tools": {"npu_rtl": "hw/npu (edgegen)", "numpy": np.__version__}}
 
 

@@ -1,0 +1,59 @@
+"""Find an external program and run it with its output kept in a log file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import ToolFailedError, ToolNotFoundError
+
+
+def find(*names: str) -> str | None:
+    """The first of `names` found beside this Python (a venv's bin) or on PATH."""
+    here = Path(sys.executable).parent
+    for name in names:
+        local = here / name
+        if local.is_file() and os.access(local, os.X_OK):
+            return str(local)
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def require(names: tuple[str, ...], purpose: str, install: str) -> str:
+    """The program's path, or a ToolNotFoundError naming it, what it is for and how to get it."""
+    path = find(*names)
+    if path is None:
+        raise ToolNotFoundError(f"{names[0]} is not installed (looked for {', '.join(names)} beside Python and on "
+                                f"PATH); it is needed to {purpose}. {install}")
+    return path
+
+
+def run(cmd: list[str], log: Path, cwd: Path, timeout_s: float, stdin: Path | None = None,
+        stdout: Path | None = None) -> float:
+    """Run cmd in cwd with its output appended to `log` (stdout to a file when given); returns seconds.
+    Raises ToolFailedError quoting the log's tail when it fails or runs past timeout_s."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "a") as out:
+        out.write(f"$ {' '.join(cmd)}\n")
+        out.flush()
+        src = open(stdin, "rb") if stdin else subprocess.DEVNULL
+        dst = open(stdout, "wb") if stdout else out
+        try:
+            proc = subprocess.run(cmd, cwd=cwd, stdin=src, stdout=dst, stderr=out, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise ToolFailedError(f"{Path(cmd[0]).name} did not finish within {timeout_s:.0f} s (log: {log})") from None
+        finally:
+            for f in (src, dst):
+                if f not in (subprocess.DEVNULL, out):
+                    f.close()
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-12:])
+        raise ToolFailedError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}); log {log}:\n{tail}")
+    return time.perf_counter() - start

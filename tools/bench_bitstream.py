@@ -1,0 +1,149 @@
+"""Bitstream benchmark: models built to real bitstreams for FPGA board targets with the open flow
+(Yosys, nextpnr, icepack/ecppack from YoWASP); per model: resources, Fmax, cycles per image (RTL
+simulation), images/s = Fmax / cycles, the time of each stage, and the weight swap (same architecture,
+new weights, patched with icebram/ecpbram) against a full rebuild, which must give the same bytes.
+
+Writes bench/bitstream.json and bench/bitstream.md. Usage: python tools/bench_bitstream.py --out bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_bitstream import tiny_decoder  # noqa: E402  (the same small decoder the tests build)
+
+from edgegen import zoo  # noqa: E402
+from edgegen.backends.fpga import bitstream  # noqa: E402
+from edgegen.build import build  # noqa: E402
+from edgegen.errors import EdgegenError  # noqa: E402
+from edgegen.fileio import write_text  # noqa: E402
+
+FAMILIES = ROOT / "tests" / "data" / "families"
+
+
+def reweighted(source: Path, dest: Path, seed: int) -> Path:
+    """The same architecture with new weights: every float initializer scaled and jittered."""
+    model = onnx.load(str(source))
+    rng = np.random.default_rng(seed)
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.size > 1:
+            new = array * rng.uniform(0.8, 1.2, array.shape).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(new.astype(np.float32), init.name))
+    onnx.save(model, str(dest))
+    return dest
+
+
+def one(label: str, model_a: Path, model_b: Path, target: str, work: Path, rebuild: bool) -> dict:
+    """Full build of A (empty cache), weight swap to B, and (optionally) B rebuilt from scratch."""
+    row: dict = {"model": label, "target": target}
+    bitstream.CACHE = work / "cache-shared"
+    start = time.perf_counter()
+    try:
+        a = build(model_a, target, work / f"{label}-{target}-a", precision="int8").manifest["session"]["bitstream"]
+    except EdgegenError as exc:
+        return {**row, "error": str(exc)}
+    row["build_s"] = round(time.perf_counter() - start, 1)
+    if not a.get("built"):
+        return {**row, "error": a.get("reason")}
+    row.update({k: a.get(k) for k in ("part", "lanes", "fmax_mhz", "cycles_per_image", "latency_ms", "images_per_s",
+                                      "clock_mhz", "latency_ms_at_board_clock", "resources", "stages_s")})
+    row["bitstream_bytes"] = (work / f"{label}-{target}-a" / a["bitstream"]).stat().st_size
+    start = time.perf_counter()
+    b = build(model_b, target, work / f"{label}-{target}-b", precision="int8").manifest["session"]["bitstream"]
+    row["swap_build_s"] = round(time.perf_counter() - start, 1)
+    row["weight_swap"] = b["weight_swap"]
+    swapped = (work / f"{label}-{target}-b" / b["bitstream"]).read_bytes()
+    if rebuild:
+        bitstream.CACHE = work / "cache-fresh"
+        start = time.perf_counter()
+        c = build(model_b, target, work / f"{label}-{target}-c", precision="int8").manifest["session"]["bitstream"]
+        row["rebuild_s"] = round(time.perf_counter() - start, 1)
+        row["swap_equals_rebuild"] = (work / f"{label}-{target}-c" / c["bitstream"]).read_bytes() == swapped
+        shutil.rmtree(work / "cache-fresh", ignore_errors=True)
+    shutil.rmtree(work / "cache-shared", ignore_errors=True)
+    return row
+
+
+def render(meta: dict, rows: list[dict]) -> str:
+    lines = [f"Measured by `{meta['command']}` on {meta['date']} ({meta['host']}); YoWASP {meta['tools']}. "
+             "The build machine was shared with other jobs (load average about 8 on 2 cores), so stage times are "
+             "upper bounds. Fmax: nextpnr's timing analysis of the routed design; cycles: the RTL in Verilator; "
+             "images/s = Fmax / cycles. Swap: the same architecture with new weights, patched into the placed "
+             "design's block RAM and packed (no synthesis, no place-and-route); `= rebuild`: the patched bitstream "
+             "equals a full rebuild byte for byte.", "",
+             "| model | target (part, lanes) | logic | block RAM | DSP | Fmax MHz | cycles/image | images/s at Fmax "
+             "| synth s | P&R s | pack s | full build s | swap s | swap build s | = rebuild |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['target']} | does not build: {r['error'][:300]} |" + " - |" * 12)
+            continue
+        res = r["resources"]
+        logic = res.get("logic_cells") or res.get("luts")
+        cell = lambda x: f"{x['used']}/{x['available']}" if x else "-"  # noqa: E731
+        st = r["stages_s"]
+        lines.append(f"| {r['model']} | {r['target']} ({r['part']}, {r['lanes']}) | {cell(logic)} | "
+                     f"{cell(res.get('bram'))} | {cell(res.get('dsp'))} | {r['fmax_mhz']} | {r['cycles_per_image']} | "
+                     f"{r['images_per_s']} | {st['synthesis']:.1f} | {st['place_and_route']:.1f} | {st['pack']:.1f} | "
+                     f"{r['build_s']} | {r['weight_swap'].get('seconds', '-')} | {r['swap_build_s']} | "
+                     f"{r.get('swap_equals_rebuild', 'not checked')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench-bitstream",
+                        help="work directory (not under /tmp: YoWASP tools cannot see it)")
+    parser.add_argument("--no-rebuild", action="store_true", help="skip the byte-for-byte full rebuild check")
+    parser.add_argument("--only", choices=["ice40", "ecp5"], help="one family only")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    work = args.work.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    plans = []
+    if args.only in (None, "ice40"):
+        for seed in (1, 2):
+            onnx.save(tiny_decoder(seed), str(work / f"tiny{seed}.onnx"))
+        plans.append(("tiny_decoder (tests)", work / "tiny1.onnx", work / "tiny2.onnx", "ice40-up5k-bram"))
+    if args.only in (None, "ecp5"):
+        for name in zoo.names():  # the zoo generators; one that does not fit is reported with the reason
+            source = zoo.resolve(f"{zoo.PREFIX}{name}")
+            plans.append((f"zoo:{name}", source, reweighted(source, work / f"{name}-b.onnx", 3), "ecp5-85f"))
+        dcgan = FAMILIES / "dcgan__legacy_b1.onnx"
+        plans.append(("dcgan (families)", dcgan, reweighted(dcgan, work / "dcgan-b.onnx", 3), "ecp5-85f"))
+    rows = []
+    meta = {"command": "python tools/bench_bitstream.py --out bench" + (" --no-rebuild" if args.no_rebuild else ""),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "host": f"{platform.machine()}, {os.cpu_count()} cores", "tools": bitstream.openflow.versions()}
+    for label, a, b, target in plans:
+        print(f"{label} on {target} ...", file=sys.stderr, flush=True)
+        rows.append(one(label.split(" ")[0], a, b, target, work, not args.no_rebuild))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        write_text(args.out / "bitstream.json", json.dumps({**meta, "results": rows}, indent=2) + "\n")
+        write_text(args.out / "bitstream.md", render(meta, rows))
+    shutil.rmtree(work, ignore_errors=True)
+    print((args.out / "bitstream.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
