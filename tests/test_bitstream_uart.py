@@ -1,0 +1,84 @@
+"""The board top (hw/boards/npu_board.v) in Verilator behind its UART pins: a model's memories come
+from the bitstream's $readmemh images (sized and padded as the bitstream flow writes them), the host
+sends only the input over the UART frames, and the output equals the functional model's."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from test_bitstream import tiny_decoder
+
+from edgegen.backends.fpga import bitstream, hostio
+from edgegen.backends.fpga.isa import Images, NpuConfig
+from edgegen.backends.fpga.model import FunctionalNpu
+from edgegen.backends.fpga.transport import FramedTransport
+from edgegen.emulate import fpga as emu
+from edgegen.graph import Graph
+from edgegen.toolchains import ToolNotFoundError
+
+HARNESS = bitstream.fpga_parts.BOARDS_DIR / "sim" / "board_tb.cpp"
+DIV = 4  # clock cycles per UART bit in the simulation
+
+
+def _verilator() -> list[str]:
+    from edgegen.backends.fpga.rtlsim import verilator_command
+    try:
+        return verilator_command()
+    except ToolNotFoundError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+
+
+def _board_sim(tmp_path: Path, config: NpuConfig, sizes: dict[str, int]) -> Path:
+    params = {"CLK_HZ": DIV, "BAUD": 1, "LANES": config.lanes, **sizes,
+              **{param: f"mem/{name}.hex" for name, param in bitstream.HEX.items()}}
+    args = [*_verilator(), "--cc", "--exe", "--build", "-O2", "--top-module", "npu_board", "-Wno-fatal",
+            "-Wno-WIDTH", *(f"-G{k}={v}" if isinstance(v, int) else f'-G{k}="{v}"' for k, v in params.items()),
+            f"-CFLAGS", f"-DDIV={DIV}", "-Mdir", "obj", "-o", "board_sim", *(str(p) for p in bitstream.RTL),
+            str(HARNESS)]
+    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return tmp_path / "obj" / "board_sim"
+
+
+def test_board_top_runs_the_baked_in_model_over_uart(tmp_path):
+    onnx.save(tiny_decoder(1), str(tmp_path / "m.onnx"))
+    config = NpuConfig.from_options({"lanes": 2, "act_kb": 4, "wgt_kb": 4, "par_entries": 256, "lut_tables": 4,
+                                     "tap_entries": 256, "prog_layers": 16})
+    compiled = emu.compile_for(emu.quantize(Graph.load(tmp_path / "m.onnx")), config, tmp_path / "npu")
+    images = Images.load(tmp_path / "npu" / "npu" / "program.npz")
+    summary = compiled.session["summary"]
+    sizes = bitstream.depths(config, summary, "ice40")
+    bitstream.padded_hex(images, config.lanes, sizes, tmp_path / "mem")  # what the bitstream's RAMs hold
+    binary = _board_sim(tmp_path, config, sizes)
+
+    placement = compiled.session["inputs"][0]["placement"]
+    codes = np.random.default_rng(0).integers(-128, 128, (placement["c"], placement["h"], placement["w"]))
+    address, data = hostio.to_words(placement, codes, config.lanes)
+    out_address, count = hostio.span(compiled.session["outputs"][0]["placement"], config.lanes)
+
+    reference = FunctionalNpu(config)
+    for where, blob in images.host_writes():
+        reference.write(where, blob)
+    reference.write(address, data)
+    reference.start()
+    assert reference.wait(1 << 30).ok
+    expected = reference.read(out_address, count)
+
+    process = subprocess.Popen([str(binary)], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        board = FramedTransport(process.stdin, process.stdout)
+        assert board.read(0x000010, 4) == config.lanes.to_bytes(4, "little")  # LANES register
+        board.write(address, data)  # only the input: weights and program are in the RAM images
+        board.start()
+        status = board.wait(1 << 30)
+        assert status.ok and status.layers == summary["layers"] and status.cycles > 0 and status.clock > 0
+        assert board.read(out_address, count) == expected
+    finally:
+        process.stdin.close()
+        process.wait(timeout=60)
+        process.stdout.close()
