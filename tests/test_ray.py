@@ -2,12 +2,14 @@
 executor, through a killed worker and an interrupt; fleet builds as Ray tasks; clear errors for an
 unreachable cluster and a missing Ray. One local Ray instance (2 CPUs) serves the whole module."""
 
+import http.server
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from edgegen.cli import main
 from edgegen.errors import BuildError
 from edgegen.precompute import add_assets
 from edgegen.runtime import Generator
+from edgegen.scale import ClusterError
+from edgegen.scale.cluster import check_reachable
 from runtime_models import glyph_like
 
 FIRST = "grid: {seed: '0..5', label: [1, 2]}\n"
@@ -193,6 +197,19 @@ def test_unreachable_cluster_is_a_clear_error_within_seconds(tmp_path, base_bund
                            str(base_bundle.parent / "second.yaml"), "--executor", "ray", "--ray-address", "nowhere"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "give HOST:PORT" in done.stderr
+
+
+def test_an_address_that_answers_but_is_no_ray_head_fails_fast():
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(ClusterError, match="not a Ray head"):
+            check_reachable(f"127.0.0.1:{server.server_address[1]}")
+        assert time.monotonic() - start < 5
+    finally:
+        server.shutdown()
+    check_reachable(ray.get_runtime_context().gcs_address)  # the running head's GCS speaks gRPC: accepted
 
 
 def test_without_ray_the_executor_says_how_to_install_it(monkeypatch, tmp_path, base_bundle, capsys):

@@ -14,6 +14,10 @@ from . import ClusterError
 
 INSTALL = "pip install 'edgegen[ray]'"
 CONNECT_TIMEOUT_S = 5
+# A Ray head's GCS port serves gRPC, i.e. HTTP/2: after the client's connection preface, an HTTP/2
+# server's first frame is SETTINGS (RFC 9113, section 3.4). Anything else there is not a Ray head.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
+_HTTP2_SETTINGS = 4
 # Ray retries for ~14 minutes on an address where something that is not a Ray head listens; these
 # bound its retries while it joins a cluster (set for ray.init only, where the user has not set them).
 _JOIN_TIMEOUTS = {"RAY_gcs_server_port_wait_time_s": "1", "RAY_py_gcs_connect_timeout_s": "5",
@@ -40,11 +44,30 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise ClusterError(f"--ray-address {address!r}: give HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379, "
                            "as `ray start --head` prints it) or 'auto' for a cluster started on this machine")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start its head with "
                            "`ray start --head` on that machine, check the address and port it printed, or leave "
                            "out --ray-address to run on a Ray instance started here") from None
+    with conn:
+        if not _speaks_http2(conn):
+            raise ClusterError(f"something answers at {address}, but it is not a Ray head (no gRPC there); give the "
+                               "address and port that `ray start --head` printed (the GCS port, 6379 by default)")
+
+
+def _speaks_http2(conn: socket.socket) -> bool:
+    """Whether the peer answers an HTTP/2 connection preface with a SETTINGS frame, as gRPC does."""
+    try:
+        conn.sendall(_HTTP2_PREFACE)
+        header = b""
+        while len(header) < 9:
+            chunk = conn.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except OSError:
+        return False
+    return header[3] == _HTTP2_SETTINGS
 
 
 @contextlib.contextmanager
