@@ -35,8 +35,11 @@ MODELS = [
     ("mobilenet_resnet", {}, 30.0),
     ("tiny_decoder", {}, 30.0),
 ]
-CONFIGS = [("x86-onnxruntime", "fp32"), ("x86-onnxruntime", "int8"), ("x86-openvino", "fp32"),
-           ("x86-openvino", "bf16"), ("x86-openvino", "int8")]
+CONFIGS = [("x86-onnxruntime", "fp32", None), ("x86-onnxruntime", "int8", None), ("x86-openvino", "fp32", None),
+           ("x86-openvino", "bf16", None), ("x86-openvino", "int8", None)]
+# pruned + int8 (largest channel ratio up to this one that keeps PSNR >= 30 dB), per model
+PRUNED = {"zoo:upscale2x": [("x86-openvino", "int8", 0.5)]}
+PRUNED_FLOOR_DB = 30.0
 
 
 def int8_peak_gmacs(seconds: float = 3.0) -> dict[str, float]:
@@ -104,13 +107,16 @@ def main() -> int:
     rows = []
     for model, graph_options, floor in MODELS:
         source = model if model.startswith("zoo:") else str(args.models / f"{model}.onnx")
-        for target, precision in CONFIGS:
-            dest = args.out / "bundles" / f"quant-{model.replace(':', '_')}-{target}-{precision}"
+        for target, precision, prune in CONFIGS + PRUNED.get(model, []):
+            name = f"{precision}-pruned" if prune else precision
+            dest = args.out / "bundles" / f"quant-{model.replace(':', '_')}-{target}-{name}"
             extra = {"min_psnr": floor, "calibration_method": "percentile"} if precision == "int8" else {}
+            if prune:
+                extra.update(prune=prune, min_psnr=PRUNED_FLOOR_DB)
             try:
                 built = build(source, target, dest, precision=precision, graph_options=graph_options, **extra)
             except BuildError as exc:
-                rows.append({"model": model, "target": target, "precision": precision, "error": str(exc)})
+                rows.append({"model": model, "target": target, "precision": name, "error": str(exc)})
                 print(f"{model} {target} {precision}: {exc}", flush=True)
                 continue
             macs = built.manifest["model"]["source_macs"]
@@ -118,14 +124,18 @@ def main() -> int:
             result = bench.run(dest, [1], runs=runs, warmup=2, baseline=True)
             mine = result["rows"][0]
             quant = built.manifest["passes"].get("quantize", {})
+            pruned = built.manifest["passes"].get("prune")
+            run_macs = pruned["macs"]["after"] if pruned else macs  # what the artifact computes
+            if pruned:
+                name = f"{precision}, pruned {pruned['ratio']:.0%} ({run_macs / 1e9:.2f} GMACs left)"
             rows.append({
-                "model": model, "target": target, "precision": precision, "gmacs": macs / 1e9,
+                "model": model, "target": target, "precision": name, "gmacs": macs / 1e9,
                 "p50_ms": mine["interleaved"]["bundle_p50_ms"],
                 "baseline_p50_ms": mine["interleaved"]["source_p50_ms"],
                 "speedup": mine["speedup_vs_baseline"], "psnr_db": built.fidelity["psnr_db"],
                 "ssim": built.fidelity["ssim"], "kept_float": len(quant.get("kept_float", [])),
                 "execution": built.manifest["execution"],
-                "int8_peak_fraction": (macs / (mine["interleaved"]["bundle_p50_ms"] / 1e3) / 1e9 / best_peak)
+                "int8_peak_fraction": (run_macs / (mine["interleaved"]["bundle_p50_ms"] / 1e3) / 1e9 / best_peak)
                 if precision == "int8" else None,
             })
             print(json.dumps(rows[-1]), flush=True)
