@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) tools/bench_runtime.py --out bench
 	$(PY) tools/bench_fpga.py --out bench
 	$(PY) tools/bench_bitstream.py --out bench
+	$(PY) tools/bench_emulate.py --out bench
 	$(PY) tools/bench_ray.py --out bench
 
 clean:

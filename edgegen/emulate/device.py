@@ -17,6 +17,7 @@ import numpy as np
 from .. import targets
 from ..bundle import read_manifest, verify_files
 from ..errors import BundleError
+from ..metrics import compare, value_range
 from . import process, roofline, support, userland
 from .render import last_line
 
@@ -132,7 +133,8 @@ def _aarch64(bundle: Path, manifest: dict[str, Any], device: targets.Target, hos
 
 def same_images(manifest: dict[str, Any], reference: dict[str, np.ndarray], got: dict[str, np.ndarray]
                 ) -> dict[str, Any]:
-    """int8: identical outputs; fp32: max-abs <= 1e-5; fp16/bf16: within the bundle's self-test tolerance."""
+    """int8: identical outputs; fp32: max-abs <= 1e-5; fp16/bf16: the bundle's self-test tolerance
+    (max-abs and PSNR) applied to arm64 against x86."""
     precision = manifest["precision"]
     worst = max(float(np.max(np.abs(reference[k].astype(np.float64) - got[k]))) for k in reference)
     if precision == "int8":
@@ -140,8 +142,12 @@ def same_images(manifest: dict[str, Any], reference: dict[str, np.ndarray], got:
     elif precision == "fp32":
         ok, rule = worst <= FP32_MAX_ABS, f"max-abs <= {FP32_MAX_ABS:g} (fp32)"
     else:
-        limit = manifest["reference"]["tolerance"].get("max_abs", float("inf"))
-        ok, rule = worst <= limit, f"within the bundle's tolerance ({precision})"
+        tolerance = manifest["reference"]["tolerance"]
+        ranges = {s["name"]: s.get("range") for s in manifest["model"]["outputs"]}
+        psnr = min(compare(reference[k], got[k], value_range(ranges.get(k), reference[k]))["psnr_db"]
+                   for k in reference)
+        ok = worst <= tolerance.get("max_abs", float("inf")) and psnr >= tolerance.get("min_psnr_db", float("-inf"))
+        rule = f"the bundle's tolerance ({precision}: {_tolerance(tolerance)}; PSNR vs x86 {psnr:.1f} dB)"
     return {"rule": rule, "max_abs": worst, "pass": ok, "detail": f"max-abs {worst:.3g} vs x86, rule: {rule}"}
 
 

@@ -37,24 +37,25 @@ def run(bundle: Path, settings: Settings, userland: Path | None = None) -> dict[
     outputs under "outputs"; userland: run under QEMU in that arm64 root instead of natively."""
     if userland is None:
         with tempfile.TemporaryDirectory(prefix="edgegen-emulate-") as tmp:
-            argv = [sys.executable, "-m", "edgegen.emulate.worker"]
+            argv = [sys.executable, "-m", "edgegen.emulate.worker", f"{tmp}/config.json"]
             env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads)}
             return _launch(argv, env, Path(tmp), tmp, str(bundle), settings, "native")
     with qemu.staged(userland, bundle, max(settings.threads, 1)) as (host_dir, inside):
-        argv = qemu.command(userland, inside, [qemu.python(), "-m", "edgegen.emulate.worker"])
+        argv = qemu.command(userland, inside, [qemu.python(), "-m", "edgegen.emulate.worker", f"{inside}/config.json"])
         return _launch(argv, qemu.environment(inside, settings.threads), host_dir, inside, f"{inside}/bundle",
                        settings, "aarch64")
 
 
 def _launch(argv: list[str], env: dict[str, str], host_dir: Path, inside: str, bundle: str, settings: Settings,
             kind: str) -> dict[str, Any]:
+    """Write the worker's config into host_dir (seen as `inside` by the worker), run argv, read the report."""
     config = {"bundle": bundle, "threads": settings.threads, "memory_mb": settings.memory_mb, "runs": settings.runs,
               "warmup": settings.warmup, "host_fallback": settings.host_fallback,
               "result": f"{inside}/result.json", "outputs": f"{inside}/outputs.npz"}
     (host_dir / "config.json").write_text(json.dumps(config))
     try:
-        proc = subprocess.run([*argv, f"{inside}/config.json"], capture_output=True, text=True,
-                              env={**env, **(settings.env or {})}, timeout=TIMEOUT_S[kind])
+        proc = subprocess.run(argv, capture_output=True, text=True, env={**env, **(settings.env or {})},
+                              timeout=TIMEOUT_S[kind])
     except subprocess.TimeoutExpired:
         raise EmulationError(f"{bundle}: the {kind} run did not finish in {TIMEOUT_S[kind]} s") from None
     result_file = host_dir / "result.json"

@@ -1,0 +1,72 @@
+"""aarch64 targets in an arm64 Debian userland under QEMU user-mode (built once and cached under
+~/.cache/edgegen, or $EDGEGEN_AARCH64_ROOT). CI sets EDGEGEN_REQUIRE_EMULATION=1: there a host
+that cannot emulate fails these tests instead of skipping them."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edgegen.build import build
+from edgegen.emulate import EmulationError, EmulatorUnavailableError, userland
+from edgegen.emulate.device import emulate
+
+
+def _unavailable(exc: Exception):
+    if os.environ.get("EDGEGEN_REQUIRE_EMULATION"):
+        pytest.fail(f"EDGEGEN_REQUIRE_EMULATION is set but this host cannot emulate aarch64: {exc}")
+    pytest.skip(f"this host cannot emulate aarch64: {exc}")
+
+
+@pytest.fixture(scope="module")
+def arm64() -> Path:
+    """The cached arm64 userland (built on first use: ~6 minutes)."""
+    try:
+        userland.ensure()
+    except EmulatorUnavailableError as exc:
+        _unavailable(exc)
+    return userland.default_root()
+
+
+def test_int8_tflite_bundle_gives_identical_images_on_arm64(tmp_path, cgen_path, arm64):
+    build(cgen_path, "rpi4-litert", tmp_path / "b")
+    report = emulate(tmp_path / "b", runs=2)
+    assert report["pass"], report["checks"]
+    arm = report["aarch64"]
+    assert arm["machine"] == "aarch64" and arm["runtime"].startswith("ai-edge-litert")
+    assert arm["match"] == {**arm["match"], "rule": "identical (int8)", "max_abs": 0.0, "pass": True}
+    assert arm["self_test"]["pass"] and arm["slowdown_vs_host"] > 1
+    assert arm["packages"]["ai-edge-litert"] and arm["userland_build_s"] > 0
+
+
+def test_fp32_onnxruntime_bundle_matches_x86_within_1e_5_on_arm64(tmp_path, cgen_path, arm64):
+    build(cgen_path, "jetson-orin-onnxruntime", tmp_path / "b", precision="fp32")
+    report = emulate(tmp_path / "b", runs=2)
+    assert report["pass"], report["checks"]
+    arm = report["aarch64"]
+    assert arm["runtime"] == "onnxruntime" or arm["runtime"].startswith("onnxruntime"), arm["runtime"]
+    assert arm["match"]["rule"].startswith("max-abs <= 1e-05") and arm["match"]["max_abs"] <= 1e-5
+    assert report["constraints"]["accelerator_replaced_by_cpu"].startswith("TensorrtExecutionProvider")
+
+
+def test_a_userland_that_cannot_be_built_leaves_nothing_behind(tmp_path, monkeypatch):
+    root = tmp_path / "cache" / "arm64"
+    monkeypatch.setenv("EDGEGEN_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")  # nothing listens on port 9
+    try:
+        with pytest.raises(EmulationError, match="(?s)debootstrap.*failed.*EDGEGEN_DEBIAN_MIRROR"):
+            userland.ensure(root)
+    except EmulatorUnavailableError as exc:
+        _unavailable(exc)
+    assert not root.exists()
+    assert [p.name for p in root.parent.iterdir()] == [f".{root.name}.lock"]
+
+
+def test_an_interrupted_build_is_never_used_and_is_cleaned_up(tmp_path):
+    root = tmp_path / "arm64"
+    stale = tmp_path / f".{root.name}.abc123.tmp"
+    (stale / "opt").mkdir(parents=True)
+    (stale / userland.STAMP).write_text("{}")
+    assert userland.info(root) is None  # only a renamed, complete userland counts
+    userland._remove_stale(root)
+    assert not stale.exists()
