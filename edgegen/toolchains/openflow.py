@@ -69,11 +69,12 @@ def _param(value: object) -> str:
 def place_and_route(device: Device, netlist: str, constraints: str, freq_mhz: float, text: str, report: str,
                     cwd: Path, log: Path, seed: int = 1) -> float:
     """nextpnr: netlist + pin constraints -> placed and routed text configuration (.asc / .config) and a
-    JSON report; timing-driven at freq_mhz; returns seconds."""
+    JSON report; timing-driven at freq_mhz (a design slower than that still routes: its Fmax is reported,
+    not a failure); returns seconds."""
     nextpnr = _tool(f"nextpnr-{device.family}", f"place and route for {device.family.upper()}")
     out = ["--asc", text] if device.family == "ice40" else ["--textcfg", text]
     cmd = [nextpnr, *device.part, "--json", netlist, device.constraint_flag, constraints, *out, "--freq",
-           f"{freq_mhz:g}", "--seed", str(seed), "--report", report, "-q"]
+           f"{freq_mhz:g}", "--timing-allow-fail", "--seed", str(seed), "--report", report, "-q"]
     return runner.run(cmd, log, cwd, PNR_TIMEOUT_S)
 
 
