@@ -102,12 +102,12 @@ def test_the_8_lane_up5k_build_records_why_it_has_no_bitstream(tmp_path):
 
 # -- memory sizing and images --------------------------------------------------------------------------
 
-def test_memories_are_sized_to_the_program_in_powers_of_two():
+def test_memories_are_sized_to_the_program_in_whole_block_depths():
     config = NpuConfig(lanes=2)
-    memory = {"act_bytes": 300, "wgt_bytes": 1100, "par_entries": 70, "lut_tables": 1, "tap_entries": 20,
+    memory = {"act_bytes": 300, "wgt_bytes": 1100, "par_entries": 70, "lut_tables": 0, "tap_entries": 20,
               "layers": 3}
     sizes = bitstream.depths(config, memory, "ice40")
-    assert sizes == {"ACT_WORDS": 256, "WGT_WORDS": 1024, "PAR_WORDS": 256, "LUT_BYTES": 256, "TAP_WORDS": 256,
+    assert sizes == {"ACT_WORDS": 256, "WGT_WORDS": 768, "PAR_WORDS": 256, "LUT_BYTES": 256, "TAP_WORDS": 256,
                      "PROG_WORDS": 256}
     assert bitstream.depths(config, memory, "ecp5")["WGT_WORDS"] == 1024
     assert bitstream.depths(config, memory, "ecp5")["PAR_WORDS"] == 512  # ecpbram patches 512-word multiples

@@ -1,7 +1,7 @@
 """Bitstream stage of the `fpga` backend: the compiled program -> a bitstream for the target's board.
 
-The NPU instance is the target's lane count with every memory sized to the program (rounded up to a
-power of two the block-RAM patchers accept), wrapped in the board top (`hw/boards/npu_board.v`, UART
+The NPU instance is the target's lane count with every memory sized to the program (rounded up to
+whole block-RAM depths, which the block-RAM patchers accept), wrapped in the board top (`hw/boards/npu_board.v`, UART
 link) with the program's memory images as $readmemh contents, so the bitstream carries the model.
 The resource planner (`toolchains.fpga_parts`) checks the instance against the part before any tool
 runs. Lattice parts are built with the open flow; the placed design is cached under
@@ -46,13 +46,13 @@ _BITFILE = {"ice40": "npu.bin", "ecp5": "npu.bit", "xilinx7": "npu.bit", "cyclon
 
 
 def depths(config: NpuConfig, memory: dict[str, Any], family: str) -> dict[str, int]:
-    """RTL depth parameters sized to what the program uses (powers of two, at least one block deep)."""
+    """RTL depth parameters sized to what the program uses, rounded up to whole block-RAM depths."""
     lanes = config.lanes
     used = {"ACT_WORDS": -(-memory["act_bytes"] // lanes), "WGT_WORDS": -(-memory["wgt_bytes"] // lanes),
             "PAR_WORDS": memory["par_entries"], "LUT_BYTES": memory["lut_tables"] * 256,
             "TAP_WORDS": memory["tap_entries"], "PROG_WORDS": (memory["layers"] + 1) * DESC_WORDS}
     floor = _MIN_DEPTH.get(family, 512)
-    return {k: max(floor, 1 << max(0, v - 1).bit_length()) for k, v in used.items()}
+    return {k: max(1, -(-v // floor)) * floor for k, v in used.items()}
 
 
 def padded_hex(images: Images, lanes: int, sizes: dict[str, int], directory: Path) -> dict[str, str]:
