@@ -35,7 +35,8 @@ def tiny_decoder(seed: int) -> onnx.ModelProto:
              helper.make_node("Tanh", ["up"], ["image"])]
     inits = [init("fc_w", 8, 64), init("fc_b", 64), numpy_helper.from_array(np.array([1, 4, 4, 4], np.int64), "shape"),
              init("up_w", 4, 3, 4, 4), init("up_b", 3)]
-    graph = helper.make_graph(nodes, "tiny_decoder", [helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 8])],
+    graph = helper.make_graph(nodes, "tiny_decoder",
+                              [helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 8])],
                               [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

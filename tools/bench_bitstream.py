@@ -108,7 +108,8 @@ def render(meta: dict, rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['target']} ({r['part']}, {r['lanes']}) | {cell(logic)} | "
                      f"{cell(res.get('bram'))} | {cell(res.get('dsp'))} | {r['fmax_mhz']} | {r['cycles_per_image']} | "
                      f"{r['images_per_s']} | {st['synthesis']:.1f} | {st['place_and_route']:.1f} | {st['pack']:.1f} | "
-                     f"{r['build_s']} | {r['weight_swap'].get('seconds', '-')}, {r.get('warm_swap_s', '-')} | {r['swap_build_s']} | "
+                     f"{r['build_s']} | {r['weight_swap'].get('seconds', '-')}, {r.get('warm_swap_s', '-')} | "
+                     f"{r['swap_build_s']} | "
                      f"{r.get('swap_equals_rebuild', 'not checked')} |")
     return "\n".join(lines) + "\n"
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from ...toolchains import ToolNotFoundError, fpga_parts, openflow, quartus, vivado
 from ...toolchains.fpga_parts import MEMORIES, Board, DoesNotFitError
+from ...targets import Target
 from .isa import DESC_WORDS, Images, NpuConfig
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ def architecture(board: Board, config: NpuConfig, sizes: dict[str, int], freq_mh
     return digest.hexdigest()[:20]
 
 
-def stage(workdir: Path, target, config: NpuConfig, memory: dict[str, Any], images: Images) -> tuple[list[str], dict]:
+def stage(workdir: Path, target: Target, config: NpuConfig, memory: dict[str, Any],
+          images: Images) -> tuple[list[str], dict]:
     """Build (or patch) the bitstream for the target's board into workdir/fpga/; returns (files, report)."""
     options = target.backend_options
     board = fpga_parts.board(options["board"], f"{target.path}: backend_options.board")
@@ -115,23 +117,25 @@ def stage(workdir: Path, target, config: NpuConfig, memory: dict[str, Any], imag
         if part.flow == "open":
             report.update(_open_flow(out, board, params, images, config, sizes, freq, baud))
         else:
-            report.update(_vendor_flow(out, board, params, images, config, sizes, freq))
+            report.update(_vendor_flow(out, board, params, images, config, sizes))
     except ToolNotFoundError as exc:
         return _skipped(workdir, report, str(exc))
     report["built"] = True
     report.update(_cycles(config, images, report["fmax_mhz"], board.clock_hz))
-    _write(workdir / REPORT, json.dumps(report, indent=2) + "\n")
-    files = sorted(p.relative_to(workdir).as_posix() for p in out.rglob("*") if p.is_file())
-    return [*files, REPORT], report
+    return _finish(workdir, report)
 
 
 def _skipped(workdir: Path, report: dict, reason: str) -> tuple[list[str], dict]:
     log.warning("no bitstream: %s", reason)
     report.update(built=False, reason=reason)
+    return _finish(workdir, report)
+
+
+def _finish(workdir: Path, report: dict) -> tuple[list[str], dict]:
+    """Write the report; returns the bundle files of this stage (fpga/..., the report) and the report."""
     (workdir / "reports").mkdir(exist_ok=True)
     _write(workdir / REPORT, json.dumps(report, indent=2) + "\n")
-    files = sorted(p.relative_to(workdir).as_posix() for p in (workdir / "fpga").rglob("*") if p.is_file()) \
-        if (workdir / "fpga").is_dir() else []
+    files = sorted(p.relative_to(workdir).as_posix() for p in (workdir / "fpga").rglob("*") if p.is_file())
     return [*files, REPORT], report
 
 
@@ -230,8 +234,8 @@ def _swap(cached: Path, device, images: Images, lanes: int, sizes: dict[str, int
                      "full_build_s": round(sum(summary["stages_s"].values()), 3)}, "work": work}
 
 
-def _vendor_flow(out: Path, board: Board, params: dict, images: Images, config: NpuConfig, sizes: dict[str, int],
-                 freq: float) -> dict[str, Any]:
+def _vendor_flow(out: Path, board: Board, params: dict, images: Images, config: NpuConfig,
+                 sizes: dict[str, int]) -> dict[str, Any]:
     """Vivado / Quartus: write the project (sources, a top setting the parameters, constraints, memory
     images, batch script) and run the tool when it is on PATH."""
     project = out / "project"
