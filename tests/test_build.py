@@ -133,3 +133,11 @@ def test_prune_to_floor_and_to_macs(tmp_path):
     assert budget.manifest["model"]["macs"] <= 500_000
     with pytest.raises(BuildError, match="not both"):
         build(model, "x86-openvino", tmp_path / "x", prune=0.3, prune_to_macs=500_000)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_openvino_bundles_are_reproducible_within_one_process(tmp_path, cgen_path, precision):
+    # OpenVINO names new nodes after a process-wide counter; the bundle must not depend on it
+    first, second = (build(cgen_path, "x86-openvino", tmp_path / name, precision=precision) for name in "ab")
+    assert first.manifest["files"] == second.manifest["files"]
+    assert not [p.name for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no staged leftovers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from ...targets import Target
 
 ARTIFACT = "model.xml"
 # What OpenVINO's ONNX front end leaves in a partially converted model where it has no conversion.
+_AUTOMATIC_NAME = re.compile(r"[A-Z][A-Za-z0-9]*_\d+(?:_[a-z]+)*")  # Constant_4769, Constant_4769_compressed
 _UNCONVERTED = {"NotSupportedONNXNode", "ONNXFrameworkNode", "FrameworkNode"}
 
 
@@ -47,9 +49,24 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
         model = ov.convert_model(_stream(source))
     except Exception as exc:  # OpenVINO raises its own exception types per front end
         raise BuildError(f"OpenVINO could not convert {graph.source}: {str(exc).strip().splitlines()[0]}") from None
-    ov.save_model(model, str(workdir / ARTIFACT), compress_to_fp16=(precision == "fp16"))
+    _save_reproducibly(ov, model, workdir / ARTIFACT, compress_to_fp16=(precision == "fp16"))
     session = {"entry": ARTIFACT, "precision": precision, "device": target.backend_options.get("device", "CPU")}
     return {"files": [ARTIFACT, "model.bin"], "session": session, "tools": {"openvino": ov.__version__}}
+
+
+def _save_reproducibly(ov, model, xml: Path, compress_to_fp16: bool) -> None:
+    """ov.save_model, then the nodes that carry OpenVINO's automatic names (type + a process-wide
+    counter, so they depend on what the process built before) renamed after their position: equal
+    models give equal bytes, whichever process builds them."""
+    staged = xml.with_name(f".{xml.stem}.staged.xml")
+    ov.save_model(model, str(staged), compress_to_fp16=compress_to_fp16)
+    saved = ov.Core().read_model(str(staged))
+    for index, op in enumerate(saved.get_ordered_ops()):
+        if _AUTOMATIC_NAME.fullmatch(op.get_friendly_name()):
+            op.set_friendly_name(f"{op.get_type_name()}_{index}")
+    ov.serialize(saved, str(xml), str(xml.with_suffix(".bin")))
+    staged.unlink()
+    staged.with_suffix(".bin").unlink()
 
 
 def _stream(graph: Graph) -> io.BytesIO:
