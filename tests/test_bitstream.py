@@ -16,7 +16,7 @@ from edgegen import targets
 from edgegen.backends.fpga import bitstream
 from edgegen.backends.fpga.isa import NpuConfig
 from edgegen.build import build
-from edgegen.toolchains import ToolNotFoundError, fpga_parts, openflow, runner
+from edgegen.toolchains import ToolFailedError, ToolNotFoundError, fpga_parts, openflow, runner
 
 
 
@@ -166,6 +166,15 @@ def test_ecp5_bitstream_weight_swap_equals_a_full_rebuild(tmp_path, monkeypatch)
     c = build(_model(tmp_path, 2), str(target), tmp_path / "c", precision="int8").manifest["session"]["bitstream"]
     assert c["weight_swap"]["used"] is False
     assert (tmp_path / "c" / "fpga" / "npu.bit").read_bytes() == swapped
+
+    def refuse(*args, **kwargs):  # a patcher that cannot tell the block RAMs apart (ecpbram's real message)
+        raise ToolFailedError("ecpbram failed (exit 1):\nConflicting from pattern for bit slice from_hexfile[15:0][3]!")
+
+    monkeypatch.setattr(openflow, "patch_bram", refuse)
+    d = build(_model(tmp_path, 1), str(target), tmp_path / "d", precision="int8").manifest["session"]["bitstream"]
+    assert d["weight_swap"]["used"] is False and "Conflicting from pattern" in d["weight_swap"]["reason"]
+    assert (tmp_path / "d" / "fpga" / "npu.bit").read_bytes() == (tmp_path / "a" / "fpga" / "npu.bit").read_bytes()
+    assert sorted(p.name for p in (cache / "fresh").iterdir()) == [c["architecture"]]  # the fallback left nothing
     shutil.rmtree(cache, ignore_errors=True)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ...toolchains import ToolNotFoundError, fpga_parts, openflow, quartus, vivado
+from ...toolchains import ToolFailedError, ToolNotFoundError, fpga_parts, openflow, quartus, vivado
 from ...toolchains.fpga_parts import MEMORIES, Board, DoesNotFitError
 from ...targets import Target
 from .isa import DESC_WORDS, Images, NpuConfig
@@ -147,21 +147,29 @@ def _open_flow(out: Path, board: Board, params: dict, images: Images, config: Np
     key = architecture(board, config, sizes, freq, baud)
     cached = CACHE / key
     bitfile = _BITFILE[device.family]
+    result = None
     if (cached / "summary.json").is_file():
         summary = json.loads((cached / "summary.json").read_text())
-        result = _swap(cached, device, images, config.lanes, sizes, summary)
-    else:
+        try:
+            result = _swap(cached, device, images, config.lanes, sizes, summary)
+        except ToolFailedError as exc:  # the patcher cannot tell some block RAMs apart: build in full
+            why = str(exc).strip().splitlines()[-1]
+            log.warning("weight swap failed (%s); building the bitstream in full", why)
+            result = _full_build(cached, board, device, params, images, config.lanes, sizes, freq)
+            result["swap"] = {"used": False, "reason": f"the RAM patcher failed ({why}); built in full"}
+    if result is None:
         result = _full_build(cached, board, device, params, images, config.lanes, sizes, freq)
     shutil.copyfile(result["bitstream"], out / bitfile)
     (out / "mem").mkdir(exist_ok=True)
     for name in HEX:
         shutil.copyfile(result["mem"] / f"{name}.hex", out / "mem" / f"{name}.hex")
-    if "work" in result:
-        shutil.copyfile(result["work"] / "swap.log", out / "swap.log")
+    logs = result.get("logs", cached)
+    for log_name in ("synth.log", "pnr.log", "nextpnr_report.json", "swap.log"):
+        if (logs / log_name).is_file():
+            shutil.copyfile(logs / log_name, out / log_name)
+    summary = json.loads((logs / "summary.json").read_text())
+    if result.get("work"):
         shutil.rmtree(result["work"], ignore_errors=True)
-    for log_name in ("synth.log", "pnr.log", "nextpnr_report.json"):
-        shutil.copyfile(cached / log_name, out / log_name)
-    summary = json.loads((cached / "summary.json").read_text())
     return {"architecture": key, "bitstream": f"fpga/{bitfile}", "cache": str(cached), **summary["report"],
             "stages_s": result["stages_s"], "weight_swap": result["swap"]}
 
@@ -172,7 +180,8 @@ _NEXTPNR_PART = {"iCE40UP5K-SG48": ("--up5k", "--package", "sg48"),
 
 def _full_build(cached: Path, board: Board, device, params: dict, images: Images, lanes: int,
                 sizes: dict[str, int], freq: float) -> dict[str, Any]:
-    """Synthesize, place and route, pack; publish the work directory as the cache entry."""
+    """Synthesize, place and route, pack; publish the work directory as the cache entry unless the
+    architecture has one (a fallback from a failed swap), in which case the caller removes it."""
     CACHE.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile_dir(CACHE, cached.name))
     stages: dict[str, float] = {}
@@ -194,16 +203,18 @@ def _full_build(cached: Path, board: Board, device, params: dict, images: Images
         report["synth_cells"] = openflow.parse_synth_stat((work / "synth_stat.txt").read_text())
         _write(work / "summary.json", json.dumps({"report": report, "text": text, "bitstream": bitfile,
                                                   "stages_s": stages}, indent=2))
-        try:
-            work.rename(cached)
-        except OSError:  # another build published the same architecture meanwhile
-            shutil.rmtree(work, ignore_errors=True)
-            work = cached
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return {"bitstream": cached / _BITFILE[device.family], "mem": cached / "mem", "stages_s": stages,
-            "swap": {"used": False, "reason": "first build of this architecture (cache miss)"}}
+    result = {"bitstream": work / bitfile, "mem": work / "mem", "stages_s": stages, "logs": work, "work": work,
+              "swap": {"used": False, "reason": "first build of this architecture (cache miss)"}}
+    if not cached.exists():
+        try:
+            work.rename(cached)  # publish: later builds of this architecture patch it
+            return {**result, "bitstream": cached / bitfile, "mem": cached / "mem", "logs": cached, "work": None}
+        except OSError:  # another build published the same architecture meanwhile
+            pass
+    return result
 
 
 def tempfile_dir(parent: Path, name: str) -> str:
@@ -218,20 +229,27 @@ def _swap(cached: Path, device, images: Images, lanes: int, sizes: dict[str, int
     text = summary["text"]
     current = f"../{text}"
     patched = []
-    for name in HEX:
-        if (cached / "mem" / f"{name}.hex").read_text() == new[name]:
-            continue
-        step = f"{len(patched)}_{text}"
-        openflow.patch_bram(device, current, f"../mem/{name}.hex", f"mem/{name}.hex", step, work,
-                            work / "swap.log")
-        current = step
-        patched.append(name)
     bitfile = summary["bitstream"]
-    pack_s = openflow.pack(device, current, bitfile, work, work / "swap.log")
+    try:
+        for name in HEX:
+            if (cached / "mem" / f"{name}.hex").read_text() == new[name]:
+                continue
+            step = f"{len(patched)}_{text}"
+            openflow.patch_bram(device, current, f"../mem/{name}.hex", f"mem/{name}.hex", step, work,
+                                work / "swap.log")
+            current = step
+            patched.append(name)
+        pack_s = openflow.pack(device, current, bitfile, work, work / "swap.log")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     total = time.perf_counter() - start
+    shutil.copyfile(cached / "summary.json", work / "summary.json")
+    for log_name in ("synth.log", "pnr.log", "nextpnr_report.json"):
+        shutil.copyfile(cached / log_name, work / log_name)
     return {"bitstream": work / bitfile, "mem": work / "mem", "stages_s": {"weight_swap": total, "pack": pack_s},
             "swap": {"used": True, "patched": patched, "seconds": round(total, 3),
-                     "full_build_s": round(sum(summary["stages_s"].values()), 3)}, "work": work}
+                     "full_build_s": round(sum(summary["stages_s"].values()), 3)}, "logs": work, "work": work}
 
 
 def _vendor_flow(out: Path, board: Board, params: dict, images: Images, config: NpuConfig,
