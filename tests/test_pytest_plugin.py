@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from edgegen.build import build
+from edgegen.emulate import userland
 from edgegen.pytest_plugin import assert_images_close
 
 pytest_plugins = ["pytester"]
+ARM64_ROOT = userland.default_root()  # taken before pytester points HOME at a temporary directory
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +123,32 @@ def test_the_plugin_is_cheap_to_import_and_registered():
             "print([e.value for e in entry_points(group='pytest11') if e.name == 'edgegen'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["[]", "['edgegen.pytest_plugin']"]
+
+
+def test_an_aarch64_target_runs_under_qemu_in_the_plugin(pytester, tmp_path, cgen_path, monkeypatch):
+    import os
+
+    from edgegen.emulate import EmulatorUnavailableError
+
+    monkeypatch.setenv("EDGEGEN_AARCH64_ROOT", str(ARM64_ROOT))
+    try:
+        userland.ensure()
+    except EmulatorUnavailableError as exc:
+        if os.environ.get("EDGEGEN_REQUIRE_EMULATION"):
+            pytest.fail(f"EDGEGEN_REQUIRE_EMULATION is set but this host cannot emulate aarch64: {exc}")
+        pytest.skip(f"this host cannot emulate aarch64: {exc}")
+    for target in ("rpi4-litert", "x86-litert"):
+        build(cgen_path, target, tmp_path / target, precision="int8")
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.edgegen_target("rpi4-litert", "x86-litert")
+        def test_int8(edgegen_device):
+            run = edgegen_device.open({str(tmp_path)!r})
+            assert run.passed, run.failures
+            arm = run.report.get("aarch64")
+            assert (arm["machine"], arm["match"]["max_abs"]) == ("aarch64", 0.0) if arm else run.target == "x86-litert"
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*edgegen emulated targets*", "rpi4-litert*PASS*", "x86-litert*PASS*"])

@@ -65,7 +65,9 @@ def markdown(result: dict) -> str:
              f"Model: {MODEL}, batch 1, each target's own precision and thread count. host = the bundle on this "
              "host in a child process without limits; emulated = x86 targets under the target's memory ceiling, "
              "aarch64 targets in the arm64 userland under QEMU (QEMU_CPU=cortex-a72). estimate = roofline from the "
-             "target's cited peaks: the device at its peak, a lower bound, not a measurement.",
+             "target's cited peaks: the device at its peak, a lower bound, not a measurement. For x86 targets "
+             "host and emulated run the same runtime one after the other (not interleaved), so their ratio shows "
+             "the machine's load more than the limits; for aarch64 targets it is QEMU's slowdown.",
              "",
              "| target | precision | threads | runtime (emulated) | host p50 ms | emulated p50 ms | emulated / host |"
              " arm64 vs x86 | estimate ms (bound) | peak RSS MB | result |",
