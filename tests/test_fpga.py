@@ -107,6 +107,20 @@ def test_zoo_generator_does_not_fit_the_ecp5_and_says_why():
     assert memory["wgt_bytes"] > 460 * 1024 and memory["layers"] == len(lowered.program.layers)
 
 
+def test_tiny_zoo_generator_builds_for_the_up5k_and_matches_onnxruntime(tmp_path):
+    build("zoo:glyphtiny", "ice40-up5k", tmp_path / "b")
+    report = json.loads((tmp_path / "b" / "reports" / "npu.json").read_text())
+    memory, config = report["memory"], report["config"]
+    assert config["lanes"] == 8 and memory["act_bytes"] <= memory["act_capacity"] == 64 * 1024
+    assert memory["wgt_bytes"] <= memory["wgt_capacity"] == 64 * 1024
+    image = Generator.open(tmp_path / "b").generate(seed=3, label=7)
+    assert image.shape == (32, 32, 3)
+    compiled = emu.compile_for(emu.quantize(Graph.load("zoo:glyphtiny"), 8),
+                               NpuConfig.from_options(targets.load("ice40-up5k").backend_options), tmp_path / "npu")
+    stats = emu.agreement(compiled, samples=2)
+    assert stats["within_1_lsb"] >= 0.99, stats
+
+
 def test_descriptor_encoding_round_trips():
     layer = Layer(KIND_ADD, oh=5, ow=7, groups=3, in_base=100, in_gs=3, out_gs=6, out_base=4000, zp_in=-128,
                   zp_out=17, act_min=-100, act_max=90, b_base=77, b_gs=9, zp_b=-3, shifts=(-1, -2, -19),

@@ -33,6 +33,7 @@ from conftest import DATA
 logging.getLogger().setLevel(logging.ERROR)
 SIM = NpuConfig.from_options(targets.load("fpga-sim").backend_options)
 BIG = NpuConfig.from_options({"lanes": 8, "act_kb": 1024, "wgt_kb": 1024, "par_entries": 16384})
+UP5K = NpuConfig.from_options(targets.load("ice40-up5k").backend_options)
 HW = DATA.parent.parent / "hw" / "npu"
 
 
@@ -150,13 +151,13 @@ def test_lanes_are_a_parameter(tmp_path):
     assert result["runs"][0]["cycles"] > eight["runs"][0]["cycles"]  # half the lanes, more cycles
 
 
-def test_zoo_generator_is_bit_identical_and_keeps_eight_lanes_busy(tmp_path):
-    big = BIG
-    compiled = emu.compile_for(emu.quantize(Graph.load("zoo:glyphgen"), 8), big, tmp_path / "npu")
+@pytest.mark.parametrize("name, config", [("glyphgen", BIG), ("glyphtiny", UP5K)], ids=["glyphgen", "glyphtiny-up5k"])
+def test_zoo_generator_is_bit_identical_and_keeps_eight_lanes_busy(tmp_path, name, config):
+    compiled = emu.compile_for(emu.quantize(Graph.load(f"zoo:{name}"), 8), config, tmp_path / "npu")
     result = emu.rtl_identical(compiled)
     run = result["runs"][0]
-    utilization = compiled.session["summary"]["macs"] / big.lanes / run["cycles"]
-    print(f"glyphgen: {run['cycles']} cycles, {utilization:.1%} of the 8 lanes busy")
+    utilization = compiled.session["summary"]["macs"] / config.lanes / run["cycles"]
+    print(f"{name}: {run['cycles']} cycles, {utilization:.1%} of the {config.lanes} lanes busy")
     assert result["identical"], result["runs"]
     assert utilization >= 0.7
 

@@ -24,7 +24,7 @@ def depthwise_convs(graph: Graph) -> int:
     return count
 
 
-@pytest.mark.parametrize("name", ["glyphgen", "upscale2x"])
+@pytest.mark.parametrize("name", ["glyphgen", "glyphtiny", "upscale2x"])
 def test_zoo_model_is_shipped_small_and_documented(name):
     assert name in zoo.names()
     path = zoo.ZOO_DIR / f"{name}.onnx"
