@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import EmulationError, qemu
+from .userland import in_use as userland_lock
 
 TIMEOUT_S = {"native": 900, "aarch64": 1800}
 
@@ -40,7 +41,7 @@ def run(bundle: Path, settings: Settings, userland: Path | None = None) -> dict[
             argv = [sys.executable, "-m", "edgegen.emulate.worker", f"{tmp}/config.json"]
             env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads)}
             return _launch(argv, env, Path(tmp), tmp, str(bundle), settings, "native")
-    with qemu.staged(userland, bundle, max(settings.threads, 1)) as (host_dir, inside):
+    with userland_lock(userland), qemu.staged(userland, bundle, max(settings.threads, 1)) as (host_dir, inside):
         argv = qemu.command(userland, inside, [qemu.python(), "-m", "edgegen.emulate.worker", f"{inside}/config.json"])
         return _launch(argv, qemu.environment(inside, settings.threads), host_dir, inside, f"{inside}/bundle",
                        settings, "aarch64")

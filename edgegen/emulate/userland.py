@@ -94,7 +94,8 @@ def _build(root: Path) -> dict:
                  "steps_s": {k: round(v, 1) for k, v in steps.items()}, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                                time.gmtime())}
         (staging / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
-        _swap_in(staging, root)
+        with _locked(root.parent / f".{root.name}.use"):
+            _swap_in(staging, root)
         return stamp
     finally:
         if staging.exists():
@@ -175,9 +176,16 @@ def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+def in_use(root: Path) -> Iterator[None]:
+    """Held while a run uses the userland: a rebuild swaps it in only when no run is using the old one."""
+    with _locked(root.parent / f".{root.name}.use", fcntl.LOCK_SH):
+        yield
+
+
+@contextlib.contextmanager
+def _locked(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[None]:
+    with open(path, "a") as fh:
+        fcntl.flock(fh, mode)
         try:
             yield
         finally:
