@@ -5,6 +5,10 @@ For every model: quantize (spec calibration), compile for an NPU configuration, 
 model against ONNX Runtime on 4 held-out inputs (int8 codes of every output), then run the RTL in
 Verilator on one input, require bit-identical outputs and record cycles (total and per layer).
 Utilization = ideal cycles (MACs / lanes) / RTL cycles. Latency = cycles / the target's Fmax.
+Each layer is also run alone on ONNX Runtime's codes of its inputs; layers that are not bit-exact
+alone are listed (a generator amplifies every code they change through the layers after them).
+The zoo generators also get a picture: the int8 QDQ graph in ONNX Runtime, the functional model and
+the RTL simulation side by side (docs/fpga/<name>_npu.png).
 
     .venv/bin/python tools/bench_fpga.py --out bench        # writes bench/fpga.json and bench/fpga.md
 """
@@ -35,6 +39,7 @@ from edgegen.graph import Graph  # noqa: E402
 FAMILIES = ROOT / "tests" / "data" / "families"
 WIDE = NpuConfig.from_options({"lanes": 8, "act_kb": 512, "wgt_kb": 256, "par_entries": 4096, "tap_entries": 2048,
                                "lut_tables": 32, "prog_layers": 128})
+TINY = "glyphtiny"  # the zoo generator sized for the iCE40 UP5K
 LARGE = {"act_kb": 1024, "wgt_kb": 1024, "par_entries": 16384, "tap_entries": 2048, "lut_tables": 32,
          "prog_layers": 128}
 
@@ -97,6 +102,7 @@ def bench_one(name: str, config: NpuConfig, config_name: str, fmax_mhz: float | 
     row["agreement"] = agreement
     per_layer = emu.layer_agreement(compiled)
     row["layer_agreement"] = {k: v for k, v in per_layer.items() if k != "layers"}
+    row["inexact_layers"] = [r for r in per_layer["layers"] if r["exact"] < r["values"]]
     rtl = emu.rtl_identical(compiled, samples=1, per_layer=True)
     run = rtl["runs"][0]
     row.update(rtl_identical=rtl["identical"], cycles=run["cycles"], ideal_cycles=summary["macs"] / config.lanes,
@@ -141,7 +147,8 @@ def side_by_side(compiled: emu.Compiled, path: Path, requests=((1, 0), (2, 3), (
         rtl.close()
     grid = np.concatenate(rows, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+    zoom = max(2, 128 // largest[0])  # a 32x32 generator is drawn 4x, a 64x64 one 2x
+    Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST).save(path)
     return facts
 
 
@@ -163,24 +170,31 @@ def markdown(rows: list[dict]) -> str:
             f"{a['over_1']}, max {a['max_lsb']}) | {r['layer_agreement']['worst_within_1_lsb']:.2%} of "
             f"{r['layer_agreement']['isolated_layers']} | {r['functional_s'] * 1e3:.1f} | "
             f"{r['sim_cycles_per_s'] / 1e6:.2f} |")
+    lines += ["", "Layers that are not bit-exact with ONNX Runtime when run alone on its codes of their inputs:", "",
+              "| model | NPU | layer | op | codes equal | within 1 LSB |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        for layer in r.get("inexact_layers", []):
+            lines.append(f"| {r['model']} | {r['config']} | {layer['layer']} | {layer['op']} | "
+                         f"{layer['exact'] / layer['values']:.2%} | {layer['within_1_lsb']:.2%} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench"))
-    parser.add_argument("--images", type=Path, default=ROOT / "docs" / "fpga" / "glyphgen_npu.png")
+    parser.add_argument("--images", type=Path, default=ROOT / "docs" / "fpga", help="where <zoo name>_npu.png go")
     parser.add_argument("--models", nargs="*", default=["dcgan__legacy_b1", "cgan_dcgan__legacy_b1",
                                                         "pix2pix_unet__legacy_b1", "espcn__legacy_b1",
                                                         "tiny_decoder__legacy_b1", "mobilenet_resnet__legacy_b1"])
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     up5k, ecp5 = targets.load("ice40-up5k"), targets.load("ecp5-85f")
-    plans = [("small_dcgan", NpuConfig.from_options(up5k.backend_options), "ice40-up5k",
-              up5k.backend_options.get("fmax_mhz"))]
+    on_up5k = (NpuConfig.from_options(up5k.backend_options), "ice40-up5k", up5k.backend_options.get("fmax_mhz"))
+    on_ecp5 = (NpuConfig.from_options(ecp5.backend_options), "ecp5-85f", ecp5.backend_options.get("fmax_mhz"))
+    plans = [("small_dcgan", *on_up5k), (f"{zoo.PREFIX}{TINY}", *on_up5k)]
     plans += [(m, WIDE, "8-lane, 512 KB", None) for m in args.models]
-    for name in (f"{zoo.PREFIX}{n}" for n in zoo.names() if n != "upscale2x"):
-        plans.append((name, NpuConfig.from_options(ecp5.backend_options), "ecp5-85f", ecp5.backend_options["fmax_mhz"]))
+    for name in (f"{zoo.PREFIX}{n}" for n in zoo.names() if n not in ("upscale2x", TINY)):
+        plans.append((name, *on_ecp5))
         for lanes in (8, 32):
             plans.append((name, NpuConfig.from_options({"lanes": lanes, **LARGE}), "1 MB + 1 MB RAM (emulated)", None))
     rows = []
@@ -188,8 +202,9 @@ def main() -> int:
         for name, config, config_name, fmax in plans:
             row, compiled = bench_one(name, config, config_name, fmax, Path(tmp))
             if compiled is not None and name.startswith(zoo.PREFIX) and config.lanes == 8:
-                row["images"] = {"file": str(args.images.relative_to(ROOT)),
-                                 "requests": side_by_side(compiled, args.images)}
+                picture = args.images / f"{name[len(zoo.PREFIX):]}_npu.png"
+                row["images"] = {"file": str(picture.resolve().relative_to(ROOT)),
+                                 "requests": side_by_side(compiled, picture)}
             rows.append(row)
             brief = row.get("error") or f"{row['cycles']:,} cycles, {row['utilization']:.0%}, identical " \
                                          f"{row['rtl_identical']}, within 1 LSB {row['agreement']['within_1_lsb']:.4%}"
