@@ -212,7 +212,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fpga.json").write_text(json.dumps(rows, indent=2) + "\n")
     (args.out / "fpga.md").write_text("# edgegen NPU (hw/npu): RTL cycles, utilization, agreement\n\n"
-                                      "Produced by `tools/bench_fpga.py`; see its docstring for the method.\n\n"
+                                      "Produced by `.venv/bin/python tools/bench_fpga.py --out bench`; see its docstring for the "
+                                      "method. Cycles are the RTL's; the speeds (functional ms, simulated "
+                                      "cycles/s) are this 2-core host's, shared with other jobs.\n\n"
                                       + markdown(rows))
     print(markdown(rows))
     return 0 if all(r.get("rtl_identical", True) for r in rows) else 1
