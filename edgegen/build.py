@@ -50,6 +50,7 @@ class BuildOptions:
     prune: float | None = None  # channel ratio; with a floor, the largest ratio up to this that meets it
     prune_to_macs: int | None = None
     graph_options: dict[str, Any] = field(default_factory=dict)  # Graph.load keyword arguments
+    bitstream: bool = True  # FPGA board targets: run the toolchain (False: program and images only)
     # serving (edgegen.serving): extra parts, their checks, and precomputed assets
     split: list[str] | None = None  # ["auto"] or tensor names: trunk/head for the feature cache
     roi: bool = False  # parts and spatial programs for regions, edits and tiles
@@ -86,6 +87,8 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     report = progress or (lambda stage, done, total: None)
     out = Path(out)
     tgt = targets.load(target)
+    if not opts.bitstream and "board" in tgt.backend_options:
+        tgt = replace(tgt, backend_options={**tgt.backend_options, "bitstream": False})
     precision = opts.precision or tgt.precision
     if precision not in tgt.precisions:
         raise BuildError(f"target {tgt.name} does not offer precision {precision!r}; it offers "

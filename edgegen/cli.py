@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                         "--min-psnr/--min-ssim, the largest ratio up to RATIO that meets the floor")
     p.add_argument("--prune-to-macs", type=_count, metavar="N", help="prune until the model needs at most N MACs "
                                                                      "(e.g. 50M)")
+    p.add_argument("--no-bitstream", dest="bitstream", action="store_false",
+                   help="FPGA board targets: compile the NPU program and memory images only, skip the toolchain")
     _serving_args(p)
     _graph_args(p)
     _executor_args(p, "with several --target: build them here one by one, or one Ray task per target")
@@ -227,7 +229,7 @@ def _build(args) -> int:
     options = BuildOptions(precision=args.precision, samples=args.samples, min_psnr=args.min_psnr,
                            min_ssim=args.min_ssim, calibration=args.calibration,
                            calibration_count=args.calibration_count, calibration_method=args.calibration_method,
-                           prune=args.prune, prune_to_macs=args.prune_to_macs,
+                           prune=args.prune, prune_to_macs=args.prune_to_macs, bitstream=args.bitstream,
                            graph_options=_graph_options(args), **_serving_options(args))
     for result in build_fleet(args.model, args.target, args.out, options, args.executor, args.ray_address,
                               progress=_progress):

@@ -208,3 +208,11 @@ def test_missing_tool_error_names_the_tool_and_how_to_get_it(monkeypatch):
     with pytest.raises(ToolNotFoundError, match=r"vivado is not installed.*Install AMD/Xilinx Vivado"):
         runner.require(("vivado",), "build the bitstream for a Xilinx part",
                        "Install AMD/Xilinx Vivado ML Standard")
+
+
+def test_no_bitstream_builds_the_program_only(tmp_path):
+    out = tmp_path / "b"
+    result = build(_model(tmp_path, 1), "arty-a7-100t", out, precision="int8", bitstream=False)
+    assert "bitstream" not in result.manifest["session"]
+    assert not (out / "fpga").exists() and not (out / "reports" / "bitstream.json").exists()
+    assert result.manifest["target"]["name"] == "arty-a7-100t"

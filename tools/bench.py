@@ -33,7 +33,7 @@ def main() -> int:
             for precision in target.precisions:
                 dest = out / "bundles" / f"{name}-{target.name}-{precision}"
                 try:
-                    built = build(f"zoo:{name}", target.name, dest, precision=precision,
+                    built = build(f"zoo:{name}", target.name, dest, precision=precision, bitstream=False,
                                   graph_options={"input_shapes": INPUT_SHAPES.get(name, {})})
                 except EdgegenError as exc:
                     print(f"skip {name} on {target.name} {precision}: {str(exc)[:160]}...", file=sys.stderr)

@@ -97,7 +97,7 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
                "fmax_mhz": target.backend_options.get("fmax_mhz"), "layer_ops": layer_ops,
                "summary": {"layers": len(layers), "macs": report["macs"], **memory}}
     files = [PROGRAM, HOST_TABLES, REPORT, *hex_files]
-    if target.backend_options.get("board"):  # a board target: the bitstream stage (part 2)
+    if target.backend_options.get("board") and target.backend_options.get("bitstream", True):  # part 2
         from .bitstream import stage
 
         extra, session["bitstream"] = stage(workdir, target, config, memory, images)
