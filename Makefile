@@ -22,6 +22,7 @@ bench: $(STAMP)
 	$(PY) tools/export_bench_models.py --out bench/models
 	$(PY) tools/bench.py --out bench
 	$(PY) tools/bench_quant.py --out bench --models bench/models
+	$(PY) tools/bench_prune.py --out bench
 	$(PY) tools/bench_tflite.py --out bench --models-dir bench/models
 	$(PY) tools/bench_runtime.py --out bench
 	$(PY) tools/bench_fpga.py --out bench
