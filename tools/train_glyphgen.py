@@ -267,8 +267,14 @@ def vae_losses(enc, gen, xa, ya, x, y, beta, w32, w_sharp, sample=True):
     return loss, dict(rec64=rec64.item(), rec32=rec32.item(), sharp=sharp.item(), kl=kl.item(), loss=loss.item())
 
 
+def latent_readers(gen: "GlyphGen") -> tuple[nn.Linear, nn.Linear]:
+    """The two Linear layers that read glyphgen's latent."""
+    return gen.trunk.fc, gen.trunk.colors[0]
+
+
 @torch.no_grad()
-def fit_latent_prior(gen: "GlyphGen", enc: "Encoder", seed: int, n: int) -> dict:
+def fit_latent_prior(enc: nn.Module, ds: GlyphDataset, layers: tuple[nn.Linear, ...], n: int,
+                     latent_dim: int = LATENT_DIM) -> dict:
     """Ex-post Gaussian fit of the aggregate posterior, folded into the generator.
 
     A VAE's aggregate posterior q(z) = E_x q(z|x) does not match N(0, I): here
@@ -276,11 +282,10 @@ def fit_latent_prior(gen: "GlyphGen", enc: "Encoder", seed: int, n: int) -> dict
     used, and z ~ N(0, I) lands on washed-out, low-contrast "average" glyphs.
     As in the ex-post density estimation of RAE (Ghosh et al., 2020) we fit a
     full-covariance Gaussian N(m, S) to q(z) (S = Cov(mu) + E[sigma^2]) on
-    ``n`` fresh training renders, and fold z' = m + chol(S) z into the two
-    Linear layers that read the latent (trunk.fc and trunk.colors[0]).  The
-    exported interface stays latent ~ N(0, I); nothing else changes.
+    ``n`` fresh renders of ``ds``, and fold z' = m + chol(S) z into the first
+    ``latent_dim`` input columns of the Linear ``layers`` that read the latent.
+    The exported interface stays latent ~ N(0, I); nothing else changes.
     """
-    ds = GlyphDataset(seed=seed + 5000)
     mus, variances = [], []
     for i in range(0, n, 512):
         xa, ya, _, _ = ds.pair_batch(i, min(512, n - i))
@@ -291,10 +296,10 @@ def fit_latent_prior(gen: "GlyphGen", enc: "Encoder", seed: int, n: int) -> dict
     m = mu.mean(0)
     cov = torch.cov(mu.T) + torch.diag(var.mean(0))
     a = torch.linalg.cholesky(cov)
-    for lin in (gen.trunk.fc, gen.trunk.colors[0]):
+    for lin in layers:
         w, b = lin.weight.data.double(), lin.bias.data.double()
-        lin.bias.data = (w @ m + b).float()
-        lin.weight.data = (w @ a).float()
+        lin.bias.data = (w[:, :latent_dim] @ m + b).float()
+        lin.weight.data[:, :latent_dim] = (w[:, :latent_dim] @ a).float()
     eig = torch.linalg.eigvalsh(cov)
     return dict(samples=n, mean_norm=round(m.norm().item(), 4), cov_eig_min=round(eig[0].item(), 5),
                 cov_eig_max=round(eig[-1].item(), 4), cov_trace=round(eig.sum().item(), 3))
@@ -480,7 +485,8 @@ def main() -> None:
         gen.eval()
         enc.eval()
         if args.latent_fit:
-            log(f"latent fit: {fit_latent_prior(gen, enc, args.seed, args.latent_fit)}")
+            fit = fit_latent_prior(enc, GlyphDataset(seed=args.seed + 5000), latent_readers(gen), args.latent_fit)
+            log(f"latent fit: {fit}")
         export_onnx(gen, args.out, desc)
         log(f"exported {args.out}: {os.path.getsize(args.out)} bytes; onnxruntime check: {verify_onnx(gen, args.out)}")
         ort_sample_grids(args.out, list(range(8)), os.path.join(args.docs, "glyphgen_samples.png"),
@@ -565,7 +571,7 @@ def main() -> None:
     fit = {}
     if args.latent_fit:
         t0 = time.time()
-        fit = fit_latent_prior(gen, enc, args.seed, args.latent_fit)
+        fit = fit_latent_prior(enc, GlyphDataset(seed=args.seed + 5000), latent_readers(gen), args.latent_fit)
         fit["time_s"] = round(time.time() - t0, 1)
         log(f"latent fit folded into the generator: {fit}")
     sens = sensitivity(gen)

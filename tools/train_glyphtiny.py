@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from glyph_data import NUM_CLASSES, GlyphDataset, make_grid  # noqa: E402
-from train_glyphgen import count_macs, grad_l1, n_params, train_classifier, tune_malloc  # noqa: E402
+from train_glyphgen import count_macs, fit_latent_prior, grad_l1, n_params, train_classifier, tune_malloc  # noqa: E402
 
 LATENT_DIM = 32
 EMBED_DIM = 16
@@ -134,31 +134,6 @@ def losses(enc, gen, xa, ya, x, y, beta, w_sharp, sample=True):
     kl = (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(1).mean()
     loss = rec + w_sharp * sharp + beta * kl / x[0].numel()
     return loss, dict(rec=rec.item(), sharp=sharp.item(), kl=kl.item(), loss=loss.item())
-
-
-@torch.no_grad()
-def fit_latent(gen: GlyphTiny, enc: Encoder, seed: int, n: int) -> dict:
-    """Fit N(m, S) to the aggregate posterior on fresh renders and fold z' = m + chol(S) z into the Linear
-    layers that read the latent, so latent ~ N(0, I) at the exported interface samples where the data
-    lies (see train_glyphgen)."""
-    ds = GlyphDataset(seed=seed + 5000, size=SIZE)
-    mus, variances = [], []
-    for i in range(0, n, 512):
-        xa, ya, _, _ = ds.pair_batch(i, min(512, n - i))
-        mu, logvar = enc(xa, ya)
-        mus.append(mu.double())
-        variances.append(logvar.double().exp())
-    mu, var = torch.cat(mus), torch.cat(variances)
-    m = mu.mean(0)
-    cov = torch.cov(mu.T) + torch.diag(var.mean(0))
-    a = torch.linalg.cholesky(cov)
-    for lin in (gen.fc, gen.colors[0]):  # fc also reads the label's embedding after the latent
-        w, b = lin.weight.data.double(), lin.bias.data.double()
-        lin.bias.data = (w[:, :LATENT_DIM] @ m + b).float()
-        lin.weight.data[:, :LATENT_DIM] = (w[:, :LATENT_DIM] @ a).float()
-    eig = torch.linalg.eigvalsh(cov)
-    return dict(samples=n, mean_norm=round(m.norm().item(), 4), cov_eig_min=round(eig[0].item(), 5),
-                cov_eig_max=round(eig[-1].item(), 4))
 
 
 def export_onnx(gen: GlyphTiny, path: str) -> None:
@@ -282,7 +257,9 @@ def main() -> None:
     with torch.no_grad():
         _, heldout = losses(enc, gen, xva, yva, xv, yv, args.beta, args.w_sharp, sample=False)
     log(f"held-out (posterior mean): {heldout}")
-    fit = fit_latent(gen, enc, args.seed, args.latent_fit) if args.latent_fit else {}
+    # fc reads the latent, then the label's embedding: the fit folds into its first LATENT_DIM columns
+    fit = fit_latent_prior(enc, GlyphDataset(seed=args.seed + 5000, size=SIZE), (gen.fc, gen.colors[0]),
+                           args.latent_fit, LATENT_DIM) if args.latent_fit else {}
     log(f"latent fit: {fit}")
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
