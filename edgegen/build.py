@@ -149,8 +149,12 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
         graph, passes["prune"] = _prune(graph, calibration, opts, evaluator, report)
     if precision == "int8":
         from .passes.floor import search_float_layers
+        from .passes.lower_resize import lower_cubic_resizes
         from .passes.quantize import Quantizer, qdq_summary
 
+        graph, lowered = lower_cubic_resizes(graph)  # so that cubic upsampling runs in int8 too
+        if lowered:
+            passes["lower_resize"] = lowered
         quantizer = Quantizer(graph, calibration, opts.calibration_method)
         report("quantize", 0, 1)
         model, floor_report = search_float_layers(quantizer.layers(), quantizer, evaluator, opts.floor)

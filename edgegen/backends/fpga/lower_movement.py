@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
-from ..tflite.ops.resize import onnx_nearest, source_coordinates
+from ...resample import onnx_nearest, source_coordinates
 from ..tflite.prepare import attrs
 from . import unary
 from .emit import Phase, requant_params
