@@ -104,7 +104,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     reference_run = SourceSession(source.source)
     expected = run_batched(reference_run.run, source.inputs, feeds)
     evaluator = Evaluator(source.inputs, source.outputs, feeds, expected)
-    graph, passes = _apply_passes(source, precision, opts, evaluator, report)
+    graph, passes = _apply_passes(source, precision, opts, evaluator, report, compiler.INT8_LOWERINGS)
     staging = bundle.staging_dir(out)
     try:
         report("compile", 0, 1)
@@ -135,9 +135,10 @@ def _refuse_unsupported(missing: list[tuple[str, str, str]], graph: Graph, tgt: 
                                  "(`edgegen inspect MODEL` shows support per target).")
 
 
-def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: Evaluator,
-                  report: Progress) -> tuple[Graph, dict[str, Any]]:
-    """Graph-to-graph passes the precision asks for; returns the graph to compile and their reports."""
+def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: Evaluator, report: Progress,
+                  lowerings: tuple[str, ...] = ()) -> tuple[Graph, dict[str, Any]]:
+    """Graph-to-graph passes the precision asks for (int8: first the backend's exact `lowerings`); returns the
+    graph to compile and their reports."""
     passes: dict[str, Any] = {}
     if precision != "int8" and opts.prune is None and opts.prune_to_macs is None:
         return graph, passes
@@ -149,12 +150,12 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
         graph, passes["prune"] = _prune(graph, calibration, opts, evaluator, report)
     if precision == "int8":
         from .passes.floor import search_float_layers
-        from .passes.lower_resize import lower_cubic_resizes
+        from .passes.lowering import lower
         from .passes.quantize import Quantizer, qdq_summary
 
-        graph, lowered = lower_cubic_resizes(graph)  # so that cubic upsampling runs in int8 too
+        graph, lowered = lower(graph, lowerings)
         if lowered:
-            passes["lower_resize"] = lowered
+            passes["lowered"] = lowered
         quantizer = Quantizer(graph, calibration, opts.calibration_method)
         report("quantize", 0, 1)
         model, floor_report = search_float_layers(quantizer.layers(), quantizer, evaluator, opts.floor)

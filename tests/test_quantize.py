@@ -74,7 +74,9 @@ def test_int8_build_reports_and_runs(tmp_path, cgen_path, target):
     result = build(cgen_path, target, tmp_path / "q", precision="int8")
     quant = result.manifest["passes"]["quantize"]
     assert quant["calibration"] == {"source": "input spec (seeds 0..31)", "count": 32}
-    assert "ConvTranspose" in quant["quantized_ops"] and quant["method"] == "minmax"
+    # ONNX Runtime gets the ConvTranspose as per-phase Convs (it has no int8 ConvTranspose); either way int8
+    assert quant["method"] == "minmax" and not set(quant["float_ops"]) & {"ConvTranspose", "Conv"}
+    assert "ConvTranspose" in quant["quantized_ops"] or "conv_transpose" in result.manifest["passes"]["lowered"]
     assert result.fidelity["psnr_db"] > 25
     assert result.manifest["model"]["param_bytes"] < result.manifest["model"]["source_param_bytes"] / 2
     gen = Generator.open(tmp_path / "q")

@@ -23,6 +23,8 @@ from .isa import KIND_ADD, KIND_MUL, NpuConfig
 from .lower import SUPPORTED, Lowerer
 
 PROGRAM = "npu/program.npz"
+# the NPU runs transposed convolution itself and has no cubic resize (refused before any pass runs)
+INT8_LOWERINGS: tuple[str, ...] = ()
 HOST_TABLES = "npu/host.npz"
 REPORT = "reports/npu.json"
 _FLOAT_ONLY = {"InstanceNormalization": "instance normalization needs per-image statistics, which the QDQ graph "

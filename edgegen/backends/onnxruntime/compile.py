@@ -13,6 +13,8 @@ from ...passes.qdq import activations_to_uint8
 from ...targets import Target
 
 ARTIFACT = "model.onnx"
+# its CPU provider runs ConvTranspose and cubic Resize in float only; as Conv + DepthToSpace they run in int8
+INT8_LOWERINGS = ("cubic_resize", "conv_transpose")
 
 
 def _ort():

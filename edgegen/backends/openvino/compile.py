@@ -14,6 +14,8 @@ from ...passes.qdq import activations_to_uint8, fuse_activation_requantization
 from ...targets import Target
 
 ARTIFACT = "model.xml"
+# cubic Interpolate runs in float (and slowly); its ConvTranspose runs in int8 and beats per-phase Convs
+INT8_LOWERINGS = ("cubic_resize",)
 # What OpenVINO's ONNX front end leaves in a partially converted model where it has no conversion.
 _AUTOMATIC_NAME = re.compile(r"[A-Z][A-Za-z0-9]*_\d+(?:_[a-z]+)*")  # Constant_4769, Constant_4769_compressed
 _UNCONVERTED = {"NotSupportedONNXNode", "ONNXFrameworkNode", "FrameworkNode"}

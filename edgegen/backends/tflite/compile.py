@@ -18,6 +18,8 @@ from .ops import RULES
 from .prepare import prepare
 
 ARTIFACT = "model.tflite"
+# a cubic Resize would otherwise be a float island in an int8 model; TRANSPOSE_CONV has int8 kernels
+INT8_LOWERINGS = ("cubic_resize",)
 EDGETPU_ARTIFACT = "model_edgetpu.tflite"
 REPORTS = "reports"
 

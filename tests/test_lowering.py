@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgegen.build import build
 from edgegen.graph import Graph
+from edgegen.passes.lower_conv_transpose import lower_conv_transposes
 from edgegen.passes.lower_resize import lower_cubic_resizes
 
 
@@ -57,7 +58,43 @@ def test_int8_build_runs_the_cubic_skip_of_the_zoo_upscaler_in_int8(tmp_path):
     built = build("zoo:upscale2x", "x86-onnxruntime", tmp_path / "b", precision="int8", samples=2,
                   graph_options={"input_shapes": {"image": [1, 3, 32, 32]}})
     passes = built.manifest["passes"]
-    assert passes["lower_resize"] == [{"node": "/Resize", "factor": 2, "kernel": [5, 5], "channels": 3}]
+    assert passes["lowered"]["cubic_resize"] == [{"node": "/Resize", "factor": 2, "kernel": [5, 5], "channels": 3}]
     assert passes["quantize"]["float_ops"] == {}  # no float island left where the bicubic skip was
     assert passes["quantize"]["quantized_ops"]["Pad"] == 1 and passes["quantize"]["quantized_ops"]["DepthToSpace"] == 2
     assert built.fidelity["psnr_db"] >= 35.0
+
+
+@pytest.mark.parametrize("kernel,stride,pads,output_padding,bias", [
+    (3, 2, [1, 1, 1, 1], [1, 1], True), (4, 2, [1, 1, 1, 1], [0, 0], True), (2, 2, [0, 0, 0, 0], [0, 0], False),
+    (5, 2, [2, 1, 2, 2], [1, 0], True), (3, 3, [0, 0, 0, 0], [0, 0], True), (1, 2, [0, 0, 0, 0], [1, 1], True)])
+def test_lowered_conv_transpose_equals_onnx_conv_transpose(tmp_path, kernel, stride, pads, output_padding, bias):
+    rng = np.random.default_rng(kernel * 10 + stride)
+    cin, cout, h, w = 5, 4, 6, 7
+    inits = [numpy_helper.from_array(rng.standard_normal((cin, cout, kernel, kernel)).astype(np.float32), "w")]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b"))
+    node = helper.make_node("ConvTranspose", ["x", "w"] + (["b"] if bias else []), ["y"], name="up", strides=[stride] * 2,
+                            pads=pads, output_padding=output_padding)
+    out = [(n - 1) * stride + kernel - p0 - p1 + op for n, p0, p1, op in zip((h, w), pads[:2], pads[2:], output_padding)]
+    graph = helper.make_graph([node], "convT", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, *out])], inits)
+    path = tmp_path / "convt.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    source = Graph.load(path)
+    lowered, report = lower_conv_transposes(source)
+    assert report == [{"node": "up", "stride": stride, "phases": stride * stride}]
+    assert "ConvTranspose" not in {n.op_type for n in lowered.model.graph.node}
+    x = rng.uniform(-1, 1, (1, cin, h, w)).astype(np.float32)
+    assert np.abs(_run(lowered.model, x) - _run(source.model, x)).max() <= 1e-5
+    if kernel >= stride:  # every phase has taps: the phase convs do exactly the transposed conv's MACs
+        assert sum(c.macs for c in lowered.node_costs()) == sum(c.macs for c in source.node_costs())
+
+
+@pytest.mark.parametrize("target,lowered", [("x86-onnxruntime", True), ("x86-openvino", False)])
+def test_int8_builds_lower_conv_transpose_only_where_the_backend_runs_it_in_float(tmp_path, cgen_path, target, lowered):
+    built = build(cgen_path, target, tmp_path / "b", precision="int8", samples=2)
+    passes = built.manifest["passes"]
+    assert ("conv_transpose" in passes.get("lowered", {})) is lowered
+    quantized = passes["quantize"]["quantized_ops"]
+    assert quantized.get("ConvTranspose", 0) == (0 if lowered else 1)
+    assert "ConvTranspose" not in passes["quantize"]["float_ops"]

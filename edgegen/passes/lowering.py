@@ -1,0 +1,31 @@
+"""Exact rewrites run before int8 quantization, chosen per backend by name.
+
+A backend lists the rewrites that let it run more of the graph in int8 (its compiler module's
+``INT8_LOWERINGS``); each is exact in float, so the quality floor sees the same function.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..errors import BuildError
+from ..graph import Graph
+from .lower_conv_transpose import lower_conv_transposes
+from .lower_resize import lower_cubic_resizes
+
+LOWERINGS: dict[str, Callable[[Graph], tuple[Graph, list[dict[str, Any]]]]] = {
+    "cubic_resize": lower_cubic_resizes,      # integer-factor cubic Resize -> Pad + Conv + DepthToSpace
+    "conv_transpose": lower_conv_transposes,  # strided ConvTranspose -> per-phase Conv + DepthToSpace
+}
+
+
+def lower(graph: Graph, names: tuple[str, ...]) -> tuple[Graph, dict[str, list[dict[str, Any]]]]:
+    """Apply the named rewrites in order; the report lists, per rewrite, the nodes it replaced."""
+    report = {}
+    for name in names:
+        if name not in LOWERINGS:
+            raise BuildError(f"unknown int8 lowering {name!r}; known: {', '.join(LOWERINGS)}")
+        graph, replaced = LOWERINGS[name](graph)
+        if replaced:
+            report[name] = replaced
+    return graph, report
