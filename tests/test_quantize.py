@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from edgegen import bundle
@@ -206,3 +206,25 @@ def test_activation_fusion_removes_only_the_requantization_between_conv_and_acti
     x = {"x": rng.random((1, 3, 16, 16), dtype=np.float32)}
     ref, a, b = run(graph.model, x), run(qdq, x), run(fused, x)
     assert np.mean((b - ref) ** 2) <= np.mean((a - ref) ** 2) * 1.05
+
+
+def test_interpolating_resize_gets_its_own_output_grid(tmp_path):
+    # on its input's grid, a bilinear x2 puts 1 value in 16 exactly halfway between two codes, where
+    # float32 and integer kernels round differently; a grid of its own (off any simple ratio) has no exact ties
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", ["c", "", "scales"], ["up"], mode="linear"),
+             helper.make_node("Resize", ["c", "", "scales"], ["near"], mode="nearest"),
+             helper.make_node("Add", ["up", "near"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    source = Graph.load(tmp_path / "m.onnx")
+    model = Quantizer(source, load_calibration(source.inputs, None, 8)).emit()
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    grid = {n.input[0]: (float(inits[n.input[1]]), int(inits[n.input[2]])) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].ndim == 0}
+    assert grid["near"] == grid["c"]  # nearest copies codes: the same grid
+    assert grid["up"][0] != grid["c"][0]

@@ -17,6 +17,7 @@ from typing import Iterable
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from ..errors import BuildError
 from ..graph import Graph
@@ -73,7 +74,42 @@ class Quantizer:
             {"WeightSymmetric": True, "ActivationSymmetric": False})
         quantizer.quantize_model()
         quantizer.model.topological_sort()
-        return quantizer.model.model
+        model = quantizer.model.model
+        _own_grids_for_interpolation(model, self.ranges)
+        return model
+
+
+def _own_grids_for_interpolation(model: onnx.ModelProto, ranges) -> None:
+    """Give every linear or cubic Resize output a grid of its own: its calibrated range, widened by 2**-12.
+
+    onnxruntime.quantization hands a Resize its input's grid. Interpolated values then fall exactly
+    halfway between two codes (one value in 16 for a bilinear x2), and which code a kernel picks depends
+    on its float rounding: ONNX Runtime's float32 Resize and an exact integer kernel (the NPU, TFLite)
+    split those ties differently, and the layers after them amplify every split. With the output scale
+    off any simple ratio to the input's, no interpolated value sits within 1e-4 of a code boundary's
+    midpoint, so every backend picks the same code; the wider grid costs 0.02% of resolution.
+    """
+    from onnxruntime.quantization.quant_utils import compute_scale_zp
+
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for node in model.graph.node:
+        mode = next((a.s for a in node.attribute if a.name == "mode"), b"nearest")
+        if node.op_type != "Resize" or mode not in (b"linear", b"cubic") or node.output[0] not in ranges:
+            continue
+        readers = consumers.get(node.output[0], [])
+        if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
+            continue
+        low, high = (np.float32(v * (1 + 2 ** -12)) for v in ranges[node.output[0]].range_value)
+        zero_point, scale = compute_scale_zp(low, high, np.int8(-128), np.int8(127), symmetric=False)
+        names = (f"{node.output[0]}_own_scale", f"{node.output[0]}_own_zero_point")
+        model.graph.initializer.extend([numpy_helper.from_array(np.asarray(scale, np.float32).reshape(()), names[0]),
+                                        numpy_helper.from_array(np.asarray(zero_point, np.int8).reshape(()), names[1])])
+        quantize = readers[0]
+        for q_or_dq in [quantize] + [n for n in consumers.get(quantize.output[0], []) if n.op_type == "DequantizeLinear"]:
+            q_or_dq.input[1], q_or_dq.input[2] = names
 
 
 def qdq_summary(model: onnx.ModelProto) -> dict[str, object]:
