@@ -1,7 +1,10 @@
 """Exact rewrites run before int8 quantization, chosen per backend by name.
 
 A backend lists the rewrites that let it run more of the graph in int8 (its compiler module's
-``INT8_LOWERINGS``); each is exact in float, so the quality floor sees the same function.
+``INT8_LOWERINGS``); each is exact in float, so the quality floor sees the same function. This is the
+one place where the QDQ graph differs between backends: every tensor the graphs share is calibrated to
+the same range (the float values are the same), and only a rewrite's own intermediates (the phase
+outputs of a ConvTranspose) add quantization points.
 """
 
 from __future__ import annotations
