@@ -34,6 +34,9 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
     if quant:
         lines.append(f"  int8      calibration: {quant['calibration']['source']}, {quant['calibration']['count']} "
                      f"samples, {quant['method']}; all-int8 PSNR {quant['all_int8']['psnr_db']:.2f} dB")
+        for name, nodes in manifest["passes"].get("lowered", {}).items():
+            lines.append(f"            lowered for int8 ({name}): " + ", ".join(n["node"] for n in nodes[:6])
+                         + (f" and {len(nodes) - 6} more" if len(nodes) > 6 else ""))
         lines.append("            quantized ops: " + ", ".join(f"{k} x{v}" for k, v in quant["quantized_ops"].items()))
         if quant["float_ops"]:
             lines.append("            float ops: " + ", ".join(f"{k} x{v}" for k, v in quant["float_ops"].items()))

@@ -12,6 +12,7 @@ from edgegen.build import build
 from edgegen.graph import Graph
 from edgegen.passes.lower_conv_transpose import lower_conv_transposes
 from edgegen.passes.lower_resize import lower_cubic_resizes
+from edgegen.report import render_build_report
 
 
 def _resize_model(tmp_path, shape, factor, **attrs) -> Graph:
@@ -98,3 +99,10 @@ def test_int8_builds_lower_conv_transpose_only_where_the_backend_runs_it_in_floa
     quantized = passes["quantize"]["quantized_ops"]
     assert quantized.get("ConvTranspose", 0) == (0 if lowered else 1)
     assert "ConvTranspose" not in passes["quantize"]["float_ops"]
+
+
+def test_build_report_names_the_lowered_nodes(tmp_path, cgen_path):
+    built = build(cgen_path, "x86-onnxruntime", tmp_path / "b", precision="int8", samples=2)
+    text = render_build_report(built.manifest, tmp_path / "b")
+    lowered = [n["node"] for n in built.manifest["passes"]["lowered"]["conv_transpose"]]
+    assert f"lowered for int8 (conv_transpose): {', '.join(lowered)}" in text
