@@ -1,6 +1,10 @@
 // The edgegen NPU engine: a sequencer walking 16-word layer descriptors, LANES int8 MAC lanes,
 // a drain that requantizes accumulators one lane per cycle (TFLite rounding, npu_requant), an
 // optional 256-entry activation table, and TFLite's int8 ADD. See README.md for the formats.
+// Timing: every memory address comes from a register or one short add of registers, address
+// arithmetic is as wide as the memory it addresses (modulo 2**AW, as the memories see it), loop
+// bounds are compared against precomputed last values, and the MAC, drain, ADD and post paths are
+// pipelined so that no cycle holds more than one carry chain of address width or 32 bits.
 module npu_core #(
     parameter LANES = 8,
     parameter LG = 3,          // log2(LANES)
@@ -41,6 +45,7 @@ module npu_core #(
     localparam S_IDLE = 4'd0, S_FETCH = 4'd1, S_LAYER = 4'd2, S_PIX0 = 4'd3, S_PIX1 = 4'd4, S_MAC = 4'd5,
                S_ADD = 4'd6, S_FLUSH = 4'd7;
     localparam [LG:0] L = LANES;
+    localparam RQ_LAT = 6;                 // npu_requant: cycles from in_valid to out_valid
 
     reg [3:0] state;
 
@@ -50,80 +55,127 @@ module npu_core #(
     reg [3:0]  kind;
     reg        dw, up, lut_en;
     reg [7:0]  stride;
-    reg [LG:0] lu;                         // lanes in use: lanes above hold padding channels only
-    reg [15:0] oh, ow, ih, iw, groups, cin, in_gs, out_gs, b_gs;
-    reg [31:0] in_base, out_base, phase_base, par_base, lut_base, b_base;
-    reg signed [31:0] col_step, row_step, m_a, m_b, m_o;
+    reg [LG:0] lu, lu_m1;                  // lanes in use: lanes above hold padding channels only
+    reg [15:0] ih, iw;
+    reg [15:0] oh_m2, ow_m2, groups_m2, cin_m2;  // loop bounds minus two
+    reg [7:0]  stride_m2;
+    reg        oy0_last, ox0_last, og0_last, ic0_last, p0_last;  // a loop of one iteration
+    reg [ACT_AW-1:0] in_base, out_base, b_base, in_gs, out_gs, b_gs, col_step, row_step;
+    reg [TAP_AW-1:0] phase_base;
+    reg [PAR_AW-1:0] par_base;
+    reg [LUT_AW-1:0] lut_base;
+    reg signed [31:0] m_a, m_b, m_o;
     reg signed [7:0]  zp_in, zp_out, act_min, act_max, zp_b, sh_a, sh_b, sh_o;
+    wire [31:0] pw_lo = {16'd0, prog_rdata[15:0]};   // 16-bit descriptor fields, zero-extended
+    wire [31:0] pw_hi = {16'd0, prog_rdata[31:16]};
 
     // ---------------------------------------------------------------- CONV loop counters
     reg [15:0] oy, ox, py, px, og, t, ic;
     reg signed [17:0] by, bx;              // base input coordinates of the output pixel
-    reg [31:0] row_pix, pix, out_row, out_pix, wptr, par_og, phase_row;
-    reg [15:0] ph_cnt;
-    reg [31:0] ph_start;
+    reg [ACT_AW-1:0] row_pix, pix, out_pix;
+    reg [WGT_AW-1:0] wptr;
+    reg [PAR_AW-1:0] par_og;
+    reg [TAP_AW-1:0] phase_row, tptr;      // tptr = tap_start + t: the tap entry being read
+    reg [TAP_AW-1:0] ph_start;
+    reg [15:0] ph_m2;                      // tap_count - 2
+    reg        t0_last;                    // tap_count == 1
+    // *_last: the counter holds its last value (kept beside each counter: no compare on the issue path)
+    reg        oy_last, ox_last, py_last, px_last, og_last, t_last, ic_last;
     reg [7:0]  gap;                        // cycles since the last group-completing MAC was issued
+    reg        gap_ok;                     // gap >= lu
+    wire [31:0] og32 = {16'd0, og};
+    wire [31:0] icw32 = {16'd0, ic} >> LG;
 
-    wire last_ic  = dw || (ic == cin - 16'd1);
-    wire last_t   = (t == ph_cnt - 16'd1);
-    wire last_og  = (og == groups - 16'd1);
-    wire group_end = last_ic && last_t;
-    wire can_issue = !group_end || (gap >= {{(7-LG){1'b0}}, lu});
+    wire group_end = ic_last && t_last;
+    wire can_issue = !group_end || gap_ok;
 
     // stage A: issued op, tap entry being read
     reg        a_v, a_first, a_last, a_dw;
-    reg [15:0] a_og, a_ic;
-    reg [31:0] a_pix, a_wptr, a_out, a_par;
+    reg [LG:0] a_sel;
+    reg [ACT_AW-1:0] a_base, a_out;        // a_base: pixel + channel word, before the tap offset
+    reg [WGT_AW-1:0] a_wptr;
+    reg [PAR_AW-1:0] a_par;
     reg signed [17:0] a_by, a_bx;
-    // stage B: ACT and WGT being read
+    // stage Q: tap coordinates and offset address
+    reg        q_v, q_first, q_last, q_dw, q_dyn, q_dxn;
+    reg [LG:0] q_sel;
+    reg signed [17:0] q_iy, q_ix;
+    reg [ACT_AW-1:0] q_sum, q_out;
+    reg [WGT_AW-1:0] q_wptr;
+    reg [PAR_AW-1:0] q_par;
+    // stage G: the tap's bounds
+    reg        g_v, g_first, g_last, g_dw, g_dyn, g_dxn, g_yout, g_xout;
+    reg [LG:0] g_sel;
+    reg [ACT_AW-1:0] g_sum, g_out;
+    reg [WGT_AW-1:0] g_wptr;
+    reg [PAR_AW-1:0] g_par;
+    // stage R: ACT and WGT addresses registered (the memories read them)
+    reg        r_v, r_first, r_last, r_in, r_dw;
+    reg [LG:0] r_sel;
+    reg [ACT_AW-1:0] r_addr, r_out;
+    reg [WGT_AW-1:0] r_wptr;
+    reg [PAR_AW-1:0] r_par;
+    // stage B: ACT and WGT words arrive
     reg        b_v, b_first, b_last, b_in, b_dw;
     reg [LG:0] b_sel;
-    reg [31:0] b_out, b_par;
+    reg [ACT_AW-1:0] b_out;
+    reg [PAR_AW-1:0] b_par;
+    // stage E: multiplier operands (x - zero point, 0 for taps outside the input; weight)
+    reg        e_v, e_first, e_last;
+    reg [ACT_AW-1:0] e_out;
+    reg [PAR_AW-1:0] e_par;
+    reg signed [9:0] e_x [0:LANES-1];
+    reg signed [7:0] e_w [0:LANES-1];
     // stage C: products
     reg        c_v, c_first, c_last;
-    reg [31:0] c_out, c_par;
+    reg [ACT_AW-1:0] c_out;
+    reg [PAR_AW-1:0] c_par;
     reg signed [17:0] c_prod [0:LANES-1];
     reg signed [31:0] acc [0:LANES-1];
 
     wire signed [7:0]  tap_dy = tap_rdata[63:56];
     wire signed [7:0]  tap_dx = tap_rdata[55:48];
-    wire signed [31:0] tap_off = tap_rdata[31:0];
-    wire signed [17:0] iy = a_by + tap_dy;
-    wire signed [17:0] ix = a_bx + tap_dx;
-    wire y_out = (iy < 0) || (iy >= $signed({2'b00, ih}));
-    wire x_out = (ix < 0) || (ix >= $signed({2'b00, iw}));
-    wire in_bounds = edge_en || (!y_out && !x_out);
+    wire y_out = (q_iy < 0) || (q_iy >= $signed({2'b00, ih}));
+    wire x_out = (q_ix < 0) || (q_ix >= $signed({2'b00, iw}));
     // edge mode: a tap one pixel outside reads the border pixel (|dy|, |dx| <= 1): undo its step
-    wire [31:0] edge_fix = ((edge_en && y_out) ? (tap_dy[7] ? row_step : -row_step) : 32'd0)
-                         + ((edge_en && x_out) ? (tap_dx[7] ? col_step : -col_step) : 32'd0);
-    wire [31:0] a_addr = a_pix + tap_off + edge_fix + (a_dw ? {16'd0, a_og} : ({16'd0, a_ic} >> LG));
+    wire [ACT_AW-1:0] edge_fix = ((edge_en && g_yout) ? (g_dyn ? row_step : -row_step) : {ACT_AW{1'b0}})
+                               + ((edge_en && g_xout) ? (g_dxn ? col_step : -col_step) : {ACT_AW{1'b0}});
 
     // ---------------------------------------------------------------- drain: accumulators -> requantizer
     reg signed [31:0] hold [0:LANES-1];
     reg [LG:0]  hold_cnt;                  // lanes still to issue
-    reg [31:0]  hold_out, hold_par;
+    reg [LG:0]  d_lane;                    // next lane to issue
+    reg [PAR_AW-1:0] d_par;                // its PAR entry
+    reg [ACT_AW-1:0] hold_out;
     reg         r0_v, r0_last;
     reg [LG:0]  r0_lane;
-    reg [31:0]  r0_out;
+    reg [ACT_AW-1:0] r0_out;
     reg signed [31:0] r0_x;
-    wire [LG:0] drain_lane = lu - hold_cnt;
 
     // ---------------------------------------------------------------- ADD
     localparam A_READ_A = 3'd0, A_READ_B = 3'd1, A_LATCH = 3'd2, A_ISSUE_A = 3'd3, A_ISSUE_B = 3'd4,
                A_WAIT = 3'd5, A_ISSUE_O = 3'd6;
+    localparam OP_A = 2'd0, OP_B = 2'd1, OP_MUL = 2'd2, OP_SUM = 2'd3;
     reg        sub;                        // ADD: a - b
     reg        edge_en;                     // CONV: taps outside the input read its border (bilinear resize)
     reg        even;                        // requantizer rounds half to even (bilinear resize)
     wire signed [9:0] lane_a = $signed({word_a[8*add_lane+7], word_a[8*add_lane +: 8]}) - zp_in;
     wire signed [9:0] lane_b = $signed({word_b[8*add_lane+7], word_b[8*add_lane +: 8]}) - zp_b;
     reg [2:0]  add_st;
-    reg [31:0] a_row, b_row, o_row;
-    reg [15:0] add_g;
+    reg [ACT_AW-1:0] a_row, b_row, o_row;  // pixel bases
+    reg [ACT_AW-1:0] a_ptr, b_ptr, o_ptr;  // pixel base + og (the group)
     reg [LG:0] add_lane;
-    reg [3:0]  add_wait;
+    reg [3:0]  add_wait, add_w0;           // A_WAIT lasts add_w0 + 1 cycles: rb of the last lane is back
     reg [8*LANES-1:0] word_a, word_b;
     reg signed [31:0] ra [0:LANES-1];
     reg signed [31:0] rb [0:LANES-1];
+    // stage S: one ADD/MUL requantizer operation being formed
+    reg        s_v;
+    reg [1:0]  s_op;
+    reg signed [9:0] s_a, s_b;
+    reg [LG:0] s_lane;
+    reg signed [31:0] s_m;
+    reg signed [7:0]  s_sh;
 
     // ---------------------------------------------------------------- requantizer and post stage
     // tag: {dest(2): 0 out 1 ra 2 rb, last(1), lane(LG+1), out address(ACT_AW)}
@@ -131,7 +183,7 @@ module npu_core #(
     reg               rq_v;
     reg signed [31:0] rq_x, rq_m;
     reg signed [7:0]  rq_sh;
-    reg [TW-1:0]      rq_tag;
+    reg [TW-1:0]      rq_tag, s_tag;
     wire              rq_ov;
     wire signed [31:0] rq_y;
     wire [TW-1:0]     rq_otag;
@@ -141,37 +193,40 @@ module npu_core #(
 
     wire [1:0]  o_dest = rq_otag[TW-1:TW-2];
     wire [LG:0] o_lane = rq_otag[LG+ACT_AW:ACT_AW];
-    wire signed [31:0] o_z = rq_y + zp_out;
-    wire signed [31:0] o_c = (o_z < act_min) ? act_min : ((o_z > act_max) ? act_max : o_z);
+    // post stage: Z adds the output zero point, K saturates to int8 (a value outside int8 is past both
+    // bounds), P clamps and addresses the table, W packs the table's (or the clamped) byte into the word
+    reg         z_v, z_last;
+    reg [LG:0]  z_lane;
+    reg [ACT_AW-1:0] z_addr;
+    reg signed [31:0] z_val;
+    wire        z_fits = (z_val[31:7] == 25'd0) || (z_val[31:7] == {25{1'b1}});
+    reg         k_v, k_last;
+    reg [LG:0]  k_lane;
+    reg [ACT_AW-1:0] k_addr;
+    reg signed [7:0] k_sat;
+    wire signed [7:0] k_c = (k_sat < act_min) ? act_min : ((k_sat > act_max) ? act_max : k_sat);
     reg         p_v, p_last;
     reg [LG:0]  p_lane;
     reg [ACT_AW-1:0] p_addr;
     reg [7:0]   p_byte;
+    reg [LUT_AW-1:0] p_lut;
     reg [8*LANES-1:0] pack;
-    wire [7:0]  p_result = lut_en ? lut_rdata : p_byte;
+    reg         w_v, w_last;
+    reg [LG:0]  w_lane;
+    reg [ACT_AW-1:0] w_addr;
+    reg [7:0]   w_byte;
+    wire [7:0]  w_result = lut_en ? lut_rdata : w_byte;
 
-    wire pipe_busy = a_v | b_v | c_v | (hold_cnt != 0) | r0_v | rq_v | rq_busy | p_v;
+    wire pipe_busy = a_v | q_v | g_v | r_v | b_v | e_v | c_v | (hold_cnt != 0) | r0_v | s_v | rq_v | rq_busy | z_v | k_v | p_v | w_v;
 
-    // per-lane product (x - zero point) * w, zero for taps outside the input
-    function signed [17:0] lane_prod(input [7:0] x, input [7:0] w, input signed [7:0] zp, input en);
-        reg signed [9:0] d;
-        begin
-            d = $signed({x[7], x[7], x}) - $signed({zp[7], zp[7], zp});
-            lane_prod = en ? d * $signed(w) : 18'sd0;
-        end
-    endfunction
-
-    // read addresses: presented combinationally, data registered by the RAM for the next cycle
+    // read addresses: presented from registers (or one short add of them), data registered by the RAM
     always @* begin
         prog_raddr = pc + {{(PROG_AW-4){1'b0}}, fetch[3:0]};
-        tap_raddr = (state == S_PIX0) ? (phase_base[TAP_AW-1:0] + phase_row[TAP_AW-1:0] + px[TAP_AW-1:0])
-                                      : (ph_start[TAP_AW-1:0] + t[TAP_AW-1:0]);
-        wgt_raddr = a_wptr[WGT_AW-1:0];
-        act_raddr = (state != S_ADD) ? a_addr[ACT_AW-1:0]
-                  : (add_st == A_READ_A) ? (a_row[ACT_AW-1:0] + add_g[ACT_AW-1:0])
-                  : (b_row[ACT_AW-1:0] + add_g[ACT_AW-1:0]);
-        par_raddr = hold_par[PAR_AW-1:0] + drain_lane;
-        lut_raddr = lut_base[LUT_AW-1:0] + {{(LUT_AW-8){1'b0}}, ~o_c[7], o_c[6:0]};
+        tap_raddr = (state == S_PIX0) ? (phase_base + phase_row + px[TAP_AW-1:0]) : tptr;
+        wgt_raddr = r_wptr;
+        act_raddr = (state != S_ADD) ? r_addr : (add_st == A_READ_A) ? a_ptr : b_ptr;
+        par_raddr = d_par;
+        lut_raddr = p_lut;
     end
 
     integer l;
@@ -180,14 +235,17 @@ module npu_core #(
         // defaults
         act_we <= 1'b0;
         rq_v <= 1'b0;
+        s_v <= 1'b0;
         a_v <= 1'b0;
         layer_done <= 1'b0;
         if (rst) begin
             state <= S_IDLE; busy <= 1'b0; done <= 1'b0; error <= 1'b0; cycles <= 32'd0; layers <= 32'd0;
-            a_v <= 1'b0; b_v <= 1'b0; c_v <= 1'b0; hold_cnt <= 0; r0_v <= 1'b0; p_v <= 1'b0;
+            a_v <= 1'b0; q_v <= 1'b0; g_v <= 1'b0; r_v <= 1'b0; b_v <= 1'b0; e_v <= 1'b0; c_v <= 1'b0; hold_cnt <= 0;
+            r0_v <= 1'b0; z_v <= 1'b0; k_v <= 1'b0; p_v <= 1'b0; w_v <= 1'b0;
         end else begin
             if (busy) cycles <= cycles + 32'd1;
             if (gap != 8'hff) gap <= gap + 8'd1;
+            gap_ok <= gap >= lu_m1;
 
             // ---------------- sequencer
             case (state)
@@ -201,22 +259,28 @@ module npu_core #(
                     case (fetch - 5'd1)
                     5'd0: begin kind <= prog_rdata[3:0]; dw <= prog_rdata[4]; up <= prog_rdata[5];
                                 lut_en <= prog_rdata[6]; sub <= prog_rdata[7]; stride <= prog_rdata[15:8];
+                                stride_m2 <= prog_rdata[15:8] - 8'd2; p0_last <= prog_rdata[15:8] == 8'd1;
                                 edge_en <= prog_rdata[24]; even <= prog_rdata[25];
-                                lu <= (prog_rdata[23:16] == 8'd0 || prog_rdata[23:16] > L) ? L : prog_rdata[LG+16:16]; end
-                    5'd1: begin oh <= prog_rdata[15:0]; ow <= prog_rdata[31:16]; end
+                                lu <= (prog_rdata[23:16] == 8'd0 || prog_rdata[23:16] > L) ? L : prog_rdata[LG+16:16];
+                                lu_m1 <= (prog_rdata[23:16] == 8'd0 || prog_rdata[23:16] > L) ? L - 1'b1
+                                       : prog_rdata[LG+16:16] - 1'b1; end
+                    5'd1: begin oh_m2 <= prog_rdata[15:0] - 16'd2; ow_m2 <= prog_rdata[31:16] - 16'd2;
+                                oy0_last <= prog_rdata[15:0] == 16'd1; ox0_last <= prog_rdata[31:16] == 16'd1; end
                     5'd2: begin ih <= prog_rdata[15:0]; iw <= prog_rdata[31:16]; end
-                    5'd3: begin groups <= prog_rdata[15:0]; cin <= prog_rdata[31:16]; end
-                    5'd4: in_base <= prog_rdata;
-                    5'd5: begin in_gs <= prog_rdata[15:0]; out_gs <= prog_rdata[31:16]; end
-                    5'd6: out_base <= prog_rdata;
-                    5'd7: begin phase_base <= prog_rdata; sh_a <= prog_rdata[7:0]; sh_b <= prog_rdata[15:8];
+                    5'd3: begin groups_m2 <= prog_rdata[15:0] - 16'd2; og0_last <= prog_rdata[15:0] == 16'd1;
+                                cin_m2 <= prog_rdata[31:16] - 16'd2; ic0_last <= dw || prog_rdata[31:16] == 16'd1; end
+                    5'd4: in_base <= prog_rdata[ACT_AW-1:0];
+                    5'd5: begin in_gs <= pw_lo[ACT_AW-1:0]; out_gs <= pw_hi[ACT_AW-1:0]; end
+                    5'd6: out_base <= prog_rdata[ACT_AW-1:0];
+                    5'd7: begin phase_base <= prog_rdata[TAP_AW-1:0]; sh_a <= prog_rdata[7:0]; sh_b <= prog_rdata[15:8];
                                 sh_o <= prog_rdata[23:16]; end
-                    5'd8: par_base <= prog_rdata;
-                    5'd9: lut_base <= prog_rdata;
+                    5'd8: par_base <= prog_rdata[PAR_AW-1:0];
+                    5'd9: lut_base <= prog_rdata[LUT_AW-1:0];
                     5'd10: begin zp_in <= prog_rdata[7:0]; zp_out <= prog_rdata[15:8];
                                  act_min <= prog_rdata[23:16]; act_max <= prog_rdata[31:24]; end
-                    5'd11: begin col_step <= prog_rdata; b_base <= prog_rdata; end
-                    5'd12: begin row_step <= prog_rdata; b_gs <= prog_rdata[15:0]; zp_b <= prog_rdata[23:16]; end
+                    5'd11: begin col_step <= prog_rdata[ACT_AW-1:0]; b_base <= prog_rdata[ACT_AW-1:0]; end
+                    5'd12: begin row_step <= prog_rdata[ACT_AW-1:0]; b_gs <= pw_lo[ACT_AW-1:0];
+                                 zp_b <= prog_rdata[23:16]; end
                     5'd13: m_a <= prog_rdata;
                     5'd14: m_b <= prog_rdata;
                     5'd15: begin m_o <= prog_rdata; state <= S_LAYER; end
@@ -225,10 +289,14 @@ module npu_core #(
                 end
             end
             S_LAYER: begin
-                oy <= 0; ox <= 0; py <= 0; px <= 0; by <= 0; bx <= 0; phase_row <= 0;
-                row_pix <= in_base; pix <= in_base; out_row <= out_base; out_pix <= out_base;
-                add_g <= 0; add_st <= A_READ_A; a_row <= in_base; b_row <= b_base; o_row <= out_base;
-                gap <= 8'hff;
+                oy <= 0; ox <= 0; py <= 0; px <= 0; by <= 0; bx <= 0; phase_row <= 0; og <= 0;
+                oy_last <= oy0_last; ox_last <= ox0_last; py_last <= p0_last; px_last <= p0_last; og_last <= og0_last;
+                row_pix <= in_base; pix <= in_base; out_pix <= out_base;
+                add_st <= A_READ_A; a_row <= in_base; b_row <= b_base; o_row <= out_base;
+                a_ptr <= in_base; b_ptr <= b_base; o_ptr <= out_base;
+                // ISSUE_O of lane l reads rb[l] lu + add_w0 + 2 cycles after issuing it: >= RQ_LAT + 3
+                add_w0 <= ({{(31-LG){1'b0}}, lu_m1} >= RQ_LAT) ? 4'd0 : RQ_LAT - lu_m1;
+                gap <= 8'hff; gap_ok <= 1'b1;
                 if (kind == KIND_CONV) state <= S_PIX0;
                 else if (kind == KIND_ADD || kind == KIND_MUL) state <= S_ADD;
                 else if (kind == KIND_END) begin state <= S_IDLE; busy <= 1'b0; done <= 1'b1; end
@@ -238,47 +306,56 @@ module npu_core #(
                 state <= S_PIX1;
             end
             S_PIX1: begin  // the phase entry arrives: tap_start, tap_count, weight base
-                ph_start <= {16'd0, tap_rdata[63:48]};
-                ph_cnt <= tap_rdata[47:32];
-                wptr <= tap_rdata[31:0];
+                ph_start <= tap_rdata[TAP_AW+47:48];
+                tptr <= tap_rdata[TAP_AW+47:48];
+                ph_m2 <= tap_rdata[47:32] - 16'd2;
+                t0_last <= tap_rdata[47:32] == 16'd1;
+                wptr <= tap_rdata[WGT_AW-1:0];
                 og <= 0; t <= 0; ic <= 0; par_og <= par_base;
+                og_last <= og0_last; t_last <= tap_rdata[47:32] == 16'd1; ic_last <= ic0_last;
                 state <= S_MAC;
             end
             S_MAC: if (can_issue) begin
-                // issue one MAC cycle: the tap entry for (t) is already being read
+                // issue one MAC cycle: the tap entry for (t) is being read
                 a_v <= 1'b1; a_first <= (t == 0) && (ic == 0); a_last <= group_end; a_dw <= dw;
-                a_og <= og; a_ic <= ic; a_pix <= pix; a_wptr <= wptr; a_by <= by; a_bx <= bx;
-                a_out <= out_pix + og; a_par <= par_og;
-                if (group_end) gap <= 8'd1;
-                wptr <= wptr + 32'd1;
+                a_sel <= ic[LG:0] & (L - 1);
+                a_base <= pix + (dw ? og32[ACT_AW-1:0] : icw32[ACT_AW-1:0]);
+                a_wptr <= wptr; a_by <= by; a_bx <= bx;
+                a_out <= out_pix + og32[ACT_AW-1:0]; a_par <= par_og;
+                if (group_end) begin gap <= 8'd1; gap_ok <= lu_m1 == 0; end
+                wptr <= wptr + 1'b1;
                 // advance ic -> t -> og -> pixel
-                if (!last_ic) begin
-                    ic <= ic + 16'd1;
-                end else if (!last_t) begin
-                    ic <= 0; t <= t + 16'd1;
-                end else if (!last_og) begin
-                    ic <= 0; t <= 0; og <= og + 16'd1; par_og <= par_og + L;
+                if (!ic_last) begin
+                    ic <= ic + 16'd1; ic_last <= ic == cin_m2;
+                end else if (!t_last) begin
+                    ic <= 0; ic_last <= ic0_last; t <= t + 16'd1; t_last <= t == ph_m2; tptr <= tptr + 1'b1;
+                end else if (!og_last) begin
+                    ic <= 0; ic_last <= ic0_last; t <= 0; t_last <= t0_last; tptr <= ph_start;
+                    og <= og + 16'd1; og_last <= og == groups_m2; par_og <= par_og + L;
                 end else begin
                     // next output pixel
                     out_pix <= out_pix + out_gs;
-                    if (ox != ow - 16'd1) begin
-                        ox <= ox + 16'd1;
+                    if (!ox_last) begin
+                        ox <= ox + 16'd1; ox_last <= ox == ow_m2;
                         if (!up) begin bx <= bx + stride; pix <= pix + col_step; end
-                        else if (px == stride - 1) begin px <= 0; bx <= bx + 18'sd1; pix <= pix + col_step; end
-                        else px <= px + 16'd1;
+                        else if (px_last) begin
+                            px <= 0; px_last <= p0_last; bx <= bx + 18'sd1; pix <= pix + col_step;
+                        end
+                        else begin px <= px + 16'd1; px_last <= px[7:0] == stride_m2; end
                         state <= S_PIX0;
                     end else begin
-                        ox <= 0; px <= 0; bx <= 0;
-                        if (oy == oh - 16'd1) state <= S_FLUSH;
+                        ox <= 0; ox_last <= ox0_last; px <= 0; px_last <= p0_last; bx <= 0;
+                        if (oy_last) state <= S_FLUSH;
                         else begin
-                            oy <= oy + 16'd1;
+                            oy <= oy + 16'd1; oy_last <= oy == oh_m2;
                             state <= S_PIX0;
                             if (!up) begin by <= by + stride; row_pix <= row_pix + row_step; pix <= row_pix + row_step; end
-                            else if (py == stride - 1) begin
-                                py <= 0; phase_row <= 0; by <= by + 18'sd1;
+                            else if (py_last) begin
+                                py <= 0; py_last <= p0_last; phase_row <= 0; by <= by + 18'sd1;
                                 row_pix <= row_pix + row_step; pix <= row_pix + row_step;
                             end else begin
-                                py <= py + 16'd1; phase_row <= phase_row + stride; pix <= row_pix;
+                                py <= py + 16'd1; py_last <= py[7:0] == stride_m2; phase_row <= phase_row + stride;
+                                pix <= row_pix;
                             end
                         end
                     end
@@ -291,44 +368,41 @@ module npu_core #(
                 A_LATCH: begin word_b <= act_rdata; add_st <= (kind == KIND_MUL) ? A_ISSUE_O : A_ISSUE_A;
                                add_lane <= 0; end
                 A_ISSUE_A: begin
-                    rq_v <= 1'b1;
-                    rq_x <= lane_a <<< 20;
-                    rq_m <= m_a; rq_sh <= sh_a;
-                    rq_tag <= {2'd1, 1'b0, add_lane, {ACT_AW{1'b0}}};
+                    s_v <= 1'b1; s_op <= OP_A; s_a <= lane_a; s_m <= m_a; s_sh <= sh_a;
+                    s_tag <= {2'd1, 1'b0, add_lane, {ACT_AW{1'b0}}};
                     add_lane <= add_lane + 1'b1;
-                    if (add_lane == lu - 1) begin add_lane <= 0; add_st <= A_ISSUE_B; end
+                    if (add_lane == lu_m1) begin add_lane <= 0; add_st <= A_ISSUE_B; end
                 end
                 A_ISSUE_B: begin
-                    rq_v <= 1'b1;
-                    rq_x <= lane_b <<< 20;
-                    rq_m <= m_b; rq_sh <= sh_b;
-                    rq_tag <= {2'd2, 1'b0, add_lane, {ACT_AW{1'b0}}};
+                    s_v <= 1'b1; s_op <= OP_B; s_b <= lane_b; s_m <= m_b; s_sh <= sh_b;
+                    s_tag <= {2'd2, 1'b0, add_lane, {ACT_AW{1'b0}}};
                     add_lane <= add_lane + 1'b1;
-                    if (add_lane == lu - 1) begin add_lane <= 0; add_st <= A_WAIT; add_wait <= 4'd4; end
+                    if (add_lane == lu_m1) begin add_lane <= 0; add_st <= A_WAIT; add_wait <= add_w0; end
                 end
                 A_WAIT: begin
                     add_wait <= add_wait - 4'd1;
                     if (add_wait == 0) add_st <= A_ISSUE_O;
                 end
                 A_ISSUE_O: begin
-                    rq_v <= 1'b1;
-                    rq_x <= (kind == KIND_MUL) ? lane_a * lane_b
-                          : (sub ? ra[add_lane] - rb[add_lane] : ra[add_lane] + rb[add_lane]);
-                    rq_m <= m_o; rq_sh <= sh_o;
-                    rq_tag <= {2'd0, add_lane == lu - 1, add_lane, o_row[ACT_AW-1:0] + add_g[ACT_AW-1:0]};
+                    s_v <= 1'b1; s_op <= (kind == KIND_MUL) ? OP_MUL : OP_SUM; s_a <= lane_a; s_b <= lane_b;
+                    s_lane <= add_lane; s_m <= m_o; s_sh <= sh_o;
+                    s_tag <= {2'd0, add_lane == lu_m1, add_lane, o_ptr};
                     add_lane <= add_lane + 1'b1;
-                    if (add_lane == lu - 1) begin
+                    if (add_lane == lu_m1) begin
                         add_lane <= 0;
                         add_st <= A_READ_A;
-                        if (add_g != groups - 16'd1) add_g <= add_g + 16'd1;
-                        else begin
-                            add_g <= 0;
+                        if (!og_last) begin
+                            og <= og + 16'd1; og_last <= og == groups_m2;
+                            a_ptr <= a_ptr + 1'b1; b_ptr <= b_ptr + 1'b1; o_ptr <= o_ptr + 1'b1;
+                        end else begin
+                            og <= 0; og_last <= og0_last;
                             a_row <= a_row + in_gs; b_row <= b_row + b_gs; o_row <= o_row + out_gs;
-                            if (ox != ow - 16'd1) ox <= ox + 16'd1;
+                            a_ptr <= a_row + in_gs; b_ptr <= b_row + b_gs; o_ptr <= o_row + out_gs;
+                            if (!ox_last) begin ox <= ox + 16'd1; ox_last <= ox == ow_m2; end
                             else begin
-                                ox <= 0;
-                                if (oy == oh - 16'd1) state <= S_FLUSH;
-                                else oy <= oy + 16'd1;
+                                ox <= 0; ox_last <= ox0_last;
+                                if (oy_last) state <= S_FLUSH;
+                                else begin oy <= oy + 16'd1; oy_last <= oy == oh_m2; end
                             end
                         end
                     end
@@ -344,25 +418,55 @@ module npu_core #(
             default: state <= S_IDLE;
             endcase
 
-            // ---------------- MAC pipeline (CONV)
-            b_v <= a_v && state != S_ADD;
+            // ---------------- MAC pipeline (CONV): A tap entry -> Q coordinates -> G bounds -> R addresses
+            //                  -> B words -> E operands -> C products -> accumulators
+            q_v <= a_v;
             if (a_v) begin
-                b_first <= a_first; b_last <= a_last; b_in <= in_bounds; b_dw <= a_dw;
-                b_sel <= a_ic[LG:0] & (L - 1); b_out <= a_out; b_par <= a_par;
+                q_first <= a_first; q_last <= a_last; q_dw <= a_dw; q_sel <= a_sel;
+                q_iy <= a_by + tap_dy; q_ix <= a_bx + tap_dx; q_dyn <= tap_dy[7]; q_dxn <= tap_dx[7];
+                q_sum <= a_base + tap_rdata[ACT_AW-1:0];
+                q_wptr <= a_wptr; q_out <= a_out; q_par <= a_par;
             end
-            c_v <= b_v;
+            g_v <= q_v;
+            if (q_v) begin
+                g_first <= q_first; g_last <= q_last; g_dw <= q_dw; g_sel <= q_sel;
+                g_yout <= y_out; g_xout <= x_out; g_dyn <= q_dyn; g_dxn <= q_dxn;
+                g_sum <= q_sum; g_wptr <= q_wptr; g_out <= q_out; g_par <= q_par;
+            end
+            r_v <= g_v;
+            if (g_v) begin
+                r_first <= g_first; r_last <= g_last; r_dw <= g_dw; r_sel <= g_sel;
+                r_in <= edge_en || (!g_yout && !g_xout);
+                r_addr <= g_sum + edge_fix;
+                r_wptr <= g_wptr; r_out <= g_out; r_par <= g_par;
+            end
+            b_v <= r_v;
+            if (r_v) begin
+                b_first <= r_first; b_last <= r_last; b_in <= r_in; b_dw <= r_dw;
+                b_sel <= r_sel; b_out <= r_out; b_par <= r_par;
+            end
+            e_v <= b_v;
             if (b_v) begin
-                c_first <= b_first; c_last <= b_last; c_out <= b_out; c_par <= b_par;
+                e_first <= b_first; e_last <= b_last; e_out <= b_out; e_par <= b_par;
+                for (l = 0; l < LANES; l = l + 1) begin
+                    e_x[l] <= !b_in ? 10'sd0
+                            : b_dw ? $signed({act_rdata[8*l+7], act_rdata[8*l +: 8]}) - zp_in
+                                   : $signed({act_rdata[8*b_sel+7], act_rdata[8*b_sel +: 8]}) - zp_in;
+                    e_w[l] <= wgt_rdata[8*l +: 8];
+                end
+            end
+            c_v <= e_v;
+            if (e_v) begin
+                c_first <= e_first; c_last <= e_last; c_out <= e_out; c_par <= e_par;
                 for (l = 0; l < LANES; l = l + 1)
-                    c_prod[l] <= lane_prod(b_dw ? act_rdata[8*l +: 8] : act_rdata[8*b_sel +: 8],
-                                           wgt_rdata[8*l +: 8], zp_in, b_in);
+                    c_prod[l] <= e_x[l] * e_w[l];
             end
             // ---------------- drain: one lane per cycle into the requantizer (bias, multiplier, shift from PAR)
             r0_v <= 1'b0;
             if (hold_cnt != 0) begin
-                r0_v <= 1'b1; r0_x <= hold[drain_lane]; r0_lane <= drain_lane;
+                r0_v <= 1'b1; r0_x <= hold[d_lane]; r0_lane <= d_lane;
                 r0_last <= (hold_cnt == 1); r0_out <= hold_out;
-                hold_cnt <= hold_cnt - 1'b1;
+                hold_cnt <= hold_cnt - 1'b1; d_lane <= d_lane + 1'b1; d_par <= d_par + 1'b1;
             end
             if (c_v) begin
                 for (l = 0; l < LANES; l = l + 1)
@@ -371,7 +475,7 @@ module npu_core #(
                     if (hold_cnt > 1) error <= 1'b1;  // the drain would lose a group: never happens by construction
                     for (l = 0; l < LANES; l = l + 1)
                         hold[l] <= (c_first ? 32'sd0 : acc[l]) + c_prod[l];
-                    hold_cnt <= lu; hold_out <= c_out; hold_par <= c_par;
+                    hold_cnt <= lu; d_lane <= 0; hold_out <= c_out; d_par <= c_par;
                 end
             end
 
@@ -380,25 +484,50 @@ module npu_core #(
                 rq_x <= r0_x + $signed(par_rdata[31:0]);
                 rq_m <= par_rdata[63:32];
                 rq_sh <= par_rdata[71:64];
-                rq_tag <= {2'd0, r0_last, r0_lane, r0_out[ACT_AW-1:0]};
+                rq_tag <= {2'd0, r0_last, r0_lane, r0_out};
+            end
+            // ADD / MUL operations formed in stage S
+            if (s_v) begin
+                rq_v <= 1'b1;
+                case (s_op)
+                OP_A: rq_x <= s_a <<< 20;
+                OP_B: rq_x <= s_b <<< 20;
+                OP_MUL: rq_x <= s_a * s_b;
+                default: rq_x <= sub ? ra[s_lane] - rb[s_lane] : ra[s_lane] + rb[s_lane];
+                endcase
+                rq_m <= s_m; rq_sh <= s_sh; rq_tag <= s_tag;
             end
 
             // ---------------- results: ADD operands, or output bytes through the table into ACT words
-            p_v <= 1'b0;
+            z_v <= 1'b0;
             if (rq_ov) begin
                 if (o_dest == 2'd1) ra[o_lane] <= rq_y;
                 else if (o_dest == 2'd2) rb[o_lane] <= rq_y;
                 else begin
-                    p_v <= 1'b1; p_lane <= o_lane; p_last <= rq_otag[TW-3]; p_addr <= rq_otag[ACT_AW-1:0];
-                    p_byte <= o_c[7:0];
+                    z_v <= 1'b1; z_lane <= o_lane; z_last <= rq_otag[TW-3]; z_addr <= rq_otag[ACT_AW-1:0];
+                    z_val <= rq_y + zp_out;
                 end
             end
+            k_v <= z_v;
+            if (z_v) begin
+                k_lane <= z_lane; k_last <= z_last; k_addr <= z_addr;
+                k_sat <= z_fits ? z_val[7:0] : (z_val[31] ? 8'sh80 : 8'sh7f);
+            end
+            p_v <= k_v;
+            if (k_v) begin
+                p_lane <= k_lane; p_last <= k_last; p_addr <= k_addr; p_byte <= k_c;
+                p_lut <= lut_base + {{(LUT_AW-8){1'b0}}, ~k_c[7], k_c[6:0]};
+            end
+            w_v <= p_v;
             if (p_v) begin
-                pack[8*p_lane +: 8] <= p_result;
-                if (p_last) begin
-                    act_we <= 1'b1; act_waddr <= p_addr;
+                w_lane <= p_lane; w_last <= p_last; w_addr <= p_addr; w_byte <= p_byte;
+            end
+            if (w_v) begin
+                pack[8*w_lane +: 8] <= w_result;
+                if (w_last) begin
+                    act_we <= 1'b1; act_waddr <= w_addr;
                     act_wdata <= pack;
-                    act_wdata[8*p_lane +: 8] <= p_result;
+                    act_wdata[8*w_lane +: 8] <= w_result;
                 end
             end
         end

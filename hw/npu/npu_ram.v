@@ -1,6 +1,9 @@
 // Simple dual-port RAM: one write port with byte enables, one registered read port.
 // Infers block RAM in Yosys (iCE40/ECP5), Vivado and Quartus; INIT names a $readmemh image
 // (one word per line, most significant byte first), which the bitstream flow can patch.
+// The NPU never reads a word in the cycle it writes it (a layer's input and output buffers are
+// disjoint; the host port does one access per cycle), so the read-during-write result is left
+// undefined (`no_rw_check`): Yosys then maps the RAM without collision bypass logic.
 module npu_ram #(
     parameter NB = 1,            // bytes per word
     parameter DEPTH = 256,       // words
@@ -14,7 +17,7 @@ module npu_ram #(
     input  wire [AW-1:0]     raddr,
     output reg  [8*NB-1:0]   rdata
 );
-    reg [8*NB-1:0] mem [0:DEPTH-1];
+    (* no_rw_check *) reg [8*NB-1:0] mem [0:DEPTH-1];
     integer i;
     always @(posedge clk) begin
         for (i = 0; i < NB; i = i + 1)
