@@ -106,3 +106,33 @@ def test_build_report_names_the_lowered_nodes(tmp_path, cgen_path):
     text = render_build_report(built.manifest, tmp_path / "b")
     lowered = [n["node"] for n in built.manifest["passes"]["lowered"]["conv_transpose"]]
     assert f"lowered for int8 (conv_transpose): {', '.join(lowered)}" in text
+
+
+def test_lowerings_hold_at_every_size_of_a_model_with_dynamic_spatial_axes(tmp_path):
+    # ConvTranspose k3 s2 p1 (no output_padding) gives 2H-1 rows: the phase convs make 2H, cropped from the end
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["t"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", ["t", "", "scales"], ["y"], mode="cubic")]
+    graph = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, None, None])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "dyn.onnx"))
+    source = Graph.load(tmp_path / "dyn.onnx")
+    lowered, _ = lower_cubic_resizes(lower_conv_transposes(source)[0])
+    assert {"ConvTranspose", "Resize"}.isdisjoint(n.op_type for n in lowered.model.graph.node)
+    for h, w in [(5, 9), (12, 7)]:
+        x = rng.uniform(-1, 1, (1, 4, h, w)).astype(np.float32)
+        assert _run(lowered.model, x).shape == (1, 3, 2 * (2 * h - 1), 2 * (2 * w - 1))
+        assert np.abs(_run(lowered.model, x) - _run(source.model, x)).max() <= 1e-5
+
+
+def test_a_resize_to_fixed_sizes_is_left_alone(tmp_path):
+    # `sizes` fix the output size, which is a factor of the input only at the default shape
+    sizes = numpy_helper.from_array(np.array([1, 3, 18, 18], np.int64), "sizes")
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="cubic")
+    graph = helper.make_graph([node], "fixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 18, 18])], [sizes])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "fixed.onnx"))
+    source = Graph.load(tmp_path / "fixed.onnx")
+    assert lower_cubic_resizes(source) == (source, [])

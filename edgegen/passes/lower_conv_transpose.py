@@ -20,6 +20,8 @@ from onnx import helper, numpy_helper
 from ..graph import Graph
 from .channel_edit import drop_unused_initializers
 
+END = np.iinfo(np.int64).max  # Slice: up to the end of the axis
+
 
 def lower_conv_transposes(graph: Graph) -> tuple[Graph, list[dict[str, Any]]]:
     """Rewrite every 2-D strided ConvTranspose with one stride on both axes; report what was rewritten."""
@@ -101,7 +103,10 @@ def _replacement(node: onnx.NodeProto, model: onnx.ModelProto, inits: dict, shap
               helper.make_node("DepthToSpace", [f"{base}/phases"], [shuffled], f"{base}/shuffle", blocksize=s,
                                mode="DCR")]
     if shuffled != node.output[0]:
-        ends = numpy_helper.from_array(np.array([out_h, out_w], np.int64), f"{base}/crop_ends")
+        # the surplus rows and columns do not depend on the input size: crop them from the end, so that a
+        # model with dynamic spatial axes stays right at every size
+        ends = numpy_helper.from_array(np.array([out_h - rows * s or END, out_w - cols * s or END], np.int64),
+                                       f"{base}/crop_ends")
         starts = numpy_helper.from_array(np.array([0, 0], np.int64), f"{base}/crop_starts")
         axes = numpy_helper.from_array(np.array([2, 3], np.int64), f"{base}/crop_axes")
         model.graph.initializer.extend([starts, ends, axes])

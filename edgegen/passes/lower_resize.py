@@ -27,8 +27,9 @@ def lower_cubic_resizes(graph: Graph) -> tuple[Graph, list[dict[str, Any]]]:
     model = onnx.ModelProto.FromString(graph.model.SerializeToString())
     nodes: list[onnx.NodeProto] = []
     lowered: list[dict[str, Any]] = []
+    inits = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
-        plan = _plan(node, shapes)
+        plan = _plan(node, shapes, inits)
         if plan is None:
             nodes.append(node)
             continue
@@ -44,7 +45,7 @@ def lower_cubic_resizes(graph: Graph) -> tuple[Graph, list[dict[str, Any]]]:
     return graph.with_model(model, [f"{len(lowered)} cubic Resize(s) lowered to Pad + Conv + DepthToSpace"]), lowered
 
 
-def _plan(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> tuple | None:
+def _plan(node: onnx.NodeProto, shapes: dict[str, list[int]], inits: dict) -> tuple | None:
     """((filters_y, reach_y), (filters_x, reach_x), channels) for a lowerable cubic Resize, else None."""
     if node.op_type != "Resize" or node.domain not in ("", "ai.onnx"):
         return None
@@ -53,6 +54,11 @@ def _plan(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> tuple | None:
         return None
     src, dst = shapes.get(node.input[0]), shapes.get(node.output[0])
     if not src or not dst or len(src) != 4 or src[:2] != dst[:2]:
+        return None
+    # a factor given as constant scales holds at every input size; output `sizes` may not be a factor elsewhere
+    scales = numpy_helper.to_array(inits[node.input[2]]).tolist() if len(node.input) > 2 and node.input[2] in inits \
+        else None
+    if len(node.input) > 3 and node.input[3] or scales != [1, 1, dst[2] / src[2], dst[3] / src[3]]:
         return None
     mode = a.get("coordinate_transformation_mode", b"half_pixel").decode()
     coeff = a.get("cubic_coeff_a", -0.75)
