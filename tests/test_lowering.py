@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,6 +15,9 @@ from edgegen.graph import Graph
 from edgegen.passes.lower_conv_transpose import lower_conv_transposes
 from edgegen.passes.lower_resize import lower_cubic_resizes
 from edgegen.report import render_build_report
+from edgegen.runtime import Generator
+
+FAMILIES = Path(__file__).parent / "data" / "families"
 
 
 def _resize_model(tmp_path, shape, factor, **attrs) -> Graph:
@@ -136,3 +141,15 @@ def test_a_resize_to_fixed_sizes_is_left_alone(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "fixed.onnx"))
     source = Graph.load(tmp_path / "fixed.onnx")
     assert lower_cubic_resizes(source) == (source, [])
+
+
+def test_regions_of_an_int8_bundle_with_lowered_conv_transposes_match_the_full_image(tmp_path):
+    # the phase convs read different input offsets; the region planner must take the union of their windows
+    built = build(FAMILIES / "pix2pix_unet__legacy_b1.onnx", "x86-onnxruntime", tmp_path / "b", precision="int8",
+                  roi=True, samples=2)
+    assert "conv_transpose" in built.manifest["passes"]["lowered"]
+    gen = Generator.open(tmp_path / "b", cache_bytes=0)
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    full = gen.generate(image=image)
+    for x, y, w, h in [(0, 0, 8, 8), (5, 3, 11, 9), (57, 58, 7, 6)]:
+        np.testing.assert_array_equal(gen.generate(image=image, roi=(x, y, w, h)), full[y:y + h, x:x + w])
