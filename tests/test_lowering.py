@@ -1,4 +1,4 @@
-"""The int8 lowerings (cubic Resize, strided ConvTranspose): exact in float, applied only where exact, int8 end to end."""
+"""The int8 lowerings (cubic Resize, strided ConvTranspose): exact in float, applied only where exact."""
 
 from __future__ import annotations
 
