@@ -79,9 +79,10 @@ def test_lowered_conv_transpose_equals_onnx_conv_transpose(tmp_path, kernel, str
     inits = [numpy_helper.from_array(rng.standard_normal((cin, cout, kernel, kernel)).astype(np.float32), "w")]
     if bias:
         inits.append(numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b"))
-    node = helper.make_node("ConvTranspose", ["x", "w"] + (["b"] if bias else []), ["y"], name="up", strides=[stride] * 2,
-                            pads=pads, output_padding=output_padding)
-    out = [(n - 1) * stride + kernel - p0 - p1 + op for n, p0, p1, op in zip((h, w), pads[:2], pads[2:], output_padding)]
+    node = helper.make_node("ConvTranspose", ["x", "w"] + (["b"] if bias else []), ["y"], name="up",
+                            strides=[stride] * 2, pads=pads, output_padding=output_padding)
+    out = [(n - 1) * stride + kernel - p0 - p1 + op
+           for n, p0, p1, op in zip((h, w), pads[:2], pads[2:], output_padding)]
     graph = helper.make_graph([node], "convT", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, h, w])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, *out])], inits)
     path = tmp_path / "convt.onnx"

@@ -108,7 +108,8 @@ def _own_grids_for_interpolation(model: onnx.ModelProto, ranges) -> None:
         model.graph.initializer.extend([numpy_helper.from_array(np.asarray(scale, np.float32).reshape(()), names[0]),
                                         numpy_helper.from_array(np.asarray(zero_point, np.int8).reshape(()), names[1])])
         quantize = readers[0]
-        for q_or_dq in [quantize] + [n for n in consumers.get(quantize.output[0], []) if n.op_type == "DequantizeLinear"]:
+        dequantize = [n for n in consumers.get(quantize.output[0], []) if n.op_type == "DequantizeLinear"]
+        for q_or_dq in [quantize, *dequantize]:
             q_or_dq.input[1], q_or_dq.input[2] = names
 
 
