@@ -1,4 +1,4 @@
-"""The shipped zoo models: real, trained, MobileNet-style, product-sized, documented."""
+"""The shipped zoo models: real, trained, product-sized, documented."""
 
 import json
 
@@ -36,8 +36,29 @@ def test_zoo_model_is_shipped_small_and_documented(name):
     assert stats["train_time_s"] > 0
 
 
-def test_glyphgen_is_mobilenet_style():
-    assert depthwise_convs(Graph.load("zoo:glyphgen")) >= 4
+def ancestors(graph: Graph, output: str) -> set[str]:
+    """Names of the nodes that `output` is computed from."""
+    producer = {name: node for node in graph.model.graph.node for name in node.output}
+    seen, todo = set(), [output]
+    while todo:
+        node = producer.get(todo.pop())
+        if node is not None and node.name not in seen:
+            seen.add(node.name)
+            todo.extend(node.input)
+    return seen
+
+
+def test_glyphgen_does_its_work_in_dense_convs_at_full_resolution():
+    # int8 kernels speed dense convs up far more than depthwise ones; the 32x32 preview stops before
+    # the 64x64 stage, so that stage must hold most of the work for the preview to be cheap
+    graph = Graph.load("zoo:glyphgen")
+    assert depthwise_convs(graph) == 0
+    costs = {c.name: c.macs for c in graph.node_costs()}
+    total = sum(costs.values())
+    shapes = graph.concrete_shapes()
+    full_res = sum(costs[n.name] for n in graph.model.graph.node if shapes.get(n.output[0], [])[-2:] == [64, 64])
+    preview = sum(costs[name] for name in ancestors(graph, "preview"))
+    assert full_res / total >= 0.7 and preview / total <= 0.3, (full_res / total, preview / total)
 
 
 def test_glyphgen_is_a_class_conditional_generator_with_a_latent_only_trunk():
@@ -47,11 +68,11 @@ def test_glyphgen_is_a_class_conditional_generator_with_a_latent_only_trunk():
     assert {s.name: s.shape for s in graph.outputs} == {"image": [None, 3, 64, 64], "preview": [None, 3, 32, 32]}
     costs = graph.node_costs()
     total = sum(c.macs for c in costs)
-    assert 50e6 <= total <= 300e6
+    assert 100e6 <= total <= 400e6
     deps = graph.input_dependencies()
     nodes = {n.name: n for n in graph.model.graph.node}
     trunk = sum(c.macs for c in costs if deps[nodes[c.name].output[0]] == {"latent"})
-    assert trunk / total >= 1 / 3
+    assert trunk / total >= 0.04  # the label joins at 8x8: what comes before is cached per seed
 
 
 def test_glyphgen_preview_agrees_with_the_full_image():
