@@ -4,6 +4,7 @@ counts, on real family exports, and through an FPGA bundle's session; plus the R
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -195,3 +196,33 @@ def test_rtl_synthesizes_for_ice40_with_yosys():
         assert "SB_RAM40_4K" in stat and "SB_LUT4" in stat
     finally:
         shutil.rmtree(local, ignore_errors=True)
+
+
+def _synth_ice40(sources: list[str], script: str) -> tuple[str, str]:
+    """Yosys on copies of hw/npu sources (YoWASP cannot see /tmp); returns (console output, stat)."""
+    local = Path(tempfile.mkdtemp(prefix=".yosys-check-", dir=HW.parent.parent))
+    try:
+        for name in sources:
+            shutil.copy(HW / name, local / name)
+        result = subprocess.run([_yosys(), "-q", "-p", f"read_verilog {' '.join(sources)}; {script}; tee -o stat.txt stat"],
+                                cwd=local, capture_output=True, text=True, timeout=1200)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        return result.stdout + result.stderr, (local / "stat.txt").read_text()
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def test_ram_maps_to_block_ram_without_collision_logic():
+    """npu_ram leaves read-during-write undefined (no_rw_check): Yosys adds no bypass comparators."""
+    _need(_yosys)
+    _, stat = _synth_ice40(["npu_ram.v"], "chparam -set NB 2 -set DEPTH 2048 -set AW 11 npu_ram; synth_ice40 -top npu_ram")
+    assert re.search(r"\b8\s+SB_RAM40_4K", stat) and "SB_LUT4" not in stat and "SB_DFF" not in stat, stat
+
+
+def test_requantizer_multiply_maps_to_four_dsps():
+    """The 32 x 32 multiply is four 16 x 16 SB_MAC16 products; Yosys must not report driver conflicts (its
+    DSP inference once dropped products registered twice and drove the register with constants)."""
+    _need(_yosys)
+    console, stat = _synth_ice40(["npu_requant.v"], "synth_ice40 -dsp -top npu_requant")
+    assert re.search(r"\b4\s+SB_MAC16", stat), stat
+    assert "conflict" not in console.lower(), console[-2000:]

@@ -4,6 +4,8 @@ simulation), images/s = Fmax / cycles, the time of each stage, and the weight sw
 new weights, patched with icebram/ecpbram) against a full rebuild, which must give the same bytes.
 
 Writes bench/bitstream.json and bench/bitstream.md. Usage: python tools/bench_bitstream.py --out bench
+[--only ice40|ecp5] [--models dcgan,...] [--full-only]. Each row records the run (command, date, load) that
+measured it; a run replaces its own rows and keeps the others (runs of disjoint rows may go at the same time).
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def reweighted(source: Path, dest: Path, seed: int) -> Path:
     return dest
 
 
-def one(label: str, model_a: Path, model_b: Path, target: str, work: Path, rebuild: bool) -> dict:
-    """Full build of A (empty cache), weight swap to B, and (optionally) B rebuilt from scratch."""
+def one(label: str, model_a: Path, model_b: Path, target: str, work: Path, rebuild: bool, swap: bool = True) -> dict:
+    """Full build of A (empty cache), weight swap to B (unless not swap), and (optionally) B rebuilt from
+    scratch."""
     row: dict = {"model": label, "target": target}
     bitstream.CACHE = work / "cache-shared"
     start = time.perf_counter()
@@ -65,6 +68,9 @@ def one(label: str, model_a: Path, model_b: Path, target: str, work: Path, rebui
     row.update({k: a.get(k) for k in ("part", "lanes", "fmax_mhz", "cycles_per_image", "latency_ms", "images_per_s",
                                       "clock_mhz", "latency_ms_at_board_clock", "resources", "stages_s")})
     row["bitstream_bytes"] = (work / f"{label}-{target}-a" / a["bitstream"]).stat().st_size
+    if not swap:
+        shutil.rmtree(work / "cache-shared", ignore_errors=True)
+        return row
     start = time.perf_counter()
     b = build(model_b, target, work / f"{label}-{target}-b", precision="int8").manifest["session"]["bitstream"]
     row["swap_build_s"] = round(time.perf_counter() - start, 1)
@@ -86,8 +92,12 @@ def one(label: str, model_a: Path, model_b: Path, target: str, work: Path, rebui
 
 
 def render(meta: dict, rows: list[dict]) -> str:
-    lines = [f"Measured by `{meta['command']}` on {meta['date']} ({meta['host']}); YoWASP {meta['tools']}. "
-             "The build machine was shared with other jobs (load average about 8 on 2 cores), so stage times are "
+    runs = list(dict.fromkeys(json.dumps(r["run"], sort_keys=True) for r in rows))
+    measured = "; ".join(f"[{i + 1}] `{run['command']}` on {run['date']}"
+                         + (f" (load average {run['load']} on {meta['host']})" if run.get("load") else "")
+                         for i, run in enumerate(map(json.loads, runs)))
+    lines = [f"Measured by {measured}; YoWASP {meta['tools']}. "
+             "The build machine was shared with other jobs, so stage times are "
              "upper bounds. Fmax: nextpnr's timing analysis of the routed design; cycles: the RTL in Verilator; "
              "images/s = Fmax / cycles. Swap: the same architecture with new weights, patched into the placed "
              "design's block RAM and packed (no synthesis, no place-and-route); the first swap on a machine includes "
@@ -98,20 +108,31 @@ def render(meta: dict, rows: list[dict]) -> str:
              "| synth s | P&R s | pack s | full build s | swap s (first, warm) | swap build s | = rebuild |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        model = f"{r['model']} [{runs.index(json.dumps(r['run'], sort_keys=True)) + 1}]"
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['target']} | does not build: {r['error'][:300]} |" + " - |" * 12)
+            lines.append(f"| {model} | {r['target']} | does not build: {r['error'][:300]} |" + " - |" * 12)
             continue
         res = r["resources"]
         logic = res.get("logic_cells") or res.get("luts")
         cell = lambda x: f"{x['used']}/{x['available']}" if x else "-"  # noqa: E731
         st = r["stages_s"]
-        lines.append(f"| {r['model']} | {r['target']} ({r['part']}, {r['lanes']}) | {cell(logic)} | "
+        swap = r.get("weight_swap") or {}
+        lines.append(f"| {model} | {r['target']} ({r['part']}, {r['lanes']}) | {cell(logic)} | "
                      f"{cell(res.get('bram'))} | {cell(res.get('dsp'))} | {r['fmax_mhz']} | {r['cycles_per_image']} | "
                      f"{r['images_per_s']} | {st['synthesis']:.1f} | {st['place_and_route']:.1f} | {st['pack']:.1f} | "
-                     f"{r['build_s']} | {r['weight_swap'].get('seconds', '-')}, {r.get('warm_swap_s', '-')} | "
-                     f"{r['swap_build_s']} | "
+                     f"{r['build_s']} | {swap.get('seconds', '-')}, {r.get('warm_swap_s', '-')} | "
+                     f"{r.get('swap_build_s', '-')} | "
                      f"{r.get('swap_equals_rebuild', 'not checked')} |")
     return "\n".join(lines) + "\n"
+
+
+def _kept(previous: Path, planned: set[tuple[str, str]]) -> list[dict]:
+    """The rows of the last results this run does not measure, each with the run that measured it."""
+    if not previous.is_file():
+        return []
+    last = json.loads(previous.read_text())
+    old_run = {"command": last.get("command"), "date": last.get("date")}
+    return [{**r, "run": r.get("run", old_run)} for r in last["results"] if (r["model"], r["target"]) not in planned]
 
 
 def main() -> int:
@@ -121,6 +142,8 @@ def main() -> int:
                         help="work directory (not under /tmp: YoWASP tools cannot see it)")
     parser.add_argument("--no-rebuild", action="store_true", help="skip the byte-for-byte full rebuild check")
     parser.add_argument("--only", choices=["ice40", "ecp5"], help="one family only")
+    parser.add_argument("--models", help="comma-separated model labels only (tiny_decoder, zoo:NAME, dcgan)")
+    parser.add_argument("--full-only", action="store_true", help="full builds only: no weight swaps, no rebuild")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     work = args.work.resolve()
@@ -140,21 +163,25 @@ def main() -> int:
             plans.append((f"zoo:{name}", source, reweighted(source, work / f"{name}-b.onnx", 3), "ecp5-85f"))
         dcgan = FAMILIES / "dcgan__legacy_b1.onnx"
         plans.append(("dcgan (families)", dcgan, reweighted(dcgan, work / "dcgan-b.onnx", 3), "ecp5-85f"))
-    rows = []
-    previous = args.out / "bitstream.json"
-    if args.only and previous.is_file():  # keep the other family's rows of the last full run
-        planned = {target for *_, target in plans}
-        rows = [r for r in json.loads(previous.read_text())["results"] if r["target"] not in planned]
-    meta = {"command": "python tools/bench_bitstream.py --out bench" + (" --no-rebuild" if args.no_rebuild else "")
-            + (f" --only {args.only} (other rows: the previous full run)" if args.only else ""),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "host": f"{platform.machine()}, {os.cpu_count()} cores", "tools": bitstream.openflow.versions()}
+    if args.models:
+        wanted = set(args.models.split(","))
+        plans = [p for p in plans if p[0].split(" ")[0] in wanted]
+    run = {"command": "python tools/bench_bitstream.py --out bench" + (" --no-rebuild" if args.no_rebuild else "")
+           + (f" --only {args.only}" if args.only else "") + (f" --models {args.models}" if args.models else "")
+           + (" --full-only" if args.full_only else ""),
+           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "load": " / ".join(f"{x:.1f}" for x in os.getloadavg()[:2])}
+    meta = {"host": f"{platform.machine()}, {os.cpu_count()} cores", "tools": bitstream.openflow.versions()}
+    planned = {(label.split(" ")[0], target) for label, *_, target in plans}
+    rows: list[dict] = []
     for label, a, b, target in plans:
         print(f"{label} on {target} ...", file=sys.stderr, flush=True)
-        rows.append(one(label.split(" ")[0], a, b, target, work, not args.no_rebuild))
+        rows.append({**one(label.split(" ")[0], a, b, target, work, not (args.no_rebuild or args.full_only),
+                           not args.full_only), "run": run})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        write_text(args.out / "bitstream.json", json.dumps({**meta, "results": rows}, indent=2) + "\n")
-        write_text(args.out / "bitstream.md", render(meta, rows))
+        merged = [*_kept(args.out / "bitstream.json", planned), *rows]
+        write_text(args.out / "bitstream.json", json.dumps({**meta, "results": merged}, indent=2) + "\n")
+        write_text(args.out / "bitstream.md", render(meta, merged))
     shutil.rmtree(work, ignore_errors=True)
     print((args.out / "bitstream.md").read_text())
     return 0

@@ -120,6 +120,12 @@ module npu_core #(
     reg [LG:0] b_sel;
     reg [ACT_AW-1:0] b_out;
     reg [PAR_AW-1:0] b_par;
+    // stage X: ACT and WGT words registered (a block RAM's clock-to-out is a third of an ECP5 cycle)
+    reg        x_v, x_first, x_last, x_in, x_dw;
+    reg [LG:0] x_sel;
+    reg [ACT_AW-1:0] x_out;
+    reg [PAR_AW-1:0] x_par;
+    reg [8*LANES-1:0] x_act, x_wgt;
     // stage E: multiplier operands (x - zero point, 0 for taps outside the input; weight)
     reg        e_v, e_first, e_last;
     reg [ACT_AW-1:0] e_out;
@@ -135,8 +141,8 @@ module npu_core #(
 
     wire signed [7:0]  tap_dy = tap_rdata[63:56];
     wire signed [7:0]  tap_dx = tap_rdata[55:48];
-    wire y_out = (q_iy < 0) || (q_iy >= $signed({2'b00, ih}));
-    wire x_out = (q_ix < 0) || (q_ix >= $signed({2'b00, iw}));
+    wire y_outside = (q_iy < 0) || (q_iy >= $signed({2'b00, ih}));
+    wire x_outside = (q_ix < 0) || (q_ix >= $signed({2'b00, iw}));
     // edge mode: a tap one pixel outside reads the border pixel (|dy|, |dx| <= 1): undo its step
     wire [ACT_AW-1:0] edge_fix = ((edge_en && g_yout) ? (g_dyn ? row_step : -row_step) : {ACT_AW{1'b0}})
                                + ((edge_en && g_xout) ? (g_dxn ? col_step : -col_step) : {ACT_AW{1'b0}});
@@ -217,7 +223,7 @@ module npu_core #(
     reg [7:0]   w_byte;
     wire [7:0]  w_result = lut_en ? lut_rdata : w_byte;
 
-    wire pipe_busy = a_v | q_v | g_v | r_v | b_v | e_v | c_v | (hold_cnt != 0) | r0_v | s_v | rq_v | rq_busy | z_v | k_v | p_v | w_v;
+    wire pipe_busy = a_v | q_v | g_v | r_v | b_v | x_v | e_v | c_v | (hold_cnt != 0) | r0_v | s_v | rq_v | rq_busy | z_v | k_v | p_v | w_v;
 
     // read addresses: presented from registers (or one short add of them), data registered by the RAM
     always @* begin
@@ -240,7 +246,7 @@ module npu_core #(
         layer_done <= 1'b0;
         if (rst) begin
             state <= S_IDLE; busy <= 1'b0; done <= 1'b0; error <= 1'b0; cycles <= 32'd0; layers <= 32'd0;
-            a_v <= 1'b0; q_v <= 1'b0; g_v <= 1'b0; r_v <= 1'b0; b_v <= 1'b0; e_v <= 1'b0; c_v <= 1'b0; hold_cnt <= 0;
+            a_v <= 1'b0; q_v <= 1'b0; g_v <= 1'b0; r_v <= 1'b0; b_v <= 1'b0; x_v <= 1'b0; e_v <= 1'b0; c_v <= 1'b0; hold_cnt <= 0;
             r0_v <= 1'b0; z_v <= 1'b0; k_v <= 1'b0; p_v <= 1'b0; w_v <= 1'b0;
         end else begin
             if (busy) cycles <= cycles + 32'd1;
@@ -419,7 +425,7 @@ module npu_core #(
             endcase
 
             // ---------------- MAC pipeline (CONV): A tap entry -> Q coordinates -> G bounds -> R addresses
-            //                  -> B words -> E operands -> C products -> accumulators
+            //                  -> B words -> X words registered -> E operands -> C products -> accumulators
             q_v <= a_v;
             if (a_v) begin
                 q_first <= a_first; q_last <= a_last; q_dw <= a_dw; q_sel <= a_sel;
@@ -430,7 +436,7 @@ module npu_core #(
             g_v <= q_v;
             if (q_v) begin
                 g_first <= q_first; g_last <= q_last; g_dw <= q_dw; g_sel <= q_sel;
-                g_yout <= y_out; g_xout <= x_out; g_dyn <= q_dyn; g_dxn <= q_dxn;
+                g_yout <= y_outside; g_xout <= x_outside; g_dyn <= q_dyn; g_dxn <= q_dxn;
                 g_sum <= q_sum; g_wptr <= q_wptr; g_out <= q_out; g_par <= q_par;
             end
             r_v <= g_v;
@@ -445,14 +451,19 @@ module npu_core #(
                 b_first <= r_first; b_last <= r_last; b_in <= r_in; b_dw <= r_dw;
                 b_sel <= r_sel; b_out <= r_out; b_par <= r_par;
             end
-            e_v <= b_v;
+            x_v <= b_v;
             if (b_v) begin
-                e_first <= b_first; e_last <= b_last; e_out <= b_out; e_par <= b_par;
+                x_first <= b_first; x_last <= b_last; x_in <= b_in; x_dw <= b_dw; x_sel <= b_sel;
+                x_out <= b_out; x_par <= b_par; x_act <= act_rdata; x_wgt <= wgt_rdata;
+            end
+            e_v <= x_v;
+            if (x_v) begin
+                e_first <= x_first; e_last <= x_last; e_out <= x_out; e_par <= x_par;
                 for (l = 0; l < LANES; l = l + 1) begin
-                    e_x[l] <= !b_in ? 10'sd0
-                            : b_dw ? $signed({act_rdata[8*l+7], act_rdata[8*l +: 8]}) - zp_in
-                                   : $signed({act_rdata[8*b_sel+7], act_rdata[8*b_sel +: 8]}) - zp_in;
-                    e_w[l] <= wgt_rdata[8*l +: 8];
+                    e_x[l] <= !x_in ? 10'sd0
+                            : x_dw ? $signed({x_act[8*l+7], x_act[8*l +: 8]}) - zp_in
+                                   : $signed({x_act[8*x_sel+7], x_act[8*x_sel +: 8]}) - zp_in;
+                    e_w[l] <= x_wgt[8*l +: 8];
                 end
             end
             c_v <= e_v;
