@@ -72,7 +72,8 @@ def test_glyphgen_is_a_class_conditional_generator_with_a_latent_only_trunk():
     deps = graph.input_dependencies()
     nodes = {n.name: n for n in graph.model.graph.node}
     trunk = sum(c.macs for c in costs if deps[nodes[c.name].output[0]] == {"latent"})
-    assert trunk / total >= 0.04  # the label joins at 8x8: what comes before is cached per seed
+    # the label joins at 8x8; the trunk is worth the runtime's feature cache (edgegen.split.MIN_TRUNK_SHARE)
+    assert trunk / total >= 0.05
 
 
 def test_glyphgen_preview_agrees_with_the_full_image():
