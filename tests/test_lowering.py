@@ -154,3 +154,13 @@ def test_regions_of_an_int8_bundle_with_lowered_conv_transposes_match_the_full_i
     full = gen.generate(image=image)
     for x, y, w, h in [(0, 0, 8, 8), (5, 3, 11, 9), (57, 58, 7, 6)]:
         np.testing.assert_array_equal(gen.generate(image=image, roi=(x, y, w, h)), full[y:y + h, x:x + w])
+
+
+def test_tflite_int8_upscaler_gets_its_cubic_skip_without_a_channel_gather(tmp_path):
+    # an RGB skip's phases come phase-major from one dense Conv: TFLite's DEPTH_TO_SPACE takes them as they are
+    built = build("zoo:upscale2x", "x86-litert", tmp_path / "b", precision="int8", samples=2,
+                  graph_options={"input_shapes": {"image": [1, 3, 32, 32]}})
+    assert "cubic_resize" in built.manifest["passes"]["lowered"]
+    execution = built.manifest["execution"]
+    assert execution["float"] == {} and "GATHER" not in execution["int8"], execution
+    assert execution["int8"]["DEPTH_TO_SPACE"] == 2

@@ -20,6 +20,8 @@ from ..graph import Graph
 from ..resample import phase_filters
 from .channel_edit import drop_unused_initializers
 
+DENSE_MAX_CHANNELS = 4  # up to this many channels the phases come from one dense Conv (see _replacement)
+
 
 def lower_cubic_resizes(graph: Graph) -> tuple[Graph, list[dict[str, Any]]]:
     """Rewrite every cubic Resize that has an exact convolution form; report what was rewritten."""
@@ -70,11 +72,23 @@ def _plan(node: onnx.NodeProto, shapes: dict[str, list[int]], inits: dict) -> tu
 
 def _replacement(node: onnx.NodeProto, model: onnx.ModelProto, fy: np.ndarray, ry: int, fx: np.ndarray, rx: int,
                  channels: int) -> list[onnx.NodeProto]:
-    """Pad(edge) -> Conv(group=C, s*s phases per channel) -> DepthToSpace(CRD) writing node's output."""
+    """Pad(edge) -> Conv (s*s phases per channel) -> DepthToSpace writing node's output.
+
+    Up to DENSE_MAX_CHANNELS channels (an RGB skip), one dense Conv writes the phases phase-major for
+    DepthToSpace DCR, the layout TFLite's DEPTH_TO_SPACE has (no channel gather); wider inputs get a
+    grouped Conv (group = C, channel-major phases, DepthToSpace CRD), C times fewer MACs.
+    """
     s = fy.shape[0]
     base = node.name or node.output[0]
-    phases = np.einsum("ak,bl->abkl", fy, fx).reshape(s * s, 1, fy.shape[1], fx.shape[1])
-    weight = np.tile(phases, (channels, 1, 1, 1)).astype(np.float32)  # channel c, phase p -> c*s*s + p
+    phases = np.einsum("ak,bl->abkl", fy, fx).reshape(s * s, fy.shape[1], fx.shape[1])
+    dense = channels <= DENSE_MAX_CHANNELS
+    if dense:
+        weight = np.zeros((s * s * channels, channels, *phases.shape[1:]), np.float32)
+        for p in range(s * s):
+            for c in range(channels):
+                weight[p * channels + c, c] = phases[p]
+    else:
+        weight = np.tile(phases[:, None], (channels, 1, 1, 1)).astype(np.float32)  # channel c, phase p -> c*s*s + p
     names = {k: f"{base}/cubic_{k}" for k in ("pads", "padded", "weight", "phases")}
     model.graph.initializer.extend([
         numpy_helper.from_array(np.array([0, 0, ry, rx, 0, 0, ry, rx], np.int64), names["pads"]),
@@ -84,7 +98,7 @@ def _replacement(node: onnx.NodeProto, model: onnx.ModelProto, fy: np.ndarray, r
         helper.make_node("Pad", [node.input[0], names["pads"]], [names["padded"]], f"{base}/cubic_pad",
                          mode="edge"),
         helper.make_node("Conv", [names["padded"], names["weight"]], [names["phases"]], f"{base}/cubic_conv",
-                         group=channels, kernel_shape=[fy.shape[1], fx.shape[1]]),
+                         group=1 if dense else channels, kernel_shape=[fy.shape[1], fx.shape[1]]),
         helper.make_node("DepthToSpace", [names["phases"]], [node.output[0]], f"{base}/cubic_shuffle",
-                         blocksize=s, mode="CRD"),
+                         blocksize=s, mode="DCR" if dense else "CRD"),
     ]
