@@ -35,26 +35,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from glyph_data import NUM_CLASSES, GlyphDataset, make_grid  # noqa: E402
-from train_glyphgen import count_macs, fit_latent_prior, grad_l1, n_params, train_classifier, tune_malloc  # noqa: E402
+from train_glyphgen import (ConvBlock, count_macs, fit_latent_prior, grad_l1, n_params,  # noqa: E402
+                            train_classifier, tune_malloc)
 
 LATENT_DIM = 32
 EMBED_DIM = 16
 SIZE = 32
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class ConvBlock(nn.Module):
-    """[nearest x2] -> 3x3 conv -> BN -> ReLU."""
-
-    def __init__(self, cin: int, cout: int, up: bool = False):
-        super().__init__()
-        self.up = nn.Upsample(scale_factor=2, mode="nearest") if up else nn.Identity()
-        self.conv = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
-        self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x):
-        return self.act(self.bn(self.conv(self.up(x))))
 
 
 class GlyphTiny(nn.Module):
