@@ -3,8 +3,8 @@
 // optional 256-entry activation table, and TFLite's int8 ADD. See README.md for the formats.
 // Timing: every memory address comes from a register or one short add of registers, address
 // arithmetic is as wide as the memory it addresses (modulo 2**AW, as the memories see it), loop
-// bounds are compared against precomputed last values, and the MAC, drain, ADD and post paths are
-// pipelined so that no cycle holds more than one carry chain of address width or 32 bits.
+// counters carry end-of-loop flags set one step ahead, and the MAC, drain, ADD and post paths are
+// pipelined so that a cycle holds about one carry chain of address width or 32 bits (README, Timing).
 module npu_core #(
     parameter LANES = 8,
     parameter LG = 3,          // log2(LANES)
