@@ -70,25 +70,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from glyph_data import NUM_CLASSES, GlyphDataset, make_grid  # noqa: E402
+from train_common import start_run  # noqa: E402
 
 LATENT_DIM = 64
 EMBED_DIM = 32
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tune_malloc() -> None:
-    """Keep freed activation buffers in the glibc heap instead of mmap/munmap-ing
-    them every step (page-fault bound on this CPU: ~1.2 s/step -> ~0.9 s/step).
-    Harmless no-op where glibc is not available."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: never serve allocations with mmap
-        libc.mallopt(-1, 1 << 36)  # M_TRIM_THRESHOLD: do not give memory back
-        libc.mallopt(-2, 1 << 28)  # M_TOP_PAD
-    except (OSError, AttributeError):
-        pass
 
 
 # --------------------------------------------------------------------------
@@ -487,13 +473,7 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=50)
     args = ap.parse_args()
 
-    tune_malloc()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    t_start = time.time()
-
-    def log(msg):
-        print(f"[{time.time() - t_start:7.1f}s] {msg}", flush=True)
+    log = start_run(args.threads, args.seed)
 
     gen, enc = GlyphGen(), Encoder()
     desc = ("Class-conditional 64x64 digit-glyph generator (latent[N,64] + label[N] 0-9 -> image [-1,1] "
@@ -641,7 +621,7 @@ def main() -> None:
         torch=torch.__version__,
         threads=args.threads,
         train_time_s=round(train_time, 1),
-        total_time_s=round(time.time() - t_start, 1),
+        total_time_s=round(log.elapsed, 1),
         final_train_losses_ema={k: round(v, 5) for k, v in run.items()},
         heldout=val,
         latent_fit=fit,

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from glyph_data import NUM_CLASSES, GlyphDataset, make_grid  # noqa: E402
-from train_glyphgen import (ConvBlock, count_macs, fit_latent_prior, grad_l1, n_params,  # noqa: E402
-                            train_classifier, tune_malloc)
+from train_common import start_run  # noqa: E402
+from train_glyphgen import ConvBlock, count_macs, fit_latent_prior, grad_l1, n_params, train_classifier  # noqa: E402
 
 LATENT_DIM = 32
 EMBED_DIM = 16
@@ -195,13 +195,7 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=100)
     args = ap.parse_args()
 
-    tune_malloc()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    t_start = time.time()
-
-    def log(msg):
-        print(f"[{time.time() - t_start:7.1f}s] {msg}", flush=True)
+    log = start_run(args.threads, args.seed)
 
     gen, enc = GlyphTiny(), Encoder()
     macs = count_macs(gen, torch.zeros(1, LATENT_DIM), torch.zeros(1, dtype=torch.int64))
@@ -270,7 +264,7 @@ def main() -> None:
 
     summary = dict(model="glyphtiny", command=" ".join(["python tools/train_glyphtiny.py"] + sys.argv[1:]),
                    args={k: v for k, v in vars(args).items() if k not in ("out", "docs")}, torch=torch.__version__,
-                   train_time_s=round(train_time, 1), total_time_s=round(time.time() - t_start, 1),
+                   train_time_s=round(train_time, 1), total_time_s=round(log.elapsed, 1),
                    final_train_losses_ema={k: round(v, 5) for k, v in run.items()}, heldout=heldout, latent_fit=fit,
                    macs_per_image=sum(macs.values()), macs_by_module=macs, params_generator=n_params(gen),
                    params_encoder_training_only=n_params(enc), onnx_bytes=os.path.getsize(args.out),

@@ -41,24 +41,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_common import start_run  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TRAIN_IMAGES = ["astronaut", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
                 "stereo_motorcycle"]
 VAL_IMAGE = "chelsea"
-
-
-def tune_malloc() -> None:
-    """Keep activation buffers in the glibc heap (avoids mmap page-fault churn)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-4, 0)  # M_MMAP_MAX
-        libc.mallopt(-1, 1 << 36)  # M_TRIM_THRESHOLD
-        libc.mallopt(-2, 1 << 28)  # M_TOP_PAD
-    except (OSError, AttributeError):
-        pass
 
 
 # --------------------------------------------------------------------------
@@ -268,13 +258,7 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=100)
     args = ap.parse_args()
 
-    tune_malloc()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    t_start = time.time()
-
-    def log(msg):
-        print(f"[{time.time() - t_start:7.1f}s] {msg}", flush=True)
+    log = start_run(args.threads, args.seed)
 
     model = Upscale2x(args.channels, args.layers)
     macs128 = count_macs(model, torch.zeros(1, 3, 128, 128))
@@ -357,7 +341,7 @@ def main() -> None:
         train_images=TRAIN_IMAGES,
         val_image=VAL_IMAGE,
         train_time_s=round(train_time, 1),
-        total_time_s=round(time.time() - t_start, 1),
+        total_time_s=round(log.elapsed, 1),
         final_train_l1_ema=round(ema, 5),
         validation=val,
         sample_crop=crop,
