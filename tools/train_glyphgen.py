@@ -451,26 +451,32 @@ def ort_sample_grids(path: str, seeds: list[int], out_img: str, out_prev: str):
 
 
 # --------------------------------------------------------------------------
-def main() -> None:
-    ap = argparse.ArgumentParser(description="Train the glyphgen zoo model (conditional VAE decoder).")
+def cvae_arguments(model: str, description: str, batch: int, pixels: int, log_every: int) -> argparse.ArgumentParser:
+    """The command line both glyph generators' training scripts share (the CVAE recipe's knobs)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join(REPO, "edgegen", "zoo", "glyphgen.onnx"))
+    ap.add_argument("--out", default=os.path.join(REPO, "edgegen", "zoo", f"{model}.onnx"))
     ap.add_argument("--docs", default=os.path.join(REPO, "docs", "zoo"), help="where the sample PNGs go")
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=batch)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--beta", type=float, default=2.0, help="KL weight (per-pixel-mean L1 units x 12288)")
-    ap.add_argument("--w32", type=float, default=0.5, help="weight of the 32x32 preview L1 loss")
+    ap.add_argument("--beta", type=float, default=2.0, help=f"KL weight (per-pixel-mean L1 units x {pixels})")
     ap.add_argument("--w-sharp", type=float, default=0.5, help="weight of the gradient (sharpness) L1 loss")
     ap.add_argument("--kl-warmup", type=float, default=0.2, help="fraction of steps over which beta ramps up")
     ap.add_argument("--latent-fit", type=int, default=4096,
                     help="renders used for the ex-post Gaussian fit of the latent (0 = skip)")
     ap.add_argument("--classifier-steps", type=int, default=300, help="legibility-probe steps (0 = skip)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--log-every", type=int, default=log_every)
+    return ap
+
+
+def main() -> None:
+    ap = cvae_arguments("glyphgen", "Train the glyphgen zoo model (conditional VAE decoder).", 32, 3 * 64 * 64, 50)
+    ap.add_argument("--w32", type=float, default=0.5, help="weight of the 32x32 preview L1 loss")
     ap.add_argument("--ckpt", default="", help="optional path to save the PyTorch weights (encoder + generator)")
     ap.add_argument("--reexport", default="", metavar="CKPT",
                     help="skip training: load a --ckpt file, export to --out, verify and redraw the sample grids")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--log-every", type=int, default=50)
     args = ap.parse_args()
 
     log = start_run(args.threads, args.seed)

@@ -21,7 +21,6 @@ Sized for the edgegen NPU on the UP5K (``targets/ice40-up5k.yaml``: 8 lanes, 64 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -36,12 +35,12 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from glyph_data import NUM_CLASSES, GlyphDataset, make_grid  # noqa: E402
 from train_common import start_run  # noqa: E402
-from train_glyphgen import ConvBlock, count_macs, fit_latent_prior, grad_l1, n_params, train_classifier  # noqa: E402
+from train_glyphgen import (ConvBlock, count_macs, cvae_arguments, fit_latent_prior, grad_l1,  # noqa: E402
+                            n_params, train_classifier)
 
 LATENT_DIM = 32
 EMBED_DIM = 16
 SIZE = 32
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class GlyphTiny(nn.Module):
@@ -178,21 +177,9 @@ def sample_grid(path: str, out_png: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Train the glyphtiny zoo model (conditional VAE decoder, 32x32).")
-    ap.add_argument("--steps", type=int, default=1800)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join(REPO, "edgegen", "zoo", "glyphtiny.onnx"))
-    ap.add_argument("--docs", default=os.path.join(REPO, "docs", "zoo"), help="where the sample PNG goes")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--beta", type=float, default=2.0, help="KL weight (per-pixel-mean L1 units x 3072)")
-    ap.add_argument("--w-sharp", type=float, default=0.5, help="weight of the gradient (sharpness) L1 loss")
-    ap.add_argument("--kl-warmup", type=float, default=0.2, help="fraction of steps over which beta ramps up")
-    ap.add_argument("--latent-fit", type=int, default=4096, help="renders for the ex-post latent fit (0 = skip)")
-    ap.add_argument("--classifier-steps", type=int, default=300, help="legibility-probe steps (0 = skip)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap = cvae_arguments("glyphtiny", "Train the glyphtiny zoo model (conditional VAE decoder, 32x32).", 64,
+                        3 * 32 * 32, 100)
     ap.add_argument("--workers", type=int, default=0, help="processes rendering training pairs ahead (0: none)")
-    ap.add_argument("--log-every", type=int, default=100)
     args = ap.parse_args()
 
     log = start_run(args.threads, args.seed)
