@@ -3,7 +3,9 @@ progress with the seconds since the run started."""
 
 from __future__ import annotations
 
+import math
 import time
+from typing import Callable
 
 import torch
 
@@ -43,3 +45,17 @@ def start_run(threads: int, seed: int) -> RunLog:
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     return RunLog()
+
+
+def warmup_cosine(lr: float, steps: int, floor: float) -> Callable[[int], float]:
+    """Learning rate at each step: linear warm-up over min(100, steps/10) steps, then a cosine decay
+    to `floor` x lr."""
+    warm = min(100, steps // 10 + 1)
+
+    def at(step: int) -> float:
+        if step < warm:
+            return lr * (step + 1) / warm
+        progress = (step - warm) / max(1, steps - warm)
+        return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    return at

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -70,7 +69,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from glyph_data import NUM_CLASSES, GlyphDataset, make_grid  # noqa: E402
-from train_common import start_run  # noqa: E402
+from train_common import start_run, warmup_cosine  # noqa: E402
 
 LATENT_DIM = 64
 EMBED_DIM = 32
@@ -521,13 +520,7 @@ def main() -> None:
     enc = enc.to(memory_format=torch.channels_last)
     params = list(gen.parameters()) + list(enc.parameters())
     opt = torch.optim.Adam(params, lr=args.lr, betas=(0.9, 0.99))
-    warm = min(100, args.steps // 10 + 1)
-
-    def lr_at(s):
-        if s < warm:
-            return args.lr * (s + 1) / warm
-        p = (s - warm) / max(1, args.steps - warm)
-        return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p)))
+    lr_at = warmup_cosine(args.lr, args.steps, 0.02)
 
     ds = GlyphDataset(seed=args.seed)
     hist = []

@@ -22,7 +22,6 @@ Sized for the edgegen NPU on the UP5K (``targets/ice40-up5k.yaml``: 8 lanes, 64 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from glyph_data import NUM_CLASSES, GlyphDataset, make_grid  # noqa: E402
-from train_common import start_run  # noqa: E402
+from train_common import start_run, warmup_cosine  # noqa: E402
 from train_glyphgen import (ConvBlock, count_macs, cvae_arguments, fit_latent_prior, grad_l1,  # noqa: E402
                             n_params, train_classifier)
 
@@ -189,13 +188,7 @@ def main() -> None:
     log(f"generator {sum(macs.values()) / 1e6:.2f} MMACs, {n_params(gen)} parameters; encoder {n_params(enc)}")
     params = list(gen.parameters()) + list(enc.parameters())
     opt = torch.optim.Adam(params, lr=args.lr, betas=(0.9, 0.99))
-    warm = min(100, args.steps // 10 + 1)
-
-    def lr_at(s):
-        if s < warm:
-            return args.lr * (s + 1) / warm
-        p = (s - warm) / max(1, args.steps - warm)
-        return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p)))
+    lr_at = warmup_cosine(args.lr, args.steps, 0.02)
 
     ds = GlyphDataset(seed=args.seed, size=SIZE)
     run, hist = {}, []

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_common import start_run  # noqa: E402
+from train_common import start_run, warmup_cosine  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -283,13 +283,7 @@ def main() -> None:
         return out
 
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
-    warm = min(100, args.steps // 10 + 1)
-
-    def lr_at(s):
-        if s < warm:
-            return args.lr * (s + 1) / warm
-        p = (s - warm) / max(1, args.steps - warm)
-        return args.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * p)))
+    lr_at = warmup_cosine(args.lr, args.steps, 0.01)
 
     hist, ema = [], None
     t_train = time.time()
