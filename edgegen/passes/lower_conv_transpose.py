@@ -18,32 +18,22 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph import Graph
-from .channel_edit import drop_unused_initializers
+from .node_rewrite import rewrite_nodes
 
 END = np.iinfo(np.int64).max  # Slice: up to the end of the axis
 
 
 def lower_conv_transposes(graph: Graph) -> tuple[Graph, list[dict[str, Any]]]:
     """Rewrite every 2-D strided ConvTranspose with one stride on both axes; report what was rewritten."""
-    shapes = graph.concrete_shapes()
-    model = onnx.ModelProto.FromString(graph.model.SerializeToString())
-    inits = {t.name: t for t in model.graph.initializer}
-    nodes: list[onnx.NodeProto] = []
-    lowered: list[dict[str, Any]] = []
-    for node in model.graph.node:
-        plan = _plan(node, shapes, inits)
-        if plan is None:
-            nodes.append(node)
-            continue
-        nodes.extend(_replacement(node, model, inits, shapes, *plan))
-        lowered.append({"node": node.name, "stride": plan[0], "phases": plan[0] ** 2})
-    if not lowered:
-        return graph, []
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    drop_unused_initializers(model)
-    return graph.with_model(model, [f"{len(lowered)} ConvTranspose(s) lowered to per-phase Conv + DepthToSpace"]), \
-        lowered
+    return rewrite_nodes(graph, _rewrite, "ConvTranspose(s) lowered to per-phase Conv + DepthToSpace")
+
+
+def _rewrite(node: onnx.NodeProto, model: onnx.ModelProto, shapes: dict, inits: dict):
+    plan = _plan(node, shapes, inits)
+    if plan is None:
+        return None
+    return _replacement(node, model, inits, shapes, *plan), {"node": node.name, "stride": plan[0],
+                                                             "phases": plan[0] ** 2}
 
 
 def _plan(node: onnx.NodeProto, shapes: dict[str, list[int]], inits: dict) -> tuple[int, list[int]] | None:

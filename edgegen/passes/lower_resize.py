@@ -18,33 +18,23 @@ from onnx import helper, numpy_helper
 
 from ..graph import Graph
 from ..resample import phase_filters
-from .channel_edit import drop_unused_initializers
+from .node_rewrite import rewrite_nodes
 
 DENSE_MAX_CHANNELS = 4  # up to this many channels the phases come from one dense Conv (see _replacement)
 
 
 def lower_cubic_resizes(graph: Graph) -> tuple[Graph, list[dict[str, Any]]]:
     """Rewrite every cubic Resize that has an exact convolution form; report what was rewritten."""
-    shapes = graph.concrete_shapes()
-    model = onnx.ModelProto.FromString(graph.model.SerializeToString())
-    nodes: list[onnx.NodeProto] = []
-    lowered: list[dict[str, Any]] = []
-    inits = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        plan = _plan(node, shapes, inits)
-        if plan is None:
-            nodes.append(node)
-            continue
-        (fy, ry), (fx, rx), channels = plan
-        nodes.extend(_replacement(node, model, fy, ry, fx, rx, channels))
-        lowered.append({"node": node.name, "factor": fy.shape[0], "kernel": [fy.shape[1], fx.shape[1]],
-                        "channels": channels})
-    if not lowered:
-        return graph, []
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    drop_unused_initializers(model)
-    return graph.with_model(model, [f"{len(lowered)} cubic Resize(s) lowered to Pad + Conv + DepthToSpace"]), lowered
+    return rewrite_nodes(graph, _rewrite, "cubic Resize(s) lowered to Pad + Conv + DepthToSpace")
+
+
+def _rewrite(node: onnx.NodeProto, model: onnx.ModelProto, shapes: dict, inits: dict):
+    plan = _plan(node, shapes, inits)
+    if plan is None:
+        return None
+    (fy, ry), (fx, rx), channels = plan
+    return _replacement(node, model, fy, ry, fx, rx, channels), {
+        "node": node.name, "factor": fy.shape[0], "kernel": [fy.shape[1], fx.shape[1]], "channels": channels}
 
 
 def _plan(node: onnx.NodeProto, shapes: dict[str, list[int]], inits: dict) -> tuple | None:
