@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper, shape_inference
 
 from .errors import ModelError
+from .fold_norm import fold_norm_into_gemm
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ def clean(model: onnx.ModelProto, origin: str) -> tuple[onnx.ModelProto, list[st
     declared = {o.name: _dims(o) for o in model.graph.output}
     model = _drop_passthrough(model, notes)
     model = _fold(model, notes)
+    model, norms = fold_norm_into_gemm(model)
+    if norms:
+        notes.append(f"folded {norms} BatchNormalization(s) into the Gemm before them")
     model = _recompute_shapes(model, declared, origin, notes)
     removed = nodes_before - len(model.graph.node)
     if removed:
