@@ -90,6 +90,19 @@ CASES = {
                                {"RESIZE_BILINEAR": 1}),
     "bicubic_x2": (*_resize("cubic", "pytorch_half_pixel", scales=[1, 1, 2, 2], cubic_coeff_a=-0.75),
                    [1, 3, 8, 9], {"CONV_2D": 1, "DEPTH_TO_SPACE": 1}),
+    # pooling: TF SAME / VALID windows, explicit pads (lowest value for max, zeros counted for average)
+    "maxpool_2x2": (*_unary("MaxPool", kernel_shape=[2, 2], strides=[2, 2]), [1, 3, 8, 8], {"MAX_POOL_2D": 1}),
+    "maxpool_3x3_s2_p1": (*_unary("MaxPool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), [1, 3, 8, 8],
+                          {"PADV2": 1, "MAX_POOL_2D": 1}),
+    "maxpool_same": (*_unary("MaxPool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]), [1, 3, 7, 7], {"MAX_POOL_2D": 1}),
+    "avgpool_2x2": (*_unary("AveragePool", kernel_shape=[2, 2], strides=[2, 2]), [1, 3, 8, 9],
+                    {"AVERAGE_POOL_2D": 1}),
+    "avgpool_same_excluding_pads": (*_unary("AveragePool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]), [1, 3, 6, 6],
+                                    {"AVERAGE_POOL_2D": 1, "PAD": 0}),
+    "avgpool_counting_pads": (*_unary("AveragePool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                      count_include_pad=1), [1, 3, 8, 8], {"PAD": 1, "AVERAGE_POOL_2D": 1}),
+    "global_avgpool": (*_unary("GlobalAveragePool"), [1, 3, 5, 6], {"MEAN": 1}),
+    "global_maxpool": (*_unary("GlobalMaxPool"), [1, 3, 5, 6], {"REDUCE_MAX": 1}),
     # padding
     "pad_reflect": ([helper.make_node("Pad", ["x", "pads"], ["y"], mode="reflect")],
                     [_const("pads", [0, 0, 3, 1, 0, 0, 3, 2])], [1, 3, 8, 8], {"MIRROR_PAD": 0, "SLICE": 9}),
@@ -184,3 +197,35 @@ def test_transposed_conv_for_the_edge_tpu_is_transpose_conv(tmp_path, case, expe
     session = Session(tmp_path, {"entry": "model.tflite", "inputs": lowered.inputs, "outputs": lowered.outputs}, 1)
     feeds = sample_feeds(graph.inputs, [1])
     np.testing.assert_allclose(session.run(feeds)["y"], SourceSession(path).run(feeds)["y"], atol=1e-4, rtol=0)
+
+
+def test_pools_run_int8_on_their_input_grid(tmp_path):
+    """A conv -> max pool (explicit pads) -> conv -> average pool chain at int8: every pool is an int8 operator,
+    and the model stays close to the fp32 source."""
+    nodes = _chain(("Conv", ["w1", "b1"], {"pads": [1, 1, 1, 1]}), ("Relu", [], {}),
+                   ("MaxPool", [], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+                   ("Conv", ["w2", "b2"], {"pads": [1, 1, 1, 1]}),
+                   ("AveragePool", [], {"kernel_shape": [2, 2], "strides": [2, 2]}))
+    path = tmp_path / "pools.onnx"
+    onnx.save(_model(nodes, [_init("w1", 8, 3, 3, 3), _init("b1", 8), _init("w2", 8, 8, 3, 3), _init("b2", 8)],
+                     [1, 3, 16, 16]), str(path))
+    result = build(path, "x86-litert", tmp_path / "b", precision="int8", samples=3)
+    assert result.fidelity["psnr_db"] >= 35, result.fidelity
+    ops, tensors = read_model((tmp_path / "b" / "model.tflite").read_bytes())
+    pools = [op for op in ops if op.code in ("MAX_POOL_2D", "AVERAGE_POOL_2D", "PADV2")]
+    assert len(pools) == 3
+    assert all(tensors[op.inputs[0]].dtype == "int8" for op in pools), [(op.code, tensors[op.inputs[0]].dtype) for op in pools]
+
+
+@pytest.mark.parametrize("attrs, size, why", [
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, 8, "count_include_pad=0"),
+    ({"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}, 7, "ceil_mode=1")])
+def test_pools_without_a_tflite_form_are_refused_by_name(tmp_path, attrs, size, why):
+    from edgegen.errors import EdgegenError
+
+    path = tmp_path / "pool.onnx"
+    onnx.save(_model(*_unary("AveragePool", **attrs), [1, 3, size, size]), str(path))
+    with pytest.raises(EdgegenError, match=why) as info:
+        build(path, "x86-litert", tmp_path / "b", samples=1)
+    assert "AveragePool" in str(info.value)
+    assert not (tmp_path / "b").exists()

@@ -39,4 +39,4 @@ def static_shapes(node: onnx.NodeProto, p: Prepared) -> str | None:
     return None
 
 
-from . import conv, elementwise, resize, tensor  # noqa: E402,F401  (registers the rules)
+from . import conv, elementwise, pool, resize, tensor  # noqa: E402,F401  (registers the rules)

@@ -51,7 +51,7 @@ def _check_conv(node: onnx.NodeProto, p: Prepared) -> str | None:
     return static_shapes(node, p)
 
 
-def _same_padding(size: list[int], kernel: list[int], strides: list[int], dilations: list[int],
+def same_padding(size: list[int], kernel: list[int], strides: list[int], dilations: list[int],
                   pads: list[int]) -> str | None:
     """'SAME' or 'VALID' when TF's padding scheme gives exactly these ONNX pads, else None."""
     if not any(pads):
@@ -95,7 +95,7 @@ def conv(lw: Lowerer, node: onnx.NodeProto) -> None:
                        value.quant.scale[0] if grid else None, weights.scale)
     if order is not None:
         weights = weights.take(order, 0)
-    padding = _same_padding(lw.shape(x)[2:], kernel, strides, dilations, pads)
+    padding = same_padding(lw.shape(x)[2:], kernel, strides, dilations, pads)
     if padding is None:
         value, padding = _explicit_pad(lw, value, pads), "VALID"
     fb = lw.fb

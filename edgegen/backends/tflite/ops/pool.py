@@ -1,0 +1,103 @@
+"""MaxPool -> MAX_POOL_2D, AveragePool -> AVERAGE_POOL_2D, GlobalAveragePool / GlobalMaxPool -> MEAN /
+REDUCE_MAX over H and W.
+
+Pads that TF's SAME reproduces use it (a SAME max pool ignores the border, an average pool leaves it
+out of the count: ONNX's count_include_pad=0). Other pads become an explicit pad before a VALID
+pool: PADV2 with the lowest value for a max pool, zeros (PAD) for an average pool that counts them.
+An int8 pool keeps its input's grid (TFLite requires it), requantized onto the QDQ graph's output
+grid where that one differs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..lower import Lowerer, Value
+from ..prepare import Prepared, attrs
+from . import rule, static_shapes
+from .conv import same_padding
+
+
+def _window(node: onnx.NodeProto, p: Prepared) -> tuple[list[int], list[int], list[int]]:
+    """kernel, strides and ONNX pads [top, left, bottom, right] (auto_pad resolved)."""
+    a = attrs(node)
+    kernel = list(a["kernel_shape"])
+    strides = list(a.get("strides", [1, 1]))
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        size = p.shapes[node.input[0]][2:]
+        for i in range(2):
+            total = max((-(-size[i] // strides[i]) - 1) * strides[i] + kernel[i] - size[i], 0)
+            small, large = total // 2, total - total // 2
+            pads[i], pads[i + 2] = (small, large) if auto == "SAME_UPPER" else (large, small)
+    elif auto == "VALID":
+        pads = [0, 0, 0, 0]
+    return kernel, strides, pads
+
+
+def _check_pool(node: onnx.NodeProto, p: Prepared) -> str | None:
+    why = static_shapes(node, p)
+    if why:
+        return why
+    a = attrs(node)
+    if len(p.shapes[node.input[0]]) != 4 or len(a.get("kernel_shape", [])) != 2:
+        return "only 2-D pooling of 4-D (NCHW) inputs is supported"
+    if any(d != 1 for d in a.get("dilations", [1, 1])):
+        return "dilated pooling has no TFLite builtin"
+    if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
+        return "MaxPool's Indices output has no TFLite equivalent"
+    kernel, strides, pads = _window(node, p)
+    size, out = p.shapes[node.input[0]][2:], p.shapes[node.output[0]][2:]
+    floor = [(size[i] + pads[i] + pads[i + 2] - kernel[i]) // strides[i] + 1 for i in range(2)]
+    if list(out) != floor:
+        return "ceil_mode=1 with a window that reaches past the padded input is not supported"
+    counts_pads = node.op_type == "AveragePool" and a.get("count_include_pad", 0)
+    if node.op_type == "AveragePool" and any(pads) and not counts_pads and \
+            same_padding(size, kernel, strides, [1, 1], pads) is None:
+        return ("an average pool that leaves padding out of its count (count_include_pad=0) needs pads that "
+                "TFLite's SAME padding reproduces")
+    return None
+
+
+@rule("MaxPool", "AveragePool", check=_check_pool)
+def pool(lw: Lowerer, node: onnx.NodeProto) -> None:
+    kernel, strides, pads = _window(node, lw.p)
+    value = lw.operand(node.input[0], lw.keeps_grid(node.input[0]))
+    size = lw.shape(node.input[0])[2:]
+    padding = same_padding(size, kernel, strides, [1, 1], pads)
+    if padding is None:
+        value = _pad(lw, value, pads, lowest=node.op_type == "MaxPool")
+        padding = "VALID"
+    n, _, _, c = lw.tshape(value)
+    out = lw.shape(node.output[0])
+    options = lw.options("Pool2D", padding=getattr(lw.fb.Padding, padding), strideH=strides[0], strideW=strides[1],
+                         filterHeight=kernel[0], filterWidth=kernel[1])
+    code = "MAX_POOL_2D" if node.op_type == "MaxPool" else "AVERAGE_POOL_2D"
+    lw.emit_keeping_grid(code, [value.index], node.output[0], [n, out[2], out[3], c], True, value.quant, options,
+                         value.order)
+
+
+def _pad(lw: Lowerer, value: Value, pads: list[int], lowest: bool) -> Value:
+    """H and W padded by ONNX pads [top, left, bottom, right]: with the lowest value (PADV2) or with zeros."""
+    n, h, w, c = lw.tshape(value)
+    shape = [n, h + pads[0] + pads[2], w + pads[1] + pads[3], c]
+    out = lw.temp(shape, value.quant, hint="pool_pad")
+    paddings = lw.int32([[0, 0], [pads[0], pads[2]], [pads[1], pads[3]], [0, 0]], "paddings")
+    if lowest:
+        fill = np.array([-128], np.int8) if value.quant else np.array([np.finfo(np.float32).min], np.float32)
+        lw.op("PADV2", [value.index, paddings, lw.weight(fill, f"{lw.node.name}/lowest", value.quant)], [out])
+    else:
+        lw.op("PAD", [value.index, paddings], [out])
+    return Value(out, True, value.order, value.quant)
+
+
+@rule("GlobalAveragePool", "GlobalMaxPool", check=static_shapes)
+def global_pool(lw: Lowerer, node: onnx.NodeProto) -> None:
+    """A mean or maximum over H and W, kept as a 1x1 map."""
+    value = lw.operand(node.input[0], lw.keeps_grid(node.input[0]))
+    n, _, _, c = lw.tshape(value)
+    code = "MEAN" if node.op_type == "GlobalAveragePool" else "REDUCE_MAX"
+    lw.emit_keeping_grid(code, [value.index, lw.int32([1, 2], "axes")], node.output[0], [n, 1, 1, c], True,
+                         value.quant, lw.options("Reducer", keepDims=True), value.order)
