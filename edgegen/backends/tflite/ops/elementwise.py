@@ -156,22 +156,23 @@ def binary(lw: Lowerer, node: onnx.NodeProto) -> None:
 def _check_norm(node: onnx.NodeProto, p: Prepared) -> str | None:
     if any(i not in p.consts for i in node.input[1:] if i):
         return "its scale, bias (and statistics) must be constants"
-    if node.input[0] in p.shapes and len(p.shapes[node.input[0]]) != 4:
-        return "only 4-D (NCHW) inputs are supported"
+    if node.input[0] in p.shapes and len(p.shapes[node.input[0]]) not in (3, 4):
+        return "only 3-D (N, C, L) and 4-D (NCHW) inputs are supported"
     if node.op_type == "BatchNormalization" and attrs(node).get("training_mode", 0):
         return "training_mode=1 is not supported"
     return static_shapes(node, p)
 
 
 def _affine(lw: Lowerer, node: onnx.NodeProto, value: Value, scale: np.ndarray, shift: np.ndarray) -> None:
-    """out = value * scale + shift, per channel, in float."""
+    """out = value * scale + shift, per channel (ONNX axis 1), in float."""
     shape = lw.tshape(value)
-    c_scale = layout_const(scale.reshape(1, -1, 1, 1).astype(np.float32), 4, True, value.order)
-    c_shift = layout_const(shift.reshape(1, -1, 1, 1).astype(np.float32), 4, True, value.order)
+    per_channel = (1, -1) + (1,) * (len(shape) - 2)
+    c_scale = layout_const(scale.reshape(per_channel).astype(np.float32), len(shape), value.nhwc, value.order)
+    c_shift = layout_const(shift.reshape(per_channel).astype(np.float32), len(shape), value.nhwc, value.order)
     scaled = lw.temp(shape, hint="scaled")
     lw.op("MUL", [value.index, lw.weight(c_scale, f"{node.name}/scale")], [scaled])
     lw.op("ADD", [scaled, lw.weight(c_shift, f"{node.name}/shift")],
-          [lw.define(node.output[0], shape, True, value.order)])
+          [lw.define(node.output[0], shape, value.nhwc, value.order)])
 
 
 @rule("BatchNormalization", check=_check_norm)
@@ -183,11 +184,13 @@ def batch_norm(lw: Lowerer, node: onnx.NodeProto) -> None:
 
 @rule("InstanceNormalization", check=_check_norm)
 def instance_norm(lw: Lowerer, node: onnx.NodeProto) -> None:
-    """(x - mean) * rsqrt(var + eps) over H, W per channel, then the affine scale and bias."""
+    """(x - mean) * rsqrt(var + eps) over the spatial axes per channel, then the affine scale and bias.
+    A 3-D input [N, C, L] (GroupNorm as exporters write it: reshaped to [N, groups, -1]) is kept in ONNX order."""
     value = lw.as_float(node.input[0])
     shape = lw.tshape(value)
-    stat_shape = [shape[0], 1, 1, shape[3]]
-    axes = lw.int32([1, 2], "axes")
+    spatial = [1, 2] if value.nhwc else list(range(2, len(shape)))
+    stat_shape = [1 if axis in spatial else d for axis, d in enumerate(shape)]
+    axes = lw.int32(spatial, "axes")
     keep = lw.options("Reducer", keepDims=True)
     mean, centered, square, var, ve, inv, normed = (
         lw.temp(s, hint=h) for s, h in ((stat_shape, "mean"), (shape, "centered"), (shape, "square"),
@@ -201,4 +204,4 @@ def instance_norm(lw: Lowerer, node: onnx.NodeProto) -> None:
     lw.op("ADD", [var, eps], [ve])
     lw.op("RSQRT", [ve], [inv])
     lw.op("MUL", [centered, inv], [normed])
-    _affine(lw, node, Value(normed, True, value.order), lw.const(node.input[1]), lw.const(node.input[2]))
+    _affine(lw, node, Value(normed, value.nhwc, value.order), lw.const(node.input[1]), lw.const(node.input[2]))
