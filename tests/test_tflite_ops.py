@@ -103,6 +103,15 @@ CASES = {
                                       count_include_pad=1), [1, 3, 8, 8], {"PAD": 1, "AVERAGE_POOL_2D": 1}),
     "global_avgpool": (*_unary("GlobalAveragePool"), [1, 3, 5, 6], {"MEAN": 1}),
     "global_maxpool": (*_unary("GlobalMaxPool"), [1, 3, 5, 6], {"REDUCE_MAX": 1}),
+    "reduce_mean_hw": (*_unary("ReduceMean", axes=[2, 3], keepdims=1), [1, 3, 5, 6], {"MEAN": 1}),
+    "reduce_max_c": (*_unary("ReduceMax", axes=[1], keepdims=1), [1, 3, 5, 6], {"REDUCE_MAX": 1}),
+    "reduce_sum_c": (*_unary("ReduceSum", keepdims=1), [1, 3, 5, 6], {"SUM": 1}),
+    "reduce_mean_hw_flat": (*_unary("ReduceMean", axes=[-2, -1], keepdims=0), [1, 3, 5, 6], {"MEAN": 1}),
+    "squeeze_excite": ([helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3]),
+                        helper.make_node("Conv", ["m", "w"], ["g"]), helper.make_node("HardSigmoid", ["g"], ["h"]),
+                        helper.make_node("Mul", ["x", "h"], ["y"])], [_init("w", 4, 4, 1, 1)], [1, 4, 5, 5],
+                       {"MEAN": 1, "CONV_2D": 1}),
+    "elu": (*_unary("Elu"), [1, 3, 4, 4], {"ELU": 1}),
     # padding
     "pad_reflect": ([helper.make_node("Pad", ["x", "pads"], ["y"], mode="reflect")],
                     [_const("pads", [0, 0, 3, 1, 0, 0, 3, 2])], [1, 3, 8, 8], {"MIRROR_PAD": 0, "SLICE": 9}),
@@ -234,3 +243,14 @@ def test_pools_without_a_tflite_form_are_refused_by_name(tmp_path, attrs, size, 
         build(path, "x86-litert", tmp_path / "b", samples=1)
     assert "AveragePool" in str(info.value)
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_is_one_gelu_operator(tmp_path, approximate):
+    """ONNX Gelu (opset 20) -> TFLite GELU with the same approximation."""
+    path = tmp_path / "gelu.onnx"
+    onnx.save(_model(*_unary("Gelu", approximate=approximate), [1, 3, 4, 4], opset=20), str(path))
+    result = build(path, "x86-litert", tmp_path / "b", samples=3)
+    assert result.fidelity["max_abs"] <= 1e-4, result.fidelity
+    ops = Counter(op.code for op in read_model((tmp_path / "b" / "model.tflite").read_bytes())[0])
+    assert ops["GELU"] == 1, dict(ops)

@@ -12,7 +12,7 @@ from ..prepare import Prepared, attrs
 from . import rule, static_shapes
 
 _UNARY = {"Relu": "RELU", "Tanh": "TANH", "Sigmoid": "LOGISTIC", "HardSwish": "HARD_SWISH",
-          "LeakyRelu": "LEAKY_RELU"}
+          "LeakyRelu": "LEAKY_RELU", "Elu": "ELU", "Gelu": "GELU"}
 # int8 TANH and LOGISTIC have a fixed output grid (their range is [-1, 1] / [0, 1])
 FIXED_GRID = {"TANH": QParams.of(1 / 128, 0), "LOGISTIC": QParams.of(1 / 256, -128)}
 _BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV"}
@@ -40,10 +40,20 @@ def _unary_op(lw: Lowerer, node: onnx.NodeProto, code: str, options=None, int8_o
     lw.op(code, [value.index], [index], options)
 
 
-@rule(*_UNARY, check=static_shapes)
+def _check_unary(node: onnx.NodeProto, p: Prepared) -> str | None:
+    if node.op_type == "Elu" and attrs(node).get("alpha", 1.0) != 1.0:
+        return "TFLite's ELU has alpha 1 only"
+    return static_shapes(node, p)
+
+
+@rule(*_UNARY, check=_check_unary)
 def unary(lw: Lowerer, node: onnx.NodeProto) -> None:
     code = _UNARY[node.op_type]
-    options = lw.options("LeakyRelu", alpha=attrs(node).get("alpha", 0.01)) if code == "LEAKY_RELU" else None
+    options = None
+    if code == "LEAKY_RELU":
+        options = lw.options("LeakyRelu", alpha=attrs(node).get("alpha", 0.01))
+    elif code == "GELU":
+        options = lw.options("Gelu", approximate=attrs(node).get("approximate", "none") == "tanh")
     # LiteRT's XNNPACK takes no int8 HARD_SWISH (each one would split the graph); between DEQUANTIZE
     # and QUANTIZE onto the same grids it stays inside the delegate
     _unary_op(lw, node, code, options, int8_ok=not (code == "HARD_SWISH" and lw.delegate == "xnnpack"))

@@ -1,5 +1,6 @@
-"""MaxPool -> MAX_POOL_2D, AveragePool -> AVERAGE_POOL_2D, GlobalAveragePool / GlobalMaxPool -> MEAN /
-REDUCE_MAX over H and W.
+"""MaxPool -> MAX_POOL_2D, AveragePool -> AVERAGE_POOL_2D; GlobalAveragePool / GlobalMaxPool and
+ReduceMean / ReduceMax / ReduceSum of a 4-D tensor -> MEAN / REDUCE_MAX / SUM (a squeeze-and-excite
+block's global mean, for instance).
 
 Pads that TF's SAME reproduces use it (a SAME max pool ignores the border, an average pool leaves it
 out of the count: ONNX's count_include_pad=0). Other pads become an explicit pad before a VALID
@@ -13,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..layout import tfl_axis
 from ..lower import Lowerer, Value
 from ..prepare import Prepared, attrs
 from . import rule, static_shapes
@@ -93,11 +95,56 @@ def _pad(lw: Lowerer, value: Value, pads: list[int], lowest: bool) -> Value:
     return Value(out, True, value.order, value.quant)
 
 
-@rule("GlobalAveragePool", "GlobalMaxPool", check=static_shapes)
-def global_pool(lw: Lowerer, node: onnx.NodeProto) -> None:
-    """A mean or maximum over H and W, kept as a 1x1 map."""
-    value = lw.operand(node.input[0], lw.keeps_grid(node.input[0]))
-    n, _, _, c = lw.tshape(value)
-    code = "MEAN" if node.op_type == "GlobalAveragePool" else "REDUCE_MAX"
-    lw.emit_keeping_grid(code, [value.index, lw.int32([1, 2], "axes")], node.output[0], [n, 1, 1, c], True,
-                         value.quant, lw.options("Reducer", keepDims=True), value.order)
+_REDUCERS = {"GlobalAveragePool": "MEAN", "GlobalMaxPool": "REDUCE_MAX", "ReduceMean": "MEAN",
+             "ReduceMax": "REDUCE_MAX", "ReduceSum": "SUM"}
+
+
+def _reduced_axes(node: onnx.NodeProto, p: Prepared) -> tuple[list[int], bool]:
+    """The ONNX axes a reduction removes (sorted, non-negative) and whether it keeps them as size 1."""
+    rank = len(p.shapes[node.input[0]])
+    if node.op_type.startswith("Global"):
+        return list(range(2, rank)), True
+    a = attrs(node)
+    axes = a.get("axes")
+    if len(node.input) > 1 and node.input[1]:
+        axes = p.consts[node.input[1]].tolist()
+    if axes is None or len(axes) == 0:
+        axes = [] if a.get("noop_with_empty_axes", 0) else list(range(rank))
+    return sorted(int(x) % rank for x in axes), bool(a.get("keepdims", 1))
+
+
+def _check_reduce(node: onnx.NodeProto, p: Prepared) -> str | None:
+    why = static_shapes(node, p)
+    if why:
+        return why
+    if len(node.input) > 1 and node.input[1] and node.input[1] not in p.consts:
+        return "its axes must be a constant"
+    if len(p.shapes[node.input[0]]) != 4:
+        return "only reductions of 4-D (NCHW) tensors are supported"
+    axes, keep = _reduced_axes(node, p)
+    if not axes:
+        return "a reduction over no axis is an identity; remove it before export"
+    if not keep and axes != [2, 3]:
+        return "keepdims=0 is supported for reductions over H and W only"
+    return None
+
+
+@rule(*_REDUCERS, check=_check_reduce)
+def reduce(lw: Lowerer, node: onnx.NodeProto) -> None:
+    """A mean, maximum or sum over ONNX axes of an NHWC tensor; keepdims=0 over H and W gives [N, C]."""
+    axes, keep = _reduced_axes(node, lw.p)
+    code = _REDUCERS[node.op_type]
+    int8 = lw.quantized([node.input[0]], node.output[0]) is not None if code != "REDUCE_MAX" else \
+        lw.keeps_grid(node.input[0])
+    value = lw.operand(node.input[0], int8)
+    shape = lw.tshape(value)
+    stored = sorted(tfl_axis(axis, 4, True) for axis in axes)
+    out_shape = [1 if i in stored else d for i, d in enumerate(shape)] if keep else [shape[0], shape[3]]
+    inputs = [value.index, lw.int32(stored, "axes")]
+    options = lw.options("Reducer", keepDims=keep)
+    order = value.order if 3 not in stored else None
+    if code == "REDUCE_MAX" or not int8:
+        lw.emit_keeping_grid(code, inputs, node.output[0], out_shape, keep, value.quant, options, order)
+    else:  # int8 MEAN and SUM requantize onto the QDQ graph's output grid themselves
+        grid = lw.quantized([node.input[0]], node.output[0])
+        lw.op(code, inputs, [lw.define(node.output[0], out_shape, keep, order, grid)], options)
