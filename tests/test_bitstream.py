@@ -82,6 +82,33 @@ def test_planner_refuses_the_8_lane_npu_on_the_up5k():
     assert need["dsp"]["need"] == 7 and need["ram"]["need"] <= 30
 
 
+def test_planner_counts_spram_for_single_port_memories():
+    """A banked ACT and a host-loaded WGT go into the UP5K's four 16K x 16 SPRAMs, not block RAM; what
+    does not fit them is refused with the count; a part without SPRAM takes them as block RAM."""
+    part = fpga_parts.PARTS["iCE40UP5K-SG48"]
+    depths = {"ACT_WORDS": 32768, "WGT_WORDS": 32768, "PAR_WORDS": 768, "LUT_BYTES": 512, "TAP_WORDS": 256,
+              "PROG_WORDS": 512}
+    need = fpga_parts.check_fit(part, 2, depths, "t", {"act": 2, "wgt": 1})
+    assert need["spram"]["need"] == 4 and need["spram"]["detail"] == {"act": 2, "wgt": 2}
+    assert "act" not in need["ram"]["detail"] and need["ram"]["need"] == 15 + 1 + 4 + 4
+    with pytest.raises(fpga_parts.DoesNotFitError, match=r"6 SB_SPRAM256KA \(spram\) of 4"):
+        fpga_parts.check_fit(part, 2, {**depths, "WGT_WORDS": 65536}, "t", {"act": 2, "wgt": 1})
+    ecp5 = fpga_parts.estimate(fpga_parts.PARTS["LFE5U-85F-6BG381C"], 2, depths, {"act": 2, "wgt": 1})
+    assert "spram" not in ecp5 and ecp5["ram"]["detail"]["act"] == 2 * fpga_parts.ram_blocks(
+        fpga_parts.PARTS["LFE5U-85F-6BG381C"], 16384, 16)
+
+
+def test_single_port_memories_keep_their_full_depth():
+    config = NpuConfig.from_options({"lanes": 2, "act_kb": 64, "wgt_kb": 64, "act_banks": 2, "wgt_single_port": True})
+    memory = {"act_bytes": 300, "wgt_bytes": 1100, "par_entries": 70, "lut_tables": 1, "tap_entries": 20,
+              "layers": 3}
+    sizes = bitstream.depths(config, memory, "ice40")
+    assert sizes["ACT_WORDS"] == 32768 and sizes["WGT_WORDS"] == 32768 and sizes["PAR_WORDS"] == 256
+    assert bitstream.host_loaded(config) == ["wgt"] and bitstream.single_port(config) == {"act": 2, "wgt": 1}
+    with pytest.raises(ValueError, match="act_kb must be a power of two"):
+        NpuConfig.from_options({"lanes": 2, "act_kb": 48, "act_banks": 2})
+
+
 def test_block_ram_counts_use_the_cheapest_aspect_ratio():
     ice40 = fpga_parts.PARTS["iCE40UP5K-SG48"]
     assert fpga_parts.ram_blocks(ice40, 256, 16) == 1      # one SB_RAM40_4K in 256 x 16
@@ -137,6 +164,8 @@ def test_architecture_hash_ignores_weights_and_follows_the_instance():
     assert key == bitstream.architecture(board, NpuConfig(lanes=2), dict(sizes), 60, 1_000_000)
     assert key != bitstream.architecture(board, NpuConfig(lanes=4), sizes, 60, 1_000_000)
     assert key != bitstream.architecture(board, NpuConfig(lanes=2), {**sizes, "WGT_WORDS": 1024}, 60, 1_000_000)
+    assert key != bitstream.architecture(board, NpuConfig(lanes=2, act_banks=2), sizes, 60, 1_000_000)
+    assert key != bitstream.architecture(board, NpuConfig(lanes=2, wgt_single_port=True), sizes, 60, 1_000_000)
 
 
 # -- a real bitstream, the weight swap, byte-identical rebuild -----------------------------------------

@@ -1,6 +1,8 @@
 """The board top (hw/boards/npu_board.v) in Verilator behind its UART pins: a model's memories come
 from the bitstream's $readmemh images (sized and padded as the bitstream flow writes them), the host
-sends only the input over the UART frames, and the output equals the functional model's."""
+sends only the input over the UART frames, and the output equals the functional model's. With the
+UP5K's SPRAM configuration (banked ACT, single-port WGT) the weights are not in the images: the session
+uploads them over the UART when it opens."""
 
 import os
 import subprocess
@@ -14,6 +16,7 @@ from test_bitstream import tiny_decoder
 from edgegen.backends.fpga import bitstream, hostio
 from edgegen.backends.fpga.isa import Images, NpuConfig
 from edgegen.backends.fpga.model import FunctionalNpu
+from edgegen.backends.fpga.session import Session
 from edgegen.backends.fpga.transport import FramedTransport
 from edgegen.emulate import fpga as emu
 from edgegen.graph import Graph
@@ -34,7 +37,8 @@ def _verilator() -> list[str]:
 
 
 def _board_sim(tmp_path: Path, config: NpuConfig, sizes: dict[str, int]) -> Path:
-    params = {"CLK_HZ": DIV, "BAUD": 1, "LANES": config.lanes, **sizes,
+    params = {"CLK_HZ": DIV, "BAUD": 1, "LANES": config.lanes, "ACT_BANKS": config.act_banks,
+              "WGT_SINGLE_PORT": int(config.wgt_single_port), **sizes,
               **{param: f"mem/{name}.hex" for name, param in bitstream.HEX.items()}}
     args = [*_verilator(), "--cc", "--exe", "--build", "-O2", "--top-module", "npu_board", "-Wno-fatal",
             "-Wno-WIDTH", *(f"-G{k}={v}" if isinstance(v, int) else f'-G{k}="{v}"' for k, v in params.items()),
@@ -45,10 +49,13 @@ def _board_sim(tmp_path: Path, config: NpuConfig, sizes: dict[str, int]) -> Path
     return tmp_path / "obj" / "board_sim"
 
 
+OPTIONS = {"lanes": 2, "act_kb": 4, "wgt_kb": 4, "par_entries": 256, "lut_tables": 4, "tap_entries": 256,
+           "prog_layers": 16}
+
+
 def test_board_top_runs_the_baked_in_model_over_uart(tmp_path):
     onnx.save(tiny_decoder(1), str(tmp_path / "m.onnx"))
-    config = NpuConfig.from_options({"lanes": 2, "act_kb": 4, "wgt_kb": 4, "par_entries": 256, "lut_tables": 4,
-                                     "tap_entries": 256, "prog_layers": 16})
+    config = NpuConfig.from_options(OPTIONS)
     compiled = emu.compile_for(emu.quantize(Graph.load(tmp_path / "m.onnx")), config, tmp_path / "npu")
     images = Images.load(tmp_path / "npu" / "npu" / "program.npz")
     summary = compiled.session["summary"]
@@ -78,6 +85,35 @@ def test_board_top_runs_the_baked_in_model_over_uart(tmp_path):
         status = board.wait(1 << 30)
         assert status.ok and status.layers == summary["layers"] and status.cycles > 0 and status.clock > 0
         assert board.read(out_address, count) == expected
+    finally:
+        process.stdin.close()
+        process.wait(timeout=60)
+        process.stdout.close()
+
+
+def test_spram_board_top_gets_its_weights_from_the_session_over_uart(tmp_path):
+    onnx.save(tiny_decoder(1), str(tmp_path / "m.onnx"))
+    config = NpuConfig.from_options({**OPTIONS, "act_banks": 2, "wgt_single_port": True})
+    compiled = emu.compile_for(emu.quantize(Graph.load(tmp_path / "m.onnx")), config, tmp_path / "npu")
+    images = Images.load(tmp_path / "npu" / "npu" / "program.npz")
+    sizes = bitstream.depths(config, compiled.session["summary"], "ice40")
+    bitstream.padded_hex(images, config.lanes, sizes, tmp_path / "mem")
+    binary = _board_sim(tmp_path, config, sizes)
+    session_config = {**compiled.session, "bitstream": {"built": True, "host_loads": bitstream.host_loaded(config)}}
+
+    functional = compiled.open("functional")
+    codes = functional.input_codes(emu.sample_feeds(compiled.graph.inputs, [4]), 0)
+    expected, _ = functional.run_codes(codes)
+    functional.close()
+    process = subprocess.Popen([str(binary)], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        link = FramedTransport(process.stdin, process.stdout)
+        board = Session(compiled.directory, session_config, 1, transport=link)  # uploads WGT only
+        assert board.uploads(session_config) == ["wgt"]
+        got, status = board.run_codes(codes)
+        assert status.ok and status.layers == compiled.session["summary"]["layers"]
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name])
     finally:
         process.stdin.close()
         process.wait(timeout=60)

@@ -41,7 +41,8 @@ def target_for(config: NpuConfig, name: str = "emulated") -> Target:
     """An fpga Target holding an NPU configuration (what compile reads)."""
     options = {"lanes": config.lanes, "act_kb": config.act_bytes // 1024, "wgt_kb": config.wgt_bytes // 1024,
                "par_entries": config.par_entries, "lut_tables": config.lut_bytes // 256,
-               "tap_entries": config.tap_entries, "prog_layers": config.prog_words // 16}
+               "tap_entries": config.tap_entries, "prog_layers": config.prog_words // 16,
+               "act_banks": config.act_banks, "wgt_single_port": config.wgt_single_port}
     return Target(name, "emulation", "edgegen NPU", "x86_64", "fpga", "int8", 1, 512, ["int8"], options)
 
 

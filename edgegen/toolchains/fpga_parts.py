@@ -2,8 +2,10 @@
 estimate the block RAM, DSP and logic an NPU instance needs on a part and refuse what cannot fit.
 
 RAM is counted exactly as blocks of the part's block-RAM aspect ratios (the cheapest ratio per memory);
-DSP and logic are linear models of the NPU fitted to Yosys/nextpnr runs (`tests/test_bitstream.py`
-checks the iCE40 estimate against a real place-and-route).
+single-port memories (a banked ACT, a host-loaded WGT) go into the part's single-port RAM where it
+has one (the UP5K's four 16K x 16 SB_SPRAM256KA), else into block RAM like the others. DSP and logic
+are linear models of the NPU fitted to Yosys/nextpnr runs (`tests/test_bitstream.py` checks the iCE40
+estimate against a real place-and-route).
 """
 
 from __future__ import annotations
@@ -39,11 +41,16 @@ class Part:
     dsp_requant: int  # the 32 x 32 requantizer multiply
     logic_base: int  # NPU + UART bridge at 0 lanes
     logic_per_lane: int
+    spram_unit: str = ""
+    spram: int = 0  # single-port RAM blocks of spram_depth x spram_width bits
+    spram_depth: int = 0
+    spram_width: int = 0
 
 
 PARTS = {
     "iCE40UP5K-SG48": Part("iCE40UP5K-SG48", "ice40", "open", "LC", 5280, "SB_RAM40_4K", 30,
-                           ((256, 16), (512, 8), (1024, 4), (2048, 2)), "SB_MAC16", 8, 1, 5, 4800, 200),
+                           ((256, 16), (512, 8), (1024, 4), (2048, 2)), "SB_MAC16", 8, 1, 5, 4800, 200,
+                           "SB_SPRAM256KA", 4, 16384, 16),
     "LFE5U-85F-6BG381C": Part("LFE5U-85F-6BG381C", "ecp5", "open", "LUT4", 83640, "DP16KD", 208,
                               ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)),
                               "MULT18X18D", 156, 1, 5, 3700, 245),
@@ -101,27 +108,46 @@ def ram_blocks(part: Part, depth: int, width: int) -> int:
     return min(math.ceil(depth / d) * math.ceil(width / (w if w < 8 else w // 8 * 8)) for d, w in part.ram_modes)
 
 
-def estimate(part: Part, lanes: int, depths: dict[str, int]) -> dict[str, dict]:
-    """Estimated use of each resource: {"logic"|"ram"|"dsp": {"unit", "need", "available", "detail"}}."""
-    ram = {name: ram_blocks(part, depths[param], width(lanes)) for name, param, width in MEMORIES}
-    return {
+def estimate(part: Part, lanes: int, depths: dict[str, int],
+             single_port: dict[str, int] | None = None) -> dict[str, dict]:
+    """Estimated use of each resource: {"logic"|"ram"|"dsp"[|"spram"]: {"unit", "need", "available",
+    "detail"}}. single_port: memory name -> banks (ACT in 2 banks, WGT in 1) for the single-port memories."""
+    single_port = single_port or {}
+    ram, spram = {}, {}
+    for name, param, width in MEMORIES:
+        banks = single_port.get(name)
+        if banks and part.spram:
+            spram[name] = banks * math.ceil(depths[param] / banks / part.spram_depth) * \
+                math.ceil(width(lanes) / part.spram_width)
+        elif banks:
+            ram[name] = banks * ram_blocks(part, depths[param] // banks, width(lanes))
+        else:
+            ram[name] = ram_blocks(part, depths[param], width(lanes))
+    need = {
         "logic": {"unit": part.logic_unit, "need": part.logic_base + part.logic_per_lane * lanes,
                   "available": part.logic},
         "ram": {"unit": part.ram_unit, "need": sum(ram.values()), "available": part.ram_blocks, "detail": ram},
         "dsp": {"unit": part.dsp_unit, "need": math.ceil(part.dsp_per_lane * lanes) + part.dsp_requant,
                 "available": part.dsp},
     }
+    if spram:
+        need["spram"] = {"unit": part.spram_unit, "need": sum(spram.values()), "available": part.spram,
+                         "detail": spram}
+    return need
 
 
-def check_fit(part: Part, lanes: int, depths: dict[str, int], where: str) -> dict[str, dict]:
+def check_fit(part: Part, lanes: int, depths: dict[str, int], where: str,
+              single_port: dict[str, int] | None = None) -> dict[str, dict]:
     """The estimate, or a DoesNotFitError naming each resource that is over and what to change."""
-    need = estimate(part, lanes, depths)
+    need = estimate(part, lanes, depths, single_port)
     over = [f"{r['need']} {r['unit']} ({key}) of {r['available']}" for key, r in need.items()
             if r["need"] > r["available"]]
     if over:
-        ram = ", ".join(f"{k} {v}" for k, v in need["ram"]["detail"].items())
+        per = "; ".join(f"{need[key]['unit']} per memory: "
+                        + ", ".join(f"{k} {v}" for k, v in need[key]["detail"].items())
+                        for key in ("ram", "spram") if key in need)
         raise DoesNotFitError(
             f"{where}: the {lanes}-lane NPU does not fit {part.name}: it needs about {'; '.join(over)} "
-            f"(block RAM per memory: {ram}). Use fewer lanes (backend_options.lanes) or smaller memories, "
+            f"({per}). Use fewer lanes (backend_options.lanes) or smaller memories, "
             "a smaller model, or a larger part.")
     return need

@@ -55,7 +55,7 @@ def synthesize(device: Device, sources: list[str], top: str, params: dict[str, o
     """Yosys: sources (paths relative to cwd) -> JSON netlist; returns seconds."""
     yosys = _tool("yosys", "synthesize the NPU for a Lattice FPGA")
     chparam = " ".join(f"-set {k} {_param(v)}" for k, v in params.items())
-    synth = "synth_ice40 -dsp" if device.family == "ice40" else "synth_ecp5"
+    synth = "synth_ice40 -dsp -spram" if device.family == "ice40" else "synth_ecp5"  # -spram: single-port RAMs
     script = "\n".join([f"read_verilog {' '.join(sources)}", f"chparam {chparam} {top}" if chparam else "",
                         f"{synth} -top {top} -json {netlist}", "tee -o synth_stat.txt stat", ""])
     (cwd / "synth.ys").write_text(script)

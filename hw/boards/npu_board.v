@@ -1,11 +1,14 @@
 // Board top for the edgegen NPU: npu_top behind the UART link (npu_uart.v), a power-on reset and
 // two status LEDs. One module for every board; each board's constraint file names these ports.
-// The static memories start from the $readmemh images (*_INIT), so the bitstream carries the model.
+// The static memories start from the $readmemh images (*_INIT), so the bitstream carries the model
+// (except a single-port WGT, WGT_SINGLE_PORT = 1: the host loads it over the link).
 module npu_board #(
     parameter CLK_HZ = 12000000,
     parameter BAUD = 1000000,
     parameter LED_ACTIVE_LOW = 0,
     parameter LANES = 8,
+    parameter ACT_BANKS = 1,
+    parameter WGT_SINGLE_PORT = 0,
     parameter ACT_WORDS = 4096,
     parameter WGT_WORDS = 4096,
     parameter PAR_WORDS = 512,
@@ -39,7 +42,7 @@ module npu_board #(
     npu_uart_bridge bridge (.clk(clk), .rst(rst), .rx_data(rx_data), .rx_valid(rx_valid), .tx_data(tx_data),
                             .tx_send(tx_send), .tx_ready(tx_ready), .h_addr(h_addr), .h_wdata(h_wdata),
                             .h_we(h_we), .h_re(h_re), .h_rdata(h_rdata), .h_rvalid(h_rvalid), .busy(busy));
-    npu_top #(.LANES(LANES), .ACT_WORDS(ACT_WORDS), .WGT_WORDS(WGT_WORDS), .PAR_WORDS(PAR_WORDS),
+    npu_top #(.LANES(LANES), .ACT_BANKS(ACT_BANKS), .WGT_SINGLE_PORT(WGT_SINGLE_PORT), .ACT_WORDS(ACT_WORDS), .WGT_WORDS(WGT_WORDS), .PAR_WORDS(PAR_WORDS),
               .LUT_BYTES(LUT_BYTES), .TAP_WORDS(TAP_WORDS), .PROG_WORDS(PROG_WORDS), .WGT_INIT(WGT_INIT),
               .PAR_INIT(PAR_INIT), .LUT_INIT(LUT_INIT), .TAP_INIT(TAP_INIT), .PROG_INIT(PROG_INIT)) npu (
         .clk(clk), .rst(rst), .h_addr(h_addr), .h_wdata(h_wdata), .h_we(h_we), .h_re(h_re), .h_rdata(h_rdata),

@@ -101,8 +101,8 @@ module npu_uart_bridge (
     reg [3:0]  state;
     reg [7:0]  cmd;
     reg [3:0]  hdr_left;
-    reg [63:0] hdr;                            // bytes shift in from the top: addr [31:0], len/limit [63:32]
-    reg [31:0] addr, left, waited;
+    reg [31:0] addr, left;                     // header bytes shift in from the top of {left, addr}: 'W'/'R'
+                                               // addr, len; 'P' limit (in left, counted down while waiting)
     reg [63:0] clock, clock_at;
     reg [4:0]  reply;                          // 'P' reply byte index 0..16
     reg [7:0]  byte_out;
@@ -138,15 +138,12 @@ module npu_uart_bridge (
                 state <= ACK;
             end
             HDR: if (rx_valid) begin
-                hdr <= {rx_data, hdr[63:8]};
+                {left, addr} <= {rx_data, left, addr[31:8]};
                 hdr_left <= hdr_left - 1'b1;
-                if (hdr_left == 4'd1) begin
-                    addr <= hdr[39:8];         // the bytes as they stand after this shift
-                    left <= {rx_data, hdr[63:40]};
-                    waited <= 32'd0;
+                if (hdr_left == 4'd1) begin    // {rx_data, left[31:8]}: the length (or limit) after this shift
                     reply <= 5'd0;
-                    if (cmd == "W") state <= ({rx_data, hdr[63:40]} == 32'd0) ? ACK : WDATA;
-                    else if (cmd == "R") state <= ({rx_data, hdr[63:40]} == 32'd0) ? CMD : RREQ;
+                    if (cmd == "W") state <= ({rx_data, left[31:8]} == 32'd0) ? ACK : WDATA;
+                    else if (cmd == "R") state <= ({rx_data, left[31:8]} == 32'd0) ? CMD : RREQ;
                     else state <= WAIT;
                 end
             end
@@ -164,8 +161,8 @@ module npu_uart_bridge (
                 state <= CMD;
             end
             WAIT: begin
-                waited <= waited + 1'b1;
-                if (!busy || waited == left) begin
+                left <= left - 1'b1;
+                if (!busy || left == 32'd0) begin
                     clock_at <= clock;
                     state <= RREQ;
                 end

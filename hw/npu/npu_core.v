@@ -33,6 +33,7 @@ module npu_core #(
     input  wire [8*LANES-1:0]    wgt_rdata,
     output reg  [ACT_AW-1:0]     act_raddr,
     input  wire [8*LANES-1:0]    act_rdata,
+    output reg                   act_re,      // act_raddr is a read whose word is used (bank checks)
     output reg                   act_we,
     output reg  [ACT_AW-1:0]     act_waddr,
     output reg  [8*LANES-1:0]    act_wdata,
@@ -72,9 +73,8 @@ module npu_core #(
     // ---------------------------------------------------------------- CONV loop counters
     reg [15:0] oy, ox, py, px, og, t, ic;
     reg signed [17:0] by, bx;              // base input coordinates of the output pixel
-    reg [ACT_AW-1:0] row_pix, pix, out_pix;
+    reg [ACT_AW-1:0] row_pix, pix;
     reg [WGT_AW-1:0] wptr;
-    reg [PAR_AW-1:0] par_og;
     reg [TAP_AW-1:0] phase_row, tptr;      // tptr = tap_start + t: the tap entry being read
     reg [TAP_AW-1:0] ph_start;
     reg [15:0] ph_m2;                      // tap_count - 2
@@ -92,50 +92,38 @@ module npu_core #(
     // stage A: issued op, tap entry being read
     reg        a_v, a_first, a_last, a_dw;
     reg [LG:0] a_sel;
-    reg [ACT_AW-1:0] a_base, a_out;        // a_base: pixel + channel word, before the tap offset
+    reg [ACT_AW-1:0] a_base;               // pixel + channel word, before the tap offset
     reg [WGT_AW-1:0] a_wptr;
-    reg [PAR_AW-1:0] a_par;
     reg signed [17:0] a_by, a_bx;
     // stage Q: tap coordinates and offset address
     reg        q_v, q_first, q_last, q_dw, q_dyn, q_dxn;
     reg [LG:0] q_sel;
     reg signed [17:0] q_iy, q_ix;
-    reg [ACT_AW-1:0] q_sum, q_out;
+    reg [ACT_AW-1:0] q_sum;
     reg [WGT_AW-1:0] q_wptr;
-    reg [PAR_AW-1:0] q_par;
     // stage G: the tap's bounds
     reg        g_v, g_first, g_last, g_dw, g_dyn, g_dxn, g_yout, g_xout;
     reg [LG:0] g_sel;
-    reg [ACT_AW-1:0] g_sum, g_out;
+    reg [ACT_AW-1:0] g_sum;
     reg [WGT_AW-1:0] g_wptr;
-    reg [PAR_AW-1:0] g_par;
     // stage R: ACT and WGT addresses registered (the memories read them)
     reg        r_v, r_first, r_last, r_in, r_dw;
     reg [LG:0] r_sel;
-    reg [ACT_AW-1:0] r_addr, r_out;
+    reg [ACT_AW-1:0] r_addr;
     reg [WGT_AW-1:0] r_wptr;
-    reg [PAR_AW-1:0] r_par;
     // stage B: ACT and WGT words arrive
     reg        b_v, b_first, b_last, b_in, b_dw;
     reg [LG:0] b_sel;
-    reg [ACT_AW-1:0] b_out;
-    reg [PAR_AW-1:0] b_par;
     // stage X: ACT and WGT words registered (a block RAM's clock-to-out is a third of an ECP5 cycle)
     reg        x_v, x_first, x_last, x_in, x_dw;
     reg [LG:0] x_sel;
-    reg [ACT_AW-1:0] x_out;
-    reg [PAR_AW-1:0] x_par;
     reg [8*LANES-1:0] x_act, x_wgt;
     // stage E: multiplier operands (x - zero point, 0 for taps outside the input; weight)
     reg        e_v, e_first, e_last;
-    reg [ACT_AW-1:0] e_out;
-    reg [PAR_AW-1:0] e_par;
     reg signed [9:0] e_x [0:LANES-1];
     reg signed [7:0] e_w [0:LANES-1];
     // stage C: products
     reg        c_v, c_first, c_last;
-    reg [ACT_AW-1:0] c_out;
-    reg [PAR_AW-1:0] c_par;
     reg signed [17:0] c_prod [0:LANES-1];
     reg signed [31:0] acc [0:LANES-1];
 
@@ -152,10 +140,12 @@ module npu_core #(
     reg [LG:0]  hold_cnt;                  // lanes still to issue
     reg [LG:0]  d_lane;                    // next lane to issue
     reg [PAR_AW-1:0] d_par;                // its PAR entry
-    reg [ACT_AW-1:0] hold_out;
+    // groups retire in issue order: the drain counts them for the PAR entry of the next one
+    reg [PAR_AW-1:0] dr_par;               // PAR entry of the next group's lane 0
+    reg [15:0]  dr_og;
+    reg         dr_og_last;
     reg         r0_v, r0_last;
     reg [LG:0]  r0_lane;
-    reg [ACT_AW-1:0] r0_out;
     reg signed [31:0] r0_x;
 
     // ---------------------------------------------------------------- ADD
@@ -168,8 +158,8 @@ module npu_core #(
     wire signed [9:0] lane_a = $signed({word_a[8*add_lane+7], word_a[8*add_lane +: 8]}) - zp_in;
     wire signed [9:0] lane_b = $signed({word_b[8*add_lane+7], word_b[8*add_lane +: 8]}) - zp_b;
     reg [2:0]  add_st;
-    reg [ACT_AW-1:0] a_row, b_row, o_row;  // pixel bases
-    reg [ACT_AW-1:0] a_ptr, b_ptr, o_ptr;  // pixel base + og (the group)
+    reg [ACT_AW-1:0] a_row, b_row;         // pixel bases
+    reg [ACT_AW-1:0] a_ptr, b_ptr;         // pixel base + og (the group)
     reg [LG:0] add_lane;
     reg [3:0]  add_wait, add_w0;           // A_WAIT lasts add_w0 + 1 cycles: rb of the last lane is back
     reg [8*LANES-1:0] word_a, word_b;
@@ -184,8 +174,8 @@ module npu_core #(
     reg signed [7:0]  s_sh;
 
     // ---------------------------------------------------------------- requantizer and post stage
-    // tag: {dest(2): 0 out 1 ra 2 rb, last(1), lane(LG+1), out address(ACT_AW)}
-    localparam TW = 2 + 1 + LG + 1 + ACT_AW;
+    // tag: {dest(2): 0 out 1 ra 2 rb, last(1), lane(LG+1)}
+    localparam TW = 2 + 1 + LG + 1;
     reg               rq_v;
     reg signed [31:0] rq_x, rq_m;
     reg signed [7:0]  rq_sh;
@@ -198,29 +188,30 @@ module npu_core #(
         .in_tag(rq_tag), .out_valid(rq_ov), .y(rq_y), .out_tag(rq_otag), .busy(rq_busy));
 
     wire [1:0]  o_dest = rq_otag[TW-1:TW-2];
-    wire [LG:0] o_lane = rq_otag[LG+ACT_AW:ACT_AW];
+    wire [LG:0] o_lane = rq_otag[LG:0];
     // post stage: Z adds the output zero point, K saturates to int8 (a value outside int8 is past both
     // bounds), P clamps and addresses the table, W packs the table's (or the clamped) byte into the word
     reg         z_v, z_last;
     reg [LG:0]  z_lane;
-    reg [ACT_AW-1:0] z_addr;
     reg signed [31:0] z_val;
     wire        z_fits = (z_val[31:7] == 25'd0) || (z_val[31:7] == {25{1'b1}});
     reg         k_v, k_last;
     reg [LG:0]  k_lane;
-    reg [ACT_AW-1:0] k_addr;
     reg signed [7:0] k_sat;
     wire signed [7:0] k_c = (k_sat < act_min) ? act_min : ((k_sat > act_max) ? act_max : k_sat);
     reg         p_v, p_last;
     reg [LG:0]  p_lane;
-    reg [ACT_AW-1:0] p_addr;
     reg [7:0]   p_byte;
     reg [LUT_AW-1:0] p_lut;
     reg [8*LANES-1:0] pack;
     reg         w_v, w_last;
     reg [LG:0]  w_lane;
-    reg [ACT_AW-1:0] w_addr;
     reg [7:0]   w_byte;
+    // words are written in the order they were issued (pixel by pixel, group by group, every layer
+    // kind): the write address is a counter here, not a tag carried through the pipelines
+    reg [ACT_AW-1:0] wr_ptr, wr_row;
+    reg [15:0]  wr_og;
+    reg         wr_og_last;
     wire [7:0]  w_result = lut_en ? lut_rdata : w_byte;
 
     wire pipe_busy = a_v | q_v | g_v | r_v | b_v | x_v | e_v | c_v | (hold_cnt != 0) | r0_v | s_v | rq_v | rq_busy | z_v | k_v | p_v | w_v;
@@ -231,6 +222,7 @@ module npu_core #(
         tap_raddr = (state == S_PIX0) ? (phase_base + phase_row + px[TAP_AW-1:0]) : tptr;
         wgt_raddr = r_wptr;
         act_raddr = (state != S_ADD) ? r_addr : (add_st == A_READ_A) ? a_ptr : b_ptr;
+        act_re = (state != S_ADD) ? (r_v && r_in) : (add_st == A_READ_A || add_st == A_READ_B);
         par_raddr = d_par;
         lut_raddr = p_lut;
     end
@@ -297,9 +289,10 @@ module npu_core #(
             S_LAYER: begin
                 oy <= 0; ox <= 0; py <= 0; px <= 0; by <= 0; bx <= 0; phase_row <= 0; og <= 0;
                 oy_last <= oy0_last; ox_last <= ox0_last; py_last <= p0_last; px_last <= p0_last; og_last <= og0_last;
-                row_pix <= in_base; pix <= in_base; out_pix <= out_base;
-                add_st <= A_READ_A; a_row <= in_base; b_row <= b_base; o_row <= out_base;
-                a_ptr <= in_base; b_ptr <= b_base; o_ptr <= out_base;
+                row_pix <= in_base; pix <= in_base;
+                add_st <= A_READ_A; a_row <= in_base; b_row <= b_base; a_ptr <= in_base; b_ptr <= b_base;
+                wr_ptr <= out_base; wr_row <= out_base; wr_og <= 0; wr_og_last <= og0_last;
+                dr_par <= par_base; dr_og <= 0; dr_og_last <= og0_last;
                 // ISSUE_O of lane l reads rb[l] lu + add_w0 + 2 cycles after issuing it: >= RQ_LAT + 3
                 add_w0 <= ({{(31-LG){1'b0}}, lu_m1} >= RQ_LAT) ? 4'd0 : RQ_LAT - lu_m1;
                 gap <= 8'hff; gap_ok <= 1'b1;
@@ -317,7 +310,7 @@ module npu_core #(
                 ph_m2 <= tap_rdata[47:32] - 16'd2;
                 t0_last <= tap_rdata[47:32] == 16'd1;
                 wptr <= tap_rdata[WGT_AW-1:0];
-                og <= 0; t <= 0; ic <= 0; par_og <= par_base;
+                og <= 0; t <= 0; ic <= 0;
                 og_last <= og0_last; t_last <= tap_rdata[47:32] == 16'd1; ic_last <= ic0_last;
                 state <= S_MAC;
             end
@@ -327,7 +320,6 @@ module npu_core #(
                 a_sel <= ic[LG:0] & (L - 1);
                 a_base <= pix + (dw ? og32[ACT_AW-1:0] : icw32[ACT_AW-1:0]);
                 a_wptr <= wptr; a_by <= by; a_bx <= bx;
-                a_out <= out_pix + og32[ACT_AW-1:0]; a_par <= par_og;
                 if (group_end) begin gap <= 8'd1; gap_ok <= lu_m1 == 0; end
                 wptr <= wptr + 1'b1;
                 // advance ic -> t -> og -> pixel
@@ -337,10 +329,9 @@ module npu_core #(
                     ic <= 0; ic_last <= ic0_last; t <= t + 16'd1; t_last <= t == ph_m2; tptr <= tptr + 1'b1;
                 end else if (!og_last) begin
                     ic <= 0; ic_last <= ic0_last; t <= 0; t_last <= t0_last; tptr <= ph_start;
-                    og <= og + 16'd1; og_last <= og == groups_m2; par_og <= par_og + L;
+                    og <= og + 16'd1; og_last <= og == groups_m2;
                 end else begin
                     // next output pixel
-                    out_pix <= out_pix + out_gs;
                     if (!ox_last) begin
                         ox <= ox + 16'd1; ox_last <= ox == ow_m2;
                         if (!up) begin bx <= bx + stride; pix <= pix + col_step; end
@@ -375,13 +366,13 @@ module npu_core #(
                                add_lane <= 0; end
                 A_ISSUE_A: begin
                     s_v <= 1'b1; s_op <= OP_A; s_a <= lane_a; s_m <= m_a; s_sh <= sh_a;
-                    s_tag <= {2'd1, 1'b0, add_lane, {ACT_AW{1'b0}}};
+                    s_tag <= {2'd1, 1'b0, add_lane};
                     add_lane <= add_lane + 1'b1;
                     if (add_lane == lu_m1) begin add_lane <= 0; add_st <= A_ISSUE_B; end
                 end
                 A_ISSUE_B: begin
                     s_v <= 1'b1; s_op <= OP_B; s_b <= lane_b; s_m <= m_b; s_sh <= sh_b;
-                    s_tag <= {2'd2, 1'b0, add_lane, {ACT_AW{1'b0}}};
+                    s_tag <= {2'd2, 1'b0, add_lane};
                     add_lane <= add_lane + 1'b1;
                     if (add_lane == lu_m1) begin add_lane <= 0; add_st <= A_WAIT; add_wait <= add_w0; end
                 end
@@ -392,18 +383,18 @@ module npu_core #(
                 A_ISSUE_O: begin
                     s_v <= 1'b1; s_op <= (kind == KIND_MUL) ? OP_MUL : OP_SUM; s_a <= lane_a; s_b <= lane_b;
                     s_lane <= add_lane; s_m <= m_o; s_sh <= sh_o;
-                    s_tag <= {2'd0, add_lane == lu_m1, add_lane, o_ptr};
+                    s_tag <= {2'd0, add_lane == lu_m1, add_lane};
                     add_lane <= add_lane + 1'b1;
                     if (add_lane == lu_m1) begin
                         add_lane <= 0;
                         add_st <= A_READ_A;
                         if (!og_last) begin
                             og <= og + 16'd1; og_last <= og == groups_m2;
-                            a_ptr <= a_ptr + 1'b1; b_ptr <= b_ptr + 1'b1; o_ptr <= o_ptr + 1'b1;
+                            a_ptr <= a_ptr + 1'b1; b_ptr <= b_ptr + 1'b1;
                         end else begin
                             og <= 0; og_last <= og0_last;
-                            a_row <= a_row + in_gs; b_row <= b_row + b_gs; o_row <= o_row + out_gs;
-                            a_ptr <= a_row + in_gs; b_ptr <= b_row + b_gs; o_ptr <= o_row + out_gs;
+                            a_row <= a_row + in_gs; b_row <= b_row + b_gs;
+                            a_ptr <= a_row + in_gs; b_ptr <= b_row + b_gs;
                             if (!ox_last) begin ox <= ox + 16'd1; ox_last <= ox == ow_m2; end
                             else begin
                                 ox <= 0; ox_last <= ox0_last;
@@ -431,34 +422,34 @@ module npu_core #(
                 q_first <= a_first; q_last <= a_last; q_dw <= a_dw; q_sel <= a_sel;
                 q_iy <= a_by + tap_dy; q_ix <= a_bx + tap_dx; q_dyn <= tap_dy[7]; q_dxn <= tap_dx[7];
                 q_sum <= a_base + tap_rdata[ACT_AW-1:0];
-                q_wptr <= a_wptr; q_out <= a_out; q_par <= a_par;
+                q_wptr <= a_wptr;
             end
             g_v <= q_v;
             if (q_v) begin
                 g_first <= q_first; g_last <= q_last; g_dw <= q_dw; g_sel <= q_sel;
                 g_yout <= y_outside; g_xout <= x_outside; g_dyn <= q_dyn; g_dxn <= q_dxn;
-                g_sum <= q_sum; g_wptr <= q_wptr; g_out <= q_out; g_par <= q_par;
+                g_sum <= q_sum; g_wptr <= q_wptr;
             end
             r_v <= g_v;
             if (g_v) begin
                 r_first <= g_first; r_last <= g_last; r_dw <= g_dw; r_sel <= g_sel;
                 r_in <= edge_en || (!g_yout && !g_xout);
                 r_addr <= g_sum + edge_fix;
-                r_wptr <= g_wptr; r_out <= g_out; r_par <= g_par;
+                r_wptr <= g_wptr;
             end
             b_v <= r_v;
             if (r_v) begin
                 b_first <= r_first; b_last <= r_last; b_in <= r_in; b_dw <= r_dw;
-                b_sel <= r_sel; b_out <= r_out; b_par <= r_par;
+                b_sel <= r_sel;
             end
             x_v <= b_v;
             if (b_v) begin
                 x_first <= b_first; x_last <= b_last; x_in <= b_in; x_dw <= b_dw; x_sel <= b_sel;
-                x_out <= b_out; x_par <= b_par; x_act <= act_rdata; x_wgt <= wgt_rdata;
+                x_act <= act_rdata; x_wgt <= wgt_rdata;
             end
             e_v <= x_v;
             if (x_v) begin
-                e_first <= x_first; e_last <= x_last; e_out <= x_out; e_par <= x_par;
+                e_first <= x_first; e_last <= x_last;
                 for (l = 0; l < LANES; l = l + 1) begin
                     e_x[l] <= !x_in ? 10'sd0
                             : x_dw ? $signed({x_act[8*l+7], x_act[8*l +: 8]}) - zp_in
@@ -468,7 +459,7 @@ module npu_core #(
             end
             c_v <= e_v;
             if (e_v) begin
-                c_first <= e_first; c_last <= e_last; c_out <= e_out; c_par <= e_par;
+                c_first <= e_first; c_last <= e_last;
                 for (l = 0; l < LANES; l = l + 1)
                     c_prod[l] <= e_x[l] * e_w[l];
             end
@@ -476,7 +467,7 @@ module npu_core #(
             r0_v <= 1'b0;
             if (hold_cnt != 0) begin
                 r0_v <= 1'b1; r0_x <= hold[d_lane]; r0_lane <= d_lane;
-                r0_last <= (hold_cnt == 1); r0_out <= hold_out;
+                r0_last <= (hold_cnt == 1);
                 hold_cnt <= hold_cnt - 1'b1; d_lane <= d_lane + 1'b1; d_par <= d_par + 1'b1;
             end
             if (c_v) begin
@@ -486,7 +477,12 @@ module npu_core #(
                     if (hold_cnt > 1) error <= 1'b1;  // the drain would lose a group: never happens by construction
                     for (l = 0; l < LANES; l = l + 1)
                         hold[l] <= (c_first ? 32'sd0 : acc[l]) + c_prod[l];
-                    hold_cnt <= lu; d_lane <= 0; hold_out <= c_out; d_par <= c_par;
+                    hold_cnt <= lu; d_lane <= 0; d_par <= dr_par;
+                    if (!dr_og_last) begin
+                        dr_og <= dr_og + 16'd1; dr_og_last <= dr_og == groups_m2; dr_par <= dr_par + L;
+                    end else begin
+                        dr_og <= 0; dr_og_last <= og0_last; dr_par <= par_base;
+                    end
                 end
             end
 
@@ -495,7 +491,7 @@ module npu_core #(
                 rq_x <= r0_x + $signed(par_rdata[31:0]);
                 rq_m <= par_rdata[63:32];
                 rq_sh <= par_rdata[71:64];
-                rq_tag <= {2'd0, r0_last, r0_lane, r0_out};
+                rq_tag <= {2'd0, r0_last, r0_lane};
             end
             // ADD / MUL operations formed in stage S
             if (s_v) begin
@@ -515,30 +511,35 @@ module npu_core #(
                 if (o_dest == 2'd1) ra[o_lane] <= rq_y;
                 else if (o_dest == 2'd2) rb[o_lane] <= rq_y;
                 else begin
-                    z_v <= 1'b1; z_lane <= o_lane; z_last <= rq_otag[TW-3]; z_addr <= rq_otag[ACT_AW-1:0];
+                    z_v <= 1'b1; z_lane <= o_lane; z_last <= rq_otag[TW-3];
                     z_val <= rq_y + zp_out;
                 end
             end
             k_v <= z_v;
             if (z_v) begin
-                k_lane <= z_lane; k_last <= z_last; k_addr <= z_addr;
+                k_lane <= z_lane; k_last <= z_last;
                 k_sat <= z_fits ? z_val[7:0] : (z_val[31] ? 8'sh80 : 8'sh7f);
             end
             p_v <= k_v;
             if (k_v) begin
-                p_lane <= k_lane; p_last <= k_last; p_addr <= k_addr; p_byte <= k_c;
+                p_lane <= k_lane; p_last <= k_last; p_byte <= k_c;
                 p_lut <= lut_base + {{(LUT_AW-8){1'b0}}, ~k_c[7], k_c[6:0]};
             end
             w_v <= p_v;
             if (p_v) begin
-                w_lane <= p_lane; w_last <= p_last; w_addr <= p_addr; w_byte <= p_byte;
+                w_lane <= p_lane; w_last <= p_last; w_byte <= p_byte;
             end
             if (w_v) begin
                 pack[8*w_lane +: 8] <= w_result;
                 if (w_last) begin
-                    act_we <= 1'b1; act_waddr <= w_addr;
+                    act_we <= 1'b1; act_waddr <= wr_ptr;
                     act_wdata <= pack;
                     act_wdata[8*w_lane +: 8] <= w_result;
+                    if (!wr_og_last) begin
+                        wr_og <= wr_og + 16'd1; wr_og_last <= wr_og == groups_m2; wr_ptr <= wr_ptr + 1'b1;
+                    end else begin
+                        wr_og <= 0; wr_og_last <= og0_last; wr_row <= wr_row + out_gs; wr_ptr <= wr_row + out_gs;
+                    end
                 end
             end
         end

@@ -3,8 +3,15 @@
 // Memories are written by the host while the engine is idle; ACT and control read back.
 // Control: byte 0 status {error, done, busy} (write bit 0 = start), 4..7 cycles of the last run,
 // 8..11 layers run, 16..31 LANES, ACT_WORDS, WGT_WORDS, PAR_WORDS (read-only).
+// ACT_BANKS = 2: ACT is two single-port banks (the address's top bit picks one); the compiler puts each
+// layer's output in the other bank than its inputs, and a read of the bank being written in the same
+// cycle sets the sticky error bit (a wrong allocation cannot pass silently). WGT_SINGLE_PORT = 1: WGT is
+// a single-port RAM the host loads while the engine is idle (no initial contents). Both map onto the
+// iCE40 UP5K's SPRAM.
 module npu_top #(
     parameter LANES = 8,
+    parameter ACT_BANKS = 1,
+    parameter WGT_SINGLE_PORT = 0,
     parameter ACT_WORDS = 4096,
     parameter WGT_WORDS = 4096,
     parameter PAR_WORDS = 512,
@@ -37,14 +44,14 @@ module npu_top #(
     wire [3:0]  region = h_addr[23:20];
     wire [19:0] off = h_addr[19:0];
     wire        hw = h_we && !busy;
-    wire        error;
+    wire        error, core_error;
     wire [31:0] cycles, layers;
 
     wire [PROG_AW-1:0] prog_raddr;  wire [31:0] prog_rdata;
     wire [TAP_AW-1:0]  tap_raddr;   wire [63:0] tap_rdata;
     wire [WGT_AW-1:0]  wgt_raddr;   wire [8*LANES-1:0] wgt_rdata;
     wire [ACT_AW-1:0]  core_act_raddr, core_act_waddr; wire [8*LANES-1:0] act_rdata, core_act_wdata;
-    wire               core_act_we;
+    wire               core_act_we, core_act_re;
     wire [PAR_AW-1:0]  par_raddr;   wire [71:0] par_rdata;
     wire [LUT_AW-1:0]  lut_raddr;   wire [7:0] lut_rdata;
 
@@ -53,24 +60,54 @@ module npu_top #(
 
     npu_core #(.LANES(LANES), .LG(LG), .ACT_AW(ACT_AW), .WGT_AW(WGT_AW), .PAR_AW(PAR_AW), .LUT_AW(LUT_AW),
                .TAP_AW(TAP_AW), .PROG_AW(PROG_AW)) core (
-        .clk(clk), .rst(rst), .start(start), .busy(busy), .done(done), .error(error), .cycles(cycles),
+        .clk(clk), .rst(rst), .start(start), .busy(busy), .done(done), .error(core_error), .cycles(cycles),
         .layers(layers), .layer_done(layer_done), .prog_raddr(prog_raddr), .prog_rdata(prog_rdata), .tap_raddr(tap_raddr),
         .tap_rdata(tap_rdata), .wgt_raddr(wgt_raddr), .wgt_rdata(wgt_rdata), .act_raddr(core_act_raddr),
-        .act_rdata(act_rdata), .act_we(core_act_we), .act_waddr(core_act_waddr), .act_wdata(core_act_wdata),
+        .act_rdata(act_rdata), .act_re(core_act_re), .act_we(core_act_we), .act_waddr(core_act_waddr), .act_wdata(core_act_wdata),
         .par_raddr(par_raddr), .par_rdata(par_rdata), .lut_raddr(lut_raddr), .lut_rdata(lut_rdata));
 
     // byte lane of a host write into a LANES-wide word
     wire [LANES-1:0] lane_we = {{(LANES-1){1'b0}}, 1'b1} << (off & (LANES - 1));
 
-    npu_ram #(.NB(LANES), .DEPTH(ACT_WORDS), .AW(ACT_AW)) act (
-        .clk(clk),
-        .we(busy ? {LANES{core_act_we}} : ((hw && region == 4'd1) ? lane_we : {LANES{1'b0}})),
-        .waddr(busy ? core_act_waddr : off[ACT_AW+LGL-1:LGL]),
-        .wdata(busy ? core_act_wdata : {LANES{h_wdata}}),
-        .raddr(busy ? core_act_raddr : off[ACT_AW+LGL-1:LGL]), .rdata(act_rdata));
-    npu_ram #(.NB(LANES), .DEPTH(WGT_WORDS), .AW(WGT_AW), .INIT(WGT_INIT)) wgt (
-        .clk(clk), .we((hw && region == 4'd2) ? lane_we : {LANES{1'b0}}), .waddr(off[WGT_AW+LGL-1:LGL]),
-        .wdata({LANES{h_wdata}}), .raddr(wgt_raddr), .rdata(wgt_rdata));
+    wire [LANES-1:0]  act_we = busy ? {LANES{core_act_we}} : ((hw && region == 4'd1) ? lane_we : {LANES{1'b0}});
+    wire [ACT_AW-1:0] act_waddr = busy ? core_act_waddr : off[ACT_AW+LGL-1:LGL];
+    wire [ACT_AW-1:0] act_raddr = busy ? core_act_raddr : off[ACT_AW+LGL-1:LGL];
+    wire [8*LANES-1:0] act_wdata = busy ? core_act_wdata : {LANES{h_wdata}};
+    reg bank_error;
+    generate if (ACT_BANKS == 2) begin : act_banked
+        localparam BW = ACT_AW - 1;
+        wire wbank = act_waddr[BW], rbank = act_raddr[BW];
+        wire [8*LANES-1:0] rdata0, rdata1;
+        reg rbank_q;
+        npu_spram #(.NB(LANES), .DEPTH(ACT_WORDS / 2), .AW(BW)) bank0 (
+            .clk(clk), .we(wbank ? {LANES{1'b0}} : act_we), .addr((|act_we && !wbank) ? act_waddr[BW-1:0] : act_raddr[BW-1:0]),
+            .wdata(act_wdata), .rdata(rdata0));
+        npu_spram #(.NB(LANES), .DEPTH(ACT_WORDS / 2), .AW(BW)) bank1 (
+            .clk(clk), .we(wbank ? act_we : {LANES{1'b0}}), .addr((|act_we && wbank) ? act_waddr[BW-1:0] : act_raddr[BW-1:0]),
+            .wdata(act_wdata), .rdata(rdata1));
+        always @(posedge clk) begin
+            rbank_q <= rbank;
+            if (rst || start) bank_error <= 1'b0;
+            else if (busy && core_act_we && core_act_re && wbank == rbank) bank_error <= 1'b1;
+        end
+        assign act_rdata = rbank_q ? rdata1 : rdata0;
+    end else begin : act_dual
+        npu_ram #(.NB(LANES), .DEPTH(ACT_WORDS), .AW(ACT_AW)) act (
+            .clk(clk), .we(act_we), .waddr(act_waddr), .wdata(act_wdata), .raddr(act_raddr), .rdata(act_rdata));
+        always @(posedge clk) bank_error <= 1'b0;
+    end endgenerate
+    assign error = core_error | bank_error;
+
+    wire [LANES-1:0] wgt_we = (hw && region == 4'd2) ? lane_we : {LANES{1'b0}};
+    generate if (WGT_SINGLE_PORT) begin : wgt_single
+        npu_spram #(.NB(LANES), .DEPTH(WGT_WORDS), .AW(WGT_AW)) wgt (
+            .clk(clk), .we(wgt_we), .addr(busy ? wgt_raddr : off[WGT_AW+LGL-1:LGL]), .wdata({LANES{h_wdata}}),
+            .rdata(wgt_rdata));
+    end else begin : wgt_dual
+        npu_ram #(.NB(LANES), .DEPTH(WGT_WORDS), .AW(WGT_AW), .INIT(WGT_INIT)) wgt (
+            .clk(clk), .we(wgt_we), .waddr(off[WGT_AW+LGL-1:LGL]), .wdata({LANES{h_wdata}}), .raddr(wgt_raddr),
+            .rdata(wgt_rdata));
+    end endgenerate
     npu_ram #(.NB(9), .DEPTH(PAR_WORDS), .AW(PAR_AW), .INIT(PAR_INIT)) par (
         .clk(clk), .we((hw && region == 4'd3 && off[3:0] < 4'd9) ? (9'd1 << off[3:0]) : 9'd0),
         .waddr(off[PAR_AW+3:4]), .wdata({9{h_wdata}}), .raddr(par_raddr), .rdata(par_rdata));

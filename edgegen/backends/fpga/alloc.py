@@ -18,7 +18,26 @@ class FitError(BuildError):
 
 
 def allocate(program: Program, buffers: list[Buffer], target: str) -> dict[str, Any]:
-    """First-fit placement of buffers by live range; returns ACT usage (peak words)."""
+    """First-fit placement of buffers by live range, within each buffer's ACT bank (one bank unless
+    act_banks is 2); returns ACT usage (peak words, and per bank)."""
+    config = program.config
+    size = config.act_words // config.act_banks
+    peaks = []
+    for bank in range(config.act_banks):
+        members = [b for b in buffers if config.act_banks == 1 or b.bank == bank]
+        peaks.append(_place(program, members, bank * size, size, target,
+                            f" (bank {bank} of {config.act_banks}: {size * config.lanes} bytes)"
+                            if config.act_banks > 1 else ""))
+    program.resolve()
+    report = {"act_bytes": (max(bank * size + peak for bank, peak in enumerate(peaks) if peak)
+                            if any(peaks) else 0) * config.lanes, "act_capacity": config.act_bytes}
+    if config.act_banks > 1:
+        report["act_bank_bytes"] = [peak * config.lanes for peak in peaks]
+    return report
+
+
+def _place(program: Program, buffers: list[Buffer], offset: int, size: int, target: str, where: str) -> int:
+    """First-fit placement of buffers into ACT words [offset, offset + size); returns the peak (words)."""
     config = program.config
     placed: list[Buffer] = []
     peak = 0
@@ -26,23 +45,22 @@ def allocate(program: Program, buffers: list[Buffer], target: str) -> dict[str, 
         live = sorted((b for b in placed if b.first <= buf.last and b.last >= buf.first), key=lambda b: b.base)
         base = 0
         for other in live:
-            if base + buf.words <= other.base:
+            if base + buf.words <= other.base - offset:
                 break
-            base = max(base, other.base + other.words)
-        buf.base = base
+            base = max(base, other.base - offset + other.words)
+        buf.base = offset + base
         placed.append(buf)
         peak = max(peak, base + buf.words)
-        if base + buf.words > config.act_words:
+        if base + buf.words > size:
             live_now = [b for b in placed if b.first <= buf.first <= b.last]
             need = sum(b.words for b in live_now) * config.lanes
             writer = "the host (a model input)" if buf.first < 0 else _describe(program.layers[buf.first])
             tensors = ", ".join(f"{b.name} {b.words * config.lanes} B" for b in live_now)
-            raise FitError(f"target {target}: {writer} needs {need} bytes of activation RAM at once "
-                           f"(live tensors: {tensors}) at address {base * config.lanes}, but the NPU has "
+            raise FitError(f"target {target}: {writer} needs {need} bytes of activation RAM at once{where} "
+                           f"(live tensors: {tensors}) at address {(offset + base) * config.lanes}, but the NPU has "
                            f"{config.act_bytes} bytes (backend_options.act_kb). Use a target with more on-chip "
                            "RAM, a smaller input size (--input-shape), or prune the model.")
-    program.resolve()
-    return {"act_bytes": peak * config.lanes, "act_capacity": config.act_bytes}
+    return peak
 
 
 def check_static(program: Program, target: str) -> dict[str, Any]:

@@ -10,6 +10,12 @@ weights is patched into it with icebram / ecpbram instead of place-and-route (th
 full rebuild byte for byte). Xilinx and Intel parts get a Vivado / Quartus project, built when the
 tool is on PATH.
 
+Single-port memories (`act_banks: 2`, `wgt_single_port`: the UP5K's SPRAM) keep their full depth
+(the bank is the top address bit; a weight image of any size up to WGT's fits the same design).
+SPRAM has no initial contents, so a host-loaded WGT is not in the bitstream: the report's
+`host_loads` names it, the session uploads it over the board link when it opens, and a model whose
+weights change but whose block-RAM memories do not needs no new bitstream at all.
+
 When the part cannot hold the instance, or the vendor tool is absent, the bundle is built without a
 bitstream and the report says why (`built: false`, `reason`); a tool that runs and fails fails the build.
 """
@@ -36,7 +42,7 @@ from .isa import DESC_WORDS, Images, NpuConfig
 log = logging.getLogger(__name__)
 
 NPU_DIR = fpga_parts.BOARDS_DIR.parent / "npu"
-RTL = [NPU_DIR / f for f in ("npu_ram.v", "npu_requant.v", "npu_core.v", "npu_top.v")] + \
+RTL = [NPU_DIR / f for f in ("npu_ram.v", "npu_spram.v", "npu_requant.v", "npu_core.v", "npu_top.v")] + \
       [fpga_parts.BOARDS_DIR / f for f in ("npu_uart.v", "npu_board.v")]
 TOP = "npu_board"
 CACHE = Path(os.environ.get("EDGEGEN_CACHE", Path.home() / ".cache" / "edgegen")) / "bitstreams"
@@ -46,14 +52,42 @@ _MIN_DEPTH = {"ice40": 256, "ecp5": 512}  # ecpbram patches memories of 512-word
 _BITFILE = {"ice40": "npu.bin", "ecp5": "npu.bit", "xilinx7": "npu.bit", "cyclonev": "npu.sof"}
 
 
+def host_loaded(config: NpuConfig) -> list[str]:
+    """Memories the bitstream cannot initialise: the host loads them over the board link."""
+    return ["wgt"] if config.wgt_single_port else []
+
+
+def single_port(config: NpuConfig) -> dict[str, int]:
+    """The NPU's single-port memories and their banks (what the planner puts into SPRAM)."""
+    return {**({"act": config.act_banks} if config.act_banks > 1 else {}),
+            **({"wgt": 1} if config.wgt_single_port else {})}
+
+
 def depths(config: NpuConfig, memory: dict[str, Any], family: str) -> dict[str, int]:
-    """RTL depth parameters sized to what the program uses, rounded up to whole block-RAM depths."""
+    """RTL depth parameters sized to what the program uses, rounded up to whole block-RAM depths;
+    single-port memories keep the configuration's full depth."""
     lanes = config.lanes
     used = {"ACT_WORDS": -(-memory["act_bytes"] // lanes), "WGT_WORDS": -(-memory["wgt_bytes"] // lanes),
             "PAR_WORDS": memory["par_entries"], "LUT_BYTES": memory["lut_tables"] * 256,
             "TAP_WORDS": memory["tap_entries"], "PROG_WORDS": (memory["layers"] + 1) * DESC_WORDS}
     floor = _MIN_DEPTH.get(family, 512)
-    return {k: max(1, -(-v // floor)) * floor for k, v in used.items()}
+    sizes = {k: max(1, -(-v // floor)) * floor for k, v in used.items()}
+    if config.act_banks > 1:
+        sizes["ACT_WORDS"] = config.act_words
+    if config.wgt_single_port:
+        sizes["WGT_WORDS"] = config.wgt_words
+    return sizes
+
+
+def _fitting_sizes(part: fpga_parts.Part, config: NpuConfig, sizes: dict[str, int]) -> dict[str, int]:
+    """iCE40: every depth rounded up to a power of two when the block RAM allows it. A depth between two
+    powers takes blocks of two depths and Yosys joins them with an output multiplexer: a 768 x 72 PAR
+    cost 185 LUT4 (14 blocks), 1024 x 72 none (18 blocks), on a part with 5280 logic cells."""
+    if part.family != "ice40":
+        return sizes
+    rounded = {k: 1 << (v - 1).bit_length() for k, v in sizes.items()}
+    need = fpga_parts.estimate(part, config.lanes, rounded, single_port(config))
+    return rounded if need["ram"]["need"] <= need["ram"]["available"] else sizes
 
 
 def padded_hex(images: Images, lanes: int, sizes: dict[str, int], directory: Path) -> dict[str, str]:
@@ -88,7 +122,8 @@ def architecture(board: Board, config: NpuConfig, sizes: dict[str, int], freq_mh
     digest = hashlib.sha256()
     for path in [*RTL, board.constraint_path]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    facts = {"board": board.name, "part": board.part, "lanes": config.lanes, "sizes": sizes, "freq": freq_mhz,
+    facts = {"board": board.name, "part": board.part, "lanes": config.lanes, "act_banks": config.act_banks,
+             "wgt_single_port": config.wgt_single_port, "sizes": sizes, "freq": freq_mhz,
              "baud": baud, "tools": openflow.versions() if board.fpga.flow == "open" else board.fpga.flow}
     digest.update(json.dumps(facts, sort_keys=True).encode())
     return digest.hexdigest()[:20]
@@ -100,17 +135,20 @@ def stage(workdir: Path, target: Target, config: NpuConfig, memory: dict[str, An
     options = target.backend_options
     board = fpga_parts.board(options["board"], f"{target.path}: backend_options.board")
     part = board.fpga
-    sizes = depths(config, memory, part.family)
+    sizes = _fitting_sizes(part, config, depths(config, memory, part.family))
     baud = int(options.get("baud", 1_000_000))
     freq = float(options.get("fmax_mhz", board.clock_hz / 1e6))
     report: dict[str, Any] = {"board": board.name, "part": part.name, "flow": part.flow, "lanes": config.lanes,
-                              "memory_depths": sizes, "clock_mhz": board.clock_hz / 1e6, "baud": baud}
+                              "memory_depths": sizes, "clock_mhz": board.clock_hz / 1e6, "baud": baud,
+                              "host_loads": host_loaded(config),
+                              "preloaded": [name for name in HEX if name not in host_loaded(config)]}
     try:
-        report["plan"] = fpga_parts.check_fit(part, config.lanes, sizes, f"target {target.name}")
+        report["plan"] = fpga_parts.check_fit(part, config.lanes, sizes, f"target {target.name}", single_port(config))
     except DoesNotFitError as exc:
         return _skipped(workdir, report, str(exc))
     params = {"CLK_HZ": board.clock_hz, "BAUD": baud, "LED_ACTIVE_LOW": int(board.led_active_low),
-              "LANES": config.lanes, **sizes, **{param: f"mem/{name}.hex" for name, param in HEX.items()}}
+              "LANES": config.lanes, "ACT_BANKS": config.act_banks, "WGT_SINGLE_PORT": int(config.wgt_single_port),
+              **sizes, **{param: f"mem/{name}.hex" for name, param in HEX.items()}}
     out = workdir / "fpga"
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -151,7 +189,7 @@ def _open_flow(out: Path, board: Board, params: dict, images: Images, config: Np
     if (cached / "summary.json").is_file():
         summary = json.loads((cached / "summary.json").read_text())
         try:
-            result = _swap(cached, device, images, config.lanes, sizes, summary)
+            result = _swap(cached, device, images, config.lanes, sizes, summary, host_loaded(config))
         except ToolFailedError as exc:  # the patcher cannot tell some block RAMs apart: build in full
             why = str(exc).strip().splitlines()[-1]
             log.warning("weight swap failed (%s); building the bitstream in full", why)
@@ -162,7 +200,8 @@ def _open_flow(out: Path, board: Board, params: dict, images: Images, config: Np
     shutil.copyfile(result["bitstream"], out / bitfile)
     (out / "mem").mkdir(exist_ok=True)
     for name in HEX:
-        shutil.copyfile(result["mem"] / f"{name}.hex", out / "mem" / f"{name}.hex")
+        if name not in host_loaded(config):
+            shutil.copyfile(result["mem"] / f"{name}.hex", out / "mem" / f"{name}.hex")
     logs = result.get("logs", cached)
     for log_name in ("synth.log", "pnr.log", "nextpnr_report.json", "swap.log"):
         if (logs / log_name).is_file():
@@ -221,8 +260,10 @@ def tempfile_dir(parent: Path, name: str) -> str:
     return tempfile.mkdtemp(prefix=f".{name}.", dir=parent)
 
 
-def _swap(cached: Path, device, images: Images, lanes: int, sizes: dict[str, int], summary: dict) -> dict[str, Any]:
-    """Patch the new memory images into the cached placed design and pack it: no place-and-route."""
+def _swap(cached: Path, device, images: Images, lanes: int, sizes: dict[str, int], summary: dict,
+          host_loads: list[str]) -> dict[str, Any]:
+    """Patch the new memory images into the cached placed design and pack it: no place-and-route
+    (memories the host loads are not in the bitstream: nothing to patch)."""
     work = Path(tempfile_dir(cached, "swap"))
     start = time.perf_counter()
     new = padded_hex(images, lanes, sizes, work / "mem")
@@ -232,7 +273,7 @@ def _swap(cached: Path, device, images: Images, lanes: int, sizes: dict[str, int
     bitfile = summary["bitstream"]
     try:
         for name in HEX:
-            if (cached / "mem" / f"{name}.hex").read_text() == new[name]:
+            if name in host_loads or (cached / "mem" / f"{name}.hex").read_text() == new[name]:
                 continue
             step = f"{len(patched)}_{text}"
             openflow.patch_bram(device, current, f"../mem/{name}.hex", f"mem/{name}.hex", step, work,

@@ -19,6 +19,7 @@ from ...graph import Graph
 from ...targets import Target
 from ..tflite.prepare import prepare
 from .alloc import allocate, check_static, encode
+from .banks import assign_banks
 from .isa import KIND_ADD, KIND_MUL, NpuConfig
 from .lower import SUPPORTED, Lowerer
 
@@ -59,8 +60,12 @@ def lower_graph(graph: Graph, config: NpuConfig, target: str = "the target"):
     if not p.quant:
         raise BuildError(f"{graph.source}: the NPU runs int8 only and is compiled from the quantized QDQ graph; "
                          "build with --precision int8")
-    lowered = Lowerer(p, config).run()
+    lowerer = Lowerer(p, config)
+    lowered = lowerer.run()
+    bank_copies = assign_banks(lowerer, lowered) if config.act_banks > 1 else None
     memory = {**check_static(lowered.program, target), **allocate(lowered.program, lowered.buffers, target)}
+    if bank_copies is not None:
+        memory["bank_copies"] = bank_copies
     return lowered, memory, encode(lowered.program)
 
 

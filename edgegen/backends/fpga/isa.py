@@ -39,14 +39,24 @@ class NpuConfig:
     lut_bytes: int = 4096
     tap_entries: int = 1024
     prog_words: int = 1024
+    act_banks: int = 1  # 2: ACT is two single-port banks; a layer's output and inputs sit in different banks
+    wgt_single_port: bool = False  # WGT is single-port, loaded by the host (not initialised by the bitstream)
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "NpuConfig":
-        """From a target's backend_options: lanes, act_kb, wgt_kb, par_entries, lut_tables, tap_entries, prog_layers."""
+        """From a target's backend_options: lanes, act_kb, wgt_kb, par_entries, lut_tables, tap_entries,
+        prog_layers, act_banks, wgt_single_port."""
         lanes = int(options.get("lanes", 8))
         if lanes < 1 or lanes > 64 or lanes & (lanes - 1):
             raise ValueError(f"lanes must be a power of two from 1 to 64, got {lanes}")
-        return cls(lanes=lanes,
+        banks = int(options.get("act_banks", 1))
+        if banks not in (1, 2):
+            raise ValueError(f"act_banks must be 1 or 2, got {banks}")
+        act_kb = int(options.get("act_kb", 32))
+        if banks == 2 and act_kb & (act_kb - 1):
+            raise ValueError(f"act_kb must be a power of two with act_banks 2 (its top address bit picks the bank), "
+                             f"got {act_kb}")
+        return cls(lanes=lanes, act_banks=banks, wgt_single_port=bool(options.get("wgt_single_port", False)),
                    act_words=int(options.get("act_kb", 32)) * 1024 // lanes,
                    wgt_words=int(options.get("wgt_kb", 32)) * 1024 // lanes,
                    par_entries=int(options.get("par_entries", 512)),
@@ -187,17 +197,16 @@ class Images:
     tap: np.ndarray  # uint64 [entries]
     prog: np.ndarray  # uint32 [words]
 
-    def host_writes(self) -> list[tuple[int, bytes]]:
-        """(host byte address, bytes) that load this program into an NPU."""
+    def host_writes(self, only: list[str] | None = None) -> list[tuple[int, bytes]]:
+        """(host byte address, bytes) that load this program into an NPU (only: these memories, by name)."""
         par = np.zeros((len(self.par), PAR_STRIDE), np.uint8)
         par[:, 0:4] = self.par[:, 0].astype("<i4").view(np.uint8).reshape(-1, 4)
         par[:, 4:8] = self.par[:, 1].astype("<i4").view(np.uint8).reshape(-1, 4)
         par[:, 8] = self.par[:, 2].astype(np.int8).view(np.uint8)
-        return [(region_address("wgt", 0), self.wgt.astype(np.int8).tobytes()),
-                (region_address("par", 0), par.tobytes()),
-                (region_address("lut", 0), self.lut.astype(np.uint8).tobytes()),
-                (region_address("tap", 0), self.tap.astype("<u8").tobytes()),
-                (region_address("prog", 0), self.prog.astype("<u4").tobytes())]
+        writes = {"wgt": self.wgt.astype(np.int8).tobytes(), "par": par.tobytes(),
+                  "lut": self.lut.astype(np.uint8).tobytes(), "tap": self.tap.astype("<u8").tobytes(),
+                  "prog": self.prog.astype("<u4").tobytes()}
+        return [(region_address(name, 0), data) for name, data in writes.items() if only is None or name in only]
 
     def save(self, path) -> None:
         np.savez(path, wgt=self.wgt, par=self.par, lut=self.lut, tap=self.tap, prog=self.prog)

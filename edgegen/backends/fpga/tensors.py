@@ -24,6 +24,7 @@ class Buffer:
     last: int = -1  # index of the last layer that reads it (end of program for outputs)
     base: int | None = None
     tensors: list[str] = field(default_factory=list)
+    bank: int | None = None  # ACT bank (act_banks 2): the top address bit of every word of the buffer
 
 
 @dataclass
