@@ -112,6 +112,10 @@ CASES = {
                         helper.make_node("Mul", ["x", "h"], ["y"])], [_init("w", 4, 4, 1, 1)], [1, 4, 5, 5],
                        {"MEAN": 1, "CONV_2D": 1}),
     "elu": (*_unary("Elu"), [1, 3, 4, 4], {"ELU": 1}),
+    "softplus_thresholded": ([helper.make_node("Softplus", ["x"], ["s"]), helper.make_node("Greater", ["x", "t"], ["g"]),
+                              helper.make_node("Where", ["g", "x", "s"], ["y"])],
+                             [numpy_helper.from_array(np.float32(0.5), "t")], [1, 3, 4, 4],
+                             {"EXP": 1, "LOG": 1, "GREATER": 1, "SELECT_V2": 1}),
     # padding
     "pad_reflect": ([helper.make_node("Pad", ["x", "pads"], ["y"], mode="reflect")],
                     [_const("pads", [0, 0, 3, 1, 0, 0, 3, 2])], [1, 3, 8, 8], {"MIRROR_PAD": 0, "SLICE": 9}),

@@ -8,7 +8,7 @@ from __future__ import annotations
 _INT8_V2 = {"ADD", "SUB", "CONCATENATION", "PAD", "PADV2", "MIRROR_PAD", "MEAN", "RELU", "RELU6", "MAXIMUM",
             "MINIMUM", "TANH", "LOGISTIC", "SLICE", "STRIDED_SLICE", "TRANSPOSE", "GATHER", "DEPTH_TO_SPACE",
             "SQUARED_DIFFERENCE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "MUL", "RSQRT",
-            "MAX_POOL_2D", "AVERAGE_POOL_2D", "REDUCE_MAX", "SUM", "ELU", "GELU"}
+            "MAX_POOL_2D", "AVERAGE_POOL_2D", "REDUCE_MAX", "SUM", "GELU"}
 
 
 def version(code: str, in_types: list[str], out_types: list[str], ranks: list[int], options=None,

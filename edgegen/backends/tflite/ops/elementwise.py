@@ -56,7 +56,9 @@ def unary(lw: Lowerer, node: onnx.NodeProto) -> None:
         options = lw.options("Gelu", approximate=attrs(node).get("approximate", "none") == "tanh")
     # LiteRT's XNNPACK takes no int8 HARD_SWISH (each one would split the graph); between DEQUANTIZE
     # and QUANTIZE onto the same grids it stays inside the delegate
-    _unary_op(lw, node, code, options, int8_ok=not (code == "HARD_SWISH" and lw.delegate == "xnnpack"))
+    # LiteRT registers ELU for float only
+    _unary_op(lw, node, code, options,
+              int8_ok=code != "ELU" and not (code == "HARD_SWISH" and lw.delegate == "xnnpack"))
 
 
 def _clip_bounds(node: onnx.NodeProto, p: Prepared) -> tuple[float | None, float | None]:
@@ -159,8 +161,64 @@ def binary(lw: Lowerer, node: onnx.NodeProto) -> None:
             operands.append(lw.weight(layout_const(qc.data, rank, ref.nhwc, ref.order), hint, qc.params))
         else:
             operands.append(lw.weight(layout_const(lw.const(name).astype(np.float32), rank, ref.nhwc, ref.order), hint))
-    shape = [int(d) for d in np.broadcast_shapes(*(tuple(lw.b.shape(i)) for i in operands))]
-    lw.op(code, operands, [lw.define(out, shape, ref.nhwc, ref.order, grid)])
+    lw.op(code, operands, [lw.define(out, _broadcast(lw, operands), ref.nhwc, ref.order, grid)])
+
+
+
+_COMPARE = {"Greater": "GREATER", "Less": "LESS", "GreaterOrEqual": "GREATER_EQUAL", "LessOrEqual": "LESS_EQUAL",
+            "Equal": "EQUAL"}
+
+
+def _float_operands(lw: Lowerer, names: list[str]) -> tuple[list[int], Value]:
+    """Float operands in the layout of the first computed one (constants laid out to match), and that one."""
+    variable = [n for n in names if lw.const(n) is None]
+    ref = lw.as_float(variable[0])
+    operands = []
+    for name in names:
+        if name in variable:
+            operands.append(lw.reorder(lw.as_float(name), ref.order).index)
+        else:
+            array = lw.const(name)
+            array = array.astype(np.float32) if array.dtype != np.bool_ else array
+            operands.append(lw.weight(layout_const(array, len(lw.tshape(ref)), ref.nhwc, ref.order),
+                                      f"{lw.node.name}/{name}"))
+    return operands, ref
+
+
+def _broadcast(lw: Lowerer, operands: list[int]) -> list[int]:
+    return [int(d) for d in np.broadcast_shapes(*(tuple(lw.b.shape(i)) for i in operands))]
+
+
+@rule(*_COMPARE, check=_check_binary)
+def compare(lw: Lowerer, node: onnx.NodeProto) -> None:
+    """A float comparison giving a bool tensor (e.g. an exporter's softplus threshold)."""
+    operands, ref = _float_operands(lw, list(node.input))
+    lw.op(_COMPARE[node.op_type], operands,
+          [lw.define(node.output[0], _broadcast(lw, operands), ref.nhwc, ref.order, dtype="bool")])
+
+
+def _check_where(node: onnx.NodeProto, p: Prepared) -> str | None:
+    if node.input[0] in p.consts or all(i in p.consts for i in node.input[1:]):
+        return "a Where with a constant condition or constant branches is not supported"
+    return _check_binary(node, p)
+
+
+@rule("Where", check=_check_where)
+def where(lw: Lowerer, node: onnx.NodeProto) -> None:
+    """SELECT_V2 of two float branches by a computed condition."""
+    operands, ref = _float_operands(lw, list(node.input))
+    lw.op("SELECT_V2", operands, [lw.define(node.output[0], _broadcast(lw, operands), ref.nhwc, ref.order)])
+
+
+@rule("Softplus", check=static_shapes)
+def softplus(lw: Lowerer, node: onnx.NodeProto) -> None:
+    """log(exp(x) + 1) in float."""
+    value = lw.as_float(node.input[0])
+    shape = lw.tshape(value)
+    exp, plus = lw.temp(shape, hint="exp"), lw.temp(shape, hint="exp_plus_1")
+    lw.op("EXP", [value.index], [exp])
+    lw.op("ADD", [exp, lw.weight(np.array([1.0], np.float32), f"{node.name}/one")], [plus])
+    lw.op("LOG", [plus], [lw.define(node.output[0], shape, value.nhwc, value.order)])
 
 
 def _check_norm(node: onnx.NodeProto, p: Prepared) -> str | None:
