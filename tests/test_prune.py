@@ -282,6 +282,18 @@ def test_prune_to_floor_and_to_macs():
         prune_to_macs(graph, calibration, 10)
 
 
+
+def test_each_group_alone_prunes_one_group_per_model():
+    graph = Graph.load(FAMILIES / "mobilenet_resnet__dynamo_dyn.onnx")
+    pruner = Pruner(graph, load_calibration(graph.inputs, None, 8))
+    alone = pruner.each_group_alone(0.3)
+    assert len(alone) == len(pruner.keep(0.3)) >= 2
+    before, together = pruner.costs_before["macs"], pruner.costs(pruner.model(0.3, True)[0])["macs"]
+    for group, model in alone:
+        macs = pruner.costs(model)["macs"]
+        assert together < macs < before, (group.producers, together, macs, before)
+
+
 # The CycleGAN and fast-style fixtures are random networks with an InstanceNorm after every conv: their
 # channels are close to independent (the top 70% of principal components hold only 84-94% of each layer's
 # activation energy), so no linear reconstruction can bring 30% pruning near 30 dB; there reconstruction

@@ -3,7 +3,9 @@
 For each family and ratio: MACs and parameters before/after, PSNR/SSIM of the pruned model against the
 unpruned one on held-out inputs with and without least-squares reconstruction, the time pruning took,
 and ONNX Runtime latency (1 thread, batch 1) of the unpruned and pruned models measured interleaved in
-the same run. Writes JSON and a Markdown table.
+the same run. Where a ratio with reconstruction stays below --sensitivity-below dB, each channel group is
+also pruned alone at that ratio (reconstructed) to show whether one group or every group costs the quality.
+Writes JSON and Markdown tables.
 
     .venv/bin/python tools/bench_prune.py --out bench
 """
@@ -27,7 +29,7 @@ from edgegen import zoo
 from edgegen.fileio import write_text
 from edgegen.graph import Graph
 from edgegen.passes.calibration import load_calibration
-from edgegen.passes.prune import HELD_OUT_COUNT, HELD_OUT_SEED, prune
+from edgegen.passes.prune import HELD_OUT_COUNT, HELD_OUT_SEED, Pruner, prune
 
 FAMILIES = Path(__file__).resolve().parent.parent / "tests" / "data" / "families"
 NAMES = ["dcgan", "cgan_dcgan", "pix2pix_unet", "cyclegan_resnet", "espcn", "fast_style", "tiny_decoder",
@@ -41,6 +43,8 @@ def main() -> int:
     parser.add_argument("--variant", default="dynamo_dyn", help="fixture variant (legacy_dyn, dynamo_dyn, ...)")
     parser.add_argument("--calibration-count", type=int, default=32)
     parser.add_argument("--runs", type=int, default=50, help="timed runs per model for latency")
+    parser.add_argument("--sensitivity-below", type=float, default=30.0,
+                        help="prune each group alone where the reconstructed PSNR is below this (dB)")
     args = parser.parse_args()
     rows = []
     models = [(f"zoo:{name}", f"zoo:{name}") for name in zoo.names()] + \
@@ -66,8 +70,11 @@ def main() -> int:
                          "without_reconstruction": quality["without_reconstruction"]["ssim"]},
                 "prune_seconds": round(seconds, 2), "ort_ms": {"unpruned": base_ms, "pruned": pruned_ms}})
             print(render_row(rows[-1]), flush=True)
+            if quality["with_reconstruction"]["psnr_db"] < args.sensitivity_below:
+                rows[-1]["groups_alone"] = groups_alone(graph, calibration, ratio)
     meta = {"command": f".venv/bin/python tools/bench_prune.py --out {args.out} --ratios {args.ratios} "
-                       f"--variant {args.variant} --calibration-count {args.calibration_count} --runs {args.runs}",
+                       f"--variant {args.variant} --calibration-count {args.calibration_count} --runs {args.runs} "
+                       f"--sensitivity-below {args.sensitivity_below:g}",
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "versions": {"onnx": onnx.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__},
@@ -79,6 +86,14 @@ def main() -> int:
     write_text(out / "prune.md", render(meta, rows))
     print((out / "prune.md").read_text())
     return 0
+
+
+def groups_alone(graph: Graph, calibration, ratio: float) -> list[dict]:
+    """PSNR with reconstruction when only one channel group is pruned at `ratio`, for every group."""
+    pruner = Pruner(graph, calibration)
+    evaluator = pruner.default_evaluator()
+    return [{"layers": g.producers, "channels": [g.size, len(pruner.keep(ratio)[g.root])],
+             "psnr_db": evaluator.quality(model)["psnr_db"]} for g, model in pruner.each_group_alone(ratio)]
 
 
 def latency(models: list[onnx.ModelProto], feeds: dict[str, np.ndarray], runs: int) -> list[float]:
@@ -117,7 +132,15 @@ def render(meta: dict, rows: list[dict]) -> str:
              "| model | ratio | MMACs | params | PSNR dB, no refit | PSNR dB, LS refit | SSIM, no refit "
              "| SSIM, LS refit | groups pruned / excluded | layers refit | prune s | ORT ms unpruned -> pruned |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    return "\n".join(lines + [render_row(r) for r in rows]) + "\n"
+    lines += [render_row(r) for r in rows]
+    alone = [r for r in rows if r.get("groups_alone")]
+    if alone:
+        lines += ["", "Where the reconstructed PSNR stays low, each channel group pruned alone at the same ratio "
+                  "(reconstructed), against the unpruned model:", "",
+                  "| model | ratio | group (its layers) | channels kept | PSNR dB, this group alone |", "|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['ratio']:.0%} | {', '.join(g['layers'][:3])} | {g['channels'][1]} of "
+                  f"{g['channels'][0]} | {g['psnr_db']:.1f} |" for r in alone for g in r["groups_alone"]]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -160,6 +160,17 @@ class Pruner:
             self._cache[ratio, reconstruct] = self._reconstruct(pruned, keep) if reconstruct else (pruned, [], [])
         return self._cache[ratio, reconstruct]
 
+    def each_group_alone(self, ratio: float) -> list[tuple[Group, onnx.ModelProto]]:
+        """For every group that loses channels at `ratio`: the model with only that group pruned, reconstructed
+        (how much each group alone costs: the sensitivity behind a ratio that misses a floor)."""
+        keep = self.keep(ratio)
+        result = []
+        for g in self.prunable:
+            if g.root in keep:
+                alone = {g.root: keep[g.root]}
+                result.append((g, self._reconstruct(remove_channels(self.work, self.cg, alone), alone)[0]))
+        return result
+
     def _reconstruct(self, pruned: onnx.ModelProto, keep: dict[int, np.ndarray]):
         layers, skipped = [], []
         for c in self.cg.consumers:
