@@ -76,7 +76,7 @@ def test_planner_refuses_the_8_lane_npu_on_the_up5k():
     part = fpga_parts.PARTS["iCE40UP5K-SG48"]
     depths = {param: 512 for _, param, _ in fpga_parts.MEMORIES}
     with pytest.raises(fpga_parts.DoesNotFitError, match=r"13 SB_MAC16 \(dsp\) of 8"):
-        fpga_parts.check_fit(part, 8, depths, "target ice40-up5k")
+        fpga_parts.check_fit(part, 8, depths, "target ice40-up5k-8lane")
     need = fpga_parts.check_fit(part, 2, {**depths, "ACT_WORDS": 2048, "WGT_WORDS": 2048, "PAR_WORDS": 256,
                                           "TAP_WORDS": 256, "PROG_WORDS": 256}, "t")
     assert need["dsp"]["need"] == 7 and need["ram"]["need"] <= 30
@@ -121,9 +121,9 @@ def test_block_ram_counts_use_the_cheapest_aspect_ratio():
 
 def test_the_8_lane_up5k_build_records_why_it_has_no_bitstream(tmp_path):
     out = tmp_path / "b"
-    result = build(_model(tmp_path, 1), "ice40-up5k", out, precision="int8")
+    result = build(_model(tmp_path, 1), "ice40-up5k-8lane", out, precision="int8")
     report = result.manifest["session"]["bitstream"]
-    assert report["built"] is False and "SB_MAC16" in report["reason"] and "ice40-up5k" in report["reason"]
+    assert report["built"] is False and "SB_MAC16" in report["reason"] and "ice40-up5k-8lane" in report["reason"]
     assert json.loads((out / "reports" / "bitstream.json").read_text())["built"] is False
     assert not (out / "fpga").exists()
 

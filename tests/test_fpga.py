@@ -108,15 +108,15 @@ def test_zoo_generator_does_not_fit_the_ecp5_and_says_why():
 
 
 def test_tiny_zoo_generator_builds_for_the_up5k_and_matches_onnxruntime(tmp_path):
-    build("zoo:glyphtiny", "ice40-up5k", tmp_path / "b")
+    build("zoo:glyphtiny", "ice40-up5k-8lane", tmp_path / "b")
     report = json.loads((tmp_path / "b" / "reports" / "npu.json").read_text())
     memory, config = report["memory"], report["config"]
     assert config["lanes"] == 8 and memory["act_bytes"] <= memory["act_capacity"] == 64 * 1024
     assert memory["wgt_bytes"] <= memory["wgt_capacity"] == 64 * 1024
     image = Generator.open(tmp_path / "b").generate(seed=3, label=7)
     assert image.shape == (32, 32, 3)
-    compiled = emu.compile_for(emu.quantize(Graph.load("zoo:glyphtiny"), 8),
-                               NpuConfig.from_options(targets.load("ice40-up5k").backend_options), tmp_path / "npu")
+    config = NpuConfig.from_options(targets.load("ice40-up5k-8lane").backend_options)
+    compiled = emu.compile_for(emu.quantize(Graph.load("zoo:glyphtiny"), 8), config, tmp_path / "npu")
     stats = emu.agreement(compiled, samples=2)
     assert stats["within_1_lsb"] >= 0.99, stats
 
@@ -163,13 +163,15 @@ def test_float_layers_and_unsupported_ops_are_refused_by_name(tmp_path):
 
 
 def test_targets_describe_their_npu():
-    for name, lanes in (("fpga-sim", 8), ("ice40-up5k", 8), ("ecp5-85f", 32)):
+    for name, lanes in (("fpga-sim", 8), ("ice40-up5k-8lane", 8), ("ice40-up5k", 2), ("ecp5-85f", 32)):
         target = targets.load(name)
         assert target.backend == "fpga" and target.precisions == ["int8"]
         config = NpuConfig.from_options(target.backend_options)
         assert config.lanes == lanes
-    up5k = NpuConfig.from_options(targets.load("ice40-up5k").backend_options)
-    assert up5k.act_bytes + up5k.wgt_bytes <= 128 * 1024  # the UP5K's SPRAM
+    for name in ("ice40-up5k-8lane", "ice40-up5k"):
+        up5k = NpuConfig.from_options(targets.load(name).backend_options)
+        assert up5k.act_bytes + up5k.wgt_bytes <= 128 * 1024  # the UP5K's SPRAM
+    assert (up5k.act_banks, up5k.wgt_single_port) == (2, True)  # ice40-up5k's memories are in SPRAM
 
 
 def test_fpga_bundle_builds_verifies_and_serves(tmp_path, cgen_path):

@@ -34,7 +34,7 @@ from conftest import DATA
 logging.getLogger().setLevel(logging.ERROR)
 SIM = NpuConfig.from_options(targets.load("fpga-sim").backend_options)
 BIG = NpuConfig.from_options({"lanes": 8, "act_kb": 1024, "wgt_kb": 1024, "par_entries": 16384})
-UP5K = NpuConfig.from_options(targets.load("ice40-up5k").backend_options)
+UP5K = NpuConfig.from_options(targets.load("ice40-up5k-8lane").backend_options)
 HW = DATA.parent.parent / "hw" / "npu"
 
 

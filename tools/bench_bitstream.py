@@ -4,8 +4,8 @@ simulation), images/s = Fmax / cycles, the time of each stage, and the weight sw
 new weights, patched with icebram/ecpbram) against a full rebuild, which must give the same bytes.
 
 Writes bench/bitstream.json and bench/bitstream.md. Usage: python tools/bench_bitstream.py --out bench
-[--only ice40|ecp5] [--models dcgan,...] [--full-only]. Each row records the run (command, date, load) that
-measured it; a run replaces its own rows and keeps the others (runs of disjoint rows may go at the same time).
+[--only ice40|ecp5] [--targets ice40-up5k,...] [--models dcgan,...] [--full-only] [--no-rebuild]. Each row
+records the run (command, date, load) that measured it; a run replaces its own rows and keeps the others (runs of disjoint rows may go at the same time).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from edgegen.errors import EdgegenError  # noqa: E402
 from edgegen.fileio import write_text  # noqa: E402
 
 FAMILIES = ROOT / "tests" / "data" / "families"
+SPRAM_TARGET = "ice40-up5k"  # the UP5K with weights and activations in SPRAM
 
 
 def reweighted(source: Path, dest: Path, seed: int) -> Path:
@@ -104,13 +105,13 @@ def render(meta: dict, rows: list[dict]) -> str:
              "YoWASP compiling the patcher's WebAssembly once, the warm one patches a third set of weights; "
              "`= rebuild`: the patched bitstream equals a full rebuild "
              "of the new weights byte for byte.", "",
-             "| model | target (part, lanes) | logic | block RAM | DSP | Fmax MHz | cycles/image | images/s at Fmax "
-             "| synth s | P&R s | pack s | full build s | swap s (first, warm) | swap build s | = rebuild |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | target (part, lanes) | logic | block RAM | SPRAM | DSP | Fmax MHz | cycles/image | images/s at "
+             "Fmax | synth s | P&R s | pack s | full build s | swap s (first, warm) | swap build s | = rebuild |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         model = f"{r['model']} [{runs.index(json.dumps(r['run'], sort_keys=True)) + 1}]"
         if "error" in r:
-            lines.append(f"| {model} | {r['target']} | does not build: {r['error'][:300]} |" + " - |" * 12)
+            lines.append(f"| {model} | {r['target']} | does not build: {r['error'][:300]} |" + " - |" * 13)
             continue
         res = r["resources"]
         logic = res.get("logic_cells") or res.get("luts")
@@ -118,7 +119,8 @@ def render(meta: dict, rows: list[dict]) -> str:
         st = r["stages_s"]
         swap = r.get("weight_swap") or {}
         lines.append(f"| {model} | {r['target']} ({r['part']}, {r['lanes']}) | {cell(logic)} | "
-                     f"{cell(res.get('bram'))} | {cell(res.get('dsp'))} | {r['fmax_mhz']} | {r['cycles_per_image']} | "
+                     f"{cell(res.get('bram'))} | {cell(res.get('spram'))} | {cell(res.get('dsp'))} | {r['fmax_mhz']} | "
+                     f"{r['cycles_per_image']} | "
                      f"{r['images_per_s']} | {st['synthesis']:.1f} | {st['place_and_route']:.1f} | {st['pack']:.1f} | "
                      f"{r['build_s']} | {swap.get('seconds', '-')}, {r.get('warm_swap_s', '-')} | "
                      f"{r.get('swap_build_s', '-')} | "
@@ -143,6 +145,7 @@ def main() -> int:
     parser.add_argument("--no-rebuild", action="store_true", help="skip the byte-for-byte full rebuild check")
     parser.add_argument("--only", choices=["ice40", "ecp5"], help="one family only")
     parser.add_argument("--models", help="comma-separated model labels only (tiny_decoder, zoo:NAME, dcgan)")
+    parser.add_argument("--targets", help="comma-separated target names only (ice40-up5k-bram, ...)")
     parser.add_argument("--full-only", action="store_true", help="full builds only: no weight swaps, no rebuild")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
@@ -157,6 +160,9 @@ def main() -> int:
         for name in zoo.names():  # the zoo generators, or why they do not fit the UP5K's block RAM
             source = zoo.resolve(f"{zoo.PREFIX}{name}")
             plans.append((f"zoo:{name}", source, source, "ice40-up5k-bram"))
+        for name in zoo.names():  # weights and activations in the UP5K's SPRAM
+            source = zoo.resolve(f"{zoo.PREFIX}{name}")
+            plans.append((f"zoo:{name}", source, reweighted(source, work / f"{name}-b.onnx", 3), SPRAM_TARGET))
     if args.only in (None, "ecp5"):
         for name in zoo.names():  # the zoo generators; one that does not fit is reported with the reason
             source = zoo.resolve(f"{zoo.PREFIX}{name}")
@@ -166,8 +172,11 @@ def main() -> int:
     if args.models:
         wanted = set(args.models.split(","))
         plans = [p for p in plans if p[0].split(" ")[0] in wanted]
+    if args.targets:
+        plans = [p for p in plans if p[3] in set(args.targets.split(","))]
     run = {"command": "python tools/bench_bitstream.py --out bench" + (" --no-rebuild" if args.no_rebuild else "")
            + (f" --only {args.only}" if args.only else "") + (f" --models {args.models}" if args.models else "")
+           + (f" --targets {args.targets}" if args.targets else "")
            + (" --full-only" if args.full_only else ""),
            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "load": " / ".join(f"{x:.1f}" for x in os.getloadavg()[:2])}

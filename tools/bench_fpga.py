@@ -188,8 +188,8 @@ def main() -> int:
                                                         "tiny_decoder__legacy_b1", "mobilenet_resnet__legacy_b1"])
     args = parser.parse_args()
     logging.disable(logging.WARNING)
-    up5k, ecp5 = targets.load("ice40-up5k"), targets.load("ecp5-85f")
-    on_up5k = (NpuConfig.from_options(up5k.backend_options), "ice40-up5k", up5k.backend_options.get("fmax_mhz"))
+    up5k, ecp5 = targets.load("ice40-up5k-8lane"), targets.load("ecp5-85f")
+    on_up5k = (NpuConfig.from_options(up5k.backend_options), "ice40-up5k-8lane", up5k.backend_options.get("fmax_mhz"))
     on_ecp5 = (NpuConfig.from_options(ecp5.backend_options), "ecp5-85f", ecp5.backend_options.get("fmax_mhz"))
     plans = [("small_dcgan", *on_up5k), (f"{zoo.PREFIX}{TINY}", *on_up5k)]
     plans += [(m, WIDE, "8-lane, 512 KB", None) for m in args.models]
