@@ -104,39 +104,21 @@ def _fold_constants(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
 
 
 def _fold_batchnorm(p: Prepared) -> None:
-    """BN(conv(x)) -> conv'(x), and BN(reshape(gemm(x))) -> reshape(gemm'(x)): weights scaled and
-    bias shifted per output channel (float weights only)."""
+    """BN(conv(x)) -> conv'(x): weights scaled and bias shifted per output channel. (A BatchNorm after a
+    Gemm, directly or through a reshape to a map, is folded at import: `edgegen.fold_norm`.)"""
     for bn in [n for n in p.nodes if n.op_type == "BatchNormalization"]:
         if not all(i in p.consts for i in bn.input[1:5]) or any(bn.output[1:]) or not p.single_use(bn.input[0]):
             continue
         gamma, beta, mean, var = (p.consts[i].astype(np.float64) for i in bn.input[1:5])
         scale = gamma / np.sqrt(var + attrs(bn).get("epsilon", 1e-5))
-        shift = beta - mean * scale
         producer = p.producer(bn.input[0])
-        if producer is not None and producer.op_type == "Reshape" and p.single_use(producer.input[0]):
-            gemm = p.producer(producer.input[0])
-            shape = p.shapes.get(bn.input[0], [])
-            if gemm is None or gemm.op_type != "Gemm" or len(shape) != 4 or not _scale_outputs(
-                    p, gemm, np.repeat(scale, shape[2] * shape[3]), np.repeat(shift, shape[2] * shape[3])):
-                continue
-            producer.output[0] = bn.output[0]
-            _take_grid(p, gemm.output[0], bn.output[0])
-        elif producer is not None and producer.op_type in ("Conv", "ConvTranspose") and \
-                attrs(producer).get("group", 1) == 1 and _scale_outputs(p, producer, scale, shift):
-            producer.output[0] = bn.output[0]
-        else:
+        if producer is None or producer.op_type not in ("Conv", "ConvTranspose") or \
+                attrs(producer).get("group", 1) != 1 or not _scale_outputs(p, producer, scale, beta - mean * scale):
             continue
+        producer.output[0] = bn.output[0]
         p.quant.activations.pop(bn.input[0], None)  # the pre-normalization tensor no longer exists
         p.nodes.remove(bn)
     p.__post_init__()
-
-
-def _take_grid(p: Prepared, name: str, source: str) -> None:
-    """`name` now holds normalized values: it takes the grid of the normalized tensor (or none)."""
-    if source in p.quant.activations:
-        p.quant.activations[name] = p.quant.activations[source]
-    else:
-        p.quant.activations.pop(name, None)
 
 
 def _scale_outputs(p: Prepared, node: onnx.NodeProto, scale: np.ndarray, shift: np.ndarray) -> bool:
@@ -144,16 +126,10 @@ def _scale_outputs(p: Prepared, node: onnx.NodeProto, scale: np.ndarray, shift: 
 
     int8 weights (symmetric, per output channel) stay int8: the channel's grid absorbs |scale| and
     its integers the sign, so no value is re-rounded."""
-    a = attrs(node)
     weight = node.input[1]
     if weight not in p.consts:
         return False
-    if node.op_type == "Gemm":
-        if a.get("transA", 0) or a.get("beta", 1.0) == 0:
-            return False
-        axis, bias_factor = (0 if a.get("transB", 0) else 1), a.get("beta", 1.0)
-    else:
-        axis, bias_factor = (0 if node.op_type == "Conv" else 1), 1.0
+    axis = 0 if node.op_type == "Conv" else 1
     w = p.consts[weight].astype(np.float64)
     has_bias = len(node.input) > 2 and bool(node.input[2])
     if w.shape[axis] != scale.size or (has_bias and node.input[2] not in p.consts):
@@ -171,7 +147,7 @@ def _scale_outputs(p: Prepared, node: onnx.NodeProto, scale: np.ndarray, shift: 
         p.quant.constants[new_w] = qdq.QConst((qc.data * sign).astype(np.int8), params)
     bias = p.consts[node.input[2]].astype(np.float64).reshape(-1) if has_bias else np.zeros(scale.size)
     p.consts[new_w] = (w * scale.reshape(shape)).astype(np.float32)
-    p.consts[new_b] = (np.broadcast_to(bias, scale.shape) * scale + shift / bias_factor).astype(np.float32)
+    p.consts[new_b] = (np.broadcast_to(bias, scale.shape) * scale + shift).astype(np.float32)
     node.input[1] = new_w
     if has_bias:
         node.input[2] = new_b
