@@ -10,7 +10,7 @@ preview needs) in ``--workers`` processes ahead of the training loop; loss, imag
 
     L1(glyphtiny(z, y), teacher) + w_sharp * L1(grad glyphtiny(z, y), grad teacher)
 
-Sized for the edgegen NPU on the UP5K (``targets/ice40-up5k.yaml``: 8 lanes, 64 KB activations,
+Sized for the edgegen NPU on the UP5K (``targets/ice40-up5k-8lane.yaml``: 8 lanes, 64 KB activations,
 64 KB weights): about 56 K int8 weights, no activation tensor over 16 KB (the 32x32 maps have 16
 channels), ~13 MMACs:
 
