@@ -54,8 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-count", type=int, default=32, metavar="N", help="calibration samples (default 32)")
     p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax")
     p.add_argument("--prune", type=float, metavar="RATIO",
-                   help="structured channel pruning: share of channels removed per group, in (0, 1); with "
-                        "--min-psnr/--min-ssim, the largest ratio up to RATIO that meets the floor")
+                   help="structured channel pruning to the MACs of removing this share of channels in every "
+                        "group, in (0, 1), re-allocated across groups by measured sensitivity where that is better; "
+                        "with --min-psnr/--min-ssim, the largest uniform ratio up to RATIO that meets the floor")
     p.add_argument("--prune-to-macs", type=_count, metavar="N", help="prune until the model needs at most N MACs "
                                                                      "(e.g. 50M)")
     p.add_argument("--no-bitstream", dest="bitstream", action="store_false",

@@ -5,11 +5,14 @@
    touched (graph inputs and outputs, ops edgegen does not model), with reasons.
 2. Importance (`channel_importance`): calibration activations times the weight norms of the layers
    that read each channel.
-3. Selection: the same ratio in every prunable group: floor(ratio x channels) channels, the least
-   important, at least one kept. One ratio everywhere keeps every layer's share of the work and makes
-   MACs fall predictably (about (1 - ratio)^2 for layers between two pruned groups); rounding down
-   means no group loses more than asked, and groups too narrow to lose a whole channel stay intact.
-   Groups of 32 channels or more keep a multiple of 8 (rounded up), which vector kernels need.
+3. Selection: within a group the least important channels go. `prune(ratio)` first takes the same
+   ratio in every prunable group (floor(ratio x channels), at least one kept; groups of 32 channels or
+   more keep a multiple of 8, which vector kernels need), then re-allocates that MAC budget by measured
+   sensitivity (`Pruner.allocate`): each group pruned alone at the ratio gives its damage (MSE against
+   the unpruned model, reconstructed) and its MAC saving, and the groups get their own ratios with at
+   most the uniform result's MACs and the least modelled damage. The allocation is kept only when its
+   reconstructed quality beats the uniform one; the report shows both. The ratio searches use the
+   uniform selection, whose MACs fall predictably with the ratio.
 4. Reconstruction (`reconstruct`): layers that lost input channels are re-fitted by least squares so
    their outputs match the unpruned model's on the calibration data.
 
@@ -41,21 +44,23 @@ log = logging.getLogger(__name__)
 HELD_OUT_SEED = 20_000  # default quality check inputs; calibration uses seeds 0..n-1
 HELD_OUT_COUNT = 8
 CHANNEL_MULTIPLE = 8  # odd widths run up to 2x slower in ONNX Runtime (measured: MobileNet-ResNet, 45 vs 48 ch)
+MAX_GROUP_SHARE = 0.9  # the most an allocation takes from one group
 FLOOR_STEP = 0.05
 MACS_STEP = 0.01
 IMPORTANCE = "rms(calibration activation) x ||weights of the layers reading the channel||, summed over readers"
 
 
 def prune(graph: Graph, ratio: float, calibration: Calibration, reconstruct: bool = True,
-          evaluator: Evaluator | None = None) -> tuple[Graph, dict[str, Any]]:
-    """Remove `ratio` of the output channels of every prunable group; returns the pruned graph and a report.
+          evaluator: Evaluator | None = None, allocate: bool = True) -> tuple[Graph, dict[str, Any]]:
+    """Prune to the MACs of removing `ratio` of every prunable group's output channels (with `allocate`, the
+    channels re-allocated across groups by measured sensitivity); returns the pruned graph and a report.
 
     Quality (PSNR/SSIM) is measured with `evaluator` (default: the unpruned model on 8 held-out inputs
     from the input spec) both with and without reconstruction.
     """
     _check_ratio(ratio)
     pruner = Pruner(graph, calibration)
-    return pruner.result(ratio, reconstruct, evaluator or pruner.default_evaluator())
+    return pruner.result(ratio, reconstruct, evaluator or pruner.default_evaluator(), allocate and reconstruct)
 
 
 def prune_to_floor(graph: Graph, calibration: Calibration, evaluator: Evaluator, floor: QualityFloor,
@@ -141,11 +146,15 @@ class Pruner:
         self._cache: dict[tuple[float, bool], tuple[onnx.ModelProto, list[dict], list[dict]]] = {}
 
     def keep(self, ratio: float) -> dict[int, np.ndarray]:
-        """Kept channel indices per group: all but the floor(ratio x size) least important, at least one;
+        """Kept channel indices per group at the same ratio everywhere (see keep_shares)."""
+        return self.keep_shares({g.root: ratio for g in self.prunable})
+
+    def keep_shares(self, shares: dict[int, float]) -> dict[int, np.ndarray]:
+        """Kept channel indices per group root: all but the floor(share x size) least important, at least one;
         groups of 4 x CHANNEL_MULTIPLE channels or more keep a multiple of CHANNEL_MULTIPLE."""
         keep = {}
         for g in self.prunable:
-            kept = max(1, g.size - math.floor(ratio * g.size + 1e-9))
+            kept = max(1, g.size - math.floor(shares.get(g.root, 0.0) * g.size + 1e-9))
             if g.size >= 4 * CHANNEL_MULTIPLE:
                 kept = min(g.size, -(-kept // CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE)
             if kept < g.size:
@@ -159,6 +168,40 @@ class Pruner:
             pruned = self.model(ratio, False)[0] if reconstruct else remove_channels(self.work, self.cg, keep)
             self._cache[ratio, reconstruct] = self._reconstruct(pruned, keep) if reconstruct else (pruned, [], [])
         return self._cache[ratio, reconstruct]
+
+    def allocate(self, ratio: float, evaluator: Evaluator) -> dict[int, float] | None:
+        """Per-group shares with at most the MACs of `ratio` everywhere and the least modelled damage.
+
+        Each group pruned alone at `ratio` (reconstructed) gives its damage d (MSE against the unpruned
+        model) and MAC saving m at share r; damage is modelled as d (x / r)^2 and saving as m x / r, so the
+        best shares are x_g = lambda m_g r_g / (2 d_g) (capped at MAX_GROUP_SHARE), with lambda the
+        smallest that meets the MAC budget (bisection on the real MACs). None when no group loses a channel."""
+        uniform = self.keep(ratio)
+        if not uniform:
+            return None
+        budget = self._macs(uniform)
+        cost = {}
+        for g, model in self.each_group_alone(ratio):
+            share = 1 - len(uniform[g.root]) / g.size
+            damage = max(10 ** (-evaluator.quality(model)["psnr_db"] / 10), 1e-20)
+            saving = max(self.costs_before["macs"] - self.costs(model)["macs"], 1)
+            cost[g.root] = saving * share / (2 * damage)  # x_g = lambda * cost_g
+
+        def shares(lam: float) -> dict[int, float]:
+            return {root: min(MAX_GROUP_SHARE, lam * c) for root, c in cost.items()}
+
+        lo, hi = 0.0, 1.0 / max(cost.values())
+        while self._macs(self.keep_shares(shares(hi))) > budget:
+            if all(x >= MAX_GROUP_SHARE for x in shares(hi).values()):
+                return None
+            lo, hi = hi, hi * 4
+        for _ in range(24):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if self._macs(self.keep_shares(shares(mid))) <= budget else (mid, hi)
+        return shares(hi)
+
+    def _macs(self, keep: dict[int, np.ndarray]) -> int:
+        return self.costs(remove_channels(self.work, self.cg, keep))["macs"]
 
     def each_group_alone(self, ratio: float) -> list[tuple[Group, onnx.ModelProto]]:
         """For every group that loses channels at `ratio`: the model with only that group pruned, reconstructed
@@ -204,20 +247,36 @@ class Pruner:
         expected = run_batched(lambda f: dict(zip(names, session.run(names, f))), self.graph.inputs, feeds)
         return Evaluator(self.graph.inputs, self.graph.outputs, feeds, expected)
 
-    def result(self, ratio: float, reconstruct: bool, evaluator: Evaluator) -> tuple[Graph, dict[str, Any]]:
-        """The pruned graph at `ratio` and its report (quality with and without reconstruction)."""
+    def result(self, ratio: float, reconstruct: bool, evaluator: Evaluator,
+               allocate: bool = False) -> tuple[Graph, dict[str, Any]]:
+        """The pruned graph at `ratio` (uniform, or sensitivity-allocated when that is better) and its report
+        (quality with and without reconstruction)."""
         start = time.perf_counter()
         keep = self.keep(ratio)
         raw, _, _ = self.model(ratio, False)
         final, rows, skipped = self.model(ratio, True) if reconstruct else (raw, [], [])
+        allocation: dict[str, Any] = {"used": False}
+        shares = self.allocate(ratio, evaluator) if allocate and reconstruct else None
+        if shares is not None:
+            alt_keep = self.keep_shares(shares)
+            alt_raw = remove_channels(self.work, self.cg, alt_keep)
+            alt_final, alt_rows, alt_skipped = self._reconstruct(alt_raw, alt_keep)
+            uniform_db, allocated_db = evaluator.quality(final)["psnr_db"], evaluator.quality(alt_final)["psnr_db"]
+            allocation = {"used": allocated_db > uniform_db, "uniform_psnr_db": uniform_db,
+                          "allocated_psnr_db": allocated_db, "uniform_macs": self.costs(final)["macs"]}
+            if allocation["used"]:
+                keep, raw, final, rows, skipped = alt_keep, alt_raw, alt_final, alt_rows, alt_skipped
         before, after = self.costs_before, self.costs(final)
         quality = {"without_reconstruction": evaluator.quality(raw)}
         if reconstruct:
             quality["with_reconstruction"] = evaluator.quality(final)
+        selection = (f"the MACs of floor(ratio x channels) in every group, re-allocated across groups by measured "
+                     f"sensitivity" if allocation["used"] else "floor(ratio x channels) of every prunable group")
         report = {
             "ratio": ratio,
-            "selection": f"floor(ratio x channels) of every prunable group, least important first; groups of "
-                         f"{4 * CHANNEL_MULTIPLE}+ channels keep a multiple of {CHANNEL_MULTIPLE}",
+            "selection": f"{selection}, least important first; groups of {4 * CHANNEL_MULTIPLE}+ channels keep a "
+                         f"multiple of {CHANNEL_MULTIPLE}",
+            "allocation": allocation,
             "importance": IMPORTANCE,
             "calibration": self.calibration.report(),
             **{key: {"before": before[key], "after": after[key]} for key in before},
@@ -229,7 +288,8 @@ class Pruner:
             "seconds": round(time.perf_counter() - start, 2),
         }
         removed = sum(g.size - len(keep.get(g.root, range(g.size))) for g in self.prunable)
-        note = (f"pruned {removed} channels ({ratio:.0%} per group, {len(keep)} groups): MACs {before['macs']:,} -> "
+        how = "allocated by sensitivity" if allocation["used"] else "per group"
+        note = (f"pruned {removed} channels ({ratio:.0%} {how}, {len(keep)} groups): MACs {before['macs']:,} -> "
                 f"{after['macs']:,}" + (f", {len(rows)} layers re-fitted by least squares" if reconstruct else ""))
         log.info(note)
         return self.graph.with_model(final, [note]), report
