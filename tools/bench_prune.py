@@ -66,6 +66,7 @@ def main() -> int:
                 "refit_layers": len(report["reconstruction"]["layers"]),
                 "psnr_db": {"with_reconstruction": quality["with_reconstruction"]["psnr_db"],
                             "without_reconstruction": quality["without_reconstruction"]["psnr_db"]},
+                "allocation": report["allocation"],
                 "ssim": {"with_reconstruction": quality["with_reconstruction"]["ssim"],
                          "without_reconstruction": quality["without_reconstruction"]["ssim"]},
                 "prune_seconds": round(seconds, 2), "ort_ms": {"unpruned": base_ms, "pruned": pruned_ms}})
@@ -114,8 +115,12 @@ def latency(models: list[onnx.ModelProto], feeds: dict[str, np.ndarray], runs: i
 
 def render_row(r: dict) -> str:
     macs, params, psnr, ssim, ms = r["macs"], r["params"], r["psnr_db"], r["ssim"], r["ort_ms"]
+    alloc = r["allocation"]
+    uniform = (f"{alloc['uniform_psnr_db']:.1f} ({alloc['uniform_macs'] / 1e6:.2f} M)" if "uniform_psnr_db" in alloc
+               else "-")
     return (f"| {r['model']} | {r['ratio']:.0%} | {macs['before'] / 1e6:.2f} -> {macs['after'] / 1e6:.2f} "
             f"({macs['after'] / macs['before']:.2f}x) | {params['before']:,} -> {params['after']:,} | "
+            f"{uniform} | {'yes' if alloc['used'] else 'no'} | "
             f"{psnr['without_reconstruction']:.1f} | {psnr['with_reconstruction']:.1f} | "
             f"{ssim['without_reconstruction']:.3f} | {ssim['with_reconstruction']:.3f} | "
             f"{r['groups_pruned']} / {r['groups_excluded']} | {r['refit_layers']} | {r['prune_seconds']:.1f} | "
@@ -127,11 +132,15 @@ def render(meta: dict, rows: list[dict]) -> str:
              f"{meta['versions']['onnxruntime']}). PSNR/SSIM: the pruned model against the unpruned one on 8 "
              f"held-out inputs ({meta['held_out']}) over each output's range (declared, widened to what the "
              f"reference spans); calibration: {meta['calibration']}. "
-             "Latency: ONNX Runtime CPU, 1 thread, batch 1, medians of interleaved runs in one process.",
+             "Latency: ONNX Runtime CPU, 1 thread, batch 1, medians of interleaved runs in one process. "
+             "Uniform: the ratio in every group, reconstructed (PSNR dB and MMACs); allocated: those MACs "
+             "re-allocated across groups by measured sensitivity, used when better (the PSNR columns are the "
+             "result's).",
              "",
-             "| model | ratio | MMACs | params | PSNR dB, no refit | PSNR dB, LS refit | SSIM, no refit "
-             "| SSIM, LS refit | groups pruned / excluded | layers refit | prune s | ORT ms unpruned -> pruned |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | ratio | MMACs | params | uniform, LS refit | allocated | PSNR dB, no refit | PSNR dB, LS refit "
+             "| SSIM, no refit | SSIM, LS refit | groups pruned / excluded | layers refit | prune s "
+             "| ORT ms unpruned -> pruned |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [render_row(r) for r in rows]
     alone = [r for r in rows if r.get("groups_alone")]
     if alone:
