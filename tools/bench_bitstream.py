@@ -80,7 +80,7 @@ def one(label: str, model_a: Path, model_b: Path, target: str, work: Path, rebui
     # a third set of weights: a second swap, with the patcher's WebAssembly already compiled
     model_c = reweighted(model_b, work / f"{label}-{target}-c.onnx", 5)
     warm = build(model_c, target, work / f"{label}-{target}-a2", precision="int8").manifest["session"]["bitstream"]
-    row["warm_swap_s"] = warm["weight_swap"]["seconds"]
+    row["warm_swap_s"] = warm["weight_swap"].get("seconds")  # None: not a swap (the reason is in weight_swap)
     if rebuild:
         bitstream.CACHE = work / "cache-fresh"
         start = time.perf_counter()

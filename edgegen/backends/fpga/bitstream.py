@@ -82,7 +82,10 @@ def depths(config: NpuConfig, memory: dict[str, Any], family: str) -> dict[str, 
 def _fitting_sizes(part: fpga_parts.Part, config: NpuConfig, sizes: dict[str, int]) -> dict[str, int]:
     """iCE40: every depth rounded up to a power of two when the block RAM allows it. A depth between two
     powers takes blocks of two depths and Yosys joins them with an output multiplexer: a 768 x 72 PAR
-    cost 185 LUT4 (14 blocks), 1024 x 72 none (18 blocks), on a part with 5280 logic cells."""
+    cost 185 LUT4 (14 blocks), 1024 x 72 none (18 blocks), on a part with 5280 logic cells. Memories
+    of 512 or 1024 words use the 512 x 8 / 1024 x 4 block modes, where icebram matches single bit
+    columns and refuses repeated ones (PAR's sign-extended biases, PROG's zero high bits): the weight
+    swap of such a design falls back to a full build."""
     if part.family != "ice40":
         return sizes
     rounded = {k: 1 << (v - 1).bit_length() for k, v in sizes.items()}
