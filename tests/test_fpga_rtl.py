@@ -226,3 +226,17 @@ def test_requantizer_multiply_maps_to_four_dsps():
     console, stat = _synth_ice40(["npu_requant.v"], "synth_ice40 -dsp -top npu_requant")
     assert re.search(r"\b4\s+SB_MAC16", stat), stat
     assert "conflict" not in console.lower(), console[-2000:]
+
+
+def test_single_port_ram_maps_to_spram():
+    """npu_spram (a write or a read per cycle, output held during writes) is what `synth_ice40 -spram` maps
+    onto the UP5K's SB_SPRAM256KA: one 16K x 16 block, two in depth for 32K words (64 KB of weights)."""
+    _need(_yosys)
+    _, stat = _synth_ice40(["npu_spram.v"], "chparam -set NB 2 -set DEPTH 16384 -set AW 14 npu_spram; "
+                                            "synth_ice40 -spram -top npu_spram")
+    assert re.search(r"\b1\s+SB_SPRAM256KA", stat) and "SB_RAM40_4K" not in stat, stat
+    luts = re.search(r"(\d+)\s+SB_LUT4", stat)
+    assert luts is None or int(luts.group(1)) <= 2, stat  # the write enable at most, no data path
+    _, stat = _synth_ice40(["npu_spram.v"], "chparam -set NB 2 -set DEPTH 32768 -set AW 15 npu_spram; "
+                                            "synth_ice40 -spram -top npu_spram")
+    assert re.search(r"\b2\s+SB_SPRAM256KA", stat) and "SB_RAM40_4K" not in stat, stat
