@@ -117,3 +117,17 @@ def rgb_head(size: int = 8) -> onnx.ModelProto:
     return _model(nodes, [helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 16]),
                           helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 4, size, size])],
                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, size, size])], inits)
+
+
+def prelu_block(per_channel: bool = False) -> onnx.ModelProto:
+    """conv 3x3 -> PRelu (one slope, as nn.PReLU() exports it, or one per channel) -> conv 1x1."""
+    rng = np.random.default_rng(7)
+    slope = np.full((8, 1, 1), 0.25, np.float32) if not per_channel else rng.uniform(0.1, 0.4, (8, 1, 1))
+    inits = [_init(rng, "w1", 8, 3, 3, 3), _init(rng, "b1", 8), _init(rng, "w2", 3, 8, 1, 1),
+             numpy_helper.from_array(slope.astype(np.float32) if per_channel else np.array([0.25], np.float32),
+                                     "slope")]
+    nodes = [helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("PRelu", ["c1", "slope"], ["p1"], name="prelu"),
+             helper.make_node("Conv", ["p1", "w2"], ["out"])]
+    return _model(nodes, [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])], inits)

@@ -21,7 +21,7 @@ from ..tflite.prepare import prepare
 from .alloc import allocate, check_static, encode
 from .banks import assign_banks
 from .isa import KIND_ADD, KIND_MUL, NpuConfig
-from .lower import SUPPORTED, Lowerer
+from .lower import SUPPORTED, Lowerer, unary_spec
 
 PROGRAM = "npu/program.npz"
 # the NPU runs transposed convolution itself and has no cubic resize (refused before any pass runs)
@@ -45,9 +45,13 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
     image at a time, so the graph is read at batch 1 with its constants folded: shape arithmetic of a
     dynamic batch (Shape/ConstantOfShape/Equal/Where feeding an Expand) needs no layer."""
     missing = []
-    for node in prepare(graph, fold_batchnorm=False).nodes:
+    prepared = prepare(graph, fold_batchnorm=False)
+    for node in prepared.nodes:
         if node.op_type in _FLOAT_ONLY:
             missing.append((node.name, node.op_type, _FLOAT_ONLY[node.op_type]))
+        elif node.op_type == "PRelu" and unary_spec(node, prepared) is None:
+            missing.append((node.name, node.op_type, "per-channel slopes: the NPU applies one 256-entry table per "
+                                                      "layer, so only a PRelu with a single slope runs"))
         elif node.op_type not in SUPPORTED and node.op_type not in ("Constant", "BatchNormalization", "Dropout",
                                                                       "Identity", "Shape", "Cast"):
             missing.append((node.name, node.op_type, "the edgegen NPU has no layer for this op"))

@@ -31,7 +31,7 @@ MOVEMENT = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 BINARY = ("Add", "Sub", "Mul")
 LINEAR = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 SUPPORTED = tuple(sorted({*LINEAR, *MOVEMENT, *BINARY, "Concat", "Resize", "DepthToSpace", "Gather", "Slice",
-                          "Expand", "BatchNormalization", *unary.OPS, "Clip"}))
+                          "Expand", "BatchNormalization", *unary.OPS, "Clip", "PRelu"}))
 _SIMPLE_UNARY = ("Identity", "Relu", "Tanh", "Sigmoid", "HardSwish", "Softplus", "Neg", "Abs", "Exp")
 
 
@@ -46,6 +46,9 @@ def unary_spec(node: onnx.NodeProto, p: Prepared) -> tuple[str, dict] | None:
         return data[0], {"op": op}
     if op in ("LeakyRelu", "Elu"):
         return data[0], {"op": op, "alpha": float(a.get("alpha", 0.01 if op == "LeakyRelu" else 1.0))}
+    if op == "PRelu" and node.input[1] in p.consts:  # one slope for every channel: a LeakyRelu table
+        slope = np.unique(np.asarray(p.consts[node.input[1]], np.float32))
+        return (data[0], {"op": "LeakyRelu", "alpha": float(slope[0])}) if slope.size == 1 else None
     if op == "HardSigmoid":
         return data[0], {"op": op, "alpha": float(a.get("alpha", 0.2)), "beta": float(a.get("beta", 0.5))}
     if op == "Clip":
