@@ -26,9 +26,9 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
         quality = pruned["quality"]
         refit = quality.get("with_reconstruction")
         allocation = pruned.get("allocation", {})
-        how = ("the MACs of {:.0%} of channels per group, re-allocated by sensitivity (uniform: {:.2f} dB)".format(
-            pruned["ratio"], allocation["uniform_psnr_db"]) if allocation.get("used")
-               else f"{pruned['ratio']:.0%} of channels per group")
+        how = f"{pruned['ratio']:.0%} of channels per group"
+        if allocation.get("used"):
+            how = f"the MACs of {how}, re-allocated by sensitivity (uniform: {allocation['uniform_psnr_db']:.2f} dB)"
         lines.append(f"  pruning   {how}, MACs {pruned['macs']['before'] / 1e6:.2f} -> "
                      f"{pruned['macs']['after'] / 1e6:.2f} M; PSNR without re-fit "
                      f"{quality['without_reconstruction']['psnr_db']:.2f} dB"
