@@ -85,3 +85,16 @@ def ov_bundle(tmp_path_factory, cgen_path) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "cgen-ov"
     build(cgen_path, "x86-openvino", out)
     return out
+
+
+def verilator_or_skip() -> list[str]:
+    """The Verilator command line; without Verilator the test skips, except in CI (which installs it)."""
+    from edgegen.backends.fpga.rtlsim import verilator_command
+    from edgegen.toolchains import ToolNotFoundError
+
+    try:
+        return verilator_command()
+    except ToolNotFoundError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))

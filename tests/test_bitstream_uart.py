@@ -4,7 +4,6 @@ sends only the input over the UART frames, and the output equals the functional 
 UP5K's SPRAM configuration (banked ACT, single-port WGT) the weights are not in the images: the session
 uploads them over the UART when it opens."""
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -20,27 +19,18 @@ from edgegen.backends.fpga.session import Session
 from edgegen.backends.fpga.transport import FramedTransport
 from edgegen.emulate import fpga as emu
 from edgegen.graph import Graph
-from edgegen.toolchains import ToolNotFoundError
+
+from conftest import verilator_or_skip
 
 HARNESS = bitstream.fpga_parts.BOARDS_DIR / "sim" / "board_tb.cpp"
 DIV = 4  # clock cycles per UART bit in the simulation
-
-
-def _verilator() -> list[str]:
-    from edgegen.backends.fpga.rtlsim import verilator_command
-    try:
-        return verilator_command()
-    except ToolNotFoundError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
 
 
 def _board_sim(tmp_path: Path, config: NpuConfig, sizes: dict[str, int]) -> Path:
     params = {"CLK_HZ": DIV, "BAUD": 1, "LANES": config.lanes, "ACT_BANKS": config.act_banks,
               "WGT_SINGLE_PORT": int(config.wgt_single_port), **sizes,
               **{param: f"mem/{name}.hex" for name, param in bitstream.HEX.items()}}
-    args = [*_verilator(), "--cc", "--exe", "--build", "-O2", "--top-module", "npu_board", "-Wno-fatal",
+    args = [*verilator_or_skip(), "--cc", "--exe", "--build", "-O2", "--top-module", "npu_board", "-Wno-fatal",
             "-Wno-WIDTH", *(f"-G{k}={v}" if isinstance(v, int) else f'-G{k}="{v}"' for k, v in params.items()),
             f"-CFLAGS", f"-DDIV={DIV}", "-Mdir", "obj", "-o", "board_sim", *(str(p) for p in bitstream.RTL),
             str(HARNESS)]

@@ -3,8 +3,6 @@ the other bank than its inputs (copying an input where it must), the RTL with tw
 banks and a single-port WGT is bit-identical to the functional model, and a layer that reads the
 bank it writes sets the NPU's error bit."""
 
-import os
-
 import numpy as np
 import onnx
 import pytest
@@ -19,7 +17,8 @@ from edgegen.backends.fpga.model import FunctionalNpu
 from edgegen.backends.fpga.tensors import Buffer, Tensor
 from edgegen.emulate import fpga as emu
 from edgegen.graph import Graph
-from edgegen.toolchains import ToolNotFoundError
+
+from conftest import verilator_or_skip
 
 OPTIONS = {"lanes": 2, "act_kb": 16, "wgt_kb": 16, "par_entries": 256, "lut_tables": 4, "tap_entries": 256,
            "prog_layers": 32}
@@ -30,16 +29,6 @@ FLAT = NpuConfig.from_options(OPTIONS)
 def _qdq(tmp_path, model) -> Graph:
     onnx.save(model(), str(tmp_path / "model.onnx"))
     return emu.quantize(Graph.load(tmp_path / "model.onnx"))
-
-
-def _verilator() -> None:
-    from edgegen.backends.fpga.rtlsim import verilator_command
-    try:
-        verilator_command()
-    except ToolNotFoundError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
 
 
 def _bank_of(config: NpuConfig, tensor: Tensor) -> int:
@@ -82,7 +71,7 @@ def test_bank_copies_are_exact(tmp_path):
 
 @pytest.mark.parametrize("model", [mobile_block, dense_decoder], ids=lambda m: m.__name__)
 def test_banked_rtl_is_bit_identical_to_the_functional_model(tmp_path, model):
-    _verilator()
+    verilator_or_skip()
     compiled = emu.compile_for(_qdq(tmp_path, model), BANKED, tmp_path / "npu")
     result = emu.rtl_identical(compiled, samples=2)  # run_codes raises if the RTL flags a bank conflict
     assert result["identical"], result["runs"]
@@ -109,7 +98,7 @@ def _sum_program(config: NpuConfig, out_bank: int) -> tuple[Program, Tensor, Ten
 
 @pytest.mark.parametrize("out_bank", [1, 0], ids=["other-bank", "same-bank"])
 def test_rtl_flags_a_layer_that_reads_the_bank_it_writes(out_bank):
-    _verilator()
+    verilator_or_skip()
     from edgegen.backends.fpga.rtlsim import RtlNpu
 
     program, src, dst = _sum_program(BANKED, out_bank)
