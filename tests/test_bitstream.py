@@ -141,20 +141,35 @@ def test_memories_are_sized_to_the_program_in_whole_block_depths():
     assert bitstream.depths(config, memory, "ecp5")["PAR_WORDS"] == 512  # ecpbram patches 512-word multiples
 
 
-def test_padded_images_keep_the_program_and_fill_the_rest(tmp_path):
+def test_padded_images_keep_the_program_and_fill_the_rest_with_zeros(tmp_path):
     from edgegen.backends.fpga.isa import Images
 
     images = Images(wgt=np.arange(8, dtype=np.int8).reshape(4, 2), par=np.array([[1, 2, 3]], np.int64),
                     lut=np.arange(256, dtype=np.uint8), tap=np.array([5], np.uint64), prog=np.array([7, 0], np.uint32))
-    sizes = {"ACT_WORDS": 256, "WGT_WORDS": 256, "PAR_WORDS": 256, "LUT_BYTES": 256, "TAP_WORDS": 256,
-             "PROG_WORDS": 256}
-    first = bitstream.padded_hex(images, 2, sizes, tmp_path / "a")
-    again = bitstream.padded_hex(images, 2, sizes, tmp_path / "b")
-    assert first == again  # the filler is fixed: a rebuild writes the same images
-    wgt = first["wgt"].split()
-    assert len(wgt) == 256 and wgt[:2] == ["0100", "0302"] and all(len(w) == 4 for w in wgt)
-    assert first["par"].split()[0] == "030000000200000001" and len(first["par"].split()) == 256
-    assert len(set(wgt[4:])) > 200  # distinct filler words: blocks the RAM patchers can tell apart
+    texts = bitstream.padded_hex(images, 2, SIZES, tmp_path / "a")
+    wgt = texts["wgt"].split()
+    assert len(wgt) == 256 and wgt[:2] == ["0100", "0302"] and set(wgt[4:]) == {"0000"}
+    assert texts["par"].split()[0] == "030000000200000001" and len(texts["par"].split()) == 256
+    assert (tmp_path / "a" / "par.hex").read_text() == texts["par"]
+
+
+SIZES = {"ACT_WORDS": 256, "WGT_WORDS": 256, "PAR_WORDS": 256, "LUT_BYTES": 256, "TAP_WORDS": 256, "PROG_WORDS": 256}
+
+
+def test_template_images_give_every_block_distinct_bit_columns(tmp_path):
+    """The RAM patchers find a memory's blocks by the bit columns of the template it was placed with:
+    no two columns of one 256-word block (the smallest iCE40 depth) may be equal, and a rebuild writes
+    the same template."""
+    sizes = {**SIZES, "PAR_WORDS": 1024}
+    texts = bitstream.template_hex(2, sizes, tmp_path / "a")
+    assert texts == bitstream.template_hex(2, sizes, tmp_path / "b")
+    for name, text in texts.items():
+        words = [int(w, 16) for w in text.split()]
+        width = len(text.split()[0]) * 4
+        assert len(words) == sizes[{n: p for n, p, _ in fpga_parts.MEMORIES}[name]]
+        for block in range(0, len(words), 256):
+            columns = {tuple((w >> bit) & 1 for w in words[block:block + 256]) for bit in range(width)}
+            assert len(columns) == width, (name, block)
 
 
 def test_architecture_hash_ignores_weights_and_follows_the_instance():
@@ -168,26 +183,56 @@ def test_architecture_hash_ignores_weights_and_follows_the_instance():
     assert key != bitstream.architecture(board, NpuConfig(lanes=2, wgt_single_port=True), sizes, 60, 1_000_000)
 
 
+@pytest.mark.parametrize("family,osc,want,achieved,primitive", [
+    ("ice40", 12, 30, 30.0, "SB_PLL40_PAD"), ("ecp5", 25, 57, 57.1429, "EHXPLLL")])
+def test_pll_module_from_icepll_and_ecppll(tmp_path, family, osc, want, achieved, primitive):
+    """The PLL tool writes the module the generated top instantiates and the frequency it reaches."""
+    if not runner.find(f"yowasp-{family[:3]}pll", f"{family[:3]}pll"):
+        _need_open_flow()
+    work = bitstream.CACHE.parent / f"pll-test-{os.getpid()}"  # not /tmp: YoWASP tools cannot see it
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        got = openflow.pll(openflow.Device(family, ()), osc, want, "npu_pll", "pll.v", work, work / "pll.log")
+        text = (work / "pll.v").read_text()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert got == achieved and primitive in text and "module npu_pll" in text
+    assert all(port in text for port in (*openflow.PLL_PORTS[family], "locked"))
+
+
+def test_generated_top_clocks_the_board_from_the_pll_lock():
+    params = {"CLK_HZ": 30_000_000, "PAR_INIT": "template/par.hex"}
+    plain, clocked = bitstream.wrapper(params), bitstream.wrapper(params, "ice40")
+    assert ".clk(clk), .clk_ready(1'b1)" in plain and "npu_pll" not in plain
+    assert "npu_pll pll (.clock_in(clk), .clock_out(core_clk), .locked(locked));" in clocked
+    assert ".clk(core_clk), .clk_ready(locked)" in clocked and '.PAR_INIT("template/par.hex")' in clocked
+    board = fpga_parts.BOARDS["icebreaker"]
+    sizes = {param: 256 for _, param, _ in fpga_parts.MEMORIES}
+    assert bitstream.architecture(board, NpuConfig(lanes=2), sizes, 30, 1_000_000) != \
+        bitstream.architecture(board, NpuConfig(lanes=2), sizes, 24, 1_000_000)
+
+
 # -- a real bitstream, the weight swap, byte-identical rebuild -----------------------------------------
 
 def test_ecp5_bitstream_weight_swap_equals_a_full_rebuild(tmp_path, monkeypatch):
-    """Model A builds the bitstream (cache miss); model B (same architecture, new weights) is patched into
-    it with ecpbram; B built from scratch with an empty cache gives the same bytes."""
+    """Model A places the template design (cache miss) and patches its images over it; model B (same
+    architecture, new weights) only patches; B built from scratch with an empty cache gives the same
+    bytes. A patcher that fails fails the build and leaves no bundle."""
     _need_open_flow()
     cache = bitstream.CACHE.parent / f"bitstreams-test-{os.getpid()}"  # not /tmp: YoWASP tools cannot see it
     shutil.rmtree(cache, ignore_errors=True)
     monkeypatch.setattr(bitstream, "CACHE", cache / "shared")
     target = _board_target(tmp_path, "ecp5-85f", lanes=2)
     a = build(_model(tmp_path, 1), str(target), tmp_path / "a", precision="int8").manifest["session"]["bitstream"]
-    assert a["built"] and a["weight_swap"]["used"] is False
+    assert a["built"] and a["weight_swap"]["used"] is False and "cache miss" in a["weight_swap"]["reason"]
     assert a["resources"]["dsp"]["used"] >= 2 and a["resources"]["bram"]["used"] > 0
     assert a["fmax_mhz"] > 10 and a["stages_s"]["place_and_route"] > 0
     assert (tmp_path / "a" / "fpga" / "npu.bit").stat().st_size > 100_000
     assert a["cycles_per_image"] is None or a["latency_ms"] == round(a["cycles_per_image"] / (a["fmax_mhz"] * 1e3), 3)
 
     b = build(_model(tmp_path, 2), str(target), tmp_path / "b", precision="int8").manifest["session"]["bitstream"]
-    assert b["architecture"] == a["architecture"]
-    assert b["weight_swap"]["used"] and {"wgt", "par"} <= set(b["weight_swap"]["patched"])
+    assert b["architecture"] == a["architecture"] and "place_and_route" not in b["stages_s"]
+    assert b["weight_swap"]["used"] and b["weight_swap"]["patched"] == ["wgt", "par", "lut", "tap", "prog"]
     swapped = (tmp_path / "b" / "fpga" / "npu.bit").read_bytes()
     assert swapped != (tmp_path / "a" / "fpga" / "npu.bit").read_bytes()
 
@@ -195,15 +240,37 @@ def test_ecp5_bitstream_weight_swap_equals_a_full_rebuild(tmp_path, monkeypatch)
     c = build(_model(tmp_path, 2), str(target), tmp_path / "c", precision="int8").manifest["session"]["bitstream"]
     assert c["weight_swap"]["used"] is False
     assert (tmp_path / "c" / "fpga" / "npu.bit").read_bytes() == swapped
+    assert sorted(p.name for p in (cache / "fresh").iterdir()) == [c["architecture"]]
 
-    def refuse(*args, **kwargs):  # a patcher that cannot tell the block RAMs apart (ecpbram's real message)
+    def refuse(*args, **kwargs):  # ecpbram's real message for blocks it cannot tell apart
         raise ToolFailedError("ecpbram failed (exit 1):\nConflicting from pattern for bit slice from_hexfile[15:0][3]!")
 
     monkeypatch.setattr(openflow, "patch_bram", refuse)
-    d = build(_model(tmp_path, 1), str(target), tmp_path / "d", precision="int8").manifest["session"]["bitstream"]
-    assert d["weight_swap"]["used"] is False and "Conflicting from pattern" in d["weight_swap"]["reason"]
-    assert (tmp_path / "d" / "fpga" / "npu.bit").read_bytes() == (tmp_path / "a" / "fpga" / "npu.bit").read_bytes()
-    assert sorted(p.name for p in (cache / "fresh").iterdir()) == [c["architecture"]]  # the fallback left nothing
+    with pytest.raises(ToolFailedError, match="Conflicting from pattern"):
+        build(_model(tmp_path, 1), str(target), tmp_path / "d", precision="int8")
+    assert not (tmp_path / "d").exists()
+    assert [p.name for p in (cache / "fresh" / c["architecture"]).iterdir() if p.name.startswith(".")] == []
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_up5k_bitstream_runs_the_npu_from_the_pll_and_swaps_its_block_ram(tmp_path, monkeypatch):
+    """ice40-up5k: the iCEBreaker's 12 MHz oscillator feeds a PLL at the target's fmax_mhz; the weights
+    live in SPRAM (uploaded by the session), the tables and the program in block RAM; a second model
+    of the same architecture patches those with icebram (narrow block modes, sign-extended biases)."""
+    _need_open_flow()
+    cache = bitstream.CACHE.parent / f"bitstreams-test-{os.getpid()}"
+    shutil.rmtree(cache, ignore_errors=True)
+    monkeypatch.setattr(bitstream, "CACHE", cache)
+    a = build(_model(tmp_path, 1), "ice40-up5k", tmp_path / "a", precision="int8").manifest["session"]["bitstream"]
+    assert a["built"] and a["pll"] and a["clock_mhz"] == 30.0 and a["oscillator_mhz"] == 12.0
+    assert a["host_loads"] == ["wgt"] and a["resources"]["spram"]["used"] == 4
+    assert a["timing_met"] == (a["fmax_mhz"] >= 30.0)
+    verilog = (cache / a["architecture"] / "rtl" / "npu_fpga_top.v").read_text()
+    assert "npu_pll pll (.clock_in(clk), .clock_out(core_clk)" in verilog and ".CLK_HZ(30000000)" in verilog
+    assert "SB_PLL40_PAD" in (cache / a["architecture"] / "rtl" / "npu_pll.v").read_text()
+    b = build(_model(tmp_path, 2), "ice40-up5k", tmp_path / "b", precision="int8").manifest["session"]["bitstream"]
+    assert b["weight_swap"]["used"] and b["weight_swap"]["patched"] == ["par", "lut", "tap", "prog"]
+    assert (tmp_path / "b" / "fpga" / "npu.bin").read_bytes() != (tmp_path / "a" / "fpga" / "npu.bin").read_bytes()
     shutil.rmtree(cache, ignore_errors=True)
 
 

@@ -65,13 +65,15 @@ PARTS = {
 
 @dataclass(frozen=True)
 class Board:
-    """A board: its FPGA part, constraint file (under hw/boards/), oscillator and LED polarity."""
+    """A board: its FPGA part, constraint file (under hw/boards/), oscillator, LED polarity, and whether
+    the oscillator's pin feeds a PLL the open flow can configure (icepll / ecppll)."""
 
     name: str
     part: str
     constraints: str
     clock_hz: int
     led_active_low: bool = False
+    pll: bool = False
 
     @property
     def fpga(self) -> Part:
@@ -83,8 +85,8 @@ class Board:
 
 
 BOARDS = {
-    "icebreaker": Board("icebreaker", "iCE40UP5K-SG48", "icebreaker/icebreaker.pcf", 12_000_000, True),
-    "ulx3s": Board("ulx3s", "LFE5U-85F-6BG381C", "ulx3s/ulx3s.lpf", 25_000_000),
+    "icebreaker": Board("icebreaker", "iCE40UP5K-SG48", "icebreaker/icebreaker.pcf", 12_000_000, True, pll=True),
+    "ulx3s": Board("ulx3s", "LFE5U-85F-6BG381C", "ulx3s/ulx3s.lpf", 25_000_000, pll=True),
     "arty-a7-100t": Board("arty-a7-100t", "xc7a100tcsg324-1", "arty-a7/arty_a7.xdc", 100_000_000),
     "de10-nano": Board("de10-nano", "5CSEBA6U23I7", "de10-nano/de10_nano.qsf", 50_000_000),
 }

@@ -98,6 +98,28 @@ def patch_bram(device: Device, text: str, old_hex: str, new_hex: str, out: str, 
     return runner.run([_tool("ecpbram", "patch ECP5 block RAM"), *argv], log, cwd, 600)
 
 
+PLL_PORTS = {"ice40": ("clock_in", "clock_out"), "ecp5": ("clkin", "clkout0")}  # icepll -m / ecppll modules
+
+
+def pll(device: Device, in_mhz: float, out_mhz: float, module: str, path: str, cwd: Path, log: Path) -> float:
+    """icepll / ecppll: a Verilog module `module` (ports in PLL_PORTS, plus `locked`) that derives the
+    nearest frequency to out_mhz the PLL can make from the board's in_mhz clock pin; returns that
+    frequency in MHz, read from the module the tool wrote."""
+    if device.family == "ice40":  # -p: SB_PLL40_PAD, fed straight from the oscillator's pin
+        cmd = [_tool("icepll", "configure the iCE40 PLL"), "-q", "-p", "-m", "-n", module,
+               "-i", f"{in_mhz:g}", "-o", f"{out_mhz:g}", "-f", path]
+        pattern = r"Achieved output frequency:\s*([\d.]+) MHz"
+    else:
+        cmd = [_tool("ecppll", "configure the ECP5 PLL"), "-n", module, "-i", f"{in_mhz:g}", "-o", f"{out_mhz:g}",
+               "-f", path]
+        pattern = r'FREQUENCY_PIN_CLKOP="([\d.]+)"'
+    runner.run(cmd, log, cwd, 120)
+    found = re.search(pattern, (cwd / path).read_text())
+    if not found:
+        raise ToolFailedError(f"{cmd[0]} wrote {cwd / path} without its output frequency (no {pattern!r} in it)")
+    return float(found.group(1))
+
+
 def parse_report(text: str, family: str) -> dict:
     """nextpnr's `--report` JSON -> {"resources": {name: {"used", "available"}}, "fmax_mhz", "clocks"}.
     Fmax is the slowest clock's achieved frequency."""

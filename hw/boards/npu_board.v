@@ -1,5 +1,7 @@
 // Board top for the edgegen NPU: npu_top behind the UART link (npu_uart.v), a power-on reset and
-// two status LEDs. One module for every board; each board's constraint file names these ports.
+// two status LEDs. One module for every board, inside a generated top (edgegen's bitstream stage) that
+// feeds it the board's oscillator or a PLL's output; clk_ready holds it in reset until that clock is
+// stable (the PLL's lock; tied high without a PLL).
 // The static memories start from the $readmemh images (*_INIT), so the bitstream carries the model
 // (except a single-port WGT, WGT_SINGLE_PORT = 1: the host loads it over the link).
 module npu_board #(
@@ -22,15 +24,18 @@ module npu_board #(
     parameter PROG_INIT = ""
 ) (
     input  wire clk,
+    input  wire clk_ready,
     input  wire uart_rx,
     output wire uart_tx,
     output wire led_busy,
     output wire led_done
 );
     localparam DIV = CLK_HZ / BAUD;
-    reg [7:0] por = 8'd0;                      // held in reset for 128 cycles after configuration
+    reg [7:0] por = 8'd0;                      // held in reset for 128 stable cycles after configuration
     wire rst = !por[7];
-    always @(posedge clk) if (rst) por <= por + 1'b1;
+    always @(posedge clk)
+        if (!clk_ready) por <= 8'd0;
+        else if (rst) por <= por + 1'b1;
 
     wire [7:0]  rx_data, tx_data, h_wdata, h_rdata;
     wire        rx_valid, tx_send, tx_ready, h_we, h_re, h_rvalid, busy, done, layer_done;

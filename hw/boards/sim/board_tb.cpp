@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
     Verilated::commandArgs(argc, argv);
     top = new Vnpu_board;
     top->uart_rx = 1;
+    top->clk_ready = 1;
     for (int i = 0; i < 200; ++i) tick();  // power-on reset
     int send_bit = -1, send_count = 0;      // host -> board: bit index of the frame being sent
     uint16_t frame = 0;
