@@ -39,7 +39,11 @@ from edgegen.runtime.server import Server
 TARGET = "x86-onnxruntime"
 UPSCALER_INPUT = {"image": [1, 3, 128, 128]}
 HIT_BURST = 10
-BATCHING_ALSO = ["glyphtiny"]  # the tiny zoo generator: per-call overhead, not arithmetic, dominates it
+# (zoo model, target, precision) of the batching runs: the other rows' bundle first; glyphtiny: per-call
+# overhead dominates it; OpenVINO int8: oneDNN runs a batch as one wider convolution, ONNX Runtime
+# loops its convolutions over the batch
+BATCHING = [("glyphgen", TARGET, "fp32"), ("glyphtiny", TARGET, "fp32"), ("glyphgen", "x86-openvino", "int8"),
+            ("glyphtiny", "x86-openvino", "int8")]
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -335,12 +339,14 @@ def main() -> int:
         rows += roi_and_edits(upscaler, runs)
         rows += tiers(variants, runs)
         print("batching ...", flush=True)
-        batch = [batching("zoo:glyphgen", glyph, 160 if args.quick else 640)]
-        for name in BATCHING_ALSO:
-            if name in zoo.names():
-                bundle = work / name
-                build(f"zoo:{name}", TARGET, bundle)
-                batch.append(batching(f"zoo:{name}", bundle, 160 if args.quick else 640))
+        batch = []
+        for name, target, precision in BATCHING:
+            if name not in zoo.names():
+                continue
+            bundle = glyph if (name, target, precision) == BATCHING[0] else work / f"{name}-{target}-{precision}"
+            if not bundle.exists():
+                build(f"zoo:{name}", target, bundle, precision=precision)
+            batch.append(batching(f"zoo:{name}, {target} {precision}", bundle, 160 if args.quick else 640))
         print("memory workload ...", flush=True)
         mem = memory(glyph, 1000 if args.quick else 10_000, work)
     meta = {"command": "make bench" if not args.quick else "tools/bench_runtime.py --quick",

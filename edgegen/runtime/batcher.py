@@ -1,9 +1,10 @@
 """Micro-batcher: concurrent requests merged into one backend call, with Triton's two knobs.
 
-`submit` checks a request in the caller's thread (a bad request fails alone, at once) and answers
-cache hits there too. Misses wait in a bucket of requests that can share a call (same route, tier
-and input shapes); one worker thread runs a bucket when it holds `max_batch` requests or its
-oldest request has waited `max_delay_us`. Equal requests in a bucket are computed once.
+`submit` checks a request in the caller's thread (a bad request fails alone, at once), answers
+cache hits there too, and builds a miss's model inputs there, so the worker thread only stacks them
+and runs the backend. Misses wait in a bucket of requests that can share a call (same route, tier
+and input shapes); the worker runs a bucket when it holds `max_batch` requests or its oldest
+request has waited `max_delay_us`. Equal requests in a bucket are computed once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import EdgegenError
-from .generator import Generator, Rendered
+from .generator import Generator, Job, Rendered
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,15 @@ class MicroBatcher:
         self._worker = threading.Thread(target=self._loop, name="edgegen-batcher", daemon=True)
         self._worker.start()
 
-    def submit(self, request: dict[str, Any], output: str | None = None) -> Future:
-        """A future of the Rendered result; raises RequestError (bad request) or OverloadedError now."""
-        key, bucket_key = self.generator.plan(request, output)
+    def submit(self, request: dict[str, Any] | Job, output: str | None = None) -> Future:
+        """A future of the Rendered result of a request (or of a Job from `Generator.prepare`); raises
+        RequestError (bad request) or OverloadedError now."""
+        job = request if isinstance(request, Job) else self.generator.prepare(request, output)
+        key, bucket_key = job.key, job.bucket
         future: Future = Future()
         found = self.generator.lookup(key)
+        if found is None and job.samples is None:
+            self.generator.materialize(job)
         with self._cond:
             self.counters["submitted"] += 1
             if found is not None:
@@ -76,12 +81,13 @@ class MicroBatcher:
                 bucket.waiting[key][1].append(future)
                 self.counters["merged_duplicates"] += 1
             else:
-                bucket.waiting[key] = ((request, output), [future])
+                bucket.waiting[key] = (job, [future])
             self._pending += 1
             self._cond.notify()
         return future
 
-    def generate(self, request: dict[str, Any], output: str | None = None, timeout: float | None = None) -> Rendered:
+    def generate(self, request: dict[str, Any] | Job, output: str | None = None,
+                 timeout: float | None = None) -> Rendered:
         """Submit and wait."""
         return self.submit(request, output).result(timeout)
 
@@ -118,23 +124,22 @@ class MicroBatcher:
         return None, wait
 
     def _run(self, items: list) -> None:
-        requests = [request for _, ((request, _), _) in items]
-        output = items[0][1][0][1]
+        jobs = [job for _, (job, _) in items]
         try:
-            results = self.generator.render(requests, output)
+            results = self.generator.serve(jobs)
         except Exception:  # one bad request must not fail the others: serve them one by one
             results = []
-            for request in requests:
+            for job in jobs:
                 try:
-                    results.append(self.generator.render([request], output)[0])
+                    results.append(self.generator.serve([job])[0])
                 except Exception as exc:  # noqa: BLE001 - handed to that request's caller
                     results.append(exc)
         for (_, (_, futures)), result in zip(items, results):
-            for future in futures:
+            for n, future in enumerate(futures):
                 if isinstance(result, Exception):
                     future.set_exception(result)
-                else:
-                    future.set_result(Rendered(result.pixels.copy(), result.served_by))
+                else:  # every caller gets its own array
+                    future.set_result(result if n == 0 else Rendered(result.pixels.copy(), result.served_by))
 
     def stats(self) -> dict[str, Any]:
         with self._cond:

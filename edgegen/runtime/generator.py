@@ -63,11 +63,22 @@ class Rendered:
 
 
 @dataclass
-class _Job:
+class Job:
+    """A checked request: its route, cache key, and (once `Generator.prepare` materialized them) its
+    model inputs without the batch axis."""
+
     index: int
     request: Request
     route: Route
     key: str
+    samples: dict[str, np.ndarray] | None = None
+
+    @property
+    def bucket(self) -> tuple:
+        """Requests in one bucket can share a backend call (same route, input shapes, ROI)."""
+        shapes = tuple(sorted(self.route.inputs.items()))
+        image = self.request.image.shape if self.request.image is not None else None
+        return self.route, shapes, image, self.request.roi, self.key if self.request.roi else None
 
 
 class Generator:
@@ -153,16 +164,20 @@ class Generator:
         """Serve many requests; each result says what served it. Misses sharing a route run as one batch."""
         if not requests:
             raise RequestError("generate_batch needs at least one request")
-        jobs = [self._job(i, r, output) for i, r in enumerate(requests)]
+        return self.serve([self._job(i, r, output) for i, r in enumerate(requests)])
+
+    def serve(self, jobs: list[Job]) -> list[Rendered]:
+        """Serve prepared requests (see `prepare`): cached ones from the caches, misses sharing a bucket as
+        one backend call."""
         results: list[Rendered | None] = [self.lookup(job.key) for job in jobs]
-        groups: dict[tuple, list[_Job]] = {}
-        for job, found in zip(jobs, results):
+        groups: dict[tuple, list[tuple[int, Job]]] = {}
+        for n, (job, found) in enumerate(zip(jobs, results)):
             if found is None:
-                groups.setdefault(self._bucket(job), []).append(job)
+                groups.setdefault(job.bucket, []).append((n, job))
         for group in groups.values():
-            for job, pixels in zip(group, self._compute(group)):
+            for (n, job), pixels in zip(group, self._compute([job for _, job in group])):
                 self._remember(job.key, pixels)
-                results[job.index] = Rendered(pixels, "computed")
+                results[n] = Rendered(pixels, "computed")
         with self._count_lock:
             for found in results:
                 self._served[found.served_by] += 1
@@ -177,16 +192,13 @@ class Generator:
         """The cache key of a request: sha256 of the bundle content hash and the canonical request."""
         return self._job(0, request, output).key
 
-    def plan(self, request: RequestDict, output: str | None = None) -> tuple[str, tuple]:
-        """(cache key, batch bucket) of a checked request: requests in one bucket can share a backend call."""
-        job = self._job(0, request, output)
-        return job.key, self._bucket(job)
+    def prepare(self, request: RequestDict, output: str | None = None) -> Job:
+        """Check a request (RequestError if it is bad) into a Job: its cache key, route and batch bucket."""
+        return self._job(0, request, output)
 
-    @staticmethod
-    def _bucket(job: _Job) -> tuple:
-        shapes = tuple(sorted(job.route.inputs.items()))
-        image = job.request.image.shape if job.request.image is not None else None
-        return job.route, shapes, image, job.request.roi, job.key if job.request.roi else None
+    def materialize(self, job: Job) -> None:
+        """Build a job's model inputs now (e.g. in a client's thread, so a batching worker only stacks them)."""
+        job.samples = {s.name: self._sample(s, job.request, job.index, job.route) for s in self.inputs}
 
     def lookup(self, key: str) -> Rendered | None:
         """A cached image for a key (LRU, then assets, then disk), or None."""
@@ -206,13 +218,14 @@ class Generator:
 
     def _remember(self, key: str, pixels: np.ndarray, disk: bool = True) -> None:
         """Store a result: a read-only copy in the LRU (callers always get their own arrays), and on disk."""
-        frozen = pixels.copy()
-        frozen.flags.writeable = False
-        self.cache.put(key, frozen)
+        if self.cache.stats.budget_bytes > 0:
+            frozen = pixels.copy()
+            frozen.flags.writeable = False
+            self.cache.put(key, frozen)
         if disk and self.disk is not None:
             self.disk.put(key, pixels)
 
-    def _job(self, index: int, raw: RequestDict, output: str | None) -> _Job:
+    def _job(self, index: int, raw: RequestDict, output: str | None) -> Job:
         request = parse(raw, index, self._input_names)
         route = self.tiers.route(request.output or output, request.size, request.quality)
         if request.roi is not None and route.upscale:
@@ -220,7 +233,7 @@ class Generator:
                                "output=<the preview output> to get a region of the raw preview")
         inputs = [(s.name, self._describe(s, request, index)) for s in self.inputs]
         key = cache_key(self.content_hash, (route.tier, route.output, route.size, request.roi), inputs)
-        return _Job(index, request, route, key)
+        return Job(index, request, route, key)
 
     def _describe(self, spec: TensorSpec, request: Request, index: int) -> str:
         """The canonical form of what a request gives one input (checked, not yet materialized)."""
@@ -243,9 +256,12 @@ class Generator:
                            f"{'image=' if spec.role == 'image' else spec.name + '='} an array")
 
     # -- computing misses ---------------------------------------------------------------------
-    def _compute(self, jobs: list[_Job]) -> list[np.ndarray]:
+    def _compute(self, jobs: list[Job]) -> list[np.ndarray]:
         route, roi = jobs[0].route, jobs[0].request.roi
-        feeds = self._feeds([j.request for j in jobs], route)
+        if all(j.samples is not None for j in jobs):
+            feeds = {s.name: np.stack([j.samples[s.name] for j in jobs]) for s in self.inputs}
+        else:
+            feeds = self._feeds([j.request for j in jobs], route)
         with self._lock:
             if roi is not None:
                 raw = self._region(route, feeds, to_rect(roi))

@@ -102,7 +102,8 @@ class Server:
             fields["image"] = self._decode_image(fields["image"])
         if fields.get("roi") is not None and not isinstance(fields["roi"], list):
             raise RequestError("roi must be a list [x, y, width, height]")
-        key, _ = self.generator.plan(fields)
+        job = self.generator.prepare(fields)
+        key = job.key
         encoded = self.encoded.get(f"{key}:{fmt}")
         if encoded is not None:
             served_by = "lru"
@@ -110,7 +111,7 @@ class Server:
             width, height = encoded[1]
             payload = encoded[0]
         else:
-            result = self.batcher.generate(fields)
+            result = self.batcher.generate(job)
             served_by = result.served_by
             height, width = result.pixels.shape[:2]
             png = encode_png(result.pixels)
