@@ -129,3 +129,16 @@ def test_missing_backend_package_says_how_to_install(ov_bundle):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install openvino" in out and "edgegen[openvino]" in out
+
+
+def test_a_checked_request_is_remembered_by_value_and_type(gen):
+    """A repeat of a plain request skips parsing (same key, same pixels); one that differs only in a value's
+    type (True for 1, 1.0 for 1) is still checked and refused."""
+    first = gen.render([{"seed": 1, "label": 1}])[0].pixels
+    assert gen.key_of({"seed": 1, "label": 1}) == gen.key_of({"label": 1, "seed": 1})
+    assert np.array_equal(gen.render([{"seed": 1, "label": 1}])[0].pixels, first)
+    for bad in ({"seed": True, "label": 1}, {"seed": 1.0, "label": 1}, {"seed": 1, "label": 1, "size": "8"}):
+        with pytest.raises(RequestError):
+            gen.generate(**bad)
+    with pytest.raises(RequestError, match="label 10 is out of range"):
+        gen.generate(seed=1, label=10)

@@ -118,6 +118,7 @@ class Generator:
         self._count_lock = threading.Lock()
         self._served: Counter = Counter()
         self._edits: Counter = Counter()
+        self._checked: dict[tuple, tuple] = {}  # plain request -> (Request, Route, key): a repeat skips the checks
 
     @classmethod
     def open(cls, path: str | Path, threads: int | None = None, verify: bool = True, host_fallback: bool = False,
@@ -226,6 +227,18 @@ class Generator:
             self.disk.put(key, pixels)
 
     def _job(self, index: int, raw: RequestDict, output: str | None) -> Job:
+        plain = _plain(raw, output)
+        known = self._checked.get(plain) if plain is not None else None
+        if known is not None:
+            return Job(index, *known)
+        job = self._check(index, raw, output)
+        if plain is not None:
+            if len(self._checked) >= CHECKED_REQUESTS:
+                self._checked.clear()
+            self._checked[plain] = (job.request, job.route, job.key)
+        return job
+
+    def _check(self, index: int, raw: RequestDict, output: str | None) -> Job:
         request = parse(raw, index, self._input_names)
         route = self.tiers.route(request.output or output, request.size, request.quality)
         if request.roi is not None and route.upscale:
@@ -457,3 +470,21 @@ class Generator:
             outputs[spec.name] = {**report, "pass": ok}
             passed = passed and ok
         return {"pass": passed, "tolerance": tolerance, "outputs": outputs}
+
+
+CHECKED_REQUESTS = 4096  # plain requests remembered as checked (a hit skips parsing and hashing)
+
+
+def _plain(raw: RequestDict, output: str | None) -> tuple | None:
+    """A hashable form of a request made only of ints, strings and an roi of ints (types included: a
+    seed True or 1.0 must still be refused), or None for anything else (arrays, images)."""
+    if type(raw) is not dict:
+        return None
+    items = []
+    for name, value in raw.items():
+        if type(value) in (list, tuple) and all(type(v) is int for v in value):
+            value = ("roi", *value)
+        elif value is not None and type(value) not in (int, str):
+            return None
+        items.append((name, type(value), value))
+    return (output, *items)
