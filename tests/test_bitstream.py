@@ -98,6 +98,16 @@ def test_planner_counts_spram_for_single_port_memories():
         fpga_parts.PARTS["LFE5U-85F-6BG381C"], 16384, 16)
 
 
+@pytest.mark.parametrize("single_port,measured", [({}, 4415), ({"act": 2, "wgt": 1}, 4849)])
+def test_up5k_logic_estimate_is_within_5_percent_of_place_and_route(single_port, measured):
+    """Logic cells nextpnr reported for the 2-lane NPU on the UP5K (bench/bitstream.md): block RAM only,
+    and with the SPRAM banks."""
+    part = fpga_parts.PARTS["iCE40UP5K-SG48"]
+    sizes = {param: 256 for _, param, _ in fpga_parts.MEMORIES}
+    need = fpga_parts.estimate(part, 2, sizes, single_port)["logic"]["need"]
+    assert abs(need - measured) <= 0.05 * measured
+
+
 def test_single_port_memories_keep_their_full_depth():
     config = NpuConfig.from_options({"lanes": 2, "act_kb": 64, "wgt_kb": 64, "act_banks": 2, "wgt_single_port": True})
     memory = {"act_bytes": 300, "wgt_bytes": 1100, "par_entries": 70, "lut_tables": 1, "tap_entries": 20,
