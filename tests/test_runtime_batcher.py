@@ -94,3 +94,12 @@ def test_fixed_batch_model_uses_batch_n_artifacts(tmp_path):
         np.testing.assert_array_equal(image, gen.generate(**request))
     with pytest.raises(BuildError, match="batch axis is dynamic"):
         build(f"{FAMILIES}/dcgan__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "c", batch_sizes=[4])
+
+
+def test_stats_report_the_median_backend_call(bundle):
+    batcher = MicroBatcher(Generator.open(bundle), max_batch=4, max_delay_us=50_000)
+    assert batcher.stats()["batch_ms_p50"] is None
+    concurrently(batcher, [{"seed": s, "label": 1} for s in range(8)])
+    stats = batcher.stats()
+    batcher.close()
+    assert stats["batches"] >= 2 and stats["batch_ms_p50"] > 0

@@ -39,6 +39,7 @@ from edgegen.runtime.server import Server
 TARGET = "x86-onnxruntime"
 UPSCALER_INPUT = {"image": [1, 3, 128, 128]}
 HIT_BURST = 10
+SERVE_MAX_BATCH = 8  # `edgegen serve --max-batch` default: the setting the batching claim is measured at
 # (zoo model, target, precision) of the batching runs: the other rows' bundle first; glyphtiny: per-call
 # overhead dominates it; OpenVINO int8: oneDNN runs a batch as one wider convolution, ONNX Runtime
 # loops its convolutions over the batch
@@ -194,8 +195,9 @@ def tiers(bundles: dict[str, Path], runs: int) -> list[dict[str, Any]]:
 
 def batching(model: str, bundle: Path, requests: int, clients: int = 16, max_delay_us: int = 2000) -> dict[str, Any]:
     """Throughput and p99 of `clients` closed-loop clients through the micro-batcher at max_batch 1
-    (unbatched) up to `clients`, and generate_batch's time per image at each batch size (what one
-    merged call saves, apart from the per-request hand-offs between threads that batching also saves)."""
+    (unbatched) up to `clients`; the claim compares `edgegen serve`'s default (SERVE_MAX_BATCH) with
+    unbatched. Also generate_batch's time per image at each batch size (what one merged call saves,
+    apart from the per-request hand-offs between threads that batching also saves)."""
     gen = Generator.open(bundle, threads=1, cache_bytes=0, feature_cache_bytes=0, assets=False)
     sizes = [1, 2, 4, 8, clients]
     per_image = {}
@@ -203,7 +205,7 @@ def batching(model: str, bundle: Path, requests: int, clients: int = 16, max_del
         batch = [{"seed": 40_000 + i, "label": i % 10} for i in range(size)]
         per_image[size] = statistics.median(timed(lambda: gen.generate_batch(batch)) for _ in range(7)) / size
 
-    def load(max_batch: int) -> tuple[float, float]:
+    def load(max_batch: int) -> tuple[float, float, float]:
         batcher = MicroBatcher(gen, max_batch=max_batch, max_delay_us=max_delay_us)
         latencies: list[float] = []
         counter = iter(range(10 ** 9))
@@ -224,22 +226,24 @@ def batching(model: str, bundle: Path, requests: int, clients: int = 16, max_del
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - start
+        batch_ms = batcher.stats()["batch_ms_p50"]
         batcher.close()
-        return requests / elapsed, float(np.percentile(latencies, 99))
+        return requests / elapsed, float(np.percentile(latencies, 99)), batch_ms
 
     sweep = {size: load(size) for size in sizes}
-    base_rps, base_p99 = sweep[1]
-    batched_rps, batched_p99 = sweep[clients]
-    one_batch = per_image[clients] * clients
+    base_rps, base_p99, _ = sweep[1]
+    batched_rps, batched_p99, one_batch = sweep[SERVE_MAX_BATCH]  # the batcher's backend calls in that run
     bound = max_delay_us / 1e3 + 2 * one_batch
     return {"claim": f"{clients} concurrent clients: throughput, micro-batched vs unbatched", "model": model,
-            "backend_gain": round(per_image[1] / per_image[clients], 3), "unbatched_rps": round(base_rps, 2), "batched_rps": round(batched_rps, 2),
+            "backend_gain": round(per_image[1] / per_image[SERVE_MAX_BATCH], 3), "unbatched_rps": round(base_rps, 2), "batched_rps": round(batched_rps, 2),
             "value": round(batched_rps / base_rps, 3), "limit": 2.0, "unit": "x (at least)",
             "pass": batched_rps / base_rps >= 2.0, "unbatched_p99_ms": round(base_p99, 3),
             "batched_p99_ms": round(batched_p99, 3), "one_batch_ms": round(one_batch, 3),
+            "one_batch_alone_ms": round(per_image[SERVE_MAX_BATCH] * SERVE_MAX_BATCH, 3),
             "p99_bound_ms": round(bound, 3), "p99_pass": batched_p99 <= bound,
-            "sweep": {size: {"rps": round(rps, 2), "p99_ms": round(p99, 3),
-                             "backend_ms_per_image": round(per_image[size], 3)} for size, (rps, p99) in sweep.items()},
+            "sweep": {size: {"rps": round(rps, 2), "p99_ms": round(p99, 3), "batch_ms_p50": batch_ms,
+                             "backend_ms_per_image": round(per_image[size], 3)}
+                      for size, (rps, p99, batch_ms) in sweep.items()},
             "how": f"{requests} distinct requests per setting, caches off, max_delay {max_delay_us} us"}
 
 
@@ -293,15 +297,18 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]], extra: list[dict[st
     batches, mem = extra
     for batch in batches:
         lines += ["", f"**Batching, {batch['model']}** ({batch['how']}): unbatched {batch['unbatched_rps']} req/s, "
-                  f"micro-batched {batch['batched_rps']} req/s = {batch['value']}x (goal >= 2x: "
+                  f"micro-batched at max batch {SERVE_MAX_BATCH} (`edgegen serve`'s default) {batch['batched_rps']} req/s = "
+                  f"{batch['value']}x (goal >= 2x: "
                   f"{'met' if batch['pass'] else 'not met'}; generate_batch's time per image at batch 1 over its time "
-                  f"per image at batch {max(batch['sweep'])}: {batch['backend_gain']}x); p99 "
-                  f"{batch['batched_p99_ms']} ms vs max delay + 2 x one batch ({batch['one_batch_ms']} ms) = "
+                  f"per image at batch {SERVE_MAX_BATCH}: {batch['backend_gain']}x); p99 "
+                  f"{batch['batched_p99_ms']} ms vs max delay + 2 x one batch (the batcher's median backend call in "
+                  f"that run, {batch['one_batch_ms']} ms; {batch['one_batch_alone_ms']} ms alone) = "
                   f"{batch['p99_bound_ms']} ms ({'met' if batch['p99_pass'] else 'not met'}); unbatched p99 "
                   f"{batch['unbatched_p99_ms']} ms.", "",
-                  "| max batch | requests/s | p99 ms | generate_batch ms per image at that batch size |",
-                  "|---|---|---|---|"]
-        lines += [f"| {size} | {r['rps']} | {r['p99_ms']} | {r['backend_ms_per_image']} |"
+                  "| max batch | requests/s | p99 ms | batcher's median backend call ms | generate_batch ms per image "
+                  "at that batch size, alone |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {size} | {r['rps']} | {r['p99_ms']} | {r['batch_ms_p50']} | {r['backend_ms_per_image']} |"
                   for size, r in batch["sweep"].items()]
     lines += ["", f"**Memory** ({mem['how']}): peak bytes {mem['peak_bytes']} within budgets {mem['budgets_bytes']}: "
               f"{'yes' if mem['pass'] else 'no'}; served {mem['served']}; evictions {mem['evictions']}; resident memory "

@@ -10,9 +10,10 @@ request has waited `max_delay_us`. Equal requests in a bucket are computed once.
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,7 @@ class MicroBatcher:
         self._closed = False
         self.counters = {"submitted": 0, "hits": 0, "batches": 0, "batched_requests": 0, "merged_duplicates": 0,
                          "largest_batch": 0, "rejected": 0}
+        self._batch_ms: deque[float] = deque(maxlen=1024)  # the latest backend calls' durations
         self._worker = threading.Thread(target=self._loop, name="edgegen-batcher", daemon=True)
         self._worker.start()
 
@@ -125,6 +127,7 @@ class MicroBatcher:
 
     def _run(self, items: list) -> None:
         jobs = [job for _, (job, _) in items]
+        start = time.perf_counter()
         try:
             results = self.generator.serve(jobs)
         except Exception:  # one bad request must not fail the others: serve them one by one
@@ -134,6 +137,8 @@ class MicroBatcher:
                     results.append(self.generator.serve([job])[0])
                 except Exception as exc:  # noqa: BLE001 - handed to that request's caller
                     results.append(exc)
+        with self._cond:
+            self._batch_ms.append((time.perf_counter() - start) * 1e3)
         for (_, (_, futures)), result in zip(items, results):
             for n, future in enumerate(futures):
                 if isinstance(result, Exception):
@@ -146,7 +151,8 @@ class MicroBatcher:
             batches = self.counters["batches"]
             return {**self.counters, "pending": self._pending, "max_batch": self.max_batch,
                     "max_delay_us": int(self.max_delay * 1e6),
-                    "mean_batch": round(self.counters["batched_requests"] / batches, 3) if batches else 0.0}
+                    "mean_batch": round(self.counters["batched_requests"] / batches, 3) if batches else 0.0,
+                    "batch_ms_p50": round(statistics.median(self._batch_ms), 3) if self._batch_ms else None}
 
     def close(self) -> None:
         """Finish what is waiting, then stop the worker."""
