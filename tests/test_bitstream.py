@@ -145,8 +145,10 @@ def test_memories_are_sized_to_the_program_in_whole_block_depths():
     memory = {"act_bytes": 300, "wgt_bytes": 1100, "par_entries": 70, "lut_tables": 0, "tap_entries": 20,
               "layers": 3}
     sizes = bitstream.depths(config, memory, "ice40")
-    assert sizes == {"ACT_WORDS": 256, "WGT_WORDS": 768, "PAR_WORDS": 256, "LUT_BYTES": 256, "TAP_WORDS": 256,
-                     "PROG_WORDS": 256}
+    assert sizes == {"ACT_WORDS": 256, "WGT_WORDS": 768, "PAR_WORDS": 256, "LUT_BYTES": config.lut_bytes,
+                     "TAP_WORDS": 256, "PROG_WORDS": 256}
+    # the table count depends on the weights (equal tables are shared): LUT keeps the configured capacity
+    assert bitstream.depths(config, {**memory, "lut_tables": 3}, "ice40") == sizes
     assert bitstream.depths(config, memory, "ecp5")["WGT_WORDS"] == 1024
     assert bitstream.depths(config, memory, "ecp5")["PAR_WORDS"] == 512  # ecpbram patches 512-word multiples
 

@@ -68,10 +68,12 @@ def single_port(config: NpuConfig) -> dict[str, int]:
 
 def depths(config: NpuConfig, memory: dict[str, Any], family: str) -> dict[str, int]:
     """RTL depth parameters sized to what the program uses, rounded up to whole block-RAM depths;
-    single-port memories keep the configuration's full depth."""
+    single-port memories keep the configuration's full depth, and LUT its full table count: how many
+    tables a program needs depends on its weights (equal tables are shared), and a model with new
+    weights must keep its architecture (its weight swap)."""
     lanes = config.lanes
     used = {"ACT_WORDS": -(-memory["act_bytes"] // lanes), "WGT_WORDS": -(-memory["wgt_bytes"] // lanes),
-            "PAR_WORDS": memory["par_entries"], "LUT_BYTES": memory["lut_tables"] * 256,
+            "PAR_WORDS": memory["par_entries"], "LUT_BYTES": config.lut_bytes,
             "TAP_WORDS": memory["tap_entries"], "PROG_WORDS": (memory["layers"] + 1) * DESC_WORDS}
     floor = _MIN_DEPTH.get(family, 512)
     sizes = {k: max(1, -(-v // floor)) * floor for k, v in used.items()}
