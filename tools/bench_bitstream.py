@@ -67,7 +67,8 @@ def one(label: str, model_a: Path, model_b: Path, target: str, work: Path, rebui
     if not a.get("built"):
         return {**row, "error": a.get("reason")}
     row.update({k: a.get(k) for k in ("part", "lanes", "fmax_mhz", "cycles_per_image", "latency_ms", "images_per_s",
-                                      "clock_mhz", "latency_ms_at_board_clock", "resources", "stages_s")})
+                                      "clock_mhz", "latency_ms_at_board_clock", "resources", "stages_s", "pll",
+                                      "oscillator_mhz", "timing_met")})
     row["bitstream_bytes"] = (work / f"{label}-{target}-a" / a["bitstream"]).stat().st_size
     if not swap:
         shutil.rmtree(work / "cache-shared", ignore_errors=True)
@@ -106,12 +107,13 @@ def render(meta: dict, rows: list[dict]) -> str:
              "`= rebuild`: the patched bitstream equals a full rebuild "
              "of the new weights byte for byte.", "",
              "| model | target (part, lanes) | logic | block RAM | SPRAM | DSP | Fmax MHz | cycles/image | images/s at "
-             "Fmax | synth s | P&R s | patch + pack s | full build s | swap s (first, warm) | swap build s | = rebuild |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Fmax | NPU clock on the board | synth s | P&R s | patch + pack s | full build s | swap s (first, warm) | "
+             "swap build s | = rebuild |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         model = f"{r['model']} [{runs.index(json.dumps(r['run'], sort_keys=True)) + 1}]"
         if "error" in r:
-            lines.append(f"| {model} | {r['target']} | does not build: {r['error'][:300]} |" + " - |" * 13)
+            lines.append(f"| {model} | {r['target']} | does not build: {r['error'][:300]} |" + " - |" * 14)
             continue
         res = r["resources"]
         logic = res.get("logic_cells") or res.get("luts")
@@ -121,12 +123,20 @@ def render(meta: dict, rows: list[dict]) -> str:
         lines.append(f"| {model} | {r['target']} ({r['part']}, {r['lanes']}) | {cell(logic)} | "
                      f"{cell(res.get('bram'))} | {cell(res.get('spram'))} | {cell(res.get('dsp'))} | {r['fmax_mhz']} | "
                      f"{r['cycles_per_image']} | "
-                     f"{r['images_per_s']} | {st['synthesis']:.1f} | {st['place_and_route']:.1f} | "
+                     f"{r['images_per_s']} | {_clock(r)} | {st['synthesis']:.1f} | {st['place_and_route']:.1f} | "
                      f"{st.get('patch_and_pack', st.get('pack')):.1f} | "
                      f"{r['build_s']} | {swap.get('seconds', '-')}, {r.get('warm_swap_s', '-')} | "
                      f"{r.get('swap_build_s', '-')} | "
                      f"{r.get('swap_equals_rebuild', 'not checked')} |")
     return "\n".join(lines) + "\n"
+
+
+def _clock(row: dict) -> str:
+    """The NPU's clock on the board: a PLL's output (timing met or not) or the oscillator."""
+    if not row.get("pll"):
+        return f"{row.get('clock_mhz')} MHz oscillator"
+    met = "timing met" if row.get("timing_met") else "timing NOT met"
+    return f"{row['clock_mhz']} MHz (PLL from {row['oscillator_mhz']}; {met})"
 
 
 def _kept(previous: Path, planned: set[tuple[str, str]]) -> list[dict]:
