@@ -237,6 +237,10 @@ def test_ecp5_bitstream_weight_swap_equals_a_full_rebuild(tmp_path, monkeypatch)
     target = _board_target(tmp_path, "ecp5-85f", lanes=2)
     a = build(_model(tmp_path, 1), str(target), tmp_path / "a", precision="int8").manifest["session"]["bitstream"]
     assert a["built"] and a["weight_swap"]["used"] is False and "cache miss" in a["weight_swap"]["reason"]
+    # no PLL on the ULX3S: its 25 MHz oscillator clocks the NPU (and the UART divider), fmax_mhz is the P&R target
+    assert not a["pll"] and a["clock_mhz"] == 25.0 and a["clocks"] and a["timing_met"] == (a["fmax_mhz"] >= 25.0)
+    top = (cache / "shared" / a["architecture"] / "rtl" / "npu_fpga_top.v").read_text()
+    assert ".CLK_HZ(25000000)" in top and "npu_pll" not in top
     assert a["resources"]["dsp"]["used"] >= 2 and a["resources"]["bram"]["used"] > 0
     assert a["fmax_mhz"] > 10 and a["stages_s"]["place_and_route"] > 0
     assert (tmp_path / "a" / "fpga" / "npu.bit").stat().st_size > 100_000

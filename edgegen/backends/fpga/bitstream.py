@@ -254,8 +254,8 @@ def _place_template(cached: Path, board: Board, device, params: dict, lanes: int
             shutil.copyfile(src, work / "rtl" / src.name)
         shutil.copyfile(board.constraint_path, work / board.constraint_path.name)
         template_hex(lanes, sizes, work / "template")
-        clock = {"clock_mhz": freq, "pll": False}
-        if board.pll and freq != board.clock_hz / 1e6:
+        clock = {"clock_mhz": board.clock_hz / 1e6, "pll": False}  # the oscillator, unless a PLL makes freq
+        if uses_pll(board, freq):
             clock = {"clock_mhz": openflow.pll(device, board.clock_hz / 1e6, freq, PLL_MODULE, "rtl/npu_pll.v", work,
                                                work / "synth.log"), "pll": True}
         params = {**params, "CLK_HZ": round(clock["clock_mhz"] * 1e6),
@@ -265,8 +265,8 @@ def _place_template(cached: Path, board: Board, device, params: dict, lanes: int
         text = "design.asc" if device.family == "ice40" else "design.config"
         stages["synthesis"] = openflow.synthesize(device, sources, TOP, {}, "netlist.json", work, work / "synth.log")
         stages["place_and_route"] = openflow.place_and_route(device, "netlist.json", board.constraint_path.name,
-                                                             clock["clock_mhz"], text, "nextpnr_report.json", work,
-                                                             work / "pnr.log")
+                                                             clock["clock_mhz"] if clock["pll"] else freq, text,
+                                                             "nextpnr_report.json", work, work / "pnr.log")
         report = openflow.parse_report((work / "nextpnr_report.json").read_text(), device.family)
         report["synth_cells"] = openflow.parse_synth_stat((work / "synth_stat.txt").read_text())
         summary = {"report": report, "clock": clock, "text": text, "stages_s": stages}
@@ -308,6 +308,12 @@ def _patch(cached: Path, device, images: Images, lanes: int, sizes: dict[str, in
         raise
     return {"bitstream": work / bitfile, "mem": work / "mem", "log": log, "work": work, "patched": patched,
             "seconds": time.perf_counter() - start}
+
+
+def uses_pll(board: Board, freq_mhz: float) -> bool:
+    """Whether the generated top clocks the NPU from the board's PLL at freq_mhz (else from the
+    oscillator, with freq_mhz only the place-and-route target)."""
+    return board.pll and freq_mhz != board.clock_hz / 1e6
 
 
 def _placed_columns(asc: str, lanes: int, template: Path) -> dict[str, list[int]]:
