@@ -64,8 +64,8 @@ class Rendered:
 
 @dataclass
 class Job:
-    """A checked request: its route, cache key, and (once `Generator.prepare` materialized them) its
-    model inputs without the batch axis."""
+    """A checked request: its route, cache key, and (once `Generator.materialize` built them) its model
+    inputs without the batch axis."""
 
     index: int
     request: Request
@@ -271,10 +271,10 @@ class Generator:
     # -- computing misses ---------------------------------------------------------------------
     def _compute(self, jobs: list[Job]) -> list[np.ndarray]:
         route, roi = jobs[0].route, jobs[0].request.roi
-        if all(j.samples is not None for j in jobs):
-            feeds = {s.name: np.stack([j.samples[s.name] for j in jobs]) for s in self.inputs}
-        else:
-            feeds = self._feeds([j.request for j in jobs], route)
+        for job in jobs:
+            if job.samples is None:
+                self.materialize(job)
+        feeds = self._stack([job.samples for job in jobs])
         with self._lock:
             if roi is not None:
                 raw = self._region(route, feeds, to_rect(roi))
@@ -391,9 +391,14 @@ class Generator:
         return self._feeds(parsed, Route("full", MAIN, self.image_outputs[0] if self.image_outputs else ""))
 
     def _feeds(self, requests: list[Request], route: Route) -> dict[str, np.ndarray]:
-        samples = {s.name: [self._sample(s, r, i, route) for i, r in enumerate(requests)] for s in self.inputs}
+        return self._stack([{s.name: self._sample(s, r, i, route) for s in self.inputs}
+                            for i, r in enumerate(requests)])
+
+    def _stack(self, samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Per-request inputs (no batch axis) stacked into one batch; RequestError when their shapes differ."""
         feeds = {}
-        for name, items in samples.items():
+        for name in (s.name for s in self.inputs):
+            items = [sample[name] for sample in samples]
             if len({a.shape for a in items}) > 1:
                 raise RequestError(f"requests in one batch give input {name!r} different shapes "
                                    f"({sorted({a.shape for a in items})}); batch only same-sized requests")
