@@ -29,8 +29,9 @@ def test_columns_of_a_removed_block_are_absent():
     low = [w & 0xFFFF for w in words]
     high = [(w >> 32) & 0xFFFF for w in words]
     asc = _asc([low, high])
-    assert ice40_ram.present_columns(asc, words, 48) == [*range(16), *range(32, 48)]
-    assert ice40_ram.present_columns(_asc([low, [(w >> 16) & 0xFFFF for w in words], high]), words, 48) == \
+    assert ice40_ram.present_columns(ice40_ram.block_slices(asc), words, 48) == [*range(16), *range(32, 48)]
+    assert ice40_ram.present_columns(
+        ice40_ram.block_slices(_asc([low, [(w >> 16) & 0xFFFF for w in words], high])), words, 48) == \
         list(range(48))
 
 

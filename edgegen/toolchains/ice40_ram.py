@@ -4,9 +4,9 @@ icebram replaces block-RAM contents by matching every 256-word bit column ("bit 
 from-image against the slices of the initialized block RAMs in an .asc file, and refuses when some
 column is found less often than others. Yosys removes a block RAM whose outputs the design never
 reads (e.g. the unused middle bits of a wide word), so the placed design may hold only some columns
-of an image. `present_columns` finds them (the block-RAM layout below is icebram's: 4096 bits per
-block, read mode from the tile's configuration bits), and `column_images` writes from/to images of
-just those columns for icebram.
+of an image. `block_slices` and `present_columns` find them (the block-RAM layout below is icebram's:
+4096 bits per block, read mode from the tile's configuration bits), and `column_images` writes
+from/to images of just those columns for icebram.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def columns(words: list[int], width: int) -> list[list[int]]:
     return out
 
 
-def present_columns(asc: str, template: list[int], width: int) -> list[int]:
-    """The bit columns of a template image whose every slice the placed design holds."""
-    found = block_slices(asc)
+def present_columns(found: set[int], template: list[int], width: int) -> list[int]:
+    """The bit columns of a template image whose every slice is among `found` (a placed design's
+    `block_slices`)."""
     return [bit for bit, slices in enumerate(columns(template, width)) if all(s in found for s in slices)]
 
 

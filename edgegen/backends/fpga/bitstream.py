@@ -319,11 +319,12 @@ def uses_pll(board: Board, freq_mhz: float) -> bool:
 def _placed_columns(asc: str, lanes: int, template: Path) -> dict[str, list[int]]:
     """iCE40: the bit columns of each memory the placed design holds, where it lacks some (Yosys removes
     block RAMs whose outputs the NPU never reads, e.g. TAP bits above the address widths)."""
+    found = ice40_ram.block_slices(asc)
     out = {}
     for name in HEX:
         width = 4 * _digits(name, lanes)
         words = [int(w, 16) for w in (template / f"{name}.hex").read_text().split()]
-        keep = ice40_ram.present_columns(asc, words, width)
+        keep = ice40_ram.present_columns(found, words, width)
         if len(keep) < width:
             out[name] = keep
     return out
