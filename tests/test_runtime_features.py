@@ -60,6 +60,9 @@ def test_split_results_equal_unsplit_and_variations_skip_the_trunk(split_bundle)
     cold = Generator.open(split_bundle, feature_cache_bytes=0, cache_bytes=0)
     for label, image in enumerate([first] + variations):
         np.testing.assert_array_equal(image, cold.generate(seed=11, label=label))
+    batch = cold.generate_batch([{"seed": 11, "label": label} for label in range(10)])
+    np.testing.assert_array_equal(batch, np.stack([first] + variations))
+    assert cold.stats()["features"]["misses"] == 0, "a zero budget runs the trunk without keys or lookups"
 
 
 def test_split_at_named_tensors_and_clear_refusals(tmp_path, glyph_path):

@@ -37,6 +37,9 @@ class FeatureCache:
 
     def trunk(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Trunk outputs (batched) for batched feeds, from the cache where possible."""
+        if self.cache.stats.budget_bytes <= 0:  # caching off: no keys, no copies
+            ran = self.parts.run(TRUNK, feeds)
+            return {n: ran[n] for n in self.cut}
         count = len(feeds[self.trunk_inputs[0]])
         keys = [self._key(feeds, i) for i in range(count)]
         first = {k: i for i, k in reversed(list(enumerate(keys)))}  # one trunk run per distinct input
