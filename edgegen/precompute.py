@@ -162,7 +162,7 @@ def add_assets(bundle_dir: str | Path, requests_path: str | Path, progress: Prog
     keep = []
     if old.assets is not None:
         keep = [(key, request, array) for key, request, array in old.assets.items() if array is not None]
-        dropped = len(old.assets.entries) - len(keep)
+        dropped = len(old.assets) - len(keep)
         if dropped:
             log.warning("%s: %d damaged asset(s) dropped (re-rendered if the request file names them)", out, dropped)
     staging = bundle.staging_dir(out)

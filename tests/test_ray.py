@@ -65,7 +65,7 @@ def files(bundle: Path) -> dict[str, bytes]:
 
 
 def assert_same_assets(got: Path, expected: Path) -> None:
-    for name in ("assets/pack.bin", "assets/index.json"):
+    for name in ("assets/pack.bin", "assets/table.bin", "assets/index.json", "assets/requests.jsonl"):
         assert (got / name).read_bytes() == (expected / name).read_bytes(), name
     assert read_manifest(got)["files"] == read_manifest(expected)["files"]
 

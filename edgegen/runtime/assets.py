@@ -1,11 +1,21 @@
 """Precomputed assets: images rendered at build time, shipped in the bundle as one pack file plus an
-index (`assets/index.json`: key -> offset, length, dtype, shape, sha256, request).
+index that the device maps instead of loading, so opening a pack of millions of assets costs no
+more than opening one of ten.
 
-The device maps the pack read-only with mmap; a hit copies the bytes out and never touches the
+- `assets/pack.bin`: the images' bytes, each entry aligned to 64 bytes.
+- `assets/table.bin`: an open-addressing hash table of fixed-size slots (key, offset, length, sha256 of
+  the bytes, layout, position in the pack), twice as many slots as entries. Keys are sha256 digests,
+  so their first 8 bytes, scaled to the slot count, pick the slot; a lookup reads one or two slots.
+- `assets/index.json`: format, version, content hash, where the assets were rendered, the entry count
+  and the few (dtype, shape) layouts the entries use.
+- `assets/requests.jsonl`: each entry's request, in pack order; read only to merge packs, never to serve.
+
+The device maps pack and table read-only with mmap; a hit copies the bytes out and never touches the
 backend. Each entry's bytes are checked against its sha256 the first time the entry is served
 (hashing on every hit would cost more than the rest of a hit); a damaged entry is reported as a
 miss (and recomputed by the generator), so a corrupt pack never yields corrupt pixels. Bundles
 are replaced by rename, never rewritten in place, so a checked mapping stays what was checked.
+Version 1 packs (a JSON index of every entry) are still read, into memory.
 """
 
 from __future__ import annotations
@@ -14,9 +24,10 @@ import hashlib
 import json
 import logging
 import mmap
+import struct
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -27,16 +38,24 @@ log = logging.getLogger(__name__)
 
 DIR = "assets"
 INDEX = f"{DIR}/index.json"
+TABLE = f"{DIR}/table.bin"
+REQUESTS = f"{DIR}/requests.jsonl"
 PACK = f"{DIR}/pack.bin"
 FORMAT = "edgegen-assets"
+VERSION = 2
 ALIGN = 64
+SLOT = struct.Struct("<32sQQ32sII")  # key, offset, length, sha256, layout, order
+RECORD = np.dtype([("key", "V32"), ("offset", "<u8"), ("length", "<u8"), ("sha256", "V32"), ("layout", "<u4"),
+                   ("order", "<u4")])
+EMPTY = 0xFFFFFFFF  # the order of an empty slot
 
 
 class AssetPack:
     """Read-only view of a bundle's precomputed assets."""
 
     def __init__(self, bundle_dir: Path, content_hash: str):
-        index_path = Path(bundle_dir) / INDEX
+        self._dir = Path(bundle_dir)
+        index_path = self._dir / INDEX
         try:
             index = json.loads(index_path.read_text())
         except (OSError, ValueError) as exc:
@@ -45,70 +64,198 @@ class AssetPack:
         if index.get("format") != FORMAT or index.get("content_hash") != content_hash:
             raise BundleError(f"{index_path}: these assets were rendered for another model artifact; rerun "
                               "`edgegen precompute BUNDLE REQUESTS` to render them for this one")
-        self.entries: dict[str, dict[str, Any]] = index["entries"]
-        self.stats = CacheStats(entries=len(self.entries))
+        self._maps: list[tuple[Any, mmap.mmap]] = []
+        self._pack = self._open(PACK)
+        self._request_list: list[dict[str, Any]] | None = None
+        try:
+            if index.get("version") == 1:
+                self._count, self._table, self._layouts, self._request_list = _from_v1(index["entries"])
+            else:
+                self._count = int(index["count"])
+                self._table = (self._open(TABLE) if self._count else None) or b""
+                self._layouts = [(np.dtype(d), tuple(s)) for d, s in index["layouts"]]
+            self._check()
+        except (KeyError, TypeError, ValueError) as exc:
+            self.close()
+            raise BundleError(f"{index_path}: malformed asset index ({exc}); rerun `edgegen precompute` or rebuild "
+                              "the bundle") from None
+        self._slots = len(self._table) // SLOT.size
+        self._verified = bytearray(self._slots)
         self._lock = threading.Lock()
-        self._file = None
-        self._map = None
-        self._checked: set[str] = set()
-        pack = Path(bundle_dir) / PACK
-        if self.entries and pack.stat().st_size:
-            self._file = open(pack, "rb")
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        self.stats.bytes = len(self._map) if self._map is not None else 0
+        self.stats = CacheStats(entries=self._count, bytes=len(self._pack) if self._pack is not None else 0)
 
     @staticmethod
     def present(bundle_dir: Path) -> bool:
         return (Path(bundle_dir) / INDEX).is_file()
 
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, key: str) -> bool:
+        return self._find(key) is not None
+
     def get(self, key: str) -> np.ndarray | None:
         """The asset for a key (a private copy), or None when absent or damaged."""
-        entry = self.entries.get(key)
-        if entry is None or self._map is None:
-            with self._lock:
-                self.stats.misses += 1
-            return None
-        start, length = entry["offset"], entry["length"]
-        data = bytearray(self._map[start:start + length])
-        if key not in self._checked:
-            if len(data) != length or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                with self._lock:
-                    self.stats.corrupt += 1
-                    self.stats.misses += 1
-                log.warning("asset %s in the pack does not match its sha256; recomputing it", key[:12])
-                return None
-            self._checked.add(key)
+        found = self._find(key)
+        array = self._read(*found) if found is not None else None
         with self._lock:
-            self.stats.hits += 1
-        return np.frombuffer(data, dtype=np.dtype(entry["dtype"])).reshape(entry["shape"])
+            if array is None:
+                self.stats.misses += 1
+            else:
+                self.stats.hits += 1
+        return array
 
-    def items(self) -> Iterable[tuple[str, dict[str, Any], np.ndarray | None]]:
-        """(key, request, array or None when damaged) for every entry."""
-        for key, entry in self.entries.items():
-            yield key, entry["request"], self.get(key)
+    def items(self) -> Iterator[tuple[str, dict[str, Any], np.ndarray | None]]:
+        """(key, request, array or None when damaged) for every entry, in pack order."""
+        requests = self._requests()
+        slots = _slots(self._table)
+        for slot in sorted(np.flatnonzero(slots["order"] != EMPTY), key=lambda i: int(slots[i]["order"])):
+            fields = SLOT.unpack_from(self._table, int(slot) * SLOT.size)
+            yield fields[0].hex(), requests[fields[5]], self._read(int(slot), fields)
 
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._file.close()
-            self._map = None
+        """Unmap the files; the pack then serves nothing."""
+        self._count, self._table, self._pack, self._slots = 0, b"", None, 0
+        for file, mapping in self._maps:
+            mapping.close()
+            file.close()
+        self._maps = []
+
+    # -- reading ------------------------------------------------------------------------------------
+    def _find(self, key: str) -> tuple[int, tuple] | None:
+        """(slot, its fields) of a key: linear probing from the slot its first 8 bytes name."""
+        if not self._slots:
+            return None
+        try:
+            wanted = bytes.fromhex(key)
+        except ValueError:
+            return None
+        slot = _home(wanted, self._slots)
+        while True:
+            fields = SLOT.unpack_from(self._table, slot * SLOT.size)
+            if fields[5] == EMPTY:
+                return None
+            if fields[0] == wanted:
+                return slot, fields
+            slot = slot + 1 if slot + 1 < self._slots else 0
+
+    def _read(self, slot: int, fields: tuple) -> np.ndarray | None:
+        key, start, length, sha, layout, _ = fields
+        data = bytearray(self._pack[start:start + length] if length else b"")
+        if not self._verified[slot]:
+            if hashlib.sha256(data).digest() != sha:
+                with self._lock:
+                    self.stats.corrupt += 1
+                log.warning("asset %s in the pack does not match its sha256; recomputing it", key.hex()[:12])
+                return None
+            self._verified[slot] = 1
+        dtype, shape = self._layouts[layout]
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+    def _requests(self) -> list[dict[str, Any]]:
+        if self._request_list is None:
+            path = self._dir / REQUESTS
+            try:
+                self._request_list = [json.loads(line) for line in path.read_text().splitlines()]
+            except (OSError, ValueError) as exc:
+                raise BundleError(f"{path}: unreadable asset requests ({exc}); rerun `edgegen precompute`") from None
+            if len(self._request_list) != self._count:
+                raise BundleError(f"{path}: {len(self._request_list)} requests for {self._count} assets; rerun "
+                                  "`edgegen precompute`")
+        return self._request_list
+
+    # -- opening --------------------------------------------------------------------------------------
+    def _open(self, name: str) -> mmap.mmap | None:
+        path = self._dir / name
+        try:
+            file = open(path, "rb")
+        except OSError as exc:
+            raise BundleError(f"{path}: cannot open ({exc.strerror or exc}); rerun `edgegen precompute` or rebuild "
+                              "the bundle") from None
+        if path.stat().st_size == 0:
+            file.close()
+            return None
+        mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        self._maps.append((file, mapping))
+        return mapping
+
+    def _check(self) -> None:
+        """Refuse a table of the wrong size, or whose entries fall outside the pack or their layout."""
+        slots = _table_slots(self._count)
+        if len(self._table) != slots * SLOT.size:
+            raise ValueError(f"{TABLE} holds {len(self._table)} bytes, not the {slots} slots of {self._count} entries")
+        records = _slots(self._table)
+        records = records[records["order"] != EMPTY]
+        if not np.array_equal(np.sort(records["order"]), np.arange(self._count)):
+            raise ValueError("the table's entries are not those of the pack")
+        pack_size = len(self._pack) if self._pack is not None else 0
+        sizes = np.array([dtype.itemsize * int(np.prod(shape)) for dtype, shape in self._layouts] or [0], np.uint64)
+        layouts = records["layout"]
+        if np.any(layouts >= len(self._layouts)) or np.any(records["offset"] + records["length"] > pack_size) \
+                or np.any(sizes[np.minimum(layouts, len(sizes) - 1)] != records["length"]):
+            raise ValueError("an entry lies outside the pack or does not match its layout")
 
 
 def write_pack(bundle_dir: Path, content_hash: str, entries: Iterable[tuple[str, dict[str, Any], np.ndarray]],
                rendered_on: str) -> int:
-    """Write assets/pack.bin and assets/index.json into a (staging) bundle directory; return the count."""
+    """Write the asset files into a (staging) bundle directory, entries in the order given; return the count."""
     directory = Path(bundle_dir) / DIR
     directory.mkdir(parents=True, exist_ok=True)
-    index: dict[str, dict[str, Any]] = {}
-    with open(Path(bundle_dir) / PACK, "wb") as pack:
+    rows: list[tuple[bytes, int, int, bytes, int, int]] = []
+    layouts: dict[tuple[str, tuple[int, ...]], int] = {}
+    with open(Path(bundle_dir) / PACK, "wb") as pack, open(Path(bundle_dir) / REQUESTS, "w") as requests:
         for key, request, array in entries:
             payload = np.ascontiguousarray(array).tobytes()
             pack.write(b"\0" * (-pack.tell() % ALIGN))
-            index[key] = {"offset": pack.tell(), "length": len(payload), "dtype": array.dtype.str,
-                          "shape": list(array.shape), "sha256": hashlib.sha256(payload).hexdigest(),
-                          "request": request}
+            layout = layouts.setdefault((array.dtype.str, tuple(array.shape)), len(layouts))
+            rows.append((bytes.fromhex(key), pack.tell(), len(payload), hashlib.sha256(payload).digest(), layout,
+                         len(rows)))
             pack.write(payload)
+            requests.write(json.dumps(request) + "\n")
+    (Path(bundle_dir) / TABLE).write_bytes(_hash_table(rows))
     (Path(bundle_dir) / INDEX).write_text(json.dumps(
-        {"format": FORMAT, "version": 1, "content_hash": content_hash, "rendered_on": rendered_on,
-         "entries": index}, indent=1) + "\n")
-    return len(index)
+        {"format": FORMAT, "version": VERSION, "content_hash": content_hash, "rendered_on": rendered_on,
+         "count": len(rows), "layouts": [[dtype, list(shape)] for dtype, shape in layouts]}, indent=1) + "\n")
+    return len(rows)
+
+
+def _table_slots(count: int) -> int:
+    """Slots of a table for `count` entries (half of them stay empty, so probes stay short)."""
+    return 2 * count
+
+
+def _home(key: bytes, slots: int) -> int:
+    """The slot a key's probe starts from: its first 8 bytes scaled to the slot count."""
+    return (int.from_bytes(key[:8], "big") * slots) >> 64
+
+
+def _slots(table) -> np.ndarray:
+    return np.frombuffer(table, RECORD) if len(table) else np.zeros(0, RECORD)
+
+
+def _hash_table(rows: list[tuple[bytes, int, int, bytes, int, int]]) -> bytes:
+    """The table's bytes: each row in the first free slot from the one its key's first 8 bytes name."""
+    slots = _table_slots(len(rows))
+    empty = np.zeros(slots, RECORD)
+    empty["order"] = EMPTY
+    table = bytearray(empty.tobytes())
+    for row in rows:
+        if len(row[0]) != 32:
+            raise ValueError(f"asset key {row[0].hex()!r} is not a sha256 digest")
+        slot = _home(row[0], slots)
+        while SLOT.unpack_from(table, slot * SLOT.size)[5] != EMPTY:
+            slot = slot + 1 if slot + 1 < slots else 0
+        SLOT.pack_into(table, slot * SLOT.size, *row)
+    return bytes(table)
+
+
+def _from_v1(entries: dict[str, dict[str, Any]]) -> tuple[int, bytes, list, list]:
+    """A version 1 index (every entry in JSON) as the table a version 2 pack maps, built in memory."""
+    layouts: dict[tuple[str, tuple[int, ...]], int] = {}
+    rows, requests = [], []
+    for order, (key, entry) in enumerate(entries.items()):
+        layout = layouts.setdefault((entry["dtype"], tuple(entry["shape"])), len(layouts))
+        rows.append((bytes.fromhex(key), entry["offset"], entry["length"], bytes.fromhex(entry["sha256"]), layout,
+                     order))
+        requests.append(entry["request"])
+    return len(rows), _hash_table(rows), [(np.dtype(d), s) for d, s in layouts], requests

@@ -157,7 +157,7 @@ class Server:
                             "shape": s.default_shape} for s in gen.inputs],
                 "image_outputs": gen.image_outputs, "sizes": gen.tiers.offered(),
                 "preview": bool(gen.tiers.preview), "roi": sorted(gen.roi),
-                "assets": len(gen.assets.entries) if gen.assets else 0}
+                "assets": len(gen.assets) if gen.assets else 0}
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -167,7 +167,7 @@ def _merged(keep: list[tuple[str, dict[str, Any], Any]], shard_dir: Path, shards
         except (OSError, ValueError, BundleError) as exc:
             raise BuildError(f"precompute shard {number} is missing or unreadable after the Ray run ({exc}); "
                              "rerun the precompute") from None
-        lost = [key for key in keys if key not in seen and key not in pack.entries]
+        lost = [key for key in keys if key not in seen and key not in pack]
         if lost:
             raise BuildError(f"precompute shard {number} lacks {len(lost)} of its assets (first key {lost[0][:12]}); "
                              "rerun the precompute")
