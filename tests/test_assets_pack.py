@@ -96,3 +96,10 @@ def test_empty_pack(tmp_path):
     assert write_pack(tmp_path, CONTENT, [], "here") == 0
     pack = AssetPack(tmp_path, CONTENT)
     assert len(pack) == 0 and pack.get("00" * 32) is None and list(pack.items()) == []
+
+
+def test_missing_table_is_named(tmp_path):
+    write_pack(tmp_path, CONTENT, entries(5), "here")
+    (tmp_path / TABLE).unlink()
+    with pytest.raises(BundleError, match="assets/table.bin: cannot open"):
+        AssetPack(tmp_path, CONTENT)

@@ -79,6 +79,9 @@ class AssetPack:
             self.close()
             raise BundleError(f"{index_path}: malformed asset index ({exc}); rerun `edgegen precompute` or rebuild "
                               "the bundle") from None
+        except BundleError:
+            self.close()
+            raise
         self._slots = len(self._table) // SLOT.size
         self._verified = bytearray(self._slots)
         self._lock = threading.Lock()
@@ -108,8 +111,9 @@ class AssetPack:
     def items(self) -> Iterator[tuple[str, dict[str, Any], np.ndarray | None]]:
         """(key, request, array or None when damaged) for every entry, in pack order."""
         requests = self._requests()
-        slots = _slots(self._table)
-        for slot in sorted(np.flatnonzero(slots["order"] != EMPTY), key=lambda i: int(slots[i]["order"])):
+        orders = _slots(self._table)["order"].copy()  # a copy: no view of the mapping outlives this line
+        occupied = np.flatnonzero(orders != EMPTY)
+        for slot in occupied[np.argsort(orders[occupied])]:
             fields = SLOT.unpack_from(self._table, int(slot) * SLOT.size)
             yield fields[0].hex(), requests[fields[5]], self._read(int(slot), fields)
 
