@@ -228,3 +228,37 @@ def test_interpolating_resize_gets_its_own_output_grid(tmp_path):
             if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].ndim == 0}
     assert grid["near"] == grid["c"]  # nearest copies codes: the same grid
     assert grid["up"][0] != grid["c"][0]
+
+
+def test_pads_run_on_the_quantized_tensor_losslessly(tmp_path):
+    from edgegen.passes.qdq import pads_on_quantized
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in [("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)), ("w3", (8, 8, 3, 3)), ("w4", (3, 8, 3, 3))]]
+    inits += [numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+              numpy_helper.from_array(np.array(0.3, np.float32), "off_grid")]
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p1"], mode="reflect"),
+             helper.make_node("Conv", ["p1", "w1"], ["c1"]),
+             helper.make_node("Pad", ["c1", "pads"], ["p2"]),  # constant 0: on every grid, as its zero point
+             helper.make_node("AveragePool", ["p2"], ["m2"], kernel_shape=[3, 3]),
+             helper.make_node("Conv", ["m2", "w2"], ["c2"]),
+             helper.make_node("Pad", ["c2", "pads"], ["p3"], mode="edge"),
+             helper.make_node("Conv", ["p3", "w3"], ["c3"]),
+             helper.make_node("Pad", ["c3", "pads", "off_grid"], ["p4"]),  # 0.3: off the grid, stays in float
+             helper.make_node("Conv", ["p4", "w4"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 14, 14])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    source = Graph.load(tmp_path / "m.onnx")
+    u8 = activations_to_uint8(Quantizer(source, load_calibration(source.inputs, None, 8)).emit())
+    padded = pads_on_quantized(u8)
+    onnx.checker.check_model(padded)
+    producer = {o: n.op_type for n in padded.graph.node for o in n.output}
+    pads = {n.output[0]: producer.get(n.input[0]) for n in padded.graph.node if n.op_type == "Pad"}
+    assert pads == {"p1_quantized": "QuantizeLinear", "p2_quantized": "QuantizeLinear",
+                    "p3_quantized": "QuantizeLinear", "p4": "DequantizeLinear"}, pads
+    assert sum(n.op_type == "QuantizeLinear" for n in u8.graph.node) - \
+        sum(n.op_type == "QuantizeLinear" for n in padded.graph.node) == 3
+    x = {"x": rng.random((1, 3, 16, 16), dtype=np.float32)}
+    np.testing.assert_array_equal(run(u8, x), run(padded, x))

@@ -85,3 +85,81 @@ def fuse_activation_requantization(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in dropped:
         graph.node.remove(node)
     return model
+
+
+def pads_on_quantized(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run each Pad on the quantized tensor: Dequantize -> Pad -> Quantize with the same per-tensor scale
+    and zero point on both sides becomes a Pad of the integer tensor (its Quantize nodes removed).
+
+    Lossless: padding only copies values (reflect, edge) or adds one value, and a constant is taken only
+    when it lies on the grid. ONNX Runtime keeps such a Pad in float between two conversions, and
+    reflection padding sits before every convolution of CycleGAN- and fast-style generators."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+    renamed: dict[str, str] = {}
+    dropped = []
+    for pad in [n for n in graph.node if n.op_type == "Pad"]:
+        dq = producer.get(pad.input[0])
+        qs = consumers.get(pad.output[0], [])
+        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or not qs or \
+                pad.output[0] in graph_outputs:
+            continue
+        grid = _tensor_grid(dq, inits)
+        if grid is None or any(q.op_type != "QuantizeLinear" or len(q.input) < 3 or _tensor_grid(q, inits) != grid
+                               or q.output[0] in graph_outputs for q in qs):
+            continue
+        fill = _fill_on_grid(pad, inits, grid)
+        if fill is False:
+            continue
+        if fill is not None:
+            graph.initializer.append(numpy_helper.from_array(fill, f"{pad.output[0]}_fill_quantized"))
+            pad.input.extend([""] * (3 - len(pad.input)))
+            pad.input[2] = graph.initializer[-1].name
+        pad.input[0] = dq.input[0]
+        pad.output[0] = f"{pad.output[0]}_quantized"
+        for q in qs:
+            renamed[q.output[0]] = pad.output[0]
+            dropped.append(q)
+    for node in dropped:
+        graph.node.remove(node)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = renamed.get(name, name)
+    used = {name for node in graph.node for name in node.input} | graph_outputs
+    for node in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in used]:
+        graph.node.remove(node)
+    return model
+
+
+def _tensor_grid(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> tuple | None:
+    """(scale, zero point, its dtype) of a per-tensor Quantize/Dequantize node, or None."""
+    scale, zero = inits.get(node.input[1]), inits.get(node.input[2])
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1:
+        return None
+    return float(scale.reshape(())), int(zero.reshape(())), zero.dtype.str
+
+
+def _fill_on_grid(pad: onnx.NodeProto, inits: dict[str, np.ndarray], grid: tuple) -> np.ndarray | None | bool:
+    """The quantized constant a Pad fills with (None when it fills none), or False when its constant
+    is not on the grid, not known, or given the opset-2 way (as an attribute)."""
+    attributes = {a.name: a for a in pad.attribute}
+    if "pads" in attributes:
+        return False
+    if "mode" in attributes and attributes["mode"].s.decode() != "constant":
+        return None
+    value = inits.get(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros((), np.float32)
+    if value is None:
+        return False
+    scale, zero, dtype = grid
+    level = float(value.reshape(())) / scale + zero
+    info = np.iinfo(np.dtype(dtype))
+    if level != round(level) or not info.min <= level <= info.max:
+        return False
+    return np.array(round(level), np.dtype(dtype))

@@ -9,7 +9,7 @@ import onnx
 
 from .. import require
 from ...graph import Graph
-from ...passes.qdq import activations_to_uint8
+from ...passes.qdq import activations_to_uint8, pads_on_quantized
 from ...targets import Target
 
 ARTIFACT = "model.onnx"
@@ -59,7 +59,8 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
     ort = _ort()
     if precision == "int8":
         # QDQ stays as it is (ONNX Runtime fuses it at load time on the device), with uint8 activations
-        onnx.save(activations_to_uint8(graph.model), str(workdir / ARTIFACT))
+        # and pads on the integer tensors (both lossless)
+        onnx.save(pads_on_quantized(activations_to_uint8(graph.model)), str(workdir / ARTIFACT))
     else:
         model = graph.model
         if precision == "fp16":
