@@ -185,19 +185,10 @@ class AssetPack:
 
     def _check(self) -> None:
         """Refuse a table of the wrong size, or whose entries fall outside the pack or their layout."""
-        slots = _table_slots(self._count)
-        if len(self._table) != slots * SLOT.size:
-            raise ValueError(f"{TABLE} holds {len(self._table)} bytes, not the {slots} slots of {self._count} entries")
-        records = _slots(self._table)
-        records = records[records["order"] != EMPTY]
-        if not np.array_equal(np.sort(records["order"]), np.arange(self._count)):
-            raise ValueError("the table's entries are not those of the pack")
-        pack_size = len(self._pack) if self._pack is not None else 0
-        sizes = np.array([dtype.itemsize * int(np.prod(shape)) for dtype, shape in self._layouts] or [0], np.uint64)
-        layouts = records["layout"]
-        if np.any(layouts >= len(self._layouts)) or np.any(records["offset"] + records["length"] > pack_size) \
-                or np.any(sizes[np.minimum(layouts, len(sizes) - 1)] != records["length"]):
-            raise ValueError("an entry lies outside the pack or does not match its layout")
+        why = _table_problem(self._table, self._count, len(self._pack) if self._pack is not None else 0,
+                             self._layouts)
+        if why:  # raised here, where no view of the mapping is alive (close() could not unmap it)
+            raise ValueError(why)
 
 
 def write_pack(bundle_dir: Path, content_hash: str, entries: Iterable[tuple[str, dict[str, Any], np.ndarray]],
@@ -221,6 +212,23 @@ def write_pack(bundle_dir: Path, content_hash: str, entries: Iterable[tuple[str,
         {"format": FORMAT, "version": VERSION, "content_hash": content_hash, "rendered_on": rendered_on,
          "count": len(rows), "layouts": [[dtype, list(shape)] for dtype, shape in layouts]}, indent=1) + "\n")
     return len(rows)
+
+
+def _table_problem(table, count: int, pack_size: int, layouts: list) -> str | None:
+    """What is wrong with a table of `count` entries over a pack of `pack_size` bytes, or None."""
+    slots = _table_slots(count)
+    if len(table) != slots * SLOT.size:
+        return f"{TABLE} holds {len(table)} bytes, not the {slots} slots of {count} entries"
+    records = _slots(table)
+    occupied = records["order"] != EMPTY
+    if not np.array_equal(np.sort(records["order"][occupied]), np.arange(count)):
+        return "the table's entries are not those of the pack"
+    sizes = np.array([dtype.itemsize * int(np.prod(shape)) for dtype, shape in layouts] or [0], np.uint64)
+    layout, offset, length = (records[field][occupied] for field in ("layout", "offset", "length"))
+    if np.any(layout >= len(layouts)) or np.any(offset + length > pack_size) \
+            or np.any(sizes[np.minimum(layout, len(sizes) - 1)] != length):
+        return "an entry lies outside the pack or does not match its layout"
+    return None
 
 
 def _table_slots(count: int) -> int:
