@@ -84,7 +84,8 @@ def _spawn(config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _measure(run_once, runs: int, warmup: int) -> list[float]:
+def measure(run_once, runs: int, warmup: int) -> list[float]:
+    """Milliseconds of `runs` calls after `warmup` untimed ones."""
     for _ in range(warmup):
         run_once()
     times = []
@@ -104,8 +105,8 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     if config["kind"] == "pair":
         gen = _open(config)
         source = SourceSession(config["source"], threads)
-        bundle_times, source_times = _interleaved(lambda: gen.run(feeds), lambda: source.run(feeds),
-                                                  config["runs"], config["warmup"])
+        bundle_times, source_times = interleaved(lambda: gen.run(feeds), lambda: source.run(feeds),
+                                                 config["runs"], config["warmup"])
         return {"bundle_p50_ms": round(statistics.median(bundle_times), 4),
                 "source_p50_ms": round(statistics.median(source_times), 4)}
     delegation = None
@@ -118,7 +119,7 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     else:
         run_once = SourceSession(config["source"], threads).run
         subject = "fp32 source, onnxruntime CPU"
-    times = _measure(lambda: run_once(feeds), config["runs"], config["warmup"])
+    times = measure(lambda: run_once(feeds), config["runs"], config["warmup"])
     p50 = statistics.median(times)
     return {"subject": subject, "threads": threads, "batch": batch, "p50_ms": round(p50, 4),
             "p95_ms": round(float(np.percentile(times, 95)), 4), "images_per_s": round(batch * 1e3 / p50, 2),
@@ -131,8 +132,8 @@ def _open(config: dict[str, Any]):
     return Generator.open(config["bundle"], threads=config["threads"], host_fallback=config["host_fallback"])
 
 
-def _interleaved(run_a, run_b, runs: int, warmup: int) -> tuple[list[float], list[float]]:
-    """Alternate two subjects run by run; milliseconds of each."""
+def interleaved(run_a, run_b, runs: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Alternate two subjects run by run (load from elsewhere hits both alike); milliseconds of each."""
     for _ in range(warmup):
         run_a()
         run_b()

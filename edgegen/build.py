@@ -12,7 +12,6 @@ import datetime as dt
 import logging
 import shutil
 import statistics
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__, backends, bundle, reference, targets
+from .bench import interleaved, measure
 from .errors import BackendUnavailableError, BuildError, UnsupportedOpError
 from .graph import Graph
 from .inputs import fixed_batch, run_batched, sample_feeds
@@ -223,20 +223,26 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
         "fidelity": {"samples": samples, "seed": VERIFY_SEED, "reference": reference_name, "ran_on": ran_on,
                      "floor": floor.describe() or None, "outputs": per_output, **quality},
         "reference": {"file": ref_file, "tolerance": tolerance},
-        "latency": _latency(session, first, tgt.threads, ran_on),
+        "latency": _latency(session, first, tgt.threads, ran_on,
+                            SourceSession(source.source, tgt.threads) if native and tgt.backend != "fpga" else None),
         "execution": session.execution_report() if hasattr(session, "execution_report") else None,
     }
 
 
-def _latency(session, feeds: dict[str, np.ndarray], threads: int, where: str, runs: int = 20) -> dict[str, Any]:
-    session.run(feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(feeds)
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"p50_ms": round(statistics.median(times), 3), "runs": runs, "batch": 1, "threads": threads,
-            "measured_on": where}
+def _latency(session, feeds: dict[str, np.ndarray], threads: int, where: str, source: SourceSession | None,
+             runs: int = 20) -> dict[str, Any]:
+    """p50 of the artifact at batch 1; with the fp32 source's session (a CPU artifact that runs natively
+    here), both alternate run by run and the speed against the source is the median of the pairs' ratios."""
+    if source is None:
+        times, baseline = measure(lambda: session.run(feeds), runs, 1), None
+    else:
+        times, baseline = interleaved(lambda: session.run(feeds), lambda: source.run(feeds), runs, 1)
+    result = {"p50_ms": round(statistics.median(times), 3), "runs": runs, "batch": 1, "threads": threads,
+              "measured_on": where}
+    if baseline:
+        result.update(source_p50_ms=round(statistics.median(baseline), 3),
+                      speed_vs_source=round(statistics.median(b / a for a, b in zip(times, baseline)), 3))
+    return result
 
 
 def _manifest(source: Graph, graph: Graph, tgt: targets.Target, precision: str, compiled: dict, checks: dict,

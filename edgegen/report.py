@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any
 
 
+SLOWER = 0.9  # a reduced-precision artifact under this speed against the fp32 source gets a warning (noise: ~10%)
+
+
 def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
     """A few lines per build: where, cost before/after, fidelity, what the passes did, latency."""
     model, fid, lat = manifest["model"], manifest["fidelity"], manifest["latency"]
@@ -15,8 +18,14 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
         f"{model['source_param_bytes'] / 1e3:.0f} -> {model['param_bytes'] / 1e3:.0f} KB",
         f"  fidelity  PSNR {fid['psnr_db']:.2f} dB, SSIM {fid['ssim']:.4f}, max-abs {fid['max_abs']:.3g} vs the "
         f"fp32 source on {fid['samples']} held-out inputs" + (f" (floor: {fid['floor']})" if fid.get("floor") else ""),
-        f"  latency   p50 {lat['p50_ms']:.3f} ms, batch 1, {lat['threads']} thread(s), on {fid['ran_on']}",
+        f"  latency   p50 {lat['p50_ms']:.3f} ms, batch 1, {lat['threads']} thread(s), on {fid['ran_on']}"
+        + (f"; {lat['speed_vs_source']:.2f}x the speed of the fp32 source in ONNX Runtime ({lat['source_p50_ms']:.3f} ms, "
+           "runs alternating)" if "speed_vs_source" in lat else ""),
     ]
+    if lat.get("speed_vs_source", 1.0) < SLOWER and manifest["precision"] != "fp32":
+        lines.append(f"  warning   this {manifest['precision']} artifact runs at {lat['speed_vs_source']:.2f}x the speed "
+                     f"of the fp32 source on this host: {manifest['backend']} gains nothing from "
+                     f"{manifest['precision']} on this model here; try another target or precision")
     execution = manifest.get("execution")
     if execution and execution["int8"]:
         lines.append("  executes  int8: " + ", ".join(f"{k} x{v}" for k, v in sorted(execution["int8"].items()))

@@ -100,7 +100,8 @@ def test_edge_tpu_op_support_applies_coral_rules_to_the_bundle_model(tmp_path, c
 
 
 def test_fpga_target_runs_the_functional_and_rtl_tiers(tmp_path, cgen_path):
-    build(cgen_path, "fpga-sim", tmp_path / "npu")
+    built = build(cgen_path, "fpga-sim", tmp_path / "npu")
+    assert "speed_vs_source" not in built.manifest["latency"], "a simulated NPU is not compared with the CPU"
     report = emulate(tmp_path / "npu", runs=2)
     assert report["pass"], report["checks"]
     assert report["op_support"]["accelerator"] == "edgegen NPU"

@@ -112,6 +112,12 @@ def test_build_report_names_the_lowered_nodes(tmp_path, cgen_path):
     text = render_build_report(built.manifest, tmp_path / "b")
     lowered = [n["node"] for n in built.manifest["passes"]["lowered"]["conv_transpose"]]
     assert f"lowered for int8 (conv_transpose): {', '.join(lowered)}" in text
+    latency = built.manifest["latency"]
+    assert latency["speed_vs_source"] > 0 and latency["source_p50_ms"] > 0
+    assert f"{latency['speed_vs_source']:.2f}x the speed of the fp32 source in ONNX Runtime" in text
+    slow = {**built.manifest, "latency": {**latency, "speed_vs_source": 0.6}}
+    assert "warning   this int8 artifact runs at 0.60x the speed" in render_build_report(slow, tmp_path / "b")
+    assert "warning" not in render_build_report({**slow, "precision": "fp32"}, tmp_path / "b")
 
 
 def test_lowerings_hold_at_every_size_of_a_model_with_dynamic_spatial_axes(tmp_path):
