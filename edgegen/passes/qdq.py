@@ -62,11 +62,7 @@ def fuse_activation_requantization(model: onnx.ModelProto) -> onnx.ModelProto:
     disappears, which only moves the result closer to the float model."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
+    producer, consumers = _links(graph)
     graph_outputs = {o.name for o in graph.output}
     dropped = []
     for node in graph.node:
@@ -77,8 +73,8 @@ def fuse_activation_requantization(model: onnx.ModelProto) -> onnx.ModelProto:
         source = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
         if source is None or source.op_type not in _FUSING_PRODUCERS:
             continue
-        if consumers.get(q.output[0]) != 1 or consumers.get(dq.output[0]) != 1 or \
-                consumers.get(q.input[0]) != 1 or {q.output[0], dq.output[0]} & graph_outputs:
+        if any(len(consumers.get(name, [])) != 1 for name in (q.output[0], dq.output[0], q.input[0])) or \
+                {q.output[0], dq.output[0]} & graph_outputs:
             continue
         node.input[0] = q.input[0]
         dropped += [q, dq]
@@ -97,11 +93,7 @@ def pads_on_quantized(model: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producer, consumers = _links(graph)
     graph_outputs = {o.name for o in graph.output}
     renamed: dict[str, str] = {}
     dropped = []
@@ -115,8 +107,8 @@ def pads_on_quantized(model: onnx.ModelProto) -> onnx.ModelProto:
         if grid is None or any(q.op_type != "QuantizeLinear" or len(q.input) < 3 or _tensor_grid(q, inits) != grid
                                or q.output[0] in graph_outputs for q in qs):
             continue
-        fill = _fill_on_grid(pad, inits, grid)
-        if fill is False:
+        on_grid, fill = _fill_on_grid(pad, inits, grid)
+        if not on_grid:
             continue
         if fill is not None:
             graph.initializer.append(numpy_helper.from_array(fill, f"{pad.output[0]}_fill_quantized"))
@@ -146,20 +138,30 @@ def _tensor_grid(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> tuple | 
     return float(scale.reshape(())), int(zero.reshape(())), zero.dtype.str
 
 
-def _fill_on_grid(pad: onnx.NodeProto, inits: dict[str, np.ndarray], grid: tuple) -> np.ndarray | None | bool:
-    """The quantized constant a Pad fills with (None when it fills none), or False when its constant
-    is not on the grid, not known, or given the opset-2 way (as an attribute)."""
+def _fill_on_grid(pad: onnx.NodeProto, inits: dict[str, np.ndarray], grid: tuple) -> tuple[bool, np.ndarray | None]:
+    """(whether the Pad can run on the grid, the quantized constant it fills with or None when it fills
+    none). It cannot when its constant is off the grid, not known, or given the opset-2 way (attributes)."""
     attributes = {a.name: a for a in pad.attribute}
     if "pads" in attributes:
-        return False
+        return False, None
     if "mode" in attributes and attributes["mode"].s.decode() != "constant":
-        return None
+        return True, None
     value = inits.get(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros((), np.float32)
     if value is None:
-        return False
+        return False, None
     scale, zero, dtype = grid
     level = float(value.reshape(())) / scale + zero
     info = np.iinfo(np.dtype(dtype))
     if level != round(level) or not info.min <= level <= info.max:
-        return False
-    return np.array(round(level), np.dtype(dtype))
+        return False, None
+    return True, np.array(round(level), np.dtype(dtype))
+
+
+def _links(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    """The node producing each tensor, and the nodes consuming it."""
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return producer, consumers

@@ -111,7 +111,7 @@ class AssetPack:
     def items(self) -> Iterator[tuple[str, dict[str, Any], np.ndarray | None]]:
         """(key, request, array or None when damaged) for every entry, in pack order."""
         requests = self._requests()
-        orders = _slots(self._table)["order"].copy()  # a copy: no view of the mapping outlives this line
+        orders = _records(self._table)["order"].copy()  # a copy: no view of the mapping outlives this line
         occupied = np.flatnonzero(orders != EMPTY)
         for slot in occupied[np.argsort(orders[occupied])]:
             fields = SLOT.unpack_from(self._table, int(slot) * SLOT.size)
@@ -219,7 +219,7 @@ def _table_problem(table, count: int, pack_size: int, layouts: list) -> str | No
     slots = _table_slots(count)
     if len(table) != slots * SLOT.size:
         return f"{TABLE} holds {len(table)} bytes, not the {slots} slots of {count} entries"
-    records = _slots(table)
+    records = _records(table)
     occupied = records["order"] != EMPTY
     if not np.array_equal(np.sort(records["order"][occupied]), np.arange(count)):
         return "the table's entries are not those of the pack"
@@ -241,7 +241,8 @@ def _home(key: bytes, slots: int) -> int:
     return (int.from_bytes(key[:8], "big") * slots) >> 64
 
 
-def _slots(table) -> np.ndarray:
+def _records(table) -> np.ndarray:
+    """The table's slots as a numpy record array (a view of the mapping: drop it before closing)."""
     return np.frombuffer(table, RECORD) if len(table) else np.zeros(0, RECORD)
 
 
