@@ -151,8 +151,12 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
     if precision == "int8":
         from .passes.floor import search_float_layers
         from .passes.lowering import lower
+        from .passes.norm_equalize import equalize_before_instance_norms
         from .passes.quantize import Quantizer, qdq_summary
 
+        graph, equalized = equalize_before_instance_norms(graph, calibration)
+        if equalized:
+            passes["equalized"] = {"layers": equalized, "fp32": evaluator.quality(graph.model)}
         graph, lowered = lower(graph, lowerings)
         if lowered:
             passes["lowered"] = lowered

@@ -47,6 +47,12 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
     if quant:
         lines.append(f"  int8      calibration: {quant['calibration']['source']}, {quant['calibration']['count']} "
                      f"samples, {quant['method']}; all-int8 PSNR {quant['all_int8']['psnr_db']:.2f} dB")
+        equalized = manifest["passes"].get("equalized")
+        if equalized:
+            scales = [k for row in equalized["layers"] for k in row["scale"]]
+            lines.append(f"            centred and equalized before InstanceNormalization: {len(equalized['layers'])} "
+                         f"convolution(s), scales {min(scales):.3f}-{max(scales):.3f}; the fp32 graph then "
+                         f"{equalized['fp32']['psnr_db']:.1f} dB vs the source")
         for name, nodes in manifest["passes"].get("lowered", {}).items():
             lines.append(f"            lowered for int8 ({name}): " + ", ".join(n["node"] for n in nodes[:6])
                          + (f" and {len(nodes) - 6} more" if len(nodes) > 6 else ""))

@@ -67,14 +67,14 @@ def remove_channels(model: onnx.ModelProto, cg: ChannelGraph, keep: dict[int, np
     return reinfer(model)
 
 
-def add_initializer(model: onnx.ModelProto, array: np.ndarray, base: str) -> str:
-    """Add `array` as a new initializer named after `base` (made unique); returns its name."""
+def add_initializer(model: onnx.ModelProto, array: np.ndarray, base: str, suffix: str = "pruned") -> str:
+    """Add `array` as a new initializer named `base`.`suffix` (made unique); returns its name."""
     taken = {t.name for t in model.graph.initializer} | {n for node in model.graph.node for n in node.output} | \
         {v.name for v in model.graph.input}
-    name, k = f"{base}.pruned", 1
+    name, k = f"{base}.{suffix}", 1
     while name in taken:
         k += 1
-        name = f"{base}.pruned{k}"
+        name = f"{base}.{suffix}{k}"
     model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
     return name
 
@@ -83,14 +83,14 @@ def initializer(model: onnx.ModelProto, name: str) -> np.ndarray:
     return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name))
 
 
-def set_inputs(model: onnx.ModelProto, node_index: int, arrays: dict[int, np.ndarray]) -> None:
+def set_inputs(model: onnx.ModelProto, node_index: int, arrays: dict[int, np.ndarray], suffix: str = "pruned") -> None:
     """Point inputs `slot -> array` of a node at new initializers holding those arrays."""
     node = model.graph.node[node_index]
     for slot, array in sorted(arrays.items()):
         while len(node.input) <= slot:
             node.input.append("")
         base = node.input[slot] or f"{node.name}.in{slot}"
-        node.input[slot] = add_initializer(model, array.astype(np.float32), base)
+        node.input[slot] = add_initializer(model, array.astype(np.float32), base, suffix)
     drop_unused_initializers(model)
 
 

@@ -10,10 +10,13 @@ same scales.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -57,8 +60,9 @@ class Quantizer:
                 pre, op_types_to_calibrate=None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                 calibrate_method=getattr(q.CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy",
                                                               "percentile": "Percentile"}[method]))
-            calibrator.collect_data(_Reader(calibration))
-            self.ranges = calibrator.compute_data()
+            with _ort_quantizer_quiet():
+                calibrator.collect_data(_Reader(calibration))
+                self.ranges = calibrator.compute_data()
         self.op_types = sorted(set(q.registry.QLinearOpsRegistry) | set(q.registry.QDQRegistry))
 
     def layers(self) -> list[tuple[str, str]]:
@@ -72,11 +76,34 @@ class Quantizer:
             onnx.ModelProto.FromString(self.model.SerializeToString()), True, False, q.QuantType.QInt8,
             q.QuantType.QInt8, self.ranges, list(only) if only is not None else None, list(exclude), self.op_types,
             {"WeightSymmetric": True, "ActivationSymmetric": False})
-        quantizer.quantize_model()
+        with _ort_quantizer_quiet():
+            quantizer.quantize_model()
         quantizer.model.topological_sort()
         model = quantizer.model.model
         _own_grids_for_interpolation(model, self.ranges)
         return model
+
+
+@contextlib.contextmanager
+def _ort_quantizer_quiet() -> Iterator[None]:
+    """onnxruntime.quantization prints its calibration progress, and logs a warning for each rank-1 weight
+    it cannot quantize per channel (an InstanceNormalization's scale), which it then quantizes per tensor.
+    Neither is news to a build's user: the prints are dropped and the records go to this module's debug log."""
+    own = "onnxruntime" + os.sep + "quantization"
+
+    def demote(record: logging.LogRecord) -> bool:
+        if own in record.pathname:
+            log.debug("onnxruntime.quantization: %s", record.getMessage())
+            return False
+        return True
+
+    root = logging.getLogger()
+    root.addFilter(demote)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.removeFilter(demote)
 
 
 def _own_grids_for_interpolation(model: onnx.ModelProto, ranges) -> None:
