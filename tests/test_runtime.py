@@ -142,3 +142,12 @@ def test_a_checked_request_is_remembered_by_value_and_type(gen):
             gen.generate(**bad)
     with pytest.raises(RequestError, match="label 10 is out of range"):
         gen.generate(seed=1, label=10)
+
+
+def test_a_backend_returning_too_few_images_is_an_error_not_a_crash(ort_bundle, monkeypatch):
+    gen = Generator.open(ort_bundle, cache_bytes=0)
+    real = gen.parts.run
+    monkeypatch.setattr(gen.parts, "run", lambda name, feeds: {k: v[:0] for k, v in real(name, feeds).items()})
+    with pytest.raises(BundleError, match=r"backend returned 0 image\(s\) for 2 request\(s\)"):
+        gen.generate_batch([{"seed": 1, "label": 0}, {"seed": 2, "label": 1}])
+    assert gen.stats()["served"].get("computed", 0) == 0

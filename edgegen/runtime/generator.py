@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import backends, reference
 from ..bundle import content_hash, read_manifest, verify_files
-from ..errors import RequestError
+from ..errors import BundleError, RequestError
 from ..inputs import check_label, latent_from_seed, run_batched
 from ..metrics import compare, value_range
 from ..specs import TensorSpec
@@ -280,6 +280,9 @@ class Generator:
                 raw = self._region(route, feeds, to_rect(roi))
             else:
                 raw = self._frame(route, feeds)
+        if len(raw) != len(jobs):  # a backend fault; serving fewer images would leave requests unanswered
+            raise BundleError(f"{self.path}: the {self.manifest['backend']} backend returned {len(raw)} image(s) "
+                              f"for {len(jobs)} request(s); nothing was served from that call")
         spec = self._spec(route.output)
         pixels = tensor_to_uint8(raw, spec.range or [0.0, 1.0])
         if route.upscale:
