@@ -9,6 +9,7 @@ import onnx
 
 from .. import require
 from ...graph import Graph
+from ...passes.narrow_conv import narrow_convs_as_col2im
 from ...passes.qdq import activations_to_uint8, pads_on_quantized
 from ...targets import Target
 
@@ -59,8 +60,10 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
     ort = _ort()
     if precision == "int8":
         # QDQ stays as it is (ONNX Runtime fuses it at load time on the device), with uint8 activations
-        # and pads on the integer tensors (both lossless)
-        onnx.save(pads_on_quantized(activations_to_uint8(graph.model)), str(workdir / ARTIFACT))
+        # and pads on the integer tensors (both lossless), and a large-kernel convolution with few outputs
+        # (an image's last layer) as a 1x1 convolution and Col2Im (the same sums in another order)
+        model = narrow_convs_as_col2im(pads_on_quantized(activations_to_uint8(graph.model)))
+        onnx.save(model, str(workdir / ARTIFACT))
     else:
         model = graph.model
         if precision == "fp16":
