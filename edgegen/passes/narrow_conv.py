@@ -121,7 +121,8 @@ def _replacement(node: onnx.NodeProto, plan: dict, model: onnx.ModelProto, inits
         step("Add", [at + "in_size", const("size_change", np.array([top + bottom - kh + 1, left + right - kw + 1],
                                                                      np.int64))], "out_size"),
         step("Col2Im", [at + "columns", at + "out_size", const("block", np.array([kh, kw], np.int64))],
-             "folded" if has_bias else node.output[0], pads=[kh - 1 - top, kw - 1 - left, kh - 1 - bottom, kw - 1 - right]),
+             "folded" if has_bias else node.output[0],
+             pads=[kh - 1 - top, kw - 1 - left, kh - 1 - bottom, kw - 1 - right]),
     ]
     if has_bias:
         nodes += [step("Reshape", [node.input[2], const("bias_shape", np.array([1, cout, 1, 1], np.int64))], "bias"),
