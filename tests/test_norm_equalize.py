@@ -100,7 +100,7 @@ def test_int8_gains_over_the_unequalized_graph(source, calibration, equalized):
     assert after > before + 1  # 29.2 -> 30.9 dB when written
 
 
-def test_a_convolution_with_another_reader_is_left_alone(tmp_path, calibration):
+def test_a_convolution_with_another_reader_is_left_alone(tmp_path):
     path = tmp_path / "shared.onnx"
     onnx.save(_model(extra_reader=True), str(path))
     graph = Graph.load(path)
