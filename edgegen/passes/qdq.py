@@ -62,7 +62,7 @@ def fuse_activation_requantization(model: onnx.ModelProto) -> onnx.ModelProto:
     disappears, which only moves the result closer to the float model."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    producer, consumers = _links(graph)
+    producer, consumers = links(graph)
     graph_outputs = {o.name for o in graph.output}
     dropped = []
     for node in graph.node:
@@ -93,7 +93,7 @@ def pads_on_quantized(model: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    producer, consumers = _links(graph)
+    producer, consumers = links(graph)
     graph_outputs = {o.name for o in graph.output}
     renamed: dict[str, str] = {}
     dropped = []
@@ -103,8 +103,8 @@ def pads_on_quantized(model: onnx.ModelProto) -> onnx.ModelProto:
         if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or not qs or \
                 pad.output[0] in graph_outputs:
             continue
-        grid = _tensor_grid(dq, inits)
-        if grid is None or any(q.op_type != "QuantizeLinear" or len(q.input) < 3 or _tensor_grid(q, inits) != grid
+        grid = tensor_grid(dq, inits)
+        if grid is None or any(q.op_type != "QuantizeLinear" or len(q.input) < 3 or tensor_grid(q, inits) != grid
                                or q.output[0] in graph_outputs for q in qs):
             continue
         on_grid, fill = _fill_on_grid(pad, inits, grid)
@@ -130,7 +130,7 @@ def pads_on_quantized(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _tensor_grid(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> tuple | None:
+def tensor_grid(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> tuple | None:
     """(scale, zero point, its dtype) of a per-tensor Quantize/Dequantize node, or None."""
     scale, zero = inits.get(node.input[1]), inits.get(node.input[2])
     if scale is None or zero is None or scale.size != 1 or zero.size != 1:
@@ -157,7 +157,7 @@ def _fill_on_grid(pad: onnx.NodeProto, inits: dict[str, np.ndarray], grid: tuple
     return True, np.array(round(level), np.dtype(dtype))
 
 
-def _links(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+def links(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
     """The node producing each tensor, and the nodes consuming it."""
     producer = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}

@@ -11,6 +11,7 @@ from .. import require
 from ...graph import Graph
 from ...passes.narrow_conv import narrow_convs_as_col2im
 from ...passes.qdq import activations_to_uint8, pads_on_quantized
+from ...passes.shuffle_nhwc import depth_to_space_channels_last
 from ...targets import Target
 
 ARTIFACT = "model.onnx"
@@ -60,9 +61,11 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
     ort = _ort()
     if precision == "int8":
         # QDQ stays as it is (ONNX Runtime fuses it at load time on the device), with uint8 activations
-        # and pads on the integer tensors (both lossless), and a large-kernel convolution with few outputs
-        # (an image's last layer) as a 1x1 convolution and Col2Im (the same sums in another order)
-        model = narrow_convs_as_col2im(pads_on_quantized(activations_to_uint8(graph.model)))
+        # pads and DepthToSpace shuffles on the integer tensors, the shuffles channels-last (all lossless),
+        # and a large-kernel convolution with few outputs (an image's last layer) as a 1x1 convolution
+        # and Col2Im (the same sums in another order)
+        model = pads_on_quantized(activations_to_uint8(graph.model))
+        model = narrow_convs_as_col2im(depth_to_space_channels_last(model))
         onnx.save(model, str(workdir / ARTIFACT))
     else:
         model = graph.model

@@ -1,0 +1,79 @@
+"""DepthToSpace (DCR) between two conversions of one grid runs channels-last on the integer tensor, exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgegen.build import build
+from edgegen.passes.shuffle_nhwc import depth_to_space_channels_last
+
+CHANNELS = 16
+
+
+def _model(mode: str = "DCR", blocksize: int = 2, out_scale: float = 0.05, readers: int = 1) -> onnx.ModelProto:
+    """x -> Quantize -> Dequantize -> DepthToSpace -> Quantize (scale out_scale) -> Dequantize -> Relu."""
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(out_scale, np.float32), "s_out"),
+             numpy_helper.from_array(np.array(128, np.uint8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"]),
+             helper.make_node("DepthToSpace", ["xf"], ["y"], name="shuffle", blocksize=blocksize, mode=mode),
+             helper.make_node("QuantizeLinear", ["y", "s_out", "z"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "s_out", "z"], ["yf"]),
+             helper.make_node("Relu", ["yf"], ["out"])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", "C", "H2", "W2"])]
+    if readers > 1:
+        nodes.append(helper.make_node("Sigmoid", ["y"], ["other"]))
+        outputs.append(helper.make_tensor_value_info("other", TensorProto.FLOAT, ["N", "C", "H2", "W2"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                         ["N", CHANNELS, "H", "W"])], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("blocksize", [2, 4])
+def test_shuffle_on_the_integer_tensor_equals_the_original(blocksize):
+    model = _model(blocksize=blocksize)
+    rewritten = depth_to_space_channels_last(model)
+    onnx.checker.check_model(rewritten)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert "DepthToSpace" not in ops and ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 1
+    assert ops.count("Transpose") == 3
+    rng = np.random.default_rng(1)
+    for shape in [(1, CHANNELS, 5, 7), (2, CHANNELS, 16, 12)]:  # the spatial size is read at run time
+        x = rng.uniform(-6, 6, shape).astype(np.float32)
+        np.testing.assert_array_equal(_run(rewritten, x), _run(model, x))
+
+
+@pytest.mark.parametrize("change", [{"mode": "CRD"}, {"out_scale": 0.1}, {"readers": 2}])
+def test_other_shuffles_are_left_alone(change):
+    model = _model(**change)
+    rewritten = depth_to_space_channels_last(model)
+    assert [n.op_type for n in rewritten.graph.node] == [n.op_type for n in model.graph.node]
+
+
+def test_onnxruntime_int8_artifact_of_a_transposed_convolution_has_it(tmp_path):
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 4, 3, 3)).astype(np.float32) * 0.3, "w"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.standard_normal((16, 4, 3, 3)).astype(np.float32) * 0.3, "w2")]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["u"], strides=[2, 2], pads=[1, 1, 1, 1],
+                              output_padding=[1, 1]),
+             helper.make_node("Conv", ["u", "w2"], ["out"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, "H", "W"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", "C", "H2", "W2"])], inits)
+    path = tmp_path / "up.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    result = build(path, "x86-onnxruntime", tmp_path / "b", precision="int8", calibration_count=8,
+                   graph_options={"input_shapes": {"x": [1, 6, 16, 16]}})
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "b" / "model.onnx")).graph.node]
+    assert "DepthToSpace" not in ops and ops.count("Transpose") == 3
+    qdq_graph = result.manifest["passes"]["quantize"]["all_int8"]["psnr_db"]  # before the backend's rewrites
+    assert abs(result.fidelity["psnr_db"] - qdq_graph) < 0.05
