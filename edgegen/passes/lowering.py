@@ -13,12 +13,14 @@ from typing import Any, Callable
 
 from ..errors import BuildError
 from ..graph import Graph
+from .activation_phases import activations_into_phases
 from .lower_conv_transpose import lower_conv_transposes
 from .lower_resize import lower_cubic_resizes
 
 LOWERINGS: dict[str, Callable[[Graph], tuple[Graph, list[dict[str, Any]]]]] = {
     "cubic_resize": lower_cubic_resizes,      # integer-factor cubic Resize -> Pad + Conv + DepthToSpace
     "conv_transpose": lower_conv_transposes,  # strided ConvTranspose -> per-phase Conv + DepthToSpace
+    "activation_into_phases": activations_into_phases,  # Conv(s) -> DepthToSpace -> Relu: Relu on each Conv
 }
 
 

@@ -15,8 +15,9 @@ from ...passes.shuffle_nhwc import depth_to_space_channels_last
 from ...targets import Target
 
 ARTIFACT = "model.onnx"
-# its CPU provider runs ConvTranspose and cubic Resize in float only; as Conv + DepthToSpace they run in int8
-INT8_LOWERINGS = ("cubic_resize", "conv_transpose")
+# its CPU provider runs ConvTranspose and cubic Resize in float only; as Conv + DepthToSpace they run in int8,
+# with an activation after them fused into the phase convolutions
+INT8_LOWERINGS = ("cubic_resize", "conv_transpose", "activation_into_phases")
 
 
 def _ort():
