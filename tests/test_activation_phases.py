@@ -11,7 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 from edgegen.build import build
 from edgegen.graph import Graph
 from edgegen.passes.activation_phases import activations_into_phases
+from edgegen.passes.calibration import load_calibration
 from edgegen.passes.lower_conv_transpose import lower_conv_transposes
+from edgegen.passes.quantize import Quantizer
 
 
 def _source(tmp_path, activation: str = "Relu", kernel: int = 4, output_padding: int = 0, other_reader: bool = False,
@@ -75,12 +77,22 @@ def test_other_activations_stay(tmp_path, change):
     assert report == [] and moved is lowered
 
 
-def test_onnxruntime_int8_build_fuses_it_and_shuffles_integers(tmp_path):
-    _source(tmp_path, tail=True)
+@pytest.mark.parametrize("kernel", [4, 3])  # 3: the interleave is cropped by a Slice, which runs in int8 too
+def test_onnxruntime_int8_build_fuses_it_and_shuffles_integers(tmp_path, kernel):
+    _source(tmp_path, kernel=kernel, tail=True)
     result = build(tmp_path / "up.onnx", "x86-onnxruntime", tmp_path / "b", precision="int8", calibration_count=8)
     passes = result.manifest["passes"]
     assert passes["lowered"]["activation_into_phases"] == [{"node": "act", "op": "Relu", "phases": 4}]
-    assert "Relu" not in passes["quantize"]["float_ops"] and "DepthToSpace" not in passes["quantize"]["float_ops"]
+    assert not {"Relu", "DepthToSpace", "Slice"} & set(passes["quantize"]["float_ops"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "b" / "model.onnx")).graph.node]
     assert "DepthToSpace" not in ops  # the interleave now moves values of one grid: run on the integers
     assert result.fidelity["psnr_db"] >= 40
+
+
+def test_shuffles_are_quantized_but_not_floor_search_layers(tmp_path):
+    lowered, _ = lower_conv_transposes(_source(tmp_path, kernel=3, tail=True))
+    quantizer = Quantizer(lowered, load_calibration(lowered.inputs, None, 4))
+    assert "DepthToSpace" not in {op for _, op in quantizer.layers()}  # quantized, but never kept in float alone
+    ops = [n.op_type for n in quantizer.emit().graph.node]
+    shuffle = ops.index("DepthToSpace")
+    assert ops[shuffle - 1] == "DequantizeLinear" and ops[shuffle + 1] == "QuantizeLinear"

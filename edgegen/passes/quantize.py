@@ -29,6 +29,7 @@ from .calibration import Calibration
 log = logging.getLogger(__name__)
 
 METHODS = ("minmax", "entropy", "percentile")
+SHUFFLES = ("DepthToSpace", "SpaceToDepth")
 
 
 def _ort_quantization():
@@ -63,11 +64,15 @@ class Quantizer:
             with _ort_quantizer_quiet():
                 calibrator.collect_data(_Reader(calibration))
                 self.ranges = calibrator.compute_data()
-        self.op_types = sorted(set(q.registry.QLinearOpsRegistry) | set(q.registry.QDQRegistry))
+        # onnxruntime.quantization has no entry for the pixel shuffles; listed, their input and output are
+        # quantized (each to its own calibrated range, which for a permutation is the same grid)
+        self.op_types = sorted(set(q.registry.QLinearOpsRegistry) | set(q.registry.QDQRegistry) | set(SHUFFLES))
 
     def layers(self) -> list[tuple[str, str]]:
-        """(node name, op) of every node the quantizer would quantize, which the floor search may keep in float."""
-        return [(n.name, n.op_type) for n in self.model.graph.node if n.op_type in self.op_types]
+        """(node name, op) of every node the quantizer would quantize that computes (a shuffle only moves
+        values): the layers the floor search may keep in float."""
+        return [(n.name, n.op_type) for n in self.model.graph.node
+                if n.op_type in self.op_types and n.op_type not in SHUFFLES]
 
     def emit(self, exclude: Iterable[str] = (), only: Iterable[str] | None = None) -> onnx.ModelProto:
         """A QDQ model with the `exclude` nodes kept in float (or with only the `only` nodes quantized)."""
