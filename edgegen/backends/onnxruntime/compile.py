@@ -16,8 +16,9 @@ from ...targets import Target
 
 ARTIFACT = "model.onnx"
 # its CPU provider runs ConvTranspose and cubic Resize in float only; as Conv + DepthToSpace they run in int8,
-# with an activation after them fused into the phase convolutions
-INT8_LOWERINGS = ("cubic_resize", "conv_transpose", "activation_into_phases")
+# with an activation after them fused into the phase convolutions; pixel shuffles in DCR mode (the one it
+# runs channels-last on integers)
+INT8_LOWERINGS = ("cubic_resize", "conv_transpose", "shuffle_dcr", "activation_into_phases")
 
 
 def _ort():
