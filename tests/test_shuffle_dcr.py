@@ -15,17 +15,18 @@ from edgegen.passes.shuffle_dcr import depth_to_space_as_dcr
 CHANNELS = 8
 
 
-def _source(tmp_path, block: int = 2, bias: bool = True, mode: str = "CRD", other_reader: bool = False) -> Graph:
+def _source(tmp_path, block: int = 2, bias: bool = True, mode: str = "CRD", other_reader: bool = False,
+            group: int = 1) -> Graph:
     """x -> Conv 3x3 (to block^2 x CHANNELS) -> DepthToSpace -> Conv 3x3."""
     rng = np.random.default_rng(block)
     wide = CHANNELS * block * block
-    inits = [numpy_helper.from_array(rng.standard_normal((wide, 4, 3, 3)).astype(np.float32) * 0.3, "w"),
+    inits = [numpy_helper.from_array(rng.standard_normal((wide, 4 // group, 3, 3)).astype(np.float32) * 0.3, "w"),
              numpy_helper.from_array(rng.standard_normal((16, CHANNELS, 3, 3)).astype(np.float32) * 0.3, "w2")]
     conv_inputs = ["x", "w"]
     if bias:
         inits.append(numpy_helper.from_array(rng.standard_normal(wide).astype(np.float32), "b"))
         conv_inputs.append("b")
-    nodes = [helper.make_node("Conv", conv_inputs, ["wide"], name="expand", pads=[1, 1, 1, 1]),
+    nodes = [helper.make_node("Conv", conv_inputs, ["wide"], name="expand", pads=[1, 1, 1, 1], group=group),
              helper.make_node("DepthToSpace", ["wide"], ["up"], name="shuffle", blocksize=block, mode=mode),
              helper.make_node("Conv", ["up", "w2"], ["out"], pads=[1, 1, 1, 1])]
     outputs = ["out"]
@@ -55,7 +56,7 @@ def test_dcr_with_permuted_channels_computes_the_same(tmp_path, block, bias):
     np.testing.assert_allclose(_run(rewritten.model, x), _run(source.model, x), atol=1e-5)
 
 
-@pytest.mark.parametrize("change", [{"mode": "DCR"}, {"other_reader": True}])
+@pytest.mark.parametrize("change", [{"mode": "DCR"}, {"other_reader": True}, {"group": 2}])
 def test_other_shuffles_stay(tmp_path, change):
     source = _source(tmp_path, **change)
     rewritten, report = depth_to_space_as_dcr(source)

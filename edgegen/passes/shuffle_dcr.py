@@ -51,7 +51,8 @@ def depth_to_space_as_dcr(graph: Graph) -> tuple[Graph, list[dict[str, Any]]]:
 
 def _conv_before(node: onnx.NodeProto, producer: dict, consumers: dict, inits: dict,
                  graph_outputs: set) -> onnx.NodeProto | None:
-    """The Conv a CRD DepthToSpace reads, when nothing else reads it and its weights (and bias) are constants."""
+    """The ungrouped Conv a CRD DepthToSpace reads, when nothing else reads it and its weights (and bias) are
+    constants."""
     if node.op_type != "DepthToSpace" or next((a.s.decode() for a in node.attribute if a.name == "mode"),
                                               "DCR") != "CRD":
         return None
@@ -59,7 +60,8 @@ def _conv_before(node: onnx.NodeProto, producer: dict, consumers: dict, inits: d
     if conv is None or conv.op_type != "Conv" or len(consumers.get(node.input[0], [])) != 1 \
             or node.input[0] in graph_outputs:
         return None
-    if any(name not in inits for name in conv.input[1:] if name):
+    if any(name not in inits for name in conv.input[1:] if name) \
+            or any(a.name == "group" and a.i != 1 for a in conv.attribute):  # groups would mix under the permutation
         return None
     return conv
 
