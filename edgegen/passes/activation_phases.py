@@ -28,8 +28,9 @@ def activations_into_phases(graph: Graph) -> tuple[Graph, list[dict[str, Any]]]:
     inits = {t.name for t in model.graph.initializer}
     producer, consumers = links(model.graph)
     graph_outputs = {o.name for o in model.graph.output}
+    originals = list(model.graph.node)  # held, so that their ids stay theirs
     moved, replaced, rows = [], set(), []
-    for node in model.graph.node:
+    for node in originals:
         chain = _chain(node, inits, producer, consumers, graph_outputs)
         if chain is None:
             continue
@@ -48,7 +49,7 @@ def activations_into_phases(graph: Graph) -> tuple[Graph, list[dict[str, Any]]]:
         return graph, []
     after_conv = {m.input[0]: m for m in moved}
     nodes = []
-    for n in model.graph.node:
+    for n in originals:
         if id(n) not in replaced:
             nodes.append(n)
         if n.op_type == "Conv" and n.output[0] in after_conv:

@@ -39,15 +39,16 @@ def depth_to_space_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
     producer, consumers = links(graph)
     channels = _channel_counts(model)
     graph_outputs = {o.name for o in graph.output}
+    originals = list(graph.node)  # held, so that their ids stay theirs
     replaced = {}
-    for node in graph.node:
+    for node in originals:
         plan = _plan(node, inits, producer, consumers, graph_outputs, channels)
         if plan is not None:
             replaced[id(node)] = _replacement(node, plan[0], plan[1].output[0], graph)
             replaced[id(plan[1])] = []
     if not replaced:
         return model
-    nodes = [new for node in graph.node for new in replaced.get(id(node), [node])]
+    nodes = [new for node in originals for new in replaced.get(id(node), [node])]
     read = {name for node in nodes for name in node.input} | graph_outputs
     del graph.node[:]
     graph.node.extend(n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in read)
