@@ -100,6 +100,17 @@ def drop_unused_initializers(model: onnx.ModelProto) -> None:
         model.graph.initializer.remove(t)
 
 
+def drop_dead_nodes(model: onnx.ModelProto) -> None:
+    """Remove nodes nothing reads (and the nodes only they read), such as a rewritten node's Dequantizes."""
+    while True:
+        used = {n for node in model.graph.node for n in node.input} | {o.name for o in model.graph.output}
+        dead = [n for n in model.graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for node in dead:
+            model.graph.node.remove(node)
+
+
 def reinfer(model: onnx.ModelProto) -> onnx.ModelProto:
     """Check the model and infer its intermediate shapes anew."""
     del model.graph.value_info[:]

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .channel_edit import drop_unused_initializers
+from .channel_edit import drop_dead_nodes, drop_unused_initializers
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def narrow_convs_as_col2im(model: onnx.ModelProto) -> onnx.ModelProto:
         rewritten += plan is not None
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    _drop_dead_nodes(out)
+    drop_dead_nodes(out)
     drop_unused_initializers(out)
     log.info("%d narrow convolution(s) rewritten as 1x1 Conv + Col2Im", rewritten)
     return out
@@ -142,14 +142,3 @@ def _at_opset(model: onnx.ModelProto) -> onnx.ModelProto | None:
         log.info("narrow convolutions left as they are: opset %d -> %d failed (%s)", current, COL2IM_OPSET,
                  str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         return None
-
-
-def _drop_dead_nodes(model: onnx.ModelProto) -> None:
-    """Remove nodes nothing reads (the replaced convolutions' weight DequantizeLinears)."""
-    while True:
-        used = {n for node in model.graph.node for n in node.input} | {o.name for o in model.graph.output}
-        dead = [n for n in model.graph.node if not any(o in used for o in n.output)]
-        if not dead:
-            return
-        for node in dead:
-            model.graph.node.remove(node)

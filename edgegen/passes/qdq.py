@@ -6,6 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from .channel_edit import drop_dead_nodes
+
 
 def activations_to_uint8(model: onnx.ModelProto) -> onnx.ModelProto:
     """Re-encode int8 activation quantization as uint8 with the zero point shifted by 128.
@@ -124,9 +126,7 @@ def pads_on_quantized(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in graph.node:
         for i, name in enumerate(node.input):
             node.input[i] = renamed.get(name, name)
-    used = {name for node in graph.node for name in node.input} | graph_outputs
-    for node in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in used]:
-        graph.node.remove(node)
+    drop_dead_nodes(model)  # the Dequantizes that fed the Pads
     return model
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .channel_edit import drop_dead_nodes
 from .qdq import links, tensor_grid
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,9 @@ def depth_to_space_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
     if not replaced:
         return model
     nodes = [new for node in originals for new in replaced.get(id(node), [node])]
-    read = {name for node in nodes for name in node.input} | graph_outputs
     del graph.node[:]
-    graph.node.extend(n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in read)
+    graph.node.extend(nodes)
+    drop_dead_nodes(model)  # the Dequantize that fed the shuffle
     log.info("%d DepthToSpace on quantized tensors rewritten channels-last", len(replaced) // 2)
     return model
 
