@@ -16,6 +16,7 @@ from ..graph import Graph
 from .activation_phases import activations_into_phases
 from .lower_conv_transpose import lower_conv_transposes
 from .lower_resize import lower_cubic_resizes
+from .narrow_conv_blocks import narrow_convs_on_blocks
 from .shuffle_dcr import depth_to_space_as_dcr
 
 LOWERINGS: dict[str, Callable[[Graph], tuple[Graph, list[dict[str, Any]]]]] = {
@@ -23,6 +24,7 @@ LOWERINGS: dict[str, Callable[[Graph], tuple[Graph, list[dict[str, Any]]]]] = {
     "conv_transpose": lower_conv_transposes,  # strided ConvTranspose -> per-phase Conv + DepthToSpace
     "activation_into_phases": activations_into_phases,  # Conv(s) -> DepthToSpace -> Relu: Relu on each Conv
     "shuffle_dcr": depth_to_space_as_dcr,     # Conv -> DepthToSpace CRD: the Conv's channels permuted to DCR
+    "narrow_conv_blocks": narrow_convs_on_blocks,  # 3-output 7x7 Conv -> SpaceToDepth + 12-output Conv + DepthToSpace
 }
 
 
