@@ -8,8 +8,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgegen.build import build
 from edgegen.passes.shuffle_nhwc import depth_to_space_channels_last
+
+from int8_builds import onnxruntime_int8
 
 CHANNELS = 32
 
@@ -73,9 +74,7 @@ def test_onnxruntime_int8_artifact_of_a_transposed_convolution_has_it(tmp_path):
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", "C", "H2", "W2"])], inits)
     path = tmp_path / "up.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    result = build(path, "x86-onnxruntime", tmp_path / "b", precision="int8", calibration_count=8,
-                   graph_options={"input_shapes": {"x": [1, 6, 16, 16]}})
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "b" / "model.onnx")).graph.node]
+    result, ops = onnxruntime_int8(path, tmp_path / "b", graph_options={"input_shapes": {"x": [1, 6, 16, 16]}})
     assert "DepthToSpace" not in ops and ops.count("Transpose") == 3
     qdq_graph = result.manifest["passes"]["quantize"]["all_int8"]["psnr_db"]  # before the backend's rewrites
     assert abs(result.fidelity["psnr_db"] - qdq_graph) < 0.05
