@@ -14,6 +14,7 @@ tensor in bf16 and kept dequantization multiplies around it, and CycleGAN got sl
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -80,17 +81,12 @@ def _block_weight(weight: np.ndarray, pads: list[int], size: list[int], out_size
         spans.append(((-begin) // BLOCK, (BLOCK - 1 + kernel - 1 - begin) // BLOCK))
     (y0, y1), (x0, x1) = spans
     blocks = np.zeros((BLOCK * BLOCK * cout, BLOCK * BLOCK * cin, y1 - y0 + 1, x1 - x0 + 1), weight.dtype)
-    for a in range(BLOCK):
-        for b in range(BLOCK):
-            for i in range(BLOCK):
-                for j in range(BLOCK):
-                    rows = (slice((a * BLOCK + b) * cout, (a * BLOCK + b + 1) * cout),
-                            slice((i * BLOCK + j) * cin, (i * BLOCK + j + 1) * cin))
-                    for dy in range(y0, y1 + 1):
-                        for dx in range(x0, x1 + 1):
-                            ky, kx = BLOCK * dy + i - a + top, BLOCK * dx + j - b + left
-                            if 0 <= ky < kh and 0 <= kx < kw:
-                                blocks[rows + (dy - y0, dx - x0)] = weight[:, :, ky, kx]
+    phases = range(BLOCK)
+    for a, b, i, j, dy, dx in itertools.product(phases, phases, phases, phases, range(y0, y1 + 1), range(x0, x1 + 1)):
+        ky, kx = BLOCK * dy + i - a + top, BLOCK * dx + j - b + left
+        if 0 <= ky < kh and 0 <= kx < kw:
+            out, inp = (a * BLOCK + b) * cout, (i * BLOCK + j) * cin
+            blocks[out:out + cout, inp:inp + cin, dy - y0, dx - x0] = weight[:, :, ky, kx]
     block_pads = [-y0, -x0]
     block_pads += [out // BLOCK - n // BLOCK - p + k - 1
                    for out, n, p, k in zip(out_size, size, block_pads, blocks.shape[2:])]
