@@ -36,7 +36,7 @@ _INT8_KERNELS = {"QLinearConv": "Conv", "ConvInteger": "Conv", "QLinearMatMul": 
                  "QLinearAveragePool": "AveragePool", "QLinearGlobalAveragePool": "GlobalAveragePool"}
 _COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul",
                 "InstanceNormalization", "Add", "Mul", "Concat", "LeakyRelu", "Sigmoid", "Resize", "AveragePool",
-                "GlobalAveragePool", "Tanh"}
+                "GlobalAveragePool", "Tanh", "HardSwish", "HardSigmoid"}
 
 
 class Session:
