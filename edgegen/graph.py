@@ -13,7 +13,7 @@ from onnx import helper, shape_inference
 
 from . import zoo
 from .errors import ModelError
-from .graph_load import clean, default_opset, fold_constants, read_model
+from .graph_load import clean, default_opset, fold_constants, read_model, upgrade_opset
 from .roles import describe_io
 from .specs import TensorSpec
 
@@ -53,8 +53,9 @@ class Graph:
     ) -> "Graph":
         """Load a model path or `zoo:NAME`, clean it up and describe its inputs and outputs."""
         path = zoo.resolve(model)
-        proto = read_model(path)
+        proto, upgraded = upgrade_opset(read_model(path), path)
         proto, notes = clean(proto, str(path))
+        notes = upgraded + notes
         shapes = _default_shapes(proto, input_shapes or {}, str(path))
         _check_names(proto, shapes, roles or {}, str(path))
         ins, outs = describe_io(proto, {}, roles, input_range, output_range)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper, shape_inference
+from onnx import numpy_helper, shape_inference, version_converter
 
 from .errors import ModelError
 from .fold_norm import fold_norm_into_gemm
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 MIN_OPSET = 13
 MAX_OPSET = 21
+UPGRADE_OPSET = 17  # an older model is raised to this opset with onnx's version converter
 _PASSTHROUGH_OPS = {"Identity", "Dropout"}
 # Not folded: quantized weights stay int8 (QDQ), random ops stay random.
 _NEVER_FOLD = {"DequantizeLinear", "QuantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike",
@@ -56,12 +57,33 @@ def read_model(path: str | Path) -> onnx.ModelProto:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: the ONNX checker rejects this model: {first}. Re-export the model.") from None
     opset = default_opset(model)
-    if not MIN_OPSET <= opset <= MAX_OPSET:
+    if opset > MAX_OPSET:
         raise ModelError(
-            f"{path}: ONNX opset {opset} is outside the supported range {MIN_OPSET}-{MAX_OPSET}. Re-export "
-            "with e.g. torch.onnx.export(..., opset_version=17), or convert it with onnx.version_converter."
+            f"{path}: ONNX opset {opset} is newer than the supported range {MIN_OPSET}-{MAX_OPSET}. Re-export "
+            f"with e.g. torch.onnx.export(..., opset_version={UPGRADE_OPSET})."
         )
     return model
+
+
+def upgrade_opset(model: onnx.ModelProto, path: str | Path) -> tuple[onnx.ModelProto, list[str]]:
+    """A model below MIN_OPSET (opset 11 was torch.onnx.export's long-time default) raised to UPGRADE_OPSET
+    with onnx's version converter, and the note saying so; others as they are. The build still checks
+    its artifacts against the file as exported, so a conversion that changed the function would show."""
+    opset = default_opset(model)
+    if opset >= MIN_OPSET:
+        return model, []
+    try:
+        upgraded = version_converter.convert_version(model, UPGRADE_OPSET)
+        onnx.checker.check_model(upgraded)
+    except Exception as exc:  # the converter's own assertion, with the op it has no adapter for
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{path}: ONNX opset {opset} is older than the supported range {MIN_OPSET}-{MAX_OPSET}, and onnx's "
+            f"version converter could not raise it to {UPGRADE_OPSET} ({first}). Re-export with e.g. "
+            f"torch.onnx.export(..., opset_version={UPGRADE_OPSET})."
+        ) from None
+    log.info("%s: opset %d raised to %d", path, opset, UPGRADE_OPSET)
+    return upgraded, [f"opset {opset} raised to {UPGRADE_OPSET} with onnx's version converter"]
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -113,6 +113,34 @@ def test_model_exported_with_a_fixed_batch_of_two(tmp_path):
     np.testing.assert_array_equal(images[1], gen.generate(seed=1, label=1))
 
 
+def test_opset_11_export_builds_against_the_file_as_exported(tmp_path):
+    """torch.onnx.export's long-time default: opset 11, initializers listed as graph inputs too."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "low"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "high"),
+             numpy_helper.from_array(np.zeros(0, np.float32), "roi"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+             numpy_helper.from_array(rng.standard_normal((3, 8, 3, 3)).astype(np.float32) * 0.3, "w2")]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["h", "low", "high"], ["a"]),
+             helper.make_node("Resize", ["a", "roi", "scales"], ["u"], mode="nearest",
+                              coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+             helper.make_node("Conv", ["u", "w2"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["c"], ["out"])]
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])] + \
+        [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT,
+                                                                                 ["N", 3, 32, 32])], inits)
+    path = tmp_path / "op11.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(path))
+    result = build(path, "x86-onnxruntime", tmp_path / "b")
+    assert result.fidelity["max_abs"] <= 1e-5
+    assert any("opset 11 raised to 17" in note for note in result.manifest["model"]["cleanup"])
+
+
 def test_pruned_fp32_build_reports_and_self_tests(tmp_path):
     from edgegen.cli import main
 

@@ -99,10 +99,29 @@ def test_supported_opset_range(tmp_path, opset):
     assert Graph.load(path).opset == opset
 
 
-def test_opset_outside_range_is_refused(tmp_path):
+def test_older_opset_is_raised_with_the_version_converter(tmp_path):
     path = tmp_path / "op11.onnx"
     onnx.save(conditional_generator(opset=11, extras=False), str(path))
-    with pytest.raises(ModelError, match="opset 11"):
+    graph = Graph.load(path)
+    assert graph.opset == 17 and "opset 11 raised to 17 with onnx's version converter" in graph.notes
+
+
+def test_opset_the_converter_cannot_raise_is_refused(tmp_path):
+    g = helper.make_graph([helper.make_node("Pad", ["x"], ["y"], paddings=[0, 0, 1, 1, 0, 0, 1, 1])], "pad1",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 10, 10])])
+    path = tmp_path / "op1.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 1)]), str(path))
+    with pytest.raises(ModelError, match="opset 1 is older .* could not raise it to 17 .*No Adapter .* Re-export"):
+        Graph.load(path)
+
+
+def test_newer_opset_is_refused(tmp_path):
+    path = tmp_path / "op22.onnx"
+    model = conditional_generator(opset=21, extras=False)
+    model.opset_import[0].version = 22
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match="opset 22 is newer"):
         Graph.load(path)
 
 

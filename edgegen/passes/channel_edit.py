@@ -95,20 +95,44 @@ def set_inputs(model: onnx.ModelProto, node_index: int, arrays: dict[int, np.nda
 
 
 def drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {n for node in model.graph.node for n in node.input} | {o.name for o in model.graph.output}
-    for t in [t for t in model.graph.initializer if t.name not in used]:
-        model.graph.initializer.remove(t)
+    """Remove the initializers nothing reads (ONNX Runtime warns of each when it loads the model), and
+    their graph inputs where an old exporter listed them as inputs too."""
+    graph = model.graph
+    used = _names_read(graph) | {o.name for o in graph.output}
+    unused = {t.name for t in graph.initializer} - used
+    if not unused:
+        return
+    kept = [t for t in graph.initializer if t.name not in unused]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    inputs = [i for i in graph.input if i.name not in unused]
+    del graph.input[:]
+    graph.input.extend(inputs)
 
 
 def drop_dead_nodes(model: onnx.ModelProto) -> None:
-    """Remove nodes nothing reads (and the nodes only they read), such as a rewritten node's Dequantizes."""
+    """Remove nodes nothing reads (and the nodes only they read), such as a rewritten node's Dequantizes,
+    then the initializers nothing reads."""
+    graph = model.graph
     while True:
-        used = {n for node in model.graph.node for n in node.input} | {o.name for o in model.graph.output}
-        dead = [n for n in model.graph.node if not any(o in used for o in n.output)]
+        used = _names_read(graph) | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
         if not dead:
-            return
+            break
         for node in dead:
-            model.graph.node.remove(node)
+            graph.node.remove(node)
+    drop_unused_initializers(model)
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node of the graph reads, subgraphs (If, Loop, Scan bodies) included."""
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                names |= _names_read(sub)
+    return names
 
 
 def reinfer(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .channel_edit import drop_dead_nodes, drop_unused_initializers
+from .channel_edit import drop_dead_nodes
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ def narrow_convs_as_col2im(model: onnx.ModelProto) -> onnx.ModelProto:
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     drop_dead_nodes(out)
-    drop_unused_initializers(out)
     log.info("%d narrow convolution(s) rewritten as 1x1 Conv + Col2Im", rewritten)
     return out
 

@@ -12,7 +12,7 @@ from ...graph import Graph
 from ...passes.hardswish_gate import hardswish_as_integer_gate
 from ...passes.narrow_conv import narrow_convs_as_col2im
 from ...passes.qdq import activations_to_uint8, pads_on_quantized
-from ...passes.shuffle_nhwc import depth_to_space_channels_last
+from ...passes.shuffle_nhwc import moves_channels_last
 from ...targets import Target
 
 ARTIFACT = "model.onnx"
@@ -63,13 +63,13 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
     """Write the artifact into workdir; return its files and the session settings for the manifest."""
     ort = _ort()
     if precision == "int8":
-        # QDQ stays as it is (ONNX Runtime fuses it at load time on the device), with uint8 activations
-        # pads and DepthToSpace shuffles on the integer tensors, the shuffles channels-last (all lossless),
-        # and a large-kernel convolution with few outputs (an image's last layer) as a 1x1 convolution
-        # and Col2Im (the same sums in another order); HardSwish as a quantized Add and Mul (its gate
-        # rounded to 8 bits: the only step here that is not lossless, measured by the build like the rest)
+        # QDQ stays as it is (ONNX Runtime fuses it at load time on the device), with uint8 activations;
+        # pads, DepthToSpace shuffles and nearest upsampling on the integer tensors, the last two
+        # channels-last; a large-kernel convolution with few outputs (an image's last layer) as a 1x1
+        # convolution and Col2Im (the same sums in another order); all lossless. Then HardSwish as a
+        # quantized Add and Mul (its gate rounded to 8 bits: the one lossy step, measured by the build)
         model = pads_on_quantized(activations_to_uint8(graph.model))
-        model = narrow_convs_as_col2im(depth_to_space_channels_last(model))
+        model = narrow_convs_as_col2im(moves_channels_last(model))
         model = hardswish_as_integer_gate(model)
         onnx.save(model, str(workdir / ARTIFACT))
     else:
