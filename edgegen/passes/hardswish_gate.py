@@ -45,7 +45,7 @@ def hardswish_as_integer_gate(model: onnx.ModelProto) -> onnx.ModelProto:
         plan = _plan(node, inits, producer, consumers, graph_outputs)
         if plan is not None:
             dequantize, quantize = plan
-            replaced[id(node)] = _replacement(node, dequantize, quantize, graph, inits)
+            replaced[id(node)] = _replacement(node, dequantize, quantize, graph)
             replaced[id(quantize)] = []
     if not replaced:
         return model
@@ -76,10 +76,9 @@ def _plan(node: onnx.NodeProto, inits: dict, producer: dict, consumers: dict,
 
 
 def _replacement(node: onnx.NodeProto, dequantize: onnx.NodeProto, quantize: onnx.NodeProto,
-                 graph: onnx.GraphProto, inits: dict) -> list[onnx.NodeProto]:
-    """The quantized Add (gate) and Mul (output) nodes, each input with a Dequantize of its own."""
-    info = np.iinfo(np.uint8)
-    levels = int(info.max) - int(info.min)
+                 graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The quantized Add (gate) and Mul (output) nodes, each input with a Dequantize of its own (ONNX
+    Runtime fuses a Dequantize into one reader only)."""
     at = (node.name or node.output[0]) + "/"
 
     def const(name: str, value, kind=np.float32) -> str:
@@ -89,19 +88,19 @@ def _replacement(node: onnx.NodeProto, dequantize: onnx.NodeProto, quantize: onn
     def step(op: str, inputs: list[str], name: str) -> onnx.NodeProto:
         return helper.make_node(op, inputs, [at + name], name=at + name)
 
-    floor = const("level_floor", info.min, np.uint8)
-    gate_scale = CEILING / levels
+    zero = const("zero_level", 0, np.uint8)
+    gate_scale = CEILING / 255
     x = dequantize.input
     return [
         step("DequantizeLinear", list(x), "x_for_gate"),
-        step("DequantizeLinear", [const("shift_level", info.max, np.uint8), const("shift_scale", SHIFT / levels),
-                                  floor], "shift"),
+        step("DequantizeLinear", [const("shift_level", 255, np.uint8), const("shift_scale", SHIFT / 255), zero],
+             "shift"),
         step("Add", [at + "x_for_gate", at + "shift"], "shifted"),
-        step("QuantizeLinear", [at + "shifted", const("gate_scale", gate_scale), floor], "gate"),
-        step("DequantizeLinear", [at + "gate", const("gate_over_ceiling", gate_scale / CEILING), floor],
+        step("QuantizeLinear", [at + "shifted", const("gate_scale", gate_scale), zero], "gate"),
+        step("DequantizeLinear", [at + "gate", const("gate_over_ceiling", gate_scale / CEILING), zero],
              "gate_fraction"),
         step("DequantizeLinear", list(x), "x_for_product"),
-        helper.make_node("Mul", [at + "x_for_product", at + "gate_fraction"], [at + "product"], name=at + "product"),
+        step("Mul", [at + "x_for_product", at + "gate_fraction"], "product"),
         helper.make_node("QuantizeLinear", [at + "product", *quantize.input[1:]], list(quantize.output),
                          name=quantize.name or at + "out"),
     ]
