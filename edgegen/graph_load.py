@@ -101,6 +101,7 @@ def clean(model: onnx.ModelProto, origin: str) -> tuple[onnx.ModelProto, list[st
     for i, node in enumerate(model.graph.node):
         node.name = node.name or f"{node.op_type}_{i}"
     declared = {o.name: _dims(o) for o in model.graph.output}
+    _weights_not_inputs(model, notes)
     model = _drop_passthrough(model, notes)
     model = _fold(model, notes)
     model, norms = fold_norm_into_gemm(model)
@@ -111,6 +112,18 @@ def clean(model: onnx.ModelProto, origin: str) -> tuple[onnx.ModelProto, list[st
     if removed:
         notes.insert(0, f"{nodes_before} -> {len(model.graph.node)} nodes")
     return model, notes
+
+
+def _weights_not_inputs(model: onnx.ModelProto, notes: list[str]) -> None:
+    """Take initializers off the graph's inputs, where torch.onnx.export(keep_initializers_as_inputs=True)
+    and opset <= 8 exports list them: as inputs they could be fed, so nothing would fold them."""
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    if len(inputs) < len(model.graph.input):
+        notes.append(f"{len(model.graph.input) - len(inputs)} initializers were also listed as graph inputs; "
+                     "they are weights only now")
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
 
 
 def _drop_passthrough(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:

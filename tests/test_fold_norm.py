@@ -86,3 +86,19 @@ def test_import_folds_a_conditional_dcgan_start(tmp_path):
     assert any("BatchNormalization" in note for note in graph.notes)
     feeds = {"x": np.random.default_rng(2).standard_normal((2, K)).astype(np.float32)}
     np.testing.assert_allclose(_run(graph.model, feeds)[0], _run(_model(), feeds)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_import_folds_when_the_weights_are_listed_as_inputs_too(tmp_path):
+    """torch.onnx.export(keep_initializers_as_inputs=True): the weights become weights only, then fold;
+    the loaded graph's inputs are the model's real ones."""
+    model = _model()
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in model.graph.initializer)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    graph = Graph.load(path)
+    assert [spec.name for spec in graph.inputs] == ["x"]
+    assert "BatchNormalization" not in {n.op_type for n in graph.model.graph.node}
+    assert any("listed as graph inputs" in note for note in graph.notes)
+    feeds = {"x": np.random.default_rng(3).standard_normal((2, K)).astype(np.float32)}
+    np.testing.assert_allclose(_run(graph.model, feeds)[0], _run(model, feeds)[0], atol=1e-5, rtol=1e-5)
