@@ -243,28 +243,53 @@ def test_conditional_generator_int8_generates(tmp_path):
     np.testing.assert_array_equal(image, gen.generate(seed=3, label=7))
 
 
-def test_int8_strided_transposed_conv_is_a_subpixel_conv_for_xnnpack_and_stays_for_the_edge_tpu(tmp_path):
-    """XNNPACK's TRANSPOSE_CONV is slow, so x86/Pi targets get CONV_2D + DEPTH_TO_SPACE with the same
-    integers (same numbers); the Edge TPU maps TRANSPOSE_CONV and not DEPTH_TO_SPACE, so it keeps it."""
+def _lowered_for_each_delegate(tmp_path: Path, qdq: Graph) -> tuple[dict, dict]:
+    """{delegate: Counter of its int8 lowering's ops}, {delegate: its outputs on two spec inputs, run in LiteRT}."""
     from edgegen.backends.tflite.lower import lower
     from edgegen.backends.tflite.prepare import prepare
+    from edgegen.backends.tflite.session import Session
 
-    model = Path(__file__).parent / "data" / "families" / "dcgan__legacy_b1.onnx"
-    qdq = Graph.load(_ort_qdq(tmp_path, model))
-    for delegate, expected in (("xnnpack", {"TRANSPOSE_CONV": 1, "DEPTH_TO_SPACE": 4, "CONV_2D": 4}),
-                               ("edgetpu", {"TRANSPOSE_CONV": 5, "DEPTH_TO_SPACE": 0, "CONV_2D": 0})):
-        ops = Counter(r.code for r in lower(prepare(qdq), "int8", delegate).builder.records)
-        assert {k: ops.get(k, 0) for k in expected} == expected, (delegate, dict(ops))
     feeds = sample_feeds(qdq.inputs, [1, 2])
-    results = {}
+    ops, results = {}, {}
     for delegate in ("xnnpack", "edgetpu"):
         out = tmp_path / delegate
         out.mkdir()
         lowered = lower(prepare(qdq), "int8", delegate)
+        ops[delegate] = Counter(r.code for r in lowered.builder.records)
         (out / "model.tflite").write_bytes(lowered.builder.serialize("test"))
-        from edgegen.backends.tflite.session import Session
-
         cfg = {"entry": "model.tflite", "inputs": lowered.inputs, "outputs": lowered.outputs}
         results[delegate] = Session(out, cfg, 1).run(feeds)
+    return ops, results
+
+
+def test_int8_strided_transposed_conv_is_a_subpixel_conv_for_xnnpack_and_stays_for_the_edge_tpu(tmp_path):
+    """XNNPACK's TRANSPOSE_CONV is slow, so x86/Pi targets get CONV_2D + DEPTH_TO_SPACE with the same
+    integers (same numbers); the Edge TPU maps TRANSPOSE_CONV and not DEPTH_TO_SPACE, so it keeps it."""
+    model = Path(__file__).parent / "data" / "families" / "dcgan__legacy_b1.onnx"
+    ops, results = _lowered_for_each_delegate(tmp_path, Graph.load(_ort_qdq(tmp_path, model)))
+    for delegate, expected in (("xnnpack", {"TRANSPOSE_CONV": 1, "DEPTH_TO_SPACE": 4, "CONV_2D": 4}),
+                               ("edgetpu", {"TRANSPOSE_CONV": 5, "DEPTH_TO_SPACE": 0, "CONV_2D": 0})):
+        assert {k: ops[delegate].get(k, 0) for k in expected} == expected, (delegate, dict(ops[delegate]))
     [name] = results["xnnpack"]
     assert np.abs(results["xnnpack"][name] - results["edgetpu"][name]).max() <= 2 / 128  # +-1 LSB rounding
+
+
+def test_int8_hardswish_for_the_edge_tpu_is_a_gate_of_add_and_mul(tmp_path):
+    """The Edge TPU has no HARD_SWISH: x * clip(x + 3, 0, 6) / 6 as ADD and two MULs, close to
+    HARD_SWISH's numbers, and the whole MobileNet-style generator would map."""
+    from edgegen.backends.tflite import edgetpu
+    from edgegen.backends.tflite.lower import lower
+    from edgegen.backends.tflite.prepare import prepare
+    from edgegen.metrics import psnr
+
+    model = Path(__file__).parent / "data" / "families" / "mobilenet_resnet__legacy_b1.onnx"
+    qdq = Graph.load(_ort_qdq(tmp_path, model))
+    ops, results = _lowered_for_each_delegate(tmp_path, qdq)
+    assert ops["xnnpack"]["HARD_SWISH"] == 6 and ops["edgetpu"]["HARD_SWISH"] == 0
+    assert ops["edgetpu"]["MUL"] - ops["xnnpack"]["MUL"] == 12 and ops["edgetpu"]["ADD"] - ops["xnnpack"]["ADD"] == 6
+    [name] = results["xnnpack"]
+    assert psnr(results["xnnpack"][name], results["edgetpu"][name], 2.0) > 40
+    lowered = lower(prepare(qdq), "int8", "edgetpu")
+    lowered.builder.reorder(edgetpu.schedule(*lowered.builder.view()))
+    report = edgetpu.compatibility(lowered.builder.serialize("test"), [r.origin for r in lowered.builder.records])
+    assert report["first_fallback"] is None and report["edgetpu_ops"] == report["ops"]

@@ -54,11 +54,32 @@ def unary(lw: Lowerer, node: onnx.NodeProto) -> None:
         options = lw.options("LeakyRelu", alpha=attrs(node).get("alpha", 0.01))
     elif code == "GELU":
         options = lw.options("Gelu", approximate=attrs(node).get("approximate", "none") == "tanh")
+    grid = lw.quantized([node.input[0]], node.output[0])
+    if code == "HARD_SWISH" and lw.delegate == "edgetpu" and grid is not None:
+        _hard_swish_as_gate(lw, node, grid)
+        return
     # LiteRT's XNNPACK takes no int8 HARD_SWISH (each one would split the graph); between DEQUANTIZE
     # and QUANTIZE onto the same grids it stays inside the delegate
     # LiteRT registers ELU for float only
     _unary_op(lw, node, code, options,
               int8_ok=code != "ELU" and not (code == "HARD_SWISH" and lw.delegate == "xnnpack"))
+
+
+def _hard_swish_as_gate(lw: Lowerer, node: onnx.NodeProto, grid: QParams) -> None:
+    """int8 HardSwish for the Edge TPU, which has no HARD_SWISH (the graph would leave it at the first
+    one): x * g / 6 with g = clip(x + 3, 0, 6) as ADD onto a grid over [0, 6] (its saturation is the
+    clip), MUL by 1/6 onto a grid over [0, 1], and MUL by x, all int8 ops the Edge TPU maps."""
+    x = lw.as_int8(node.input[0])
+    shape = lw.tshape(x)
+
+    def scalar(value: float, hint: str) -> int:  # 127 steps of value / 127: exact
+        return lw.weight(np.array([127], np.int8), f"{node.name}/{hint}", QParams.of(value / 127, 0))
+
+    gate = lw.temp(shape, QParams.of(6 / 255, -128), hint="gate")
+    lw.op("ADD", [x.index, scalar(3.0, "three")], [gate])
+    fraction = lw.temp(shape, QParams.of(1 / 255, -128), hint="gate_fraction")
+    lw.op("MUL", [gate, scalar(1 / 6, "sixth")], [fraction])
+    lw.op("MUL", [x.index, fraction], [lw.define(node.output[0], shape, x.nhwc, x.order, grid)])
 
 
 def _clip_bounds(node: onnx.NodeProto, p: Prepared) -> tuple[float | None, float | None]:
