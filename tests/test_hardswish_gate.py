@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgegen.passes.hardswish_gate import hardswish_as_integer_gate
 
-from int8_builds import onnxruntime_int8
+from int8_builds import onnxruntime_int8, save_graph
 
 OUT_SCALE = 0.04
 
@@ -79,10 +79,7 @@ def test_onnxruntime_int8_artifact_runs_hardswish_on_integers(tmp_path):
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], pads=[1, 1, 1, 1]),
              helper.make_node("HardSwish", ["h"], ["a"]),
              helper.make_node("Conv", ["a", "w2"], ["out"], pads=[1, 1, 1, 1])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, "H", "W"])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, "H", "W"])], inits)
-    path = tmp_path / "hs.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    path = save_graph(tmp_path / "hs.onnx", nodes, inits, 4)
     result, ops = onnxruntime_int8(path, tmp_path / "b", graph_options={"input_shapes": {"x": [1, 4, 16, 16]}})
     assert "HardSwish" not in ops and ops.count("Mul") == 1
     qdq_graph = result.manifest["passes"]["quantize"]["all_int8"]["psnr_db"]  # before the backend's rewrites

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgegen.passes.shuffle_nhwc import moves_channels_last
 
-from int8_builds import onnxruntime_int8
+from int8_builds import onnxruntime_int8, save_graph
 
 CHANNELS = 32
 
@@ -105,10 +105,7 @@ def test_onnxruntime_int8_artifact_of_a_transposed_convolution_has_it(tmp_path):
     nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["u"], strides=[2, 2], pads=[1, 1, 1, 1],
                               output_padding=[1, 1]),
              helper.make_node("Conv", ["u", "w2"], ["out"], pads=[1, 1, 1, 1])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, "H", "W"])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", "C", "H2", "W2"])], inits)
-    path = tmp_path / "up.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    path = save_graph(tmp_path / "up.onnx", nodes, inits, 6)
     result, ops = onnxruntime_int8(path, tmp_path / "b", graph_options={"input_shapes": {"x": [1, 6, 16, 16]}})
     assert "DepthToSpace" not in ops and ops.count("Transpose") == 3
     qdq_graph = result.manifest["passes"]["quantize"]["all_int8"]["psnr_db"]  # before the backend's rewrites
@@ -124,10 +121,7 @@ def test_onnxruntime_int8_artifact_of_a_nearest_upsampler_has_it(tmp_path):
              helper.make_node("Relu", ["h"], ["a"]),
              helper.make_node("Resize", ["a", "", "scales"], ["u"], mode="nearest"),
              helper.make_node("Conv", ["u", "w2"], ["out"], pads=[1, 1, 1, 1])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, "H", "W"])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, "H2", "W2"])], inits)
-    path = tmp_path / "nearest.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    path = save_graph(tmp_path / "nearest.onnx", nodes, inits, 4)
     result, ops = onnxruntime_int8(path, tmp_path / "b", graph_options={"input_shapes": {"x": [1, 4, 16, 16]}})
     assert "Resize" not in ops and "Expand" in ops
     qdq_graph = result.manifest["passes"]["quantize"]["all_int8"]["psnr_db"]  # before the backend's rewrites

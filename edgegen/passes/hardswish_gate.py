@@ -23,8 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .channel_edit import drop_dead_nodes
-from .qdq import links, tensor_grid
+from .qdq import conversions_around, rewrite_between_conversions
 
 log = logging.getLogger(__name__)
 
@@ -34,48 +33,26 @@ SHIFT, CEILING = 3.0, 6.0  # HardSwish(x) = x * clip(x + SHIFT, 0, CEILING) / CE
 def hardswish_as_integer_gate(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of the model with every HardSwish between per-tensor Dequantize and Quantize nodes written
     as a quantized Add and Mul."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    producer, consumers = links(graph)
-    graph_outputs = {o.name for o in graph.output}
-    originals = list(graph.node)  # held, so that their ids stay theirs
-    replaced = {}
-    for node in originals:
-        plan = _plan(node, inits, producer, consumers, graph_outputs)
-        if plan is not None:
-            dequantize, quantize = plan
-            replaced[id(node)] = _replacement(node, dequantize, quantize, graph)
-            replaced[id(quantize)] = []
-    if not replaced:
-        return model
-    nodes = [new for node in originals for new in replaced.get(id(node), [node])]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    drop_dead_nodes(model)  # the Dequantize that fed the HardSwish
-    log.info("%d quantized HardSwish written as integer Add and Mul", len(replaced) // 2)
+    model, count = rewrite_between_conversions(model, _plan, _replacement)
+    if count:
+        log.info("%d quantized HardSwish written as integer Add and Mul", count)
     return model
 
 
 def _plan(node: onnx.NodeProto, inits: dict, producer: dict, consumers: dict,
           graph_outputs: set) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
-    """(the DequantizeLinear feeding the HardSwish, the QuantizeLinear after it), else None."""
-    if node.op_type != "HardSwish" or node.output[0] in graph_outputs:
+    """(the QuantizeLinear after the HardSwish, the DequantizeLinear feeding it), else None."""
+    found = conversions_around(node, inits, producer, consumers, graph_outputs) \
+        if node.op_type == "HardSwish" else None
+    if found is None:
         return None
-    dequantize = producer.get(node.input[0])
-    readers = consumers.get(node.output[0], [])
-    if dequantize is None or dequantize.op_type != "DequantizeLinear" or len(readers) != 1:
-        return None
-    (quantize,) = readers
-    if quantize.op_type != "QuantizeLinear" or len(dequantize.input) < 3 or len(quantize.input) < 3:
-        return None
-    grid, out_grid = tensor_grid(dequantize, inits), tensor_grid(quantize, inits)
-    if grid is None or out_grid is None or {grid[2], out_grid[2]} != {np.dtype(np.uint8).str}:
+    dequantize, quantize, grid, out_grid = found
+    if {grid[2], out_grid[2]} != {np.dtype(np.uint8).str}:
         return None  # ONNX Runtime fuses the Add and Mul on uint8 grids only
-    return dequantize, quantize
+    return quantize, dequantize
 
 
-def _replacement(node: onnx.NodeProto, dequantize: onnx.NodeProto, quantize: onnx.NodeProto,
+def _replacement(node: onnx.NodeProto, quantize: onnx.NodeProto, dequantize: onnx.NodeProto,
                  graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """The quantized Add (gate) and Mul (output) nodes, each input with a Dequantize of its own (ONNX
     Runtime fuses a Dequantize into one reader only)."""

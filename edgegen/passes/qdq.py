@@ -1,6 +1,9 @@
-"""Lossless re-encodings of the QDQ IR for backends that prefer another integer type."""
+"""Lossless re-encodings of the QDQ IR for backends that prefer another integer type, and the shared
+machinery of rewrites of an op between a DequantizeLinear and a QuantizeLinear."""
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -165,3 +168,50 @@ def links(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, 
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     return producer, consumers
+
+
+def conversions_around(node: onnx.NodeProto, inits: dict[str, np.ndarray], producer: dict, consumers: dict,
+                       graph_outputs: set[str]) -> tuple[onnx.NodeProto, onnx.NodeProto, tuple, tuple] | None:
+    """(the DequantizeLinear feeding the node's first input, the one QuantizeLinear reading its output,
+    their per-tensor grids) where the node sits between such a pair, else None."""
+    if node.output[0] in graph_outputs:
+        return None
+    dequantize = producer.get(node.input[0])
+    readers = consumers.get(node.output[0], [])
+    if dequantize is None or dequantize.op_type != "DequantizeLinear" or len(readers) != 1:
+        return None
+    (quantize,) = readers
+    if quantize.op_type != "QuantizeLinear" or len(dequantize.input) < 3 or len(quantize.input) < 3:
+        return None
+    grids = tensor_grid(dequantize, inits), tensor_grid(quantize, inits)
+    return None if None in grids else (dequantize, quantize, *grids)
+
+
+Plan = Callable[[onnx.NodeProto, dict, dict, dict, set], "tuple[onnx.NodeProto, Any] | None"]
+Rewrite = Callable[[onnx.NodeProto, onnx.NodeProto, Any, onnx.GraphProto], list[onnx.NodeProto]]
+
+
+def rewrite_between_conversions(model: onnx.ModelProto, plan: Plan, rewrite: Rewrite) -> tuple[onnx.ModelProto, int]:
+    """(a copy of the model, how many nodes were rewritten): each node for which
+    plan(node, inits, producer, consumers, graph_outputs) gives (its QuantizeLinear, detail) is replaced,
+    with that QuantizeLinear, by rewrite(node, quantize, detail, graph), whose last node writes the
+    QuantizeLinear's output; the Dequantizes nothing reads any more go."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer, consumers = links(graph)
+    graph_outputs = {o.name for o in graph.output}
+    originals = list(graph.node)  # held, so that their ids stay theirs
+    replaced: dict[int, list[onnx.NodeProto]] = {}
+    for node in originals:
+        found = plan(node, inits, producer, consumers, graph_outputs)
+        if found is not None:
+            quantize, detail = found
+            replaced[id(node)] = rewrite(node, quantize, detail, graph)
+            replaced[id(quantize)] = []
+    if replaced:
+        nodes = [new for node in originals for new in replaced.get(id(node), [node])]
+        del graph.node[:]
+        graph.node.extend(nodes)
+        drop_dead_nodes(model)
+    return model, len(replaced) // 2

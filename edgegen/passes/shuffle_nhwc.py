@@ -28,9 +28,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .channel_edit import drop_dead_nodes
 from ..resample import onnx_nearest
-from .qdq import links, tensor_grid
+from .qdq import conversions_around, rewrite_between_conversions
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +38,11 @@ MIN_RUN_BYTES = 8
 
 def moves_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of the model with every qualifying DepthToSpace and nearest Resize rewritten on its integer tensor."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    producer, consumers = links(graph)
     channels = _channel_counts(model)
-    graph_outputs = {o.name for o in graph.output}
-    originals = list(graph.node)  # held, so that their ids stay theirs
-    replaced = {}
-    for node in originals:
-        plan = _plan(node, inits, producer, consumers, graph_outputs, channels)
-        if plan is not None:
-            integer, quantize, factor = plan
-            replaced[id(node)] = _shuffle(node, integer, quantize.output[0], graph, factor) \
-                if node.op_type == "DepthToSpace" else \
-                _upsample(node, integer, quantize.output[0], graph, factor, channels[node.input[0]])
-            replaced[id(quantize)] = []
-    if not replaced:
-        return model
-    nodes = [new for node in originals for new in replaced.get(id(node), [node])]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    drop_dead_nodes(model)  # the Dequantize that fed the move
-    log.info("%d DepthToSpace / nearest Resize on quantized tensors rewritten channels-last", len(replaced) // 2)
+    model, count = rewrite_between_conversions(
+        model, lambda node, *links: _plan(node, *links, channels), _replacement)
+    if count:
+        log.info("%d DepthToSpace / nearest Resize on quantized tensors rewritten channels-last", count)
     return model
 
 
@@ -80,11 +61,9 @@ def _channel_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _plan(node: onnx.NodeProto, inits: dict, producer: dict, consumers: dict, graph_outputs: set,
-          channels: dict[str, int]) -> tuple[str, onnx.NodeProto, int] | None:
-    """(the integer tensor to move, the QuantizeLinear the move replaces, its block or factor) for a
-    qualifying node, else None."""
-    if node.output[0] in graph_outputs:
-        return None
+          channels: dict[str, int]) -> tuple[onnx.NodeProto, tuple[str, int, int]] | None:
+    """(the QuantizeLinear the move replaces, (the integer tensor to move, its block or factor, its
+    channels)) for a qualifying node, else None."""
     if node.op_type == "DepthToSpace":
         mode = next((a.s.decode() for a in node.attribute if a.name == "mode"), "DCR")
         factor = next(a.i for a in node.attribute if a.name == "blocksize")
@@ -97,17 +76,19 @@ def _plan(node: onnx.NodeProto, inits: dict, producer: dict, consumers: dict, gr
             return None
     else:
         return None
-    dequantize = producer.get(node.input[0])
-    readers = consumers.get(node.output[0], [])
-    if run < MIN_RUN_BYTES or dequantize is None or dequantize.op_type != "DequantizeLinear" or len(readers) != 1:
+    found = conversions_around(node, inits, producer, consumers, graph_outputs) if run >= MIN_RUN_BYTES else None
+    if found is None or found[2] != found[3]:
         return None
-    (quantize,) = readers
-    if quantize.op_type != "QuantizeLinear" or len(dequantize.input) < 3 or len(quantize.input) < 3:
-        return None
-    grid = tensor_grid(dequantize, inits)
-    if grid is None or tensor_grid(quantize, inits) != grid:
-        return None
-    return dequantize.input[0], quantize, factor
+    dequantize, quantize = found[:2]
+    return quantize, (dequantize.input[0], factor, channels[node.input[0]])
+
+
+def _replacement(node: onnx.NodeProto, quantize: onnx.NodeProto, detail: tuple[str, int, int],
+                 graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    integer, factor, channels = detail
+    if node.op_type == "DepthToSpace":
+        return _shuffle(node, integer, quantize.output[0], graph, factor)
+    return _upsample(node, integer, quantize.output[0], graph, factor, channels)
 
 
 def _copy_factor(node: onnx.NodeProto, inits: dict) -> int | None:
