@@ -274,19 +274,23 @@ def test_int8_strided_transposed_conv_is_a_subpixel_conv_for_xnnpack_and_stays_f
     assert np.abs(results["xnnpack"][name] - results["edgetpu"][name]).max() <= 2 / 128  # +-1 LSB rounding
 
 
-def test_int8_hardswish_for_the_edge_tpu_is_a_gate_of_add_and_mul(tmp_path):
-    """The Edge TPU has no HARD_SWISH: x * clip(x + 3, 0, 6) / 6 as ADD and two MULs, close to
-    HARD_SWISH's numbers, and the whole MobileNet-style generator would map."""
+@pytest.mark.parametrize("family, replaced, each", [
+    ("mobilenet_resnet__legacy_b1", "HARD_SWISH", {"ADD": 1, "MUL": 2}),  # x * clip(x + 3, 0, 6) / 6
+    ("pix2pix_unet__legacy_b1", "LEAKY_RELU", {"PRELU": 1})])
+def test_int8_activations_the_edge_tpu_lacks_are_written_with_ops_it_maps(tmp_path, family, replaced, each):
+    """The Edge TPU has no HARD_SWISH and no LEAKY_RELU: the Edge TPU lowering writes them with ops it
+    maps, close to the XNNPACK lowering's numbers, and the whole generator would map."""
     from edgegen.backends.tflite import edgetpu
     from edgegen.backends.tflite.lower import lower
     from edgegen.backends.tflite.prepare import prepare
     from edgegen.metrics import psnr
 
-    model = Path(__file__).parent / "data" / "families" / "mobilenet_resnet__legacy_b1.onnx"
-    qdq = Graph.load(_ort_qdq(tmp_path, model))
+    qdq = Graph.load(_ort_qdq(tmp_path, Path(__file__).parent / "data" / "families" / f"{family}.onnx"))
     ops, results = _lowered_for_each_delegate(tmp_path, qdq)
-    assert ops["xnnpack"]["HARD_SWISH"] == 6 and ops["edgetpu"]["HARD_SWISH"] == 0
-    assert ops["edgetpu"]["MUL"] - ops["xnnpack"]["MUL"] == 12 and ops["edgetpu"]["ADD"] - ops["xnnpack"]["ADD"] == 6
+    count = ops["xnnpack"][replaced]
+    assert count >= 5 and ops["edgetpu"][replaced] == 0
+    for code, per_op in each.items():
+        assert ops["edgetpu"][code] - ops["xnnpack"][code] == per_op * count
     [name] = results["xnnpack"]
     assert psnr(results["xnnpack"][name], results["edgetpu"][name], 2.0) > 40
     lowered = lower(prepare(qdq), "int8", "edgetpu")

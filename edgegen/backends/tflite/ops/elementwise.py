@@ -55,8 +55,9 @@ def unary(lw: Lowerer, node: onnx.NodeProto) -> None:
     elif code == "GELU":
         options = lw.options("Gelu", approximate=attrs(node).get("approximate", "none") == "tanh")
     grid = lw.quantized([node.input[0]], node.output[0])
-    if code == "HARD_SWISH" and lw.delegate == "edgetpu" and grid is not None:
-        _hard_swish_as_gate(lw, node, grid)
+    if lw.delegate == "edgetpu" and grid is not None and code in ("HARD_SWISH", "LEAKY_RELU"):
+        # the Edge TPU has neither; written as ops it maps
+        (_hard_swish_as_gate if code == "HARD_SWISH" else _leaky_relu_as_prelu)(lw, node, grid)
         return
     # LiteRT's XNNPACK takes no int8 HARD_SWISH (each one would split the graph); between DEQUANTIZE
     # and QUANTIZE onto the same grids it stays inside the delegate
@@ -80,6 +81,16 @@ def _hard_swish_as_gate(lw: Lowerer, node: onnx.NodeProto, grid: QParams) -> Non
     fraction = lw.temp(shape, QParams.of(1 / 255, -128), hint="gate_fraction")
     lw.op("MUL", [gate, scalar(1 / 6, "sixth")], [fraction])
     lw.op("MUL", [x.index, fraction], [lw.define(node.output[0], shape, x.nhwc, x.order, grid)])
+
+
+def _leaky_relu_as_prelu(lw: Lowerer, node: onnx.NodeProto, grid: QParams) -> None:
+    """int8 LeakyRelu as PRELU with every channel's slope alpha (127 steps of alpha / 127: exact)."""
+    alpha = attrs(node).get("alpha", 0.01)
+    x = lw.as_int8(node.input[0])
+    shape = lw.tshape(x)
+    slopes = np.full(shape[-1:], int(np.sign(alpha)) * 127, np.int8)
+    slope = lw.weight(slopes, f"{node.name}/alpha", QParams.of(abs(alpha) / 127 if alpha else 1.0, 0))
+    lw.op("PRELU", [x.index, slope], [lw.define(node.output[0], shape, x.nhwc, x.order, grid)])
 
 
 def _clip_bounds(node: onnx.NodeProto, p: Prepared) -> tuple[float | None, float | None]:
