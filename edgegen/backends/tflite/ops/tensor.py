@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from ..layout import NCHW, NHWC, channel_axis, crd_order, reshape_demand, tfl_axis, tfl_shape
+from ..flatbuffer import QParams
 from ..lower import Lowerer, Value
 from ..prepare import Prepared, attrs
 from . import rule, static_shapes
@@ -143,10 +144,40 @@ def depth_to_space(lw: Lowerer, node: onnx.NodeProto) -> None:
     a = attrs(node)
     block, out = a["blocksize"], node.output[0]
     value = lw.operand(node.input[0], lw.keeps_grid(node.input[0]))
-    wanted = crd_order(lw.shape(out)[1], block) if a.get("mode", "DCR") == "CRD" else None
-    value = lw.reorder(value, wanted)
-    lw.emit_keeping_grid("DEPTH_TO_SPACE", [value.index], out, tfl_shape(lw.shape(out), True), True, value.quant,
+    crd = a.get("mode", "DCR") == "CRD"
+    shape = tfl_shape(lw.shape(out), True)
+    if lw.delegate == "edgetpu" and value.quant is not None:
+        _depth_to_space_as_transpose_conv(lw, value, out, shape, block, crd)
+        return
+    value = lw.reorder(value, crd_order(lw.shape(out)[1], block) if crd else None)
+    lw.emit_keeping_grid("DEPTH_TO_SPACE", [value.index], out, shape, True, value.quant,
                          lw.options("DepthToSpace", blockSize=block))
+
+
+def _depth_to_space_as_transpose_conv(lw: Lowerer, value: Value, out: str, shape: list[int], block: int,
+                                      crd: bool) -> None:
+    """An int8 DepthToSpace for the Edge TPU, which has no DEPTH_TO_SPACE, as a TRANSPOSE_CONV of stride
+    and kernel `block` whose weights pick, for output channel c at kernel tap (i, j), the input channel
+    DepthToSpace reads ((i * block + j) * C + c in DCR mode, (c * block + i) * block + j in CRD), where
+    the stored tensor holds it (its channel order absorbed, so no GATHER): each output is one input
+    value times 1 (127 steps of 1/127), exact on the input's grid."""
+    channels = shape[-1]
+    stored = np.argsort(value.order) if value.order is not None else np.arange(block * block * channels)
+    weights = np.zeros((channels, block, block, block * block * channels), np.int8)
+    for c in range(channels):
+        for i in range(block):
+            for j in range(block):
+                source = (c * block + i) * block + j if crd else (i * block + j) * channels + c
+                weights[c, i, j, stored[source]] = 127
+    step = np.full(channels, 1 / 127, np.float32)
+    base = lw.node.name
+    filt = lw.weight(weights, f"{base}/one_hot", QParams.of(step, np.zeros(channels, np.int64), 0))
+    bias = lw.weight(np.zeros(channels, np.int32), f"{base}/bias",
+                     QParams.of(step * value.quant.scale[0], np.zeros(channels, np.int64), 0))
+    options = lw.options("TransposeConv", padding=lw.fb.Padding.SAME, strideH=block, strideW=block)
+    target = lw.p.quant.activations.get(out) or value.quant
+    lw.op("TRANSPOSE_CONV", [lw.int32(shape, "output_shape"), filt, value.index, bias],
+          [lw.define(out, shape, True, None, target)], options)
 
 
 # -- Pad -----------------------------------------------------------------------------------------
