@@ -54,10 +54,10 @@ def unary(lw: Lowerer, node: onnx.NodeProto) -> None:
         options = lw.options("LeakyRelu", alpha=attrs(node).get("alpha", 0.01))
     elif code == "GELU":
         options = lw.options("Gelu", approximate=attrs(node).get("approximate", "none") == "tanh")
-    grid = lw.quantized([node.input[0]], node.output[0])
-    if lw.delegate == "edgetpu" and grid is not None and code in ("HARD_SWISH", "LEAKY_RELU"):
-        # the Edge TPU has neither; written as ops it maps
-        (_hard_swish_as_gate if code == "HARD_SWISH" else _leaky_relu_as_prelu)(lw, node, grid)
+    edgetpu_form = _EDGETPU_FORMS.get(code) if lw.delegate == "edgetpu" else None
+    grid = lw.quantized([node.input[0]], node.output[0]) if edgetpu_form else None
+    if grid is not None:  # the Edge TPU has no such op: written with ops it maps
+        edgetpu_form(lw, node, grid)
         return
     # LiteRT's XNNPACK takes no int8 HARD_SWISH (each one would split the graph); between DEQUANTIZE
     # and QUANTIZE onto the same grids it stays inside the delegate
@@ -91,6 +91,9 @@ def _leaky_relu_as_prelu(lw: Lowerer, node: onnx.NodeProto, grid: QParams) -> No
     slopes = np.full(shape[-1:], int(np.sign(alpha)) * 127, np.int8)
     slope = lw.weight(slopes, f"{node.name}/alpha", QParams.of(abs(alpha) / 127 if alpha else 1.0, 0))
     lw.op("PRELU", [x.index, slope], [lw.define(node.output[0], shape, x.nhwc, x.order, grid)])
+
+
+_EDGETPU_FORMS = {"HARD_SWISH": _hard_swish_as_gate, "LEAKY_RELU": _leaky_relu_as_prelu}
 
 
 def _clip_bounds(node: onnx.NodeProto, p: Prepared) -> tuple[float | None, float | None]:
