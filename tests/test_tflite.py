@@ -262,6 +262,17 @@ def _lowered_for_each_delegate(tmp_path: Path, qdq: Graph) -> tuple[dict, dict]:
     return ops, results
 
 
+def _edgetpu_report(qdq: Graph) -> dict:
+    """The Edge TPU compatibility report of the graph's Edge TPU lowering, as a build writes it."""
+    from edgegen.backends.tflite import edgetpu
+    from edgegen.backends.tflite.lower import lower
+    from edgegen.backends.tflite.prepare import prepare
+
+    lowered = lower(prepare(qdq), "int8", "edgetpu")
+    lowered.builder.reorder(edgetpu.schedule(*lowered.builder.view()))
+    return edgetpu.compatibility(lowered.builder.serialize("test"), [r.origin for r in lowered.builder.records])
+
+
 def test_int8_strided_transposed_conv_is_a_subpixel_conv_for_xnnpack_and_stays_for_the_edge_tpu(tmp_path):
     """XNNPACK's TRANSPOSE_CONV is slow, so x86/Pi targets get CONV_2D + DEPTH_TO_SPACE with the same
     integers (same numbers); the Edge TPU maps TRANSPOSE_CONV and not DEPTH_TO_SPACE, so it keeps it."""
@@ -281,9 +292,6 @@ def test_int8_strided_transposed_conv_is_a_subpixel_conv_for_xnnpack_and_stays_f
 def test_int8_ops_the_edge_tpu_lacks_are_written_with_ops_it_maps(tmp_path, family, replaced, each, min_psnr):
     """The Edge TPU has no HARD_SWISH, LEAKY_RELU or DEPTH_TO_SPACE: the Edge TPU lowering writes them
     with ops it maps, close to the XNNPACK lowering's numbers, and the whole generator would map."""
-    from edgegen.backends.tflite import edgetpu
-    from edgegen.backends.tflite.lower import lower
-    from edgegen.backends.tflite.prepare import prepare
     from edgegen.metrics import psnr
 
     qdq = Graph.load(_ort_qdq(tmp_path, Path(__file__).parent / "data" / "families" / f"{family}.onnx"))
@@ -294,7 +302,34 @@ def test_int8_ops_the_edge_tpu_lacks_are_written_with_ops_it_maps(tmp_path, fami
         assert ops["edgetpu"][code] - ops["xnnpack"][code] == per_op * count
     [name] = results["xnnpack"]
     assert psnr(results["xnnpack"][name], results["edgetpu"][name], 2.0) >= min_psnr
-    lowered = lower(prepare(qdq), "int8", "edgetpu")
-    lowered.builder.reorder(edgetpu.schedule(*lowered.builder.view()))
-    report = edgetpu.compatibility(lowered.builder.serialize("test"), [r.origin for r in lowered.builder.records])
+    report = _edgetpu_report(qdq)
+    assert report["first_fallback"] is None and report["edgetpu_ops"] == report["ops"]
+
+
+def test_int8_prelu_for_the_edge_tpu_runs_in_int8(tmp_path):
+    """An SRGAN-style PReLU (a slope per channel) runs in float between DEQUANTIZE and QUANTIZE for
+    XNNPACK; for the Edge TPU, which maps only int8 ops, it is an int8 PRELU, its slopes on one grid."""
+    from onnx import numpy_helper
+
+    from edgegen.metrics import psnr
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3, "w"),
+             numpy_helper.from_array(rng.uniform(0.05, 0.4, (16, 1, 1)).astype(np.float32), "slope"),
+             numpy_helper.from_array(rng.standard_normal((3, 16, 3, 3)).astype(np.float32) * 0.2, "w2")]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("PRelu", ["h", "slope"], ["a"]),
+             helper.make_node("Conv", ["a", "w2"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["c"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
+    path = tmp_path / "prelu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    qdq = Graph.load(_ort_qdq(tmp_path, path))
+    ops, results = _lowered_for_each_delegate(tmp_path, qdq)
+    assert ops["xnnpack"]["PRELU"] == ops["edgetpu"]["PRELU"] == 1
+    assert ops["xnnpack"]["DEQUANTIZE"] > ops["edgetpu"]["DEQUANTIZE"]
+    [name] = results["xnnpack"]
+    assert psnr(results["xnnpack"][name], results["edgetpu"][name], 2.0) > 40
+    report = _edgetpu_report(qdq)
     assert report["first_fallback"] is None and report["edgetpu_ops"] == report["ops"]

@@ -157,12 +157,19 @@ def _check_prelu(node: onnx.NodeProto, p: Prepared) -> str | None:
 
 @rule("PRelu", check=_check_prelu)
 def prelu(lw: Lowerer, node: onnx.NodeProto) -> None:
-    value = lw.as_float(node.input[0])
+    """PRELU in float; in int8 for the Edge TPU (which maps only int8 ops) where the QDQ graph gives both
+    sides a grid, its slopes on one int8 grid (TFLite's PRELU takes a per-tensor one)."""
+    grid = lw.quantized([node.input[0]], node.output[0]) if lw.delegate == "edgetpu" else None
+    value = lw.operand(node.input[0], grid is not None)
     shape = lw.tshape(value)
     alpha = layout_const(lw.const(node.input[1]).astype(np.float32), len(shape), value.nhwc, value.order)
     alpha = np.broadcast_to(alpha, shape[len(shape) - alpha.ndim:]).copy()  # PRELU wants alpha without broadcast rank gaps
-    index = lw.define(node.output[0], shape, value.nhwc, value.order)
-    lw.op("PRELU", [value.index, lw.weight(alpha, f"{node.name}/alpha")], [index])
+    if grid is None:
+        slope = lw.weight(alpha, f"{node.name}/alpha")
+    else:
+        step = float(np.abs(alpha).max()) / 127 or 1.0
+        slope = lw.weight(np.round(alpha / step).astype(np.int8), f"{node.name}/alpha", QParams.of(step, 0))
+    lw.op("PRELU", [value.index, slope], [lw.define(node.output[0], shape, value.nhwc, value.order, grid)])
 
 
 def _check_binary(node: onnx.NodeProto, p: Prepared) -> str | None:
