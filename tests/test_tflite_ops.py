@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgegen.backends.tflite.flatbuffer import read_model
 from edgegen.build import build
+from edgegen.errors import UnsupportedOpError
 
 RNG = np.random.default_rng(0)
 
@@ -258,3 +259,28 @@ def test_gelu_is_one_gelu_operator(tmp_path, approximate):
     assert result.fidelity["max_abs"] <= 1e-4, result.fidelity
     ops = Counter(op.code for op in read_model((tmp_path / "b" / "model.tflite").read_bytes())[0])
     assert ops["GELU"] == 1, dict(ops)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_erf_form_of_gelu_is_one_gelu_operator(tmp_path, precision):
+    """x * 0.5 * (1 + erf(x / sqrt 2)), as the TorchScript exporter writes GELU -> TFLite GELU (TFLite
+    has no ERF); the same form with another constant is not GELU and stays refused."""
+    def erf_form(root: float) -> onnx.ModelProto:
+        nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
+                 helper.make_node("Div", ["h", "root"], ["scaled"]), helper.make_node("Erf", ["scaled"], ["e"]),
+                 helper.make_node("Add", ["e", "one"], ["shifted"]), helper.make_node("Mul", ["h", "shifted"], ["m"]),
+                 helper.make_node("Mul", ["m", "half"], ["y"])]
+        inits = [_init("w", 3, 3, 3, 3), numpy_helper.from_array(np.float32(root), "root"),
+                 numpy_helper.from_array(np.float32(1), "one"), numpy_helper.from_array(np.float32(0.5), "half")]
+        return _model(nodes, inits, [1, 3, 6, 6], opset=17)
+
+    path = tmp_path / "gelu_erf.onnx"
+    onnx.save(erf_form(np.sqrt(2)), str(path))
+    result = build(path, "x86-litert", tmp_path / "b", precision=precision, samples=3, calibration_count=8)
+    if precision == "fp32":
+        assert result.fidelity["max_abs"] <= 1e-4, result.fidelity
+    ops = Counter(op.code for op in read_model((tmp_path / "b" / "model.tflite").read_bytes())[0])
+    assert ops["GELU"] == 1 and "DIV" not in ops, dict(ops)
+    onnx.save(erf_form(1.5), str(path))
+    with pytest.raises(UnsupportedOpError, match="Erf"):
+        build(path, "x86-litert", tmp_path / "c", precision=precision, samples=3, calibration_count=8)

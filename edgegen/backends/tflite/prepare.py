@@ -69,6 +69,7 @@ def prepare(graph: Graph, fold_batchnorm: bool = True) -> Prepared:
     if fold_batchnorm:
         _fold_batchnorm(prepared)
     _fuse_hardswish(prepared)
+    _fuse_gelu(prepared)
     return prepared
 
 
@@ -172,3 +173,43 @@ def _fuse_hardswish(p: Prepared) -> None:
             p.nodes.remove(hs)
             break
     p.__post_init__()
+
+
+def _fuse_gelu(p: Prepared) -> None:
+    """x * 0.5 * (1 + erf(x / sqrt 2)), as torch.onnx.export's TorchScript exporter writes GELU
+    (Div, Erf, Add, Mul, Mul; the dynamo exporter writes Gelu) -> Gelu: TFLite has no ERF."""
+    for erf in [n for n in p.nodes if n.op_type == "Erf"]:
+        chain = _gelu_chain(p, erf)
+        if chain is None:
+            continue
+        x, nodes = chain
+        p.nodes[p.nodes.index(nodes[-1])] = helper.make_node("Gelu", [x], [nodes[-1].output[0]], name=nodes[-1].name)
+        for node in nodes[:-1]:
+            p.nodes.remove(node)
+        p.__post_init__()
+
+
+def _gelu_chain(p: Prepared, erf: onnx.NodeProto) -> tuple[str, list[onnx.NodeProto]] | None:
+    """(x, [Div, Erf, Add, Mul, Mul]) where erf is the middle of that GELU, else None."""
+    scale = p.producer(erf.input[0])
+    if scale is None or scale.op_type != "Div" or not _const_is(p, scale.input[1], np.sqrt(2)):
+        return None
+    x = scale.input[0]
+    nodes = [scale, erf]
+    for op, operand in (("Add", 1.0), ("Mul", x), ("Mul", 0.5)):
+        current = nodes[-1].output[0]
+        if not p.single_use(current):
+            return None
+        (follower,) = p.consumers[current]
+        other = [i for i in follower.input if i != current]
+        if follower.op_type != op or len(other) != 1 or \
+                (other[0] != operand if isinstance(operand, str) else not _const_is(p, other[0], operand)):
+            return None
+        nodes.append(follower)
+    return x, nodes
+
+
+def _const_is(p: Prepared, name: str, value: float) -> bool:
+    """Whether tensor `name` is a constant holding `value` (float32 precision) everywhere."""
+    array = p.consts.get(name)
+    return array is not None and array.size >= 1 and np.allclose(array, value, rtol=1e-6, atol=0)
