@@ -31,3 +31,10 @@ class RequestError(EdgegenError):
 
 class BackendUnavailableError(EdgegenError):
     """The runtime package or device a backend needs is not present on this host."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line reports
+    of a dependency's own errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -14,7 +14,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper, shape_inference, version_converter
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .fold_norm import fold_norm_into_gemm
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def read_model(path: str | Path) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(f"{path}: the ONNX checker rejects this model: {first}. Re-export the model.") from None
     opset = default_opset(model)
     if opset > MAX_OPSET:
@@ -76,7 +76,7 @@ def upgrade_opset(model: onnx.ModelProto, path: str | Path) -> tuple[onnx.ModelP
         upgraded = version_converter.convert_version(model, UPGRADE_OPSET)
         onnx.checker.check_model(upgraded)
     except Exception as exc:  # the converter's own assertion, with the op it has no adapter for
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(
             f"{path}: ONNX opset {opset} is older than the supported range {MIN_OPSET}-{MAX_OPSET}, and onnx's "
             f"version converter could not raise it to {UPGRADE_OPSET} ({first}). Re-export with e.g. "

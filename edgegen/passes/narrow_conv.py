@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..errors import first_line
 from .channel_edit import drop_dead_nodes
 
 log = logging.getLogger(__name__)
@@ -139,5 +140,5 @@ def _at_opset(model: onnx.ModelProto) -> onnx.ModelProto | None:
         return onnx.version_converter.convert_version(copy, COL2IM_OPSET)
     except Exception as exc:  # the converter has no adapter for some op of this model
         log.info("narrow convolutions left as they are: opset %d -> %d failed (%s)", current, COL2IM_OPSET,
-                 str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                 first_line(exc))
         return None
