@@ -16,6 +16,7 @@ from onnx import numpy_helper, shape_inference, version_converter
 
 from .errors import ModelError, first_line
 from .fold_norm import fold_norm_into_gemm
+from .resize_sizes import sizes_as_scales
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def clean(model: onnx.ModelProto, origin: str) -> tuple[onnx.ModelProto, list[str]]:
-    """Fold constants and shape arithmetic, drop pass-through nodes, re-infer every shape."""
+    """Fold constants and shape arithmetic, drop pass-through nodes, re-infer every shape, give fixed-size
+    Resizes by scales."""
     notes: list[str] = []
     nodes_before = len(model.graph.node)
     for i, node in enumerate(model.graph.node):
@@ -108,6 +110,10 @@ def clean(model: onnx.ModelProto, origin: str) -> tuple[onnx.ModelProto, list[st
     if norms:
         notes.append(f"folded {norms} BatchNormalization(s) into the Gemm before them")
     model = _recompute_shapes(model, declared, origin, notes)
+    resized = sizes_as_scales(model)
+    if resized:
+        notes.append(f"{resized} Resize(s) to fixed sizes given by scales (the same pixels; a region or another "
+                     "frame size can run them)")
     removed = nodes_before - len(model.graph.node)
     if removed:
         notes.insert(0, f"{nodes_before} -> {len(model.graph.node)} nodes")

@@ -40,14 +40,24 @@ def check_label(spec: TensorSpec, label: int) -> None:
         raise RequestError(f"label {label} is out of range for input {spec.name!r}: this model takes labels {top}")
 
 
+def label_tensor(spec: TensorSpec, label: int, shape) -> np.ndarray:
+    """One sample of a label input (no batch axis): the class index, or for a float input of one
+    value per class (a one-hot condition, see roles.py) the one-hot vector."""
+    check_label(spec, label)
+    if spec.one_hot:
+        vector = np.zeros(shape, spec.dtype)
+        vector[..., int(label)] = 1
+        return vector
+    return np.full(shape, label, dtype=spec.dtype)
+
+
 def sample(spec: TensorSpec, seed: int, label: int | None = None) -> np.ndarray:
     """One sample (no batch axis) for an input spec: latent from seed, label, or a synthetic image."""
     shape = spec.default_shape[1:]
     if spec.role == "label":
         if label is None:
             label = seed % spec.num_classes if spec.num_classes else 0
-        check_label(spec, label)
-        return np.full(shape, label, dtype=spec.dtype)
+        return label_tensor(spec, label, shape)
     if spec.role == "image":
         return synthetic_image(seed, shape, spec.range or [0.0, 1.0]).astype(spec.dtype)
     return latent_from_seed(seed, shape).astype(spec.dtype)

@@ -186,7 +186,8 @@ def _resize(node, attrs, consts):
     if coord in ("align_corners", "tf_crop_and_resize") or not scales_name or scales_name not in consts:
         return None, []  # sizes fixed by the frame, or a mapping that depends on the frame size
     scales = numpy_helper.to_array(consts[scales_name]).tolist()
-    if len(scales) != 4 or scales[0] != 1 or scales[1] != 1 or attrs.get("exclude_outside"):
+    if len(scales) != 4 or scales[0] != 1 or scales[1] != 1 or attrs.get("exclude_outside") \
+            or attrs.get("antialias") and min(scales[2:]) < 1:  # an antialiased downscale widens its filter
         return None, []
     nearest = attrs.get("nearest_mode", b"round_prefer_floor")
     nearest = nearest.decode() if isinstance(nearest, bytes) else nearest

@@ -64,4 +64,35 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
             lines.append("            layer sensitivity (PSNR with only this layer int8), most damaging first:")
             for row in sorted(quant["sensitivity"], key=lambda r: -r["nmse"])[:12]:
                 lines.append(f"              {row['node'][:48]:<48} {row['op']:<22} {row['psnr_db_alone']:7.2f} dB")
+    lines += _serving_lines(manifest)
     return "\n".join(lines)
+
+
+def _serving_lines(manifest: dict[str, Any]) -> list[str]:
+    """What the serving options gave: the split, each output's ROI program or why there is none,
+    tiers, batch sizes and precomputed assets."""
+    serving, checked = manifest.get("serving", {}), manifest.get("serving_report", {})
+    lines = []
+    split = serving.get("split")
+    if split:
+        lines.append(f"split: none, {split['none']}" if "none" in split else
+                     f"split: trunk on {', '.join(split['trunk_inputs'])} cut at {', '.join(split['cut'][:3])}"
+                     f"{' ...' if len(split['cut']) > 3 else ''}; the head holds {split['head_share']:.1%} of the "
+                     f"MACs; max-abs {checked['split']['max_abs']:.3g} vs the whole artifact")
+    for output, roi in serving.get("roi", {}).items():
+        if "refused" in roi:
+            lines.append(f"roi {output}: not offered, {roi['refused']}")
+        else:
+            check = checked["roi"][output]
+            lines.append(f"roi {output}: {len(roi['program']['ops'])} local ops from "
+                         f"{len(roi['program']['roots'])} root(s); {check['checked_rects']} regions checked, "
+                         + ("bit-exact" if check["bit_exact"] else f"max-abs {check['max_abs']:.3g}"))
+    for row in checked.get("tiers", {}).get("rows", []):
+        lines.append(f"tier {row['tier']}: {row['output']}, {row['macs'] / 1e6:.2f} MMACs, p50 {row['p50_ms']:.3f} ms"
+                     + (f", {row['psnr_vs_full_downscaled_db']:.2f} dB vs the full image downscaled"
+                        if "psnr_vs_full_downscaled_db" in row else ""))
+    if "batch_sizes" in checked:
+        lines.append(f"batch sizes: {', '.join(map(str, checked['batch_sizes']['sizes']))}")
+    if manifest.get("assets"):
+        lines.append(f"assets: {manifest['assets']['count']} precomputed ({manifest['assets']['rendered_on']})")
+    return [f"  {'serving' if i == 0 else '':<9} {line}" for i, line in enumerate(lines)]

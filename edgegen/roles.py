@@ -8,6 +8,8 @@ activation produces an image).
 
 from __future__ import annotations
 
+import re
+
 import onnx
 from onnx import helper, numpy_helper
 
@@ -18,6 +20,8 @@ _RANGE_OF_LAST_OP = {"Tanh": [-1.0, 1.0], "Sigmoid": [0.0, 1.0], "HardSigmoid": 
 _SHAPE_ONLY_OPS = {"Reshape", "Transpose", "Identity", "DepthToSpace", "SpaceToDepth", "Resize", "Upsample",
                    "Squeeze", "Unsqueeze", "Flatten", "Slice", "Pad", "Concat"}
 DEFAULT_RANGE = [0.0, 1.0]
+# a float [N, K] input named like this is a class condition given one-hot (cGAN exports: `torch.cat([z, onehot])`)
+_LABEL_WORDS = re.compile(r"one_?hot|(^|[^a-z])(labels?|class(es)?)([^a-z]|$)", re.IGNORECASE)
 
 
 def parse_overrides(text: str, origin: str) -> dict[str, str]:
@@ -77,7 +81,7 @@ def describe_io(
         spec = _spec(value, default_shapes.get(value.name, []))
         spec.role = explicit.get(value.name) or _input_role(spec)
         if spec.role == "label":
-            spec.num_classes = _num_classes(value.name, graph, init, meta)
+            spec.num_classes = _num_classes(value.name, graph, init, meta) or _one_hot_classes(spec)
         elif spec.role == "image":
             spec.range = list(input_range or image_range or DEFAULT_RANGE)
         inputs.append(spec)
@@ -96,7 +100,7 @@ def _looks_like_image(shape: list[int | None]) -> bool:
 
 
 def _input_role(spec: TensorSpec) -> str:
-    if spec.dtype.startswith(("int", "uint")):
+    if spec.dtype.startswith(("int", "uint")) or _one_hot_classes(spec) and _LABEL_WORDS.search(spec.name):
         return "label"
     shape = spec.shape
     if len(shape) == 2 or (len(shape) == 4 and shape[2] == 1 and shape[3] == 1):
@@ -104,6 +108,14 @@ def _input_role(spec: TensorSpec) -> str:
     if len(shape) == 4:
         return "image" if shape[1] in (1, 3) else "latent"
     return "condition"
+
+
+def _one_hot_classes(spec: TensorSpec) -> int | None:
+    """K for a float input [N, K] that can hold one value per class (K from 2 to 1000), else None."""
+    if spec.dtype.startswith("float") and len(spec.shape) == 2 and isinstance(spec.shape[1], int) \
+            and 2 <= spec.shape[1] <= 1000:
+        return spec.shape[1]
+    return None
 
 
 def _num_classes(name: str, graph: onnx.GraphProto, init: dict, meta: dict) -> int | None:

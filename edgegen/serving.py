@@ -85,9 +85,9 @@ def compile_serving(graph: Graph, tgt: targets.Target, precision: str, staging: 
     outputs = [s.name for s in graph.outputs]
     split = None
     if options.split:
-        split = find_split(graph) if options.split == ["auto"] else split_at(graph, options.split)
+        split, why = find_split(graph) if options.split == ["auto"] else (split_at(graph, options.split), "")
         if split is None:
-            serving["split"] = {"none": "every input joins in the first layers: no trunk worth caching"}
+            serving["split"] = {"none": why}
         else:
             comp.add("trunk", extract(graph, split.trunk_inputs, split.cut, "trunk"))
             head = extract(graph, split.cut + names, outputs, "head")

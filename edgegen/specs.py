@@ -28,6 +28,12 @@ class TensorSpec:
     num_classes: int | None = None
 
     @property
+    def one_hot(self) -> bool:
+        """A label input given as one float per class ([N, classes]): a label is fed as a one-hot vector."""
+        return self.role == "label" and self.dtype.startswith("float") and len(self.shape) == 2 \
+            and self.num_classes is not None and self.shape[1] == self.num_classes
+
+    @property
     def batch_dynamic(self) -> bool:
         return bool(self.shape) and self.shape[0] is None
 

@@ -35,9 +35,11 @@ class Split:
         return {**asdict(self), "head_share": round(self.head_share, 4)}
 
 
-def find_split(graph: Graph) -> Split | None:
-    """The automatic split with the largest trunk (by MACs), or None when no input subset has a
-    trunk worth caching (every input joins at the first layers)."""
+def find_split(graph: Graph) -> tuple[Split | None, str]:
+    """The automatic split with the largest trunk (by MACs), or None and why there is none."""
+    if len(graph.inputs) < 2:
+        return None, f"the model has one input ({graph.inputs[0].name if graph.inputs else 'none'}): every " \
+                     "request changes it, so no part of the model can be cached apart"
     deps = value_dependencies(graph)
     names = [s.name for s in graph.inputs]
     best = None
@@ -49,8 +51,14 @@ def find_split(graph: Graph) -> Split | None:
             split = split_at(graph, cut, "auto")
             if best is None or split.trunk_macs > best.trunk_macs:
                 best = split
-    total = best.trunk_macs + best.head_macs if best else 0
-    return best if best and total and best.trunk_macs / total >= MIN_TRUNK_SHARE else None
+    if best is None:
+        return None, "every input joins in the first layers: nothing depends on only some of them"
+    total = best.trunk_macs + best.head_macs
+    if not total or best.trunk_macs / total < MIN_TRUNK_SHARE:
+        return None, (f"the largest trunk (on {', '.join(best.trunk_inputs)}, cut at {', '.join(best.cut[:3])}) "
+                      f"holds {best.trunk_macs / total if total else 0:.1%} of the MACs, under the "
+                      f"{MIN_TRUNK_SHARE:.0%} worth a cache; --split {','.join(best.cut)} makes it anyway")
+    return best, ""
 
 
 def split_at(graph: Graph, tensors: list[str], chosen_by: str = "--split") -> Split:

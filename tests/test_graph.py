@@ -143,3 +143,35 @@ def test_dynamic_spatial_dims_take_given_shape(tmp_path):
     assert Graph.load(path).inputs[0].default_shape == [1, 3, 64, 64]
     with pytest.raises(ModelError, match="does not fit"):
         Graph.load(path, input_shapes={"x": [1, 4, 32, 32]})
+
+
+def _resize_model(in_shape, sizes) -> onnx.ModelProto:
+    sizes_init = numpy_helper.from_array(np.array(sizes, np.int64), "sizes")
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",
+                            coordinate_transformation_mode="half_pixel")
+    graph = helper.make_graph([node], "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [sizes_init])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)
+
+
+@pytest.mark.parametrize("in_shape, sizes, rewritten", [
+    ([1, 2, 8, 8], [1, 2, 16, 24], True),      # x2, x3
+    ([1, 2, 12, 12], [1, 2, 4, 8], True),      # /3, x2/3
+    ([1, 2, 3, 8], [1, 2, 5, 16], False),      # 5/3 in float32 gives 4 rows back
+    (["N", 2, "H", "W"], [1, 2, 16, 16], False),  # the ratio depends on the frame
+])
+def test_fixed_size_resize_is_given_by_scales_only_where_exact(in_shape, sizes, rewritten):
+    from edgegen.resize_sizes import sizes_as_scales
+
+    model = _resize_model(in_shape, sizes)
+    original = onnx.ModelProto.FromString(model.SerializeToString())
+    assert sizes_as_scales(model) == int(rewritten)
+    resize = model.graph.node[0]
+    assert (len(resize.input) == 3) == rewritten
+    if rewritten:
+        x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in in_shape],
+                                                     np.float32)
+        run = [ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0] for m in (original, model)]
+        np.testing.assert_array_equal(run[1], run[0])

@@ -3,8 +3,11 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+from edgegen.build import build
 from edgegen.errors import BundleError, RequestError
 from edgegen.inputs import latent_from_seed
 from edgegen.runtime import Generator, to_pil
@@ -151,3 +154,47 @@ def test_a_backend_returning_too_few_images_is_an_error_not_a_crash(ort_bundle, 
     with pytest.raises(BundleError, match=r"backend returned 0 image\(s\) for 2 request\(s\)"):
         gen.generate_batch([{"seed": 1, "label": 0}, {"seed": 2, "label": 1}])
     assert gen.stats()["served"].get("computed", 0) == 0
+
+
+def one_hot_generator() -> onnx.ModelProto:
+    """z [N,16] and a float one-hot class vector [N,10], concatenated before the first layer (a cGAN
+    as often written: `torch.cat([z, onehot], 1)`) -> image [N,3,4,4]."""
+    rng = np.random.default_rng(1)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+               for name, shape in (("w", (26, 48)), ("b", (48,)))]
+    weights.append(numpy_helper.from_array(np.array([-1, 3, 4, 4], np.int64), "shape"))
+    nodes = [helper.make_node("Concat", ["z", "onehot"], ["zc"], axis=1),
+             helper.make_node("Gemm", ["zc", "w", "b"], ["fc"]),
+             helper.make_node("Reshape", ["fc", "shape"], ["map"]),
+             helper.make_node("Tanh", ["map"], ["image"])]
+    inputs = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 16]),
+              helper.make_tensor_value_info("onehot", TensorProto.FLOAT, ["N", 10])]
+    graph = helper.make_graph(nodes, "onehot_cgan", inputs,
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 4, 4])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_float_one_hot_input_takes_labels(tmp_path):
+    onnx.save(one_hot_generator(), str(tmp_path / "onehot.onnx"))
+    build(tmp_path / "onehot.onnx", "x86-onnxruntime", tmp_path / "b")
+    gen = Generator.open(tmp_path / "b")
+    spec = next(s for s in gen.inputs if s.name == "onehot")
+    assert (spec.role, spec.num_classes, spec.one_hot) == ("label", 10, True)
+    vector = np.zeros(10, np.float32)
+    vector[7] = 1
+    np.testing.assert_array_equal(gen.generate(seed=3, label=7), gen.generate(seed=3, onehot=vector))
+    assert not np.array_equal(gen.generate(seed=3, label=7), gen.generate(seed=3, label=2))
+    with pytest.raises(RequestError, match=r"label 10 is out of range .* 0..9"):
+        gen.generate(seed=3, label=10)
+
+
+def test_a_field_no_input_takes_is_refused(gen, tmp_path):
+    with pytest.raises(RequestError, match="gives an image, but this model has no image input"):
+        gen.generate(seed=1, label=1, image=np.zeros((8, 8, 3), np.uint8))
+    onnx.save(one_hot_generator(), str(tmp_path / "m.onnx"))
+    build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b", graph_options={"roles": {"onehot": "condition"}})
+    with pytest.raises(RequestError, match=r"gives a label, but this model has no label input \(its inputs: z "
+                                           r"\(latent\), onehot \(condition\)\)"):
+        Generator.open(tmp_path / "b").generate(seed=1, label=3, onehot=np.zeros(10, np.float32))

@@ -30,8 +30,8 @@ def split_bundle(request, tmp_path_factory, glyph_path):
 
 def test_automatic_split_is_the_latent_only_trunk(glyph_path):
     graph = Graph.load(glyph_path)
-    split = find_split(graph)
-    assert split.trunk_inputs == ["latent"] and split.chosen_by == "auto"
+    split, why = find_split(graph)
+    assert why == "" and split.trunk_inputs == ["latent"] and split.chosen_by == "auto"
     shapes = graph.concrete_shapes()
     assert sorted(shapes[t] for t in split.cut) == [[1, 3, 1, 1], [1, 24, 16, 16]]  # colours and the 16x16 map
     costs = graph.node_costs()
@@ -67,7 +67,7 @@ def test_split_results_equal_unsplit_and_variations_skip_the_trunk(split_bundle)
 
 def test_split_at_named_tensors_and_clear_refusals(tmp_path, glyph_path):
     graph = Graph.load(glyph_path)
-    auto = find_split(graph)
+    auto, _ = find_split(graph)
     named = split_at(graph, auto.cut[:1])
     assert named.cut[0] == auto.cut[0] and named.chosen_by == "--split"
     with pytest.raises(BuildError, match="not a tensor of the graph"):
@@ -82,6 +82,7 @@ def test_split_at_named_tensors_and_clear_refusals(tmp_path, glyph_path):
 
 def test_model_whose_label_joins_first_has_no_split(tmp_path):
     result = build(f"{FAMILIES}/cgan_dcgan__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "b", split=["auto"])
-    assert "none" in result.manifest["serving"]["split"]
+    assert "holds 0.0% of the MACs" in result.manifest["serving"]["split"]["none"]  # the label's embedding alone
+    assert "one input" in find_split(Graph.load(f"{FAMILIES}/espcn__legacy_dyn.onnx"))[1]
     gen = Generator.open(tmp_path / "b")
     assert gen.features is None and gen.generate(seed=1, label=2).shape == (32, 32, 3)

@@ -10,7 +10,7 @@ from edgegen.graph import Graph
 from edgegen.receptive_field import RoiRefused, spatial_program
 from edgegen.runtime import Generator
 from edgegen.runtime.geometry import needed
-from runtime_models import geometry_like, glyph_like, upscaler_like
+from runtime_models import geometry_like, glyph_like, sized_resize_like, upscaler_like
 
 FAMILIES = "tests/data/families"
 RNG = np.random.default_rng(7)
@@ -83,6 +83,17 @@ def test_pytorch_families_regions_match_the_full_output(tmp_path_factory, family
     for x, y, w, h in random_rects(full.shape[0], full.shape[1], 6):
         region = gen.generate(**request, roi=(x, y, w, h)).astype(int)
         assert np.abs(region - full[y:y + h, x:x + w]).max() <= (0 if report[gen.image_outputs[0]]["bit_exact"] else 1)
+
+
+@pytest.mark.parametrize("axes", [False, True], ids=["sizes", "sizes-with-axes"])
+def test_resize_to_fixed_sizes_runs_by_region_and_edits(tmp_path_factory, axes):
+    gen = build_roi(tmp_path_factory, f"sized-{axes}", sized_resize_like(axes=axes))
+    assert "program" in gen.manifest["serving"]["roi"]["out"]
+    assert any("given by scales" in note for note in gen.manifest["model"]["cleanup"])
+    before, after = smooth_image(32, 32, seed=5), smooth_image(32, 32, seed=5)
+    after[10:14, 20:23] = 0
+    check_regions(gen, before, 8)
+    np.testing.assert_array_equal(gen.edit(before, after), gen.generate(image=after))
 
 
 def test_latent_model_regions_start_after_the_projection(glyph):
@@ -177,3 +188,19 @@ def test_int8_regions_and_static_shape_backends(tmp_path):
     assert "static shapes" in result.manifest["serving"]["roi"]["image_2x"]["refused"]
     with pytest.raises(RequestError, match="static shapes"):
         Generator.open(tmp_path / "tflite").generate(image=image, roi=(0, 0, 4, 4))
+
+
+def test_an_antialiased_downscale_is_refused(tmp_path):
+    h = onnx.helper
+    weights = [onnx.numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "scales"),
+               onnx.numpy_helper.from_array(np.ones((3, 3, 3, 3), np.float32), "w")]
+    nodes = [h.make_node("Resize", ["image", "", "scales"], ["half"], mode="linear", antialias=1),
+             h.make_node("Conv", ["half", "w"], ["out"], pads=[1, 1, 1, 1])]
+    graph = h.make_graph(nodes, "aa", [h.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+                         [h.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 3, 8, 8])], weights)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    graph = Graph.load(tmp_path / "m.onnx")
+    with pytest.raises(RoiRefused, match=r"\(Resize\) mixes pixels"):
+        spatial_program(graph, "out")

@@ -22,7 +22,7 @@ import numpy as np
 from .. import backends, reference
 from ..bundle import content_hash, read_manifest, verify_files
 from ..errors import BundleError, RequestError
-from ..inputs import check_label, latent_from_seed, run_batched
+from ..inputs import check_label, label_tensor, latent_from_seed, run_batched
 from ..metrics import compare, value_range
 from ..specs import TensorSpec
 from .assets import PACK, AssetPack
@@ -240,6 +240,11 @@ class Generator:
 
     def _check(self, index: int, raw: RequestDict, output: str | None) -> Job:
         request = parse(raw, index, self._input_names)
+        for field, role in (("seed", "latent"), ("label", "label"), ("image", "image")):
+            if getattr(request, field) is not None and all(s.role != role for s in self.inputs):
+                given = f"{'an' if field == 'image' else 'a'} {field}"
+                raise RequestError(f"request {index} gives {given}, but this model has no {role} input (its inputs: "
+                                   f"{', '.join(f'{s.name} ({s.role})' for s in self.inputs)}); leave {field} out")
         route = self.tiers.route(request.output or output, request.size, request.quality)
         if request.roi is not None and route.upscale:
             raise RequestError(f"request {index}: roi is not offered with an upscaled preview; ask for "
@@ -422,8 +427,7 @@ class Generator:
             if label is None:
                 top = f"0..{spec.num_classes - 1}" if spec.num_classes else "an integer"
                 raise RequestError(f"request {index} needs a label ({top}) for input {spec.name!r}")
-            check_label(spec, label)
-            return np.full(shape, label, dtype=spec.dtype)
+            return label_tensor(spec, label, shape)
         if spec.role == "image" and request.image is not None:
             tensor = image_to_tensor(request.image, spec.default_shape[1], spec.range or [0.0, 1.0], spec.dtype)
             return self._check_array(spec, tensor, batched=False)
