@@ -114,7 +114,8 @@ def test_int8_is_full_integer_from_the_quantize_pass(tmp_path, model):
             assert op.version == 2
     gen = Generator.open(tmp_path / "b")
     assert gen.self_test()["pass"]
-    image = gen.generate(seed=1, label=3) if any(s.role == "latent" for s in gen.inputs) else None
+    labelled = {"label": 3} if any(s.role == "label" for s in gen.inputs) else {}
+    image = gen.generate(seed=1, **labelled) if any(s.role == "latent" for s in gen.inputs) else None
     assert image is None or image.dtype == np.uint8
 
 
