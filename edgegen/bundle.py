@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BuildError, BundleError
-from .fileio import write_text
+from .fileio import as_created, write_text
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -84,7 +84,9 @@ def check_output_dir(out: Path) -> None:
 def staging_dir(out: Path) -> Path:
     """A fresh temporary directory beside out (same filesystem, so the final move is a rename)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    as_created(staging, directory=True)
+    return staging
 
 
 def file_hashes(directory: Path) -> dict[str, str]:

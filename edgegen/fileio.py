@@ -9,6 +9,21 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()  # read once, at import (setting it back and forth is not thread-safe)
+
+
+def as_created(path: str | Path, directory: bool = False) -> None:
+    """Give a file or directory made by tempfile (0600 / 0700) the mode open() or mkdir() would have
+    given it under the user's umask, so bundles and images are as readable as any other file."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path`, on failure it is removed."""
@@ -18,6 +33,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        if os.path.isfile(tmp):
+            as_created(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

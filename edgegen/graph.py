@@ -124,6 +124,11 @@ def _default_shapes(model: onnx.ModelProto, given: dict[str, list[int]], origin:
     meta = {p.key: p.value for p in model.metadata_props}
     spatial = [int(v) for v in meta.get("edgegen.default_size", f"{DEFAULT_SPATIAL}x{DEFAULT_SPATIAL}").split("x")]
     init = {t.name for t in model.graph.initializer}
+    names = [v.name for v in model.graph.input if v.name not in init]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ModelError(f"{origin}: --input-shape names {unknown}, which the model does not take; its inputs are "
+                         f"{names}")
     out = {}
     for value in model.graph.input:
         if value.name in init:

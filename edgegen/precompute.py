@@ -79,6 +79,9 @@ def _grid(grid: Any, origin: Path) -> list[dict[str, Any]]:
             values = list(range(lo, hi + 1))
         elif not isinstance(values, list):
             values = [values]
+        if not values:
+            raise BuildError(f"{origin}: grid {key}: {grid[key]!r} holds no values, so the grid holds no requests; "
+                             "ranges go up, like '0..99'")
         axes.append([(key, v) for v in values])
     return [dict(combo) for combo in itertools.product(*axes)]
 

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper
 from edgegen import bundle
 from edgegen.build import build
 from edgegen.errors import BuildError, UnsupportedOpError
+from edgegen.fileio import UMASK
 from edgegen.runtime import Generator
 
 
@@ -68,6 +69,9 @@ def test_rebuild_replaces_an_existing_bundle(tmp_path, cgen_path):
     manifest = bundle.read_manifest(out)
     assert manifest["backend"] == "openvino" and "model.onnx" not in manifest["files"] and first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    # modes as mkdir and open give them under the umask (not tempfile's private 0700 / 0600)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~UMASK
+    assert (out / "manifest.json").stat().st_mode & 0o777 == 0o666 & ~UMASK
 
 
 def test_failed_build_leaves_previous_bundle_intact(tmp_path, cgen_path):

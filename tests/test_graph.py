@@ -143,6 +143,9 @@ def test_dynamic_spatial_dims_take_given_shape(tmp_path):
     assert Graph.load(path).inputs[0].default_shape == [1, 3, 64, 64]
     with pytest.raises(ModelError, match="does not fit"):
         Graph.load(path, input_shapes={"x": [1, 4, 32, 32]})
+    with pytest.raises(ModelError, match=r"--input-shape names \['image'\], which the model does not take; its "
+                                         r"inputs are \['x'\]"):
+        Graph.load(path, input_shapes={"image": [1, 3, 32, 32]})
 
 
 def _resize_model(in_shape, sizes) -> onnx.ModelProto:

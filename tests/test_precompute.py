@@ -63,7 +63,8 @@ def test_request_file_forms(tmp_path):
     (tmp_path / "list.json").write_text('[{"seed": 1}, {"seed": 1}, {"seed": 2}]')
     assert load_requests(tmp_path / "list.json") == [{"seed": 1}, {"seed": 2}]
     for text, message in [("grid: {seed: '1..x'}", "not a range"), ("{seeds: [1]}", "a request file is"),
-                          ("[1, 2]", "not a mapping"), ("log: missing.jsonl", "cannot read the request log")]:
+                          ("[1, 2]", "not a mapping"), ("log: missing.jsonl", "cannot read the request log"),
+                          ("grid: {seed: '3..1'}", "holds no values"), ("grid: {label: []}", "holds no values")]:
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(BuildError, match=message):
             load_requests(tmp_path / "bad.yaml")

@@ -98,3 +98,29 @@ def test_lanczos_matches_pillow():
         for i in range(2):
             pillow = np.asarray(Image.fromarray(images[i]).resize((width, height), Image.LANCZOS))
             assert np.abs(ours[i].astype(int) - pillow).max() <= 1
+
+
+def gray(size: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
+
+
+def test_image_model_sizes_take_the_image_of_their_size(tmp_path):
+    # a static export: each size is its own artifact at its own input size
+    build(f"{FAMILIES}/espcn__legacy_b1.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[48, 96, 192])
+    gen = Generator.open(tmp_path / "b")
+    for size in (48, 96, 192):
+        small = gray(size // 3, size)
+        image = gen.generate(image=small, size=size)
+        assert image.shape[:2] == (size, size)
+        np.testing.assert_array_equal(gen.generate(image=small), image)  # the image's size picks the tier
+    with pytest.raises(RequestError, match=r"size 48 is made from a 16x16 image \(input 'input.1'\), got 32x32"):
+        gen.generate(image=gray(32, 0), size=48)
+    with pytest.raises(RequestError, match="must have shape 1x32x32"):
+        gen.generate(image=gray(20, 0))
+    # a dynamic export: one artifact serves every size, and a size the image does not give is refused
+    build(f"{FAMILIES}/espcn__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "d", tiers=[96, 192])
+    dyn = Generator.open(tmp_path / "d")
+    assert dyn.generate(image=gray(32, 1), size=96).shape[:2] == (96, 96)
+    assert dyn.generate(image=gray(20, 1)).shape[:2] == (60, 60)
+    with pytest.raises(RequestError, match=r"size 192 is made from a 64x64 image .* got 16x16"):
+        dyn.generate(image=gray(16, 1), size=192)

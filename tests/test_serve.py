@@ -106,6 +106,7 @@ def test_health_and_stats(server):
     ({"seed": 1, "label": 1, "size": 64}, 400, r"size 64 is not offered by this bundle; sizes: \[16, 32\]"),
     ({"seed": 1, "label": 1, "format": "gif"}, 400, "use png or json"),
     ({"latent": [0.0] * 16, "label": 1}, 400, "arrays are not accepted"),
+    ({"seed": 1, "label": 1, "image": [[1, 2, 3]]}, 400, "image must be a base64-encoded PNG or JPEG file"),
 ])
 def test_bad_requests_get_clear_errors(server, body, status, message):
     response, data = post(server, body)
@@ -118,6 +119,15 @@ def test_malformed_and_oversized_bodies(server, bundles):
     response, data = post(server, None, raw=b"x" * (server.max_body_bytes + 1))
     assert response.status == 413
     assert get(server, "/nope")[0].status == 404
+    url = urlparse(server.url)
+    for method in ("PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"):
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        conn.request(method, "/v1/generate", b"{}" if method in ("PUT", "PATCH") else None)
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        assert response.status == 405 and response.getheader("Allow") == "GET, POST"
+        assert data == b"" if method == "HEAD" else "use GET /v1/health" in json.loads(data)["error"]
     up = Server(Generator.open(bundles / "up"), max_image_pixels=40 * 40).start()
     try:
         buffer = io.BytesIO()

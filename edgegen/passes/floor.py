@@ -16,6 +16,7 @@ from ..metrics import psnr, ssim, value_range
 from ..specs import TensorSpec
 
 log = logging.getLogger(__name__)
+WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # an int8 model keeps at least one of these in int8
 
 
 @dataclass
@@ -71,8 +72,8 @@ def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator:
 
     Sensitivity: each layer quantized alone (all others float) and its error measured as mean squared
     error relative to the output range; errors of layers add up roughly, so layers are kept in float,
-    largest error first, until the whole model meets the floor. A model with every layer in float is
-    not an int8 model: that is a failure, reported with what was reachable.
+    largest error first, until the whole model meets the floor. A model with no convolution or matrix
+    product left in int8 is not an int8 model: that is a failure, reported with what was reachable.
     """
     model = quantizer.emit()
     base = evaluator.quality(model)
@@ -88,7 +89,10 @@ def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator:
     ranked = sorted(report["sensitivity"], key=lambda r: -r["nmse"])
     kept: list[str] = []
     quality = base
-    for row in ranked[:-1]:
+    weights = {name for name, op in candidates if op in WEIGHT_OPS}
+    for row in ranked:
+        if weights <= set(kept) | {row["node"]}:
+            break  # that would leave no layer that multiplies in int8: a float model, not an int8 one
         kept.append(row["node"])
         model = quantizer.emit(exclude=kept)
         quality = evaluator.quality(model)
@@ -97,7 +101,7 @@ def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator:
             report.update(kept_float=kept, result=quality)
             return model, report
     raise BuildError(f"no mix of int8 and float layers meets the quality floor ({floor.describe()}): all int8 gives "
-                     f"{base['psnr_db']:.1f} dB / SSIM {base['ssim']:.3f}; with all but the least sensitive of the "
-                     f"{len(candidates)} quantizable layers in float, {quality['psnr_db']:.1f} dB / SSIM "
-                     f"{quality['ssim']:.3f}. Lower --min-psnr/--min-ssim, calibrate with more representative data "
+                     f"{base['psnr_db']:.1f} dB / SSIM {base['ssim']:.3f}; with {len(kept)} of the {len(candidates)} "
+                     f"quantizable layers in float (one convolution or matrix product left in int8), "
+                     f"{quality['psnr_db']:.1f} dB / SSIM {quality['ssim']:.3f}. Lower --min-psnr/--min-ssim, calibrate with more representative data "
                      "(--calibration, --calibration-method percentile), or build fp16.")

@@ -245,7 +245,10 @@ class Generator:
                 given = f"{'an' if field == 'image' else 'a'} {field}"
                 raise RequestError(f"request {index} gives {given}, but this model has no {role} input (its inputs: "
                                    f"{', '.join(f'{s.name} ({s.role})' for s in self.inputs)}); leave {field} out")
-        route = self.tiers.route(request.output or output, request.size, request.quality)
+        size = request.size
+        if size is None and request.image is not None:  # an image of a compiled size picks that size
+            size = self.tiers.size_of_image(request.image.shape[:2])
+        route = self.tiers.route(request.output or output, size, request.quality)
         if request.roi is not None and route.upscale:
             raise RequestError(f"request {index}: roi is not offered with an upscaled preview; ask for "
                                "output=<the preview output> to get a region of the raw preview")
@@ -430,7 +433,14 @@ class Generator:
             return label_tensor(spec, label, shape)
         if spec.role == "image" and request.image is not None:
             tensor = image_to_tensor(request.image, spec.default_shape[1], spec.range or [0.0, 1.0], spec.dtype)
-            return self._check_array(spec, tensor, batched=False)
+            if spec.name not in route.inputs:
+                return self._check_array(spec, tensor, batched=False)
+            if tensor.shape != tuple(route.inputs[spec.name]):
+                _, h, w = route.inputs[spec.name]
+                raise RequestError(f"request {index}: size {route.size[0]} is made from a {w}x{h} image (input "
+                                   f"{spec.name!r}), got {tensor.shape[2]}x{tensor.shape[1]}; give an image of that "
+                                   "size, or leave size out")
+            return tensor
         raise RequestError(f"request {index} gives nothing for input {spec.name!r} (role {spec.role}); pass "
                            f"{'image=' if spec.role == 'image' else spec.name + '='} an array")
 

@@ -98,7 +98,9 @@ class Server:
         arrays = [s.name for s in self.generator.inputs if s.name in fields and s.name not in FIELDS]
         if arrays:
             raise RequestError(f"field(s) {arrays}: arrays are not accepted over HTTP; send seed, label or image")
-        if isinstance(fields.get("image"), str):
+        if fields.get("image") is not None:
+            if not isinstance(fields["image"], str):
+                raise RequestError("image must be a base64-encoded PNG or JPEG file (a JSON string)")
             fields["image"] = self._decode_image(fields["image"])
         if fields.get("roi") is not None and not isinstance(fields["roi"], list):
             raise RequestError("roi must be a list [x, y, width, height]")
@@ -224,6 +226,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"Content-Type": "text/html; charset=utf-8"}, PLAYGROUND.read_bytes())
         else:
             self._json(404, {"error": f"no such path {path}; see / for the playground, /v1/health, /v1/stats"})
+
+    def _method_not_allowed(self) -> None:
+        self.close_connection = True  # a body it may carry is not read
+        self._json(405, {"error": f"{self.command} is not served; use GET /v1/health, GET /v1/stats or POST "
+                                  "/v1/generate"}, {"Allow": "GET, POST"})
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed  # noqa: N815
+
+    def do_HEAD(self) -> None:  # noqa: N802 - a HEAD answer has headers only
+        self.close_connection = True
+        self.send_response(405)
+        self.send_header("Allow", "GET, POST")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        with self.app._lock:
+            self.app.counts["405"] += 1
 
     def do_POST(self) -> None:  # noqa: N802
         url = urlparse(self.path)

@@ -112,6 +112,11 @@ class Tiers:
             raise RequestError(f"size {size} is not offered by the preview tier; it serves {max(final)}")
         return Route("preview", p["part"], p["output"], trunk=p.get("trunk", False), size=final, upscale=upscale)
 
+    def size_of_image(self, height_width: tuple[int, ...]) -> int | None:
+        """The compiled size whose image input is this height and width, if any."""
+        return next((size for size, entry in self.sizes.items()
+                     if any(tuple(shape[1:]) == tuple(height_width) for shape in entry["inputs"].values())), None)
+
     def offered(self) -> list[int]:
         sizes = set(self.sizes) | {max(s) for name, s in self._output_sizes.items() if name == self.full}
         if self.preview:

@@ -37,30 +37,45 @@ def allocate(program: Program, buffers: list[Buffer], target: str) -> dict[str, 
 
 
 def _place(program: Program, buffers: list[Buffer], offset: int, size: int, target: str, where: str) -> int:
-    """First-fit placement of buffers into ACT words [offset, offset + size); returns the peak (words)."""
+    """Place buffers into ACT words [offset, offset + size); returns the peak (words). Two greedy orders
+    are tried, largest buffer first (the order of TFLite's greedy-by-size planner, which fragments
+    least) and first written first; the placement with the lower peak is kept."""
+    orders = [sorted(buffers, key=lambda b: (-b.words, b.first)), sorted(buffers, key=lambda b: (b.first, -b.words))]
+    peak, placement, top = min((_first_fit(order) for order in orders), key=lambda attempt: attempt[0])
+    if peak <= size:
+        for buf, base in placement:
+            buf.base = offset + base
+        return peak
     config = program.config
-    placed: list[Buffer] = []
-    peak = 0
-    for buf in sorted(buffers, key=lambda b: (b.first, -b.words)):
-        live = sorted((b for b in placed if b.first <= buf.last and b.last >= buf.first), key=lambda b: b.base)
+    live_now = [b for b in buffers if b.first <= top.first <= b.last]
+    need = sum(b.words for b in live_now) * config.lanes
+    writer = "the host (a model input)" if top.first < 0 else _describe(program.layers[top.first])
+    tensors = ", ".join(f"{b.name} {b.words * config.lanes} B" for b in live_now)
+    capacity = size * config.lanes
+    why = f"needs {need} bytes of activation RAM at once{where} (live tensors: {tensors}), " + (
+        f"but the NPU has {capacity} bytes" if need > capacity else
+        f"which the NPU's {capacity} bytes hold, but no placement of the model's buffers over time leaves "
+        f"{top.name} a free block of {top.words * config.lanes} bytes")
+    raise FitError(f"target {target}: {writer} {why} (backend_options.act_kb). Use a target with more on-chip RAM, "
+                   "a smaller input size (--input-shape), or prune the model.")
+
+
+def _first_fit(order: list[Buffer]) -> tuple[int, list[tuple[Buffer, int]], Buffer | None]:
+    """Each buffer in turn at the lowest word clear of the placed buffers live at the same time:
+    (peak words, (buffer, base) pairs, the buffer that reaches the peak)."""
+    placed: list[tuple[Buffer, int]] = []
+    peak, top = 0, None
+    for buf in order:
+        live = sorted((base, b.words) for b, base in placed if b.first <= buf.last and b.last >= buf.first)
         base = 0
-        for other in live:
-            if base + buf.words <= other.base - offset:
+        for other_base, words in live:
+            if base + buf.words <= other_base:
                 break
-            base = max(base, other.base - offset + other.words)
-        buf.base = offset + base
-        placed.append(buf)
-        peak = max(peak, base + buf.words)
-        if base + buf.words > size:
-            live_now = [b for b in placed if b.first <= buf.first <= b.last]
-            need = sum(b.words for b in live_now) * config.lanes
-            writer = "the host (a model input)" if buf.first < 0 else _describe(program.layers[buf.first])
-            tensors = ", ".join(f"{b.name} {b.words * config.lanes} B" for b in live_now)
-            raise FitError(f"target {target}: {writer} needs {need} bytes of activation RAM at once{where} "
-                           f"(live tensors: {tensors}) at address {(offset + base) * config.lanes}, but the NPU has "
-                           f"{config.act_bytes} bytes (backend_options.act_kb). Use a target with more on-chip "
-                           "RAM, a smaller input size (--input-shape), or prune the model.")
-    return peak
+            base = max(base, other_base + words)
+        placed.append((buf, base))
+        if base + buf.words > peak:
+            peak, top = base + buf.words, buf
+    return peak, placed, top
 
 
 def check_static(program: Program, target: str) -> dict[str, Any]:

@@ -138,9 +138,11 @@ class Session:
                 array = array.transpose(0, 2, 3, 1)
             if tuple(array.shape) != tuple(detail["shape"]):
                 built = "x".join(map(str, _onnx_shape(detail["shape"], spec["layout"])))
+                given = "x".join(map(str, (1, *feeds[spec["name"]].shape[1:])))
                 raise RequestError(f"input {spec['name']!r} has shape {'x'.join(map(str, feeds[spec['name']].shape))}"
                                    f" but this TFLite bundle was built for {built} (TFLite models have static "
-                                   f"shapes); rebuild with --input-shape {spec['name']}={built}")
+                                   f"shapes); give it that shape, or build a bundle for this one with --input-shape "
+                                   f"{spec['name']}={given}")
             if "quant" in spec:
                 array = _quantize(array, spec["quant"])
             it.set_tensor(detail["index"], np.ascontiguousarray(array, dtype=detail["dtype"]))
