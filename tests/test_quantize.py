@@ -146,6 +146,15 @@ def test_calibration_from_images_and_arrays(tmp_path, graph):
         load_calibration(image_model_spec, str(tmp_path / "nothing.txt"), 2)
     with pytest.raises(RequestError, match=">= 1"):
         load_calibration(image_model_spec, None, 0)
+    for latent, label, message in [(np.zeros((5, 16), np.float32), np.arange(5) + 8, r"label 12 is out of range"),
+                                   (np.zeros((5, 16), np.float32), np.arange(4), r"same number of samples.*5.*4"),
+                                   (np.zeros((0, 16), np.float32), np.arange(0), "at least one")]:
+        np.savez(npz, latent=latent, label=label)
+        with pytest.raises(RequestError, match=message):
+            load_calibration(image_model_spec, str(npz), 3)
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip archive")
+    with pytest.raises(RequestError, match="cannot read calibration arrays"):
+        load_calibration(image_model_spec, str(tmp_path / "garbage.npz"), 3)
 
 
 def test_calibration_from_an_image_folder(tmp_path):
@@ -160,6 +169,9 @@ def test_calibration_from_an_image_folder(tmp_path):
     assert cal.feeds["img"].shape == (5, 3, 32, 24)
     assert cal.feeds["img"].min() >= -1 and cal.feeds["img"].max() <= 1
     assert "3 files" in cal.source
+    (folder / "3.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(RequestError, match=r"3.png: not a readable image"):
+        load_calibration([spec], str(folder), 5)
 
 
 def test_cli_int8_flags(tmp_path, cgen_path, capsys):

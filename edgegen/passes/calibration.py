@@ -7,13 +7,14 @@ zoo model ships). Calibration seeds (0..n-1) never overlap the build's held-out 
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import RequestError
-from ..inputs import sample_feeds
+from ..inputs import check_label, sample_feeds
 from ..specs import TensorSpec
 from ..zoo import ZOO_DIR
 
@@ -75,9 +76,13 @@ def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str) 
     lo, hi = spec.range or [0.0, 1.0]
     images = []
     for i in range(count):
-        with Image.open(files[i % len(files)]) as img:
-            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BICUBIC)
-            array = np.asarray(img, dtype=np.float32).reshape(h, w, c).transpose(2, 0, 1)
+        file = files[i % len(files)]
+        try:
+            with Image.open(file) as img:
+                img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BICUBIC)
+                array = np.asarray(img, dtype=np.float32).reshape(h, w, c).transpose(2, 0, 1)
+        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            raise RequestError(f"{file}: not a readable image ({exc}); remove it from the calibration folder") from None
         images.append(lo + array * ((hi - lo) / 255.0))
     feeds = sample_feeds([s for s in specs if s is not spec], list(range(count)))
     feeds[spec.name] = np.stack(images).astype(spec.dtype)
@@ -87,15 +92,15 @@ def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str) 
 def _from_arrays(specs: list[TensorSpec], path: Path, count: int) -> Calibration:
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+        if isinstance(data, np.ndarray):
+            if len(specs) != 1:
+                raise RequestError(f"{path}: an .npy file calibrates single-input models only; this model has "
+                                   f"inputs {[s.name for s in specs]}: use an .npz keyed by input name")
+            arrays = {specs[0].name: data}
+        else:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise RequestError(f"{path}: cannot read calibration arrays ({exc})") from None
-    if isinstance(data, np.ndarray):
-        if len(specs) != 1:
-            raise RequestError(f"{path}: an .npy file calibrates single-input models only; this model has inputs "
-                               f"{[s.name for s in specs]}: use an .npz keyed by input name")
-        arrays = {specs[0].name: data}
-    else:
-        arrays = {k: data[k] for k in data.files}
     feeds = {}
     for spec in specs:
         if spec.name not in arrays:
@@ -107,5 +112,15 @@ def _from_arrays(specs: list[TensorSpec], path: Path, count: int) -> Calibration
         if list(array.shape[1:]) != list(want):
             raise RequestError(f"{path}: array {spec.name!r} has shape {list(array.shape)}; expected "
                                f"[N, {', '.join(map(str, want))}] (N samples of the input's shape)")
-        feeds[spec.name] = array[:count]
+        if spec.role == "label" and not spec.one_hot and array.size:
+            for value in (int(array.min()), int(array.max())):
+                try:
+                    check_label(spec, value)
+                except RequestError as exc:
+                    raise RequestError(f"{path}: array {spec.name!r}: {exc}") from None
+        feeds[spec.name] = array
+    counts = {name: len(array) for name, array in feeds.items()}
+    if min(counts.values()) == 0 or len(set(counts.values())) > 1:
+        raise RequestError(f"{path}: the arrays must hold the same number of samples, at least one: {counts}")
+    feeds = {name: array[:count] for name, array in feeds.items()}
     return Calibration(feeds, f"{path} ({min(count, len(next(iter(feeds.values()))))} samples)")
