@@ -33,8 +33,8 @@ def fold_norm_into_gemm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         gemm, reshape = chain
         scale, shift = _affine(norm, values)
         columns = _gemm_columns(gemm, values)
-        if columns % scale.size:
-            continue
+        if columns % scale.size or reshape is not None and _sample_size(reshape, values) != columns:
+            continue  # the BatchNorm's channels are not runs of one row of the Gemm
         per_channel = columns // scale.size
         _scale_gemm(graph, gemm, values, np.repeat(scale, per_channel), np.repeat(shift, per_channel))
         last = reshape or gemm
@@ -50,7 +50,7 @@ def fold_norm_into_gemm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
 def _chain(norm: onnx.NodeProto, producer: dict, readers: dict, outputs: set, values: dict):
     """(gemm, reshape or None) when `norm` reads a constant-weight Gemm alone, directly or through a
-    Reshape that keeps the batch axis; else None."""
+    Reshape to [batch, C, ...] (batch as 0, -1 or a number); else None."""
     if any(a.name == "training_mode" and a.i for a in norm.attribute) or len([o for o in norm.output if o]) > 1:
         return None
     if not all(name in values for name in norm.input[1:5]):
@@ -61,7 +61,7 @@ def _chain(norm: onnx.NodeProto, producer: dict, readers: dict, outputs: set, va
         if len(source.input) < 2 or source.input[1] not in values:
             return None
         shape = numpy_helper.to_array(values[source.input[1]])
-        if shape.ndim != 1 or shape.size < 2 or shape[0] not in (0, -1) or (shape[1:] <= 0).any():
+        if shape.ndim != 1 or shape.size < 2 or shape[0] < -1 or (shape[1:] <= 0).any():
             return None
         reshape, source = source, producer.get(source.input[0])
     if source is None or source.op_type != "Gemm" or source.input[1] not in values:
@@ -78,6 +78,12 @@ def _chain(norm: onnx.NodeProto, producer: dict, readers: dict, outputs: set, va
             source, values):
         return None
     return source, reshape
+
+
+def _sample_size(reshape: onnx.NodeProto, values: dict) -> int:
+    """Elements per batch entry after a Reshape (its shape past the batch entry, which may be 0, -1 or
+    the exported batch)."""
+    return int(np.prod(numpy_helper.to_array(values[reshape.input[1]])[1:]))
 
 
 def _affine(norm: onnx.NodeProto, values: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -102,6 +102,14 @@ def test_unmeetable_floor_fails_clearly_and_writes_nothing(tmp_path, cgen_path, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("floor", [{"min_psnr": 0}, {"min_psnr": float("inf")}, {"min_ssim": 1.5},
+                                   {"min_ssim": -0.5}])
+def test_floors_outside_their_range_are_refused(tmp_path, cgen_path, floor):
+    with pytest.raises(BuildError, match="floor is a number"):
+        build(cgen_path, "x86-onnxruntime", tmp_path / "q", precision="int8", **floor)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_floor_applies_to_every_precision(tmp_path, cgen_path):
     with pytest.raises(BuildError, match="below the floor"):
         build(cgen_path, "x86-onnxruntime", tmp_path / "q", precision="fp16", min_psnr=190)
@@ -112,6 +120,13 @@ def test_other_calibration_methods(tmp_path, cgen_path, method):
     result = build(cgen_path, "x86-onnxruntime", tmp_path / method, precision="int8", calibration_method=method,
                    calibration_count=8)
     assert result.manifest["passes"]["quantize"]["method"] == method
+
+
+def test_entropy_calibration_searches_clipping_ranges(graph):
+    calibration = load_calibration(graph.inputs, None, 16)
+    minmax, entropy = (Quantizer(graph, calibration, method).ranges for method in ("minmax", "entropy"))
+    clipped = [name for name in minmax if np.max(entropy[name].range_value[1]) < np.max(minmax[name].range_value[1])]
+    assert clipped, "entropy calibration chose the full range everywhere: it is minmax"
 
 
 def test_bf16_on_openvino_sets_the_hint(tmp_path, cgen_path):
@@ -142,11 +157,15 @@ def test_calibration_from_images_and_arrays(tmp_path, graph):
         load_calibration(image_model_spec, str(tmp_path / "one.npy"), 2)
     with pytest.raises(RequestError, match="exactly one image input"):
         load_calibration(image_model_spec, str(tmp_path), 2)
+    (tmp_path / "notes.txt").write_text("not data")
     with pytest.raises(RequestError, match="neither"):
-        load_calibration(image_model_spec, str(tmp_path / "nothing.txt"), 2)
+        load_calibration(image_model_spec, str(tmp_path / "notes.txt"), 2)
+    with pytest.raises(RequestError, match="missing.npz'?: no such file or folder"):
+        load_calibration(image_model_spec, str(tmp_path / "missing.npz"), 2)
     with pytest.raises(RequestError, match=">= 1"):
         load_calibration(image_model_spec, None, 0)
-    for latent, label, message in [(np.zeros((5, 16), np.float32), np.arange(5) + 8, r"label 12 is out of range"),
+    for latent, label, message in [(np.full((5, 16), np.nan, np.float32), np.arange(5), "NaN or infinite"),
+                                   (np.zeros((5, 16), np.float32), np.arange(5) + 8, r"label 12 is out of range"),
                                    (np.zeros((5, 16), np.float32), np.arange(4), r"same number of samples.*5.*4"),
                                    (np.zeros((0, 16), np.float32), np.arange(0), "at least one")]:
         np.savez(npz, latent=latent, label=label)

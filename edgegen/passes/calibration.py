@@ -57,6 +57,8 @@ def load_calibration(specs: list[TensorSpec], source: str | None, count: int, mo
         return _from_images(specs, path, count, str(path))
     if path.suffix in (".npy", ".npz") and path.is_file():
         return _from_arrays(specs, path, count)
+    if not path.exists() and (path.suffix in (".npy", ".npz") or len(path.parts) > 1):
+        raise RequestError(f"calibration source {source!r}: no such file or folder")
     raise RequestError(f"calibration source {source!r} is neither 'spec', 'zoo', a folder of images nor an "
                        ".npy/.npz file")
 
@@ -112,6 +114,8 @@ def _from_arrays(specs: list[TensorSpec], path: Path, count: int) -> Calibration
         if list(array.shape[1:]) != list(want):
             raise RequestError(f"{path}: array {spec.name!r} has shape {list(array.shape)}; expected "
                                f"[N, {', '.join(map(str, want))}] (N samples of the input's shape)")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise RequestError(f"{path}: array {spec.name!r} holds NaN or infinite values")
         if spec.role == "label" and not spec.one_hot and array.size:
             for value in (int(array.min()), int(array.max())):
                 try:

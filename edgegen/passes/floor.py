@@ -26,6 +26,12 @@ class QualityFloor:
     min_psnr: float | None = None
     min_ssim: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.min_psnr is not None and not 0 < self.min_psnr < float("inf"):
+            raise BuildError(f"--min-psnr {self.min_psnr}: a PSNR floor is a number of dB above 0 (e.g. 30)")
+        if self.min_ssim is not None and not 0 < self.min_ssim <= 1:
+            raise BuildError(f"--min-ssim {self.min_ssim}: an SSIM floor is a number in (0, 1] (e.g. 0.95)")
+
     def __bool__(self) -> bool:
         return self.min_psnr is not None or self.min_ssim is not None
 
