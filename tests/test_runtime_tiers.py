@@ -118,7 +118,9 @@ def test_image_model_sizes_take_the_image_of_their_size(tmp_path):
     with pytest.raises(RequestError, match="must have shape 1x32x32"):
         gen.generate(image=gray(20, 0))
     # a dynamic export: one artifact serves every size, and a size the image does not give is refused
-    build(f"{FAMILIES}/espcn__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "d", tiers=[96, 192])
+    result = build(f"{FAMILIES}/espcn__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "d", tiers=[96, 192])
+    rows = {r["tier"]: r["macs"] for r in result.manifest["serving_report"]["tiers"]["rows"]}
+    assert rows["size192"] == rows["full"] and rows["size96"] == rows["full"] // 4  # 192x192 is the default
     dyn = Generator.open(tmp_path / "d")
     assert dyn.generate(image=gray(32, 1), size=96).shape[:2] == (96, 96)
     assert dyn.generate(image=gray(20, 1)).shape[:2] == (60, 60)
