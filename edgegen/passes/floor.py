@@ -109,5 +109,6 @@ def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator:
     raise BuildError(f"no mix of int8 and float layers meets the quality floor ({floor.describe()}): all int8 gives "
                      f"{base['psnr_db']:.1f} dB / SSIM {base['ssim']:.3f}; with {len(kept)} of the {len(candidates)} "
                      f"quantizable layers in float (one convolution or matrix product left in int8), "
-                     f"{quality['psnr_db']:.1f} dB / SSIM {quality['ssim']:.3f}. Lower --min-psnr/--min-ssim, calibrate with more representative data "
-                     "(--calibration, --calibration-method percentile), or build fp16.")
+                     f"{quality['psnr_db']:.1f} dB / SSIM {quality['ssim']:.3f}. Lower --min-psnr/--min-ssim, "
+                     "calibrate with more representative data (--calibration, --calibration-method percentile), "
+                     "or build fp16.")
