@@ -27,6 +27,9 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
                      f"of the fp32 source on this host: {manifest['backend']} gains nothing from "
                      f"{manifest['precision']} on this model here; try another target or precision")
     execution = manifest.get("execution")
+    if execution and manifest["precision"] in ("fp16", "bf16") and execution.get("float_types"):
+        lines.append(f"  executes  {manifest['precision']}: the plugin runs the compute layers in "
+                     + ", ".join(f"{k} x{v}" for k, v in sorted(execution["float_types"].items())))
     if execution and execution["int8"]:
         lines.append("  executes  int8: " + ", ".join(f"{k} x{v}" for k, v in sorted(execution["int8"].items()))
                      + "; float: " + (", ".join(f"{k} x{v}" for k, v in sorted(execution["float"].items())) or "none"))

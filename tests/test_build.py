@@ -42,6 +42,10 @@ def test_fp16_build_is_verified_and_smaller(tmp_path, cgen_path, target):
     assert 40 < result.fidelity["psnr_db"] < 200
     assert "min_psnr_db" in result.manifest["reference"]["tolerance"]
     assert Generator.open(tmp_path / "b16").self_test()["pass"]
+    if target == "x86-openvino":  # what the plugin ran the f16 hint as on this CPU (f16, bf16 or f32)
+        types = result.manifest["execution"]["float_types"]
+        assert set(types) <= {"f16", "bf16", "f32"} and sum(types.values()) == sum(
+            result.manifest["execution"]["float"].values())
 
 
 @pytest.mark.parametrize("target", ["jetson-orin-onnxruntime", "intel-npu-openvino"])

@@ -59,14 +59,19 @@ class Session:
         self.output_names = [_name(o) for o in self._compiled.outputs]
 
     def execution_report(self) -> dict[str, dict[str, int]]:
-        """Compute layers of the compiled model by the precision the plugin actually runs them in."""
-        report: dict[str, dict[str, int]] = {"int8": {}, "float": {}}
+        """Compute layers of the compiled model by the precision the plugin actually runs them in; the
+        float ones also by their float type (`float_types`: a CPU without fp16 arithmetic runs an f16
+        hint in bf16 or f32)."""
+        report: dict[str, dict[str, int]] = {"int8": {}, "float": {}, "float_types": {}}
         for op in self._compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
             layer = _LAYER_NAMES.get(info["layerType"].astype(str))
             if layer:
-                kind = "int8" if info["runtimePrecision"].astype(str) in ("i8", "u8") else "float"
+                precision = info["runtimePrecision"].astype(str)
+                kind = "int8" if precision in ("i8", "u8") else "float"
                 report[kind][layer] = report[kind].get(layer, 0) + 1
+                if kind == "float":
+                    report["float_types"][precision] = report["float_types"].get(precision, 0) + 1
         return report
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
