@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .passes.channel_edit import add_initializer
+
 
 def fold_norm_into_gemm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """The model with every foldable Gemm [-> Reshape] -> BatchNormalization chain folded; (model, count)."""
@@ -36,7 +38,7 @@ def fold_norm_into_gemm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if columns % scale.size or reshape is not None and _sample_size(reshape, values) != columns:
             continue  # the BatchNorm's channels are not runs of one row of the Gemm
         per_channel = columns // scale.size
-        _scale_gemm(graph, gemm, values, np.repeat(scale, per_channel), np.repeat(shift, per_channel))
+        _scale_gemm(model, gemm, values, np.repeat(scale, per_channel), np.repeat(shift, per_channel))
         last = reshape or gemm
         last.output[0] = norm.output[0]
         graph.node.remove(norm)
@@ -99,7 +101,7 @@ def _gemm_columns(gemm: onnx.NodeProto, values: dict) -> int:
     return int(weight.dims[0] if trans_b else weight.dims[1])
 
 
-def _scale_gemm(graph: onnx.GraphProto, gemm: onnx.NodeProto, values: dict, scale: np.ndarray,
+def _scale_gemm(model: onnx.ModelProto, gemm: onnx.NodeProto, values: dict, scale: np.ndarray,
                 shift: np.ndarray) -> None:
     """Y' = scale * Y + shift per column: scale B's columns, and C (made per column) by scale plus shift / beta."""
     attrs = {a.name: a for a in gemm.attribute}
@@ -114,10 +116,9 @@ def _scale_gemm(graph: onnx.GraphProto, gemm: onnx.NodeProto, values: dict, scal
     else:
         bias = shift
         _set_attr(gemm, "beta", 1.0)
-    dtype = weight.dtype
-    names = [_fresh(graph, f"{gemm.name or gemm.output[0]}_bn_weight"), _fresh(graph, f"{gemm.name or gemm.output[0]}_bn_bias")]
-    graph.initializer.extend([numpy_helper.from_array(weight, names[0]),
-                              numpy_helper.from_array(bias.astype(dtype), names[1])])
+    base = gemm.name or gemm.output[0]
+    names = [add_initializer(model, weight, base, "bn_weight"), add_initializer(model, bias.astype(weight.dtype), base,
+                                                                                "bn_bias")]
     gemm.input[1] = names[0]
     if len(gemm.input) > 2:
         gemm.input[2] = names[1]
@@ -130,12 +131,3 @@ def _set_attr(node: onnx.NodeProto, name: str, value: float) -> None:
         if attr.name == name:
             node.attribute.remove(attr)
     node.attribute.append(helper.make_attribute(name, value))
-
-
-def _fresh(graph: onnx.GraphProto, base: str) -> str:
-    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    return name

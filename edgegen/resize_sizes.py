@@ -14,13 +14,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .passes.channel_edit import add_initializer
+
 
 def sizes_as_scales(model: onnx.ModelProto) -> int:
     """Rewrite every such Resize in place (model must be shape-inferred); return how many."""
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
     shapes = {v.name: _static_dims(v) for v in list(graph.input) + list(graph.value_info)}
-    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
     count = 0
     for node in graph.node:
         if node.op_type != "Resize" or node.domain not in ("", "ai.onnx") or len(node.input) < 4 \
@@ -35,9 +36,7 @@ def sizes_as_scales(model: onnx.ModelProto) -> int:
         scales = _exact_scales(dims, sizes, attrs.get("axes"))
         if scales is None:
             continue
-        name = _fresh(f"{node.name or 'resize'}_scales", taken)
-        graph.initializer.append(numpy_helper.from_array(scales, name))
-        node.input[2] = name
+        node.input[2] = add_initializer(model, scales, node.name or "resize", "scales")
         del node.input[3]
         for attr in [a for a in node.attribute if a.name == "axes"]:
             node.attribute.remove(attr)
@@ -70,12 +69,3 @@ def _static_dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
     if not tensor.HasField("shape"):
         return None
     return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, n = name, 1
-    while candidate in taken:
-        n += 1
-        candidate = f"{name}_{n}"
-    taken.add(candidate)
-    return candidate

@@ -95,6 +95,7 @@ class Generator:
         self.outputs = [TensorSpec.from_json(s) for s in manifest["model"]["outputs"]]
         self.image_outputs = [s.name for s in self.outputs if s.role == "image"]
         self._input_names = tuple(s.name for s in self.inputs)
+        self._input_roles = frozenset(s.role for s in self.inputs)
         serving = manifest.get("serving", {})
         self.content_hash = content_hash(manifest.get("files", {}), serving)
         self.parts = Parts(self.path, manifest, threads, host_fallback, session)
@@ -241,7 +242,7 @@ class Generator:
     def _check(self, index: int, raw: RequestDict, output: str | None) -> Job:
         request = parse(raw, index, self._input_names)
         for field, role in (("seed", "latent"), ("label", "label"), ("image", "image")):
-            if getattr(request, field) is not None and all(s.role != role for s in self.inputs):
+            if getattr(request, field) is not None and role not in self._input_roles:
                 given = f"{'an' if field == 'image' else 'a'} {field}"
                 raise RequestError(f"request {index} gives {given}, but this model has no {role} input (its inputs: "
                                    f"{', '.join(f'{s.name} ({s.role})' for s in self.inputs)}); leave {field} out")
