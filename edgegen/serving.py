@@ -6,7 +6,7 @@ Parts (each compiled for the bundle's target and precision into `parts/NAME/`):
 - roiN_pre / roiN_post: roots of image output N computed whole, and the local rest on crops (with
   dynamic spatial dims); the whole-model artifact serves as `post` where it already is that;
 - preview (or head_preview after the trunk): the graph up to a lower-resolution image output, and
-  an optional upscaler model compiled for the same target;
+  an optional upscaler model compiled for the same target (compiled for every such model but on FPGAs);
 - sizeS: a fully-convolutional model at output size S; batchN: a fixed-batch model at batch N.
 Every part is run on the build's held-out inputs through the runtime itself; fp32 split and ROI
 results must equal the whole artifact within SPLIT_MAX_ABS.
@@ -28,6 +28,7 @@ from .errors import BuildError
 from .graph import Graph
 from .metrics import psnr
 from .receptive_field import RoiRefused, spatial_program
+from .specs import TensorSpec
 from .split import find_split, split_at
 from .subgraph import extract, with_batch, with_input_dims
 
@@ -40,7 +41,8 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class ServingOptions:
-    """What to compile for serving (all off by default)."""
+    """What to compile for serving (all off by default; build_step adds the preview tier of a model
+    with a lower-resolution image output unasked)."""
 
     split: list[str] | None = None  # ["auto"] or tensor names
     roi: bool = False
@@ -132,15 +134,28 @@ def _roi_parts(graph: Graph, comp: _Compiler) -> dict[str, Any]:
     return result
 
 
+def _image_outputs(graph: Graph) -> list[TensorSpec]:
+    return [s for s in graph.outputs if s.role == "image" and len(s.default_shape) == 4]
+
+
+def preview_outputs(graph: Graph) -> tuple[TensorSpec, TensorSpec] | None:
+    """The (full, preview) image outputs of a model with image outputs at two resolutions, else None."""
+    images = _image_outputs(graph)
+    if len(images) < 2:
+        return None
+    full = max(images, key=lambda s: s.default_shape[2] * s.default_shape[3])
+    small = min(images, key=lambda s: s.default_shape[2] * s.default_shape[3])
+    return None if small.default_shape[2:] == full.default_shape[2:] else (full, small)
+
+
 def _tier_parts(graph: Graph, comp: _Compiler, options: ServingOptions, split) -> dict[str, Any]:
-    images = [s for s in graph.outputs if s.role == "image" and len(s.default_shape) == 4]
     tiers: dict[str, Any] = {}
-    if len(images) > 1:
-        full = max(images, key=lambda s: s.default_shape[2] * s.default_shape[3])
-        small = min(images, key=lambda s: s.default_shape[2] * s.default_shape[3])
-        if small.default_shape[2:] != full.default_shape[2:]:
-            tiers["full"] = {"output": full.name, "size": full.default_shape[2:]}
-            tiers["preview"] = _preview(graph, comp, options, split, small, full)
+    images = _image_outputs(graph)
+    outputs = preview_outputs(graph)
+    if outputs:
+        full, small = outputs
+        tiers["full"] = {"output": full.name, "size": full.default_shape[2:]}
+        tiers["preview"] = _preview(graph, comp, options, split, small, full)
     if options.tiers:
         tiers["sizes"] = _size_parts(graph, comp, options.tiers, images)
     elif options.preview_upscale and "preview" not in tiers:
@@ -378,12 +393,15 @@ def build_step(graph: Graph, tgt: targets.Target, precision: str, staging: Path,
     from .precompute import load_requests, render_assets, rendered_on
     from .runtime.generator import Generator, ServeConfig
 
-    if not options.wanted and not precompute:
+    # a model with a lower-resolution image output gets its preview tier unasked, except on an FPGA,
+    # where every part is another NPU program (and bitstream)
+    wanted = options.wanted or (tgt.backend != "fpga" and preview_outputs(graph) is not None)
+    if not wanted and not precompute:
         return {}
     requests = load_requests(precompute) if precompute else []
     extra: dict[str, Any] = {}
     graphs: dict[str, Graph] = {}
-    if options.wanted:
+    if wanted:
         parts, serving, graphs = compile_serving(graph, tgt, precision, staging, options, report)
         extra.update(parts=parts, serving=serving)
     session = backends.session_module(tgt.backend).Session(staging, manifest["session"], tgt.threads,
@@ -391,7 +409,7 @@ def build_step(graph: Graph, tgt: targets.Target, precision: str, staging: Path,
     draft = {**manifest, **extra, "files": file_hashes(staging)}
     gen = Generator(staging, draft, session, tgt.threads, host_fallback=True,
                     config=ServeConfig(cache_bytes=0, feature_cache_bytes=0, assets=False))
-    if options.wanted:
+    if wanted:
         extra["serving_report"] = verify_serving(gen, feeds, precision, graphs, report)
     if requests:
         where = rendered_on(manifest)

@@ -9,7 +9,7 @@ from PIL import Image
 from edgegen.build import build
 from edgegen.errors import BuildError, RequestError
 from edgegen.runtime import Generator
-from edgegen.runtime.tiers import lanczos_resize
+from edgegen.runtime.tiers import Tiers, lanczos_resize
 from runtime_models import glyph_like, upscaler_like
 
 FAMILIES = "tests/data/families"
@@ -25,8 +25,10 @@ def models(tmp_path_factory):
 
 def test_preview_runs_only_the_graph_up_to_the_preview(tmp_path, models):
     result = build(models / "glyph.onnx", "x86-onnxruntime", tmp_path / "b")
-    tiers = result.manifest["serving"]["tiers"] if "serving" in result.manifest else None
-    assert tiers is None  # nothing asked for: no parts
+    assert result.manifest["serving"]["tiers"]["preview"]["part"] == "preview"  # unasked, no upscaling
+    gen = Generator.open(tmp_path / "b", cache_bytes=0)
+    assert gen.generate(seed=4, label=2, quality="preview").shape == (16, 16, 3)
+    assert set(result.manifest["parts"]) == {"preview"}
     result = build(models / "glyph.onnx", "x86-onnxruntime", tmp_path / "b", preview_upscale="lanczos")
     tiers = result.manifest["serving"]["tiers"]
     assert tiers["preview"]["part"] == "preview" and tiers["full"]["output"] == "image"
@@ -70,6 +72,12 @@ def test_preview_needs_a_low_resolution_output(tmp_path):
     build(f"{FAMILIES}/dcgan__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "b")
     with pytest.raises(RequestError, match="no preview tier"):
         Generator.open(tmp_path / "b").generate(seed=1, quality="preview")
+
+
+def test_a_bundle_built_without_its_preview_tier_says_how_to_get_one():
+    tiers = Tiers({}, ["image", "preview"], {"image": (32, 32), "preview": (16, 16)}, has_split=False)
+    with pytest.raises(RequestError, match="built without a preview tier.*--preview-upscale lanczos"):
+        tiers.route(None, None, "preview")
 
 
 def test_fully_convolutional_sizes_are_compiled(tmp_path):

@@ -86,8 +86,7 @@ class Tiers:
             raise RequestError(f"no image output named {output!r}; image outputs: {self.image_outputs}")
         if quality == "preview" or (self.preview and output == self.preview["output"]):
             if not self.preview:
-                raise RequestError("this bundle has no preview tier (its model has one image resolution); "
-                                   "ask for quality='full', or rebuild a model with a low-resolution output")
+                raise RequestError(self._no_preview())
             return self._preview(upscaled=quality == "preview", size=size)
         if self.preview and output is None and size == max(self.preview["size"]) and quality != "full":
             return self._preview(upscaled=False, size=size)
@@ -103,6 +102,14 @@ class Tiers:
             raise RequestError(f"size {size} is not offered by this bundle; sizes: {self.offered()}")
         part = "head" if self._split else "main"
         return Route("full", part, name, trunk=self._split)
+
+    def _no_preview(self) -> str:
+        if len({tuple(self._output_sizes.get(name, ())) for name in self.image_outputs}) > 1:
+            return ("this bundle was built without a preview tier (an FPGA build compiles it only when asked); "
+                    "ask for quality='full' or output= one of "
+                    f"{self.image_outputs}, or rebuild with --preview-upscale lanczos")
+        return ("this bundle has no preview tier (its model has one image resolution); ask for quality='full', "
+                "or rebuild a model with a low-resolution output")
 
     def _preview(self, upscaled: bool, size: int | None) -> Route:
         p = self.preview
