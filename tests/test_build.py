@@ -177,3 +177,22 @@ def test_openvino_bundles_are_reproducible_within_one_process(tmp_path, cgen_pat
     first, second = (build(cgen_path, "x86-openvino", tmp_path / name, precision=precision) for name in "ab")
     assert first.manifest["files"] == second.manifest["files"]
     assert not [p.name for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no staged leftovers
+
+
+def test_openvino_outputs_keep_their_names_when_the_plugin_fuses_the_last_node(tmp_path):
+    """ESPCN's tail: the plugin fuses the Clip into the DepthToSpace and gives the output both names."""
+    rng = np.random.default_rng(0)
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [12, 3, 3, 3], rng.normal(0, 0.2, 324).astype(np.float32))
+    nodes = [helper.make_node("Conv", ["image", "w"], ["features"], pads=[1, 1, 1, 1]),
+             helper.make_node("DepthToSpace", ["features"], ["shuffled"], blocksize=2, mode="CRD"),
+             helper.make_node("Clip", ["shuffled", "lo", "hi"], ["upscaled"])]
+    graph = helper.make_graph(
+        nodes, "espcn_tail", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("upscaled", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [weight, helper.make_tensor("lo", TensorProto.FLOAT, [], [0.0]),
+         helper.make_tensor("hi", TensorProto.FLOAT, [], [1.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "espcn.onnx"))
+    result = build(tmp_path / "espcn.onnx", "x86-openvino", tmp_path / "b")
+    assert result.manifest["fidelity"]["max_abs"] <= 1e-5
+    assert Generator.open(tmp_path / "b").generate(image=np.zeros((8, 8, 3), np.uint8)).shape == (16, 16, 3)

@@ -97,7 +97,7 @@ def test_quality_floor_keeps_the_most_damaging_layers_in_float(tmp_path, cgen_pa
 @pytest.mark.parametrize("floor", [250, 100])  # 100 dB: met with every convolution in float, which is not int8
 def test_unmeetable_floor_fails_clearly_and_writes_nothing(tmp_path, cgen_path, floor):
     with pytest.raises(BuildError, match=r"no mix of int8 and float layers meets the quality floor .* \(one "
-                                         "convolution or matrix product left in int8\)"):
+                                         r"convolution or matrix product left in int8\)"):
         build(cgen_path, "x86-openvino", tmp_path / "q", precision="int8", min_psnr=floor)
     assert list(tmp_path.iterdir()) == []
 

@@ -52,7 +52,8 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
     except Exception as exc:  # OpenVINO raises its own exception types per front end
         raise BuildError(f"OpenVINO could not convert {graph.source}: {str(exc).strip().splitlines()[0]}") from None
     _save_reproducibly(ov, model, workdir / ARTIFACT, compress_to_fp16=(precision == "fp16"))
-    session = {"entry": ARTIFACT, "precision": precision, "device": target.backend_options.get("device", "CPU")}
+    session = {"entry": ARTIFACT, "precision": precision, "device": target.backend_options.get("device", "CPU"),
+               "outputs": [s.name for s in graph.outputs]}
     return {"files": [ARTIFACT, "model.bin"], "session": session, "tools": {"openvino": ov.__version__}}
 
 

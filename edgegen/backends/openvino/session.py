@@ -56,7 +56,8 @@ class Session:
         self._compiled = core.compile_model(str(Path(bundle_dir) / session["entry"]), device, config)
         self._request = self._compiled.create_infer_request()
         self.device = device
-        self.output_names = [_name(o) for o in self._compiled.outputs]
+        # the plugin gives an output that absorbed a fused node that node's tensor name too
+        self.output_names = [_name(o, session.get("outputs", ())) for o in self._compiled.outputs]
 
     def execution_report(self) -> dict[str, dict[str, int]]:
         """Compute layers of the compiled model by the precision the plugin actually runs them in; the
@@ -77,7 +78,7 @@ class Session:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for one batch of inputs."""
         result = self._request.infer(feeds, share_inputs=False)
-        return {_name(port): np.array(value, copy=True) for port, value in result.items()}
+        return {name: np.array(result[i], copy=True) for i, name in enumerate(self.output_names)}
 
 
 # OpenVINO CPU plugin layer types that do arithmetic, by the ONNX op they come from
@@ -86,5 +87,8 @@ _LAYER_NAMES = {"Convolution": "Conv", "Deconvolution": "ConvTranspose", "FullyC
                 "Concatenation": "Concat", "Interpolate": "Resize", "Pooling": "Pool"}
 
 
-def _name(port) -> str:
-    return port.get_any_name()
+def _name(port, model_outputs) -> str:
+    """The model's name for an output port: the one among its names that the ONNX graph's outputs
+    have (recorded at compile), else any."""
+    names = port.get_names()
+    return next((n for n in model_outputs if n in names), None) or port.get_any_name()
