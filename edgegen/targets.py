@@ -10,7 +10,7 @@ import difflib
 import logging
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,12 @@ class Target:
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (*_SCHEMA, "path")}
+
+
+def recorded(data: dict[str, Any]) -> Target:
+    """The target a bundle was built for, as its manifest records it (a custom .yaml included)."""
+    known = {f.name for f in fields(Target)}
+    return Target(**{k: v for k, v in data.items() if k in known})
 
 
 def target_files() -> list[Path]:
@@ -115,6 +121,7 @@ def load_file(path: Path) -> Target:
         _check_choice(path, "precisions", value, PRECISIONS)
     if data["precision"] not in precisions:
         raise TargetError(f"{path}: key 'precision' ({data['precision']}) must be one of 'precisions' {precisions}")
+    _check_backend(path, data["backend"], precisions, data.get("backend_options") or {})
     if data["threads"] < 1 or data["memory_mb"] < 16:
         raise TargetError(f"{path}: keys 'threads' (>= 1) and 'memory_mb' (>= 16) are out of range")
     if "roofline" in data:
@@ -138,6 +145,35 @@ def _check_roofline(path: Path, roofline: dict[str, Any], precisions: list[str])
     if not isinstance(bandwidth, (int, float)) or bandwidth <= 0 or not str(roofline["source"]).strip():
         raise TargetError(f"{path}: 'roofline.bandwidth_gbs' must be a positive number and 'roofline.source' "
                           "must cite where the numbers come from")
+
+
+def _check_backend(path: Path, backend: str, precisions: list[str], options: dict[str, Any]) -> None:
+    """Precisions the backend compiles, backend_options keys it reads, with values it accepts."""
+    from .backends import PRECISIONS, option_problem
+
+    wrong = [p for p in precisions if p not in PRECISIONS[backend]]
+    if wrong:
+        raise TargetError(f"{path}: precision(s) {wrong} are not ones the {backend} backend compiles "
+                          f"({', '.join(PRECISIONS[backend])}); remove them from 'precision'/'precisions'")
+    for key, value in options.items():
+        problem = option_problem(backend, str(key), value)
+        if problem:
+            raise TargetError(f"{path}: backend_options: {problem}")
+    if backend == "onnxruntime":
+        _check_providers(path, options)
+
+
+def _check_providers(path: Path, options: dict[str, Any]) -> None:
+    try:
+        import onnxruntime
+    except ImportError:  # checked where the bundle runs
+        return
+    known = onnxruntime.get_all_providers()
+    for key in ("providers", "required_providers"):
+        unknown = [p for p in options.get(key, []) if p not in known]
+        if unknown:
+            raise TargetError(f"{path}: backend_options.{key}: {unknown} are not execution providers of "
+                              f"onnxruntime {onnxruntime.__version__}; its providers: {', '.join(known)}")
 
 
 def backend_names() -> tuple[str, ...]:

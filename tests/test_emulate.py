@@ -52,6 +52,16 @@ def test_exceeding_the_memory_ceiling_is_a_failure_report_with_what_it_needs(tmp
     assert "exceeded the target's 64 MB" in check["detail"] and "MB of address space" in check["detail"]
 
 
+def test_a_bundle_built_for_a_custom_target_file_is_emulated_as_recorded(tmp_path, cgen_path):
+    custom = _target_copy(tmp_path, "x86-onnxruntime", memory_mb=64)
+    custom = custom.rename(tmp_path / "my-box.yaml")
+    custom.write_text(custom.read_text().replace("name: x86-onnxruntime", "name: my-box"))
+    build(cgen_path, str(custom), tmp_path / "b")
+    custom.unlink()  # the manifest holds the target as it was built for
+    report = emulate(tmp_path / "b", runs=1)
+    assert report["target"] == "my-box" and report["constraints"]["memory_mb"] == 64
+
+
 def test_a_bundle_built_for_another_target_is_refused(ort_bundle):
     with pytest.raises(BundleError, match="built for target 'x86-onnxruntime'.*not 'x86-openvino'"):
         emulate(ort_bundle, target="x86-openvino")

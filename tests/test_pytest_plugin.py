@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgegen import targets
 from edgegen.build import build
 from edgegen.emulate import userland
 from edgegen.pytest_plugin import assert_images_close
@@ -56,6 +57,21 @@ def test_a_failing_image_assertion_fails_the_test_with_numbers(pytester, bundles
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*images not close: PSNR * dB < 40 dB*"])
+
+
+def test_a_bundle_that_fails_on_the_host_is_a_failed_run_not_an_error(pytester, bundles, tmp_path):
+    small = tmp_path / "x86-onnxruntime.yaml"
+    small.write_text((targets.TARGETS_DIR / "x86-onnxruntime.yaml").read_text().replace("memory_mb: ", "memory_mb: 16 #"))
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.edgegen_target({str(small)!r})
+        def test_small(edgegen_device):
+            run = edgegen_device.open({str(bundles / "x86-onnxruntime")!r})
+            assert not run.passed and run.outputs == {{}}
+            assert run.failures[0].startswith("memory ceiling: exceeded the target's 16 MB")
+    """)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
 
 
 def test_fixture_without_the_marker_is_a_usage_error(pytester):

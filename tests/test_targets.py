@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from edgegen import targets
 from edgegen.errors import TargetError
@@ -53,6 +54,11 @@ def test_unknown_target_suggests_close_name():
     (lambda t: t.replace("name: bad", "name: other"), "key 'name' is 'other'"),
     (lambda t: "- just\n- a list\n", "must be a mapping"),
     (lambda t: "name: [unclosed\n", "not valid YAML"),
+    (lambda t: t + "backend_options:\n  provider: [CPUExecutionProvider]\n",
+     "backend_options: unknown key 'provider' \\(did you mean 'providers'\\?\\) for the onnxruntime backend"),
+    (lambda t: t + "backend_options:\n  providers: [CPUExecutionProvidr]\n",
+     "backend_options.providers: \\['CPUExecutionProvidr'\\] are not execution providers"),
+    (lambda t: t.replace("precision: fp32", "precision: bf16"), "'bf16'\\] are not ones the onnxruntime backend"),
 ])
 def test_invalid_target_names_file_and_key(tmp_path, edit, message):
     path = tmp_path / "bad.yaml"
@@ -60,3 +66,19 @@ def test_invalid_target_names_file_and_key(tmp_path, edit, message):
     with pytest.raises(TargetError, match=message) as info:
         targets.load(str(path))
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("fpga-sim", {"act_kbytes": 64}, "unknown key 'act_kbytes' \\(did you mean 'act_kb'\\?\\) for the fpga backend"),
+    ("fpga-sim", {"lanes": 0}, "'lanes' must be a positive integer, got 0"),
+    ("fpga-sim", {"wgt_single_port": "yes"}, "'wgt_single_port' must be true or false"),
+    ("x86-litert", {"delegate": "xnnpak"}, "'delegate' is 'xnnpak'; allowed: xnnpack, edgetpu"),
+    ("x86-openvino", {"devices": "GPU"}, "unknown key 'devices' \\(did you mean 'device'\\?\\)"),
+])
+def test_backend_options_are_checked_against_what_the_backend_reads(tmp_path, name, options, message):
+    data = yaml.safe_load((targets.TARGETS_DIR / f"{name}.yaml").read_text())
+    data["backend_options"].update(options)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(TargetError, match=f"{path}: backend_options: {message}"):
+        targets.load(str(path))

@@ -3,12 +3,43 @@ half (`<name>.session`: Session, host_support) that imports only its own runtime
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from types import ModuleType
 
 from ..errors import BackendUnavailableError, TargetError
 
 NAMES = ("onnxruntime", "openvino", "tflite", "fpga")
+# the precisions each backend compiles, and the backend_options keys it reads: (what, check), or the values allowed
+PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "fp16", "bf16", "int8"),
+              "tflite": ("fp32", "fp16", "int8"), "fpga": ("int8",)}
+_COUNT = ("a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
+_FLAG = ("true or false", lambda v: isinstance(v, bool))
+_NAMES = ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+_NAME = ("a name", lambda v: isinstance(v, str) and bool(v))
+OPTIONS: dict[str, dict[str, tuple]] = {
+    "onnxruntime": {"providers": _NAMES, "required_providers": _NAMES},
+    "openvino": {"device": _NAME},
+    "tflite": {"runtime": ("ai-edge-litert", "tflite-runtime"), "delegate": ("xnnpack", "edgetpu")},
+    "fpga": {**{k: _COUNT for k in ("lanes", "act_kb", "wgt_kb", "act_banks", "par_entries", "lut_tables",
+                                    "tap_entries", "prog_layers", "baud")},
+             "fmax_mhz": ("a positive number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+             "wgt_single_port": _FLAG, "bitstream": _FLAG, "mode": ("functional", "rtl"), "board": _NAME},
+}
+
+
+def option_problem(backend: str, key: str, value: object) -> str | None:
+    """What is wrong with one backend_options entry of a target, or None."""
+    allowed = OPTIONS[backend]
+    if key not in allowed:
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown key {key!r}{hint} for the {backend} backend; its keys: {', '.join(allowed)}"
+    rule = allowed[key]
+    if not callable(rule[-1]):  # the values allowed
+        return None if value in rule else f"{key!r} is {value!r}; allowed: {', '.join(rule)}"
+    what, check = rule
+    return None if check(value) else f"{key!r} must be {what}, got {value!r}"
 
 
 def _module(backend: str, half: str) -> ModuleType:

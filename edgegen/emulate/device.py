@@ -65,7 +65,7 @@ def emulate(bundle: str | Path, target: str | None = None, runs: int = 20, rebui
 
 def _target(bundle: Path, manifest: dict[str, Any], name: str | None) -> targets.Target:
     built_for = manifest["target"]["name"]
-    device = targets.load(name or built_for)
+    device = targets.load(name) if name else targets.recorded(manifest["target"])
     if device.name != built_for:
         raise BundleError(f"{bundle} was built for target {built_for!r} ({manifest['backend']}, "
                           f"{manifest['precision']}), not {device.name!r}; emulate it as {built_for!r}, or build "
