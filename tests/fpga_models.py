@@ -59,6 +59,23 @@ def dense_decoder() -> onnx.ModelProto:
                   [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
 
 
+def view_decoder() -> onnx.ModelProto:
+    """latent [1,16] -> Reshape [1,16,1,1] (a DCGAN's z.view) -> ConvTranspose k4 -> ReLU -> ConvTranspose k4 s2 p1
+    -> Tanh -> image [1,3,8,8]: the model input is quantized after the reshape."""
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(np.array([1, 16, 1, 1], np.int64), "shape"),
+             _init(rng, "w1", 16, 8, 4, 4), _init(rng, "b1", 8), _init(rng, "w2", 8, 3, 4, 4), _init(rng, "b2", 3)]
+    nodes = [
+        helper.make_node("Reshape", ["latent", "shape"], ["z"]),
+        helper.make_node("ConvTranspose", ["z", "w1", "b1"], ["up1"]),
+        helper.make_node("Relu", ["up1"], ["act"]),
+        helper.make_node("ConvTranspose", ["act", "w2", "b2"], ["up2"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Tanh", ["up2"], ["image"]),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 16])],
+                  [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
+
+
 def grouped_conv() -> onnx.ModelProto:
     """A convolution with 2 groups of 4 channels: neither dense nor depthwise."""
     rng = np.random.default_rng(5)

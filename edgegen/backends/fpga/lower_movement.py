@@ -188,7 +188,7 @@ class MovementLayers:
             moved = (float(params.scale[0]), int(params.zero_point[0])) if params is not None else value.grid
             if value.grid is not None and moved != value.grid:
                 raise self.unsupported("a model input is requantized by a reshape; quantize it once")
-            self.values[out] = replace(value, shape=shape)
+            self.values[out] = replace(value, shape=shape, grid=moved)  # a float input quantized after it
             return
         x = self.tensor(data)
         flat = [d for d in shape if d != 1]
