@@ -80,6 +80,15 @@ class BuildResult:
         return self.manifest["fidelity"]
 
 
+def target_precision(tgt: targets.Target, asked: str | None) -> str:
+    """The precision a build for this target uses: the one asked for, else the target's default."""
+    precision = asked or tgt.precision
+    if precision not in tgt.precisions:
+        raise BuildError(f"target {tgt.name} does not offer precision {precision!r}; it offers "
+                         f"{', '.join(tgt.precisions)} (see {tgt.path})")
+    return precision
+
+
 def build(model: str | Path | Graph, target: str, out: str | Path, options: BuildOptions | None = None,
           progress: Progress | None = None, **overrides: Any) -> BuildResult:
     """Build a bundle for one target; keyword overrides set BuildOptions fields (e.g. precision="fp16")."""
@@ -89,10 +98,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     tgt = targets.load(target)
     if not opts.bitstream and "board" in tgt.backend_options:
         tgt = replace(tgt, backend_options={**tgt.backend_options, "bitstream": False})
-    precision = opts.precision or tgt.precision
-    if precision not in tgt.precisions:
-        raise BuildError(f"target {tgt.name} does not offer precision {precision!r}; it offers "
-                         f"{', '.join(tgt.precisions)} (see {tgt.path})")
+    precision = target_precision(tgt, opts.precision)
     if opts.samples < 1:
         raise BuildError(f"--samples must be >= 1, got {opts.samples}")
     bundle.check_output_dir(out)

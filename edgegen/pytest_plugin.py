@@ -60,11 +60,13 @@ class EmulatedDevice:
         return f"EmulatedDevice({self.target!r})"
 
     def bundle_path(self, path: str | Path) -> Path:
-        """path itself when it is a bundle, else path/<target> (the layout of a multi-target build)."""
+        """path itself when it is a bundle, else path/<target name> (the layout of a multi-target build;
+        a target file's name is its stem)."""
         from .bundle import is_bundle
 
         path = Path(path)
-        return path if is_bundle(path) else path / self.target
+        name = Path(self.target).stem if self.target.endswith((".yaml", ".yml")) else self.target
+        return path if is_bundle(path) else path / name
 
     def open(self, path: str | Path) -> EmulatedRun:
         """Emulate the bundle for this target; skip (with the reason) if this host cannot emulate it."""

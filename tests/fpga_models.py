@@ -76,6 +76,22 @@ def view_decoder() -> onnx.ModelProto:
                   [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
 
 
+def hardswish_upsample() -> onnx.ModelProto:
+    """image [1,3,8,8] -> conv 3x3 -> HardSwish -> nearest x2 -> conv 3x3 -> image [1,3,16,16]: the resize
+    only passes its input's grid through, so the HardSwish output must be quantized for it."""
+    rng = np.random.default_rng(8)
+    inits = [_init(rng, "w1", 8, 3, 3, 3), _init(rng, "b1", 8), _init(rng, "w2", 3, 8, 3, 3, scale=0.2),
+             _init(rng, "b2", 3), numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("HardSwish", ["c1"], ["h1"]),
+        helper.make_node("Resize", ["h1", "", "scales"], ["u1"], mode="nearest"),
+        helper.make_node("Conv", ["u1", "w2", "b2"], ["out"], pads=[1, 1, 1, 1]),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
+
+
 def grouped_conv() -> onnx.ModelProto:
     """A convolution with 2 groups of 4 channels: neither dense nor depthwise."""
     rng = np.random.default_rng(5)

@@ -51,6 +51,24 @@ def test_build_for_several_targets(capsys, tmp_path, cgen_path):
     assert sorted(p.name for p in (tmp_path / "fleet").iterdir()) == ["x86-onnxruntime", "x86-openvino"]
 
 
+def test_a_failed_target_does_not_stop_the_fleet_and_is_named(capsys, tmp_path, cgen_path):
+    import yaml
+
+    from edgegen import targets
+
+    tiny = yaml.safe_load((targets.TARGETS_DIR / "fpga-sim.yaml").read_text())
+    tiny.update(name="tiny-npu", backend_options={**tiny["backend_options"], "act_kb": 1})
+    (tmp_path / "tiny-npu.yaml").write_text(yaml.safe_dump(tiny))
+    fleet = ["-t", "x86-onnxruntime", "-t", str(tmp_path / "tiny-npu.yaml"), "-t", "x86-openvino"]
+    code, out, err = run(capsys, "build", str(cgen_path), *fleet, "--precision", "fp16", "-o", str(tmp_path / "a"))
+    assert code == 2 and "target tiny-npu does not offer precision 'fp16'" in err
+    assert not (tmp_path / "a").exists()  # refused before anything was built
+    code, out, err = run(capsys, "build", str(cgen_path), *fleet, "-o", str(tmp_path / "b"))
+    assert code == 2 and "1 of 3 targets failed (built: x86-onnxruntime, x86-openvino)" in err
+    assert f"  {tmp_path / 'tiny-npu.yaml'}: target tiny-npu:" in err and "backend_options.act_kb" in err
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["x86-onnxruntime", "x86-openvino"]
+
+
 def test_bench_with_baseline_writes_json(capsys, tmp_path, ort_bundle):
     path = tmp_path / "bench.json"
     code, out, err = run(capsys, "bench", str(ort_bundle), "--threads", "1", "--runs", "5", "--baseline",

@@ -33,6 +33,9 @@ METHODS = ("minmax", "entropy", "percentile")
 # onnxruntime's defaults, 128 into 128, the search has one candidate, the full range: minmax again)
 ENTROPY_OPTIONS = {"num_bins": 2048, "num_quantized_bins": 128}
 SHUFFLES = ("DepthToSpace", "SpaceToDepth")
+# MobileNet-style activations onnxruntime.quantization has no entry for: listed, their output is quantized
+# even where the next op only passes a grid through (a nearest Resize), so that op runs in int8 too
+ACTIVATIONS = ("HardSwish", "HardSigmoid")
 
 
 def _ort_quantization():
@@ -70,7 +73,8 @@ class Quantizer:
                 self.ranges = calibrator.compute_data()
         # onnxruntime.quantization has no entry for the pixel shuffles; listed, their input and output are
         # quantized (each to its own calibrated range, which for a permutation is the same grid)
-        self.op_types = sorted(set(q.registry.QLinearOpsRegistry) | set(q.registry.QDQRegistry) | set(SHUFFLES))
+        self.op_types = sorted(set(q.registry.QLinearOpsRegistry) | set(q.registry.QDQRegistry) | set(SHUFFLES)
+                               | set(ACTIVATIONS))
 
     def layers(self) -> list[tuple[str, str]]:
         """(node name, op) of every node the quantizer would quantize that computes (a shuffle only moves

@@ -15,41 +15,59 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
-from .. import bundle
-from ..build import BuildOptions, BuildResult, Progress, build
-from ..errors import BuildError
+from .. import bundle, targets
+from ..build import BuildOptions, BuildResult, Progress, build, target_precision
+from ..errors import BuildError, EdgegenError
 from . import check_executor, cluster
 
 TASK_RETRIES = 2  # a task whose worker died is run again this many times
 
 
-def destinations(out: str | Path, names: list[str]) -> dict[str, Path]:
-    """Where each target's bundle goes: `out` itself for one target, `out/<target>` for several."""
+def destinations(out: str | Path, names: list[str], precision: str | None) -> dict[str, Path]:
+    """Where each target's bundle goes: `out` itself for one target, `out/<target name>` for several
+    (a target given as a .yaml path goes by its name). Every target is loaded and checked for the
+    precision here, before anything builds."""
     out = Path(out)
-    if len(set(names)) != len(names):
+    loaded = {name: targets.load(name) for name in names}
+    for tgt in loaded.values():
+        target_precision(tgt, precision)
+    short = [tgt.name for tgt in loaded.values()]
+    if len(set(short)) != len(short):
         raise BuildError(f"--target lists a target twice ({', '.join(names)}); name each once")
-    return {name: out / name if len(names) > 1 else out for name in names}
+    return {name: out / tgt.name if len(names) > 1 else out for name, tgt in loaded.items()}
 
 
 def build_fleet(model: str, names: list[str], out: str | Path, options: BuildOptions, executor: str = "local",
                 address: str | None = None, progress: Progress | None = None) -> Iterator[BuildResult]:
     """Build `model` for every target in `names`, yielding each published bundle's result (in target
-    order locally, as they finish on Ray); stops at the first failed build."""
+    order locally, as they finish on Ray). A target whose build fails does not stop the others: the
+    fleet then ends in a BuildError naming each failed target with its error (one target: its error)."""
     check_executor(executor)
-    dests = destinations(out, names)
+    dests = destinations(out, names, options.precision)
     for dest in dests.values():
         bundle.check_output_dir(dest)
+    failures: dict[str, EdgegenError] = {}
     if executor == "ray":
-        yield from _on_ray(model, dests, options, address)
-        return
-    from ..graph import Graph
+        yield from _on_ray(model, dests, options, address, failures)
+    else:
+        from ..graph import Graph
 
-    graph = Graph.load(model, **options.graph_options)
-    for name, dest in dests.items():
-        yield build(graph, name, dest, options, progress=progress)
+        graph = Graph.load(model, **options.graph_options)
+        for name, dest in dests.items():
+            try:
+                yield build(graph, name, dest, options, progress=progress)
+            except EdgegenError as exc:
+                failures[name] = exc
+    if len(dests) == 1 and failures:
+        raise next(iter(failures.values()))
+    if failures:
+        built = [name for name in dests if name not in failures]
+        raise BuildError(f"{len(failures)} of {len(dests)} targets failed (built: {', '.join(built) or 'none'}):\n"
+                         + "\n".join(f"  {name}: {exc}" for name, exc in failures.items()))
 
 
-def _on_ray(model: str, dests: dict[str, Path], options: BuildOptions, address: str | None) -> Iterator[BuildResult]:
+def _on_ray(model: str, dests: dict[str, Path], options: BuildOptions, address: str | None,
+            failures: dict[str, EdgegenError]) -> Iterator[BuildResult]:
     model, options = _absolute(model), replace(options, calibration=_absolute(options.calibration),
                                                precompute=_absolute(options.precompute),
                                                preview_upscale=_absolute(options.preview_upscale))
@@ -57,11 +75,16 @@ def _on_ray(model: str, dests: dict[str, Path], options: BuildOptions, address: 
         task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(build_files)
         pending = {task.remote(model, name, options): name for name in dests}
         try:
-            with cluster.user_errors(ray, "fleet build"):
-                while pending:
-                    [ref], _ = ray.wait(list(pending), num_returns=1)
-                    name = pending.pop(ref)
-                    yield _publish(ray.get(ref), dests[name])
+            while pending:
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                name = pending.pop(ref)
+                try:
+                    with cluster.user_errors(ray, "fleet build"):
+                        files = ray.get(ref)
+                except EdgegenError as exc:
+                    failures[name] = exc
+                    continue
+                yield _publish(files, dests[name])
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
