@@ -40,7 +40,9 @@ def test_fp16_build_is_verified_and_smaller(tmp_path, cgen_path, target):
     result = build(cgen_path, target, tmp_path / "b16", precision="fp16")
     assert result.manifest["precision"] == "fp16"
     assert 40 < result.fidelity["psnr_db"] < 200
-    assert "min_psnr_db" in result.manifest["reference"]["tolerance"]
+    # the device may run fp16 for real where this host ran f32: no tighter than fp16 allows
+    assert result.manifest["reference"]["tolerance"]["min_psnr_db"] == min(
+        round(result.fidelity["psnr_db"] - 6, 2), 50.0)
     assert Generator.open(tmp_path / "b16").self_test()["pass"]
     if target == "x86-openvino":  # what the plugin ran the f16 hint as on this CPU (f16, bf16 or f32)
         types = result.manifest["execution"]["float_types"]
