@@ -150,6 +150,18 @@ def test_activation_ram_fit_error_names_the_layer_and_bytes(tmp_path):
     assert needed > 8192
 
 
+def test_activation_ram_fit_error_says_when_lane_padding_is_the_cause(tmp_path):
+    wide = NpuConfig.from_options({"lanes": 32, "act_kb": 16, "wgt_kb": 256, "par_entries": 4096})
+    with pytest.raises(FitError, match=r"bytes are lane padding: the NPU stores each pixel's channels in groups of "
+                                       r"32 lanes, and .*\(9 channels\), 12 \(1 channel\) fill few of them; a target with "
+                                       r"fewer lanes wastes less"):
+        lower_graph(emu.quantize(_graph(tmp_path, "espcn__legacy_b1")), wide, "wide-npu")
+    narrow = NpuConfig.from_options({"lanes": 2, "act_kb": 1, "wgt_kb": 256, "par_entries": 4096})
+    with pytest.raises(FitError) as err:  # on 2 lanes, padding is not what stops the model
+        lower_graph(emu.quantize(_graph(tmp_path, "pix2pix_unet__legacy_b1")), narrow, "tiny-npu")
+    assert "lane padding" not in str(err.value)
+
+
 def test_weight_ram_fit_error_names_the_layer_and_bytes(tmp_path):
     small = NpuConfig.from_options({"lanes": 8, "act_kb": 512, "wgt_kb": 16, "par_entries": 4096})
     with pytest.raises(FitError, match=r"layer '.+' \(op Conv\) needs \d+ bytes of weight RAM .* "

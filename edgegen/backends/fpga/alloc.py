@@ -56,8 +56,20 @@ def _place(program: Program, buffers: list[Buffer], offset: int, size: int, targ
         f"but the NPU has {capacity} bytes" if need > capacity else
         f"which the NPU's {capacity} bytes hold, but no placement of the model's buffers over time leaves "
         f"{top.name} a free block of {top.words * config.lanes} bytes")
-    raise FitError(f"target {target}: {writer} {why} (backend_options.act_kb). Use a target with more on-chip RAM, "
-                   "a smaller input size (--input-shape), or prune the model.")
+    raise FitError(f"target {target}: {writer} {why} (backend_options.act_kb).{_padding(live_now, config.lanes)} "
+                   "Use a target with more on-chip RAM, a smaller input size (--input-shape), or prune the model.")
+
+
+def _padding(buffers: list[Buffer], lanes: int) -> str:
+    """A note when most of the live bytes are lane padding: a pixel's channels are stored in whole groups
+    of `lanes`, so a 3-channel image takes as much RAM as a `lanes`-channel one."""
+    narrow = [b for b in buffers if b.channels and b.channels % lanes and b.channels < lanes]
+    padded = sum(b.words * lanes * (1 - b.channels / (-(-b.channels // lanes) * lanes)) for b in narrow)
+    if padded < 0.25 * sum(b.words for b in buffers) * lanes:
+        return ""
+    names = ", ".join(f"{b.name} ({b.channels} channel{'s' if b.channels > 1 else ''})" for b in narrow)
+    return (f" {int(padded)} of those bytes are lane padding: the NPU stores each pixel's channels in groups of "
+            f"{lanes} lanes, and {names} fill few of them; a target with fewer lanes wastes less.")
 
 
 def _first_fit(order: list[Buffer]) -> tuple[int, list[tuple[Buffer, int]], Buffer | None]:

@@ -64,7 +64,7 @@ def assign_banks(lowerer, lowered: Lowered) -> int:
 def _copy(lowerer, lowered: Lowered, tensor: Tensor, bank: int, reader: str) -> Tensor:
     """A depthwise copy of `tensor` into a new buffer in `bank`, with the same layout (pixel stride,
     group offset), so the reading layer's descriptor and taps stay valid."""
-    buf = Buffer(f"{tensor.buffer.name}@bank{bank}", tensor.buffer.words)
+    buf = Buffer(f"{tensor.buffer.name}@bank{bank}", tensor.buffer.words, channels=tensor.buffer.channels)
     buf.bank = bank
     buf.tensors.append(tensor.name)
     lowered.buffers.append(buf)

@@ -100,7 +100,7 @@ class Lowerer(LinearLayers, MovementLayers):
         c, h, w = chw
         if cmap is None:
             cmap, groups = dense_layout(c, self.lanes)
-        buf = Buffer(name, h * w * groups, first)
+        buf = Buffer(name, h * w * groups, first, channels=c)
         buf.tensors.append(name)
         self.buffers.append(buf)
         return Tensor(name, c, h, w, grid[0], grid[1], np.asarray(cmap), groups, buf, groups)

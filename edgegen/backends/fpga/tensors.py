@@ -25,6 +25,7 @@ class Buffer:
     base: int | None = None
     tensors: list[str] = field(default_factory=list)
     bank: int | None = None  # ACT bank (act_banks 2): the top address bit of every word of the buffer
+    channels: int | None = None  # logical channels of the tensor it was made for (the rest of its lanes: padding)
 
 
 @dataclass
