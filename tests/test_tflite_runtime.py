@@ -115,3 +115,21 @@ def test_tflite_runtime_target_builds_on_a_numpy2_host_and_runs_natively_there(t
     assert Generator.open(tmp_path / "b").self_test()["pass"]
     there = _probe(tflite_runtime_python, [tmp_path / "b"])
     assert there[str(tmp_path / "b")]["runtime"] == "tflite-runtime 2.14.0" and there[str(tmp_path / "b")]["self_test"]
+
+
+def test_an_absent_edge_tpu_is_reported_without_a_runtime_traceback():
+    """load_delegate of a library that is not there leaves a Delegate whose __del__ raises; it is not tried."""
+    import ctypes
+
+    from edgegen.backends.tflite import session
+
+    try:
+        ctypes.CDLL(session.EDGETPU_LIBRARY)
+        pytest.skip("this host has the Edge TPU runtime library")
+    except OSError:
+        pass
+    code = ("import gc; from edgegen.backends.tflite.session import host_support; "
+            "print(host_support({'delegate': 'edgetpu'})); gc.collect()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "needs a Coral Edge TPU" in done.stdout
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -8,6 +8,7 @@ with the grids recorded in the session config.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
 import os
@@ -57,7 +58,8 @@ def host_support(options: dict[str, Any]) -> tuple[bool, str]:
     except BackendUnavailableError as exc:
         return False, str(exc)
     if options.get("delegate") == "edgetpu":
-        try:
+        try:  # the library probed first: a failed load_delegate leaves a Delegate whose __del__ raises
+            ctypes.CDLL(EDGETPU_LIBRARY)
             module.load_delegate(EDGETPU_LIBRARY)
         except (ValueError, OSError):
             return False, (f"needs a Coral Edge TPU and its runtime library {EDGETPU_LIBRARY} "
