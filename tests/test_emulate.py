@@ -109,7 +109,7 @@ def test_edge_tpu_op_support_applies_coral_rules_to_the_bundle_model(tmp_path, c
     assert first["op"] == ops[first["index"]].code and first["why"] and first["op"] in result["summary"]
 
 
-def test_fpga_target_runs_the_functional_and_rtl_tiers(tmp_path, cgen_path):
+def test_fpga_target_runs_the_functional_and_rtl_tiers(tmp_path, cgen_path, capsys):
     built = build(cgen_path, "fpga-sim", tmp_path / "npu")
     assert "speed_vs_source" not in built.manifest["latency"], "a simulated NPU is not compared with the CPU"
     report = emulate(tmp_path / "npu", runs=2)
@@ -119,6 +119,15 @@ def test_fpga_target_runs_the_functional_and_rtl_tiers(tmp_path, cgen_path):
     assert "skipped" not in rtl, rtl
     assert rtl["identical"] and rtl["cycles"] > 0 and rtl["latency_ms_at_fmax"] > 0
     assert "RTL identical to the functional model" in [c["name"] for c in report["checks"]]
+    assert main(["emulate", str(tmp_path / "npu"), "--runs", "1", "--no-rtl"]) == 0
+    assert "RTL tier     skipped: not run (--no-rtl)" in capsys.readouterr().out
+
+
+def test_an_aarch64_run_left_out_is_said_so(tmp_path, cgen_path, capsys):
+    build(cgen_path, "rpi4-litert", tmp_path / "pi")
+    assert main(["emulate", str(tmp_path / "pi"), "--runs", "1", "--no-aarch64"]) == 0
+    out = capsys.readouterr().out
+    assert "aarch64      skipped: not run (--no-aarch64): this result covers this host only" in out
 
 
 def test_emulate_and_verify_commands_print_numbers_and_exit_by_result(tmp_path, ort_bundle, capsys):

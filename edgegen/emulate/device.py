@@ -53,10 +53,12 @@ def emulate(bundle: str | Path, target: str | None = None, runs: int = 20, rebui
         checks.append(_self_test_check("self-test on this host", host))
         report["op_support"] = support.check(bundle, manifest, device, host.get("execution"))
         outputs = host["outputs"]
-        if device.arch == "aarch64" and aarch64:
-            report["aarch64"], outputs = _aarch64(bundle, manifest, device, host, checks, rebuild, userland_root)
-        if device.backend == "fpga" and rtl:
-            report["rtl"] = _rtl(bundle, device, host, checks)
+        if device.arch == "aarch64":
+            report["aarch64"], outputs = _aarch64(bundle, manifest, device, host, checks, rebuild, userland_root) \
+                if aarch64 else ({"skipped": "not run (--no-aarch64): this result covers this host only"}, outputs)
+        if device.backend == "fpga":
+            report["rtl"] = _rtl(bundle, device, host, checks) if rtl else \
+                {"skipped": "not run (--no-rtl): the functional model alone was checked"}
         if keep_outputs:
             report["outputs"] = outputs
     report["pass"] = all(c["pass"] for c in checks)

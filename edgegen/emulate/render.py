@@ -17,7 +17,9 @@ def emulation(report: dict[str, Any]) -> str:
         lines.append(f"  op support   {report['op_support']['summary']}")
     lines.append(f"  this host    {_run(report['host'])}")
     arm = report.get("aarch64")
-    if arm:
+    if arm and "skipped" in arm:
+        lines.append(f"  aarch64      skipped: {arm['skipped']}")
+    elif arm:
         line = _run(arm)
         if "slowdown_vs_host" in arm:
             line += f"; {arm['slowdown_vs_host']:g}x this host's time (QEMU: proves it runs, not how fast)"
