@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper, shape_inference, version_converter
+from onnx import helper, numpy_helper, shape_inference, version_converter
 
 from .errors import ModelError, first_line
 from .fold_norm import fold_norm_into_gemm
@@ -75,6 +75,8 @@ def upgrade_opset(model: onnx.ModelProto, path: str | Path) -> tuple[onnx.ModelP
         return model, []
     try:
         upgraded = version_converter.convert_version(model, UPGRADE_OPSET)
+        if opset < 11:
+            _resize_as_before_opset_11(upgraded)
         onnx.checker.check_model(upgraded)
     except Exception as exc:  # the converter's own assertion, with the op it has no adapter for
         first = first_line(exc)
@@ -85,6 +87,20 @@ def upgrade_opset(model: onnx.ModelProto, path: str | Path) -> tuple[onnx.ModelP
         ) from None
     log.info("%s: opset %d raised to %d", path, opset, UPGRADE_OPSET)
     return upgraded, [f"opset {opset} raised to {UPGRADE_OPSET} with onnx's version converter"]
+
+
+def _resize_as_before_opset_11(model: onnx.ModelProto) -> None:
+    """Every Resize of a model raised from below opset 11 was an Upsample or a Resize-10, which map output
+    to input coordinates as x / scale, nearest rounding down; the converter leaves opset 11's defaults
+    (half_pixel, round_prefer_floor), which move every interpolated pixel. Spell the old mapping out."""
+    for node in model.graph.node:
+        if node.op_type != "Resize":
+            continue
+        given = {a.name for a in node.attribute}
+        if "coordinate_transformation_mode" not in given:
+            node.attribute.append(helper.make_attribute("coordinate_transformation_mode", "asymmetric"))
+        if "nearest_mode" not in given:
+            node.attribute.append(helper.make_attribute("nearest_mode", "floor"))
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -6,6 +6,8 @@ hashable key that always gives the same pixels for a given bundle.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 from .errors import RequestError
@@ -79,12 +81,17 @@ def run_batched(run, specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> d
     size = fixed_batch(specs)
     if size is None:
         return run(feeds)
+    parts = [{k: v[:real] for k, v in run(chunk).items()} for chunk, real in chunks(feeds, size)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def chunks(feeds: dict[str, np.ndarray], size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """Consecutive chunks of `size` samples, the last padded by repeating its final sample: (chunk, the
+    number of real samples in it)."""
     count = len(next(iter(feeds.values())))
-    parts = []
     for start in range(0, count, size):
         chunk = {k: v[start:start + size] for k, v in feeds.items()}
-        short = size - len(next(iter(chunk.values())))
-        if short:
-            chunk = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in chunk.items()}
-        parts.append({k: v[:size - short] for k, v in run(chunk).items()})
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        real = len(next(iter(chunk.values())))
+        if real < size:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], size - real, axis=0)]) for k, v in chunk.items()}
+        yield chunk, real

@@ -106,6 +106,23 @@ def test_older_opset_is_raised_with_the_version_converter(tmp_path):
     assert graph.opset == 17 and "opset 11 raised to 17 with onnx's version converter" in graph.notes
 
 
+@pytest.mark.parametrize("mode, scale", [("linear", 2.0), ("nearest", 3.0)])
+def test_an_opset_9_upsample_keeps_its_coordinate_mapping_when_raised(tmp_path, mode, scale):
+    """Upsample (opset <= 10) maps output x to x / scale; opset 11's Resize defaults to half_pixel."""
+    scales = numpy_helper.from_array(np.array([1, 1, scale, scale], np.float32), "scales")
+    g = helper.make_graph([helper.make_node("Upsample", ["x", "scales"], ["y"], mode=mode)], "up9",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 5 * int(scale), 5 * int(scale)])],
+                          [scales])
+    path = tmp_path / "up9.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)]), str(path))
+    x = np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    raised = Graph.load(path).model
+    got = ort.InferenceSession(raised.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
 def test_opset_the_converter_cannot_raise_is_refused(tmp_path):
     g = helper.make_graph([helper.make_node("Pad", ["x"], ["y"], paddings=[0, 0, 1, 1, 0, 0, 1, 1])], "pad1",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],

@@ -295,3 +295,19 @@ def test_pads_run_on_the_quantized_tensor_losslessly(tmp_path):
         sum(n.op_type == "QuantizeLinear" for n in padded.graph.node) == 3
     x = {"x": rng.random((1, 3, 16, 16), dtype=np.float32)}
     np.testing.assert_array_equal(run(u8, x), run(padded, x))
+
+
+def test_a_model_exported_with_a_fixed_batch_of_4_is_calibrated_in_batches_of_4(tmp_path):
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (3, 8, 3, 3)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["c2"], ["out"])]
+    graph = helper.make_graph(nodes, "batch4", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [4, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 3, 8, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "b4.onnx"))
+    result = build(tmp_path / "b4.onnx", "x86-onnxruntime", tmp_path / "q", precision="int8", calibration_count=10)
+    assert result.manifest["passes"]["quantize"]["calibration"]["count"] == 10  # 3 batches, the last padded
+    assert result.fidelity["psnr_db"] > 30

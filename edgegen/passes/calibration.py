@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RequestError
-from ..inputs import check_label, sample_feeds
+from ..inputs import check_label, chunks, sample_feeds
 from ..specs import TensorSpec
 from ..zoo import ZOO_DIR
 
@@ -32,9 +32,10 @@ class Calibration:
     def count(self) -> int:
         return len(next(iter(self.feeds.values())))
 
-    def samples(self) -> list[dict[str, np.ndarray]]:
-        """One feed dict per sample (batch 1)."""
-        return [{k: v[i:i + 1] for k, v in self.feeds.items()} for i in range(self.count)]
+    def samples(self, batch: int = 1) -> list[dict[str, np.ndarray]]:
+        """Feed dicts of `batch` samples each (a model exported with a fixed batch takes only that many;
+        the last one is padded by repeating its final sample, which leaves min/max ranges as they are)."""
+        return [chunk for chunk, _ in chunks(self.feeds, batch)]
 
     def report(self) -> dict:
         return {"source": self.source, "count": self.count}

@@ -24,6 +24,7 @@ from onnx import numpy_helper
 
 from ..errors import BuildError
 from ..graph import Graph
+from ..inputs import fixed_batch
 from .calibration import Calibration
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Quantizer:
                                                               "percentile": "Percentile"}[method]),
                 extra_options=ENTROPY_OPTIONS if method == "entropy" else {})
             with _ort_quantizer_quiet():
-                calibrator.collect_data(_Reader(calibration))
+                calibrator.collect_data(_Reader(calibration, fixed_batch(graph.inputs) or 1))
                 self.ranges = calibrator.compute_data()
         # onnxruntime.quantization has no entry for the pixel shuffles; listed, their input and output are
         # quantized (each to its own calibrated range, which for a permutation is the same grid)
@@ -179,8 +180,8 @@ def qdq_summary(model: onnx.ModelProto) -> dict[str, object]:
 class _Reader:
     """onnxruntime.quantization CalibrationDataReader over a Calibration."""
 
-    def __init__(self, calibration: Calibration):
-        self._samples = iter(calibration.samples())
+    def __init__(self, calibration: Calibration, batch: int):
+        self._samples = iter(calibration.samples(batch))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._samples, None)
