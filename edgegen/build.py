@@ -112,7 +112,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     compiler = backends.compiler_module(tgt.backend)
     _refuse_unsupported(compiler.unsupported_nodes(source, tgt), source, tgt)
     feeds = sample_feeds(source.inputs, list(range(VERIFY_SEED, VERIFY_SEED + opts.samples)))
-    reference_run = SourceSession(source.source)
+    reference_run = SourceSession(source.reference)
     expected = run_batched(reference_run.run, source.inputs, feeds)
     evaluator = Evaluator(source.inputs, source.outputs, feeds, expected)
     graph, passes = _apply_passes(source, precision, opts, evaluator, report, compiler.INT8_LOWERINGS)
@@ -240,7 +240,7 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
                      "floor": floor.describe() or None, "outputs": per_output, **quality},
         "reference": {"file": ref_file, "tolerance": tolerance},
         "latency": _latency(session, first, tgt.threads, ran_on,
-                            SourceSession(source.source, tgt.threads) if native and tgt.backend != "fpga" else None),
+                            SourceSession(source.reference, tgt.threads) if native and tgt.backend != "fpga" else None),
         "execution": session.execution_report() if hasattr(session, "execution_report") else None,
     }
 

@@ -13,6 +13,7 @@ from onnx import helper, shape_inference
 
 from . import zoo
 from .errors import ModelError
+from .float16 import upcast_float16
 from .graph_load import clean, default_opset, fold_constants, read_model, upgrade_opset
 from .roles import describe_io
 from .specs import TensorSpec
@@ -38,6 +39,7 @@ class Graph:
                  inputs: list[TensorSpec], outputs: list[TensorSpec]):
         self.model = model
         self.source = source
+        self.reference: Path | onnx.ModelProto = source  # what the fp32 source runs: the file, or its float32 form
         self.notes = notes
         self.inputs = inputs
         self.outputs = outputs
@@ -54,6 +56,11 @@ class Graph:
         """Load a model path or `zoo:NAME`, clean it up and describe its inputs and outputs."""
         path = zoo.resolve(model)
         proto, upgraded = upgrade_opset(read_model(path), path)
+        reference: Path | onnx.ModelProto = path
+        if upcast_float16(proto):
+            reference = copy.deepcopy(proto)
+            upgraded.append("float16 tensors computed in float32 (the fp32 source every precision is measured "
+                            "against: the same weights)")
         proto, notes = clean(proto, str(path))
         notes = upgraded + notes
         shapes = _default_shapes(proto, input_shapes or {}, str(path))
@@ -64,7 +71,9 @@ class Graph:
         concrete = _infer_concrete(proto, shapes, str(path))
         for spec in outs:
             spec.default_shape = concrete.get(spec.name, [])
-        return cls(proto, path, notes, ins, outs)
+        graph = cls(proto, path, notes, ins, outs)
+        graph.reference = reference
+        return graph
 
     def with_model(self, model: onnx.ModelProto, notes: list[str]) -> "Graph":
         """The same model interface (source, inputs, outputs) over a transformed ModelProto."""

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import conditional_generator
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from edgegen import bundle
 from edgegen.build import build
@@ -198,3 +198,24 @@ def test_openvino_outputs_keep_their_names_when_the_plugin_fuses_the_last_node(t
     result = build(tmp_path / "espcn.onnx", "x86-openvino", tmp_path / "b")
     assert result.manifest["fidelity"]["max_abs"] <= 1e-5
     assert Generator.open(tmp_path / "b").generate(image=np.zeros((8, 8, 3), np.uint8)).shape == (16, 16, 3)
+
+
+def test_a_model_exported_in_float16_is_built_from_its_float32_form(tmp_path):
+    """model.half() before export: float16 weights, inputs and outputs, and a Cast to float16."""
+    rng = np.random.default_rng(1)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float16), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.3, (3, 8, 3, 3)).astype(np.float16), "w2")
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Cast", ["c2"], ["c3"], to=TensorProto.FLOAT16),
+             helper.make_node("Tanh", ["c3"], ["out"])]
+    graph = helper.make_graph(nodes, "half", [helper.make_tensor_value_info("image", TensorProto.FLOAT16, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT16, [1, 3, 8, 8])], [w1, w2])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "half.onnx"))
+    for target, precision in [("x86-onnxruntime", "int8"), ("x86-litert", "fp32"), ("x86-openvino", "int8")]:
+        result = build(tmp_path / "half.onnx", target, tmp_path / f"{target}-{precision}", precision=precision)
+        assert result.manifest["model"]["inputs"][0]["dtype"] == "float32"
+        assert result.fidelity["psnr_db"] > (100 if precision == "fp32" else 30)
+        image = Generator.open(tmp_path / f"{target}-{precision}").generate(image=np.zeros((8, 8, 3), np.uint8))
+        assert image.shape == (8, 8, 3)
