@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import BuildError
+from .errors import BuildError, first_line
 
 
 class SourceSession:
@@ -24,8 +24,10 @@ class SourceSession:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        model = path.SerializeToString() if isinstance(path, onnx.ModelProto) else str(path)
-        self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        if isinstance(path, onnx.ModelProto):
+            self._session = ort.InferenceSession(path.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        else:
+            self._session = _open_file(ort, Path(path), options)
         name = "transformed graph" if isinstance(path, onnx.ModelProto) else Path(path).name
         self.describe = f"fp32 {name} in onnxruntime {ort.__version__} (CPU)"
         self._names = [o.name for o in self._session.get_outputs()]
@@ -33,3 +35,18 @@ class SourceSession:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name."""
         return dict(zip(self._names, self._session.run(self._names, feeds)))
+
+
+def _open_file(ort, path: Path, options):
+    """The file by path; where ONNX Runtime cannot load it so (a small constant it must read at load time
+    kept in external data), from memory with its external data loaded; else a clear error."""
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as by_path:  # onnxruntime raises its own exception types
+        try:
+            model = onnx.load(str(path), load_external_data=True)
+            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception:
+            raise BuildError(f"{path}: ONNX Runtime cannot run the model as exported ({first_line(by_path)}), so "
+                             "there is no fp32 reference to check a build against. Re-export the model, or "
+                             "check it with onnxruntime.InferenceSession.") from None

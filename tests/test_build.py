@@ -219,3 +219,18 @@ def test_a_model_exported_in_float16_is_built_from_its_float32_form(tmp_path):
         assert result.fidelity["psnr_db"] > (100 if precision == "fp32" else 30)
         image = Generator.open(tmp_path / f"{target}-{precision}").generate(image=np.zeros((8, 8, 3), np.uint8))
         assert image.shape == (8, 8, 3)
+
+
+def test_a_model_onnx_runtime_cannot_load_by_path_is_run_from_memory(tmp_path):
+    """Every tensor in external data, the Pad's pads too, which ONNX Runtime must read while loading."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")]
+    nodes = [helper.make_node("Pad", ["image", "pads"], ["padded"], mode="reflect"),
+             helper.make_node("Conv", ["padded", "w"], ["out"])]
+    graph = helper.make_graph(nodes, "ext", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 8, 8])], inits)
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "ext.onnx"),
+                    save_as_external_data=True, all_tensors_to_one_file=True, location="ext.bin", size_threshold=0)
+    result = build(tmp_path / "ext.onnx", "x86-onnxruntime", tmp_path / "b")
+    assert result.fidelity["max_abs"] <= 1e-5
