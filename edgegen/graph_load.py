@@ -248,6 +248,9 @@ def _recompute_shapes(model: onnx.ModelProto, declared: dict, origin: str, notes
     for out in model.graph.output:
         computed = _dims(out)
         old = declared.get(out.name)
+        if old and not computed:  # inference stopped short of it (shape arithmetic it cannot follow): as declared
+            _set_dims(out, old)
+            continue
         if old is None or not computed:
             continue
         dims = out.type.tensor_type.shape.dim
@@ -259,6 +262,16 @@ def _recompute_shapes(model: onnx.ModelProto, declared: dict, origin: str, notes
         ):
             notes.append(f"output {out.name!r}: declared shape {old} disagrees with computed {computed}; using computed")
     return model
+
+
+def _set_dims(value: onnx.ValueInfoProto, dims: list[int | str | None]) -> None:
+    shape = value.type.tensor_type.shape
+    for dim in dims:
+        entry = shape.dim.add()
+        if isinstance(dim, int):
+            entry.dim_value = dim
+        elif dim:
+            entry.dim_param = dim
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:

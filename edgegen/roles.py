@@ -17,8 +17,9 @@ from .errors import ModelError
 from .specs import TensorSpec
 
 _RANGE_OF_LAST_OP = {"Tanh": [-1.0, 1.0], "Sigmoid": [0.0, 1.0], "HardSigmoid": [0.0, 1.0]}
-_SHAPE_ONLY_OPS = {"Reshape", "Transpose", "Identity", "DepthToSpace", "SpaceToDepth", "Resize", "Upsample",
-                   "Squeeze", "Unsqueeze", "Flatten", "Slice", "Pad", "Concat"}
+# ops whose output stays within their input's range (moving values, or averaging / picking among them)
+_RANGE_KEEPING_OPS = {"Reshape", "Transpose", "Identity", "DepthToSpace", "SpaceToDepth", "Resize", "Upsample",
+                      "Squeeze", "Unsqueeze", "Flatten", "Slice", "Pad", "Concat", "AveragePool", "MaxPool"}
 DEFAULT_RANGE = [0.0, 1.0]
 # a float [N, K] input named like this is a class condition given one-hot (cGAN exports: `torch.cat([z, onehot])`)
 _LABEL_WORDS = re.compile(r"one_?hot|(^|[^a-z])(labels?|class(es)?)([^a-z]|$)", re.IGNORECASE)
@@ -121,17 +122,20 @@ def _one_hot_classes(spec: TensorSpec) -> int | None:
 def _num_classes(name: str, graph: onnx.GraphProto, init: dict, meta: dict) -> int | None:
     if "edgegen.num_classes" in meta:
         return int(meta["edgegen.num_classes"])
+    names = {name}
     for node in graph.node:
-        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name and node.input[0] in init:
+        if node.op_type == "Cast" and node.input[0] in names:  # an int32 label cast to int64 for its lookup
+            names.add(node.output[0])
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in names and node.input[0] in init:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
             return int(init[node.input[0]].dims[axis])
-        if node.op_type == "OneHot" and node.input[0] == name and node.input[1] in init:
+        if node.op_type == "OneHot" and node.input[0] in names and node.input[1] in init:
             return int(numpy_helper.to_array(init[node.input[1]]).reshape(-1)[0])
     return None
 
 
 def _range_from_producer(name: str, producers: dict, init: dict) -> list[float] | None:
-    """Follow shape-only ops back from an output to the activation that bounds it."""
+    """Follow range-keeping ops back from an output to the activation that bounds it."""
     seen = set()
     while name in producers and name not in seen:
         seen.add(name)
@@ -143,7 +147,7 @@ def _range_from_producer(name: str, producers: dict, init: dict) -> list[float] 
             if len(bounds) == 2 and None not in bounds:
                 return [float(bounds[0]), float(bounds[1])]
             return None
-        if node.op_type not in _SHAPE_ONLY_OPS:
+        if node.op_type not in _RANGE_KEEPING_OPS:
             return None
         name = node.input[0]
     return None

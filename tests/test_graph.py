@@ -195,3 +195,45 @@ def test_fixed_size_resize_is_given_by_scales_only_where_exact(in_shape, sizes, 
                                                      np.float32)
         run = [ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0] for m in (original, model)]
         np.testing.assert_array_equal(run[1], run[0])
+
+
+def test_an_int32_label_cast_for_its_lookup_keeps_its_class_count(tmp_path):
+    model = conditional_generator(extras=False)
+    next(i for i in model.graph.input if i.name == "label").type.tensor_type.elem_type = TensorProto.INT32
+    next(n for n in model.graph.node if n.op_type == "Gather").input[1] = "label64"
+    model.graph.node.insert(0, helper.make_node("Cast", ["label"], ["label64"], to=TensorProto.INT64))
+    onnx.save(model, str(tmp_path / "int32.onnx"))
+    label = Graph.load(tmp_path / "int32.onnx").input("label")
+    assert label.dtype == "int32" and label.num_classes == 10
+
+
+def test_a_pooled_second_output_keeps_the_range_of_the_activation_before_it(tmp_path):
+    w = numpy_helper.from_array(np.full((3, 3, 3, 3), 0.1, np.float32), "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["c"], ["out"]),
+             helper.make_node("AveragePool", ["out"], ["half"], kernel_shape=[2, 2], strides=[2, 2])]
+    g = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 8, 8]),
+                           helper.make_tensor_value_info("half", TensorProto.FLOAT, ["N", 3, 4, 4])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "two.onnx"))
+    assert [o.range for o in Graph.load(tmp_path / "two.onnx").outputs] == [[-1.0, 1.0], [-1.0, 1.0]]
+
+
+def test_a_declared_output_shape_is_kept_where_inference_cannot_follow_the_shape_arithmetic(tmp_path):
+    """z.view(z.size(0), 16, 1, 1) at opset 13 with a dynamic batch: Shape -> Gather -> Unsqueeze -> Concat."""
+    w = numpy_helper.from_array(np.full((16, 3, 4, 4), 0.05, np.float32), "w")
+    consts = [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+              numpy_helper.from_array(np.array([0], np.int64), "axes"),
+              numpy_helper.from_array(np.array([16, 1, 1], np.int64), "rest")]
+    nodes = [helper.make_node("Shape", ["z"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+             helper.make_node("Unsqueeze", ["batch", "axes"], ["batch1"]),
+             helper.make_node("Concat", ["batch1", "rest"], ["target"], axis=0),
+             helper.make_node("Reshape", ["z", "target"], ["z4"]),
+             helper.make_node("ConvTranspose", ["z4", "w"], ["up"]),
+             helper.make_node("Tanh", ["up"], ["image"])]
+    g = helper.make_graph(nodes, "view", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 4, 4])], [w, *consts])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "view.onnx"))
+    image = Graph.load(tmp_path / "view.onnx").outputs[0]
+    assert image.role == "image" and image.default_shape == [1, 3, 4, 4]

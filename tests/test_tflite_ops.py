@@ -284,3 +284,18 @@ def test_the_erf_form_of_gelu_is_one_gelu_operator(tmp_path, precision):
     onnx.save(erf_form(1.5), str(path))
     with pytest.raises(UnsupportedOpError, match="Erf"):
         build(path, "x86-litert", tmp_path / "c", precision=precision, samples=3, calibration_count=8)
+
+
+@pytest.mark.parametrize("target, precision", [("x86-litert", "fp32"), ("x86-litert", "int8"), ("fpga-sim", "int8")])
+def test_a_label_fed_as_int32_and_cast_for_its_embedding(tmp_path, target, precision):
+    from conftest import conditional_generator
+
+    model = conditional_generator(extras=False)
+    label = next(i for i in model.graph.input if i.name == "label")
+    label.type.tensor_type.elem_type = TensorProto.INT32
+    gather = next(n for n in model.graph.node if n.op_type == "Gather")
+    gather.input[1] = "label64"
+    model.graph.node.insert(0, helper.make_node("Cast", ["label"], ["label64"], to=TensorProto.INT64))
+    onnx.save(model, str(tmp_path / "int32.onnx"))
+    result = build(tmp_path / "int32.onnx", target, tmp_path / "b", precision=precision)
+    assert result.fidelity["psnr_db"] > (100 if precision == "fp32" else 30)

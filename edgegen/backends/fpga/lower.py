@@ -30,7 +30,7 @@ from .values import Func, Host, Lowered, Upsampled
 MOVEMENT = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 BINARY = ("Add", "Sub", "Mul")
 LINEAR = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-SUPPORTED = tuple(sorted({*LINEAR, *MOVEMENT, *BINARY, "Concat", "Resize", "DepthToSpace", "Gather", "Slice",
+SUPPORTED = tuple(sorted({*LINEAR, *MOVEMENT, *BINARY, "Concat", "Resize", "DepthToSpace", "Gather", "Cast", "Slice",
                           "Expand", "BatchNormalization", *unary.OPS, "Clip", "PRelu"}))
 _SIMPLE_UNARY = ("Identity", "Relu", "Tanh", "Sigmoid", "HardSwish", "Softplus", "Neg", "Abs", "Exp")
 
@@ -213,10 +213,19 @@ class Lowerer(LinearLayers, MovementLayers):
                    **{op: self.binary for op in BINARY}, "Concat": self.concat, "Slice": self.slice,
                    "Expand": self.expand, "BatchNormalization": self.batch_norm, "Resize": self.resize,
                    "DepthToSpace": self.depth_to_space,
-                   "Gather": self.gather, **{m: self.reshape for m in MOVEMENT}}.get(op)
+                   "Gather": self.gather, "Cast": self.cast, **{m: self.reshape for m in MOVEMENT}}.get(op)
         if handler is None or node.domain not in ("", "ai.onnx"):
             raise self.unsupported(f"the NPU has no layer for {op} (it runs: {', '.join(SUPPORTED)})")
         handler(node)
+
+    def cast(self, node: onnx.NodeProto) -> None:
+        """A label fed as int32 and cast to int64 for its embedding: the host's indices, unchanged."""
+        value = self.values.get(node.input[0])
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if not isinstance(value, Host) or value.chain or value.gather is not None or \
+                to not in (onnx.TensorProto.INT32, onnx.TensorProto.INT64):
+            raise self.unsupported("only a cast of an integer model input to int32 or int64 (a label's indices) runs")
+        self.values[node.output[0]] = value
 
     # -- element-wise ----------------------------------------------------------------------------
     def unary(self, node: onnx.NodeProto, data: str, spec: dict) -> None:

@@ -208,4 +208,4 @@ class MovementLayers:
         grid = self.grid(node.output[0])
         rows = np.asarray(self.p.consts[table], np.float32)
         codes = unary.quantize(rows, *grid)
-        self.values[node.output[0]] = Host(index, self.shape(node.output[0]), grid=grid, gather=codes)
+        self.values[node.output[0]] = Host(value.source, self.shape(node.output[0]), grid=grid, gather=codes)

@@ -267,6 +267,23 @@ def gather(lw: Lowerer, node: onnx.NodeProto) -> None:
                          lw.options("Gather", axis=0), order)
 
 
+# -- Cast of an integer model input (a label fed as int32, cast to int64 for its embedding) --------
+_INDEX_TYPES = (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
+
+
+def _check_cast(node: onnx.NodeProto, p: Prepared) -> str | None:
+    source = next((s for s in p.inputs if s.name == node.input[0]), None)
+    if source is None or source.dtype not in ("int32", "int64") or attrs(node).get("to") not in _INDEX_TYPES:
+        return "only a cast of an integer model input to int32 or int64 (a label's indices) is supported"
+    return None
+
+
+@rule("Cast", check=_check_cast)
+def cast(lw: Lowerer, node: onnx.NodeProto) -> None:
+    """Indices keep their values either way, and GATHER takes int32 and int64 alike: the same tensor."""
+    lw.bind(node.output[0], lw.value(node.input[0]))
+
+
 # -- Slice, Transpose ----------------------------------------------------------------------------
 def _check_slice(node: onnx.NodeProto, p: Prepared) -> str | None:
     if any(i and i not in p.consts for i in node.input[1:]):
