@@ -52,6 +52,7 @@ def read_model(path: str | Path) -> onnx.ModelProto:
             f"{path}: not an ONNX model (no graph nodes, outputs or opset). The file is truncated or is not "
             "ONNX; re-export it."
         )
+    _sort_topologically(model)
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
@@ -64,6 +65,28 @@ def read_model(path: str | Path) -> onnx.ModelProto:
             f"with e.g. torch.onnx.export(..., opset_version={UPGRADE_OPSET})."
         )
     return model
+
+
+def _sort_topologically(model: onnx.ModelProto) -> None:
+    """Put every node after the producers of its inputs, keeping the exported order otherwise
+    (onnxruntime's float16 converter appends the casts of the graph's inputs at the end; onnxruntime
+    sorts on load, the ONNX checker refuses). A graph with a cycle or a missing input is left as it is."""
+    graph = model.graph
+    ready = {t.name for t in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        runnable = [n for n in pending if all(i in ready for i in n.input)]
+        if not runnable:
+            return
+        for node in runnable:
+            ready.update(node.output)
+        ordered += runnable
+        done = {id(n) for n in runnable}
+        pending = [n for n in pending if id(n) not in done]
+    if [id(n) for n in ordered] != [id(n) for n in graph.node]:
+        copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+        del graph.node[:]
+        graph.node.extend(copies)
 
 
 def upgrade_opset(model: onnx.ModelProto, path: str | Path) -> tuple[onnx.ModelProto, list[str]]:

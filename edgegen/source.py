@@ -20,7 +20,7 @@ class SourceSession:
         except ImportError:
             raise BuildError("running the fp32 source model needs onnxruntime; `pip install edgegen[ort]`") from None
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # a failed run is reported as a BuildError, not logged as well
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
@@ -33,8 +33,14 @@ class SourceSession:
         self._names = [o.name for o in self._session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs by name."""
-        return dict(zip(self._names, self._session.run(self._names, feeds)))
+        """Outputs by name; BuildError when the model cannot run at these input shapes."""
+        try:
+            return dict(zip(self._names, self._session.run(self._names, feeds)))
+        except Exception as exc:  # onnxruntime raises its own exception types
+            shapes = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in feeds.items())
+            raise BuildError(f"the {self.describe} fails on inputs of shape {shapes}: {first_line(exc)}. With "
+                             "--input-shape, choose a size the model can run (an encoder-decoder needs sides "
+                             "divisible by 2 per downsampling step)") from None
 
 
 def _open_file(ort, path: Path, options):

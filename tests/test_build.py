@@ -234,3 +234,19 @@ def test_a_model_onnx_runtime_cannot_load_by_path_is_run_from_memory(tmp_path):
                     save_as_external_data=True, all_tensors_to_one_file=True, location="ext.bin", size_threshold=0)
     result = build(tmp_path / "ext.onnx", "x86-onnxruntime", tmp_path / "b")
     assert result.fidelity["max_abs"] <= 1e-5
+
+
+def test_an_input_shape_the_model_cannot_run_is_a_clear_error(tmp_path):
+    """A U-Net-like skip: a stride-2 conv, upsampled x2 and joined with its input; 7 is odd."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["down"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Resize", ["down", "", "scales"], ["up"], mode="nearest"),
+             helper.make_node("Concat", ["up", "image"], ["out"], axis=1)]
+    graph = helper.make_graph(nodes, "skip", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "H", "W"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 6, "H", "W"])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "skip.onnx"))
+    with pytest.raises(BuildError, match=r"fails on inputs of shape image 1x3x7x7: .*Concat.* choose a size"):
+        build(tmp_path / "skip.onnx", "x86-onnxruntime", tmp_path / "b", graph_options={"input_shapes": {"image": [1, 3, 7, 7]}})
+    assert not (tmp_path / "b").exists()

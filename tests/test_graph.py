@@ -237,3 +237,18 @@ def test_a_declared_output_shape_is_kept_where_inference_cannot_follow_the_shape
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "view.onnx"))
     image = Graph.load(tmp_path / "view.onnx").outputs[0]
     assert image.role == "image" and image.default_shape == [1, 3, 4, 4]
+
+
+def test_nodes_out_of_topological_order_are_sorted(tmp_path):
+    """onnxruntime's float16 converter (keep_io_types) appends the casts of the graph's inputs at the end."""
+    w = numpy_helper.from_array(np.full((3, 3, 1, 1), 0.5, np.float16), "w")
+    nodes = [helper.make_node("Conv", ["x16", "w"], ["y16"]),
+             helper.make_node("Cast", ["y16"], ["y"], to=TensorProto.FLOAT),
+             helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16)]
+    g = helper.make_graph(nodes, "casts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "casts.onnx"))
+    graph = Graph.load(tmp_path / "casts.onnx")  # the ONNX checker refused it before
+    x = np.ones((1, 3, 4, 4), np.float32)
+    got = ort.InferenceSession(graph.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(got[0], np.full((1, 3, 4, 4), 1.5, np.float32))
