@@ -28,13 +28,12 @@ def destinations(out: str | Path, names: list[str], precision: str | None) -> di
     (a target given as a .yaml path goes by its name). Every target is loaded and checked for the
     precision here, before anything builds."""
     out = Path(out)
-    loaded = {name: targets.load(name) for name in names}
-    for tgt in loaded.values():
-        target_precision(tgt, precision)
-    short = [tgt.name for tgt in loaded.values()]
-    if len(set(short)) != len(short):
+    loaded = [targets.load(name) for name in names]
+    if len({tgt.name for tgt in loaded}) != len(loaded):
         raise BuildError(f"--target lists a target twice ({', '.join(names)}); name each once")
-    return {name: out / tgt.name if len(names) > 1 else out for name, tgt in loaded.items()}
+    for tgt in loaded:
+        target_precision(tgt, precision)
+    return {name: out / tgt.name if len(names) > 1 else out for name, tgt in zip(names, loaded)}
 
 
 def build_fleet(model: str, names: list[str], out: str | Path, options: BuildOptions, executor: str = "local",
