@@ -73,6 +73,13 @@ def _sort_topologically(model: onnx.ModelProto) -> None:
     sorts on load, the ONNX checker refuses). A graph with a cycle or a missing input is left as it is."""
     graph = model.graph
     ready = {t.name for t in graph.input} | {t.name for t in graph.initializer} | {""}
+    seen = set(ready)
+    for node in graph.node:
+        if not all(i in seen for i in node.input):
+            break
+        seen.update(node.output)
+    else:
+        return  # already in order: left exactly as exported
     pending, ordered = list(graph.node), []
     while pending:
         runnable = [n for n in pending if all(i in ready for i in n.input)]
@@ -83,10 +90,9 @@ def _sort_topologically(model: onnx.ModelProto) -> None:
         ordered += runnable
         done = {id(n) for n in runnable}
         pending = [n for n in pending if id(n) not in done]
-    if [id(n) for n in ordered] != [id(n) for n in graph.node]:
-        copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
-        del graph.node[:]
-        graph.node.extend(copies)
+    copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def upgrade_opset(model: onnx.ModelProto, path: str | Path) -> tuple[onnx.ModelProto, list[str]]:
