@@ -177,6 +177,8 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
         passes["quantize"] = {"ir": "QDQ ONNX (int8 per-channel symmetric weights, int8 per-tensor activations)",
                               "method": opts.calibration_method, "calibration": calibration.report(),
                               **floor_report, **qdq_summary(model)}
+        if quantizer.float_note:
+            passes["quantize"]["float_by_design"] = quantizer.float_note
         graph = graph.with_model(model, [f"quantized to int8 QDQ ({opts.calibration_method})"])
     return graph, passes
 

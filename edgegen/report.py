@@ -62,6 +62,8 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
         lines.append("            quantized ops: " + ", ".join(f"{k} x{v}" for k, v in quant["quantized_ops"].items()))
         if quant["float_ops"]:
             lines.append("            float ops: " + ", ".join(f"{k} x{v}" for k, v in quant["float_ops"].items()))
+        if quant.get("float_by_design"):
+            lines.append(f"            {quant['float_by_design']}")
         if quant["sensitivity"]:
             lines.append(f"            kept in float for the floor: {', '.join(quant['kept_float']) or 'none'}")
             lines.append("            layer sensitivity (PSNR with only this layer int8), most damaging first:")

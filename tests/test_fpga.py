@@ -176,6 +176,13 @@ def test_float_layers_and_unsupported_ops_are_refused_by_name(tmp_path):
         lower_graph(emu.quantize(_graph(tmp_path, grouped_conv)), ROOMY)
     with pytest.raises(UnsupportedOpError, match=r"node 'prelu' \(op PRelu\).*per-channel slopes"):
         build(_graph(tmp_path, lambda: prelu_block(per_channel=True)), "fpga-sim", tmp_path / "b", precision="int8")
+    grouped = dense_decoder()
+    up = next(n for n in grouped.graph.node if n.op_type == "ConvTranspose")
+    up.attribute.append(onnx.helper.make_attribute("dilations", [2, 2]))
+    up.name = "up"
+    with pytest.raises(UnsupportedOpError, match=r"node 'up' \(op ConvTranspose\): the NPU runs a transposed "
+                                                 r"convolution with group 1 and no dilation only"):
+        build(_graph(tmp_path, lambda: grouped), "fpga-sim", tmp_path / "b", precision="int8")
 
 
 def test_targets_describe_their_npu():

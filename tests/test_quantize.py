@@ -311,3 +311,24 @@ def test_a_model_exported_with_a_fixed_batch_of_4_is_calibrated_in_batches_of_4(
     result = build(tmp_path / "b4.onnx", "x86-onnxruntime", tmp_path / "q", precision="int8", calibration_count=10)
     assert result.manifest["passes"]["quantize"]["calibration"]["count"] == 10  # 3 batches, the last padded
     assert result.fidelity["psnr_db"] > 30
+
+
+def test_a_grouped_conv_transpose_is_kept_in_float_and_said_so(tmp_path):
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (8, 2, 4, 4)).astype(np.float32), "wt"),  # 4 groups of 2
+             numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "bt"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (3, 8, 3, 3)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("ConvTranspose", ["c1", "wt", "bt"], ["up"], group=4, strides=[2, 2],
+                              pads=[1, 1, 1, 1], name="grouped_up"),
+             helper.make_node("Conv", ["up", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["c2"], ["out"])]
+    graph = helper.make_graph(nodes, "grouped", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
+    for target in ("x86-onnxruntime", "x86-openvino"):
+        result = build(tmp_path / "g.onnx", target, tmp_path / target, precision="int8")
+        quant = result.manifest["passes"]["quantize"]
+        assert "grouped ConvTranspose kept in float" in quant["float_by_design"] and "grouped_up" in quant["float_by_design"]
+        assert quant["quantized_ops"].get("Conv") and result.fidelity["psnr_db"] > 30

@@ -76,19 +76,29 @@ class Quantizer:
         # quantized (each to its own calibrated range, which for a permutation is the same grid)
         self.op_types = sorted(set(q.registry.QLinearOpsRegistry) | set(q.registry.QDQRegistry) | set(SHUFFLES)
                                | set(ACTIVATIONS))
+        self.float_only = _grouped_transposed_convs(self.model)
+
+    @property
+    def float_note(self) -> str | None:
+        """Why some layers are never quantized, for the report."""
+        if not self.float_only:
+            return None
+        return (f"{len(self.float_only)} grouped ConvTranspose kept in float (onnxruntime's quantizer scales its "
+                f"weight per group, not per output channel): {', '.join(self.float_only)}")
 
     def layers(self) -> list[tuple[str, str]]:
         """(node name, op) of every node the quantizer would quantize that computes (a shuffle only moves
         values): the layers the floor search may keep in float."""
         return [(n.name, n.op_type) for n in self.model.graph.node
-                if n.op_type in self.op_types and n.op_type not in SHUFFLES]
+                if n.op_type in self.op_types and n.op_type not in SHUFFLES and n.name not in self.float_only]
 
     def emit(self, exclude: Iterable[str] = (), only: Iterable[str] | None = None) -> onnx.ModelProto:
         """A QDQ model with the `exclude` nodes kept in float (or with only the `only` nodes quantized)."""
         q = _ort_quantization()
         quantizer = q.QDQQuantizer(
             onnx.ModelProto.FromString(self.model.SerializeToString()), True, False, q.QuantType.QInt8,
-            q.QuantType.QInt8, self.ranges, list(only) if only is not None else None, list(exclude), self.op_types,
+            q.QuantType.QInt8, self.ranges, [n for n in only if n not in self.float_only] if only is not None else None,
+            [*exclude, *self.float_only], self.op_types,
             {"WeightSymmetric": True, "ActivationSymmetric": False})
         with _ort_quantizer_quiet():
             quantizer.quantize_model()
@@ -96,6 +106,20 @@ class Quantizer:
         model = quantizer.model.model
         _own_grids_for_interpolation(model, self.ranges)
         return model
+
+
+def _grouped_transposed_convs(model: onnx.ModelProto) -> list[str]:
+    """ConvTranspose nodes with groups of several output channels: onnxruntime's per-channel quantizer
+    takes the weight's axis 1 (output channels per group) as the channel axis, so their bias does not
+    match (a depthwise one, one channel per group, is quantized per tensor and works)."""
+    weights = {t.name: t.dims for t in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        dims = weights.get(node.input[1]) if node.op_type == "ConvTranspose" else None
+        if group > 1 and dims is not None and dims[1] > 1:
+            found.append(node.name)
+    return found
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from ...errors import BuildError
 from ...graph import Graph
@@ -40,6 +41,13 @@ def config_of(target: Target) -> NpuConfig:
         raise BuildError(f"{target.path}: backend_options of an fpga target: {exc}") from None
 
 
+def _transposed_form_problem(node: onnx.NodeProto) -> str | None:
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+    if a.get("group", 1) != 1 or any(d != 1 for d in a.get("dilations", [])):
+        return "the NPU runs a transposed convolution with group 1 and no dilation only"
+    return None
+
+
 def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]]:
     """(node, op, reason) for every node of the (float) graph the NPU has no layer for. The NPU runs one
     image at a time, so the graph is read at batch 1 with its constants folded: shape arithmetic of a
@@ -49,6 +57,8 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
     for node in prepared.nodes:
         if node.op_type in _FLOAT_ONLY:
             missing.append((node.name, node.op_type, _FLOAT_ONLY[node.op_type]))
+        elif node.op_type == "ConvTranspose" and (problem := _transposed_form_problem(node)):
+            missing.append((node.name, node.op_type, problem))
         elif node.op_type == "PRelu" and unary_spec(node, prepared) is None:
             missing.append((node.name, node.op_type, "per-channel slopes: the NPU applies one 256-entry table per "
                                                       "layer, so only a PRelu with a single slope runs"))
