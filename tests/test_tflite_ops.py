@@ -261,15 +261,22 @@ def test_gelu_is_one_gelu_operator(tmp_path, approximate):
     assert ops["GELU"] == 1, dict(ops)
 
 
+_GELU_TAILS = {  # after Add(erf, 1) -> "shifted": how each exporter multiplies by x and by 0.5
+    "torchscript": [helper.make_node("Mul", ["h", "shifted"], ["m"]), helper.make_node("Mul", ["m", "half"], ["y"])],
+    "dynamo": [helper.make_node("Mul", ["half", "shifted"], ["m"]), helper.make_node("Mul", ["h", "m"], ["y"])],
+    "half_x_first": [helper.make_node("Mul", ["h", "half"], ["m"]), helper.make_node("Mul", ["m", "shifted"], ["y"])],
+}
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_the_erf_form_of_gelu_is_one_gelu_operator(tmp_path, precision):
-    """x * 0.5 * (1 + erf(x / sqrt 2)), as the TorchScript exporter writes GELU -> TFLite GELU (TFLite
+@pytest.mark.parametrize("tail", list(_GELU_TAILS))
+def test_the_erf_form_of_gelu_is_one_gelu_operator(tmp_path, precision, tail):
+    """x * 0.5 * (1 + erf(x / sqrt 2)), as the exporters write GELU below opset 20 -> TFLite GELU (TFLite
     has no ERF); the same form with another constant is not GELU and stays refused."""
     def erf_form(root: float) -> onnx.ModelProto:
         nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
                  helper.make_node("Div", ["h", "root"], ["scaled"]), helper.make_node("Erf", ["scaled"], ["e"]),
-                 helper.make_node("Add", ["e", "one"], ["shifted"]), helper.make_node("Mul", ["h", "shifted"], ["m"]),
-                 helper.make_node("Mul", ["m", "half"], ["y"])]
+                 helper.make_node("Add", ["e", "one"], ["shifted"]), *_GELU_TAILS[tail]]
         inits = [_init("w", 3, 3, 3, 3), numpy_helper.from_array(np.float32(root), "root"),
                  numpy_helper.from_array(np.float32(1), "one"), numpy_helper.from_array(np.float32(0.5), "half")]
         return _model(nodes, inits, [1, 3, 6, 6], opset=17)

@@ -176,8 +176,9 @@ def _fuse_hardswish(p: Prepared) -> None:
 
 
 def _fuse_gelu(p: Prepared) -> None:
-    """x * 0.5 * (1 + erf(x / sqrt 2)), as torch.onnx.export's TorchScript exporter writes GELU
-    (Div, Erf, Add, Mul, Mul; the dynamo exporter writes Gelu) -> Gelu: TFLite has no ERF."""
+    """x * 0.5 * (1 + erf(x / sqrt 2)), as torch.onnx.export writes exact GELU below opset 20 (Div, Erf,
+    Add, then the two Muls by x and by 0.5 in either order, or one Mul by x * 0.5) -> Gelu: TFLite has
+    no ERF."""
     for erf in [n for n in p.nodes if n.op_type == "Erf"]:
         chain = _gelu_chain(p, erf)
         if chain is None:
@@ -190,23 +191,44 @@ def _fuse_gelu(p: Prepared) -> None:
 
 
 def _gelu_chain(p: Prepared, erf: onnx.NodeProto) -> tuple[str, list[onnx.NodeProto]] | None:
-    """(x, [Div, Erf, Add, Mul, Mul]) where erf is the middle of that GELU, else None."""
+    """(x, [Div, Erf, Add, ..., the last Mul]) where erf is the middle of that GELU, else None."""
     scale = p.producer(erf.input[0])
     if scale is None or scale.op_type != "Div" or not _const_is(p, scale.input[1], np.sqrt(2)):
         return None
     x = scale.input[0]
     nodes = [scale, erf]
-    for op, operand in (("Add", 1.0), ("Mul", x), ("Mul", 0.5)):
-        current = nodes[-1].output[0]
-        if not p.single_use(current):
+    add = _follower(p, erf, "Add")
+    if add is None or not _const_is(p, add.input[1] if add.input[0] == erf.output[0] else add.input[0], 1.0):
+        return None
+    nodes.append(add)
+    wanted = {"x", "half"}
+    while wanted:
+        mul = _follower(p, nodes[-1], "Mul")
+        if mul is None:
             return None
-        (follower,) = p.consumers[current]
-        other = [i for i in follower.input if i != current]
-        if follower.op_type != op or len(other) != 1 or \
-                (other[0] != operand if isinstance(operand, str) else not _const_is(p, other[0], operand)):
+        (other,) = [i for i in mul.input if i != nodes[-1].output[0]] or [None]
+        half_x = p.producer(other) if other else None
+        if other == x and "x" in wanted:
+            wanted.discard("x")
+        elif other and _const_is(p, other, 0.5) and "half" in wanted:
+            wanted.discard("half")
+        elif wanted == {"x", "half"} and half_x is not None and half_x.op_type == "Mul" and p.single_use(other) \
+                and x in half_x.input and _const_is(p, next(i for i in half_x.input if i != x), 0.5):
+            nodes.insert(0, half_x)  # (x * 0.5) * (1 + erf(...))
+            wanted.clear()
+        else:
             return None
-        nodes.append(follower)
+        nodes.append(mul)
     return x, nodes
+
+
+def _follower(p: Prepared, node: onnx.NodeProto, op: str) -> onnx.NodeProto | None:
+    """The one consumer of node's output, if it is an `op` and nothing else reads that output."""
+    current = node.output[0]
+    if not p.single_use(current):
+        return None
+    (follower,) = p.consumers[current]
+    return follower if follower.op_type == op else None
 
 
 def _const_is(p: Prepared, name: str, value: float) -> bool:
