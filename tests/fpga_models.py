@@ -92,6 +92,26 @@ def hardswish_upsample() -> onnx.ModelProto:
                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
 
 
+def gelu_block() -> onnx.ModelProto:
+    """image [1,3,8,8] -> conv 3x3 -> exact GELU as exporters write it below opset 20 (x / sqrt 2, Erf, + 1,
+    * 0.5, * x) -> conv 3x3 -> image [1,3,8,8]."""
+    rng = np.random.default_rng(9)
+    inits = [_init(rng, "w1", 8, 3, 3, 3), _init(rng, "w2", 3, 8, 3, 3, scale=0.2),
+             *(numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
+               (("root2", np.sqrt(2)), ("one", 1.0), ("half", 0.5)))]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("Div", ["h", "root2"], ["s"]),
+        helper.make_node("Erf", ["s"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["a"]),
+        helper.make_node("Mul", ["half", "a"], ["m"]),
+        helper.make_node("Mul", ["h", "m"], ["g"]),
+        helper.make_node("Conv", ["g", "w2"], ["out"], pads=[1, 1, 1, 1]),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
+
+
 def grouped_conv() -> onnx.ModelProto:
     """A convolution with 2 groups of 4 channels: neither dense nor depthwise."""
     rng = np.random.default_rng(5)

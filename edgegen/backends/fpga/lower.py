@@ -32,7 +32,7 @@ BINARY = ("Add", "Sub", "Mul")
 LINEAR = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 SUPPORTED = tuple(sorted({*LINEAR, *MOVEMENT, *BINARY, "Concat", "Resize", "DepthToSpace", "Gather", "Cast", "Slice",
                           "Expand", "BatchNormalization", *unary.OPS, "Clip", "PRelu"}))
-_SIMPLE_UNARY = ("Identity", "Relu", "Tanh", "Sigmoid", "HardSwish", "Softplus", "Neg", "Abs", "Exp")
+_SIMPLE_UNARY = ("Identity", "Relu", "Tanh", "Sigmoid", "HardSwish", "Softplus", "Neg", "Abs", "Exp", "Erf")
 
 
 
@@ -49,6 +49,8 @@ def unary_spec(node: onnx.NodeProto, p: Prepared) -> tuple[str, dict] | None:
     if op == "PRelu" and node.input[1] in p.consts:  # one slope for every channel: a LeakyRelu table
         slope = np.unique(np.asarray(p.consts[node.input[1]], np.float32))
         return (data[0], {"op": "LeakyRelu", "alpha": float(slope[0])}) if slope.size == 1 else None
+    if op == "Gelu":
+        return data[0], {"op": op, "approximate": str(a.get("approximate", "none"))}
     if op == "HardSigmoid":
         return data[0], {"op": op, "alpha": float(a.get("alpha", 0.2)), "beta": float(a.get("beta", 0.5))}
     if op == "Clip":

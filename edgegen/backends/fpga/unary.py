@@ -7,6 +7,7 @@ A spec is a small dict: {"op": "LeakyRelu", "alpha": 0.2}, {"op": "Mul", "const"
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,15 @@ F = np.float32
 
 def _hard_sigmoid(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     return np.clip(F(alpha) * x + F(beta), F(0), F(1))
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])  # numpy has no erf; a table needs 256 values at most
+
+
+def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+    if approximate == "tanh":
+        return F(0.5) * x * (F(1) + np.tanh(F(np.sqrt(2 / np.pi)) * (x + F(0.044715) * x * x * x)))
+    return (0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))).astype(F)
 
 
 _FUNCTIONS = {
@@ -33,6 +43,8 @@ _FUNCTIONS = {
     "Neg": lambda x, s: -x,
     "Abs": lambda x, s: np.abs(x),
     "Exp": lambda x, s: np.exp(x),
+    "Erf": lambda x, s: _erf(x).astype(F),
+    "Gelu": lambda x, s: _gelu(x, s.get("approximate", "none")),
     "Add": lambda x, s: x + F(s["const"]),
     "Sub": lambda x, s: F(s["const"]) - x if s.get("const_first") else x - F(s["const"]),
     "Mul": lambda x, s: x * F(s["const"]),
