@@ -21,19 +21,19 @@ def sizes_as_scales(model: onnx.ModelProto) -> int:
     """Rewrite every such Resize in place (model must be shape-inferred); return how many."""
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
+    producers = {out: n for n in graph.node for out in n.output}
     shapes = {v.name: _static_dims(v) for v in list(graph.input) + list(graph.value_info)}
     count = 0
     for node in graph.node:
-        if node.op_type != "Resize" or node.domain not in ("", "ai.onnx") or len(node.input) < 4 \
-                or node.input[3] not in weights:
+        if node.op_type != "Resize" or node.domain not in ("", "ai.onnx") or len(node.input) < 4:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("keep_aspect_ratio_policy", b"stretch") != b"stretch" \
                 or attrs.get("coordinate_transformation_mode") == b"tf_crop_and_resize":
             continue
         dims = shapes.get(node.input[0])
-        sizes = numpy_helper.to_array(weights[node.input[3]]).astype(np.int64).tolist()
-        scales = _exact_scales(dims, sizes, attrs.get("axes"))
+        sizes = _given_sizes(node.input[3], node.input[0], len(dims), weights, producers) if dims else None
+        scales = _exact_scales(dims, sizes, attrs.get("axes")) if sizes else None
         if scales is None:
             continue
         node.input[2] = add_initializer(model, scales, node.name or "resize", "scales")
@@ -41,19 +41,72 @@ def sizes_as_scales(model: onnx.ModelProto) -> int:
         for attr in [a for a in node.attribute if a.name == "axes"]:
             node.attribute.remove(attr)
         count += 1
+    if count:
+        _drop_unused(graph)
     return count
 
 
-def _exact_scales(dims: list[int] | None, sizes: list[int], axes: list[int] | None) -> np.ndarray | None:
-    """Per-axis float32 scales (1 on the axes not resized) whose output sizes are `sizes`, or None."""
+def _given_sizes(name: str, data: str, rank: int, weights: dict, producers: dict) -> list[int | None] | None:
+    """What a Resize's `sizes` input holds: a constant, or Concat(Shape(data)[a:b], constant), as exporters
+    write F.interpolate(x, size=...) on a dynamic batch (None: an axis that keeps the input's size)."""
+    if name in weights:
+        return numpy_helper.to_array(weights[name]).astype(np.int64).reshape(-1).tolist()
+    concat = producers.get(name)
+    if concat is None or concat.op_type != "Concat":
+        return None
+    sizes: list[int | None] = []
+    for part in concat.input:
+        if part in weights:
+            sizes += numpy_helper.to_array(weights[part]).astype(np.int64).reshape(-1).tolist()
+            continue
+        kept = _kept_axes(part, data, rank, weights, producers)
+        if kept is None or kept[0] != len(sizes):
+            return None
+        sizes += [None] * (kept[1] - kept[0])
+    return sizes
+
+
+def _kept_axes(name: str, data: str, rank: int, weights: dict, producers: dict) -> tuple[int, int] | None:
+    """(start, end) when `name` is Shape(data)[start:end], else None."""
+    piece = producers.get(name)
+    if piece is None or piece.op_type != "Slice" or len(piece.input) < 3 or \
+            any(i and i not in weights for i in piece.input[1:]):
+        return None
+    shape = producers.get(piece.input[0])
+    if shape is None or shape.op_type != "Shape" or shape.input[0] != data or shape.attribute:
+        return None
+    starts, ends = (int(numpy_helper.to_array(weights[i]).reshape(-1)[0]) for i in piece.input[1:3])
+    steps = [i for i in piece.input[4:5] if i]
+    if steps and int(numpy_helper.to_array(weights[steps[0]]).reshape(-1)[0]) != 1 or starts < 0 or ends < starts:
+        return None
+    return starts, min(ends, rank)
+
+
+def _drop_unused(graph: onnx.GraphProto) -> None:
+    """Remove the nodes whose outputs nothing reads any more (the shape arithmetic of replaced sizes)."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in read for o in n.output)]
+        if not dead:
+            return
+        for node in dead:
+            graph.node.remove(node)
+
+
+def _exact_scales(dims: list[int] | None, sizes: list[int | None], axes: list[int] | None) -> np.ndarray | None:
+    """Per-axis float32 scales (1 on the axes not resized, or given as None) whose output sizes are `sizes`,
+    or None."""
     if dims is None:
         return None
     rank = len(dims)
     axes = [a % rank for a in axes] if axes is not None else list(range(rank))
-    if len(axes) != len(sizes) or any(s < 1 for s in sizes):
+    if len(axes) != len(sizes) or any(s is not None and s < 1 for s in sizes):
         return None
     scales = np.ones(rank, np.float32)
     for axis, size in zip(axes, sizes):
+        if size is None:
+            continue
         if dims[axis] is None:
             return None
         scale = np.float32(size) / np.float32(dims[axis])

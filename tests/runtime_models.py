@@ -141,20 +141,26 @@ def geometry_like(seed: int = 0, c: int = 4) -> onnx.ModelProto:
     return model
 
 
-def sized_resize_like(seed: int = 0, c: int = 6, axes: bool = False) -> onnx.ModelProto:
+def sized_resize_like(seed: int = 0, c: int = 6, form: str = "sizes") -> onnx.ModelProto:
     """An image-to-image model that upsamples back with a Resize to fixed sizes, as exporters write
-    `F.interpolate(x, size=image.shape[2:], mode="bilinear")` for a static input (with axes: the
-    opset-18 form, sizes for H and W only). image [1,3,32,32] -> out [1,3,32,32]."""
+    `F.interpolate(x, size=(32, 32), mode="bilinear")`: form "sizes" for a static input, "axes" the
+    opset-18 form (sizes for H and W only), "shape" a dynamic batch (sizes = Concat(Shape(x)[0:2], [32, 32])).
+    image [N,3,32,32] -> out [N,3,32,32]."""
     b = _Builder(seed)
     x = b.op("Relu", [b.conv("image", 3, c, stride=2)])
     x = b.op("Relu", [b.conv(x, c, c, stride=2)])                                            # 8x8
-    sizes = b.const(np.array([32, 32] if axes else [1, c, 32, 32], np.int64))
-    attrs = {"axes": [2, 3]} if axes else {}
+    if form == "shape":
+        kept = b.op("Slice", [b.op("Shape", [x]), b.const(np.array([0], np.int64)), b.const(np.array([2], np.int64))])
+        sizes = b.op("Concat", [kept, b.const(np.array([32, 32], np.int64))], axis=0)
+    else:
+        sizes = b.const(np.array([32, 32] if form == "axes" else [1, c, 32, 32], np.int64))
+    attrs = {"axes": [2, 3]} if form == "axes" else {}
     x = b.op("Resize", [x, "", "", sizes], mode="linear", coordinate_transformation_mode="half_pixel", **attrs)
     b.op("Tanh", [b.conv(b.op("Concat", [x, "image"], axis=1), c + 3, 3)])
     b.nodes[-1].output[0] = "out"
-    model = b.model([helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
-                    [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 32, 32])], "sized_resize_like")
-    if axes:
+    batch = "N" if form == "shape" else 1
+    model = b.model([helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 32, 32])],
+                    [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, 3, 32, 32])], "sized_resize_like")
+    if form == "axes":
         model.opset_import[0].version = 18
     return model

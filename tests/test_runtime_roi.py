@@ -85,9 +85,9 @@ def test_pytorch_families_regions_match_the_full_output(tmp_path_factory, family
         assert np.abs(region - full[y:y + h, x:x + w]).max() <= (0 if report[gen.image_outputs[0]]["bit_exact"] else 1)
 
 
-@pytest.mark.parametrize("axes", [False, True], ids=["sizes", "sizes-with-axes"])
-def test_resize_to_fixed_sizes_runs_by_region_and_edits(tmp_path_factory, axes):
-    gen = build_roi(tmp_path_factory, f"sized-{axes}", sized_resize_like(axes=axes))
+@pytest.mark.parametrize("form", ["sizes", "axes", "shape"])
+def test_resize_to_fixed_sizes_runs_by_region_and_edits(tmp_path_factory, form):
+    gen = build_roi(tmp_path_factory, f"sized-{form}", sized_resize_like(form=form))
     assert "program" in gen.manifest["serving"]["roi"]["out"]
     assert any("given by scales" in note for note in gen.manifest["model"]["cleanup"])
     before, after = smooth_image(32, 32, seed=5), smooth_image(32, 32, seed=5)
