@@ -176,6 +176,14 @@ def test_float_layers_and_unsupported_ops_are_refused_by_name(tmp_path):
         lower_graph(emu.quantize(_graph(tmp_path, grouped_conv)), ROOMY)
     with pytest.raises(UnsupportedOpError, match=r"node 'prelu' \(op PRelu\).*per-channel slopes"):
         build(_graph(tmp_path, lambda: prelu_block(per_channel=True)), "fpga-sim", tmp_path / "b", precision="int8")
+    noisy = dense_decoder()  # + a fixed noise map after the projection
+    noisy.graph.initializer.append(onnx.numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((1, 8, 4, 4)).astype(np.float32), "noise"))
+    relu = next(n for n in noisy.graph.node if n.op_type == "Relu")
+    relu.input[0] = "noisy_map"
+    noisy.graph.node.insert(2, onnx.helper.make_node("Add", ["map", "noise"], ["noisy_map"], name="inject"))
+    with pytest.raises(UnsupportedOpError, match=r"node 'inject' \(op Add\).*is a constant of shape \[1, 8, 4, 4\]"):
+        build(_graph(tmp_path, lambda: noisy), "fpga-sim", tmp_path / "b", precision="int8")
     grouped = dense_decoder()
     up = next(n for n in grouped.graph.node if n.op_type == "ConvTranspose")
     up.attribute.append(onnx.helper.make_attribute("dilations", [2, 2]))

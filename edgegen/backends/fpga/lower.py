@@ -133,6 +133,11 @@ class Lowerer(LinearLayers, MovementLayers):
         if isinstance(value, Func):
             raise self.unsupported(f"its input {name!r} is computed in float ({value.chain[-1]['op']}) in the QDQ "
                                    "graph; the NPU computes int8 only")
+        if name in self.p.consts:
+            raise self.unsupported(f"its input {name!r} is a constant of shape {list(np.shape(self.p.consts[name]))}: "
+                                   "the NPU takes a constant operand as one value or one per channel only; a "
+                                   "constant map (a fixed noise image, say) is no layer it runs. Feed it as a model "
+                                   "input, or leave it out of the exported model")
         raise self.unsupported(f"its input {name!r} is not computed by any node before it")
 
     def int8_weights(self, name: str, out_axis: int) -> tuple[np.ndarray, np.ndarray]:
