@@ -31,6 +31,12 @@ REDUCE_OPS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
               "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"}
 
 
+# ops whose every output pixel depends on the whole frame (statistics, global pooling, attention)
+_GLOBAL_OPS = {"InstanceNormalization", "GroupNormalization", "LayerNormalization", "MeanVarianceNormalization",
+               "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MatMul", "Gemm", "Softmax", "Einsum", "TopK",
+               *REDUCE_OPS}
+
+
 class RoiRefused(Exception):
     """The output cannot be computed by region: names the node and op that prevent it."""
 
@@ -61,8 +67,11 @@ def spatial_program(graph: Graph, output: str) -> dict[str, Any]:
         spatial_in = [x for x in mapped if _spatial(shapes.get(x))]
         if kind is None:
             if spatial_in:
-                raise RoiRefused(f"node {node.name or node.op_type!r} ({node.op_type}) mixes pixels across the "
-                                 "whole frame; ROI, edits and tiles need a model whose image path is local")
+                why = "mixes pixels across the whole frame" if node.op_type in _GLOBAL_OPS else \
+                    "moves pixels in a way the region planner does not map (it maps convolutions, pooling, " \
+                    "resizes, pixel shuffles, pads and per-pixel ops)"
+                raise RoiRefused(f"node {node.name or node.op_type!r} ({node.op_type}) {why}; ROI, edits and tiles "
+                                 "need a model whose image path is local")
             roots[name] = True  # a projection from non-spatial tensors: computed whole
             continue
         if not spatial_in:

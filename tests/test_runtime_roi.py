@@ -2,6 +2,7 @@
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 import pytest
 
 from edgegen.build import build
@@ -203,4 +204,22 @@ def test_an_antialiased_downscale_is_refused(tmp_path):
     onnx.save(model, str(tmp_path / "m.onnx"))
     graph = Graph.load(tmp_path / "m.onnx")
     with pytest.raises(RoiRefused, match=r"\(Resize\) mixes pixels"):
+        spatial_program(graph, "out")
+
+
+def test_an_op_the_planner_does_not_map_is_named_as_such(tmp_path):
+    """A channel LayerNorm as exporters write it (permute, normalize the last axis, permute back) is
+    per-pixel, but the planner does not follow the permutes: refused, without calling them global."""
+    inits = [numpy_helper.from_array(np.full((4, 3, 3, 3), 0.1, np.float32), "w"),
+             numpy_helper.from_array(np.ones(4, np.float32), "gamma"), numpy_helper.from_array(np.zeros(4, np.float32), "beta")]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["c"], ["nhwc"], perm=[0, 2, 3, 1], name="to_nhwc"),
+             helper.make_node("LayerNormalization", ["nhwc", "gamma", "beta"], ["normed"], axis=-1),
+             helper.make_node("Transpose", ["normed"], ["out"], perm=[0, 3, 1, 2], name="to_nchw")]
+    g = helper.make_graph(nodes, "perm", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "perm.onnx"))
+    graph = Graph.load(tmp_path / "perm.onnx")
+    with pytest.raises(RoiRefused, match=r"'to_nchw' \(Transpose\) moves pixels in a way the region planner does "
+                                         r"not map"):
         spatial_program(graph, "out")
