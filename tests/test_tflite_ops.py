@@ -113,6 +113,8 @@ CASES = {
                         helper.make_node("Mul", ["x", "h"], ["y"])], [_init("w", 4, 4, 1, 1)], [1, 4, 5, 5],
                        {"MEAN": 1, "CONV_2D": 1}),
     "elu": (*_unary("Elu"), [1, 3, 4, 4], {"ELU": 1}),
+    "sqrt": ([helper.make_node("Mul", ["x", "x"], ["a"]), helper.make_node("Sqrt", ["a"], ["y"])], [], [1, 3, 4, 4],
+             {"SQRT": 1}),  # AdaIN's standard deviation
     "softplus_thresholded": ([helper.make_node("Softplus", ["x"], ["s"]), helper.make_node("Greater", ["x", "t"], ["g"]),
                               helper.make_node("Where", ["g", "x", "s"], ["y"])],
                              [numpy_helper.from_array(np.float32(0.5), "t")], [1, 3, 4, 4],

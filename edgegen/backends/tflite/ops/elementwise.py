@@ -12,7 +12,8 @@ from ..prepare import Prepared, attrs
 from . import rule, static_shapes
 
 _UNARY = {"Relu": "RELU", "Tanh": "TANH", "Sigmoid": "LOGISTIC", "HardSwish": "HARD_SWISH",
-          "LeakyRelu": "LEAKY_RELU", "Elu": "ELU", "Gelu": "GELU"}
+          "LeakyRelu": "LEAKY_RELU", "Elu": "ELU", "Gelu": "GELU", "Sqrt": "SQRT"}
+_FLOAT_ONLY = {"ELU", "SQRT"}  # LiteRT registers these for float only
 # int8 TANH and LOGISTIC have a fixed output grid (their range is [-1, 1] / [0, 1])
 FIXED_GRID = {"TANH": QParams.of(1 / 128, 0), "LOGISTIC": QParams.of(1 / 256, -128)}
 _BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV"}
@@ -61,9 +62,8 @@ def unary(lw: Lowerer, node: onnx.NodeProto) -> None:
         return
     # LiteRT's XNNPACK takes no int8 HARD_SWISH (each one would split the graph); between DEQUANTIZE
     # and QUANTIZE onto the same grids it stays inside the delegate
-    # LiteRT registers ELU for float only
     _unary_op(lw, node, code, options,
-              int8_ok=code != "ELU" and not (code == "HARD_SWISH" and lw.delegate == "xnnpack"))
+              int8_ok=code not in _FLOAT_ONLY and not (code == "HARD_SWISH" and lw.delegate == "xnnpack"))
 
 
 def _hard_swish_as_gate(lw: Lowerer, node: onnx.NodeProto, grid: QParams) -> None:
