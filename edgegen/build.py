@@ -192,7 +192,15 @@ def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator,
     if opts.prune is not None and opts.prune_to_macs is not None:
         raise BuildError("give either --prune RATIO or --prune-to-macs N, not both")
     if opts.prune_to_macs is not None:
-        return prune.prune_to_macs(graph, calibration, opts.prune_to_macs, evaluator)
+        pruned, result = prune.prune_to_macs(graph, calibration, opts.prune_to_macs, evaluator)
+        quality = result["quality"]["with_reconstruction"]
+        if opts.floor and not opts.floor.met(quality):
+            raise BuildError(f"{graph.source}: pruned to {result['macs']['after']:,} MACs (--prune-to-macs "
+                             f"{opts.prune_to_macs:,}) the model reaches PSNR {quality['psnr_db']:.2f} dB / SSIM "
+                             f"{quality['ssim']:.4f}, below the floor ({opts.floor.describe()}). Raise the MAC target, "
+                             "lower the floor, or give --prune RATIO with the floor to find the largest ratio that "
+                             "meets it.")
+        return pruned, result
     if opts.floor:
         return prune.prune_to_floor(graph, calibration, evaluator, opts.floor, max_ratio=opts.prune)
     return prune.prune(graph, opts.prune, calibration, evaluator=evaluator)

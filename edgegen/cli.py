@@ -185,7 +185,7 @@ def _count(text: str) -> int:
     scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:].upper(), 1)
     try:
         return int(float(text[:-1] if scale != 1 else text) * scale)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number; inf
         raise argparse.ArgumentTypeError(f"{text!r} is not a count like 50M or 120000") from None
 
 

@@ -45,7 +45,8 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
                      f"{pruned['macs']['after'] / 1e6:.2f} M; PSNR without re-fit "
                      f"{quality['without_reconstruction']['psnr_db']:.2f} dB"
                      + (f", with least-squares re-fit {refit['psnr_db']:.2f} dB" if refit else "")
-                     + f"; {len(pruned['groups'])} groups pruned, {len(pruned['excluded'])} excluded")
+                     + f"; {sum(after < before for before, after in (g['channels'] for g in pruned['groups']))} of "
+                     f"{len(pruned['groups'])} groups pruned, {len(pruned['excluded'])} excluded")
     quant = manifest.get("passes", {}).get("quantize")
     if quant:
         lines.append(f"  int8      calibration: {quant['calibration']['source']}, {quant['calibration']['count']} "

@@ -171,6 +171,10 @@ def test_prune_to_floor_and_to_macs(tmp_path):
     assert budget.manifest["model"]["macs"] <= 500_000
     with pytest.raises(BuildError, match="not both"):
         build(model, "x86-openvino", tmp_path / "x", prune=0.3, prune_to_macs=500_000)
+    with pytest.raises(BuildError, match=r"pruned to [\d,]+ MACs \(--prune-to-macs 500,000\) the model reaches PSNR "
+                                         r".* below the floor \(PSNR >= 150 dB\)\. Raise the MAC target"):
+        build(model, "x86-openvino", tmp_path / "y", prune_to_macs=500_000, min_psnr=150)
+    assert not (tmp_path / "y").exists()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])

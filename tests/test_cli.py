@@ -118,3 +118,10 @@ def test_generate_errors(capsys, tmp_path, ort_bundle):
     assert code == 2 and "label 99 is out of range" in err and not (tmp_path / "x.png").exists()
     code, _, err = run(capsys, "generate", str(ort_bundle), "--seed", "1", "--label", "1", "-o", str(tmp_path / "x.xyz"))
     assert code == 2 and "unknown image file extension" in err
+
+
+def test_a_mac_count_that_is_not_a_finite_number_is_a_usage_error(capsys, tmp_path, cgen_path):
+    for text in ("inf", "1e400", "lots"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["build", str(cgen_path), "-t", "x86-onnxruntime", "-o", str(tmp_path / "b"), "--prune-to-macs", text])
+        assert exit_info.value.code == 2 and f"{text!r} is not a count like 50M" in capsys.readouterr().err

@@ -221,7 +221,7 @@ def test_fixed_batch_models_calibrate_in_padded_chunks(tmp_path):
     assert report["groups"][0]["channels"] == [8, 6] and report["reconstruction"]["layers"]
 
 
-def test_tiny_ratio_changes_nothing(tmp_path):
+def test_a_ratio_that_removes_no_channel_is_refused_and_a_larger_one_refits(tmp_path):
     rng = np.random.default_rng(5)
     graph = _graph(tmp_path, [
         helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
@@ -229,10 +229,13 @@ def test_tiny_ratio_changes_nothing(tmp_path):
         helper.make_node("Conv", ["r", "wb"], ["y"], name="b", pads=[1, 1, 1, 1]),
     ], {"wa": _weights(rng, (8, 3, 3, 3)), "ba": _bias(rng, 8), "wb": _weights(rng, (3, 8, 3, 3))},
         [_image("x", 3)], [_image("y", 3)])
-    feeds = load_calibration(graph.inputs, None, 3).feeds
-    pruned, report = prune(graph, 0.01, load_calibration(graph.inputs, None, 8))
-    np.testing.assert_array_equal(_run(pruned.model, feeds), _run(graph.model, feeds))
-    assert report["macs"]["after"] == report["macs"]["before"] and report["groups"][0]["channels"] == [8, 8]
+    with pytest.raises(BuildError, match=r"--prune 0.01 removes no channel \(its 1 prunable groups have 8-8 "
+                                         r"channels; the smallest ratio that removes one is 0.13\)"):
+        prune(graph, 0.01, load_calibration(graph.inputs, None, 8))
+    with pytest.raises(BuildError, match=r"no pruning ratio up to 0.1 removes a channel"):
+        calibration = load_calibration(graph.inputs, None, 8)
+        prune_to_floor(graph, calibration, Pruner(graph, calibration).default_evaluator(), QualityFloor(min_psnr=30),
+                       max_ratio=0.1)
     pruned, report = prune(graph, 0.5, load_calibration(graph.inputs, None, 8))
     quality = report["quality"]
     assert quality["with_reconstruction"]["psnr_db"] > quality["without_reconstruction"]["psnr_db"]

@@ -60,6 +60,9 @@ def prune(graph: Graph, ratio: float, calibration: Calibration, reconstruct: boo
     """
     _check_ratio(ratio)
     pruner = Pruner(graph, calibration)
+    if not pruner.keep(ratio):
+        raise BuildError(f"{graph.source}: --prune {ratio:g} removes no channel ({pruner.smallest_effect()}); "
+                         "give a larger ratio")
     return pruner.result(ratio, reconstruct, evaluator or pruner.default_evaluator(), allocate and reconstruct)
 
 
@@ -76,7 +79,10 @@ def prune_to_floor(graph: Graph, calibration: Calibration, evaluator: Evaluator,
     _check_ratio(max_ratio)
     pruner = Pruner(graph, calibration)
     grid = [round(FLOOR_STEP * k, 2) for k in range(1, int(max_ratio / FLOOR_STEP + 1e-9) + 1)] or [max_ratio]
-    grid = [r for r in grid if pruner.keep(r)] or [max_ratio]  # ratios too small to remove a channel prune nothing
+    grid = [r for r in grid if pruner.keep(r)]  # ratios too small to remove a channel prune nothing
+    if not grid:
+        raise BuildError(f"{graph.source}: no pruning ratio up to {max_ratio:g} removes a channel "
+                         f"({pruner.smallest_effect()}); give a larger --prune")
     search: list[dict[str, Any]] = []
 
     def meets(ratio: float) -> bool:
@@ -148,6 +154,13 @@ class Pruner:
     def keep(self, ratio: float) -> dict[int, np.ndarray]:
         """Kept channel indices per group at the same ratio everywhere (see keep_shares)."""
         return self.keep_shares({g.root: ratio for g in self.prunable})
+
+    def smallest_effect(self) -> str:
+        """The smallest ratio on a 0.01 grid that removes a channel, said for an error message."""
+        first = next(k / 100 for k in range(1, 100) if self.keep(k / 100))  # 0.99 removes one of any group of 2+
+        sizes = sorted(g.size for g in self.prunable)
+        return (f"its {len(sizes)} prunable groups have {sizes[0]}-{sizes[-1]} channels; the smallest ratio that "
+                f"removes one is {first:g}")
 
     def keep_shares(self, shares: dict[int, float]) -> dict[int, np.ndarray]:
         """Kept channel indices per group root: all but the floor(share x size) least important, at least one;
