@@ -7,6 +7,7 @@ from typing import Any
 from . import backends, targets
 from .errors import BackendUnavailableError
 from .graph import Graph
+from .inputs import fixed_batch
 
 def target_rows() -> list[dict[str, Any]]:
     """Every shipped target with whether it runs on this host."""
@@ -38,6 +39,7 @@ def inspect_model(model: str, **graph_options: Any) -> dict[str, Any]:
         "inputs": [s.to_json() for s in graph.inputs],
         "outputs": [s.to_json() for s in graph.outputs],
         "ops": dict(sorted(graph.op_inventory().items(), key=lambda kv: (-kv[1], kv[0]))),
+        "batch": fixed_batch(graph.inputs) or 1,  # the batch the costs are for: 1, or the one it was exported with
         "macs": sum(c.macs for c in costs),
         "param_bytes": sum(c.param_bytes for c in costs),
         "activation_bytes": sum(c.activation_bytes for c in costs),
@@ -64,7 +66,7 @@ def render(report: dict[str, Any], nodes: bool = False) -> str:
             lines.append(f"  {s['name']:<20} {s['dtype']:<8} {shape:<18} {s['role']:<9} {', '.join(extra)}")
     lines.append("ops     " + ", ".join(f"{op} x{n}" for op, n in report["ops"].items()))
     lines.append(f"cost    {report['macs'] / 1e6:.2f} MMACs, {report['param_bytes'] / 1e6:.2f} MB parameters, "
-                 f"{report['activation_bytes'] / 1e6:.2f} MB activations (batch 1)")
+                 f"{report['activation_bytes'] / 1e6:.2f} MB activations (batch {report['batch']})")
     if nodes:
         lines.append(f"  {'node':<40} {'op':<18} {'MMACs':>9} {'param KB':>9} {'act KB':>9}")
         for c in report["nodes"]:

@@ -31,7 +31,16 @@ def test_inspect_shows_roles_ops_costs_and_support(capsys, cgen_path):
     assert "x86-openvino               all ops supported" in out
     code, out, _ = run(capsys, "inspect", str(cgen_path), "--json")
     report = json.loads(out)
-    assert report["macs"] > 0 and report["targets"]["x86-onnxruntime"]["supported"]
+    assert report["macs"] > 0 and report["targets"]["x86-onnxruntime"]["supported"] and report["batch"] == 1
+
+
+def test_inspect_gives_the_cost_of_a_fixed_batch_export_at_its_batch(capsys, tmp_path):
+    import onnx
+    from conftest import conditional_generator
+
+    onnx.save(conditional_generator(batch=4), str(tmp_path / "b4.onnx"))
+    code, out, _ = run(capsys, "inspect", str(tmp_path / "b4.onnx"))
+    assert code == 0 and "MB activations (batch 4)" in out
 
 
 def test_build_then_generate(capsys, tmp_path, cgen_path):

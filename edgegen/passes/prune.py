@@ -110,7 +110,8 @@ def prune_to_macs(graph: Graph, calibration: Calibration, target_macs: int,
     pruner = Pruner(graph, calibration)
     before = pruner.costs_before["macs"]
     if not 0 < target_macs < before:
-        raise RequestError(f"--prune-to-macs {target_macs}: {graph.source} needs {before:,} MACs (batch 1); give "
+        raise RequestError(f"--prune-to-macs {target_macs}: {graph.source} needs {before:,} MACs (batch "
+                           f"{fixed_batch(graph.inputs) or 1}); give "
                            "a target between 1 and that")
     grid = [round(MACS_STEP * k, 2) for k in range(1, round(1 / MACS_STEP))]
     macs = {}
