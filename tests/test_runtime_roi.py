@@ -223,3 +223,27 @@ def test_an_op_the_planner_does_not_map_is_named_as_such(tmp_path):
     with pytest.raises(RoiRefused, match=r"'to_nchw' \(Transpose\) moves pixels in a way the region planner does "
                                          r"not map"):
         spatial_program(graph, "out")
+
+
+def test_an_edit_follows_roots_computed_whole_from_the_image(tmp_path):
+    """An attention-like map (a softmax over every pixel) computed whole, then joined with the image: a
+    small change moves the map everywhere, so the edit must recompute what the map's change reaches."""
+    inits = [numpy_helper.from_array(np.array([1, 3, 64], np.int64), "flat"),
+             numpy_helper.from_array(np.array([1, 3, 8, 8], np.int64), "map"),
+             numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Reshape", ["image", "flat"], ["f"]),
+             helper.make_node("Softmax", ["f"], ["a"], axis=2),
+             helper.make_node("Reshape", ["a", "map"], ["attention"]),
+             helper.make_node("Add", ["image", "attention"], ["joined"]),
+             helper.make_node("Conv", ["joined", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["out"])]
+    g = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "attn.onnx"))
+    build(tmp_path / "attn.onnx", "x86-onnxruntime", tmp_path / "b", roi=True)
+    gen = Generator.open(tmp_path / "b", cache_bytes=0)
+    before = smooth_image(8, 8, seed=1)
+    after = before.copy()
+    after[0:2, 0:2] = 255
+    gen.generate(image=before)
+    np.testing.assert_array_equal(gen.edit(before, after), gen.generate(image=after))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +357,22 @@ class Generator:
         return tensor_to_uint8(out[spec_out.name], spec_out.range or [0.0, 1.0])
 
     # -- incremental editing ----------------------------------------------------------------------
+    def _dirty_rects(self, engine, image: str, changed: np.ndarray, roots: dict[str, np.ndarray], old: np.ndarray,
+                     job) -> list | None:
+        """Output rectangles an edit must recompute: what the changed pixels reach, and, where the region
+        program starts from roots computed whole from the image (an attention map), what each root's changed
+        values reach; None when a whole-frame root changed (the frame is recomputed)."""
+        computed = [r for r in engine.program.roots + engine.program.side if r != image]
+        before = engine.roots(self._feeds([replace(job.request, image=old)], job.route)) if computed else {}
+        rects = engine.dirty_rects(changed, image, roots, self.config.edit_cell)
+        for name in computed:
+            differs = before[name] != roots[name]
+            if not differs.any():
+                continue
+            if name in engine.program.side:
+                return None
+            rects += engine.dirty_rects(np.any(differs[0], axis=0), name, roots, self.config.edit_cell)
+        return rects
     def edit(self, previous, image, output: str | None = None) -> np.ndarray:
         """The output for `image`, computed by recomputing only what changed since `previous` (the
         input of an earlier request): the output each group of changed pixels reaches is recomputed
@@ -380,9 +396,9 @@ class Generator:
         with self._lock:
             roots = engine.roots(feeds)
             sizes = engine.sizes(roots)
-            rects = engine.dirty_rects(changed, spec.name, roots, self.config.edit_cell)
-            area = sum(engine.window_area(r, sizes) for r in rects)
             h, w = sizes[engine.program.output]
+            rects = self._dirty_rects(engine, spec.name, changed, roots, old, job)
+            area = h * w if rects is None else sum(engine.window_area(r, sizes) for r in rects)
             patches = [(r, engine.region(roots, r)) for r in rects] if area < h * w else None
         with self._count_lock:
             self._edits.update(edits=1, rects=len(rects), computed_pixels=min(area, h * w), frame_pixels=h * w)
