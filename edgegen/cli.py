@@ -262,16 +262,10 @@ def _targets(args) -> int:
 
 
 def _generate(args) -> int:
+    from .image_files import read_rgb
     from .runtime import Generator, to_pil
 
-    image = None
-    if args.image:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            image = Image.open(args.image).convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise RequestError(f"{args.image}: cannot read the image ({exc})") from None
+    image = read_rgb(args.image) if args.image else None
     gen = Generator.open(args.bundle, threads=args.threads, host_fallback=args.host_fallback)
     roi = None
     if args.roi:

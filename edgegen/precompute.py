@@ -60,6 +60,11 @@ def load_requests(path: str | Path) -> list[dict[str, Any]]:
     for i, request in enumerate(out):
         if not isinstance(request, dict):
             raise BuildError(f"{path}: request {i} is {request!r}, not a mapping like {{seed: 1, label: 3}}")
+        if isinstance(request.get("image"), str):  # an image file, relative to the request file
+            image = path.parent / request["image"]
+            if not image.is_file():
+                raise BuildError(f"{path}: request {i}: image {request['image']!r} is not a file ({image})")
+            out[i] = {**request, "image": str(image.resolve())}
     unique = {json.dumps(r, sort_keys=True): r for r in out}
     if len(unique) > MAX_REQUESTS:
         raise BuildError(f"{path}: {len(unique)} requests; precompute at most {MAX_REQUESTS}")
@@ -124,17 +129,27 @@ def render_new(gen, requests: list[dict[str, Any]], entries: dict[str, tuple], p
         progress("precompute", start, len(requests))
         chunk = requests[start:start + CHUNK]
         try:
-            chunk_keys = [gen.key_of(r) for r in chunk]
-            todo = [(k, r) for k, r in zip(chunk_keys, chunk) if k not in entries and k not in skip]
-            rendered = gen.render([r for _, r in todo]) if todo else []
+            loaded = [_with_pixels(r) for r in chunk]
+            chunk_keys = [gen.key_of(r) for r in loaded]
+            todo = [(k, r, p) for k, r, p in zip(chunk_keys, chunk, loaded) if k not in entries and k not in skip]
+            rendered = gen.render([p for _, _, p in todo]) if todo else []
         except EdgegenError as exc:
             where = first + start
             raise BuildError(f"precomputing requests {where}..{where + len(chunk) - 1}: {exc}") from None
-        for (key, request), result in zip(todo, rendered):
+        for (key, request, _), result in zip(todo, rendered):
             entries[key] = (key, request, result.pixels)
         keys += chunk_keys
     progress("precompute", len(requests), len(requests))
     return keys
+
+
+def _with_pixels(request: dict[str, Any]) -> dict[str, Any]:
+    """The request with an image file given by path read into its pixels (the stored request keeps the path)."""
+    if not isinstance(request.get("image"), str):
+        return request
+    from .image_files import read_rgb
+
+    return {**request, "image": read_rgb(request["image"])}
 
 
 def rendered_on(manifest: dict[str, Any]) -> str:

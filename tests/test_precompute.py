@@ -147,3 +147,26 @@ def test_cli_build_flags_and_generate_options(tmp_path, capsys, glyph_path):
     assert main(["build", str(glyph_path), "-t", "x86-onnxruntime", "-o", str(tmp_path / "c"), "--batch-sizes",
                  "x"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_image_requests_name_image_files_beside_the_request_file(tmp_path):
+    from PIL import Image
+
+    from runtime_models import upscaler_like
+
+    onnx.save(upscaler_like(), str(tmp_path / "up.onnx"))
+    (tmp_path / "pics").mkdir()
+    pictures = [np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8) for i in range(2)]
+    for i, picture in enumerate(pictures):
+        Image.fromarray(picture).save(tmp_path / "pics" / f"{i}.png")
+    (tmp_path / "assets.yaml").write_text("- {image: pics/0.png}\n- {image: pics/1.png}\n")
+    build(tmp_path / "up.onnx", "x86-onnxruntime", tmp_path / "b", precompute=str(tmp_path / "assets.yaml"),
+          graph_options={"input_shapes": {"image": [1, 3, 16, 16]}})
+    gen = Generator.open(tmp_path / "b", cache_bytes=0)
+    result = gen.render([{"image": pictures[1]}])[0]
+    assert result.served_by == "asset"
+    cold = Generator.open(tmp_path / "b", cache_bytes=0, assets=False)
+    np.testing.assert_array_equal(result.pixels, cold.generate(image=pictures[1]))
+    (tmp_path / "bad.yaml").write_text("- {image: pics/none.png}\n")
+    with pytest.raises(BuildError, match=r"request 0: image 'pics/none.png' is not a file"):
+        load_requests(tmp_path / "bad.yaml")

@@ -2,8 +2,8 @@
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from edgegen.build import build
 from edgegen.errors import RequestError
