@@ -116,6 +116,8 @@ def test_bad_requests_get_clear_errors(server, body, status, message):
 def test_malformed_and_oversized_bodies(server, bundles):
     response, data = post(server, None, raw=b"{not json")
     assert response.status == 400 and "not JSON" in json.loads(data)["error"]
+    response, data = post(server, None, raw=b"[" * 100_000 + b"]" * 100_000)
+    assert response.status == 400 and "nests JSON too deeply" in json.loads(data)["error"]
     response, data = post(server, None, raw=b"x" * (server.max_body_bytes + 1))
     assert response.status == 413
     assert get(server, "/nope")[0].status == 404

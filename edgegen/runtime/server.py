@@ -90,6 +90,8 @@ class Server:
             fields = json.loads(body or b"{}")
         except ValueError as exc:
             raise RequestError(f"the body is not JSON ({exc}); send e.g. {{\"seed\": 3, \"label\": 7}}") from None
+        except RecursionError:
+            raise RequestError("the body nests JSON too deeply; a request is a flat object of fields") from None
         if not isinstance(fields, dict):
             raise RequestError("the body must be a JSON object of request fields")
         fmt = fields.pop("format", None) or query.get("format", ["png"])[0]
