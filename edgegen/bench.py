@@ -24,14 +24,21 @@ import numpy as np
 from . import reference
 from .bundle import read_manifest, sha256_file
 from .errors import BuildError, BundleError
+from .float16 import float32_reference
 from .source import SourceSession
 
 
-def run(bundle_dir: str | Path, threads: list[int], batch: int = 1, runs: int = 50, warmup: int = 5,
+def run(bundle_dir: str | Path, threads: list[int], batch: int | None = None, runs: int = 50, warmup: int = 5,
         baseline: bool = False, source: str | None = None, host_fallback: bool = False) -> dict[str, Any]:
-    """Benchmark a bundle (and optionally its fp32 source) at each thread count."""
+    """Benchmark a bundle (and optionally its fp32 source) at each thread count, at `batch` images per call
+    (default 1; a model exported with a fixed batch runs at that batch only)."""
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
+    fixed = next((s["shape"][0] for s in manifest["model"]["inputs"] if s["shape"] and s["shape"][0]), None)
+    if fixed is not None and batch not in (None, fixed):
+        raise BundleError(f"{bundle_dir}: its model was exported with a fixed batch of {fixed}; bench it at "
+                          f"--batch {fixed} (the default for it)")
+    batch = fixed or batch or 1
     rows = []
     for n in threads:
         rows.append(_spawn({"kind": "bundle", "bundle": str(bundle_dir), "threads": n, "batch": batch, "runs": runs,
@@ -101,10 +108,10 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     batch, threads = config["batch"], config["threads"]
     bundle_dir = Path(config["bundle"])
     inputs, _ = reference.load(bundle_dir, read_manifest(bundle_dir))
-    feeds = {name: np.repeat(array, batch, axis=0) for name, array in inputs.items()}
+    feeds = {name: np.repeat(array[:1], batch, axis=0) for name, array in inputs.items()}
     if config["kind"] == "pair":
         gen = _open(config)
-        source = SourceSession(config["source"], threads)
+        source = SourceSession(float32_reference(config["source"]), threads)
         bundle_times, source_times = interleaved(lambda: gen.run(feeds), lambda: source.run(feeds),
                                                  config["runs"], config["warmup"])
         return {"bundle_p50_ms": round(statistics.median(bundle_times), 4),
@@ -117,7 +124,7 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         run_once = gen.run
         delegation = gen.session.delegation() if hasattr(gen.session, "delegation") else None
     else:
-        run_once = SourceSession(config["source"], threads).run
+        run_once = SourceSession(float32_reference(config["source"]), threads).run
         subject = "fp32 source, onnxruntime CPU"
     times = measure(lambda: run_once(feeds), config["runs"], config["warmup"])
     p50 = statistics.median(times)

@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("bench", help="latency, throughput and peak memory of a bundle")
     p.add_argument("bundle")
     p.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, help="images per call (default 1; a fixed-batch export: its batch)")
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--baseline", action="store_true", help="also run the fp32 source in plain ONNX Runtime")

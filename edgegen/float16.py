@@ -7,6 +7,8 @@ precisely than the float16 export, which every target precision is then measured
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, numpy_helper
@@ -40,3 +42,9 @@ def upcast_float16(model: onnx.ModelProto) -> int:
 
 def _as_float32(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
+
+
+def float32_reference(path: str | Path) -> str | onnx.ModelProto:
+    """What runs as a model file's fp32 source: the file itself, or, for a float16 export, its float32 form."""
+    model = onnx.load(str(path), load_external_data=True)
+    return model if upcast_float16(model) else str(path)

@@ -223,6 +223,10 @@ def test_a_model_exported_in_float16_is_built_from_its_float32_form(tmp_path):
         assert result.fidelity["psnr_db"] > (100 if precision == "fp32" else 30)
         image = Generator.open(tmp_path / f"{target}-{precision}").generate(image=np.zeros((8, 8, 3), np.uint8))
         assert image.shape == (8, 8, 3)
+    from edgegen import bench
+
+    rows = bench.run(tmp_path / "x86-onnxruntime-int8", [1], runs=3, baseline=True)["rows"]  # the float32 form
+    assert rows[1]["subject"] == "fp32 source, onnxruntime CPU" and rows[0]["speedup_vs_baseline"] > 0
 
 
 def test_a_model_onnx_runtime_cannot_load_by_path_is_run_from_memory(tmp_path):

@@ -134,3 +134,20 @@ def test_a_mac_count_that_is_not_a_finite_number_is_a_usage_error(capsys, tmp_pa
         with pytest.raises(SystemExit) as exit_info:
             main(["build", str(cgen_path), "-t", "x86-onnxruntime", "-o", str(tmp_path / "b"), "--prune-to-macs", text])
         assert exit_info.value.code == 2 and f"{text!r} is not a count like 50M" in capsys.readouterr().err
+
+
+def test_bench_runs_a_fixed_batch_export_at_its_batch(capsys, tmp_path):
+    import onnx
+    from conftest import conditional_generator
+
+    from edgegen.build import build
+
+    onnx.save(conditional_generator(batch=4), str(tmp_path / "b4.onnx"))
+    build(tmp_path / "b4.onnx", "x86-onnxruntime", tmp_path / "b")
+    code, out, err = run(capsys, "bench", str(tmp_path / "b"), "--threads", "1", "--runs", "3", "--baseline",
+                         "--json", str(tmp_path / "r.json"))
+    assert code == 0, err
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["batch"] for r in rows] == [4, 4] and rows[0]["images_per_s"] == pytest.approx(4e3 / rows[0]["p50_ms"], rel=0.01)
+    code, _, err = run(capsys, "bench", str(tmp_path / "b"), "--batch", "2", "--runs", "3")
+    assert code == 2 and "exported with a fixed batch of 4; bench it at --batch 4" in err
