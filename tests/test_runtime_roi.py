@@ -225,16 +225,21 @@ def test_an_op_the_planner_does_not_map_is_named_as_such(tmp_path):
         spatial_program(graph, "out")
 
 
-def test_an_edit_follows_roots_computed_whole_from_the_image(tmp_path):
-    """An attention-like map (a softmax over every pixel) computed whole, then joined with the image: a
-    small change moves the map everywhere, so the edit must recompute what the map's change reaches."""
+@pytest.mark.parametrize("form", ["attention map", "channel gate"])
+def test_an_edit_follows_roots_computed_whole_from_the_image(tmp_path, form):
+    """A map computed whole from the image (a softmax over every pixel; or a per-channel gate from the
+    channel means, squeeze-excite style), then joined with the image: a small change moves it everywhere,
+    so the edit must recompute what its change reaches (the gate: the whole frame)."""
     inits = [numpy_helper.from_array(np.array([1, 3, 64], np.int64), "flat"),
-             numpy_helper.from_array(np.array([1, 3, 8, 8], np.int64), "map"),
+             numpy_helper.from_array(np.array([1, 3, 8, 8] if form == "attention map" else [1, 3, 1, 1], np.int64),
+                                     "map"),
              numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "w")]
+    whole = helper.make_node("Softmax", ["f"], ["a"], axis=2) if form == "attention map" else \
+        helper.make_node("ReduceMean", ["f"], ["a"], axes=[2], keepdims=1)
     nodes = [helper.make_node("Reshape", ["image", "flat"], ["f"]),
-             helper.make_node("Softmax", ["f"], ["a"], axis=2),
+             whole,
              helper.make_node("Reshape", ["a", "map"], ["attention"]),
-             helper.make_node("Add", ["image", "attention"], ["joined"]),
+             helper.make_node("Add" if form == "attention map" else "Mul", ["image", "attention"], ["joined"]),
              helper.make_node("Conv", ["joined", "w"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Sigmoid", ["c"], ["out"])]
     g = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],

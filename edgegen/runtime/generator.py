@@ -373,6 +373,7 @@ class Generator:
                 return None
             rects += engine.dirty_rects(np.any(differs[0], axis=0), name, roots, self.config.edit_cell)
         return rects
+
     def edit(self, previous, image, output: str | None = None) -> np.ndarray:
         """The output for `image`, computed by recomputing only what changed since `previous` (the
         input of an earlier request): the output each group of changed pixels reaches is recomputed
@@ -401,7 +402,7 @@ class Generator:
             area = h * w if rects is None else sum(engine.window_area(r, sizes) for r in rects)
             patches = [(r, engine.region(roots, r)) for r in rects] if area < h * w else None
         with self._count_lock:
-            self._edits.update(edits=1, rects=len(rects), computed_pixels=min(area, h * w), frame_pixels=h * w)
+            self._edits.update(edits=1, rects=len(rects or ()), computed_pixels=min(area, h * w), frame_pixels=h * w)
         if patches is None:  # the change reaches so far that the whole frame is cheaper
             return self.render([{"image": new, "output": output}])[0].pixels
         value_range = self._spec(job.route.output).range or [0.0, 1.0]
