@@ -218,7 +218,7 @@ def _progress(stage: str, done: int, total: int) -> None:
         width = 20
         filled = int(width * done / max(total, 1))
         print(f"\r  {stage:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr)
-        if stage == "done":
+        if stage == "done" or (done == total > 1):  # a finished bar keeps its line
             print(file=sys.stderr)
 
 
