@@ -82,4 +82,5 @@ def render(report: dict[str, Any], nodes: bool = False) -> str:
             first = s["unsupported"][0]
             lines.append(f"  {name:<26} UNSUPPORTED: {len(s['unsupported'])} node(s), first: node {first['node']!r} "
                          f"(op {first['op']}): {first['why']}")
+    lines.append("  (per op; whether the model fits an FPGA's on-chip RAM is checked when it is built)")
     return "\n".join(lines)
