@@ -41,6 +41,16 @@ class RoiRefused(Exception):
     """The output cannot be computed by region: names the node and op that prevent it."""
 
 
+def _why_not_local(op: str) -> str:
+    if op in _GLOBAL_OPS:
+        return "mixes pixels across the whole frame"
+    if op in ("Resize", "Upsample"):
+        return ("is a resize the region planner does not map (it maps nearest, linear and cubic resizes by an "
+                "integer ratio or its inverse, without align_corners or antialiasing)")
+    return ("moves pixels in a way the region planner does not map (it maps convolutions, pooling, resizes, "
+            "pixel shuffles, pads and per-pixel ops)")
+
+
 def spatial_program(graph: Graph, output: str) -> dict[str, Any]:
     """The spatial program of one image output (JSON-ready), or RoiRefused."""
     model = graph.model.graph
@@ -67,11 +77,8 @@ def spatial_program(graph: Graph, output: str) -> dict[str, Any]:
         spatial_in = [x for x in mapped if _spatial(shapes.get(x))]
         if kind is None:
             if spatial_in:
-                why = "mixes pixels across the whole frame" if node.op_type in _GLOBAL_OPS else \
-                    "moves pixels in a way the region planner does not map (it maps convolutions, pooling, " \
-                    "resizes, pixel shuffles, pads and per-pixel ops)"
-                raise RoiRefused(f"node {node.name or node.op_type!r} ({node.op_type}) {why}; ROI, edits and tiles "
-                                 "need a model whose image path is local")
+                raise RoiRefused(f"node {node.name or node.op_type!r} ({node.op_type}) {_why_not_local(node.op_type)}; "
+                                 "ROI, edits and tiles need a model whose image path is local")
             roots[name] = True  # a projection from non-spatial tensors: computed whole
             continue
         if not spatial_in:
