@@ -184,6 +184,7 @@ def _infer_concrete(model: onnx.ModelProto, shapes: dict[str, list[int]], origin
     for out in fixed.graph.output:
         out.type.tensor_type.ClearField("shape")
     del fixed.graph.value_info[:]
+    unfolded = fixed
     fixed = fold_constants(fixed)  # shape arithmetic on now-static dims (e.g. exporters' reflect pads)
     try:
         fixed = shape_inference.infer_shapes(fixed, data_prop=True)
@@ -199,7 +200,30 @@ def _infer_concrete(model: onnx.ModelProto, shapes: dict[str, list[int]], origin
                 result[value.name] = dims
     for t in fixed.graph.initializer:
         result[t.name] = list(t.dims)
+    missing = [o for n in model.graph.node for o in n.output if o and o not in result]
+    if missing:
+        result.update(_shapes_by_running(unfolded, missing, shapes))
     return result
+
+
+def _shapes_by_running(model: onnx.ModelProto, names: list[str], shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Shapes that inference could not follow (shape arithmetic on intermediate tensors, as the dynamo
+    exporter writes a broadcast), read from one ONNX Runtime run at the concrete input shapes; {} when
+    the model does not run that way."""
+    import onnxruntime as ort
+
+    probe = copy.deepcopy(model)
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)  # ONNX Runtime types them
+    feeds = {v.name: np.zeros(shapes.get(v.name, []), helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
+             for v in model.graph.input}
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        values = session.run(names, feeds)
+    except Exception:  # onnxruntime's own exception types: the shapes stay unknown, as before
+        return {}
+    return {n: list(np.shape(v)) for n, v in zip(names, values)}
 
 
 def _value_dtypes(model: onnx.ModelProto) -> dict[str, int]:

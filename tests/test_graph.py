@@ -252,3 +252,22 @@ def test_nodes_out_of_topological_order_are_sorted(tmp_path):
     x = np.ones((1, 3, 4, 4), np.float32)
     got = ort.InferenceSession(graph.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(got[0], np.full((1, 3, 4, 4), 1.5, np.float32))
+
+
+def test_shapes_inference_cannot_follow_are_read_from_one_run(monkeypatch):
+    """Shape arithmetic through float ops (as the dynamo exporter writes some broadcasts), with folding
+    unable to resolve it: the concrete shapes come from one ONNX Runtime run at the input shapes."""
+    import edgegen.graph as graph_module
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["sf", "two"], ["sf2"]),
+             helper.make_node("Cast", ["sf2"], ["s2"], to=TensorProto.INT64),
+             helper.make_node("ConstantOfShape", ["s2"], ["z"]),
+             helper.make_node("Relu", ["z"], ["y"])]
+    g = helper.make_graph(nodes, "gap", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.array(2, np.float32), "two")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    monkeypatch.setattr(graph_module, "fold_constants", lambda m: m)
+    assert graph_module._infer_concrete(model, {"x": [1, 3]}, "gap")["y"] == [2, 6]
