@@ -36,10 +36,11 @@ class Graph:
     """A cleaned, shape-inferred model with I/O roles and per-node costs."""
 
     def __init__(self, model: onnx.ModelProto, source: Path, notes: list[str],
-                 inputs: list[TensorSpec], outputs: list[TensorSpec]):
+                 inputs: list[TensorSpec], outputs: list[TensorSpec], reference: onnx.ModelProto | None = None):
         self.model = model
         self.source = source
-        self.reference: Path | onnx.ModelProto = source  # what the fp32 source runs: the file, or its float32 form
+        # what the fp32 source runs: the file, or the float32 form of a float16 export
+        self.reference: Path | onnx.ModelProto = source if reference is None else reference
         self.notes = notes
         self.inputs = inputs
         self.outputs = outputs
@@ -56,7 +57,7 @@ class Graph:
         """Load a model path or `zoo:NAME`, clean it up and describe its inputs and outputs."""
         path = zoo.resolve(model)
         proto, upgraded = upgrade_opset(read_model(path), path)
-        reference: Path | onnx.ModelProto = path
+        reference = None
         if upcast_float16(proto):
             reference = copy.deepcopy(proto)
             upgraded.append("float16 tensors computed in float32 (the fp32 source every precision is measured "
@@ -71,9 +72,7 @@ class Graph:
         concrete = _infer_concrete(proto, shapes, str(path))
         for spec in outs:
             spec.default_shape = concrete.get(spec.name, [])
-        graph = cls(proto, path, notes, ins, outs)
-        graph.reference = reference
-        return graph
+        return cls(proto, path, notes, ins, outs, reference)
 
     def with_model(self, model: onnx.ModelProto, notes: list[str]) -> "Graph":
         """The same model interface (source, inputs, outputs) over a transformed ModelProto."""

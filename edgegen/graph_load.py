@@ -73,23 +73,21 @@ def _sort_topologically(model: onnx.ModelProto) -> None:
     sorts on load, the ONNX checker refuses). A graph with a cycle or a missing input is left as it is."""
     graph = model.graph
     ready = {t.name for t in graph.input} | {t.name for t in graph.initializer} | {""}
-    seen = set(ready)
-    for node in graph.node:
-        if not all(i in seen for i in node.input):
-            break
-        seen.update(node.output)
-    else:
-        return  # already in order: left exactly as exported
-    pending, ordered = list(graph.node), []
-    while pending:
-        runnable = [n for n in pending if all(i in ready for i in n.input)]
-        if not runnable:
+    nodes = list(graph.node)
+    pending, ordered = nodes, []
+    while pending:  # each pass takes, in order, every node whose inputs are ready: a sorted graph in one pass
+        waiting = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
             return
-        for node in runnable:
-            ready.update(node.output)
-        ordered += runnable
-        done = {id(n) for n in runnable}
-        pending = [n for n in pending if id(n) not in done]
+        pending = waiting
+    if all(a is b for a, b in zip(ordered, nodes)):
+        return  # already in order: left exactly as exported
     copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
     del graph.node[:]
     graph.node.extend(copies)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from ...errors import BuildError
 from ...graph import Graph
@@ -23,6 +22,7 @@ from .alloc import allocate, check_static, encode
 from .banks import assign_banks
 from .isa import KIND_ADD, KIND_MUL, NpuConfig
 from .lower import SUPPORTED, Lowerer, unary_spec
+from .lower_linear import transposed_form_problem
 
 PROGRAM = "npu/program.npz"
 # the NPU runs transposed convolution itself and has no cubic resize (refused before any pass runs)
@@ -41,13 +41,6 @@ def config_of(target: Target) -> NpuConfig:
         raise BuildError(f"{target.path}: backend_options of an fpga target: {exc}") from None
 
 
-def _transposed_form_problem(node: onnx.NodeProto) -> str | None:
-    a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
-    if a.get("group", 1) != 1 or any(d != 1 for d in a.get("dilations", [])):
-        return "the NPU runs a transposed convolution with group 1 and no dilation only"
-    return None
-
-
 def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]]:
     """(node, op, reason) for every node of the (float) graph the NPU has no layer for. The NPU runs one
     image at a time, so the graph is read at batch 1 with its constants folded: shape arithmetic of a
@@ -57,7 +50,7 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
     for node in prepared.nodes:
         if node.op_type in _FLOAT_ONLY:
             missing.append((node.name, node.op_type, _FLOAT_ONLY[node.op_type]))
-        elif node.op_type == "ConvTranspose" and (problem := _transposed_form_problem(node)):
+        elif node.op_type == "ConvTranspose" and (problem := transposed_form_problem(node)):
             missing.append((node.name, node.op_type, problem))
         elif node.op_type == "PRelu" and unary_spec(node, prepared) is None:
             missing.append((node.name, node.op_type, "per-channel slopes: the NPU applies one 256-entry table per "

@@ -17,6 +17,14 @@ from .tensors import Tensor
 from .values import Upsampled
 
 
+def transposed_form_problem(node: onnx.NodeProto) -> str | None:
+    """Why the NPU cannot run this ConvTranspose in any layout (grouped or dilated), or None."""
+    a = attrs(node)
+    if a.get("group", 1) != 1 or any(d != 1 for d in a.get("dilations", [])):
+        return "the NPU runs a transposed convolution with group 1 and no dilation only"
+    return None
+
+
 class LinearLayers:
     """Mixin of `Lowerer`: the rules for layers with weights."""
 
@@ -39,8 +47,9 @@ class LinearLayers:
             return self._conv_as_dense(node, x, q, w_scale, kernel, strides, dilations, pads, grid, (cout, oh, ow))
         if strides[0] != strides[1] or strides[0] > 15:
             raise self.unsupported(f"strides {strides} are not equal in both axes (or above 15)")
-        if transposed and (group != 1 or any(d != 1 for d in dilations) or min(kernel) < strides[0]):
-            raise self.unsupported("a transposed convolution must have group 1, no dilation and kernel >= stride")
+        problem = transposed_form_problem(node) if transposed else None
+        if transposed and (problem or min(kernel) < strides[0]):
+            raise self.unsupported(problem or "a transposed convolution needs kernel >= stride")
         depthwise = group > 1
         if depthwise and not (group == x.c == cout and q.shape[1] == 1):
             raise self.unsupported(f"grouped convolution with group={group} is neither dense nor depthwise "
