@@ -8,6 +8,9 @@ label embedding is broadcast over the 16x16 map and concatenated.
 upscaler_like: a fully-convolutional x2 upscaler like the zoo one: stem conv, depthwise-separable
 residual blocks, a tail to 12 channels, DepthToSpace(2), plus a linear x2 resize of the input as
 a global skip; image [N,3,H,W] in [0,1] -> image_2x [N,3,2H,2W], dynamic N, H, W.
+
+unet_like: one U-Net level (stride-2 conv down, nearest x2 up, Concat with the input), dynamic H, W:
+it runs only on even sides.
 """
 
 from __future__ import annotations
@@ -103,6 +106,18 @@ def upscaler_like(seed: int = 0, width: int = 12, blocks: int = 3) -> onnx.Model
                     [helper.make_tensor_value_info("image_2x", TensorProto.FLOAT, ["N", 3, "H2", "W2"])],
                     "upscaler_like")
     model.metadata_props.add(key="edgegen.default_size", value="32x32")
+    return model
+
+
+def unet_like(seed: int = 0, c: int = 4) -> onnx.ModelProto:
+    b = _Builder(seed)
+    down = b.op("Relu", [b.conv("image", 3, c, stride=2)])
+    x = b.op("Concat", ["image", b.up(down)], axis=1)
+    b.op("Sigmoid", [b.conv(x, 3 + c, 3)])
+    b.nodes[-1].output[0] = "out"
+    model = b.model([helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                    [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, "H", "W"])], "unet_like")
+    model.metadata_props.add(key="edgegen.default_size", value="16x16")
     return model
 
 

@@ -11,6 +11,7 @@ from edgegen.build import build
 from edgegen.errors import BundleError, RequestError
 from edgegen.inputs import latent_from_seed
 from edgegen.runtime import Generator, to_pil
+from runtime_models import unet_like
 
 
 @pytest.fixture(params=["ort_bundle", "ov_bundle"])
@@ -198,3 +199,26 @@ def test_a_field_no_input_takes_is_refused(gen, tmp_path):
     with pytest.raises(RequestError, match=r"gives a label, but this model has no label input \(its inputs: z "
                                            r"\(latent\), onehot \(condition\)\)"):
         Generator.open(tmp_path / "b").generate(seed=1, label=3, onehot=np.zeros(10, np.float32))
+
+
+def test_an_image_size_the_network_cannot_take_is_a_request_error(tmp_path):
+    onnx.save(unet_like(), str(tmp_path / "unet.onnx"))
+    build(tmp_path / "unet.onnx", "x86-onnxruntime", tmp_path / "b")
+    gen = Generator.open(tmp_path / "b")
+    assert gen.generate(image=np.zeros((12, 20, 3), np.uint8)).shape == (12, 20, 3)
+    with pytest.raises(RequestError, match=r"cannot run at input shape 'image' 3x15x15 .*verified at 'image' "
+                                           r"3x16x16.*multiples of its total stride"):
+        gen.generate(image=np.zeros((15, 15, 3), np.uint8))
+    with pytest.raises(RequestError, match="cannot run at input shape 'image' 3x15x16"):
+        gen.run({"image": np.zeros((1, 3, 15, 16), np.float32)})
+    with pytest.raises(RequestError, match="image is 0x0 pixels"):
+        gen.generate(image=np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(RequestError, match="request 0: image must be pixels .* got a str"):
+        gen.generate(image="cat.png")
+    with pytest.raises(RequestError, match="edit\\(\\) needs the previous image"):
+        gen.edit(None, np.zeros((16, 16, 3), np.uint8))
+
+
+def test_run_refuses_inputs_of_different_batch_sizes(gen):
+    with pytest.raises(RequestError, match=r"different batch sizes \{'latent': 2, 'label': 3\}"):
+        gen.run({"latent": np.zeros((2, 16), np.float32), "label": np.array([1, 2, 3])})

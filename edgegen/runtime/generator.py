@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import backends, reference
 from ..bundle import content_hash, read_manifest, verify_files
-from ..errors import BundleError, RequestError
+from ..errors import BundleError, EdgegenError, RequestError, first_line
 from ..inputs import check_label, label_tensor, latent_from_seed, run_batched
 from ..metrics import compare, value_range
 from ..specs import TensorSpec
@@ -285,10 +285,12 @@ class Generator:
                 self.materialize(job)
         feeds = self._stack([job.samples for job in jobs])
         with self._lock:
-            if roi is not None:
-                raw = self._region(route, feeds, to_rect(roi))
-            else:
-                raw = self._frame(route, feeds)
+            try:
+                raw = self._region(route, feeds, to_rect(roi)) if roi is not None else self._frame(route, feeds)
+            except EdgegenError:
+                raise
+            except Exception as exc:  # the backend's own error: a request error where the size is new
+                raise self._unrunnable(feeds, exc) from exc
         if len(raw) != len(jobs):  # a backend fault; serving fewer images would leave requests unanswered
             raise BundleError(f"{self.path}: the {self.manifest['backend']} backend returned {len(raw)} image(s) "
                               f"for {len(jobs)} request(s); nothing was served from that call")
@@ -378,6 +380,9 @@ class Generator:
         """The output for `image`, computed by recomputing only what changed since `previous` (the
         input of an earlier request): the output each group of changed pixels reaches is recomputed
         as a region and pasted into the previous output (served from the cache, or computed now)."""
+        if previous is None:
+            raise RequestError("edit() needs the previous image, the input of an earlier request; for a first image, "
+                               "call generate(image=...)")
         engine = self._engine(self.tiers.route(output, None, None).output)
         spec = next((s for s in self.inputs if s.role == "image"), None)
         if spec is None or len(self.inputs) != 1 or spec.name not in engine.program.roots:
@@ -469,7 +474,30 @@ class Generator:
         if set(feeds) != names:
             raise RequestError(f"run() needs exactly the inputs {sorted(names)}; got {sorted(feeds)}")
         checked = {s.name: self._check_array(s, np.asarray(feeds[s.name]), batched=True) for s in self.inputs}
-        return run_batched(self.session.run, self.inputs, checked)
+        batches = {name: len(array) for name, array in checked.items()}
+        if len(set(batches.values())) > 1:
+            raise RequestError(f"run() inputs give different batch sizes {batches}; give every input the same "
+                               "number of samples")
+        try:
+            return run_batched(self.session.run, self.inputs, checked)
+        except EdgegenError:
+            raise
+        except Exception as exc:
+            raise self._unrunnable(checked, exc) from exc
+
+    def _unrunnable(self, feeds: dict[str, np.ndarray], exc: Exception) -> Exception:
+        """A RequestError for a backend failure on input shapes the build never verified (an image size the
+        network cannot take); otherwise the failure itself, a fault of the bundle or backend."""
+        new = {s.name: feeds[s.name].shape[1:] for s in self.inputs
+               if s.name in feeds and tuple(feeds[s.name].shape[1:]) != tuple(s.default_shape[1:])}
+        if not new:
+            return exc
+        given = ", ".join(f"{name!r} {'x'.join(map(str, shape))}" for name, shape in new.items())
+        verified = ", ".join(f"{s.name!r} {'x'.join(map(str, s.default_shape[1:]))}" for s in self.inputs if s.name in new)
+        return RequestError(f"the model cannot run at input shape {given} (the {self.manifest['backend']} backend: "
+                            f"{first_line(exc)[:300]}); the bundle was verified at {verified}. A network that "
+                            "downsamples (a U-Net, an encoder) needs sides that are multiples of its total stride; "
+                            "resize or pad the image")
 
     @staticmethod
     def _check_array(spec: TensorSpec, array: np.ndarray, batched: bool) -> np.ndarray:

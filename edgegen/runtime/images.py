@@ -24,6 +24,8 @@ def image_to_tensor(image, channels: int, value_range: list[float], dtype: str) 
         array = array[:, :, None]
     if array.ndim != 3:
         raise RequestError(f"image must be HxWxC or HxW, got shape {array.shape}")
+    if 0 in array.shape[:2]:
+        raise RequestError(f"image is {array.shape[1]}x{array.shape[0]} pixels; give an image with pixels in it")
     if array.shape[2] != channels:
         if channels == 3 and array.shape[2] in (1, 4):
             array = np.repeat(array[:, :, :1], 3, axis=2) if array.shape[2] == 1 else array[:, :, :3]

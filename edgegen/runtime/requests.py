@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,9 @@ def parse(raw: dict[str, Any], index: int, input_names: tuple[str, ...]) -> Requ
     if unknown:
         raise RequestError(f"request {index} has unknown key(s) {sorted(unknown)}; use {', '.join(FIELDS)} "
                            f"or input names {list(input_names)}")
+    if isinstance(raw.get("image"), (str, bytes, os.PathLike)):
+        raise RequestError(f"request {index}: image must be pixels (a uint8 HxWxC array or a PIL image), got a "
+                           f"{type(raw['image']).__name__}; open a file first, e.g. with PIL.Image.open(path)")
     req = Request(arrays={k: raw[k] for k in input_names if raw.get(k) is not None})
     if "image" in req.arrays and np.asarray(req.arrays["image"]).dtype == np.uint8:
         del req.arrays["image"]  # an input named "image" given 8-bit pixels: the image field, not a tensor
