@@ -106,6 +106,8 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     precision = target_precision(tgt, opts.precision)
     if opts.samples < 1:
         raise BuildError(f"--samples must be >= 1, got {opts.samples}")
+    if opts.calibration_count < 1:
+        raise BuildError(f"--calibration-count must be >= 1, got {opts.calibration_count}")
     bundle.check_output_dir(out)
     report("load", 0, 1)
     source = model if isinstance(model, Graph) else Graph.load(model, **opts.graph_options)
@@ -152,6 +154,9 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
     graph to compile and their reports."""
     passes: dict[str, Any] = {}
     if precision != "int8" and opts.prune is None and opts.prune_to_macs is None:
+        if opts.calibration is not None:
+            log.warning("--calibration %s is not used: a %s build without pruning does not calibrate",
+                        opts.calibration, precision)
         return graph, passes
     from .passes.calibration import load_calibration
 

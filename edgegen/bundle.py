@@ -7,10 +7,15 @@ never sees half a bundle and an interrupted build leaves the previous one intact
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -73,20 +78,63 @@ def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
 
 
 def check_output_dir(out: Path) -> None:
-    """Refuse to build into a directory that holds anything but an edgegen bundle."""
+    """Refuse to build into a directory that holds anything but an edgegen bundle (a bundle is replaced
+    whole, so a file its manifest does not list would be lost), or that holds the working directory."""
     if out.exists() and not out.is_dir():
         raise BuildError(f"{out}: exists and is not a directory. Choose another --out.")
-    if out.is_dir() and any(out.iterdir()) and not is_bundle(out):
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise BuildError(f"{out}: is the working directory or holds it; a bundle is published by moving a whole "
+                         "directory into place. Give a directory name, e.g. --out ./bundle.")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not is_bundle(out):
         raise BuildError(f"{out}: the directory holds other files and is not an edgegen bundle; edgegen will not "
                          "overwrite it. Choose an empty or new --out directory.")
+    unlisted = unlisted_files(out)
+    if unlisted:
+        raise BuildError(f"{out}: holds {len(unlisted)} file(s) the bundle does not list ({', '.join(unlisted[:3])}"
+                         f"{', ...' if len(unlisted) > 3 else ''}); a rebuild replaces the whole directory, so edgegen "
+                         "will not overwrite it. Move those files elsewhere or choose another --out.")
+
+
+def unlisted_files(path: Path) -> list[str]:
+    """Files under a bundle directory that its manifest does not list (the user's own)."""
+    listed = set(json.loads((path / MANIFEST).read_text()).get("files", {})) | {MANIFEST}
+    return sorted(rel for rel in (p.relative_to(path).as_posix() for p in path.rglob("*") if not p.is_dir())
+                  if rel not in listed)
 
 
 def staging_dir(out: Path) -> Path:
-    """A fresh temporary directory beside out (same filesystem, so the final move is a rename)."""
+    """A fresh temporary directory beside out (same filesystem, so the final move is a rename), named
+    after this host and process; earlier ones of processes that died without cleaning up are removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    _remove_orphans(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{_OWNER}.", suffix=".tmp", dir=out.parent))
     as_created(staging, directory=True)
     return staging
+
+
+_OWNER = f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _remove_orphans(out: Path) -> None:
+    """Staging directories beside out left by a killed process of this host (kill -9, power loss)."""
+    host = re.escape(socket.gethostname())
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.{host}-(\d+)\.[^.]+\.tmp")
+    for candidate in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        match = pattern.fullmatch(candidate.name)
+        if match and candidate.is_dir() and not candidate.is_symlink() and not _alive(int(match.group(1))):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def file_hashes(directory: Path) -> dict[str, str]:
@@ -115,16 +163,35 @@ def write_manifest(staging: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def publish(staging: Path, out: Path) -> None:
-    """Move a finished staging directory to out, replacing an older bundle there."""
+    """Move a finished staging directory to out, replacing an older bundle there: in one atomic swap
+    where the filesystem offers it (Linux renameat2), so out always holds a whole bundle, old or new,
+    whenever the process stops; elsewhere by two renames."""
     check_output_dir(out)
-    if out.exists():
+    if not out.exists():
+        os.replace(staging, out)
+    elif _exchange(staging, out):
+        shutil.rmtree(staging, ignore_errors=True)  # it now holds the old bundle
+    else:
         retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
         os.rmdir(retired)
         os.replace(out, retired)
         os.replace(staging, out)
         shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, out)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (renameat2 RENAME_EXCHANGE); False where the C library, kernel or
+    filesystem does not offer it."""
+    rename = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if rename is None:
+        return False
+    at_cwd, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE
+    if rename(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def bundle_bytes(path: Path, manifest: dict[str, Any]) -> int:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
+from typing import Callable
 
 from .errors import EdgegenError, RequestError
 from .targets import PRECISIONS
@@ -19,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)  # unwind like Ctrl-C, so temporary files are removed
     try:
         return args.func(args) or 0
     except EdgegenError as exc:
@@ -27,13 +33,41 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgegen: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("edgegen: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stderr.close()
         return 0
-    except Exception:  # an internal fault: show everything so it can be reported
-        traceback.print_exc()
-        print("edgegen: internal error (a bug in edgegen); please report it with the traceback above", file=sys.stderr)
-        return 1
+    except OSError as exc:
+        if exc.errno not in _MEDIUM_ERRORS:
+            return _internal_error()
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"edgegen: error: {where}{exc.strerror}. Free space or fix the permissions (or choose another "
+              "path) and run the command again; edgegen moves what it writes into place only when it is complete, "
+              "so nothing half-written was left.", file=sys.stderr)
+        return 2
+    except Exception:
+        return _internal_error()
+
+
+# a write failed because of the medium, not a fault of edgegen: read-only, full, over quota, not permitted
+_MEDIUM_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that `finally` blocks clean up."""
+
+
+def _on_sigterm(signum: int, frame) -> None:
+    raise _Terminated()
+
+
+def _internal_error() -> int:
+    """Print an internal fault in full so it can be reported; exit status 1."""
+    traceback.print_exc()
+    print("edgegen: internal error (a bug in edgegen); please report it with the traceback above", file=sys.stderr)
+    return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,13 +150,14 @@ def _parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("serve", help="serve a bundle over HTTP (POST /v1/generate, GET /v1/health, /v1/stats, /)")
     p.add_argument("bundle")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--max-batch", type=int, default=8, help="micro-batcher: most requests per backend call")
-    p.add_argument("--max-delay-us", type=int, default=2000, help="micro-batcher: longest wait for a batch to fill")
-    p.add_argument("--cache-mb", type=float, default=64, help="in-memory LRU budget (MiB)")
+    p.add_argument("--port", type=_integer(0, 65535), default=8080, help="TCP port (default 8080; 0: any free port)")
+    p.add_argument("--threads", type=_integer(1), help="intra-op threads (default: the target's)")
+    p.add_argument("--max-batch", type=_integer(1), default=8, help="micro-batcher: most requests per backend call")
+    p.add_argument("--max-delay-us", type=_integer(0), default=2000,
+                   help="micro-batcher: longest wait for a batch to fill")
+    p.add_argument("--cache-mb", type=_mebibytes, default=64, help="in-memory LRU budget (MiB; 0: off)")
     p.add_argument("--disk-cache", help="directory of an on-disk cache (off by default)")
-    p.add_argument("--disk-cache-mb", type=float, default=256)
+    p.add_argument("--disk-cache-mb", type=_mebibytes, default=256, help="on-disk cache budget (MiB, default 256)")
     p.add_argument("--host-fallback", action="store_true")
     p.set_defaults(func=_serve)
 
@@ -187,6 +222,33 @@ def _count(text: str) -> int:
         return int(float(text[:-1] if scale != 1 else text) * scale)
     except (ValueError, OverflowError):  # not a number; inf
         raise argparse.ArgumentTypeError(f"{text!r} is not a count like 50M or 120000") from None
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from low to high (no upper bound when high is None)."""
+    allowed = f"{low}..{high}" if high is not None else f">= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; use {allowed}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range; use {allowed}")
+        return value
+
+    return parse
+
+
+def _mebibytes(text: str) -> float:
+    """An argparse type: a cache budget in MiB, a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a budget; give MiB >= 0 (0 turns the cache off)")
+    return value
 
 
 def _graph_args(p: argparse.ArgumentParser) -> None:

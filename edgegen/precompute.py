@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -52,6 +53,9 @@ def load_requests(path: str | Path) -> list[dict[str, Any]]:
     unknown = set(data) - {"requests", "grid", "log", "top"}
     if unknown:
         raise BuildError(f"{path}: unknown key(s) {sorted(unknown)}; use requests, grid, log, top")
+    if not isinstance(data.get("requests") or [], list):
+        raise BuildError(f"{path}: requests: must be a list of requests like [{{seed: 1, label: 3}}], got "
+                         f"{data['requests']!r}")
     out = list(data.get("requests") or [])
     if "grid" in data:
         out += _grid(data["grid"], path)
@@ -65,6 +69,8 @@ def load_requests(path: str | Path) -> list[dict[str, Any]]:
             if not image.is_file():
                 raise BuildError(f"{path}: request {i}: image {request['image']!r} is not a file ({image})")
             out[i] = {**request, "image": str(image.resolve())}
+    if not out:
+        raise BuildError(f"{path}: holds no requests; name at least one, e.g. - {{seed: 1, label: 3}}")
     unique = {json.dumps(r, sort_keys=True): r for r in out}
     if len(unique) > MAX_REQUESTS:
         raise BuildError(f"{path}: {len(unique)} requests; precompute at most {MAX_REQUESTS}")
@@ -81,6 +87,9 @@ def _grid(grid: Any, origin: Path) -> list[dict[str, Any]]:
                 lo, hi = (int(v) for v in values.split(".."))
             except ValueError:
                 raise BuildError(f"{origin}: grid {key}: {values!r} is not a range like '0..99'") from None
+            if hi - lo >= MAX_REQUESTS:
+                raise BuildError(f"{origin}: grid {key}: {values!r} holds {hi - lo + 1} values; precompute at most "
+                                 f"{MAX_REQUESTS} requests")
             values = list(range(lo, hi + 1))
         elif not isinstance(values, list):
             values = [values]
@@ -88,6 +97,10 @@ def _grid(grid: Any, origin: Path) -> list[dict[str, Any]]:
             raise BuildError(f"{origin}: grid {key}: {grid[key]!r} holds no values, so the grid holds no requests; "
                              "ranges go up, like '0..99'")
         axes.append([(key, v) for v in values])
+    total = math.prod(len(axis) for axis in axes)
+    if total > MAX_REQUESTS:
+        raise BuildError(f"{origin}: the grid holds {total} requests ({' x '.join(str(len(a)) for a in axes)}); "
+                         f"precompute at most {MAX_REQUESTS}")
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
@@ -177,6 +190,7 @@ def add_assets(bundle_dir: str | Path, requests_path: str | Path, progress: Prog
     out = Path(bundle_dir)
     requests = load_requests(requests_path)
     old = Generator.open(out, host_fallback=True, cache_bytes=0, feature_cache_bytes=0)
+    bundle.check_output_dir(out)
     keep = []
     if old.assets is not None:
         keep = [(key, request, array) for key, request, array in old.assets.items() if array is not None]

@@ -103,3 +103,34 @@ def test_missing_table_is_named(tmp_path):
     (tmp_path / TABLE).unlink()
     with pytest.raises(BundleError, match="assets/table.bin: cannot open"):
         AssetPack(tmp_path, CONTENT)
+
+
+@pytest.mark.parametrize("keep", [0.5, 1 / 1000, 0])
+def test_a_pack_cut_short_opens_and_serves_only_what_is_whole(tmp_path, caplog, keep):
+    """A partial copy of pack.bin: a warning names pack.bin (not the intact index) with the bytes expected
+    and found; entries inside what is left are served, the rest are misses, never wrong bytes."""
+    written = list(entries(40))
+    write_pack(tmp_path, CONTENT, written, "here")
+    whole = (tmp_path / PACK).read_bytes()
+    cut = int(len(whole) * keep)
+    (tmp_path / PACK).write_bytes(whole[:cut])
+    pack = AssetPack(tmp_path, CONTENT)
+    assert f"assets/pack.bin is cut short: expected {len(whole)} bytes, found {cut}" in caplog.text
+    assert "edgegen precompute" in caplog.text and "index.json" not in caplog.text
+    served = 0
+    for key, _, array in written:
+        got = pack.get(key)
+        if got is not None:
+            np.testing.assert_array_equal(got, array)
+            served += 1
+    assert served == sum(whole.find(a.tobytes()) + a.nbytes <= cut for _, _, a in written) < 40
+    assert pack.stats.corrupt == 40 - served and pack.stats.hits == served
+    assert [a is None for _, _, a in pack.items()] == [whole.find(a.tobytes()) + a.nbytes > cut for _, _, a in written]
+
+
+def test_an_entry_past_the_pack_size_the_index_gives_is_refused(tmp_path):
+    write_pack(tmp_path, CONTENT, entries(5), "here")
+    index = json.loads((tmp_path / INDEX).read_text())
+    (tmp_path / INDEX).write_text(json.dumps({**index, "pack_bytes": index["pack_bytes"] - 1}))
+    with pytest.raises(BundleError, match="assets/index.json: malformed asset index .*outside the pack"):
+        AssetPack(tmp_path, CONTENT)

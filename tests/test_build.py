@@ -67,6 +67,38 @@ def test_refuses_directory_with_other_files(tmp_path, cgen_path):
     assert (out / "notes.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
 
 
+def test_refuses_a_bundle_holding_files_its_manifest_does_not_list(tmp_path, cgen_path):
+    out = tmp_path / "b"
+    build(cgen_path, "x86-onnxruntime", out)
+    (out / "NOTES.txt").write_text("mine")
+    (out / "mydata").mkdir()
+    (out / "mydata" / "keep.bin").write_bytes(b"x")
+    with pytest.raises(BuildError, match=r"holds 2 file\(s\) the bundle does not list \(NOTES.txt, mydata/keep.bin\)"):
+        build(cgen_path, "x86-onnxruntime", out, precision="fp16")
+    assert (out / "NOTES.txt").read_text() == "mine" and (out / "mydata" / "keep.bin").read_bytes() == b"x"
+
+
+def test_refuses_the_working_directory_as_out(tmp_path, cgen_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BuildError, match="is the working directory or holds it"):
+        build(cgen_path, "x86-onnxruntime", Path("."))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_staging_left_by_a_killed_build_is_removed_by_the_next(tmp_path, cgen_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f".b.{bundle.socket.gethostname()}-{dead.stdout.strip()}.abcd1234.tmp"
+    live = tmp_path / f".b.{bundle.socket.gethostname()}-{bundle.os.getpid()}.efgh5678.tmp"
+    mine = tmp_path / ".b.draft.tmp"
+    for path in (orphan, live, mine):
+        path.mkdir()
+    build(cgen_path, "x86-onnxruntime", tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, mine.name, "b"])
+
+
 def test_rebuild_replaces_an_existing_bundle(tmp_path, cgen_path):
     out = tmp_path / "b"
     build(cgen_path, "x86-onnxruntime", out)
@@ -258,3 +290,14 @@ def test_an_input_shape_the_model_cannot_run_is_a_clear_error(tmp_path):
     with pytest.raises(BuildError, match=r"fails on inputs of shape image 1x3x7x7: .*Concat.* choose with --input-shape"):
         build(tmp_path / "skip.onnx", "x86-onnxruntime", tmp_path / "b", graph_options={"input_shapes": {"image": [1, 3, 7, 7]}})
     assert not (tmp_path / "b").exists()
+
+
+def test_a_rebuild_swaps_the_bundle_in_one_step_where_the_filesystem_can(tmp_path, cgen_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "x").write_text("a"), (b / "y").write_text("b")
+    if not bundle._exchange(a, b):
+        pytest.skip("this filesystem has no atomic directory exchange (renameat2); publish uses two renames")
+    assert [p.name for p in a.iterdir()] == ["y"] and [p.name for p in b.iterdir()] == ["x"]
+    with pytest.raises(OSError, match="No such file"):
+        bundle._exchange(a, tmp_path / "missing")

@@ -58,6 +58,11 @@ def test_build_for_several_targets(capsys, tmp_path, cgen_path):
                        "-o", str(tmp_path / "fleet"))
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "fleet").iterdir()) == ["x86-onnxruntime", "x86-openvino"]
+    one = tmp_path / "fleet" / "x86-openvino"
+    before = sorted(p.name for p in one.iterdir())
+    code, _, err = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "-t", "x86-openvino", "-o", str(one))
+    assert code == 2 and "is a bundle; a build for several targets writes one bundle per target" in err
+    assert sorted(p.name for p in one.iterdir()) == before
 
 
 def test_a_failed_target_does_not_stop_the_fleet_and_is_named(capsys, tmp_path, cgen_path):
@@ -151,3 +156,27 @@ def test_bench_runs_a_fixed_batch_export_at_its_batch(capsys, tmp_path):
     assert [r["batch"] for r in rows] == [4, 4] and rows[0]["images_per_s"] == pytest.approx(4e3 / rows[0]["p50_ms"], rel=0.01)
     code, _, err = run(capsys, "bench", str(tmp_path / "b"), "--batch", "2", "--runs", "3")
     assert code == 2 and "exported with a fixed batch of 4; bench it at --batch 4" in err
+
+
+def test_a_medium_that_refuses_writes_is_a_user_error_not_a_traceback(capsys, tmp_path, cgen_path, monkeypatch):
+    import errno
+
+    from edgegen import bundle
+
+    def read_only(out):
+        raise OSError(errno.EROFS, "Read-only file system", str(out.parent / ".b.tmp"))
+
+    monkeypatch.setattr(bundle, "staging_dir", read_only)
+    code, _, err = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "-o", str(tmp_path / "b"))
+    assert code == 2 and f"edgegen: error: {tmp_path / '.b.tmp'}: Read-only file system. Free space" in err
+    assert "Traceback" not in err and not (tmp_path / "b").exists()
+
+
+def test_a_calibration_count_beyond_memory_is_refused_before_allocating(capsys, tmp_path, cgen_path):
+    code, _, err = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "--precision", "int8",
+                       "--calibration-count", "1000000000", "-o", str(tmp_path / "b"))
+    assert code == 2 and "--calibration-count 1000000000: calibration holds every sample in memory" in err
+    assert "use at most" in err and not (tmp_path / "b").exists()
+    code, _, err = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "--calibration-count", "-4",
+                       "-o", str(tmp_path / "b"))
+    assert code == 2 and "--calibration-count must be >= 1, got -4" in err

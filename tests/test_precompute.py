@@ -64,7 +64,10 @@ def test_request_file_forms(tmp_path):
     assert load_requests(tmp_path / "list.json") == [{"seed": 1}, {"seed": 2}]
     for text, message in [("grid: {seed: '1..x'}", "not a range"), ("{seeds: [1]}", "a request file is"),
                           ("[1, 2]", "not a mapping"), ("log: missing.jsonl", "cannot read the request log"),
-                          ("grid: {seed: '3..1'}", "holds no values"), ("grid: {label: []}", "holds no values")]:
+                          ("grid: {seed: '3..1'}", "holds no values"), ("grid: {label: []}", "holds no values"),
+                          ("requests: 5", "requests: must be a list"), ("[]", "holds no requests"),
+                          ("grid: {seed: '0..999999999'}", "holds 1000000000 values; precompute at most"),
+                          ("grid: {seed: '0..99999', label: '0..99'}", r"the grid holds 10000000 requests \(100000 x 100\)")]:
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(BuildError, match=message):
             load_requests(tmp_path / "bad.yaml")
@@ -170,3 +173,36 @@ def test_image_requests_name_image_files_beside_the_request_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("- {image: pics/none.png}\n")
     with pytest.raises(BuildError, match=r"request 0: image 'pics/none.png' is not a file"):
         load_requests(tmp_path / "bad.yaml")
+
+
+def test_precompute_refuses_a_bundle_holding_the_users_files_before_rendering(tmp_path, capsys, glyph_path):
+    out = tmp_path / "b"
+    build(glyph_path, "x86-onnxruntime", out)
+    (out / "NOTES.md").write_text("mine")
+    (tmp_path / "r.yaml").write_text("grid: {seed: '0..2', label: 4}\n")
+    assert main(["precompute", str(out), str(tmp_path / "r.yaml")]) == 2
+    assert "does not list (NOTES.md)" in capsys.readouterr().err and (out / "NOTES.md").read_text() == "mine"
+    assert not (out / "assets").exists()
+
+
+def test_sigterm_during_precompute_removes_its_staging_directory(tmp_path, glyph_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "b"
+    build(glyph_path, "x86-onnxruntime", out)
+    (tmp_path / "r.yaml").write_text("grid: {seed: '0..199999', label: 4}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "edgegen.cli", "precompute", str(out), str(tmp_path / "r.yaml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".b.*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".b.*.tmp")), "the precompute never started rendering"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "edgegen: terminated" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "r.yaml"]
+    assert not (out / "assets").exists()

@@ -1,7 +1,9 @@
 """Runtime caches: LRU byte budget and counters; the disk cache survives crashes, damage and full disks."""
 
+import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -9,6 +11,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from edgegen.errors import RequestError
+from edgegen.runtime import Generator
 from edgegen.runtime.cache import DiskCache, LRUCache
 
 
@@ -113,3 +117,55 @@ def test_unusable_directory_means_no_disk_cache_not_a_failure(tmp_path):
     cache = DiskCache(tmp_path / "file" / "cache", 1 << 20)
     cache.put("e" * 64, np.zeros(4))
     assert cache.get("e" * 64) is None and cache.stats.write_errors == 1
+
+
+def test_open_removes_only_its_own_temporary_files(tmp_path):
+    """A killed build's hidden staging folder and a user's `.draft.tmp` stay; a leftover of the cache's own goes."""
+    (tmp_path / ".exist.vbhssedz.tmp").mkdir()
+    (tmp_path / ".exist.vbhssedz.tmp" / "model.onnx").write_bytes(b"staged")
+    (tmp_path / ".draft.tmp").write_text("my draft")
+    (tmp_path / f".{'f' * 64}.tmp").write_text("not a name the cache makes")
+    (tmp_path / f".{'e' * 64}.k3j_x9q2.egc.tmp").mkdir()  # its pattern, but a directory: not its own
+    leftover = tmp_path / f".{'a' * 64}.k3j_x9q2.egc.tmp"
+    leftover.write_bytes(b"EGC2 cut short")
+    cache = DiskCache(tmp_path, 1 << 20)
+    assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".exist.vbhssedz.tmp", ".draft.tmp", f".{'f' * 64}.tmp", f".{'e' * 64}.k3j_x9q2.egc.tmp"])
+    assert (tmp_path / ".exist.vbhssedz.tmp" / "model.onnx").read_bytes() == b"staged"
+    cache.put("b" * 64, np.arange(5, dtype=np.uint8))
+    np.testing.assert_array_equal(cache.get("b" * 64), np.arange(5, dtype=np.uint8))
+    assert cache.stats.entries == 1 and cache.stats.write_errors == 0
+
+
+def rewrite_header(path, **changes) -> None:
+    """Edit an entry's JSON header (its digest and data untouched), keeping the file well-formed."""
+    data = path.read_bytes()
+    (length,) = struct.unpack("<I", data[4:8])
+    header = {**json.loads(data[8:8 + length]), **changes}
+    text = json.dumps(header).encode()
+    path.write_bytes(data[:4] + struct.pack("<I", len(text)) + text + data[8 + length:])
+
+
+@pytest.mark.parametrize("changes", [{"shape": [4, 16, 3]}, {"dtype": "<f4", "shape": [48]}])
+def test_an_entry_with_an_edited_header_is_dropped_and_recomputed(tmp_path, ort_bundle, changes):
+    first = Generator.open(ort_bundle, cache_bytes=0, disk_cache=tmp_path)
+    expected = first.generate(seed=3, label=4)
+    assert expected.shape == (8, 8, 3)
+    (entry,) = tmp_path.glob("*.egc")
+    rewrite_header(entry, **changes)
+    gen = Generator.open(ort_bundle, cache_bytes=0, disk_cache=tmp_path)
+    got = gen.render([{"seed": 3, "label": 4}])[0]
+    assert got.served_by == "computed" and gen.stats()["disk"]["corrupt"] == 1
+    np.testing.assert_array_equal(got.pixels, expected)
+    again = gen.render([{"seed": 3, "label": 4}])[0]  # stored again, whole
+    assert again.served_by == "disk" and again.pixels.shape == (8, 8, 3)
+
+
+def test_negative_cache_budgets_are_refused(tmp_path, ort_bundle):
+    with pytest.raises(RequestError, match=r"disk cache budget \(disk_cache_bytes\) of -5 bytes: give a byte count "
+                                           r">= 0 \(0 turns the cache off\)"):
+        Generator.open(ort_bundle, disk_cache=tmp_path, disk_cache_bytes=-5)
+    with pytest.raises(RequestError, match=r"in-memory cache budget \(cache_bytes, feature_cache_bytes\) of -1"):
+        Generator.open(ort_bundle, cache_bytes=-1)
+    assert not list(tmp_path.iterdir())

@@ -18,9 +18,10 @@ import pytest
 from PIL import Image
 
 from edgegen.build import build
+from edgegen.cli import main
 from edgegen.runtime import Generator
-from edgegen.runtime.server import Server
-from runtime_models import glyph_like, upscaler_like
+from edgegen.runtime.server import BindError, Server
+from runtime_models import glyph_like, unet_like, upscaler_like
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,16 @@ def bundles(tmp_path_factory):
     build(root / "glyph.onnx", "x86-onnxruntime", root / "glyph", split=["auto"], roi=True,
           preview_upscale="lanczos", precompute=str(root / "assets.yaml"))
     build(root / "up.onnx", "x86-onnxruntime", root / "up", roi=True)
+    onnx.save(unet_like(), str(root / "unet.onnx"))
+    build(root / "unet.onnx", "x86-onnxruntime", root / "unet")
     return root
+
+
+@pytest.fixture(scope="module")
+def unet_server(bundles):
+    srv = Server(Generator.open(bundles / "unet")).start()
+    yield srv
+    srv.close()
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +72,26 @@ def get(srv, path):
 
 def png_pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def call(srv, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None):
+    """One request with exactly these headers (http.client adds no Content-Length of its own)."""
+    url = urlparse(srv.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.putrequest(method, path)
+    for name, value in (headers or {}).items():
+        conn.putheader(name, value)
+    conn.endheaders(body)
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response, data
 
 
 def test_generate_png_and_json_with_cache_and_latency_headers(server, bundles):
@@ -106,7 +136,7 @@ def test_health_and_stats(server):
     ({"seed": 1, "label": 1, "size": 64}, 400, r"size 64 is not offered by this bundle; sizes: \[16, 32\]"),
     ({"seed": 1, "label": 1, "format": "gif"}, 400, "use png or json"),
     ({"latent": [0.0] * 16, "label": 1}, 400, "arrays are not accepted"),
-    ({"seed": 1, "label": 1, "image": [[1, 2, 3]]}, 400, "image must be a base64-encoded PNG or JPEG file"),
+    ({"seed": 1, "label": 1, "image": [[1, 2, 3]]}, 400, "this model takes no image input"),
 ])
 def test_bad_requests_get_clear_errors(server, body, status, message):
     response, data = post(server, body)
@@ -128,8 +158,8 @@ def test_malformed_and_oversized_bodies(server, bundles):
         response = conn.getresponse()
         data = response.read()
         conn.close()
-        assert response.status == 405 and response.getheader("Allow") == "GET, POST"
-        assert data == b"" if method == "HEAD" else "use GET /v1/health" in json.loads(data)["error"]
+        assert response.status == 405 and response.getheader("Allow") == "POST"
+        assert data == b"" if method == "HEAD" else "/v1/generate takes POST" in json.loads(data)["error"]
     up = Server(Generator.open(bundles / "up"), max_image_pixels=40 * 40).start()
     try:
         buffer = io.BytesIO()
@@ -212,3 +242,144 @@ def test_playground_in_headless_chromium(server):
     assert preview["size"] == "32x32" and preview["state"] == "done"
     bad = page("?seed=41&label=3&roi=30,30,8,8")
     assert bad["state"] == "error" and "reaches outside" in bad["text"]
+
+
+def test_methods_paths_and_content_length_get_their_http_status(server):
+    response, data = call(server, "GET", "/v1/generate")
+    assert response.status == 405 and response.getheader("Allow") == "POST"
+    assert "GET /v1/generate is not served; /v1/generate takes POST" in json.loads(data)["error"]
+    for path in ("/v1/health", "/v1/stats"):
+        response, data = call(server, "POST", path, {"Content-Length": "2"}, b"{}")
+        assert response.status == 405 and response.getheader("Allow") == "GET"
+        assert f"{path} takes GET" in json.loads(data)["error"]
+    assert call(server, "POST", "/v1/nope", {"Content-Length": "2"}, b"{}")[0].status == 404
+    assert call(server, "PUT", "/v1/nope", {"Content-Length": "2"}, b"{}")[0].status == 404
+    for length in ("-5", "abc", "1e3"):
+        response, data = call(server, "POST", "/v1/generate", {"Content-Length": length}, b"{}")
+        assert response.status == 400
+        assert f"the Content-Length header {length!r} is invalid" in json.loads(data)["error"]
+    response, data = call(server, "POST", "/v1/generate", {}, None)
+    assert response.status == 411 and "send a Content-Length header" in json.loads(data)["error"]
+
+
+def test_messages_name_the_field_not_python_internals(server, bundles):
+    response, data = post(server, None, raw=b'{"seed": ' + b"7" * 5000 + b', "label": 1}')
+    error = json.loads(data)["error"]
+    assert response.status == 400 and error.startswith("seed: a 5000-digit number is out of range")
+    assert "sys." not in error
+    response, data = post(server, {"roi": [0, 0, int("9" * 200), 1], "seed": 1, "label": 1})
+    assert response.status == 400 and json.loads(data)["error"].startswith("roi: a 200-digit number")
+    response, data = post(server, {"seed": 1, "label": 1, "image": "aGVsbG8="})
+    assert response.status == 400 and json.loads(data)["error"] == (
+        "image: this model takes no image input (its inputs: latent (latent), label (label)); leave image out")
+    up = Server(Generator.open(bundles / "up")).start()
+    try:
+        for image, message in (("aGVsbG8=", "image: its 5 decoded bytes are not a PNG, JPEG or other image file"),
+                               ("", "image: its 0 decoded bytes are not"),
+                               (png_base64(Image.effect_noise((64, 64), 64))[:400], "image is not a readable PNG/JPEG"),
+                               ([[1, 2, 3]], "image must be a base64-encoded PNG or JPEG file")):
+            response, data = post(up, {"image": image})
+            error = json.loads(data)["error"]
+            assert response.status == 400 and error.startswith(message) and "0x" not in error and "<" not in error
+    finally:
+        up.close()
+
+
+def test_a_decompression_bomb_is_413_not_500(unet_server):
+    bomb = png_base64(Image.new("1", (20000, 20000)))
+    assert len(bomb) < 100_000
+    response, data = post(unet_server, {"image": bomb})
+    assert response.status == 413 and "this server takes at most 4194304 pixels" in json.loads(data)["error"]
+
+
+def test_an_image_size_the_network_cannot_take_is_400(unet_server, bundles):
+    for width, height in ((33, 31), (1, 1)):
+        response, data = post(unet_server, {"image": png_base64(Image.new("RGB", (width, height)))})
+        error = json.loads(data)["error"]
+        assert response.status == 400 and f"cannot run at input shape 'image' 3x{height}x{width}" in error
+    pixels = (np.arange(16 * 24 * 3).reshape(16, 24, 3) % 251).astype(np.uint8)
+    response, data = post(unet_server, {"image": png_base64(Image.fromarray(pixels))})
+    assert response.status == 200
+    np.testing.assert_array_equal(png_pixels(data), Generator.open(bundles / "unet").generate(image=pixels))
+
+
+def test_faults_of_the_bundle_or_backend_are_500_with_one_line(bundles, monkeypatch):
+    srv = Server(Generator.open(bundles / "up", cache_bytes=0)).start()
+    image = png_base64(Image.new("RGB", (32, 32)))
+    try:
+        parts, real = srv.generator.parts, srv.generator.parts.run
+        monkeypatch.setattr(parts, "run", lambda name, feeds: {k: v[:0] for k, v in real(name, feeds).items()})
+        response, data = post(srv, {"image": image})
+        error = json.loads(data)["error"]
+        assert response.status == 500 and "backend returned 0 image(s) for 1 request(s)" in error  # a BundleError
+
+        def crash(name, feeds):
+            raise RuntimeError("a fault\nwith a second line")
+        monkeypatch.setattr(parts, "run", crash)
+        response, data = post(srv, {"image": image})
+        assert response.status == 500 and json.loads(data) == {"error": "internal error; see the server log"}
+    finally:
+        srv.close()
+
+
+def test_a_16_bit_png_is_scaled_not_clipped(bundles):
+    grey = (np.arange(12 * 16).reshape(12, 16) * 341).astype(np.uint16)  # 0..65131
+    eight = np.repeat(np.round(grey / 257).astype(np.uint8)[:, :, None], 3, axis=2)
+    image = Image.fromarray(grey)
+    assert image.mode == "I;16"
+    up = Server(Generator.open(bundles / "up")).start()
+    try:
+        response, data = post(up, {"image": png_base64(image)})
+    finally:
+        up.close()
+    assert response.status == 200
+    np.testing.assert_array_equal(png_pixels(data), Generator.open(bundles / "up").generate(image=eight))
+
+
+def test_a_cut_short_pack_still_serves_by_computing(bundles, tmp_path, caplog):
+    copy = tmp_path / "glyph"
+    shutil.copytree(bundles / "glyph", copy)
+    size = (copy / "assets/pack.bin").stat().st_size
+    (copy / "assets/pack.bin").write_bytes(b"\0")
+    gen = Generator.open(copy, cache_bytes=0)
+    assert f"pack.bin is cut short: expected {size} bytes, found 1" in caplog.text
+    got = gen.render([{"seed": 7, "label": 1}])[0]
+    assert got.served_by == "computed"
+    np.testing.assert_array_equal(got.pixels, Generator.open(bundles / "glyph").generate(seed=7, label=1))
+
+
+def test_bind_problems_are_bind_errors(server, bundles):
+    gen = Generator.open(bundles / "glyph")
+    port = urlparse(server.url).port
+    with pytest.raises(BindError, match=f"cannot listen on 127.0.0.1:{port} .*another process is listening there"):
+        Server(gen, port=port)
+    with pytest.raises(BindError, match="port 99999 is out of range; use 0..65535"):
+        Server(gen, port=99999)
+    with pytest.raises(BindError, match="host '999.1.1.1' is not an address this machine can resolve"):
+        Server(gen, host="999.1.1.1")
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--port", "99999", "argument --port: 99999 is out of range; use 0..65535"),
+    ("--port", "-1", "argument --port: -1 is out of range; use 0..65535"),
+    ("--max-batch", "0", "argument --max-batch: 0 is out of range; use >= 1"),
+    ("--max-delay-us", "-100", "argument --max-delay-us: -100 is out of range; use >= 0"),
+    ("--threads", "0", "argument --threads: 0 is out of range; use >= 1"),
+    ("--threads", "two", "argument --threads: 'two' is not an integer; use >= 1"),
+    ("--cache-mb", "-1", "argument --cache-mb: '-1' is not a budget; give MiB >= 0"),
+    ("--disk-cache-mb", "-5", "argument --disk-cache-mb: '-5' is not a budget; give MiB >= 0"),
+    ("--disk-cache-mb", "nan", "argument --disk-cache-mb: 'nan' is not a budget"),
+])
+def test_serve_refuses_bad_options_as_usage_errors(bundles, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", str(bundles / "glyph"), f"{flag}={value}"])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_serve_verb_on_a_taken_port_is_a_usage_error(server, bundles):
+    port = str(urlparse(server.url).port)
+    for args, message in ((["--port", port], f"cannot listen on 127.0.0.1:{port} (Address already in use)"),
+                          (["--host", "999.1.1.1"], "host '999.1.1.1' is not an address")):
+        done = subprocess.run([sys.executable, "-m", "edgegen.cli", "serve", str(bundles / "glyph"), *args],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

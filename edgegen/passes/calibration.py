@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RequestError
+from ..image_files import eight_bit
 from ..inputs import check_label, chunks, sample_feeds
 from ..specs import TensorSpec
 from ..zoo import ZOO_DIR
 
+MEMORY_SHARE = 0.5  # of the available memory calibration may take
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -45,6 +47,7 @@ def load_calibration(specs: list[TensorSpec], source: str | None, count: int, mo
     """Calibration inputs from `source` (None/'spec', 'zoo', an image folder, or an .npy/.npz file)."""
     if count < 1:
         raise RequestError(f"calibration count must be >= 1, got {count}")
+    check_memory(specs, count)
     if source in (None, "spec"):
         return Calibration(sample_feeds(specs, list(range(count))), f"input spec (seeds 0..{count - 1})")
     if source == "zoo":
@@ -62,6 +65,29 @@ def load_calibration(specs: list[TensorSpec], source: str | None, count: int, mo
         raise RequestError(f"calibration source {source!r}: no such file or folder")
     raise RequestError(f"calibration source {source!r} is neither 'spec', 'zoo', a folder of images nor an "
                        ".npy/.npz file")
+
+
+def check_memory(specs: list[TensorSpec], count: int) -> None:
+    """Refuse a calibration count whose input samples alone would not fit in this host's memory."""
+    per_sample = sum(v.nbytes for v in sample_feeds(specs, [0]).values())
+    available = available_memory()
+    if available is not None and count * per_sample > available * MEMORY_SHARE:
+        most = max(1, int(available * MEMORY_SHARE // per_sample))
+        raise RequestError(f"--calibration-count {count}: calibration holds every sample in memory, about "
+                           f"{count * per_sample / 1e9:,.1f} GB ({per_sample / 1e6:.2f} MB per sample), and this "
+                           f"host has {available / 1e9:.1f} GB available; use at most {most} (32-512 samples are "
+                           "typical)")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (MemAvailable), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str) -> Calibration:
@@ -82,7 +108,7 @@ def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str) 
         file = files[i % len(files)]
         try:
             with Image.open(file) as img:
-                img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BICUBIC)
+                img = eight_bit(img).convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BICUBIC)
                 array = np.asarray(img, dtype=np.float32).reshape(h, w, c).transpose(2, 0, 1)
         except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
             raise RequestError(f"{file}: not a readable image ({exc}); remove it from the calibration folder") from None

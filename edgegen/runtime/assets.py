@@ -6,14 +6,15 @@ more than opening one of ten.
 - `assets/table.bin`: an open-addressing hash table of fixed-size slots (key, offset, length, sha256 of
   the bytes, layout, position in the pack), twice as many slots as entries. Keys are sha256 digests,
   so their first 8 bytes, scaled to the slot count, pick the slot; a lookup reads one or two slots.
-- `assets/index.json`: format, version, content hash, where the assets were rendered, the entry count
-  and the few (dtype, shape) layouts the entries use.
+- `assets/index.json`: format, version, content hash, where the assets were rendered, the entry count,
+  the pack's size in bytes and the few (dtype, shape) layouts the entries use.
 - `assets/requests.jsonl`: each entry's request, in pack order; read only to merge packs, never to serve.
 
 The device maps pack and table read-only with mmap; a hit copies the bytes out and never touches the
 backend. Each entry's bytes are checked against its sha256 the first time the entry is served
 (hashing on every hit would cost more than the rest of a hit); a damaged entry is reported as a
-miss (and recomputed by the generator), so a corrupt pack never yields corrupt pixels. Bundles
+miss (and recomputed by the generator), so a corrupt pack never yields corrupt pixels; a pack cut
+short (a partial copy) opens with a warning, and the entries past its end are misses too. Bundles
 are replaced by rename, never rewritten in place, so a checked mapping stays what was checked.
 Version 1 packs (a JSON index of every entry) are still read, into memory.
 """
@@ -66,6 +67,7 @@ class AssetPack:
                               "`edgegen precompute BUNDLE REQUESTS` to render them for this one")
         self._maps: list[tuple[Any, mmap.mmap]] = []
         self._pack = self._open(PACK)
+        self._size = len(self._pack) if self._pack is not None else 0
         self._request_list: list[dict[str, Any]] | None = None
         try:
             if index.get("version") == 1:
@@ -74,7 +76,7 @@ class AssetPack:
                 self._count = int(index["count"])
                 self._table = (self._open(TABLE) if self._count else None) or b""
                 self._layouts = [(np.dtype(d), tuple(s)) for d, s in index["layouts"]]
-            self._check()
+            self._check(index.get("pack_bytes"))
         except (KeyError, TypeError, ValueError) as exc:
             self.close()
             raise BundleError(f"{index_path}: malformed asset index ({exc}); rerun `edgegen precompute` or rebuild "
@@ -145,6 +147,10 @@ class AssetPack:
 
     def _read(self, slot: int, fields: tuple) -> np.ndarray | None:
         key, start, length, sha, layout, _ = fields
+        if start + length > self._size:  # past the end of a pack cut short (warned about at open)
+            with self._lock:
+                self.stats.corrupt += 1
+            return None
         data = bytearray(self._pack[start:start + length] if length else b"")
         if not self._verified[slot]:
             if hashlib.sha256(data).digest() != sha:
@@ -183,12 +189,17 @@ class AssetPack:
         self._maps.append((file, mapping))
         return mapping
 
-    def _check(self) -> None:
-        """Refuse a table of the wrong size, or whose entries fall outside the pack or their layout."""
-        why = _table_problem(self._table, self._count, len(self._pack) if self._pack is not None else 0,
-                             self._layouts)
+    def _check(self, pack_bytes: int | None) -> None:
+        """Refuse a table of the wrong size, or whose entries fall outside the pack the index describes or
+        their layout; warn when pack.bin is shorter than its entries need."""
+        why = _table_problem(self._table, self._count, pack_bytes, self._layouts)
         if why:  # raised here, where no view of the mapping is alive (close() could not unmap it)
             raise ValueError(why)
+        needed = int(pack_bytes) if pack_bytes is not None else _pack_end(self._table)
+        if self._size < needed:
+            log.warning("%s is cut short: expected %d bytes, found %d; the assets past its end are computed on "
+                        "request instead of served. Rerun `edgegen precompute BUNDLE REQUESTS` or rebuild (or "
+                        "re-copy) the bundle to restore them", self._dir / PACK, needed, self._size)
 
 
 def write_pack(bundle_dir: Path, content_hash: str, entries: Iterable[tuple[str, dict[str, Any], np.ndarray]],
@@ -207,15 +218,18 @@ def write_pack(bundle_dir: Path, content_hash: str, entries: Iterable[tuple[str,
                          len(rows)))
             pack.write(payload)
             requests.write(json.dumps(request) + "\n")
+        pack_bytes = pack.tell()
     (Path(bundle_dir) / TABLE).write_bytes(_hash_table(rows))
     (Path(bundle_dir) / INDEX).write_text(json.dumps(
         {"format": FORMAT, "version": VERSION, "content_hash": content_hash, "rendered_on": rendered_on,
-         "count": len(rows), "layouts": [[dtype, list(shape)] for dtype, shape in layouts]}, indent=1) + "\n")
+         "count": len(rows), "pack_bytes": pack_bytes, "layouts": [[dtype, list(shape)] for dtype, shape in layouts]},
+        indent=1) + "\n")
     return len(rows)
 
 
-def _table_problem(table, count: int, pack_size: int, layouts: list) -> str | None:
-    """What is wrong with a table of `count` entries over a pack of `pack_size` bytes, or None."""
+def _table_problem(table, count: int, pack_bytes: int | None, layouts: list) -> str | None:
+    """What is wrong with a table of `count` entries over a pack of `pack_bytes` bytes (as the index gives
+    it; unchecked for packs written before the index recorded it), or None."""
     slots = _table_slots(count)
     if len(table) != slots * SLOT.size:
         return f"{TABLE} holds {len(table)} bytes, not the {slots} slots of {count} entries"
@@ -225,10 +239,17 @@ def _table_problem(table, count: int, pack_size: int, layouts: list) -> str | No
         return "the table's entries are not those of the pack"
     sizes = np.array([dtype.itemsize * int(np.prod(shape)) for dtype, shape in layouts] or [0], np.uint64)
     layout, offset, length = (records[field][occupied] for field in ("layout", "offset", "length"))
-    if np.any(layout >= len(layouts)) or np.any(offset + length > pack_size) \
+    if np.any(layout >= len(layouts)) or (pack_bytes is not None and np.any(offset + length > int(pack_bytes))) \
             or np.any(sizes[np.minimum(layout, len(sizes) - 1)] != length):
         return "an entry lies outside the pack or does not match its layout"
     return None
+
+
+def _pack_end(table) -> int:
+    """Where the table's last entry ends in the pack: the size of a whole pack."""
+    records = _records(table)
+    occupied = records[records["order"] != EMPTY]
+    return int((occupied["offset"] + occupied["length"]).max()) if len(occupied) else 0
 
 
 def _table_slots(count: int) -> int:

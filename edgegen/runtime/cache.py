@@ -2,8 +2,11 @@
 
 Both map a key (hex sha256 of bundle content hash + canonical request) to a numpy array and never
 hold more than their budget. The disk cache writes each entry to a temporary file and renames it
-into place, and checks the sha256 stored in the entry on every read: an entry cut short by a crash
-or damaged on disk is dropped and recomputed, never served. A full disk stops writes, not serving.
+into place, and checks the sha256 stored in the entry (over its key, dtype, shape and data) on every
+read: an entry cut short by a crash or damaged on disk is dropped and recomputed, never served. A
+full disk stops writes, not serving. The cache touches only names it makes: `<key>.egc` entries and
+`.<key>.<random>.egc.tmp` temporary files (a process killed mid-write leaves one; the next open
+removes it), so it can live in a directory that holds other files.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import struct
 import tempfile
 import threading
@@ -22,9 +26,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import RequestError
+
 log = logging.getLogger(__name__)
 
-MAGIC = b"EGC1"
+MAGIC = b"EGC2"  # EGC1 entries (a digest of the data only) read as damaged: dropped and recomputed
+ENTRY = re.compile(r"[0-9a-f]{64}\.egc")
+TEMPORARY = re.compile(r"\.[0-9a-f]{64}\.[A-Za-z0-9_]+\.egc\.tmp")
 
 
 @dataclass
@@ -54,7 +62,7 @@ class LRUCache:
         self._items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
-        self.stats = CacheStats(budget_bytes=int(budget_bytes))
+        self.stats = CacheStats(budget_bytes=_budget(budget_bytes, "an in-memory cache budget (cache_bytes, feature_cache_bytes)"))
 
     def get(self, key: str) -> Any | None:
         with self._lock:
@@ -88,20 +96,28 @@ class LRUCache:
 
 class DiskCache:
     """Arrays in files under `directory`, one per key, within a byte budget (least recently used
-    entries go first). Entries: magic, header length, JSON header (key, dtype, shape, sha256), data."""
+    entries go first). Entries: magic, header length, JSON header (key, dtype, shape, sha256 of those three
+    and the data), data."""
 
     def __init__(self, directory: str | Path, budget_bytes: int):
         self.directory = Path(directory).expanduser()
         self._lock = threading.Lock()
-        self.stats = CacheStats(budget_bytes=int(budget_bytes))
+        self.stats = CacheStats(budget_bytes=_budget(budget_bytes, "a disk cache budget (disk_cache_bytes)"))
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # an unusable directory: every read misses and every write counts as failed
             log.warning("disk cache %s cannot be created (%s); serving without it", self.directory, exc)
-        self._sizes = {p.stem: p.stat().st_size for p in self.directory.glob("*.egc")}
+        self._sizes = {p.stem: p.stat().st_size for p in self._files(ENTRY)}
         self.stats.bytes, self.stats.entries = sum(self._sizes.values()), len(self._sizes)
-        for stale in self.directory.glob(".*.tmp"):  # left by a process killed mid-write
+        for stale in self._files(TEMPORARY):  # left by a process killed mid-write
             stale.unlink(missing_ok=True)
+
+    def _files(self, name: re.Pattern) -> list[Path]:
+        """The regular files in the directory whose names match `name` (none when it cannot be listed)."""
+        try:
+            return [p for p in self.directory.iterdir() if name.fullmatch(p.name) and p.is_file()]
+        except OSError:
+            return []
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.egc"
@@ -153,7 +169,7 @@ class DiskCache:
     def _make_room(self, incoming: int) -> None:
         if self.stats.bytes + incoming <= self.stats.budget_bytes:
             return
-        by_age = sorted(self.directory.glob("*.egc"), key=lambda p: _mtime(p))
+        by_age = sorted(self._files(ENTRY), key=_mtime)
         for path in by_age:
             if self.stats.bytes + incoming <= self.stats.budget_bytes:
                 break
@@ -167,7 +183,7 @@ class DiskCache:
 
 
 def _write_atomically(directory: Path, path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".egc.tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -186,10 +202,24 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+def _budget(value: int, what: str) -> int:
+    """A cache's byte budget, refused (RequestError saying which budget) when negative."""
+    if value < 0:
+        raise RequestError(f"{what} of {value} bytes: give a byte count >= 0 (0 turns the cache off)")
+    return int(value)
+
+
+def _digest(key: str, dtype: str, shape: list[int], payload: bytes) -> str:
+    """sha256 of an entry's key, layout and data: a header edited to another shape or dtype no longer matches."""
+    head = json.dumps([key, dtype, shape]).encode()
+    return hashlib.sha256(struct.pack("<I", len(head)) + head + payload).hexdigest()
+
+
 def _encode(key: str, array: np.ndarray) -> bytes:
     payload = np.ascontiguousarray(array).tobytes()
-    header = json.dumps({"key": key, "dtype": array.dtype.str, "shape": list(array.shape),
-                         "sha256": hashlib.sha256(payload).hexdigest()}).encode()
+    dtype, shape = array.dtype.str, list(array.shape)
+    header = json.dumps({"key": key, "dtype": dtype, "shape": shape,
+                         "sha256": _digest(key, dtype, shape, payload)}).encode()
     return MAGIC + struct.pack("<I", len(header)) + header + payload
 
 
@@ -201,7 +231,7 @@ def _decode(data: bytes, key: str) -> np.ndarray | None:
         (length,) = struct.unpack("<I", data[4:8])
         header = json.loads(data[8:8 + length])
         payload = data[8 + length:]
-        if header["key"] != key or hashlib.sha256(payload).hexdigest() != header["sha256"]:
+        if header["key"] != key or _digest(key, header["dtype"], header["shape"], payload) != header["sha256"]:
             return None
         return np.frombuffer(payload, dtype=np.dtype(header["dtype"])).reshape(header["shape"]).copy()
     except (ValueError, KeyError, TypeError, struct.error):

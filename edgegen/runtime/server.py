@@ -9,13 +9,17 @@
 
 Requests are checked before they queue (body size, image size, fields, seed range, labels, ROI,
 sizes); misses go through a micro-batcher. Errors are JSON {"error": message} with 400 (bad
-request), 413 (too large), 503 (overloaded) or 500 (a fault, logged).
+request, including an input the network cannot run at), 404 (no such path), 405 (a method the path
+does not take, with Allow), 411, 413 (too large), 503 (overloaded) or 500 (a fault of the bundle or
+backend, logged; its message is short, never a traceback).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import io
 import json
 import logging
 import socket
@@ -29,7 +33,8 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from ..errors import EdgegenError, RequestError
+from ..errors import EdgegenError, RequestError, first_line
+from ..image_files import eight_bit
 from .batcher import MicroBatcher, OverloadedError
 from .cache import LRUCache
 from .generator import Generator
@@ -44,10 +49,16 @@ MAX_IMAGE_PIXELS = 2048 * 2048
 ENCODED_CACHE_BYTES = 16 << 20
 LATENCY_WINDOW = 4096
 DRAIN_FACTOR = 4
+MAX_DIGITS = 100  # longer integer literals take no field (and Python refuses to convert past 4300 digits)
+ROUTES = {"/v1/generate": "POST", "/v1/health": "GET", "/v1/stats": "GET", "/": "GET", "/index.html": "GET"}
 
 
 class TooLarge(RequestError):
     """A request body or image over the server's limits."""
+
+
+class BindError(EdgegenError):
+    """The address to serve on cannot be listened on (port taken or out of range, unknown host)."""
 
 
 class Server:
@@ -57,6 +68,8 @@ class Server:
                  max_delay_us: int = 2000, max_body_bytes: int = MAX_BODY_BYTES,
                  max_image_pixels: int = MAX_IMAGE_PIXELS):
         self.generator = generator
+        handler = type("Handler", (_Handler,), {"app": self})
+        self.httpd = _bind(host, port, handler)
         self.batcher = MicroBatcher(generator, max_batch, max_delay_us)
         self.max_body_bytes = max_body_bytes
         self.max_image_pixels = max_image_pixels
@@ -64,8 +77,6 @@ class Server:
         self.counts: Counter = Counter()
         self.latencies: deque = deque(maxlen=LATENCY_WINDOW)
         self._lock = threading.Lock()
-        handler = type("Handler", (_Handler,), {"app": self})
-        self.httpd = _HTTPServer((host, port), handler)
         self._thread: threading.Thread | None = None
 
     @property
@@ -87,7 +98,7 @@ class Server:
     def generate(self, body: bytes, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
         start = time.perf_counter()
         try:
-            fields = json.loads(body or b"{}")
+            fields = json.loads(body or b"{}", parse_int=_int_literal, object_pairs_hook=_object)
         except ValueError as exc:
             raise RequestError(f"the body is not JSON ({exc}); send e.g. {{\"seed\": 3, \"label\": 7}}") from None
         except RecursionError:
@@ -101,9 +112,13 @@ class Server:
         if arrays:
             raise RequestError(f"field(s) {arrays}: arrays are not accepted over HTTP; send seed, label or image")
         if fields.get("image") is not None:
+            if not any(s.role == "image" for s in self.generator.inputs):
+                raise RequestError("image: this model takes no image input (its inputs: "
+                                   f"{', '.join(f'{s.name} ({s.role})' for s in self.generator.inputs)}); "
+                                   "leave image out")
             if not isinstance(fields["image"], str):
                 raise RequestError("image must be a base64-encoded PNG or JPEG file (a JSON string)")
-            fields["image"] = self._decode_image(fields["image"])
+            fields["image"] = _decode_image(fields["image"], self.max_image_pixels)
         if fields.get("roi") is not None and not isinstance(fields["roi"], list):
             raise RequestError("roi must be a list [x, y, width, height]")
         job = self.generator.prepare(fields)
@@ -133,23 +148,6 @@ class Server:
             data.update(served_by=served_by, latency_ms=round(latency, 3))
             return 200, {**headers, "Content-Type": "application/json"}, json.dumps(data).encode()
         return 200, {**headers, "Content-Type": "image/png"}, payload
-
-    def _decode_image(self, text: str) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError  # image I/O only; lazily
-        import io
-
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise RequestError("image must be a base64-encoded PNG or JPEG file") from None
-        try:
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > self.max_image_pixels:
-                raise TooLarge(f"the image is {image.width}x{image.height}; this server takes at most "
-                               f"{self.max_image_pixels} pixels")
-            return np.asarray(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise RequestError(f"image is not a readable PNG/JPEG ({exc})") from None
 
     def health(self) -> dict[str, Any]:
         gen = self.generator
@@ -212,47 +210,66 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(413, {"error": str(exc)})
         except OverloadedError as exc:
             self._json(503, {"error": str(exc)}, {"Retry-After": "1"})
-        except EdgegenError as exc:
+        except RequestError as exc:
             self._json(400, {"error": str(exc)})
+        except EdgegenError as exc:  # the bundle or its backend failed, not the request: a fault, stated briefly
+            log.error("serving %s: %s", self.path, exc)
+            self._json(500, {"error": first_line(exc)})
         except Exception:  # a fault in edgegen: log it, answer without details
             log.exception("internal error serving %s", self.path)
             self._json(500, {"error": "internal error; see the server log"})
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = urlparse(self.path).path
-        if path == "/v1/health":
+        if ROUTES.get(path) != "GET":
+            self._not_served(path)
+        elif path == "/v1/health":
             self._guard(lambda: self._json(200, self.app.health()))
         elif path == "/v1/stats":
             self._guard(lambda: self._json(200, self.app.stats()))
-        elif path in ("/", "/index.html"):
-            self._send(200, {"Content-Type": "text/html; charset=utf-8"}, PLAYGROUND.read_bytes())
         else:
-            self._json(404, {"error": f"no such path {path}; see / for the playground, /v1/health, /v1/stats"})
+            self._send(200, {"Content-Type": "text/html; charset=utf-8"}, PLAYGROUND.read_bytes())
+
+    def _not_served(self, path: str) -> None:
+        """404 for a path that does not exist, 405 (with Allow) for a method the path does not take."""
+        self.close_connection = True  # a body the request may carry is not read
+        allowed = ROUTES.get(path)
+        if allowed is None:
+            self._json(404, {"error": f"no such path {path}; see / for the playground, GET /v1/health, "
+                                      "GET /v1/stats, POST /v1/generate"})
+        else:
+            self._json(405, {"error": f"{self.command} {path} is not served; {path} takes {allowed}"},
+                       {"Allow": allowed})
 
     def _method_not_allowed(self) -> None:
-        self.close_connection = True  # a body it may carry is not read
-        self._json(405, {"error": f"{self.command} is not served; use GET /v1/health, GET /v1/stats or POST "
-                                  "/v1/generate"}, {"Allow": "GET, POST"})
+        self._not_served(urlparse(self.path).path)
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed  # noqa: N815
 
     def do_HEAD(self) -> None:  # noqa: N802 - a HEAD answer has headers only
+        allowed = ROUTES.get(urlparse(self.path).path)
         self.close_connection = True
-        self.send_response(405)
-        self.send_header("Allow", "GET, POST")
+        self.send_response(405 if allowed else 404)
+        if allowed:
+            self.send_header("Allow", allowed)
         self.send_header("Content-Length", "0")
         self.end_headers()
         with self.app._lock:
-            self.app.counts["405"] += 1
+            self.app.counts["405" if allowed else "404"] += 1
 
     def do_POST(self) -> None:  # noqa: N802
         url = urlparse(self.path)
         if url.path != "/v1/generate":
-            self._json(404, {"error": f"POST {url.path}: only /v1/generate takes POST"})
+            self._not_served(url.path)
             return
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None:
             self._json(411, {"error": "send a Content-Length header with the JSON body"})
+            return
+        if not (length.isascii() and length.isdigit()):
+            self.close_connection = True  # where the body ends is unknown
+            self._json(400, {"error": f"the Content-Length header {length!r} is invalid; it must be the body's "
+                                      "size in bytes (an integer >= 0)"})
             return
         if int(length) > self.app.max_body_bytes:
             if int(length) <= DRAIN_FACTOR * self.app.max_body_bytes:  # read it away so the client sees the answer
@@ -265,6 +282,67 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(int(length))
         self._guard(lambda: self._send(*self.app.generate(body, parse_qs(url.query))))
+
+
+def _bind(host: str, port: int, handler: type) -> _HTTPServer:
+    """The listening HTTP server; BindError saying why an address cannot be listened on."""
+    if not 0 <= port <= 65535:
+        raise BindError(f"port {port} is out of range; use 0..65535 (0: any free port)")
+    try:
+        return _HTTPServer((host, port), handler)
+    except socket.gaierror as exc:
+        raise BindError(f"host {host!r} is not an address this machine can resolve ({exc.strerror}); use an IP "
+                        "address such as 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
+    except OSError as exc:
+        hint = {errno.EADDRINUSE: "another process is listening there; stop it or choose another port",
+                errno.EACCES: "ports below 1024 need privileges; choose a port from 1024 up",
+                errno.EADDRNOTAVAIL: "the address is not one of this machine's; use 127.0.0.1, 0.0.0.0 or one of "
+                                     "its own addresses"}.get(exc.errno, "choose another host or port")
+        raise BindError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {hint}") from None
+
+
+class _LongNumber:
+    """An integer literal of more than MAX_DIGITS digits, kept as its length, never converted."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+
+def _int_literal(text: str) -> int | _LongNumber:
+    return int(text) if len(text) <= MAX_DIGITS else _LongNumber(len(text.lstrip("-")))
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of the body; RequestError naming a field that holds an integer too long for any field."""
+    for name, value in pairs:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, _LongNumber):
+                raise RequestError(f"{name}: a {item.digits}-digit number is out of range for every field (a seed is "
+                                   f"0..{2 ** 63 - 1}, labels and ROI coordinates are small)")
+    return dict(pairs)
+
+
+def _decode_image(text: str, max_pixels: int) -> np.ndarray:
+    """RGB uint8 pixels of a base64 image file; RequestError (TooLarge past max_pixels) saying what is wrong."""
+    from PIL import Image, UnidentifiedImageError  # image I/O only; lazily
+
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError("image must be a base64-encoded PNG or JPEG file") from None
+    limit = f"this server takes at most {max_pixels} pixels; send a smaller image"
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > max_pixels:
+            raise TooLarge(f"the image is {image.width}x{image.height}; {limit}")
+        return np.asarray(eight_bit(image).convert("RGB"))  # 16-bit grey scaled, not clipped
+    except Image.DecompressionBombError:  # Pillow's own cap, far above the server's
+        raise TooLarge(f"the image is over {2 * Image.MAX_IMAGE_PIXELS} pixels; {limit}") from None
+    except UnidentifiedImageError:
+        raise RequestError(f"image: its {len(data)} decoded bytes are not a PNG, JPEG or other image file; send "
+                           "a base64-encoded PNG or JPEG") from None
+    except OSError as exc:
+        raise RequestError(f"image is not a readable PNG/JPEG ({first_line(exc)}); send the whole file") from None
 
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8080, threads: int | None = None,

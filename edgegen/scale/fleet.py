@@ -33,6 +33,9 @@ def destinations(out: str | Path, names: list[str], precision: str | None) -> di
         raise BuildError(f"--target lists a target twice ({', '.join(names)}); name each once")
     for tgt in loaded:
         target_precision(tgt, precision)
+    if len(names) > 1 and bundle.is_bundle(out):
+        raise BuildError(f"{out}: is a bundle; a build for several targets writes one bundle per target into "
+                         f"{out}/<target name>. Choose a new or empty --out directory.")
     return {name: out / tgt.name if len(names) > 1 else out for name, tgt in zip(names, loaded)}
 
 
