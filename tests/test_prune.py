@@ -16,7 +16,7 @@ from edgegen.graph import Graph
 from edgegen.passes.calibration import Calibration, load_calibration
 from edgegen.passes.floor import QualityFloor
 from edgegen.passes.prune import Pruner, prune, prune_to_floor, prune_to_macs
-from edgegen.passes.reconstruct import reconstruct
+from edgegen.passes.reconstruct import reconstruct, refit_samples
 
 FAMILIES = Path(__file__).parent / "data" / "families"
 
@@ -349,3 +349,14 @@ def test_families_prune_30_percent(tmp_path, family, variant):
     compiled = core.compile_model(core.read_model(str(tmp_path / "pruned.onnx")), "CPU",
                                   {"INFERENCE_PRECISION_HINT": "f32"})
     np.testing.assert_allclose(compiled(feeds)[0], _run(pruned.model, feeds), atol=1e-4)
+
+
+def test_large_images_are_refitted_on_the_first_samples_that_hold_enough_pixels():
+    def calibration(size, count=32):
+        return Calibration({"image": np.zeros((count, 3, size, size), np.float32)}, "spec")
+
+    assert refit_samples(calibration(64), None).count == 32  # 4096 pixels a sample: every sample
+    large = refit_samples(calibration(256), None)
+    assert large.count == 10 and large.source == "spec, its first 10 samples"
+    assert refit_samples(calibration(256), 4).count == 12  # whole fixed batches
+    assert refit_samples(calibration(128, count=8), None).count == 8

@@ -37,7 +37,7 @@ from .channel_edit import constants_to_initializers, remove_channels, tensor_sha
 from .channel_groups import ChannelGraph, Group, analyze
 from .channel_importance import channel_importance
 from .floor import Evaluator, QualityFloor
-from .reconstruct import reconstruct as refit, refittable
+from .reconstruct import reconstruct as refit, refit_samples, refittable
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,8 @@ class Pruner:
             "groups": [self._group_row(g, keep) for g in self.prunable],
             "excluded": [{"layers": g.producers, "consumers": [self.work.graph.node[i].name for i in g.consumers],
                           "channels": g.size, "reasons": g.reasons} for g in self.excluded],
-            "reconstruction": {"enabled": reconstruct, "layers": rows, "not_refit": skipped},
+            "reconstruction": {"enabled": reconstruct, "layers": rows, "not_refit": skipped,
+                               "calibration": refit_samples(self.calibration, self.batch).report()},
             "quality": quality,
             "seconds": round(time.perf_counter() - start, 2),
         }

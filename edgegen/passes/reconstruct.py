@@ -29,6 +29,9 @@ RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # ridge strengths, relative to the mean 
 VALIDATION_FOLD = 5  # every 5th calibration sample checks the ridge choice
 ROWS_PER_FEATURE = 8  # plentiful data: at least this many sampled positions per weight of an output channel
 MIN_POSITIONS, MAX_POSITIONS = 2048, 8192  # sampled output positions per layer (all if fewer)
+# large images: re-fit on the first samples that hold this many input pixels (at least MIN_SAMPLES), since a
+# layer samples at most MAX_POSITIONS positions and every sample costs a run of the model per wave
+REFIT_PIXELS, MIN_SAMPLES = 16 * MAX_POSITIONS, 2 * VALIDATION_FOLD
 
 
 @dataclass
@@ -63,6 +66,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, layers: list
     `original` (the unpruned model) and `pruned`. batch: the models' fixed batch size, None if dynamic.
     """
     model = onnx.ModelProto.FromString(pruned.SerializeToString())
+    calibration = refit_samples(calibration, batch)
     fits = [_Layer(i, kind, kept) for i, kind, kept in layers]
     _sample_targets(original, fits, calibration, batch, seed)
     rows = []
@@ -82,6 +86,19 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, layers: list
         for fit in wave:
             rows.append(_fit(model, fit))
     return model, rows
+
+
+def refit_samples(calibration: Calibration, batch: int | None) -> Calibration:
+    """The calibration samples the re-fit runs on: all of them, or for large images the first that hold
+    REFIT_PIXELS pixels (at least MIN_SAMPLES, a whole number of fixed batches)."""
+    pixels = max((math.prod(v.shape[2:]) for v in calibration.feeds.values() if v.ndim == 4), default=1)
+    count = max(MIN_SAMPLES, math.ceil(REFIT_PIXELS / pixels))
+    if batch:
+        count = math.ceil(count / batch) * batch
+    if count >= calibration.count:
+        return calibration
+    return Calibration({k: v[:count] for k, v in calibration.feeds.items()},
+                       f"{calibration.source}, its first {count} samples")
 
 
 def _sample_targets(original: onnx.ModelProto, fits: list[_Layer], calibration: Calibration,
