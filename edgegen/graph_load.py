@@ -33,6 +33,9 @@ _MAX_FOLDED_ELEMENTS = 1 << 16
 def read_model(path: str | Path) -> onnx.ModelProto:
     """Load and check an ONNX file (external data included); raise ModelError on anything broken."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"{path}: is a directory, not a model file. Pass the path of an .onnx file in it or a "
+                         "zoo:NAME (see `edgegen zoo`).")
     if not path.is_file():
         raise ModelError(f"{path}: no such model file. Pass the path of an .onnx file or a zoo:NAME (see `edgegen zoo`).")
     try:

@@ -145,6 +145,8 @@ def test_newer_opset_is_refused(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ModelError, match="no such model file"):
         Graph.load(tmp_path / "nope.onnx")
+    with pytest.raises(ModelError, match="is a directory, not a model file"):
+        Graph.load(tmp_path)
 
 
 def test_dynamic_spatial_dims_take_given_shape(tmp_path):

@@ -174,6 +174,10 @@ def test_calibration_from_images_and_arrays(tmp_path, graph):
     (tmp_path / "garbage.npz").write_bytes(b"not a zip archive")
     with pytest.raises(RequestError, match="cannot read calibration arrays"):
         load_calibration(image_model_spec, str(tmp_path / "garbage.npz"), 3)
+    (tmp_path / "garbage.npy").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(RequestError, match=r"garbage.npy: cannot read calibration arrays \(not an array file numpy "
+                                           r"wrote\); save them with numpy.save"):
+        load_calibration(image_model_spec[:1], str(tmp_path / "garbage.npy"), 3)
 
 
 def test_calibration_from_an_image_folder(tmp_path):

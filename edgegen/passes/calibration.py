@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RequestError
+from ..errors import RequestError, first_line
 from ..image_files import eight_bit
 from ..inputs import check_label, chunks, sample_feeds
 from ..specs import TensorSpec
@@ -129,7 +129,9 @@ def _from_arrays(specs: list[TensorSpec], path: Path, count: int) -> Calibration
         else:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise RequestError(f"{path}: cannot read calibration arrays ({exc})") from None
+        why = "not an array file numpy wrote" if "pickle" in str(exc) else first_line(exc)
+        raise RequestError(f"{path}: cannot read calibration arrays ({why}); save them with numpy.save or "
+                           "numpy.savez (keyed by input name)") from None
     feeds = {}
     for spec in specs:
         if spec.name not in arrays:
