@@ -383,3 +383,23 @@ def test_serve_verb_on_a_taken_port_is_a_usage_error(server, bundles):
         done = subprocess.run([sys.executable, "-m", "edgegen.cli", "serve", str(bundles / "glyph"), *args],
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_stalled_upload_is_closed_after_the_read_timeout_and_serving_goes_on(bundles):
+    import socket
+    import time
+
+    srv = Server(Generator.open(bundles / "glyph"), read_timeout_s=0.5).start()
+    try:
+        host, port = srv.httpd.server_address[:2]
+        stalled = socket.create_connection((host, port))
+        stalled.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"seed\"")
+        stalled.settimeout(10)
+        start = time.monotonic()
+        assert stalled.recv(1024) == b""  # closed by the server, nothing answered for half a body
+        assert time.monotonic() - start < 5
+        client = http.client.HTTPConnection(host, port, timeout=10)
+        client.request("GET", "/v1/health")
+        assert client.getresponse().status == 200
+    finally:
+        srv.close()

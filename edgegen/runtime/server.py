@@ -49,6 +49,7 @@ MAX_IMAGE_PIXELS = 2048 * 2048
 ENCODED_CACHE_BYTES = 16 << 20
 LATENCY_WINDOW = 4096
 DRAIN_FACTOR = 4
+READ_TIMEOUT_S = 30.0
 MAX_DIGITS = 100  # longer integer literals take no field (and Python refuses to convert past 4300 digits)
 ROUTES = {"/v1/generate": "POST", "/v1/health": "GET", "/v1/stats": "GET", "/": "GET", "/index.html": "GET"}
 
@@ -66,9 +67,10 @@ class Server:
 
     def __init__(self, generator: Generator, host: str = "127.0.0.1", port: int = 0, max_batch: int = 8,
                  max_delay_us: int = 2000, max_body_bytes: int = MAX_BODY_BYTES,
-                 max_image_pixels: int = MAX_IMAGE_PIXELS):
+                 max_image_pixels: int = MAX_IMAGE_PIXELS, read_timeout_s: float = READ_TIMEOUT_S):
         self.generator = generator
-        handler = type("Handler", (_Handler,), {"app": self})
+        # a connection that sends nothing for read_timeout_s (a stalled upload, an idle keep-alive) is closed
+        handler = type("Handler", (_Handler,), {"app": self, "timeout": read_timeout_s})
         self.httpd = _bind(host, port, handler)
         self.batcher = MicroBatcher(generator, max_batch, max_delay_us)
         self.max_body_bytes = max_body_bytes
