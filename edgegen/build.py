@@ -194,10 +194,14 @@ def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator,
     from .passes import prune
 
     report("prune", 0, 1)
+
+    def step(name: str, done: int, total: int) -> None:
+        report(f"prune: {name}", done, total)
+
     if opts.prune is not None and opts.prune_to_macs is not None:
         raise BuildError("give either --prune RATIO or --prune-to-macs N, not both")
     if opts.prune_to_macs is not None:
-        pruned, result = prune.prune_to_macs(graph, calibration, opts.prune_to_macs, evaluator)
+        pruned, result = prune.prune_to_macs(graph, calibration, opts.prune_to_macs, evaluator, step)
         quality = result["quality"]["with_reconstruction"]
         if opts.floor and not opts.floor.met(quality):
             raise BuildError(f"{graph.source}: pruned to {result['macs']['after']:,} MACs (--prune-to-macs "
@@ -207,8 +211,8 @@ def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator,
                              "meets it.")
         return pruned, result
     if opts.floor:
-        return prune.prune_to_floor(graph, calibration, evaluator, opts.floor, max_ratio=opts.prune)
-    return prune.prune(graph, opts.prune, calibration, evaluator=evaluator)
+        return prune.prune_to_floor(graph, calibration, evaluator, opts.floor, max_ratio=opts.prune, progress=step)
+    return prune.prune(graph, opts.prune, calibration, evaluator=evaluator, progress=step)
 
 
 def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFloor, staging: Path,

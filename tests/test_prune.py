@@ -360,3 +360,14 @@ def test_large_images_are_refitted_on_the_first_samples_that_hold_enough_pixels(
     assert large.count == 10 and large.source == "spec, its first 10 samples"
     assert refit_samples(calibration(256), 4).count == 12  # whole fixed batches
     assert refit_samples(calibration(128, count=8), None).count == 8
+
+
+def test_pruning_reports_its_progress_step_by_step(cgen_path):
+    steps = []
+    prune(Graph.load(cgen_path), 0.3, load_calibration(Graph.load(cgen_path).inputs, None, 8),
+          progress=lambda step, done, total: steps.append((step, done, total)))
+    assert steps[:2] == [("importance", 0, 1), ("importance", 1, 1)]
+    refits = [s for s in steps if s[0] == "re-fit"]
+    assert refits and all(0 < done <= total for _, done, total in refits) and refits[-1][1] == refits[-1][2]
+    groups = [s for s in steps if s[0] == "sensitivity"]
+    assert [done for _, done, _ in groups] == list(range(1, groups[-1][2] + 1))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -48,10 +48,12 @@ MAX_GROUP_SHARE = 0.9  # the most an allocation takes from one group
 FLOOR_STEP = 0.05
 MACS_STEP = 0.01
 IMPORTANCE = "rms(calibration activation) x ||weights of the layers reading the channel||, summed over readers"
+Progress = Callable[[str, int, int], None]  # (step, done, total)
 
 
 def prune(graph: Graph, ratio: float, calibration: Calibration, reconstruct: bool = True,
-          evaluator: Evaluator | None = None, allocate: bool = True) -> tuple[Graph, dict[str, Any]]:
+          evaluator: Evaluator | None = None, allocate: bool = True,
+          progress: Progress | None = None) -> tuple[Graph, dict[str, Any]]:
     """Prune to the MACs of removing `ratio` of every prunable group's output channels (with `allocate`, the
     channels re-allocated across groups by measured sensitivity); returns the pruned graph and a report.
 
@@ -59,7 +61,7 @@ def prune(graph: Graph, ratio: float, calibration: Calibration, reconstruct: boo
     from the input spec) both with and without reconstruction.
     """
     _check_ratio(ratio)
-    pruner = Pruner(graph, calibration)
+    pruner = Pruner(graph, calibration, progress)
     if not pruner.keep(ratio):
         raise BuildError(f"{graph.source}: --prune {ratio:g} removes no channel ({pruner.smallest_effect()}); "
                          "give a larger ratio")
@@ -67,7 +69,7 @@ def prune(graph: Graph, ratio: float, calibration: Calibration, reconstruct: boo
 
 
 def prune_to_floor(graph: Graph, calibration: Calibration, evaluator: Evaluator, floor: QualityFloor,
-                   max_ratio: float = 0.9) -> tuple[Graph, dict[str, Any]]:
+                   max_ratio: float = 0.9, progress: Progress | None = None) -> tuple[Graph, dict[str, Any]]:
     """The largest ratio on a 0.05 grid (up to max_ratio) whose reconstructed result meets `floor`.
 
     Quality falls with the ratio, so the grid is bisected; every ratio tried is in the report's `search`.
@@ -77,7 +79,7 @@ def prune_to_floor(graph: Graph, calibration: Calibration, evaluator: Evaluator,
     if not floor:
         raise RequestError("pruning to a quality floor needs --min-psnr and/or --min-ssim")
     _check_ratio(max_ratio)
-    pruner = Pruner(graph, calibration)
+    pruner = Pruner(graph, calibration, progress)
     grid = [round(FLOOR_STEP * k, 2) for k in range(1, int(max_ratio / FLOOR_STEP + 1e-9) + 1)] or [max_ratio]
     grid = [r for r in grid if pruner.keep(r)]  # ratios too small to remove a channel prune nothing
     if not grid:
@@ -104,10 +106,10 @@ def prune_to_floor(graph: Graph, calibration: Calibration, evaluator: Evaluator,
     return pruned, report
 
 
-def prune_to_macs(graph: Graph, calibration: Calibration, target_macs: int,
-                  evaluator: Evaluator | None = None) -> tuple[Graph, dict[str, Any]]:
+def prune_to_macs(graph: Graph, calibration: Calibration, target_macs: int, evaluator: Evaluator | None = None,
+                  progress: Progress | None = None) -> tuple[Graph, dict[str, Any]]:
     """The smallest ratio on a 0.01 grid whose result needs at most `target_macs` MACs (batch 1), reconstructed."""
-    pruner = Pruner(graph, calibration)
+    pruner = Pruner(graph, calibration, progress)
     before = pruner.costs_before["macs"]
     if not 0 < target_macs < before:
         raise RequestError(f"--prune-to-macs {target_macs}: {graph.source} needs {before:,} MACs (batch "
@@ -137,9 +139,11 @@ def prune_to_macs(graph: Graph, calibration: Calibration, target_macs: int,
 class Pruner:
     """Channel groups and importance of one graph, computed once; models at any ratio on demand."""
 
-    def __init__(self, graph: Graph, calibration: Calibration):
+    def __init__(self, graph: Graph, calibration: Calibration, progress: Progress | None = None):
+        """progress(step, done, total): called as the importance, each re-fit wave and each group alone finish."""
         _check_calibration(graph, calibration)
         self.graph, self.calibration = graph, calibration
+        self.progress = progress or (lambda step, done, total: None)
         self.batch = fixed_batch(graph.inputs)
         self.work = constants_to_initializers(graph.model)
         self.cg: ChannelGraph = analyze(self.work, tensor_shapes(self.work, graph.concrete_shapes()))
@@ -148,7 +152,9 @@ class Pruner:
         self.excluded = [g for g in groups if g.reasons and (g.producers or g.consumers)]
         if not self.prunable:
             raise BuildError(f"{graph.source}: no prunable channels: " + _why_none(self.excluded, groups))
+        self.progress("importance", 0, 1)
         self.importance = channel_importance(self.work, self.cg, self.prunable, calibration, self.batch)
+        self.progress("importance", 1, 1)
         self.costs_before = self.costs(self.work)
         self._cache: dict[tuple[float, bool], tuple[onnx.ModelProto, list[dict], list[dict]]] = {}
 
@@ -222,10 +228,10 @@ class Pruner:
         (how much each group alone costs: the sensitivity behind a ratio that misses a floor)."""
         keep = self.keep(ratio)
         result = []
-        for g in self.prunable:
-            if g.root in keep:
-                alone = {g.root: keep[g.root]}
-                result.append((g, self._reconstruct(remove_channels(self.work, self.cg, alone), alone)[0]))
+        for g in (g for g in self.prunable if g.root in keep):
+            alone = {g.root: keep[g.root]}
+            result.append((g, self._reconstruct(remove_channels(self.work, self.cg, alone), alone)[0]))
+            self.progress("sensitivity", len(result), len(keep))
         return result
 
     def _reconstruct(self, pruned: onnx.ModelProto, keep: dict[int, np.ndarray]):
@@ -240,7 +246,8 @@ class Pruner:
             else:
                 out = self.cg.layouts.get(node.output[0])
                 layers.append((c.node, c.kind, self.cg.positions(out, keep) if out else None))
-        fitted, rows = refit(self.work, pruned, layers, self.calibration, self.batch)
+        fitted, rows = refit(self.work, pruned, layers, self.calibration, self.batch,
+                             progress=lambda done, total: self.progress("re-fit", done, total))
         return fitted, rows, skipped
 
     def costs(self, model: onnx.ModelProto) -> dict[str, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -59,18 +60,21 @@ def refittable(node: onnx.NodeProto, kind: str, model: onnx.ModelProto) -> str |
 
 
 def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, layers: list[tuple[int, str, np.ndarray | None]],
-                calibration: Calibration, batch: int | None, seed: int = 0) -> tuple[onnx.ModelProto, list[dict]]:
+                calibration: Calibration, batch: int | None, seed: int = 0,
+                progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[onnx.ModelProto, list[dict]]:
     """Re-fit the weights of `layers` of `pruned`; returns the model and a report row per layer.
 
     layers: (node index, kind, output channels the layer kept or None); node indices are the same in
     `original` (the unpruned model) and `pruned`. batch: the models' fixed batch size, None if dynamic.
+    progress(done, total) is called as each wave of layers is fitted.
     """
     model = onnx.ModelProto.FromString(pruned.SerializeToString())
     calibration = refit_samples(calibration, batch)
     fits = [_Layer(i, kind, kept) for i, kind, kept in layers]
     _sample_targets(original, fits, calibration, batch, seed)
     rows = []
-    for wave in _waves(model, fits):
+    waves = _waves(model, fits)
+    for done, wave in enumerate(waves, 1):
         nodes = model.graph.node
         by_input: dict[str, list[_Layer]] = {}
         for fit in wave:
@@ -85,6 +89,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, layers: list
         capture(model, list(by_input), calibration, batch, collect)
         for fit in wave:
             rows.append(_fit(model, fit))
+        progress(done, len(waves))
     return model, rows
 
 
