@@ -107,6 +107,19 @@ def test_int8_builds_lower_conv_transpose_only_where_the_backend_runs_it_in_floa
     assert "ConvTranspose" not in passes["quantize"]["float_ops"]
 
 
+def test_the_phases_of_a_lowered_conv_transpose_share_one_int8_grid(tmp_path, cgen_path):
+    built = build(cgen_path, "x86-onnxruntime", tmp_path / "b", precision="int8", samples=2)
+    model = onnx.load(str(tmp_path / "b" / "model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    grids = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and "/phase" in node.input[0]:
+            lowered = node.input[0].split("/phase")[0]
+            grids.setdefault(lowered, set()).add((float(inits[node.input[1]]), int(inits[node.input[2]])))
+    assert grids and len(grids) == len(built.manifest["passes"]["lowered"]["conv_transpose"])
+    assert all(len(grid) == 1 for grid in grids.values()), grids  # phases and their concatenation: one grid
+
+
 def test_build_report_names_the_lowered_nodes(tmp_path, cgen_path):
     built = build(cgen_path, "x86-onnxruntime", tmp_path / "b", precision="int8", samples=2)
     text = render_build_report(built.manifest, tmp_path / "b")

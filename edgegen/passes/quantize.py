@@ -72,6 +72,7 @@ class Quantizer:
             with _ort_quantizer_quiet():
                 calibrator.collect_data(_Reader(calibration, fixed_batch(graph.inputs) or 1))
                 self.ranges = calibrator.compute_data()
+        _one_range_per_shuffled_image(self.model, self.ranges)
         # onnxruntime.quantization has no entry for the pixel shuffles; listed, their input and output are
         # quantized (each to its own calibrated range, which for a permutation is the same grid)
         self.op_types = sorted(set(q.registry.QLinearOpsRegistry) | set(q.registry.QDQRegistry) | set(SHUFFLES)
@@ -142,6 +143,31 @@ def _ort_quantizer_quiet() -> Iterator[None]:
             yield
     finally:
         root.removeFilter(demote)
+
+
+def _one_range_per_shuffled_image(model: onnx.ModelProto, ranges) -> None:
+    """Give the parts a pixel shuffle interleaves into one image (Concat -> DepthToSpace: the phase convs of a
+    lowered ConvTranspose) the union of their calibrated ranges.
+
+    Each phase holds every s-th pixel of one image, so a range calibrated per phase is narrower than the
+    image's: on inputs unlike the calibration data, a phase whose own range was narrow clipped the image's
+    bright pixels on that phase's grid, which the backends running the ConvTranspose whole never did.
+    """
+    from onnxruntime.quantization.calibrate import TensorData
+
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.op_type)
+    for node in model.graph.node:
+        parts = [*node.input, node.output[0]]
+        if node.op_type != "Concat" or readers.get(node.output[0]) != ["DepthToSpace"] \
+                or not all(name in ranges for name in parts):
+            continue
+        low = min(ranges[name].range_value[0] for name in parts)
+        high = max(ranges[name].range_value[1] for name in parts)
+        for name in parts:
+            ranges[name] = TensorData(lowest=low, highest=high)
 
 
 def _own_grids_for_interpolation(model: onnx.ModelProto, ranges) -> None:
