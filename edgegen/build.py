@@ -39,6 +39,7 @@ REDUCED_PSNR_MARGIN_DB = 6.0
 # f32 by a CPU plugin, a GPU or NPU target verified on the CPU). fp16 has an 11-bit significand, bf16 8 bits.
 REDUCED_PSNR_CEILING_DB = {"fp16": 50.0, "bf16": 35.0}
 VERIFY_SEED = 10_000
+OUTSIDE_MARGIN, OUTSIDE_SHARE = 0.01, 0.01  # an image output beyond its range by 1% of it, for over 1% of values
 
 
 @dataclass
@@ -116,6 +117,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     feeds = sample_feeds(source.inputs, list(range(VERIFY_SEED, VERIFY_SEED + opts.samples)))
     reference_run = SourceSession(source.reference)
     expected = run_batched(reference_run.run, source.inputs, feeds)
+    _warn_outside_range(source, expected)
     evaluator = Evaluator(source.inputs, source.outputs, feeds, expected)
     graph, passes = _apply_passes(source, precision, opts, evaluator, report, compiler.INT8_LOWERINGS)
     staging = bundle.staging_dir(out)
@@ -138,6 +140,23 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
             shutil.rmtree(staging, ignore_errors=True)
     report("done", 1, 1)
     return BuildResult(out, bundle.read_manifest(out))
+
+
+def _warn_outside_range(source: Graph, expected: dict[str, np.ndarray]) -> None:
+    """Warn when an image output's held-out values leave the range its 8-bit images and PSNR assume (an
+    output no Tanh, Sigmoid or Clip bounds gets [0, 1] unless the user gives one)."""
+    for spec in source.outputs:
+        values = expected.get(spec.name)
+        if spec.role != "image" or not spec.range or values is None or not values.size:
+            continue
+        lo, hi = spec.range
+        margin = (hi - lo) * OUTSIDE_MARGIN
+        outside = float(np.mean((values < lo - margin) | (values > hi + margin)))
+        if outside > OUTSIDE_SHARE:
+            log.warning("output %r: on the held-out inputs the fp32 source spans %.3g..%.3g, %.0f%% of its values "
+                        "outside the range [%g, %g] its 8-bit images and PSNR use (they clip there); give the real "
+                        "range with --output-range LO,HI", spec.name, float(values.min()), float(values.max()),
+                        100 * outside, lo, hi)
 
 
 def _refuse_unsupported(missing: list[tuple[str, str, str]], graph: Graph, tgt: targets.Target) -> None:

@@ -301,3 +301,17 @@ def test_a_rebuild_swaps_the_bundle_in_one_step_where_the_filesystem_can(tmp_pat
     assert [p.name for p in a.iterdir()] == ["y"] and [p.name for p in b.iterdir()] == ["x"]
     with pytest.raises(OSError, match="No such file"):
         bundle._exchange(a, tmp_path / "missing")
+
+
+def test_an_unbounded_output_beyond_its_assumed_range_is_warned_about(tmp_path, caplog):
+    weight = numpy_helper.from_array(np.full((3, 3, 1, 1), 2.0, np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["image", "w"], ["out"])], "unbounded",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 16, 16])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b")
+    assert "output 'out': on the held-out inputs the fp32 source spans" in caplog.text
+    assert "outside the range [0, 1] its 8-bit images and PSNR use" in caplog.text and "--output-range" in caplog.text
+    caplog.clear()
+    build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b2", graph_options={"input_range": [0.0, 1.0], "output_range": [0.0, 6.0]})
+    assert "held-out inputs the fp32 source spans" not in caplog.text
