@@ -217,6 +217,8 @@ def test_an_image_size_the_network_cannot_take_is_a_request_error(tmp_path):
         gen.generate(image="cat.png")
     with pytest.raises(RequestError, match="edit\\(\\) needs the previous image"):
         gen.edit(None, np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(RequestError, match="built without --roi; rebuild it with `--roi` .*cannot offer regions"):
+        gen.generate(image=np.zeros((16, 16, 3), np.uint8), roi=(0, 0, 8, 8))
 
 
 def test_run_refuses_inputs_of_different_batch_sizes(gen):

@@ -329,7 +329,9 @@ class Generator:
     def _engine(self, output: str) -> RoiEngine:
         if output in self.roi:
             return self.roi[output]
-        why = self._roi_refused.get(output, "the bundle was built without --roi; rebuild it with `--roi`")
+        why = self._roi_refused.get(output, "the bundle was built without --roi; rebuild it with `--roi` (a model "
+                                            "with a global op, such as InstanceNormalization or attention, cannot "
+                                            "offer regions, and that build then names the op)")
         raise RequestError(f"region-of-interest requests are not offered for output {output!r}: {why}")
 
     def _run_in_batches(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
