@@ -33,6 +33,10 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
     if execution and manifest["precision"] in ("fp16", "bf16") and execution.get("float_types"):
         lines.append(f"  executes  {manifest['precision']}: the plugin runs the compute layers in "
                      + ", ".join(f"{k} x{v}" for k, v in sorted(execution["float_types"].items())))
+        if {"fp16": "f16", "bf16": "bf16"}[manifest["precision"]] not in execution["float_types"]:
+            lines.append(f"  warning   no layer runs in {manifest['precision']} on this host (the plugin chose "
+                         f"{', '.join(sorted(execution['float_types']))}): the fidelity and latency above are not "
+                         f"{manifest['precision']}'s; a device that runs it will differ")
     if execution and execution["int8"]:
         lines.append("  executes  int8: " + ", ".join(f"{k} x{v}" for k, v in sorted(execution["int8"].items()))
                      + "; float: " + (", ".join(f"{k} x{v}" for k, v in sorted(execution["float"].items())) or "none"))

@@ -11,6 +11,7 @@ from edgegen import bundle
 from edgegen.build import build
 from edgegen.errors import BuildError, UnsupportedOpError
 from edgegen.fileio import UMASK
+from edgegen.report import render_build_report
 from edgegen.runtime import Generator
 
 
@@ -48,6 +49,11 @@ def test_fp16_build_is_verified_and_smaller(tmp_path, cgen_path, target):
         types = result.manifest["execution"]["float_types"]
         assert set(types) <= {"f16", "bf16", "f32"} and sum(types.values()) == sum(
             result.manifest["execution"]["float"].values())
+        report = render_build_report(result.manifest, tmp_path / "b16")
+        assert ("warning   no layer runs in fp16 on this host" in report) == ("f16" not in types)
+        all_f32 = {**result.manifest, "execution": {**result.manifest["execution"], "float_types": {"f32": 3}}}
+        assert "warning   no layer runs in fp16 on this host (the plugin chose f32)" in \
+            render_build_report(all_f32, tmp_path / "b16")
 
 
 @pytest.mark.parametrize("target", ["jetson-orin-onnxruntime", "intel-npu-openvino"])
