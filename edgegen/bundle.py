@@ -109,12 +109,10 @@ def staging_dir(out: Path) -> Path:
     after this host and process; earlier ones of processes that died without cleaning up are removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{_OWNER}.", suffix=".tmp", dir=out.parent))
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{owner}.", suffix=".tmp", dir=out.parent))
     as_created(staging, directory=True)
     return staging
-
-
-_OWNER = f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _remove_orphans(out: Path) -> None:
@@ -133,7 +131,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
-        return True
+        pass
     return True
 
 

@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -310,6 +311,7 @@ def test_a_rebuild_swaps_the_bundle_in_one_step_where_the_filesystem_can(tmp_pat
 
 
 def test_an_unbounded_output_beyond_its_assumed_range_is_warned_about(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)  # other test modules quiet the root logger when they are collected
     weight = numpy_helper.from_array(np.full((3, 3, 1, 1), 2.0, np.float32), "w")
     graph = helper.make_graph([helper.make_node("Conv", ["image", "w"], ["out"])], "unbounded",
                               [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],

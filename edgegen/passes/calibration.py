@@ -47,7 +47,8 @@ def load_calibration(specs: list[TensorSpec], source: str | None, count: int, mo
     """Calibration inputs from `source` (None/'spec', 'zoo', an image folder, or an .npy/.npz file)."""
     if count < 1:
         raise RequestError(f"calibration count must be >= 1, got {count}")
-    check_memory(specs, count)
+    if source in (None, "spec", "zoo") or Path(source).is_dir():  # (arrays give at most the samples they hold)
+        check_memory(specs, count)
     if source in (None, "spec"):
         return Calibration(sample_feeds(specs, list(range(count))), f"input spec (seeds 0..{count - 1})")
     if source == "zoo":
