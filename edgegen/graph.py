@@ -44,6 +44,7 @@ class Graph:
         self.notes = notes
         self.inputs = inputs
         self.outputs = outputs
+        self._concrete: dict[tuple, dict[str, list[int]]] = {}
 
     @classmethod
     def load(
@@ -96,8 +97,12 @@ class Graph:
                        for n in self.model.graph.node)
 
     def concrete_shapes(self) -> dict[str, list[int]]:
-        """Every tensor's shape at the default input shapes (batch 1)."""
-        return _infer_concrete(self.model, {s.name: s.default_shape for s in self.inputs}, str(self.source))
+        """Every tensor's shape at the default input shapes (batch 1); inferred once per graph and input
+        shapes (a graph's model is never changed in place: passes make a new Graph)."""
+        key = tuple((s.name, tuple(s.default_shape)) for s in self.inputs)
+        if key not in self._concrete:
+            self._concrete[key] = _infer_concrete(self.model, dict(key), str(self.source))
+        return {name: list(dims) for name, dims in self._concrete[key].items()}
 
     def node_costs(self) -> list[NodeCost]:
         """MACs and bytes per node at the default input shapes."""

@@ -273,3 +273,19 @@ def test_shapes_inference_cannot_follow_are_read_from_one_run(monkeypatch):
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     monkeypatch.setattr(graph_module, "fold_constants", lambda m: m)
     assert graph_module._infer_concrete(model, {"x": [1, 3]}, "gap")["y"] == [2, 6]
+
+
+def test_concrete_shapes_are_inferred_once_per_graph_and_input_shapes(cgen_path, monkeypatch):
+    from edgegen import graph as graph_module
+
+    calls = []
+    infer = graph_module._infer_concrete
+    monkeypatch.setattr(graph_module, "_infer_concrete", lambda *a: calls.append(a) or infer(*a))
+    g = Graph.load(cgen_path)
+    calls.clear()
+    first = g.concrete_shapes()
+    first[next(iter(first))].append(99)  # a caller's edit does not reach the next caller
+    assert g.concrete_shapes() == infer(g.model, {s.name: s.default_shape for s in g.inputs}, "x")
+    assert len(calls) == 1
+    g.with_model(g.model, []).concrete_shapes()
+    assert len(calls) == 2  # another Graph: inferred again
