@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .backends.openvino.session import INFERENCE_PRECISION  # the plugin's names: the keys of execution.float_types
 
 SLOWER = 0.9  # a reduced-precision artifact under this speed against the fp32 source gets a warning (noise: ~10%)
 
@@ -33,7 +34,7 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
     if execution and manifest["precision"] in ("fp16", "bf16") and execution.get("float_types"):
         lines.append(f"  executes  {manifest['precision']}: the plugin runs the compute layers in "
                      + ", ".join(f"{k} x{v}" for k, v in sorted(execution["float_types"].items())))
-        if {"fp16": "f16", "bf16": "bf16"}[manifest["precision"]] not in execution["float_types"]:
+        if INFERENCE_PRECISION[manifest["precision"]] not in execution["float_types"]:
             lines.append(f"  warning   no layer runs in {manifest['precision']} on this host (the plugin chose "
                          f"{', '.join(sorted(execution['float_types']))}): the fidelity and latency above are not "
                          f"{manifest['precision']}'s; a device that runs it will differ")

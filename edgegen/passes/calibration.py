@@ -47,9 +47,8 @@ def load_calibration(specs: list[TensorSpec], source: str | None, count: int, mo
     """Calibration inputs from `source` (None/'spec', 'zoo', an image folder, or an .npy/.npz file)."""
     if count < 1:
         raise RequestError(f"calibration count must be >= 1, got {count}")
-    if source in (None, "spec", "zoo") or Path(source).is_dir():  # (arrays give at most the samples they hold)
-        check_memory(specs, count)
     if source in (None, "spec"):
+        check_memory(specs, count)
         return Calibration(sample_feeds(specs, list(range(count))), f"input spec (seeds 0..{count - 1})")
     if source == "zoo":
         folder = ZOO_DIR / f"{model_name}.calib"
@@ -69,7 +68,8 @@ def load_calibration(specs: list[TensorSpec], source: str | None, count: int, mo
 
 
 def check_memory(specs: list[TensorSpec], count: int) -> None:
-    """Refuse a calibration count whose input samples alone would not fit in this host's memory."""
+    """Refuse a calibration count whose input samples alone would not fit in this host's memory (arrays from
+    a file give at most the samples they hold, so only the spec and image folders are checked)."""
     per_sample = sum(v.nbytes for v in sample_feeds(specs, [0]).values())
     available = available_memory()
     if available is not None and count * per_sample > available * MEMORY_SHARE:
@@ -94,6 +94,7 @@ def available_memory() -> int | None:
 def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str) -> Calibration:
     from PIL import Image
 
+    check_memory(specs, count)
     image_specs = [s for s in specs if s.role == "image"]
     if len(image_specs) != 1:
         raise RequestError(f"calibration from images needs a model with exactly one image input; this one has "

@@ -10,12 +10,13 @@ gives the same pixels whichever cache serves it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import Counter
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -285,12 +286,8 @@ class Generator:
                 self.materialize(job)
         feeds = self._stack([job.samples for job in jobs])
         with self._lock:
-            try:
+            with self._sizes_checked(feeds):
                 raw = self._region(route, feeds, to_rect(roi)) if roi is not None else self._frame(route, feeds)
-            except EdgegenError:
-                raise
-            except Exception as exc:  # the backend's own error: a request error where the size is new
-                raise self._unrunnable(feeds, exc) from exc
         if len(raw) != len(jobs):  # a backend fault; serving fewer images would leave requests unanswered
             raise BundleError(f"{self.path}: the {self.manifest['backend']} backend returned {len(raw)} image(s) "
                               f"for {len(jobs)} request(s); nothing was served from that call")
@@ -480,26 +477,29 @@ class Generator:
         if len(set(batches.values())) > 1:
             raise RequestError(f"run() inputs give different batch sizes {batches}; give every input the same "
                                "number of samples")
-        try:
+        with self._sizes_checked(checked):
             return run_batched(self.session.run, self.inputs, checked)
+
+    @contextlib.contextmanager
+    def _sizes_checked(self, feeds: dict[str, np.ndarray]) -> Iterator[None]:
+        """Turn a backend's own failure on input shapes the build never verified (an image size the network
+        cannot take) into a RequestError; any other failure stays what it is, a fault of the bundle or backend."""
+        try:
+            yield
         except EdgegenError:
             raise
         except Exception as exc:
-            raise self._unrunnable(checked, exc) from exc
-
-    def _unrunnable(self, feeds: dict[str, np.ndarray], exc: Exception) -> Exception:
-        """A RequestError for a backend failure on input shapes the build never verified (an image size the
-        network cannot take); otherwise the failure itself, a fault of the bundle or backend."""
-        new = {s.name: feeds[s.name].shape[1:] for s in self.inputs
-               if s.name in feeds and tuple(feeds[s.name].shape[1:]) != tuple(s.default_shape[1:])}
-        if not new:
-            return exc
-        given = ", ".join(f"{name!r} {'x'.join(map(str, shape))}" for name, shape in new.items())
-        verified = ", ".join(f"{s.name!r} {'x'.join(map(str, s.default_shape[1:]))}" for s in self.inputs if s.name in new)
-        return RequestError(f"the model cannot run at input shape {given} (the {self.manifest['backend']} backend: "
-                            f"{first_line(exc)[:300]}); the bundle was verified at {verified}. A network that "
-                            "downsamples (a U-Net, an encoder) needs sides that are multiples of its total stride; "
-                            "resize or pad the image")
+            new = {s.name: feeds[s.name].shape[1:] for s in self.inputs
+                   if s.name in feeds and tuple(feeds[s.name].shape[1:]) != tuple(s.default_shape[1:])}
+            if not new:
+                raise
+            given = ", ".join(f"{name!r} {'x'.join(map(str, shape))}" for name, shape in new.items())
+            verified = ", ".join(f"{s.name!r} {'x'.join(map(str, s.default_shape[1:]))}" for s in self.inputs
+                                 if s.name in new)
+            raise RequestError(f"the model cannot run at input shape {given} (the {self.manifest['backend']} "
+                               f"backend: {first_line(exc)[:300]}); the bundle was verified at {verified}. A network "
+                               "that downsamples (a U-Net, an encoder) needs sides that are multiples of its total "
+                               "stride; resize or pad the image") from exc
 
     @staticmethod
     def _check_array(spec: TensorSpec, array: np.ndarray, batched: bool) -> np.ndarray:
