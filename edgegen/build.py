@@ -115,10 +115,11 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     compiler = backends.compiler_module(tgt.backend)
     _refuse_unsupported(compiler.unsupported_nodes(source, tgt), source, tgt)
     feeds = sample_feeds(source.inputs, list(range(VERIFY_SEED, VERIFY_SEED + opts.samples)))
+    per_call = source.samples_per_run()
     reference_run = SourceSession(source.reference)
-    expected = run_batched(reference_run.run, source.inputs, feeds)
+    expected = run_batched(reference_run.run, source.inputs, feeds, per_call)
     _warn_outside_range(source, expected)
-    evaluator = Evaluator(source.inputs, source.outputs, feeds, expected)
+    evaluator = Evaluator(source.inputs, source.outputs, feeds, expected, per_call)
     graph, passes = _apply_passes(source, precision, opts, evaluator, report, compiler.INT8_LOWERINGS)
     staging = bundle.staging_dir(out)
     try:
@@ -127,7 +128,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
         report("verify", 0, 1)
         # an fp32 artifact must equal what it was compiled from: the source, or the pruned graph
         compiled_from = expected if graph is source or precision != "fp32" else \
-            run_batched(SourceSession(graph.model).run, source.inputs, feeds)
+            run_batched(SourceSession(graph.model).run, source.inputs, feeds, per_call)
         checks = _verify(source, tgt, precision, opts.floor, staging, compiled["session"], feeds, expected,
                          compiled_from, reference_run.describe)
         manifest = _manifest(source, graph, tgt, precision, compiled, checks, passes)
@@ -249,7 +250,7 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
     except Exception as exc:  # a runtime's own load error, reported with the artifact it concerns
         raise BuildError(f"the compiled {tgt.backend} artifact for {source.source} does not load: "
                          f"{str(exc).strip().splitlines()[0]}") from None
-    actual = run_batched(session.run, source.inputs, feeds)
+    actual = run_batched(session.run, source.inputs, feeds, source.samples_per_run())
     per_output = {}
     for spec in source.outputs:
         ref, got = expected[spec.name], actual[spec.name].astype(np.float32)

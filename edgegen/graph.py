@@ -15,10 +15,12 @@ from . import zoo
 from .errors import ModelError
 from .float16 import upcast_float16
 from .graph_load import clean, default_opset, fold_constants, read_model, upgrade_opset
+from .inputs import fixed_batch
 from .roles import describe_io
 from .specs import TensorSpec
 
 DEFAULT_SPATIAL = 64
+RUN_BUDGET_BYTES = 64 << 20  # the largest activation one verification run may hold
 
 
 @dataclass
@@ -116,6 +118,12 @@ class Graph:
             costs.append(NodeCost(node.name or f"{node.op_type}_{i}", node.op_type, _macs(node, shapes, init),
                                   params, acts))
         return costs
+
+    def samples_per_run(self, budget_bytes: int = RUN_BUDGET_BYTES) -> int:
+        """How many samples one run may take so that its largest activation stays within budget_bytes
+        (at least 1): large-image models verify their held-out inputs a few at a time, not in one batch."""
+        largest = max((c.activation_bytes for c in self.node_costs()), default=0) // (fixed_batch(self.inputs) or 1)
+        return max(1, budget_bytes // max(largest, 1))
 
     def input_dependencies(self) -> dict[str, frozenset[str]]:
         """For every tensor, the graph inputs its value depends on (empty for constants)."""

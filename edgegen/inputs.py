@@ -75,13 +75,19 @@ def fixed_batch(specs: list[TensorSpec]) -> int | None:
     return next((s.shape[0] for s in specs if s.shape and not s.batch_dynamic), None)
 
 
-def run_batched(run, specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run a batch in one call when every input has a dynamic batch axis; for a model exported with a
-    fixed batch B, in chunks of B (the last one padded by repeating its final sample, then trimmed)."""
+def run_batched(run, specs: list[TensorSpec], feeds: dict[str, np.ndarray],
+                per_call: int | None = None) -> dict[str, np.ndarray]:
+    """Run a batch in one call when every input has a dynamic batch axis (in calls of at most per_call
+    samples when given); for a model exported with a fixed batch B, in chunks of B (the last one padded
+    by repeating its final sample, then trimmed)."""
     size = fixed_batch(specs)
-    if size is None:
+    count = len(next(iter(feeds.values())))
+    if size is None and (per_call is None or count <= per_call):
         return run(feeds)
-    parts = [{k: v[:real] for k, v in run(chunk).items()} for chunk, real in chunks(feeds, size)]
+    if size is None:
+        parts = [run({k: v[start:start + per_call] for k, v in feeds.items()}) for start in range(0, count, per_call)]
+    else:
+        parts = [{k: v[:real] for k, v in run(chunk).items()} for chunk, real in chunks(feeds, size)]
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 

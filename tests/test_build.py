@@ -323,3 +323,16 @@ def test_an_unbounded_output_beyond_its_assumed_range_is_warned_about(tmp_path, 
     caplog.clear()
     build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b2", graph_options={"input_range": [0.0, 1.0], "output_range": [0.0, 6.0]})
     assert "held-out inputs the fp32 source spans" not in caplog.text
+
+
+def test_held_out_inputs_run_a_few_at_a_time_where_one_batch_would_be_large(tmp_path, cgen_path, monkeypatch):
+    from edgegen import source
+    from edgegen.graph import Graph
+
+    batches = []
+    run = source.SourceSession.run
+    monkeypatch.setattr(Graph, "samples_per_run", lambda self: 3)
+    monkeypatch.setattr(source.SourceSession, "run", lambda self, feeds: batches.append(
+        len(next(iter(feeds.values())))) or run(self, feeds))
+    build(cgen_path, "x86-onnxruntime", tmp_path / "b", samples=8)
+    assert batches and max(batches) == 3 and sum(batches[:3]) == 8

@@ -289,3 +289,14 @@ def test_concrete_shapes_are_inferred_once_per_graph_and_input_shapes(cgen_path,
     assert len(calls) == 1
     g.with_model(g.model, []).concrete_shapes()
     assert len(calls) == 2  # another Graph: inferred again
+
+
+def test_samples_per_run_keeps_the_largest_activation_within_budget(tmp_path):
+    w = numpy_helper.from_array(np.ones((64, 3, 3, 3), np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "wide",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64, "H", "W"])], [w])
+    path = tmp_path / "wide.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert Graph.load(path, input_shapes={"x": [1, 3, 512, 512]}).samples_per_run() == 1  # 64 MiB per sample
+    assert Graph.load(path, input_shapes={"x": [1, 3, 64, 64]}).samples_per_run() == 64  # 1 MiB per sample

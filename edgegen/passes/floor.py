@@ -49,8 +49,9 @@ class Evaluator:
     """Scores candidate ONNX models against the fp32 source's outputs on held-out inputs."""
 
     def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec], feeds: dict[str, np.ndarray],
-                 expected: dict[str, np.ndarray]):
+                 expected: dict[str, np.ndarray], per_call: int | None = None):
         self.inputs, self.outputs, self.feeds, self.expected = inputs, outputs, feeds, expected
+        self.per_call = per_call  # samples per run (see Graph.samples_per_run); None: all in one
 
     def quality(self, model: onnx.ModelProto) -> dict[str, float]:
         """Worst PSNR and SSIM over the outputs (each output's own value range)."""
@@ -60,7 +61,7 @@ class Evaluator:
         options.log_severity_level = 3
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
-        got = run_batched(lambda f: dict(zip(names, session.run(names, f))), self.inputs, self.feeds)
+        got = run_batched(lambda f: dict(zip(names, session.run(names, f))), self.inputs, self.feeds, self.per_call)
         worst = {"psnr_db": float("inf"), "ssim": 1.0, "nmse": 0.0}
         for spec in self.outputs:
             ref = self.expected[spec.name]
