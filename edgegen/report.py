@@ -101,7 +101,9 @@ def _serving_lines(manifest: dict[str, Any]) -> list[str]:
             check = checked["roi"][output]
             lines.append(f"roi {output}: {len(roi['program']['ops'])} local ops from "
                          f"{len(roi['program']['roots'])} root(s); {check['checked_rects']} regions checked, "
-                         + ("bit-exact" if check["bit_exact"] else f"max-abs {check['max_abs']:.3g}"))
+                         + ("bit-exact" if check["bit_exact"] else f"max-abs {check['max_abs']:.3g}")
+                         + ("; every region needs the whole input (served as the frame, cropped)"
+                            if check.get("needs_whole_input") else ""))
     for row in checked.get("tiers", {}).get("rows", []):
         lines.append(f"tier {row['tier']}: {row['output']}, {row['macs'] / 1e6:.2f} MMACs, p50 {row['p50_ms']:.3f} ms"
                      + (f", {row['psnr_vs_full_downscaled_db']:.2f} dB vs the full image downscaled"

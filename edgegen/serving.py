@@ -14,6 +14,7 @@ results must equal the whole artifact within SPLIT_MAX_ABS.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import tempfile
 import time
@@ -31,6 +32,8 @@ from .receptive_field import RoiRefused, spatial_program
 from .specs import TensorSpec
 from .split import find_split, split_at
 from .subgraph import extract, with_batch, with_input_dims
+
+log = logging.getLogger(__name__)
 
 SPLIT_MAX_ABS = 1e-5
 PART_MAX_ABS = 1e-3  # a compiled part against its own fp32 graph, as the build checks the whole artifact
@@ -274,8 +277,14 @@ def verify_serving(gen, feeds: dict[str, np.ndarray], precision: str, graphs: di
         diffs = [float(np.max(np.abs(engine.region(roots, r) - whole[name][:1, :, r[0][0]:r[0][1], r[1][0]:r[1][1]])))
                  for r in rects]
         _refuse(precision, max(diffs), f"region of {name!r}")
+        # a corner region of 1/16 of the frame: where it needs the whole input, every region does
+        corner = ((0, max(1, h // 4)), (0, max(1, w // 4)))
+        whole_input = engine.crops_nothing(roots, corner)
+        if whole_input:
+            log.warning("output %r: every region needs the whole input (the receptive field spans it), so a "
+                        "region request computes the whole frame and crops it: no faster than a full one", name)
         out.setdefault("roi", {})[name] = {"max_abs": max(diffs), "checked_rects": len(rects),
-                                          "bit_exact": max(diffs) == 0.0}
+                                          "bit_exact": max(diffs) == 0.0, "needs_whole_input": whole_input}
     if gen.batch_parts:
         report("check batches", 0, 1)
         try:

@@ -1,5 +1,7 @@
 """Region of interest, incremental edits and halo-aware tiles: equal to the same region of the full output."""
 
+import logging
+
 import numpy as np
 import onnx
 import pytest
@@ -252,3 +254,19 @@ def test_an_edit_follows_roots_computed_whole_from_the_image(tmp_path, form):
     after[0:2, 0:2] = 255
     gen.generate(image=before)
     np.testing.assert_array_equal(gen.edit(before, after), gen.generate(image=after))
+
+
+def test_a_region_that_needs_the_whole_input_is_cropped_from_the_frame(tmp_path_factory, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING)
+    gen = build_roi(tmp_path_factory, "deep-unet", f"{FAMILIES}/pix2pix_unet__legacy_b1.onnx")
+    assert gen.manifest["serving_report"]["roi"][gen.image_outputs[0]]["needs_whole_input"]
+    assert "every region needs the whole input" in caplog.text
+    image = smooth_image(64, 64, seed=6)
+    full = gen.generate(image=image)
+    engine = gen.roi[gen.image_outputs[0]]
+    monkeypatch.setattr(engine, "region", lambda roots, rect: pytest.fail("ran the region artifact on the whole input"))
+    np.testing.assert_array_equal(gen.generate(image=image, roi=(3, 5, 10, 7)), full[5:12, 3:13])
+
+
+def test_a_local_model_reports_that_its_regions_need_only_part_of_the_input(upscaler):
+    assert not upscaler.manifest["serving_report"]["roi"][upscaler.image_outputs[0]]["needs_whole_input"]

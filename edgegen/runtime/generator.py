@@ -321,6 +321,9 @@ class Generator:
         engine = self._engine(route.output)
         roots = engine.roots(feeds)
         engine.check(rect, roots)
+        if engine.crops_nothing(roots, rect):
+            (y0, y1), (x0, x1) = rect
+            return self._frame(route, feeds)[:, :, y0:y1, x0:x1]
         return engine.region(roots, rect)
 
     def _engine(self, output: str) -> RoiEngine:

@@ -123,8 +123,7 @@ class RoiEngine:
         sizes = self.sizes(roots)
         windows = [self._window(a, rect[a], sizes) for a in (0, 1)]
         feeds = {n: roots[n] for n in self.program.side}
-        for r in self.program.roots:
-            (a0, a1), (b0, b1) = (self.program.root_crop(r, a, windows[a], sizes) for a in (0, 1))
+        for r, ((a0, a1), (b0, b1)) in self._crops(windows, sizes).items():
             feeds[r] = np.ascontiguousarray(roots[r][:, :, a0:a1, b0:b1])
         out = self.parts.run(self.post, feeds)[self.program.output]
         expected = tuple(w1 - w0 for w0, w1 in windows)
@@ -132,6 +131,17 @@ class RoiEngine:
             raise RuntimeError(f"ROI window {windows} gave a {out.shape[2:4]} output, not {expected}")
         (y0, y1), (x0, x1) = rect
         return out[:, :, y0 - windows[0][0]:y1 - windows[0][0], x0 - windows[1][0]:x1 - windows[1][0]]
+
+    def crops_nothing(self, roots: dict[str, np.ndarray], rect: Rect) -> bool:
+        """Whether a rectangle needs every root whole (its receptive field spans the input, as a deep
+        U-Net's does): the frame's own artifact then computes it faster than the region's."""
+        sizes = self.sizes(roots)
+        windows = [self._window(a, rect[a], sizes) for a in (0, 1)]
+        return all(crop == ((0, sizes[r][0]), (0, sizes[r][1])) for r, crop in self._crops(windows, sizes).items())
+
+    def _crops(self, windows: list[Interval], sizes: dict[str, tuple[int, int]]) -> dict[str, tuple[Interval, Interval]]:
+        """Each root's (rows, columns) that an output window needs."""
+        return {r: tuple(self.program.root_crop(r, a, windows[a], sizes) for a in (0, 1)) for r in self.program.roots}
 
     def window_area(self, rect: Rect, sizes: dict[str, tuple[int, int]]) -> int:
         windows = [self._window(a, rect[a], sizes) for a in (0, 1)]
