@@ -15,13 +15,12 @@ import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from .errors import BuildError, BundleError
-from .fileio import as_created, write_text
+from .fileio import alive, as_created, owner, owner_pattern, write_text
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -109,30 +108,18 @@ def staging_dir(out: Path) -> Path:
     after this host and process; earlier ones of processes that died without cleaning up are removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(out)
-    owner = f"{socket.gethostname()}-{os.getpid()}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{owner}.", suffix=".tmp", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{owner()}.", suffix=".tmp", dir=out.parent))
     as_created(staging, directory=True)
     return staging
 
 
 def _remove_orphans(out: Path) -> None:
     """Staging directories beside out left by a killed process of this host (kill -9, power loss)."""
-    host = re.escape(socket.gethostname())
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.{host}-(\d+)\.[^.]+\.tmp")
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.{owner_pattern()}\.[^.]+\.tmp")
     for candidate in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
         match = pattern.fullmatch(candidate.name)
-        if match and candidate.is_dir() and not candidate.is_symlink() and not _alive(int(match.group(1))):
+        if match and candidate.is_dir() and not candidate.is_symlink() and not alive(int(match.group(1))):
             shutil.rmtree(candidate, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        pass
-    return True
 
 
 def file_hashes(directory: Path) -> dict[str, str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +18,27 @@ def _read_umask() -> int:
 
 
 UMASK = _read_umask()  # read once, at import (setting it back and forth is not thread-safe)
+
+
+def owner() -> str:
+    """This process's tag in the names of its temporary files and directories: host and pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def owner_pattern() -> str:
+    """A regular expression matching the tag of any process of this host, its pid as group 1."""
+    return rf"{re.escape(socket.gethostname())}-(\d+)"
+
+
+def alive(pid: int) -> bool:
+    """Whether a process of this host is running (a temporary named after a dead one is an orphan)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        pass
+    return True
 
 
 def as_created(path: str | Path, directory: bool = False) -> None:

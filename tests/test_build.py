@@ -93,12 +93,14 @@ def test_refuses_the_working_directory_as_out(tmp_path, cgen_path, monkeypatch):
 
 
 def test_staging_left_by_a_killed_build_is_removed_by_the_next(tmp_path, cgen_path):
+    import os
+    import socket
     import subprocess
     import sys
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    orphan = tmp_path / f".b.{bundle.socket.gethostname()}-{dead.stdout.strip()}.abcd1234.tmp"
-    live = tmp_path / f".b.{bundle.socket.gethostname()}-{bundle.os.getpid()}.efgh5678.tmp"
+    orphan = tmp_path / f".b.{socket.gethostname()}-{dead.stdout.strip()}.abcd1234.tmp"
+    live = tmp_path / f".b.{socket.gethostname()}-{os.getpid()}.efgh5678.tmp"
     mine = tmp_path / ".b.draft.tmp"
     for path in (orphan, live, mine):
         path.mkdir()

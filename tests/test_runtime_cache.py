@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -119,19 +120,26 @@ def test_unusable_directory_means_no_disk_cache_not_a_failure(tmp_path):
     assert cache.get("e" * 64) is None and cache.stats.write_errors == 1
 
 
-def test_open_removes_only_its_own_temporary_files(tmp_path):
-    """A killed build's hidden staging folder and a user's `.draft.tmp` stay; a leftover of the cache's own goes."""
+def test_open_removes_only_its_own_temporary_files_of_dead_processes(tmp_path):
+    """A killed build's hidden staging folder, a user's `.draft.tmp` and the write in flight of another
+    process sharing the directory stay; a leftover of a killed process goes."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
     (tmp_path / ".exist.vbhssedz.tmp").mkdir()
     (tmp_path / ".exist.vbhssedz.tmp" / "model.onnx").write_bytes(b"staged")
     (tmp_path / ".draft.tmp").write_text("my draft")
     (tmp_path / f".{'f' * 64}.tmp").write_text("not a name the cache makes")
-    (tmp_path / f".{'e' * 64}.k3j_x9q2.egc.tmp").mkdir()  # its pattern, but a directory: not its own
-    leftover = tmp_path / f".{'a' * 64}.k3j_x9q2.egc.tmp"
+    (tmp_path / f".{'e' * 64}.{host}-{dead.pid}.k3j_x9q2.egc.tmp").mkdir()  # its pattern, but a directory
+    in_flight = tmp_path / f".{'c' * 64}.{host}-{os.getpid()}.p0q_r7s1.egc.tmp"  # a live process's write
+    in_flight.write_bytes(b"EGC2 being written")
+    leftover = tmp_path / f".{'a' * 64}.{host}-{dead.pid}.k3j_x9q2.egc.tmp"
     leftover.write_bytes(b"EGC2 cut short")
     cache = DiskCache(tmp_path, 1 << 20)
     assert not leftover.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [".exist.vbhssedz.tmp", ".draft.tmp", f".{'f' * 64}.tmp", f".{'e' * 64}.k3j_x9q2.egc.tmp"])
+        [".exist.vbhssedz.tmp", ".draft.tmp", f".{'f' * 64}.tmp", f".{'e' * 64}.{host}-{dead.pid}.k3j_x9q2.egc.tmp",
+         in_flight.name])
     assert (tmp_path / ".exist.vbhssedz.tmp" / "model.onnx").read_bytes() == b"staged"
     cache.put("b" * 64, np.arange(5, dtype=np.uint8))
     np.testing.assert_array_equal(cache.get("b" * 64), np.arange(5, dtype=np.uint8))

@@ -27,12 +27,13 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import RequestError
+from ..fileio import alive, owner, owner_pattern
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"EGC2"  # EGC1 entries (a digest of the data only) read as damaged: dropped and recomputed
 ENTRY = re.compile(r"[0-9a-f]{64}\.egc")
-TEMPORARY = re.compile(r"\.[0-9a-f]{64}\.[A-Za-z0-9_]+\.egc\.tmp")
+TEMPORARY = re.compile(rf"\.[0-9a-f]{{64}}\.{owner_pattern()}\.[A-Za-z0-9_]+\.egc\.tmp")  # of this host
 
 
 @dataclass
@@ -109,8 +110,9 @@ class DiskCache:
             log.warning("disk cache %s cannot be created (%s); serving without it", self.directory, exc)
         self._sizes = {p.stem: p.stat().st_size for p in self._files(ENTRY)}
         self.stats.bytes, self.stats.entries = sum(self._sizes.values()), len(self._sizes)
-        for stale in self._files(TEMPORARY):  # left by a process killed mid-write
-            stale.unlink(missing_ok=True)
+        for temporary in self._files(TEMPORARY):  # left by a process killed mid-write (not one still writing)
+            if not alive(int(TEMPORARY.fullmatch(temporary.name).group(1))):
+                temporary.unlink(missing_ok=True)
 
     def _files(self, name: re.Pattern) -> list[Path]:
         """The regular files in the directory whose names match `name` (none when it cannot be listed)."""
@@ -183,7 +185,7 @@ class DiskCache:
 
 
 def _write_atomically(directory: Path, path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".egc.tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{owner()}.", suffix=".egc.tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
