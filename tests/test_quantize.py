@@ -336,3 +336,35 @@ def test_a_grouped_conv_transpose_is_kept_in_float_and_said_so(tmp_path):
         quant = result.manifest["passes"]["quantize"]
         assert "grouped ConvTranspose kept in float" in quant["float_by_design"] and "grouped_up" in quant["float_by_design"]
         assert quant["quantized_ops"].get("Conv") and result.fidelity["psnr_db"] > 30
+
+
+def test_norm_parameters_shared_by_several_nodes_quantize(tmp_path):
+    """PyTorch's dynamo exporter merges equal constants: every GroupNorm's InstanceNormalization reads one
+    scale and one bias tensor. onnxruntime's quantizer gives each reader of a shared bias a copy named
+    after it plus a number, which can be another tensor's name (val_11 + 9 = val_119), and then fails."""
+    rng = np.random.default_rng(0)
+    c, groups = 8, 2
+    inits = [numpy_helper.from_array(np.ones(groups, np.float32), "ones"),
+             numpy_helper.from_array(np.zeros(groups, np.float32), "zeros"),
+             numpy_helper.from_array(np.array([0, groups, -1], np.int64), "grouped"),
+             numpy_helper.from_array(np.array([0, c, 8, 8], np.int64), "image_shape")]
+    nodes, x = [], "x"
+    for i, cin in enumerate([3, c]):
+        inits += [numpy_helper.from_array(rng.standard_normal((c, cin, 3, 3)).astype(np.float32) * 0.3, f"w{i}"),
+                  numpy_helper.from_array(rng.standard_normal((1, c, 1, 1)).astype(np.float32), f"gamma{i}")]
+        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Reshape", [f"c{i}", "grouped"], [f"zeros{i}"]),  # the names it makes
+                  helper.make_node("InstanceNormalization", [f"zeros{i}", "ones", "zeros"], [f"n{i}"]),
+                  helper.make_node("Reshape", [f"n{i}", "image_shape"], [f"m{i}"]),
+                  helper.make_node("Mul", [f"m{i}", f"gamma{i}"], [f"a{i}"]),
+                  helper.make_node("Relu", [f"a{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    inits.append(numpy_helper.from_array(rng.standard_normal((3, c, 3, 3)).astype(np.float32) * 0.3, "w_out"))
+    nodes += [helper.make_node("Conv", [x, "w_out"], ["o"], pads=[1, 1, 1, 1]), helper.make_node("Tanh", ["o"], ["y"])]
+    graph = helper.make_graph(nodes, "groupnorms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
+    path = tmp_path / "gn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    built = build(path, "x86-onnxruntime", tmp_path / "b", precision="int8", samples=2, calibration_count=8)
+    assert built.manifest["passes"]["quantize"]["quantized_ops"]["InstanceNormalization"] == 2
+    assert built.fidelity["psnr_db"] > 30

@@ -63,7 +63,7 @@ class Quantizer:
             # edgegen's clean-up already folded BatchNorm and constants; ONNX Runtime's own optimizer here
             # would also inline function ops (HardSwish -> HardSigmoid * x), which no backend fuses in int8
             q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, skip_optimization=True)
-            self.model = onnx.load(str(pre))
+            self.model = _unshared(onnx.load(str(pre)))
             calibrator = q.create_calibrator(
                 pre, op_types_to_calibrate=None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                 calibrate_method=getattr(q.CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy",
@@ -143,6 +143,32 @@ def _ort_quantizer_quiet() -> Iterator[None]:
             yield
     finally:
         root.removeFilter(demote)
+
+
+def _unshared(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every float initializer that several nodes read copied, one copy per reader.
+    PyTorch's dynamo exporter merges equal constants (every GroupNorm's ones and zeros become one
+    tensor). onnxruntime's quantizer copies a bias several nodes share itself, naming each copy after
+    it plus a number, which can be another tensor's name (val_11 + 9 = val_119); it then fails with
+    "Quantization parameter shared mode is not supported for weight yet"."""
+    inits = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name in inits and inits[name].data_type == onnx.TensorProto.FLOAT:
+                readers[name] = readers.get(name, 0) + 1
+    seen: dict[str, int] = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if readers.get(name, 0) > 1:
+                seen[name] = seen.get(name, 0) + 1
+                if seen[name] > 1:  # the first reader keeps the original
+                    copy = onnx.TensorProto()
+                    copy.CopyFrom(inits[name])
+                    copy.name = f"{name}/reader{seen[name]}"  # a "/" no exporter's or onnxruntime's name has
+                    model.graph.initializer.append(copy)
+                    node.input[i] = copy.name
+    return model
 
 
 def _one_range_per_shuffled_image(model: onnx.ModelProto, ranges) -> None:
