@@ -10,7 +10,7 @@ from typing import Any
 from ...errors import BuildError
 from .. import require
 from ...graph import Graph
-from ...passes.qdq import activations_to_uint8, fuse_activation_requantization
+from ...passes.qdq import activations_to_uint8, computed_weights_in_float, fuse_activation_requantization
 from ...targets import Target
 
 ARTIFACT = "model.xml"
@@ -45,8 +45,8 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
 def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict[str, Any]:
     """Convert to IR in workdir (fp16 compresses weights); return files and session settings."""
     ov = _ov()
-    source = graph if precision != "int8" else \
-        graph.with_model(fuse_activation_requantization(activations_to_uint8(graph.model)), [])
+    source = graph if precision != "int8" else graph.with_model(
+        computed_weights_in_float(fuse_activation_requantization(activations_to_uint8(graph.model))), [])
     try:
         model = ov.convert_model(_stream(source))
     except Exception as exc:  # OpenVINO raises its own exception types per front end
