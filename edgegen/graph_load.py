@@ -266,6 +266,9 @@ def _fold(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     return folded
 
 
+UNKNOWN_DIM = "unk__"  # onnx shape inference names a dim it cannot follow unk__<n>
+
+
 def _recompute_shapes(model: onnx.ModelProto, declared: dict, origin: str, notes: list[str]) -> onnx.ModelProto:
     """Drop declared intermediate and output shapes and infer them anew; keep symbolic dim names."""
     del model.graph.value_info[:]
@@ -284,9 +287,12 @@ def _recompute_shapes(model: onnx.ModelProto, declared: dict, origin: str, notes
         if old is None or not computed:
             continue
         dims = out.type.tensor_type.shape.dim
-        for dim, was in zip(dims, old):
-            if not dim.HasField("dim_value") and not dim.dim_param and isinstance(was, str):
-                dim.dim_param = was
+        for dim, was in zip(dims, old if len(old) == len(dims) else []):  # unknown dims as declared
+            if not dim.HasField("dim_value") and (not dim.dim_param or dim.dim_param.startswith(UNKNOWN_DIM)):
+                if isinstance(was, int):
+                    dim.dim_value = was
+                elif was:
+                    dim.dim_param = was
         if old and len(old) == len(computed) and any(
             isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(old, computed)
         ):

@@ -98,6 +98,12 @@ def compile_serving(graph: Graph, tgt: targets.Target, precision: str, staging: 
             head = extract(graph, split.cut + names, outputs, "head")
             comp.add("head", head)
             serving["split"] = split.to_json()
+    wanted = [flag for flag, on in (("--roi", options.roi), ("--tiers", options.tiers),
+                                     ("--preview-upscale", options.preview_upscale)) if on]
+    if wanted and not _image_outputs(graph):
+        raise BuildError(f"{graph.source}: {', '.join(wanted)} serve image outputs, and this model has none (its "
+                         f"outputs: {', '.join(f'{s.name} ({s.role})' for s in graph.outputs)}); where an output is "
+                         "an NCHW image, say so with --role NAME=image")
     if options.roi:
         serving["roi"] = _roi_parts(graph, comp)
     tiers = _tier_parts(graph, comp, options, split)

@@ -300,3 +300,22 @@ def test_samples_per_run_keeps_the_largest_activation_within_budget(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     assert Graph.load(path, input_shapes={"x": [1, 3, 512, 512]}).samples_per_run() == 1  # 64 MiB per sample
     assert Graph.load(path, input_shapes={"x": [1, 3, 64, 64]}).samples_per_run() == 64  # 1 MiB per sample
+
+
+def test_declared_output_dims_fill_in_what_inference_cannot_follow(tmp_path):
+    """A U-Net that pads to a multiple of 8 and crops back: the crop's ends are shape arithmetic (Mod)
+    that inference leaves unknown, so the output's declared channel count (3) must stay."""
+    w = numpy_helper.from_array(np.full((3, 3, 3, 3), 0.1, np.float32), "w")
+    consts = [numpy_helper.from_array(np.array([8, 8], np.int64), "eight"),
+              numpy_helper.from_array(np.array([0, 0], np.int64), "zeros"),
+              numpy_helper.from_array(np.array([2, 3], np.int64), "axes")]
+    nodes = [helper.make_node("Shape", ["x"], ["hw"], start=2),
+             helper.make_node("Mod", ["hw", "eight"], ["extra"]),
+             helper.make_node("Sub", ["hw", "extra"], ["ends"]),
+             helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+             helper.make_node("Slice", ["y", "zeros", "ends", "axes"], ["out"])]
+    g = helper.make_graph(nodes, "crop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, "oh", "ow"])], [w, *consts])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "crop.onnx"))
+    out = Graph.load(tmp_path / "crop.onnx").outputs[0]
+    assert out.shape[1] == 3 and out.role == "image"

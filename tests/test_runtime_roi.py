@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgegen.build import build
-from edgegen.errors import RequestError
+from edgegen.errors import BuildError, RequestError
 from edgegen.graph import Graph
 from edgegen.receptive_field import RoiRefused, spatial_program
 from edgegen.runtime import Generator
@@ -270,3 +270,15 @@ def test_a_region_that_needs_the_whole_input_is_cropped_from_the_frame(tmp_path_
 
 def test_a_local_model_reports_that_its_regions_need_only_part_of_the_input(upscaler):
     assert not upscaler.manifest["serving_report"]["roi"][upscaler.image_outputs[0]]["needs_whole_input"]
+
+
+def test_serving_options_for_images_refuse_a_model_without_an_image_output(tmp_path):
+    w = numpy_helper.from_array(np.full((10, 16), 0.1, np.float32), "w")
+    g = helper.make_graph([helper.make_node("Gemm", ["z", "w"], ["scores"], transB=1)], "scores",
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 10])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "scores.onnx"))
+    with pytest.raises(BuildError, match=r"--roi serve image outputs, and this model has none \(its outputs: scores "
+                                         r"\(tensor\)\); .* --role NAME=image"):
+        build(tmp_path / "scores.onnx", "x86-onnxruntime", tmp_path / "b", roi=True)
+    assert not (tmp_path / "b").exists()
