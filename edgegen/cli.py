@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -21,7 +22,7 @@ from .fileio import atomic_path, write_text
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error, 1 internal fault, 3 a failed check)."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_ranges_joined(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)  # unwind like Ctrl-C, so temporary files are removed
@@ -249,6 +250,22 @@ def _mebibytes(text: str) -> float:
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a budget; give MiB >= 0 (0 turns the cache off)")
     return value
+
+
+RANGE_OPTIONS = ("--input-range", "--output-range")
+_NEGATIVE_RANGE = re.compile(r"-[0-9.]+(?:[eE][-+]?[0-9]+)?,.*")
+
+
+def _ranges_joined(argv: list[str]) -> list[str]:
+    """`--output-range -1,1` as `--output-range=-1,1`: argparse takes a value that starts with "-" and is
+    not a plain number for an option of its own, and most real ranges start below zero."""
+    joined: list[str] = []
+    for token in argv:
+        if joined and joined[-1] in RANGE_OPTIONS and _NEGATIVE_RANGE.fullmatch(token):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
 
 
 def _graph_args(p: argparse.ArgumentParser) -> None:

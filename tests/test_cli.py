@@ -180,3 +180,10 @@ def test_a_calibration_count_beyond_memory_is_refused_before_allocating(capsys, 
     code, _, err = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "--calibration-count", "-4",
                        "-o", str(tmp_path / "b"))
     assert code == 2 and "--calibration-count must be >= 1, got -4" in err
+
+
+def test_a_range_starting_below_zero_is_taken_as_the_options_value(capsys, tmp_path, cgen_path):
+    """`--output-range -1,1` as the build's own range warning writes it (argparse read -1,1 as an option)."""
+    assert main(["inspect", str(cgen_path), "--output-range", "-2.5,1.5", "--input-range", "-1e-1,1"]) == 0
+    out = capsys.readouterr().out
+    assert "range [-2.5, 1.5]" in out
