@@ -335,3 +335,20 @@ def test_int8_prelu_for_the_edge_tpu_runs_in_int8(tmp_path):
     assert psnr(results["xnnpack"][name], results["edgetpu"][name], 2.0) > 40
     report = _edgetpu_report(qdq)
     assert report["first_fallback"] is None and report["edgetpu_ops"] == report["ops"]
+
+
+@pytest.mark.parametrize("weight,warned", [(0.01, True), (1.0, False)])
+def test_a_narrow_sigmoid_output_on_the_fixed_int8_grid_is_warned_about(tmp_path, caplog, weight, warned):
+    import logging
+
+    from onnx import numpy_helper
+
+    caplog.set_level(logging.WARNING)
+    w = numpy_helper.from_array(np.full((3, 3, 3, 3), weight, np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+                           helper.make_node("Sigmoid", ["y"], ["out"], name="to_image")], "narrow",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 16, 16])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    build(tmp_path / "m.onnx", "x86-litert", tmp_path / "b", precision="int8", samples=2, calibration_count=8)
+    assert ("'to_image' (Sigmoid): its calibrated output range is" in caplog.text) is warned
