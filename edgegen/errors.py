@@ -1,5 +1,10 @@
 """User-facing errors. Every message says what is wrong, where, and what to do."""
 
+import re
+
+# a line that only says where a dependency raised: "Exception from src/inference/src/cpp/infer_request.cpp:224:"
+_LOCATION = re.compile(r"(Exception from )?\S+:\d+:?")
+
 
 class EdgegenError(Exception):
     """Base class of every failure the user can fix; the CLI prints it and exits 2."""
@@ -34,7 +39,8 @@ class BackendUnavailableError(EdgegenError):
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none), for one-line reports
-    of a dependency's own errors."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The first line of an exception's message with content (not only a source location, as OpenVINO's
+    messages start), else its first line, else its type's name: one-line reports of a dependency's errors."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    content = [line for line in lines if not _LOCATION.fullmatch(line)]
+    return (content or lines or [type(exc).__name__])[0]

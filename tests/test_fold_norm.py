@@ -1,4 +1,5 @@
-"""BatchNormalization after a Linear layer (directly or through a reshape to a map) folds into the Gemm."""
+"""BatchNormalization after a Linear layer (directly or through a reshape to a map) folds into the Gemm
+(a MatMul by a constant matrix, `Linear(bias=False)` as TorchScript exports it, included)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,20 @@ def _model(trans_b: bool = True, bias: bool = True, beta: float = 1.0, reshape: 
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def _matmul_model(batch: int | str = 2, reshape: tuple[int, ...] | None = None, rank: int = 2) -> onnx.ModelProto:
+    """`Linear(bias=False) [-> view] -> BatchNorm` as TorchScript exports it: MatMul by a constant
+    [K, cols] matrix; the input [batch, K] (or [batch, C, K] for rank 3)."""
+    model = _model(trans_b=False, bias=False, reshape=reshape)
+    gemm = model.graph.node[0]
+    gemm.op_type = "MatMul"
+    del gemm.attribute[:]
+    x = model.graph.input[0]
+    x.CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *([C] if rank == 3 else []), K]))
+    if rank == 3:
+        del model.graph.output[0].type.tensor_type.shape.dim[:]
+    return model
+
+
 def _run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
 
@@ -65,6 +80,27 @@ def test_folds_exactly(trans_b, bias, beta, reshape):
     assert "BatchNormalization" not in {n.op_type for n in folded.graph.node}
     onnx.checker.check_model(folded)
     np.testing.assert_allclose(_run(folded, feeds)[0], expected[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch,reshape", [(2, None), ("batch", None), (2, (-1, C, H, W)), ("batch", (0, C, H, W))])
+def test_folds_a_matmul_by_a_constant_matrix_into_a_gemm(batch, reshape):
+    """MatMul (constant weight) -> [Reshape ->] BatchNorm, at a static and a dynamic batch: one Gemm
+    whose bias is the BatchNorm's shift, the same numbers."""
+    model = _matmul_model(batch, reshape)
+    x = np.random.default_rng(1).standard_normal((2, K)).astype(np.float32)
+    folded, count = fold_norm_into_gemm(onnx.ModelProto.FromString(model.SerializeToString()))
+    assert count == 1
+    assert [n.op_type for n in folded.graph.node] == ["Gemm", *(["Reshape"] if reshape else []), "Relu"]
+    assert len(folded.graph.node[0].input) == 3
+    onnx.checker.check_model(folded)
+    np.testing.assert_allclose(_run(folded, {"x": x})[0], _run(model, {"x": x})[0], atol=1e-5, rtol=1e-5)
+
+
+def test_leaves_a_matmul_of_a_3d_input():
+    """A MatMul over a [N, L, K] input maps the last axis; a BatchNorm normalizes axis 1: nothing folds."""
+    model = _matmul_model(rank=3)
+    folded, count = fold_norm_into_gemm(onnx.ModelProto.FromString(model.SerializeToString()))
+    assert count == 0 and [n.op_type for n in folded.graph.node] == ["MatMul", "BatchNormalization", "Relu"]
 
 
 @pytest.mark.parametrize("case", [{"stats_as_input": True}, {"extra_reader": True},

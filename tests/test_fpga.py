@@ -18,6 +18,7 @@ from edgegen.build import build
 from edgegen.emulate import fpga as emu
 from edgegen.errors import BuildError, UnsupportedOpError
 from edgegen.graph import Graph
+from edgegen.inputs import sample_feeds
 from edgegen.runtime import Generator
 
 from conftest import DATA
@@ -25,6 +26,34 @@ from conftest import DATA
 logging.getLogger().setLevel(logging.ERROR)
 FAMILIES = DATA / "families"
 ROOMY = NpuConfig.from_options({"lanes": 8, "act_kb": 512, "wgt_kb": 256, "par_entries": 4096, "tap_entries": 2048})
+
+
+def mean_shift(pre: tuple[str, str] = ("Sub", "Div"), post: str = "Add", const_first: bool = False,
+               noise: bool = False) -> onnx.ModelProto:
+    """EDSR's MeanShift and (x - mean) / std: per-channel constant ops on the float image input
+    (`pre`, constant first or second), two convolutions, `post` of the same [1, 3, 1, 1] constant on
+    the int8 result; `noise`: a fixed [1, 1, 8, 8] map subtracted from the input instead."""
+    rng = np.random.default_rng(7)
+    c3 = np.array([0.4, 0.45, 0.41], np.float32)
+    inits = [onnx.numpy_helper.from_array(c3.reshape(1, 3, 1, 1), "mean"),
+             onnx.numpy_helper.from_array(np.array([0.5, 0.6, 0.7], np.float32).reshape(3, 1, 1), "std"),
+             onnx.numpy_helper.from_array(rng.uniform(0.5, 1.5, (1, 1, 8, 8)).astype(np.float32), "noise"),
+             *(onnx.numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+               for name, shape in (("w1", (8, 3, 3, 3)), ("b1", (8,)), ("w2", (3, 8, 3, 3)), ("b2", (3,))))]
+    first = [onnx.helper.make_node("Sub", ["image", "noise"], ["n"], name="noisy")] if noise else [
+        onnx.helper.make_node(pre[0], ["mean", "image"] if const_first else ["image", "mean"], ["c"], name="shift"),
+        onnx.helper.make_node(pre[1], ["c", "std"], ["n"], name="scale")]
+    nodes = first + [
+        onnx.helper.make_node("Conv", ["n", "w1", "b1"], ["h"], pads=[1, 1, 1, 1]),
+        onnx.helper.make_node("Relu", ["h"], ["r"]),
+        onnx.helper.make_node("Conv", ["r", "w2", "b2"], ["o"], pads=[1, 1, 1, 1]),
+        onnx.helper.make_node(post, ["mean", "o"] if const_first else ["o", "mean"], ["out"], name="unshift")]
+    graph = onnx.helper.make_graph(
+        nodes, "mean_shift", [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 3, 8, 8])], inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
 
 
 def _graph(tmp_path, model) -> Graph:
@@ -191,6 +220,53 @@ def test_float_layers_and_unsupported_ops_are_refused_by_name(tmp_path):
     with pytest.raises(UnsupportedOpError, match=r"node 'up' \(op ConvTranspose\): the NPU runs a transposed "
                                                  r"convolution with group 1 and no dilation only"):
         build(_graph(tmp_path, lambda: grouped), "fpga-sim", tmp_path / "b", precision="int8")
+
+
+@pytest.mark.parametrize("pre, post, const_first, host_in, npu, host_out", [
+    (("Sub", "Div"), "Add", False, ["Sub", "Div"], ["Conv", "Conv", "Add"], []),
+    (("Add", "Mul"), "Sub", True, [], ["Add", "Mul", "Conv", "Conv"], ["Sub"]),
+    (("Sub", "Mul"), "Mul", False, ["Sub"], ["Mul", "Conv", "Conv", "Mul"], [])])
+def test_per_channel_constant_ops_run_on_the_host_where_float_else_on_the_npu(tmp_path, pre, post, const_first,
+                                                                            host_in, npu, host_out):
+    """EDSR's MeanShift, (image - mean) / std with [1, 3, 1, 1] / [3, 1, 1] constants: what the QDQ graph
+    computes in float before the first grid or after the last runs on the host, the same float32 ops as
+    ONNX Runtime (the NPU's input codes equal ONNX Runtime's); on int8 values, a per-channel affine layer
+    (depthwise) on the NPU. Every output code equals ONNX Runtime's."""
+    qdq = emu.quantize(_graph(tmp_path, lambda: mean_shift(pre, post, const_first)))
+    compiled = emu.compile_for(qdq, ROOMY, tmp_path / "npu")
+    entry, output = compiled.session["inputs"][0], compiled.session["outputs"][0]
+    assert [spec["op"] for spec in entry["chain"]] == host_in
+    assert [spec["op"] for spec in output["chain"]] == host_out
+    assert all(np.shape(spec["const"]) == (3, 1, 1) for spec in entry["chain"] + output["chain"])
+    layers = json.loads((tmp_path / "npu" / "reports" / "npu.json").read_text())["layers"]
+    assert [layer["op"] for layer in layers] == npu
+    assert all(layer["kind"] == "depthwise" for layer in layers if layer["op"] != "Conv")
+    feeds = sample_feeds(qdq.inputs, [1, 2, 3])
+    want = emu.ort_codes(qdq, {entry["name"]: entry["placement"]}, feeds)[entry["name"]]
+    session = compiled.open()
+    for i in range(3):
+        np.testing.assert_array_equal(session.input_codes(feeds, i)[entry["name"]], want[i])
+    stats = emu.agreement(compiled, samples=3)
+    assert stats["exact"] == stats["values"], stats
+
+
+def test_per_channel_constant_ops_build_and_serve(tmp_path):
+    path = tmp_path / "mean_shift.onnx"
+    onnx.save(mean_shift(), path)
+    result = build(path, "fpga-sim", tmp_path / "b", precision="int8")
+    assert result.fidelity["psnr_db"] > 35, result.fidelity
+    execution = json.loads((tmp_path / "b" / "manifest.json").read_text())["execution"]
+    assert execution["float"] == {"Sub (host)": 1, "Div (host)": 1}
+    assert Generator.open(tmp_path / "b").generate(image=np.full((8, 8, 3), 128, np.uint8)).shape == (8, 8, 3)
+
+
+def test_float_work_on_an_input_the_host_cannot_run_is_refused_with_the_file_and_a_remedy(tmp_path):
+    path = tmp_path / "noisy_input.onnx"
+    onnx.save(mean_shift(noise=True), path)
+    with pytest.raises(UnsupportedOpError, match=r"noisy_input.onnx: node 'noisy' \(op Sub\) .*float in the QDQ "
+                                                 r"graph .*by one constant per channel.* Apply this Sub to the input "
+                                                 r"before feeding the model"):
+        build(path, "fpga-sim", tmp_path / "b", precision="int8")
 
 
 def test_targets_describe_their_npu():

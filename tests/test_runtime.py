@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgegen.build import build
-from edgegen.errors import BundleError, RequestError
+from edgegen.errors import BundleError, RequestError, first_line
 from edgegen.inputs import latent_from_seed
 from edgegen.runtime import Generator, to_pil
 from runtime_models import unet_like
@@ -201,14 +201,21 @@ def test_a_field_no_input_takes_is_refused(gen, tmp_path):
         Generator.open(tmp_path / "b").generate(seed=1, label=3, onehot=np.zeros(10, np.float32))
 
 
-def test_an_image_size_the_network_cannot_take_is_a_request_error(tmp_path):
+@pytest.mark.parametrize("target", ["x86-onnxruntime", "x86-openvino"])
+def test_an_image_size_the_network_cannot_take_is_a_request_error(tmp_path, capfd, target):
+    """The backend's reason is its first line with content (OpenVINO's starts with source locations), and
+    the request logs nothing (ONNX Runtime's session would print an ExecuteKernel error line)."""
     onnx.save(unet_like(), str(tmp_path / "unet.onnx"))
-    build(tmp_path / "unet.onnx", "x86-onnxruntime", tmp_path / "b")
+    build(tmp_path / "unet.onnx", target, tmp_path / "b")
     gen = Generator.open(tmp_path / "b")
     assert gen.generate(image=np.zeros((12, 20, 3), np.uint8)).shape == (12, 20, 3)
+    capfd.readouterr()
     with pytest.raises(RequestError, match=r"cannot run at input shape 'image' 3x15x15 .*verified at 'image' "
-                                           r"3x16x16.*multiples of its total stride"):
+                                           r"3x16x16.*multiples of its total stride") as err:
         gen.generate(image=np.zeros((15, 15, 3), np.uint8))
+    reason = str(err.value).split(" backend: ")[1]
+    assert "Concat" in reason and not reason.startswith("Exception from"), reason
+    assert capfd.readouterr().err == ""
     with pytest.raises(RequestError, match="cannot run at input shape 'image' 3x15x16"):
         gen.run({"image": np.zeros((1, 3, 15, 16), np.float32)})
     with pytest.raises(RequestError, match="image is 0x0 pixels"):
@@ -219,6 +226,16 @@ def test_an_image_size_the_network_cannot_take_is_a_request_error(tmp_path):
         gen.edit(None, np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(RequestError, match="built without --roi; rebuild it with `--roi` .*cannot offer regions"):
         gen.generate(image=np.zeros((16, 16, 3), np.uint8), roi=(0, 0, 8, 8))
+
+
+def test_first_line_skips_source_locations():
+    exc = RuntimeError("Exception from src/inference/src/cpp/infer_request.cpp:224:\n"
+                       "Exception from src/plugins/intel_cpu/src/node.cpp:794:\n\n"
+                       "[CPU] Concat node with name '/Concat'\n"
+                       "Shape inference input shapes {{1,64,14,10},{1,64,15,11}}\n")
+    assert first_line(exc) == "[CPU] Concat node with name '/Concat'"
+    assert first_line(RuntimeError("Exception from a.cpp:1:")) == "Exception from a.cpp:1:"
+    assert first_line(RuntimeError("  ")) == "RuntimeError"
 
 
 def test_run_refuses_inputs_of_different_batch_sizes(gen):

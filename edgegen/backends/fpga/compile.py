@@ -67,7 +67,7 @@ def lower_graph(graph: Graph, config: NpuConfig, target: str = "the target"):
     if not p.quant:
         raise BuildError(f"{graph.source}: the NPU runs int8 only and is compiled from the quantized QDQ graph; "
                          "build with --precision int8")
-    lowerer = Lowerer(p, config)
+    lowerer = Lowerer(p, config, graph.source)
     lowered = lowerer.run()
     bank_copies = assign_banks(lowerer, lowered) if config.act_banks > 1 else None
     memory = {**check_static(lowered.program, target), **allocate(lowered.program, lowered.buffers, target)}

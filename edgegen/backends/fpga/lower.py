@@ -5,13 +5,15 @@ from the graph. Conv / ConvTranspose / Gemm / MatMul become CONV layers (broadca
 up-sampling phases, or one dense "pixel"), Add becomes ADD, Concat / Resize-nearest / DepthToSpace
 become depthwise copies that requantize where the grids differ, and any chain of element-wise ops
 between two int8 grids becomes a 256-entry table, fused into the layer before it when that layer
-alone produces its input. Float work before the first grid (scalar arithmetic on an input, an
-embedding lookup) and after the last one (a final Tanh) runs on the host, as the QDQ graph says.
+alone produces its input. Float work before the first grid (arithmetic on an input by a scalar or
+by one constant per channel, an embedding lookup) and after the last one (a final Tanh) runs on the
+host, as the QDQ graph says.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -23,7 +25,7 @@ from . import arith, unary
 from .emit import Phase, Program, requant_params
 from .isa import NpuConfig
 from .lower_linear import LinearLayers
-from .lower_movement import MovementLayers
+from .lower_movement import MovementLayers, per_channel
 from .tensors import Buffer, Tensor, dense_layout, phase_major_layout
 from .values import Func, Host, Lowered, Upsampled
 
@@ -67,8 +69,9 @@ def unary_spec(node: onnx.NodeProto, p: Prepared) -> tuple[str, dict] | None:
 class Lowerer(LinearLayers, MovementLayers):
     """Walks the prepared graph once, emitting layers into a Program."""
 
-    def __init__(self, p: Prepared, config: NpuConfig):
+    def __init__(self, p: Prepared, config: NpuConfig, source: Path | str):
         self.p = p
+        self.source = source
         self.config = config
         self.lanes = config.lanes
         self.program = Program(config)
@@ -81,7 +84,8 @@ class Lowerer(LinearLayers, MovementLayers):
     # -- helpers -------------------------------------------------------------------------------
     def unsupported(self, why: str) -> UnsupportedOpError:
         node = self.node
-        return UnsupportedOpError(f"node {node.name!r} (op {node.op_type}) cannot run on the edgegen NPU: {why}")
+        return UnsupportedOpError(f"{self.source}: node {node.name!r} (op {node.op_type}) cannot run on the edgegen "
+                                  f"NPU: {why}")
 
     def shape(self, name: str) -> list[int]:
         if name not in self.p.shapes:
@@ -114,10 +118,16 @@ class Lowerer(LinearLayers, MovementLayers):
             return value
         if isinstance(value, Host):
             if value.grid is None:
-                raise self.unsupported(f"its input {name!r} is float in the QDQ graph; the NPU computes int8 only")
+                raise self.unsupported(
+                    f"its input {name!r} is float in the QDQ graph (model input {value.source!r} before its first "
+                    "int8 layer); the NPU computes int8 only, and the host runs only Add/Sub/Mul/Div of an input by "
+                    "a scalar or by one constant per channel ([1, C, 1, 1]) and element-wise functions. Apply this "
+                    f"{self.node.op_type} to the input before feeding the model (take it out of the export), or "
+                    "rewrite it as one of those")
             shape = value.shape
             if len(shape) not in (2, 4) or shape[0] != 1:
-                raise self.unsupported(f"input {name!r} of shape {shape} is neither [1, C] nor [1, C, H, W]")
+                raise self.unsupported(f"input {name!r} of shape {shape} is neither [1, C] nor [1, C, H, W]: the NPU "
+                                       "runs one image at a time; export the model with batch 1 or a dynamic batch")
             chw = (shape[1], *(shape[2:] if len(shape) == 4 else (1, 1)))
             tensor = self.new_tensor(name, chw, value.grid, first=-1)
             self.inputs.append((tensor, value))
@@ -213,7 +223,7 @@ class Lowerer(LinearLayers, MovementLayers):
 
     def lower(self, node: onnx.NodeProto) -> None:
         op = node.op_type
-        spec = unary_spec(node, self.p)
+        spec = unary_spec(node, self.p) or self.host_channel_spec(node)
         if spec is not None:
             return self.unary(node, *spec)
         handler = {"Conv": self.conv, "ConvTranspose": self.conv, "Gemm": self.dense, "MatMul": self.dense,
@@ -224,6 +234,31 @@ class Lowerer(LinearLayers, MovementLayers):
         if handler is None or node.domain not in ("", "ai.onnx"):
             raise self.unsupported(f"the NPU has no layer for {op} (it runs: {', '.join(SUPPORTED)})")
         handler(node)
+
+    def host_channel_spec(self, node: onnx.NodeProto) -> tuple[str, dict] | None:
+        """(data input, spec) for Add/Sub/Mul/Div of float values by one constant per channel, which the
+        host runs as written, like a scalar: on a model input before its first grid, or as the last op of
+        a model output that is float in the QDQ graph (no table ever holds a per-channel constant)."""
+        if node.op_type not in ("Add", "Sub", "Mul", "Div") or len(node.input) != 2:
+            return None
+        index = 0 if node.input[0] in self.p.consts else 1
+        data, value = node.input[1 - index], self.values.get(node.input[1 - index])
+        if node.input[index] not in self.p.consts:
+            return None
+        if isinstance(value, Host) and value.grid is None and value.gather is None:
+            shape = value.shape
+        elif isinstance(value, (Tensor, Func)) and self.float_output(node.output[0]):
+            shape = self.shape(data)
+        else:
+            return None
+        const = per_channel(np.asarray(self.p.consts[node.input[index]], np.float32), shape)
+        if const is None:
+            return None
+        return data, {"op": node.op_type, "const": const.tolist(), "const_first": index == 0}
+
+    def float_output(self, name: str) -> bool:
+        """Whether `name` is a model output, read by no node, that the QDQ graph leaves in float."""
+        return name in self.outputs and not self.p.consumers.get(name) and name not in self.p.quant.activations
 
     def cast(self, node: onnx.NodeProto) -> None:
         """A label fed as int32 and cast to int64 for its embedding: the host's indices, unchanged."""

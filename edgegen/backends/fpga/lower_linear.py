@@ -100,21 +100,25 @@ class LinearLayers:
         return Phase([(dy, dx, 0) for dy, dx, _ in taps], words)
 
     def batch_norm(self, node: onnx.NodeProto) -> None:
-        """x * a + b per channel (a BatchNormalization the import could not fold into a conv), as ONNX
-        Runtime computes it in float32: a depthwise 1x1 layer of T taps on the same pixel whose weights sum
-        to W per channel, bias B, requantized by a * s_in / (W * s_out). W (up to 127 T) is chosen so that
-        B / W is the best rational approximation of b / (a * s_in): a one-tap weight of 127 leaves the
-        bias up to 1/254 of an input step off, which moves ~0.1% of outputs by one code, and a generator
-        amplifies each such code through every layer after it. T = max(8, lanes): a depthwise group takes
-        at least `lanes` cycles anyway."""
-        x, out = self.tensor(node.input[0]), node.output[0]
+        """A BatchNormalization the import could not fold into a conv: x * a + b per channel, with a and b
+        as ONNX Runtime computes them in float32."""
+        x = self.tensor(node.input[0])
         if not all(i in self.p.consts for i in node.input[1:5]):
             raise self.unsupported("its scale, bias, mean and variance are not constants")
         f32 = np.float32
         gamma, beta, mean, var = (np.asarray(self.p.consts[i], f32).reshape(-1) for i in node.input[1:5])
         a = f32(1) / np.sqrt(var + f32(attrs(node).get("epsilon", 1e-5))) * gamma
-        b = (beta - mean * a).astype(np.float64)
-        a = a.astype(np.float64)
+        self.affine(node, x, a.astype(np.float64), (beta - mean * a).astype(np.float64))
+
+    def affine(self, node: onnx.NodeProto, x: Tensor, a: np.ndarray, b: np.ndarray) -> None:
+        """x * a + b per channel: a depthwise 1x1 layer of T taps on the same pixel whose weights sum to W
+        per channel, bias B, requantized by a * s_in / (W * s_out). W (up to 127 T) is chosen so that
+        B / W is the best rational approximation of b / (a * s_in): a one-tap weight of 127 leaves the
+        bias up to 1/254 of an input step off, which moves ~0.1% of outputs by one code, and a generator
+        amplifies each such code through every layer after it. T = max(8, lanes): a depthwise group takes
+        at least `lanes` cycles anyway."""
+        out = node.output[0]
+        f32 = np.float32
         taps = max(8, self.lanes)
         w_total = _best_denominators(b / np.where(a == 0, 1.0, a * np.float64(f32(x.scale))), 127 * taps)
         w_total = np.where(a == 0, 0, w_total * np.sign(a)).astype(np.int64)

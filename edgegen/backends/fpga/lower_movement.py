@@ -1,6 +1,7 @@
-"""The lowering's two-input and data-movement layers: Add/Sub/Mul with broadcasting, Concat,
-channel relayouts, Resize (nearest, bilinear), DepthToSpace, and the views that cost no layer
-(Slice, Expand, Reshape), plus the host-side embedding lookup."""
+"""The lowering's two-input and data-movement layers: Add/Sub/Mul with broadcasting (by one constant
+per channel: a per-channel affine layer), Concat, channel relayouts, Resize (nearest, bilinear),
+DepthToSpace, and the views that cost no layer (Slice, Expand, Reshape), plus the host-side
+embedding lookup."""
 
 from __future__ import annotations
 
@@ -17,11 +18,25 @@ from .tensors import Tensor, dense_layout, phase_major_layout
 from .values import Host, Upsampled
 
 
+def per_channel(const: np.ndarray, shape: list[int]) -> np.ndarray | None:
+    """`const` as one value per channel of one sample ([C, 1, 1] for a [1, C, H, W] input) when it is
+    that ([1, C, 1, 1] or [C, 1, 1]; [1, C] or [C] for a [1, C] input), else None."""
+    if len(shape) < 2:
+        return None
+    sample = [shape[1]] + [1] * (len(shape) - 2)
+    if const.ndim not in (len(sample), len(shape)) or list(const.shape[-len(sample):]) != sample:
+        return None
+    return const.reshape(sample) if const.ndim == len(sample) or const.shape[0] == 1 else None
+
+
 class MovementLayers:
     """Mixin of `Lowerer`: the rules for layers without weights of their own."""
 
     def binary(self, node: onnx.NodeProto) -> None:
-        """Add / Sub / Mul of two tensors; a one-channel or one-pixel operand is broadcast."""
+        """Add / Sub / Mul of two tensors; a one-channel or one-pixel operand is broadcast; by one constant
+        per channel, a per-channel affine layer."""
+        if self.channel_constant(node):
+            return
         out = node.output[0]
         _, c, h, w = (self.shape(out) + [1, 1])[:4] if len(self.shape(out)) == 2 else self.shape(out)
         a, b = (self.broadcast(self.tensor(i), c, h, w) for i in node.input[:2])
@@ -30,6 +45,22 @@ class MovementLayers:
         dst = self.new_tensor(out, (c, h, w), self.grid(out), a.cmap, a.groups)
         self.program.elementwise(node.name, node.op_type, a, b, dst)
         self.values[out] = dst
+
+    def channel_constant(self, node: onnx.NodeProto) -> bool:
+        """Lower `x op c` with c one constant per channel of x as x * a + b per channel (an EDSR-style
+        mean shift added back at the end); False when no operand is such a constant."""
+        index = 0 if node.input[0] in self.p.consts else 1
+        data = node.input[1 - index]
+        if node.input[index] not in self.p.consts or data in self.p.consts:
+            return False
+        c = per_channel(np.asarray(self.p.consts[node.input[index]], np.float32), self.shape(data))
+        if c is None:
+            return False
+        c = c.reshape(-1).astype(np.float64)
+        one, zero = np.ones_like(c), np.zeros_like(c)
+        a, b = {"Add": (one, c), "Mul": (c, zero), "Sub": (-one, c) if index == 0 else (one, -c)}[node.op_type]
+        self.affine(node, self.tensor(data), a, b)
+        return True
 
     def broadcast(self, t: Tensor, c: int, h: int, w: int) -> Tensor:
         """t seen as [c, h, w]: one channel repeated (a 1x1 layer), one pixel repeated (a view with no

@@ -2,7 +2,8 @@
 
 The compiler turns any chain of them between two int8 grids into a 256-entry activation table; the
 session runs a chain before the first grid (host prologue) or after the last one (host epilogue).
-A spec is a small dict: {"op": "LeakyRelu", "alpha": 0.2}, {"op": "Mul", "const": 3.0}, ...
+A spec is a small dict: {"op": "LeakyRelu", "alpha": 0.2}, {"op": "Mul", "const": 3.0}, ... (on the host,
+"const" may also be one value per channel of a sample, as nested lists: [[[0.4]], [[0.5]], [[0.6]]]).
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import numpy as np
 
 Spec = dict[str, Any]
 F = np.float32
+
+
+def _const(spec: Spec) -> np.ndarray:
+    """A spec's constant operand: a scalar, or per channel as nested lists (broadcast over one sample)."""
+    return np.asarray(spec["const"], F)
 
 
 def _hard_sigmoid(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
@@ -45,10 +51,10 @@ _FUNCTIONS = {
     "Exp": lambda x, s: np.exp(x),
     "Erf": lambda x, s: _erf(x).astype(F),
     "Gelu": lambda x, s: _gelu(x, s.get("approximate", "none")),
-    "Add": lambda x, s: x + F(s["const"]),
-    "Sub": lambda x, s: F(s["const"]) - x if s.get("const_first") else x - F(s["const"]),
-    "Mul": lambda x, s: x * F(s["const"]),
-    "Div": lambda x, s: F(s["const"]) / x if s.get("const_first") else x / F(s["const"]),
+    "Add": lambda x, s: x + _const(s),
+    "Sub": lambda x, s: _const(s) - x if s.get("const_first") else x - _const(s),
+    "Mul": lambda x, s: x * _const(s),
+    "Div": lambda x, s: _const(s) / x if s.get("const_first") else x / _const(s),
 }
 OPS = tuple(_FUNCTIONS)
 

@@ -58,7 +58,8 @@ class Session:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: a failed run raises with the same text, and a request
+        # the runtime answers with a RequestError (an image size the network cannot take) logs nothing
         self._path = str(Path(bundle_dir) / session["entry"])
         self._session = ort.InferenceSession(self._path, options, providers=providers)
         self.providers = self._session.get_providers()
