@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__, backends, bundle, reference, targets
-from .bench import interleaved, measure
+from .bench import BLOCK_RUNS, OtherLoad, host_cpus, interleaved, measure, paired_speed
 from .errors import BackendUnavailableError, BuildError, UnsupportedOpError
 from .graph import Graph
 from .inputs import fixed_batch, run_batched, sample_feeds
@@ -130,7 +130,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
         compiled_from = expected if graph is source or precision != "fp32" else \
             run_batched(SourceSession(graph.model).run, source.inputs, feeds, per_call)
         checks = _verify(source, tgt, precision, opts.floor, staging, compiled["session"], feeds, expected,
-                         compiled_from, reference_run.describe)
+                         compiled_from, reference_run.describe, passes.get("quantize", {}).get("result"))
         manifest = _manifest(source, graph, tgt, precision, compiled, checks, passes)
         manifest.update(serving_step(graph, tgt, precision, staging, opts.serving, opts.precompute, manifest,
                                      feeds, report))
@@ -237,10 +237,11 @@ def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator,
 
 def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFloor, staging: Path,
             session_cfg: dict, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray],
-            compiled_from: dict[str, np.ndarray], reference_name: str) -> dict[str, Any]:
+            compiled_from: dict[str, np.ndarray], reference_name: str,
+            graph_quality: dict[str, float] | None) -> dict[str, Any]:
     """Run the artifact on the held-out inputs: quality against the fp32 source (`expected`); an fp32
     artifact must also match the graph it was compiled from within FP32_MAX_ABS; every precision must
-    meet the floor."""
+    meet the floor (`graph_quality`: the int8 graph's own, run in ONNX Runtime, to say where a miss is)."""
     session_mod = backends.session_module(tgt.backend)
     native, where = targets.runs_here(tgt, precision)
     try:
@@ -265,8 +266,11 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
                          f"max-abs (limit {FP32_MAX_ABS}) on {samples} held-out inputs; the build is refused. "
                          "Report this model to the edgegen developers with `edgegen inspect` output.")
     if floor and not floor.met(quality):
+        where = f" Its int8 graph meets the floor in ONNX Runtime ({graph_quality['psnr_db']:.2f} dB / SSIM " \
+            f"{graph_quality['ssim']:.4f}): {tgt.backend}'s own int8 execution loses the rest; build for another " \
+            "target (x86-onnxruntime), or in fp16/bf16 here." if graph_quality and floor.met(graph_quality) else ""
         raise BuildError(f"the {precision} artifact for {tgt.name} reaches PSNR {quality['psnr_db']:.2f} dB / SSIM "
-                         f"{quality['ssim']:.4f} against the fp32 source, below the floor ({floor.describe()}).")
+                         f"{quality['ssim']:.4f} against the fp32 source, below the floor ({floor.describe()})." + where)
     unit = fixed_batch(source.inputs) or 1
     first = {k: v[:unit] for k, v in feeds.items()}
     ref_file = reference.save(staging, first, {k: v[:unit] for k, v in compiled_from.items()})
@@ -286,17 +290,25 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
 
 def _latency(session, feeds: dict[str, np.ndarray], threads: int, where: str, source: SourceSession | None,
              runs: int = 20) -> dict[str, Any]:
-    """p50 of the artifact at batch 1; with the fp32 source's session (a CPU artifact that runs natively
-    here), both alternate run by run and the speed against the source is the median of the pairs' ratios."""
+    """p50 of the artifact at batch 1, at the target's threads; with the fp32 source's session (a CPU artifact
+    that runs natively here), both run in alternating blocks of BLOCK_RUNS runs (`bench.interleaved`: each
+    block once the other runtime's threads have stopped spinning, so neither runs on cores the other's idle
+    workers hold) and the speed against the source is the median over block pairs of their ratio
+    (`bench.paired_speed`): paired, so load from elsewhere on a shared host hits both alike. The cores other
+    processes kept busy meanwhile are recorded (`other_load_cores`, of `host_cpus`): load that slows one runtime
+    more than the other is not cancelled, and the report says so instead of blaming the precision."""
     if source is None:
         times, baseline = measure(lambda: session.run(feeds), runs, 1), None
     else:
-        times, baseline = interleaved(lambda: session.run(feeds), lambda: source.run(feeds), runs, 1)
+        with OtherLoad() as load:
+            times, baseline = interleaved(lambda: session.run(feeds), lambda: source.run(feeds), runs, 1)
     result = {"p50_ms": round(statistics.median(times), 3), "runs": runs, "batch": 1, "threads": threads,
               "measured_on": where}
     if baseline:
         result.update(source_p50_ms=round(statistics.median(baseline), 3),
-                      speed_vs_source=round(statistics.median(b / a for a, b in zip(times, baseline)), 3))
+                      speed_vs_source=round(paired_speed(times, baseline), 3), block_runs=BLOCK_RUNS)
+        if load.cores is not None:
+            result.update(other_load_cores=round(load.cores, 2), host_cpus=host_cpus())
     return result
 
 

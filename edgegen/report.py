@@ -6,8 +6,19 @@ from pathlib import Path
 from typing import Any
 
 from .backends.openvino.session import INFERENCE_PRECISION  # the plugin's names: the keys of execution.float_types
+from .bench import busy_host
 
 SLOWER = 0.9  # a reduced-precision artifact under this speed against the fp32 source gets a warning (noise: ~10%)
+BACKEND_GAP_DB = 6.0  # an int8 artifact this far below its QDQ graph (run in ONNX Runtime) gets a warning
+
+
+def backend_gap_db(manifest: dict[str, Any]) -> float:
+    """How many dB an int8 artifact's fidelity lies below the QDQ graph it was lowered from, run in ONNX
+    Runtime when the build chose it (0 for other precisions)."""
+    quant = manifest.get("passes", {}).get("quantize")
+    if not quant or manifest.get("precision") != "int8":
+        return 0.0
+    return quant["result"]["psnr_db"] - manifest["fidelity"]["psnr_db"]
 
 
 def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
@@ -24,12 +35,19 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
         + (f" (floor: {fid['floor']})" if fid.get("floor") else ""),
         f"  latency   p50 {lat['p50_ms']:.3f} ms, batch 1, {lat['threads']} thread(s), on {fid['ran_on']}"
         + (f"; {lat['speed_vs_source']:.2f}x the speed of the fp32 source in ONNX Runtime ({lat['source_p50_ms']:.3f} ms, "
-           "runs alternating)" if "speed_vs_source" in lat else ""),
+           "in alternating blocks)" if "speed_vs_source" in lat else ""),
     ]
     if lat.get("speed_vs_source", 1.0) < SLOWER and manifest["precision"] != "fp32":
-        lines.append(f"  warning   this {manifest['precision']} artifact runs at {lat['speed_vs_source']:.2f}x the speed "
-                     f"of the fp32 source on this host: {manifest['backend']} gains nothing from "
-                     f"{manifest['precision']} on this model here; try another target or precision")
+        if busy_host(lat, lat["threads"]):
+            lines.append(f"  warning   this {manifest['precision']} artifact ran at {lat['speed_vs_source']:.2f}x the "
+                         f"speed of the fp32 source while other processes kept {lat['other_load_cores']:.1f} of "
+                         f"{lat.get('host_cpus', '?')} cores busy, which can slow one runtime more than the other: "
+                         f"rerun `edgegen bench {dest} --baseline` on a quiet host before choosing another target or "
+                         "precision")
+        else:
+            lines.append(f"  warning   this {manifest['precision']} artifact runs at {lat['speed_vs_source']:.2f}x the "
+                         f"speed of the fp32 source on this host: {manifest['backend']} gains nothing from "
+                         f"{manifest['precision']} on this model here; try another target or precision")
     execution = manifest.get("execution")
     if execution and manifest["precision"] in ("fp16", "bf16") and execution.get("float_types"):
         lines.append(f"  executes  {manifest['precision']}: the plugin runs the compute layers in "
@@ -60,6 +78,11 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
     if quant:
         lines.append(f"  int8      calibration: {quant['calibration']['source']}, {quant['calibration']['count']} "
                      f"samples, {quant['method']}; all-int8 PSNR {quant['all_int8']['psnr_db']:.2f} dB")
+        gap = backend_gap_db(manifest)
+        if gap > BACKEND_GAP_DB:
+            lines.append(f"  warning   the {manifest['backend']} artifact is {gap:.1f} dB below its own int8 graph run in "
+                         f"ONNX Runtime ({quant['result']['psnr_db']:.2f} dB): {manifest['backend']}'s int8 execution "
+                         "loses that on this model; another target, or fp16/bf16 here, keeps it")
         equalized = manifest["passes"].get("equalized")
         if equalized:
             scales = [k for row in equalized["layers"] for k in row["scale"]]

@@ -338,3 +338,42 @@ def test_held_out_inputs_run_a_few_at_a_time_where_one_batch_would_be_large(tmp_
         len(next(iter(feeds.values())))) or run(self, feeds))
     build(cgen_path, "x86-onnxruntime", tmp_path / "b", samples=8)
     assert batches and max(batches) == 3 and sum(batches[:3]) == 8
+
+
+def test_speed_vs_source_is_measured_in_blocks_after_the_other_runtime_went_idle(monkeypatch):
+    """Run by run, the fp32 source's spinning ONNX Runtime workers took the cores of the artifact's next run
+    (OpenVINO bf16 at 0.1-0.8x the source where each alone ran faster): blocks, each after `settle`."""
+    from edgegen import bench
+    from edgegen.build import _latency
+
+    calls = []
+    monkeypatch.setattr(bench, "settle", lambda *a, **k: calls.append("settle") or True)
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, feeds):
+            calls.append(self.name)
+
+    latency = _latency(Fake("artifact"), {}, 2, "here", Fake("source"), runs=10)
+    assert latency["runs"] == 10 and latency["block_runs"] == bench.BLOCK_RUNS and latency["speed_vs_source"] > 0
+    timed = [c for c in calls[2:] if c != "settle"]  # after the first warm-up run of each
+    per_block = bench.BLOCK_WARMUP + bench.BLOCK_RUNS
+    assert timed == (["artifact"] * per_block + ["source"] * per_block) * 2
+    assert calls[2:].count("settle") == 4
+
+
+def test_a_slow_ratio_measured_on_a_busy_host_does_not_blame_the_precision(tmp_path):
+    manifest = {"target": {"name": "x86-openvino"}, "backend": "openvino", "precision": "int8",
+                "model": {"source_macs": 1e6, "macs": 1e6, "source_param_bytes": 1e3, "param_bytes": 1e3},
+                "fidelity": {"psnr_db": 40.0, "ssim": 0.99, "max_abs": 0.01, "samples": 8, "ran_on": "here"},
+                "latency": {"p50_ms": 1.0, "threads": 2, "speed_vs_source": 0.5, "source_p50_ms": 0.5,
+                            "other_load_cores": 0.1, "host_cpus": 2}}
+    quiet = render_build_report(manifest, tmp_path)
+    assert "runs at 0.50x the speed of the fp32 source on this host: openvino gains nothing" in quiet
+    assert "in alternating blocks" in quiet
+    busy = render_build_report({**manifest, "latency": {**manifest["latency"], "other_load_cores": 1.4}}, tmp_path)
+    assert "gains nothing" not in busy
+    assert "while other processes kept 1.4 of 2 cores busy" in busy
+    assert f"rerun `edgegen bench {tmp_path} --baseline` on a quiet host" in busy

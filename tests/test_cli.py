@@ -94,7 +94,7 @@ def test_bench_with_baseline_writes_json(capsys, tmp_path, ort_bundle):
     for row in result["rows"]:
         assert row["p50_ms"] > 0 and row["p95_ms"] >= row["p50_ms"] and row["peak_rss_mb"] > 10
     pair = bundle_row["interleaved"]
-    assert bundle_row["speedup_vs_baseline"] == pytest.approx(pair["source_p50_ms"] / pair["bundle_p50_ms"], rel=1e-2)
+    assert bundle_row["speedup_vs_baseline"] == pair["speedup"] > 0 and pair["block_runs"] == 5
     assert "vs fp32 ORT" in out
 
 

@@ -15,6 +15,7 @@ from edgegen.graph import Graph
 from edgegen.passes.calibration import load_calibration
 from edgegen.passes.qdq import activations_to_uint8
 from edgegen.passes.quantize import Quantizer, qdq_summary
+from edgegen.report import render_build_report
 from edgegen.runtime import Generator
 
 logging.getLogger().setLevel(logging.ERROR)
@@ -399,3 +400,17 @@ def test_openvino_int8_runs_a_convolution_with_computed_weights_in_float(tmp_pat
     ov_int8 = build(tmp_path / "mod.onnx", "x86-openvino", tmp_path / "ov", precision="int8", samples=4)
     assert ov_int8.fidelity["psnr_db"] > ort_int8.fidelity["psnr_db"] - 3  # in int8, OpenVINO gave 19.7 dB (ORT 36.4)
     assert ov_int8.manifest["execution"]["float"]["Conv"] == 1
+
+
+def test_a_backend_that_loses_what_its_int8_graph_keeps_is_named(tmp_path, monkeypatch):
+    """With OpenVINO's int8 modulated convolution back (it lost 17 dB), the report and a floor miss say
+    that the int8 graph itself holds up in ONNX Runtime and the backend's execution loses it."""
+    import edgegen.backends.openvino.compile as openvino_compile
+
+    monkeypatch.setattr(openvino_compile, "computed_weights_in_float", lambda model: model)
+    _modulated_conv(tmp_path / "mod.onnx")
+    built = build(tmp_path / "mod.onnx", "x86-openvino", tmp_path / "ov", precision="int8", samples=4)
+    assert "openvino's int8 execution loses that on this model" in render_build_report(built.manifest, tmp_path / "ov")
+    with pytest.raises(BuildError, match=r"below the floor \(PSNR >= 30.0 dB\)\. Its int8 graph meets the floor in "
+                                         r"ONNX Runtime \(.*\): openvino's own int8 execution loses the rest"):
+        build(tmp_path / "mod.onnx", "x86-openvino", tmp_path / "ov30", precision="int8", samples=4, min_psnr=30.0)

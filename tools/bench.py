@@ -55,7 +55,8 @@ def render(meta: dict, results: list[dict]) -> str:
     """One Markdown table: each model x target x precision x threads, with the baseline ratio."""
     lines = [f"Measured by `{meta['command']}` on {meta['date']} ({meta['host']}), {meta['runs']} runs each, "
              "batch 1; baseline = the fp32 source in a plain ONNX Runtime CPU session in the same run; the speed-up "
-             "comes from runs alternating bundle and baseline in one process.",
+             "comes from bundle and baseline alternating in blocks of 5 runs in one process, each block once the other "
+             "runtime's threads have stopped spinning.",
              "",
              "| model | target | precision | threads | p50 ms | p95 ms | images/s | peak RSS MB | interleaved p50 ms: "
              "bundle / fp32 ORT | speed-up | PSNR dB | bundle KB |",
