@@ -149,13 +149,18 @@ def test_missing_file(tmp_path):
         Graph.load(tmp_path)
 
 
-def test_dynamic_spatial_dims_take_given_shape(tmp_path):
-    w = numpy_helper.from_array(np.ones((3, 3, 3, 3), np.float32), "w")
-    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "fc",
+def _one_conv(path, channels_out: int = 3):
+    """A 3x3 convolution from 3 channels, with dynamic batch, height and width."""
+    w = numpy_helper.from_array(np.ones((channels_out, 3, 3, 3), np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])], [w])
-    path = tmp_path / "fc.onnx"
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels_out, "H", "W"])], [w])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_dynamic_spatial_dims_take_given_shape(tmp_path):
+    path = _one_conv(tmp_path / "fc.onnx")
     graph = Graph.load(path, input_shapes={"x": [1, 3, 32, 48]})
     assert graph.inputs[0].role == "image" and graph.inputs[0].default_shape == [1, 3, 32, 48]
     assert graph.node_costs()[0].macs == 3 * 32 * 48 * 27
@@ -292,12 +297,7 @@ def test_concrete_shapes_are_inferred_once_per_graph_and_input_shapes(cgen_path,
 
 
 def test_samples_per_run_keeps_the_largest_activation_within_budget(tmp_path):
-    w = numpy_helper.from_array(np.ones((64, 3, 3, 3), np.float32), "w")
-    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "wide",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64, "H", "W"])], [w])
-    path = tmp_path / "wide.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    path = _one_conv(tmp_path / "wide.onnx", channels_out=64)
     assert Graph.load(path, input_shapes={"x": [1, 3, 512, 512]}).samples_per_run() == 1  # 64 MiB per sample
     assert Graph.load(path, input_shapes={"x": [1, 3, 64, 64]}).samples_per_run() == 64  # 1 MiB per sample
 
