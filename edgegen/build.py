@@ -117,6 +117,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     feeds = sample_feeds(source.inputs, list(range(VERIFY_SEED, VERIFY_SEED + opts.samples)))
     per_call = source.samples_per_run()
     reference_run = SourceSession(source.reference)
+    _refuse_batch_dependence(source, reference_run, feeds)
     expected = run_batched(reference_run.run, source.inputs, feeds, per_call)
     _warn_outside_range(source, expected)
     evaluator = Evaluator(source.inputs, source.outputs, feeds, expected, per_call)
@@ -141,6 +142,25 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
             shutil.rmtree(staging, ignore_errors=True)
     report("done", 1, 1)
     return BuildResult(out, bundle.read_manifest(out))
+
+
+def _refuse_batch_dependence(source: Graph, reference_run: SourceSession, feeds: dict[str, np.ndarray]) -> None:
+    """Refuse a dynamic-batch model whose output for one input changes with the inputs beside it in the
+    batch: its export froze a batch size into shape arithmetic (Swin-style window code calls int() on a
+    shape, which the tracer records as a constant), so the file computes what PyTorch does only at the
+    batch it was traced with, and the bundle would be verified at one batch and serve at another."""
+    if fixed_batch(source.inputs) is not None or len(next(iter(feeds.values()))) < 2:
+        return
+    pair = reference_run.run({k: v[:2] for k, v in feeds.items()})
+    alone = reference_run.run({k: v[:1] for k, v in feeds.items()})
+    drift = max(max_abs(pair[s.name][:1], alone[s.name]) for s in source.outputs)
+    if drift > FP32_MAX_ABS:
+        raise BuildError(f"{source.source}: the model's output for one input depends on how many inputs run with "
+                         f"it (the first held-out input alone and in a batch of two differ by {drift:.3g} max-abs): "
+                         "the export froze a batch size into its shape arithmetic (such as `B = int(x.shape[0] / "
+                         "...)` in Swin-style window code; the exporter warns about it with a TracerWarning), so the "
+                         "file is right only at the batch it was traced with. Use -1 or x.shape[0] without int() "
+                         "there and re-export, or export with a fixed batch (no dynamic batch axis)")
 
 
 def _warn_outside_range(source: Graph, expected: dict[str, np.ndarray]) -> None:

@@ -377,3 +377,18 @@ def test_a_slow_ratio_measured_on_a_busy_host_does_not_blame_the_precision(tmp_p
     assert "gains nothing" not in busy
     assert "while other processes kept 1.4 of 2 cores busy" in busy
     assert f"rerun `edgegen bench {tmp_path} --baseline` on a quiet host" in busy
+
+
+def test_a_model_whose_output_depends_on_the_batch_it_runs_in_is_refused(tmp_path):
+    """A batch size frozen into a reshape, as Swin-style window code exports: right only at the traced batch."""
+    nodes = [helper.make_node("Reshape", ["x", "traced"], ["rows"]),  # [2, -1]: one row per image only at batch 2
+             helper.make_node("Softmax", ["rows"], ["soft"], axis=1),
+             helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Reshape", ["soft", "shape"], ["y"])]
+    g = helper.make_graph(nodes, "traced", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [numpy_helper.from_array(np.array([2, -1], np.int64), "traced")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "traced.onnx"))
+    with pytest.raises(BuildError, match=r"depends on how many inputs run with it .* froze a batch size"):
+        build(tmp_path / "traced.onnx", "x86-onnxruntime", tmp_path / "b")
+    assert not (tmp_path / "b").exists()
