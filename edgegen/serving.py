@@ -29,6 +29,7 @@ from .errors import BuildError
 from .graph import Graph
 from .metrics import psnr
 from .receptive_field import RoiRefused, spatial_program
+from .runtime.roi import STATIC_SHAPE_BACKENDS, static_shapes_refusal
 from .specs import TensorSpec
 from .split import find_split, split_at
 from .subgraph import extract, with_batch, with_input_dims
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 SPLIT_MAX_ABS = 1e-5
 PART_MAX_ABS = 1e-3  # a compiled part against its own fp32 graph, as the build checks the whole artifact
 ROI_CHECKS = 6
-STATIC_SHAPE_BACKENDS = {"tflite"}  # regions run on crops of varying size
 Progress = Callable[[str, int, int], None]
 
 
@@ -119,8 +119,7 @@ def _roi_parts(graph: Graph, comp: _Compiler) -> dict[str, Any]:
     result = {}
     for i, spec in enumerate(s for s in graph.outputs if s.role == "image"):
         if comp.tgt.backend in STATIC_SHAPE_BACKENDS:
-            result[spec.name] = {"refused": f"{comp.tgt.backend} artifacts have static shapes, and a region runs "
-                                            "on a crop of its own size; build for an ONNX Runtime or OpenVINO target"}
+            result[spec.name] = {"refused": static_shapes_refusal(comp.tgt.backend)}
             continue
         try:
             program = spatial_program(graph, spec.name)

@@ -191,6 +191,9 @@ def test_int8_regions_and_static_shape_backends(tmp_path):
     assert "static shapes" in result.manifest["serving"]["roi"]["image_2x"]["refused"]
     with pytest.raises(RequestError, match="static shapes"):
         Generator.open(tmp_path / "tflite").generate(image=image, roi=(0, 0, 4, 4))
+    build(path, "x86-litert", tmp_path / "tflite-plain", graph_options={"input_shapes": {"image": [1, 3, 32, 32]}})
+    with pytest.raises(RequestError, match="static shapes, .* build for an ONNX Runtime or OpenVINO target"):
+        Generator.open(tmp_path / "tflite-plain").generate(image=image, roi=(0, 0, 4, 4))  # not "rebuild with --roi"
 
 
 def test_an_antialiased_downscale_is_refused(tmp_path):

@@ -32,7 +32,7 @@ from .features import FeatureCache
 from .images import image_to_tensor, tensor_to_uint8
 from .parts import MAIN, Parts
 from .requests import Request, cache_key, digest, parse
-from .roi import RoiEngine, SpatialProgram, to_rect
+from .roi import STATIC_SHAPE_BACKENDS, RoiEngine, SpatialProgram, static_shapes_refusal, to_rect
 from .tiers import Route, Tiers, lanczos_resize
 
 RequestDict = dict[str, Any]
@@ -329,9 +329,11 @@ class Generator:
     def _engine(self, output: str) -> RoiEngine:
         if output in self.roi:
             return self.roi[output]
-        why = self._roi_refused.get(output, "the bundle was built without --roi; rebuild it with `--roi` (a model "
-                                            "with a global op, such as InstanceNormalization or attention, cannot "
-                                            "offer regions, and that build then names the op)")
+        backend = self.manifest["backend"]
+        why = self._roi_refused.get(output, static_shapes_refusal(backend) if backend in STATIC_SHAPE_BACKENDS else
+                                    "the bundle was built without --roi; rebuild it with `--roi` (a model with a "
+                                    "global op, such as InstanceNormalization or attention, cannot offer regions, "
+                                    "and that build then names the op)")
         raise RequestError(f"region-of-interest requests are not offered for output {output!r}: {why}")
 
     def _run_in_batches(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -21,6 +21,13 @@ from .geometry import Interval, needed, out_size
 from .parts import Parts
 
 Rect = tuple[Interval, Interval]  # (rows, columns), half-open, output pixels
+STATIC_SHAPE_BACKENDS = {"tflite"}  # a region runs on a crop of its own size, which they cannot take
+
+
+def static_shapes_refusal(backend: str) -> str:
+    """Why a backend of STATIC_SHAPE_BACKENDS offers no regions, and what to do."""
+    return (f"{backend} artifacts have static shapes, and a region runs on a crop of its own size; build for an "
+            "ONNX Runtime or OpenVINO target")
 MEMO_ENTRIES = 4096
 
 
