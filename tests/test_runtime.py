@@ -241,3 +241,24 @@ def test_first_line_skips_source_locations():
 def test_run_refuses_inputs_of_different_batch_sizes(gen):
     with pytest.raises(RequestError, match=r"different batch sizes \{'latent': 2, 'label': 3\}"):
         gen.run({"latent": np.zeros((2, 16), np.float32), "label": np.array([1, 2, 3])})
+
+
+def test_one_picture_keys_alike_whatever_its_mode(tmp_path):
+    """A grey model's precomputed or cached result is found for the grey image, its RGB copy or a PIL image."""
+    from PIL import Image
+
+    w = numpy_helper.from_array(np.full((1, 1, 3, 3), 0.1, np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                           helper.make_node("Sigmoid", ["c"], ["y"])], "grey",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 16, 16])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "grey.onnx"))
+    build(tmp_path / "grey.onnx", "x86-onnxruntime", tmp_path / "b")
+    gen = Generator.open(tmp_path / "b")
+    grey = np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)
+    first = gen.render([{"image": grey}])[0]
+    assert first.served_by == "computed"
+    for same in (np.repeat(grey[:, :, None], 3, axis=2), Image.fromarray(grey), Image.fromarray(grey).convert("RGB")):
+        again = gen.render([{"image": same}])[0]
+        assert again.served_by == "lru"
+        np.testing.assert_array_equal(again.pixels, first.pixels)

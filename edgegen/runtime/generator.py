@@ -29,7 +29,7 @@ from ..specs import TensorSpec
 from .assets import PACK, AssetPack
 from .cache import DiskCache, LRUCache
 from .features import FeatureCache
-from .images import image_to_tensor, tensor_to_uint8
+from .images import image_to_tensor, model_pixels, tensor_to_uint8
 from .parts import MAIN, Parts
 from .requests import Request, cache_key, digest, parse
 from .roi import STATIC_SHAPE_BACKENDS, RoiEngine, SpatialProgram, static_shapes_refusal, to_rect
@@ -274,7 +274,7 @@ class Generator:
             check_label(spec, label)
             return f"label:{int(label)}"
         if spec.role == "image" and request.image is not None:
-            return f"image:{digest(request.image)}"
+            return f"image:{digest(model_pixels(request.image, spec.default_shape[1]))}"
         raise RequestError(f"request {index} gives nothing for input {spec.name!r} (role {spec.role}); pass "
                            f"{'image=' if spec.role == 'image' else spec.name + '='} an array")
 

@@ -16,6 +16,14 @@ def tensor_to_uint8(batch: np.ndarray, value_range: list[float]) -> np.ndarray:
 
 def image_to_tensor(image, channels: int, value_range: list[float], dtype: str) -> np.ndarray:
     """A uint8 HWC/HW array or a PIL image -> CHW tensor in value_range."""
+    lo, hi = value_range
+    return (model_pixels(image, channels).astype(np.float32).transpose(2, 0, 1) * ((hi - lo) / 255.0) + lo).astype(dtype)
+
+
+def model_pixels(image, channels: int) -> np.ndarray:
+    """A uint8 HWC/HW array or a PIL image as the HxWxC uint8 pixels a model of `channels` channels takes
+    (grey repeated to RGB, RGB to grey by luma, alpha dropped): what a request's cache key is made of, so
+    one picture keys alike whatever its mode."""
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise RequestError(f"image must be uint8 HxWxC (or a PIL image), got dtype {array.dtype}; pass float "
@@ -33,8 +41,7 @@ def image_to_tensor(image, channels: int, value_range: list[float], dtype: str) 
             array = np.rint(array[:, :, :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114]))[:, :, None]
         else:
             raise RequestError(f"image has {array.shape[2]} channels; the model takes {channels}")
-    lo, hi = value_range
-    return (array.astype(np.float32).transpose(2, 0, 1) * ((hi - lo) / 255.0) + lo).astype(dtype)
+    return array.astype(np.uint8, copy=False)
 
 
 def to_pil(image: np.ndarray):
