@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import re
 import shutil
 import statistics
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 FP32_MAX_ABS = 1e-3
+MAP_NAMES = re.compile(r"seg|mask|semantic|parsing|layout", re.IGNORECASE)  # inputs that hold a map of classes
 REDUCED_PSNR_MARGIN_DB = 6.0
 # A reduced-precision bundle's self-test asks for its build's PSNR less the margin, but never more than
 # its precision guarantees: the build host may compute more precisely than the device (an f16 hint run in
@@ -114,6 +116,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     source = model if isinstance(model, Graph) else Graph.load(model, **opts.graph_options)
     compiler = backends.compiler_module(tgt.backend)
     _refuse_unsupported(compiler.unsupported_nodes(source, tgt), source, tgt)
+    _warn_noise_for_maps(source)
     feeds = sample_feeds(source.inputs, list(range(VERIFY_SEED, VERIFY_SEED + opts.samples)))
     per_call = source.samples_per_run()
     reference_run = SourceSession(source.reference)
@@ -161,6 +164,18 @@ def _refuse_batch_dependence(source: Graph, reference_run: SourceSession, feeds:
                          "...)` in Swin-style window code; the exporter warns about it with a TracerWarning), so the "
                          "file is right only at the batch it was traced with. Use -1 or x.shape[0] without int() "
                          "there and re-export, or export with a fixed batch (no dynamic batch axis)")
+
+
+def _warn_noise_for_maps(source: Graph) -> None:
+    """Warn where an input named like a segmentation map or mask gets seeded Gaussian samples (its role is
+    latent or condition): verification and calibration then run on inputs unlike the real ones."""
+    for spec in source.inputs:
+        if spec.role in ("latent", "condition") and len(spec.default_shape) == 4 and \
+                min(spec.default_shape[2:]) > 1 and MAP_NAMES.search(spec.name):
+            log.warning("input %r (%s) is fed seeded Gaussian noise to verify and calibrate the build: if it is a "
+                        "segmentation map or mask, the fidelity printed is not measured on inputs like the real ones; "
+                        "give real ones with --calibration FILE.npz (quantization and pruning fit to them)",
+                        spec.name, spec.role)
 
 
 def _warn_outside_range(source: Graph, expected: dict[str, np.ndarray]) -> None:

@@ -392,3 +392,17 @@ def test_a_model_whose_output_depends_on_the_batch_it_runs_in_is_refused(tmp_pat
     with pytest.raises(BuildError, match=r"depends on how many inputs run with it .* froze a batch size"):
         build(tmp_path / "traced.onnx", "x86-onnxruntime", tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_an_input_named_like_a_segmentation_map_fed_noise_is_warned_about(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    w = numpy_helper.from_array(np.full((3, 8, 3, 3), 0.1, np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["seg_map", "w"], ["c"], pads=[1, 1, 1, 1]),
+                           helper.make_node("Tanh", ["c"], ["y"])], "spade",
+                          [helper.make_tensor_value_info("seg_map", TensorProto.FLOAT, ["N", 8, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 16, 16])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "spade.onnx"))
+    build(tmp_path / "spade.onnx", "x86-onnxruntime", tmp_path / "b", samples=2)
+    assert "input 'seg_map' (latent) is fed seeded Gaussian noise" in caplog.text

@@ -319,3 +319,14 @@ def test_declared_output_dims_fill_in_what_inference_cannot_follow(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "crop.onnx"))
     out = Graph.load(tmp_path / "crop.onnx").outputs[0]
     assert out.shape[1] == 3 and out.role == "image"
+
+
+def test_a_label_role_on_a_map_is_refused(tmp_path):
+    w = numpy_helper.from_array(np.full((3, 8, 3, 3), 0.1, np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["segmap", "w"], ["y"], pads=[1, 1, 1, 1])], "spade",
+                          [helper.make_tensor_value_info("segmap", TensorProto.FLOAT, ["N", 8, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 16, 16])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "spade.onnx"))
+    with pytest.raises(ModelError, match=r"input 'segmap' \(float32 \?x8x16x16\) cannot be a label: .* pass it by "
+                                         r"name \(generate\(segmap=\.\.\.\)\)"):
+        Graph.load(tmp_path / "spade.onnx", roles={"segmap": "label"})
