@@ -222,10 +222,56 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     import onnxscript.optimizer
 
     try:
-        return onnxscript.optimizer.optimize(_evaluate_constant_nodes(model))
+        return onnxscript.optimizer.optimize(_static_shape_parts(_evaluate_constant_nodes(model)))
     except Exception as exc:  # folding is an optimization; the model stays valid without it
         log.warning("constant folding skipped: %s", exc)
         return model
+
+
+def _static_shape_parts(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Each Gather or Slice of a Shape that picks only static dims, as a constant. With a dynamic batch the
+    Shape itself never folds, and `F.interpolate(seg, size=x.shape[2:])` kept the resized map's size
+    computed from x at run time, tying the map to whatever x is computed from."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    try:
+        known = shape_inference.infer_shapes(model, data_prop=True).graph
+    except Exception:  # onnx raises its own types; the Shapes are then folded only where wholly static
+        return model
+    dims = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in (*known.input, *known.value_info, *known.output) if v.type.tensor_type.HasField("shape")}
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    shapes = {}
+    for node in model.graph.node:
+        if node.op_type == "Shape" and node.domain in ("", "ai.onnx") and node.input[0] in dims:
+            attrs = {a.name: a.i for a in node.attribute}
+            full = dims[node.input[0]]
+            shapes[node.output[0]] = full[attrs.get("start", 0):attrs.get("end", len(full))]
+    kept = []
+    for node in model.graph.node:
+        picked = _picked_dims(node, shapes, values)
+        if picked is not None and None not in np.ravel(np.array(picked, object)):
+            model.graph.initializer.append(numpy_helper.from_array(np.array(picked, np.int64), node.output[0]))
+            continue
+        kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
+def _picked_dims(node: onnx.NodeProto, shapes: dict[str, list], values: dict[str, np.ndarray]):
+    """The dims (None where not static) a Gather or Slice with constant operands takes from a Shape's
+    output, as a list (or one dim for a scalar Gather); None for any other node."""
+    if not node.input or node.input[0] not in shapes or not all(i in values for i in node.input[1:] if i):
+        return None
+    shape = shapes[node.input[0]]
+    if node.op_type == "Gather":
+        index = values[node.input[1]]
+        return shape[int(index)] if index.ndim == 0 else [shape[int(i)] for i in index.reshape(-1)]
+    if node.op_type == "Slice" and len(node.input) >= 3:
+        start, end = (int(values[node.input[i]].reshape(-1)[0]) for i in (1, 2))
+        step = int(values[node.input[4]].reshape(-1)[0]) if len(node.input) > 4 and node.input[4] else 1
+        return shape[start:end:step]
+    return None
 
 
 def _evaluate_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -40,12 +40,12 @@ def find_split(graph: Graph) -> tuple[Split | None, str]:
     if len(graph.inputs) < 2:
         return None, f"the model has one input ({graph.inputs[0].name if graph.inputs else 'none'}): every " \
                      "request changes it, so no part of the model can be cached apart"
-    deps = value_dependencies(graph)
+    deps, computed_from = value_dependencies(graph), graph.input_dependencies()
     names = [s.name for s in graph.inputs]
     best = None
     for size in range(1, len(names)):
         for subset in combinations(names, size):
-            cut = _cut_for(graph, frozenset(subset), deps)
+            cut = _cut_for(graph, frozenset(subset), deps, computed_from)
             if not cut:
                 continue
             split = split_at(graph, cut, "auto")
@@ -109,16 +109,22 @@ def value_dependencies(graph: Graph) -> dict[str, frozenset[str]]:
     return deps
 
 
-def _cut_for(graph: Graph, subset: frozenset[str], deps: dict[str, frozenset[str]]) -> list[str]:
-    """Tensors depending only on `subset` that a node depending on other inputs reads (or outputs)."""
+def _cut_for(graph: Graph, subset: frozenset[str], deps: dict[str, frozenset[str]],
+             computed_from: dict[str, frozenset[str]]) -> list[str]:
+    """Tensors depending only on `subset` that a node depending on other inputs reads (or outputs), and
+    that a trunk on `subset` can compute: not from the shape of a tensor of another input (a segmentation
+    map resized to the size of a feature map of the latent, as `F.interpolate(seg, size=x.shape[2:])`
+    exports with a dynamic batch)."""
     inputs = {s.name for s in graph.inputs}
     cut = []
     for node in graph.model.graph.node:
         node_deps = deps[node.output[0]] if node.output else frozenset()
         if node_deps <= subset:
             continue
-        cut += [x for x in node.input if x in deps and deps[x] and deps[x] <= subset and x not in inputs]
-    cut += [s.name for s in graph.outputs if deps.get(s.name) and deps[s.name] <= subset]
+        cut += [x for x in node.input if x in deps and deps[x] and deps[x] <= subset and x not in inputs
+                and computed_from[x] <= subset]
+    cut += [s.name for s in graph.outputs if deps.get(s.name) and deps[s.name] <= subset
+            and computed_from[s.name] <= subset]
     return list(dict.fromkeys(cut))
 
 

@@ -86,3 +86,51 @@ def test_model_whose_label_joins_first_has_no_split(tmp_path):
     assert "one input" in find_split(Graph.load(f"{FAMILIES}/espcn__legacy_dyn.onnx"))[1]
     gen = Generator.open(tmp_path / "b")
     assert gen.features is None and gen.generate(seed=1, label=2).shape == (32, 32, 3)
+
+
+def _spade_like(path) -> None:
+    """A segmentation map resized to the size of the latent's feature map, as `F.interpolate(seg,
+    size=x.shape[2:])` exports with a dynamic batch: Shape -> Gather of x's static height and width."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def const(name, array):
+        inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    inits = []
+    nodes = [helper.make_node("Gemm", ["z", const("fc", rng.standard_normal((16, 256)).astype(np.float32))], ["h"]),
+             helper.make_node("Shape", ["z"], ["z_shape"]),
+             helper.make_node("Gather", ["z_shape", const("i0", np.array(0, np.int64))], ["batch"]),
+             helper.make_node("Unsqueeze", ["batch", const("ax0", np.array([0], np.int64))], ["batch1"]),
+             helper.make_node("Concat", ["batch1", const("chw", np.array([4, 8, 8], np.int64))], ["view"], axis=0),
+             helper.make_node("Reshape", ["h", "view"], ["x"]),
+             helper.make_node("Shape", ["x"], ["x_shape"]),
+             helper.make_node("Gather", ["x_shape", const("hw", np.array([2, 3], np.int64))], ["x_hw"]),
+             helper.make_node("Shape", ["seg"], ["seg_shape"]),
+             helper.make_node("Slice", ["seg_shape", const("s0", np.array([0], np.int64)),
+                                        const("s2", np.array([2], np.int64))], ["seg_nc"]),
+             helper.make_node("Concat", ["seg_nc", "x_hw"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["seg", "", "", "sizes"], ["seg_r"], mode="nearest"),
+             helper.make_node("Conv", ["seg_r", const("w1", rng.standard_normal((32, 4, 3, 3)).astype(np.float32))],
+                              ["g1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["g1"], ["g2"]),
+             helper.make_node("Conv", ["g2", const("w2", rng.standard_normal((4, 32, 3, 3)).astype(np.float32))],
+                              ["g3"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["x", "g3"], ["joined"]),
+             helper.make_node("Conv", ["joined", const("w3", rng.standard_normal((3, 4, 1, 1)).astype(np.float32))],
+                              ["o"]),
+             helper.make_node("Tanh", ["o"], ["image"])]
+    graph = helper.make_graph(nodes, "spade", [helper.make_tensor_value_info("seg", TensorProto.FLOAT, ["N", 4, 16, 16]),
+                                               helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_a_map_resized_to_the_size_of_a_latent_feature_map_splits_on_the_map(tmp_path):
+    _spade_like(tmp_path / "spade.onnx")
+    split, why = find_split(Graph.load(tmp_path / "spade.onnx"))
+    assert split is not None and split.trunk_inputs == ["seg"], why
+    build(tmp_path / "spade.onnx", "x86-onnxruntime", tmp_path / "b", split=["auto"], samples=2)
+    assert Generator.open(tmp_path / "b").manifest["serving"]["split"]["trunk_inputs"] == ["seg"]
