@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,28 @@ from .backends.openvino.session import INFERENCE_PRECISION  # the plugin's names
 from .bench import busy_host
 
 SLOWER = 0.9  # a reduced-precision artifact under this speed against the fp32 source gets a warning (noise: ~10%)
+UNSTEADY = 1.25  # the two speed estimates disagreeing by more than this mark the measurement unsteady
 BACKEND_GAP_DB = 6.0  # an int8 artifact this far below its QDQ graph (run in ONNX Runtime) gets a warning
+
+
+def _speed_note(lat: dict[str, Any]) -> str:
+    """The latency line's comparison with the fp32 source: the paired-block speed, or both estimates where
+    they disagree (load changed during the measurement)."""
+    if "speed_vs_source" not in lat:
+        return ""
+    source = f"the fp32 source in ONNX Runtime ({lat['source_p50_ms']:.3f} ms"
+    if _unsteady(lat):
+        return (f"; against {source}) unsteady on this host: {lat['speed_vs_source']:.2f}x by paired blocks, "
+                f"{lat['source_p50_ms'] / lat['p50_ms']:.2f}x by medians")
+    return f"; {lat['speed_vs_source']:.2f}x the speed of {source}, in alternating blocks)"
+
+
+def _unsteady(lat: dict[str, Any]) -> bool:
+    """Whether the median of the paired blocks' ratios and the ratio of the medians differ by more than
+    UNSTEADY: the host's load changed during the measurement, and neither figure can be trusted."""
+    if "speed_vs_source" not in lat or not lat["p50_ms"] or not lat["speed_vs_source"]:
+        return False
+    return abs(math.log(lat["source_p50_ms"] / lat["p50_ms"] / lat["speed_vs_source"])) > math.log(UNSTEADY)
 
 
 def backend_gap_db(manifest: dict[str, Any]) -> float:
@@ -34,11 +56,14 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
            if any(i.get("role") == "image" for i in model.get("inputs", [])) else "")
         + (f" (floor: {fid['floor']})" if fid.get("floor") else ""),
         f"  latency   p50 {lat['p50_ms']:.3f} ms, batch 1, {lat['threads']} thread(s), on {fid['ran_on']}"
-        + (f"; {lat['speed_vs_source']:.2f}x the speed of the fp32 source in ONNX Runtime ({lat['source_p50_ms']:.3f} ms, "
-           "in alternating blocks)" if "speed_vs_source" in lat else ""),
+        + _speed_note(lat),
     ]
     if lat.get("speed_vs_source", 1.0) < SLOWER and manifest["precision"] != "fp32":
-        if busy_host(lat, lat["threads"]):
+        if _unsteady(lat):
+            lines.append(f"  warning   the speed of this {manifest['precision']} artifact against the fp32 source "
+                         f"changed while it was measured: rerun `edgegen bench {dest} --baseline` before choosing "
+                         "another target or precision")
+        elif busy_host(lat, lat["threads"]):
             lines.append(f"  warning   this {manifest['precision']} artifact ran at {lat['speed_vs_source']:.2f}x the "
                          f"speed of the fp32 source while other processes kept {lat['other_load_cores']:.1f} of "
                          f"{lat.get('host_cpus', '?')} cores busy, which can slow one runtime more than the other: "

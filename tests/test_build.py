@@ -377,6 +377,11 @@ def test_a_slow_ratio_measured_on_a_busy_host_does_not_blame_the_precision(tmp_p
     assert "gains nothing" not in busy
     assert "while other processes kept 1.4 of 2 cores busy" in busy
     assert f"rerun `edgegen bench {tmp_path} --baseline` on a quiet host" in busy
+    # the medians say 1.01x where the paired blocks said 0.64x: load changed while it was measured
+    unsteady = render_build_report({**manifest, "latency": {**manifest["latency"], "p50_ms": 6.064,
+                                                            "source_p50_ms": 6.144, "speed_vs_source": 0.64}}, tmp_path)
+    assert "unsteady on this host: 0.64x by paired blocks, 1.01x by medians" in unsteady
+    assert "gains nothing" not in unsteady and "changed while it was measured" in unsteady
 
 
 def test_a_model_whose_output_depends_on_the_batch_it_runs_in_is_refused(tmp_path):
