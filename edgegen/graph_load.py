@@ -221,11 +221,16 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     then onnxscript's optimizer folds what depends on static shapes. On failure the model is unchanged."""
     import onnxscript.optimizer
 
+    ir_log = logging.getLogger("onnx_ir")  # its notes ("Skipped deduplication of initializer ...") are not the user's
+    level = ir_log.level
+    ir_log.setLevel(logging.ERROR)
     try:
         return onnxscript.optimizer.optimize(_static_shape_parts(_evaluate_constant_nodes(model)))
     except Exception as exc:  # folding is an optimization; the model stays valid without it
         log.warning("constant folding skipped: %s", exc)
         return model
+    finally:
+        ir_log.setLevel(level)
 
 
 def _static_shape_parts(model: onnx.ModelProto) -> onnx.ModelProto:

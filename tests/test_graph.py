@@ -330,3 +330,18 @@ def test_a_label_role_on_a_map_is_refused(tmp_path):
     with pytest.raises(ModelError, match=r"input 'segmap' \(float32 \?x8x16x16\) cannot be a label: .* pass it by "
                                          r"name \(generate\(segmap=\.\.\.\)\)"):
         Graph.load(tmp_path / "spade.onnx", roles={"segmap": "label"})
+
+
+def test_constant_folding_keeps_the_optimizers_own_notes_out_of_the_users_log(caplog):
+    import logging
+
+    from edgegen.graph_load import fold_constants
+
+    caplog.set_level(logging.WARNING)
+    ones = [numpy_helper.from_array(np.ones(4, np.float32), name) for name in ("a", "b")]  # equal: deduplicated
+    g = helper.make_graph([helper.make_node("Add", ["x", "a"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4]),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [4])], ones)
+    fold_constants(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    assert "Skipped deduplication" not in caplog.text
