@@ -13,10 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgegen.errors import BuildError, RequestError
 from edgegen.graph import Graph
+from edgegen.passes.activations import _subgraph
 from edgegen.passes.calibration import Calibration, load_calibration
 from edgegen.passes.floor import QualityFloor
 from edgegen.passes.prune import Pruner, prune, prune_to_floor, prune_to_macs
-from edgegen.passes.reconstruct import reconstruct, refit_samples
+from edgegen.passes.reconstruct import reconstruct, record_targets, refit_samples
 
 FAMILIES = Path(__file__).parent / "data" / "families"
 
@@ -200,8 +201,9 @@ def test_least_squares_patches_reproduce_every_layer_geometry(tmp_path):
         [_image("x", 3, 16)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 25, 16])])
     calibration = load_calibration(graph.inputs, None, 5)
     pruner = Pruner(graph, calibration)
-    _, rows = reconstruct(pruner.work, pruner.work, [(c.node, c.kind, None) for c in pruner.cg.consumers],
-                          calibration, batch=None)
+    layers = [(c.node, c.kind) for c in pruner.cg.consumers]
+    _, rows = reconstruct(pruner.work, [(node, kind, None) for node, kind in layers],
+                          record_targets(pruner.work, layers, calibration, batch=None))
     assert [r["op"] for r in rows] == ["Conv", "ConvTranspose", "Conv"]
     assert all(r["relative_error_before"] < 1e-5 for r in rows)
 
@@ -289,7 +291,7 @@ def test_prune_to_floor_and_to_macs():
 def test_each_group_alone_prunes_one_group_per_model():
     graph = Graph.load(FAMILIES / "mobilenet_resnet__dynamo_dyn.onnx")
     pruner = Pruner(graph, load_calibration(graph.inputs, None, 8))
-    alone = pruner.each_group_alone(0.3)
+    alone = list(pruner.each_group_alone(0.3))
     assert len(alone) == len(pruner.keep(0.3)) >= 2
     before, together = pruner.costs_before["macs"], pruner.costs(pruner.model(0.3, True)[0])["macs"]
     for group, model in alone:
@@ -371,3 +373,90 @@ def test_pruning_reports_its_progress_step_by_step(cgen_path):
     assert refits and all(0 < done <= total for _, done, total in refits) and refits[-1][1] == refits[-1][2]
     groups = [s for s in steps if s[0] == "sensitivity"]
     assert [done for _, done, _ in groups] == list(range(1, groups[-1][2] + 1))
+
+
+def test_a_gemm_whose_bias_is_off_is_refitted_with_one(tmp_path):
+    """A Gemm with beta=0 ignores its C input: the re-fit starts from no bias, then fits one (beta set to 1)."""
+    rng = np.random.default_rng(9)
+    graph = _graph(tmp_path, [
+        helper.make_node("Gemm", ["z", "w1", "b1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="r"),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", beta=0.0),
+    ], {"w1": _weights(rng, (16, 32)), "b1": _bias(rng, 32), "w2": _weights(rng, (32, 8)),
+        "b2": np.full(8, 5.0, np.float32)},
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])])
+    pruned, report = prune(graph, 0.25, load_calibration(graph.inputs, None, 64), allocate=False)
+    row = report["reconstruction"]["layers"][0]
+    assert row["layer"] == "fc2" and row["relative_error_after"] < row["relative_error_before"] < 1
+    fc2 = next(n for n in pruned.model.graph.node if n.name == "fc2")
+    assert helper.get_attribute_value(next(a for a in fc2.attribute if a.name == "beta")) == 1.0
+
+
+def test_reconstructions_replay_the_model_from_where_the_last_wave_stopped(tmp_path, monkeypatch):
+    """The unpruned targets are recorded once for every reconstruction (uniform, each group alone, allocated);
+    a step of the replay runs only the nodes past the tensors it kept, and keeps only what later steps read."""
+    from edgegen.passes import activations, prune as prune_module
+
+    rng = np.random.default_rng(10)
+    graph = _graph(tmp_path, [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="a", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["ra"], name="ra"),
+        helper.make_node("Conv", ["ra", "wb"], ["b"], name="b", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["b"], ["rb"], name="rb"),
+        helper.make_node("Conv", ["rb", "wc"], ["c"], name="c", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "x"], ["y"], name="skip"),
+    ], {"wa": _weights(rng, (8, 3, 3, 3)), "wb": _weights(rng, (8, 8, 3, 3)), "wc": _weights(rng, (3, 8, 3, 3))},
+        [_image("x", 3)], [_image("y", 3)])
+    calibration = load_calibration(graph.inputs, None, 10)
+    recorded = []
+    monkeypatch.setattr(prune_module, "record_targets",
+                        lambda *args, **kw: recorded.append(args) or record_targets(*args, **kw))
+    _, report = prune(graph, 0.25, calibration)
+    assert len(recorded) == 1 and "uniform_psnr_db" in report["allocation"]
+
+    whole = {}
+    activations.capture(graph.model, ["rb"], calibration, None, lambda start, t: whole.setdefault(start, t["rb"]))
+    replay, seen = activations.Replay(calibration, None), {}
+    replay.run(graph.model, ["ra"], ["rb", "y"], lambda start, t: None)
+    assert sorted(replay.known) == ["ra", "x"]  # x: the skip Add reads it later
+    ran = []
+    monkeypatch.setattr(activations, "_subgraph", lambda model, names, known: ran.append(
+        activations._needed(model, names, known)) or _subgraph(model, names, known))
+    replay.run(graph.model, ["rb"], [], lambda start, t: seen.setdefault(start, t["rb"]))
+    assert ran == [[2, 3]] and replay.known == {}
+    np.testing.assert_allclose(np.concatenate(list(seen.values())), np.concatenate(list(whole.values())), atol=1e-6)
+
+
+def test_shape_arithmetic_between_waves_is_recomputed_not_joined_across_chunks(tmp_path):
+    """A shape computed from the input's Shape (with a dynamic batch it does not fold), read at two
+    depths, as a SPADE generator reads one size in every block: the re-fit waves kept it between steps
+    and joined it over calibration chunks like an activation, and ONNX Runtime refused the longer
+    'shape' (an internal error)."""
+    rng = np.random.default_rng(11)
+    graph = _graph(tmp_path, [
+        helper.make_node("Shape", ["x"], ["x_shape"], name="shape"),
+        helper.make_node("Slice", ["x_shape", "zero", "one"], ["n"], name="n"),
+        helper.make_node("Concat", ["n", "flat"], ["to_rows"], name="to_rows", axis=0),
+        helper.make_node("Concat", ["n", "chw"], ["to_map"], name="to_map", axis=0),
+        helper.make_node("Reshape", ["x", "to_rows"], ["x_rows"], name="rows1"),
+        helper.make_node("Reshape", ["x_rows", "to_map"], ["x1"], name="map1"),
+        helper.make_node("Conv", ["x1", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"], name="r"),
+        helper.make_node("Conv", ["r", "wb", "bb"], ["b"], name="b", pads=[1, 1, 1, 1]),
+        helper.make_node("Neg", ["x"], ["negated"], name="neg"),
+        helper.make_node("Reshape", ["negated", "to_rows"], ["n_rows"], name="rows2"),
+        helper.make_node("Reshape", ["n_rows", "to_map"], ["x2"], name="map2"),
+        helper.make_node("Conv", ["x2", "ws"], ["s"], name="s", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["b", "s"], ["joined"], name="join"),
+        helper.make_node("Relu", ["joined"], ["rj"], name="rj"),
+        helper.make_node("Conv", ["rj", "wc"], ["y"], name="c", pads=[1, 1, 1, 1]),
+    ], {"wa": _weights(rng, (8, 3, 3, 3)), "ba": _bias(rng, 8), "wb": _weights(rng, (8, 8, 3, 3)),
+        "bb": _bias(rng, 8), "ws": _weights(rng, (8, 3, 3, 3)), "wc": _weights(rng, (3, 8, 3, 3)),
+        "zero": np.array([0], np.int64), "one": np.array([1], np.int64), "flat": np.array([192], np.int64),
+        "chw": np.array([3, 8, 8], np.int64)},
+        [_image("x", 3)], [_image("y", 3)])
+    pruned, report = prune(graph, 0.25, load_calibration(graph.inputs, None, 20))  # chunks of 8, 8 and 4
+    assert report["reconstruction"]["layers"]
+    feeds = load_calibration(graph.inputs, None, 3).feeds
+    assert _run(pruned.model, feeds).shape == (3, 3, 8, 8)

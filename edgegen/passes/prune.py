@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import onnx
@@ -37,7 +37,7 @@ from .channel_edit import constants_to_initializers, remove_channels, tensor_sha
 from .channel_groups import ChannelGraph, Group, analyze
 from .channel_importance import channel_importance
 from .floor import Evaluator, QualityFloor
-from .reconstruct import reconstruct as refit, refit_samples, refittable
+from .reconstruct import Targets, reconstruct as refit, record_targets, refit_samples, refittable
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,8 @@ class Pruner:
         self.progress("importance", 1, 1)
         self.costs_before = self.costs(self.work)
         self._cache: dict[tuple[float, bool], tuple[onnx.ModelProto, list[dict], list[dict]]] = {}
+        self._targets: Targets | None = None
+        self._macs_seen: dict[tuple[tuple[int, int], ...], int] = {}
 
     def keep(self, ratio: float) -> dict[int, np.ndarray]:
         """Kept channel indices per group at the same ratio everywhere (see keep_shares)."""
@@ -221,18 +223,33 @@ class Pruner:
         return shares(hi)
 
     def _macs(self, keep: dict[int, np.ndarray]) -> int:
-        return self.costs(remove_channels(self.work, self.cg, keep))["macs"]
+        """MACs with `keep`, which depend only on how many channels each group keeps (the allocation's
+        bisection asks for the same counts again and again)."""
+        counts = tuple(sorted((root, len(kept)) for root, kept in keep.items()))
+        if counts not in self._macs_seen:
+            self._macs_seen[counts] = self.costs(remove_channels(self.work, self.cg, keep))["macs"]
+        return self._macs_seen[counts]
 
-    def each_group_alone(self, ratio: float) -> list[tuple[Group, onnx.ModelProto]]:
+    def each_group_alone(self, ratio: float) -> Iterator[tuple[Group, onnx.ModelProto]]:
         """For every group that loses channels at `ratio`: the model with only that group pruned, reconstructed
-        (how much each group alone costs: the sensitivity behind a ratio that misses a floor)."""
+        (how much each group alone costs: the sensitivity behind a ratio that misses a floor), one at a time."""
         keep = self.keep(ratio)
-        result = []
-        for g in (g for g in self.prunable if g.root in keep):
+        for done, g in enumerate((g for g in self.prunable if g.root in keep), 1):
             alone = {g.root: keep[g.root]}
-            result.append((g, self._reconstruct(remove_channels(self.work, self.cg, alone), alone)[0]))
-            self.progress("sensitivity", len(result), len(keep))
-        return result
+            model = self._reconstruct(remove_channels(self.work, self.cg, alone), alone)[0]
+            self.progress("sensitivity", done, len(keep))
+            yield g, model
+
+    def targets(self) -> Targets:
+        """The unpruned model's outputs of every layer a reconstruction may re-fit, recorded on first use."""
+        if self._targets is None:
+            nodes = self.work.graph.node
+            roots = {g.root for g in self.prunable}
+            layers = [(c.node, c.kind) for c in self.cg.consumers
+                      if any(self.cg.find(s) in roots for s, _ in c.layout.segments)
+                      and not refittable(nodes[c.node], c.kind, self.work)]
+            self._targets = record_targets(self.work, layers, self.calibration, self.batch)
+        return self._targets
 
     def _reconstruct(self, pruned: onnx.ModelProto, keep: dict[int, np.ndarray]):
         layers, skipped = [], []
@@ -246,7 +263,7 @@ class Pruner:
             else:
                 out = self.cg.layouts.get(node.output[0])
                 layers.append((c.node, c.kind, self.cg.positions(out, keep) if out else None))
-        fitted, rows = refit(self.work, pruned, layers, self.calibration, self.batch,
+        fitted, rows = refit(pruned, layers, self.targets(),
                              progress=lambda done, total: self.progress("re-fit", done, total))
         return fitted, rows, skipped
 

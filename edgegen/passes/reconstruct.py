@@ -7,7 +7,9 @@ the layer's original (sliced) weights, so directions the calibration data does n
 they were. Where a layer has few positions per weight (small feature maps, Gemm rows), its ridge
 strength is chosen on held-out calibration samples, and the layer is left as it was if no re-fit
 predicts them better. Layers are fitted in dependency order (a wave needs the previous waves'
-refits), so each fit also absorbs the error left upstream.
+refits), so each fit also absorbs the error left upstream; each wave runs the model only from the
+tensors the previous one kept. The unpruned model's outputs (`Targets`) are recorded once per model
+and shared by every reconstruction of it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .activations import capture
+from .activations import Replay, capture
 from .calibration import Calibration
 from .channel_edit import initializer, set_inputs
 from .channel_groups import attribute
@@ -40,10 +42,19 @@ class _Layer:
     node: int
     kind: str
     outputs: np.ndarray | None  # the output channels the pruned layer kept (None: all)
-    picks: dict[int, tuple[np.ndarray, ...]] = field(default_factory=dict)  # chunk start -> (n, oy, ox)
-    targets: list[np.ndarray] = field(default_factory=list)
     patches: list[np.ndarray] = field(default_factory=list)
     samples: list[np.ndarray] = field(default_factory=list)  # calibration sample of each patch row
+
+
+@dataclass
+class Targets:
+    """The unpruned model's outputs at each layer's sampled positions on the re-fit samples: recorded once,
+    shared by every reconstruction of that model."""
+
+    calibration: Calibration  # the re-fit samples
+    batch: int | None
+    picks: dict[int, dict[int, tuple[np.ndarray, ...]]]  # layer -> chunk start -> (n, oy, ox), or (rows,)
+    outputs: dict[int, np.ndarray]  # layer -> [positions, every output channel]
 
 
 def refittable(node: onnx.NodeProto, kind: str, model: onnx.ModelProto) -> str | None:
@@ -59,23 +70,21 @@ def refittable(node: onnx.NodeProto, kind: str, model: onnx.ModelProto) -> str |
     return None
 
 
-def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, layers: list[tuple[int, str, np.ndarray | None]],
-                calibration: Calibration, batch: int | None, seed: int = 0,
+def reconstruct(pruned: onnx.ModelProto, layers: list[tuple[int, str, np.ndarray | None]], targets: Targets,
                 progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[onnx.ModelProto, list[dict]]:
     """Re-fit the weights of `layers` of `pruned`; returns the model and a report row per layer.
 
     layers: (node index, kind, output channels the layer kept or None); node indices are the same in
-    `original` (the unpruned model) and `pruned`. batch: the models' fixed batch size, None if dynamic.
-    progress(done, total) is called as each wave of layers is fitted.
+    `pruned` and the unpruned model `targets` were recorded on. progress(done, total) is called as each
+    wave of layers is fitted. Each wave runs the model only from where the previous wave stopped.
     """
     model = onnx.ModelProto.FromString(pruned.SerializeToString())
-    calibration = refit_samples(calibration, batch)
     fits = [_Layer(i, kind, kept) for i, kind, kept in layers]
-    _sample_targets(original, fits, calibration, batch, seed)
+    replay = Replay(targets.calibration, targets.batch)
     rows = []
     waves = _waves(model, fits)
+    nodes = model.graph.node
     for done, wave in enumerate(waves, 1):
-        nodes = model.graph.node
         by_input: dict[str, list[_Layer]] = {}
         for fit in wave:
             by_input.setdefault(nodes[fit.node].input[0], []).append(fit)
@@ -83,12 +92,14 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, layers: list
         def collect(start: int, tensors: dict[str, np.ndarray]) -> None:
             for name, users in by_input.items():
                 for fit in users:
-                    fit.patches.append(_patches(fit, nodes[fit.node], model, tensors[name], start))
-                    fit.samples.append(start + fit.picks[start][0])
+                    picks = targets.picks[fit.node][start]
+                    fit.patches.append(_patches(fit, nodes[fit.node], model, tensors[name], picks))
+                    fit.samples.append(start + picks[0])
 
-        capture(model, list(by_input), calibration, batch, collect)
+        replay.run(model, list(by_input), [nodes[f.node].input[0] for later in waves[done:] for f in later], collect)
         for fit in wave:
-            rows.append(_fit(model, fit))
+            y = targets.outputs[fit.node]
+            rows.append(_fit(model, fit, y if fit.outputs is None else y[:, fit.outputs]))
         progress(done, len(waves))
     return model, rows
 
@@ -106,36 +117,40 @@ def refit_samples(calibration: Calibration, batch: int | None) -> Calibration:
                        f"{calibration.source}, its first {count} samples")
 
 
-def _sample_targets(original: onnx.ModelProto, fits: list[_Layer], calibration: Calibration,
-                    batch: int | None, seed: int) -> None:
-    """Pick output positions per layer and record the unpruned model's outputs there."""
+def record_targets(original: onnx.ModelProto, layers: list[tuple[int, str]], calibration: Calibration,
+                   batch: int | None, seed: int = 0) -> Targets:
+    """Pick output positions per layer on the re-fit samples and record the unpruned model's outputs there."""
+    calibration = refit_samples(calibration, batch)
     nodes = original.graph.node
-    outputs = {nodes[f.node].output[0]: f for f in fits}
+    kinds = dict(layers)
     per_sample = {}
-    for fit in fits:
-        w = initializer(original, nodes[fit.node].input[1])
-        features = w[0].size if fit.kind == "conv" else w.size // w.shape[1] if fit.kind == "convtranspose" else 0
+    for node, kind in layers:
+        w = initializer(original, nodes[node].input[1])
+        features = w[0].size if kind == "conv" else w.size // w.shape[1] if kind == "convtranspose" else 0
         budget = min(MAX_POSITIONS, max(MIN_POSITIONS, ROWS_PER_FEATURE * features))
-        per_sample[fit.node] = math.ceil(budget / calibration.count)
+        per_sample[node] = math.ceil(budget / calibration.count)
+    targets = Targets(calibration, batch, {node: {} for node in kinds}, {})
+    parts: dict[int, list[np.ndarray]] = {node: [] for node in kinds}
 
     def record(start: int, tensors: dict[str, np.ndarray]) -> None:
-        for name, fit in outputs.items():
-            y = tensors[name]
-            if fit.kind in ("gemm", "matmul"):
-                fit.picks[start] = (np.arange(len(y)),)
-                fit.targets.append(y if fit.outputs is None else y[:, fit.outputs])
+        for node, kind in kinds.items():
+            y = tensors[nodes[node].output[0]]
+            if kind in ("gemm", "matmul"):
+                targets.picks[node][start] = (np.arange(len(y)),)
+                parts[node].append(y)
                 continue
-            rng = np.random.default_rng([seed, fit.node, start])
+            rng = np.random.default_rng([seed, node, start])
             spots = y.shape[2] * y.shape[3]
-            k = min(spots, per_sample[fit.node])
+            k = min(spots, per_sample[node])
             n = np.repeat(np.arange(len(y)), k)
             flat = np.concatenate([rng.choice(spots, k, replace=False) for _ in range(len(y))])
             oy, ox = np.divmod(flat, y.shape[3])
-            fit.picks[start] = (n, oy, ox)
-            y = y if fit.outputs is None else y[:, fit.outputs]
-            fit.targets.append(y[n, :, oy, ox])
+            targets.picks[node][start] = (n, oy, ox)
+            parts[node].append(y[n, :, oy, ox])
 
-    capture(original, list(outputs), calibration, batch, record)
+    capture(original, list(dict.fromkeys(nodes[node].output[0] for node in kinds)), calibration, batch, record)
+    targets.outputs.update((node, np.concatenate(p)) for node, p in parts.items())
+    return targets
 
 
 def _waves(model: onnx.ModelProto, fits: list[_Layer]) -> list[list[_Layer]]:
@@ -152,8 +167,8 @@ def _waves(model: onnx.ModelProto, fits: list[_Layer]) -> list[list[_Layer]]:
     return [waves[k] for k in sorted(waves)]
 
 
-def _patches(fit: _Layer, node: onnx.NodeProto, model: onnx.ModelProto, x: np.ndarray, start: int) -> np.ndarray:
-    picks = fit.picks[start]
+def _patches(fit: _Layer, node: onnx.NodeProto, model: onnx.ModelProto, x: np.ndarray,
+             picks: tuple[np.ndarray, ...]) -> np.ndarray:
     if fit.kind in ("gemm", "matmul"):
         return x[picks[0]]
     kernel = initializer(model, node.input[1]).shape[2:]
@@ -208,65 +223,85 @@ def _conv_pads(node: onnx.NodeProto, size, kernel, strides, dil) -> list[int]:
     return [0, 0, 0, 0] if auto == b"VALID" else list(attribute(node, "pads") or [0, 0, 0, 0])
 
 
-def _fit(model: onnx.ModelProto, fit: _Layer) -> dict:
-    """Solve the ridge regression for one layer and write its new weights and bias into `model`."""
+def _fit(model: onnx.ModelProto, fit: _Layer, y: np.ndarray) -> dict:
+    """Solve the ridge regression for one layer against its targets `y` and write its new weights and bias
+    into `model`."""
     node = model.graph.node[fit.node]
     w = initializer(model, node.input[1])
-    x = np.concatenate(fit.patches).astype(np.float64)
-    y = np.concatenate(fit.targets).astype(np.float64)
     w0, b0, alpha, beta = _as_matrix(model, node, fit.kind, w)
+    rows, features = sum(len(p) for p in fit.patches), len(w0) + (b0 is not None)
+    x = np.empty((rows, features))  # float64 for the normal equations, filled without intermediate copies
+    np.concatenate(fit.patches, out=x[:, :len(w0)])
+    fit.patches.clear()
     if b0 is not None:
-        x, w0 = np.hstack([x, np.ones((len(x), 1))]), np.vstack([w0, b0[None]])
+        x[:, -1], w0 = 1.0, np.vstack([w0, b0[None]])
     held = np.concatenate(fit.samples) % VALIDATION_FOLD == VALIDATION_FOLD - 1
-    full = _Normal(x, y)
-    scarce = len(x) < ROWS_PER_FEATURE * x.shape[1] and 0 < held.sum() < len(held)
-    ridge = _choose_ridge(full, _Normal(x[held], y[held]), w0) if scarce else RIDGES[0]
-    row = {"layer": node.name, "op": node.op_type, "features": int(x.shape[1]), "positions": int(len(x)),
+    full = _Normal(x, y.astype(np.float64))
+    scarce = rows < ROWS_PER_FEATURE * features and 0 < held.sum() < rows
+    ridge = _choose_ridge(full, held, w0) if scarce else RIDGES[0]
+    row = {"layer": node.name, "op": node.op_type, "features": features, "positions": rows,
            "ridge": ridge, "relative_error_before": full.relative_error(w0)}
     if ridge is None:  # the original weights predict held-out samples best: leave the layer as it is
         return {**row, "relative_error_after": row["relative_error_before"]}
-    m = _ridge_solve(full.gram, full.rhs, w0, ridge)
+    m = full.solve(w0, ridge)
     arrays = {1: _from_matrix(fit.kind, node, (m[:-1] if b0 is not None else m) / alpha, w.shape)}
     if b0 is not None:
         arrays[2] = m[-1] / beta
     set_inputs(model, fit.node, arrays)
+    if fit.kind == "gemm":
+        _set_attr(node, "beta", beta)
     return {**row, "relative_error_after": full.relative_error(m)}
 
 
 class _Normal:
-    """The normal equations of min ||XW - Y||: X^T X, X^T Y and ||Y||^2."""
+    """min ||XW - Y||^2 + lam ||W - W0||^2 through the normal equations X^T X, X^T Y or, where X has fewer
+    rows than columns (small feature maps, wide layers), through the smaller X X^T (W = W0 + X^T A): the
+    same solutions from a rows x rows system."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray):
-        self.gram, self.rhs, self.energy = x.T @ x, x.T @ y, float(np.sum(y * y))
+    def __init__(self, x: np.ndarray, y: np.ndarray, dual: bool | None = None, gram: np.ndarray | None = None,
+                 rhs: np.ndarray | None = None):
+        self.x, self.y = x, y
+        self.dual = len(x) < x.shape[1] if dual is None else dual
+        if gram is None:
+            gram, rhs = (x @ x.T, None) if self.dual else (x.T @ x, x.T @ y)
+        self.gram, self.rhs = gram, rhs
+        self.energy = float(np.sum(y * y))
+        self.scale = float(np.trace(gram)) / x.shape[1]  # the mean diagonal of X^T X
 
-    def errors(self, w: np.ndarray) -> np.ndarray:
-        """||XW - Y||^2 for each of k stacked solutions w [k, features, outputs] (one product for all)."""
-        k, features, outputs = w.shape
-        side = w.transpose(1, 0, 2).reshape(features, k * outputs)
-        product = (self.gram @ side).reshape(features, k, outputs)
-        side = side.reshape(features, k, outputs)
-        return np.einsum("fko,fko->k", side, product) - 2 * np.einsum("fko,fo->k", side, self.rhs) + self.energy
+    def without(self, rows: np.ndarray) -> _Normal:
+        """The same problem without the masked rows."""
+        kept = ~rows
+        if self.dual:
+            return _Normal(self.x[kept], self.y[kept], True, self.gram[np.ix_(kept, kept)])
+        x, y = self.x[rows], self.y[rows]  # the primal form solves without its rows: none are copied
+        return _Normal(x[:0], y[:0], False, self.gram - x.T @ x, self.rhs - x.T @ y)
+
+    def error(self, w: np.ndarray) -> float:
+        """||XW - Y||^2."""
+        if self.dual:
+            return float(np.sum(np.square(self.x @ w - self.y)))
+        return float(np.sum(w * (self.gram @ w)) - 2 * np.sum(w * self.rhs)) + self.energy
 
     def relative_error(self, w: np.ndarray) -> float:
-        return round(float(np.sqrt(max(self.errors(w[None])[0], 0.0) / (self.energy or 1.0))), 5)
+        return round(float(np.sqrt(max(self.error(w), 0.0) / (self.energy or 1.0))), 5)
+
+    def solve(self, w0: np.ndarray, ridge: float) -> np.ndarray:
+        """argmin_W ||XW - Y||^2 + lam ||W - W0||^2, lam = ridge x the mean diagonal of X^T X."""
+        lam = ridge * self.scale + 1e-12
+        system = self.gram.copy()
+        system[np.diag_indices_from(system)] += lam
+        if self.dual:
+            return w0 + self.x.T @ np.linalg.solve(system, self.y - self.x @ w0)
+        return np.linalg.solve(system, self.rhs + lam * w0)
 
 
-def _choose_ridge(full: _Normal, held: _Normal, w0: np.ndarray) -> float | None:
-    """The ridge strength whose fit without the held-out rows predicts them best (None: the original weights)."""
-    values, vectors = np.linalg.eigh(full.gram - held.gram)  # one factorization serves every candidate
-    rhs, start = vectors.T @ (full.rhs - held.rhs), vectors.T @ w0
-    lams = np.array(RIDGES)[:, None, None] * values.sum() / len(values) + 1e-12
-    rotated = (rhs + lams * start) / (values[None, :, None] + lams)  # [ridges, features, outputs]
-    k, features, outputs = rotated.shape
-    fits = (vectors @ rotated.transpose(1, 0, 2).reshape(features, -1)).reshape(features, k, outputs)
-    best = int(np.argmin(held.errors(np.concatenate([w0[None], fits.transpose(1, 0, 2)]))))
+def _choose_ridge(full: _Normal, held: np.ndarray, w0: np.ndarray) -> float | None:
+    """The ridge strength whose fit without the held-out rows predicts them best (None: the original weights).
+    A solve per strength costs less than the eigendecomposition that would serve them all."""
+    x, y, train = full.x[held], full.y[held], full.without(held)
+    fits = [w0, *(train.solve(w0, ridge) for ridge in RIDGES)]
+    best = int(np.argmin([np.sum(np.square(x @ w - y)) for w in fits]))
     return None if best == 0 else RIDGES[best - 1]
-
-
-def _ridge_solve(gram: np.ndarray, rhs: np.ndarray, w0: np.ndarray, ridge: float) -> np.ndarray:
-    """argmin_W ||XW - Y||^2 + lam ||W - W0||^2, lam = ridge x mean diagonal of X^T X."""
-    lam = ridge * np.trace(gram) / len(gram) + 1e-12
-    return np.linalg.solve(gram + lam * np.eye(len(gram)), rhs + lam * w0)
 
 
 def _as_matrix(model: onnx.ModelProto, node: onnx.NodeProto, kind: str, w: np.ndarray):
@@ -282,12 +317,9 @@ def _as_matrix(model: onnx.ModelProto, node: onnx.NodeProto, kind: str, w: np.nd
     trans_b = attribute(node, "transB", 0)
     alpha = float(attribute(node, "alpha", 1.0))
     beta = float(attribute(node, "beta", 1.0)) if bias is not None else 1.0
-    if beta == 0.0:
-        beta = 1.0
-        _setattribute(node, "beta", 1.0)
     outputs = w.shape[0] if trans_b else w.shape[1]
     matrix = (w.T if trans_b else w) * alpha
-    return matrix, beta * _bias(bias, outputs), alpha, beta
+    return matrix, beta * _bias(bias, outputs), alpha, beta or 1.0  # beta 0 ignores C: a fitted bias needs 1
 
 
 def _from_matrix(kind: str, node: onnx.NodeProto, m: np.ndarray, shape) -> np.ndarray:
