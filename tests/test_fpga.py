@@ -269,6 +269,51 @@ def test_float_work_on_an_input_the_host_cannot_run_is_refused_with_the_file_and
         build(path, "fpga-sim", tmp_path / "b", precision="int8")
 
 
+def _conv_model(first: onnx.NodeProto, weight_shape: tuple[int, ...], out_shape: list[int],
+                extra=()) -> onnx.ModelProto:
+    """image [1, 8, 8, 8] -> `first` (writes "x") -> Conv "conv" (weights `weight_shape`, 3x3, pads 1) -> out."""
+    rng = np.random.default_rng(11)
+    w = onnx.numpy_helper.from_array((rng.standard_normal(weight_shape) * 0.3).astype(np.float32), "w")
+    group = 8 // weight_shape[1]
+    nodes = [first, onnx.helper.make_node("Conv", ["x", "w"], ["out"], pads=[1, 1, 1, 1], group=group, name="conv")]
+    graph = onnx.helper.make_graph(
+        nodes, "m", [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 8, 8, 8])],
+        [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, out_shape)], [w, *extra])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def grouped_conv_4() -> onnx.ModelProto:
+    """CARN's efficient block: a ReLU, then a convolution of 4 groups of 2 channels."""
+    return _conv_model(onnx.helper.make_node("Relu", ["image"], ["x"], name="relu"), (8, 2, 3, 3), [1, 8, 8, 8])
+
+
+def resized_input() -> onnx.ModelProto:
+    """SPADE's segmentation map resized to a layer's size: a nearest Resize of the float model input."""
+    scales = onnx.numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    resize = onnx.helper.make_node("Resize", ["image", "", "scales"], ["x"], mode="nearest", name="resize")
+    return _conv_model(resize, (4, 8, 3, 3), [1, 4, 16, 16], [scales])
+
+
+@pytest.mark.parametrize("model, node", [(grouped_conv_4, "conv"), (resized_input, "resize")])
+def test_inspect_names_what_the_lowering_refuses_with_its_reason(tmp_path, model, node):
+    """An op-level refusal the float graph already shows is in `edgegen inspect` (and refused before a build
+    calibrates), with the reason the lowering of the QDQ graph gives."""
+    from edgegen.inspect import inspect_model
+
+    path = tmp_path / "model.onnx"
+    onnx.save(model(), str(path))
+    [entry] = inspect_model(str(path))["targets"]["fpga-sim"]["unsupported"]
+    assert entry["node"] == node
+    with pytest.raises(UnsupportedOpError) as refused:
+        lower_graph(emu.quantize(Graph.load(path)), ROOMY)
+    assert f"node {node!r} (op {entry['op']}) cannot run on the edgegen NPU: {entry['why']}" in str(refused.value)
+    with pytest.raises(UnsupportedOpError) as refused:
+        build(path, "fpga-sim", tmp_path / "b", precision="int8")
+    assert f"node {node!r} (op {entry['op']}): {entry['why']}" in str(refused.value)
+
+
 def test_targets_describe_their_npu():
     for name, lanes in (("fpga-sim", 8), ("ice40-up5k-8lane", 8), ("ice40-up5k", 2), ("ecp5-85f", 32)):
         target = targets.load(name)

@@ -220,6 +220,22 @@ def test_transposed_conv_for_the_edge_tpu_is_transpose_conv(tmp_path, case, expe
     np.testing.assert_allclose(session.run(feeds)["y"], SourceSession(path).run(feeds)["y"], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("k, s, p, op", [(4, 2, 1, 0), (9, 2, 4, 1), (9, 3, 4, 2), (3, 2, 1, 1)])
+def test_int8_strided_transposed_conv_to_one_channel_loads_in_xnnpack(tmp_path, k, s, p, op):
+    """FSRCNN on Y: the sub-pixel CONV_2D of a one-channel ConvTranspose has a one-scale filter and
+    s*s outputs; its bias keeps that one scale (XNNPACK refuses a per-channel bias there)."""
+    from edgegen.report import backend_gap_db
+
+    nodes, inits = _conv_t(k, s, p, op, cin=4, cout=1)
+    path = tmp_path / "convT.onnx"
+    onnx.save(_model(nodes, inits, [1, 4, 8, 8]), str(path))
+    result = build(path, "x86-litert", tmp_path / "b", precision="int8", samples=3, calibration_count=8)
+    ops, tensors = read_model((tmp_path / "b" / "model.tflite").read_bytes())
+    [conv] = [o for o in ops if o.code == "CONV_2D"]
+    assert [len(tensors[i].quant.scale) for i in conv.inputs[1:]] == [1, 1]
+    assert backend_gap_db(result.manifest) <= 1.0, result.fidelity
+
+
 def test_pools_run_int8_on_their_input_grid(tmp_path):
     """A conv -> max pool (explicit pads) -> conv -> average pool chain at int8: every pool is an int8 operator,
     and the model stays close to the fp32 source."""

@@ -23,6 +23,7 @@ from .banks import assign_banks
 from .isa import KIND_ADD, KIND_MUL, NpuConfig
 from .lower import SUPPORTED, Lowerer, unary_spec
 from .lower_linear import transposed_form_problem
+from .support import static_problem
 
 PROGRAM = "npu/program.npz"
 # the NPU runs transposed convolution itself and has no cubic resize (refused before any pass runs)
@@ -42,9 +43,10 @@ def config_of(target: Target) -> NpuConfig:
 
 
 def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]]:
-    """(node, op, reason) for every node of the (float) graph the NPU has no layer for. The NPU runs one
-    image at a time, so the graph is read at batch 1 with its constants folded: shape arithmetic of a
-    dynamic batch (Shape/ConstantOfShape/Equal/Where feeding an Expand) needs no layer."""
+    """(node, op, reason) for every node of the (float) graph the NPU has no layer for, or that its lowering
+    refuses whatever the int8 grids (`support.static_problem`: same reasons). The NPU runs one image at a
+    time, so the graph is read at batch 1 with its constants folded: shape arithmetic of a dynamic batch
+    (Shape/ConstantOfShape/Equal/Where feeding an Expand) needs no layer."""
     missing = []
     prepared = prepare(graph, fold_batchnorm=False)
     for node in prepared.nodes:
@@ -58,6 +60,8 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
         elif node.op_type not in SUPPORTED and node.op_type not in ("Constant", "BatchNormalization", "Dropout",
                                                                       "Identity", "Shape", "Cast"):
             missing.append((node.name, node.op_type, "the edgegen NPU has no layer for this op"))
+        elif problem := static_problem(node, prepared):
+            missing.append((node.name, node.op_type, problem))
     return missing
 
 

@@ -66,6 +66,28 @@ def unary_spec(node: onnx.NodeProto, p: Prepared) -> tuple[str, dict] | None:
     return None
 
 
+CAST_ONLY = "only a cast of an integer model input to int32 or int64 (a label's indices) runs"
+
+
+def float_input_problem(name: str, source: str, op: str) -> str:
+    """Why an `op` reading `name`, float in the QDQ graph on the way from model input `source`, cannot run."""
+    return (f"its input {name!r} is float in the QDQ graph (model input {source!r} before its first int8 layer); "
+            "the NPU computes int8 only, and the host runs only Add/Sub/Mul/Div of an input by a scalar or by one "
+            f"constant per channel ([1, C, 1, 1]) and element-wise functions. Apply this {op} to the input before "
+            "feeding the model (take it out of the export), or rewrite it as one of those")
+
+
+def constant_operand_problem(name: str, shape: list[int]) -> str:
+    """Why a constant `name` of this shape cannot be an operand of an NPU layer."""
+    return (f"its input {name!r} is a constant of shape {shape}: the NPU takes a constant operand as one value or "
+            "one per channel only; a constant map (a fixed noise image, say) is no layer it runs. Feed it as a model "
+            "input, or leave it out of the exported model")
+
+
+def no_layer_problem(op: str) -> str:
+    return f"the NPU has no layer for {op} (it runs: {', '.join(SUPPORTED)})"
+
+
 class Lowerer(LinearLayers, MovementLayers):
     """Walks the prepared graph once, emitting layers into a Program."""
 
@@ -118,12 +140,7 @@ class Lowerer(LinearLayers, MovementLayers):
             return value
         if isinstance(value, Host):
             if value.grid is None:
-                raise self.unsupported(
-                    f"its input {name!r} is float in the QDQ graph (model input {value.source!r} before its first "
-                    "int8 layer); the NPU computes int8 only, and the host runs only Add/Sub/Mul/Div of an input by "
-                    "a scalar or by one constant per channel ([1, C, 1, 1]) and element-wise functions. Apply this "
-                    f"{self.node.op_type} to the input before feeding the model (take it out of the export), or "
-                    "rewrite it as one of those")
+                raise self.unsupported(float_input_problem(name, value.source, self.node.op_type))
             shape = value.shape
             if len(shape) not in (2, 4) or shape[0] != 1:
                 raise self.unsupported(f"input {name!r} of shape {shape} is neither [1, C] nor [1, C, H, W]: the NPU "
@@ -144,10 +161,7 @@ class Lowerer(LinearLayers, MovementLayers):
             raise self.unsupported(f"its input {name!r} is computed in float ({value.chain[-1]['op']}) in the QDQ "
                                    "graph; the NPU computes int8 only")
         if name in self.p.consts:
-            raise self.unsupported(f"its input {name!r} is a constant of shape {list(np.shape(self.p.consts[name]))}: "
-                                   "the NPU takes a constant operand as one value or one per channel only; a "
-                                   "constant map (a fixed noise image, say) is no layer it runs. Feed it as a model "
-                                   "input, or leave it out of the exported model")
+            raise self.unsupported(constant_operand_problem(name, list(np.shape(self.p.consts[name]))))
         raise self.unsupported(f"its input {name!r} is not computed by any node before it")
 
     def int8_weights(self, name: str, out_axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +246,7 @@ class Lowerer(LinearLayers, MovementLayers):
                    "DepthToSpace": self.depth_to_space,
                    "Gather": self.gather, "Cast": self.cast, **{m: self.reshape for m in MOVEMENT}}.get(op)
         if handler is None or node.domain not in ("", "ai.onnx"):
-            raise self.unsupported(f"the NPU has no layer for {op} (it runs: {', '.join(SUPPORTED)})")
+            raise self.unsupported(no_layer_problem(op))
         handler(node)
 
     def host_channel_spec(self, node: onnx.NodeProto) -> tuple[str, dict] | None:
@@ -266,7 +280,7 @@ class Lowerer(LinearLayers, MovementLayers):
         to = next((a.i for a in node.attribute if a.name == "to"), None)
         if not isinstance(value, Host) or value.chain or value.gather is not None or \
                 to not in (onnx.TensorProto.INT32, onnx.TensorProto.INT64):
-            raise self.unsupported("only a cast of an integer model input to int32 or int64 (a label's indices) runs")
+            raise self.unsupported(CAST_ONLY)
         self.values[node.output[0]] = value
 
     # -- element-wise ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from ..tflite.ops.conv import _spatial as conv_geometry
-from ..tflite.prepare import attrs
+from ..tflite.prepare import Prepared, attrs
 from . import unary
 from .emit import Phase, requant_params
 from .tensors import Tensor
@@ -25,6 +25,44 @@ def transposed_form_problem(node: onnx.NodeProto) -> str | None:
     return None
 
 
+def conv_form_problem(node: onnx.NodeProto, p: Prepared) -> str | None:
+    """Why the NPU cannot run this Conv / ConvTranspose whatever its int8 grids, or None."""
+    weights = p.consts.get(node.input[1])
+    if weights is None or weights.ndim != 4:
+        return "only 2-D convolutions with constant weights run on the NPU"
+    group = attrs(node).get("group", 1)
+    shape = p.shapes.get(node.input[0])
+    if shape is None or (list(shape[2:]) == [1, 1] and group == 1):  # unknown, or one dense "pixel"
+        return None
+    kernel, strides, _, _ = conv_geometry(node, p)
+    if strides[0] != strides[1] or strides[0] > 15:
+        return f"strides {strides} are not equal in both axes (or above 15)"
+    if node.op_type == "ConvTranspose":
+        problem = transposed_form_problem(node)
+        return problem or ("a transposed convolution needs kernel >= stride" if min(kernel) < strides[0] else None)
+    if group > 1 and not (group == shape[1] == weights.shape[0] and weights.shape[1] == 1):
+        return (f"grouped convolution with group={group} is neither dense nor depthwise "
+                "(one input channel per output channel)")
+    return None
+
+
+def dense_form_problem(node: onnx.NodeProto, p: Prepared) -> str | None:
+    """Why the NPU cannot run this Gemm / MatMul whatever its int8 grids, or None."""
+    shape = p.shapes.get(node.input[0])
+    if shape is not None and len(shape) == 4 and list(shape[2:]) != [1, 1]:
+        return "a dense layer must read a [1, K] vector (or a 1x1 map)"
+    a = attrs(node)
+    if node.op_type == "Gemm" and (a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0):
+        return "Gemm with transA, alpha != 1 or beta != 1 is not supported"
+    return None
+
+
+def batch_norm_problem(node: onnx.NodeProto, p: Prepared) -> str | None:
+    if all(i in p.consts for i in node.input[1:5]):
+        return None
+    return "its scale, bias, mean and variance are not constants"
+
+
 class LinearLayers:
     """Mixin of `Lowerer`: the rules for layers with weights."""
 
@@ -32,8 +70,8 @@ class LinearLayers:
         out = node.output[0]
         a = attrs(node)
         transposed = node.op_type == "ConvTranspose"
-        if node.input[1] not in self.p.consts or self.p.consts[node.input[1]].ndim != 4:
-            raise self.unsupported("only 2-D convolutions with constant weights run on the NPU")
+        if problem := conv_form_problem(node, self.p):
+            raise self.unsupported(problem)
         q, w_scale = self.int8_weights(node.input[1], 1 if transposed else 0)
         kernel, strides, dilations, pads = conv_geometry(node, self.p)
         grid = self.grid(out)
@@ -45,15 +83,7 @@ class LinearLayers:
         x = upsampled.source if fuse else self.tensor(node.input[0])
         if x.h == 1 and x.w == 1 and group == 1 and not fuse:
             return self._conv_as_dense(node, x, q, w_scale, kernel, strides, dilations, pads, grid, (cout, oh, ow))
-        if strides[0] != strides[1] or strides[0] > 15:
-            raise self.unsupported(f"strides {strides} are not equal in both axes (or above 15)")
-        problem = transposed_form_problem(node) if transposed else None
-        if transposed and (problem or min(kernel) < strides[0]):
-            raise self.unsupported(problem or "a transposed convolution needs kernel >= stride")
         depthwise = group > 1
-        if depthwise and not (group == x.c == cout and q.shape[1] == 1):
-            raise self.unsupported(f"grouped convolution with group={group} is neither dense nor depthwise "
-                                   "(one input channel per output channel)")
         cmap, groups = (x.cmap, x.groups) if depthwise else self.wanted_layout(out, cout)
         dst = self.new_tensor(out, (cout, oh, ow), grid, cmap, groups)
         inv = dst.inverse(self.lanes)
@@ -103,8 +133,8 @@ class LinearLayers:
         """A BatchNormalization the import could not fold into a conv: x * a + b per channel, with a and b
         as ONNX Runtime computes them in float32."""
         x = self.tensor(node.input[0])
-        if not all(i in self.p.consts for i in node.input[1:5]):
-            raise self.unsupported("its scale, bias, mean and variance are not constants")
+        if problem := batch_norm_problem(node, self.p):
+            raise self.unsupported(problem)
         f32 = np.float32
         gamma, beta, mean, var = (np.asarray(self.p.consts[i], f32).reshape(-1) for i in node.input[1:5])
         a = f32(1) / np.sqrt(var + f32(attrs(node).get("epsilon", 1e-5))) * gamma
@@ -164,12 +194,12 @@ class LinearLayers:
         self._dense(node, x, matrix, np.repeat(bias, oh * ow), np.repeat(w_scale, oh * ow), grid, chw, macs)
 
     def dense(self, node: onnx.NodeProto) -> None:
+        if problem := dense_form_problem(node, self.p):
+            raise self.unsupported(problem)
         x, out = self.tensor(node.input[0]), node.output[0]
         if x.h != 1 or x.w != 1:
             raise self.unsupported("a dense layer must read a [1, K] vector (or a 1x1 map)")
         a = attrs(node)
-        if node.op_type == "Gemm" and (a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0):
-            raise self.unsupported("Gemm with transA, alpha != 1 or beta != 1 is not supported")
         trans_b = node.op_type == "Gemm" and a.get("transB", 0)
         q, w_scale = self.int8_weights(node.input[1], 0 if trans_b else 1)
         matrix = q if trans_b else q.T  # [N, K]

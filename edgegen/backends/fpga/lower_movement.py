@@ -11,11 +11,14 @@ import numpy as np
 import onnx
 
 from ...resample import onnx_nearest, source_coordinates
-from ..tflite.prepare import attrs
+from ..tflite.prepare import Prepared, attrs
 from . import unary
 from .emit import Phase, requant_params
 from .tensors import Tensor, dense_layout, phase_major_layout
 from .values import Host, Upsampled
+
+
+EMBEDDING_ONLY = "only an embedding lookup (a constant table indexed by an integer model input) runs, on the host"
 
 
 def per_channel(const: np.ndarray, shape: list[int]) -> np.ndarray | None:
@@ -27,6 +30,87 @@ def per_channel(const: np.ndarray, shape: list[int]) -> np.ndarray | None:
     if const.ndim not in (len(sample), len(shape)) or list(const.shape[-len(sample):]) != sample:
         return None
     return const.reshape(sample) if const.ndim == len(sample) or const.shape[0] == 1 else None
+
+
+def broadcast_problem(chw: tuple[int, int, int], to: tuple[int, int, int]) -> str | None:
+    """Why an operand [C, H, W] cannot broadcast to `to` (only one channel or one pixel repeats), or None."""
+    (c, h, w), (tc, th, tw) = chw, to
+    if c not in (tc, 1):
+        return f"an operand of {c} channels cannot broadcast to {tc}"
+    if (h, w) not in ((th, tw), (1, 1)):
+        return f"an operand of {h}x{w} pixels cannot broadcast to {th}x{tw}"
+    return None
+
+
+def concat_problem(node: onnx.NodeProto, rank: int) -> str | None:
+    return None if attrs(node).get("axis") % rank == 1 else "only concatenation along channels runs on the NPU"
+
+
+def reshape_problem(chw: tuple[int, int, int], shape: list[int]) -> str | None:
+    """Why an NPU map [C, H, W] cannot be reshaped to `shape` (a view only drops or adds unit axes), or None."""
+    c, h, w = chw
+    flat = [d for d in shape if d != 1]
+    if h == 1 and w == 1 and flat in ([c], []) and list(shape[:2]) in ([1, c], [1]):
+        return None
+    return (f"reshaping a [{c}, {h}, {w}] map to {shape} moves channels across pixels; only "
+            "[1, C] <-> [1, C, 1, 1] and a dense layer's output reshaped to a map run on the NPU")
+
+
+def channel_slice(node: onnx.NodeProto, p: Prepared, shape_in: list[int], shape_out: list[int]) -> int | str:
+    """The first channel a Slice keeps (0 where it cuts none), or why it is no contiguous slice of channels."""
+    consts = [p.consts.get(i) if i else None for i in node.input[1:5]]
+    consts += [None] * (4 - len(consts))
+    if any(v is None for v in consts[:2]) or any(i and i not in p.consts for i in node.input[1:]):
+        return "its starts/ends/axes/steps are not constants"
+    starts, ends = (np.asarray(v).reshape(-1) for v in consts[:2])
+    rank = len(shape_in)
+    axes = np.asarray(consts[2]).reshape(-1) % rank if consts[2] is not None else np.arange(len(starts))
+    steps = np.asarray(consts[3]).reshape(-1) if consts[3] is not None else np.ones(len(starts), np.int64)
+    moved = [int(ax) for ax in axes if shape_in[int(ax)] != shape_out[int(ax)]]
+    if moved not in ([], [1]) or any(steps != 1):
+        return "only a contiguous slice of channels runs on the NPU"
+    c = shape_in[1]
+    return int(np.clip(starts[list(axes).index(1)], -c, c)) % c if moved else 0
+
+
+def bilinear_taps(in_hw: tuple[int, int], f: int, mode: str) -> list | str:
+    """Per axis, per output phase of bilinear upsampling x f, at most 2 (input offset, weight over 2f) taps
+    within one pixel; or why there are no such fixed integer taps."""
+    axes = []
+    for in_len in in_hw:
+        src = source_coordinates(in_len * f, in_len, mode)
+        if src is None or f > 6:
+            return (f"bilinear resize with coordinate_transformation_mode {mode!r} or factor {f} "
+                    "is not supported (half_pixel/asymmetric/..., factor <= 6)")
+        phases = []
+        for p in range(f):
+            rel = src[p::f] - np.arange(in_len)
+            base = np.floor(rel)
+            frac = rel - base
+            numerators = [(int(base[0]), 2 * f * (1 - frac[0])), (int(base[0]) + 1, 2 * f * frac[0])]
+            if not (np.allclose(rel, rel[0]) and all(abs(round(n) - n) < 1e-6 for _, n in numerators)
+                    and -1 <= base[0] <= 0):
+                return f"bilinear resize ({mode}) x{f} has no fixed integer taps per phase"
+            phases.append([(d, round(n)) for d, n in numerators if round(n)])
+        axes.append(phases)
+    return axes
+
+
+def resize_problem(node: onnx.NodeProto, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> str | None:
+    """Why the NPU cannot resize an [H, W] map to `out_hw` as this node says, or None."""
+    a = attrs(node)
+    (h, w), (oh, ow) = in_hw, out_hw
+    factor = oh // h
+    mode = a.get("coordinate_transformation_mode", "half_pixel")
+    integral = oh == h * factor and ow == w * factor and factor >= 1
+    if integral and a.get("mode", "nearest") == "linear":
+        taps = bilinear_taps(in_hw, factor, mode)
+        return taps if isinstance(taps, str) else None
+    ok = integral and a.get("mode", "nearest") == "nearest"
+    for out_len, in_len in ((oh, h), (ow, w)):
+        index = onnx_nearest(out_len, in_len, mode, a.get("nearest_mode", "round_prefer_floor")) if ok else None
+        ok = index is not None and np.array_equal(index, np.arange(out_len) // factor)
+    return None if ok else "only nearest or bilinear upsampling by the same integer factor in both axes runs on the NPU"
 
 
 class MovementLayers:
@@ -65,21 +149,18 @@ class MovementLayers:
     def broadcast(self, t: Tensor, c: int, h: int, w: int) -> Tensor:
         """t seen as [c, h, w]: one channel repeated (a 1x1 layer), one pixel repeated (a view with no
         pixel stride)."""
+        if problem := broadcast_problem((t.c, t.h, t.w), (c, h, w)):
+            raise self.unsupported(problem)
         if t.c != c:
-            if t.c != 1:
-                raise self.unsupported(f"an operand of {t.c} channels cannot broadcast to {c}")
             t = self.relayout(t, *dense_layout(c, self.lanes), take=np.zeros(c, np.int64))
         if (t.h, t.w) != (h, w):
-            if (t.h, t.w) != (1, 1):
-                raise self.unsupported(f"an operand of {t.h}x{t.w} pixels cannot broadcast to {h}x{w}")
             t = replace(t, h=h, w=w, gs=0)
         return t
 
     def concat(self, node: onnx.NodeProto) -> None:
         parts = [self.tensor(i) for i in node.input if i]
-        rank = len(self.shape(node.output[0]))
-        if attrs(node).get("axis") % rank != 1:
-            raise self.unsupported("only concatenation along channels runs on the NPU")
+        if problem := concat_problem(node, len(self.shape(node.output[0]))):
+            raise self.unsupported(problem)
         grid = self.grid(node.output[0])
         groups = sum(t.groups for t in parts)
         cmap, offset = [], 0
@@ -113,44 +194,21 @@ class MovementLayers:
 
     def resize(self, node: onnx.NodeProto) -> None:
         x, out = self.tensor(node.input[0]), node.output[0]
-        a = attrs(node)
         _, _, oh, ow = self.shape(out)
+        if problem := resize_problem(node, (x.h, x.w), (oh, ow)):
+            raise self.unsupported(problem)
+        a = attrs(node)
         factor = oh // x.h
-        mode = a.get("coordinate_transformation_mode", "half_pixel")
-        integral = oh == x.h * factor and ow == x.w * factor and factor >= 1
-        if integral and a.get("mode", "nearest") == "linear":
-            return self.bilinear(node, x, factor, mode)
-        ok = integral and a.get("mode", "nearest") == "nearest"
-        for out_len, in_len in ((oh, x.h), (ow, x.w)):
-            index = onnx_nearest(out_len, in_len, mode, a.get("nearest_mode", "round_prefer_floor")) if ok else None
-            ok = index is not None and np.array_equal(index, np.arange(out_len) // factor)
-        if not ok:
-            raise self.unsupported("only nearest or bilinear upsampling by the same integer factor in both axes "
-                                   "runs on the NPU")
+        if a.get("mode", "nearest") == "linear":
+            mode = a.get("coordinate_transformation_mode", "half_pixel")
+            return self.bilinear(node, x, factor, bilinear_taps((x.h, x.w), factor, mode))
         self.values[out] = Upsampled(x, factor, self.grid(out, inherit=x), node.name)
 
-    def bilinear(self, node: onnx.NodeProto, x: Tensor, f: int, mode: str) -> None:
-        """Bilinear upsampling x f: per output phase at most 2 x 2 taps within one pixel, integer weights
-        over (2f)**2 (doubled where int8 allows, so that the requantizer's doubling high multiply is exact),
-        border taps reading the border pixel (edge mode), requantized by s_in / ((2f)**2 s_out) rounding
-        half to even like ONNX Runtime's float resize."""
-        axes = []
-        for in_len in (x.h, x.w):
-            src = source_coordinates(in_len * f, in_len, mode)
-            if src is None or f > 6:
-                raise self.unsupported(f"bilinear resize with coordinate_transformation_mode {mode!r} or factor {f} "
-                                       "is not supported (half_pixel/asymmetric/..., factor <= 6)")
-            phases = []
-            for p in range(f):
-                rel = src[p::f] - np.arange(in_len)
-                base = np.floor(rel)
-                frac = rel - base
-                numerators = [(int(base[0]), 2 * f * (1 - frac[0])), (int(base[0]) + 1, 2 * f * frac[0])]
-                if not (np.allclose(rel, rel[0]) and all(abs(round(n) - n) < 1e-6 for _, n in numerators)
-                        and -1 <= base[0] <= 0):
-                    raise self.unsupported(f"bilinear resize ({mode}) x{f} has no fixed integer taps per phase")
-                phases.append([(d, round(n)) for d, n in numerators if round(n)])
-            axes.append(phases)
+    def bilinear(self, node: onnx.NodeProto, x: Tensor, f: int, axes: list) -> None:
+        """Bilinear upsampling x f (`axes`: its taps, from `bilinear_taps`): integer weights over (2f)**2
+        (doubled where int8 allows, so that the requantizer's doubling high multiply is exact), border taps
+        reading the border pixel (edge mode), requantized by s_in / ((2f)**2 s_out) rounding half to even
+        like ONNX Runtime's float resize."""
         dst = self.new_tensor(node.output[0], (x.c, x.h * f, x.w * f), self.grid(node.output[0], inherit=x),
                               x.cmap, x.groups)
         inv = dst.inverse(self.lanes)
@@ -183,21 +241,10 @@ class MovementLayers:
     def slice(self, node: onnx.NodeProto) -> None:
         """Channels [start, end) of a tensor: a view with part of its channel map."""
         x, out = self.tensor(node.input[0]), node.output[0]
-        consts = [self.p.consts.get(i) if i else None for i in node.input[1:5]]
-        consts += [None] * (4 - len(consts))
-        if any(v is None for v in consts[:2]) or (len(node.input) > 1 and any(
-                i and i not in self.p.consts for i in node.input[1:])):
-            raise self.unsupported("its starts/ends/axes/steps are not constants")
-        starts, ends = (np.asarray(v).reshape(-1) for v in consts[:2])
-        rank = len(self.shape(node.input[0]))
-        axes = np.asarray(consts[2]).reshape(-1) % rank if consts[2] is not None else np.arange(len(starts))
-        steps = np.asarray(consts[3]).reshape(-1) if consts[3] is not None else np.ones(len(starts), np.int64)
-        shape_in, shape_out = self.shape(node.input[0]), self.shape(out)
-        moved = [int(ax) for ax, st, en in zip(axes, starts, ends) if shape_in[int(ax)] != shape_out[int(ax)]]
-        if moved not in ([], [1]) or any(steps != 1):
-            raise self.unsupported("only a contiguous slice of channels runs on the NPU")
-        index = list(axes).index(1) if moved else None
-        start = int(np.clip(starts[index], -x.c, x.c)) % x.c if moved else 0
+        shape_out = self.shape(out)
+        start = channel_slice(node, self.p, self.shape(node.input[0]), shape_out)
+        if isinstance(start, str):
+            raise self.unsupported(start)
         view = replace(x, name=out, c=shape_out[1], cmap=x.cmap[start:start + shape_out[1]])
         grid = self.grid(out, inherit=x)
         self.values[out] = view if grid == x.grid else self.table_layer(view, out, [], grid)
@@ -222,20 +269,16 @@ class MovementLayers:
             self.values[out] = replace(value, shape=shape, grid=moved)  # a float input quantized after it
             return
         x = self.tensor(data)
-        flat = [d for d in shape if d != 1]
-        if x.h == 1 and x.w == 1 and flat in ([x.c], []) and shape[:2] in ([1, x.c], [1]):
-            grid = self.grid(out, inherit=x)
-            self.values[out] = x if grid == x.grid else self.table_layer(x, out, [], grid)
-            return
-        raise self.unsupported(f"reshaping a [{x.c}, {x.h}, {x.w}] map to {shape} moves channels across pixels; only "
-                               "[1, C] <-> [1, C, 1, 1] and a dense layer's output reshaped to a map run on the NPU")
+        if problem := reshape_problem((x.c, x.h, x.w), shape):
+            raise self.unsupported(problem)
+        grid = self.grid(out, inherit=x)
+        self.values[out] = x if grid == x.grid else self.table_layer(x, out, [], grid)
 
     def gather(self, node: onnx.NodeProto) -> None:
         table, index = node.input[0], node.input[1]
         value = self.values.get(index)
         if table not in self.p.consts or not isinstance(value, Host) or value.chain or attrs(node).get("axis", 0):
-            raise self.unsupported("only an embedding lookup (a constant table indexed by an integer model input) "
-                                   "runs, on the host")
+            raise self.unsupported(EMBEDDING_ONLY)
         grid = self.grid(node.output[0])
         rows = np.asarray(self.p.consts[table], np.float32)
         codes = unary.quantize(rows, *grid)

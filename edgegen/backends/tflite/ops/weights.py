@@ -66,18 +66,20 @@ def bias_tensor(lw: Lowerer, name: str | None, size: int, order: np.ndarray | No
     `size` values (in `order`) repeated `repeat` times.
 
     An int32 bias from the QDQ graph is used as stored when its grid is that one; a float bias
-    is rounded onto it (the grid follows from scales the QDQ graph already fixed)."""
+    is rounded onto it (the grid follows from scales the QDQ graph already fixed). The grid has
+    one scale where the weights have one, else one per value: XNNPACK refuses a per-tensor filter
+    with a per-channel bias (a one-channel ConvTranspose's sub-pixel CONV_2D has both)."""
     real = lw.const(name) if name else None
     real = np.zeros(size, np.float32) if real is None else real.reshape(-1).astype(np.float32)
     if input_scale is None:
         return lw.weight(np.tile(real if order is None else real[order], repeat), hint)
-    grid = (np.float64(input_scale) * np.broadcast_to(weight_scale.astype(np.float64), (size,))).astype(np.float32)
+    grid = (np.float64(input_scale) * weight_scale.astype(np.float64).reshape(-1)).astype(np.float32)
     qc = lw.p.quant.constants.get(name) if name else None
     if qc is not None and qc.data.dtype == np.int32 and np.allclose(qc.params.scale, grid, rtol=1e-6, atol=0):
         data = qc.data.reshape(-1)
     else:
         data = np.round(real.astype(np.float64) / grid).astype(np.int32)
-    if order is not None:
-        data, grid = data[order], grid[order]
-    data, grid = np.tile(data, repeat), np.tile(grid, repeat)
+    if grid.size > 1:
+        grid = np.tile(grid if order is None else grid[order], repeat)
+    data = np.tile(data if order is None else data[order], repeat)
     return lw.weight(data, hint, QParams.of(grid, np.zeros(grid.size, np.int64), 0))
