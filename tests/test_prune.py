@@ -460,3 +460,20 @@ def test_shape_arithmetic_between_waves_is_recomputed_not_joined_across_chunks(t
     assert report["reconstruction"]["layers"]
     feeds = load_calibration(graph.inputs, None, 3).feeds
     assert _run(pruned.model, feeds).shape == (3, 3, 8, 8)
+
+
+def test_a_model_whose_prunable_groups_hold_almost_no_macs_is_refused(tmp_path):
+    """Pruning that could save under 5% of the MACs (a StyleGAN: only its mapping MLP is prunable) would
+    cost quality for no speed."""
+    rng = np.random.default_rng(12)
+    graph = _graph(tmp_path, [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="a"),
+        helper.make_node("Relu", ["a"], ["r"], name="r"),
+        helper.make_node("Conv", ["r", "wb"], ["b"], name="b"),
+        helper.make_node("Add", ["b", "x"], ["res"], name="res"),  # ties b's outputs to the input's channels
+        helper.make_node("Conv", ["res", "wc"], ["y"], name="c", pads=[3, 3, 3, 3]),
+    ], {"wa": _weights(rng, (4, 3, 1, 1)), "wb": _weights(rng, (3, 4, 1, 1)), "wc": _weights(rng, (3, 3, 7, 7))},
+        [_image("x", 3, 32)], [_image("y", 3, 32)])
+    with pytest.raises(BuildError, match=r"pruning cannot make this model faster: its 1 prunable channel group\(s\) "
+                                         r"hold 3\.87% of the MACs"):
+        prune(graph, 0.3, load_calibration(graph.inputs, None, 4))

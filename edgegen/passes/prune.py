@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 HELD_OUT_SEED = 20_000  # default quality check inputs; calibration uses seeds 0..n-1
 HELD_OUT_COUNT = 8
+MIN_SAVING = 0.05  # the share of the MACs that pruning every prunable group must be able to save
 CHANNEL_MULTIPLE = 8  # odd widths run up to 2x slower in ONNX Runtime (measured: MobileNet-ResNet, 45 vs 48 ch)
 MAX_GROUP_SHARE = 0.9  # the most an allocation takes from one group
 FLOOR_STEP = 0.05
@@ -152,13 +153,27 @@ class Pruner:
         self.excluded = [g for g in groups if g.reasons and (g.producers or g.consumers)]
         if not self.prunable:
             raise BuildError(f"{graph.source}: no prunable channels: " + _why_none(self.excluded, groups))
+        self._macs_seen: dict[tuple[tuple[int, int], ...], int] = {}
+        self.costs_before = self.costs(self.work)
+        self._refuse_negligible()
         self.progress("importance", 0, 1)
         self.importance = channel_importance(self.work, self.cg, self.prunable, calibration, self.batch)
         self.progress("importance", 1, 1)
-        self.costs_before = self.costs(self.work)
         self._cache: dict[tuple[float, bool], tuple[onnx.ModelProto, list[dict], list[dict]]] = {}
         self._targets: Targets | None = None
-        self._macs_seen: dict[tuple[tuple[int, int], ...], int] = {}
+
+    def _refuse_negligible(self) -> None:
+        """Refuse where even keeping one channel of every prunable group would save under MIN_SAVING of
+        the MACs (a StyleGAN's modulated convolutions have computed weights, and only its mapping MLP is
+        prunable): pruning would cost quality for no speed."""
+        total = self.costs_before["macs"]
+        saving = total - self._macs({g.root: np.arange(1) for g in self.prunable})
+        if total and saving < MIN_SAVING * total:
+            reasons = list(dict.fromkeys(r for g in self.excluded for r in g.reasons))
+            raise BuildError(f"{self.graph.source}: pruning cannot make this model faster: its {len(self.prunable)} "
+                             f"prunable channel group(s) hold {saving / total:.2%} of the MACs (at most that is "
+                             f"saved, keeping one channel of each); {len(self.excluded)} group(s) are excluded: "
+                             + "; ".join(reasons[:3]) + ". Build without --prune")
 
     def keep(self, ratio: float) -> dict[int, np.ndarray]:
         """Kept channel indices per group at the same ratio everywhere (see keep_shares)."""
