@@ -8,6 +8,7 @@ from typing import Any
 
 from .backends.openvino.session import INFERENCE_PRECISION  # the plugin's names: the keys of execution.float_types
 from .bench import busy_host
+from .serving import WHOLE_FRAME_SHARE
 
 SLOWER = 0.9  # a reduced-precision artifact under this speed against the fp32 source gets a warning (noise: ~10%)
 UNSTEADY = 1.25  # the two speed estimates disagreeing by more than this mark the measurement unsteady
@@ -151,7 +152,9 @@ def _serving_lines(manifest: dict[str, Any]) -> list[str]:
                          f"{len(roi['program']['roots'])} root(s); {check['checked_rects']} regions checked, "
                          + ("bit-exact" if check["bit_exact"] else f"max-abs {check['max_abs']:.3g}")
                          + ("; every region needs the whole input (served as the frame, cropped)"
-                            if check.get("needs_whole_input") else ""))
+                            if check.get("needs_whole_input") else "")
+                         + (f"; a region first computes {roi['pre_share']:.0%} of the MACs on the whole frame"
+                            if roi.get("pre_share", 0) >= WHOLE_FRAME_SHARE else ""))
     for row in checked.get("tiers", {}).get("rows", []):
         lines.append(f"tier {row['tier']}: {row['output']}, {row['macs'] / 1e6:.2f} MMACs, p50 {row['p50_ms']:.3f} ms"
                      + (f", {row['psnr_vs_full_downscaled_db']:.2f} dB vs the full image downscaled"

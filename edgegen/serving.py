@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 SPLIT_MAX_ABS = 1e-5
 PART_MAX_ABS = 1e-3  # a compiled part against its own fp32 graph, as the build checks the whole artifact
 ROI_CHECKS = 6
+WHOLE_FRAME_SHARE = 0.5  # a region that first computes this share of the MACs on the whole frame gets a warning
 Progress = Callable[[str, int, int], None]
 
 
@@ -127,10 +128,15 @@ def _roi_parts(graph: Graph, comp: _Compiler) -> dict[str, Any]:
             result[spec.name] = {"refused": str(exc)}
             continue
         roots = [r["name"] for r in program["roots"]]
-        pre = None
+        pre, pre_share = None, 0.0
         if program["needs_pre"]:
-            pre = comp.add(f"roi{i}_pre", extract(graph, sorted(inputs), [r for r in roots if r not in inputs],
-                                                  f"roi {spec.name} roots"))
+            whole = extract(graph, sorted(inputs), [r for r in roots if r not in inputs], f"roi {spec.name} roots")
+            pre, pre_share = comp.add(f"roi{i}_pre", whole), _macs(whole) / max(_macs(graph), 1)
+            if pre_share >= WHOLE_FRAME_SHARE:
+                log.warning("output %r: a region first computes %.0f%% of the MACs on the whole frame (the tensors "
+                            "it needs whole, such as the channel gates of squeeze-excitation or NAFNet's "
+                            "simplified channel attention), so a region costs at least that", spec.name,
+                            100 * pre_share)
         post = extract(graph, roots, [spec.name], f"roi {spec.name} region")
         spatial = {r["name"] for r in program["roots"] if r["spatial"]}
         dims = {s.name: [s.shape[0] if s.shape and s.shape[0] is not None else "N", s.default_shape[1],
@@ -138,8 +144,12 @@ def _roi_parts(graph: Graph, comp: _Compiler) -> dict[str, Any]:
         reusable = not program["needs_pre"] and len(graph.outputs) == 1 and \
             all(s.shape[2:] == [None, None] for s in graph.inputs if s.name in spatial)
         post_name = "main" if reusable else comp.add(f"roi{i}_post", with_input_dims(post, dims, "dynamic frame"))
-        result[spec.name] = {"program": program, "pre": pre, "post": post_name}
+        result[spec.name] = {"program": program, "pre": pre, "post": post_name, "pre_share": round(pre_share, 4)}
     return result
+
+
+def _macs(graph: Graph) -> int:
+    return sum(c.macs for c in graph.node_costs())
 
 
 def _image_outputs(graph: Graph) -> list[TensorSpec]:

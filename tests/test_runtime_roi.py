@@ -285,3 +285,29 @@ def test_serving_options_for_images_refuse_a_model_without_an_image_output(tmp_p
                                          r"\(tensor\)\); .* --role NAME=image"):
         build(tmp_path / "scores.onnx", "x86-onnxruntime", tmp_path / "b", roi=True)
     assert not (tmp_path / "b").exists()
+
+
+def test_a_region_behind_a_costly_channel_gate_is_reported_as_costly(tmp_path, caplog):
+    """A squeeze-excitation gate from a wide convolution of the whole frame: every region needs it whole."""
+    caplog.set_level(logging.WARNING)
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.2, (32, 3, 3, 3)).astype(np.float32), "wide"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (3, 32, 1, 1)).astype(np.float32), "squeeze"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (3, 3, 1, 1)).astype(np.float32), "to_rgb")]
+    nodes = [helper.make_node("Conv", ["image", "wide"], ["features"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
+             helper.make_node("Conv", ["pooled", "squeeze"], ["logits"]),
+             helper.make_node("Sigmoid", ["logits"], ["gate"]),
+             helper.make_node("Mul", ["image", "gate"], ["gated"]),
+             helper.make_node("Conv", ["gated", "to_rgb"], ["c"]),
+             helper.make_node("Sigmoid", ["c"], ["out"])]
+    g = helper.make_graph(nodes, "gate", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "gate.onnx"))
+    built = build(tmp_path / "gate.onnx", "x86-onnxruntime", tmp_path / "b", roi=True)
+    assert built.manifest["serving"]["roi"]["out"]["pre_share"] > 0.9
+    assert "output 'out': a region first computes" in caplog.text
+
+
+def test_a_latent_models_regions_start_after_a_cheap_projection(glyph):
+    assert glyph.manifest["serving"]["roi"][glyph.image_outputs[0]]["pre_share"] < 0.5
