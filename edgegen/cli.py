@@ -60,7 +60,11 @@ class _Terminated(BaseException):
     """SIGTERM, raised in the main thread so that `finally` blocks clean up."""
 
 
+_TERMINATED = threading.Event()  # set by SIGTERM; the progress callback raises again where the first was lost
+
+
 def _on_sigterm(signum: int, frame) -> None:
+    _TERMINATED.set()
     raise _Terminated()
 
 
@@ -293,6 +297,10 @@ def _graph_options(args) -> dict:
 
 
 def _progress(stage: str, done: int, total: int) -> None:
+    """The progress bar on a terminal; also where a SIGTERM whose exception Python discarded (raised while
+    a __del__ or a callback ran, "Exception ignored in ...") stops the work after all."""
+    if _TERMINATED.is_set():
+        raise _Terminated()
     if sys.stderr.isatty():
         width = 20
         filled = int(width * done / max(total, 1))

@@ -187,3 +187,17 @@ def test_a_range_starting_below_zero_is_taken_as_the_options_value(capsys, tmp_p
     assert main(["inspect", str(cgen_path), "--output-range", "-2.5,1.5", "--input-range", "-1e-1,1"]) == 0
     out = capsys.readouterr().out
     assert "range [-2.5, 1.5]" in out
+
+
+def test_a_sigterm_whose_exception_python_discarded_still_stops_at_the_next_progress_step():
+    """A signal handler's exception raised while a __del__ runs is printed as "Exception ignored" and lost;
+    the work must still stop, not finish and publish (a flaky precompute that exited 0 after SIGTERM)."""
+    from edgegen import cli
+
+    try:
+        with pytest.raises(cli._Terminated):
+            cli._on_sigterm(15, None)
+        with pytest.raises(cli._Terminated):  # as if that first exception had been discarded
+            cli._progress("precompute", 16, 200000)
+    finally:
+        cli._TERMINATED.clear()
