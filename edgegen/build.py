@@ -134,7 +134,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
         compiled_from = expected if graph is source or precision != "fp32" else \
             run_batched(SourceSession(graph.model).run, source.inputs, feeds, per_call)
         checks = _verify(source, tgt, precision, opts.floor, staging, compiled["session"], feeds, expected,
-                         compiled_from, reference_run.describe, passes.get("quantize", {}).get("result"))
+                         compiled_from, reference_run.describe, passes.get("quantize", {}).get("result"), per_call)
         manifest = _manifest(source, graph, tgt, precision, compiled, checks, passes)
         manifest.update(serving_step(graph, tgt, precision, staging, opts.serving, opts.precompute, manifest,
                                      feeds, report))
@@ -273,7 +273,7 @@ def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator,
 def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFloor, staging: Path,
             session_cfg: dict, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray],
             compiled_from: dict[str, np.ndarray], reference_name: str,
-            graph_quality: dict[str, float] | None) -> dict[str, Any]:
+            graph_quality: dict[str, float] | None, per_call: int) -> dict[str, Any]:
     """Run the artifact on the held-out inputs: quality against the fp32 source (`expected`); an fp32
     artifact must also match the graph it was compiled from within FP32_MAX_ABS; every precision must
     meet the floor (`graph_quality`: the int8 graph's own, run in ONNX Runtime, to say where a miss is)."""
@@ -286,7 +286,7 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
     except Exception as exc:  # a runtime's own load error, reported with the artifact it concerns
         raise BuildError(f"the compiled {tgt.backend} artifact for {source.source} does not load: "
                          f"{str(exc).strip().splitlines()[0]}") from None
-    actual = run_batched(session.run, source.inputs, feeds, source.samples_per_run())
+    actual = run_batched(session.run, source.inputs, feeds, per_call)
     per_output = {}
     for spec in source.outputs:
         ref, got = expected[spec.name], actual[spec.name].astype(np.float32)
@@ -305,7 +305,8 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
             f"{graph_quality['ssim']:.4f}): {tgt.backend}'s own int8 execution loses the rest; build for another " \
             "target (x86-onnxruntime), or in fp16/bf16 here." if graph_quality and floor.met(graph_quality) else ""
         raise BuildError(f"the {precision} artifact for {tgt.name} reaches PSNR {quality['psnr_db']:.2f} dB / SSIM "
-                         f"{quality['ssim']:.4f} against the fp32 source, below the floor ({floor.describe()})." + where)
+                         f"{quality['ssim']:.4f} against the fp32 source, below the floor ({floor.describe()})."
+                         + where)
     unit = fixed_batch(source.inputs) or 1
     first = {k: v[:unit] for k, v in feeds.items()}
     ref_file = reference.save(staging, first, {k: v[:unit] for k, v in compiled_from.items()})

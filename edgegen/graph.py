@@ -17,7 +17,7 @@ from .float16 import upcast_float16
 from .graph_load import clean, default_opset, fold_constants, read_model, upgrade_opset
 from .inputs import fixed_batch
 from .roles import describe_io
-from .specs import TensorSpec
+from .specs import TensorSpec, format_shape
 
 DEFAULT_SPATIAL = 64
 RUN_BUDGET_BYTES = 64 << 20  # the largest activation one verification run may hold
@@ -158,8 +158,8 @@ def _default_shapes(model: onnx.ModelProto, given: dict[str, list[int]], origin:
         if value.name in given:
             shape = list(given[value.name])
             if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape)):
-                raise ModelError(f"{origin}: input {value.name!r} is declared {_fmt(dims)}; "
-                                 f"the shape {_fmt(shape)} given for it does not fit")
+                raise ModelError(f"{origin}: input {value.name!r} is declared {format_shape(dims)}; "
+                                 f"the shape {format_shape(shape)} given for it does not fit")
         else:
             shape = []
             for axis, d in enumerate(dims):
@@ -170,7 +170,7 @@ def _default_shapes(model: onnx.ModelProto, given: dict[str, list[int]], origin:
                 elif len(dims) == 4 and axis >= 2:
                     shape.append(spatial[axis - 2])
                 else:
-                    raise ModelError(f"{origin}: input {value.name!r} has a dynamic dim {axis} ({_fmt(dims)}) "
+                    raise ModelError(f"{origin}: input {value.name!r} has a dynamic dim {axis} ({format_shape(dims)}) "
                                      "that edgegen cannot guess; give it with --input-shape NAME=DxDxD")
         out[value.name] = shape
     return out
@@ -271,9 +271,6 @@ def _macs(node: onnx.NodeProto, shapes: dict, init: dict) -> int:
         return _numel(out) * k
     return 0
 
-
-def _fmt(dims) -> str:
-    return "x".join("?" if d is None else str(d) for d in dims)
 
 
 def parse_shape(text: str) -> list[int]:

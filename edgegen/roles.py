@@ -14,7 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import ModelError
-from .specs import TensorSpec
+from .specs import TensorSpec, format_shape
 
 _RANGE_OF_LAST_OP = {"Tanh": [-1.0, 1.0], "Sigmoid": [0.0, 1.0], "HardSigmoid": [0.0, 1.0]}
 # ops whose output stays within their input's range (moving values, or averaging / picking among them)
@@ -82,9 +82,10 @@ def describe_io(
         spec = _spec(value, default_shapes.get(value.name, []))
         spec.role = explicit.get(value.name) or _input_role(spec)
         if spec.role == "label" and not (spec.dtype.startswith(("int", "uint")) or _one_hot_classes(spec)):
-            raise ModelError(f"input {value.name!r} ({spec.dtype} {_fmt(spec.shape)}) cannot be a label: a label is "
-                             "an integer class index [N] or a one-hot [N, K] float. Leave its role alone and pass it "
-                             f"by name (generate({value.name}=...)), with real examples in --calibration FILE.npz")
+            raise ModelError(f"input {value.name!r} ({spec.dtype} {format_shape(spec.shape)}) cannot be a label: a "
+                             "label is an integer class index [N] or a one-hot [N, K] float. Leave its role alone "
+                             f"and pass it by name (generate({value.name}=...)), with real examples in --calibration "
+                             "FILE.npz")
         if spec.role == "label":
             spec.num_classes = _num_classes(value.name, graph, init, meta) or _one_hot_classes(spec)
         elif spec.role == "image":
@@ -99,9 +100,6 @@ def _spec(value: onnx.ValueInfoProto, default_shape: list[int]) -> TensorSpec:
     shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
     return TensorSpec(name=value.name, dtype=dtype, shape=shape, role="tensor", default_shape=list(default_shape))
 
-
-def _fmt(shape: list[int | None]) -> str:
-    return "x".join("?" if d is None else str(d) for d in shape)
 
 
 def _looks_like_image(shape: list[int | None]) -> bool:

@@ -43,3 +43,8 @@ class TensorSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TensorSpec":
         return cls(**data)
+
+
+def format_shape(dims) -> str:
+    """A shape as people write it: 1x3x?x? (? for a dynamic dim)."""
+    return "x".join("?" if d is None else str(d) for d in dims)
