@@ -202,16 +202,27 @@ def test_unsupported_op_names_node_and_op_and_shows_in_inspect(tmp_path):
         assert report["targets"][name]["unsupported"][0]["node"] == "the_erf"
 
 
-def test_grouped_conv_is_refused_with_the_reason(tmp_path):
+def test_grouped_conv_runs_as_one_int8_conv_per_group(tmp_path):
+    """A grouped conv that is not depthwise (CARN, ResNeXt) has no TFLite builtin: each group is a CONV_2D on
+    a slice of the input, every one int8 with its own weights' scales, concatenated on the output grid."""
+    rng = np.random.default_rng(1)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], name="grouped", group=2)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
-        [onnx.numpy_helper.from_array(np.ones((4, 2, 3, 3), np.float32), "w")])
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="stem", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("Conv", ["r", "w2", "b2"], ["g"], name="grouped", group=4, pads=[1, 1, 1, 1]),
+         helper.make_node("Tanh", ["g"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [onnx.numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
+         for n, s in (("w1", (8, 3, 3, 3)), ("b1", (8,)), ("w2", (8, 2, 3, 3)), ("b2", (8,)))])
     path = tmp_path / "grouped.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    [(node, op, why)] = tflite_compile.unsupported_nodes(Graph.load(path), targets.load("x86-litert"))
-    assert (node, op) == ("grouped", "Conv") and "group=2" in why
+    assert tflite_compile.unsupported_nodes(Graph.load(path), targets.load("x86-litert")) == []
+    result = build(path, "x86-litert", tmp_path / "b", precision="int8", samples=3, calibration_count=8)
+    assert result.fidelity["psnr_db"] >= 35, result.fidelity
+    ops, tensors = read_model((tmp_path / "b" / "model.tflite").read_bytes())
+    convs = [op for op in ops if op.code == "CONV_2D"]
+    assert len(convs) == 5 and all(tensors[op.inputs[0]].dtype == "int8" for op in convs)
 
 
 def test_int8_compile_needs_the_qdq_graph(tmp_path, cgen_path):

@@ -48,7 +48,7 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
     time, so the graph is read at batch 1 with its constants folded: shape arithmetic of a dynamic batch
     (Shape/ConstantOfShape/Equal/Where feeding an Expand) needs no layer."""
     missing = []
-    prepared = prepare(graph, fold_batchnorm=False)
+    prepared = prepare(graph, fold_batchnorm=False, decompose_ops=False)
     for node in prepared.nodes:
         if node.op_type in _FLOAT_ONLY:
             missing.append((node.name, node.op_type, _FLOAT_ONLY[node.op_type]))
@@ -67,7 +67,8 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
 
 def lower_graph(graph: Graph, config: NpuConfig, target: str = "the target"):
     """Prepared QDQ graph -> (lowered model, memory report, images); raises on what cannot run or fit."""
-    p = prepare(graph, fold_batchnorm=False)  # the QDQ graph rounds after the conv, then normalizes
+    # the QDQ graph rounds after the conv, then normalizes
+    p = prepare(graph, fold_batchnorm=False, decompose_ops=False)
     if not p.quant:
         raise BuildError(f"{graph.source}: the NPU runs int8 only and is compiled from the quantized QDQ graph; "
                          "build with --precision int8")

@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 from ...graph import Graph
 from ...specs import TensorSpec
 from . import qdq
+from .decompose import decompose
 
 
 @dataclass
@@ -51,9 +52,10 @@ def attrs(node: onnx.NodeProto) -> dict:
     return out
 
 
-def prepare(graph: Graph, fold_batchnorm: bool = True) -> Prepared:
-    """Strip Q/DQ, fold constants and shape arithmetic, fold BatchNormalization into convolutions
-    (unless fold_batchnorm is False: the fpga backend keeps the QDQ graph's rounding after the conv)."""
+def prepare(graph: Graph, fold_batchnorm: bool = True, decompose_ops: bool = True) -> Prepared:
+    """Strip Q/DQ, fold constants and shape arithmetic, rewrite ops TFLite has no builtin for
+    (`decompose`), fold BatchNormalization into convolutions. The fpga backend turns off the last two:
+    it keeps the QDQ graph's rounding after the conv, and its refusals name the model's own ops."""
     model = graph.model
     shapes = graph.concrete_shapes()
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -65,6 +67,8 @@ def prepare(graph: Graph, fold_batchnorm: bool = True) -> Prepared:
     if any(n.op_type in qdq.QDQ_OPS for n in nodes):
         nodes, quant = qdq.strip(nodes, consts, outputs)
     nodes = _fold_constants(nodes, consts, shapes)
+    if decompose_ops:
+        nodes = decompose(nodes, consts, shapes, graph.opset, quant)
     prepared = Prepared(nodes, consts, quant, shapes, graph.inputs, graph.outputs)
     if fold_batchnorm:
         _fold_batchnorm(prepared)
