@@ -25,7 +25,7 @@ from .bench import BLOCK_RUNS, OtherLoad, host_cpus, interleaved, measure, paire
 from .errors import BackendUnavailableError, BuildError, UnsupportedOpError
 from .graph import Graph
 from .inputs import fixed_batch, run_batched, sample_feeds
-from .metrics import compare, max_abs, value_range
+from .metrics import compare, max_abs, quality_outputs, value_range
 from .passes.floor import Evaluator, QualityFloor
 from .serving import ServingOptions, build_step as serving_step
 from .source import SourceSession
@@ -116,7 +116,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     source = model if isinstance(model, Graph) else Graph.load(model, **opts.graph_options)
     compiler = backends.compiler_module(tgt.backend)
     _refuse_unsupported(compiler.unsupported_nodes(source, tgt), source, tgt)
-    _warn_noise_for_maps(source)
+    _warn_synthetic_maps(source)
     feeds = sample_feeds(source.inputs, list(range(VERIFY_SEED, VERIFY_SEED + opts.samples)))
     per_call = source.samples_per_run()
     reference_run = SourceSession(source.reference)
@@ -166,16 +166,17 @@ def _refuse_batch_dependence(source: Graph, reference_run: SourceSession, feeds:
                          "there and re-export, or export with a fixed batch (no dynamic batch axis)")
 
 
-def _warn_noise_for_maps(source: Graph) -> None:
-    """Warn where an input named like a segmentation map or mask gets seeded Gaussian samples (its role is
-    latent or condition): verification and calibration then run on inputs unlike the real ones."""
+def _warn_synthetic_maps(source: Graph) -> None:
+    """Warn where an input named like a segmentation map or mask gets synthetic samples (seeded Gaussian noise
+    as a latent or condition, smooth images as an image): verification and calibration then run on inputs
+    unlike the real ones."""
     for spec in source.inputs:
-        if spec.role in ("latent", "condition") and len(spec.default_shape) == 4 and \
+        if spec.role in ("latent", "condition", "image") and len(spec.default_shape) == 4 and \
                 min(spec.default_shape[2:]) > 1 and MAP_NAMES.search(spec.name):
-            log.warning("input %r (%s) is fed seeded Gaussian noise to verify and calibrate the build: if it is a "
-                        "segmentation map or mask, the fidelity printed is not measured on inputs like the real ones; "
-                        "give real ones with --calibration FILE.npz (quantization and pruning fit to them)",
-                        spec.name, spec.role)
+            fed = "smooth synthetic images" if spec.role == "image" else "seeded Gaussian noise"
+            log.warning("input %r (%s) is fed %s to verify and calibrate the build: if it is a segmentation map or "
+                        "mask, the fidelity printed is not measured on inputs like the real ones; give real ones "
+                        "with --calibration FILE.npz (quantization and pruning fit to them)", spec.name, spec.role, fed)
 
 
 def _warn_outside_range(source: Graph, expected: dict[str, np.ndarray]) -> None:
@@ -190,8 +191,9 @@ def _warn_outside_range(source: Graph, expected: dict[str, np.ndarray]) -> None:
         outside = float(np.mean((values < lo - margin) | (values > hi + margin)))
         if outside > OUTSIDE_SHARE:
             log.warning("output %r: on the held-out inputs the fp32 source spans %.3g..%.3g, %.0f%% of its values "
-                        "outside the range [%g, %g] its 8-bit images and PSNR use (they clip there); give the real "
-                        "range with --output-range LO,HI", spec.name, float(values.min()), float(values.max()),
+                        "outside the range [%g, %g] its 8-bit images use (they clip there; PSNR is measured over the "
+                        "wider span the source reaches, so it does not show the clipping); give the real range with "
+                        "--output-range LO,HI", spec.name, float(values.min()), float(values.max()),
                         100 * outside, lo, hi)
 
 
@@ -291,8 +293,8 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
     for spec in source.outputs:
         ref, got = expected[spec.name], actual[spec.name].astype(np.float32)
         per_output[spec.name] = compare(ref, got, value_range(spec.range, ref))
-    worst = min(per_output.values(), key=lambda r: r["psnr_db"])
-    quality = {"psnr_db": worst["psnr_db"], "ssim": min(r.get("ssim", 1.0) for r in per_output.values()),
+    measured = [per_output[s.name] for s in quality_outputs(source.outputs)]
+    quality = {"psnr_db": min(r["psnr_db"] for r in measured), "ssim": min(r.get("ssim", 1.0) for r in measured),
                "max_abs": max(r["max_abs"] for r in per_output.values())}
     samples = len(next(iter(feeds.values())))
     drift = max(max_abs(compiled_from[s.name], actual[s.name].astype(np.float32)) for s in source.outputs)

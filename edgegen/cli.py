@@ -121,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--label", type=int)
     p.add_argument("--image", help="input image file for image-to-image models")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE",
+                   help="an image file for another image input by name (a mask, a style image); repeatable")
     p.add_argument("--output-name", help="which image output to save (default: the first)")
     p.add_argument("--size", type=int, help="a resolution tier the bundle offers")
     p.add_argument("--quality", choices=["full", "preview"])
@@ -351,8 +353,17 @@ def _targets(args) -> int:
 def _generate(args) -> int:
     from .image_files import read_rgb
     from .runtime import Generator, to_pil
+    from .runtime.requests import FIELDS as REQUEST_FIELDS
 
     image = read_rgb(args.image) if args.image else None
+    named = {}
+    for item in args.input:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise RequestError(f"--input {item!r}: give NAME=FILE, e.g. --input mask=mask.png")
+        if name in REQUEST_FIELDS:
+            raise RequestError(f"--input {item!r}: {name} is a request field; use --{name}")
+        named[name] = read_rgb(path)
     gen = Generator.open(args.bundle, threads=args.threads, host_fallback=args.host_fallback)
     roi = None
     if args.roi:
@@ -361,7 +372,7 @@ def _generate(args) -> int:
         except ValueError:
             raise RequestError(f"--roi {args.roi!r}: give X,Y,WIDTH,HEIGHT in pixels, e.g. 0,0,32,32") from None
     pixels = gen.generate(seed=args.seed, label=args.label, image=image, output=args.output_name, size=args.size,
-                          quality=args.quality, roi=roi)
+                          quality=args.quality, roi=roi, **named)
     out = Path(args.out)
     fmt = _format_of(out)
     with atomic_path(out) as tmp:

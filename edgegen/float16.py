@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, numpy_helper
 
+from .io_forms import take_boundary_forms
+
 _TYPED_ATTRIBUTES = ("to", "dtype")  # Cast, and the generators (RandomNormal, EyeLike, ...)
 
 
@@ -45,6 +47,9 @@ def _as_float32(tensor: onnx.TensorProto) -> onnx.TensorProto:
 
 
 def float32_reference(path: str | Path) -> str | onnx.ModelProto:
-    """What runs as a model file's fp32 source: the file itself, or, for a float16 export, its float32 form."""
+    """What runs as a model file's fp32 source, in the form the bundle computes on: the file itself, or its
+    float32 form (a float16 export) with its image I/O taken into NCHW float (an NHWC or uint8 export; see
+    `edgegen.io_forms`), as `Graph.load` makes its reference."""
     model = onnx.load(str(path), load_external_data=True)
-    return model if upcast_float16(model) else str(path)
+    upcast = upcast_float16(model)
+    return model if take_boundary_forms(model) or upcast else str(path)

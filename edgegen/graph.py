@@ -16,6 +16,8 @@ from .errors import ModelError
 from .float16 import upcast_float16
 from .graph_load import clean, default_opset, fold_constants, read_model, upgrade_opset
 from .inputs import fixed_batch
+from .io_forms import TO_NCHW, take_boundary_forms
+from .io_forms import note as io_note
 from .roles import describe_io
 from .specs import TensorSpec, format_shape
 
@@ -61,15 +63,20 @@ class Graph:
         path = zoo.resolve(model)
         proto, upgraded = upgrade_opset(read_model(path), path)
         reference = None
-        if upcast_float16(proto):
-            reference = copy.deepcopy(proto)
+        upcast = upcast_float16(proto)
+        if upcast:
             upgraded.append("float16 tensors computed in float32 (the fp32 source every precision is measured "
                             "against: the same weights)")
+        forms = take_boundary_forms(proto)
+        if forms:
+            upgraded.append(io_note(forms))
+        if upcast or forms:
+            reference = copy.deepcopy(proto)
         proto, notes = clean(proto, str(path))
         notes = upgraded + notes
-        shapes = _default_shapes(proto, input_shapes or {}, str(path))
+        shapes = _default_shapes(proto, _internal_shapes(input_shapes or {}, forms), str(path))
         _check_names(proto, shapes, roles or {}, str(path))
-        ins, outs = describe_io(proto, {}, roles, input_range, output_range)
+        ins, outs = describe_io(proto, {}, roles, input_range, output_range, forms)
         for spec in ins:
             spec.default_shape = shapes[spec.name]
         concrete = _infer_concrete(proto, shapes, str(path))
@@ -138,6 +145,12 @@ class Graph:
     def save(self, path: str | Path) -> None:
         """Write the cleaned model as one self-contained ONNX file."""
         onnx.save(self.model, str(path))
+
+
+def _internal_shapes(shapes: dict[str, list[int]], forms: dict[str, dict[str, str]]) -> dict[str, list[int]]:
+    """--input-shape is given in the model file's form: an NHWC input's shape permuted to NCHW."""
+    return {name: [dims[i] for i in TO_NCHW] if forms.get(name, {}).get("layout") == "NHWC" and len(dims) == 4
+            else dims for name, dims in shapes.items()}
 
 
 def _default_shapes(model: onnx.ModelProto, given: dict[str, list[int]], origin: str) -> dict[str, list[int]]:

@@ -156,6 +156,10 @@ def clean(model: onnx.ModelProto, origin: str) -> tuple[onnx.ModelProto, list[st
     if norms:
         notes.append(f"folded {norms} BatchNormalization(s) into the Gemm before them")
     model = _recompute_shapes(model, declared, origin, notes)
+    split = _explicit_split_sizes(model)
+    if split:
+        notes.append(f"{split} Split(s) by num_outputs given their sizes (OpenVINO 2026.4 misreads an opset-18 "
+                     "Split(num_outputs), the dynamo exporter's torch.chunk)")
     resized = sizes_as_scales(model)
     if resized:
         notes.append(f"{resized} Resize(s) to fixed sizes given by scales (the same pixels; a region or another "
@@ -225,12 +229,33 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     level = ir_log.level
     ir_log.setLevel(logging.ERROR)
     try:
-        return onnxscript.optimizer.optimize(_static_shape_parts(_evaluate_constant_nodes(model)))
+        return _named_as_before(onnxscript.optimizer.optimize(_static_shape_parts(_evaluate_constant_nodes(model))),
+                                model)
     except Exception as exc:  # folding is an optimization; the model stays valid without it
         log.warning("constant folding skipped: %s", exc)
         return model
     finally:
         ir_log.setLevel(level)
+
+
+def _named_as_before(folded: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give a node the optimizer made in place of the model's own (a Conv or ConvTranspose with a BatchNorm
+    fused into it is written as node_ConvTranspose_0) the name of the node it replaces: the node of the
+    same op reading the same input, else the node that wrote the same output. Messages then name the
+    model's nodes."""
+    names = {n.name for n in model.graph.node}
+    by_input = {(n.op_type, n.input[0]): n.name for n in model.graph.node if n.input}
+    by_output = {o: n.name for n in model.graph.node for o in n.output}
+    used = {n.name for n in folded.graph.node}
+    for node in folded.graph.node:
+        if node.name in names:
+            continue
+        old = by_input.get((node.op_type, node.input[0] if node.input else None)) or \
+            next((by_output[o] for o in node.output if o in by_output), None)
+        if old is not None and old not in used:
+            node.name = old
+            used.add(old)
+    return folded
 
 
 def _static_shape_parts(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -315,6 +340,32 @@ def _fold(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     if len(folded.graph.node) != before:
         notes.append(f"folded constants and shape arithmetic ({before} -> {len(folded.graph.node)} nodes)")
     return folded
+
+
+def _explicit_split_sizes(model: onnx.ModelProto) -> int:
+    """Give every Split by `num_outputs` (opset 18+) its sizes as an input instead, where the split axis is
+    static: the same parts (the last one smaller when the axis does not divide evenly). Returns how many."""
+    dims = {v.name: _dims(v) for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    changed = 0
+    for node in model.graph.node:
+        count = next((a.i for a in node.attribute if a.name == "num_outputs"), None)
+        shape = dims.get(node.input[0])
+        if node.op_type != "Split" or count is None or (len(node.input) > 1 and node.input[1]) or not shape:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % len(shape)
+        if not isinstance(shape[axis], int):
+            continue
+        part = -(-shape[axis] // count)
+        sizes = [min(part, shape[axis] - i * part) for i in range(count)]
+        name = f"{node.name or node.output[0]}/split_sizes"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(sizes, np.int64), name))
+        del node.input[1:]
+        node.input.append(name)
+        kept = [a for a in node.attribute if a.name != "num_outputs"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        changed += 1
+    return changed
 
 
 UNKNOWN_DIM = "unk__"  # onnx shape inference names a dim it cannot follow unk__<n>

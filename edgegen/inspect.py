@@ -8,6 +8,7 @@ from . import backends, targets
 from .errors import BackendUnavailableError
 from .graph import Graph
 from .inputs import fixed_batch
+from .io_forms import describe as describe_form
 
 def target_rows() -> list[dict[str, Any]]:
     """Every shipped target with whether it runs on this host."""
@@ -63,6 +64,8 @@ def render(report: dict[str, Any], nodes: bool = False) -> str:
                 extra.append(f"{s['num_classes']} classes")
             if "range" in s:
                 extra.append(f"range [{s['range'][0]:g}, {s['range'][1]:g}]")
+            if "source_form" in s:
+                extra.append(f"the model file's form: {describe_form(s['source_form'])} (run() takes and gives that)")
             lines.append(f"  {s['name']:<20} {s['dtype']:<8} {shape:<18} {s['role']:<9} {', '.join(extra)}")
     lines.append("ops     " + ", ".join(f"{op} x{n}" for op, n in report["ops"].items()))
     lines.append(f"cost    {report['macs'] / 1e6:.2f} MMACs, {report['param_bytes'] / 1e6:.2f} MB parameters, "

@@ -38,9 +38,11 @@ def load_requests(path: str | Path) -> list[dict[str, Any]]:
     """The requests a request file names, in order, without duplicates."""
     import yaml
 
+    from .yaml_files import load_yaml
+
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except OSError as exc:
         raise BuildError(f"{path}: cannot read the request file ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
@@ -64,11 +66,11 @@ def load_requests(path: str | Path) -> list[dict[str, Any]]:
     for i, request in enumerate(out):
         if not isinstance(request, dict):
             raise BuildError(f"{path}: request {i} is {request!r}, not a mapping like {{seed: 1, label: 3}}")
-        if isinstance(request.get("image"), str):  # an image file, relative to the request file
-            image = path.parent / request["image"]
+        for name in _image_fields(request):  # image files, relative to the request file
+            image = path.parent / request[name]
             if not image.is_file():
-                raise BuildError(f"{path}: request {i}: image {request['image']!r} is not a file ({image})")
-            out[i] = {**request, "image": str(image.resolve())}
+                raise BuildError(f"{path}: request {i}: {name} {request[name]!r} is not a file ({image})")
+            out[i] = {**out[i], name: str(image.resolve())}
     if not out:
         raise BuildError(f"{path}: holds no requests; name at least one, e.g. - {{seed: 1, label: 3}}")
     unique = {json.dumps(r, sort_keys=True): r for r in out}
@@ -156,13 +158,19 @@ def render_new(gen, requests: list[dict[str, Any]], entries: dict[str, tuple], p
     return keys
 
 
+TEXT_FIELDS = ("quality", "output")  # request fields whose value is a word, not an image file
+
+
+def _image_fields(request: dict[str, Any]) -> list[str]:
+    """The keys of a request that name image files: `image`, and a model's other image inputs by name (a mask)."""
+    return [k for k, v in request.items() if isinstance(v, str) and k not in TEXT_FIELDS]
+
+
 def _with_pixels(request: dict[str, Any]) -> dict[str, Any]:
-    """The request with an image file given by path read into its pixels (the stored request keeps the path)."""
-    if not isinstance(request.get("image"), str):
-        return request
+    """The request with the image files it names read into their pixels (the stored request keeps the paths)."""
     from .image_files import read_rgb
 
-    return {**request, "image": read_rgb(request["image"])}
+    return {**request, **{name: read_rgb(request[name]) for name in _image_fields(request)}}
 
 
 def rendered_on(manifest: dict[str, Any]) -> str:

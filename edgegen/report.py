@@ -8,7 +8,7 @@ from typing import Any
 
 from .backends.openvino.session import INFERENCE_PRECISION  # the plugin's names: the keys of execution.float_types
 from .bench import busy_host
-from .serving import WHOLE_FRAME_SHARE
+from .runtime.roi import WHOLE_FRAME_SHARE
 
 SLOWER = 0.9  # a reduced-precision artifact under this speed against the fp32 source gets a warning (noise: ~10%)
 UNSTEADY = 1.25  # the two speed estimates disagreeing by more than this mark the measurement unsteady

@@ -67,8 +67,13 @@ def _given_sizes(name: str, data: str, rank: int, weights: dict, producers: dict
 
 
 def _kept_axes(name: str, data: str, rank: int, weights: dict, producers: dict) -> tuple[int, int] | None:
-    """(start, end) when `name` is Shape(data)[start:end], else None."""
+    """(start, end) when `name` is Shape(data)[start:end] (a Slice of a Shape, or a Shape with start and end, as
+    the dynamo exporter writes it), else None."""
     piece = producers.get(name)
+    if piece is not None and piece.op_type == "Shape" and piece.input[0] == data:
+        attrs = {a.name: a.i for a in piece.attribute}
+        start, end = attrs.get("start", 0), attrs.get("end", rank)
+        return (start, min(end, rank)) if 0 <= start <= end else None
     if piece is None or piece.op_type != "Slice" or len(piece.input) < 3 or \
             any(i and i not in weights for i in piece.input[1:]):
         return None

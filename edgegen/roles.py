@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -53,8 +54,12 @@ def describe_io(
     roles: dict[str, str] | None = None,
     input_range: list[float] | None = None,
     output_range: list[float] | None = None,
+    forms: dict[str, dict[str, str]] | None = None,
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """TensorSpecs for the graph inputs and outputs, with roles and value ranges."""
+    """TensorSpecs for the graph inputs and outputs, with roles and value ranges; `forms` holds the model
+    file's own form of image tensors taken into NCHW float (`edgegen.io_forms`): integer pixels span their
+    type's range unless a range is given."""
+    forms = forms or {}
     meta = {p.key: p.value for p in model.metadata_props}
     explicit = parse_overrides(meta.get("edgegen.roles", ""), "model metadata edgegen.roles")
     explicit.update(roles or {})
@@ -68,10 +73,11 @@ def describe_io(
 
     outputs = []
     for value in graph.output:
-        spec = _spec(value, default_shapes.get(value.name, []))
+        spec = _spec(value, default_shapes.get(value.name, []), forms.get(value.name))
         spec.role = explicit.get(value.name) or ("image" if _looks_like_image(spec.shape) else "tensor")
         if spec.role == "image":
-            spec.range = list(output_range or _range_from_producer(value.name, producers, init) or DEFAULT_RANGE)
+            spec.range = list(output_range or _pixel_range(spec) or _range_from_producer(value.name, producers, init)
+                              or DEFAULT_RANGE)
         outputs.append(spec)
     image_range = next((o.range for o in outputs if o.range), None)
 
@@ -79,7 +85,7 @@ def describe_io(
     for value in graph.input:
         if value.name in init:
             continue
-        spec = _spec(value, default_shapes.get(value.name, []))
+        spec = _spec(value, default_shapes.get(value.name, []), forms.get(value.name))
         spec.role = explicit.get(value.name) or _input_role(spec)
         if spec.role == "label" and not (spec.dtype.startswith(("int", "uint")) or _one_hot_classes(spec)):
             raise ModelError(f"input {value.name!r} ({spec.dtype} {format_shape(spec.shape)}) cannot be a label: a "
@@ -89,16 +95,25 @@ def describe_io(
         if spec.role == "label":
             spec.num_classes = _num_classes(value.name, graph, init, meta) or _one_hot_classes(spec)
         elif spec.role == "image":
-            spec.range = list(input_range or image_range or DEFAULT_RANGE)
+            spec.range = list(input_range or _pixel_range(spec) or image_range or DEFAULT_RANGE)
         inputs.append(spec)
     return inputs, outputs
 
 
-def _spec(value: onnx.ValueInfoProto, default_shape: list[int]) -> TensorSpec:
+def _spec(value: onnx.ValueInfoProto, default_shape: list[int], form: dict[str, str] | None) -> TensorSpec:
     tensor = value.type.tensor_type
     dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
     shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-    return TensorSpec(name=value.name, dtype=dtype, shape=shape, role="tensor", default_shape=list(default_shape))
+    return TensorSpec(name=value.name, dtype=dtype, shape=shape, role="tensor", default_shape=list(default_shape),
+                      source_form=dict(form) if form else None)
+
+
+def _pixel_range(spec: TensorSpec) -> list[float] | None:
+    """[0, 255] for an image the model file takes or gives as uint8 ([-128, 127] for int8)."""
+    if spec.source_dtype == spec.dtype:
+        return None
+    info = np.iinfo(spec.source_dtype)
+    return [float(info.min), float(info.max)]
 
 
 
@@ -141,19 +156,51 @@ def _num_classes(name: str, graph: onnx.GraphProto, init: dict, meta: dict) -> i
 
 
 def _range_from_producer(name: str, producers: dict, init: dict) -> list[float] | None:
-    """Follow range-keeping ops back from an output to the activation that bounds it."""
-    seen = set()
-    while name in producers and name not in seen:
+    """Follow ops back from an output to the activation or Clip that bounds it, then carry its range forward
+    through the ops on the way: range-keeping ones, and Add, Sub, Mul, Div by a constant scalar
+    (`(tanh(x) + 1) * 127.5` spans [0, 255], `tanh(x) * 0.5 + 0.5` [0, 1])."""
+    steps, seen, bounds = [], set(), None
+    while bounds is None:
+        if name not in producers or name in seen:
+            return None
         seen.add(name)
         node = producers[name]
         if node.op_type in _RANGE_OF_LAST_OP:
-            return list(_RANGE_OF_LAST_OP[node.op_type])
-        if node.op_type == "Clip":
-            bounds = [numpy_helper.to_array(init[i]).item() if i in init else None for i in node.input[1:3]]
-            if len(bounds) == 2 and None not in bounds:
-                return [float(bounds[0]), float(bounds[1])]
-            return None
-        if node.op_type not in _RANGE_KEEPING_OPS:
-            return None
-        name = node.input[0]
-    return None
+            bounds = list(_RANGE_OF_LAST_OP[node.op_type])
+        elif node.op_type == "Clip":
+            clip = [numpy_helper.to_array(init[i]).item() if i in init else None for i in node.input[1:3]]
+            if len(clip) != 2 or None in clip:
+                return None
+            bounds = [float(v) for v in clip]
+        elif node.op_type in _RANGE_KEEPING_OPS:
+            name = node.input[0]
+        else:
+            step = _scalar_step(node, init)
+            if step is None:
+                return None
+            steps.append(step)
+            name = step[3]
+    lo, hi = bounds
+    for op, value, constant_first, _ in reversed(steps):
+        if op == "Add":
+            lo, hi = lo + value, hi + value
+        elif op == "Sub":
+            lo, hi = (value - hi, value - lo) if constant_first else (lo - value, hi - value)
+        else:
+            lo, hi = sorted((lo * value, hi * value) if op == "Mul" else (lo / value, hi / value))
+    return [float(lo), float(hi)]
+
+
+def _scalar_step(node: onnx.NodeProto, init: dict) -> tuple[str, float, bool, str] | None:
+    """(op, constant, whether the constant is the first operand, the other operand) of an Add, Sub, Mul or
+    Div of a tensor by one constant value; None for anything else (a constant divided by the tensor too)."""
+    if node.op_type not in ("Add", "Sub", "Mul", "Div") or len(node.input) != 2:
+        return None
+    constant_first = node.input[0] in init
+    constant, data = node.input if constant_first else node.input[::-1]
+    if constant not in init or data in init or int(np.prod(init[constant].dims)) != 1:
+        return None
+    value = float(numpy_helper.to_array(init[constant]).reshape(-1)[0])
+    if node.op_type == "Div" and (constant_first or value == 0):
+        return None
+    return node.op_type, value, constant_first, data

@@ -29,7 +29,7 @@ from .errors import BuildError
 from .graph import Graph
 from .metrics import psnr
 from .receptive_field import RoiRefused, spatial_program
-from .runtime.roi import STATIC_SHAPE_BACKENDS, static_shapes_refusal
+from .runtime.roi import STATIC_SHAPE_BACKENDS, WHOLE_FRAME_SHARE, static_shapes_refusal
 from .specs import TensorSpec
 from .split import find_split, split_at
 from .subgraph import extract, with_batch, with_input_dims
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 SPLIT_MAX_ABS = 1e-5
 PART_MAX_ABS = 1e-3  # a compiled part against its own fp32 graph, as the build checks the whole artifact
 ROI_CHECKS = 6
-WHOLE_FRAME_SHARE = 0.5  # a region that first computes this share of the MACs on the whole frame gets a warning
 Progress = Callable[[str, int, int], None]
 
 
@@ -135,8 +134,8 @@ def _roi_parts(graph: Graph, comp: _Compiler) -> dict[str, Any]:
             if pre_share >= WHOLE_FRAME_SHARE:
                 log.warning("output %r: a region first computes %.0f%% of the MACs on the whole frame (the tensors "
                             "it needs whole, such as the channel gates of squeeze-excitation or NAFNet's "
-                            "simplified channel attention), so a region costs at least that", spec.name,
-                            100 * pre_share)
+                            "simplified channel attention), so regions are served as the whole frame, cropped: "
+                            "no faster than a full one", spec.name, 100 * pre_share)
         post = extract(graph, roots, [spec.name], f"roi {spec.name} region")
         spatial = {r["name"] for r in program["roots"] if r["spatial"]}
         dims = {s.name: [s.shape[0] if s.shape and s.shape[0] is not None else "N", s.default_shape[1],

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 ROLES = ("latent", "label", "image", "condition", "tensor")
 
 
@@ -16,7 +18,9 @@ class TensorSpec:
     """One model input or output as the runtime sees it.
 
     shape: declared dims, None where dynamic; default_shape: the concrete shape used for
-    reference runs and benchmarks (batch 1). range: the value range of image tensors.
+    reference runs and benchmarks (batch 1). range: the value range of image tensors. source_form: how
+    the model file itself takes or gives an image tensor the build took into NCHW float (layout "NHWC",
+    dtype "uint8"; see edgegen.io_forms), converted at `Generator.run`'s boundary.
     """
 
     name: str
@@ -26,6 +30,7 @@ class TensorSpec:
     default_shape: list[int] = field(default_factory=list)
     range: list[float] | None = None
     num_classes: int | None = None
+    source_form: dict[str, str] | None = None
 
     @property
     def one_hot(self) -> bool:
@@ -36,6 +41,37 @@ class TensorSpec:
     @property
     def batch_dynamic(self) -> bool:
         return bool(self.shape) and self.shape[0] is None
+
+    @property
+    def nhwc(self) -> bool:
+        return bool(self.source_form) and self.source_form.get("layout") == "NHWC"
+
+    @property
+    def source_dtype(self) -> str:
+        """The dtype the model file declares (run() takes and gives arrays of it)."""
+        return (self.source_form or {}).get("dtype", self.dtype)
+
+    @property
+    def source_shape(self) -> list[int | None]:
+        """The shape the model file declares."""
+        return [self.shape[i] for i in (0, 2, 3, 1)] if self.nhwc else list(self.shape)
+
+    def from_source(self, array: np.ndarray) -> np.ndarray:
+        """An array in the model file's form (batch axis first) as the bundle computes on it."""
+        if self.nhwc:
+            array = array.transpose(0, 3, 1, 2) if array.ndim == 4 else array.transpose(2, 0, 1)
+        return np.ascontiguousarray(array, dtype=self.dtype)
+
+    def to_source(self, array: np.ndarray) -> np.ndarray:
+        """A computed output (batch axis first) in the model file's form: NHWC, integer pixels rounded and
+        clipped to their type."""
+        if self.nhwc:
+            array = array.transpose(0, 2, 3, 1)
+        dtype = np.dtype(self.source_dtype)
+        if dtype.kind in "iu" and array.dtype != dtype:
+            info = np.iinfo(dtype)
+            array = np.clip(np.rint(array), info.min, info.max)
+        return np.ascontiguousarray(array, dtype=dtype)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import TargetError
+from .yaml_files import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def load(name_or_path: str) -> Target:
 def load_file(path: Path) -> Target:
     """Parse and validate one target file."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise TargetError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -184,3 +184,16 @@ def prelu_block(per_channel: bool = False) -> onnx.ModelProto:
              helper.make_node("Conv", ["p1", "w2"], ["out"])]
     return _model(nodes, [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
+
+
+def residual_denoiser() -> onnx.ModelProto:
+    """DnCNN-style: image [1,1,8,8] -> conv -> ReLU -> conv = noise; output image - noise (a Sub, int8 like Add)."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["noise"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sub", ["image", "noise"], ["out"])]
+    return _model(nodes, [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 8, 8])],
+                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 8, 8])],
+                  [_init(rng, "w1", 8, 1, 3, 3), _init(rng, "b1", 8), _init(rng, "w2", 1, 8, 3, 3, scale=0.1),
+                   _init(rng, "b2", 1)])

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from fpga_models import (dense_decoder, gelu_block, grouped_conv, hardswish_upsample, instance_norm, mobile_block,
-                         prelu_block, rgb_head, view_decoder)
+                         prelu_block, residual_denoiser, rgb_head, view_decoder)
 
 from edgegen import targets
 from edgegen.backends.fpga.alloc import FitError
@@ -67,7 +67,7 @@ def _graph(tmp_path, model) -> Graph:
 @pytest.mark.parametrize("model", ["dcgan__legacy_b1", "cgan_dcgan__legacy_b1", "pix2pix_unet__legacy_b1",
                                    "espcn__legacy_b1", "tiny_decoder__legacy_b1", "mobilenet_resnet__legacy_b1",
                                    mobile_block, dense_decoder, view_decoder, hardswish_upsample, gelu_block,
-                                   rgb_head, prelu_block],
+                                   rgb_head, prelu_block, residual_denoiser],
                          ids=lambda m: m if isinstance(m, str) else m.__name__)
 def test_functional_model_agrees_with_onnxruntime_within_one_lsb(tmp_path, model):
     compiled = emu.compile_for(emu.quantize(_graph(tmp_path, model)), ROOMY, tmp_path / "npu")

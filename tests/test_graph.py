@@ -204,6 +204,25 @@ def test_fixed_size_resize_is_given_by_scales_only_where_exact(in_shape, sizes, 
         np.testing.assert_array_equal(run[1], run[0])
 
 
+def test_a_size_from_shape_start_end_is_given_by_scales():
+    """The dynamo exporter's F.interpolate(x, size=(16, 16)) on a dynamic batch: Concat(Shape(x, end=2), [16, 16])."""
+    from edgegen.resize_sizes import sizes_as_scales
+
+    nodes = [helper.make_node("Shape", ["x"], ["nc"], start=0, end=2),
+             helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",
+                              coordinate_transformation_mode="half_pixel")]
+    graph = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array([16, 16], np.int64), "hw")])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    original = onnx.ModelProto.FromString(model.SerializeToString())
+    assert sizes_as_scales(model) == 1 and [n.op_type for n in model.graph.node] == ["Resize"]
+    x = np.random.default_rng(0).standard_normal((2, 2, 8, 8), np.float32)
+    run = [ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0] for m in (original, model)]
+    np.testing.assert_array_equal(run[1], run[0])
+
+
 def test_an_int32_label_cast_for_its_lookup_keeps_its_class_count(tmp_path):
     model = conditional_generator(extras=False)
     next(i for i in model.graph.input if i.name == "label").type.tensor_type.elem_type = TensorProto.INT32
@@ -345,3 +364,44 @@ def test_constant_folding_keeps_the_optimizers_own_notes_out_of_the_users_log(ca
                            helper.make_tensor_value_info("b", TensorProto.FLOAT, [4])], ones)
     fold_constants(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
     assert "Skipped deduplication" not in caplog.text
+
+
+def test_a_split_by_num_outputs_gets_its_sizes_and_builds_for_openvino(tmp_path):
+    """torch.chunk exported by dynamo: Split(num_outputs=4) at opset 18, part of it concatenated again.
+    OpenVINO 2026.4 misread that Split (the next conv saw 3 input channels for 24)."""
+    from edgegen.build import build
+
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Conv", ["image", "wa"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Split", ["a"], ["q0", "q1", "q2", "q3"], axis=1, num_outputs=4),
+             helper.make_node("Concat", ["q1", "q2", "q3"], ["rest"], axis=1),
+             helper.make_node("Conv", ["rest", "wb"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["b"], ["out"])]
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (32, 3, 3, 3)).astype(np.float32), "wa"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (3, 24, 3, 3)).astype(np.float32), "wb")]
+    graph = helper.make_graph(nodes, "chunk", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 16, 16])], inits)
+    path = tmp_path / "chunk.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    [split] = [n for n in Graph.load(path).model.graph.node if n.op_type == "Split"]
+    assert not any(a.name == "num_outputs" for a in split.attribute) and len(split.input) == 2
+    result = build(path, "x86-openvino", tmp_path / "b")
+    assert result.fidelity["max_abs"] <= 1e-4
+
+
+def test_a_node_the_optimizer_fuses_keeps_the_models_name(tmp_path):
+    """ConvTranspose + BatchNorm folded at cleanup: messages must still name '/dec/up/ConvTranspose'."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 1, 3, 3)).astype(np.float32), "w")] + \
+        [numpy_helper.from_array(v.astype(np.float32), n) for n, v in
+         (("g", rng.uniform(0.5, 1.5, 4)), ("b", rng.normal(0, 0.1, 4)), ("m", rng.normal(0, 0.1, 4)),
+          ("v", rng.uniform(0.5, 1.5, 4)))]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["t"], name="/dec/up/ConvTranspose", group=4,
+                              strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),
+             helper.make_node("BatchNormalization", ["t", "g", "b", "m", "v"], ["y"], name="/dec/bn/BatchNormalization")]
+    graph = helper.make_graph(nodes, "ct", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
+    path = tmp_path / "ct.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert [(n.op_type, n.name) for n in Graph.load(path).model.graph.node] == \
+        [("ConvTranspose", "/dec/up/ConvTranspose")]

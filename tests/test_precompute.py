@@ -66,6 +66,7 @@ def test_request_file_forms(tmp_path):
                           ("[1, 2]", "not a mapping"), ("log: missing.jsonl", "cannot read the request log"),
                           ("grid: {seed: '3..1'}", "holds no values"), ("grid: {label: []}", "holds no values"),
                           ("requests: 5", "requests: must be a list"), ("[]", "holds no requests"),
+                          ("- {seed: 1, seed: 2}", "key 'seed' is given twice"),
                           ("grid: {seed: '0..999999999'}", "holds 1000000000 values; precompute at most"),
                           ("grid: {seed: '0..99999', label: '0..99'}", r"the grid holds 10000000 requests \(100000 x 100\)")]:
         (tmp_path / "bad.yaml").write_text(text)

@@ -287,7 +287,7 @@ def test_serving_options_for_images_refuse_a_model_without_an_image_output(tmp_p
     assert not (tmp_path / "b").exists()
 
 
-def test_a_region_behind_a_costly_channel_gate_is_reported_as_costly(tmp_path, caplog):
+def test_a_region_behind_a_costly_channel_gate_is_cropped_from_the_frame(tmp_path, caplog):
     """A squeeze-excitation gate from a wide convolution of the whole frame: every region needs it whole."""
     caplog.set_level(logging.WARNING)
     rng = np.random.default_rng(0)
@@ -306,7 +306,14 @@ def test_a_region_behind_a_costly_channel_gate_is_reported_as_costly(tmp_path, c
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "gate.onnx"))
     built = build(tmp_path / "gate.onnx", "x86-onnxruntime", tmp_path / "b", roi=True)
     assert built.manifest["serving"]["roi"]["out"]["pre_share"] > 0.9
-    assert "output 'out': a region first computes" in caplog.text
+    assert "output 'out': a region first computes" in caplog.text and "served as the whole frame" in caplog.text
+    gen = Generator.open(tmp_path / "b")  # a region on top of the gate would cost more than the frame
+    picture = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    full = gen.generate(image=picture)
+    gen.roi["out"].roots = lambda feeds: pytest.fail("the region's own runs were used")
+    np.testing.assert_array_equal(gen.generate(image=picture, roi=(2, 3, 5, 4)), full[3:7, 2:7])
+    with pytest.raises(RequestError, match="reaches outside the 16x16 image"):
+        gen.generate(image=picture, roi=(12, 0, 5, 4))
 
 
 def test_a_latent_models_regions_start_after_a_cheap_projection(glyph):

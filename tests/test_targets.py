@@ -54,6 +54,7 @@ def test_unknown_target_suggests_close_name():
     (lambda t: t.replace("name: bad", "name: other"), "key 'name' is 'other'"),
     (lambda t: "- just\n- a list\n", "must be a mapping"),
     (lambda t: "name: [unclosed\n", "not valid YAML"),
+    (lambda t: t + "threads: 4\n", "key 'threads' is given twice; keep one"),
     (lambda t: t + "backend_options:\n  provider: [CPUExecutionProvider]\n",
      "backend_options: unknown key 'provider' \\(did you mean 'providers'\\?\\) for the onnxruntime backend"),
     (lambda t: t + "backend_options:\n  providers: [CPUExecutionProvidr]\n",

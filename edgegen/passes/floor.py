@@ -12,7 +12,7 @@ import onnx
 
 from ..errors import BuildError
 from ..inputs import run_batched
-from ..metrics import psnr, ssim, value_range
+from ..metrics import psnr, quality_outputs, ssim, value_range
 from ..specs import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class Evaluator:
         self.per_call = per_call  # samples per run (see Graph.samples_per_run); None: all in one
 
     def quality(self, model: onnx.ModelProto) -> dict[str, float]:
-        """Worst PSNR and SSIM over the outputs (each output's own value range)."""
+        """Worst PSNR and SSIM over the image outputs (each output's own value range; see quality_outputs)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -63,7 +63,7 @@ class Evaluator:
         names = [o.name for o in session.get_outputs()]
         got = run_batched(lambda f: dict(zip(names, session.run(names, f))), self.inputs, self.feeds, self.per_call)
         worst = {"psnr_db": float("inf"), "ssim": 1.0, "nmse": 0.0}
-        for spec in self.outputs:
+        for spec in quality_outputs(self.outputs):
             ref = self.expected[spec.name]
             data_range = value_range(spec.range, ref)
             worst["psnr_db"] = min(worst["psnr_db"], psnr(ref, got[spec.name], data_range))

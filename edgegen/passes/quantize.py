@@ -37,6 +37,10 @@ SHUFFLES = ("DepthToSpace", "SpaceToDepth")
 # MobileNet-style activations onnxruntime.quantization has no entry for: listed, their output is quantized
 # even where the next op only passes a grid through (a nearest Resize), so that op runs in int8 too
 ACTIVATIONS = ("HardSwish", "HardSigmoid")
+# and Sub, which it has no entry for either (it has Add): listed, a residual `x - f(x)` (DnCNN) is int8 like
+# `x + f(x)`, for the NPU (int8 only), LiteRT and the Edge TPU (SUB) and OpenVINO. A Sub of a constant (an
+# input normalization, EDSR's MeanShift) stays float like the Div beside it, as onnxruntime leaves it.
+ARITHMETIC = ("Sub",)
 
 
 def _ort_quantization():
@@ -76,8 +80,9 @@ class Quantizer:
         # onnxruntime.quantization has no entry for the pixel shuffles; listed, their input and output are
         # quantized (each to its own calibrated range, which for a permutation is the same grid)
         self.op_types = sorted(set(q.registry.QLinearOpsRegistry) | set(q.registry.QDQRegistry) | set(SHUFFLES)
-                               | set(ACTIVATIONS))
+                               | set(ACTIVATIONS) | set(ARITHMETIC))
         self.float_only = _grouped_transposed_convs(self.model)
+        self._unlisted = _subs_of_a_constant(self.model)  # float as onnxruntime.quantization leaves them
 
     @property
     def float_note(self) -> str | None:
@@ -91,7 +96,8 @@ class Quantizer:
         """(node name, op) of every node the quantizer would quantize that computes (a shuffle only moves
         values): the layers the floor search may keep in float."""
         return [(n.name, n.op_type) for n in self.model.graph.node
-                if n.op_type in self.op_types and n.op_type not in SHUFFLES and n.name not in self.float_only]
+                if n.op_type in self.op_types and n.op_type not in SHUFFLES and n.name not in self.float_only
+                and n.name not in self._unlisted]
 
     def emit(self, exclude: Iterable[str] = (), only: Iterable[str] | None = None) -> onnx.ModelProto:
         """A QDQ model with the `exclude` nodes kept in float (or with only the `only` nodes quantized)."""
@@ -99,7 +105,7 @@ class Quantizer:
         quantizer = q.QDQQuantizer(
             onnx.ModelProto.FromString(self.model.SerializeToString()), True, False, q.QuantType.QInt8,
             q.QuantType.QInt8, self.ranges, [n for n in only if n not in self.float_only] if only is not None else None,
-            [*exclude, *self.float_only], self.op_types,
+            [*exclude, *self.float_only, *self._unlisted], self.op_types,
             {"WeightSymmetric": True, "ActivationSymmetric": False})
         with _ort_quantizer_quiet():
             quantizer.quantize_model()
@@ -107,6 +113,12 @@ class Quantizer:
         model = quantizer.model.model
         _own_grids_for_interpolation(model, self.ranges)
         return model
+
+
+def _subs_of_a_constant(model: onnx.ModelProto) -> list[str]:
+    """Sub nodes one operand of which is a constant."""
+    weights = {t.name for t in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "Sub" and any(i in weights for i in n.input)]
 
 
 def _grouped_transposed_convs(model: onnx.ModelProto) -> list[str]:

@@ -81,15 +81,19 @@ class SpatialProgram:
         return int(window[0] * scale), end
 
 
+WHOLE_FRAME_SHARE = 0.5  # a region that first computes this share of the MACs on the whole frame comes from the frame
+
+
 class RoiEngine:
     """Computes regions of one image output: `region` for a rectangle, `tiled` for a whole frame in
     tiles, `dirty_rects` for the output an input edit reaches."""
 
-    def __init__(self, program: SpatialProgram, parts: Parts, pre: str | None, post: str):
+    def __init__(self, program: SpatialProgram, parts: Parts, pre: str | None, post: str, pre_share: float = 0.0):
         self.program = program
         self.parts = parts
         self.pre = pre
         self.post = post
+        self.pre_share = pre_share  # the share of the frame's MACs computed whole before any region
         self._memo: dict[tuple, Any] = {}  # geometry per frame size: sizes, windows, tile reaches
 
     def _remember(self, key: tuple, compute):
@@ -118,8 +122,10 @@ class RoiEngine:
     def frame_size(self, roots: dict[str, np.ndarray]) -> tuple[int, int]:
         return self.sizes(roots)[self.program.output]
 
-    def check(self, rect: Rect, roots: dict[str, np.ndarray]) -> None:
-        h, w = self.frame_size(roots)
+    @staticmethod
+    def check(rect: Rect, size: tuple[int, int]) -> None:
+        """RequestError for a rectangle reaching outside an output of `size` (h, w)."""
+        h, w = size
         (y0, y1), (x0, x1) = rect
         if y1 > h or x1 > w:
             raise RequestError(f"roi (x={x0}, y={y0}, width={x1 - x0}, height={y1 - y0}) reaches outside the "
@@ -138,6 +144,13 @@ class RoiEngine:
             raise RuntimeError(f"ROI window {windows} gave a {out.shape[2:4]} output, not {expected}")
         (y0, y1), (x0, x1) = rect
         return out[:, :, y0 - windows[0][0]:y1 - windows[0][0], x0 - windows[1][0]:x1 - windows[1][0]]
+
+    @property
+    def frame_first(self) -> bool:
+        """Whether regions come from the frame, cropped: where the tensors a region needs whole (channel
+        attention's gates, squeeze-excitation) already cost half the frame's MACs or more, the region's own
+        runs on top of them cost more than the rest of the frame (RCAN-style: 1.2-1.4x a full frame)."""
+        return self.pre_share >= WHOLE_FRAME_SHARE
 
     def crops_nothing(self, roots: dict[str, np.ndarray], rect: Rect) -> bool:
         """Whether a rectangle needs every root whole (its receptive field spans the input, as a deep

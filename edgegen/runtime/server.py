@@ -1,7 +1,7 @@
 """`edgegen serve`: a small HTTP API on one Generator (standard library only).
 
     POST /v1/generate   JSON {seed, label, size, quality, roi: [x, y, w, h], output, image: base64 PNG/JPEG,
-                        format: "png" | "json"} -> PNG (headers X-Edgegen-Served-By, X-Edgegen-Latency-Ms)
+                        format: "png" | "json"; a model's other image inputs by name, base64 PNG/JPEG too} -> PNG (headers X-Edgegen-Served-By, X-Edgegen-Latency-Ms)
                         or JSON {width, height, served_by, latency_ms, key, png_base64}
     GET  /v1/health     the bundle, its inputs and what it offers (sizes, preview, ROI)
     GET  /v1/stats      requests, latencies, caches, batcher
@@ -110,17 +110,19 @@ class Server:
         fmt = fields.pop("format", None) or query.get("format", ["png"])[0]
         if fmt not in ("png", "json"):
             raise RequestError(f"format {fmt!r}: use png or json")
-        arrays = [s.name for s in self.generator.inputs if s.name in fields and s.name not in FIELDS]
+        images = [s.name for s in self.generator.inputs if s.role == "image"]
+        arrays = [s.name for s in self.generator.inputs if s.name in fields and s.name not in (*FIELDS, *images)]
         if arrays:
             raise RequestError(f"field(s) {arrays}: arrays are not accepted over HTTP; send seed, label or image")
-        if fields.get("image") is not None:
-            if not any(s.role == "image" for s in self.generator.inputs):
-                raise RequestError("image: this model takes no image input (its inputs: "
-                                   f"{', '.join(f'{s.name} ({s.role})' for s in self.generator.inputs)}); "
-                                   "leave image out")
-            if not isinstance(fields["image"], str):
-                raise RequestError("image must be a base64-encoded PNG or JPEG file (a JSON string)")
-            fields["image"] = _decode_image(fields["image"], self.max_image_pixels)
+        if fields.get("image") is not None and not images:
+            raise RequestError("image: this model takes no image input (its inputs: "
+                               f"{', '.join(f'{s.name} ({s.role})' for s in self.generator.inputs)}); "
+                               "leave image out")
+        for name in dict.fromkeys(("image", *images)):  # other image inputs (a mask) come as image files by name
+            if fields.get(name) is not None:
+                if not isinstance(fields[name], str):
+                    raise RequestError(f"{name} must be a base64-encoded PNG or JPEG file (a JSON string)")
+                fields[name] = _decode_image(fields[name], self.max_image_pixels, name)
         if fields.get("roi") is not None and not isinstance(fields["roi"], list):
             raise RequestError("roi must be a list [x, y, width, height]")
         job = self.generator.prepare(fields)
@@ -324,14 +326,14 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-def _decode_image(text: str, max_pixels: int) -> np.ndarray:
-    """RGB uint8 pixels of a base64 image file; RequestError (TooLarge past max_pixels) saying what is wrong."""
+def _decode_image(text: str, max_pixels: int, field: str = "image") -> np.ndarray:
+    """RGB uint8 pixels of a base64 image file (request field `field`); RequestError (TooLarge past max_pixels) saying what is wrong."""
     from PIL import Image, UnidentifiedImageError  # image I/O only; lazily
 
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise RequestError("image must be a base64-encoded PNG or JPEG file") from None
+        raise RequestError(f"{field} must be a base64-encoded PNG or JPEG file") from None
     limit = f"this server takes at most {max_pixels} pixels; send a smaller image"
     try:
         image = Image.open(io.BytesIO(data))
@@ -341,10 +343,10 @@ def _decode_image(text: str, max_pixels: int) -> np.ndarray:
     except Image.DecompressionBombError:  # Pillow's own cap, far above the server's
         raise TooLarge(f"the image is over {2 * Image.MAX_IMAGE_PIXELS} pixels; {limit}") from None
     except UnidentifiedImageError:
-        raise RequestError(f"image: its {len(data)} decoded bytes are not a PNG, JPEG or other image file; send "
+        raise RequestError(f"{field}: its {len(data)} decoded bytes are not a PNG, JPEG or other image file; send "
                            "a base64-encoded PNG or JPEG") from None
     except OSError as exc:
-        raise RequestError(f"image is not a readable PNG/JPEG ({first_line(exc)}); send the whole file") from None
+        raise RequestError(f"{field} is not a readable PNG/JPEG ({first_line(exc)}); send the whole file") from None
 
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8080, threads: int | None = None,

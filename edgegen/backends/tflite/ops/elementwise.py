@@ -14,8 +14,9 @@ from ..prepare import Prepared, attrs
 from . import rule, static_shapes
 
 _UNARY = {"Relu": "RELU", "Tanh": "TANH", "Sigmoid": "LOGISTIC", "HardSwish": "HARD_SWISH",
-          "LeakyRelu": "LEAKY_RELU", "Elu": "ELU", "Gelu": "GELU", "Sqrt": "SQRT", "Exp": "EXP"}
-_FLOAT_ONLY = {"ELU", "SQRT", "EXP"}  # LiteRT registers these for float only
+          "LeakyRelu": "LEAKY_RELU", "Elu": "ELU", "Gelu": "GELU", "Sqrt": "SQRT", "Exp": "EXP",
+          "Round": "ROUND"}
+_FLOAT_ONLY = {"ELU", "SQRT", "EXP", "ROUND"}  # LiteRT registers these for float only
 # int8 TANH and LOGISTIC have a fixed output grid (their range is [-1, 1] / [0, 1])
 FIXED_GRID = {"TANH": QParams.of(1 / 128, 0), "LOGISTIC": QParams.of(1 / 256, -128)}
 log = logging.getLogger(__name__)
