@@ -363,6 +363,8 @@ def _generate(args) -> int:
             raise RequestError(f"--input {item!r}: give NAME=FILE, e.g. --input mask=mask.png")
         if name in REQUEST_FIELDS:
             raise RequestError(f"--input {item!r}: {name} is a request field; use --{name}")
+        if name in named:
+            raise RequestError(f"--input {item!r}: {name} is given twice; give each input once")
         named[name] = read_rgb(path)
     gen = Generator.open(args.bundle, threads=args.threads, host_fallback=args.host_fallback)
     roi = None

@@ -16,7 +16,7 @@ from .errors import ModelError
 from .float16 import upcast_float16
 from .graph_load import clean, default_opset, fold_constants, read_model, upgrade_opset
 from .inputs import fixed_batch
-from .io_forms import TO_NCHW, take_boundary_forms
+from .io_forms import TO_NCHW, TO_NHWC, take_boundary_forms
 from .io_forms import note as io_note
 from .roles import describe_io
 from .specs import TensorSpec, format_shape
@@ -74,7 +74,7 @@ class Graph:
             reference = copy.deepcopy(proto)
         proto, notes = clean(proto, str(path))
         notes = upgraded + notes
-        shapes = _default_shapes(proto, _internal_shapes(input_shapes or {}, forms), str(path))
+        shapes = _default_shapes(proto, _internal_shapes(input_shapes or {}, forms, proto, str(path)), str(path))
         _check_names(proto, shapes, roles or {}, str(path))
         ins, outs = describe_io(proto, {}, roles, input_range, output_range, forms)
         for spec in ins:
@@ -147,10 +147,23 @@ class Graph:
         onnx.save(self.model, str(path))
 
 
-def _internal_shapes(shapes: dict[str, list[int]], forms: dict[str, dict[str, str]]) -> dict[str, list[int]]:
-    """--input-shape is given in the model file's form: an NHWC input's shape permuted to NCHW."""
-    return {name: [dims[i] for i in TO_NCHW] if forms.get(name, {}).get("layout") == "NHWC" and len(dims) == 4
-            else dims for name, dims in shapes.items()}
+def _internal_shapes(shapes: dict[str, list[int]], forms: dict[str, dict[str, str]], model: onnx.ModelProto,
+                     origin: str) -> dict[str, list[int]]:
+    """--input-shape is given in the model file's form: an NHWC input's shape, checked against the file's
+    declaration, permuted to NCHW."""
+    declared = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+                for v in model.graph.input}
+    out = {}
+    for name, dims in shapes.items():
+        if forms.get(name, {}).get("layout") != "NHWC":
+            out[name] = dims
+            continue
+        in_file = [declared[name][i] for i in TO_NHWC]
+        if len(dims) != 4 or any(d is not None and d != s for d, s in zip(in_file, dims)):
+            raise ModelError(f"{origin}: input {name!r} is declared {format_shape(in_file)} (NHWC) in the file; the "
+                             f"shape {format_shape(dims)} given for it does not fit: give it as NxHxWx{in_file[3]}")
+        out[name] = [dims[i] for i in TO_NCHW]
+    return out
 
 
 def _default_shapes(model: onnx.ModelProto, given: dict[str, list[int]], origin: str) -> dict[str, list[int]]:
@@ -184,7 +197,8 @@ def _default_shapes(model: onnx.ModelProto, given: dict[str, list[int]], origin:
                     shape.append(spatial[axis - 2])
                 else:
                     raise ModelError(f"{origin}: input {value.name!r} has a dynamic dim {axis} ({format_shape(dims)}) "
-                                     "that edgegen cannot guess; give it with --input-shape NAME=DxDxD")
+                                     f"that edgegen cannot guess; give it with --input-shape {value.name}="
+                                     f"{'x'.join(['D'] * len(dims))}")
         out[value.name] = shape
     return out
 

@@ -7,8 +7,10 @@ such wrappers off: the graph's input becomes the NCHW float tensor the Transpose
 values), its output the tensor before them. Every pass, backend, ROI program and tier then sees one
 layout, and image requests map 8-bit pixels onto the input's range ([0, 255] for a uint8 input).
 
-Each taken-off wrapper is recorded in the tensor's `source_form` (layout "NHWC", dtype "uint8"), and
-`Generator.run` converts at the boundary, so raw tensors go in and come out in the model file's form.
+Each taken-off wrapper is recorded in the tensor's `source_form` (layout "NHWC", dtype "uint8", and for an
+integer output how the file rounds: "nearest" where a Round came before the Cast, which is taken off with
+it, else "toward zero", as a Cast truncates), and `Generator.run` converts at the boundary, so raw
+tensors go in and come out in the model file's form; 8-bit images of such an output round the same way.
 """
 
 from __future__ import annotations
@@ -102,11 +104,26 @@ def _forget_shape(graph: onnx.GraphProto, name: str) -> None:
 
 
 def _input_wrappers(graph: onnx.GraphProto, value: onnx.ValueInfoProto, match) -> list[onnx.NodeProto] | None:
-    """The nodes reading a graph input when every one of them matches (and none writes a graph output)."""
-    readers = _consumers(graph, value.name)
+    """The nodes reading a graph input's values when every one of them matches (and none writes a graph
+    output); a Shape reading it (a dynamic-size export's `x.shape`) reads no value and does not count."""
+    readers = [n for n in _consumers(graph, value.name) if n.op_type != "Shape"]
     if not readers or not all(match(n) for n in readers) or any(n.output[0] in _outputs(graph) for n in readers):
         return None
     return readers
+
+
+def _shape_of_nhwc(graph: onnx.GraphProto, shape: onnx.NodeProto, name: str) -> None:
+    """A Shape of an input that now holds NCHW as the NHWC shape the model read: Shape, then Gather of
+    its dims in NHWC order (folded where static, like any shape arithmetic)."""
+    attrs = {a.name: a.i for a in shape.attribute}
+    picked = TO_NHWC[slice(attrs.get("start"), attrs.get("end"))]
+    full, order = f"{shape.output[0]}/nchw", f"{shape.output[0]}/nhwc_order"
+    graph.initializer.append(numpy_helper.from_array(np.array(picked, np.int64), order))
+    at = list(graph.node).index(shape)
+    graph.node.remove(shape)
+    graph.node.insert(at, onnx.helper.make_node("Gather", [full, order], [shape.output[0]], f"{shape.name}/nhwc",
+                                                axis=0))
+    graph.node.insert(at, onnx.helper.make_node("Shape", [name], [full], shape.name))
 
 
 def _graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
@@ -119,10 +136,13 @@ def _input_transpose(graph: onnx.GraphProto):
         if not _channels_last(value):
             continue
         channels = _dims(value)[3].dim_value
-        readers = _consumers(graph, value.name)
+        shapes = [n for n in _consumers(graph, value.name) if n.op_type == "Shape"]
+        readers = [n for n in _consumers(graph, value.name) if n.op_type != "Shape"]
         chains = [_chain_to_transpose(graph, reader, value.name, channels) for reader in readers]
         if not readers or any(c is None for c in chains):
             continue
+        for shape in shapes:
+            _shape_of_nhwc(graph, shape, value.name)
         for chain, transpose in chains:
             _channels_first_constants(graph, chain, channels)
             for node in chain:
@@ -278,10 +298,14 @@ def _output_cast(graph: onnx.GraphProto):
         if dtype is None or not (_channels_first(value) or _channels_last(value)):
             continue
         node = _output_wrapper(graph, value, lambda n: n.op_type == "Cast")
-        if node is not None:
-            _unwrap_output(graph, node, value)
-            _tensor_type(value).elem_type = TensorProto.FLOAT
-            yield value.name, {"dtype": dtype}
+        if node is None:
+            continue
+        _unwrap_output(graph, node, value)
+        _tensor_type(value).elem_type = TensorProto.FLOAT
+        rounded = _output_wrapper(graph, value, lambda n: n.op_type == "Round")
+        if rounded is not None:  # `.round().to(torch.uint8)`: the boundary rounds, as np.rint
+            _unwrap_output(graph, rounded, value)
+        yield value.name, {"dtype": dtype, "rounding": "nearest" if rounded is not None else "toward zero"}
 
 
 def note(forms: dict[str, dict[str, str]]) -> str:

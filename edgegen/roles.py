@@ -22,6 +22,7 @@ _RANGE_OF_LAST_OP = {"Tanh": [-1.0, 1.0], "Sigmoid": [0.0, 1.0], "HardSigmoid": 
 _RANGE_KEEPING_OPS = {"Reshape", "Transpose", "Identity", "DepthToSpace", "SpaceToDepth", "Resize", "Upsample",
                       "Squeeze", "Unsqueeze", "Flatten", "Slice", "Pad", "Concat", "AveragePool", "MaxPool"}
 DEFAULT_RANGE = [0.0, 1.0]
+NETWORK_RANGES = ([-1.0, 1.0], [0.0, 1.0])
 # a float [N, K] input named like this is a class condition given one-hot (cGAN exports: `torch.cat([z, onehot])`)
 _LABEL_WORDS = re.compile(r"one_?hot|(^|[^a-z])(labels?|class(es)?)([^a-z]|$)", re.IGNORECASE)
 
@@ -79,7 +80,9 @@ def describe_io(
             spec.range = list(output_range or _pixel_range(spec) or _range_from_producer(value.name, producers, init)
                               or DEFAULT_RANGE)
         outputs.append(spec)
-    image_range = next((o.range for o in outputs if o.range), None)
+    # an image input takes the image output's range where that is a network's own ([-1, 1] or [0, 1], a Tanh or a
+    # Sigmoid); an output scaled for display ((tanh + 1) * 127.5, a uint8 picture) says nothing of the input
+    image_range = next((o.range for o in outputs if o.range in NETWORK_RANGES), None)
 
     inputs = []
     for value in graph.input:

@@ -62,15 +62,20 @@ class TensorSpec:
             array = array.transpose(0, 3, 1, 2) if array.ndim == 4 else array.transpose(2, 0, 1)
         return np.ascontiguousarray(array, dtype=self.dtype)
 
+    @property
+    def truncates(self) -> bool:
+        """Whether the model file makes its integer pixels by truncating (a Cast with no Round before it)."""
+        return (self.source_form or {}).get("rounding") == "toward zero"
+
     def to_source(self, array: np.ndarray) -> np.ndarray:
-        """A computed output (batch axis first) in the model file's form: NHWC, integer pixels rounded and
-        clipped to their type."""
+        """A computed output (batch axis first) in the model file's form: NHWC, integer pixels rounded as the
+        file rounds them and clipped to their type."""
         if self.nhwc:
             array = array.transpose(0, 2, 3, 1)
         dtype = np.dtype(self.source_dtype)
         if dtype.kind in "iu" and array.dtype != dtype:
             info = np.iinfo(dtype)
-            array = np.clip(np.rint(array), info.min, info.max)
+            array = np.clip(np.trunc(array) if self.truncates else np.rint(array), info.min, info.max)
         return np.ascontiguousarray(array, dtype=dtype)
 
     def to_json(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from edgegen.build import build
 from edgegen.cli import main
-from edgegen.errors import RequestError
+from edgegen.errors import ModelError, RequestError
 from edgegen.graph import Graph
 from edgegen.runtime import Generator
 from edgegen.runtime.server import Server
@@ -60,9 +60,10 @@ def test_uint8_nhwc_image_io_is_an_image_in_nchw_float_with_run_in_the_model_fil
     [spec_in], [spec_out] = graph.inputs, graph.outputs
     assert (spec_in.role, spec_in.dtype, spec_in.shape, spec_in.range) == ("image", "float32", [None, 3, 12, 16],
                                                                           [0.0, 255.0])
-    assert spec_in.source_form == {"dtype": "uint8", "layout": "NHWC"} == spec_out.source_form
+    assert spec_in.source_form == {"dtype": "uint8", "layout": "NHWC"}
+    assert spec_out.source_form == {"dtype": "uint8", "layout": "NHWC", "rounding": "nearest"}
     assert (spec_out.role, spec_out.range) == ("image", [0.0, 255.0])
-    assert not any(n.op_type in ("Cast", "Transpose") for n in graph.model.graph.node)
+    assert not any(n.op_type in ("Cast", "Transpose", "Round") for n in graph.model.graph.node)  # the NPU has no Round
 
     build(path, "x86-onnxruntime", tmp_path / "b")
     gen = Generator.open(tmp_path / "b")
@@ -84,6 +85,9 @@ def test_nhwc_float_input_shape_is_given_in_the_model_files_form(tmp_path):
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])], [_w("w", 3, 3, 3, 3)])
     graph = Graph.load(path, input_shapes={"x": [1, 20, 24, 3]})
     assert graph.inputs[0].default_shape == [1, 3, 20, 24] and graph.inputs[0].role == "image"
+    with pytest.raises(ModelError, match=r"input 'x' is declared \?x\?x\?x3 \(NHWC\) in the "
+                                         r"file; the shape 1x3x20x24 given for it does not fit: give it as NxHxWx3"):
+        Graph.load(path, input_shapes={"x": [1, 3, 20, 24]})
     build(path, "x86-onnxruntime", tmp_path / "b", graph_options={"input_shapes": {"x": [1, 20, 24, 3]}})
     gen = Generator.open(tmp_path / "b")
     x = RNG.random((1, 20, 24, 3), dtype=np.float32)
@@ -107,7 +111,8 @@ def test_a_second_image_input_is_never_fed_the_first_ones_picture(tmp_path, capl
     gen = Generator.open(tmp_path / "b")
     picture = RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     mask = RNG.integers(0, 2, (16, 16, 1), dtype=np.uint8) * 255
-    with pytest.raises(RequestError, match=r"takes 2 images \(image, mask\); image= feeds 'image', give 'mask' by name"):
+    with pytest.raises(RequestError, match=r"takes 2 images \(image, mask\); image feeds 'image', and 'mask' must be "
+                                           r"given by name: mask=<uint8 HxWxC picture> in the SDK, --input mask=FILE"):
         gen.generate(image=picture)
     got = gen.generate(image=picture, mask=mask)
     feeds = {"image": (picture / 255).astype(np.float32).transpose(2, 0, 1)[None],
@@ -175,7 +180,10 @@ def test_an_output_range_is_carried_through_scalar_arithmetic_after_its_activati
         name = out
     path = _save(tmp_path, "ranged", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])], inits)
-    assert Graph.load(path).outputs[0].range == expected
+    graph = Graph.load(path)
+    assert graph.outputs[0].range == expected
+    # the image input takes a network's own range from the output, not one scaled for display
+    assert graph.inputs[0].range == (expected if expected in ([0.0, 1.0], [-1.0, 1.0]) else [0.0, 1.0])
 
 
 def test_precompute_reads_every_image_input_of_a_request_from_its_file(tmp_path):
@@ -190,3 +198,48 @@ def test_precompute_reads_every_image_input_of_a_request_from_its_file(tmp_path)
     assert result.served_by == "asset"
     cold = Generator.open(tmp_path / "b", cache_bytes=0, assets=False)
     np.testing.assert_array_equal(result.pixels, cold.generate(image=picture, mask=mask))
+
+
+def test_a_truncating_uint8_output_is_truncated_at_the_boundary(tmp_path):
+    """(sigmoid(conv(x)) * 255).to(torch.uint8) with no round(): the file truncates, and so do run() and generate()."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Sigmoid", ["c"], ["s"]),
+             helper.make_node("Mul", ["s", "k255"], ["scaled"]),
+             helper.make_node("Cast", ["scaled"], ["y"], to=TensorProto.UINT8)]
+    path = _save(tmp_path, "trunc", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.UINT8, ["N", 3, 8, 8])],
+                 [_w("w", 3, 3, 3, 3), numpy_helper.from_array(np.float32(255), "k255")])
+    assert Graph.load(path).outputs[0].source_form == {"dtype": "uint8", "rounding": "toward zero"}
+    build(path, "x86-onnxruntime", tmp_path / "b")
+    gen = Generator.open(tmp_path / "b")
+    x = RNG.random((2, 3, 8, 8), dtype=np.float32)
+    want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(gen.run({"x": x})["y"], want)
+    picture = (x[0].transpose(1, 2, 0) * 255).round().astype(np.uint8)
+    fed = (picture.astype(np.float32) / 255).transpose(2, 0, 1)[None]
+    np.testing.assert_array_equal(gen.generate(image=picture), gen.run({"x": fed})["y"][0].transpose(1, 2, 0))
+
+
+def test_an_nhwc_input_whose_shape_is_also_read_is_still_an_image(tmp_path):
+    """A dynamic-size export resizing to the input's size: Shape(x) beside x.float().permute(0, 3, 1, 2)."""
+    nodes = [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Transpose", ["f"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Div", ["t", "k255"], ["unit"]),
+             helper.make_node("Conv", ["unit", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Shape", ["x"], ["hw"], start=1, end=3),
+             helper.make_node("Mul", ["hw", "two"], ["hw2"]),
+             helper.make_node("Shape", ["c"], ["nc"], start=0, end=2),
+             helper.make_node("Concat", ["nc", "hw2"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["c", "", "", "sizes"], ["r"], mode="nearest"),
+             helper.make_node("Sigmoid", ["r"], ["y"])]
+    path = _save(tmp_path, "shaped", nodes, [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", "H", "W", 3])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H2", "W2"])],
+                 [_w("w", 3, 3, 3, 3), numpy_helper.from_array(np.float32(255), "k255"),
+                  numpy_helper.from_array(np.array([2, 2], np.int64), "two")])
+    graph = Graph.load(path, input_shapes={"x": [1, 16, 16, 3]})
+    assert (graph.inputs[0].role, graph.inputs[0].source_form) == ("image", {"dtype": "uint8", "layout": "NHWC"})
+    build(path, "x86-onnxruntime", tmp_path / "b", graph_options={"input_shapes": {"x": [1, 16, 16, 3]}})
+    gen = Generator.open(tmp_path / "b")
+    for h, w in ((16, 16), (12, 20)):
+        x = RNG.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+        want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+        np.testing.assert_allclose(gen.run({"x": x})["y"], want, atol=1e-6)

@@ -296,7 +296,7 @@ class Generator:
             raise BundleError(f"{self.path}: the {self.manifest['backend']} backend returned {len(raw)} image(s) "
                               f"for {len(jobs)} request(s); nothing was served from that call")
         spec = self._spec(route.output)
-        pixels = tensor_to_uint8(raw, spec.range or [0.0, 1.0])
+        pixels = tensor_to_uint8(raw, spec.range or [0.0, 1.0], spec.truncates)
         if route.upscale:
             pixels = self._upscale(route, raw, pixels)
         return [np.array(p) for p in pixels]
@@ -422,10 +422,10 @@ class Generator:
             self._edits.update(edits=1, rects=len(rects or ()), computed_pixels=min(area, h * w), frame_pixels=h * w)
         if patches is None:  # the change reaches so far that the whole frame is cheaper
             return self.render([{"image": new, "output": output}])[0].pixels
-        value_range = self._spec(job.route.output).range or [0.0, 1.0]
+        out_spec = self._spec(job.route.output)
         pixels = base.copy()
         for ((y0, y1), (x0, x1)), patch in patches:
-            pixels[y0:y1, x0:x1] = tensor_to_uint8(patch, value_range)[0]
+            pixels[y0:y1, x0:x1] = tensor_to_uint8(patch, out_spec.range or [0.0, 1.0], out_spec.truncates)[0]
         self._remember(job.key, pixels)
         self.record("edit")
         return pixels
@@ -463,9 +463,12 @@ class Generator:
         if request.image is None:
             return None
         if spec.name != self._image_inputs[0]:
+            name = spec.name
             raise RequestError(f"request {index}: this model takes {len(self._image_inputs)} images "
-                               f"({', '.join(self._image_inputs)}); image= feeds {self._image_inputs[0]!r}, give "
-                               f"{spec.name!r} by name ({spec.name}=<uint8 HxWxC picture>)")
+                               f"({', '.join(self._image_inputs)}); image feeds {self._image_inputs[0]!r}, and "
+                               f"{name!r} must be given by name: {name}=<uint8 HxWxC picture> in the SDK, --input "
+                               f"{name}=FILE to edgegen generate, a base64 {name!r} field over HTTP, {name}: FILE in "
+                               "a request file")
         return request.image
 
     @staticmethod

@@ -7,11 +7,12 @@ import numpy as np
 from ..errors import RequestError
 
 
-def tensor_to_uint8(batch: np.ndarray, value_range: list[float]) -> np.ndarray:
-    """NCHW float tensor in value_range -> NHWC uint8 (rounded, clipped)."""
+def tensor_to_uint8(batch: np.ndarray, value_range: list[float], truncate: bool = False) -> np.ndarray:
+    """NCHW float tensor in value_range -> NHWC uint8 (rounded, or truncated as a model that casts its own
+    pixels does, and clipped)."""
     lo, hi = value_range
     scaled = (batch.astype(np.float32) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    return np.clip(np.trunc(scaled) if truncate else np.rint(scaled), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
 def image_to_tensor(image, channels: int, value_range: list[float], dtype: str) -> np.ndarray:
