@@ -143,22 +143,35 @@ def render_new(gen, requests: list[dict[str, Any]], entries: dict[str, tuple], p
     for start in range(0, len(requests), CHUNK):
         progress("precompute", start, len(requests))
         chunk = requests[start:start + CHUNK]
+        jobs = []
+        for n, request in enumerate(chunk, first + start):  # each request checked, and its inputs built, alone
+            try:
+                job = gen.prepare(_with_pixels(request), index=n)
+                if job.key not in entries and job.key not in skip:
+                    gen.materialize(job)
+            except EdgegenError as exc:
+                why = str(exc).removeprefix(f"request {n}: ")
+                raise BuildError(f"precomputing request {n} {_shown(request)}: {why}") from None
+            jobs.append((job, request))
+        todo = [(job, request) for job, request in jobs if job.samples is not None]
         try:
-            loaded = [_with_pixels(r) for r in chunk]
-            chunk_keys = [gen.key_of(r) for r in loaded]
-            todo = [(k, r, p) for k, r, p in zip(chunk_keys, chunk, loaded) if k not in entries and k not in skip]
-            rendered = gen.render([p for _, _, p in todo]) if todo else []
+            rendered = gen.serve([job for job, _ in todo]) if todo else []
         except EdgegenError as exc:
             where = first + start
             raise BuildError(f"precomputing requests {where}..{where + len(chunk) - 1}: {exc}") from None
-        for (key, request, _), result in zip(todo, rendered):
-            entries[key] = (key, request, result.pixels)
-        keys += chunk_keys
+        for (job, request), result in zip(todo, rendered):
+            entries[job.key] = (job.key, request, result.pixels)
+        keys += [job.key for job, _ in jobs]
     progress("precompute", len(requests), len(requests))
     return keys
 
 
 TEXT_FIELDS = ("quality", "output")  # request fields whose value is a word, not an image file
+
+
+def _shown(request: dict[str, Any]) -> str:
+    """A request as its file gave it (image files by name), for a message."""
+    return "{" + ", ".join(f"{k}: {v}" for k, v in request.items()) + "}"
 
 
 def _image_fields(request: dict[str, Any]) -> list[str]:

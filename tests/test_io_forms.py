@@ -17,8 +17,9 @@ from PIL import Image
 
 from edgegen.build import build
 from edgegen.cli import main
-from edgegen.errors import ModelError, RequestError
+from edgegen.errors import BuildError, ModelError, RequestError
 from edgegen.graph import Graph
+from edgegen.precompute import add_assets
 from edgegen.runtime import Generator
 from edgegen.runtime.server import Server
 
@@ -243,3 +244,18 @@ def test_an_nhwc_input_whose_shape_is_also_read_is_still_an_image(tmp_path):
         x = RNG.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
         want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
         np.testing.assert_allclose(gen.run({"x": x})["y"], want, atol=1e-6)
+
+
+def test_a_bad_request_in_a_request_file_is_named_with_its_files(tmp_path):
+    path = _two_images(tmp_path)
+    Image.fromarray(RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    Image.fromarray(RNG.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    build(path, "x86-onnxruntime", tmp_path / "b")
+    (tmp_path / "assets.yaml").write_text("- {image: photo.png, mask: photo.png}\n- {image: photo.png}\n"
+                                          "- {image: photo.png, mask: big.png}\n")
+    with pytest.raises(BuildError, match=r"precomputing request 1 \{image: .*photo.png\}: this model takes 2 images"):
+        add_assets(tmp_path / "b", tmp_path / "assets.yaml")
+    (tmp_path / "assets.yaml").write_text("- {image: photo.png, mask: photo.png}\n- {image: photo.png, mask: big.png}\n")
+    with pytest.raises(BuildError, match=r"precomputing request 1 \{image: .*photo.png, mask: .*big.png\}: input "
+                                         r"'mask' must have shape 1x16x16"):
+        add_assets(tmp_path / "b", tmp_path / "assets.yaml")

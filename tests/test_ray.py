@@ -147,7 +147,7 @@ def test_interrupted_precompute_leaves_the_previous_pack(tmp_path, base_bundle):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
     assert no_renderers_within(10)  # the run's actors were stopped
     (tmp_path / "bad.yaml").write_text("[{seed: 1, label: 1}, {seed: 1, label: 42}]\n")  # fails in an actor
-    with pytest.raises(BuildError, match="precomputing requests 1..1: label 42 is out of range"):
+    with pytest.raises(BuildError, match=r"precomputing request 1 \{seed: 1, label: 42\}: label 42 is out of range"):
         add_assets(out, tmp_path / "bad.yaml", executor="ray")
     assert files(out) == before
     with pytest.raises(BuildError, match="--workers applies to --executor ray"):

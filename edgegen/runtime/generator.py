@@ -197,9 +197,10 @@ class Generator:
         """The cache key of a request: sha256 of the bundle content hash and the canonical request."""
         return self._job(0, request, output).key
 
-    def prepare(self, request: RequestDict, output: str | None = None) -> Job:
-        """Check a request (RequestError if it is bad) into a Job: its cache key, route and batch bucket."""
-        return self._job(0, request, output)
+    def prepare(self, request: RequestDict, output: str | None = None, index: int = 0) -> Job:
+        """Check a request (RequestError if it is bad, naming it as request `index`) into a Job: its cache key,
+        route and batch bucket."""
+        return self._job(index, request, output)
 
     def materialize(self, job: Job) -> None:
         """Build a job's model inputs now (e.g. in a client's thread, so a batching worker only stacks them)."""
