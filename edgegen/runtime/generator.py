@@ -263,8 +263,7 @@ class Generator:
 
     def _describe(self, spec: TensorSpec, request: Request, index: int) -> str:
         """The canonical form of what a request gives one input (checked, not yet materialized)."""
-        if spec.name in request.arrays and not (spec.role == "label" and np.ndim(request.arrays[spec.name]) == 0) \
-                and not self._is_picture(spec, request.arrays[spec.name]):
+        if self._raw_array(spec, request.arrays):
             return f"array:{digest(np.asarray(request.arrays[spec.name]))}"
         if spec.role == "latent":
             if request.seed is None:
@@ -472,6 +471,12 @@ class Generator:
                                "a request file")
         return request.image
 
+    def _raw_array(self, spec: TensorSpec, arrays: dict[str, Any]) -> bool:
+        """Whether a request gives an input as a tensor by name (not a scalar label, not an 8-bit picture)."""
+        given = arrays.get(spec.name)
+        return given is not None and not (spec.role == "label" and np.ndim(given) == 0) \
+            and not self._is_picture(spec, given)
+
     @staticmethod
     def _is_picture(spec: TensorSpec, given: Any) -> bool:
         """An 8-bit picture given for an image input: a PIL image, or a uint8 HxW / HxWxC array."""
@@ -484,8 +489,7 @@ class Generator:
 
     def _sample(self, spec: TensorSpec, request: Request, index: int, route: Route) -> np.ndarray:
         arrays = request.arrays
-        if spec.name in arrays and not (spec.role == "label" and np.ndim(arrays[spec.name]) == 0) \
-                and not self._is_picture(spec, arrays[spec.name]):
+        if self._raw_array(spec, arrays):
             return self._check_array(spec, np.asarray(arrays[spec.name]), batched=False)
         shape = route.inputs.get(spec.name, tuple(spec.default_shape[1:]))
         if spec.role == "latent":
