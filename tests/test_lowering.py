@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgegen.build import build
 from edgegen.graph import Graph
-from edgegen.passes.lower_conv_transpose import lower_conv_transposes
+from edgegen.passes.lower_conv_transpose import lower_conv_transposes, merge_narrow_conv_transposes
 from edgegen.passes.lower_resize import lower_cubic_resizes
 from edgegen.report import render_build_report
 from edgegen.runtime import Generator
@@ -73,9 +73,10 @@ def test_int8_build_runs_the_cubic_skip_of_the_zoo_upscaler_in_int8(tmp_path):
 @pytest.mark.parametrize("kernel,stride,pads,output_padding,bias", [
     (3, 2, [1, 1, 1, 1], [1, 1], True), (4, 2, [1, 1, 1, 1], [0, 0], True), (2, 2, [0, 0, 0, 0], [0, 0], False),
     (5, 2, [2, 1, 2, 2], [1, 0], True), (3, 3, [0, 0, 0, 0], [0, 0], True), (1, 2, [0, 0, 0, 0], [1, 1], True)])
-def test_lowered_conv_transpose_equals_onnx_conv_transpose(tmp_path, kernel, stride, pads, output_padding, bias):
+@pytest.mark.parametrize("merged", [False, True])
+def test_lowered_conv_transpose_equals_onnx_conv_transpose(tmp_path, kernel, stride, pads, output_padding, bias, merged):
     rng = np.random.default_rng(kernel * 10 + stride)
-    cin, cout, h, w = 5, 4, 6, 7
+    cin, cout, h, w = 5, 3, 6, 7
     inits = [numpy_helper.from_array(rng.standard_normal((cin, cout, kernel, kernel)).astype(np.float32), "w")]
     if bias:
         inits.append(numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b"))
@@ -88,12 +89,13 @@ def test_lowered_conv_transpose_equals_onnx_conv_transpose(tmp_path, kernel, str
     path = tmp_path / "convt.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     source = Graph.load(path)
-    lowered, report = lower_conv_transposes(source)
-    assert report == [{"node": "up", "stride": stride, "phases": stride * stride}]
-    assert "ConvTranspose" not in {n.op_type for n in lowered.model.graph.node}
+    lowered, report = (merge_narrow_conv_transposes if merged else lower_conv_transposes)(source)
+    assert report == [{"node": "up", "stride": stride, "phases": stride * stride, "merged": merged}]
+    ops = [n.op_type for n in lowered.model.graph.node]
+    assert "ConvTranspose" not in ops and ops.count("Conv") == (1 if merged else stride * stride)
     x = rng.uniform(-1, 1, (1, cin, h, w)).astype(np.float32)
     assert np.abs(_run(lowered.model, x) - _run(source.model, x)).max() <= 1e-5
-    if kernel >= stride:  # every phase has taps: the phase convs do exactly the transposed conv's MACs
+    if kernel >= stride and not merged:  # every phase has taps: the phase convs do exactly the transposed conv's MACs
         assert sum(c.macs for c in lowered.node_costs()) == sum(c.macs for c in source.node_costs())
 
 

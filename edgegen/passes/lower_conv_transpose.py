@@ -6,6 +6,11 @@ ordinary convolution over the input with the taps of that phase only, so the pha
 exactly the transposed convolution's MACs (no inserted zeros). The phase outputs are concatenated
 phase-major and interleaved by DepthToSpace (DCR), then sliced to the output size. Backends that
 run Conv in int8 but ConvTranspose in float (ONNX Runtime's CPU provider) then run it in int8.
+
+A transposed convolution with few outputs (a generator's to-RGB layer) can instead run as one Conv
+whose s*s*Cout outputs are all the phases, over the union of their taps (zeros where a phase has no
+tap): more MACs, but a product 4x wider, which int8 kernels that pad the output channels to 16
+(OpenVINO's) run far faster than the 3-wide transposed convolution: the pix2pix U-Net's last layer.
 """
 
 from __future__ import annotations
@@ -23,17 +28,32 @@ from .node_rewrite import rewrite_nodes
 END = np.iinfo(np.int64).max  # Slice: up to the end of the axis
 
 
+NARROW_OUTPUTS = 4  # a merged narrow layer has s*s times as many: 16 at stride 2
+
+
 def lower_conv_transposes(graph: Graph) -> tuple[Graph, list[dict[str, Any]]]:
     """Rewrite every 2-D strided ConvTranspose with one stride on both axes; report what was rewritten."""
     return rewrite_nodes(graph, _rewrite, "ConvTranspose(s) lowered to per-phase Conv + DepthToSpace")
 
 
-def _rewrite(node: onnx.NodeProto, model: onnx.ModelProto, shapes: dict, inits: dict):
+def merge_narrow_conv_transposes(graph: Graph) -> tuple[Graph, list[dict[str, Any]]]:
+    """Rewrite every such ConvTranspose with at most NARROW_OUTPUTS outputs as one Conv of all its phases."""
+    return rewrite_nodes(graph, _rewrite_narrow, "narrow ConvTranspose(s) lowered to one Conv + DepthToSpace")
+
+
+def _rewrite(node: onnx.NodeProto, model: onnx.ModelProto, shapes: dict, inits: dict, merged: bool = False):
     plan = _plan(node, shapes, inits)
     if plan is None:
         return None
-    return _replacement(node, model, inits, shapes, *plan), {"node": node.name, "stride": plan[0],
-                                                             "phases": plan[0] ** 2}
+    return _replacement(node, model, inits, shapes, *plan, merged), {"node": node.name, "stride": plan[0],
+                                                                     "phases": plan[0] ** 2, "merged": merged}
+
+
+def _rewrite_narrow(node: onnx.NodeProto, model: onnx.ModelProto, shapes: dict, inits: dict):
+    if node.input[1:2] and node.input[1] in inits and len(inits[node.input[1]].dims) == 4 \
+            and inits[node.input[1]].dims[1] > NARROW_OUTPUTS:
+        return None
+    return _rewrite(node, model, shapes, inits, merged=True)
 
 
 def _plan(node: onnx.NodeProto, shapes: dict[str, list[int]], inits: dict) -> tuple[int, list[int]] | None:
@@ -60,7 +80,7 @@ def _taps(phase: int, begin: int, stride: int, kernel: int) -> list[tuple[int, i
 
 
 def _replacement(node: onnx.NodeProto, model: onnx.ModelProto, inits: dict, shapes: dict[str, list[int]],
-                 s: int, begin: list[int]) -> list[onnx.NodeProto]:
+                 s: int, begin: list[int], merged: bool) -> list[onnx.NodeProto]:
     weight = numpy_helper.to_array(inits[node.input[1]])  # [Cin, Cout, Kh, Kw]
     bias = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
     _, cout, kh, kw = weight.shape
@@ -70,28 +90,34 @@ def _replacement(node: onnx.NodeProto, model: onnx.ModelProto, inits: dict, shap
     rows = max(math.ceil(out_h / s), *(height - max([d for d, _ in t] or [0]) for t in taps[0]))
     cols = max(math.ceil(out_w / s), *(width - max([d for d, _ in t] or [0]) for t in taps[1]))
     base = node.name or node.output[0]
+    phases = [(py, px) for py in range(s) for px in range(s)]  # phase-major, as DepthToSpace DCR reads them
+    groups = [phases] if merged else [[phase] for phase in phases]
     nodes, phase_outputs = [], []
-    for py in range(s):
-        for px in range(s):
-            name = f"{base}/phase{py}{px}"
-            ty, tx = taps[0][py], taps[1][px]
-            (lo_y, hi_y), (lo_x, hi_x) = _span(ty), _span(tx)
-            w = np.zeros((cout, weight.shape[0], hi_y - lo_y + 1, hi_x - lo_x + 1), weight.dtype)
-            for dy, ky in ty:
-                for dx, kx in tx:
-                    w[:, :, dy - lo_y, dx - lo_x] = weight[:, :, ky, kx].T
-            pads = [-lo_y, -lo_x, rows - height + hi_y, cols - width + hi_x]
-            inputs = [node.input[0], f"{name}/weight"]
-            model.graph.initializer.append(numpy_helper.from_array(w, inputs[1]))
-            if bias is not None:
-                inputs.append(node.input[2])
-            phase_outputs.append(f"{name}/out")
-            nodes.append(helper.make_node("Conv", inputs, [phase_outputs[-1]], name, kernel_shape=list(w.shape[2:]),
-                                          pads=pads))
+    for group in groups:
+        name = f"{base}/phases" if merged else f"{base}/phase{group[0][0]}{group[0][1]}"
+        (lo_y, hi_y) = _span([tap for py, _ in group for tap in taps[0][py]])
+        (lo_x, hi_x) = _span([tap for _, px in group for tap in taps[1][px]])
+        w = np.zeros((len(group) * cout, weight.shape[0], hi_y - lo_y + 1, hi_x - lo_x + 1), weight.dtype)
+        for n, (py, px) in enumerate(group):
+            for dy, ky in taps[0][py]:
+                for dx, kx in taps[1][px]:
+                    w[n * cout:(n + 1) * cout, :, dy - lo_y, dx - lo_x] = weight[:, :, ky, kx].T
+        pads = [-lo_y, -lo_x, rows - height + hi_y, cols - width + hi_x]
+        inputs = [node.input[0], f"{name}/weight"]
+        model.graph.initializer.append(numpy_helper.from_array(w, inputs[1]))
+        if bias is not None and merged:
+            model.graph.initializer.append(numpy_helper.from_array(np.tile(bias, len(group)), f"{name}/bias"))
+            inputs.append(f"{name}/bias")
+        elif bias is not None:
+            inputs.append(node.input[2])
+        phase_outputs.append(f"{name}/out")
+        nodes.append(helper.make_node("Conv", inputs, [phase_outputs[-1]], name, kernel_shape=list(w.shape[2:]),
+                                      pads=pads))
+    if not merged:
+        nodes.append(helper.make_node("Concat", phase_outputs, [f"{base}/phases"], f"{base}/phases", axis=1))
     shuffled = f"{base}/shuffled" if (rows * s, cols * s) != (out_h, out_w) else node.output[0]
-    nodes += [helper.make_node("Concat", phase_outputs, [f"{base}/phases"], f"{base}/phases", axis=1),
-              helper.make_node("DepthToSpace", [f"{base}/phases"], [shuffled], f"{base}/shuffle", blocksize=s,
-                               mode="DCR")]
+    nodes.append(helper.make_node("DepthToSpace", [phase_outputs[0] if merged else f"{base}/phases"], [shuffled],
+                                  f"{base}/shuffle", blocksize=s, mode="DCR"))
     if shuffled != node.output[0]:
         # the surplus rows and columns do not depend on the input size: crop them from the end, so that a
         # model with dynamic spatial axes stays right at every size

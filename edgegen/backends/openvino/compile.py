@@ -10,12 +10,14 @@ from typing import Any
 from ...errors import BuildError
 from .. import require
 from ...graph import Graph
-from ...passes.qdq import activations_to_uint8, computed_weights_in_float, fuse_activation_requantization
+from ...passes.qdq import (activations_to_uint8, computed_weights_in_float, fuse_activation_requantization,
+                           shuffles_after_float_convs)
 from ...targets import Target
 
 ARTIFACT = "model.xml"
-# cubic Interpolate runs in float (and slowly); its ConvTranspose runs in int8 and beats per-phase Convs
-INT8_LOWERINGS = ("cubic_resize",)
+# cubic Interpolate runs in float (and slowly); its ConvTranspose runs in int8 and beats per-phase Convs,
+# except a to-RGB one: its int8 (de)convolutions pad the output channels to 16, which 3 outputs waste
+INT8_LOWERINGS = ("cubic_resize", "narrow_conv_transpose", "narrow_conv_strided")
 # What OpenVINO's ONNX front end leaves in a partially converted model where it has no conversion.
 _AUTOMATIC_NAME = re.compile(r"[A-Z][A-Za-z0-9]*_\d+(?:_[a-z]+)*")  # Constant_4769, Constant_4769_compressed
 _UNCONVERTED = {"NotSupportedONNXNode", "ONNXFrameworkNode", "FrameworkNode"}
@@ -46,7 +48,8 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
     """Convert to IR in workdir (fp16 compresses weights); return files and session settings."""
     ov = _ov()
     source = graph if precision != "int8" else graph.with_model(
-        computed_weights_in_float(fuse_activation_requantization(activations_to_uint8(graph.model))), [])
+        computed_weights_in_float(fuse_activation_requantization(shuffles_after_float_convs(
+            activations_to_uint8(graph.model)))), [])
     try:
         model = ov.convert_model(_stream(source))
     except Exception as exc:  # OpenVINO raises its own exception types per front end
