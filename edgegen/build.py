@@ -124,7 +124,9 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     expected = run_batched(reference_run.run, source.inputs, feeds, per_call)
     _warn_outside_range(source, expected)
     evaluator = Evaluator(source.inputs, source.outputs, feeds, expected, per_call)
-    graph, passes = _apply_passes(source, precision, opts, evaluator, report, compiler.INT8_LOWERINGS)
+    # a backend whose targets differ in the ops they run chooses its lowerings per target
+    lowerings = compiler.int8_lowerings(tgt) if hasattr(compiler, "int8_lowerings") else compiler.INT8_LOWERINGS
+    graph, passes = _apply_passes(source, precision, opts, evaluator, report, lowerings)
     staging = bundle.staging_dir(out)
     try:
         report("compile", 0, 1)

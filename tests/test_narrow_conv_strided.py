@@ -10,6 +10,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgegen.backends.openvino.compile as openvino_compile
+import edgegen.backends.tflite.compile as tflite_compile
+from edgegen import targets
 from edgegen.build import build
 from edgegen.graph import Graph
 from edgegen.passes.narrow_conv_strided import narrow_convs_strided
@@ -72,13 +74,15 @@ def test_onnxruntime_int8_build_runs_it_strided(tmp_path):
     assert result.fidelity["psnr_db"] >= 30 and abs(result.fidelity["psnr_db"] - qdq_graph) < 0.05
 
 
-def test_openvino_int8_build_gives_what_the_plain_convolution_gave(tmp_path, monkeypatch):
-    """The rewrite is exact and the shuffle reads the float output: the same pixels as without it."""
+@pytest.mark.parametrize("target,compiler", [("x86-openvino", openvino_compile), ("x86-litert", tflite_compile)])
+def test_int8_build_gives_what_the_plain_convolution_gave(tmp_path, monkeypatch, target, compiler):
+    """The rewrite is exact, and on OpenVINO the shuffle reads the float output: the same pixels as without it
+    (LiteRT shuffles the int8 tensor, which holds the same values)."""
     _source(tmp_path, size=(32, 32))
-    strided = build(tmp_path / "rgb.onnx", "x86-openvino", tmp_path / "strided", precision="int8", calibration_count=8)
+    strided = build(tmp_path / "rgb.onnx", target, tmp_path / "strided", precision="int8", calibration_count=8)
     assert [r["node"] for r in strided.manifest["passes"]["lowered"]["narrow_conv_strided"]] == ["to_rgb"]
-    monkeypatch.setattr(openvino_compile, "INT8_LOWERINGS", ())
-    plain = build(tmp_path / "rgb.onnx", "x86-openvino", tmp_path / "plain", precision="int8", calibration_count=8)
+    monkeypatch.setattr(compiler, "INT8_LOWERINGS", ())
+    plain = build(tmp_path / "rgb.onnx", target, tmp_path / "plain", precision="int8", calibration_count=8)
     assert "lowered" not in plain.manifest["passes"]
     from edgegen.runtime import Generator
 
@@ -115,3 +119,9 @@ def test_a_shuffle_reads_the_float_conv_output_where_it_is_quantized_again_on_th
     assert np.array_equal(_run(dropped, x), _run(model, x))  # quantizing twice on one grid is quantizing once
     other_grid = _shuffle_model(after_grid=(0.04, 0))
     assert len(shuffles_after_float_convs(other_grid).graph.node) == len(other_grid.graph.node)
+
+
+def test_the_edge_tpu_keeps_a_to_rgb_layer_whole():
+    """The Edge TPU has no DEPTH_TO_SPACE: the rewrite would hand the image's last ops to the CPU."""
+    assert "narrow_conv_strided" not in tflite_compile.int8_lowerings(targets.load("coral-edgetpu"))
+    assert "narrow_conv_strided" in tflite_compile.int8_lowerings(targets.load("rpi4-litert"))
