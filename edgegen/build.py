@@ -225,13 +225,15 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
         graph, passes["prune"] = _prune(graph, calibration, opts, evaluator, report)
     if precision == "int8":
         from .passes.floor import search_float_layers
-        from .passes.lowering import lower
+        from .passes.lowering import SIZE_BOUND, lower
         from .passes.norm_equalize import equalize_before_instance_norms
         from .passes.quantize import Quantizer, qdq_summary
 
         graph, equalized = equalize_before_instance_norms(graph, calibration)
         if equalized:
             passes["equalized"] = {"layers": equalized, "fp32": evaluator.quality(graph.model)}
+        if opts.tiers:
+            lowerings = tuple(name for name in lowerings if name not in SIZE_BOUND)
         graph, lowered = lower(graph, lowerings)
         if lowered:
             passes["lowered"] = lowered

@@ -102,6 +102,7 @@ def spatial_program(graph: Graph, output: str) -> dict[str, Any]:
                 scales[x] = want
                 stack.append(x)
     spatial_roots = [r for r, spatial in roots.items() if spatial and _spatial(shapes.get(r))]
+    _check_proportional(output, spatial_roots, scales, ops, shapes)
     side_roots = [r for r in roots if r not in spatial_roots]
     align = [math.lcm(*(s[axis].denominator for s in scales.values())) for axis in (0, 1)]
     order = [out for n in model.node for out in n.output if out in ops]
@@ -239,6 +240,25 @@ def _check_sizes(node, kind, axes, spatial_in, name, shapes) -> None:
         if [out_size(kind, axes[i], n[i]) for i in (0, 1)] != out:
             raise RoiRefused(f"node {node.name or node.op_type!r} ({node.op_type}) maps a {n[0]}x{n[1]} input "
                              f"to {out[0]}x{out[1]}, which its geometry does not explain (broadcast over the frame?)")
+
+
+def _check_proportional(output: str, roots: list[str], scales: dict, ops: dict, shapes: dict) -> None:
+    """A crop of a root must give the matching part of the output: the output's size must be the roots'
+    times their scale (a ConvTranspose k3 s2 p1 without output_padding gives 2n - 1 rows, one short)."""
+    out = shapes[output][2:]
+    for root in roots:
+        expected = [float(shapes[root][2 + i] / scales[root][i]) for i in (0, 1)]
+        if expected == out:
+            continue
+        culprits = [f"{op['node']!r} ({op['op']}: {'x'.join(map(str, shapes[op['inputs'][0]][2:]))} -> "
+                    f"{'x'.join(map(str, shapes[name][2:]))})" for name, op in ops.items() if op["kind"] != "pad"
+                    and [out_size(op["kind"], a, n) for a, n in zip(op["axes"], shapes[op["inputs"][0]][2:])]
+                    != [n * scale_factor(op["kind"], a) for a, n in zip(op["axes"], shapes[op["inputs"][0]][2:])]]
+        raise RoiRefused(f"output {output!r} is {out[0]}x{out[1]} where its input {root!r} "
+                         f"({shapes[root][2]}x{shapes[root][3]}) maps to {expected[0]:g}x{expected[1]:g}"
+                         f"{' (' + ', '.join(culprits) + ')' if culprits else ''}, so a crop of the input would not "
+                         "give the matching part of the output; ROI, edits and tiles need an output whose size "
+                         "follows the input's (a ConvTranspose k3 s2 p1 needs output_padding=1)")
 
 
 def _bytes_per_pixel(ops: dict, shapes: dict, output: str) -> float:

@@ -240,7 +240,13 @@ def _size_parts(graph: Graph, comp: _Compiler, sizes: list[int], images) -> dict
         if size == base or dynamic:
             part = "main"
         else:
-            part = comp.add(f"size{size}", with_input_dims(graph, dims, f"output size {size}"))
+            sized = with_input_dims(graph, dims, f"output size {size}")
+            got = next(o.default_shape[2:] for o in sized.outputs if o.name == out.name)
+            if list(got) != [size, size]:  # a rewrite that held at the built size only would give another one
+                raise BuildError(f"{graph.source}: at output size {size} the compiled graph gives "
+                                 f"{'x'.join(map(str, got))}; choose sizes for which the model's own layers give "
+                                 f"{size}x{size}")
+            part = comp.add(f"size{size}", sized)
         result[str(size)] = {"part": part, "inputs": shapes}
     return result
 

@@ -90,6 +90,9 @@ def test_lowered_conv_transpose_equals_onnx_conv_transpose(tmp_path, kernel, str
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     source = Graph.load(path)
     lowered, report = (merge_narrow_conv_transposes if merged else lower_conv_transposes)(source)
+    if merged and any(size % stride for size in out):  # the phases would need a crop: left alone
+        assert report == [] and lowered is source
+        return
     assert report == [{"node": "up", "stride": stride, "phases": stride * stride, "merged": merged}]
     ops = [n.op_type for n in lowered.model.graph.node]
     assert "ConvTranspose" not in ops and ops.count("Conv") == (1 if merged else stride * stride)

@@ -22,21 +22,24 @@ from int8_builds import onnxruntime_int8
 CIN = 5
 
 
-def _source(tmp_path, kernel=(7, 7), pads=(3, 3, 3, 3), size=(16, 12), cout=3, bias=True, dynamic=False) -> Graph:
+def _source(tmp_path, kernel=(7, 7), pads=(3, 3, 3, 3), size=(16, 12), cout=3, bias=True, dynamic=False,
+            tail="Tanh", cin=CIN) -> Graph:
     rng = np.random.default_rng(kernel[0] * 10 + pads[0])
-    inits = [numpy_helper.from_array(rng.standard_normal((cout, CIN, *kernel)).astype(np.float32) * 0.2, "w")]
+    inits = [numpy_helper.from_array(rng.standard_normal((cout, cin, *kernel)).astype(np.float32) * 0.2, "w")]
     inputs = ["x", "w"]
     if bias:
         inits.append(numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b"))
         inputs.append("b")
     nodes = [helper.make_node("Conv", inputs, ["y"], name="to_rgb", pads=list(pads)),
-             helper.make_node("Tanh", ["y"], ["out"])]
+             helper.make_node(tail, ["y", *(["lo", "hi"] if tail == "Clip" else [])], ["out"])]
+    if tail == "Clip":
+        inits += [numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(1), "hi")]
     dims = ["H", "W"] if dynamic else list(size)
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CIN, *dims])],
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, *dims])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", cout, "H2", "W2"])], inits)
     path = tmp_path / "rgb.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return Graph.load(path, input_shapes={"x": [1, CIN, *size]} if dynamic else None)
+    return Graph.load(path, input_shapes={"x": [1, cin, *size]} if dynamic else None)
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -74,11 +77,15 @@ def test_onnxruntime_int8_build_runs_it_strided(tmp_path):
     assert result.fidelity["psnr_db"] >= 30 and abs(result.fidelity["psnr_db"] - qdq_graph) < 0.05
 
 
-@pytest.mark.parametrize("target,compiler", [("x86-openvino", openvino_compile), ("x86-litert", tflite_compile)])
-def test_int8_build_gives_what_the_plain_convolution_gave(tmp_path, monkeypatch, target, compiler):
+@pytest.mark.parametrize("target,compiler,tail", [
+    ("x86-openvino", openvino_compile, "Tanh"), ("x86-openvino", openvino_compile, "Relu"),
+    ("x86-openvino", openvino_compile, "Clip"), ("x86-litert", tflite_compile, "Tanh"),
+    ("x86-litert", tflite_compile, "Relu")])
+def test_int8_build_gives_what_the_plain_convolution_gave(tmp_path, monkeypatch, target, compiler, tail):
     """The rewrite is exact, and on OpenVINO the shuffle reads the float output: the same pixels as without it
-    (LiteRT shuffles the int8 tensor, which holds the same values)."""
-    _source(tmp_path, size=(32, 32))
+    (LiteRT shuffles the int8 tensor, which holds the same values). A Relu or Clip after the layer is moved
+    before the shuffle, so that the layer's output and the image share one grid."""
+    _source(tmp_path, size=(32, 32), tail=tail)
     strided = build(tmp_path / "rgb.onnx", target, tmp_path / "strided", precision="int8", calibration_count=8)
     assert [r["node"] for r in strided.manifest["passes"]["lowered"]["narrow_conv_strided"]] == ["to_rgb"]
     monkeypatch.setattr(compiler, "INT8_LOWERINGS", ())
@@ -125,3 +132,15 @@ def test_the_edge_tpu_keeps_a_to_rgb_layer_whole():
     """The Edge TPU has no DEPTH_TO_SPACE: the rewrite would hand the image's last ops to the CPU."""
     assert "narrow_conv_strided" not in tflite_compile.int8_lowerings(targets.load("coral-edgetpu"))
     assert "narrow_conv_strided" in tflite_compile.int8_lowerings(targets.load("rpi4-litert"))
+
+
+def test_tiers_keep_the_plain_convolution(tmp_path):
+    """Tier parts are the lowered graph at other sizes, where the stride-2 form would give an even size only."""
+    _source(tmp_path, size=(16, 16), cin=3)  # an image input: a picture of a tier's size picks that tier
+    built = build(tmp_path / "rgb.onnx", "x86-onnxruntime", tmp_path / "b", precision="int8", calibration_count=8,
+                  tiers=[16, 15])
+    assert "narrow_conv_strided" not in built.manifest["passes"].get("lowered", {})
+    from edgegen.runtime import Generator
+
+    picture = np.random.default_rng(3).integers(0, 256, (15, 15, 3), dtype=np.uint8)
+    assert Generator.open(tmp_path / "b").generate(image=picture).shape == (15, 15, 3)

@@ -318,3 +318,23 @@ def test_a_region_behind_a_costly_channel_gate_is_cropped_from_the_frame(tmp_pat
 
 def test_a_latent_models_regions_start_after_a_cheap_projection(glyph):
     assert glyph.manifest["serving"]["roi"][glyph.image_outputs[0]]["pre_share"] < 0.5
+
+
+@pytest.mark.parametrize("output_padding", [0, 1])
+def test_an_output_one_pixel_short_of_the_input_scale_is_refused(tmp_path, output_padding):
+    """ConvTranspose k3 s2 p1 gives 2n - 1 rows: a crop's output would not be the matching part of the frame
+    (an internal error at build before); with output_padding=1 (2n) regions work."""
+    size = 2 * 8 - 1 + output_padding
+    nodes = [helper.make_node("ConvTranspose", ["image", "w"], ["out"], name="up", strides=[2, 2], pads=[1, 1, 1, 1],
+                              output_padding=[output_padding] * 2)]
+    g = helper.make_graph(nodes, "ct", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, size, size])],
+                          [numpy_helper.from_array(np.full((3, 3, 3, 3), 0.1, np.float32), "w")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "ct.onnx"))
+    graph = Graph.load(tmp_path / "ct.onnx")
+    if output_padding:
+        assert spatial_program(graph, "out")["scales"]["image"] == [[1, 2], [1, 2]]
+        return
+    with pytest.raises(RoiRefused, match=r"output 'out' is 15x15 where its input 'image' \(8x8\) maps to 16x16 "
+                                         r"\('up' \(ConvTranspose: 8x8 -> 15x15\)\)"):
+        spatial_program(graph, "out")

@@ -134,3 +134,24 @@ def test_image_model_sizes_take_the_image_of_their_size(tmp_path):
     assert dyn.generate(image=gray(20, 1)).shape[:2] == (60, 60)
     with pytest.raises(RequestError, match=r"size 192 is made from a 64x64 image .* got 16x16"):
         dyn.generate(image=gray(16, 1), size=192)
+
+
+def test_a_tier_size_the_network_floors_is_refused(tmp_path):
+    """A pooling network takes a 33x33 input to 32x32: a size-33 tier would serve 32x32 images (it did)."""
+    h, nh = onnx.helper, onnx.numpy_helper
+    rng = np.random.default_rng(0)
+    weights = [nh.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.2, "w1"),
+               nh.from_array(rng.standard_normal((3, 8, 3, 3)).astype(np.float32) * 0.2, "w2"),
+               nh.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [h.make_node("Conv", ["image", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             h.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("Resize", ["p", "", "scales"], ["u"], mode="nearest"),
+             h.make_node("Conv", ["u", "w2"], ["y"], pads=[1, 1, 1, 1]), h.make_node("Tanh", ["y"], ["out"])]
+    graph = h.make_graph(nodes, "pool", [h.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
+                         [h.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 3, 32, 32])], weights)
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(tmp_path / "pool.onnx"))
+    with pytest.raises(BuildError, match=r"at output size 33 the compiled graph gives 32x32"):
+        build(tmp_path / "pool.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[32, 33])
+    assert not (tmp_path / "b").exists()
+    build(tmp_path / "pool.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[32, 64])
+    assert Generator.open(tmp_path / "b").generate(image=np.zeros((64, 64, 3), np.uint8)).shape == (64, 64, 3)

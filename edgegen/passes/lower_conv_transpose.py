@@ -50,8 +50,13 @@ def _rewrite(node: onnx.NodeProto, model: onnx.ModelProto, shapes: dict, inits: 
 
 
 def _rewrite_narrow(node: onnx.NodeProto, model: onnx.ModelProto, shapes: dict, inits: dict):
-    if node.input[1:2] and node.input[1] in inits and len(inits[node.input[1]].dims) == 4 \
-            and inits[node.input[1]].dims[1] > NARROW_OUTPUTS:
+    """Only where the phases tile the output exactly: a crop after the interleave would keep the int8
+    backends from fusing the layer's rounding away (see passes.qdq.shuffles_after_float_convs)."""
+    plan = _plan(node, shapes, inits)
+    if plan is None or inits[node.input[1]].dims[1] > NARROW_OUTPUTS:
+        return None
+    _, rows, cols = _phase_grid(node, shapes, inits, *plan)
+    if [rows * plan[0], cols * plan[0]] != list(shapes[node.output[0]][2:]):
         return None
     return _rewrite(node, model, shapes, inits, merged=True)
 
@@ -79,16 +84,25 @@ def _taps(phase: int, begin: int, stride: int, kernel: int) -> list[tuple[int, i
     return [((phase + begin - k) // stride, k) for k in range(kernel) if (phase + begin - k) % stride == 0]
 
 
+def _phase_grid(node: onnx.NodeProto, shapes: dict[str, list[int]], inits: dict, s: int,
+                begin: list[int]) -> tuple[list, int, int]:
+    """(the taps of each phase on each axis, and the rows and columns every phase conv yields: enough for
+    the output, never a negative pad)."""
+    kh, kw = inits[node.input[1]].dims[2:]
+    (height, width), (out_h, out_w) = shapes[node.input[0]][2:], shapes[node.output[0]][2:]
+    taps = [[_taps(p, begin[axis], s, (kh, kw)[axis]) for p in range(s)] for axis in (0, 1)]
+    rows = max(math.ceil(out_h / s), *(height - max([d for d, _ in t] or [0]) for t in taps[0]))
+    cols = max(math.ceil(out_w / s), *(width - max([d for d, _ in t] or [0]) for t in taps[1]))
+    return taps, rows, cols
+
+
 def _replacement(node: onnx.NodeProto, model: onnx.ModelProto, inits: dict, shapes: dict[str, list[int]],
                  s: int, begin: list[int], merged: bool) -> list[onnx.NodeProto]:
     weight = numpy_helper.to_array(inits[node.input[1]])  # [Cin, Cout, Kh, Kw]
     bias = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
-    _, cout, kh, kw = weight.shape
+    cout = weight.shape[1]
     (height, width), (out_h, out_w) = shapes[node.input[0]][2:], shapes[node.output[0]][2:]
-    taps = [[_taps(p, begin[axis], s, (kh, kw)[axis]) for p in range(s)] for axis in (0, 1)]
-    # every phase conv yields `rows` x `cols` outputs: enough for the output, never a negative pad
-    rows = max(math.ceil(out_h / s), *(height - max([d for d, _ in t] or [0]) for t in taps[0]))
-    cols = max(math.ceil(out_w / s), *(width - max([d for d, _ in t] or [0]) for t in taps[1]))
+    taps, rows, cols = _phase_grid(node, shapes, inits, s, begin)
     base = node.name or node.output[0]
     phases = [(py, px) for py in range(s) for px in range(s)]  # phase-major, as DepthToSpace DCR reads them
     groups = [phases] if merged else [[phase] for phase in phases]

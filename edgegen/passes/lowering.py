@@ -28,6 +28,10 @@ LOWERINGS: dict[str, Callable[[Graph], tuple[Graph, list[dict[str, Any]]]]] = {
     "narrow_conv_strided": narrow_convs_strided,   # 3-output kxk Conv -> 12-output (k+1)x(k+1) stride-2 Conv + DepthToSpace
 }
 
+# rewrites that hold at the input size the graph was lowered at only (stride-2 blocks need an even output):
+# not for a build whose tiers run the lowered graph at other sizes
+SIZE_BOUND = ("narrow_conv_strided",)
+
 
 def lower(graph: Graph, names: tuple[str, ...]) -> tuple[Graph, dict[str, list[dict[str, Any]]]]:
     """Apply the named rewrites in order; the report lists, per rewrite, the nodes it replaced."""

@@ -19,8 +19,8 @@ ARTIFACT = "model.onnx"
 # its CPU provider runs ConvTranspose and cubic Resize in float only; as Conv + DepthToSpace they run in int8,
 # with an activation after them fused into the phase convolutions; pixel shuffles in DCR mode (the one it
 # runs channels-last on integers); a to-RGB layer (3 outputs, transposed or not) with 4x the outputs
-INT8_LOWERINGS = ("cubic_resize", "narrow_conv_transpose", "conv_transpose", "shuffle_dcr", "activation_into_phases",
-                  "narrow_conv_strided")
+INT8_LOWERINGS = ("cubic_resize", "narrow_conv_transpose", "conv_transpose", "shuffle_dcr", "narrow_conv_strided",
+                  "activation_into_phases")
 
 
 def _ort():

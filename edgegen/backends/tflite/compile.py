@@ -20,8 +20,9 @@ from .prepare import prepare
 ARTIFACT = "model.tflite"
 # a cubic Resize would otherwise be a float island in an int8 model; TRANSPOSE_CONV has int8 kernels (a
 # 3-output one as one Conv was no faster); a 3-output CONV_2D with 12 outputs and stride 2 is (CycleGAN 0.89x)
-INT8_LOWERINGS = ("cubic_resize", "narrow_conv_strided")
-# the Edge TPU has no DEPTH_TO_SPACE: a to-RGB layer rewritten so would hand the image's last ops to the CPU
+INT8_LOWERINGS = ("cubic_resize", "narrow_conv_strided", "activation_into_phases")
+# the Edge TPU has no DEPTH_TO_SPACE (ops/tensor.py writes one as a TRANSPOSE_CONV there): a to-RGB layer stays
+# one CONV_2D rather than become two layers whose speed on a TPU nobody here has measured
 EDGETPU_WITHOUT = ("narrow_conv_strided",)
 EDGETPU_ARTIFACT = "model_edgetpu.tflite"
 REPORTS = "reports"
