@@ -54,7 +54,11 @@ class TensorSpec:
     @property
     def source_shape(self) -> list[int | None]:
         """The shape the model file declares."""
-        return [self.shape[i] for i in (0, 2, 3, 1)] if self.nhwc else list(self.shape)
+        return self.source_dims(self.shape)
+
+    def source_dims(self, dims) -> list:
+        """A shape of this tensor as the bundle computes on it (batch axis first) as the model file gives it."""
+        return [dims[i] for i in (0, 2, 3, 1)] if self.nhwc else list(dims)
 
     def from_source(self, array: np.ndarray) -> np.ndarray:
         """An array in the model file's form (batch axis first) as the bundle computes on it."""

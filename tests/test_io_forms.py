@@ -94,6 +94,10 @@ def test_nhwc_float_input_shape_is_given_in_the_model_files_form(tmp_path):
     x = RNG.random((1, 20, 24, 3), dtype=np.float32)
     want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     np.testing.assert_allclose(gen.run({"x": x})["y"], want, atol=1e-5)
+    build(path, "x86-litert", tmp_path / "lite", graph_options={"input_shapes": {"x": [1, 20, 24, 3]}})
+    with pytest.raises(RequestError, match=r"input 'x' has shape 1x16x24x3 but this tflite bundle was built for "
+                                           r"1x20x24x3 .* --input-shape x=1x16x24x3"):  # the file's form, not NCHW
+        Generator.open(tmp_path / "lite").run({"x": RNG.random((1, 16, 24, 3), dtype=np.float32)})
 
 
 def _two_images(tmp_path):

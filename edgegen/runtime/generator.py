@@ -25,7 +25,7 @@ from ..bundle import content_hash, read_manifest, verify_files
 from ..errors import BundleError, EdgegenError, RequestError, first_line
 from ..inputs import check_label, label_tensor, latent_from_seed, run_batched
 from ..metrics import compare, quality_outputs, value_range
-from ..specs import TensorSpec
+from ..specs import TensorSpec, format_shape
 from .assets import PACK, AssetPack
 from .cache import DiskCache, LRUCache
 from .features import FeatureCache
@@ -527,10 +527,25 @@ class Generator:
         if len(set(batches.values())) > 1:
             raise RequestError(f"run() inputs give different batch sizes {batches}; give every input the same "
                                "number of samples")
+        if self.manifest["backend"] in STATIC_SHAPE_BACKENDS:
+            self._check_static_sizes(checked)
         with self._sizes_checked(checked):
             outputs = run_batched(self.session.run, self.inputs, checked)
         specs = {s.name: s for s in self.outputs}
         return {name: specs[name].to_source(array) if name in specs else array for name, array in outputs.items()}
+
+    def _check_static_sizes(self, feeds: dict[str, np.ndarray]) -> None:
+        """RequestError, in the model file's form, for an input of another size than a static-shape artifact
+        was built at."""
+        backend = self.manifest["backend"]
+        for spec in self.inputs:
+            got = list(feeds[spec.name].shape)
+            if got[1:] != list(spec.default_shape[1:]):
+                raise RequestError(
+                    f"input {spec.name!r} has shape {format_shape(spec.source_dims(got))} but this {backend} bundle "
+                    f"was built for {format_shape(spec.source_dims(spec.default_shape))} ({backend} artifacts have "
+                    f"static shapes); give it that shape, or build a bundle for this one with --input-shape "
+                    f"{spec.name}={format_shape(spec.source_dims([1, *got[1:]]))}")
 
     @contextlib.contextmanager
     def _sizes_checked(self, feeds: dict[str, np.ndarray]) -> Iterator[None]:
@@ -541,13 +556,12 @@ class Generator:
         except EdgegenError:
             raise
         except Exception as exc:
-            new = {s.name: feeds[s.name].shape[1:] for s in self.inputs
-                   if s.name in feeds and tuple(feeds[s.name].shape[1:]) != tuple(s.default_shape[1:])}
+            new = [s for s in self.inputs
+                   if s.name in feeds and tuple(feeds[s.name].shape[1:]) != tuple(s.default_shape[1:])]
             if not new:
                 raise
-            given = ", ".join(f"{name!r} {'x'.join(map(str, shape))}" for name, shape in new.items())
-            verified = ", ".join(f"{s.name!r} {'x'.join(map(str, s.default_shape[1:]))}" for s in self.inputs
-                                 if s.name in new)
+            given = ", ".join(f"{s.name!r} {format_shape(s.source_dims(feeds[s.name].shape)[1:])}" for s in new)
+            verified = ", ".join(f"{s.name!r} {format_shape(s.source_dims(s.default_shape)[1:])}" for s in new)
             raise RequestError(f"the model cannot run at input shape {given} (the {self.manifest['backend']} "
                                f"backend: {first_line(exc)[:300]}); the bundle was verified at {verified}. A network "
                                "that downsamples (a U-Net, an encoder) needs sides that are multiples of its total "
