@@ -63,7 +63,8 @@ def render(report: dict[str, Any], nodes: bool = False) -> str:
             if "num_classes" in s:
                 extra.append(f"{s['num_classes']} classes")
             if "range" in s:
-                extra.append(f"range [{s['range'][0]:g}, {s['range'][1]:g}]")
+                extra.append(f"range [{s['range'][0]:g}, {s['range'][1]:g}]" + (
+                    f" (assumed: {s['range_assumed']}; --input-range LO,HI if it is not)" if "range_assumed" in s else ""))
             if "source_form" in s:
                 extra.append(f"the model file's form: {describe_form(s['source_form'])} (run() takes and gives that)")
             lines.append(f"  {s['name']:<20} {s['dtype']:<8} {shape:<18} {s['role']:<9} {', '.join(extra)}")

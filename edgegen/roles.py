@@ -99,6 +99,8 @@ def describe_io(
             spec.num_classes = _num_classes(value.name, graph, init, meta) or _one_hot_classes(spec)
         elif spec.role == "image":
             spec.range = list(input_range or _pixel_range(spec) or image_range or DEFAULT_RANGE)
+            if not (input_range or _pixel_range(spec)):
+                spec.range_assumed = "the image output's range" if image_range else "the default"
         inputs.append(spec)
     return inputs, outputs
 

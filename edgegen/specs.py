@@ -18,7 +18,8 @@ class TensorSpec:
     """One model input or output as the runtime sees it.
 
     shape: declared dims, None where dynamic; default_shape: the concrete shape used for
-    reference runs and benchmarks (batch 1). range: the value range of image tensors. source_form: how
+    reference runs and benchmarks (batch 1). range: the value range of image tensors (range_assumed: why,
+    where neither the model nor the user gave it). source_form: how
     the model file itself takes or gives an image tensor the build took into NCHW float (layout "NHWC",
     dtype "uint8"; see edgegen.io_forms), converted at `Generator.run`'s boundary.
     """
@@ -31,6 +32,7 @@ class TensorSpec:
     range: list[float] | None = None
     num_classes: int | None = None
     source_form: dict[str, str] | None = None
+    range_assumed: str | None = None  # where an image input's range came from when nothing declared it
 
     @property
     def one_hot(self) -> bool:

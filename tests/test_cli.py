@@ -34,6 +34,17 @@ def test_inspect_shows_roles_ops_costs_and_support(capsys, cgen_path):
     assert report["macs"] > 0 and report["targets"]["x86-onnxruntime"]["supported"] and report["batch"] == 1
 
 
+def test_inspect_says_when_an_image_input_range_is_assumed(capsys):
+    """pix2pix: a Tanh output, so the input is taken as [-1, 1] too, which a model trained on [0, 1] is not."""
+    from pathlib import Path
+
+    model = str(Path(__file__).parent / "data" / "families" / "pix2pix_unet__legacy_b1.onnx")
+    code, out, _ = run(capsys, "inspect", model)
+    assert code == 0 and "range [-1, 1] (assumed: the image output's range; --input-range LO,HI if it is not)" in out
+    code, out, _ = run(capsys, "inspect", model, "--input-range", "0,1")
+    assert code == 0 and "range [0, 1]\n" in out and "assumed" not in out
+
+
 def test_inspect_gives_the_cost_of_a_fixed_batch_export_at_its_batch(capsys, tmp_path):
     import onnx
     from conftest import conditional_generator
