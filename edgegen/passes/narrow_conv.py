@@ -62,14 +62,19 @@ def _plan(node: onnx.NodeProto, inits: dict, producers: dict) -> dict | None:
         return None
     cout, _, kh, kw = weight.shape
     pads = list(attrs.get("pads", [0, 0, 0, 0]))
-    if attrs.get("group", 1) != 1 or any(s != 1 for s in attrs.get("strides", [1, 1])) \
-            or any(d != 1 for d in attrs.get("dilations", [1, 1])) \
-            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(pads) != 4:
+    if not plain_stride_one(attrs) or len(pads) != 4:
         return None
     if cout > MAX_OUTPUTS or kh * kw < MIN_TAPS or pads[0] > kh - 1 or pads[2] > kh - 1 \
             or pads[1] > kw - 1 or pads[3] > kw - 1:
         return None
     return {"weight": weight, "dequantize": dequantize, "pads": pads}
+
+
+def plain_stride_one(attrs: dict) -> bool:
+    """Whether Conv attributes say: one group, stride 1, no dilation, explicit pads."""
+    return attrs.get("group", 1) == 1 and all(s == 1 for s in attrs.get("strides", [1, 1])) \
+        and all(d == 1 for d in attrs.get("dilations", [1, 1])) \
+        and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
 
 
 def _weight(name: str, inits: dict, producers: dict) -> tuple[np.ndarray | None, onnx.NodeProto | None]:

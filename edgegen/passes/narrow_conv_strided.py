@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph import Graph
+from .narrow_conv import plain_stride_one
 from .node_rewrite import rewrite_nodes
 
 MAX_OUTPUTS = 4  # 4x as many after the rewrite: at most 16, one vector of int8 output channels
@@ -45,9 +46,7 @@ def _rewrite(node: onnx.NodeProto, model: onnx.ModelProto, shapes: dict, inits: 
     out = shapes.get(node.output[0])
     if weight.ndim != 4 or weight.shape[0] > MAX_OUTPUTS or min(weight.shape[2:]) < MIN_KERNEL or not out:
         return None
-    if attrs.get("group", 1) != 1 or any(s != 1 for s in attrs.get("strides", [1, 1])) \
-            or any(d != 1 for d in attrs.get("dilations", [1, 1])) \
-            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or any(size % BLOCK for size in out[2:]):
+    if not plain_stride_one(attrs) or any(size % BLOCK for size in out[2:]):
         return None
     at = f"{node.name or node.output[0]}/strided"
     model.graph.initializer.append(numpy_helper.from_array(strided_weight(weight), f"{at}/weight"))
