@@ -15,6 +15,7 @@ results must equal the whole artifact within SPLIT_MAX_ABS.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import tempfile
 import time
@@ -232,8 +233,8 @@ def _size_parts(graph: Graph, comp: _Compiler, sizes: list[int], images) -> dict
         for s in spatial:
             h, w = (d * size / base for d in s.default_shape[2:])
             if h != int(h) or w != int(w):
-                raise BuildError(f"{graph.source}: size {size} needs input {s.name!r} at {h}x{w}; choose sizes "
-                                 f"that are multiples of {base // max(1, s.default_shape[2]) or 1}")
+                raise BuildError(f"{graph.source}: size {size} needs input {s.name!r} at {h:g}x{w:g}; "
+                                 f"{_size_step_hint(base, s.default_shape[2])}")
             dims[s.name] = [s.shape[0] if s.shape[0] is not None else "N", s.default_shape[1], int(h), int(w)]
             shapes[s.name] = [s.default_shape[1], int(h), int(w)]
         dynamic = all(s.shape[2:] == [None, None] for s in spatial)
@@ -249,6 +250,16 @@ def _size_parts(graph: Graph, comp: _Compiler, sizes: list[int], images) -> dict
             part = comp.add(f"size{size}", sized)
         result[str(size)] = {"part": part, "inputs": shapes}
     return result
+
+
+def _size_step_hint(output: int, given: int) -> str:
+    """Which sizes a model whose `given` input rows make `output` rows can serve."""
+    step = output // math.gcd(output, given)
+    if output % given and given % output:  # e.g. 63 from 32: a ConvTranspose k3 s2 p1 without output_padding
+        return (f"its output ({output}) is not a whole multiple of its input ({given}): only multiples of {step} "
+                "give whole inputs, and a model whose layers give 2n - 1 (a ConvTranspose k3 s2 p1 without "
+                "output_padding=1) gives no other size; export it with output_padding=1 to serve tiers")
+    return f"choose sizes that are multiples of {step}"
 
 
 def _batch_parts(graph: Graph, comp: _Compiler, sizes: list[int]) -> dict[str, str]:

@@ -155,3 +155,19 @@ def test_a_tier_size_the_network_floors_is_refused(tmp_path):
     assert not (tmp_path / "b").exists()
     build(tmp_path / "pool.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[32, 64])
     assert Generator.open(tmp_path / "b").generate(image=np.zeros((64, 64, 3), np.uint8)).shape == (64, 64, 3)
+
+
+def test_tiers_of_an_output_one_pixel_short_of_the_input_scale_say_why(tmp_path):
+    """A ConvTranspose k3 s2 p1 takes 8 rows to 15: the size hint was "multiples of 1" (15 // 8)."""
+    h, nh = onnx.helper, onnx.numpy_helper
+    nodes = [h.make_node("ConvTranspose", ["image", "w"], ["out"], strides=[2, 2], pads=[1, 1, 1, 1])]
+    graph = h.make_graph(nodes, "ct", [h.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                         [h.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 3, 15, 15])],
+                         [nh.from_array(np.full((3, 3, 3, 3), 0.1, np.float32), "w")])
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(tmp_path / "ct.onnx"))
+    with pytest.raises(BuildError, match=r"size 16 needs input 'image' at 8.53333x8.53333; its output \(15\) is not "
+                                         r"a whole multiple of its input \(8\): only multiples of 15 .*output_padding=1"):
+        build(tmp_path / "ct.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[15, 16])
+    with pytest.raises(BuildError, match="at output size 30 the compiled graph gives 31x31"):
+        build(tmp_path / "ct.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[15, 30])
+    assert not (tmp_path / "b").exists()
