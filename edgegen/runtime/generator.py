@@ -374,11 +374,13 @@ class Generator:
     def _dirty_rects(self, engine, image: str, changed: np.ndarray, roots: dict[str, np.ndarray], old: np.ndarray,
                      job) -> list | None:
         """Output rectangles an edit must recompute: what the changed pixels reach, and, where the region
-        program starts from roots computed whole from the image (an attention map), what each root's changed
-        values reach; None when a whole-frame root changed (the frame is recomputed)."""
+        program starts from roots computed whole from the image (an attention map; a pixel unshuffle, whose
+        output is the only root), what each root's changed values reach; None when a whole-frame root changed
+        (the frame is recomputed)."""
         computed = [r for r in engine.program.roots + engine.program.side if r != image]
         before = engine.roots(self._feeds([replace(job.request, image=old)], job.route)) if computed else {}
-        rects = engine.dirty_rects(changed, image, roots, self.config.edit_cell)
+        rects = engine.dirty_rects(changed, image, roots, self.config.edit_cell) \
+            if image in engine.program.roots else []
         for name in computed:
             differs = before[name] != roots[name]
             if not differs.any():
@@ -397,7 +399,7 @@ class Generator:
                                "call generate(image=...)")
         engine = self._engine(self.tiers.route(output, None, None).output)
         spec = next((s for s in self.inputs if s.role == "image"), None)
-        if spec is None or len(self.inputs) != 1 or spec.name not in engine.program.roots:
+        if spec is None or len(self.inputs) != 1 or (spec.name not in engine.program.roots and engine.pre is None):
             raise RequestError("edit() needs an image-to-image model with one image input whose output is "
                                "computed by local ops from it")
         old, new = np.asarray(previous), np.asarray(image)
