@@ -374,3 +374,13 @@ def test_a_program_the_npu_cannot_run_is_an_error_naming_the_fix(tmp_path):
 def test_precision_other_than_int8_is_refused(tmp_path, cgen_path):
     with pytest.raises(BuildError, match="does not offer precision 'fp32'"):
         build(cgen_path, "fpga-sim", tmp_path / "b", precision="fp32")
+
+
+def test_a_program_with_more_activation_tables_than_the_npu_holds_says_pruning_does_not_help():
+    graph = emu.quantize(Graph.load("zoo:glyphgen"), 8)
+    options = {"lanes": 32, "act_kb": 1024, "wgt_kb": 1024, "par_entries": 16384}
+    _, memory, _ = lower_graph(graph, NpuConfig.from_options(options))
+    tight = NpuConfig.from_options({**options, "lut_tables": memory["lut_tables"] - 1})
+    with pytest.raises(FitError, match=r"bytes of activation-table RAM .* \(backend_options.lut_tables\)\. .*so "
+                                       r"pruning does not help"):
+        lower_graph(graph, tight, "tight")

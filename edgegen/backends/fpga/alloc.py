@@ -93,18 +93,23 @@ def _first_fit(order: list[Buffer]) -> tuple[int, list[tuple[Buffer, int]], Buff
 def check_static(program: Program, target: str) -> dict[str, Any]:
     """Weights, per-channel parameters, tables, taps and descriptors against the memories that hold them."""
     config = program.config
-    limits = [("wgt_end", config.wgt_words, config.lanes, "weight RAM", "wgt_kb"),
-              ("par_end", config.par_entries, 12, "parameter RAM (bias, multiplier, shift per channel)", "par_entries"),
-              ("tap_end", config.tap_entries, 8, "tap RAM", "tap_entries"),
-              ("luts", config.lut_bytes // 256, 256, "activation-table RAM", "lut_tables")]
-    for key, capacity, unit, memory, option in limits:
+    prune = "Use a target with more on-chip RAM or prune the model (--prune or --prune-to-macs)."
+    limits = [("wgt_end", config.wgt_words, config.lanes, "weight RAM", "wgt_kb", prune),
+              ("par_end", config.par_entries, 12, "parameter RAM (bias, multiplier, shift per channel)", "par_entries",
+               prune),
+              ("tap_end", config.tap_entries, 8, "tap RAM", "tap_entries", prune),
+              ("luts", config.lut_bytes // 256, 256, "activation-table RAM", "lut_tables",
+               "Each fused non-linear activation (Sigmoid, Tanh, ...) with its own int8 scales takes one 256-byte "
+               "table, however many channels it has, so pruning does not help: use a target with more table RAM "
+               "or a model with fewer such activations.")]
+    for key, capacity, unit, memory, option, advice in limits:
         for index, layer in enumerate(program.layers):
             used = layer.notes.get(key, 0)
             if used > capacity:
                 before = f"with the {index} layers before it" if index else "the first layer alone"
                 raise FitError(f"target {target}: {_describe(layer)} needs {used * unit} bytes of {memory} "
                                f"({before}), but the NPU has {capacity * unit} bytes "
-                               f"(backend_options.{option}). Use a target with more on-chip RAM or prune the model.")
+                               f"(backend_options.{option}). {advice}")
     words = (len(program.layers) + 1) * DESC_WORDS
     if words > config.prog_words:
         raise FitError(f"target {target}: the program has {len(program.layers)} layers ({words * 4} bytes of "
