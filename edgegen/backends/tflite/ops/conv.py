@@ -235,8 +235,9 @@ def _check_dense(node: onnx.NodeProto, p: Prepared) -> str | None:
     a = attrs(node)
     if node.input[1] not in p.consts or p.consts[node.input[1]].ndim != 2:
         return "only a constant 2-D weight matrix (B) is supported"
-    if node.input[0] in p.shapes and len(p.shapes[node.input[0]]) != 2:
-        return "only 2-D inputs are supported"
+    rank = len(p.shapes[node.input[0]]) if node.input[0] in p.shapes else 2
+    if rank != 2 and (node.op_type != "MatMul" or rank != 3):
+        return "only 2-D inputs (and 3-D ones to a MatMul: a Linear over tokens) are supported"
     if a.get("transA", 0):
         return "transA=1 is not supported"
     if len(node.input) > 2 and node.input[2]:
@@ -267,11 +268,12 @@ def dense(lw: Lowerer, node: onnx.NodeProto) -> None:
     if c_name is not None and (beta != 1.0 or lw.const(c_name).size == 1):
         lw.p.consts[f"{c_name}/{node.name}"] = np.broadcast_to(lw.const(c_name).reshape(-1) * beta, (n,)).copy()
         c_name = f"{c_name}/{node.name}"
-    order = lw.plan.get(out)
+    tokens = len(lw.tshape(value)) == 3  # [N, T, K] in ONNX order: a Linear applied to every token
+    order = lw.plan.get(out) if not tokens else None
     bias = bias_tensor(lw, c_name, n, order, f"{node.name}/bias", value.quant.scale[0] if grid else None,
                        weights.scale)
     if order is not None:
         weights = weights.take(order, 0)
     out_index = lw.define(out, lw.shape(out), False, order, grid)
     lw.op("FULLY_CONNECTED", [value.index, weights.tensor(lw, f"{node.input[1]}/{node.name}", grid is not None),
-                              bias], [out_index], lw.options("FullyConnected"))
+                              bias], [out_index], lw.options("FullyConnected", keepNumDims=tokens))

@@ -119,32 +119,38 @@ def _check_reduce(node: onnx.NodeProto, p: Prepared) -> str | None:
         return why
     if len(node.input) > 1 and node.input[1] and node.input[1] not in p.consts:
         return "its axes must be a constant"
-    if len(p.shapes[node.input[0]]) != 4:
-        return "only reductions of 4-D (NCHW) tensors are supported"
+    rank = len(p.shapes[node.input[0]])
+    if not 2 <= rank <= 4:
+        return f"only reductions of 2-D to 4-D tensors are supported (this one is {rank}-D)"
     axes, keep = _reduced_axes(node, p)
     if not axes:
         return "a reduction over no axis is an identity; remove it before export"
-    if not keep and axes != [2, 3]:
-        return "keepdims=0 is supported for reductions over H and W only"
+    if rank == 4 and not keep and axes != [2, 3]:
+        return "keepdims=0 is supported for reductions of a 4-D tensor over H and W only"
     return None
 
 
 @rule(*_REDUCERS, check=_check_reduce)
 def reduce(lw: Lowerer, node: onnx.NodeProto) -> None:
-    """A mean, maximum or sum over ONNX axes of an NHWC tensor; keepdims=0 over H and W gives [N, C]."""
+    """A mean, maximum or sum over ONNX axes of an NHWC tensor (keepdims=0 over H and W gives [N, C]), or of
+    a 2-D or 3-D one (stored in ONNX order: a LayerNorm over tokens)."""
     axes, keep = _reduced_axes(node, lw.p)
     code = _REDUCERS[node.op_type]
     int8 = lw.quantized([node.input[0]], node.output[0]) is not None if code != "REDUCE_MAX" else \
         lw.keeps_grid(node.input[0])
     value = lw.operand(node.input[0], int8)
+    if not value.nhwc:  # 2-D or 3-D, stored in ONNX order once its channels are
+        value = lw.reorder(value, None)
     shape = lw.tshape(value)
-    stored = sorted(tfl_axis(axis, 4, True) for axis in axes)
-    out_shape = [1 if i in stored else d for i, d in enumerate(shape)] if keep else [shape[0], shape[3]]
+    stored = sorted(tfl_axis(axis, len(shape), value.nhwc) for axis in axes)
+    out_shape = [1 if i in stored else d for i, d in enumerate(shape)] if keep else \
+        [d for i, d in enumerate(shape) if i not in stored]  # 4-D over H and W: [N, C]
     inputs = [value.index, lw.int32(stored, "axes")]
     options = lw.options("Reducer", keepDims=keep)
     order = value.order if 3 not in stored else None
+    nhwc = value.nhwc and keep
     if code == "REDUCE_MAX" or not int8:
-        lw.emit_keeping_grid(code, inputs, node.output[0], out_shape, keep, value.quant, options, order)
+        lw.emit_keeping_grid(code, inputs, node.output[0], out_shape, nhwc, value.quant, options, order)
     else:  # int8 MEAN and SUM requantize onto the QDQ graph's output grid themselves
         grid = lw.quantized([node.input[0]], node.output[0])
-        lw.op(code, inputs, [lw.define(node.output[0], out_shape, keep, order, grid)], options)
+        lw.op(code, inputs, [lw.define(node.output[0], out_shape, nhwc, order, grid)], options)
