@@ -52,8 +52,8 @@ class Session:
                                   "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[session["precision"]]}
         if device == "CPU":
             config.update({"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1})
-        core = ov.Core()
-        self._compiled = core.compile_model(str(Path(bundle_dir) / session["entry"]), device, config)
+        self._compile = lambda: ov.Core().compile_model(str(Path(bundle_dir) / session["entry"]), device, config)
+        self._compiled = self._compile()
         self._request = self._compiled.create_infer_request()
         self.device = device
         # the plugin gives an output that absorbed a fused node that node's tensor name too
@@ -76,8 +76,15 @@ class Session:
         return report
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs by name for one batch of inputs."""
-        result = self._request.infer(feeds, share_inputs=False)
+        """Outputs by name for one batch of inputs. A failed inference (a shape the network cannot run) leaves
+        the compiled model failing later, valid shapes too (OpenVINO 2026.4's CPU plugin, a new infer request
+        included), so the model is compiled again from the IR before the error goes on."""
+        try:
+            result = self._request.infer(feeds, share_inputs=False)
+        except Exception:
+            self._compiled = self._compile()
+            self._request = self._compiled.create_infer_request()
+            raise
         return {name: np.array(result[i], copy=True) for i, name in enumerate(self.output_names)}
 
 
