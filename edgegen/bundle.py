@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BuildError, BundleError
-from .fileio import alive, as_created, owner, owner_pattern, write_text
+from .fileio import alive, as_created, output_place, owner, owner_pattern, write_text
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -106,9 +106,9 @@ def unlisted_files(path: Path) -> list[str]:
 def staging_dir(out: Path) -> Path:
     """A fresh temporary directory beside out (same filesystem, so the final move is a rename), named
     after this host and process; earlier ones of processes that died without cleaning up are removed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{owner()}.", suffix=".tmp", dir=out.parent))
+    with output_place(out):
+        _remove_orphans(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{owner()}.", suffix=".tmp", dir=out.parent))
     as_created(staging, directory=True)
     return staging
 

@@ -34,6 +34,11 @@ class RequestError(EdgegenError):
     """A generation request or an input array does not fit the model."""
 
 
+class OutputPathError(EdgegenError):
+    """A path edgegen was asked to write to cannot hold a file (a directory on it is a file, or its file
+    system creates none)."""
+
+
 class BackendUnavailableError(EdgegenError):
     """The runtime package or device a backend needs is not present on this host."""
 

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .errors import OutputPathError
+
 
 def _read_umask() -> int:
     mask = os.umask(0o022)
@@ -48,11 +50,25 @@ def as_created(path: str | Path, directory: bool = False) -> None:
 
 
 @contextlib.contextmanager
+def output_place(path: Path) -> Iterator[None]:
+    """Create the directory `path` goes in, then run the block that creates its temporary beside it;
+    OutputPathError where that place cannot hold a file (a directory on the path is a file; a file
+    system such as /proc creates none). Errors of the medium (read-only, full) pass on as they are."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield
+    except (FileExistsError, NotADirectoryError, FileNotFoundError) as exc:
+        raise OutputPathError(f"{path}: cannot be written there ({exc.strerror}: {exc.filename}; a directory on "
+                              "that path is a file, or its file system creates no files). Choose another path.") \
+            from None
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path`, on failure it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with output_place(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

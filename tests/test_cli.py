@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgegen.build import build
 from edgegen.cli import main
 
 
@@ -181,6 +182,18 @@ def test_a_medium_that_refuses_writes_is_a_user_error_not_a_traceback(capsys, tm
     code, _, err = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "-o", str(tmp_path / "b"))
     assert code == 2 and f"edgegen: error: {tmp_path / '.b.tmp'}: Read-only file system. Free space" in err
     assert "Traceback" not in err and not (tmp_path / "b").exists()
+
+
+def test_an_output_path_through_a_file_is_a_user_error_not_a_traceback(capsys, tmp_path, cgen_path):
+    (tmp_path / "picture.png").write_bytes(b"mine")
+    build(cgen_path, "x86-onnxruntime", tmp_path / "b")
+    for command in (["build", str(cgen_path), "-t", "x86-onnxruntime", "-o", str(tmp_path / "picture.png" / "b")],
+                    ["generate", str(tmp_path / "b"), "--seed", "1", "--label", "2", "-o",
+                     str(tmp_path / "picture.png" / "x.png")]):
+        code, _, err = run(capsys, *command)
+        assert code == 2 and f"{tmp_path / 'picture.png'}; a directory on that path is a file" in err, err
+        assert "Traceback" not in err
+    assert (tmp_path / "picture.png").read_bytes() == b"mine"
 
 
 def test_a_calibration_count_beyond_memory_is_refused_before_allocating(capsys, tmp_path, cgen_path):
