@@ -114,6 +114,17 @@ def test_generate_png_and_json_with_cache_and_latency_headers(server, bundles):
     np.testing.assert_array_equal(png_pixels(data), local.generate(seed=3, label=4, quality="preview"))
 
 
+def test_no_memory_cache_means_no_encoded_responses_either(bundles):
+    """`--cache-mb 0`: the server kept 16 MiB of encoded responses anyway and answered repeats from them."""
+    srv = Server(Generator.open(bundles / "glyph", cache_bytes=0, feature_cache_bytes=0, assets=False)).start()
+    try:
+        served = [post(srv, {"seed": 3, "label": 4})[0].getheader("X-Edgegen-Served-By") for _ in range(2)]
+        assert served == ["computed", "computed"]
+        assert json.loads(get(srv, "/v1/stats")[1])["encoded_cache"]["budget_bytes"] == 0
+    finally:
+        srv.close()
+
+
 def test_health_and_stats(server):
     response, data = get(server, "/v1/health")
     health = json.loads(data)

@@ -75,7 +75,9 @@ class Server:
         self.batcher = MicroBatcher(generator, max_batch, max_delay_us)
         self.max_body_bytes = max_body_bytes
         self.max_image_pixels = max_image_pixels
-        self.encoded = LRUCache(ENCODED_CACHE_BYTES, size=lambda entry: len(entry[0]))
+        # encoded responses of repeated requests, within the generator's LRU budget (0, off: none)
+        self.encoded = LRUCache(min(ENCODED_CACHE_BYTES, generator.cache.stats.budget_bytes),
+                                size=lambda entry: len(entry[0]))
         self.counts: Counter = Counter()
         self.latencies: deque = deque(maxlen=LATENCY_WINDOW)
         self._lock = threading.Lock()
