@@ -93,6 +93,20 @@ def test_damaged_entry_is_a_miss_and_counted(tmp_path):
     assert [a is None for k, _, a in pack.items()] == [k == key for k, _, _ in written]
 
 
+def test_an_entry_changed_in_place_after_it_was_served_is_a_miss(tmp_path):
+    """Checking only an entry's first read served the new bytes of a pack changed in place afterwards."""
+    written = list(entries(5))
+    write_pack(tmp_path, CONTENT, written, "here")
+    key, _, array = written[3]
+    pack = AssetPack(tmp_path, CONTENT)
+    np.testing.assert_array_equal(pack.get(key), array)
+    with open(tmp_path / PACK, "r+b") as file:  # the mapping sees the change
+        offset = file.read().find(array.tobytes())
+        file.seek(offset)
+        file.write(bytes([array.tobytes()[0] ^ 1]))
+    assert pack.get(key) is None and pack.stats.corrupt == 1
+
+
 def test_empty_pack(tmp_path):
     assert write_pack(tmp_path, CONTENT, [], "here") == 0
     pack = AssetPack(tmp_path, CONTENT)

@@ -339,7 +339,7 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]], extra: list[dict[st
               f"{mem['rss_mb_after_200']} MB after 200 requests, at most {mem['rss_mb_peak_after_200']} MB after that.",
               "", f"**Asset pack of {pack['entries']:,} entries** (4x4x3 images; files {pack['bytes']} bytes): opened in "
               f"{pack['open_ms']} ms (the table is mapped, not loaded; median of 5); a hit {pack['hit_us']} us, a miss "
-              f"{pack['miss_us']} us (medians, sha256 check included on first reads)."]
+              f"{pack['miss_us']} us (medians, sha256 check included)."]
     return "\n".join(lines) + "\n"
 
 
