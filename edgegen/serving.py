@@ -237,7 +237,8 @@ def _size_parts(graph: Graph, comp: _Compiler, sizes: list[int], images) -> dict
                                  f"{_size_step_hint(base, s.default_shape[2])}")
             dims[s.name] = [s.shape[0] if s.shape[0] is not None else "N", s.default_shape[1], int(h), int(w)]
             shapes[s.name] = [s.default_shape[1], int(h), int(w)]
-        dynamic = all(s.shape[2:] == [None, None] for s in spatial)
+        # one artifact serves every size where the model and the backend take any (TFLite's shapes are static)
+        dynamic = all(s.shape[2:] == [None, None] for s in spatial) and comp.tgt.backend not in STATIC_SHAPE_BACKENDS
         if size == base or dynamic:
             part = "main"
         else:

@@ -136,6 +136,15 @@ def test_image_model_sizes_take_the_image_of_their_size(tmp_path):
         dyn.generate(image=gray(16, 1), size=192)
 
 
+def test_tiers_of_a_dynamic_export_on_litert_are_an_artifact_per_size(tmp_path):
+    """TFLite's shapes are static: every size served by the one artifact failed at run time."""
+    build(f"{FAMILIES}/espcn__legacy_dyn.onnx", "x86-litert", tmp_path / "b", tiers=[48, 96])
+    gen = Generator.open(tmp_path / "b")
+    assert {entry["part"] for entry in gen.manifest["serving"]["tiers"]["sizes"].values()} == {"size48", "size96"}
+    for size in (48, 96):
+        assert gen.generate(image=gray(size // 3, size), size=size).shape[:2] == (size, size)
+
+
 def test_a_tier_size_the_network_floors_is_refused(tmp_path):
     """A pooling network takes a 33x33 input to 32x32: a size-33 tier would serve 32x32 images (it did)."""
     h, nh = onnx.helper, onnx.numpy_helper
