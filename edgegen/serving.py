@@ -224,43 +224,67 @@ def _size_parts(graph: Graph, comp: _Compiler, sizes: list[int], images) -> dict
     out = images[0]
     base = out.default_shape[2]
     spatial = [s for s in graph.inputs if len(s.default_shape) == 4]
-    if not spatial or out.default_shape[2] != out.default_shape[3]:
-        raise BuildError(f"{graph.source}: --tiers sizes need a fully-convolutional model with a square image "
-                         "output and a spatial input")
+    if not spatial:
+        raise BuildError(f"{graph.source}: --tiers sizes need a fully-convolutional model, one whose image output "
+                         "follows a spatial input; this model has none")
+    if out.default_shape[2] != out.default_shape[3]:
+        raise BuildError(f"{graph.source}: --tiers sizes are square (S x S), and this model's image output is "
+                         f"{out.default_shape[2]}x{out.default_shape[3]}; build it without --tiers")
+    # one artifact serves every size where the model and the backend take any (TFLite's shapes are static)
+    dynamic = all(s.shape[2:] == [None, None] for s in spatial) and comp.tgt.backend not in STATIC_SHAPE_BACKENDS
     result = {}
     for size in sorted(set(sizes)):
-        dims, shapes = {}, {}
-        for s in spatial:
-            h, w = (d * size / base for d in s.default_shape[2:])
-            if h != int(h) or w != int(w):
-                raise BuildError(f"{graph.source}: size {size} needs input {s.name!r} at {h:g}x{w:g}; "
-                                 f"{_size_step_hint(base, s.default_shape[2])}")
-            dims[s.name] = [s.shape[0] if s.shape[0] is not None else "N", s.default_shape[1], int(h), int(w)]
-            shapes[s.name] = [s.default_shape[1], int(h), int(w)]
-        # one artifact serves every size where the model and the backend take any (TFLite's shapes are static)
-        dynamic = all(s.shape[2:] == [None, None] for s in spatial) and comp.tgt.backend not in STATIC_SHAPE_BACKENDS
-        if size == base or dynamic:
-            part = "main"
-        else:
-            sized = with_input_dims(graph, dims, f"output size {size}")
-            got = next(o.default_shape[2:] for o in sized.outputs if o.name == out.name)
-            if list(got) != [size, size]:  # a rewrite that held at the built size only would give another one
-                raise BuildError(f"{graph.source}: at output size {size} the compiled graph gives "
-                                 f"{'x'.join(map(str, got))}; choose sizes for which the model's own layers give "
-                                 f"{size}x{size}")
-            part = comp.add(f"size{size}", sized)
-        result[str(size)] = {"part": part, "inputs": shapes}
+        dims, sized, tried = _input_dims_for(graph, spatial, out.name, base, size)
+        if sized is None:
+            raise BuildError(f"{graph.source}: no input size gives output size {size} ({'; '.join(tried)}); "
+                             f"{_size_step_hint(base, spatial[0].default_shape[2])}")
+        _check_tier_memory(sized, size, comp.tgt, graph.source)
+        part = "main" if size == base or dynamic else comp.add(f"size{size}", sized)
+        result[str(size)] = {"part": part, "inputs": {name: d[1:] for name, d in dims.items()}}
     return result
+
+
+SIZE_SEARCH = (0, 1, -1, 2, -2)  # offsets tried around the proportional input size (2n - 1 layers, floors)
+
+
+def _input_dims_for(graph: Graph, spatial: list, output: str, base: int, size: int) -> tuple[dict, Graph | None, list]:
+    """Input dims ([N, C, h, w] by input) at which the model's own layers give a size x size output, and
+    the graph at them; else (_, None, what the input sizes tried gave)."""
+    tried = []
+    for offset in SIZE_SEARCH:
+        dims = {s.name: [s.shape[0] if s.shape[0] is not None else "N", s.default_shape[1],
+                         *(round(d * size / base) + offset for d in s.default_shape[2:])] for s in spatial}
+        given = "x".join(map(str, dims[spatial[0].name][2:]))
+        if min(min(d[2:]) for d in dims.values()) < 1:
+            continue
+        try:
+            sized = with_input_dims(graph, dims, f"output size {size}")
+        except BuildError:
+            tried.append(f"input {spatial[0].name!r} at {given} does not run")
+            continue
+        got = next(o.default_shape[2:] for o in sized.outputs if o.name == output)
+        if list(got) == [size, size]:
+            return dims, sized, tried
+        tried.append(f"input {spatial[0].name!r} at {given} gives {'x'.join(map(str, got))}")
+    return {}, None, tried
+
+
+def _check_tier_memory(sized: Graph, size: int, tgt: targets.Target, source: str) -> None:
+    """Refuse a size whose largest activation, with the input of the node writing it, exceeds the target's memory."""
+    largest = max(sized.node_costs(), key=lambda c: c.activation_bytes, default=None)
+    if largest is not None and 2 * largest.activation_bytes > tgt.memory_mb * 2 ** 20:
+        raise BuildError(f"{source}: at output size {size} node {largest.name!r} ({largest.op}) writes "
+                         f"{largest.activation_bytes / 2 ** 20:.0f} MiB, which with its input exceeds target "
+                         f"{tgt.name}'s memory_mb ({tgt.memory_mb} MiB); choose smaller sizes")
 
 
 def _size_step_hint(output: int, given: int) -> str:
     """Which sizes a model whose `given` input rows make `output` rows can serve."""
     step = output // math.gcd(output, given)
     if output % given and given % output:  # e.g. 63 from 32: a ConvTranspose k3 s2 p1 without output_padding
-        return (f"its output ({output}) is not a whole multiple of its input ({given}): only multiples of {step} "
-                "give whole inputs, and a model whose layers give 2n - 1 (a ConvTranspose k3 s2 p1 without "
-                "output_padding=1) gives no other size; export it with output_padding=1 to serve tiers")
-    return f"choose sizes that are multiples of {step}"
+        return (f"its output ({output}) is not a whole multiple of its input ({given}), as a ConvTranspose k3 s2 p1 "
+                "without output_padding=1 makes it (2n - 1), so only the sizes its layers give can be served")
+    return f"choose sizes that are multiples of {step}" if step > 1 else "choose sizes the model's layers give"
 
 
 def _batch_parts(graph: Graph, comp: _Compiler, sizes: list[int]) -> dict[str, str]:

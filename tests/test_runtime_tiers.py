@@ -159,24 +159,37 @@ def test_a_tier_size_the_network_floors_is_refused(tmp_path):
     graph = h.make_graph(nodes, "pool", [h.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
                          [h.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 3, 32, 32])], weights)
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(tmp_path / "pool.onnx"))
-    with pytest.raises(BuildError, match=r"at output size 33 the compiled graph gives 32x32"):
+    with pytest.raises(BuildError, match=r"no input size gives output size 33 \(input 'image' at 33x33 gives 32x32; "
+                                         r"input 'image' at 34x34 gives 34x34; .*\); choose sizes the model's layers give"):
         build(tmp_path / "pool.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[32, 33])
     assert not (tmp_path / "b").exists()
     build(tmp_path / "pool.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[32, 64])
     assert Generator.open(tmp_path / "b").generate(image=np.zeros((64, 64, 3), np.uint8)).shape == (64, 64, 3)
 
 
-def test_tiers_of_an_output_one_pixel_short_of_the_input_scale_say_why(tmp_path):
-    """A ConvTranspose k3 s2 p1 takes 8 rows to 15: the size hint was "multiples of 1" (15 // 8)."""
+def test_tiers_of_an_output_one_pixel_short_of_the_input_scale_follow_its_layers(tmp_path):
+    """A ConvTranspose k3 s2 p1 takes n rows to 2n - 1: size 31 comes from 16 rows (refused before, as 16.53 by
+    the ratio of 15 to 8, with the hint "multiples of 1"); an even size comes from none."""
     h, nh = onnx.helper, onnx.numpy_helper
     nodes = [h.make_node("ConvTranspose", ["image", "w"], ["out"], strides=[2, 2], pads=[1, 1, 1, 1])]
     graph = h.make_graph(nodes, "ct", [h.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
                          [h.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 3, 15, 15])],
                          [nh.from_array(np.full((3, 3, 3, 3), 0.1, np.float32), "w")])
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(tmp_path / "ct.onnx"))
-    with pytest.raises(BuildError, match=r"size 16 needs input 'image' at 8.53333x8.53333; its output \(15\) is not "
-                                         r"a whole multiple of its input \(8\): only multiples of 15 .*output_padding=1"):
+    with pytest.raises(BuildError, match=r"no input size gives output size 16 \(input 'image' at 9x9 gives 17x17; "
+                                         r"input 'image' at 10x10 gives 19x19; .*; its output \(15\) is not a whole "
+                                         r"multiple of its input \(8\), as a ConvTranspose .*output_padding=1"):
         build(tmp_path / "ct.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[15, 16])
-    with pytest.raises(BuildError, match="at output size 30 the compiled graph gives 31x31"):
-        build(tmp_path / "ct.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[15, 30])
+    assert not (tmp_path / "b").exists()
+    result = build(tmp_path / "ct.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[15, 31])
+    assert result.manifest["serving"]["tiers"]["sizes"]["31"]["inputs"] == {"image": [3, 16, 16]}
+    gen = Generator.open(tmp_path / "b")
+    assert gen.generate(image=np.zeros((16, 16, 3), np.uint8), size=31).shape == (31, 31, 3)
+
+
+def test_a_tier_size_beyond_the_targets_memory_is_refused_before_anything_runs(tmp_path):
+    """--tiers 100000 allocated 28 GiB for its check and died with numpy's MemoryError."""
+    with pytest.raises(BuildError, match=r"at output size 99999 node .* writes \d+ MiB, which with its input exceeds "
+                                         r"target x86-onnxruntime's memory_mb"):
+        build(f"{FAMILIES}/espcn__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[96, 99999])
     assert not (tmp_path / "b").exists()
