@@ -186,6 +186,12 @@ def test_malformed_and_oversized_bodies(server, bundles):
         response, data = post(up, {"image": base64.b64encode(buffer.getvalue()).decode(), "roi": [0, 0, 16, 16]})
         assert response.status == 200
         np.testing.assert_array_equal(png_pixels(data), Generator.open(bundles / "up").generate(image=small)[:16, :16])
+        # as a browser's data URL, as the base64 tool wraps it (76 columns), and URL-safe: the same image
+        plain = base64.b64encode(buffer.getvalue()).decode()
+        for text in ("data:image/png;base64," + plain, "\n".join(plain[i:i + 76] for i in range(0, len(plain), 76)),
+                     base64.urlsafe_b64encode(buffer.getvalue()).decode()):
+            response, other = post(up, {"image": text, "roi": [0, 0, 16, 16]})
+            assert response.status == 200 and other == data
     finally:
         up.close()
 

@@ -332,8 +332,11 @@ def _decode_image(text: str, max_pixels: int, field: str = "image") -> np.ndarra
     """RGB uint8 pixels of a base64 image file (request field `field`); RequestError (TooLarge past max_pixels) saying what is wrong."""
     from PIL import Image, UnidentifiedImageError  # image I/O only; lazily
 
+    if text.startswith("data:"):  # a data URL, as a browser's FileReader gives it
+        text = text.partition(",")[2]
+    text = "".join(text.split())  # wrapped at 76 columns, as the base64 tool and MIME write it
     try:
-        data = base64.b64decode(text, validate=True)
+        data = base64.b64decode(text, altchars=b"-_" if "-" in text or "_" in text else None, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(f"{field} must be a base64-encoded PNG or JPEG file") from None
     limit = f"this server takes at most {max_pixels} pixels; send a smaller image"
