@@ -25,7 +25,9 @@ from . import reference
 from .bundle import read_manifest, sha256_file
 from .errors import BuildError, BundleError
 from .float16 import float32_reference
+from .inputs import run_batched
 from .source import SourceSession
+from .specs import TensorSpec
 
 
 def run(bundle_dir: str | Path, threads: list[int], batch: int | None = None, runs: int = 50, warmup: int = 5,
@@ -35,10 +37,13 @@ def run(bundle_dir: str | Path, threads: list[int], batch: int | None = None, ru
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     fixed = next((s["shape"][0] for s in manifest["model"]["inputs"] if s["shape"] and s["shape"][0]), None)
-    if fixed is not None and batch not in (None, fixed):
+    built = sorted(int(n) for n in manifest.get("serving", {}).get("batch_sizes", {}))  # --batch-sizes parts
+    if fixed is not None and batch not in (None, fixed, *built):
+        also = f" or one of the batch sizes it was built with ({', '.join(map(str, built))})" if built else \
+            " (the default for it), or rebuild it with --batch-sizes"
         raise BundleError(f"{bundle_dir}: its model was exported with a fixed batch of {fixed}; bench it at "
-                          f"--batch {fixed} (the default for it)")
-    batch = fixed or batch or 1
+                          f"--batch {fixed}{also}")
+    batch = batch or fixed or 1
     rows = []
     for n in threads:
         rows.append(_spawn({"kind": "bundle", "bundle": str(bundle_dir), "threads": n, "batch": batch, "runs": runs,
@@ -139,9 +144,9 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     feeds = {name: np.repeat(array[:1], batch, axis=0) for name, array in inputs.items()}
     if config["kind"] == "pair":
         gen = _open(config)
-        source = SourceSession(float32_reference(config["source"]), threads)
+        source = _source_run(config, threads)
         with OtherLoad() as load:
-            bundle_times, source_times = interleaved(lambda: gen.run(feeds), lambda: source.run(feeds),
+            bundle_times, source_times = interleaved(lambda: gen.run(feeds), lambda: source(feeds),
                                                      config["runs"], config["warmup"])
         return {"bundle_p50_ms": round(statistics.median(bundle_times), 4),
                 "source_p50_ms": round(statistics.median(source_times), 4),
@@ -155,13 +160,21 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         run_once = gen.run
         delegation = gen.session.delegation() if hasattr(gen.session, "delegation") else None
     else:
-        run_once = SourceSession(float32_reference(config["source"]), threads).run
+        run_once = _source_run(config, threads)
         subject = "fp32 source, onnxruntime CPU"
     times = measure(lambda: run_once(feeds), config["runs"], config["warmup"])
     p50 = statistics.median(times)
     return {"subject": subject, "threads": threads, "batch": batch, "p50_ms": round(p50, 4),
             "p95_ms": round(float(np.percentile(times, 95)), 4), "images_per_s": round(batch * 1e3 / p50, 2),
             "peak_rss_mb": round(_peak_rss_kb() / 1024, 1), "delegation": delegation}
+
+
+def _source_run(config: dict[str, Any], threads: int):
+    """The fp32 source's run; a fixed-batch export's in chunks of its batch (a bundle built with
+    --batch-sizes is benched at those)."""
+    session = SourceSession(float32_reference(config["source"]), threads)
+    specs = [TensorSpec.from_json(s) for s in read_manifest(Path(config["bundle"]))["model"]["inputs"]]
+    return lambda feeds: run_batched(session.run, specs, feeds)
 
 
 def _open(config: dict[str, Any]):

@@ -6,8 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
+from edgegen import bench
 from edgegen.build import build
-from edgegen.errors import BuildError, RequestError
+from edgegen.errors import BuildError, BundleError, RequestError
 from edgegen.runtime import Generator
 from edgegen.runtime.batcher import MicroBatcher, OverloadedError
 from runtime_models import glyph_like
@@ -92,6 +93,18 @@ def test_fixed_batch_model_uses_batch_n_artifacts(tmp_path):
     assert calls == [4, 4]  # 4, then 3 padded to 4
     for request, image in zip(requests, batch):
         np.testing.assert_array_equal(image, gen.generate(**request))
+    calls.clear()  # run() too (`edgegen bench --batch 4` measures it)
+    feeds = gen.feeds(requests)
+    whole = gen.run(feeds)
+    assert calls == [4, 4]
+    for name, array in whole.items():
+        one_by_one = [gen.run({k: v[i:i + 1] for k, v in feeds.items()})[name] for i in range(7)]
+        np.testing.assert_array_equal(array, np.concatenate(one_by_one))
+    rows = bench.run(tmp_path / "b", [1], batch=4, runs=2, warmup=0, baseline=True)["rows"]
+    assert [r["batch"] for r in rows] == [4, 4]  # the source runs in chunks of its own batch
+    with pytest.raises(BundleError, match="fixed batch of 1; bench it at --batch 1 or one of the batch sizes it "
+                                          r"was built with \(1, 4\)"):
+        bench.run(tmp_path / "b", [1], batch=2)
     with pytest.raises(BuildError, match="batch axis is dynamic"):
         build(f"{FAMILIES}/dcgan__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "c", batch_sizes=[4])
 

@@ -524,15 +524,17 @@ class Generator:
         names = {s.name for s in self.inputs}
         if set(feeds) != names:
             raise RequestError(f"run() needs exactly the inputs {sorted(names)}; got {sorted(feeds)}")
-        checked = {s.name: self._check_array(s, np.asarray(feeds[s.name]), batched=True) for s in self.inputs}
+        checked = {s.name: self._check_array(s, np.asarray(feeds[s.name]), batched=True, any_batch=bool(self.batch_parts))
+                   for s in self.inputs}
         batches = {name: len(array) for name, array in checked.items()}
         if len(set(batches.values())) > 1:
             raise RequestError(f"run() inputs give different batch sizes {batches}; give every input the same "
                                "number of samples")
         if self.manifest["backend"] in STATIC_SHAPE_BACKENDS:
             self._check_static_sizes(checked)
-        with self._sizes_checked(checked):
-            outputs = run_batched(self.session.run, self.inputs, checked)
+        with self._sizes_checked(checked):  # a fixed-batch export built with --batch-sizes runs its batch-N parts
+            outputs = self._run_in_batches(checked) if self.batch_parts else \
+                run_batched(self.session.run, self.inputs, checked)
         specs = {s.name: s for s in self.outputs}
         return {name: specs[name].to_source(array) if name in specs else array for name, array in outputs.items()}
 
@@ -570,11 +572,13 @@ class Generator:
                                "stride; resize or pad the image") from exc
 
     @staticmethod
-    def _check_array(spec: TensorSpec, array: np.ndarray, batched: bool, computed: bool = False) -> np.ndarray:
+    def _check_array(spec: TensorSpec, array: np.ndarray, batched: bool, computed: bool = False,
+                     any_batch: bool = False) -> np.ndarray:
         """A caller's array in the model file's form checked and turned into what the bundle computes on (or,
-        computed=True, an array already in that form, e.g. made from a picture, checked)."""
+        computed=True, an array already in that form, e.g. made from a picture, checked); any_batch: a batch
+        of any size (a fixed-batch export with batch-N parts)."""
         declared = spec.shape if computed else spec.source_shape
-        declared = declared if batched else declared[1:]
+        declared = ([None, *declared[1:]] if any_batch else declared) if batched else declared[1:]
         dtype = spec.dtype if computed else spec.source_dtype
         wanted = "x".join("N" if (d is None and batched and i == 0) else ("?" if d is None else str(d))
                           for i, d in enumerate(declared))
