@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+import socket
 import shutil
 import subprocess
 import sys
@@ -278,6 +279,12 @@ def test_methods_paths_and_content_length_get_their_http_status(server):
         assert f"the Content-Length header {length!r} is invalid" in json.loads(data)["error"]
     response, data = call(server, "POST", "/v1/generate", {}, None)
     assert response.status == 411 and "send a Content-Length header" in json.loads(data)["error"]
+    url = urlparse(server.url)  # a request line that is not HTTP: JSON like every error, not http.server's HTML
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(b"GARBAGE\r\n\r\n")
+        head, _, body = sock.makefile("rb").read().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert "Bad request" in json.loads(body)["error"]
 
 
 def test_messages_name_the_field_not_python_internals(server, bundles):

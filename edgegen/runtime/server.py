@@ -209,6 +209,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, data: Any, extra: dict[str, str] | None = None) -> None:
         self._send(status, {"Content-Type": "application/json", **(extra or {})}, json.dumps(data).encode())
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a request line that is not HTTP, an over-long header) as JSON like
+        every other error, not its HTML page."""
+        self.close_connection = True
+        self.request_version = self.protocol_version  # an unparsed request line reads as HTTP/0.9: no headers
+        short, long = self.responses.get(code, ("", ""))
+        self._json(code, {"error": f"{message or short}: {explain or long}".rstrip(": ")})
+
     def _guard(self, action: Callable[[], None]) -> None:
         try:
             action()
