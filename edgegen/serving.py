@@ -31,7 +31,7 @@ from .graph import Graph
 from .metrics import psnr
 from .receptive_field import RoiRefused, spatial_program
 from .runtime.roi import STATIC_SHAPE_BACKENDS, WHOLE_FRAME_SHARE, static_shapes_refusal
-from .specs import TensorSpec
+from .specs import TensorSpec, format_shape
 from .split import find_split, split_at
 from .subgraph import extract, with_batch, with_input_dims
 
@@ -210,6 +210,11 @@ def _upscaler(model: str, small, full) -> Graph:
                          f"{[(s.name, s.role) for s in probe.inputs]}")
     spec = images[0]
     shape = [1, spec.default_shape[1], *small.default_shape[2:]]
+    declared = spec.shape[2:]
+    if any(d is not None and d != want for d, want in zip(declared, shape[2:])):
+        raise BuildError(f"{model}: a preview upscaler must take the {shape[2]}x{shape[3]} preview, and this one was "
+                         f"exported for {format_shape(spec.source_dims(spec.shape))} input {spec.name!r}; export it with dynamic "
+                         "height and width, or at the preview's size")
     up = Graph.load(model, input_shapes={spec.name: shape})
     out = next((s for s in up.outputs if s.role == "image"), None)
     if out is None or out.default_shape[1:] != full.default_shape[1:]:

@@ -66,6 +66,18 @@ def test_preview_upscaled_by_an_upscaler_compiled_for_the_target(tmp_path, model
     assert up.shape == (32, 32, 3) and np.abs(up.astype(int) - expected).max() <= 1
 
 
+def test_an_upscaler_exported_for_another_size_is_refused_saying_so(tmp_path, models):
+    """The refusal read "the shape 1x3x16x16 given for it does not fit", a shape the user never gave."""
+    fixed = upscaler_like()
+    for dim, size in zip(fixed.graph.input[0].type.tensor_type.shape.dim[2:], (24, 24)):
+        dim.Clear()
+        dim.dim_value = size
+    onnx.save(fixed, str(tmp_path / "up24.onnx"))
+    with pytest.raises(BuildError, match=r"up24.onnx: a preview upscaler must take the 16x16 preview, and this one was "
+                                         r"exported for \?x3x24x24 input 'image'; export it with dynamic height"):
+        build(models / "glyph.onnx", "x86-onnxruntime", tmp_path / "b", preview_upscale=str(tmp_path / "up24.onnx"))
+
+
 def test_preview_needs_a_low_resolution_output(tmp_path):
     with pytest.raises(BuildError, match="lower-resolution image output"):
         build(f"{FAMILIES}/dcgan__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "b", preview_upscale="lanczos")
