@@ -14,7 +14,7 @@ import pytest
 
 from edgegen.errors import RequestError
 from edgegen.runtime import Generator
-from edgegen.runtime.cache import DiskCache, LRUCache
+from edgegen.runtime.cache import RESCAN_WRITES, DiskCache, LRUCache
 
 
 def block(value: int, size: int = 1000) -> np.ndarray:
@@ -48,6 +48,17 @@ def test_disk_cache_round_trip_budget_and_eviction(tmp_path):
     np.testing.assert_array_equal(cache.get(last), arrays[last])
     reopened = DiskCache(tmp_path, 3 * 1200)
     assert reopened.stats.entries == 3 and reopened.stats.bytes == cache.stats.bytes
+
+
+def test_caches_sharing_a_directory_hold_its_budget_together(tmp_path):
+    """Each counted only what it wrote: two processes' caches held twice the budget between them."""
+    DiskCache(tmp_path / "probe", 10 ** 6).put("0" * 64, np.zeros(250, np.float32))
+    entry = next((tmp_path / "probe").glob("*.egc")).stat().st_size
+    first, second = DiskCache(tmp_path, 64 * entry), DiskCache(tmp_path, 64 * entry)
+    for i in range(8 * RESCAN_WRITES):
+        (first if i % 2 else second).put(f"{i:064x}", np.full(250, i, np.float32))
+    # each reads the directory back every RESCAN_WRITES writes: over by at most the other's writes since
+    assert len(list(tmp_path.glob("*.egc"))) <= 64 + RESCAN_WRITES
 
 
 def test_damaged_and_foreign_entries_are_dropped_never_served(tmp_path):

@@ -95,6 +95,9 @@ class LRUCache:
         return len(self._items)
 
 
+RESCAN_WRITES = 32  # every this many writes a disk cache reads its directory's true total back
+
+
 class DiskCache:
     """Arrays in files under `directory`, one per key, within a byte budget (least recently used
     entries go first). Entries: magic, header length, JSON header (key, dtype, shape, sha256 of those three
@@ -108,11 +111,22 @@ class DiskCache:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # an unusable directory: every read misses and every write counts as failed
             log.warning("disk cache %s cannot be created (%s); serving without it", self.directory, exc)
-        self._sizes = {p.stem: p.stat().st_size for p in self._files(ENTRY)}
-        self.stats.bytes, self.stats.entries = sum(self._sizes.values()), len(self._sizes)
+        self._sizes: dict[str, int] = {}
+        self._writes = 0
+        self._rescan()
         for temporary in self._files(TEMPORARY):  # left by a process killed mid-write (not one still writing)
             if not alive(int(TEMPORARY.fullmatch(temporary.name).group(1))):
                 temporary.unlink(missing_ok=True)
+
+    def _rescan(self) -> None:
+        """Read the entries' sizes from the directory: what this process wrote and what others sharing it did."""
+        self._sizes = {}
+        for path in self._files(ENTRY):
+            try:
+                self._sizes[path.stem] = path.stat().st_size
+            except OSError:  # removed meanwhile by another process
+                pass
+        self.stats.bytes, self.stats.entries = sum(self._sizes.values()), len(self._sizes)
 
     def _files(self, name: re.Pattern) -> list[Path]:
         """The regular files in the directory whose names match `name` (none when it cannot be listed)."""
@@ -153,6 +167,9 @@ class DiskCache:
         if len(data) > self.stats.budget_bytes:
             return
         with self._lock:
+            self._writes += 1
+            if self._writes % RESCAN_WRITES == 0:  # processes sharing the directory hold its budget together
+                self._rescan()
             try:
                 self._forget(key)
                 self._make_room(len(data))
