@@ -16,6 +16,7 @@ from .errors import ModelError
 from .float16 import upcast_float16
 from .graph_load import clean, default_opset, fold_constants, read_model, upgrade_opset
 from .inputs import fixed_batch
+from .passes.pixel_unshuffle import pixel_unshuffles_as_space_to_depth
 from .io_forms import TO_NCHW, TO_NHWC, take_boundary_forms
 from .io_forms import note as io_note
 from .roles import describe_io
@@ -80,6 +81,11 @@ class Graph:
         for spec in ins:
             spec.default_shape = shapes[spec.name]
         concrete = _infer_concrete(proto, shapes, str(path))
+        unshuffles = pixel_unshuffles_as_space_to_depth(proto, concrete)
+        if unshuffles:
+            notes.append(f"{unshuffles} pixel_unshuffle(s) (a Reshape/Transpose chain) as SpaceToDepth, the convs "
+                         "reading it taking its channel order (the same outputs)")
+            concrete = _infer_concrete(proto, shapes, str(path))
         for spec in outs:
             spec.default_shape = concrete.get(spec.name, [])
         return cls(proto, path, notes, ins, outs, reference)

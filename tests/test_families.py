@@ -1,5 +1,6 @@
 """PyTorch exports of the generator families users bring (DCGAN, conditional DCGAN, CycleGAN-ResNet,
-pix2pix U-Net, ESPCN, fast style transfer, TAESD-like decoder, MobileNet-ResNet), from both of
+pix2pix U-Net, ESPCN, fast style transfer, TAESD-like decoder, MobileNet-ResNet, Real-ESRGAN x2 with its
+pixel_unshuffle), from both of
 PyTorch's exporters, fixed and dynamic batch: each must build for both CPU backends at fp32 and
 reproduce PyTorch's own outputs. The files are made by tools/export_families.py."""
 

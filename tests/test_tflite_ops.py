@@ -201,6 +201,8 @@ CASES = {
     "softmax_channels": (*_unary("Softmax", axis=1), [1, 4, 3, 3], {"REDUCE_MAX": 1, "EXP": 1, "SUM": 1, "DIV": 1}),
     "grouped_conv": (*_conv("c", 8, 6, 3, group=2, pads=[1, 1, 1, 1]), [1, 8, 6, 6],
                      {"CONV_2D": 2, "STRIDED_SLICE": 2, "CONCATENATION": 1}),
+    "space_to_depth": ([helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=2)], [], [1, 3, 6, 4],
+                       {"SPACE_TO_DEPTH": 1}),
     "crd_pixel_shuffle": (_chain(("Conv", ["cw", "cb"], {"pads": [1, 1, 1, 1]}),
                                  ("DepthToSpace", [], {"blocksize": 3, "mode": "CRD"})),
                           [_init("cw", 18, 4, 3, 3), _init("cb", 18)], [1, 4, 5, 5],

@@ -522,6 +522,59 @@ class MobileResnetGenerator(nn.Module):
 
 
 # ---------------------------------------------------------------------------
+# 9. Real-ESRGAN x2 (xinntao/Real-ESRGAN, basicsr/archs/rrdbnet_arch.py RRDBNet, scale=2)
+# ---------------------------------------------------------------------------
+class ResidualDenseBlock(nn.Module):
+    """basicsr ``ResidualDenseBlock``: five 3x3 convs, each reading the concat of all before; x + 0.2 * out."""
+
+    def __init__(self, num_feat: int, num_grow_ch: int):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv2d(num_feat + i * num_grow_ch, num_feat if i == 4 else num_grow_ch, 3, 1, 1) for i in range(5))
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def forward(self, x):
+        feats = [x]
+        for i, conv in enumerate(self.convs):
+            out = conv(torch.cat(feats, 1))
+            if i < 4:
+                feats.append(self.lrelu(out))
+        return out * 0.2 + x
+
+
+class RRDB(nn.Module):
+    def __init__(self, num_feat: int, num_grow_ch: int):
+        super().__init__()
+        self.rdbs = nn.Sequential(*[ResidualDenseBlock(num_feat, num_grow_ch) for _ in range(3)])
+
+    def forward(self, x):
+        return self.rdbs(x) * 0.2 + x
+
+
+class RRDBNetX2(nn.Module):
+    """``RRDBNet(scale=2)``: F.pixel_unshuffle(x, 2) first (the x2 model runs its trunk at half size),
+    then RRDB trunk, two nearest x2 upsamplings, conv_hr, conv_last."""
+
+    def __init__(self, num_feat: int = 8, num_block: int = 1, num_grow_ch: int = 4):
+        super().__init__()
+        self.conv_first = nn.Conv2d(3 * 4, num_feat, 3, 1, 1)
+        self.body = nn.Sequential(*[RRDB(num_feat, num_grow_ch) for _ in range(num_block)])
+        self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_last = nn.Conv2d(num_feat, 3, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def forward(self, x):
+        feat = self.conv_first(F.pixel_unshuffle(x, 2))
+        feat = feat + self.conv_body(self.body(feat))
+        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        return self.conv_last(self.lrelu(self.conv_hr(feat)))
+
+
+# ---------------------------------------------------------------------------
 # Family registry
 # ---------------------------------------------------------------------------
 @dataclasses.dataclass
@@ -613,6 +666,15 @@ FAMILIES = [
         "MobileNet-style generator: dw-separable stride-2 downs, 3 dw-separable residual blocks "
         "(ReLU6/Hardswish, BatchNorm), bilinear Upsample(align_corners=False), Tanh",
         out_std=1.0,
+    ),
+    Family(
+        "realesrgan_x2",
+        lambda: RRDBNetX2(num_feat=8, num_block=1, num_grow_ch=4),
+        [InputSpec("x", "input", (1, 3, 32, 32), "image_01")],
+        ["output"], True,
+        "Real-ESRGAN RRDBNet scale=2: pixel_unshuffle(2), 1 RRDB (orig. 23), width 8/4 (orig. 64/32), "
+        "2x nearest upsample; 32x32 -> 64x64",
+        out_std=0.3,
     ),
 ]
 FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
@@ -786,11 +848,16 @@ def export_legacy(model, args, path: Path, opset: int, fam: Family, dynamic: boo
 
 
 def export_dynamo(model, args, path: Path, fam: Family, dynamic: bool, caught: list,
-                  opset: int | None = None) -> None:
+                  opset: int | None = None, spatial: bool = False) -> None:
+    """spatial: H and W dynamic too, as even sizes (what a pixel_unshuffle(2) model takes)."""
     kwargs = {}
     if dynamic:
         batch = torch.export.Dim("batch", min=1, max=1024)
-        kwargs["dynamic_shapes"] = tuple({0: batch} for _ in fam.inputs)
+        dims = {0: batch}
+        if spatial:
+            dims.update({2: 2 * torch.export.Dim("half_height", min=4, max=1024),
+                         3: 2 * torch.export.Dim("half_width", min=4, max=1024)})
+        kwargs["dynamic_shapes"] = tuple(dims for _ in fam.inputs)
     if opset is not None:
         kwargs["opset_version"] = opset
     with quiet(caught):
@@ -953,7 +1020,7 @@ def run_variant(fam: Family, model: nn.Module, variant: str, out: Path, macs: in
             export_legacy(model, args, path, opset, fam, dynamic, caught)
         else:
             opset = int(variant.split("_op")[1]) if "_op" in variant else None
-            export_dynamo(model, args, path, fam, dynamic, caught, opset)
+            export_dynamo(model, args, path, fam, dynamic, caught, opset, spatial="_hw" in variant)
     except Exception as e:  # noqa: BLE001
         res.ok = False
         res.note = f"export failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
@@ -973,7 +1040,7 @@ def run_variant(fam: Family, model: nn.Module, variant: str, out: Path, macs: in
 
 
 VARIANTS = ["legacy_b1", "legacy_dyn", "dynamo_dyn"]
-EXTRA_VARIANTS = {"dcgan": ["legacy_op13", "legacy_op21"]}
+EXTRA_VARIANTS = {"dcgan": ["legacy_op13", "legacy_op21"], "realesrgan_x2": ["dynamo_hw_dyn"]}
 
 
 def fmt_shape(shape) -> str:
@@ -1027,11 +1094,13 @@ def write_readme(out: Path, results: list[Result]) -> None:
         "* `legacy_dyn`: same plus `input_names`/`output_names` and `dynamic_axes` on the batch",
         "  dim (`batch_size`), and on H/W (`height`/`width`, outputs `out_height`/`out_width`)",
         "  for the fully-convolutional image->image families (cyclegan_resnet, espcn,",
-        "  fast_style, mobilenet_resnet).",
+        "  fast_style, mobilenet_resnet, realesrgan_x2).",
         "* `dynamo_dyn`: `torch.onnx.export(model, args, f, dynamo=True,",
         "  dynamic_shapes=({0: Dim('batch', min=1, max=1024)}, ...))`, traced at batch 2; names",
         "  come from the forward() arguments; weights in `.onnx.data`.",
         "* `legacy_op13` / `legacy_op21` (dcgan only): legacy exporter at another opset.",
+        "* `dynamo_hw_dyn` (realesrgan_x2 only): the dynamo exporter with even H and W dynamic too, so its",
+        "  pixel_unshuffle computes its shapes from the input's Shape.",
         "",
         "All models were exported in `eval()` mode. Weights use each reference's own init",
         "(DCGAN/pix2pix `normal(0, 0.02)`, PyTorch defaults elsewhere); BatchNorm running stats",

@@ -154,6 +154,16 @@ def depth_to_space(lw: Lowerer, node: onnx.NodeProto) -> None:
                          lw.options("DepthToSpace", blockSize=block))
 
 
+@rule("SpaceToDepth", check=static_shapes)
+def space_to_depth(lw: Lowerer, node: onnx.NodeProto) -> None:
+    """SPACE_TO_DEPTH: its channel order (i * block + j) * C + c is ONNX's (the input's channels taken
+    in ONNX order)."""
+    block, out = attrs(node)["blocksize"], node.output[0]
+    value = lw.reorder(lw.operand(node.input[0], lw.keeps_grid(node.input[0])), None)
+    lw.emit_keeping_grid("SPACE_TO_DEPTH", [value.index], out, tfl_shape(lw.shape(out), True), True, value.quant,
+                         lw.options("SpaceToDepth", blockSize=block))
+
+
 def _depth_to_space_as_transpose_conv(lw: Lowerer, value: Value, out: str, shape: list[int], block: int,
                                       crd: bool) -> None:
     """An int8 DepthToSpace for the Edge TPU, which has no DEPTH_TO_SPACE, as a TRANSPOSE_CONV of stride
