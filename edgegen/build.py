@@ -126,7 +126,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     evaluator = Evaluator(source.inputs, source.outputs, feeds, expected, per_call)
     # a backend whose targets differ in the ops they run chooses its lowerings per target
     lowerings = compiler.int8_lowerings(tgt) if hasattr(compiler, "int8_lowerings") else compiler.INT8_LOWERINGS
-    graph, passes = _apply_passes(source, precision, opts, evaluator, report, lowerings)
+    graph, passes = _apply_passes(source, precision, opts, evaluator, report, lowerings, compiler)
     staging = bundle.staging_dir(out)
     try:
         report("compile", 0, 1)
@@ -208,8 +208,9 @@ def _refuse_unsupported(missing: list[tuple[str, str, str]], graph: Graph, tgt: 
 
 
 def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: Evaluator, report: Progress,
-                  lowerings: tuple[str, ...] = ()) -> tuple[Graph, dict[str, Any]]:
-    """Graph-to-graph passes the precision asks for (int8: first the backend's exact `lowerings`); returns the
+                  lowerings: tuple[str, ...] = (), compiler=None) -> tuple[Graph, dict[str, Any]]:
+    """Graph-to-graph passes the precision asks for (int8: first the backend's exact `lowerings`; the quality
+    floor scored on the QDQ graph as the backend's `compiler` module gives it to the device); returns the
     graph to compile and their reports."""
     passes: dict[str, Any] = {}
     if precision != "int8" and opts.prune is None and opts.prune_to_macs is None:
@@ -239,7 +240,9 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
             passes["lowered"] = lowered
         quantizer = Quantizer(graph, calibration, opts.calibration_method)
         report("quantize", 0, 1)
-        model, floor_report = search_float_layers(quantizer.layers(), quantizer, evaluator, opts.floor)
+        model, floor_report = search_float_layers(quantizer.layers(), quantizer, evaluator, opts.floor,
+                                                  getattr(compiler, "int8_form", None),
+                                                  getattr(compiler, "INT8_ONLY", None))
         passes["quantize"] = {"ir": "QDQ ONNX (int8 per-channel symmetric weights, int8 per-tensor activations)",
                               "method": opts.calibration_method, "calibration": calibration.report(),
                               **floor_report, **qdq_summary(model)}

@@ -382,6 +382,19 @@ def _check_part(gen, name: str, graph: Graph, precision: str) -> dict[str, Any]:
     return {"max_abs_vs_graph": diff}
 
 
+def _area_downscale(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWxC uint8 pixels averaged down to `size` (each output pixel the mean of the input area it covers:
+    blocks at a whole ratio, Pillow's BOX filter at another, e.g. a 15x15 preview of a 32x32 image)."""
+    (height, width), (h, w) = pixels.shape[:2], size
+    if height % h == 0 and width % w == 0:
+        return pixels.astype(np.float64).reshape(h, height // h, w, width // w, -1).mean(axis=(1, 3))
+    from PIL import Image  # build-time only
+
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c])).resize((w, h), Image.BOX))
+                for c in range(pixels.shape[2])]
+    return np.stack(channels, axis=-1).astype(np.float64)
+
+
 def _refuse(precision: str, diff: float, what: str) -> None:
     if precision == "fp32" and diff > SPLIT_MAX_ABS:
         raise BuildError(f"the {what} differs from the whole fp32 artifact by {diff:.3g} max-abs (limit "
@@ -405,8 +418,7 @@ def _tier_report(gen, tiers: dict[str, Any], feeds: dict[str, np.ndarray], whole
         diff = float(np.max(np.abs(raw - whole[preview["output"]])))
         _refuse(precision, diff, "preview part")
         small = gen.render([{**request, "output": preview["output"]}])[0].pixels.astype(np.float64)
-        factor = full_pixels.shape[0] // small.shape[0]
-        down = full_pixels.astype(np.float64).reshape(small.shape[0], factor, small.shape[1], factor, -1).mean(axis=(1, 3))
+        down = _area_downscale(full_pixels, small.shape[:2])
         macs = gen.parts.macs(preview["part"]) + (gen.parts.macs("trunk") if preview["trunk"] else 0)
         row = {"tier": "preview", "output": preview["output"], "macs": macs,
                "p50_ms": _p50(lambda: gen.render([{**request, "quality": "preview"}])),

@@ -103,6 +103,36 @@ def test_unmeetable_floor_fails_clearly_and_writes_nothing(tmp_path, cgen_path, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_floor_scores_the_graph_as_the_backend_deploys_it(tmp_path, cgen_path):
+    """The search scored the QDQ graph as quantized, while ONNX Runtime's and OpenVINO's artifacts compute some
+    layers without rounding their outputs (the Col2Im form; a fused activation): a to-RGB model scored 38.6 dB
+    all-int8 where its artifacts gave 45-47, and a 40 dB floor kept two layers in float for nothing."""
+    from edgegen.inputs import sample_feeds
+    from edgegen.passes.floor import Evaluator, QualityFloor, search_float_layers
+
+    graph = Graph.load(cgen_path)
+    feeds = sample_feeds(graph.inputs, list(range(8)))
+    evaluator = Evaluator(graph.inputs, graph.outputs, feeds, source_outputs(graph)(feeds))
+    quantizer = Quantizer(graph, load_calibration(graph.inputs, None, 8, graph.name), "minmax")
+    as_quantized = evaluator.quality(quantizer.emit())
+    floor = QualityFloor(min_psnr=as_quantized["psnr_db"] + 10)
+    _, report = search_float_layers(quantizer.layers(), quantizer, evaluator, floor, deployed=lambda _: graph.model)
+    assert report["all_int8"]["psnr_db"] > 100 and report["kept_float"] == []  # scored as deployed: float here
+    with pytest.raises(BuildError, match=r"all int8 gives [\d.]+ dB / SSIM [\d.]+, and the edgegen NPU runs every "
+                                         r"layer in int8, so no layer can stay in float"):
+        search_float_layers(quantizer.layers(), quantizer, evaluator, floor, int8_only="the edgegen NPU runs every "
+                            "layer in int8")
+
+
+def test_an_npu_target_with_an_unmet_floor_says_so(tmp_path):
+    """fpga-sim kept layers in float for the floor, then refused them as weights not symmetric int8."""
+    with pytest.raises(BuildError, match=r"the quality floor \(PSNR >= 99 dB\) is not met: all int8 gives .* the "
+                                         r"edgegen NPU runs every layer in int8"):
+        build("tests/data/families/pix2pix_unet__legacy_b1.onnx", "fpga-sim", tmp_path / "b", precision="int8",
+              min_psnr=99)
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize("floor", [{"min_psnr": 0}, {"min_psnr": float("inf")}, {"min_ssim": 1.5},
                                    {"min_ssim": -0.5}])
 def test_floors_outside_their_range_are_refused(tmp_path, cgen_path, floor):
@@ -369,6 +399,15 @@ def test_norm_parameters_shared_by_several_nodes_quantize(tmp_path):
     built = build(path, "x86-onnxruntime", tmp_path / "b", precision="int8", samples=2, calibration_count=8)
     assert built.manifest["passes"]["quantize"]["quantized_ops"]["InstanceNormalization"] == 2
     assert built.fidelity["psnr_db"] > 30
+
+
+def source_outputs(graph: Graph):
+    """The fp32 source's outputs for feeds (batched as the model takes them)."""
+    from edgegen.inputs import run_batched
+    from edgegen.source import SourceSession
+
+    session = SourceSession(graph.reference)
+    return lambda feeds: run_batched(session.run, graph.inputs, feeds)
 
 
 def _modulated_conv(path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -74,23 +74,34 @@ class Evaluator:
 
 
 def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator: Evaluator,
-                        floor: QualityFloor) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                        floor: QualityFloor, deployed: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
+                        int8_only: str | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Keep the most damaging layers in float until the floor holds.
 
     Sensitivity: each layer quantized alone (all others float) and its error measured as mean squared
     error relative to the output range; errors of layers add up roughly, so layers are kept in float,
     largest error first, until the whole model meets the floor. A model with no convolution or matrix
     product left in int8 is not an int8 model: that is a failure, reported with what was reachable.
+    deployed: the QDQ graph as the target's artifact computes it (what is scored); int8_only: why the
+    target keeps no layer in float (an NPU), where it keeps none.
     """
+    def score(candidate: onnx.ModelProto) -> dict[str, float]:
+        return evaluator.quality(deployed(candidate) if deployed else candidate)
+
     model = quantizer.emit()
-    base = evaluator.quality(model)
+    base = score(model)
     report: dict[str, Any] = {"floor": floor.describe() or None, "all_int8": base, "kept_float": [],
                               "sensitivity": []}
     if not floor or floor.met(base):
         report["result"] = base
         return model, report
+    if int8_only:
+        raise BuildError(f"the quality floor ({floor.describe()}) is not met: all int8 gives {base['psnr_db']:.1f} dB / "
+                         f"SSIM {base['ssim']:.3f}, and {int8_only}, so no layer can stay in float. Lower "
+                         "--min-psnr/--min-ssim, calibrate with more representative data (--calibration), or build "
+                         "for a CPU target, which can keep layers in float.")
     for name, op in candidates:
-        alone = evaluator.quality(quantizer.emit(only=[name]))
+        alone = score(quantizer.emit(only=[name]))
         report["sensitivity"].append({"node": name, "op": op, "psnr_db_alone": alone["psnr_db"],
                                       "nmse": alone["nmse"]})
     ranked = sorted(report["sensitivity"], key=lambda r: -r["nmse"])
@@ -102,7 +113,7 @@ def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator:
             break  # that would leave no layer that multiplies in int8: a float model, not an int8 one
         kept.append(row["node"])
         model = quantizer.emit(exclude=kept)
-        quality = evaluator.quality(model)
+        quality = score(model)
         log.info("keeping %s in float -> %s", row["node"], quality)
         if floor.met(quality):
             report.update(kept_float=kept, result=quality)

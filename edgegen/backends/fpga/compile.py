@@ -28,6 +28,7 @@ from .support import static_problem
 PROGRAM = "npu/program.npz"
 # the NPU runs transposed convolution itself and has no cubic resize (refused before any pass runs)
 INT8_LOWERINGS: tuple[str, ...] = ()
+INT8_ONLY = "the edgegen NPU runs every layer in int8"  # the quality floor cannot keep layers in float here
 HOST_TABLES = "npu/host.npz"
 REPORT = "reports/npu.json"
 _FLOAT_ONLY = {"InstanceNormalization": "instance normalization needs per-image statistics, which the QDQ graph "

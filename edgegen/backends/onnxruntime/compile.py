@@ -64,15 +64,7 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
     """Write the artifact into workdir; return its files and the session settings for the manifest."""
     ort = _ort()
     if precision == "int8":
-        # QDQ stays as it is (ONNX Runtime fuses it at load time on the device), with uint8 activations;
-        # pads, DepthToSpace shuffles and nearest upsampling on the integer tensors, the last two
-        # channels-last; a large-kernel convolution with few outputs (an image's last layer) as a 1x1
-        # convolution and Col2Im (the same sums in another order); all lossless. Then HardSwish as a
-        # quantized Add and Mul (its gate rounded to 8 bits: the one lossy step, measured by the build)
-        model = pads_on_quantized(activations_to_uint8(graph.model))
-        model = narrow_convs_as_col2im(moves_channels_last(model))
-        model = hardswish_as_integer_gate(model)
-        onnx.save(model, str(workdir / ARTIFACT))
+        onnx.save(int8_form(graph.model), str(workdir / ARTIFACT))
     else:
         model = graph.model
         if precision == "fp16":
@@ -86,6 +78,18 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
         session["required_providers"] = target.backend_options["required_providers"]
     return {"files": [ARTIFACT], "session": session,
             "tools": {"onnx": onnx.__version__, "onnxruntime": ort.__version__}}
+
+
+def int8_form(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The QDQ graph as the artifact holds it (and the quality-floor search scores it). QDQ stays as it is
+    (ONNX Runtime fuses it at load time on the device), with uint8 activations; pads, DepthToSpace shuffles
+    and nearest upsampling on the integer tensors, the last two channels-last; a large-kernel convolution
+    with few outputs (an image's last layer) as a 1x1 convolution and Col2Im, which sums its taps in float
+    (no rounding of its output before the image's activation: above the QDQ graph's quality). Then
+    HardSwish as a quantized Add and Mul (its gate rounded to 8 bits: the one step below it)."""
+    model = pads_on_quantized(activations_to_uint8(model))
+    model = narrow_convs_as_col2im(moves_channels_last(model))
+    return hardswish_as_integer_gate(model)
 
 
 def _optimize_offline(ort, model: onnx.ModelProto, workdir: Path) -> None:

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from ...errors import BuildError
 from .. import require
 from ...graph import Graph
@@ -47,9 +49,7 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
 def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict[str, Any]:
     """Convert to IR in workdir (fp16 compresses weights); return files and session settings."""
     ov = _ov()
-    source = graph if precision != "int8" else graph.with_model(
-        computed_weights_in_float(fuse_activation_requantization(shuffles_after_float_convs(
-            activations_to_uint8(graph.model)))), [])
+    source = graph if precision != "int8" else graph.with_model(int8_form(graph.model), [])
     try:
         model = ov.convert_model(_stream(source))
     except Exception as exc:  # OpenVINO raises its own exception types per front end
@@ -58,6 +58,14 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
     session = {"entry": ARTIFACT, "precision": precision, "device": target.backend_options.get("device", "CPU"),
                "outputs": [s.name for s in graph.outputs]}
     return {"files": [ARTIFACT, "model.bin"], "session": session, "tools": {"openvino": ov.__version__}}
+
+
+def int8_form(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The QDQ graph as OpenVINO is given it (and the quality-floor search scores it): uint8 activations, a
+    layer before a pixel shuffle and an activation keeping its fused float output (no rounding before an
+    image's Tanh), weights computed in float where OpenVINO would fold them."""
+    return computed_weights_in_float(fuse_activation_requantization(shuffles_after_float_convs(
+        activations_to_uint8(model))))
 
 
 def _save_reproducibly(ov, model, xml: Path, compress_to_fp16: bool) -> None:
