@@ -78,6 +78,27 @@ def test_an_upscaler_exported_for_another_size_is_refused_saying_so(tmp_path, mo
         build(models / "glyph.onnx", "x86-onnxruntime", tmp_path / "b", preview_upscale=str(tmp_path / "up24.onnx"))
 
 
+def test_a_preview_at_a_ratio_that_is_not_whole_is_reported(tmp_path):
+    """A 15x15 preview of a 32x32 image: the tier report's downscale reshaped by a whole factor and crashed."""
+    h, nh = onnx.helper, onnx.numpy_helper
+    rng = np.random.default_rng(0)
+    weights = [nh.from_array(rng.normal(0, 0.3, (8, 4, 3, 3)).astype(np.float32), "w"),
+               nh.from_array(rng.normal(0, 0.3, (3, 8, 3, 3)).astype(np.float32), "rgb"),
+               nh.from_array(rng.normal(0, 0.3, (3, 8, 4, 4)).astype(np.float32), "small"),
+               nh.from_array(np.array([1, 1, 2, 2], np.float32), "x2")]
+    nodes = [h.make_node("Conv", ["z", "w"], ["f"], pads=[1, 1, 1, 1]), h.make_node("Relu", ["f"], ["r"]),
+             h.make_node("Conv", ["r", "small"], ["p"], pads=[1, 1, 1, 1]), h.make_node("Sigmoid", ["p"], ["preview"]),
+             h.make_node("Resize", ["r", "", "x2"], ["u"], mode="nearest"),
+             h.make_node("Conv", ["u", "rgb"], ["i"], pads=[1, 1, 1, 1]), h.make_node("Sigmoid", ["i"], ["image"])]
+    graph = h.make_graph(nodes, "two", [h.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1, 4, 16, 16])],
+                         [h.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 32, 32]),
+                          h.make_tensor_value_info("preview", onnx.TensorProto.FLOAT, [1, 3, 15, 15])], weights)
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(tmp_path / "two.onnx"))
+    result = build(tmp_path / "two.onnx", "x86-onnxruntime", tmp_path / "b")
+    row = result.manifest["serving_report"]["tiers"]["rows"][1]
+    assert row["tier"] == "preview" and row["psnr_vs_full_downscaled_db"] > 0
+
+
 def test_preview_needs_a_low_resolution_output(tmp_path):
     with pytest.raises(BuildError, match="lower-resolution image output"):
         build(f"{FAMILIES}/dcgan__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "b", preview_upscale="lanczos")
