@@ -530,6 +530,8 @@ class Generator:
         if len(set(batches.values())) > 1:
             raise RequestError(f"run() inputs give different batch sizes {batches}; give every input the same "
                                "number of samples")
+        if 0 in batches.values():
+            raise RequestError("run() inputs hold no samples (a batch of 0); give at least one")
         if self.manifest["backend"] in STATIC_SHAPE_BACKENDS:
             self._check_static_sizes(checked)
         with self._sizes_checked(checked):  # a fixed-batch export built with --batch-sizes runs its batch-N parts
