@@ -79,6 +79,21 @@ def test_uint8_nhwc_image_io_is_an_image_in_nchw_float_with_run_in_the_model_fil
     assert gen.self_test()["pass"]
 
 
+def test_calibration_arrays_in_the_model_files_form_are_taken(tmp_path):
+    """A uint8 NHWC export's calibration .npz in its own form was refused ("the input is float32")."""
+    path = _mobile(tmp_path)
+    pixels = RNG.integers(0, 256, (6, 12, 16, 3), dtype=np.uint8)
+    np.savez(tmp_path / "file_form.npz", pixels=pixels)
+    np.savez(tmp_path / "computed_form.npz", pixels=pixels.transpose(0, 3, 1, 2).astype(np.float32))
+    reports = [build(path, "x86-onnxruntime", tmp_path / name, precision="int8", calibration=str(tmp_path / f"{name}.npz"))
+               .manifest["passes"]["quantize"]["all_int8"] for name in ("file_form", "computed_form")]
+    assert reports[0] == reports[1]  # the same samples, the same scales
+    np.savez(tmp_path / "wrong.npz", pixels=pixels.astype(np.int16))
+    with pytest.raises(RequestError, match=r"array 'pixels' is int16; the input is float32 \(or uint8 \[N, 12, 16, 3\], "
+                                           r"as the model file declares it\)"):
+        build(path, "x86-onnxruntime", tmp_path / "w", precision="int8", calibration=str(tmp_path / "wrong.npz"))
+
+
 def test_nhwc_float_input_shape_is_given_in_the_model_files_form(tmp_path):
     nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
              helper.make_node("Conv", ["t", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Tanh", ["c"], ["y"])]

@@ -139,12 +139,17 @@ def _from_arrays(specs: list[TensorSpec], path: Path, count: int) -> Calibration
         if spec.name not in arrays:
             raise RequestError(f"{path}: no array for input {spec.name!r} (has {sorted(arrays)})")
         array = arrays[spec.name]
-        if array.dtype != np.dtype(spec.dtype):
-            raise RequestError(f"{path}: array {spec.name!r} is {array.dtype}; the input is {spec.dtype}")
         want = spec.default_shape[1:]
+        in_file = spec.source_dims(spec.default_shape)[1:]  # the model file's form (a uint8 NHWC export's)
+        also = f" (or {spec.source_dtype} [N, {', '.join(map(str, in_file))}], as the model file declares it)" \
+            if (spec.source_dtype, in_file) != (spec.dtype, want) else ""
+        if (array.dtype, list(array.shape[1:])) == (np.dtype(spec.source_dtype), list(in_file)) and also:
+            array = spec.from_source(array)
+        if array.dtype != np.dtype(spec.dtype):
+            raise RequestError(f"{path}: array {spec.name!r} is {array.dtype}; the input is {spec.dtype}{also}")
         if list(array.shape[1:]) != list(want):
             raise RequestError(f"{path}: array {spec.name!r} has shape {list(array.shape)}; expected "
-                               f"[N, {', '.join(map(str, want))}] (N samples of the input's shape)")
+                               f"[N, {', '.join(map(str, want))}] (N samples of the input's shape){also}")
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise RequestError(f"{path}: array {spec.name!r} holds NaN or infinite values")
         if spec.role == "label" and not spec.one_hot and array.size:
