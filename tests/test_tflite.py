@@ -239,6 +239,17 @@ def test_static_shape_mismatch_is_a_request_error(tmp_path):
         gen.run({"input": np.zeros((1, 1, 32, 32), np.float32)})
 
 
+def test_a_bundle_built_at_a_batch_runs_any_number_of_samples(tmp_path):
+    """Built with --input-shape input=2x1x32x32, the build's own batch-1 latency run failed ("built for 2x...")."""
+    model = Path(__file__).parent / "data" / "families" / "espcn__legacy_dyn.onnx"
+    build(model, "x86-litert", tmp_path / "b", graph_options={"input_shapes": {"input": [2, 1, 32, 32]}})
+    gen = Generator.open(tmp_path / "b")
+    samples = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
+    together = gen.run({"input": samples})["output"]
+    assert together.shape == (3, 1, 96, 96)
+    np.testing.assert_array_equal(together[2:], gen.run({"input": samples[2:]})["output"])
+
+
 def test_unknown_runtime_is_refused(tmp_path, cgen_path, monkeypatch):
     build(cgen_path, "x86-litert", tmp_path / "b")
     monkeypatch.setenv("EDGEGEN_TFLITE_RUNTIME", "tensorflow")

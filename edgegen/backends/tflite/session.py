@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendUnavailableError, RequestError
+from ...inputs import chunks
 from . import xnnpack
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,9 @@ class Session:
         count = len(next(iter(feeds.values()))) if feeds else 1
         if count == self._batch:
             return self._run_once(feeds)
-        parts = [self._run_once({k: v[i:i + self._batch] for k, v in feeds.items()})
-                 for i in range(0, count, self._batch)]
+        # in calls of the batch it was built at (--input-shape N=4), the last one padded and trimmed
+        parts = [{name: array[:real] for name, array in self._run_once(chunk).items()}
+                 for chunk, real in chunks(feeds, self._batch)]
         return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
 
     def _run_once(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
