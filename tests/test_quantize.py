@@ -453,3 +453,22 @@ def test_a_backend_that_loses_what_its_int8_graph_keeps_is_named(tmp_path, monke
     with pytest.raises(BuildError, match=r"below the floor \(PSNR >= 30.0 dB\)\. Its int8 graph meets the floor in "
                                          r"ONNX Runtime \(.*\): openvino's own int8 execution loses the rest"):
         build(tmp_path / "mod.onnx", "x86-openvino", tmp_path / "ov30", precision="int8", samples=4, min_psnr=30.0)
+
+
+@pytest.mark.parametrize("target, float_layer", [("x86-onnxruntime", "LayerNormalization"), ("x86-openvino", "RMS")])
+def test_the_execution_report_lists_every_layer_the_backend_keeps_in_float(tmp_path, target, float_layer):
+    """A fixed list of op types left a LayerNormalization out: the report said "float: none"."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (3, 8, 3, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.ones(8, np.float32), "g"), numpy_helper.from_array(np.zeros(8, np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("LayerNormalization", ["t", "g", "b"], ["n"], axis=-1),
+             helper.make_node("Transpose", ["n"], ["back"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["back", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Sigmoid", ["c2"], ["y"])]
+    g = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "ln.onnx"))
+    execution = build(tmp_path / "ln.onnx", target, tmp_path / "b", precision="int8").manifest["execution"]
+    assert execution["int8"].get("Conv") and float_layer in execution["float"], execution

@@ -29,14 +29,16 @@ def host_support(options: dict[str, Any]) -> tuple[bool, str]:
     return False, f"needs one of {', '.join(required)}; this onnxruntime has {', '.join(available)}"
 
 
-# ONNX Runtime's fused integer kernels, by the ONNX op they execute
+# ONNX Runtime's fused integer kernels, by the ONNX op they execute (other QLinear* ops: the op after the prefix)
 _INT8_KERNELS = {"QLinearConv": "Conv", "ConvInteger": "Conv", "QLinearMatMul": "MatMul", "MatMulInteger": "MatMul",
-                 "QGemm": "Gemm", "QLinearAdd": "Add", "QLinearMul": "Mul", "QLinearConcat": "Concat",
-                 "QLinearLeakyRelu": "LeakyRelu", "QLinearSigmoid": "Sigmoid", "QLinearConvTranspose": "ConvTranspose",
-                 "QLinearAveragePool": "AveragePool", "QLinearGlobalAveragePool": "GlobalAveragePool"}
-_COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul",
-                "InstanceNormalization", "Add", "Mul", "Concat", "LeakyRelu", "Sigmoid", "Resize", "AveragePool",
-                "GlobalAveragePool", "Tanh", "HardSwish", "HardSigmoid"}
+                 "QGemm": "Gemm", "MatMulIntegerToFloat": "MatMul", "DynamicQuantizeMatMul": "MatMul",
+                 "NhwcMaxPool": "MaxPool"}
+# nodes that move, reshape, convert or (de)quantize values (or lay them out for a kernel): not layers to report;
+# every other node is reported, in float unless it is an integer kernel
+_PLUMBING = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Reshape", "Transpose", "Squeeze",
+             "Unsqueeze", "Flatten", "Identity", "Shape", "Gather", "Slice", "Split", "Expand", "Tile", "Cast",
+             "Constant", "ConstantOfShape", "Pad", "DepthToSpace", "SpaceToDepth", "ReorderInput", "ReorderOutput",
+             "MemcpyFromHost", "MemcpyToHost", "Range"}
 
 
 class Session:
@@ -77,9 +79,13 @@ class Session:
         """Compute nodes of the graph ONNX Runtime actually executes (after its QDQ fusions), int8 vs float."""
         report: dict[str, dict[str, int]] = {"int8": {}, "float": {}}
         for op_type in self._optimized_ops():
-            kind, layer = ("int8", _INT8_KERNELS[op_type]) if op_type in _INT8_KERNELS else ("float", op_type)
-            if layer in _COMPUTE_OPS:
-                report[kind][layer] = report[kind].get(layer, 0) + 1
+            if op_type in _PLUMBING:
+                continue
+            if op_type in _INT8_KERNELS or op_type.startswith("QLinear"):
+                kind, layer = "int8", _INT8_KERNELS.get(op_type, op_type.removeprefix("QLinear"))
+            else:
+                kind, layer = "float", op_type
+            report[kind][layer] = report[kind].get(layer, 0) + 1
         return report
 
     def _optimized_ops(self) -> list[str]:

@@ -66,7 +66,8 @@ class Session:
         report: dict[str, dict[str, int]] = {"int8": {}, "float": {}, "float_types": {}}
         for op in self._compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
-            layer = _LAYER_NAMES.get(info["layerType"].astype(str))
+            kind = info["layerType"].astype(str)
+            layer = None if kind in _PLUMBING else _LAYER_NAMES.get(kind, kind)
             if layer:
                 precision = info["runtimePrecision"].astype(str)
                 kind = "int8" if precision in ("i8", "u8") else "float"
@@ -92,6 +93,13 @@ class Session:
 _LAYER_NAMES = {"Convolution": "Conv", "Deconvolution": "ConvTranspose", "FullyConnected": "Gemm",
                 "MatMul": "MatMul", "MVN": "InstanceNormalization", "Eltwise": "Eltwise",
                 "Concatenation": "Concat", "Interpolate": "Resize", "Pooling": "Pool"}
+
+
+# CPU plugin layers that move, reshape, convert or (de)quantize values, or lay them out for a kernel: not
+# reported; every other layer is, by the ONNX op it comes from where that is known, else by its own type
+_PLUMBING = {"Input", "Parameter", "Output", "Result", "Const", "Reorder", "Reshape", "Transpose", "Squeeze",
+             "Unsqueeze", "Gather", "Split", "StridedSlice", "Slice", "Broadcast", "Tile", "Convert", "FakeQuantize",
+             "Pad", "DepthToSpace", "SpaceToDepth", "ShapeOf"}
 
 
 def _name(port, model_outputs) -> str:
