@@ -41,6 +41,7 @@ REDUCED_PSNR_MARGIN_DB = 6.0
 # f32 by a CPU plugin, a GPU or NPU target verified on the CPU). fp16 has an 11-bit significand, bf16 8 bits.
 REDUCED_PSNR_CEILING_DB = {"fp16": 50.0, "bf16": 35.0}
 VERIFY_SEED = 10_000
+PRUNED_PSNR_WARNING_DB = 30.0  # a ratio that leaves less than this (no floor given) is warned about
 OUTSIDE_MARGIN, OUTSIDE_SHARE = 0.01, 0.01  # an image output beyond its range by 1% of it, for over 1% of values
 
 
@@ -276,7 +277,14 @@ def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator,
         return pruned, result
     if opts.floor:
         return prune.prune_to_floor(graph, calibration, evaluator, opts.floor, max_ratio=opts.prune, progress=step)
-    return prune.prune(graph, opts.prune, calibration, evaluator=evaluator, progress=step)
+    pruned, result = prune.prune(graph, opts.prune, calibration, evaluator=evaluator, progress=step)
+    quality = result["quality"]["with_reconstruction"]
+    if quality["psnr_db"] < PRUNED_PSNR_WARNING_DB:
+        log.warning("--prune %g leaves PSNR %.1f dB / SSIM %.3f against the fp32 source (%.1f dB without the "
+                    "re-fit): give a smaller ratio, or --min-psnr DB to prune only as far as that floor allows",
+                    opts.prune, quality["psnr_db"], quality["ssim"],
+                    result["quality"]["without_reconstruction"]["psnr_db"])
+    return pruned, result
 
 
 def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFloor, staging: Path,

@@ -412,3 +412,13 @@ def test_an_input_named_like_a_segmentation_map_fed_noise_is_warned_about(tmp_pa
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "spade.onnx"))
     build(tmp_path / "spade.onnx", "x86-onnxruntime", tmp_path / "b", samples=2)
     assert "input 'seg_map' (latent) is fed seeded Gaussian noise" in caplog.text
+
+
+def test_a_ratio_pruned_to_a_poor_image_is_warned_about(tmp_path, caplog):
+    """--prune 0.7 without a floor built a 25 dB model silently."""
+    caplog.set_level(logging.WARNING)
+    model = Path(__file__).parent / "data" / "families" / "pix2pix_unet__legacy_b1.onnx"
+    build(model, "x86-onnxruntime", tmp_path / "a", prune=0.3)
+    assert "leaves PSNR" not in caplog.text
+    build(model, "x86-onnxruntime", tmp_path / "b", prune=0.7)
+    assert "--prune 0.7 leaves PSNR" in caplog.text and "--min-psnr DB to prune only as far" in caplog.text
