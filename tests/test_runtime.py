@@ -244,6 +244,8 @@ def test_first_line_skips_source_locations():
 def test_run_refuses_inputs_of_different_batch_sizes(gen):
     with pytest.raises(RequestError, match=r"different batch sizes \{'latent': 2, 'label': 3\}"):
         gen.run({"latent": np.zeros((2, 16), np.float32), "label": np.array([1, 2, 3])})
+    with pytest.raises(RequestError, match="input 'latent' holds NaN or infinite values"):  # an image came back
+        gen.run({"latent": np.full((1, 16), np.nan, np.float32), "label": np.array([1])})
     with pytest.raises(RequestError, match=r"hold no samples \(a batch of 0\)"):  # each backend failed its own way
         gen.run({"latent": np.zeros((0, 16), np.float32), "label": np.zeros(0, np.int64)})
 

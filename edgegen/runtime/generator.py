@@ -594,6 +594,8 @@ class Generator:
         if spec.role == "label":
             for value in np.unique(array):
                 check_label(spec, int(value))
+        if not computed and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise RequestError(f"input {spec.name!r} holds NaN or infinite values; give finite numbers")
         return array if computed else spec.from_source(array)
 
     # -- counters and self-test --------------------------------------------------------------------
