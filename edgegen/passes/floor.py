@@ -97,7 +97,7 @@ def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator:
         return model, report
     if int8_only:
         raise BuildError(f"the quality floor ({floor.describe()}) is not met: all int8 gives {base['psnr_db']:.1f} dB / "
-                         f"SSIM {base['ssim']:.3f}, and {int8_only}, so no layer can stay in float. Lower "
+                         f"SSIM {base['ssim']:.4f}, and {int8_only}, so no layer can stay in float. Lower "
                          "--min-psnr/--min-ssim, calibrate with more representative data (--calibration), or build "
                          "for a CPU target, which can keep layers in float.")
     for name, op in candidates:
@@ -119,8 +119,8 @@ def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator:
             report.update(kept_float=kept, result=quality)
             return model, report
     raise BuildError(f"no mix of int8 and float layers meets the quality floor ({floor.describe()}): all int8 gives "
-                     f"{base['psnr_db']:.1f} dB / SSIM {base['ssim']:.3f}; with {len(kept)} of the {len(candidates)} "
+                     f"{base['psnr_db']:.1f} dB / SSIM {base['ssim']:.4f}; with {len(kept)} of the {len(candidates)} "
                      f"quantizable layers in float (one convolution or matrix product left in int8), "
-                     f"{quality['psnr_db']:.1f} dB / SSIM {quality['ssim']:.3f}. Lower --min-psnr/--min-ssim, "
+                     f"{quality['psnr_db']:.1f} dB / SSIM {quality['ssim']:.4f}. Lower --min-psnr/--min-ssim, "
                      "calibrate with more representative data (--calibration, --calibration-method percentile), "
                      "or build fp16.")

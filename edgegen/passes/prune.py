@@ -96,7 +96,7 @@ def prune_to_floor(graph: Graph, calibration: Calibration, evaluator: Evaluator,
     if not meets(grid[0]):
         raise BuildError(f"{graph.source}: no pruning ratio meets the quality floor ({floor.describe()}): "
                          f"{grid[0]:.0%}, the smallest ratio that removes any channel, already gives "
-                         f"{search[0]['psnr_db']:.1f} dB / SSIM {search[0]['ssim']:.3f} with reconstruction. Lower "
+                         f"{search[0]['psnr_db']:.1f} dB / SSIM {search[0]['ssim']:.4f} with reconstruction. Lower "
                          "the floor, calibrate with more representative data, or build without pruning.")
     lo, hi = 0, len(grid)  # grid[lo] meets the floor; grid[hi:] do not
     while hi - lo > 1:
