@@ -45,7 +45,12 @@ def read_model(path: str | Path) -> onnx.ModelProto:
             f"{path}: not a readable ONNX file ({exc}). The file is truncated or is not ONNX; "
             "re-export it, e.g. with torch.onnx.export."
         ) from None
-    except (FileNotFoundError, OSError, ValueError, onnx.checker.ValidationError) as exc:
+    except ValueError as exc:  # onnx: "External data length (...) exceeds available data (...)"
+        raise ModelError(
+            f"{path}: its external weight data is shorter than the model says ({exc}): a partial copy or a damaged "
+            "file. Copy the .data file again whole, or re-export the model."
+        ) from None
+    except (FileNotFoundError, OSError, onnx.checker.ValidationError) as exc:
         raise ModelError(
             f"{path}: its external weight data could not be read ({exc}). Keep the .data file next to the "
             ".onnx file under the name the model refers to."

@@ -71,8 +71,13 @@ def test_external_data_is_loaded(tmp_path):
 def test_missing_external_data_is_a_clear_error(tmp_path):
     model = conditional_generator(extras=False)
     onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="w.data", size_threshold=0)
+    data = (tmp_path / "w.data").read_bytes()
+    (tmp_path / "w.data").write_bytes(data[:len(data) // 2])  # a partial copy: not "keep it next to the .onnx"
+    with pytest.raises(ModelError, match="external weight data is shorter than the model says .* Copy the .data "
+                                         "file again whole"):
+        Graph.load(tmp_path / "ext.onnx")
     (tmp_path / "w.data").unlink()
-    with pytest.raises(ModelError, match="external weight data"):
+    with pytest.raises(ModelError, match="external weight data could not be read .* Keep the .data file next to"):
         Graph.load(tmp_path / "ext.onnx")
 
 
