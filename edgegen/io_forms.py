@@ -302,10 +302,40 @@ def _output_cast(graph: onnx.GraphProto):
             continue
         _unwrap_output(graph, node, value)
         _tensor_type(value).elem_type = TensorProto.FLOAT
-        rounded = _output_wrapper(graph, value, lambda n: n.op_type == "Round")
-        if rounded is not None:  # `.round().to(torch.uint8)`: the boundary rounds, as np.rint
-            _unwrap_output(graph, rounded, value)
-        yield value.name, {"dtype": dtype, "rounding": "nearest" if rounded is not None else "toward zero"}
+        # `.round().to(torch.uint8)`: the boundary rounds, as np.rint; a clamp to the integer type's range
+        # around the Round (`.round().clamp(0, 255)`, `.clamp(0, 255).round()`) is the boundary's own clipping
+        limits = np.iinfo(dtype)
+        wrappers = {"clamp": lambda n: _clamps_to(graph, n, limits.min, limits.max),
+                    "round": lambda n: n.op_type == "Round"}
+        taken = set()
+        for _ in range(2):  # either order
+            for kind, match in wrappers.items():
+                found = None if kind in taken else _output_wrapper(graph, value, match)
+                if found is not None:
+                    _unwrap_output(graph, found, value)
+                    taken.add(kind)
+        yield value.name, {"dtype": dtype, "rounding": "nearest" if "round" in taken else "toward zero"}
+
+
+def _clamps_to(graph: onnx.GraphProto, node: onnx.NodeProto, low: float, high: float) -> bool:
+    """Whether a node is a Clip to exactly [low, high] (bounds as attributes, initializers or Constants)."""
+    if node.op_type != "Clip":
+        return False
+    attrs = {a.name: a.f for a in node.attribute}
+    bounds = [attrs.get("min"), attrs.get("max")]
+    for i, name in enumerate(node.input[1:3]):
+        bounds[i] = _constant(graph, name) if name else None
+    return bounds == [low, high]
+
+
+def _constant(graph: onnx.GraphProto, name: str) -> float | None:
+    """The value of a scalar initializer or Constant node output, else None."""
+    tensor = next((t for t in graph.initializer if t.name == name), None)
+    if tensor is None:
+        node = next((n for n in graph.node if n.op_type == "Constant" and n.output[0] == name), None)
+        tensor = next((a.t for a in node.attribute if a.name == "value"), None) if node is not None else None
+    array = numpy_helper.to_array(tensor) if tensor is not None else None
+    return float(array) if array is not None and array.size == 1 else None
 
 
 def note(forms: dict[str, dict[str, str]]) -> str:

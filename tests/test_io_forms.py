@@ -79,6 +79,28 @@ def test_uint8_nhwc_image_io_is_an_image_in_nchw_float_with_run_in_the_model_fil
     assert gen.self_test()["pass"]
 
 
+@pytest.mark.parametrize("order", ["round, clamp", "clamp, round"])
+def test_a_clamp_to_the_pixel_range_around_the_round_is_the_boundarys_own(tmp_path, order):
+    """`.round().clamp(0, 255).to(torch.uint8)` kept Round in the graph (the NPU has none) and rounded twice."""
+    steps = [helper.make_node("Round", ["a"], ["b"]), helper.make_node("Clip", ["b", "lo", "hi"], ["c"])]
+    if order == "clamp, round":
+        steps = [helper.make_node("Clip", ["a", "lo", "hi"], ["b"]), helper.make_node("Round", ["b"], ["c"])]
+    nodes = [helper.make_node("Conv", ["x", "w", "b0"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["conv"], ["s"]), helper.make_node("Mul", ["s", "k"], ["a"]), *steps,
+             helper.make_node("Cast", ["c"], ["picture"], to=TensorProto.UINT8)]
+    path = _save(tmp_path, "clamped", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                 [helper.make_tensor_value_info("picture", TensorProto.UINT8, [1, 3, 8, 8])],
+                 [_w("w", 3, 3, 3, 3), _w("b0", 3), numpy_helper.from_array(np.float32(256), "k"),
+                  numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(255), "hi")])
+    graph = Graph.load(path)
+    assert graph.outputs[0].source_form == {"dtype": "uint8", "rounding": "nearest"}
+    assert not {"Round", "Clip", "Cast"} & set(graph.op_inventory())
+    build(path, "x86-onnxruntime", tmp_path / "b")
+    x = RNG.random((1, 3, 8, 8), dtype=np.float32)
+    want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(Generator.open(tmp_path / "b").run({"x": x})["picture"], want)
+
+
 def test_calibration_arrays_in_the_model_files_form_are_taken(tmp_path):
     """A uint8 NHWC export's calibration .npz in its own form was refused ("the input is float32")."""
     path = _mobile(tmp_path)
