@@ -41,6 +41,7 @@ ACTIVATIONS = ("HardSwish", "HardSigmoid")
 # `x + f(x)`, for the NPU (int8 only), LiteRT and the Edge TPU (SUB) and OpenVINO. A Sub of a constant (an
 # input normalization, EDSR's MeanShift) stays float like the Div beside it, as onnxruntime leaves it.
 ARITHMETIC = ("Sub",)
+FAINT_SOFTMAX = 0.25  # a Softmax whose calibrated outputs stay below this (64 of 255 steps) stays in float
 
 
 def _ort_quantization():
@@ -81,16 +82,23 @@ class Quantizer:
         # quantized (each to its own calibrated range, which for a permutation is the same grid)
         self.op_types = sorted(set(q.registry.QLinearOpsRegistry) | set(q.registry.QDQRegistry) | set(SHUFFLES)
                                | set(ACTIVATIONS) | set(ARITHMETIC))
-        self.float_only = _grouped_transposed_convs(self.model)
+        self.faint_softmaxes = _faint_softmaxes(self.model, self.ranges)
+        self.float_only = _grouped_transposed_convs(self.model) + self.faint_softmaxes
         self._unlisted = _subs_of_a_constant(self.model)  # float as onnxruntime.quantization leaves them
 
     @property
     def float_note(self) -> str | None:
         """Why some layers are never quantized, for the report."""
-        if not self.float_only:
-            return None
-        return (f"{len(self.float_only)} grouped ConvTranspose kept in float (onnxruntime's quantizer scales its "
-                f"weight per group, not per output channel): {', '.join(self.float_only)}")
+        notes = []
+        grouped = [n for n in self.float_only if n not in self.faint_softmaxes]
+        if grouped:
+            notes.append(f"{len(grouped)} grouped ConvTranspose kept in float (onnxruntime's quantizer scales its "
+                         f"weight per group, not per output channel): {', '.join(grouped)}")
+        if self.faint_softmaxes:
+            notes.append(f"{len(self.faint_softmaxes)} Softmax kept in float (int8 gives a softmax the fixed grid of "
+                         f"[0, 1] in 255 steps, and its calibrated outputs stay below {FAINT_SOFTMAX:g}, where that "
+                         f"grid rounds most to zero: a softmax over many tokens): {', '.join(self.faint_softmaxes)}")
+        return "; ".join(notes) or None
 
     def layers(self) -> list[tuple[str, str]]:
         """(node name, op) of every node the quantizer would quantize that computes (a shuffle only moves
@@ -113,6 +121,14 @@ class Quantizer:
         model = quantizer.model.model
         _own_grids_for_interpolation(model, self.ranges)
         return model
+
+
+def _faint_softmaxes(model: onnx.ModelProto, ranges) -> list[str]:
+    """Softmax nodes whose calibrated outputs all stay below FAINT_SOFTMAX: onnxruntime's quantizer (and
+    TFLite's int8 SOFTMAX) fix a softmax's output grid to [0, 1] in 255 steps, and a softmax over N values
+    averages 1/N (over 1024 tokens most outputs round to 0: 14 dB where float kept 56)."""
+    return [n.name for n in model.graph.node if n.op_type == "Softmax" and n.output[0] in ranges
+            and ranges[n.output[0]].range_value[1] < FAINT_SOFTMAX]
 
 
 def _subs_of_a_constant(model: onnx.ModelProto) -> list[str]:
