@@ -116,3 +116,16 @@ def test_stats_report_the_median_backend_call(bundle):
     stats = batcher.stats()
     batcher.close()
     assert stats["batches"] >= 2 and stats["batch_ms_p50"] > 0
+
+
+def test_a_request_the_batcher_computes_counts_one_miss(bundle):
+    """The batcher looks a request up when it is submitted and again before running it (an earlier batch
+    may have just computed it): each miss was counted twice."""
+    gen = Generator.open(bundle)
+    batcher = MicroBatcher(gen, max_batch=4, max_delay_us=1000)
+    try:
+        assert batcher.generate({"seed": 1, "label": 2}).served_by == "computed"
+        assert batcher.generate({"seed": 1, "label": 2}).served_by == "lru"
+    finally:
+        batcher.close()
+    assert (gen.cache.stats.misses, gen.cache.stats.hits) == (1, 1)

@@ -98,13 +98,13 @@ class AssetPack:
     def __contains__(self, key: str) -> bool:
         return self._find(key) is not None
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str, count_miss: bool = True) -> np.ndarray | None:
         """The asset for a key (a private copy), or None when absent or damaged."""
         found = self._find(key)
         array = self._read(found) if found is not None else None
         with self._lock:
             if array is None:
-                self.stats.misses += 1
+                self.stats.misses += int(count_miss)
             else:
                 self.stats.hits += 1
         return array

@@ -129,12 +129,12 @@ class MicroBatcher:
         jobs = [job for _, (job, _) in items]
         start = time.perf_counter()
         try:
-            results = self.generator.serve(jobs)
+            results = self.generator.serve(jobs, looked_up=True)
         except Exception:  # one bad request must not fail the others: serve them one by one
             results = []
             for job in jobs:
                 try:
-                    results.append(self.generator.serve([job])[0])
+                    results.append(self.generator.serve([job], looked_up=True)[0])
                 except Exception as exc:  # noqa: BLE001 - handed to that request's caller
                     results.append(exc)
         with self._cond:

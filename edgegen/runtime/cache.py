@@ -65,11 +65,11 @@ class LRUCache:
         self._lock = threading.Lock()
         self.stats = CacheStats(budget_bytes=_budget(budget_bytes, "an in-memory cache budget (cache_bytes, feature_cache_bytes)"))
 
-    def get(self, key: str) -> Any | None:
+    def get(self, key: str, count_miss: bool = True) -> Any | None:
         with self._lock:
             item = self._items.get(key)
             if item is None:
-                self.stats.misses += 1
+                self.stats.misses += int(count_miss)
                 return None
             self._items.move_to_end(key)
             self.stats.hits += 1
@@ -138,13 +138,13 @@ class DiskCache:
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.egc"
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str, count_miss: bool = True) -> np.ndarray | None:
         path = self._path(key)
         try:
             data = path.read_bytes()
         except OSError:
             with self._lock:
-                self.stats.misses += 1
+                self.stats.misses += int(count_miss)
             return None
         array = _decode(data, key)
         with self._lock:

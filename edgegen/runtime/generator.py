@@ -171,10 +171,11 @@ class Generator:
             raise RequestError("generate_batch needs at least one request")
         return self.serve([self._job(i, r, output) for i, r in enumerate(requests)])
 
-    def serve(self, jobs: list[Job]) -> list[Rendered]:
+    def serve(self, jobs: list[Job], looked_up: bool = False) -> list[Rendered]:
         """Serve prepared requests (see `prepare`): cached ones from the caches, misses sharing a bucket as
-        one backend call."""
-        results: list[Rendered | None] = [self.lookup(job.key) for job in jobs]
+        one backend call. looked_up: the caller already looked them up, and counted their misses (the
+        caches are asked again for what an earlier call has just computed)."""
+        results: list[Rendered | None] = [self.lookup(job.key, count_miss=not looked_up) for job in jobs]
         groups: dict[tuple, list[tuple[int, Job]]] = {}
         for n, (job, found) in enumerate(zip(jobs, results)):
             if found is None:
@@ -206,17 +207,17 @@ class Generator:
         """Build a job's model inputs now (e.g. in a client's thread, so a batching worker only stacks them)."""
         job.samples = {s.name: self._sample(s, job.request, job.index, job.route) for s in self.inputs}
 
-    def lookup(self, key: str) -> Rendered | None:
-        """A cached image for a key (LRU, then assets, then disk), or None."""
-        found = self.cache.get(key)
+    def lookup(self, key: str, count_miss: bool = True) -> Rendered | None:
+        """A cached image for a key (LRU, then assets, then disk), or None (count_miss: counted as a miss)."""
+        found = self.cache.get(key, count_miss)
         if found is not None:
             return Rendered(found.copy(), "lru")
         if self.assets is not None:
-            found = self.assets.get(key)
+            found = self.assets.get(key, count_miss)
             if found is not None:
                 return Rendered(found, "asset")
         if self.disk is not None:
-            found = self.disk.get(key)
+            found = self.disk.get(key, count_miss)
             if found is not None:
                 self._remember(key, found, disk=False)
                 return Rendered(found, "disk")
