@@ -52,7 +52,7 @@ def pixel_unshuffles_as_space_to_depth(model: onnx.ModelProto, shapes: dict[str,
         result = node.output[0]
         moved = f"{result}/space_to_depth"
         model.graph.node.insert(list(model.graph.node).index(node), helper.make_node(
-            "SpaceToDepth", [source], [moved], name=f"{node.name}/space_to_depth", blocksize=block))
+            "SpaceToDepth", [source], [moved], name=f"{node.name}/pixel_unshuffle", blocksize=block))
         order = _torch_channel_of(channels, block)
         for conv in readers[result]:
             weight = numpy_helper.to_array(weights[conv.input[1]])
