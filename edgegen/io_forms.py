@@ -323,19 +323,11 @@ def _clamps_to(graph: onnx.GraphProto, node: onnx.NodeProto, low: float, high: f
         return False
     attrs = {a.name: a.f for a in node.attribute}
     bounds = [attrs.get("min"), attrs.get("max")]
+    constants = _constants(graph)
     for i, name in enumerate(node.input[1:3]):
-        bounds[i] = _constant(graph, name) if name else None
+        value = numpy_helper.to_array(constants[name]) if name in constants else None
+        bounds[i] = float(value) if value is not None and value.size == 1 else None
     return bounds == [low, high]
-
-
-def _constant(graph: onnx.GraphProto, name: str) -> float | None:
-    """The value of a scalar initializer or Constant node output, else None."""
-    tensor = next((t for t in graph.initializer if t.name == name), None)
-    if tensor is None:
-        node = next((n for n in graph.node if n.op_type == "Constant" and n.output[0] == name), None)
-        tensor = next((a.t for a in node.attribute if a.name == "value"), None) if node is not None else None
-    array = numpy_helper.to_array(tensor) if tensor is not None else None
-    return float(array) if array is not None and array.size == 1 else None
 
 
 def note(forms: dict[str, dict[str, str]]) -> str:

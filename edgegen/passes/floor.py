@@ -96,8 +96,8 @@ def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator:
         report["result"] = base
         return model, report
     if int8_only:
-        raise BuildError(f"the quality floor ({floor.describe()}) is not met: all int8 gives {base['psnr_db']:.1f} dB / "
-                         f"SSIM {base['ssim']:.4f}, and {int8_only}, so no layer can stay in float. Lower "
+        raise BuildError(f"the quality floor ({floor.describe()}) is not met: all int8 gives {base['psnr_db']:.1f} "
+                         f"dB / SSIM {base['ssim']:.4f}, and {int8_only}, so no layer can stay in float. Lower "
                          "--min-psnr/--min-ssim, calibrate with more representative data (--calibration), or build "
                          "for a CPU target, which can keep layers in float.")
     for name, op in candidates:

@@ -82,18 +82,18 @@ class Quantizer:
         # quantized (each to its own calibrated range, which for a permutation is the same grid)
         self.op_types = sorted(set(q.registry.QLinearOpsRegistry) | set(q.registry.QDQRegistry) | set(SHUFFLES)
                                | set(ACTIVATIONS) | set(ARITHMETIC))
+        self.grouped_transposed = _grouped_transposed_convs(self.model)
         self.faint_softmaxes = _faint_softmaxes(self.model, self.ranges)
-        self.float_only = _grouped_transposed_convs(self.model) + self.faint_softmaxes
+        self.float_only = self.grouped_transposed + self.faint_softmaxes  # never quantized, by design
         self._unlisted = _subs_of_a_constant(self.model)  # float as onnxruntime.quantization leaves them
 
     @property
     def float_note(self) -> str | None:
         """Why some layers are never quantized, for the report."""
         notes = []
-        grouped = [n for n in self.float_only if n not in self.faint_softmaxes]
-        if grouped:
-            notes.append(f"{len(grouped)} grouped ConvTranspose kept in float (onnxruntime's quantizer scales its "
-                         f"weight per group, not per output channel): {', '.join(grouped)}")
+        if self.grouped_transposed:
+            notes.append(f"{len(self.grouped_transposed)} grouped ConvTranspose kept in float (onnxruntime's quantizer "
+                         f"scales its weight per group, not per output channel): {', '.join(self.grouped_transposed)}")
         if self.faint_softmaxes:
             notes.append(f"{len(self.faint_softmaxes)} Softmax kept in float (int8 gives a softmax the fixed grid of "
                          f"[0, 1] in 255 steps, and its calibrated outputs stay below {FAINT_SOFTMAX:g}, where that "

@@ -525,7 +525,8 @@ class Generator:
         names = {s.name for s in self.inputs}
         if set(feeds) != names:
             raise RequestError(f"run() needs exactly the inputs {sorted(names)}; got {sorted(feeds)}")
-        checked = {s.name: self._check_array(s, np.asarray(feeds[s.name]), batched=True, any_batch=bool(self.batch_parts))
+        any_batch = bool(self.batch_parts)
+        checked = {s.name: self._check_array(s, np.asarray(feeds[s.name]), batched=True, any_batch=any_batch)
                    for s in self.inputs}
         batches = {name: len(array) for name, array in checked.items()}
         if len(set(batches.values())) > 1:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 # ops whose int8 form is version 2 and float form version 1
 _INT8_V2 = {"ADD", "SUB", "CONCATENATION", "PAD", "PADV2", "MIRROR_PAD", "MEAN", "RELU", "RELU6", "MAXIMUM",
-            "MINIMUM", "TANH", "LOGISTIC", "SLICE", "STRIDED_SLICE", "TRANSPOSE", "GATHER", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH",
-            "SQUARED_DIFFERENCE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "MUL", "RSQRT",
+            "MINIMUM", "TANH", "LOGISTIC", "SLICE", "STRIDED_SLICE", "TRANSPOSE", "GATHER", "DEPTH_TO_SPACE",
+            "SPACE_TO_DEPTH", "SQUARED_DIFFERENCE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "MUL", "RSQRT",
             "MAX_POOL_2D", "AVERAGE_POOL_2D", "REDUCE_MAX", "SUM", "GELU"}
 
 
