@@ -37,6 +37,33 @@ def test_openvino_fp32_sets_inference_precision_explicitly(ov_bundle):
     assert gen.session._compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
 
 
+def test_openvino_session_binds_inputs_in_place_and_copies_its_outputs_out(ov_bundle):
+    """The session binds the caller's arrays to the request (no copy in): a strided view, then batches of
+    other sizes, each give what contiguous copies give; outputs are the caller's own; a missing input is named."""
+    from edgegen import reference
+
+    session = Generator.open(ov_bundle).session
+    one, _ = reference.load(ov_bundle, json.loads((ov_bundle / "manifest.json").read_text()))
+    feeds = {name: np.concatenate([array * (1 - 0.4 * i) if array.dtype.kind == "f" else array for i in range(3)])
+             for name, array in one.items()}  # three different samples
+    doubled = {name: np.repeat(array, 2, axis=0) for name, array in feeds.items()}
+    every_other = {name: array[::2] for name, array in doubled.items()}  # views, not contiguous
+    assert not any(array.flags.c_contiguous for array in every_other.values() if array.ndim > 1)
+    expected = session.run({name: array.copy() for name, array in feeds.items()})
+    got = session.run(every_other)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
+    first = session.run({name: array[:1] for name, array in feeds.items()})
+    kept = {name: array.copy() for name, array in first.items()}
+    session.run({name: array[1:] for name, array in feeds.items()})  # the request's buffers are reused here
+    for name in first:
+        np.testing.assert_array_equal(first[name], kept[name])
+        np.testing.assert_allclose(first[name], expected[name][:1], atol=1e-5)  # batch 1's kernels, not batch 3's
+    name = next(iter(feeds))
+    with pytest.raises(ValueError, match=f"the OpenVINO model takes inputs .*{name}"):
+        session.run({n: a for n, a in feeds.items() if n != name})
+
+
 @pytest.mark.parametrize("target", ["x86-onnxruntime", "x86-openvino"])
 def test_fp16_build_is_verified_and_smaller(tmp_path, cgen_path, target):
     result = build(cgen_path, target, tmp_path / "b16", precision="fp16")

@@ -58,6 +58,10 @@ class Session:
         self.device = device
         # the plugin gives an output that absorbed a fused node that node's tensor name too
         self.output_names = [_name(o, session.get("outputs", ())) for o in self._compiled.outputs]
+        self._tensor = ov.Tensor
+        self._ports = {name: (index, port.get_element_type().to_dtype())
+                       for index, port in enumerate(self._compiled.inputs) for name in port.get_names()}
+        self._input_names = [port.get_any_name() for port in self._compiled.inputs]
 
     def execution_report(self) -> dict[str, dict[str, int]]:
         """Compute layers of the compiled model by the precision the plugin actually runs them in; the
@@ -80,13 +84,22 @@ class Session:
         """Outputs by name for one batch of inputs. A failed inference (a shape the network cannot run) leaves
         the compiled model failing later, valid shapes too (OpenVINO 2026.4's CPU plugin, a new infer request
         included), so the model is compiled again from the IR before the error goes on."""
+        bound = {self._ports[name]: array for name, array in feeds.items() if name in self._ports}
+        if len({index for index, _ in bound}) != len(self._input_names):
+            raise ValueError(f"the OpenVINO model takes inputs {self._input_names}; got {sorted(feeds)}")
+        request = self._request
+        # inputs bound in place (infer is synchronous; the list keeps them alive till it returns): no copy in,
+        # one copy out
+        arrays = [(index, np.ascontiguousarray(array, dtype)) for (index, dtype), array in bound.items()]
         try:
-            result = self._request.infer(feeds, share_inputs=False)
+            for index, array in arrays:
+                request.set_input_tensor(index, self._tensor(array, shared_memory=True))
+            request.infer()
         except Exception:
             self._compiled = self._compile()
             self._request = self._compiled.create_infer_request()
             raise
-        return {name: np.array(result[i], copy=True) for i, name in enumerate(self.output_names)}
+        return {name: np.array(request.get_output_tensor(i).data, copy=True) for i, name in enumerate(self.output_names)}
 
 
 # OpenVINO CPU plugin layer types that do arithmetic, by the ONNX op they come from
