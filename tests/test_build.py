@@ -43,6 +43,7 @@ def test_openvino_session_binds_inputs_in_place_and_copies_its_outputs_out(ov_bu
     from edgegen import reference
 
     session = Generator.open(ov_bundle).session
+    assert list(session._ready) == ["one"]  # batch 1 compiled static; the dynamic model on the first other batch
     one, _ = reference.load(ov_bundle, json.loads((ov_bundle / "manifest.json").read_text()))
     feeds = {name: np.concatenate([array * (1 - 0.4 * i) if array.dtype.kind == "f" else array for i in range(3)])
              for name, array in one.items()}  # three different samples
@@ -59,9 +60,22 @@ def test_openvino_session_binds_inputs_in_place_and_copies_its_outputs_out(ov_bu
     for name in first:
         np.testing.assert_array_equal(first[name], kept[name])
         np.testing.assert_allclose(first[name], expected[name][:1], atol=1e-5)  # batch 1's kernels, not batch 3's
+    assert sorted(session._ready) == ["any", "one"]
     name = next(iter(feeds))
     with pytest.raises(ValueError, match=f"the OpenVINO model takes inputs .*{name}"):
         session.run({n: a for n, a in feeds.items() if n != name})
+
+
+def test_openvino_compiles_batch_one_static_only_where_the_batch_is_the_only_dynamic_dimension(tmp_path):
+    from runtime_models import unet_like
+
+    onnx.save(unet_like(), str(tmp_path / "unet.onnx"))  # dynamic height and width
+    build(tmp_path / "unet.onnx", "x86-openvino", tmp_path / "b")
+    session = Generator.open(tmp_path / "b").session
+    assert list(session._ready) == ["any"]
+    session.run({"image": np.zeros((1, 3, 16, 24), np.float32)})
+    session.run({"image": np.zeros((1, 3, 24, 16), np.float32)})
+    assert list(session._ready) == ["any"]
 
 
 @pytest.mark.parametrize("target", ["x86-onnxruntime", "x86-openvino"])
