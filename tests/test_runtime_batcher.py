@@ -129,3 +129,16 @@ def test_a_request_the_batcher_computes_counts_one_miss(bundle):
     finally:
         batcher.close()
     assert (gen.cache.stats.misses, gen.cache.stats.hits) == (1, 1)
+
+
+def test_equal_requests_merged_into_one_computation_are_each_counted_served(bundle):
+    gen = Generator.open(bundle, cache_bytes=0)
+    batcher = MicroBatcher(gen, max_batch=8, max_delay_us=200_000)
+    try:
+        futures = [batcher.submit({"seed": 5, "label": 3}) for _ in range(6)]
+        results = [f.result() for f in futures]
+    finally:
+        batcher.close()
+    assert {r.served_by for r in results} == {"computed"} and batcher.counters["merged_duplicates"] == 5
+    assert gen.stats()["served"] == {"computed": 6}
+    assert len({id(r.pixels) for r in results}) == 6  # each caller its own array

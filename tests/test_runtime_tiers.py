@@ -48,6 +48,9 @@ def test_preview_runs_only_the_graph_up_to_the_preview(tmp_path, models):
         gen.generate(seed=4, label=2, size=24)
     with pytest.raises(RequestError, match="quality 'draft' is not one of full, preview"):
         gen.generate(seed=4, label=2, quality="draft")
+    with pytest.raises(RequestError, match=r"size 16 is the preview tier's and quality='full' asks for the full "
+                                           r"tier \(32\); leave size out, or ask for quality='preview'"):
+        gen.generate(seed=4, label=2, size=16, quality="full")
 
 
 def test_preview_upscaled_by_an_upscaler_compiled_for_the_target(tmp_path, models):
@@ -167,6 +170,20 @@ def test_image_model_sizes_take_the_image_of_their_size(tmp_path):
     assert dyn.generate(image=gray(20, 1)).shape[:2] == (60, 60)
     with pytest.raises(RequestError, match=r"size 192 is made from a 64x64 image .* got 16x16"):
         dyn.generate(image=gray(16, 1), size=192)
+
+
+def test_the_default_size_of_an_image_model_without_tiers_is_made_from_the_default_image(tmp_path):
+    """size=S named the default output and was served at the image's size, whatever the image."""
+    build(f"{FAMILIES}/espcn__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "b")
+    gen = Generator.open(tmp_path / "b")
+    assert gen.tiers.offered() == [192]
+    np.testing.assert_array_equal(gen.generate(image=gray(64, 2), size=192), gen.generate(image=gray(64, 2)))
+    with pytest.raises(RequestError, match=r"size 192 is made from a 64x64 image \(input 'input'\), got 20x20"):
+        gen.generate(image=gray(20, 2), size=192)
+    with pytest.raises(RequestError, match=r"size 60 is not offered by this bundle; sizes: \[192\] \(an "
+                                           r"image-to-image model's output follows its image: leave size out"):
+        gen.generate(image=gray(20, 2), size=60)
+    assert gen.generate(image=gray(20, 2)).shape[:2] == (60, 60)
 
 
 def test_tiers_of_a_dynamic_export_on_litert_are_an_artifact_per_size(tmp_path):

@@ -143,8 +143,11 @@ class MicroBatcher:
             for n, future in enumerate(futures):
                 if isinstance(result, Exception):
                     future.set_exception(result)
-                else:  # every caller gets its own array
-                    future.set_result(result if n == 0 else Rendered(result.pixels.copy(), result.served_by))
+                elif n == 0:
+                    future.set_result(result)
+                else:  # a merged duplicate: served too, and given its own array
+                    self.generator.record(result.served_by)
+                    future.set_result(Rendered(result.pixels.copy(), result.served_by))
 
     def stats(self) -> dict[str, Any]:
         with self._cond:

@@ -114,7 +114,8 @@ class Generator:
         self._roi_refused = {name: entry["refused"] for name, entry in serving.get("roi", {}).items()
                              if "refused" in entry}
         sizes = {s.name: tuple(s.default_shape[2:4]) for s in self.outputs if len(s.default_shape) == 4}
-        self.tiers = Tiers(serving, self.image_outputs, sizes, self.features is not None)
+        self.tiers = Tiers(serving, self.image_outputs, sizes, self.features is not None,
+                           {s.name: tuple(s.default_shape[1:]) for s in self.inputs if s.role == "image"})
         self.batch_parts = {int(k): v for k, v in serving.get("batch_sizes", {}).items()}
         budget = self.config.memory_budget
         self.memory_budget = budget if budget is not None else manifest["target"]["memory_mb"] * MiB // 2
@@ -512,9 +513,10 @@ class Generator:
                 return self._check_array(spec, tensor, batched=False, computed=True)
             if tensor.shape != tuple(route.inputs[spec.name]):
                 _, h, w = route.inputs[spec.name]
-                raise RequestError(f"request {index}: size {route.size[0]} is made from a {w}x{h} image (input "
-                                   f"{spec.name!r}), got {tensor.shape[2]}x{tensor.shape[1]}; give an image of that "
-                                   "size, or leave size out")
+                size = max(route.size) if route.size else request.size
+                raise RequestError(f"request {index}: size {size} is made from a {w}x{h} image (input {spec.name!r}), "
+                                   f"got {tensor.shape[2]}x{tensor.shape[1]}; give an image of that size, or leave "
+                                   "size out")
             return tensor
         raise RequestError(f"request {index} gives nothing for input {spec.name!r} (role {spec.role}); pass "
                            f"{'image=' if spec.role == 'image' else spec.name + '='} an array")

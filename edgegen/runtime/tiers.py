@@ -64,7 +64,9 @@ class Tiers:
     """Routes of one bundle, resolved from a request's output, size and quality."""
 
     def __init__(self, serving: dict[str, Any], image_outputs: list[str], output_sizes: dict[str, tuple[int, int]],
-                 has_split: bool):
+                 has_split: bool, image_inputs: dict[str, tuple[int, ...]] | None = None):
+        """image_inputs: the default shape (without batch) of each image input: what the default size is
+        made from."""
         config = serving.get("tiers") or {}
         self.image_outputs = image_outputs
         self.full = config.get("full", {}).get("output") or (image_outputs[0] if image_outputs else None)
@@ -72,6 +74,7 @@ class Tiers:
         self.sizes = {int(k): v for k, v in config.get("sizes", {}).items()}
         self._output_sizes = output_sizes
         self._split = has_split
+        self._image_inputs = image_inputs or {}
         self._routes: dict[tuple, Route] = {}
 
     def route(self, output: str | None, size: int | None, quality: str | None) -> Route:
@@ -99,9 +102,17 @@ class Tiers:
                          inputs={k: tuple(v) for k, v in entry["inputs"].items()})
         default = self._output_sizes.get(name)
         if size is not None and (default is None or size != max(default)):
-            raise RequestError(f"size {size} is not offered by this bundle; sizes: {self.offered()}")
+            if self.preview and size == max(self.preview["size"]):
+                raise RequestError(f"size {size} is the preview tier's and quality='full' asks for the full tier "
+                                   f"({max(default or self.preview['size'])}); leave size out, or ask for "
+                                   "quality='preview'")
+            follows = " (an image-to-image model's output follows its image: leave size out to get the image's)" \
+                if self._image_inputs else ""
+            raise RequestError(f"size {size} is not offered by this bundle; sizes: {self.offered()}{follows}")
         part = "head" if self._split else "main"
-        return Route("full", part, name, trunk=self._split)
+        # an explicit size is the default one: made from images of the default size (checked per request)
+        inputs = dict(self._image_inputs) if size is not None else {}
+        return Route("full", part, name, trunk=self._split, inputs=inputs)
 
     def _no_preview(self) -> str:
         if len({tuple(self._output_sizes.get(name, ())) for name in self.image_outputs}) > 1:
