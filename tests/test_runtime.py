@@ -269,3 +269,28 @@ def test_one_picture_keys_alike_whatever_its_mode(tmp_path):
         again = gen.render([{"image": same}])[0]
         assert again.served_by == "lru"
         np.testing.assert_array_equal(again.pixels, first.pixels)
+
+
+def test_a_pil_image_of_any_mode_is_the_picture_an_image_file_of_it_gives(tmp_path):
+    """A palette image was fed as its palette indices, CMYK as C, M, Y for R, G, B; 16-bit grey and
+    1-bit images were refused: each is now read as an image file of it is."""
+    from PIL import Image
+
+    from edgegen.image_files import read_rgb
+
+    build("tests/data/families/espcn__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "b")  # a grey model
+    rgb = np.random.default_rng(5).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    pictures = {"P": Image.fromarray(rgb).convert("P"), "CMYK": Image.fromarray(rgb).convert("CMYK"),
+                "I;16": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), "1": Image.fromarray(rgb[..., 0] > 128),
+                "LA": Image.fromarray(rgb).convert("LA")}
+    for mode, picture in pictures.items():
+        if mode == "CMYK":  # PNG holds no CMYK; a CMYK JPEG is read through the same conversion
+            from_file = np.asarray(picture.convert("RGB"))
+        else:
+            picture.save(tmp_path / "p.png")
+            from_file = read_rgb(tmp_path / "p.png")
+        gen = Generator.open(tmp_path / "b")  # a fresh cache for each (grey of the RGB ones is one picture)
+        first = gen.render([{"image": picture}])[0]
+        again = gen.render([{"image": from_file}])[0]
+        assert (first.served_by, again.served_by) == ("computed", "lru"), mode  # one picture, one cache key
+        np.testing.assert_array_equal(first.pixels, again.pixels)

@@ -21,11 +21,22 @@ def image_to_tensor(image, channels: int, value_range: list[float], dtype: str) 
     return (model_pixels(image, channels).astype(np.float32).transpose(2, 0, 1) * ((hi - lo) / 255.0) + lo).astype(dtype)
 
 
+def picture_array(image) -> np.ndarray:
+    """A uint8 array or a PIL image as an array; a PIL image of a mode other than L, RGB or RGBA (palette,
+    CMYK, 1-bit, 16-bit grey, grey + alpha) converted to grey or RGB as an image file is read."""
+    if hasattr(image, "getbands") and image.mode not in ("L", "RGB", "RGBA"):
+        from ..image_files import eight_bit
+
+        image = eight_bit(image)
+        image = image if image.mode == "L" else image.convert("RGB")
+    return np.asarray(image)
+
+
 def model_pixels(image, channels: int) -> np.ndarray:
     """A uint8 HWC/HW array or a PIL image as the HxWxC uint8 pixels a model of `channels` channels takes
     (grey repeated to RGB, RGB to grey by luma, alpha dropped): what a request's cache key is made of, so
     one picture keys alike whatever its mode."""
-    array = np.asarray(image)
+    array = picture_array(image)
     if array.dtype != np.uint8:
         raise RequestError(f"image must be uint8 HxWxC (or a PIL image), got dtype {array.dtype}; pass float "
                            "tensors by input name instead")
