@@ -170,8 +170,10 @@ TEXT_FIELDS = ("quality", "output")  # request fields whose value is a word, not
 
 
 def _shown(request: dict[str, Any]) -> str:
-    """A request as its file gave it (image files by name), for a message."""
-    return "{" + ", ".join(f"{k}: {v}" for k, v in request.items()) + "}"
+    """A request for a message: its fields, image files by their path from the working directory (the request
+    file's relative paths are resolved when it is read)."""
+    files = _image_fields(request)
+    return "{" + ", ".join(f"{k}: {os.path.relpath(v) if k in files else v}" for k, v in request.items()) + "}"
 
 
 def _image_fields(request: dict[str, Any]) -> list[str]:
