@@ -294,3 +294,27 @@ def test_a_pil_image_of_any_mode_is_the_picture_an_image_file_of_it_gives(tmp_pa
         again = gen.render([{"image": from_file}])[0]
         assert (first.served_by, again.served_by) == ("computed", "lru"), mode  # one picture, one cache key
         np.testing.assert_array_equal(first.pixels, again.pixels)
+
+
+def test_a_seeded_map_at_its_verified_size_beside_an_image_of_another_is_named(tmp_path):
+    """A SPADE-style model: an image and a float map made from the seed. With an image of another size the
+    map keeps its verified size; the error named only the image and advised padding for a stride."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "wi"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (3, 2, 3, 3)).astype(np.float32), "ws")]
+    g = helper.make_graph([helper.make_node("Conv", ["image", "wi"], ["a"], pads=[1, 1, 1, 1]),
+                           helper.make_node("Conv", ["seg", "ws"], ["b"], pads=[1, 1, 1, 1]),
+                           helper.make_node("Mul", ["a", "b"], ["c"]), helper.make_node("Sigmoid", ["c"], ["y"])],
+                          "spade", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+                                    helper.make_tensor_value_info("seg", TensorProto.FLOAT, ["N", 2, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "spade.onnx"))
+    build(tmp_path / "spade.onnx", "x86-onnxruntime", tmp_path / "b",
+          graph_options={"input_shapes": {"image": [1, 3, 16, 16], "seg": [1, 2, 16, 16]}})
+    gen = Generator.open(tmp_path / "b")
+    assert gen.generate(image=np.zeros((16, 16, 3), np.uint8), seed=1).shape == (16, 16, 3)
+    with pytest.raises(RequestError, match=r"input shape 'image' 3x8x8 .* 'seg' 2x16x16 kept its verified size "
+                                           r"\(made from the seed .*give seg by name at the size the image needs"):
+        gen.generate(image=np.zeros((8, 8, 3), np.uint8), seed=1)
+    out = gen.generate(image=np.zeros((8, 8, 3), np.uint8), seed=1, seg=np.zeros((2, 8, 8), np.float32))
+    assert out.shape == (8, 8, 3)

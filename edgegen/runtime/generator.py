@@ -572,10 +572,18 @@ class Generator:
                 raise
             given = ", ".join(f"{s.name!r} {format_shape(s.source_dims(feeds[s.name].shape)[1:])}" for s in new)
             verified = ", ".join(f"{s.name!r} {format_shape(s.source_dims(s.default_shape)[1:])}" for s in new)
+            # maps (rank >= 3) the request did not resize, e.g. a seeded map made at its verified size
+            kept = [s for s in self.inputs if s.name in feeds and s not in new and len(s.default_shape) >= 4]
+            advice = ("A network that downsamples (a U-Net, an encoder) needs sides that are multiples of its total "
+                      "stride; resize or pad the image") if not kept else (
+                f"{', '.join(f'{s.name!r} {format_shape(s.source_dims(s.default_shape)[1:])}' for s in kept)} "
+                f"kept {'its' if len(kept) == 1 else 'their'} verified size (made from the seed or label where the "
+                "request did not give it); give an image of the verified size, or give "
+                f"{', '.join(s.name for s in kept)} by name at the size the image needs")
+            reason = first_line(exc)
+            reason = reason if len(reason) <= 300 else reason[:300].rsplit(" ", 1)[0] + " ..."
             raise RequestError(f"the model cannot run at input shape {given} (the {self.manifest['backend']} "
-                               f"backend: {first_line(exc)[:300]}); the bundle was verified at {verified}. A network "
-                               "that downsamples (a U-Net, an encoder) needs sides that are multiples of its total "
-                               "stride; resize or pad the image") from exc
+                               f"backend: {reason}); the bundle was verified at {verified}. {advice}") from exc
 
     @staticmethod
     def _check_array(spec: TensorSpec, array: np.ndarray, batched: bool, computed: bool = False,
