@@ -25,6 +25,9 @@ DEFAULT_RANGE = [0.0, 1.0]
 NETWORK_RANGES = ([-1.0, 1.0], [0.0, 1.0])
 # a float [N, K] input named like this is a class condition given one-hot (cGAN exports: `torch.cat([z, onehot])`)
 _LABEL_WORDS = re.compile(r"one_?hot|(^|[^a-z])(labels?|class(es)?)([^a-z]|$)", re.IGNORECASE)
+# a 1- or 3-channel map named like this is Gaussian noise to draw from the seed, not an image (StyleGAN's
+# per-layer noise inputs, a latent map)
+_NOISE_WORDS = re.compile(r"noise|latent|(^|[^a-z])z([^a-z]|$)", re.IGNORECASE)
 
 
 def parse_overrides(text: str, origin: str) -> dict[str, str]:
@@ -133,7 +136,7 @@ def _input_role(spec: TensorSpec) -> str:
     if len(shape) == 2 or (len(shape) == 4 and shape[2] == 1 and shape[3] == 1):
         return "latent"
     if len(shape) == 4:
-        return "image" if shape[1] in (1, 3) else "latent"
+        return "image" if shape[1] in (1, 3) and not _NOISE_WORDS.search(spec.name) else "latent"
     return "condition"
 
 

@@ -43,6 +43,17 @@ def test_roles_and_label_classes(cgen_path):
     assert graph.outputs[0].range == [-1.0, 1.0]  # from the Tanh that produces it
 
 
+def test_a_one_channel_map_named_noise_is_a_latent_not_an_image(tmp_path):
+    """StyleGAN's per-layer noise inputs [N, 1, H, W] were images: verified and calibrated with smooth pictures."""
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 1, 8, 8]) for name in
+              ("noise_0", "z", "mask", "image")]
+    nodes = [helper.make_node("Sum", [i.name for i in inputs], ["s"]), helper.make_node("Sigmoid", ["s"], ["y"])]
+    g = helper.make_graph(nodes, "noise", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 8, 8])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    roles = {s.name: s.role for s in Graph.load(tmp_path / "m.onnx").inputs}
+    assert roles == {"noise_0": "latent", "z": "latent", "mask": "image", "image": "image"}
+
+
 def test_macs_are_exact(cgen_path):
     costs = {c.op: c for c in Graph.load(cgen_path).node_costs()}
     assert costs["Gemm"].macs == 16 * 128
