@@ -222,6 +222,29 @@ def test_float_layers_and_unsupported_ops_are_refused_by_name(tmp_path):
         build(_graph(tmp_path, lambda: grouped), "fpga-sim", tmp_path / "b", precision="int8")
 
 
+def test_a_modulated_convolution_is_refused_as_one(tmp_path):
+    """StyleGAN's modulated conv scales a [1, out, in, k, k] weight by the style: the refusal said to feed
+    that constant as a model input."""
+    rng = np.random.default_rng(0)
+    h = onnx.helper
+    inits = [onnx.numpy_helper.from_array(rng.normal(0, 0.3, (8, 4)).astype(np.float32), "ws"),
+             onnx.numpy_helper.from_array(rng.normal(0, 0.3, (1, 4, 4, 3, 3)).astype(np.float32), "weight"),
+             onnx.numpy_helper.from_array(np.array([1, 1, 4, 1, 1], np.int64), "s5"),
+             onnx.numpy_helper.from_array(np.array([4, 4, 3, 3], np.int64), "s4")]
+    nodes = [h.make_node("Gemm", ["z", "ws"], ["s"]), h.make_node("Reshape", ["s", "s5"], ["style"]),
+             h.make_node("Mul", ["weight", "style"], ["wm"], name="modulate"), h.make_node("Reshape", ["wm", "s4"], ["w"]),
+             h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), h.make_node("Sigmoid", ["c"], ["y"])]
+    g = h.make_graph(nodes, "modconv", [h.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1, 8]),
+                                        h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+                     [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    with pytest.raises(UnsupportedOpError, match=r"node 'modulate' \(op Mul\): its input 'weight' is a constant of "
+                                                 r"shape \[1, 4, 4, 3, 3\], a conv weight scaled at run time .*build "
+                                                 r"it for a CPU target"):
+        build(tmp_path / "m.onnx", "fpga-sim", tmp_path / "b", precision="int8")
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize("pre, post, const_first, host_in, npu, host_out", [
     (("Sub", "Div"), "Add", False, ["Sub", "Div"], ["Conv", "Conv", "Add"], []),
     (("Add", "Mul"), "Sub", True, [], ["Add", "Mul", "Conv", "Conv"], ["Sub"]),

@@ -79,6 +79,10 @@ def float_input_problem(name: str, source: str, op: str) -> str:
 
 def constant_operand_problem(name: str, shape: list[int]) -> str:
     """Why a constant `name` of this shape cannot be an operand of an NPU layer."""
+    if len(shape) == 5:  # [1, out, in, k, k]: a conv weight scaled per sample (StyleGAN's modulated conv)
+        return (f"its input {name!r} is a constant of shape {shape}, a conv weight scaled at run time (a modulated "
+                "convolution): the NPU runs convolutions with constant weights only, so this model cannot run on "
+                "it; build it for a CPU target (x86-onnxruntime, x86-openvino)")
     return (f"its input {name!r} is a constant of shape {shape}: the NPU takes a constant operand as one value or "
             "one per channel only; a constant map (a fixed noise image, say) is no layer it runs. Feed it as a model "
             "input, or leave it out of the exported model")
