@@ -70,8 +70,14 @@ def recorded(data: dict[str, Any]) -> Target:
 
 
 def target_files() -> list[Path]:
-    """Every target YAML in the targets directory."""
-    return sorted(TARGETS_DIR.glob("*.yaml"))
+    """Every target YAML in the targets directory; TargetError when it holds none (a copy of the package
+    without the checkout's targets/ beside it)."""
+    files = sorted(TARGETS_DIR.glob("*.yaml"))
+    if not files:
+        raise TargetError(f"{TARGETS_DIR}: no target files (*.yaml) there; edgegen reads its targets from the "
+                          "checkout's targets/ directory: install it from the checkout (pip install -e .), or set "
+                          "EDGEGEN_TARGETS_DIR to a directory of target files")
+    return files
 
 
 def load_all() -> list[Target]:
