@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -66,6 +67,17 @@ _TERMINATED = threading.Event()  # set by SIGTERM; the progress callback raises 
 def _on_sigterm(signum: int, frame) -> None:
     _TERMINATED.set()
     raise _Terminated()
+
+
+def _default_sigterm_in_child() -> None:
+    """A process forked from this one (OpenVINO's telemetry posts from a forked child) gets SIGTERM's default
+    action back: a child blocked in C never runs the Python handler, so its parent's terminate() could not end
+    it, and a build, its bundle written, waited for it at exit forever."""
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_child)
 
 
 def _internal_error() -> int:

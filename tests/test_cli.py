@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -225,3 +227,19 @@ def test_a_sigterm_whose_exception_python_discarded_still_stops_at_the_next_prog
             cli._progress("precompute", 16, 200000)
     finally:
         cli._TERMINATED.clear()
+
+
+def test_a_process_forked_from_the_cli_gets_the_default_sigterm_action(tmp_path):
+    """OpenVINO's telemetry posts from a forked child; blocked in C, it never ran the CLI's Python SIGTERM
+    handler it inherited, so terminate() could not end it and a build waited for it at exit forever."""
+    script = ("import multiprocessing, signal, sys\n"
+              "from edgegen import cli\n"
+              "signal.signal(signal.SIGTERM, cli._on_sigterm)\n"
+              "def child(conn):\n"
+              "    conn.send(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n"
+              "parent, child_end = multiprocessing.Pipe()\n"
+              "p = multiprocessing.get_context('fork').Process(target=child, args=(child_end,))\n"
+              "p.start(); p.join()\n"
+              "print(parent.recv(), signal.getsignal(signal.SIGTERM) is cli._on_sigterm)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["True", "True"], done.stderr
