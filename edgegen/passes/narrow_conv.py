@@ -96,7 +96,7 @@ def _replacement(node: onnx.NodeProto, plan: dict, model: onnx.ModelProto, inits
     weight, dequantize, (top, left, bottom, right) = plan["weight"], plan["dequantize"], plan["pads"]
     cout, cin, kh, kw = weight.shape
     taps = kh * kw
-    at = (node.name or node.output[0]) + "/"
+    at = (node.name or node.output[0]) + "/col2im/"  # its own names: "<conv>/bias" may be the conv's bias
 
     def const(name: str, array: np.ndarray) -> str:
         model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), at + name))
