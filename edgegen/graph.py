@@ -192,6 +192,9 @@ def _default_shapes(model: onnx.ModelProto, given: dict[str, list[int]], origin:
             if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape)):
                 raise ModelError(f"{origin}: input {value.name!r} is declared {format_shape(dims)}; "
                                  f"the shape {format_shape(shape)} given for it does not fit")
+            if min(shape, default=1) < 1:
+                raise ModelError(f"{origin}: input {value.name!r}: the shape {format_shape(shape)} given for it has a "
+                                 "dimension below 1; every dimension is a size >= 1")
         else:
             shape = []
             for axis, d in enumerate(dims):

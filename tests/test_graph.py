@@ -421,3 +421,10 @@ def test_a_node_the_optimizer_fuses_keeps_the_models_name(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     assert [(n.op_type, n.name) for n in Graph.load(path).model.graph.node] == \
         [("ConvTranspose", "/dec/up/ConvTranspose")]
+
+
+def test_an_input_shape_with_a_dimension_below_one_is_refused():
+    """A zero dim died in numpy (build) or with a ZeroDivisionError (inspect)."""
+    for dims in ([1, 1, 0, 16], [1, 1, -4, 16]):
+        with pytest.raises(ModelError, match=r"input 'input': the shape .* has a dimension below 1"):
+            Graph.load("tests/data/families/espcn__legacy_dyn.onnx", input_shapes={"input": dims})
