@@ -287,6 +287,19 @@ def test_methods_paths_and_content_length_get_their_http_status(server):
     assert "Bad request" in json.loads(body)["error"]
 
 
+def test_a_body_the_server_does_not_read_is_never_taken_for_the_next_request(server):
+    """A chunked POST got its 411 and then a 400 for its chunk; a GET carrying a POST in its body ran it."""
+    url = urlparse(server.url)
+    smuggled = b'POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Length: 23\r\n\r\n{"seed": 1, "label": 2}'
+    for request in (b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"17\r\n{\"seed\": 1, \"label\": 2}\r\n0\r\n\r\n",
+                    b"GET /v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled) + smuggled):
+        with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+            sock.sendall(request)
+            answers = sock.makefile("rb").read()  # the server closes the connection after one answer
+        assert answers.count(b"HTTP/1.1 ") == 1, answers
+
+
 def test_messages_name_the_field_not_python_internals(server, bundles):
     response, data = post(server, None, raw=b'{"seed": ' + b"7" * 5000 + b', "label": 1}')
     error = json.loads(data)["error"]

@@ -235,6 +235,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = urlparse(self.path).path
+        if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0").strip() != "0":
+            self.close_connection = True  # a body is not read: it must not be taken for the next request
         if ROUTES.get(path) != "GET":
             self._not_served(path)
         elif path == "/v1/health":
@@ -278,6 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         length = self.headers.get("Content-Length")
         if length is None:
+            self.close_connection = True  # a chunked body is not read: it must not be taken for the next request
             self._json(411, {"error": "send a Content-Length header with the JSON body"})
             return
         if not (length.isascii() and length.isdigit()):
