@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgegen.build import build
-from edgegen.errors import BuildError, RequestError
+from edgegen.errors import BuildError, BundleError, RequestError
 from edgegen.graph import Graph
 from edgegen.receptive_field import RoiRefused, spatial_program
 from edgegen.runtime import Generator
@@ -368,3 +368,20 @@ def test_an_edit_follows_a_pixel_unshuffle_as_pytorch_exports_it(tmp_path, reade
     gen.generate(image=before)
     np.testing.assert_array_equal(gen.edit(before, after), gen.generate(image=after))
     assert 0 < gen.stats()["edits"]["computed_pixels"] < 32 * 32 / 4
+
+
+def test_a_part_of_a_bundle_replaced_since_it_was_opened_is_refused(tmp_path):
+    """Parts load on first use: after a rebuild in place, the open Generator ran the new model's region and
+    preview parts beside its old main session (regions 76 levels off its own frames)."""
+    for seed, name in [(0, "a.onnx"), (1, "b.onnx")]:
+        onnx.save(glyph_like(seed=seed), str(tmp_path / name))
+    build(tmp_path / "a.onnx", "x86-onnxruntime", tmp_path / "b", roi=True)
+    gen = Generator.open(tmp_path / "b", cache_bytes=0)
+    gen.generate(seed=1, label=2)
+    build(tmp_path / "b.onnx", "x86-onnxruntime", tmp_path / "b", roi=True)
+    with pytest.raises(BundleError, match=r"part '\w+', loaded on its first use: .* does not match its sha256.*"
+                                          r"rebuilt or replaced since it was opened, open it again"):
+        gen.generate(seed=1, label=2, roi=(2, 2, 8, 8))
+    fresh = Generator.open(tmp_path / "b", cache_bytes=0)
+    np.testing.assert_array_equal(fresh.generate(seed=1, label=2, roi=(2, 2, 8, 8)),
+                                  fresh.generate(seed=1, label=2)[2:10, 2:10])

@@ -86,7 +86,7 @@ class Generator:
     """Serves generation requests from one bundle. Create it with `Generator.open(path)`."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], session, threads: int, host_fallback: bool = False,
-                 config: ServeConfig | None = None):
+                 config: ServeConfig | None = None, verify: bool = True):
         self.path = Path(path)
         self.manifest = manifest
         self.session = session
@@ -100,7 +100,7 @@ class Generator:
         self._image_inputs = [s.name for s in self.inputs if s.role == "image"]
         serving = manifest.get("serving", {})
         self.content_hash = content_hash(manifest.get("files", {}), serving)
-        self.parts = Parts(self.path, manifest, threads, host_fallback, session)
+        self.parts = Parts(self.path, manifest, threads, host_fallback, session, verify)
         self.cache = LRUCache(self.config.cache_bytes)
         self.disk = DiskCache(self.config.disk_cache, self.config.disk_cache_bytes) if self.config.disk_cache else None
         self.assets = AssetPack(self.path, self.content_hash) \
@@ -145,7 +145,7 @@ class Generator:
         threads = threads or min(manifest["target"]["threads"], os.cpu_count() or 1)
         session_mod = backends.session_module(manifest["backend"])
         session = session_mod.Session(path, manifest["session"], threads, host_fallback=host_fallback)
-        return cls(path, manifest, session, threads, host_fallback, ServeConfig(**config))
+        return cls(path, manifest, session, threads, host_fallback, ServeConfig(**config), verify=verify)
 
     # -- requests -----------------------------------------------------------------------------
     def generate(self, seed: int | None = None, label: int | None = None, image=None, output: str | None = None,

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import backends
+from ..bundle import verify_files
 from ..errors import BundleError
 from ..inputs import run_batched
 from ..specs import TensorSpec
@@ -21,8 +22,12 @@ MAIN = "main"
 class Parts:
     """Named backend sessions of one bundle, loaded lazily and run with their batch rules."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], threads: int, host_fallback: bool, main):
+    def __init__(self, path: Path, manifest: dict[str, Any], threads: int, host_fallback: bool, main,
+                 verify: bool = True):
+        """verify: check a part's files against the manifest's sha256 when it loads (the bundle was checked
+        when it was opened; a part loads later, when the bundle on disk may have been replaced)."""
         self._path = Path(path)
+        self._files = manifest.get("files", {}) if verify else {}
         self._entries = manifest.get("parts", {})
         self._backend = manifest["backend"]
         self._threads = threads
@@ -54,10 +59,19 @@ class Parts:
                     raise BundleError(f"{self._path}: the bundle has no part {name!r}; rebuild it with the "
                                       "serving options that need it")
                 entry = self._entries[name]
+                self._check_files(name, entry["dir"])
                 module = backends.session_module(self._backend)
                 self._sessions[name] = module.Session(self._path / entry["dir"], entry["session"], self._threads,
                                                       host_fallback=self._host_fallback)
             return self._sessions[name]
+
+    def _check_files(self, name: str, directory: str) -> None:
+        prefix = directory.rstrip("/") + "/"
+        try:
+            verify_files(self._path, {"files": {k: v for k, v in self._files.items() if k.startswith(prefix)}})
+        except BundleError as exc:
+            raise BundleError(f"part {name!r}, loaded on its first use: {exc} If the bundle was rebuilt or "
+                              "replaced since it was opened, open it again") from None
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run a part on batched feeds (extra keys are ignored; fixed-batch parts run in chunks)."""
