@@ -14,9 +14,18 @@ from .errors import RequestError
 from .specs import TensorSpec
 
 
-def latent_from_seed(seed: int, shape: list[int]) -> np.ndarray:
-    """A standard-normal float32 latent, the same for the same seed on every machine."""
-    return np.random.Generator(np.random.PCG64(int(seed))).standard_normal(tuple(shape), dtype=np.float32)
+def latent_from_seed(seed: int, shape: list[int], stream: int = 0) -> np.ndarray:
+    """A standard-normal float32 latent, the same for the same seed on every machine; `stream` k > 0 (a
+    model's second noise input, see seed_streams) draws from a stream of its own."""
+    bits = np.random.PCG64(int(seed) if stream == 0 else [int(seed), stream])
+    return np.random.Generator(bits).standard_normal(tuple(shape), dtype=np.float32)
+
+
+def seed_streams(specs: list[TensorSpec]) -> dict[str, int]:
+    """The stream each input drawn from a seed takes (not labels, not images): its position among them, so a
+    model with a latent and a noise input gets independent draws for one seed."""
+    drawn = [s.name for s in specs if s.role not in ("label", "image")]
+    return {name: i for i, name in enumerate(drawn)}
 
 
 def synthetic_image(seed: int, shape: list[int], value_range: list[float]) -> np.ndarray:
@@ -53,7 +62,7 @@ def label_tensor(spec: TensorSpec, label: int, shape) -> np.ndarray:
     return np.full(shape, label, dtype=spec.dtype)
 
 
-def sample(spec: TensorSpec, seed: int, label: int | None = None) -> np.ndarray:
+def sample(spec: TensorSpec, seed: int, label: int | None = None, stream: int = 0) -> np.ndarray:
     """One sample (no batch axis) for an input spec: latent from seed, label, or a synthetic image."""
     shape = spec.default_shape[1:]
     if spec.role == "label":
@@ -62,12 +71,13 @@ def sample(spec: TensorSpec, seed: int, label: int | None = None) -> np.ndarray:
         return label_tensor(spec, label, shape)
     if spec.role == "image":
         return synthetic_image(seed, shape, spec.range or [0.0, 1.0]).astype(spec.dtype)
-    return latent_from_seed(seed, shape).astype(spec.dtype)
+    return latent_from_seed(seed, shape, stream).astype(spec.dtype)
 
 
 def sample_feeds(specs: list[TensorSpec], seeds: list[int]) -> dict[str, np.ndarray]:
     """A batch of verification inputs, one sample per seed (labels cycle with the seed)."""
-    return {s.name: np.stack([sample(s, seed) for seed in seeds]) for s in specs}
+    streams = seed_streams(specs)
+    return {s.name: np.stack([sample(s, seed, stream=streams.get(s.name, 0)) for seed in seeds]) for s in specs}
 
 
 def fixed_batch(specs: list[TensorSpec]) -> int | None:

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgegen.build import build
 from edgegen.errors import BundleError, RequestError, first_line
-from edgegen.inputs import latent_from_seed
+from edgegen.inputs import latent_from_seed, sample_feeds
 from edgegen.runtime import Generator, to_pil
 from runtime_models import unet_like
 
@@ -318,3 +318,21 @@ def test_a_seeded_map_at_its_verified_size_beside_an_image_of_another_is_named(t
         gen.generate(image=np.zeros((8, 8, 3), np.uint8), seed=1)
     out = gen.generate(image=np.zeros((8, 8, 3), np.uint8), seed=1, seg=np.zeros((2, 8, 8), np.float32))
     assert out.shape == (8, 8, 3)
+
+
+def test_two_latent_inputs_draw_independent_noise_from_one_seed(tmp_path):
+    """Every latent input was PCG64(seed): a latent and a noise input got the same values."""
+    g = helper.make_graph([helper.make_node("Add", ["z", "noise"], ["s"]),
+                           helper.make_node("Reshape", ["s", "shape"], ["m"]), helper.make_node("Sigmoid", ["m"], ["y"])],
+                          "two", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 12]),
+                                  helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["N", 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 2, 2])],
+                          [numpy_helper.from_array(np.array([-1, 3, 2, 2], np.int64), "shape")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b")
+    gen = Generator.open(tmp_path / "b")
+    feeds = gen.feeds([{"seed": 7}])
+    assert abs(np.corrcoef(feeds["z"][0], feeds["noise"][0])[0, 1]) < 0.9
+    np.testing.assert_array_equal(feeds["z"][0], latent_from_seed(7, [12]))  # the first keeps the seed's stream
+    verification = sample_feeds(gen.inputs, [7])
+    np.testing.assert_array_equal(verification["noise"], feeds["noise"])

@@ -23,7 +23,7 @@ import numpy as np
 from .. import backends, reference
 from ..bundle import content_hash, read_manifest, verify_files
 from ..errors import BundleError, EdgegenError, RequestError, first_line
-from ..inputs import check_label, label_tensor, latent_from_seed, run_batched
+from ..inputs import check_label, label_tensor, latent_from_seed, run_batched, seed_streams
 from ..metrics import compare, quality_outputs, value_range
 from ..specs import TensorSpec, format_shape
 from .assets import PACK, AssetPack
@@ -98,6 +98,7 @@ class Generator:
         self._input_names = tuple(s.name for s in self.inputs)
         self._input_roles = frozenset(s.role for s in self.inputs)
         self._image_inputs = [s.name for s in self.inputs if s.role == "image"]
+        self._streams = seed_streams(self.inputs)
         serving = manifest.get("serving", {})
         self.content_hash = content_hash(manifest.get("files", {}), serving)
         self.parts = Parts(self.path, manifest, threads, host_fallback, session, verify)
@@ -499,7 +500,7 @@ class Generator:
         if spec.role == "latent":
             if request.seed is None:
                 raise RequestError(f"request {index} needs a seed (or a {spec.name!r} array) for the latent input")
-            return latent_from_seed(request.seed, list(shape)).astype(spec.dtype)
+            return latent_from_seed(request.seed, list(shape), self._streams[spec.name]).astype(spec.dtype)
         if spec.role == "label":
             label = request.label if request.label is not None else arrays.get(spec.name)
             if label is None:
