@@ -336,3 +336,16 @@ def test_two_latent_inputs_draw_independent_noise_from_one_seed(tmp_path):
     np.testing.assert_array_equal(feeds["z"][0], latent_from_seed(7, [12]))  # the first keeps the seed's stream
     verification = sample_feeds(gen.inputs, [7])
     np.testing.assert_array_equal(verification["noise"], feeds["noise"])
+
+
+def test_settings_of_the_wrong_type_or_range_are_refused_at_open(ort_bundle):
+    """edit_cell=0 died in the region code at the first edit, cache_bytes='64MB' in the cache, threads=-1 in
+    the backend's C++ core; memory_budget=-1 was used."""
+    for settings, named in [({"edit_cell": 0}, r"edit_cell=0: give an integer >= 1"),
+                            ({"edit_cell": 2.5}, r"edit_cell=2.5"), ({"cache_bytes": "64MB"}, r"cache_bytes='64MB'"),
+                            ({"memory_budget": -1}, r"memory_budget=-1: give an integer >= 1"),
+                            ({"assets": "no"}, r"assets='no': give True or False"),
+                            ({"threads": -1}, r"threads=-1: give an integer >= 1"), ({"threads": 2.5}, "threads=2.5")]:
+        with pytest.raises(RequestError, match=named):
+            Generator.open(ort_bundle, **settings)
+    assert Generator.open(ort_bundle, edit_cell=np.int64(4), memory_budget=None).config.edit_cell == 4

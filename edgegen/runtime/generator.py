@@ -54,6 +54,24 @@ class ServeConfig:
     assets: bool = True
     edit_cell: int = 8
 
+    def __post_init__(self) -> None:
+        """Refuse a setting of the wrong type or range now, naming it (not later, from deep in a cache or
+        the region code)."""
+        for name, low in (("cache_bytes", 0), ("disk_cache_bytes", 0), ("feature_cache_bytes", 0),
+                          ("memory_budget", 1), ("edit_cell", 1)):
+            value = getattr(self, name)
+            if value is None and name == "memory_budget":
+                continue
+            if not _is_int(value) or value < low:
+                raise RequestError(f"{name}={value!r}: give an integer >= {low}"
+                                   + (" (bytes; 0 turns that cache off)" if name.endswith("_bytes") else ""))
+        if not isinstance(self.assets, bool):
+            raise RequestError(f"assets={self.assets!r}: give True or False")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
 
 @dataclass
 class Rendered:
@@ -137,6 +155,8 @@ class Generator:
         memory_budget, assets, edit_cell). The asset pack is checked entry by entry when read.
         """
         path = Path(path)
+        if threads is not None and (not _is_int(threads) or threads < 1):
+            raise RequestError(f"threads={threads!r}: give an integer >= 1 (or leave it out: the target's)")
         manifest = read_manifest(path)
         unknown = set(config) - {f.name for f in fields(ServeConfig)}
         if unknown:
