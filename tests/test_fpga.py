@@ -407,3 +407,26 @@ def test_a_program_with_more_activation_tables_than_the_npu_holds_says_pruning_d
     with pytest.raises(FitError, match=r"bytes of activation-table RAM .* \(backend_options.lut_tables\)\. .*so "
                                        r"pruning does not help"):
         lower_graph(graph, tight, "tight")
+
+
+def test_a_fractional_resize_after_a_function_is_refused_alike_by_inspect_and_build(tmp_path):
+    """inspect said every op of Conv -> Elu -> Resize(1.5x, linear) runs on the NPU (the resize's shape was
+    checked only where a layer computes its input); the build refused the resize for its float input."""
+    from edgegen.backends.fpga.compile import unsupported_nodes
+
+    h = onnx.helper
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1"),
+             onnx.numpy_helper.from_array(rng.normal(0, 0.3, (3, 4, 3, 3)).astype(np.float32), "w2"),
+             onnx.numpy_helper.from_array(np.array([1, 1, 1.5, 1.5], np.float32), "scales")]
+    nodes = [h.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]), h.make_node("Elu", ["a"], ["e"]),
+             h.make_node("Resize", ["e", "", "scales"], ["r"], name="grow", mode="linear"),
+             h.make_node("Conv", ["r", "w2"], ["c"], pads=[1, 1, 1, 1]), h.make_node("Sigmoid", ["c"], ["y"])]
+    g = h.make_graph(nodes, "frac", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+                     [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 24, 24])], inits)
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    why = r"node 'grow' \(op Resize\): only nearest or bilinear upsampling by the same integer factor"
+    missing = unsupported_nodes(Graph.load(tmp_path / "m.onnx"), targets.load("fpga-sim"))
+    assert [(name, op) for name, op, _ in missing] == [("grow", "Resize")]
+    with pytest.raises(UnsupportedOpError, match=why):
+        build(tmp_path / "m.onnx", "fpga-sim", tmp_path / "b", precision="int8")

@@ -163,7 +163,10 @@ class Lowerer(LinearLayers, MovementLayers):
             return dst
         if isinstance(value, Func):
             raise self.unsupported(f"its input {name!r} is computed in float ({value.chain[-1]['op']}) in the QDQ "
-                                   "graph; the NPU computes int8 only")
+                                   "graph (the quantizer gives that function's output no int8 grid of its own); the "
+                                   "NPU computes int8 only. Export the model with a layer the NPU runs (a Conv) "
+                                   f"between the {value.chain[-1]['op']} and this {self.node.op_type}, or pick a CPU "
+                                   "target")
         if name in self.p.consts:
             raise self.unsupported(constant_operand_problem(name, list(np.shape(self.p.consts[name]))))
         raise self.unsupported(f"its input {name!r} is not computed by any node before it")

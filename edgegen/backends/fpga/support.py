@@ -45,8 +45,9 @@ def static_problem(node: onnx.NodeProto, p: Prepared) -> str | None:
         return None if host is not None and to in (onnx.TensorProto.INT32, onnx.TensorProto.INT64) else CAST_ONLY
     if op in MOVEMENT:
         return _reshape_problem(node, p)
-    if op in GRID_PASSING:
-        return _float_input(node, p) or (_grid_passing_problem(node, p) if _is_map(node.input[0], p) else None)
+    if op in GRID_PASSING:  # a resize runs on the NPU whatever its input (the host resizes nothing)
+        return _float_input(node, p) or (_grid_passing_problem(node, p)
+                                         if op == "Resize" or _is_map(node.input[0], p) else None)
     return None
 
 
