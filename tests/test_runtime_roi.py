@@ -385,3 +385,34 @@ def test_a_part_of_a_bundle_replaced_since_it_was_opened_is_refused(tmp_path):
     fresh = Generator.open(tmp_path / "b", cache_bytes=0)
     np.testing.assert_array_equal(fresh.generate(seed=1, label=2, roi=(2, 2, 8, 8)),
                                   fresh.generate(seed=1, label=2)[2:10, 2:10])
+
+
+def test_the_memory_budget_holds_for_a_large_image_behind_a_channel_gate(tmp_path):
+    """A model whose region program starts from roots computed whole (a squeeze-excite gate) judged a frame's
+    size by the verified image: a 4x larger upload ran whole, far over the memory budget."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (8, 8, 1, 1)).astype(np.float32), "se"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (3, 8, 3, 3)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["a"], ["pooled"]), helper.make_node("Conv", ["pooled", "se"], ["s"]),
+             helper.make_node("Sigmoid", ["s"], ["gate"]), helper.make_node("Mul", ["a", "gate"], ["gated"]),
+             helper.make_node("Conv", ["gated", "w2"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Sigmoid", ["c"], ["out"])]
+    g = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "H", "W"])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, "H", "W"])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "se.onnx"))
+    build(tmp_path / "se.onnx", "x86-onnxruntime", tmp_path / "b", roi=True,
+          graph_options={"input_shapes": {"image": [1, 3, 16, 16]}})
+    whole = Generator.open(tmp_path / "b", cache_bytes=0)
+    engine = whole.roi["out"]
+    assert engine.pre is not None
+    budget = int(engine.program.bytes_per_pixel * 32 * 32)  # the verified 16x16 frame fits, a 64x64 one does not
+    tight = Generator.open(tmp_path / "b", cache_bytes=0, memory_budget=budget)
+    tiled = []
+    original = tight.roi["out"].tiled
+    tight.roi["out"].tiled = lambda roots, tile: tiled.append(tile) or original(roots, tile)
+    small, large = smooth_image(16, 16, seed=1), smooth_image(64, 64, seed=2)
+    np.testing.assert_array_equal(tight.generate(image=small), whole.generate(image=small))
+    assert not tiled
+    np.testing.assert_array_equal(tight.generate(image=large), whole.generate(image=large))
+    assert tiled and tiled[0] < 64

@@ -341,7 +341,13 @@ class Generator:
         return self.parts.run(route.part, feeds)[route.output]
 
     def _too_big(self, engine: RoiEngine, route: Route, feeds: dict[str, np.ndarray]) -> bool:
+        """Whether a frame's estimated activations exceed the memory budget: its output size is the verified
+        one scaled as the request's map input (an image) is to the verified one."""
         h, w = self._spec(route.output).default_shape[2:4]
+        spec = next((s for s in self.inputs if len(s.default_shape) == 4 and feeds[s.name].ndim == 4), None)
+        if spec is not None:
+            (vh, vw), (fh, fw) = spec.default_shape[2:4], feeds[spec.name].shape[2:4]
+            h, w = h * fh / vh, w * fw / vw
         return engine.program.bytes_per_pixel * h * w * len(next(iter(feeds.values()))) > self.memory_budget
 
     def _region(self, route: Route, feeds: dict[str, np.ndarray], rect) -> np.ndarray:
