@@ -243,3 +243,25 @@ def test_a_tier_size_beyond_the_targets_memory_is_refused_before_anything_runs(t
                                          r"target x86-onnxruntime's memory_mb"):
         build(f"{FAMILIES}/espcn__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[96, 99999])
     assert not (tmp_path / "b").exists()
+
+
+def test_an_image_models_preview_is_upscaled_to_its_own_images_size(tmp_path):
+    """quality='preview' stretched every preview to the verified size (a 20x28 image's to 64x64 square)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["full"]),
+             helper.make_node("AveragePool", ["full"], ["preview"], kernel_shape=[2, 2], strides=[2, 2])]
+    g = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "H", "W"])],
+                          [helper.make_tensor_value_info("full", TensorProto.FLOAT, [1, 3, "H", "W"]),
+                           helper.make_tensor_value_info("preview", TensorProto.FLOAT, [1, 3, "h", "w"])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b", preview_upscale="lanczos")
+    gen = Generator.open(tmp_path / "b", cache_bytes=0)
+    for height, width in [(64, 64), (32, 32), (20, 28)]:
+        image = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        raw = gen.generate(image=image, output="preview")
+        assert raw.shape == (height // 2, width // 2, 3)
+        np.testing.assert_array_equal(gen.generate(image=image, quality="preview"),
+                                      lanczos_resize(raw[None], height, width)[0])

@@ -387,9 +387,9 @@ class Generator:
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def _upscale(self, route: Route, raw: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-        height, width = route.size
-        if route.upscale == "lanczos":
-            return lanczos_resize(pixels, height, width)
+        if route.upscale == "lanczos":  # by the build's ratio: an image model's preview follows its image's size
+            (height, width), (ph, pw) = route.size, self.tiers.preview["size"]
+            return lanczos_resize(pixels, round(pixels.shape[1] * height / ph), round(pixels.shape[2] * width / pw))
         spec_in = self.parts.inputs("upscaler")[0]
         lo, hi = self._spec(route.output).range or [0.0, 1.0]
         a, b = spec_in.range or [0.0, 1.0]
