@@ -349,3 +349,21 @@ def test_settings_of_the_wrong_type_or_range_are_refused_at_open(ort_bundle):
         with pytest.raises(RequestError, match=named):
             Generator.open(ort_bundle, **settings)
     assert Generator.open(ort_bundle, edit_cell=np.int64(4), memory_budget=None).config.edit_cell == 4
+
+
+def test_render_serves_requests_whose_named_arrays_differ_in_size(tmp_path):
+    """Requests were batched by their image's size only: two latents of a dynamic decoder at different sizes
+    shared a batch and the whole render() failed."""
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.3, (3, 4, 3, 3)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["latent", "w"], ["c"], pads=[1, 1, 1, 1]),
+                           helper.make_node("Sigmoid", ["c"], ["image"])], "decoder",
+                          [helper.make_tensor_value_info("latent", TensorProto.FLOAT, ["N", 4, "H", "W"])],
+                          [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b")
+    gen = Generator.open(tmp_path / "b", cache_bytes=0)
+    rng = np.random.default_rng(0)
+    small, large = (rng.standard_normal((4, n, n)).astype(np.float32) for n in (8, 12))
+    rendered = gen.render([{"latent": small}, {"latent": large}, {"latent": small * 0.5}])
+    assert [r.pixels.shape[:2] for r in rendered] == [(8, 8), (12, 12), (8, 8)]
+    np.testing.assert_array_equal(rendered[1].pixels, gen.generate(latent=large))

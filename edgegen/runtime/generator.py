@@ -97,7 +97,15 @@ class Job:
         """Requests in one bucket can share a backend call (same route, input shapes, ROI)."""
         shapes = tuple(sorted(self.route.inputs.items()))
         image = self.request.image.shape if self.request.image is not None else None
-        return self.route, shapes, image, self.request.roi, self.key if self.request.roi else None
+        given = tuple(sorted((name, _shape(value)) for name, value in self.request.arrays.items()))
+        return self.route, shapes, image, given, self.request.roi, self.key if self.request.roi else None
+
+
+def _shape(value: Any) -> tuple:
+    """The shape of an array or a picture (a PIL image: height, width, bands) a request gives by name."""
+    if hasattr(value, "getbands"):
+        return (value.height, value.width, len(value.getbands()))
+    return np.shape(value)
 
 
 class Generator:
