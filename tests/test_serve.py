@@ -323,6 +323,14 @@ def test_messages_name_the_field_not_python_internals(server, bundles):
         up.close()
 
 
+def test_a_missing_image_is_told_how_to_send_one_over_http(unet_server):
+    """The advice was the SDK's "pass image= an array", which the HTTP API refuses."""
+    for body in ({}, {"image": None}):
+        response, data = post(unet_server, body)
+        error = json.loads(data)["error"]
+        assert response.status == 400 and 'an "image" field (a base64 PNG or JPEG) over HTTP' in error
+
+
 def test_a_decompression_bomb_is_413_not_500(unet_server):
     bomb = png_base64(Image.new("1", (20000, 20000)))
     assert len(bomb) < 100_000

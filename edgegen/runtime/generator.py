@@ -310,8 +310,7 @@ class Generator:
         picture = self._picture(spec, request, index)
         if picture is not None:
             return f"image:{digest(model_pixels(picture, spec.default_shape[1]))}"
-        raise RequestError(f"request {index} gives nothing for input {spec.name!r} (role {spec.role}); pass "
-                           f"{'image=' if spec.role == 'image' else spec.name + '='} an array")
+        raise self._nothing_for(spec, index)
 
     # -- computing misses ---------------------------------------------------------------------
     def _compute(self, jobs: list[Job]) -> list[np.ndarray]:
@@ -510,6 +509,18 @@ class Generator:
                                "a request file")
         return request.image
 
+    def _nothing_for(self, spec: TensorSpec, index: int) -> RequestError:
+        """A request that gives an input nothing, told how to give it in each interface."""
+        if spec.role == "image" and spec.name == self._image_inputs[0]:
+            how = ("give a picture: image= (a uint8 HxWxC array or a PIL image) in the SDK, an \"image\" field (a "
+                   "base64 PNG or JPEG) over HTTP, --image FILE to edgegen generate")
+        elif spec.role == "image":
+            how = (f"give a picture: {spec.name}= in the SDK, a {spec.name!r} field (a base64 PNG or JPEG) over HTTP, "
+                   f"--input {spec.name}=FILE to edgegen generate")
+        else:
+            how = f"pass {spec.name}= an array (the SDK's generate or run)"
+        return RequestError(f"request {index} gives nothing for input {spec.name!r} (role {spec.role}); {how}")
+
     def _raw_array(self, spec: TensorSpec, arrays: dict[str, Any]) -> bool:
         """Whether a request gives an input as a tensor by name (not a scalar label, not an 8-bit picture)."""
         given = arrays.get(spec.name)
@@ -553,8 +564,7 @@ class Generator:
                                    f"got {tensor.shape[2]}x{tensor.shape[1]}; give an image of that size, or leave "
                                    "size out")
             return tensor
-        raise RequestError(f"request {index} gives nothing for input {spec.name!r} (role {spec.role}); pass "
-                           f"{'image=' if spec.role == 'image' else spec.name + '='} an array")
+        raise self._nothing_for(spec, index)
 
     # -- raw tensors ----------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
