@@ -338,7 +338,29 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
         "latency": _latency(session, first, tgt.threads, ran_on,
                             SourceSession(source.reference, tgt.threads) if native and tgt.backend != "fpga" else None),
         "execution": session.execution_report() if hasattr(session, "execution_report") else None,
+        "batching": _batch_invariance(session, source, feeds, actual),
     }
+
+
+BATCH_SIZES_CHECKED = (1, 3)  # besides the held-out batch itself: kernels for a batch of 3 are where one differed
+
+
+def _batch_invariance(session, source: Graph, feeds: dict[str, np.ndarray],
+                      batched: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Whether the artifact gives an input the same outputs whatever batch it runs in (the held-out batch,
+    each input alone, a batch of 3): a backend's kernels for another batch size may sum in another order
+    (OpenVINO's int8 at batch 3: pixels one level off). Where they differ, the runtime computes requests one
+    at a time, so the same request always gives the same pixels whatever the traffic."""
+    count = len(next(iter(feeds.values())))
+    if fixed_batch(source.inputs) is not None or count < 2:
+        return {"invariant": True, "max_abs": 0.0}
+    drift = 0.0
+    for size in BATCH_SIZES_CHECKED:
+        for start in range(0, min(count, 3 if size == 1 else size), size):
+            part = session.run({k: v[start:start + size] for k, v in feeds.items()})
+            drift = max(drift, *(max_abs(batched[s.name][start:start + size].astype(np.float32),
+                                         part[s.name].astype(np.float32)) for s in source.outputs))
+    return {"invariant": drift == 0.0, "max_abs": float(drift)}
 
 
 def _latency(session, feeds: dict[str, np.ndarray], threads: int, where: str, source: SourceSession | None,

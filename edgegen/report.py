@@ -85,6 +85,11 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
     if execution and execution["int8"]:
         lines.append("  executes  int8: " + ", ".join(f"{k} x{v}" for k, v in sorted(execution["int8"].items()))
                      + "; float: " + (", ".join(f"{k} x{v}" for k, v in sorted(execution["float"].items())) or "none"))
+    batching = manifest.get("batching", {})
+    if not batching.get("invariant", True):
+        lines.append(f"  batching  per request: {manifest['backend']} gives an input outputs up to "
+                     f"{batching['max_abs']:.3g} apart alone and in a batch, so requests are computed one at a time "
+                     "(the same request, the same pixels, whatever the traffic)")
     pruned = manifest.get("passes", {}).get("prune")
     if pruned:
         quality = pruned["quality"]

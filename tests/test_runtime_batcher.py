@@ -142,3 +142,27 @@ def test_equal_requests_merged_into_one_computation_are_each_counted_served(bund
     assert {r.served_by for r in results} == {"computed"} and batcher.counters["merged_duplicates"] == 5
     assert gen.stats()["served"] == {"computed": 6}
     assert len({id(r.pixels) for r in results}) == 6  # each caller its own array
+
+
+def test_an_artifact_whose_outputs_change_with_the_batch_is_computed_one_request_at_a_time(bundle):
+    """OpenVINO's kernels for another batch size sum in another order (int8 at batch 3: pixels one level off),
+    so merged requests gave traffic-dependent pixels. The build checks it; the runtime then runs each alone."""
+    from edgegen.build import _batch_invariance
+
+    gen = Generator.open(bundle, cache_bytes=0, feature_cache_bytes=0)
+    assert gen.manifest["batching"] == {"invariant": True, "max_abs": 0.0}  # ONNX Runtime: any batch, one result
+    feeds = gen.feeds([{"seed": s, "label": s % 10} for s in range(8)])
+    drifting = type("Drifting", (), {"run": lambda self, f: {k: v + 1e-7 * len(f["latent"])
+                                                             for k, v in gen.session.run(f).items()}})()
+    checked = _batch_invariance(drifting, gen, feeds, drifting.run(feeds))  # gen: the specs of the source's I/O
+    assert not checked["invariant"] and checked["max_abs"] > 0
+    calls = []
+    run = gen.parts.run
+    gen.parts.run = lambda name, f: calls.append(len(next(iter(f.values())))) or run(name, f)
+    requests = [{"seed": s, "label": 1} for s in range(4)]
+    together = gen.generate_batch(requests)
+    per_batch = len(calls)  # a part call each (the trunk and the head of a split bundle)
+    assert calls == [4] * per_batch
+    gen.batch_invariant, calls[:] = False, []
+    np.testing.assert_array_equal(gen.generate_batch(requests), together)
+    assert calls == [1] * 4 * per_batch

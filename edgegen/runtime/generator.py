@@ -144,6 +144,8 @@ class Generator:
         self.tiers = Tiers(serving, self.image_outputs, sizes, self.features is not None,
                            {s.name: tuple(s.default_shape[1:]) for s in self.inputs if s.role == "image"})
         self.batch_parts = {int(k): v for k, v in serving.get("batch_sizes", {}).items()}
+        # whether the artifact gives an input the same outputs in any batch (checked at build; see build.py)
+        self.batch_invariant = manifest.get("batching", {}).get("invariant", True)
         budget = self.config.memory_budget
         self.memory_budget = budget if budget is not None else manifest["target"]["memory_mb"] * MiB // 2
         self._lock = threading.Lock()
@@ -208,8 +210,8 @@ class Generator:
         results: list[Rendered | None] = [self.lookup(job.key, count_miss=not looked_up) for job in jobs]
         groups: dict[tuple, list[tuple[int, Job]]] = {}
         for n, (job, found) in enumerate(zip(jobs, results)):
-            if found is None:
-                groups.setdefault(job.bucket, []).append((n, job))
+            if found is None:  # an artifact whose results depend on the batch size computes each alone
+                groups.setdefault(job.bucket if self.batch_invariant else n, []).append((n, job))
         for group in groups.values():
             for (n, job), pixels in zip(group, self._compute([job for _, job in group])):
                 self._remember(job.key, pixels)
