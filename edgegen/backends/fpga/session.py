@@ -55,6 +55,8 @@ def open_device(mode: str, config: NpuConfig) -> Transport:
 class Session:
     """Runs an FPGA bundle: batch elements one at a time through the NPU."""
 
+    one_at_a_time = True  # a sample's result never depends on the batch it came in (build.py need not check)
+
     def __init__(self, bundle_dir: Path, session: dict[str, Any], threads: int, host_fallback: bool = False,
                  transport: Transport | None = None, mode: str | None = None):
         bundle_dir = Path(bundle_dir)
