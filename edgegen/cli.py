@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from .errors import EdgegenError, RequestError
+from .errors import EdgegenError, RequestError, first_line
 from .targets import PRECISIONS
 from .fileio import atomic_path, write_text
 
@@ -134,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int)
     p.add_argument("--image", help="input image file for image-to-image models")
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE",
-                   help="an image file for another image input by name (a mask, a style image); repeatable")
+                   help="an image file for another image input by name (a mask, a style image), or a .npy array for a "
+                        "tensor input (a float map); repeatable")
     p.add_argument("--output-name", help="which image output to save (default: the first)")
     p.add_argument("--size", type=int, help="a resolution tier the bundle offers")
     p.add_argument("--quality", choices=["full", "preview"])
@@ -362,7 +363,20 @@ def _targets(args) -> int:
     return 0
 
 
+def _read_array(path: str):
+    """A .npy array for an input given by name (a float map, a latent)."""
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RequestError(f"{path}: cannot read the array ({first_line(exc)}); give a .npy file written by "
+                           "numpy.save") from None
+
+
 def _generate(args) -> int:
+    import numpy as np
+
     from .image_files import read_rgb
     from .runtime import Generator, to_pil
     from .runtime.requests import FIELDS as REQUEST_FIELDS
@@ -377,8 +391,14 @@ def _generate(args) -> int:
             raise RequestError(f"--input {item!r}: {name} is a request field; use --{name}")
         if name in named:
             raise RequestError(f"--input {item!r}: {name} is given twice; give each input once")
-        named[name] = read_rgb(path)
+        named[name] = _read_array(path) if path.endswith(".npy") else read_rgb(path)
     gen = Generator.open(args.bundle, threads=args.threads, host_fallback=args.host_fallback)
+    for spec in gen.inputs:
+        if spec.name in named and spec.role != "image" and named[spec.name].dtype == np.uint8:
+            raise RequestError(f"--input {spec.name}=...: {spec.name!r} is a {spec.role} input ({spec.dtype} "
+                               f"{'x'.join(map(str, spec.default_shape[1:]))}), not an image: give it as a .npy array "
+                               f"of that shape and dtype" + (", or leave it out to draw it from --seed"
+                                                             if spec.role == "latent" else ""))
     roi = None
     if args.roi:
         try:

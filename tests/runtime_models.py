@@ -11,6 +11,9 @@ a global skip; image [N,3,H,W] in [0,1] -> image_2x [N,3,2H,2W], dynamic N, H, W
 
 unet_like: one U-Net level (stride-2 conv down, nearest x2 up, Concat with the input), dynamic H, W:
 it runs only on even sides.
+
+spade_like: an image [N,3,H,W] modulated by a float map seg [N,2,H,W] (a latent: drawn from the seed
+unless given), dynamic H, W.
 """
 
 from __future__ import annotations
@@ -179,3 +182,16 @@ def sized_resize_like(seed: int = 0, c: int = 6, form: str = "sizes") -> onnx.Mo
     if form == "axes":
         model.opset_import[0].version = 18
     return model
+
+
+def spade_like(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "wi"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (3, 2, 3, 3)).astype(np.float32), "ws")]
+    g = helper.make_graph([helper.make_node("Conv", ["image", "wi"], ["a"], pads=[1, 1, 1, 1]),
+                           helper.make_node("Conv", ["seg", "ws"], ["b"], pads=[1, 1, 1, 1]),
+                           helper.make_node("Mul", ["a", "b"], ["c"]), helper.make_node("Sigmoid", ["c"], ["y"])],
+                          "spade", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+                                    helper.make_tensor_value_info("seg", TensorProto.FLOAT, ["N", 2, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])

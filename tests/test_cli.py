@@ -3,11 +3,13 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 
 from edgegen.build import build
 from edgegen.cli import main
+from runtime_models import spade_like
 
 
 def run(capsys, *args):
@@ -243,3 +245,18 @@ def test_a_process_forked_from_the_cli_gets_the_default_sigterm_action(tmp_path)
               "print(parent.recv(), signal.getsignal(signal.SIGTERM) is cli._on_sigterm)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["True", "True"], done.stderr
+
+
+def test_generate_takes_a_float_map_by_name_from_a_npy_file(tmp_path, capsys):
+    """--input took image files only: a float map input was refused with numpy advice (.astype)."""
+    onnx.save(spade_like(), str(tmp_path / "spade.onnx"))
+    build(tmp_path / "spade.onnx", "x86-onnxruntime", tmp_path / "b",
+          graph_options={"input_shapes": {"image": [1, 3, 16, 16], "seg": [1, 2, 16, 16]}})
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tmp_path / "in.png")
+    np.save(tmp_path / "seg.npy", np.ones((2, 8, 8), np.float32))
+    assert main(["generate", str(tmp_path / "b"), "--image", str(tmp_path / "in.png"), "--input",
+                 f"seg={tmp_path / 'seg.npy'}", "-o", str(tmp_path / "out.png")]) == 0
+    assert Image.open(tmp_path / "out.png").size == (8, 8)
+    assert main(["generate", str(tmp_path / "b"), "--image", str(tmp_path / "in.png"), "--input",
+                 f"seg={tmp_path / 'in.png'}", "-o", str(tmp_path / "x.png")]) == 2
+    assert "'seg' is a latent input (float32 2x16x16), not an image: give it as a .npy array" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from edgegen.build import build
 from edgegen.errors import BundleError, RequestError, first_line
 from edgegen.inputs import latent_from_seed, sample_feeds
 from edgegen.runtime import Generator, to_pil
-from runtime_models import unet_like
+from runtime_models import spade_like, unet_like
 
 
 @pytest.fixture(params=["ort_bundle", "ov_bundle"])
@@ -299,16 +299,7 @@ def test_a_pil_image_of_any_mode_is_the_picture_an_image_file_of_it_gives(tmp_pa
 def test_a_seeded_map_at_its_verified_size_beside_an_image_of_another_is_named(tmp_path):
     """A SPADE-style model: an image and a float map made from the seed. With an image of another size the
     map keeps its verified size; the error named only the image and advised padding for a stride."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "wi"),
-             numpy_helper.from_array(rng.normal(0, 0.3, (3, 2, 3, 3)).astype(np.float32), "ws")]
-    g = helper.make_graph([helper.make_node("Conv", ["image", "wi"], ["a"], pads=[1, 1, 1, 1]),
-                           helper.make_node("Conv", ["seg", "ws"], ["b"], pads=[1, 1, 1, 1]),
-                           helper.make_node("Mul", ["a", "b"], ["c"]), helper.make_node("Sigmoid", ["c"], ["y"])],
-                          "spade", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"]),
-                                    helper.make_tensor_value_info("seg", TensorProto.FLOAT, ["N", 2, "H", "W"])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])], inits)
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "spade.onnx"))
+    onnx.save(spade_like(), str(tmp_path / "spade.onnx"))
     build(tmp_path / "spade.onnx", "x86-onnxruntime", tmp_path / "b",
           graph_options={"input_shapes": {"image": [1, 3, 16, 16], "seg": [1, 2, 16, 16]}})
     gen = Generator.open(tmp_path / "b")
