@@ -117,8 +117,9 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     source = model if isinstance(model, Graph) else Graph.load(model, **opts.graph_options)
     compiler = backends.compiler_module(tgt.backend)
     _refuse_unsupported(compiler.unsupported_nodes(source, tgt), source, tgt)
-    _warn_synthetic_maps(source)
-    feeds = sample_feeds(source.inputs, list(range(VERIFY_SEED, VERIFY_SEED + opts.samples)))
+    feeds, inputs_from = _verification_feeds(source, opts)
+    if inputs_from is None:
+        _warn_synthetic_maps(source)
     per_call = source.samples_per_run()
     reference_run = SourceSession(source.reference)
     _refuse_batch_dependence(source, reference_run, feeds)
@@ -138,6 +139,8 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
             run_batched(SourceSession(graph.model).run, source.inputs, feeds, per_call)
         checks = _verify(source, tgt, precision, opts.floor, staging, compiled["session"], feeds, expected,
                          compiled_from, reference_run.describe, passes.get("quantize", {}).get("result"), per_call)
+        if inputs_from:
+            checks["fidelity"]["inputs_from"] = inputs_from
         manifest = _manifest(source, graph, tgt, precision, compiled, checks, passes)
         manifest.update(serving_step(graph, tgt, precision, staging, opts.serving, opts.precompute, manifest,
                                      feeds, report))
@@ -148,6 +151,23 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
             shutil.rmtree(staging, ignore_errors=True)
     report("done", 1, 1)
     return BuildResult(out, bundle.read_manifest(out))
+
+
+def _verification_feeds(source: Graph, opts: BuildOptions) -> tuple[dict[str, np.ndarray], str | None]:
+    """The held-out inputs: seeded samples of the input spec; or, where --calibration names an array file
+    (real inputs: one-hot segmentation maps, masks), its rows after those calibration takes (the file's last
+    rows where it holds no more), and where they come from."""
+    source_file = opts.calibration
+    if not source_file or Path(source_file).suffix not in (".npy", ".npz"):
+        return sample_feeds(source.inputs, list(range(VERIFY_SEED, VERIFY_SEED + opts.samples))), None
+    from .passes.calibration import load_calibration
+
+    arrays = load_calibration(source.inputs, source_file, opts.calibration_count + opts.samples).feeds
+    rows = len(next(iter(arrays.values())))
+    start = opts.calibration_count if rows >= opts.calibration_count + opts.samples else max(0, rows - opts.samples)
+    shared = ", calibration took them too: the file holds no more" if start < opts.calibration_count else ""
+    return ({name: array[start:start + opts.samples] for name, array in arrays.items()},
+            f"rows {start}..{min(rows, start + opts.samples) - 1} of {Path(source_file).name}{shared}")
 
 
 def _refuse_batch_dependence(source: Graph, reference_run: SourceSession, feeds: dict[str, np.ndarray]) -> None:

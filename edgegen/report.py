@@ -53,7 +53,8 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
         f"{model['source_param_bytes'] / 1e3:.0f} -> {model['param_bytes'] / 1e3:.0f} KB",
         f"  fidelity  PSNR {fid['psnr_db']:.2f} dB, SSIM {fid['ssim']:.4f}, max-abs {fid['max_abs']:.3g} vs the "
         f"fp32 source on {fid['samples']} held-out inputs"
-        + (" (smooth synthetic images: photographs can score lower)"
+        + (f" ({fid['inputs_from']})" if fid.get("inputs_from") else
+           " (smooth synthetic images: photographs can score lower)"
            if any(i.get("role") == "image" for i in model.get("inputs", [])) else "")
         + (f" (floor: {fid['floor']})" if fid.get("floor") else ""),
         f"  latency   p50 {lat['p50_ms']:.3f} ms, batch 1, {lat['threads']} thread(s), on {fid['ran_on']}"
