@@ -287,7 +287,7 @@ def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator,
         raise BuildError("give either --prune RATIO or --prune-to-macs N, not both")
     if opts.prune_to_macs is not None:
         pruned, result = prune.prune_to_macs(graph, calibration, opts.prune_to_macs, evaluator, step)
-        quality = result["quality"]["with_reconstruction"]
+        quality = result["quality"]["result"]
         if opts.floor and not opts.floor.met(quality):
             raise BuildError(f"{graph.source}: pruned to {result['macs']['after']:,} MACs (--prune-to-macs "
                              f"{opts.prune_to_macs:,}) the model reaches PSNR {quality['psnr_db']:.2f} dB / SSIM "
@@ -298,7 +298,7 @@ def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator,
     if opts.floor:
         return prune.prune_to_floor(graph, calibration, evaluator, opts.floor, max_ratio=opts.prune, progress=step)
     pruned, result = prune.prune(graph, opts.prune, calibration, evaluator=evaluator, progress=step)
-    quality = result["quality"]["with_reconstruction"]
+    quality = result["quality"]["result"]
     if quality["psnr_db"] < PRUNED_PSNR_WARNING_DB:
         log.warning("--prune %g leaves PSNR %.1f dB / SSIM %.3f against the fp32 source (%.1f dB without the "
                     "re-fit): give a smaller ratio, or --min-psnr DB to prune only as far as that floor allows",

@@ -103,7 +103,9 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
                      f"{pruned['macs']['after'] / 1e6:.2f} M; PSNR without re-fit "
                      f"{quality['without_reconstruction']['psnr_db']:.2f} dB"
                      + (f", with least-squares re-fit {refit['psnr_db']:.2f} dB (fitted on "
-                        f"{pruned['reconstruction']['calibration']['count']} samples)" if refit else "")
+                        f"{pruned['reconstruction']['calibration']['count']} samples"
+                        + ("" if pruned["reconstruction"].get("kept", True) else "; lower: not kept") + ")"
+                        if refit else "")
                      + f"; {sum(after < before for before, after in (g['channels'] for g in pruned['groups']))} of "
                      f"{len(pruned['groups'])} groups pruned, {len(pruned['excluded'])} excluded")
     quant = manifest.get("passes", {}).get("quantize")

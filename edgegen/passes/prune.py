@@ -323,6 +323,12 @@ class Pruner:
         quality = {"without_reconstruction": evaluator.quality(raw)}
         if reconstruct:
             quality["with_reconstruction"] = evaluator.quality(final)
+        # a re-fit that scores lower on the held-out inputs than the plain pruned graph (a ridge fitted on few
+        # samples) is not shipped
+        refit_kept = reconstruct and quality["with_reconstruction"]["psnr_db"] >= quality["without_reconstruction"][
+            "psnr_db"]
+        final = final if refit_kept else raw
+        quality["result"] = quality["with_reconstruction" if refit_kept else "without_reconstruction"]
         selection = (f"the MACs of floor(ratio x channels) in every group, re-allocated across groups by measured "
                      f"sensitivity" if allocation["used"] else "floor(ratio x channels) of every prunable group")
         report = {
@@ -336,7 +342,7 @@ class Pruner:
             "groups": [self._group_row(g, keep) for g in self.prunable],
             "excluded": [{"layers": g.producers, "consumers": [self.work.graph.node[i].name for i in g.consumers],
                           "channels": g.size, "reasons": g.reasons} for g in self.excluded],
-            "reconstruction": {"enabled": reconstruct, "layers": rows, "not_refit": skipped,
+            "reconstruction": {"enabled": reconstruct, "kept": refit_kept, "layers": rows, "not_refit": skipped,
                                "calibration": refit_samples(self.calibration, self.batch).report()},
             "quality": quality,
             "seconds": round(time.perf_counter() - start, 2),
@@ -344,7 +350,8 @@ class Pruner:
         removed = sum(g.size - len(keep.get(g.root, range(g.size))) for g in self.prunable)
         how = "allocated by sensitivity" if allocation["used"] else "per group"
         note = (f"pruned {removed} channels ({ratio:.0%} {how}, {len(keep)} groups): MACs {before['macs']:,} -> "
-                f"{after['macs']:,}" + (f", {len(rows)} layers re-fitted by least squares" if reconstruct else ""))
+                f"{after['macs']:,}" + (f", {len(rows)} layers re-fitted by least squares" if refit_kept else
+                                        ", the least-squares re-fit not kept (it scored lower)" if reconstruct else ""))
         log.info(note)
         return self.graph.with_model(final, [note]), report
 
