@@ -43,7 +43,7 @@ def test_openvino_session_binds_inputs_in_place_and_copies_its_outputs_out(ov_bu
     from edgegen import reference
 
     session = Generator.open(ov_bundle).session
-    assert list(session._ready) == ["one"]  # batch 1 compiled static; the dynamic model on the first other batch
+    assert list(session._ready) == [1]  # batch 1 compiled static; each other batch size on its first call
     one, _ = reference.load(ov_bundle, json.loads((ov_bundle / "manifest.json").read_text()))
     feeds = {name: np.concatenate([array * (1 - 0.4 * i) if array.dtype.kind == "f" else array for i in range(3)])
              for name, array in one.items()}  # three different samples
@@ -60,10 +60,21 @@ def test_openvino_session_binds_inputs_in_place_and_copies_its_outputs_out(ov_bu
     for name in first:
         np.testing.assert_array_equal(first[name], kept[name])
         np.testing.assert_allclose(first[name], expected[name][:1], atol=1e-5)  # batch 1's kernels, not batch 3's
-    assert sorted(session._ready) == ["any", "one"]
+    assert sorted(session._ready) == [1, 2, 3]
     name = next(iter(feeds))
     with pytest.raises(ValueError, match=f"the OpenVINO model takes inputs .*{name}"):
         session.run({n: a for n, a in feeds.items() if n != name})
+
+
+def test_openvino_compiles_static_batches_up_to_a_limit_then_runs_the_dynamic_model(ov_bundle, monkeypatch):
+    from edgegen.backends.openvino import session as ov_session
+
+    monkeypatch.setattr(ov_session, "STATIC_BATCHES", 2)
+    gen = Generator.open(ov_bundle)
+    for n in (1, 2, 3):
+        feeds = gen.feeds([{"seed": s, "label": 1} for s in range(n)])
+        assert len(gen.session.run(feeds)["image"]) == n
+    assert sorted(gen.session._ready, key=str) == [1, 2, "any"]
 
 
 def test_openvino_compiles_batch_one_static_only_where_the_batch_is_the_only_dynamic_dimension(tmp_path):

@@ -348,6 +348,11 @@ def test_sensitivity_allocation_beats_the_uniform_ratio_at_its_macs():
     _, uniform = prune(graph, 0.5, calibration, allocate=False)
     assert uniform["allocation"] == {"used": False}
     assert uniform["quality"]["with_reconstruction"]["psnr_db"] == allocation["uniform_psnr_db"]
+    # a floor search settles on a uniform ratio, then re-allocates it too (it shipped the uniform one)
+    evaluator = Pruner(graph, calibration).default_evaluator()
+    _, floored = prune_to_floor(graph, calibration, evaluator, QualityFloor(min_psnr=20), max_ratio=0.5)
+    assert floored["ratio"] == 0.5 and floored["allocation"]["used"]
+    assert floored["quality"]["result"]["psnr_db"] > floored["allocation"]["uniform_psnr_db"]
 
 
 # The CycleGAN and fast-style fixtures are random networks with an InstanceNorm after every conv: their

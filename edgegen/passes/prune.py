@@ -102,7 +102,9 @@ def prune_to_floor(graph: Graph, calibration: Calibration, evaluator: Evaluator,
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if meets(grid[mid]) else (lo, mid)
-    pruned, report = pruner.result(grid[lo], True, evaluator)
+    pruned, report = pruner.result(grid[lo], True, evaluator, allocate=True)  # re-allocated where that scores higher
+    if not floor.met(report["quality"]["result"]):  # its PSNR is higher; an SSIM floor it may still miss
+        pruned, report = pruner.result(grid[lo], True, evaluator)
     report["search"] = {"floor": floor.describe(), "max_ratio": max_ratio, "step": FLOOR_STEP, "tried": search}
     return pruned, report
 
