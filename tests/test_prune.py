@@ -223,14 +223,19 @@ def test_fixed_batch_models_calibrate_in_padded_chunks(tmp_path):
     assert report["groups"][0]["channels"] == [8, 6] and report["reconstruction"]["layers"]
 
 
-def test_a_ratio_that_removes_no_channel_is_refused_and_a_larger_one_refits(tmp_path):
+def _two_convs(tmp_path) -> Graph:
+    """Conv (8 channels) -> Relu -> Conv: one prunable group of 8."""
     rng = np.random.default_rng(5)
-    graph = _graph(tmp_path, [
+    return _graph(tmp_path, [
         helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["a"], ["r"], name="r"),
         helper.make_node("Conv", ["r", "wb"], ["y"], name="b", pads=[1, 1, 1, 1]),
     ], {"wa": _weights(rng, (8, 3, 3, 3)), "ba": _bias(rng, 8), "wb": _weights(rng, (3, 8, 3, 3))},
         [_image("x", 3)], [_image("y", 3)])
+
+
+def test_a_ratio_that_removes_no_channel_is_refused_and_a_larger_one_refits(tmp_path):
+    graph = _two_convs(tmp_path)
     with pytest.raises(BuildError, match=r"--prune 0.01 removes no channel \(its 1 prunable groups have 8-8 "
                                          r"channels; the smallest ratio that removes one is 0.13\)"):
         prune(graph, 0.01, load_calibration(graph.inputs, None, 8))
@@ -246,13 +251,7 @@ def test_a_ratio_that_removes_no_channel_is_refused_and_a_larger_one_refits(tmp_
 def test_a_refit_that_scores_lower_than_the_plain_pruned_graph_is_not_shipped(tmp_path, monkeypatch):
     """A ridge fitted on few samples can lower the quality (BigGAN-lite: 72.5 dB pruned, 69.3 dB re-fitted), and
     the re-fitted graph was shipped."""
-    rng = np.random.default_rng(5)
-    graph = _graph(tmp_path, [
-        helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["a"], ["r"], name="r"),
-        helper.make_node("Conv", ["r", "wb"], ["y"], name="b", pads=[1, 1, 1, 1]),
-    ], {"wa": _weights(rng, (8, 3, 3, 3)), "ba": _bias(rng, 8), "wb": _weights(rng, (3, 8, 3, 3))},
-        [_image("x", 3)], [_image("y", 3)])
+    graph = _two_convs(tmp_path)
     refit = Pruner._reconstruct
 
     def weight_of_b(model: onnx.ModelProto) -> onnx.TensorProto:
