@@ -77,6 +77,18 @@ def test_openvino_compiles_static_batches_up_to_a_limit_then_runs_the_dynamic_mo
     assert sorted(gen.session._ready, key=str) == [1, 2, "any"]
 
 
+def test_openvino_runs_a_batch_it_cannot_compile_static_on_the_dynamic_model(ov_bundle, monkeypatch):
+    from edgegen.backends.openvino import session as ov_session
+
+    gen = Generator.open(ov_bundle)
+    reshape = ov_session._with_batch
+    monkeypatch.setattr(ov_session, "_with_batch", lambda model, shapes, batch: reshape(model, shapes, batch)
+                        if batch != 3 else (_ for _ in ()).throw(RuntimeError("cannot reshape")))
+    feeds = gen.feeds([{"seed": s, "label": 1} for s in range(3)])
+    assert len(gen.session.run(feeds)["image"]) == 3
+    assert gen.session._ready[3] is gen.session._ready["any"]
+
+
 def test_openvino_compiles_batch_one_static_only_where_the_batch_is_the_only_dynamic_dimension(tmp_path):
     from runtime_models import unet_like
 

@@ -80,7 +80,13 @@ class Session:
         """The compiled model for a batch size (or "any": the dynamic one) and its infer request, compiled now
         if it is not yet."""
         if kind not in self._ready:
-            compiled = self._compile(kind)
+            try:
+                compiled = self._compile(kind)
+            except Exception:  # a model OpenVINO cannot reshape to this batch runs it on the dynamic one
+                if kind == "any":
+                    raise
+                self._ready[kind] = self._ready_for("any")
+                return self._ready[kind]
             self._ready[kind] = (compiled, compiled.create_infer_request())
         return self._ready[kind]
 
