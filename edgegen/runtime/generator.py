@@ -619,7 +619,7 @@ class Generator:
                 raise
             given = ", ".join(f"{s.name!r} {format_shape(s.source_dims(feeds[s.name].shape)[1:])}" for s in new)
             verified = ", ".join(f"{s.name!r} {format_shape(s.source_dims(s.default_shape)[1:])}" for s in new)
-            # maps (rank >= 3) the request did not resize, e.g. a seeded map made at its verified size
+            # maps ([N, C, H, W]) the request did not resize, e.g. a seeded map made at its verified size
             kept = [s for s in self.inputs if s.name in feeds and s not in new and len(s.default_shape) >= 4]
             advice = ("A network that downsamples (a U-Net, an encoder) needs sides that are multiples of its total "
                       "stride; resize or pad the image") if not kept else (
