@@ -138,7 +138,8 @@ class Session:
             del self._ready[kind]
             self._ready_for(kind)
             raise
-        return {name: np.array(request.get_output_tensor(i).data, copy=True) for i, name in enumerate(self.output_names)}
+        return {name: np.array(request.get_output_tensor(i).data, copy=True)
+                for i, name in enumerate(self.output_names)}
 
 
 # OpenVINO CPU plugin layer types that do arithmetic, by the ONNX op they come from
