@@ -57,14 +57,14 @@ class ServeConfig:
     def __post_init__(self) -> None:
         """Refuse a setting of the wrong type or range now, naming it (not later, from deep in a cache or
         the region code)."""
-        for name, low in (("cache_bytes", 0), ("disk_cache_bytes", 0), ("feature_cache_bytes", 0),
-                          ("memory_budget", 1), ("edit_cell", 1)):
+        for name in ("cache_bytes", "disk_cache_bytes", "feature_cache_bytes"):  # each cache refuses < 0 itself
+            if not _is_int(getattr(self, name)):
+                raise RequestError(f"{name}={getattr(self, name)!r}: give a byte count, an integer >= 0 (0 turns "
+                                   "that cache off)")
+        for name in ("memory_budget", "edit_cell"):
             value = getattr(self, name)
-            if value is None and name == "memory_budget":
-                continue
-            if not _is_int(value) or value < low:
-                raise RequestError(f"{name}={value!r}: give an integer >= {low}"
-                                   + (" (bytes; 0 turns that cache off)" if name.endswith("_bytes") else ""))
+            if not (value is None and name == "memory_budget") and (not _is_int(value) or value < 1):
+                raise RequestError(f"{name}={value!r}: give an integer >= 1")
         if not isinstance(self.assets, bool):
             raise RequestError(f"assets={self.assets!r}: give True or False")
 
