@@ -8,6 +8,7 @@ from typing import Any
 
 from .backends.openvino.session import INFERENCE_PRECISION  # the plugin's names: the keys of execution.float_types
 from .bench import busy_host
+from .passes.prune import CHANNEL_MULTIPLE
 from .runtime.roi import WHOLE_FRAME_SHARE
 
 SLOWER = 0.9  # a reduced-precision artifact under this speed against the fp32 source gets a warning (noise: ~10%)
@@ -108,6 +109,14 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
                         if refit else "")
                      + f"; {sum(after < before for before, after in (g['channels'] for g in pruned['groups']))} of "
                      f"{len(pruned['groups'])} groups pruned, {len(pruned['excluded'])} excluded")
+        search = pruned.get("search", {})
+        over = [t for t in search.get("tried", []) if "macs" in t and t["macs"] > search.get("target_macs", 0)]
+        if over and pruned["macs"]["after"] < 0.9 * search["target_macs"]:  # why --prune-to-macs undershoots
+            closest = min(over, key=lambda t: t["macs"])
+            lines.append(f"            under the {search['target_macs'] / 1e6:.2f} M target: the closest above it, "
+                         f"{closest['ratio']:.0%}, needs {closest['macs'] / 1e6:.2f} M (groups of "
+                         f"{4 * CHANNEL_MULTIPLE}+ channels keep a multiple of {CHANNEL_MULTIPLE}, so the MACs fall "
+                         "in steps)")
     quant = manifest.get("passes", {}).get("quantize")
     if quant:
         lines.append(f"  int8      calibration: {quant['calibration']['source']}, {quant['calibration']['count']} "

@@ -1,5 +1,6 @@
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -514,3 +515,23 @@ def test_the_held_out_inputs_come_from_a_calibration_array_file(tmp_path):
     short = build(tmp_path / "spade.onnx", "x86-onnxruntime", tmp_path / "c", precision="int8",
                   calibration=str(tmp_path / "cal.npz"), calibration_count=36, graph_options=shapes)  # 44 > 40
     assert short.fidelity["inputs_from"] == "rows 32..39 of cal.npz, calibration took them too: the file holds no more"
+
+
+def test_a_mac_target_undershot_by_channel_steps_is_explained(tmp_path):
+    """--prune-to-macs landed 20% under its target with nothing said: groups keep multiples of 8 channels."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.2, (32, 3, 3, 3)).astype(np.float32), "wa"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (3, 32, 3, 3)).astype(np.float32), "wb")]
+    g = helper.make_graph([helper.make_node("Conv", ["x", "wa"], ["a"], name="a", pads=[1, 1, 1, 1]),
+                           helper.make_node("Relu", ["a"], ["r"]),
+                           helper.make_node("Conv", ["r", "wb"], ["c"], name="b", pads=[1, 1, 1, 1]),
+                           helper.make_node("Sigmoid", ["c"], ["y"])], "wide",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    full = 2 * 16 * 16 * 3 * 32 * 9  # 32 channels: the next steps keep 24 (75% of the MACs) and 16 (50%)
+    result = build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b", prune_to_macs=int(full * 0.6))
+    assert result.manifest["passes"]["prune"]["macs"]["after"] == full // 2
+    text = render_build_report(result.manifest, tmp_path / "b")
+    assert re.search(rf"under the {full * 0.6 / 1e6:.2f} M target: the closest above it, \d+%, needs "
+                     rf"{full * 0.75 / 1e6:.2f} M \(groups of 32\+ channels keep a multiple of 8", text), text
