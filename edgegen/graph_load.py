@@ -255,9 +255,10 @@ def _named_as_before(folded: onnx.ModelProto, model: onnx.ModelProto) -> onnx.Mo
     for node in folded.graph.node:
         if node.name in names:
             continue
-        old = by_input.get((node.op_type, node.input[0] if node.input else None)) or \
-            next((by_output[o] for o in node.output if o in by_output), None)
-        if old is not None and old not in used:
+        candidates = [by_input.get((node.op_type, node.input[0] if node.input else None)),
+                      *(by_output[o] for o in node.output if o in by_output)]  # two merged: the one that wrote it
+        old = next((c for c in candidates if c is not None and c not in used), None)
+        if old is not None:
             node.name = old
             used.add(old)
     return folded

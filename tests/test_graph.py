@@ -428,3 +428,20 @@ def test_an_input_shape_with_a_dimension_below_one_is_refused():
     for dims in ([1, 1, 0, 16], [1, 1, -4, 16]):
         with pytest.raises(ModelError, match=r"input 'input': the shape .* has a dimension below 1"):
             Graph.load("tests/data/families/espcn__legacy_dyn.onnx", input_shapes={"input": dims})
+
+
+def test_nodes_the_optimizer_merges_keep_a_name_of_the_model(tmp_path):
+    """Two Unsqueeze chains from one Gemm, each merged into one node: the second kept the optimizer's own
+    name (node_Unsqueeze_3), which a pruning refusal then quoted."""
+    w = numpy_helper.from_array(np.full((8, 4), 0.1, np.float32), "w")
+    axes = [numpy_helper.from_array(np.array([a], np.int64), f"ax{a}") for a in (1, 2, 3)]
+    nodes = [helper.make_node("Gemm", ["z", "w"], ["g"], name="fc")]
+    for chain, first in (("a", "ax2"), ("b", "ax1")):  # [1, 4, 1, 1] and [1, 1, 4, 1]
+        nodes += [helper.make_node("Unsqueeze", ["g", first], [f"{chain}1"], name=f"/{chain}/Unsqueeze"),
+                  helper.make_node("Unsqueeze", [f"{chain}1", "ax3"], [f"{chain}2"], name=f"/{chain}/Unsqueeze_1")]
+    nodes.append(helper.make_node("Mul", ["a2", "b2"], ["y"], name="mul"))
+    g = helper.make_graph(nodes, "chains", [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 1])], [w, *axes])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    names = {n.name for n in Graph.load(tmp_path / "m.onnx").model.graph.node}
+    assert not [n for n in names if n.startswith("node_")], names
