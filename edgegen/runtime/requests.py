@@ -51,7 +51,9 @@ def parse(raw: dict[str, Any], index: int, input_names: tuple[str, ...]) -> Requ
         raise RequestError(f"request {index}: image must be pixels (a uint8 HxWxC array or a PIL image), got a "
                            f"{type(raw['image']).__name__}; open a file first, e.g. with PIL.Image.open(path)")
     req = Request(arrays={k: raw[k] for k in input_names if raw.get(k) is not None})
-    if "image" in req.arrays and picture_array(req.arrays["image"]).dtype == np.uint8:
+    if raw.get("image") is not None:  # a PIL image converted once
+        req.image = picture_array(raw["image"])
+    if "image" in req.arrays and req.image.dtype == np.uint8:
         del req.arrays["image"]  # an input named "image" given 8-bit pixels: the image field, not a tensor
     if raw.get("seed") is not None:
         req.seed = _integer(raw["seed"], "seed", index)
@@ -59,8 +61,6 @@ def parse(raw: dict[str, Any], index: int, input_names: tuple[str, ...]) -> Requ
             raise RequestError(f"request {index}: seed {req.seed} is out of range; use 0..{MAX_SEED}")
     if raw.get("label") is not None:
         req.label = raw["label"]  # checked against the model's classes by the generator
-    if raw.get("image") is not None:
-        req.image = picture_array(raw["image"])
     if raw.get("size") is not None:
         req.size = _integer(raw["size"], "size", index)
     if raw.get("quality") is not None:
