@@ -35,6 +35,7 @@ class NodeCost:
     macs: int
     param_bytes: int
     activation_bytes: int
+    output: str  # the node's (first) output tensor
 
 
 class Graph:
@@ -129,7 +130,7 @@ class Graph:
             params = sum(_tensor_bytes(init[n]) for n in node.input if n in init)
             acts = sum(_numel(shapes.get(o)) * dtypes.get(o, 4) for o in node.output)
             costs.append(NodeCost(node.name or f"{node.op_type}_{i}", node.op_type, _macs(node, shapes, init),
-                                  params, acts))
+                                  params, acts, node.output[0] if node.output else ""))
         return costs
 
     def samples_per_run(self, budget_bytes: int = RUN_BUDGET_BYTES) -> int:

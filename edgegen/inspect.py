@@ -72,10 +72,10 @@ def render(report: dict[str, Any], nodes: bool = False) -> str:
     lines.append(f"cost    {report['macs'] / 1e6:.2f} MMACs, {report['param_bytes'] / 1e6:.2f} MB parameters, "
                  f"{report['activation_bytes'] / 1e6:.2f} MB activations (batch {report['batch']})")
     if nodes:
-        lines.append(f"  {'node':<40} {'op':<18} {'MMACs':>9} {'param KB':>9} {'act KB':>9}")
+        lines.append(f"  {'node':<40} {'op':<18} {'MMACs':>9} {'param KB':>9} {'act KB':>9}  output tensor")
         for c in report["nodes"]:
             lines.append(f"  {c['name'][:40]:<40} {c['op']:<18} {c['macs'] / 1e6:>9.3f} "
-                         f"{c['param_bytes'] / 1e3:>9.1f} {c['activation_bytes'] / 1e3:>9.1f}")
+                         f"{c['param_bytes'] / 1e3:>9.1f} {c['activation_bytes'] / 1e3:>9.1f}  {c['output']}")
     lines.append("targets:")
     for name, s in report["targets"].items():
         if not s["checked"]:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from itertools import combinations
+from pathlib import Path
 from typing import Any
+
+import onnx
+from google.protobuf.message import DecodeError
 
 from .errors import BuildError
 from .graph import Graph
@@ -67,8 +71,7 @@ def split_at(graph: Graph, tensors: list[str], chosen_by: str = "--split") -> Sp
     inputs = {s.name for s in graph.inputs}
     for name in tensors:
         if name not in deps:
-            raise BuildError(f"{graph.source}: --split tensor {name!r} is not a tensor of the graph; "
-                             "`edgegen inspect MODEL --nodes` lists them")
+            raise BuildError(f"{graph.source}: --split tensor {name!r} {_missing(graph, name, deps)}")
         if name in inputs:
             raise BuildError(f"{graph.source}: --split tensor {name!r} is a graph input; name a tensor computed from it")
     trunk_inputs = frozenset().union(*(deps[t] for t in tensors))
@@ -93,6 +96,34 @@ def split_at(graph: Graph, tensors: list[str], chosen_by: str = "--split") -> Sp
     trunk_macs = sum(c.macs for i, c in enumerate(costs) if i in trunk and deps[nodes[i].output[0]])
     total = sum(c.macs for c in costs)
     return Split(sorted(trunk_inputs), cut, trunk_macs, total - trunk_macs, chosen_by)
+
+
+def _missing(graph: Graph, name: str, tensors: dict[str, frozenset[str]]) -> str:
+    """Why a tensor is not in the graph, and what to name instead: a tensor of the model file that the
+    import folded away (a Conv's output that a BatchNorm read) is carried on by the first tensor after
+    it that remains."""
+    nodes = _file_nodes(graph.source)
+    if not any(name in n.output for n in nodes):
+        return "is not a tensor of the model; `edgegen inspect MODEL --nodes` lists each node's output tensor"
+    readers: dict[str, list[str]] = {}
+    for node in nodes:
+        for x in node.input:
+            readers.setdefault(x, []).extend(node.output[:1])
+    carried, seen = name, set()
+    while carried not in tensors and len(set(readers.get(carried, []))) == 1 and carried not in seen:
+        seen.add(carried)
+        carried = readers[carried][0]
+    instead = f"; the tensor that carries it on is {carried!r}: --split {carried}" if carried in tensors else \
+        "; `edgegen inspect MODEL --nodes` lists each node's output tensor"
+    return f"was folded away by edgegen's import (e.g. a Conv and the BatchNorm after it became one Conv){instead}"
+
+
+def _file_nodes(source: Path) -> list[onnx.NodeProto]:
+    """The nodes of the model file as it is on disk (no weights loaded), or none if it cannot be read."""
+    try:
+        return list(onnx.load(str(source), load_external_data=False).graph.node)
+    except (OSError, DecodeError):
+        return []
 
 
 def value_dependencies(graph: Graph) -> dict[str, frozenset[str]]:

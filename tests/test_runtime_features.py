@@ -70,7 +70,7 @@ def test_split_at_named_tensors_and_clear_refusals(tmp_path, glyph_path):
     auto, _ = find_split(graph)
     named = split_at(graph, auto.cut[:1])
     assert named.cut[0] == auto.cut[0] and named.chosen_by == "--split"
-    with pytest.raises(BuildError, match="not a tensor of the graph"):
+    with pytest.raises(BuildError, match="not a tensor of the model; .* lists each node's output tensor"):
         split_at(graph, ["nope"])
     with pytest.raises(BuildError, match="is a graph input"):
         split_at(graph, ["latent"])
@@ -78,6 +78,27 @@ def test_split_at_named_tensors_and_clear_refusals(tmp_path, glyph_path):
         split_at(graph, ["image"])
     result = build(glyph_path, "x86-onnxruntime", tmp_path / "b", split=auto.cut[:1])
     assert result.manifest["serving"]["split"]["chosen_by"] == "--split"
+
+
+def test_split_naming_a_tensor_the_import_folded_names_the_one_that_carries_it_on(tmp_path):
+    model = glyph_like(width=8)
+    at = next(i for i, n in enumerate(model.graph.node) if n.op_type == "Conv")
+    conv_out = model.graph.node[at].output[0]
+    bn_out = "after_batchnorm"
+    for node in model.graph.node[at + 1:]:
+        node.input[:] = [bn_out if x == conv_out else x for x in node.input]
+    stats = {k: onnx.numpy_helper.from_array(np.full(8, v, np.float32), f"bn_{k}")
+             for k, v in (("scale", 1.5), ("bias", 0.1), ("mean", 0.2), ("var", 2.0))}
+    model.graph.initializer.extend(stats.values())
+    model.graph.node.insert(at + 1, onnx.helper.make_node(
+        "BatchNormalization", [conv_out, *(f"bn_{k}" for k in stats)], [bn_out], "bn"))
+    path = tmp_path / "bn.onnx"
+    onnx.save(model, str(path))
+    graph = Graph.load(path)
+    assert "BatchNormalization" not in graph.op_inventory()
+    with pytest.raises(BuildError, match=f"was folded away .* carries it on is '{bn_out}': --split {bn_out}"):
+        split_at(graph, [conv_out])
+    assert split_at(graph, [bn_out]).cut == [bn_out]
 
 
 def test_model_whose_label_joins_first_has_no_split(tmp_path):
