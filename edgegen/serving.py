@@ -241,8 +241,10 @@ def _size_parts(graph: Graph, comp: _Compiler, sizes: list[int], images) -> dict
     for size in sorted(set(sizes)):
         dims, sized, tried = _input_dims_for(graph, spatial, out.name, base, size)
         if sized is None:
-            raise BuildError(f"{graph.source}: no input size gives output size {size} ({'; '.join(tried)}); "
-                             f"{_size_step_hint(base, spatial[0].default_shape[2])}")
+            near = _sizes_near(graph, spatial, out.name, base, size)
+            hint = f"the nearest size{'s' * (len(near) > 1)} it gives: {', '.join(map(str, near))}" if near else \
+                _size_step_hint(base, spatial[0].default_shape[2])
+            raise BuildError(f"{graph.source}: no input size gives output size {size} ({'; '.join(tried)}); {hint}")
         _check_tier_memory(sized, size, comp.tgt, graph.source)
         part = "main" if size == base or dynamic else comp.add(f"size{size}", sized)
         result[str(size)] = {"part": part, "inputs": {name: d[1:] for name, d in dims.items()}}
@@ -272,6 +274,18 @@ def _input_dims_for(graph: Graph, spatial: list, output: str, base: int, size: i
             return dims, sized, tried
         tried.append(f"input {spatial[0].name!r} at {given} gives {'x'.join(map(str, got))}")
     return {}, None, tried
+
+
+def _sizes_near(graph: Graph, spatial: list, output: str, base: int, size: int) -> list[int]:
+    """The multiples of the output's alignment (the step at which every layer's grid lines up: 32 for a
+    U-Net of five stride-2 levels) just below and above `size` that the model gives; none where the
+    alignment is unknown (a global op such as InstanceNorm stops the receptive-field walk)."""
+    try:
+        step = spatial_program(graph, output)["align"][0]
+    except RoiRefused:
+        return []
+    below = size // step * step
+    return [s for s in (below, below + step) if s >= 1 and _input_dims_for(graph, spatial, output, base, s)[1]]
 
 
 def _check_tier_memory(sized: Graph, size: int, tgt: targets.Target, source: str) -> None:

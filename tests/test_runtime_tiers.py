@@ -196,7 +196,8 @@ def test_tiers_of_a_dynamic_export_on_litert_are_an_artifact_per_size(tmp_path):
 
 
 def test_a_tier_size_the_network_floors_is_refused(tmp_path):
-    """A pooling network takes a 33x33 input to 32x32: a size-33 tier would serve 32x32 images (it did)."""
+    """A pooling network takes a 33x33 input to 32x32: a size-33 tier would serve 32x32 images (it did). The
+    refusal names the sizes around it on the network's grid (a stride-2 pool: even sizes)."""
     h, nh = onnx.helper, onnx.numpy_helper
     rng = np.random.default_rng(0)
     weights = [nh.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.2, "w1"),
@@ -210,7 +211,7 @@ def test_a_tier_size_the_network_floors_is_refused(tmp_path):
                          [h.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 3, 32, 32])], weights)
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(tmp_path / "pool.onnx"))
     with pytest.raises(BuildError, match=r"no input size gives output size 33 \(input 'image' at 33x33 gives 32x32; "
-                                         r"input 'image' at 34x34 gives 34x34; .*\); choose sizes the model's layers give"):
+                                         r"input 'image' at 34x34 gives 34x34; .*\); the nearest sizes it gives: 32, 34$"):
         build(tmp_path / "pool.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[32, 33])
     assert not (tmp_path / "b").exists()
     build(tmp_path / "pool.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[32, 64])
