@@ -72,7 +72,33 @@ def read_model(path: str | Path) -> onnx.ModelProto:
             f"{path}: ONNX opset {opset} is newer than the supported range {MIN_OPSET}-{MAX_OPSET}. Re-export "
             f"with e.g. torch.onnx.export(..., opset_version={UPGRADE_OPSET})."
         )
+    _check_weights_present(model, path)
     return model
+
+
+def _check_weights_present(model: onnx.ModelProto, path: Path) -> None:
+    """A graph input with no value in the file that a layer reads as its weights, bias or statistics is a
+    model exported without its parameters (torch.onnx.export(..., export_params=False)): refused here,
+    where it would otherwise be taken for a request input."""
+    inputs = {t.name for t in model.graph.input} - {t.name for t in model.graph.initializer}
+    reads = [(node, slot) for node in model.graph.node for slot in _PARAMETER_SLOTS.get(node.op_type, ())
+             if slot < len(node.input) and node.input[slot] in inputs]
+    if reads:
+        node, slot = reads[0]
+        missing = sorted({n.input[i] for n, i in reads})
+        raise ModelError(
+            f"{path}: input {node.input[slot]!r} is the {_SLOT_NAMES[slot]} of {node.op_type} node "
+            f"{node.name or node.output[0]!r}, and the file holds no value for it ({len(missing)} such input(s): "
+            f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}): the model was exported without its "
+            "weights. Re-export it with torch.onnx.export(..., export_params=True) (the default); edgegen compiles "
+            "a layer's weights as constants.")
+
+
+# the inputs of a layer that hold its parameters (a model input there is a model without weights)
+_PARAMETER_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "BatchNormalization": (1, 2, 3, 4),
+                    "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2), "GroupNormalization": (1, 2),
+                    "PRelu": (1,)}
+_SLOT_NAMES = {1: "weight", 2: "bias", 3: "running mean", 4: "running variance"}
 
 
 def _sort_topologically(model: onnx.ModelProto) -> None:

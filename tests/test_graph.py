@@ -158,6 +158,29 @@ def test_newer_opset_is_refused(tmp_path):
         Graph.load(path)
 
 
+def test_a_model_exported_without_its_weights_is_refused_not_given_weight_inputs(tmp_path):
+    """torch.onnx.export(..., export_params=False) lists the weights as graph inputs with no value: they were
+    taken for request inputs (a conv weight as an image, its first dim as the batch)."""
+    w = lambda name, *shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))  # noqa: E731
+    nodes = [helper.make_node("Conv", ["image", "0.weight", "0.bias"], ["h"], "/0/Conv", pads=[1] * 4),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "2.weight", "2.bias"], ["out"], "/2/Conv", pads=[1] * 4)]
+    g = helper.make_graph(nodes, "noparams", [w("image", "N", 3, 16, 16), w("0.weight", 8, 3, 3, 3), w("0.bias", 8),
+                                              w("2.weight", 3, 8, 3, 3), w("2.bias", 3)], [w("out", "N", 3, 16, 16)])
+    path = tmp_path / "noparams.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(ModelError, match=r"input '0.weight' is the weight of Conv node '/0/Conv', and the file holds no "
+                                         r"value for it \(4 such input\(s\): 0.bias, 0.weight, 2.bias, 2.weight\): .*"
+                                         r"export_params=True"):
+        Graph.load(path)
+    # the weights also listed as inputs, with their values (keep_initializers_as_inputs=True) load as weights
+    rng = np.random.default_rng(0)
+    g.initializer.extend(numpy_helper.from_array(rng.standard_normal([d.dim_value for d in v.type.tensor_type.shape.dim])
+                                                 .astype(np.float32), v.name) for v in g.input[1:])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert [s.name for s in Graph.load(path).inputs] == ["image"]
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ModelError, match="no such model file"):
         Graph.load(tmp_path / "nope.onnx")
