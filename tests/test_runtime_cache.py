@@ -72,8 +72,10 @@ def test_damaged_and_foreign_entries_are_dropped_never_served(tmp_path):
     path.write_bytes(bytes(data))
     (tmp_path / f"{'b' * 64}.egc").rename(tmp_path / f"{'c' * 64}.egc")  # an entry under the wrong name
     (tmp_path / f"{'d' * 64}.egc").write_bytes(b"EGC1\x10\x00")  # truncated
-    assert cache.get("a" * 64) is None and cache.get("c" * 64) is None and cache.get("d" * 64) is None
-    assert cache.stats.corrupt == 3 and not list(tmp_path.glob("*.egc"))
+    deep = b"[" * 100_000  # a header nested beyond the JSON parser's recursion (was a RecursionError: a 500)
+    (tmp_path / f"{'e' * 64}.egc").write_bytes(b"EGC1" + struct.pack("<I", len(deep)) + deep)
+    assert all(cache.get(k * 64) is None for k in "acde")
+    assert cache.stats.corrupt == 4 and not list(tmp_path.glob("*.egc"))
 
 
 def test_a_process_killed_mid_write_leaves_no_servable_damage(tmp_path):

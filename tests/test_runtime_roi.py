@@ -144,8 +144,20 @@ def test_edit_recomputes_only_what_the_change_reaches(upscaler):
     stats = upscaler.stats()["edits"]
     assert stats["rects"] == 2 and stats["computed_pixels"] < 0.3 * stats["frame_pixels"]
     np.testing.assert_array_equal(upscaler.edit(after, after), edited)  # nothing changed: served from cache
-    with pytest.raises(RequestError, match="an edit keeps the size"):
+    with pytest.raises(RequestError, match="previous image is 96x96, the new one 92x96; an edit keeps the size"):
         upscaler.edit(before, smooth_image(96, 92, 5))
+
+
+def test_an_edit_compares_pictures_as_the_model_takes_them(upscaler):
+    """A grey previous picture and the RGB form of an edit of it were refused as of different sizes (20x20 and
+    20x20x3); a cell larger than the frame tried to allocate cells^2 booleans (931 GiB for 10**6)."""
+    grey = smooth_image(40, 40, 3)[:, :, 0]
+    after = np.repeat(grey[:, :, None], 3, axis=2)
+    after[5:9, 5:9] = 0
+    fresh = Generator.open(upscaler.path, cache_bytes=0)
+    np.testing.assert_array_equal(upscaler.edit(grey, after), fresh.generate(image=after))
+    huge = Generator.open(upscaler.path, cache_bytes=0, edit_cell=10 ** 6)
+    np.testing.assert_array_equal(huge.edit(grey, after), fresh.generate(image=after))
 
 
 def test_edit_needs_an_image_model(glyph):

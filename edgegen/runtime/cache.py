@@ -253,5 +253,5 @@ def _decode(data: bytes, key: str) -> np.ndarray | None:
         if header["key"] != key or _digest(key, header["dtype"], header["shape"], payload) != header["sha256"]:
             return None
         return np.frombuffer(payload, dtype=np.dtype(header["dtype"])).reshape(header["shape"]).copy()
-    except (ValueError, KeyError, TypeError, struct.error):
+    except (ValueError, KeyError, TypeError, struct.error, RecursionError):  # a garbled header, however deep
         return None

@@ -440,9 +440,11 @@ class Generator:
         if spec is None or len(self.inputs) != 1 or (spec.name not in engine.program.roots and engine.pre is None):
             raise RequestError("edit() needs an image-to-image model with one image input whose output is "
                                "computed by local ops from it")
-        old, new = np.asarray(previous), np.asarray(image)
+        # compared as the pixels the model takes: a grey or RGBA picture and its RGB form are one picture
+        old, new = (model_pixels(x, spec.default_shape[1]) for x in (previous, image))
         if old.shape != new.shape:
-            raise RequestError(f"edit(): previous image is {old.shape}, the new one {new.shape}; an edit keeps the size")
+            raise RequestError(f"edit(): previous image is {old.shape[1]}x{old.shape[0]}, the new one "
+                               f"{new.shape[1]}x{new.shape[0]}; an edit keeps the size")
         job = self._job(0, {"image": new, "output": output}, None)
         found = self.lookup(job.key)
         if found is not None:

@@ -242,6 +242,7 @@ def _blobs(changed: np.ndarray, cell: int, join: int) -> list[tuple[int, int, in
     """Bounding boxes (y0, y1, x0, x1) of the changed pixels, grouped by cells that lie within `join`
     cells of each other."""
     h, w = changed.shape
+    cell = min(cell, max(h, w))  # a cell as large as the frame already holds all of it
     gh, gw = -(-h // cell), -(-w // cell)
     padded = np.zeros((gh * cell, gw * cell), bool)
     padded[:h, :w] = changed
