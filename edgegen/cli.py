@@ -97,12 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", "-t", action="append", required=True, help="target name or .yaml (repeatable)")
     p.add_argument("--out", "-o", required=True, help="bundle directory (with several targets: a parent directory)")
     p.add_argument("--precision", choices=list(PRECISIONS), help="default: the target's precision")
-    p.add_argument("--samples", type=int, default=8, help="held-out inputs for verification and floors (default 8)")
+    p.add_argument("--samples", type=_integer(1), default=8, help="held-out inputs for verification and floors (default 8)")
     p.add_argument("--min-psnr", type=float, metavar="DB", help="quality floor: PSNR vs the fp32 source")
     p.add_argument("--min-ssim", type=float, metavar="S", help="quality floor: SSIM vs the fp32 source")
     p.add_argument("--calibration", metavar="SOURCE",
                    help="int8 calibration data: spec (default: seeded inputs), zoo, an image folder, an .npy/.npz")
-    p.add_argument("--calibration-count", type=int, default=32, metavar="N", help="calibration samples (default 32)")
+    p.add_argument("--calibration-count", type=_integer(1), default=32, metavar="N", help="calibration samples (default 32)")
     p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax")
     p.add_argument("--prune", type=float, metavar="RATIO",
                    help="structured channel pruning to the MACs of removing this share of channels in every "
@@ -141,16 +141,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", choices=["full", "preview"])
     p.add_argument("--roi", metavar="X,Y,W,H", help="compute only this region (bundles built with --roi)")
     p.add_argument("-o", "--out", required=True, help="image file to write (.png, .jpg, ...)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=_integer(1))
     p.add_argument("--host-fallback", action="store_true", help="run a bundle for absent hardware on this CPU")
     p.set_defaults(func=_generate)
 
     p = verbs.add_parser("bench", help="latency, throughput and peak memory of a bundle")
     p.add_argument("bundle")
     p.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
-    p.add_argument("--batch", type=int, help="images per call (default 1; a fixed-batch export: its batch)")
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch", type=_integer(1), help="images per call (default 1; a fixed-batch export: its batch)")
+    p.add_argument("--runs", type=_integer(1), default=50)
+    p.add_argument("--warmup", type=_integer(0), default=5)
     p.add_argument("--baseline", action="store_true", help="also run the fp32 source in plain ONNX Runtime")
     p.add_argument("--source", help="the fp32 source model (default: the path recorded at build time)")
     p.add_argument("--json", help="also write the result as JSON to this file")
@@ -164,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("requests", help="YAML/JSON: a list of requests, or requests:/grid:/log: + top: (see README)")
     _executor_args(p, "render here, or in shards on Ray actors (same assets, byte for byte)")
-    p.add_argument("--workers", type=int, metavar="N", help="Ray actors rendering shards (default: one per CPU)")
+    p.add_argument("--workers", type=_integer(1), metavar="N", help="Ray actors rendering shards (default: one per CPU)")
     p.set_defaults(func=_precompute)
 
     p = verbs.add_parser("serve", help="serve a bundle over HTTP (POST /v1/generate, GET /v1/health, /v1/stats, /)")
@@ -186,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "exit 3 if a check fails")
     p.add_argument("bundle")
     p.add_argument("--target", "-t", help="the target to emulate (default: the one the bundle was built for)")
-    p.add_argument("--runs", type=int, default=20, help="timed runs on this host (default 20)")
+    p.add_argument("--runs", type=_integer(1), default=20, help="timed runs on this host (default 20)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached arm64 userland first")
     p.add_argument("--no-aarch64", action="store_true", help="skip the QEMU run of an aarch64 target")
     p.add_argument("--no-rtl", action="store_true", help="skip the RTL simulation of an FPGA target")
@@ -195,8 +195,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("verify", help="on the device: run an installed bundle's self-test; exit 3 if it fails")
     p.add_argument("bundle")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--runs", type=int, default=10, help="timed runs (default 10)")
+    p.add_argument("--threads", type=_integer(1))
+    p.add_argument("--runs", type=_integer(1), default=10, help="timed runs (default 10)")
     p.set_defaults(func=_verify)
     return parser
 

@@ -143,6 +143,18 @@ def test_bad_input_exits_2_with_one_paragraph_and_writes_nothing(capsys, tmp_pat
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
+@pytest.mark.parametrize("argv", [["emulate", "B", "--runs", "0"], ["verify", "B", "--runs", "-1"],
+                                  ["bench", "B", "--runs", "0"], ["bench", "B", "--batch", "-3"],
+                                  ["bench", "B", "--warmup", "-1"], ["generate", "B", "-o", "x.png", "--threads", "0"],
+                                  ["build", "M", "-t", "T", "-o", "O", "--samples", "0"],
+                                  ["precompute", "B", "R", "--workers", "0"]])
+def test_counts_out_of_range_are_usage_errors(capsys, argv):
+    """--runs 0 gave emulate a memory-ceiling FAIL, verify and bench a traceback; --batch -3 a numpy error."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and f"argument {argv[-2]}: {argv[-1]} is out of range; use >=" in capsys.readouterr().err
+
+
 def test_generate_errors(capsys, tmp_path, ort_bundle):
     code, _, err = run(capsys, "generate", str(ort_bundle), "--seed", "1", "--label", "99", "-o", str(tmp_path / "x.png"))
     assert code == 2 and "label 99 is out of range" in err and not (tmp_path / "x.png").exists()
