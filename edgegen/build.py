@@ -24,7 +24,7 @@ from . import __version__, backends, bundle, reference, targets
 from .bench import BLOCK_RUNS, OtherLoad, host_cpus, interleaved, measure, paired_speed
 from .errors import BackendUnavailableError, BuildError, UnsupportedOpError
 from .graph import Graph
-from .inputs import fixed_batch, run_batched, sample_feeds
+from .inputs import cost_batch, fixed_batch, run_batched, sample_feeds
 from .metrics import compare, max_abs, quality_outputs, value_range
 from .passes.floor import Evaluator, QualityFloor
 from .serving import ServingOptions, build_step as serving_step
@@ -421,6 +421,7 @@ def _manifest(source: Graph, graph: Graph, tgt: targets.Target, precision: str, 
             "param_bytes": sum(c.param_bytes for c in after),
             "source_macs": sum(c.macs for c in before),
             "source_param_bytes": sum(c.param_bytes for c in before),
+            "cost_batch": cost_batch(source.inputs),  # the batch the MACs and bytes are for
             "cleanup": graph.notes,
         },
         "target": tgt.to_json(),

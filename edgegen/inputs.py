@@ -85,6 +85,12 @@ def fixed_batch(specs: list[TensorSpec]) -> int | None:
     return next((s.shape[0] for s in specs if s.shape and not s.batch_dynamic), None)
 
 
+def cost_batch(specs: list[TensorSpec]) -> int:
+    """The batch the default shapes are at, and so the node costs: 1, the batch a model was exported with,
+    or the one `--input-shape` gave."""
+    return next((s.default_shape[0] for s in specs if s.default_shape), 1)
+
+
 def run_batched(run, specs: list[TensorSpec], feeds: dict[str, np.ndarray],
                 per_call: int | None = None) -> dict[str, np.ndarray]:
     """Run a batch in one call when every input has a dynamic batch axis (in calls of at most per_call

@@ -7,7 +7,7 @@ from typing import Any
 from . import backends, targets
 from .errors import BackendUnavailableError
 from .graph import Graph
-from .inputs import fixed_batch
+from .inputs import cost_batch
 from .io_forms import describe as describe_form
 
 def target_rows() -> list[dict[str, Any]]:
@@ -40,7 +40,7 @@ def inspect_model(model: str, **graph_options: Any) -> dict[str, Any]:
         "inputs": [s.to_json() for s in graph.inputs],
         "outputs": [s.to_json() for s in graph.outputs],
         "ops": dict(sorted(graph.op_inventory().items(), key=lambda kv: (-kv[1], kv[0]))),
-        "batch": fixed_batch(graph.inputs) or 1,  # the batch the costs are for: 1, or the one it was exported with
+        "batch": cost_batch(graph.inputs),  # the batch the costs are for
         "macs": sum(c.macs for c in costs),
         "param_bytes": sum(c.param_bytes for c in costs),
         "activation_bytes": sum(c.activation_bytes for c in costs),

@@ -48,10 +48,12 @@ def backend_gap_db(manifest: dict[str, Any]) -> float:
 def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
     """A few lines per build: where, cost before/after, fidelity, what the passes did, latency."""
     model, fid, lat = manifest["model"], manifest["fidelity"], manifest["latency"]
+    batch = model.get("cost_batch", 1)  # the costs' batch: an --input-shape may give one over 1
     lines = [
         f"{manifest['target']['name']}: {manifest['backend']} {manifest['precision']} -> {dest}",
         f"  cost      {model['source_macs'] / 1e6:.2f} -> {model['macs'] / 1e6:.2f} MMACs, parameters "
-        f"{model['source_param_bytes'] / 1e3:.0f} -> {model['param_bytes'] / 1e3:.0f} KB",
+        f"{model['source_param_bytes'] / 1e3:.0f} -> {model['param_bytes'] / 1e3:.0f} KB"
+        f"{f' (batch {batch})' if batch > 1 else ''}",
         f"  fidelity  PSNR {fid['psnr_db']:.2f} dB, SSIM {fid['ssim']:.4f}, max-abs {fid['max_abs']:.3g} vs the "
         f"fp32 source on {fid['samples']} held-out inputs"
         + (f" ({fid['inputs_from']})" if fid.get("inputs_from") else

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -57,6 +58,18 @@ def test_inspect_gives_the_cost_of_a_fixed_batch_export_at_its_batch(capsys, tmp
     onnx.save(conditional_generator(batch=4), str(tmp_path / "b4.onnx"))
     code, out, _ = run(capsys, "inspect", str(tmp_path / "b4.onnx"))
     assert code == 0 and "MB activations (batch 4)" in out
+
+
+def test_costs_are_labelled_with_the_batch_an_input_shape_gives(capsys, tmp_path, cgen_path):
+    """--input-shape latent=2x16 and label=2 doubled the MACs under the label "(batch 1)"."""
+    _, one, _ = run(capsys, "inspect", str(cgen_path), "--json")
+    code, two, _ = run(capsys, "inspect", str(cgen_path), "--input-shape", "latent=2x16", "--input-shape", "label=2", "--json")
+    one, two = json.loads(one), json.loads(two)
+    assert code == 0 and (one["batch"], two["batch"]) == (1, 2) and two["macs"] == 2 * one["macs"]
+    code, out, _ = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "-o", str(tmp_path / "b"),
+                       "--input-shape", "latent=2x16", "--input-shape", "label=2")
+    assert code == 0 and re.search(r"cost .* KB \(batch 2\)", out)
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["model"]["cost_batch"] == 2
 
 
 def test_build_then_generate(capsys, tmp_path, cgen_path):
