@@ -147,3 +147,19 @@ def test_emulate_and_verify_commands_print_numbers_and_exit_by_result(tmp_path, 
     out = capsys.readouterr().out
     assert "FAIL  image" in out and "result: FAIL" in out
     assert main(["emulate", str(failing), "--runs", "1"]) == 3
+
+
+def test_the_roofline_counts_activations_at_the_size_the_bundle_was_built_for(tmp_path):
+    """A dynamic-size upscaler built at 16x16 was costed at the source's default 32x32: 4x the bytes."""
+    import onnx
+    from runtime_models import upscaler_like
+
+    from edgegen.graph import Graph
+
+    onnx.save(upscaler_like(), str(tmp_path / "up.onnx"))
+    result = build(tmp_path / "up.onnx", "x86-onnxruntime", tmp_path / "b",
+                   graph_options={"input_shapes": {"image": [1, 3, 16, 16]}})
+    moved, _ = roofline.traffic(result.manifest)
+    at_16 = sum(c.activation_bytes for c in Graph.load(tmp_path / "up.onnx", input_shapes={"image": [1, 3, 16, 16]})
+                .node_costs())
+    assert moved == result.manifest["model"]["param_bytes"] + 2 * at_16

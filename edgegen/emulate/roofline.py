@@ -22,8 +22,10 @@ def traffic(manifest: dict[str, Any]) -> tuple[int, str]:
     source = Path(model.get("source", ""))
     if source.is_file():
         from ..graph import Graph
+        from ..specs import TensorSpec
 
-        costs = Graph.load(str(source)).node_costs()
+        specs = [TensorSpec.from_json(s) for s in model["inputs"]]  # at the shapes the bundle was built for
+        costs = Graph.load(str(source), input_shapes={s.name: s.source_dims(s.default_shape) for s in specs}).node_costs()
         activations = sum(c.activation_bytes for c in costs) // 4  # node_costs counts fp32 elements
         return model["param_bytes"] + 2 * activations * element, "parameters + activations written and read once"
     io = sum(_numel(s["default_shape"]) for s in model["inputs"] + model["outputs"])
