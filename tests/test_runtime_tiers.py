@@ -266,3 +266,9 @@ def test_an_image_models_preview_is_upscaled_to_its_own_images_size(tmp_path):
         assert raw.shape == (height // 2, width // 2, 3)
         np.testing.assert_array_equal(gen.generate(image=image, quality="preview"),
                                       lanczos_resize(raw[None], height, width)[0])
+    # size= the preview's size is made from an image of the default size, as the full tier's is (a 20x20 image
+    # asked for size 32 was served its own 10x10 preview; with quality='preview', its 20x20 upscale)
+    for ask in ({"size": 32}, {"size": 64, "quality": "preview"}):
+        with pytest.raises(RequestError, match=r"size (32|64) is made from a 64x64 image \(input 'image'\), got 20x20"):
+            gen.generate(image=np.zeros((20, 20, 3), np.uint8), **ask)
+    assert gen.generate(image=np.zeros((64, 64, 3), np.uint8), size=32).shape == (32, 32, 3)

@@ -128,7 +128,10 @@ class Tiers:
         final = tuple(p["upscaled_size"]) if upscale else tuple(p["size"])
         if size is not None and size != max(final):
             raise RequestError(f"size {size} is not offered by the preview tier; it serves {max(final)}")
-        return Route("preview", p["part"], p["output"], trunk=p.get("trunk", False), size=final, upscale=upscale)
+        # as for the full tier: an explicit size is made from images of the default size (checked per request)
+        inputs = dict(self._image_inputs) if size is not None else {}
+        return Route("preview", p["part"], p["output"], trunk=p.get("trunk", False), size=final, inputs=inputs,
+                     upscale=upscale)
 
     def size_of_image(self, height_width: tuple[int, ...]) -> int | None:
         """The compiled size whose image input is this height and width, if any."""
