@@ -140,13 +140,17 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     """Measure one subject ('bundle' or 'source'), or both in alternating blocks ('pair'), in this process."""
     batch, threads = config["batch"], config["threads"]
     bundle_dir = Path(config["bundle"])
-    inputs, _ = reference.load(bundle_dir, read_manifest(bundle_dir))
+    manifest = read_manifest(bundle_dir)
+    inputs, _ = reference.load(bundle_dir, manifest)
     feeds = {name: np.repeat(array[:1], batch, axis=0) for name, array in inputs.items()}
+    # the reference inputs are in the form the bundle computes on; run() takes the model file's (NHWC, uint8, float16)
+    specs = [TensorSpec.from_json(s) for s in manifest["model"]["inputs"]]
+    file_feeds = {s.name: s.to_source(feeds[s.name]) for s in specs}
     if config["kind"] == "pair":
         gen = _open(config)
         source = _source_run(config, threads)
         with OtherLoad() as load:
-            bundle_times, source_times = interleaved(lambda: gen.run(feeds), lambda: source(feeds),
+            bundle_times, source_times = interleaved(lambda: gen.run(file_feeds), lambda: source(feeds),
                                                      config["runs"], config["warmup"])
         return {"bundle_p50_ms": round(statistics.median(bundle_times), 4),
                 "source_p50_ms": round(statistics.median(source_times), 4),
@@ -157,7 +161,7 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         gen = _open(config)
         runtime = getattr(gen.session, "runtime", gen.manifest["backend"])
         subject = f"{gen.manifest['target']['name']} {gen.manifest['precision']} ({runtime})"
-        run_once = gen.run
+        run_once, feeds = gen.run, file_feeds
         delegation = gen.session.delegation() if hasattr(gen.session, "delegation") else None
     else:
         run_once = _source_run(config, threads)

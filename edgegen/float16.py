@@ -18,6 +18,12 @@ from .io_forms import take_boundary_forms
 _TYPED_ATTRIBUTES = ("to", "dtype")  # Cast, and the generators (RandomNormal, EyeLike, ...)
 
 
+def float16_io(model: onnx.ModelProto) -> list[str]:
+    """The graph inputs and outputs a float16 export declares float16 (run() takes and gives them so)."""
+    return [v.name for v in [*model.graph.input, *model.graph.output]
+            if v.type.tensor_type.elem_type == TensorProto.FLOAT16]
+
+
 def upcast_float16(model: onnx.ModelProto) -> int:
     """Turn every float16 tensor of the main graph into float32, in place; the count of tensors changed."""
     graph = model.graph

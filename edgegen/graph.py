@@ -13,7 +13,7 @@ from onnx import helper, shape_inference
 
 from . import zoo
 from .errors import ModelError
-from .float16 import upcast_float16
+from .float16 import float16_io, upcast_float16
 from .graph_load import clean, default_opset, fold_constants, read_model, upgrade_opset
 from .inputs import fixed_batch
 from .passes.pixel_unshuffle import pixel_unshuffles_as_space_to_depth
@@ -65,6 +65,7 @@ class Graph:
         path = zoo.resolve(model)
         proto, upgraded = upgrade_opset(read_model(path), path)
         reference = None
+        halves = float16_io(proto)
         upcast = upcast_float16(proto)
         if upcast:
             upgraded.append("float16 tensors computed in float32 (the fp32 source every precision is measured "
@@ -72,6 +73,8 @@ class Graph:
         forms = take_boundary_forms(proto)
         if forms:
             upgraded.append(io_note(forms))
+        for name in halves:  # the file's own form, which run() and calibration files may give
+            forms.setdefault(name, {}).setdefault("dtype", "float16")
         if upcast or forms:
             reference = copy.deepcopy(proto)
         proto, notes = clean(proto, str(path))

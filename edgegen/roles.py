@@ -118,7 +118,7 @@ def _spec(value: onnx.ValueInfoProto, default_shape: list[int], form: dict[str, 
 
 def _pixel_range(spec: TensorSpec) -> list[float] | None:
     """[0, 255] for an image the model file takes or gives as uint8 ([-128, 127] for int8)."""
-    if spec.source_dtype == spec.dtype:
+    if np.dtype(spec.source_dtype).kind not in "iu":
         return None
     info = np.iinfo(spec.source_dtype)
     return [float(info.min), float(info.max)]

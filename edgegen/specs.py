@@ -21,7 +21,8 @@ class TensorSpec:
     reference runs and benchmarks (batch 1). range: the value range of image tensors (range_assumed: why,
     where neither the model nor the user gave it). source_form: how
     the model file itself takes or gives an image tensor the build took into NCHW float (layout "NHWC",
-    dtype "uint8"; see edgegen.io_forms), converted at `Generator.run`'s boundary.
+    dtype "uint8"; see edgegen.io_forms), or a tensor a float16 export declares float16 (dtype "float16"),
+    converted at `Generator.run`'s boundary.
     """
 
     name: str

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from conftest import conditional_generator
 from onnx import TensorProto, helper, numpy_helper
@@ -334,6 +335,14 @@ def test_a_model_exported_in_float16_is_built_from_its_float32_form(tmp_path):
         assert result.fidelity["psnr_db"] > (100 if precision == "fp32" else 30)
         image = Generator.open(tmp_path / f"{target}-{precision}").generate(image=np.zeros((8, 8, 3), np.uint8))
         assert image.shape == (8, 8, 3)
+    # the file's own form: run() takes and gives float16, and so may a calibration file (both were refused)
+    x = rng.random((1, 3, 8, 8)).astype(np.float16)
+    out = Generator.open(tmp_path / "x86-litert-fp32").run({"image": x})["out"]
+    file_out = ort.InferenceSession(str(tmp_path / "half.onnx")).run(None, {"image": x})[0]
+    assert out.dtype == np.float16 and np.abs(out.astype(np.float32) - file_out.astype(np.float32)).max() < 2e-3
+    np.savez(tmp_path / "calibration.npz", image=rng.random((40, 3, 8, 8)).astype(np.float16))
+    build(tmp_path / "half.onnx", "x86-onnxruntime", tmp_path / "calibrated", precision="int8",
+          calibration=str(tmp_path / "calibration.npz"))
     from edgegen import bench
 
     rows = bench.run(tmp_path / "x86-onnxruntime-int8", [1], runs=3, baseline=True)["rows"]  # the float32 form

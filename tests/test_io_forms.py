@@ -77,6 +77,10 @@ def test_uint8_nhwc_image_io_is_an_image_in_nchw_float_with_run_in_the_model_fil
     with pytest.raises(RequestError, match=r"must be uint8"):
         gen.run({"pixels": pixels.astype(np.float32)})
     assert gen.self_test()["pass"]
+    from edgegen import bench
+
+    rows = bench.run(tmp_path / "b", [1], runs=3, baseline=True)["rows"]  # run() in the file's form (it was fed floats)
+    assert rows[0]["p50_ms"] > 0 and rows[1]["subject"] == "fp32 source, onnxruntime CPU"
 
 
 @pytest.mark.parametrize("order", ["round, clamp", "clamp, round"])
