@@ -98,6 +98,10 @@ def describe_io(
                              "label is an integer class index [N] or a one-hot [N, K] float. Leave its role alone "
                              f"and pass it by name (generate({value.name}=...)), with real examples in --calibration "
                              "FILE.npz")
+        if spec.role == "image" and not (spec.dtype.startswith("float") and len(spec.shape) == 4):
+            raise ModelError(f"input {value.name!r} ({spec.dtype} {format_shape(spec.source_shape)}) cannot be an "
+                             "image: an image is a float map [N, C, H, W] (or its uint8 or NHWC form). Drop the "
+                             f"image role for it, and edgegen takes it as a {_input_role(spec)}")
         if spec.role == "label":
             spec.num_classes = _num_classes(value.name, graph, init, meta) or _one_hot_classes(spec)
         elif spec.role == "image":

@@ -390,6 +390,14 @@ def test_a_label_role_on_a_map_is_refused(tmp_path):
         Graph.load(tmp_path / "spade.onnx", roles={"segmap": "label"})
 
 
+def test_an_image_role_on_a_vector_or_an_index_is_refused(cgen_path):
+    """--role label=image died in the synthetic-image code (internal error); inspect showed an int64 image."""
+    with pytest.raises(ModelError, match=r"input 'label' \(int64 \?\) cannot be an image: .* edgegen takes it as a label"):
+        Graph.load(cgen_path, roles={"label": "image"})
+    with pytest.raises(ModelError, match=r"input 'latent' \(float32 \?x16\) cannot be an image: .* as a latent"):
+        Graph.load(cgen_path, roles={"latent": "image"})
+
+
 def test_constant_folding_keeps_the_optimizers_own_notes_out_of_the_users_log(caplog):
     import logging
 
