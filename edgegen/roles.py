@@ -152,12 +152,16 @@ def _one_hot_classes(spec: TensorSpec) -> int | None:
     return None
 
 
+_INDEX_KEEPING_OPS = ("Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+
 def _num_classes(name: str, graph: onnx.GraphProto, init: dict, meta: dict) -> int | None:
     if "edgegen.num_classes" in meta:
         return int(meta["edgegen.num_classes"])
     names = {name}
     for node in graph.node:
-        if node.op_type == "Cast" and node.input[0] in names:  # an int32 label cast to int64 for its lookup
+        # an int32 label cast to int64 for its lookup; an [N, 1] label flattened first (`emb(label.view(-1))`)
+        if node.op_type in _INDEX_KEEPING_OPS and node.input and node.input[0] in names:
             names.add(node.output[0])
         if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in names and node.input[0] in init:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)

@@ -390,6 +390,22 @@ def test_a_label_role_on_a_map_is_refused(tmp_path):
         Graph.load(tmp_path / "spade.onnx", roles={"segmap": "label"})
 
 
+def test_the_class_count_of_a_label_flattened_before_its_embedding_is_read(tmp_path):
+    """`emb(label.view(-1))` of an [N, 1] label: no class count was read, so label 1000 reached the backend
+    (OpenVINO served it, ONNX Runtime raised from inside)."""
+    nodes = [helper.make_node("Reshape", ["label", "flat"], ["index"]),
+             helper.make_node("Gather", ["table", "index"], ["embedded"]),
+             helper.make_node("Add", ["latent", "embedded"], ["out"])]
+    g = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("latent", TensorProto.FLOAT, ["N", 16]),
+                                         helper.make_tensor_value_info("label", TensorProto.INT64, ["N", 1])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 16])],
+                          [numpy_helper.from_array(np.zeros((10, 16), np.float32), "table"),
+                           numpy_helper.from_array(np.array([-1], np.int64), "flat")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "emb.onnx"))
+    label = next(s for s in Graph.load(tmp_path / "emb.onnx").inputs if s.name == "label")
+    assert (label.role, label.num_classes) == ("label", 10)
+
+
 def test_an_image_role_on_a_vector_or_an_index_is_refused(cgen_path):
     """--role label=image died in the synthetic-image code (internal error); inspect showed an int64 image."""
     with pytest.raises(ModelError, match=r"input 'label' \(int64 \?\) cannot be an image: .* edgegen takes it as a label"):
