@@ -38,8 +38,10 @@ SHUFFLES = ("DepthToSpace", "SpaceToDepth")
 # even where the next op only passes a grid through (a nearest Resize), so that op runs in int8 too
 ACTIVATIONS = ("HardSwish", "HardSigmoid")
 # and Sub, which it has no entry for either (it has Add): listed, a residual `x - f(x)` (DnCNN) is int8 like
-# `x + f(x)`, for the NPU (int8 only), LiteRT and the Edge TPU (SUB) and OpenVINO. A Sub of a constant (an
-# input normalization, EDSR's MeanShift) stays float like the Div beside it, as onnxruntime leaves it.
+# `x + f(x)`, for the NPU (int8 only), LiteRT and the Edge TPU (SUB) and OpenVINO; so is a Sub of a constant (an
+# input normalization `x * 2 - 1`, EDSR's MeanShift), like an Add of one: left float, it made a LiteRT int8
+# artifact take float input and split an Edge TPU graph at its first op. One whose result a float op reads
+# (`(x - mean) / std`: onnxruntime leaves Div float) stays float with it, a float chain the NPU's host runs.
 ARITHMETIC = ("Sub",)
 FAINT_SOFTMAX = 0.25  # a Softmax whose calibrated outputs stay below this (64 of 255 steps) stays in float
 
@@ -85,7 +87,7 @@ class Quantizer:
         self.grouped_transposed = _grouped_transposed_convs(self.model)
         self.faint_softmaxes = _faint_softmaxes(self.model, self.ranges)
         self.float_only = self.grouped_transposed + self.faint_softmaxes  # never quantized, by design
-        self._unlisted = _subs_of_a_constant(self.model)  # float as onnxruntime.quantization leaves them
+        self._unlisted = _subs_read_in_float(self.model, self.op_types)  # float with the op that reads them
 
     @property
     def float_note(self) -> str | None:
@@ -131,10 +133,12 @@ def _faint_softmaxes(model: onnx.ModelProto, ranges) -> list[str]:
             and ranges[n.output[0]].range_value[1] < FAINT_SOFTMAX]
 
 
-def _subs_of_a_constant(model: onnx.ModelProto) -> list[str]:
-    """Sub nodes one operand of which is a constant."""
+def _subs_read_in_float(model: onnx.ModelProto, op_types: list[str]) -> list[str]:
+    """Sub nodes one operand of which is a constant and whose result an op the quantizer leaves float reads."""
     weights = {t.name for t in model.graph.initializer}
-    return [n.name for n in model.graph.node if n.op_type == "Sub" and any(i in weights for i in n.input)]
+    float_reads = {x for n in model.graph.node if n.op_type not in op_types for x in n.input}
+    return [n.name for n in model.graph.node if n.op_type == "Sub" and any(i in weights for i in n.input)
+            and n.output[0] in float_reads]
 
 
 def _grouped_transposed_convs(model: onnx.ModelProto) -> list[str]:
