@@ -409,6 +409,30 @@ def test_a_program_with_more_activation_tables_than_the_npu_holds_says_pruning_d
         lower_graph(graph, tight, "tight")
 
 
+def test_tables_that_only_requantize_concat_inputs_are_named_as_such(tmp_path):
+    """A dense block (convs concatenated, no activation) ran out of tables, and the error blamed Sigmoid and Tanh."""
+    h, nh = onnx.helper, onnx.numpy_helper
+    rng = np.random.default_rng(3)
+    weights = [nh.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name) for name, shape, scale in
+               (("w1", (4, 3, 3, 3), 0.2), ("w2", (4, 7, 3, 3), 1.5), ("w3", (3, 11, 3, 3), 0.3))]
+    nodes = [h.make_node("Conv", ["image", "w1"], ["a"], pads=[1] * 4),
+             h.make_node("Concat", ["image", "a"], ["ia"], axis=1),
+             h.make_node("Conv", ["ia", "w2"], ["b"], pads=[1] * 4),
+             h.make_node("Concat", ["ia", "b"], ["iab"], axis=1),
+             h.make_node("Conv", ["iab", "w3"], ["out"], pads=[1] * 4)]
+    g = h.make_graph(nodes, "dense", [h.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                     [h.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 3, 8, 8])], weights)
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), str(tmp_path / "dense.onnx"))
+    graph = emu.quantize(Graph.load(tmp_path / "dense.onnx"), 8)
+    _, memory, _ = lower_graph(graph, ROOMY)
+    assert memory["lut_tables"] >= 2
+    tight = NpuConfig.from_options({"lanes": 8, "act_kb": 512, "wgt_kb": 256, "par_entries": 4096, "tap_entries": 2048,
+                                    "lut_tables": memory["lut_tables"] - 1})
+    with pytest.raises(FitError, match=r"All \d+ of the model's tables only move values onto another int8 grid \(a "
+                                       r"Concat input.*a model with Concats whose inputs share one range\.$"):
+        lower_graph(graph, tight, "tight")
+
+
 def test_a_fractional_resize_after_a_function_is_refused_alike_by_inspect_and_build(tmp_path):
     """inspect said every op of Conv -> Elu -> Resize(1.5x, linear) runs on the NPU (the resize's shape was
     checked only where a layer computes its input); the build refused the resize for its float input."""

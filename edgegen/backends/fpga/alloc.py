@@ -98,10 +98,7 @@ def check_static(program: Program, target: str) -> dict[str, Any]:
               ("par_end", config.par_entries, 12, "parameter RAM (bias, multiplier, shift per channel)", "par_entries",
                prune),
               ("tap_end", config.tap_entries, 8, "tap RAM", "tap_entries", prune),
-              ("luts", config.lut_bytes // 256, 256, "activation-table RAM", "lut_tables",
-               "Each fused non-linear activation (Sigmoid, Tanh, ...) with its own int8 scales takes one 256-byte "
-               "table, however many channels it has, so pruning does not help: use a target with more table RAM "
-               "or a model with fewer such activations.")]
+              ("luts", config.lut_bytes // 256, 256, "activation-table RAM", "lut_tables", _table_advice(program))]
     for key, capacity, unit, memory, option, advice in limits:
         for index, layer in enumerate(program.layers):
             used = layer.notes.get(key, 0)
@@ -118,6 +115,23 @@ def check_static(program: Program, target: str) -> dict[str, Any]:
     return {"wgt_bytes": program.wgt_words * config.lanes, "wgt_capacity": config.wgt_bytes,
             "par_entries": program.par_rows, "tap_entries": len(program.tap), "lut_tables": len(program.luts),
             "layers": len(program.layers)}
+
+
+def _table_advice(program: Program) -> str:
+    """What the 256-byte tables hold, and what frees them."""
+    total, regrids = len(program.luts), len(program.regrid_luts & set(program.luts))
+    moving = "only move values onto another int8 grid (a Concat input or a copy whose scales differ from its " \
+             "destination's)"
+    activations = "apply fused non-linear activations (Sigmoid, Tanh, ...), one per activation and int8 scales"
+    if regrids == total:
+        held, fewer = f"All {total} of the model's tables {moving}", "Concats whose inputs share one range"
+    elif regrids:
+        held = f"Of the model's {total} tables, {regrids} {moving} and the rest {activations}"
+        fewer = "fewer such activations, or Concats whose inputs share one range"
+    else:
+        held, fewer = f"The model's {total} tables {activations}", "fewer such activations"
+    return (f"{held}; a table serves any number of channels, so pruning does not help: use a target with more "
+            f"table RAM, or a model with {fewer}.")
 
 
 def _describe(layer: Layer) -> str:

@@ -34,6 +34,7 @@ class Program:
         self.par: list[np.ndarray] = []
         self.par_rows = 0
         self.luts: dict[bytes, int] = {}
+        self.regrid_luts: set[bytes] = set()  # tables that only move values onto another int8 grid
         self.tap: list[int] = []
 
     # -- static memories ---------------------------------------------------------------------
@@ -48,6 +49,10 @@ class Program:
         self.par.append(np.stack([bias, mult, shift], axis=1).astype(np.int64))
         self.par_rows += len(bias)
         return base
+
+    def note_regrid(self, table: np.ndarray) -> None:
+        """Record a table as a requantization only (no activation in it), for the fit report."""
+        self.regrid_luts.add(table.astype(np.uint8).tobytes())
 
     def _lut(self, table: np.ndarray) -> int:
         key = table.astype(np.uint8).tobytes()

@@ -338,6 +338,8 @@ class Lowerer(LinearLayers, MovementLayers):
         chain) goes through the table: ONNX's float requantization, rounding half to even."""
         lanes = self.lanes
         lut = unary.table(chain or [], src.grid, dst.grid) if chain or src.grid != dst.grid else None
+        if lut is not None and not chain:
+            self.program.note_regrid(lut)
         channels = src.inverse(lanes) if not phase_groups else dst.inverse(lanes)
         groups = dst.groups
         ones = np.ones((groups, 1, 1, lanes), np.int8)
