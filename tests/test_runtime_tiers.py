@@ -272,3 +272,7 @@ def test_an_image_models_preview_is_upscaled_to_its_own_images_size(tmp_path):
         with pytest.raises(RequestError, match=r"size (32|64) is made from a 64x64 image \(input 'image'\), got 20x20"):
             gen.generate(image=np.zeros((20, 20, 3), np.uint8), **ask)
     assert gen.generate(image=np.zeros((64, 64, 3), np.uint8), size=32).shape == (32, 32, 3)
+    # an output of one tier with the quality of the other was served one of the two, silently
+    for ask in ({"output": "full", "quality": "preview"}, {"output": "preview", "quality": "full"}):
+        with pytest.raises(RequestError, match=r"asks for two tiers: the preview tier gives 'preview'; leave one"):
+            gen.generate(image=np.zeros((64, 64, 3), np.uint8), **ask)

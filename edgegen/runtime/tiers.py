@@ -90,6 +90,10 @@ class Tiers:
         if quality == "preview" or (self.preview and output == self.preview["output"]):
             if not self.preview:
                 raise RequestError(self._no_preview())
+            preview = self.preview["output"]
+            if quality == "preview" and output not in (None, preview) or quality == "full" and output == preview:
+                raise RequestError(f"output {output!r} with quality={quality!r} asks for two tiers: the preview tier "
+                                   f"gives {preview!r}; leave one of the two out")
             return self._preview(upscaled=quality == "preview", size=size)
         if self.preview and output is None and size == max(self.preview["size"]) and quality != "full":
             return self._preview(upscaled=False, size=size)
