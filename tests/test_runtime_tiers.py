@@ -276,3 +276,5 @@ def test_an_image_models_preview_is_upscaled_to_its_own_images_size(tmp_path):
     for ask in ({"output": "full", "quality": "preview"}, {"output": "preview", "quality": "full"}):
         with pytest.raises(RequestError, match=r"asks for two tiers: the preview tier gives 'preview'; leave one"):
             gen.generate(image=np.zeros((64, 64, 3), np.uint8), **ask)
+    with pytest.raises(RequestError, match=r"upscaled preview; ask for the raw preview, output='preview' \(--output-name"):
+        gen.generate(image=np.zeros((64, 64, 3), np.uint8), quality="preview", roi=(0, 0, 4, 4))

@@ -288,8 +288,9 @@ class Generator:
             size = self.tiers.size_of_image(request.image.shape[:2])
         route = self.tiers.route(request.output or output, size, request.quality)
         if request.roi is not None and route.upscale:
-            raise RequestError(f"request {index}: roi is not offered with an upscaled preview; ask for "
-                               "output=<the preview output> to get a region of the raw preview")
+            raise RequestError(f"request {index}: roi is not offered with an upscaled preview; ask for the raw "
+                               f"preview, output={route.output!r} (--output-name on the command line), to get a "
+                               "region of it")
         inputs = [(s.name, self._describe(s, request, index)) for s in self.inputs]
         key = cache_key(self.content_hash, (route.tier, route.output, route.size, request.roi), inputs)
         return Job(index, request, route, key)
