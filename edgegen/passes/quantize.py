@@ -66,7 +66,7 @@ class Quantizer:
         self.calibration = calibration
         with tempfile.TemporaryDirectory(prefix="edgegen-quant-") as tmp:
             src, pre = Path(tmp) / "source.onnx", Path(tmp) / "pre.onnx"
-            onnx.save(graph.model, str(src))
+            onnx.save(_divisions_as_products(graph.model), str(src))
             # edgegen's clean-up already folded BatchNorm and constants; ONNX Runtime's own optimizer here
             # would also inline function ops (HardSwish -> HardSigmoid * x), which no backend fuses in int8
             q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, skip_optimization=True)
@@ -131,6 +131,31 @@ def _faint_softmaxes(model: onnx.ModelProto, ranges) -> list[str]:
     averages 1/N (over 1024 tokens most outputs round to 0: 14 dB where float kept 56)."""
     return [n.name for n in model.graph.node if n.op_type == "Softmax" and n.output[0] in ranges
             and ranges[n.output[0]].range_value[1] < FAINT_SOFTMAX]
+
+
+def _divisions_as_products(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose Div of a tensor by a float constant is a Mul by its reciprocal (the same values to a rounding):
+    onnxruntime.quantization has no entry for Div and leaves it float, so `x / 127.5 - 1` or `(x - mean) / std`
+    on an image input kept a LiteRT int8 artifact's input float and split an Edge TPU graph at its first op."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    weights = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for node in model.graph.node:
+        divisor = weights.get(node.input[1]) if node.op_type == "Div" and len(node.input) == 2 else None
+        if divisor is None or divisor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+            continue
+        values = numpy_helper.to_array(divisor)
+        if not np.all(values) or not np.all(np.isfinite(values)):
+            continue
+        name = f"{node.name or node.output[0]}/reciprocal"
+        model.graph.initializer.append(numpy_helper.from_array((1 / values).astype(values.dtype), name))
+        if readers[divisor.name] == 1:  # the divisor was this Div's alone
+            model.graph.initializer.remove(divisor)
+        node.op_type, node.input[1] = "Mul", name
+    return model
 
 
 def _subs_read_in_float(model: onnx.ModelProto, op_types: list[str]) -> list[str]:
