@@ -124,6 +124,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     reference_run = SourceSession(source.reference)
     _refuse_batch_dependence(source, reference_run, feeds)
     expected = run_batched(reference_run.run, source.inputs, feeds, per_call)
+    _refuse_non_finite(source, expected, inputs_from)
     _warn_outside_range(source, expected)
     evaluator = Evaluator(source.inputs, source.outputs, feeds, expected, per_call)
     # a backend whose targets differ in the ops they run chooses its lowerings per target
@@ -200,6 +201,23 @@ def _warn_synthetic_maps(source: Graph) -> None:
             log.warning("input %r (%s) is fed %s to verify and calibrate the build: if it is a segmentation map or "
                         "mask, the fidelity printed is not measured on inputs like the real ones; give real ones "
                         "with --calibration FILE.npz (quantization and pruning fit to them)", spec.name, spec.role, fed)
+
+
+def _refuse_non_finite(source: Graph, expected: dict[str, np.ndarray], inputs_from: str | None) -> None:
+    """A source whose outputs hold NaN or infinity on the held-out inputs has nothing to verify against (its
+    bundle would fail its own self-test; int8 calibration fails on it)."""
+    for spec in source.outputs:
+        values = expected[spec.name]
+        bad = ~np.isfinite(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+        if bad.any():
+            kinds = " and ".join(k for k, f in (("NaN", np.isnan), ("infinity", np.isinf)) if f(values).any())
+            given = inputs_from or "seeded latents and smooth synthetic images"
+            raise BuildError(
+                f"{source.source}: the fp32 source's output {spec.name!r} holds {kinds} in {bad.mean():.0%} of its "
+                f"values on the {len(values)} held-out inputs ({given}), so no artifact can be verified against it. "
+                "Fix the model (a log or a division of values that reach 0, an exp that overflows), or give the "
+                "inputs it is meant for with --calibration FILE.npz (the rows after the calibration ones verify the "
+                "build) or --input-range LO,HI")
 
 
 def _warn_outside_range(source: Graph, expected: dict[str, np.ndarray]) -> None:

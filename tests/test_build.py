@@ -544,3 +544,18 @@ def test_a_mac_target_undershot_by_channel_steps_is_explained(tmp_path):
     text = render_build_report(result.manifest, tmp_path / "b")
     assert re.search(rf"under the {full * 0.6 / 1e6:.2f} M target: the closest above it, \d+%, needs "
                      rf"{full * 0.75 / 1e6:.2f} M \(groups of 32\+ channels keep a multiple of 8", text), text
+
+
+def test_a_source_that_computes_nan_is_refused_before_anything_is_built(tmp_path):
+    """A log of values that reach below 0 (NaN in a quarter of the output) was built and shipped with a bundle
+    that failed its own self-test; NaN everywhere failed int8 calibration with an internal error."""
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.5, (3, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Log", ["c"], ["out"])]
+    graph = helper.make_graph(nodes, "nan", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "nan.onnx"))
+    for precision in ("fp32", "int8"):
+        with pytest.raises(BuildError, match=r"nan.onnx: the fp32 source's output 'out' holds NaN (and infinity )?in "
+                                             r"\d+% of its values on the 8 held-out inputs .*Fix the model"):
+            build(tmp_path / "nan.onnx", "x86-onnxruntime", tmp_path / precision, precision=precision)
+        assert not (tmp_path / precision).exists()
