@@ -82,6 +82,7 @@ class Graph:
         shapes = _default_shapes(proto, _internal_shapes(input_shapes or {}, forms, proto, str(path)), str(path))
         _check_names(proto, shapes, roles or {}, str(path))
         ins, outs = describe_io(proto, {}, roles, input_range, output_range, forms)
+        _check_batch_axis(ins, outs, str(path))
         for spec in ins:
             spec.default_shape = shapes[spec.name]
         concrete = _infer_concrete(proto, shapes, str(path))
@@ -155,6 +156,18 @@ class Graph:
     def save(self, path: str | Path) -> None:
         """Write the cleaned model as one self-contained ONNX file."""
         onnx.save(self.model, str(path))
+
+
+def _check_batch_axis(inputs: list[TensorSpec], outputs: list[TensorSpec], origin: str) -> None:
+    """Every input and output's first axis is the batch: a model exported for one sample without it
+    (`z: [16] -> image: [3, 16, 16]`) has first axes of fixed, different sizes."""
+    fixed = {s.name: s.source_shape for s in inputs + outputs if s.shape and s.shape[0] is not None}
+    if len({shape[0] for shape in fixed.values()}) > 1:
+        shapes = ", ".join(f"{name!r} {format_shape(shape)}" for name, shape in fixed.items())
+        raise ModelError(f"{origin}: the model has no batch axis: the first axes of its inputs and outputs ({shapes}) "
+                         "differ, and edgegen batches requests along the first axis of each. Export it with one: "
+                         "a batch of 1 as the first axis of every input and output (torch.randn(1, ...) as the "
+                         "example input, and no [0] taken off the output)")
 
 
 def _internal_shapes(shapes: dict[str, list[int]], forms: dict[str, dict[str, str]], model: onnx.ModelProto,

@@ -406,6 +406,21 @@ def test_the_class_count_of_a_label_flattened_before_its_embedding_is_read(tmp_p
     assert (label.role, label.num_classes) == ("label", 10)
 
 
+def test_a_model_exported_without_a_batch_axis_is_refused_naming_its_shapes(tmp_path):
+    """z: [16] -> image: [3, 8, 8] (a one-sample forward, `[0]` taken off): the build ran it on a batch and
+    died inside the runtime (internal error)."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["z", "w"], ["h"]), helper.make_node("Reshape", ["h", "shape"], ["image"])]
+    g = helper.make_graph(nodes, "nobatch", [helper.make_tensor_value_info("z", TensorProto.FLOAT, [16])],
+                          [helper.make_tensor_value_info("image", TensorProto.FLOAT, [3, 8, 8])],
+                          [numpy_helper.from_array(rng.standard_normal((16, 192)).astype(np.float32), "w"),
+                           numpy_helper.from_array(np.array([3, 8, 8], np.int64), "shape")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "nobatch.onnx"))
+    with pytest.raises(ModelError, match=r"no batch axis: the first axes of its inputs and outputs \('z' 16, 'image' "
+                                         r"3x8x8\) differ.*torch.randn\(1, \.\.\.\)"):
+        Graph.load(tmp_path / "nobatch.onnx")
+
+
 def test_an_image_role_on_a_vector_or_an_index_is_refused(cgen_path):
     """--role label=image died in the synthetic-image code (internal error); inspect showed an int64 image."""
     with pytest.raises(ModelError, match=r"input 'label' \(int64 \?\) cannot be an image: .* edgegen takes it as a label"):
