@@ -374,3 +374,21 @@ def test_a_narrow_sigmoid_output_on_the_fixed_int8_grid_is_warned_about(tmp_path
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
     build(tmp_path / "m.onnx", "x86-litert", tmp_path / "b", precision="int8", samples=2, calibration_count=8)
     assert ("'to_image' (Sigmoid): its calibrated output range is" in caplog.text) is warned
+
+
+def test_an_output_that_repeats_another_or_passes_the_input_through_is_lowered(tmp_path):
+    """`return y, y, x`: the import keeps the exporter's Identity nodes (both ends are graph tensors), and every
+    LiteRT target refused the model ("no TFLite lowering for this op")."""
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["out"]), helper.make_node("Identity", ["out"], ["copy"]),
+             helper.make_node("Identity", ["image"], ["passthrough"])]
+    image = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3, 8, 8])  # noqa: E731
+    g = helper.make_graph(nodes, "dup", [image("image")], [image("out"), image("copy"), image("passthrough")], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "dup.onnx"))
+    x = np.random.default_rng(1).random((1, 3, 8, 8), dtype=np.float32)
+    for precision in ("fp32", "int8"):
+        build(tmp_path / "dup.onnx", "x86-litert", tmp_path / precision, precision=precision)
+        out = Generator.open(tmp_path / precision).run({"image": x})
+        np.testing.assert_array_equal(out["copy"], out["out"])
+        assert np.abs(out["passthrough"] - x).max() <= (0 if precision == "fp32" else 0.05)  # int8: the input grid

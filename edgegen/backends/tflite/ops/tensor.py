@@ -1,4 +1,4 @@
-"""Data movement: Reshape/Flatten/Squeeze/Unsqueeze, Concat, Expand, DepthToSpace, Pad, Gather,
+"""Data movement: Reshape/Flatten/Squeeze/Unsqueeze, Identity, Concat, Expand, DepthToSpace, Pad, Gather,
 Slice, Transpose. On int8 these keep their input's grid (requantized when the QDQ graph says
 otherwise)."""
 
@@ -64,6 +64,14 @@ def reshape(lw: Lowerer, node: onnx.NodeProto) -> None:
     lw.emit_keeping_grid("RESHAPE", [moved.index, lw.int32(tfl_shape(dst, True), "nhwc_shape")], out,
                          tfl_shape(dst, True), True, moved.quant,
                          lw.options("Reshape", newShape=tfl_shape(dst, True)))
+
+
+@rule("Identity", check=static_shapes)
+def identity(lw: Lowerer, node: onnx.NodeProto) -> None:
+    """An Identity the import keeps (an output repeating another, an input passed through to an output):
+    TFLite has no copy op, so a RESHAPE to the same shape, in the same layout."""
+    value = lw.value(node.input[0])
+    _reshape_into(lw, value, node.output[0], lw.tshape(value), value.nhwc, value.order)
 
 
 # -- Concat --------------------------------------------------------------------------------------
