@@ -197,7 +197,7 @@ CASES = {
                       {"FULLY_CONNECTED": 1}),
     "softmax_tokens": (*_unary("Softmax", axis=1), [1, 6, 4], {"REDUCE_MAX": 1, "EXP": 1, "SUM": 1, "DIV": 1}),
     "reduce_sum_2d_no_keepdims": ([helper.make_node("ReduceSum", ["x", "a"], ["y"], keepdims=0)],
-                                  [_const("a", [0])], [3, 7], {"SUM": 1}),
+                                  [_const("a", [1])], [3, 7], {"SUM": 1}),
     "softmax_channels": (*_unary("Softmax", axis=1), [1, 4, 3, 3], {"REDUCE_MAX": 1, "EXP": 1, "SUM": 1, "DIV": 1}),
     "grouped_conv": (*_conv("c", 8, 6, 3, group=2, pads=[1, 1, 1, 1]), [1, 8, 6, 6],
                      {"CONV_2D": 2, "STRIDED_SLICE": 2, "CONCATENATION": 1}),

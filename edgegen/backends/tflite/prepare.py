@@ -195,11 +195,12 @@ def _fuse_gelu(p: Prepared) -> None:
 
 
 def _gelu_chain(p: Prepared, erf: onnx.NodeProto) -> tuple[str, list[onnx.NodeProto]] | None:
-    """(x, [Div, Erf, Add, ..., the last Mul]) where erf is the middle of that GELU, else None."""
+    """(x, [Div (or Mul), Erf, Add, ..., the last Mul]) where erf is the middle of that GELU, else None."""
     scale = p.producer(erf.input[0])
-    if scale is None or scale.op_type != "Div" or not _const_is(p, scale.input[1], np.sqrt(2)):
-        return None
-    x = scale.input[0]
+    if scale is None or not (scale.op_type == "Div" and _const_is(p, scale.input[1], np.sqrt(2)) or
+                             scale.op_type == "Mul" and any(_const_is(p, i, 1 / np.sqrt(2)) for i in scale.input)):
+        return None  # x / sqrt 2, or x * (1 / sqrt 2) as the int8 quantizer writes a division by a constant
+    x = next(i for i in scale.input if i not in p.consts)
     nodes = [scale, erf]
     add = _follower(p, erf, "Add")
     if add is None or not _const_is(p, add.input[1] if add.input[0] == erf.output[0] else add.input[0], 1.0):

@@ -190,6 +190,11 @@ def _check_binary(node: onnx.NodeProto, p: Prepared) -> str | None:
     ranks = {len(p.shapes[i]) for i in variable if i in p.shapes}
     if len(ranks) > 1:
         return "both operands are computed but have different ranks (broadcast across ranks is not supported)"
+    const_ranks = {p.consts[i].ndim for i in node.input if i in p.consts}
+    if ranks and const_ranks and max(const_ranks) > max(ranks):
+        return (f"a constant of rank {max(const_ranks)} meets a computed operand of rank {max(ranks)} (a constant map "
+                "plus a value computed without the map's axes, such as a sum over the whole latent), a broadcast "
+                "the lowering does not lay out; give the computed value the map's rank (a [N, C, 1, 1] view)")
     if ranks and max(ranks) > 4:
         return "tensors of rank > 4 are not supported"
     return static_shapes(node, p)
