@@ -124,6 +124,31 @@ def test_the_floor_scores_the_graph_as_the_backend_deploys_it(tmp_path, cgen_pat
                             "layer in int8")
 
 
+def test_a_layer_kept_in_float_that_the_floor_does_not_need_is_quantized_again():
+    """An IMDN-style build kept an Add in float that changed nothing (its PSNR with it float equalled all-int8)
+    once a later conv was kept too; the floor holds without it."""
+    from edgegen.passes.floor import QualityFloor, search_float_layers
+
+    gain = {"a": 12.0, "b": 0.0, "c": 5.0, "d": 0.0}  # dB each layer kept in float adds
+    nmse = {"a": 0.5, "b": 0.4, "c": 0.3, "d": 0.01}  # each alone in int8: the ranking a, b, c, d
+
+    class Quantizer:
+        def emit(self, exclude=(), only=None):
+            return ("only", only[0]) if only else ("exclude", frozenset(exclude))
+
+    class Scores:
+        def quality(self, model):
+            kind, what = model
+            if kind == "only":
+                return {"psnr_db": 40.0, "ssim": 1.0, "nmse": nmse[what]}
+            return {"psnr_db": 50.0 + sum(gain[k] for k in what), "ssim": 1.0, "nmse": 0.0}
+
+    candidates = [(name, "Conv") for name in "acd"] + [("b", "Add")]
+    model, report = search_float_layers(candidates, Quantizer(), Scores(), QualityFloor(min_psnr=65))
+    assert report["kept_float"] == ["a", "c"] and model == ("exclude", frozenset("ac"))
+    assert report["result"]["psnr_db"] == 67.0
+
+
 def test_an_npu_target_with_an_unmet_floor_says_so(tmp_path):
     """fpga-sim kept layers in float for the floor, then refused them as weights not symmetric int8."""
     with pytest.raises(BuildError, match=r"the quality floor \(PSNR >= 99 dB\) is not met: all int8 gives .* the "

@@ -116,6 +116,7 @@ def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator:
         quality = score(model)
         log.info("keeping %s in float -> %s", row["node"], quality)
         if floor.met(quality):
+            kept, model, quality = _drop_needless(kept, quantizer, score, floor, model, quality)
             report.update(kept_float=kept, result=quality)
             return model, report
     raise BuildError(f"no mix of int8 and float layers meets the quality floor ({floor.describe()}): all int8 gives "
@@ -124,3 +125,18 @@ def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator:
                      f"{quality['psnr_db']:.1f} dB / SSIM {quality['ssim']:.4f}. Lower --min-psnr/--min-ssim, "
                      "calibrate with more representative data (--calibration, --calibration-method percentile), "
                      "or build fp16.")
+
+
+def _drop_needless(kept: list[str], quantizer, score: Callable[[onnx.ModelProto], dict[str, float]],
+                   floor: QualityFloor, model: onnx.ModelProto,
+                   quality: dict[str, float]) -> tuple[list[str], onnx.ModelProto, dict[str, float]]:
+    """Quantize again each kept layer the floor holds without, least sensitive first (a layer kept early can
+    change nothing once the later ones are float); the last one kept was needed to meet it."""
+    for name in reversed(kept[:-1]):
+        trial = [k for k in kept if k != name]
+        candidate = quantizer.emit(exclude=trial)
+        scored = score(candidate)
+        log.info("%s back in int8 -> %s", name, scored)
+        if floor.met(scored):
+            kept, model, quality = trial, candidate, scored
+    return kept, model, quality
