@@ -23,6 +23,7 @@ _RANGE_KEEPING_OPS = {"Reshape", "Transpose", "Identity", "DepthToSpace", "Space
                       "Squeeze", "Unsqueeze", "Flatten", "Slice", "Pad", "Concat", "AveragePool", "MaxPool"}
 DEFAULT_RANGE = [0.0, 1.0]
 NETWORK_RANGES = ([-1.0, 1.0], [0.0, 1.0])
+OUTPUT_ROLES = ("image", "tensor")  # the others describe what a request gives an input
 # a float [N, K] input named like this is a class condition given one-hot (cGAN exports: `torch.cat([z, onehot])`)
 _LABEL_WORDS = re.compile(r"one_?hot|(^|[^a-z])(labels?|class(es)?)([^a-z]|$)", re.IGNORECASE)
 # a 1- or 3-channel map named like this is Gaussian noise to draw from the seed, not an image (StyleGAN's
@@ -79,6 +80,9 @@ def describe_io(
     for value in graph.output:
         spec = _spec(value, default_shapes.get(value.name, []), forms.get(value.name))
         spec.role = explicit.get(value.name) or ("image" if _looks_like_image(spec.shape) else "tensor")
+        if spec.role not in OUTPUT_ROLES:
+            raise ModelError(f"output {value.name!r} cannot have role {spec.role!r}: an output is an image or a "
+                             f"tensor (--role {value.name}=image or {value.name}=tensor)")
         if spec.role == "image":
             spec.range = list(output_range or _pixel_range(spec) or _range_from_producer(value.name, producers, init)
                               or DEFAULT_RANGE)
@@ -98,6 +102,10 @@ def describe_io(
                              "label is an integer class index [N] or a one-hot [N, K] float. Leave its role alone "
                              f"and pass it by name (generate({value.name}=...)), with real examples in --calibration "
                              "FILE.npz")
+        if spec.role == "latent" and not spec.dtype.startswith("float"):
+            raise ModelError(f"input {value.name!r} ({spec.dtype} {format_shape(spec.source_shape)}) cannot be a "
+                             "latent: a latent is float noise drawn from the request's seed. Drop the latent role for "
+                             f"it, and edgegen takes it as a {_input_role(spec)}")
         if spec.role == "image" and not (spec.dtype.startswith("float") and len(spec.shape) == 4):
             raise ModelError(f"input {value.name!r} ({spec.dtype} {format_shape(spec.source_shape)}) cannot be an "
                              "image: an image is a float map [N, C, H, W] (or its uint8 or NHWC form). Drop the "

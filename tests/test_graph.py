@@ -421,12 +421,18 @@ def test_a_model_exported_without_a_batch_axis_is_refused_naming_its_shapes(tmp_
         Graph.load(tmp_path / "nobatch.onnx")
 
 
-def test_an_image_role_on_a_vector_or_an_index_is_refused(cgen_path):
+def test_roles_that_do_not_fit_the_tensor_are_refused(cgen_path):
     """--role label=image died in the synthetic-image code (internal error); inspect showed an int64 image."""
     with pytest.raises(ModelError, match=r"input 'label' \(int64 \?\) cannot be an image: .* edgegen takes it as a label"):
         Graph.load(cgen_path, roles={"label": "image"})
     with pytest.raises(ModelError, match=r"input 'latent' \(float32 \?x16\) cannot be an image: .* as a latent"):
         Graph.load(cgen_path, roles={"latent": "image"})
+    # an index as a latent fed standard_normal().astype(int64) as class indices; an output took input roles
+    with pytest.raises(ModelError, match=r"input 'label' \(int64 \?\) cannot be a latent: .* takes it as a label"):
+        Graph.load(cgen_path, roles={"label": "latent"})
+    output = Graph.load(cgen_path).outputs[0].name
+    with pytest.raises(ModelError, match=rf"output '{output}' cannot have role 'label': an output is an image or a tensor"):
+        Graph.load(cgen_path, roles={output: "label"})
 
 
 def test_constant_folding_keeps_the_optimizers_own_notes_out_of_the_users_log(caplog):
