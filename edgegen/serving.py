@@ -244,6 +244,10 @@ def _size_parts(graph: Graph, comp: _Compiler, sizes: list[int], images) -> dict
             near = _sizes_near(graph, spatial, out.name, base, size)
             hint = f"the nearest size{'s' * (len(near) > 1)} it gives: {', '.join(map(str, near))}" if near else \
                 _size_step_hint(base, spatial[0].default_shape[2])
+            fixed = [s for s in spatial if None not in s.shape[2:]]
+            if fixed and not near:  # an export at one size may hard-code it (a Reshape to the exported map)
+                hint += (f"; input {fixed[0].name!r} was exported at a fixed {format_shape(fixed[0].source_shape)}: "
+                         "export it with dynamic height and width (dynamic_axes) to serve other sizes")
             raise BuildError(f"{graph.source}: no input size gives output size {size} ({'; '.join(tried)}); {hint}")
         _check_tier_memory(sized, size, comp.tgt, graph.source)
         part = "main" if size == base or dynamic else comp.add(f"size{size}", sized)

@@ -278,3 +278,21 @@ def test_an_image_models_preview_is_upscaled_to_its_own_images_size(tmp_path):
             gen.generate(image=np.zeros((64, 64, 3), np.uint8), **ask)
     with pytest.raises(RequestError, match=r"upscaled preview; ask for the raw preview, output='preview' \(--output-name"):
         gen.generate(image=np.zeros((64, 64, 3), np.uint8), quality="preview", roi=(0, 0, 4, 4))
+
+
+def test_a_tier_of_an_export_fixed_at_one_size_says_to_export_it_dynamic(tmp_path):
+    """A static export whose layers hard-code its size listed only sizes that "do not run"."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.full((3, 3, 3, 3), 0.1, np.float32), "w")
+    dense = numpy_helper.from_array(np.eye(192, dtype=np.float32), "dense")  # a Linear over the flattened map
+    shape = numpy_helper.from_array(np.array([1, 3, 8, 8], np.int64), "shape")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Flatten", ["c"], ["f"]),
+             helper.make_node("MatMul", ["f", "dense"], ["m"]), helper.make_node("Reshape", ["m", "shape"], ["r"]),
+             helper.make_node("Sigmoid", ["r"], ["out"])]
+    g = helper.make_graph(nodes, "fixed", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])], [w, dense, shape])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "fixed.onnx"))
+    with pytest.raises(BuildError, match=r"input 'image' was exported at a fixed 1x3x8x8: export it with dynamic height "
+                                         r"and width"):
+        build(tmp_path / "fixed.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[16])
