@@ -196,6 +196,19 @@ def test_bf16_on_openvino_sets_the_hint(tmp_path, cgen_path):
     assert gen.session._compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "bf16"
 
 
+def test_a_calibration_folder_with_fewer_images_than_samples_says_they_repeat(tmp_path):
+    from PIL import Image
+
+    from edgegen.specs import TensorSpec
+
+    for i in range(2):
+        Image.fromarray(np.full((12, 12, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    spec = TensorSpec("image", "float32", [None, 3, 8, 8], "image", [1, 3, 8, 8], [0.0, 1.0])
+    cal = load_calibration([spec], str(tmp_path), 5)
+    assert cal.count == 5 and cal.source.endswith("(2 files, repeated to 5 samples, resized to 8x8)")
+    assert "repeated" not in load_calibration([spec], str(tmp_path), 2).source
+
+
 def test_calibration_from_images_and_arrays(tmp_path, graph):
     image_model_spec = [s for s in graph.inputs]
     npz = tmp_path / "cal.npz"

@@ -117,7 +117,8 @@ def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str) 
         images.append(lo + array * ((hi - lo) / 255.0))
     feeds = sample_feeds([s for s in specs if s is not spec], list(range(count)))
     feeds[spec.name] = np.stack(images).astype(spec.dtype)
-    return Calibration(feeds, f"{label} ({len(files)} files, resized to {w}x{h})")
+    repeated = f", repeated to {count} samples" if count > len(files) else ""
+    return Calibration(feeds, f"{label} ({len(files)} files{repeated}, resized to {w}x{h})")
 
 
 def _from_arrays(specs: list[TensorSpec], path: Path, count: int) -> Calibration:
