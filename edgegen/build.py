@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 FP32_MAX_ABS = 1e-3
-MAP_NAMES = re.compile(r"seg|mask|semantic|parsing|layout", re.IGNORECASE)  # inputs that hold a map of classes
+# inputs that hold a map of classes or of coordinates (SPADE's segmentation, an inpainting mask, CIPS's grid)
+MAP_NAMES = re.compile(r"seg|mask|semantic|parsing|layout|coord|grid", re.IGNORECASE)
 REDUCED_PSNR_MARGIN_DB = 6.0
 # A reduced-precision bundle's self-test asks for its build's PSNR less the margin, but never more than
 # its precision guarantees: the build host may compute more precisely than the device (an f16 hint run in
@@ -191,15 +192,15 @@ def _refuse_batch_dependence(source: Graph, reference_run: SourceSession, feeds:
 
 
 def _warn_synthetic_maps(source: Graph) -> None:
-    """Warn where an input named like a segmentation map or mask gets synthetic samples (seeded Gaussian noise
+    """Warn where an input named like a segmentation map, mask or coordinate grid gets synthetic samples (seeded Gaussian noise
     as a latent or condition, smooth images as an image): verification and calibration then run on inputs
     unlike the real ones."""
     for spec in source.inputs:
         if spec.role in ("latent", "condition", "image") and len(spec.default_shape) == 4 and \
                 min(spec.default_shape[2:]) > 1 and MAP_NAMES.search(spec.name):
             fed = "smooth synthetic images" if spec.role == "image" else "seeded Gaussian noise"
-            log.warning("input %r (%s) is fed %s to verify and calibrate the build: if it is a segmentation map or "
-                        "mask, the fidelity printed is not measured on inputs like the real ones; give real ones "
+            log.warning("input %r (%s) is fed %s to verify and calibrate the build: if it is a segmentation map, "
+                        "mask or coordinate grid, the fidelity printed is not measured on inputs like the real ones; give real ones "
                         "with --calibration FILE.npz (quantization and pruning fit to them)", spec.name, spec.role, fed)
 
 

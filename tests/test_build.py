@@ -479,18 +479,18 @@ def test_a_model_whose_output_depends_on_the_batch_it_runs_in_is_refused(tmp_pat
     assert not (tmp_path / "b").exists()
 
 
-def test_an_input_named_like_a_segmentation_map_fed_noise_is_warned_about(tmp_path, caplog):
-    import logging
-
+@pytest.mark.parametrize("name, channels", [("seg_map", 8), ("coords", 2)])
+def test_an_input_named_like_a_segmentation_map_fed_noise_is_warned_about(tmp_path, caplog, name, channels):
+    """A CIPS-style coordinate grid was fed Gaussian noise without a word, like a segmentation map had been."""
     caplog.set_level(logging.WARNING)
-    w = numpy_helper.from_array(np.full((3, 8, 3, 3), 0.1, np.float32), "w")
-    g = helper.make_graph([helper.make_node("Conv", ["seg_map", "w"], ["c"], pads=[1, 1, 1, 1]),
+    w = numpy_helper.from_array(np.full((3, channels, 3, 3), 0.1, np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", [name, "w"], ["c"], pads=[1, 1, 1, 1]),
                            helper.make_node("Tanh", ["c"], ["y"])], "spade",
-                          [helper.make_tensor_value_info("seg_map", TensorProto.FLOAT, ["N", 8, 16, 16])],
+                          [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", channels, 16, 16])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 16, 16])], [w])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "spade.onnx"))
     build(tmp_path / "spade.onnx", "x86-onnxruntime", tmp_path / "b", samples=2)
-    assert "input 'seg_map' (latent) is fed seeded Gaussian noise" in caplog.text
+    assert f"input '{name}' (latent) is fed seeded Gaussian noise" in caplog.text
 
 
 def test_a_ratio_pruned_to_a_poor_image_is_warned_about(tmp_path, caplog):
