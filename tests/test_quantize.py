@@ -531,3 +531,30 @@ def test_a_softmax_over_many_tokens_stays_in_float(tmp_path):
     result = build(tmp_path / "softmax.onnx", "x86-onnxruntime", tmp_path / "b", precision="int8")
     assert result.fidelity["psnr_db"] > 40
     assert "1 Softmax kept in float" in result.manifest["passes"]["quantize"]["float_by_design"]
+
+
+@pytest.mark.parametrize("name, quantized", [("image", True), ("latent", False)])
+def test_a_normalization_of_an_image_input_is_quantized_and_of_a_latent_stays_float(tmp_path, name, quantized):
+    """(x - mean) / std on an image input stayed float (a LiteRT int8 artifact took float input, the Edge TPU
+    graph split at its first op); on a latent, whose values fill no 8-bit grid, it stays float and is quantized
+    once, after it."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array([0.4, 0.45, 0.41], np.float32).reshape(1, 3, 1, 1), "mean"),
+             numpy_helper.from_array(np.array([0.23, 0.22, 0.25], np.float32).reshape(1, 3, 1, 1), "std"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Sub", [name, "mean"], ["centred"], "shift"),
+             helper.make_node("Div", ["centred", "std"], ["normalized"], "scale"),
+             helper.make_node("Conv", ["normalized", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["c"], ["out"])]
+    g = helper.make_graph(nodes, "norm", [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 8, 8])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "norm.onnx"))
+    graph = Graph.load(tmp_path / "norm.onnx")
+    assert graph.inputs[0].role == name
+    model = Quantizer(graph, load_calibration(graph.inputs, None, 8)).emit()
+    ops = {n.name: n.op_type for n in model.graph.node}
+    reads_quantized = {n.name: any(i.endswith("DequantizeLinear_Output") for i in n.input) for n in model.graph.node}
+    if quantized:  # the Div is a Mul by the reciprocal, and both read int8 values
+        assert ops["shift"] == "Sub" and ops["scale"] == "Mul" and reads_quantized["shift"] and reads_quantized["scale"]
+    else:
+        assert ops["scale"] == "Div" and not reads_quantized["shift"] and not reads_quantized["scale"]

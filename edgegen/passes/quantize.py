@@ -40,8 +40,8 @@ ACTIVATIONS = ("HardSwish", "HardSigmoid")
 # and Sub, which it has no entry for either (it has Add): listed, a residual `x - f(x)` (DnCNN) is int8 like
 # `x + f(x)`, for the NPU (int8 only), LiteRT and the Edge TPU (SUB) and OpenVINO; so is a Sub of a constant (an
 # input normalization `x * 2 - 1`, EDSR's MeanShift), like an Add of one: left float, it made a LiteRT int8
-# artifact take float input and split an Edge TPU graph at its first op. One whose result a float op reads
-# (`(x - mean) / std`: onnxruntime leaves Div float) stays float with it, a float chain the NPU's host runs.
+# artifact take float input and split an Edge TPU graph at its first op. One on a latent input, or whose result
+# a float op reads, stays float (see _subs_left_float), a float chain the NPU's host runs.
 ARITHMETIC = ("Sub",)
 FAINT_SOFTMAX = 0.25  # a Softmax whose calibrated outputs stay below this (64 of 255 steps) stays in float
 
@@ -66,7 +66,7 @@ class Quantizer:
         self.calibration = calibration
         with tempfile.TemporaryDirectory(prefix="edgegen-quant-") as tmp:
             src, pre = Path(tmp) / "source.onnx", Path(tmp) / "pre.onnx"
-            onnx.save(_divisions_as_products(graph.model), str(src))
+            onnx.save(_divisions_as_products(graph.model, _noise_inputs(graph)), str(src))
             # edgegen's clean-up already folded BatchNorm and constants; ONNX Runtime's own optimizer here
             # would also inline function ops (HardSwish -> HardSigmoid * x), which no backend fuses in int8
             q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, skip_optimization=True)
@@ -87,7 +87,7 @@ class Quantizer:
         self.grouped_transposed = _grouped_transposed_convs(self.model)
         self.faint_softmaxes = _faint_softmaxes(self.model, self.ranges)
         self.float_only = self.grouped_transposed + self.faint_softmaxes  # never quantized, by design
-        self._unlisted = _subs_read_in_float(self.model, self.op_types)  # float with the op that reads them
+        self._unlisted = _subs_left_float(self.model, self.op_types, _noise_inputs(graph))
 
     @property
     def float_note(self) -> str | None:
@@ -133,10 +133,25 @@ def _faint_softmaxes(model: onnx.ModelProto, ranges) -> list[str]:
             and ranges[n.output[0]].range_value[1] < FAINT_SOFTMAX]
 
 
-def _divisions_as_products(model: onnx.ModelProto) -> onnx.ModelProto:
+def _noise_inputs(graph: Graph) -> set[str]:
+    """Graph inputs that are not 8-bit pictures (latents, conditions), and what Subs and Divs by a constant
+    compute from them alone: their values fill no fixed grid, so that chain stays float, as onnxruntime leaves
+    it, and is quantized once, after it (quantizing the input first as well cost a TAESD-style decoder's
+    `latent / 3` 0.2 dB)."""
+    tensors = {s.name for s in graph.inputs if s.role != "image"}
+    weights = {t.name for t in graph.model.graph.initializer}
+    for node in graph.model.graph.node:  # topologically sorted
+        if node.op_type in ("Sub", "Div") and len(node.input) == 2 and node.input[0] in tensors \
+                and node.input[1] in weights:
+            tensors.add(node.output[0])
+    return tensors
+
+
+def _divisions_as_products(model: onnx.ModelProto, keep: set[str]) -> onnx.ModelProto:
     """A copy whose Div of a tensor by a float constant is a Mul by its reciprocal (the same values to a rounding):
     onnxruntime.quantization has no entry for Div and leaves it float, so `x / 127.5 - 1` or `(x - mean) / std`
-    on an image input kept a LiteRT int8 artifact's input float and split an Edge TPU graph at its first op."""
+    on an image input kept a LiteRT int8 artifact's input float and split an Edge TPU graph at its first op. A
+    Div of one of the `keep` tensors stays."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     weights = {t.name: t for t in model.graph.initializer}
     readers: dict[str, int] = {}
@@ -145,7 +160,8 @@ def _divisions_as_products(model: onnx.ModelProto) -> onnx.ModelProto:
             readers[name] = readers.get(name, 0) + 1
     for node in model.graph.node:
         divisor = weights.get(node.input[1]) if node.op_type == "Div" and len(node.input) == 2 else None
-        if divisor is None or divisor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        if divisor is None or divisor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE) or \
+                node.input[0] in keep:
             continue
         values = numpy_helper.to_array(divisor)
         if not np.all(values) or not np.all(np.isfinite(values)):
@@ -158,12 +174,13 @@ def _divisions_as_products(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _subs_read_in_float(model: onnx.ModelProto, op_types: list[str]) -> list[str]:
-    """Sub nodes one operand of which is a constant and whose result an op the quantizer leaves float reads."""
+def _subs_left_float(model: onnx.ModelProto, op_types: list[str], noise_inputs: set[str]) -> list[str]:
+    """Sub nodes of a constant that stay float: on a latent or condition input or a float chain from one (see
+    _noise_inputs), or read by an op the quantizer leaves float."""
     weights = {t.name for t in model.graph.initializer}
     float_reads = {x for n in model.graph.node if n.op_type not in op_types for x in n.input}
     return [n.name for n in model.graph.node if n.op_type == "Sub" and any(i in weights for i in n.input)
-            and n.output[0] in float_reads]
+            and (n.output[0] in float_reads or any(i in noise_inputs for i in n.input))]
 
 
 def _grouped_transposed_convs(model: onnx.ModelProto) -> list[str]:
