@@ -64,9 +64,10 @@ class Quantizer:
         self.graph = graph
         self.method = method
         self.calibration = calibration
+        latent_chain = _latent_chain(graph)
         with tempfile.TemporaryDirectory(prefix="edgegen-quant-") as tmp:
             src, pre = Path(tmp) / "source.onnx", Path(tmp) / "pre.onnx"
-            onnx.save(_divisions_as_products(graph.model, _noise_inputs(graph)), str(src))
+            onnx.save(_divisions_as_products(graph.model, latent_chain), str(src))
             # edgegen's clean-up already folded BatchNorm and constants; ONNX Runtime's own optimizer here
             # would also inline function ops (HardSwish -> HardSigmoid * x), which no backend fuses in int8
             q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, skip_optimization=True)
@@ -87,7 +88,7 @@ class Quantizer:
         self.grouped_transposed = _grouped_transposed_convs(self.model)
         self.faint_softmaxes = _faint_softmaxes(self.model, self.ranges)
         self.float_only = self.grouped_transposed + self.faint_softmaxes  # never quantized, by design
-        self._unlisted = _subs_left_float(self.model, self.op_types, _noise_inputs(graph))
+        self._unlisted = _subs_left_float(self.model, self.op_types, latent_chain)
 
     @property
     def float_note(self) -> str | None:
@@ -133,7 +134,7 @@ def _faint_softmaxes(model: onnx.ModelProto, ranges) -> list[str]:
             and ranges[n.output[0]].range_value[1] < FAINT_SOFTMAX]
 
 
-def _noise_inputs(graph: Graph) -> set[str]:
+def _latent_chain(graph: Graph) -> set[str]:
     """Graph inputs that are not 8-bit pictures (latents, conditions), and what Subs and Divs by a constant
     compute from them alone: their values fill no fixed grid, so that chain stays float, as onnxruntime leaves
     it, and is quantized once, after it (quantizing the input first as well cost a TAESD-style decoder's
@@ -147,11 +148,11 @@ def _noise_inputs(graph: Graph) -> set[str]:
     return tensors
 
 
-def _divisions_as_products(model: onnx.ModelProto, keep: set[str]) -> onnx.ModelProto:
+def _divisions_as_products(model: onnx.ModelProto, latent_chain: set[str]) -> onnx.ModelProto:
     """A copy whose Div of a tensor by a float constant is a Mul by its reciprocal (the same values to a rounding):
     onnxruntime.quantization has no entry for Div and leaves it float, so `x / 127.5 - 1` or `(x - mean) / std`
     on an image input kept a LiteRT int8 artifact's input float and split an Edge TPU graph at its first op. A
-    Div of one of the `keep` tensors stays."""
+    Div of a tensor of the latent chain (see _latent_chain) stays."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     weights = {t.name: t for t in model.graph.initializer}
     readers: dict[str, int] = {}
@@ -161,7 +162,7 @@ def _divisions_as_products(model: onnx.ModelProto, keep: set[str]) -> onnx.Model
     for node in model.graph.node:
         divisor = weights.get(node.input[1]) if node.op_type == "Div" and len(node.input) == 2 else None
         if divisor is None or divisor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE) or \
-                node.input[0] in keep:
+                node.input[0] in latent_chain:
             continue
         values = numpy_helper.to_array(divisor)
         if not np.all(values) or not np.all(np.isfinite(values)):
@@ -174,13 +175,13 @@ def _divisions_as_products(model: onnx.ModelProto, keep: set[str]) -> onnx.Model
     return model
 
 
-def _subs_left_float(model: onnx.ModelProto, op_types: list[str], noise_inputs: set[str]) -> list[str]:
-    """Sub nodes of a constant that stay float: on a latent or condition input or a float chain from one (see
-    _noise_inputs), or read by an op the quantizer leaves float."""
+def _subs_left_float(model: onnx.ModelProto, op_types: list[str], latent_chain: set[str]) -> list[str]:
+    """Sub nodes of a constant that stay float: on a tensor of the latent chain (see _latent_chain), or read by
+    an op the quantizer leaves float."""
     weights = {t.name for t in model.graph.initializer}
     float_reads = {x for n in model.graph.node if n.op_type not in op_types for x in n.input}
     return [n.name for n in model.graph.node if n.op_type == "Sub" and any(i in weights for i in n.input)
-            and (n.output[0] in float_reads or any(i in noise_inputs for i in n.input))]
+            and (n.output[0] in float_reads or any(i in latent_chain for i in n.input))]
 
 
 def _grouped_transposed_convs(model: onnx.ModelProto) -> list[str]:
