@@ -558,3 +558,29 @@ def test_a_normalization_of_an_image_input_is_quantized_and_of_a_latent_stays_fl
         assert ops["shift"] == "Sub" and ops["scale"] == "Mul" and reads_quantized["shift"] and reads_quantized["scale"]
     else:
         assert ops["scale"] == "Div" and not reads_quantized["shift"] and not reads_quantized["scale"]
+
+
+def test_only_divisions_by_a_scalar_or_per_channel_constant_inside_the_network_become_products():
+    """A tiny divisor's reciprocal overflowed (an internal error); a divided map lost 7.7 dB on one 8-bit grid; an
+    attention score divided by sqrt(d) sent ONNX Runtime to its slow int8 softmax; an output got one more rounding."""
+    from edgegen.passes.quantize import _divisions_as_products
+
+    consts = {"two": np.float32(2.0), "per_channel": np.array([1, 2, 4], np.float32).reshape(1, 3, 1, 1),
+              "tiny": np.float32(1e-39), "map": np.full((1, 1, 4, 4), 0.5, np.float32), "root_d": np.float32(4.0)}
+    nodes = [helper.make_node("Div", ["x", "two"], ["a"], "scalar"),
+             helper.make_node("Div", ["a", "per_channel"], ["b"], "channels"),
+             helper.make_node("Div", ["b", "tiny"], ["c"], "tiny"),
+             helper.make_node("Div", ["c", "map"], ["d"], "map"),
+             helper.make_node("Div", ["d", "root_d"], ["e"], "scores"),
+             helper.make_node("Softmax", ["e"], ["f"], axis=1),
+             helper.make_node("Div", ["f", "two"], ["out"], "last")]
+    value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3, 4, 4])  # noqa: E731
+    g = helper.make_graph(nodes, "divs", [value("x")], [value("out")],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+    model = _divisions_as_products(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), set())
+    ops = {n.name: n.op_type for n in model.graph.node}
+    assert [ops[k] for k in ("scalar", "channels", "tiny", "map", "scores", "last")] == ["Mul", "Mul"] + ["Div"] * 4
+    x = np.random.default_rng(0).random((1, 3, 4, 4), dtype=np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(model), run(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])),
+                               rtol=1e-6)

@@ -149,39 +149,49 @@ def _latent_chain(graph: Graph) -> set[str]:
 
 
 def _divisions_as_products(model: onnx.ModelProto, latent_chain: set[str]) -> onnx.ModelProto:
-    """A copy whose Div of a tensor by a float constant is a Mul by its reciprocal (the same values to a rounding):
-    onnxruntime.quantization has no entry for Div and leaves it float, so `x / 127.5 - 1` or `(x - mean) / std`
-    on an image input kept a LiteRT int8 artifact's input float and split an Edge TPU graph at its first op. A
-    Div of a tensor of the latent chain (see _latent_chain) stays."""
+    """A copy whose Div of a tensor by a scalar or one float constant per channel is a Mul by its reciprocal (the
+    same values to a rounding): onnxruntime.quantization has no entry for Div and leaves it float, so
+    `x / 127.5 - 1` or `(x - mean) / std` on an image input kept a LiteRT int8 artifact's input float and split
+    an Edge TPU graph at its first op. These stay Div (float): one on the latent chain (see _latent_chain); one
+    by a constant map (its reciprocal on one 8-bit grid cost a vignetting output 7.7 dB); one that writes a
+    graph output (an extra rounding of the result) or feeds a Softmax (attention's `/ sqrt(d)`: ONNX Runtime's
+    int8 softmax ran 2-2.7x slower than the float one)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     weights = {t.name: t for t in model.graph.initializer}
-    readers: dict[str, int] = {}
+    readers: dict[str, list[str]] = {}
     for node in model.graph.node:
         for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+            readers.setdefault(name, []).append(node.op_type)
+    outputs = {o.name for o in model.graph.output}
     for node in model.graph.node:
         divisor = weights.get(node.input[1]) if node.op_type == "Div" and len(node.input) == 2 else None
         if divisor is None or divisor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE) or \
-                node.input[0] in latent_chain:
+                node.input[0] in latent_chain or node.output[0] in outputs or \
+                "Softmax" in readers.get(node.output[0], ()):
             continue
         values = numpy_helper.to_array(divisor)
-        if not np.all(values) or not np.all(np.isfinite(values)):
-            continue
+        with np.errstate(divide="ignore", over="ignore"):
+            reciprocal = (1 / values).astype(values.dtype)
+        if values.size != max(values.shape, default=1) or not np.all(np.isfinite(reciprocal)) or \
+                not np.all(np.isfinite(values)):
+            continue  # a map, not one value per channel; or a 0 (or a divisor so small its reciprocal overflows)
         name = f"{node.name or node.output[0]}/reciprocal"
-        model.graph.initializer.append(numpy_helper.from_array((1 / values).astype(values.dtype), name))
-        if readers[divisor.name] == 1:  # the divisor was this Div's alone
+        model.graph.initializer.append(numpy_helper.from_array(reciprocal, name))
+        if len(readers[divisor.name]) == 1:  # the divisor was this Div's alone
             model.graph.initializer.remove(divisor)
         node.op_type, node.input[1] = "Mul", name
     return model
 
 
 def _subs_left_float(model: onnx.ModelProto, op_types: list[str], latent_chain: set[str]) -> list[str]:
-    """Sub nodes of a constant that stay float: on a tensor of the latent chain (see _latent_chain), or read by
-    an op the quantizer leaves float."""
+    """Sub nodes of a constant that stay float: on a tensor of the latent chain (see _latent_chain), writing a
+    graph output (`1 - sigmoid(y)`: an extra rounding of the result cost 1.1 dB), or read by an op the quantizer
+    leaves float."""
     weights = {t.name for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
     float_reads = {x for n in model.graph.node if n.op_type not in op_types for x in n.input}
     return [n.name for n in model.graph.node if n.op_type == "Sub" and any(i in weights for i in n.input)
-            and (n.output[0] in float_reads or any(i in latent_chain for i in n.input))]
+            and (n.output[0] in float_reads or n.output[0] in outputs or any(i in latent_chain for i in n.input))]
 
 
 def _grouped_transposed_convs(model: onnx.ModelProto) -> list[str]:
