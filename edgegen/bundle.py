@@ -26,6 +26,8 @@ MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 FORMAT = "edgegen-bundle"
 ASSETS_DIR = "assets"
+REQUIRED_KEYS = ("model", "target", "session", "reference", "files")
+RUNTIME_DIRS = ("parts", "npu", ASSETS_DIR)  # what the runtime loads besides the entry and the reference
 
 
 def sha256_file(path: Path) -> str:
@@ -61,7 +63,28 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise BundleError(f"{path}: bundle schema version {manifest.get('schema_version')} is not the "
                           f"{SCHEMA_VERSION} this edgegen reads. Rebuild it with this version of edgegen.")
+    missing = [key for key in REQUIRED_KEYS if not isinstance(manifest.get(key), dict)]
+    if missing:
+        raise BundleError(f"{path / MANIFEST}: has no {', '.join(missing)} (a damaged or edited manifest). Rebuild "
+                          "the bundle or copy it again.")
+    _check_listing(path, manifest)
     return manifest
+
+
+def _check_listing(path: Path, manifest: dict[str, Any]) -> None:
+    """Every file the runtime loads must be listed with its sha256: the session's entry (and an OpenVINO IR's
+    weights beside it), the reference data, and everything under the parts, NPU and asset directories; a
+    manifest that drops a file's entry would otherwise vouch for whatever is there."""
+    entry = Path(manifest["session"].get("entry", ""))
+    loaded = {entry.as_posix(), manifest["reference"].get("file", "")} if entry.name else set()
+    if entry.suffix == ".xml":
+        loaded.add(entry.with_suffix(".bin").as_posix())
+    for folder in RUNTIME_DIRS:
+        loaded.update(p.relative_to(path).as_posix() for p in (path / folder).rglob("*") if p.is_file())
+    unlisted = sorted(name for name in loaded if name and name not in manifest["files"] and (path / name).exists())
+    if unlisted:
+        raise BundleError(f"{path}: {unlisted[0]!r} is not listed with its sha256 in {MANIFEST} (a damaged or edited "
+                          "manifest cannot vouch for it). Rebuild the bundle or copy it again.")
 
 
 def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:

@@ -90,6 +90,31 @@ def test_tampered_bundle_is_refused_naming_the_file(tmp_path, ort_bundle):
         Generator.open(copy)
 
 
+def test_a_manifest_that_stops_listing_a_file_does_not_vouch_for_it(tmp_path, ort_bundle):
+    """Dropping the modified model's entry (or the whole list) from manifest.json passed verify and emulate."""
+    import json
+    import shutil
+
+    from edgegen.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(ort_bundle, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"]["model.onnx"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="'model.onnx' is not listed with its sha256 in manifest.json"):
+        Generator.open(copy)
+    assert main(["verify", str(copy)]) == 2
+    for key in ("files", "target"):
+        del manifest[key]
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(BundleError, match=f"manifest.json: has no {key}"):
+            Generator.open(copy)
+
+
 def test_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="no such bundle"):
         Generator.open(tmp_path / "missing")
