@@ -6,6 +6,12 @@ import re
 _LOCATION = re.compile(r"(Exception from )?\S+:\d+:?")
 
 
+def install_hint(package: str, extra: str) -> str:
+    """How to install a package edgegen uses: by itself, or through edgegen's extra in its checkout (edgegen
+    is not on PyPI)."""
+    return f"`pip install {package}` (or `pip install -e '.[{extra}]'` in the edgegen checkout)"
+
+
 class EdgegenError(Exception):
     """Base class of every failure the user can fix; the CLI prints it and exits 2."""
 

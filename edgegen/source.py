@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import BuildError, first_line
+from .errors import BuildError, first_line, install_hint
 
 
 class SourceSession:
@@ -18,7 +18,7 @@ class SourceSession:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise BuildError("running the fp32 source model needs onnxruntime; `pip install edgegen[ort]`") from None
+            raise BuildError(f"running the fp32 source model needs onnxruntime; {install_hint('onnxruntime', 'ort')}") from None
         options = ort.SessionOptions()
         options.log_severity_level = 4  # a failed run is reported as a BuildError, not logged as well
         if threads:

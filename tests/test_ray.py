@@ -219,7 +219,7 @@ def test_without_ray_the_executor_says_how_to_install_it(monkeypatch, tmp_path, 
     assert done.returncode == 0, "edgegen imported ray without the ray executor being asked for"
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert main(["precompute", str(base_bundle), str(base_bundle.parent / "second.yaml"), "--executor", "ray"]) == 2
-    assert "pip install 'edgegen[ray]'" in capsys.readouterr().err
+    assert "pip install ray" in capsys.readouterr().err
     assert main(["build", "zoo:glyphgen", "-t", "x86-onnxruntime", "-t", "x86-openvino", "-o", str(tmp_path / "o"),
                  "--executor", "ray"]) == 2
-    assert "pip install 'edgegen[ray]'" in capsys.readouterr().err
+    assert "pip install ray" in capsys.readouterr().err

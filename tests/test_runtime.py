@@ -157,7 +157,7 @@ def test_missing_backend_package_says_how_to_install(ov_bundle):
         "    print(exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "pip install openvino" in out and "edgegen[openvino]" in out
+    assert "pip install openvino" in out and "pip install -e '.[openvino]'" in out
 
 
 def test_a_checked_request_is_remembered_by_value_and_type(gen):
@@ -383,3 +383,40 @@ def test_render_serves_requests_whose_named_arrays_differ_in_size(tmp_path):
     rendered = gen.render([{"latent": small}, {"latent": large}, {"latent": small * 0.5}])
     assert [r.pixels.shape[:2] for r in rendered] == [(8, 8), (12, 12), (8, 8)]
     np.testing.assert_array_equal(rendered[1].pixels, gen.generate(latent=large))
+
+
+def test_a_backend_package_that_is_installed_but_fails_to_load_is_not_called_missing(monkeypatch):
+    """Under a memory ceiling onnxruntime's library did not map, and the report said to `pip install onnxruntime`."""
+    import importlib
+
+    from edgegen import backends
+    from edgegen.errors import BackendUnavailableError
+
+    def no_room(name, *args):
+        raise ImportError(f"{name}: failed to map segment from shared object")
+
+    monkeypatch.setattr(importlib, "import_module", no_room)
+    with pytest.raises(BackendUnavailableError, match=r"numpy package, which is installed but fails to load here "
+                                                      r"\(numpy: failed to map segment.*raise the limit"):
+        backends.require("numpy", "this bundle", "ort")
+
+
+def test_an_artifact_that_does_not_load_is_a_bundle_error_naming_it(tmp_path, ort_bundle):
+    """A damaged artifact whose sha256 had been updated (or one a device's runtime version cannot read) made
+    `edgegen verify` end in a traceback."""
+    import hashlib
+    import json
+    import shutil
+
+    from edgegen.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(ort_bundle, copy)
+    (copy / "model.onnx").write_bytes(b"garbage" * 100)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["model.onnx"] = hashlib.sha256(b"garbage" * 100).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"its onnxruntime artifact 'model.onnx' does not load \(.*\): a damaged "
+                                          r"artifact, or one the onnxruntime version here cannot read"):
+        Generator.open(copy)
+    assert main(["verify", str(copy)]) == 2

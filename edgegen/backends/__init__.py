@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from ..errors import BackendUnavailableError, TargetError
+from ..errors import BackendUnavailableError, BundleError, EdgegenError, TargetError, first_line, install_hint
 
 NAMES = ("onnxruntime", "openvino", "tflite", "fpga")
 # the precisions each backend compiles, and the backend_options keys it reads: (what, check), or the values allowed
@@ -53,6 +56,19 @@ def session_module(backend: str) -> ModuleType:
     return _module(backend, "session")
 
 
+def open_session(backend: str, directory: Path, config: dict[str, Any], threads: int, host_fallback: bool = False):
+    """A backend session on a bundle's artifact; BundleError where the runtime cannot load it."""
+    module = session_module(backend)
+    try:
+        return module.Session(directory, config, threads, host_fallback=host_fallback)
+    except (EdgegenError, MemoryError):
+        raise
+    except Exception as exc:  # the runtime's own load error: a damaged artifact, or one this version cannot read
+        raise BundleError(f"{directory}: its {backend} artifact {config.get('entry', '')!r} does not load "
+                          f"({first_line(exc)}): a damaged artifact, or one the {backend} version here cannot read; "
+                          "rebuild the bundle, or install the versions it was built with (manifest.json: tools)") from None
+
+
 def compiler_module(backend: str) -> ModuleType:
     """The build half of a backend."""
     return _module(backend, "compile")
@@ -62,6 +78,10 @@ def require(package: str, purpose: str, extra: str) -> ModuleType:
     """Import a backend's runtime package, or say clearly how to install it."""
     try:
         return importlib.import_module(package)
-    except ImportError:
+    except ImportError as exc:
+        if importlib.util.find_spec(package) is not None:  # there, but it does not load (a memory limit, a library)
+            raise BackendUnavailableError(f"{purpose} needs the {package} package, which is installed but fails to "
+                                          f"load here ({first_line(exc)}); under a memory limit (ulimit -v, a "
+                                          "device's ceiling) its libraries may not fit: raise the limit") from None
         raise BackendUnavailableError(f"{purpose} needs the {package} package, which is not installed here; "
-                                      f"install it with `pip install {package}` (or `pip install edgegen[{extra}]`)") from None
+                                      f"install it with {install_hint(package, extra)}") from None

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import BuildError
+from ..errors import BuildError, install_hint
 from ..graph import Graph
 from ..inputs import fixed_batch
 from .calibration import Calibration
@@ -50,7 +50,7 @@ def _ort_quantization():
     try:
         from onnxruntime import quantization
     except ImportError:
-        raise BuildError("int8 quantization needs onnxruntime on the build host; `pip install edgegen[ort]`") from None
+        raise BuildError(f"int8 quantization needs onnxruntime on the build host; {install_hint('onnxruntime', 'ort')}") from None
     return quantization
 
 

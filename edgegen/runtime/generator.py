@@ -174,8 +174,7 @@ class Generator:
         if verify:
             verify_files(path, {"files": {k: v for k, v in manifest.get("files", {}).items() if k != PACK}})
         threads = threads or min(manifest["target"]["threads"], os.cpu_count() or 1)
-        session_mod = backends.session_module(manifest["backend"])
-        session = session_mod.Session(path, manifest["session"], threads, host_fallback=host_fallback)
+        session = backends.open_session(manifest["backend"], path, manifest["session"], threads, host_fallback)
         return cls(path, manifest, session, threads, host_fallback, ServeConfig(**config), verify=verify)
 
     # -- requests -----------------------------------------------------------------------------

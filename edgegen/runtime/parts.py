@@ -60,9 +60,8 @@ class Parts:
                                       "serving options that need it")
                 entry = self._entries[name]
                 self._check_files(name, entry["dir"])
-                module = backends.session_module(self._backend)
-                self._sessions[name] = module.Session(self._path / entry["dir"], entry["session"], self._threads,
-                                                      host_fallback=self._host_fallback)
+                self._sessions[name] = backends.open_session(self._backend, self._path / entry["dir"],
+                                                             entry["session"], self._threads, self._host_fallback)
             return self._sessions[name]
 
     def _check_files(self, name: str, directory: str) -> None:

@@ -9,10 +9,10 @@ import os
 import socket
 from typing import Any, Iterator
 
-from ..errors import EdgegenError
+from ..errors import EdgegenError, install_hint
 from . import ClusterError
 
-INSTALL = "pip install 'edgegen[ray]'"
+INSTALL = install_hint("ray", "ray")
 CONNECT_TIMEOUT_S = 5
 # A Ray head's GCS port serves gRPC, i.e. HTTP/2: after the client's connection preface, an HTTP/2
 # server's first frame is SETTINGS (RFC 9113, section 3.4). Anything else there is not a Ray head.
@@ -29,7 +29,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ClusterError(f"--executor ray needs Ray, which is not installed here; install it with `{INSTALL}`, "
+        raise ClusterError(f"--executor ray needs Ray, which is not installed here; install it with {INSTALL}, "
                            "or use --executor local") from None
     return ray
 
