@@ -163,3 +163,19 @@ def test_the_roofline_counts_activations_at_the_size_the_bundle_was_built_for(tm
     at_16 = sum(c.activation_bytes for c in Graph.load(tmp_path / "up.onnx", input_shapes={"image": [1, 3, 16, 16]})
                 .node_costs())
     assert moved == result.manifest["model"]["param_bytes"] + 2 * at_16
+
+
+def test_an_fp16_bundle_counts_half_weights_and_the_estimate_needs_no_source(tmp_path):
+    """fp16 bundles recorded fp32 parameter bytes (the roofline then moved 1.5x the bytes), and the estimate
+    changed silently once the source model was no longer at its build path."""
+    import onnx
+    from runtime_models import upscaler_like
+
+    onnx.save(upscaler_like(), str(tmp_path / "up.onnx"))
+    fp32 = build(tmp_path / "up.onnx", "x86-onnxruntime", tmp_path / "fp32").manifest["model"]
+    fp16 = build(tmp_path / "up.onnx", "x86-onnxruntime", tmp_path / "fp16", precision="fp16").manifest
+    assert fp16["model"]["param_bytes"] == fp32["param_bytes"] // 2
+    before = roofline.traffic(fp16)
+    (tmp_path / "up.onnx").rename(tmp_path / "moved.onnx")
+    assert roofline.traffic(fp16) == before
+    assert before[0] == fp16["model"]["param_bytes"] + 2 * fp16["model"]["activation_bytes"] // 2

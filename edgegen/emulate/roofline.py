@@ -15,21 +15,26 @@ ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
 def traffic(manifest: dict[str, Any]) -> tuple[int, str]:
     """(bytes one image moves, how they were counted): the bundle's parameters once, plus every
-    activation written and read once at the precision's element size when the source model is
-    at hand (else inputs and outputs only, a smaller lower bound)."""
+    activation written and read once at the precision's element size: as the build recorded them, or
+    from the source model where a bundle of an earlier edgegen did not and it is at hand (else inputs
+    and outputs only, a smaller lower bound)."""
     model, precision = manifest["model"], manifest["precision"]
     element = ELEMENT_BYTES[precision]
     source = Path(model.get("source", ""))
-    if source.is_file():
+    if "activation_bytes" in model:
+        activation_bytes = model["activation_bytes"]
+    elif source.is_file():
         from ..graph import Graph
         from ..specs import TensorSpec
 
         specs = [TensorSpec.from_json(s) for s in model["inputs"]]  # at the shapes the bundle was built for
         costs = Graph.load(str(source), input_shapes={s.name: s.source_dims(s.default_shape) for s in specs}).node_costs()
-        activations = sum(c.activation_bytes for c in costs) // 4  # node_costs counts fp32 elements
-        return model["param_bytes"] + 2 * activations * element, "parameters + activations written and read once"
-    io = sum(_numel(s["default_shape"]) for s in model["inputs"] + model["outputs"])
-    return model["param_bytes"] + io * element, "parameters + inputs and outputs (source model absent)"
+        activation_bytes = sum(c.activation_bytes for c in costs)
+    else:
+        io = sum(_numel(s["default_shape"]) for s in model["inputs"] + model["outputs"])
+        return model["param_bytes"] + io * element, "parameters + inputs and outputs (source model absent)"
+    activations = activation_bytes // 4  # counted as fp32 elements
+    return model["param_bytes"] + 2 * activations * element, "parameters + activations written and read once"
 
 
 def estimate(manifest: dict[str, Any], target: Target) -> dict[str, Any]:
