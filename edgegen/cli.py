@@ -153,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_integer(0), default=5)
     p.add_argument("--baseline", action="store_true", help="also run the fp32 source in plain ONNX Runtime")
     p.add_argument("--source", help="the fp32 source model (default: the path recorded at build time)")
-    p.add_argument("--json", help="also write the result as JSON to this file")
+    p.add_argument("--json", type=_file_to_write, help="also write the result as JSON to this file")
     p.add_argument("--host-fallback", action="store_true")
     p.set_defaults(func=_bench)
 
@@ -190,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached arm64 userland first")
     p.add_argument("--no-aarch64", action="store_true", help="skip the QEMU run of an aarch64 target")
     p.add_argument("--no-rtl", action="store_true", help="skip the RTL simulation of an FPGA target")
-    p.add_argument("--json", help="also write the report as JSON to this file")
+    p.add_argument("--json", type=_file_to_write, help="also write the report as JSON to this file")
     p.set_defaults(func=_emulate)
 
     p = verbs.add_parser("verify", help="on the device: run an installed bundle's self-test; exit 3 if it fails")
@@ -242,6 +242,14 @@ def _count(text: str) -> int:
         return int(float(text[:-1] if scale != 1 else text) * scale)
     except (ValueError, OverflowError):  # not a number; inf
         raise argparse.ArgumentTypeError(f"{text!r} is not a count like 50M or 120000") from None
+
+
+def _file_to_write(text: str) -> str:
+    """An argparse type: a file path the command writes at its end, checked before the run (an existing
+    directory there failed after a whole emulation or benchmark)."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name (e.g. {text.rstrip('/')}/report.json)")
+    return text
 
 
 def _integer(low: int, high: int | None = None) -> Callable[[str], int]:

@@ -156,6 +156,13 @@ def test_bad_input_exits_2_with_one_paragraph_and_writes_nothing(capsys, tmp_pat
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
+def test_a_json_report_path_that_is_a_directory_is_refused_before_the_run(capsys, tmp_path):
+    for verb in ("emulate", "bench"):
+        with pytest.raises(SystemExit) as exit_:
+            main([verb, "B", "--json", str(tmp_path)])
+        assert exit_.value.code == 2 and "is a directory; give a file name" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["emulate", "B", "--runs", "0"], ["verify", "B", "--runs", "-1"],
                                   ["bench", "B", "--runs", "0"], ["bench", "B", "--batch", "-3"],
                                   ["bench", "B", "--warmup", "-1"], ["generate", "B", "-o", "x.png", "--threads", "0"],
