@@ -8,6 +8,8 @@ import numpy as np
 
 from .errors import RequestError
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """H x W x 3 uint8 pixels of an image file; RequestError naming the file when it cannot be read."""

@@ -26,6 +26,7 @@ from typing import Any, Callable, Container
 
 from . import backends, bundle
 from .errors import BuildError, EdgegenError
+from .image_files import IMAGE_SUFFIXES
 from .runtime.assets import DIR as ASSETS_DIR, write_pack
 
 log = logging.getLogger(__name__)
@@ -177,8 +178,10 @@ def _shown(request: dict[str, Any]) -> str:
 
 
 def _image_fields(request: dict[str, Any]) -> list[str]:
-    """The keys of a request that name image files: `image`, and a model's other image inputs by name (a mask)."""
-    return [k for k, v in request.items() if isinstance(v, str) and k not in TEXT_FIELDS]
+    """The keys of a request that name image files: `image`, and a model's other image inputs by name (a mask)
+    given an image file; another word (`colour: red`) is left to the request check, which names unknown keys."""
+    return [k for k, v in request.items() if isinstance(v, str) and k not in TEXT_FIELDS
+            and (k == "image" or Path(v).suffix.lower() in IMAGE_SUFFIXES)]
 
 
 def _with_pixels(request: dict[str, Any]) -> dict[str, Any]:
@@ -205,7 +208,7 @@ def add_assets(bundle_dir: str | Path, requests_path: str | Path, progress: Prog
     from .runtime import Generator
     from .scale import check_executor
 
-    check_executor(executor)
+    check_executor(executor, address)
     if workers is not None and executor != "ray":
         raise BuildError(f"--workers applies to --executor ray (got --workers {workers} with --executor {executor}); leave it out")
 

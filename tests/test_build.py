@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgegen import bundle
 from edgegen.build import build
-from edgegen.errors import BuildError, UnsupportedOpError
+from edgegen.errors import BackendUnavailableError, BuildError, UnsupportedOpError
 from edgegen.fileio import UMASK
 from edgegen.report import render_build_report
 from edgegen.runtime import Generator
@@ -134,6 +134,11 @@ def test_device_targets_build_anywhere_and_say_where_they_were_verified(tmp_path
     assert result.manifest["precision"] == "fp16"
     assert "fallback" in result.fidelity["ran_on"] or "native" in result.fidelity["ran_on"] or \
         result.fidelity["ran_on"].startswith(("onnxruntime", "openvino"))
+    if "fallback" in result.fidelity["ran_on"]:  # the device is not here: opening says how to try it on this CPU
+        with pytest.raises(BackendUnavailableError, match=r"cannot run this bundle here: .*host_fallback=True "
+                                                          r"\(--host-fallback on the command line\)"):
+            Generator.open(tmp_path / "dev")
+        assert Generator.open(tmp_path / "dev", host_fallback=True).self_test()["pass"]
 
 
 def test_refuses_directory_with_other_files(tmp_path, cgen_path):

@@ -128,6 +128,9 @@ def test_precompute_verb_adds_assets_atomically(tmp_path, capsys, glyph_path):
     (tmp_path / "bad.yaml").write_text("[{seed: 1, label: 42}]\n")
     assert main(["precompute", str(out), str(tmp_path / "bad.yaml")]) == 2
     assert "label 42 is out of range" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("[{seed: 1, label: 2, colour: red}]\n")  # was: "'red' is not a file"
+    assert main(["precompute", str(out), str(tmp_path / "bad.yaml")]) == 2
+    assert "request 0 has unknown key(s) ['colour']" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "bad.yaml", "more.yaml", "r.yaml"]
 

@@ -20,7 +20,7 @@ import ray
 from edgegen.build import build
 from edgegen.bundle import read_manifest
 from edgegen.cli import main
-from edgegen.errors import BuildError
+from edgegen.errors import BuildError, EdgegenError
 from edgegen.precompute import add_assets
 from edgegen.runtime import Generator
 from edgegen.scale import ClusterError
@@ -152,6 +152,8 @@ def test_interrupted_precompute_leaves_the_previous_pack(tmp_path, base_bundle):
     assert files(out) == before
     with pytest.raises(BuildError, match="--workers applies to --executor ray"):
         add_assets(out, tmp_path / "bad.yaml", workers=2)
+    with pytest.raises(EdgegenError, match="--ray-address 10.0.0.1:6379 applies to --executor ray"):  # was ignored
+        add_assets(out, tmp_path / "bad.yaml", address="10.0.0.1:6379")
 
 
 def test_fleet_build_on_ray_matches_local(tmp_path, base_bundle, capsys):

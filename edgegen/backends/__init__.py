@@ -74,6 +74,13 @@ def compiler_module(backend: str) -> ModuleType:
     return _module(backend, "compile")
 
 
+def hardware_absent(why: str) -> BackendUnavailableError:
+    """The error of a bundle whose device is not here, with the way to run it on this CPU instead."""
+    return BackendUnavailableError(f"cannot run this bundle here: it {why}; to run it on this host's CPU instead "
+                                   "(to try it, not to measure the device), open it with host_fallback=True "
+                                   "(--host-fallback on the command line)")
+
+
 def require(package: str, purpose: str, extra: str) -> ModuleType:
     """Import a backend's runtime package, or say clearly how to install it."""
     try:

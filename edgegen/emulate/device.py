@@ -112,8 +112,8 @@ def _tolerance(tolerance: dict[str, Any]) -> str:
 
 def _aarch64(bundle: Path, manifest: dict[str, Any], device: targets.Target, host: dict[str, Any],
              checks: list[dict[str, Any]], rebuild: bool, root: Path | None
-             ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
-    """The QEMU run in the arm64 userland: (its report, its outputs)."""
+             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The QEMU run in the arm64 userland: (its report, its outputs; none where it did not run)."""
     root = Path(root or userland.default_root())
     stamp = userland.ensure(root, rebuild=rebuild)
     settings = process.Settings(threads=device.threads, memory_mb=None, runs=QEMU_RUNS, warmup=1, host_fallback=True)
@@ -124,7 +124,7 @@ def _aarch64(bundle: Path, manifest: dict[str, Any], device: targets.Target, hos
     result = {"userland": str(root), "userland_build_s": stamp.get("build_s"), "packages": stamp.get("packages"),
               **_summary(arm)}
     if not arm["ok"]:
-        return result, None
+        return result, {}
     checks.append(_self_test_check("self-test on aarch64", arm))
     match = same_images(manifest, host["outputs"], arm["outputs"])
     checks.append({"name": "same images on aarch64 as x86", "pass": match["pass"], "detail": match["detail"]})

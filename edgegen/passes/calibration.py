@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RequestError, first_line
-from ..image_files import eight_bit
+from ..image_files import IMAGE_SUFFIXES, eight_bit
 from ..inputs import check_label, chunks, sample_feeds
 from ..specs import TensorSpec
 from ..zoo import ZOO_DIR
 
 MEMORY_SHARE = 0.5  # of the available memory calibration may take
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 @dataclass

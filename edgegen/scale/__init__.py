@@ -16,7 +16,11 @@ class ClusterError(EdgegenError):
     """Ray is not installed, the cluster cannot be reached, or its workers kept dying."""
 
 
-def check_executor(name: str) -> None:
-    """Refuse an executor name that is not one of EXECUTORS."""
+def check_executor(name: str, address: str | None = None) -> None:
+    """Refuse an executor name that is not one of EXECUTORS, and a Ray address without the Ray executor (it was
+    ignored: the work ran here)."""
     if name not in EXECUTORS:
         raise ClusterError(f"unknown executor {name!r}; use one of {', '.join(EXECUTORS)}")
+    if address is not None and name != "ray":
+        raise ClusterError(f"--ray-address {address} applies to --executor ray (got --executor {name}); add "
+                           "--executor ray, or leave the address out")

@@ -44,7 +44,7 @@ def build_fleet(model: str, names: list[str], out: str | Path, options: BuildOpt
     """Build `model` for every target in `names`, yielding each published bundle's result (in target
     order locally, as they finish on Ray). A target whose build fails does not stop the others: the
     fleet then ends in a BuildError naming each failed target with its error (one target: its error)."""
-    check_executor(executor)
+    check_executor(executor, address)
     dests = destinations(out, names, options.precision)
     for dest in dests.values():
         bundle.check_output_dir(dest)

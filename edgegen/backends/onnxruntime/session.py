@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendUnavailableError
-from .. import require
+from .. import hardware_absent, require
 
 
 
@@ -52,7 +52,7 @@ class Session:
         ort = _ort()
         ok, why = host_support(session)
         if not ok and not host_fallback:
-            raise BackendUnavailableError(f"cannot run this bundle here: it {why}")
+            raise hardware_absent(why)
         available = ort.get_available_providers()
         providers = [p for p in session.get("providers", ["CPUExecutionProvider"]) if p in available]
         providers = [self._with_options(p, session) for p in providers or ["CPUExecutionProvider"]]

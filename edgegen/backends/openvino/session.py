@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendUnavailableError
-from .. import require
+from .. import hardware_absent, require
 
 # OpenVINO's inference precision for each edgegen precision; always set explicitly, never left to
 # the plugin's default (bf16 on CPUs with AVX-512-BF16 or AMX). int8 layers come from the QDQ graph;
@@ -46,7 +46,7 @@ class Session:
         ov = _ov()
         ok, why = host_support(session)
         if not ok and not host_fallback:
-            raise BackendUnavailableError(f"cannot run this bundle here: it {why}")
+            raise hardware_absent(why)
         device = session.get("device", "CPU") if ok else "CPU"
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
                                   "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[session["precision"]]}
