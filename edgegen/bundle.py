@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import glob
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from .errors import BuildError, BundleError
-from .fileio import alive, as_created, output_place, owner, owner_pattern, write_text
+from .fileio import as_created, output_place, owner, remove_orphans, write_text
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -130,19 +128,12 @@ def staging_dir(out: Path) -> Path:
     """A fresh temporary directory beside out (same filesystem, so the final move is a rename), named
     after this host and process; earlier ones of processes that died without cleaning up are removed."""
     with output_place(out):
-        _remove_orphans(out)
+        remove_orphans(out.parent, f".{out.name}.", r"\.[^.]+\.tmp")  # staging beside out
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{owner()}.", suffix=".tmp", dir=out.parent))
     as_created(staging, directory=True)
     return staging
 
 
-def _remove_orphans(out: Path) -> None:
-    """Staging directories beside out left by a killed process of this host (kill -9, power loss)."""
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.{owner_pattern()}\.[^.]+\.tmp")
-    for candidate in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
-        match = pattern.fullmatch(candidate.name)
-        if match and candidate.is_dir() and not candidate.is_symlink() and not alive(int(match.group(1))):
-            shutil.rmtree(candidate, ignore_errors=True)
 
 
 def file_hashes(directory: Path) -> dict[str, str]:

@@ -32,12 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     except EdgegenError as exc:
         print(f"edgegen: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("edgegen: interrupted", file=sys.stderr)
-        return 130
-    except _Terminated:
-        print("edgegen: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except (KeyboardInterrupt, _Terminated) as exc:
+        return _stopped(exc)
+    except SystemError as exc:  # a stop raised while a C extension waited (Ray's wait) arrives wrapped in this
+        return _stopped(exc.__cause__) if isinstance(exc.__cause__, (KeyboardInterrupt, _Terminated)) \
+            else _internal_error()
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stderr.close()
         return 0
@@ -51,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception:
         return _internal_error()
+
+
+def _stopped(exc: BaseException) -> int:
+    """The exit of a command stopped by Ctrl-C (130) or SIGTERM (143)."""
+    if isinstance(exc, KeyboardInterrupt):
+        print("edgegen: interrupted", file=sys.stderr)
+        return 130
+    print("edgegen: terminated", file=sys.stderr)
+    return 128 + signal.SIGTERM
 
 
 # a write failed because of the medium, not a fault of edgegen: read-only, full, over quota, not permitted

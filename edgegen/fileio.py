@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -41,6 +43,16 @@ def alive(pid: int) -> bool:
     except PermissionError:  # another user's live process
         pass
     return True
+
+
+def remove_orphans(parent: Path, prefix: str, rest: str) -> None:
+    """Remove the directories `prefix<host>-<pid><rest>` in parent (rest: a regular expression) that a process of
+    this host which is no longer running left behind (kill -9, a cancelled Ray task's worker, power loss)."""
+    pattern = re.compile(rf"{re.escape(prefix)}{owner_pattern()}{rest}")
+    for candidate in parent.glob(f"{glob.escape(prefix)}*"):
+        match = pattern.fullmatch(candidate.name)
+        if match and candidate.is_dir() and not candidate.is_symlink() and not alive(int(match.group(1))):
+            shutil.rmtree(candidate, ignore_errors=True)
 
 
 def as_created(path: str | Path, directory: bool = False) -> None:

@@ -292,3 +292,18 @@ def test_generate_takes_a_float_map_by_name_from_a_npy_file(tmp_path, capsys):
     assert main(["generate", str(tmp_path / "b"), "--image", str(tmp_path / "in.png"), "--input",
                  f"seg={tmp_path / 'in.png'}", "-o", str(tmp_path / "x.png")]) == 2
     assert "'seg' is a latent input (float32 2x16x16), not an image: give it as a .npy array" in capsys.readouterr().err
+
+
+def test_a_stop_that_arrives_wrapped_by_a_c_extension_exits_as_a_stop(capsys, monkeypatch):
+    """SIGTERM during a Ray fleet build arrived as SystemError ("returned a result with an exception set") from
+    Ray's wait and ended in an internal error (exit 1) instead of `edgegen: terminated` (143)."""
+    import edgegen.cli as cli
+
+    def wait_interrupted(args):
+        try:
+            raise cli._Terminated()
+        except cli._Terminated as exc:
+            raise SystemError("<cyfunction CoreWorker.wait> returned a result with an exception set") from exc
+
+    monkeypatch.setattr(cli, "_zoo", wait_interrupted)
+    assert main(["zoo"]) == 143 and "edgegen: terminated" in capsys.readouterr().err

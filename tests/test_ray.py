@@ -225,3 +225,22 @@ def test_without_ray_the_executor_says_how_to_install_it(monkeypatch, tmp_path, 
     assert main(["build", "zoo:glyphgen", "-t", "x86-onnxruntime", "-t", "x86-openvino", "-o", str(tmp_path / "o"),
                  "--executor", "ray"]) == 2
     assert "pip install ray" in capsys.readouterr().err
+
+
+def test_a_fleet_task_removes_the_build_directory_a_killed_worker_left(tmp_path, monkeypatch, base_bundle):
+    """A Ray fleet build stopped mid-way (its tasks cancelled, their workers killed) left each unfinished target's
+    build directory in /tmp; the next task on that host removes those of workers no longer running."""
+    import tempfile
+
+    from edgegen.build import BuildOptions
+    from edgegen.scale.fleet import FLEET_PREFIX, build_files
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f"{FLEET_PREFIX}{socket.gethostname()}-{dead.stdout.strip()}-abcd1234"
+    live = tmp_path / f"{FLEET_PREFIX}{socket.gethostname()}-{os.getpid()}-efgh5678"
+    for path in (orphan, live):
+        path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    files = build_files(str(base_bundle.parent / "glyph.onnx"), "x86-onnxruntime", BuildOptions())
+    assert "manifest.json" in files
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]

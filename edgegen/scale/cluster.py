@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 from typing import Any, Iterator
 
 from ..errors import EdgegenError, install_hint
@@ -82,6 +84,7 @@ def connect(address: str | None = None) -> Iterator[Any]:
         check_reachable(address)
     added = {k: v for k, v in _JOIN_TIMEOUTS.items() if k not in os.environ} if address else {}
     os.environ.update(added)
+    own_handlers = _signal_handlers()
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
@@ -90,10 +93,24 @@ def connect(address: str | None = None) -> Iterator[Any]:
     finally:
         for name in added:
             del os.environ[name]
+        _restore(own_handlers)  # ray.init takes SIGTERM and SIGINT: a stopped command then died with a crash dump
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _signal_handlers() -> dict[int, Any]:
+    """This process's handlers of the signals that stop a command (main thread only: others cannot set them)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def cluster_cpus(ray: Any) -> int:

@@ -18,9 +18,11 @@ from typing import Iterator
 from .. import bundle, targets
 from ..build import BuildOptions, BuildResult, Progress, build, target_precision
 from ..errors import BuildError, EdgegenError
+from ..fileio import owner, remove_orphans
 from . import check_executor, cluster
 
 TASK_RETRIES = 2  # a task whose worker died is run again this many times
+FLEET_PREFIX = "edgegen-fleet-"  # a Ray task's build directory in the worker's temporary directory
 
 
 def destinations(out: str | Path, names: list[str], precision: str | None) -> dict[str, Path]:
@@ -73,28 +75,34 @@ def _on_ray(model: str, dests: dict[str, Path], options: BuildOptions, address: 
     model, options = _absolute(model), replace(options, calibration=_absolute(options.calibration),
                                                precompute=_absolute(options.precompute),
                                                preview_upscale=_absolute(options.preview_upscale))
-    with cluster.connect(address) as ray:
-        task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(build_files)
-        pending = {task.remote(model, name, options): name for name in dests}
-        try:
-            while pending:
-                [ref], _ = ray.wait(list(pending), num_returns=1)
-                name = pending.pop(ref)
-                try:
-                    with cluster.user_errors(ray, "fleet build"):
-                        files = ray.get(ref)
-                except EdgegenError as exc:
-                    failures[name] = exc
-                    continue
-                yield _publish(files, dests[name])
-        finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+    try:
+        with cluster.connect(address) as ray:
+            task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(build_files)
+            pending = {task.remote(model, name, options): name for name in dests}
+            try:
+                while pending:
+                    [ref], _ = ray.wait(list(pending), num_returns=1)
+                    name = pending.pop(ref)
+                    try:
+                        with cluster.user_errors(ray, "fleet build"):
+                            files = ray.get(ref)
+                    except EdgegenError as exc:
+                        failures[name] = exc
+                        continue
+                    yield _publish(files, dests[name])
+            finally:
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+    finally:  # the build directories of this host's workers that a cancel killed
+        remove_orphans(Path(tempfile.gettempdir()), FLEET_PREFIX, "-.+")
 
 
 def build_files(model: str, target: str, options: BuildOptions) -> dict[str, bytes]:
-    """Build one bundle in a temporary directory and return its files (run as a Ray task)."""
-    with tempfile.TemporaryDirectory(prefix="edgegen-fleet-") as tmp:
+    """Build one bundle in a temporary directory and return its files (run as a Ray task). The directory is
+    named after the worker process, so one that a cancelled task's killed worker left is removed by the next
+    task on that host."""
+    remove_orphans(Path(tempfile.gettempdir()), FLEET_PREFIX, "-.+")
+    with tempfile.TemporaryDirectory(prefix=f"{FLEET_PREFIX}{owner()}-") as tmp:
         out = Path(tmp) / target
         build(model, target, out, options)
         return {file.relative_to(out).as_posix(): file.read_bytes() for file in out.rglob("*") if file.is_file()}
