@@ -109,8 +109,19 @@ def _source_path(manifest: dict[str, Any], given: str | None) -> Path:
     path = Path(given or manifest["model"]["source"])
     if not path.is_file():
         raise BuildError(f"baseline needs the fp32 source model; {path} is not there. Pass it with --source MODEL.")
-    if given is None and sha256_file(path) != manifest["model"]["source_sha256"]:
+    if sha256_file(path) == manifest["model"]["source_sha256"]:
+        return path
+    if given is None:
         raise BuildError(f"{path} changed since the bundle was built (sha256 differs); pass --source explicitly.")
+    import onnx
+
+    # a model given in the source's place must at least take the bundle's inputs
+    takes = sorted(i.name for i in onnx.load(str(path), load_external_data=False).graph.input)
+    wanted = sorted(s["name"] for s in manifest["model"]["inputs"])
+    if not set(wanted) <= set(takes):
+        raise BuildError(f"--source {path} is not the model this bundle was built from: its sha256 differs from "
+                         f"{manifest['model']['source']}'s, and it takes inputs {takes}, the bundle {wanted}. Pass the "
+                         "model the bundle was built from.")
     return path
 
 

@@ -125,6 +125,10 @@ def test_bench_with_baseline_writes_json(capsys, tmp_path, ort_bundle):
     pair = bundle_row["interleaved"]
     assert bundle_row["speedup_vs_baseline"] == pair["speedup"] > 0 and pair["block_runs"] == 5
     assert "vs fp32 ORT" in out
+    other = tmp_path / "other.onnx"  # a model of another interface given as --source: was "use --input-shape"
+    onnx.save(spade_like(), str(other))
+    code, _, err = run(capsys, "bench", str(ort_bundle), "--baseline", "--source", str(other), "--runs", "2")
+    assert code == 2 and "is not the model this bundle was built from" in err and "Traceback" not in err
 
 
 def test_zoo_lists_names(capsys):
