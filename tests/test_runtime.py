@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -75,14 +76,20 @@ def test_run_checks_batched_arrays(gen):
     assert out["image"].shape == (2, 3, 8, 8)
 
 
-def test_tampered_bundle_is_refused_naming_the_file(tmp_path, ort_bundle):
+def _tampered_copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    """A copy of a bundle with one byte of its model flipped."""
     import shutil
 
     copy = tmp_path / "copy"
-    shutil.copytree(ort_bundle, copy)
+    shutil.copytree(bundle_dir, copy)
     data = bytearray((copy / "model.onnx").read_bytes())
     data[-10] ^= 0xFF
     (copy / "model.onnx").write_bytes(bytes(data))
+    return copy
+
+
+def test_tampered_bundle_is_refused_naming_the_file(tmp_path, ort_bundle):
+    copy = _tampered_copy(ort_bundle, tmp_path)
     with pytest.raises(BundleError, match="'model.onnx' does not match its sha256"):
         Generator.open(copy)
     (copy / "model.onnx").unlink()
@@ -92,16 +99,9 @@ def test_tampered_bundle_is_refused_naming_the_file(tmp_path, ort_bundle):
 
 def test_a_manifest_that_stops_listing_a_file_does_not_vouch_for_it(tmp_path, ort_bundle):
     """Dropping the modified model's entry (or the whole list) from manifest.json passed verify and emulate."""
-    import json
-    import shutil
-
     from edgegen.cli import main
 
-    copy = tmp_path / "copy"
-    shutil.copytree(ort_bundle, copy)
-    data = bytearray((copy / "model.onnx").read_bytes())
-    data[-10] ^= 0xFF
-    (copy / "model.onnx").write_bytes(bytes(data))
+    copy = _tampered_copy(ort_bundle, tmp_path)
     manifest = json.loads((copy / "manifest.json").read_text())
     del manifest["files"]["model.onnx"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
@@ -405,7 +405,6 @@ def test_an_artifact_that_does_not_load_is_a_bundle_error_naming_it(tmp_path, or
     """A damaged artifact whose sha256 had been updated (or one a device's runtime version cannot read) made
     `edgegen verify` end in a traceback."""
     import hashlib
-    import json
     import shutil
 
     from edgegen.cli import main
