@@ -64,7 +64,7 @@ def table(result: dict[str, Any]) -> str:
     lines = ["| subject | threads | batch | p50 ms | p95 ms | images/s | peak RSS MB | vs fp32 ORT | delegate |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        ratio = f"{r['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in r else ""
+        ratio = _ratio(r["speedup_vs_baseline"]) if "speedup_vs_baseline" in r else ""
         if ratio and busy_host(r.get("interleaved", {}), r["threads"]):
             ratio += "*"
         lines.append(f"| {r['subject']} | {r['threads']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | "
@@ -103,6 +103,11 @@ def _delegation(report: dict[str, Any] | None) -> str:
     if not report:
         return ""
     return ", ".join(f"{k}: {v}" for k, v in report.items() if isinstance(v, (int, float, str)))
+
+
+def _ratio(value: float) -> str:
+    """A speed ratio with two decimals, or two significant digits below 0.1 (an FPGA simulation's 0.0031x)."""
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x"
 
 
 def _source_path(manifest: dict[str, Any], given: str | None) -> Path:

@@ -91,4 +91,5 @@ def test_bench_table_explains_the_ratio_and_marks_one_measured_on_a_busy_host():
     busy = {**row, "speedup_vs_baseline": 0.4, "interleaved": {**pair, "other_load_cores": 1.6}}
     text = bench.table({"rows": [busy, row]})
     assert "| 0.40x* |" in text
+    assert "| 0.0031x |" in bench.table({"rows": [{**quiet, "speedup_vs_baseline": 0.0031}, row]})  # was 0.00x
     assert "* measured while other processes kept 1.6 (at 2 threads) of this host's 2 cores busy" in text

@@ -244,3 +244,16 @@ def test_a_fleet_task_removes_the_build_directory_a_killed_worker_left(tmp_path,
     files = build_files(str(base_bundle.parent / "glyph.onnx"), "x86-onnxruntime", BuildOptions())
     assert "manifest.json" in files
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
+
+
+def test_a_missing_model_is_said_once_before_ray_starts(tmp_path):
+    """A fleet build on Ray of a model that is not there started Ray (7 s) and said so once per target."""
+    from edgegen.build import BuildOptions
+    from edgegen.errors import ModelError
+    from edgegen.scale.fleet import build_fleet
+
+    started = time.perf_counter()
+    with pytest.raises(ModelError, match="nope.onnx: no such model file"):
+        list(build_fleet(str(tmp_path / "nope.onnx"), ["x86-onnxruntime", "x86-openvino"], tmp_path / "o",
+                         BuildOptions(), executor="ray"))
+    assert time.perf_counter() - started < 5 and not (tmp_path / "o").exists()

@@ -15,10 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
-from .. import bundle, targets
+from .. import bundle, targets, zoo
 from ..build import BuildOptions, BuildResult, Progress, build, target_precision
 from ..errors import BuildError, EdgegenError
 from ..fileio import owner, remove_orphans
+from ..graph_load import read_model
 from . import check_executor, cluster
 
 TASK_RETRIES = 2  # a task whose worker died is run again this many times
@@ -52,6 +53,7 @@ def build_fleet(model: str, names: list[str], out: str | Path, options: BuildOpt
         bundle.check_output_dir(dest)
     failures: dict[str, EdgegenError] = {}
     if executor == "ray":
+        read_model(zoo.resolve(model))  # a missing or unreadable model is said once, before Ray starts
         yield from _on_ray(model, dests, options, address, failures)
     else:
         from ..graph import Graph
