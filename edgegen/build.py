@@ -193,16 +193,17 @@ def _refuse_batch_dependence(source: Graph, reference_run: SourceSession, feeds:
 
 
 def _warn_synthetic_maps(source: Graph) -> None:
-    """Warn where an input named like a segmentation map, mask or coordinate grid gets synthetic samples (seeded Gaussian noise
-    as a latent or condition, smooth images as an image): verification and calibration then run on inputs
-    unlike the real ones."""
+    """Warn where an input named like a segmentation map, mask or coordinate grid gets synthetic samples
+    (seeded Gaussian noise as a latent or condition, smooth images as an image): verification and
+    calibration then run on inputs unlike the real ones."""
     for spec in source.inputs:
         if spec.role in ("latent", "condition", "image") and len(spec.default_shape) == 4 and \
                 min(spec.default_shape[2:]) > 1 and MAP_NAMES.search(spec.name):
             fed = "smooth synthetic images" if spec.role == "image" else "seeded Gaussian noise"
             log.warning("input %r (%s) is fed %s to verify and calibrate the build: if it is a segmentation map, "
-                        "mask or coordinate grid, the fidelity printed is not measured on inputs like the real ones; give real ones "
-                        "with --calibration FILE.npz (quantization and pruning fit to them)", spec.name, spec.role, fed)
+                        "mask or coordinate grid, the fidelity printed is not measured on inputs like the real "
+                        "ones; give real ones with --calibration FILE.npz (quantization and pruning fit to them)",
+                        spec.name, spec.role, fed)
 
 
 def _refuse_non_finite(source: Graph, expected: dict[str, np.ndarray], inputs_from: str | None) -> None:

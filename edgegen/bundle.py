@@ -134,8 +134,6 @@ def staging_dir(out: Path) -> Path:
     return staging
 
 
-
-
 def file_hashes(directory: Path) -> dict[str, str]:
     """sha256 of every file under a bundle directory (but the manifest), by relative path."""
     return {file.relative_to(directory).as_posix(): sha256_file(file)

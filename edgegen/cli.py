@@ -105,12 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", "-t", action="append", required=True, help="target name or .yaml (repeatable)")
     p.add_argument("--out", "-o", required=True, help="bundle directory (with several targets: a parent directory)")
     p.add_argument("--precision", choices=list(PRECISIONS), help="default: the target's precision")
-    p.add_argument("--samples", type=_integer(1), default=8, help="held-out inputs for verification and floors (default 8)")
+    p.add_argument("--samples", type=_integer(1), default=8,
+                   help="held-out inputs for verification and floors (default 8)")
     p.add_argument("--min-psnr", type=float, metavar="DB", help="quality floor: PSNR vs the fp32 source")
     p.add_argument("--min-ssim", type=float, metavar="S", help="quality floor: SSIM vs the fp32 source")
     p.add_argument("--calibration", metavar="SOURCE",
                    help="int8 calibration data: spec (default: seeded inputs), zoo, an image folder, an .npy/.npz")
-    p.add_argument("--calibration-count", type=_integer(1), default=32, metavar="N", help="calibration samples (default 32)")
+    p.add_argument("--calibration-count", type=_integer(1), default=32, metavar="N",
+                   help="calibration samples (default 32)")
     p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax")
     p.add_argument("--prune", type=float, metavar="RATIO",
                    help="structured channel pruning to the MACs of removing this share of channels in every "
@@ -256,7 +258,8 @@ def _file_to_write(text: str) -> str:
     """An argparse type: a file path the command writes at its end, checked before the run (an existing
     directory there failed after a whole emulation or benchmark)."""
     if Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name (e.g. {text.rstrip('/')}/report.json)")
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name (e.g. "
+                                         f"{text.rstrip('/')}/report.json)")
     return text
 
 

@@ -18,7 +18,8 @@ class SourceSession:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise BuildError(f"running the fp32 source model needs onnxruntime; {install_hint('onnxruntime', 'ort')}") from None
+            raise BuildError("running the fp32 source model needs onnxruntime; "
+                             f"{install_hint('onnxruntime', 'ort')}") from None
         options = ort.SessionOptions()
         options.log_severity_level = 4  # a failed run is reported as a BuildError, not logged as well
         if threads:

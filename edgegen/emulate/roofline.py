@@ -28,7 +28,8 @@ def traffic(manifest: dict[str, Any]) -> tuple[int, str]:
         from ..specs import TensorSpec
 
         specs = [TensorSpec.from_json(s) for s in model["inputs"]]  # at the shapes the bundle was built for
-        costs = Graph.load(str(source), input_shapes={s.name: s.source_dims(s.default_shape) for s in specs}).node_costs()
+        shapes = {s.name: s.source_dims(s.default_shape) for s in specs}
+        costs = Graph.load(str(source), input_shapes=shapes).node_costs()
         activation_bytes = sum(c.activation_bytes for c in costs)
     else:
         io = sum(_numel(s["default_shape"]) for s in model["inputs"] + model["outputs"])

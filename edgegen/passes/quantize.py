@@ -50,7 +50,8 @@ def _ort_quantization():
     try:
         from onnxruntime import quantization
     except ImportError:
-        raise BuildError(f"int8 quantization needs onnxruntime on the build host; {install_hint('onnxruntime', 'ort')}") from None
+        raise BuildError("int8 quantization needs onnxruntime on the build host; "
+                         f"{install_hint('onnxruntime', 'ort')}") from None
     return quantization
 
 
