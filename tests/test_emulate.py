@@ -179,3 +179,14 @@ def test_an_fp16_bundle_counts_half_weights_and_the_estimate_needs_no_source(tmp
     (tmp_path / "up.onnx").rename(tmp_path / "moved.onnx")
     assert roofline.traffic(fp16) == before
     assert before[0] == fp16["model"]["param_bytes"] + 2 * fp16["model"]["activation_bytes"] // 2
+
+
+def test_an_aarch64_target_whose_runtime_the_userland_lacks_says_so(tmp_path, cgen_path):
+    """A custom aarch64 OpenVINO target: the QEMU tier said `pip install openvino`, which cannot be done in the
+    arm64 userland (it holds numpy, ai-edge-litert and onnxruntime)."""
+    target = _target_copy(tmp_path, "x86-openvino", arch="aarch64")
+    build(cgen_path, str(target), tmp_path / "b")
+    report = emulate(tmp_path / "b", target=str(target), runs=2)
+    check = next(c for c in report["checks"] if c["name"] == "loads on aarch64 (QEMU)")
+    assert not check["pass"] and "a bundle for openvino needs a runtime it does not install" in check["detail"]
+    assert not report["pass"] and report["aarch64"]["skipped"] == check["detail"]

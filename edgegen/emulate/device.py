@@ -114,6 +114,11 @@ def _aarch64(bundle: Path, manifest: dict[str, Any], device: targets.Target, hos
              checks: list[dict[str, Any]], rebuild: bool, root: Path | None
              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The QEMU run in the arm64 userland: (its report, its outputs; none where it did not run)."""
+    if manifest["backend"] not in userland.BACKEND_PACKAGES:  # a custom aarch64 target with another runtime
+        detail = (f"the arm64 userland holds {', '.join(userland.PACKAGES)}, and a bundle for {manifest['backend']} needs "
+                  "a runtime it does not install: test this one on the device itself")
+        checks.append({"name": "loads on aarch64 (QEMU)", "pass": False, "detail": detail})
+        return {"skipped": detail}, {}
     root = Path(root or userland.default_root())
     stamp = userland.ensure(root, rebuild=rebuild)
     settings = process.Settings(threads=device.threads, memory_mb=None, runs=QEMU_RUNS, warmup=1, host_fallback=True)

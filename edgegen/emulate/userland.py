@@ -31,6 +31,7 @@ SUITE = "bookworm"
 VENV = "/opt/edgegen-venv"
 STAMP = ".edgegen-userland.json"
 PACKAGES = ("numpy", "ai-edge-litert", "onnxruntime")  # the device runtimes, at the host's versions
+BACKEND_PACKAGES = {"tflite": "ai-edge-litert", "onnxruntime": "onnxruntime"}  # the backends it runs
 DEBIAN_PACKAGES = "python3,python3-venv"  # no ca-certificates: pip uses the host CA bundle (HOST_CA)
 STEP_TIMEOUT_S = 1800
 HOST_CA = "/etc/ssl/certs/edgegen-host-ca.crt"  # the host's CA bundle, copied in for pip
