@@ -122,6 +122,22 @@ def test_a_host_that_cannot_emulate_skips_with_the_reason_or_fails_when_required
     monkeypatch.setenv("EDGEGEN_REQUIRE_EMULATION", "1")
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["rpi4-litert*FAIL*install it with*"])  # the table said SKIP for a failed test
+
+
+def test_a_bundle_that_cannot_be_opened_fails_the_test_and_shows_in_the_table(pytester, tmp_path):
+    """A test whose bundle was missing (or damaged, or built for another target) failed, but its row was missing
+    from the end-of-session table."""
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.edgegen_target("x86-onnxruntime")
+        def test_missing(edgegen_device):
+            edgegen_device.open({str(tmp_path / 'nothing-here')!r})
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*edgegen emulated targets*", "x86-onnxruntime*FAIL*no such bundle directory*"])
 
 
 def test_assert_images_close_measures_psnr_and_max_abs():

@@ -74,12 +74,13 @@ def self_test(result: dict[str, Any]) -> str:
 
 
 def summary_rows(records: list[dict[str, Any]]) -> list[str]:
-    """The pytest plugin's end-of-run table: one row per emulated bundle (or why it was skipped)."""
+    """The pytest plugin's end-of-run table: one row per emulated bundle (or why it was skipped or failed)."""
     rows = [f"{'target':<24} {'result':<6} {'host p50 ms':>11} {'aarch64 p50 ms':>14} {'estimate ms':>11} "
             f"{'min PSNR dB':>11} {'arm64 max-abs':>11} {'peak RSS MB':>11}  bundle"]
     for record in records:
-        if "skipped" in record:
-            rows.append(f"{record['target']:<24} {'SKIP':<6} {record['skipped']}")
+        if "skipped" in record or "failed" in record:
+            rows.append(f"{record['target']:<24} {'SKIP' if 'skipped' in record else 'FAIL':<6} "
+                        f"{record.get('skipped') or record['failed']}")
             continue
         r = record["report"]
         host, arm = r["host"], r.get("aarch64") or {}
