@@ -6,6 +6,7 @@ inputs and reruns only the head for variations."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
@@ -17,6 +18,7 @@ from google.protobuf.message import DecodeError
 from .errors import BuildError
 from .graph import Graph
 
+log = logging.getLogger(__name__)
 MIN_TRUNK_SHARE = 0.05  # a trunk with less of the MACs is not worth a cache
 
 
@@ -92,6 +94,10 @@ def split_at(graph: Graph, tensors: list[str], chosen_by: str = "--split") -> Sp
     read_by_head = {x for i, n in enumerate(nodes) if i not in trunk for x in n.input}
     outputs = {s.name for s in graph.outputs}
     cut = [t for t in _ordered(produced, nodes) if (t in read_by_head or t in outputs) and deps[t]]
+    inside = [t for t in tensors if t not in cut]
+    if inside and chosen_by == "--split":
+        log.warning("--split tensor(s) %s are computed inside the trunk that the other tensors named need, and no "
+                    "head node reads them: the cut is at %s", ", ".join(inside), ", ".join(cut))
     costs = graph.node_costs()
     trunk_macs = sum(c.macs for i, c in enumerate(costs) if i in trunk and deps[nodes[i].output[0]])
     total = sum(c.macs for c in costs)

@@ -80,6 +80,21 @@ def test_split_at_named_tensors_and_clear_refusals(tmp_path, glyph_path):
     assert result.manifest["serving"]["split"]["chosen_by"] == "--split"
 
 
+def test_a_split_tensor_inside_the_trunk_of_another_is_named_in_a_warning(glyph_path, caplog):
+    """--split T1,T2 with T1 upstream of T2 cut at T2 alone, silently."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    graph = Graph.load(glyph_path)
+    auto, _ = find_split(graph)
+    producer = {out: n for n in graph.model.graph.node for out in n.output}
+    downstream = auto.cut[0]
+    upstream = producer[downstream].input[0]
+    split = split_at(graph, [upstream, downstream])
+    assert upstream not in split.cut and downstream in split.cut
+    assert f"--split tensor(s) {upstream} are computed inside the trunk" in caplog.text
+
+
 def test_split_naming_a_tensor_the_import_folded_names_the_one_that_carries_it_on(tmp_path):
     model = glyph_like(width=8)
     at = next(i for i, n in enumerate(model.graph.node) if n.op_type == "Conv")
