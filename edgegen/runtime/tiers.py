@@ -114,9 +114,7 @@ class Tiers:
                 if self._image_inputs else ""
             raise RequestError(f"size {size} is not offered by this bundle; sizes: {self.offered()}{follows}")
         part = "head" if self._split else "main"
-        # an explicit size is the default one: made from images of the default size (checked per request)
-        inputs = dict(self._image_inputs) if size is not None else {}
-        return Route("full", part, name, trunk=self._split, inputs=inputs)
+        return Route("full", part, name, trunk=self._split, inputs=self._sized_from_default(size))
 
     def _no_preview(self) -> str:
         if len({tuple(self._output_sizes.get(name, ())) for name in self.image_outputs}) > 1:
@@ -132,10 +130,13 @@ class Tiers:
         final = tuple(p["upscaled_size"]) if upscale else tuple(p["size"])
         if size is not None and size != max(final):
             raise RequestError(f"size {size} is not offered by the preview tier; it serves {max(final)}")
-        # as for the full tier: an explicit size is made from images of the default size (checked per request)
-        inputs = dict(self._image_inputs) if size is not None else {}
-        return Route("preview", p["part"], p["output"], trunk=p.get("trunk", False), size=final, inputs=inputs,
-                     upscale=upscale)
+        return Route("preview", p["part"], p["output"], trunk=p.get("trunk", False), size=final,
+                     inputs=self._sized_from_default(size), upscale=upscale)
+
+    def _sized_from_default(self, size: int | None) -> dict[str, tuple[int, ...]]:
+        """An explicit size of the default artifact is made from images of the default size (checked per
+        request); without one, an image of any size is served at its own."""
+        return dict(self._image_inputs) if size is not None else {}
 
     def size_of_image(self, height_width: tuple[int, ...]) -> int | None:
         """The compiled size whose image input is this height and width, if any."""
