@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -14,7 +15,7 @@ import pytest
 
 from edgegen.errors import RequestError
 from edgegen.runtime import Generator
-from edgegen.runtime.cache import RESCAN_WRITES, DiskCache, LRUCache
+from edgegen.runtime.cache import DiskCache, LRUCache
 
 
 def block(value: int, size: int = 1000) -> np.ndarray:
@@ -50,15 +51,39 @@ def test_disk_cache_round_trip_budget_and_eviction(tmp_path):
     assert reopened.stats.entries == 3 and reopened.stats.bytes == cache.stats.bytes
 
 
+def _entries(directory) -> tuple[int, list[str]]:
+    files = sorted(directory.glob("*.egc"))
+    return sum(f.stat().st_size for f in files), [f.stem for f in files]
+
+
 def test_caches_sharing_a_directory_hold_its_budget_together(tmp_path):
-    """Each counted only what it wrote: two processes' caches held twice the budget between them."""
+    """Each counted only what it wrote (read back every 32 writes): the directory went over the budget,
+    and entries the other had evicted stayed counted, so one write emptied the whole directory."""
     DiskCache(tmp_path / "probe", 10 ** 6).put("0" * 64, np.zeros(250, np.float32))
     entry = next((tmp_path / "probe").glob("*.egc")).stat().st_size
-    first, second = DiskCache(tmp_path, 64 * entry), DiskCache(tmp_path, 64 * entry)
-    for i in range(8 * RESCAN_WRITES):
-        (first if i % 2 else second).put(f"{i:064x}", np.full(250, i, np.float32))
-    # each reads the directory back every RESCAN_WRITES writes: over by at most the other's writes since
-    assert len(list(tmp_path.glob("*.egc"))) <= 64 + RESCAN_WRITES
+    caches = DiskCache(tmp_path, 5 * entry), DiskCache(tmp_path, 5 * entry)
+    for i in range(40):
+        cache = caches[i % 3 == 0]
+        cache.put(f"{i:064x}", np.full(250, i, np.float32))
+        total, keys = _entries(tmp_path)
+        assert total <= 5 * entry and cache.stats.bytes == total, f"write {i}: {total} bytes on disk"
+        assert len(keys) == min(i + 1, 5), f"write {i} evicted more than it needed: {len(keys)} entries left"
+    assert all(caches[0].get(f"{i:064x}") is not None for i in range(35, 40))
+
+
+def test_a_removed_directory_is_made_again_and_a_smaller_budget_evicts_on_open(tmp_path):
+    directory = tmp_path / "cache"
+    cache = DiskCache(directory, 1 << 20)
+    for i in range(4):
+        cache.put(f"{i:064x}", np.full(250, i, np.float32))
+    entry = directory.joinpath(f"{0:064x}.egc").stat().st_size
+    smaller = DiskCache(directory, 2 * entry)  # was kept at 4 entries until a write, never if all requests hit
+    assert smaller.stats.bytes == _entries(directory)[0] == 2 * entry
+    assert _entries(directory)[1] == [f"{i:064x}" for i in (2, 3)], "the least recently used went first"
+    shutil.rmtree(directory)  # was never made again: every later write failed until a restart
+    cache.put("f" * 64, np.ones(250, np.float32))
+    assert cache.stats.write_errors == 0 and cache.stats.entries == 1
+    np.testing.assert_array_equal(cache.get("f" * 64), np.ones(250, np.float32))
 
 
 def test_damaged_and_foreign_entries_are_dropped_never_served(tmp_path):
@@ -123,7 +148,7 @@ def test_full_disk_stops_writes_not_serving(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["3", "1"]
-    assert [p.name for p in tmp_path.iterdir()] == [f"{'0' * 64}.egc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".egc.lock", f"{'0' * 64}.egc"]
 
 
 def test_unusable_directory_means_no_disk_cache_not_a_failure(tmp_path):
@@ -151,8 +176,8 @@ def test_open_removes_only_its_own_temporary_files_of_dead_processes(tmp_path):
     cache = DiskCache(tmp_path, 1 << 20)
     assert not leftover.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [".exist.vbhssedz.tmp", ".draft.tmp", f".{'f' * 64}.tmp", f".{'e' * 64}.{host}-{dead.pid}.k3j_x9q2.egc.tmp",
-         in_flight.name])
+        [".egc.lock", ".exist.vbhssedz.tmp", ".draft.tmp", f".{'f' * 64}.tmp",
+         f".{'e' * 64}.{host}-{dead.pid}.k3j_x9q2.egc.tmp", in_flight.name])
     assert (tmp_path / ".exist.vbhssedz.tmp" / "model.onnx").read_bytes() == b"staged"
     cache.put("b" * 64, np.arange(5, dtype=np.uint8))
     np.testing.assert_array_equal(cache.get("b" * 64), np.arange(5, dtype=np.uint8))

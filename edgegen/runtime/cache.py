@@ -4,13 +4,19 @@ Both map a key (hex sha256 of bundle content hash + canonical request) to a nump
 hold more than their budget. The disk cache writes each entry to a temporary file and renames it
 into place, and checks the sha256 stored in the entry (over its key, dtype, shape and data) on every
 read: an entry cut short by a crash or damaged on disk is dropped and recomputed, never served. A
-full disk stops writes, not serving. The cache touches only names it makes: `<key>.egc` entries and
+full disk stops writes, not serving. Processes sharing a directory hold its budget together: each
+change to the entries is made holding an flock on the directory's `.egc.lock`, which counts the
+changes, and a cache that finds the count moved since its own last change reads the entries back
+first. The cache touches only names it makes: `<key>.egc` entries, `.egc.lock` and
 `.<key>.<random>.egc.tmp` temporary files (a process killed mid-write leaves one; the next open
-removes it), so it can live in a directory that holds other files.
+removes it), so it can live in a directory that holds other files; a directory removed while in
+use is made again at the next write.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -19,10 +25,11 @@ import re
 import struct
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -33,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"EGC2"  # EGC1 entries (a digest of the data only) read as damaged: dropped and recomputed
 ENTRY = re.compile(r"[0-9a-f]{64}\.egc")
+LOCK = ".egc.lock"  # the flock processes sharing the directory take turns at; holds the count of changes
 TEMPORARY = re.compile(rf"\.[0-9a-f]{{64}}\.{owner_pattern()}\.[A-Za-z0-9_]+\.egc\.tmp")  # of this host
 
 
@@ -95,9 +103,6 @@ class LRUCache:
         return len(self._items)
 
 
-RESCAN_WRITES = 32  # every this many writes a disk cache reads its directory's true total back
-
-
 class DiskCache:
     """Arrays in files under `directory`, one per key, within a byte budget (least recently used
     entries go first). Entries: magic, header length, JSON header (key, dtype, shape, sha256 of those three
@@ -107,16 +112,37 @@ class DiskCache:
         self.directory = Path(directory).expanduser()
         self._lock = threading.Lock()
         self.stats = CacheStats(budget_bytes=_budget(budget_bytes, "a disk cache budget (disk_cache_bytes)"))
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # an unusable directory: every read misses and every write counts as failed
-            log.warning("disk cache %s cannot be created (%s); serving without it", self.directory, exc)
         self._sizes: dict[str, int] = {}
-        self._writes = 0
-        self._rescan()
+        self._changes_seen: int | None = None  # the lock file's count after this cache's last change
+        try:
+            with self._turn():  # a cache reopened with a smaller budget evicts down to it now
+                self._make_room(0)
+        except OSError as exc:  # an unusable directory: writes count as failed; what it holds is still read
+            log.warning("disk cache %s cannot be written (%s); serving without storing", self.directory, exc)
+            self._rescan()
         for temporary in self._files(TEMPORARY):  # left by a process killed mid-write (not one still writing)
             if not alive(int(TEMPORARY.fullmatch(temporary.name).group(1))):
                 temporary.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This cache's turn at changing the directory's entries: the lock file held (the directory made
+        again if it was removed), the entries read back if another cache changed them since this one
+        last did, and the change counted on the way out."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            count = int.from_bytes(os.pread(fd, 8, 0).ljust(8, b"\0"), "little")
+            if count != self._changes_seen:
+                self._rescan()
+            try:
+                yield
+            finally:
+                self._changes_seen = count + 1
+                os.pwrite(fd, self._changes_seen.to_bytes(8, "little"), 0)
+        finally:
+            os.close(fd)  # which releases the flock
 
     def _rescan(self) -> None:
         """Read the entries' sizes from the directory: what this process wrote and what others sharing it did."""
@@ -126,6 +152,9 @@ class DiskCache:
                 self._sizes[path.stem] = path.stat().st_size
             except OSError:  # removed meanwhile by another process
                 pass
+        self._count()
+
+    def _count(self) -> None:
         self.stats.bytes, self.stats.entries = sum(self._sizes.values()), len(self._sizes)
 
     def _files(self, name: re.Pattern) -> list[Path]:
@@ -151,15 +180,15 @@ class DiskCache:
             if array is None:
                 self.stats.corrupt += 1
                 self.stats.misses += 1
-                self._forget(key)
-                path.unlink(missing_ok=True)
                 log.warning("disk cache entry %s is damaged; dropped, will recompute", path)
+                with contextlib.suppress(OSError), self._turn():
+                    path.unlink(missing_ok=True)
+                    self._sizes.pop(key, None)
+                    self._count()
                 return None
             self.stats.hits += 1
-        try:
-            os.utime(path)  # recency for eviction
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            _touch(path)
         return array
 
     def put(self, key: str, array: np.ndarray) -> None:
@@ -167,38 +196,35 @@ class DiskCache:
         if len(data) > self.stats.budget_bytes:
             return
         with self._lock:
-            self._writes += 1
-            if self._writes % RESCAN_WRITES == 0:  # processes sharing the directory hold its budget together
-                self._rescan()
             try:
-                self._forget(key)
-                self._make_room(len(data))
-                _write_atomically(self.directory, self._path(key), data)
+                with self._turn():
+                    self._sizes.pop(key, None)
+                    self._count()
+                    self._make_room(len(data))
+                    try:
+                        _write_atomically(self.directory, self._path(key), data)
+                        _touch(self._path(key))
+                    except OSError:  # the previous entry for this key may still be there
+                        with contextlib.suppress(OSError):
+                            self._sizes[key] = self._path(key).stat().st_size
+                        raise
+                    finally:
+                        self._count()
+                    self._sizes[key] = len(data)
+                    self._count()
             except OSError as exc:  # full disk, read-only medium, quota: keep serving without storing
                 self.stats.write_errors += 1
-                if self._path(key).exists():  # the previous entry for this key is still there
-                    self._sizes[key] = self._path(key).stat().st_size
-                    self.stats.bytes += self._sizes[key]
                 log.warning("disk cache %s: cannot store an entry (%s); serving continues", self.directory, exc)
-                return
-            self._sizes[key] = len(data)
-            self.stats.bytes += len(data)
-            self.stats.entries = len(self._sizes)
 
     def _make_room(self, incoming: int) -> None:
-        if self.stats.bytes + incoming <= self.stats.budget_bytes:
-            return
-        by_age = sorted(self._files(ENTRY), key=_mtime)
-        for path in by_age:
+        """Remove the least recently used entries until `incoming` more bytes fit the budget."""
+        for path in sorted(self._files(ENTRY), key=_mtime):
             if self.stats.bytes + incoming <= self.stats.budget_bytes:
                 break
             path.unlink(missing_ok=True)
-            self._forget(path.stem)
+            self._sizes.pop(path.stem, None)
+            self._count()
             self.stats.evictions += 1
-
-    def _forget(self, key: str) -> None:
-        self.stats.bytes -= self._sizes.pop(key, 0)
-        self.stats.entries = len(self._sizes)
 
 
 def _write_atomically(directory: Path, path: Path, data: bytes) -> None:
@@ -214,11 +240,18 @@ def _write_atomically(directory: Path, path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def _mtime(path: Path) -> float:
+def _touch(path: Path) -> None:
+    """Stamp the entry as used now, to the nanosecond (a file system's own clock ticks every few
+    milliseconds, which left entries written in one tick in no order for eviction)."""
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
+
+
+def _mtime(path: Path) -> int:
     try:
-        return path.stat().st_mtime
+        return path.stat().st_mtime_ns
     except OSError:
-        return 0.0
+        return 0
 
 
 def _budget(value: int, what: str) -> int:
