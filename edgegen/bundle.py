@@ -7,17 +7,20 @@ never sees half a bundle and an interrupted build leaves the previous one intact
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from .errors import BuildError, BundleError
+from .errors import BuildError, BundleError, DamagedBundle, OutputPathError
 from .fileio import as_created, output_place, owner, remove_orphans, write_text
 
 MANIFEST = "manifest.json"
@@ -55,7 +58,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise BundleError(f"{path}: not a bundle ({MANIFEST} is missing). Rebuild it with `edgegen build`.") from None
     except ValueError as exc:
-        raise BundleError(f"{path / MANIFEST}: not valid JSON ({exc}). The bundle is damaged; rebuild it.") from None
+        raise DamagedBundle(f"{path / MANIFEST}: not valid JSON ({exc}). The bundle is damaged; rebuild it.") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path / MANIFEST}: not an edgegen manifest. Rebuild the bundle with `edgegen build`.")
     if manifest.get("schema_version") != SCHEMA_VERSION:
@@ -63,10 +66,33 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
                           f"{SCHEMA_VERSION} this edgegen reads. Rebuild it with this version of edgegen.")
     missing = [key for key in REQUIRED_KEYS if not isinstance(manifest.get(key), dict)]
     if missing:
-        raise BundleError(f"{path / MANIFEST}: has no {', '.join(missing)} (a damaged or edited manifest). Rebuild "
+        raise DamagedBundle(f"{path / MANIFEST}: has no {', '.join(missing)} (a damaged or edited manifest). Rebuild "
                           "the bundle or copy it again.")
+    _check_types(path, manifest)
     _check_listing(path, manifest)
     return manifest
+
+
+def _check_types(path: Path, manifest: dict[str, Any]) -> None:
+    """The values the runtime reads on opening, of the types it reads them as."""
+    def fits(value: Any, kind: type, least: float | None) -> bool:
+        return isinstance(value, kind) and not isinstance(value, bool) and (least is None or value >= least)
+
+    for keys, kind, least, what in ((("backend",), str, None, "a backend name"),
+                                    (("precision",), str, None, "a precision name"),
+                                    (("target", "name"), str, None, "a target name"),
+                                    (("target", "threads"), int, 1, "an integer >= 1"),
+                                    (("target", "memory_mb"), int, 1, "an integer number of MiB >= 1")):
+        value = manifest
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if not fits(value, kind, least):
+            raise DamagedBundle(f"{path / MANIFEST}: {'.'.join(keys)} is {value!r}, not {what} (a damaged or edited "
+                                "manifest). Rebuild the bundle or copy it again.")
+    bad = next((name for name, digest in manifest["files"].items() if not isinstance(digest, str)), None)
+    if bad is not None:
+        raise DamagedBundle(f"{path / MANIFEST}: files[{bad!r}] is not a sha256 (a damaged or edited manifest). "
+                            "Rebuild the bundle or copy it again.")
 
 
 def _check_listing(path: Path, manifest: dict[str, Any]) -> None:
@@ -81,7 +107,7 @@ def _check_listing(path: Path, manifest: dict[str, Any]) -> None:
         loaded.update(p.relative_to(path).as_posix() for p in (path / folder).rglob("*") if p.is_file())
     unlisted = sorted(name for name in loaded if name and name not in manifest["files"] and (path / name).exists())
     if unlisted:
-        raise BundleError(f"{path}: {unlisted[0]!r} is not listed with its sha256 in {MANIFEST} (a damaged or edited "
+        raise DamagedBundle(f"{path}: {unlisted[0]!r} is not listed with its sha256 in {MANIFEST} (a damaged or edited "
                           "manifest cannot vouch for it). Rebuild the bundle or copy it again.")
 
 
@@ -91,9 +117,9 @@ def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
     for name, expected in sorted(manifest.get("files", {}).items()):
         file = path / name
         if not file.is_file():
-            raise BundleError(f"{path}: file {name!r} listed in the manifest is missing. Rebuild or re-copy the bundle.")
+            raise DamagedBundle(f"{path}: file {name!r} listed in the manifest is missing. Rebuild or re-copy the bundle.")
         if sha256_file(file) != expected:
-            raise BundleError(f"{path}: file {name!r} does not match its sha256 in the manifest (modified or "
+            raise DamagedBundle(f"{path}: file {name!r} does not match its sha256 in the manifest (modified or "
                               "corrupted). Refusing to load it; rebuild or re-copy the bundle.")
 
 
@@ -176,6 +202,27 @@ def publish(staging: Path, out: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def updating(out: Path, waiting: str) -> Iterator[None]:
+    """Hold an flock on the bundle directory itself while it is read, changed and published: a second
+    update waits (`waiting` is logged), then takes the bundle the first published (the lock it waited
+    for went with the directory the first replaced, so it locks the new one)."""
+    while True:
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logging.getLogger(__name__).warning("%s", waiting)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            held, now = os.fstat(fd), os.stat(out)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                yield
+                return
+        finally:
+            os.close(fd)
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two directories atomically (renameat2 RENAME_EXCHANGE); False where the C library, kernel or
     filesystem does not offer it."""
@@ -188,6 +235,9 @@ def _exchange(a: Path, b: Path) -> bool:
     code = ctypes.get_errno()
     if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
         return False
+    if code == errno.EBUSY:  # a mount point (a volume mounted at the bundle's own path) cannot be swapped out
+        raise OutputPathError(f"{b}: is a mount point (or otherwise in use), so edgegen cannot replace it with the "
+                              f"new bundle in one step; write the bundle into a directory inside it (e.g. {b}/bundle)")
     raise OSError(code, os.strerror(code), str(b))
 
 

@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from .errors import EdgegenError, RequestError, first_line
+from .errors import DamagedBundle, EdgegenError, RequestError, first_line
 from .targets import PRECISIONS
 from .fileio import atomic_path, write_text
 
@@ -193,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("emulate", help="run a bundle as its target device would (threads, memory ceiling, "
                                          "op support, self-test; aarch64 under QEMU, FPGA on its RTL); "
-                                         "exit 3 if a check fails")
+                                         "exit 3 if a check fails or the bundle is damaged")
     p.add_argument("bundle")
     p.add_argument("--target", "-t", help="the target to emulate (default: the one the bundle was built for)")
     p.add_argument("--runs", type=_integer(1), default=20, help="timed runs on this host (default 20)")
@@ -203,7 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=_file_to_write, help="also write the report as JSON to this file")
     p.set_defaults(func=_emulate)
 
-    p = verbs.add_parser("verify", help="on the device: run an installed bundle's self-test; exit 3 if it fails")
+    p = verbs.add_parser("verify", help="on the device: check an installed bundle's files and run its self-test; "
+                                        "exit 3 if either fails")
     p.add_argument("bundle")
     p.add_argument("--threads", type=_integer(1))
     p.add_argument("--runs", type=_integer(1), default=10, help="timed runs (default 10)")
@@ -489,8 +490,11 @@ def _emulate(args) -> int:
     from .emulate.device import emulate
     from .emulate.render import emulation
 
-    report = emulate(args.bundle, target=args.target, runs=args.runs, rebuild=args.rebuild,
-                     aarch64=not args.no_aarch64, rtl=not args.no_rtl)
+    try:
+        report = emulate(args.bundle, target=args.target, runs=args.runs, rebuild=args.rebuild,
+                         aarch64=not args.no_aarch64, rtl=not args.no_rtl)
+    except DamagedBundle as exc:
+        return _failed_check(exc)
     print(emulation(report))
     if args.json:
         write_text(args.json, json.dumps(report, indent=2, default=str) + "\n")
@@ -501,9 +505,18 @@ def _verify(args) -> int:
     from .emulate.render import self_test
     from .verify import verify
 
-    result = verify(args.bundle, threads=args.threads, runs=args.runs)
+    try:
+        result = verify(args.bundle, threads=args.threads, runs=args.runs)
+    except DamagedBundle as exc:
+        return _failed_check(exc)
     print(self_test(result))
     return 0 if result["pass"] else 3
+
+
+def _failed_check(exc: DamagedBundle) -> int:
+    """A bundle that does not hold together fails verify and emulate (exit 3), as its self-test failing would."""
+    print(f"FAIL  {exc}", file=sys.stderr)
+    return 3
 
 
 def main_exit() -> None:

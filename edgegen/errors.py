@@ -36,6 +36,11 @@ class BundleError(EdgegenError):
     """A bundle is missing, incomplete or has been tampered with."""
 
 
+class DamagedBundle(BundleError):
+    """A bundle that is there but does not hold together: a file off its sha256 or missing, a malformed
+    manifest, reference or asset index. `edgegen verify` and `emulate` report it as a failed check (exit 3)."""
+
+
 class RequestError(EdgegenError):
     """A generation request or an input array does not fit the model."""
 

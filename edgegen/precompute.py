@@ -121,7 +121,7 @@ def _from_log(log_path: Path, top: Any, origin: Path) -> list[dict[str, Any]]:
         except ValueError:
             raise BuildError(f"{log_path}:{number}: not a JSON request") from None
         counts[json.dumps(request, sort_keys=True)] += 1
-    if top is not None and (not isinstance(top, int) or top < 1):
+    if top is not None and (type(top) is not int or top < 1):  # not a bool: `top: true` is not 1
         raise BuildError(f"{origin}: top must be a positive integer, got {top!r}")
     return [json.loads(text) for text, _ in counts.most_common(top)]
 
@@ -204,17 +204,28 @@ def add_assets(bundle_dir: str | Path, requests_path: str | Path, progress: Prog
     the new bundle atomically; returns the manifest's `assets` summary.
 
     executor "ray" renders shards of the request list on Ray actors (the cluster at `address`, or a
-    local instance; `workers` actors, default one per CPU) into the same bytes the local loop writes."""
-    from .runtime import Generator
+    local instance; `workers` actors, default one per CPU) into the same bytes the local loop writes.
+    A second run into the same bundle waits for the first, then adds to what it published."""
     from .scale import check_executor
 
     check_executor(executor, address)
     if workers is not None and executor != "ray":
         raise BuildError(f"--workers applies to --executor ray (got --workers {workers} with --executor {executor}); leave it out")
 
-    report = progress or (lambda stage, done, total: None)
     out = Path(bundle_dir)
     requests = load_requests(requests_path)
+    bundle.read_manifest(out)  # a missing bundle is named before it is locked
+    with bundle.updating(out, f"{out}: another `edgegen precompute` is adding to this bundle; waiting for it"):
+        return _add_assets(out, requests, requests_path, progress, executor, address, workers)
+
+
+def _add_assets(out: Path, requests: list[dict[str, Any]], requests_path: str | Path, progress: Progress | None,
+                executor: str, address: str | None, workers: int | None) -> dict[str, Any]:
+    """add_assets, holding the bundle's lock from reading its assets to publishing the merged ones (two
+    runs at once both succeeded, and the assets of the first to publish were lost)."""
+    from .runtime import Generator
+
+    report = progress or (lambda stage, done, total: None)
     old = Generator.open(out, host_fallback=True, cache_bytes=0, feature_cache_bytes=0)
     bundle.check_output_dir(out)
     keep = []

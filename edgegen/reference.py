@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BundleError
+from .errors import DamagedBundle
 
 FILE = "reference.npz"
 
@@ -26,7 +26,7 @@ def load(directory: Path, manifest: dict[str, Any]) -> tuple[dict[str, np.ndarra
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError) as exc:
-        raise BundleError(f"{path}: reference data unreadable ({exc}); rebuild the bundle") from None
+        raise DamagedBundle(f"{path}: reference data unreadable ({exc}); rebuild the bundle") from None
     split = {"input": {}, "output": {}}
     for key, value in arrays.items():
         kind, name = key.split(":", 1)

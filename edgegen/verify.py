@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from . import reference
+from .bundle import verify_files
+from .runtime.assets import PACK
 from .emulate.worker import runtime_name, sample_ms
 
 
@@ -17,6 +19,8 @@ def verify(bundle: str | Path, threads: int | None = None, runs: int = 10) -> di
     from .runtime import Generator
 
     gen = Generator.open(bundle, threads=threads)
+    packed = {k: v for k, v in gen.manifest["files"].items() if k == PACK}  # serving checks it entry by entry
+    verify_files(gen.path, {"files": packed})
     test = gen.self_test()
     feeds, _ = reference.load(gen.path, gen.manifest)
     times = sample_ms(lambda: gen.session.run(feeds), runs, 2)

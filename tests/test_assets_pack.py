@@ -150,3 +150,15 @@ def test_an_entry_past_the_pack_size_the_index_gives_is_refused(tmp_path):
     (tmp_path / INDEX).write_text(json.dumps({**index, "pack_bytes": index["pack_bytes"] - 1}))
     with pytest.raises(BundleError, match="assets/index.json: malformed asset index .*outside the pack"):
         AssetPack(tmp_path, CONTENT)
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda index: [index], "a JSON list, not an object"),  # was AttributeError: 'list' object has no attribute 'get'
+    (lambda index: {**index, "pack_bytes": "x"}, "pack_bytes is 'x', not a byte count"),  # was a BufferError
+    (lambda index: {**index, "version": 1, "entries": []}, "malformed asset index"),  # was an AttributeError
+])
+def test_a_malformed_index_is_named_not_a_traceback(tmp_path, edit, said):
+    write_pack(tmp_path, CONTENT, entries(5), "here")
+    (tmp_path / INDEX).write_text(json.dumps(edit(json.loads((tmp_path / INDEX).read_text()))))
+    with pytest.raises(BundleError, match=f"assets/index.json: .*{said}"):
+        AssetPack(tmp_path, CONTENT)

@@ -1,6 +1,7 @@
 import json
 import logging
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgegen import bundle
 from edgegen.build import build
-from edgegen.errors import BackendUnavailableError, BuildError, UnsupportedOpError
+from edgegen.errors import BackendUnavailableError, BuildError, OutputPathError, UnsupportedOpError
 from edgegen.fileio import UMASK
 from edgegen.report import render_build_report
 from edgegen.runtime import Generator
@@ -394,6 +395,22 @@ def test_a_rebuild_swaps_the_bundle_in_one_step_where_the_filesystem_can(tmp_pat
     assert [p.name for p in a.iterdir()] == ["y"] and [p.name for p in b.iterdir()] == ["x"]
     with pytest.raises(OSError, match="No such file"):
         bundle._exchange(a, tmp_path / "missing")
+
+
+def test_a_bundle_at_a_mount_point_is_refused_saying_why(tmp_path, cgen_path):
+    """A bundle directory that is a mount point (a volume at the bundle's own path) cannot be swapped out:
+    the rebuild was an internal error with an EBUSY traceback."""
+    out = tmp_path / "b"
+    out.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(out), str(out)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.strip()}")
+    try:
+        with pytest.raises(OutputPathError, match="is a mount point .* into a directory inside it"):
+            build(cgen_path, "x86-onnxruntime", out)
+        assert not list(out.iterdir()) and [p.name for p in tmp_path.iterdir()] == ["b"]
+    finally:
+        subprocess.run(["umount", str(out)], check=True)
 
 
 def test_an_unbounded_output_beyond_its_assumed_range_is_warned_about(tmp_path, caplog):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,28 @@ def test_emulate_and_verify_commands_print_numbers_and_exit_by_result(tmp_path, 
     out = capsys.readouterr().out
     assert "FAIL  image" in out and "result: FAIL" in out
     assert main(["emulate", str(failing), "--runs", "1"]) == 3
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "threads a string"])
+def test_a_damaged_bundle_fails_verify_and_emulate_with_exit_3(tmp_path, ort_bundle, capsys, damage):
+    """A bundle off its sha256 exited 2 (a usage error) and a manifest's target.threads of "2" was an
+    internal error in verify: both are a failed check, named."""
+    copy = tmp_path / "b"
+    shutil.copytree(ort_bundle, copy)
+    if damage == "flipped byte":
+        data = bytearray((copy / "model.onnx").read_bytes())
+        data[len(data) // 2] ^= 1
+        (copy / "model.onnx").write_bytes(bytes(data))
+        said = "'model.onnx' does not match its sha256"
+    else:
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["target"]["threads"] = "2"
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        said = "target.threads is '2', not an integer >= 1"
+    for verb in ("verify", "emulate"):
+        assert main([verb, str(copy), "--runs", "1"]) == 3
+        assert said in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "nothing"), "--runs", "1"]) == 2
 
 
 def test_the_roofline_counts_activations_at_the_size_the_bundle_was_built_for(tmp_path):

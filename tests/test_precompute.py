@@ -1,6 +1,8 @@
 """Precomputed assets: request files, rendering at build time, `edgegen precompute`, and a damaged pack."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -68,7 +70,8 @@ def test_request_file_forms(tmp_path):
                           ("requests: 5", "requests: must be a list"), ("[]", "holds no requests"),
                           ("- {seed: 1, seed: 2}", "key 'seed' is given twice"),
                           ("grid: {seed: '0..999999999'}", "holds 1000000000 values; precompute at most"),
-                          ("grid: {seed: '0..99999', label: '0..99'}", r"the grid holds 10000000 requests \(100000 x 100\)")]:
+                          ("grid: {seed: '0..99999', label: '0..99'}", r"the grid holds 10000000 requests \(100000 x 100\)"),
+                          ("log: log.jsonl\ntop: true", "top must be a positive integer, got True")]:  # was top 1
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(BuildError, match=message):
             load_requests(tmp_path / "bad.yaml")
@@ -106,6 +109,7 @@ def test_damaged_pack_entry_is_recomputed_not_served(tmp_path, asset_bundle):
     assert got.served_by == "computed" and gen.stats()["assets"]["corrupt"] == 1
     np.testing.assert_array_equal(got.pixels, expected)
     assert gen.render([{"seed": 3, "label": 1}])[0].served_by == "asset"
+    assert main(["verify", str(copy), "--runs", "1"]) == 3, "verify vouches for every file (it passed this pack)"
     table = bytearray((copy / "assets/table.bin").read_bytes())
     table[len(table) // 2] ^= 0x40
     (copy / "assets/table.bin").write_bytes(bytes(table))
@@ -133,6 +137,25 @@ def test_precompute_verb_adds_assets_atomically(tmp_path, capsys, glyph_path):
     assert "request 0 has unknown key(s) ['colour']" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "bad.yaml", "more.yaml", "r.yaml"]
+
+
+def test_two_precomputes_into_one_bundle_at_once_keep_both_sets(tmp_path, glyph_path):
+    """Both runs read the bundle, rendered and published: both said so, and the first one's assets were lost."""
+    out = tmp_path / "b"
+    build(glyph_path, "x86-onnxruntime", out)
+    runs = []
+    for label in (1, 2):
+        (tmp_path / f"{label}.yaml").write_text(f"grid: {{seed: '0..39', label: {label}}}\n")
+        runs.append(subprocess.Popen([sys.executable, "-m", "edgegen", "precompute", str(out),
+                                      str(tmp_path / f"{label}.yaml")], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True))
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+    gen = Generator.open(out)
+    assert len(gen.assets) == 80
+    assert {gen.render([{"seed": 39, "label": label}])[0].served_by for label in (1, 2)} == {"asset"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.yaml", "2.yaml", "b"]
 
 
 def test_cli_build_flags_and_generate_options(tmp_path, capsys, glyph_path):

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..errors import BundleError
+from ..errors import BundleError, DamagedBundle
 from .cache import CacheStats
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,14 @@ class AssetPack:
         try:
             index = json.loads(index_path.read_text())
         except (OSError, ValueError) as exc:
-            raise BundleError(f"{index_path}: unreadable asset index ({exc}); rerun `edgegen precompute` "
-                              "or rebuild the bundle") from None
+            raise DamagedBundle(f"{index_path}: unreadable asset index ({exc}); rerun `edgegen precompute` "
+                                "or rebuild the bundle") from None
+        if not isinstance(index, dict):
+            raise DamagedBundle(f"{index_path}: malformed asset index (a JSON {type(index).__name__}, not an "
+                                "object); rerun `edgegen precompute` or rebuild the bundle")
         if index.get("format") != FORMAT or index.get("content_hash") != content_hash:
-            raise BundleError(f"{index_path}: these assets were rendered for another model artifact; rerun "
-                              "`edgegen precompute BUNDLE REQUESTS` to render them for this one")
+            raise DamagedBundle(f"{index_path}: these assets were rendered for another model artifact; rerun "
+                                "`edgegen precompute BUNDLE REQUESTS` to render them for this one")
         self._maps: list[tuple[Any, mmap.mmap]] = []
         self._pack = self._open(PACK)
         self._size = len(self._pack) if self._pack is not None else 0
@@ -77,10 +80,10 @@ class AssetPack:
                 self._table = (self._open(TABLE) if self._count else None) or b""
                 self._layouts = [(np.dtype(d), tuple(s)) for d, s in index["layouts"]]
             self._check(index.get("pack_bytes"))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             self.close()
-            raise BundleError(f"{index_path}: malformed asset index ({exc}); rerun `edgegen precompute` or rebuild "
-                              "the bundle") from None
+            raise DamagedBundle(f"{index_path}: malformed asset index ({exc}); rerun `edgegen precompute` or "
+                                "rebuild the bundle") from None
         except BundleError:
             self.close()
             raise
@@ -165,10 +168,11 @@ class AssetPack:
             try:
                 self._request_list = [json.loads(line) for line in path.read_text().splitlines()]
             except (OSError, ValueError) as exc:
-                raise BundleError(f"{path}: unreadable asset requests ({exc}); rerun `edgegen precompute`") from None
+                raise DamagedBundle(f"{path}: unreadable asset requests ({exc}); rerun `edgegen precompute`") \
+                    from None
             if len(self._request_list) != self._count:
-                raise BundleError(f"{path}: {len(self._request_list)} requests for {self._count} assets; rerun "
-                                  "`edgegen precompute`")
+                raise DamagedBundle(f"{path}: {len(self._request_list)} requests for {self._count} assets; rerun "
+                                    "`edgegen precompute`")
         return self._request_list
 
     # -- opening --------------------------------------------------------------------------------------
@@ -189,6 +193,8 @@ class AssetPack:
     def _check(self, pack_bytes: int | None) -> None:
         """Refuse a table of the wrong size, or whose entries fall outside the pack the index describes or
         their layout; warn when pack.bin is shorter than its entries need."""
+        if pack_bytes is not None and (type(pack_bytes) is not int or pack_bytes < 0):
+            raise ValueError(f"pack_bytes is {pack_bytes!r}, not a byte count")
         why = _table_problem(self._table, self._count, pack_bytes, self._layouts)
         if why:  # raised here, where no view of the mapping is alive (close() could not unmap it)
             raise ValueError(why)
