@@ -42,13 +42,14 @@ def synthetic_image(seed: int, shape: list[int], value_range: list[float]) -> np
     return (lo + img * (hi - lo)).astype(np.float32)
 
 
-def check_label(spec: TensorSpec, label: int) -> None:
-    """Refuse a label outside [0, num_classes)."""
+def check_label(spec: TensorSpec, label: int, where: str = "") -> None:
+    """Refuse a label outside [0, num_classes); `where` starts the message (e.g. "request 3: ")."""
     if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
-        raise RequestError(f"label must be an integer, got {label!r}")
+        raise RequestError(f"{where}label must be an integer, got {label!r}")
     if label < 0 or (spec.num_classes is not None and label >= spec.num_classes):
         top = f"0..{spec.num_classes - 1}" if spec.num_classes is not None else ">= 0"
-        raise RequestError(f"label {label} is out of range for input {spec.name!r}: this model takes labels {top}")
+        raise RequestError(f"{where}label {label} is out of range for input {spec.name!r}: this model takes "
+                           f"labels {top}")
 
 
 def label_tensor(spec: TensorSpec, label: int, shape) -> np.ndarray:

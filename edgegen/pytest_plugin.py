@@ -4,7 +4,10 @@
     def test_my_generator(edgegen_device):
         run = edgegen_device.open("bundles/")          # bundles/<target>/ or one bundle directory
         assert run.passed, run.failures
-        assert_images_close(run.outputs["image"], run.reference["image"], min_psnr=30)
+        run.assert_close("image", min_psnr=30)       # PSNR over the output's declared range
+
+`assert_images_close(actual, expected, ...)` compares any two arrays (uint8 over 255, floats over the
+expected array's observed span unless data_range says otherwise).
 
 The test runs once per target. `edgegen_device.open` emulates the bundle built for that target
 (`edgegen emulate`: threads, memory ceiling, op support, self-test, aarch64 under QEMU, FPGA RTL)
@@ -38,6 +41,19 @@ class EmulatedRun:
     report: dict[str, Any]
     outputs: dict[str, Any] = field(repr=False)
     reference: dict[str, Any] = field(repr=False)
+    ranges: dict[str, list[float]] = field(default_factory=dict, repr=False)  # declared (low, high) per output
+
+    def assert_close(self, output: str, min_psnr: float | None = None, max_abs: float | None = None) -> dict[str, float]:
+        """assert_images_close of one output against the reference, PSNR over the output's declared range
+        (widened to what the reference spans), as `edgegen emulate` measures it."""
+        from .metrics import value_range
+
+        if output not in self.reference:
+            raise AssertionError(f"{self.bundle} has no output {output!r}; it has {sorted(self.reference)}")
+        if output not in self.outputs:
+            raise AssertionError(f"{self.target}: the bundle did not run here: {self.failures}")
+        span = value_range(self.ranges.get(output), self.reference[output].astype("float32"))
+        return assert_images_close(self.outputs[output], self.reference[output], min_psnr, max_abs, span)
 
     @property
     def passed(self) -> bool:
@@ -91,15 +107,18 @@ class EmulatedDevice:
             raise
         outputs = report.pop("outputs", {})  # none when the bundle failed on this host (run.failures says why)
         self._records.append({"target": self.target, "bundle": str(bundle), "report": report})
-        _, expected = reference.load(bundle, read_manifest(bundle))
-        return EmulatedRun(self.target, bundle, report, outputs, expected)
+        manifest = read_manifest(bundle)
+        _, expected = reference.load(bundle, manifest)
+        ranges = {o["name"]: o["range"] for o in manifest["model"]["outputs"] if o.get("range")}
+        return EmulatedRun(self.target, bundle, report, outputs, expected, ranges)
 
 
 def assert_images_close(actual, expected, min_psnr: float | None = None, max_abs: float | None = None,
                         data_range: float | None = None) -> dict[str, float]:
     """Assert two images (arrays of the same shape: uint8 pixels or float tensors) agree: PSNR >=
     min_psnr dB and/or max-abs <= max_abs. data_range: the span PSNR is measured against (default
-    255 for uint8, else the expected array's declared-or-observed span). Returns the numbers."""
+    255 for uint8, else the expected array's observed span; `EmulatedRun.assert_close` uses the output's
+    declared range). Returns the numbers."""
     import numpy as np
 
     from .metrics import compare, value_range

@@ -39,7 +39,7 @@ def test_marker_runs_the_test_per_target_and_prints_a_summary(pytester, bundles)
             run = edgegen_device.open({str(bundles)!r})
             assert run.passed, run.failures
             assert run.target == edgegen_device.target
-            assert_images_close(run.outputs["image"], run.reference["image"], min_psnr=30)
+            assert run.assert_close("image", min_psnr=30)["psnr_db"] >= 30
     """)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
@@ -138,6 +138,23 @@ def test_a_bundle_that_cannot_be_opened_fails_the_test_and_shows_in_the_table(py
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*edgegen emulated targets*", "x86-onnxruntime*FAIL*no such bundle directory*"])
+
+
+def test_a_runs_assert_close_measures_over_the_declared_range(tmp_path):
+    """assert_images_close over the reference's observed span (0.6 of a [-1, 1] image) failed a bundle that
+    emulate passed: 4.4 dB lower than the PSNR emulate reports."""
+    from edgegen.metrics import psnr
+    from edgegen.pytest_plugin import EmulatedRun
+
+    reference = np.linspace(-0.3, 0.3, 3 * 8 * 8, dtype=np.float32).reshape(1, 3, 8, 8)
+    got = reference + np.float32(0.02) * np.sign(np.sin(np.arange(reference.size))).reshape(reference.shape)
+    run = EmulatedRun("x86-onnxruntime", tmp_path, {"pass": True, "checks": []}, {"image": got}, {"image": reference},
+                      {"image": [-1.0, 1.0]})
+    assert run.assert_close("image", min_psnr=30)["psnr_db"] == pytest.approx(psnr(reference, got, 2.0), abs=1e-3)
+    with pytest.raises(AssertionError, match="images not close"):
+        assert_images_close(got, reference, min_psnr=30)
+    with pytest.raises(AssertionError, match="has no output 'rgb'"):
+        run.assert_close("rgb")
 
 
 def test_assert_images_close_measures_psnr_and_max_abs():

@@ -215,3 +215,10 @@ def test_negative_cache_budgets_are_refused(tmp_path, ort_bundle):
     with pytest.raises(RequestError, match=r"in-memory cache budget \(cache_bytes, feature_cache_bytes\) of -1"):
         Generator.open(ort_bundle, cache_bytes=-1)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("value", [123, b"/tmp/x", ""])
+def test_a_disk_cache_that_is_not_a_path_is_refused_naming_it(ort_bundle, value):
+    """123 and bytes were a TypeError from pathlib; "" turned the disk cache off without a word."""
+    with pytest.raises(RequestError, match=r"disk_cache=.*: give a directory path"):
+        Generator.open(ort_bundle, disk_cache=value)

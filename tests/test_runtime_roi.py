@@ -148,6 +148,22 @@ def test_edit_recomputes_only_what_the_change_reaches(upscaler):
         upscaler.edit(before, smooth_image(96, 92, 5))
 
 
+def test_one_edit_is_counted_as_one_request(upscaler):
+    """The previous output an edit renders on the way was counted as a request of its own (served 2, missed 2)."""
+    gen = Generator.open(upscaler.path)
+    before = smooth_image(48, 48, 7)
+    after = before.copy()
+    after[4:8, 4:8] = 0
+    gen.edit(before, after)
+    stats = gen.stats()
+    assert stats["served"] == {"edit": 1} and stats["lru"]["misses"] == 1
+    far = before.copy()
+    far[::4, ::4] = 255 - far[::4, ::4]  # changes everywhere: the whole frame is computed instead
+    gen.edit(before, far)
+    stats = gen.stats()
+    assert stats["served"] == {"edit": 1, "computed": 1} and stats["lru"]["misses"] == 2
+
+
 def test_an_edit_compares_pictures_as_the_model_takes_them(upscaler):
     """A grey previous picture and the RGB form of an edit of it were refused as of different sizes (20x20 and
     20x20x3); a cell larger than the frame tried to allocate cells^2 booleans (931 GiB for 10**6)."""

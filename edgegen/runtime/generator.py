@@ -67,6 +67,9 @@ class ServeConfig:
                 raise RequestError(f"{name}={value!r}: give an integer >= 1")
         if not isinstance(self.assets, bool):
             raise RequestError(f"assets={self.assets!r}: give True or False")
+        if self.disk_cache is not None and (not isinstance(self.disk_cache, (str, Path)) or str(self.disk_cache) == ""):
+            raise RequestError(f"disk_cache={self.disk_cache!r}: give a directory path (a str or Path), or None for "
+                               "no disk cache")
 
 
 def _is_int(value: Any) -> bool:
@@ -198,15 +201,19 @@ class Generator:
 
     def render(self, requests: list[RequestDict], output: str | None = None) -> list[Rendered]:
         """Serve many requests; each result says what served it. Misses sharing a route run as one batch."""
+        if not isinstance(requests, (list, tuple)):
+            raise RequestError(f"generate_batch and render take a list of requests (dicts), got a "
+                               f"{type(requests).__name__}; for one request call generate(**request)")
         if not requests:
             raise RequestError("generate_batch needs at least one request")
         return self.serve([self._job(i, r, output) for i, r in enumerate(requests)])
 
-    def serve(self, jobs: list[Job], looked_up: bool = False) -> list[Rendered]:
+    def serve(self, jobs: list[Job], looked_up: bool = False, counted: bool = True) -> list[Rendered]:
         """Serve prepared requests (see `prepare`): cached ones from the caches, misses sharing a bucket as
         one backend call. looked_up: the caller already looked them up, and counted their misses (the
-        caches are asked again for what an earlier call has just computed)."""
-        results: list[Rendered | None] = [self.lookup(job.key, count_miss=not looked_up) for job in jobs]
+        caches are asked again for what an earlier call has just computed). counted=False: images a
+        request needs on the way (an edit's previous output), not requests: neither served nor missed."""
+        results: list[Rendered | None] = [self.lookup(job.key, count_miss=counted and not looked_up) for job in jobs]
         groups: dict[tuple, list[tuple[int, Job]]] = {}
         for n, (job, found) in enumerate(zip(jobs, results)):
             if found is None:  # an artifact whose results depend on the batch size computes each alone
@@ -215,9 +222,9 @@ class Generator:
             for (n, job), pixels in zip(group, self._compute([job for _, job in group])):
                 self._remember(job.key, pixels)
                 results[n] = Rendered(pixels, "computed")
-        with self._count_lock:
-            for found in results:
-                self._served[found.served_by] += 1
+        if counted:
+            with self._count_lock:
+                self._served.update(found.served_by for found in results)
         return results
 
     def record(self, served_by: str) -> None:
@@ -307,7 +314,7 @@ class Generator:
             if label is None:
                 top = f"0..{spec.num_classes - 1}" if spec.num_classes else "an integer"
                 raise RequestError(f"request {index} needs a label ({top}) for input {spec.name!r}")
-            check_label(spec, label)
+            check_label(spec, label, f"request {index}: ")
             return f"label:{int(label)}"
         picture = self._picture(spec, request, index)
         if picture is not None:
@@ -450,7 +457,7 @@ class Generator:
         if found is not None:
             self.record(found.served_by)
             return found.pixels
-        base = self.render([{"image": old, "output": output}])[0].pixels
+        base = self.serve([self._job(0, {"image": old, "output": output}, None)], counted=False)[0].pixels
         changed = np.any((old != new).reshape(old.shape[0], old.shape[1], -1), axis=2)
         feeds = self._feeds([job.request], job.route)
         with self._lock:
@@ -463,7 +470,7 @@ class Generator:
         with self._count_lock:
             self._edits.update(edits=1, rects=len(rects or ()), computed_pixels=min(area, h * w), frame_pixels=h * w)
         if patches is None:  # the change reaches so far that the whole frame is cheaper
-            return self.render([{"image": new, "output": output}])[0].pixels
+            return self.serve([job], looked_up=True)[0].pixels
         out_spec = self._spec(job.route.output)
         pixels = base.copy()
         for ((y0, y1), (x0, x1)), patch in patches:

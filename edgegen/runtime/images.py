@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..errors import RequestError
@@ -21,9 +23,21 @@ def image_to_tensor(image, channels: int, value_range: list[float], dtype: str) 
     return (model_pixels(image, channels).astype(np.float32).transpose(2, 0, 1) * ((hi - lo) / 255.0) + lo).astype(dtype)
 
 
+def not_pixels(image) -> str | None:
+    """Why `image` is not a picture when it is a file name or nothing (None otherwise)."""
+    if image is None or isinstance(image, (str, bytes, os.PathLike)):
+        return (f"image must be pixels (a uint8 HxWxC array or a PIL image), got "
+                f"{'None' if image is None else 'a ' + type(image).__name__}; open a file first, e.g. with "
+                "PIL.Image.open(path)")
+    return None
+
+
 def picture_array(image) -> np.ndarray:
     """A uint8 array or a PIL image as an array; a PIL image of a mode other than L, RGB or RGBA (palette,
     CMYK, 1-bit, 16-bit grey, grey + alpha) converted to grey or RGB as an image file is read."""
+    why = not_pixels(image)
+    if why:
+        raise RequestError(why)
     if hasattr(image, "getbands") and image.mode not in ("L", "RGB", "RGBA"):
         from ..image_files import eight_bit
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import RequestError
-from .images import picture_array
+from .images import not_pixels, picture_array
 
 FIELDS = ("seed", "label", "image", "size", "quality", "roi", "output")
 QUALITIES = ("full", "preview")
@@ -47,9 +46,8 @@ def parse(raw: dict[str, Any], index: int, input_names: tuple[str, ...]) -> Requ
     if unknown:
         raise RequestError(f"request {index} has unknown key(s) {sorted(unknown)}; use {', '.join(FIELDS)} "
                            f"or input names {list(input_names)}")
-    if isinstance(raw.get("image"), (str, bytes, os.PathLike)):
-        raise RequestError(f"request {index}: image must be pixels (a uint8 HxWxC array or a PIL image), got a "
-                           f"{type(raw['image']).__name__}; open a file first, e.g. with PIL.Image.open(path)")
+    if raw.get("image") is not None and not_pixels(raw["image"]):
+        raise RequestError(f"request {index}: {not_pixels(raw['image'])}")
     req = Request(arrays={k: raw[k] for k in input_names if raw.get(k) is not None})
     if raw.get("image") is not None:  # a PIL image converted once
         req.image = picture_array(raw["image"])
