@@ -57,9 +57,7 @@ class Evaluator:
         """Worst PSNR and SSIM over the image outputs (each output's own value range; see quality_outputs)."""
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = _scoring_session(ort, model)
         names = [o.name for o in session.get_outputs()]
         got = run_batched(lambda f: dict(zip(names, session.run(names, f))), self.inputs, self.feeds, self.per_call)
         worst = {"psnr_db": float("inf"), "ssim": 1.0, "nmse": 0.0}
@@ -71,6 +69,19 @@ class Evaluator:
             if ref.ndim >= 3:
                 worst["ssim"] = min(worst["ssim"], ssim(ref, got[spec.name], data_range))
         return {"psnr_db": round(worst["psnr_db"], 3), "ssim": round(worst["ssim"], 5), "nmse": worst["nmse"]}
+
+
+def _scoring_session(ort, model: onnx.ModelProto):
+    """A CPU session of the graph to score. ONNX Runtime's layout optimizer (its last level) refuses some
+    graphs it could run as they are: a uint8 cubic downscale moved channels-last fails its scale check.
+    The graph is then scored without that level: the same arithmetic, in NCHW."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime raises its own exception types; a graph it cannot load at all raises below
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator: Evaluator,
