@@ -308,6 +308,19 @@ def test_gelu_is_one_gelu_operator(tmp_path, approximate):
     assert ops["GELU"] == 1, dict(ops)
 
 
+@pytest.mark.parametrize("target", ["x86-litert", "fpga-sim"])
+@pytest.mark.parametrize("op, attrs", [("Mish", {}), ("Selu", {}), ("Selu", {"alpha": 1.2, "gamma": 0.9})])
+def test_one_node_mish_and_selu_lower(tmp_path, target, op, attrs):
+    """The dynamo exporter keeps nn.Mish and nn.SELU as one ONNX node: refused on every TFLite and FPGA
+    target ("no TFLite lowering"), though the legacy exporter's spelling of the same function built."""
+    path = tmp_path / "act.onnx"
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]), helper.make_node(op, ["h"], ["y"], **attrs)]
+    onnx.save(_model(nodes, [_init("w", 3, 3, 3, 3, scale=1.0)], [1, 3, 6, 6], opset=18), str(path))
+    precision = "fp32" if target == "x86-litert" else "int8"
+    result = build(path, target, tmp_path / "b", precision=precision, samples=3)
+    assert result.fidelity["max_abs"] <= 1e-4 if precision == "fp32" else result.fidelity["psnr_db"] > 35
+
+
 _GELU_TAILS = {  # after Add(erf, 1) -> "shifted": how each exporter multiplies by x and by 0.5
     "torchscript": [helper.make_node("Mul", ["h", "shifted"], ["m"]), helper.make_node("Mul", ["m", "half"], ["y"])],
     "dynamo": [helper.make_node("Mul", ["half", "shifted"], ["m"]), helper.make_node("Mul", ["h", "m"], ["y"])],

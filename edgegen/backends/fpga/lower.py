@@ -20,6 +20,7 @@ import onnx
 
 from ...errors import UnsupportedOpError
 from ..tflite.ops.elementwise import _clip_bounds as clip_bounds
+from ..tflite.decompose import SELU_ALPHA, SELU_GAMMA
 from ..tflite.prepare import Prepared, attrs
 from . import arith, unary
 from .emit import Phase, Program, requant_params
@@ -34,7 +35,7 @@ BINARY = ("Add", "Sub", "Mul")
 LINEAR = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 SUPPORTED = tuple(sorted({*LINEAR, *MOVEMENT, *BINARY, "Concat", "Resize", "DepthToSpace", "Gather", "Cast", "Slice",
                           "Expand", "BatchNormalization", *unary.OPS, "Clip", "PRelu"}))
-_SIMPLE_UNARY = ("Identity", "Relu", "Tanh", "Sigmoid", "HardSwish", "Softplus", "Neg", "Abs", "Exp", "Erf")
+_SIMPLE_UNARY = ("Identity", "Relu", "Tanh", "Sigmoid", "HardSwish", "Softplus", "Mish", "Neg", "Abs", "Exp", "Erf")
 
 
 
@@ -53,6 +54,8 @@ def unary_spec(node: onnx.NodeProto, p: Prepared) -> tuple[str, dict] | None:
         return (data[0], {"op": "LeakyRelu", "alpha": float(slope[0])}) if slope.size == 1 else None
     if op == "Gelu":
         return data[0], {"op": op, "approximate": str(a.get("approximate", "none"))}
+    if op == "Selu":
+        return data[0], {"op": op, "alpha": float(a.get("alpha", SELU_ALPHA)), "gamma": float(a.get("gamma", SELU_GAMMA))}
     if op == "HardSigmoid":
         return data[0], {"op": op, "alpha": float(a.get("alpha", 0.2)), "beta": float(a.get("beta", 0.5))}
     if op == "Clip":

@@ -46,6 +46,8 @@ _FUNCTIONS = {
     "HardSwish": lambda x, s: x * _hard_sigmoid(x, 1 / 6, 0.5),
     "Elu": lambda x, s: np.where(x >= 0, x, F(s.get("alpha", 1.0)) * (np.exp(x) - F(1))),
     "Softplus": lambda x, s: np.log1p(np.exp(x)),
+    "Mish": lambda x, s: x * np.tanh(np.logaddexp(F(0), x)),
+    "Selu": lambda x, s: F(s["gamma"]) * np.where(x > 0, x, F(s["alpha"]) * np.expm1(np.minimum(x, F(0)))),
     "Neg": lambda x, s: -x,
     "Abs": lambda x, s: np.abs(x),
     "Exp": lambda x, s: np.exp(x),

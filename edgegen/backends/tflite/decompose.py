@@ -5,6 +5,7 @@
 - LayerNormalization -> ReduceMean, Sub, Mul, ReduceMean, Add, Sqrt, Div, Mul, Add;
 - Softmax -> ReduceMax, Sub, Exp, ReduceSum, Div;
 - Reciprocal -> Div of a constant 1 (the dynamo exporter's `torch.rsqrt`);
+- Mish -> Softplus, Tanh, Mul and Selu -> Elu, Relu, Mul, Add (the dynamo exporter keeps both as one node);
 - a grouped Conv that is not depthwise (CARN, ResNeXt-style blocks) -> one Conv per group on a Slice
   of the input, and Concat.
 
@@ -27,6 +28,7 @@ from .flatbuffer import QParams
 from .qdq import QConst, QuantInfo
 
 POW_EXPONENTS = (0.5, 2.0, 3.0)
+SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875  # ONNX's defaults
 
 
 class _Writer:
@@ -70,8 +72,8 @@ class _Writer:
 
 def decompose(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray], shapes: dict[str, list[int]],
               opset: int, quant: QuantInfo) -> list[onnx.NodeProto]:
-    """The nodes with every rewritable Split, Pow, LayerNormalization, Softmax, Reciprocal and grouped
-    Conv replaced (quant gains the grids of the new tensors that stay int8)."""
+    """The nodes with every rewritable Split, Pow, LayerNormalization, Softmax, Reciprocal, Mish, Selu and
+    grouped Conv replaced (quant gains the grids of the new tensors that stay int8)."""
     out = []
     for node in nodes:
         rewrite = _REWRITES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
@@ -173,6 +175,25 @@ def _reciprocal(w: _Writer, node: onnx.NodeProto, opset: int) -> list | None:
     return w.nodes
 
 
+def _mish(w: _Writer, node: onnx.NodeProto, opset: int) -> list | None:
+    x, shape = node.input[0], w.shapes.get(node.output[0])
+    w.op("Mul", [x, w.op("Tanh", [w.op("Softplus", [x], "softplus", shape)], "tanh", shape)], "product", shape,
+         node.output[0])
+    return w.nodes
+
+
+def _selu(w: _Writer, node: onnx.NodeProto, opset: int) -> list | None:
+    """gamma * (alpha * elu(x) + (1 - alpha) * relu(x)) with an alpha-1 ELU (TFLite's only one)."""
+    a, x, shape = _attrs(node), node.input[0], w.shapes.get(node.output[0])
+    alpha, gamma = float(a.get("alpha", SELU_ALPHA)), float(a.get("gamma", SELU_GAMMA))
+    negative = w.op("Mul", [w.op("Elu", [x], "elu", shape), w.const("ga", np.array(gamma * alpha, np.float32))],
+                    "negative", shape)
+    positive = w.op("Mul", [w.op("Relu", [x], "relu", shape), w.const("gb", np.array(gamma * (1 - alpha), np.float32))],
+                    "positive", shape)
+    w.op("Add", [negative, positive], "sum", shape, node.output[0])
+    return w.nodes
+
+
 def _grouped_conv(w: _Writer, node: onnx.NodeProto, opset: int) -> list | None:
     a = _attrs(node)
     group = a.pop("group", 1)
@@ -200,4 +221,4 @@ def _grouped_conv(w: _Writer, node: onnx.NodeProto, opset: int) -> list | None:
 
 
 _REWRITES = {"Split": _split, "Pow": _pow, "LayerNormalization": _layer_norm, "Softmax": _softmax,
-             "Reciprocal": _reciprocal, "Conv": _grouped_conv}
+             "Reciprocal": _reciprocal, "Mish": _mish, "Selu": _selu, "Conv": _grouped_conv}
