@@ -17,6 +17,9 @@ from onnx import helper, numpy_helper
 from .passes.channel_edit import add_initializer
 
 
+FIXED_SIZES = "edgegen: a Resize to fixed sizes"  # the doc_string of a Resize rewritten here, with its sizes
+
+
 def sizes_as_scales(model: onnx.ModelProto) -> int:
     """Rewrite every such Resize in place (model must be shape-inferred); return how many."""
     graph = model.graph
@@ -37,6 +40,8 @@ def sizes_as_scales(model: onnx.ModelProto) -> int:
         if scales is None:
             continue
         node.input[2] = add_initializer(model, scales, node.name or "resize", "scales")
+        spatial = sizes[2:] if len(sizes) == len(dims) else sizes  # all axes, or those `axes` names
+        node.doc_string = f"{FIXED_SIZES} {[size for size in spatial if size is not None]}"
         del node.input[3]
         for attr in [a for a in node.attribute if a.name == "axes"]:
             node.attribute.remove(attr)
@@ -127,3 +132,41 @@ def _static_dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
     if not tensor.HasField("shape"):
         return None
     return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
+
+
+def lone_fixed_sizes(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(node name, its sizes) of every Resize to fixed sizes whose output reaches a graph output without
+    meeting another computed tensor: at another input size the model still gives those sizes, where one
+    that meets a skip connection (a U-Net's `size=skip.shape[2:]`, folded by the export) follows it."""
+    graph = model.graph
+    constants = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    weights = {t.name: t for t in graph.initializer}
+    producers = {out: n for n in graph.node for out in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    found = []
+    for i, node in enumerate(graph.node):
+        if node.op_type != "Resize":
+            continue
+        if node.doc_string.startswith(FIXED_SIZES):
+            sizes = node.doc_string[len(FIXED_SIZES):].strip()
+        else:
+            given = _given_sizes(node.input[3], node.input[0], 4, weights, producers) if len(node.input) > 3 else None
+            if not given or any(size is None for size in given[2:]):
+                continue
+            sizes = str(given[2:])
+        pending, seen = [node.output[0]], set()
+        while pending:
+            tensor = pending.pop()
+            if tensor in outputs:
+                found.append((node.name or f"Resize_{i}", sizes))
+                break
+            for reader in readers.get(tensor, []):
+                alone = len([x for x in reader.input if x and x not in constants]) == 1
+                if alone and reader.name not in seen:
+                    seen.add(reader.name)
+                    pending.extend(reader.output)
+    return found

@@ -30,6 +30,7 @@ from .errors import BuildError
 from .graph import Graph
 from .metrics import psnr
 from .receptive_field import RoiRefused, spatial_program
+from .resize_sizes import lone_fixed_sizes
 from .runtime.roi import STATIC_SHAPE_BACKENDS, WHOLE_FRAME_SHARE, static_shapes_refusal
 from .specs import TensorSpec, format_shape
 from .split import find_split, split_at
@@ -237,8 +238,15 @@ def _size_parts(graph: Graph, comp: _Compiler, sizes: list[int], images) -> dict
                          f"{out.default_shape[2]}x{out.default_shape[3]}; build it without --tiers")
     # one artifact serves every size where the model and the backend take any (TFLite's shapes are static)
     dynamic = all(s.shape[2:] == [None, None] for s in spatial) and comp.tgt.backend not in STATIC_SHAPE_BACKENDS
+    fixed_sizes = lone_fixed_sizes(graph.model)
     result = {}
     for size in sorted(set(sizes)):
+        if size != base and fixed_sizes:
+            name, given = fixed_sizes[0]
+            raise BuildError(f"{graph.source}: --tiers {size}: Resize {name!r} resizes to the fixed size {given} "
+                             "(F.interpolate(size=...)), and no other tensor of the model sets it, so the output keeps "
+                             f"that size whatever the input's; only {base} can be served. Export with "
+                             "scale_factor= (and dynamic height and width) to serve other sizes")
         dims, sized, tried = _input_dims_for(graph, spatial, out.name, base, size)
         if sized is None:
             near = _sizes_near(graph, spatial, out.name, base, size)

@@ -159,11 +159,12 @@ def geometry_like(seed: int = 0, c: int = 4) -> onnx.ModelProto:
     return model
 
 
-def sized_resize_like(seed: int = 0, c: int = 6, form: str = "sizes") -> onnx.ModelProto:
+def sized_resize_like(seed: int = 0, c: int = 6, form: str = "sizes", skip: bool = True) -> onnx.ModelProto:
     """An image-to-image model that upsamples back with a Resize to fixed sizes, as exporters write
     `F.interpolate(x, size=(32, 32), mode="bilinear")`: form "sizes" for a static input, "axes" the
     opset-18 form (sizes for H and W only), "shape" a dynamic batch (sizes = Concat(Shape(x)[0:2], [32, 32])).
-    image [N,3,32,32] -> out [N,3,32,32]."""
+    skip: the upsampled map is concatenated with the image (a U-Net's skip), else the last conv reads it
+    alone. image [N,3,32,32] -> out [N,3,32,32]."""
     b = _Builder(seed)
     x = b.op("Relu", [b.conv("image", 3, c, stride=2)])
     x = b.op("Relu", [b.conv(x, c, c, stride=2)])                                            # 8x8
@@ -174,7 +175,7 @@ def sized_resize_like(seed: int = 0, c: int = 6, form: str = "sizes") -> onnx.Mo
         sizes = b.const(np.array([32, 32] if form == "axes" else [1, c, 32, 32], np.int64))
     attrs = {"axes": [2, 3]} if form == "axes" else {}
     x = b.op("Resize", [x, "", "", sizes], mode="linear", coordinate_transformation_mode="half_pixel", **attrs)
-    b.op("Tanh", [b.conv(b.op("Concat", [x, "image"], axis=1), c + 3, 3)])
+    b.op("Tanh", [b.conv(b.op("Concat", [x, "image"], axis=1), c + 3, 3) if skip else b.conv(x, c, 3)])
     b.nodes[-1].output[0] = "out"
     batch = "N" if form == "shape" else 1
     model = b.model([helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 32, 32])],

@@ -10,7 +10,7 @@ from edgegen.build import build
 from edgegen.errors import BuildError, RequestError
 from edgegen.runtime import Generator
 from edgegen.runtime.tiers import Tiers, lanczos_resize
-from runtime_models import glyph_like, upscaler_like
+from runtime_models import glyph_like, sized_resize_like, upscaler_like
 
 FAMILIES = "tests/data/families"
 
@@ -296,3 +296,13 @@ def test_a_tier_of_an_export_fixed_at_one_size_says_to_export_it_dynamic(tmp_pat
     with pytest.raises(BuildError, match=r"input 'image' was exported at a fixed 1x3x8x8: export it with dynamic height "
                                          r"and width"):
         build(tmp_path / "fixed.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[16])
+
+
+@pytest.mark.parametrize("form", ["sizes", "shape"])
+def test_a_tier_of_a_model_resizing_to_a_fixed_size_is_refused_naming_the_resize(tmp_path, form):
+    """F.interpolate(size=(32, 32)) before the output: a static export built a 16 tier as if it were a x4 scale
+    (an image the model never gives: it gives 32x32 at any input); a dynamic one blamed a ConvTranspose."""
+    onnx.save(sized_resize_like(form=form, skip=False), str(tmp_path / "m.onnx"))
+    with pytest.raises(BuildError, match=r"--tiers 16: Resize '.*' resizes to the fixed size \[32, 32\] .* only 32 can"):
+        build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[16, 32])
+    assert not (tmp_path / "b").exists()
