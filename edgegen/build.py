@@ -29,7 +29,7 @@ from .inputs import cost_batch, fixed_batch, run_batched, sample_feeds
 from .metrics import compare, max_abs, quality_outputs, value_range
 from .passes.floor import Evaluator, QualityFloor
 from .serving import ServingOptions, build_step as serving_step
-from .source import SourceSession
+from .source import SourceRunError, SourceSession
 
 log = logging.getLogger(__name__)
 
@@ -180,16 +180,24 @@ def _refuse_batch_dependence(source: Graph, reference_run: SourceSession, feeds:
     batch it was traced with, and the bundle would be verified at one batch and serve at another."""
     if fixed_batch(source.inputs) is not None or len(next(iter(feeds.values()))) < 2:
         return
-    pair = reference_run.run({k: v[:2] for k, v in feeds.items()})
     alone = reference_run.run({k: v[:1] for k, v in feeds.items()})
+    try:
+        pair = reference_run.run({k: v[:2] for k, v in feeds.items()})
+    except SourceRunError as exc:  # runs on one input, fails on two: a batch of 1 written into a Reshape's shape
+        raise BuildError(f"{source.source}: the model runs on one input but fails on a batch of two ({exc.failure}): "
+                         f"{FROZEN_BATCH}") from None
     drift = max(max_abs(pair[s.name][:1], alone[s.name]) for s in source.outputs)
     if drift > FP32_MAX_ABS:
         raise BuildError(f"{source.source}: the model's output for one input depends on how many inputs run with "
                          f"it (the first held-out input alone and in a batch of two differ by {drift:.3g} max-abs): "
-                         "the export froze a batch size into its shape arithmetic (such as `B = int(x.shape[0] / "
-                         "...)` in Swin-style window code; the exporter warns about it with a TracerWarning), so the "
-                         "file is right only at the batch it was traced with. Use -1 or x.shape[0] without int() "
-                         "there and re-export, or export with a fixed batch (no dynamic batch axis)")
+                         f"{FROZEN_BATCH}")
+
+
+FROZEN_BATCH = ("the export froze a batch size into its shape arithmetic (such as `x.view(B, C, H, W)` with B taken "
+                "from a shape the tracer recorded as a constant, or `B = int(x.shape[0] / ...)` in Swin-style window "
+                "code; the exporter warns about it with a TracerWarning), so the file is right only at the batch it "
+                "was traced with. Use -1 or x.shape[0] without int() there and re-export, or export with a fixed "
+                "batch (no dynamic batch axis)")
 
 
 def _warn_synthetic_maps(source: Graph) -> None:

@@ -39,9 +39,18 @@ class SourceSession:
             return dict(zip(self._names, self._session.run(self._names, feeds)))
         except Exception as exc:  # onnxruntime raises its own exception types
             shapes = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in feeds.items())
-            raise BuildError(f"the {self.describe} fails on inputs of shape {shapes}: {first_line(exc)}. Where "
-                             "the size is the problem, choose with --input-shape one the model can run (an "
-                             "encoder-decoder needs sides divisible by 2 per downsampling step)") from None
+            raise SourceRunError(first_line(exc), f"the {self.describe} fails on inputs of shape {shapes}: "
+                                 f"{first_line(exc)}. Where the size is the problem, choose with --input-shape one "
+                                 "the model can run (an encoder-decoder needs sides divisible by 2 per downsampling "
+                                 "step)") from None
+
+
+class SourceRunError(BuildError):
+    """The source model failed to run; `failure` is ONNX Runtime's own first line."""
+
+    def __init__(self, failure: str, message: str):
+        super().__init__(message)
+        self.failure = failure
 
 
 def _open_file(ort, path: Path, options):

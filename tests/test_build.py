@@ -501,6 +501,20 @@ def test_a_model_whose_output_depends_on_the_batch_it_runs_in_is_refused(tmp_pat
     assert not (tmp_path / "b").exists()
 
 
+def test_a_model_that_fails_on_a_batch_of_two_is_told_its_export_froze_the_batch(tmp_path):
+    """SAGAN-style `o.view(B, C, H, W)` exports B=1 into the Reshape: it runs alone, fails at batch 2, and was
+    told to choose a size with --input-shape (which gave the same error)."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "traced"], ["y"])]
+    g = helper.make_graph(nodes, "frozen", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [numpy_helper.from_array(np.array([1, 3, 8, 8], np.int64), "traced")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "frozen.onnx"))
+    with pytest.raises(BuildError, match=r"runs on one input but fails on a batch of two \(.*Reshape.*\): the export "
+                                         r"froze a batch size") as info:
+        build(tmp_path / "frozen.onnx", "x86-onnxruntime", tmp_path / "b")
+    assert "--input-shape" not in str(info.value)
+
+
 @pytest.mark.parametrize("name, channels", [("seg_map", 8), ("coords", 2)])
 def test_an_input_named_like_a_segmentation_map_fed_noise_is_warned_about(tmp_path, caplog, name, channels):
     """A CIPS-style coordinate grid was fed Gaussian noise without a word, like a segmentation map had been."""
