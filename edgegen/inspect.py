@@ -24,6 +24,7 @@ def inspect_model(model: str, **graph_options: Any) -> dict[str, Any]:
     """Inputs/outputs with roles, op inventory, costs per node and op support per target."""
     graph = Graph.load(model, **graph_options)
     costs = graph.node_costs()
+    problem = _runs_at_its_shapes(graph)
     support = {}
     for target in targets.load_all():
         try:
@@ -46,7 +47,25 @@ def inspect_model(model: str, **graph_options: Any) -> dict[str, Any]:
         "activation_bytes": sum(c.activation_bytes for c in costs),
         "nodes": [vars(c) for c in costs],
         "targets": support,
+        **({"shape_problem": problem} if problem else {}),
     }
+
+
+def _runs_at_its_shapes(graph: Graph) -> str | None:
+    """Why the model does not run at its input shapes, from one run on zeros (None when it does): shape
+    inference can follow a Reshape or Concat that fails to run, and leaves what it cannot follow at 0."""
+    import numpy as np
+
+    from .source import SourceRunError, SourceSession
+
+    feeds = {s.name: np.zeros(s.default_shape, s.dtype) for s in graph.inputs}
+    try:
+        SourceSession(graph.model).run(feeds)
+    except SourceRunError as exc:
+        given = ", ".join(f"{s.name} {'x'.join(map(str, s.default_shape))}" for s in graph.inputs)
+        return (f"the model does not run at input shapes {given} ({exc.failure}); the costs leave what cannot run at "
+                "0. Choose with --input-shape a size the model runs at")
+    return None
 
 
 def render(report: dict[str, Any], nodes: bool = False) -> str:
@@ -71,6 +90,8 @@ def render(report: dict[str, Any], nodes: bool = False) -> str:
     lines.append("ops     " + ", ".join(f"{op} x{n}" for op, n in report["ops"].items()))
     lines.append(f"cost    {report['macs'] / 1e6:.2f} MMACs, {report['param_bytes'] / 1e6:.2f} MB parameters, "
                  f"{report['activation_bytes'] / 1e6:.2f} MB activations (batch {report['batch']})")
+    if "shape_problem" in report:
+        lines.append(f"warning {report['shape_problem']}")
     if nodes:
         lines.append(f"  {'node':<40} {'op':<18} {'MMACs':>9} {'param KB':>9} {'act KB':>9}  output tensor")
         for c in report["nodes"]:

@@ -51,6 +51,19 @@ def test_inspect_says_when_an_image_input_range_is_assumed(capsys):
     assert code == 0 and "range [0, 1]\n" in out and "assumed" not in out
 
 
+def test_inspect_at_a_shape_the_model_cannot_run_says_so(capsys):
+    """Real-ESRGAN x2 at 37x45 (its pixel unshuffle's Reshape fails to run): inspect printed 0.00 MMACs and
+    "all ops supported"."""
+    from pathlib import Path
+
+    model = str(Path(__file__).parent / "data" / "families" / "realesrgan_x2__dynamo_hw_dyn.onnx")
+    code, out, _ = run(capsys, "inspect", model, "--input-shape", "x=1x3x37x45")
+    assert code == 0 and re.search(r"warning the model does not run at input shapes x 1x3x37x45 \(.*Reshape.*\); "
+                                   "the costs leave what cannot run at 0", out)
+    code, out, _ = run(capsys, "inspect", model, "--input-shape", "x=1x3x38x44")
+    assert code == 0 and "warning the model does not run" not in out
+
+
 def test_inspect_gives_the_cost_of_a_fixed_batch_export_at_its_batch(capsys, tmp_path):
     import onnx
     from conftest import conditional_generator
