@@ -60,9 +60,12 @@ def find_split(graph: Graph) -> tuple[Split | None, str]:
     if best is None:
         return None, "every input joins in the first layers: nothing depends on only some of them"
     total = best.trunk_macs + best.head_macs
-    if not total or best.trunk_macs / total < MIN_TRUNK_SHARE:
+    if not best.trunk_macs:  # only conversions of the inputs (an int8 graph's quantization of the latent)
+        return None, (f"the largest trunk (on {', '.join(best.trunk_inputs)}) holds none of the MACs: every layer "
+                      "reads every input")
+    if best.trunk_macs / total < MIN_TRUNK_SHARE:
         return None, (f"the largest trunk (on {', '.join(best.trunk_inputs)}, cut at {', '.join(best.cut[:3])}) "
-                      f"holds {best.trunk_macs / total if total else 0:.1%} of the MACs, under the "
+                      f"holds {best.trunk_macs / total:.1%} of the MACs, under the "
                       f"{MIN_TRUNK_SHARE:.0%} worth a cache; --split {','.join(best.cut)} makes it anyway")
     return best, ""
 
