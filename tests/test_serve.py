@@ -104,7 +104,7 @@ def test_generate_png_and_json_with_cache_and_latency_headers(server, bundles):
     assert float(response.getheader("X-Edgegen-Latency-Ms")) > 0
     np.testing.assert_array_equal(png_pixels(data), local.generate(seed=3, label=4))
     response, data = post(server, {"seed": 3, "label": 4})
-    assert response.getheader("X-Edgegen-Served-By") == "lru"
+    assert response.getheader("X-Edgegen-Served-By") == "response-cache"
     response, data = post(server, {"seed": 7, "label": 1, "format": "json"})
     body = json.loads(data)
     assert body["served_by"] == "asset" and (body["width"], body["height"]) == (32, 32)
@@ -256,7 +256,7 @@ def test_playground_in_headless_chromium(server):
     assert first["state"] == "done" and first["served-by"] == "computed" and first["size"] == "16x8"
     assert re.search(r"served by computed · [\d.]+ ms on the server", first["text"])
     again = page("?seed=41&label=3&roi=0,0,16,8")
-    assert again["served-by"] == "lru"
+    assert again["served-by"] == "response-cache"
     preview = page("?seed=41&label=3&quality=preview")
     assert preview["size"] == "32x32" and preview["state"] == "done"
     bad = page("?seed=41&label=3&roi=30,30,8,8")
@@ -450,3 +450,17 @@ def test_a_stalled_upload_is_closed_after_the_read_timeout_and_serving_goes_on(b
         assert client.getresponse().status == 200
     finally:
         srv.close()
+
+
+def test_repeats_answered_from_encoded_responses_are_counted_as_such(bundles):
+    """They were counted and labelled as LRU hits, though the LRU was never asked: served.lru != lru.hits."""
+    srv = Server(Generator.open(bundles / "glyph", assets=False)).start()
+    try:
+        served = [post(srv, {"seed": 5, "label": 5})[0].getheader("X-Edgegen-Served-By") for _ in range(4)]
+        stats = json.loads(get(srv, "/v1/stats")[1])
+    finally:
+        srv.close()
+    assert served == ["computed"] + ["response-cache"] * 3
+    generator = stats["generator"]
+    assert generator["served"] == {"computed": 1, "response-cache": 3}
+    assert generator["lru"]["hits"] == 0 and stats["encoded_cache"]["hits"] == 3

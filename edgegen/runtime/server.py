@@ -2,7 +2,8 @@
 
     POST /v1/generate   JSON {seed, label, size, quality, roi: [x, y, w, h], output, image: base64 PNG/JPEG,
                         format: "png" | "json"; a model's other image inputs by name, base64 PNG/JPEG too} -> PNG (headers X-Edgegen-Served-By, X-Edgegen-Latency-Ms)
-                        or JSON {width, height, served_by, latency_ms, key, png_base64}
+                        or JSON {width, height, served_by, latency_ms, key, png_base64}; served by: computed, lru,
+                        asset, disk, or response-cache (a repeat answered from the server's encoded responses)
     GET  /v1/health     the bundle, its inputs and what it offers (sizes, preview, ROI)
     GET  /v1/stats      requests, latencies, caches, batcher
     GET  /              the playground page
@@ -130,8 +131,8 @@ class Server:
         job = self.generator.prepare(fields)
         key = job.key
         encoded = self.encoded.get(f"{key}:{fmt}")
-        if encoded is not None:
-            served_by = "lru"
+        if encoded is not None:  # the generator's caches are not asked: counted under the server's own name
+            served_by = "response-cache"
             self.generator.record(served_by)
             width, height = encoded[1]
             payload = encoded[0]
