@@ -464,3 +464,21 @@ def test_repeats_answered_from_encoded_responses_are_counted_as_such(bundles):
     generator = stats["generator"]
     assert generator["served"] == {"computed": 1, "response-cache": 3}
     assert generator["lru"]["hits"] == 0 and stats["encoded_cache"]["hits"] == 3
+
+
+def test_head_is_answered_wherever_get_is(server):
+    """HEAD /v1/health answered 405, Allow: GET (RFC 9110 9.3.2: HEAD goes wherever GET does)."""
+    url = urlparse(server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    for path in ("/v1/health", "/v1/stats", "/", "/index.html"):
+        conn.request("GET", path)
+        got = conn.getresponse()
+        body = got.read()
+        conn.request("HEAD", path)  # on the same keep-alive connection
+        head = conn.getresponse()
+        assert head.status == 200 and head.read() == b"" and head.getheader("Content-Type") == got.getheader(
+            "Content-Type")
+        if path != "/v1/stats":  # the stats change from one request to the next
+            assert head.getheader("Content-Length") == got.getheader("Content-Length") == str(len(body))
+    conn.close()
+    assert call(server, "HEAD", "/nope")[0].status == 404

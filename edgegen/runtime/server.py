@@ -7,6 +7,7 @@
     GET  /v1/health     the bundle, its inputs and what it offers (sizes, preview, ROI)
     GET  /v1/stats      requests, latencies, caches, batcher
     GET  /              the playground page
+    (HEAD wherever GET: the same headers, no body)
 
 Requests are checked before they queue (body size, image size, fields, seed range, labels, ROI,
 sizes); misses go through a micro-batcher. Errors are JSON {"error": message} with 400 (bad
@@ -197,12 +198,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        """One answer; to HEAD, the same headers without the body."""
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self._headers_buffer.append(b"\r\n")
-        self.wfile.write(b"".join(self._headers_buffer) + body)
+        self.wfile.write(b"".join(self._headers_buffer) + (b"" if self.command == "HEAD" else body))
         self._headers_buffer = []
         with self.app._lock:
             self.app.counts[str(status)] += 1
@@ -262,17 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._not_served(urlparse(self.path).path)
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed  # noqa: N815
-
-    def do_HEAD(self) -> None:  # noqa: N802 - a HEAD answer has headers only
-        allowed = ROUTES.get(urlparse(self.path).path)
-        self.close_connection = True
-        self.send_response(405 if allowed else 404)
-        if allowed:
-            self.send_header("Allow", allowed)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-        with self.app._lock:
-            self.app.counts["405" if allowed else "404"] += 1
+    do_HEAD = do_GET  # noqa: N815 - RFC 9110 9.3.2: GET's answer, which _send gives without its body
 
     def do_POST(self) -> None:  # noqa: N802
         url = urlparse(self.path)
