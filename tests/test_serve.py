@@ -482,3 +482,15 @@ def test_head_is_answered_wherever_get_is(server):
             assert head.getheader("Content-Length") == got.getheader("Content-Length") == str(len(body))
     conn.close()
     assert call(server, "HEAD", "/nope")[0].status == 404
+
+
+def test_a_request_line_without_a_version_gets_a_json_400(server, caplog):
+    """HTTP/0.9's `GET /path`: no answer at all, and an AttributeError logged twice."""
+    caplog.set_level(logging.WARNING)
+    url = urlparse(server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(b"GET /v1/health\r\n")  # an HTTP/0.9 client sends no headers and waits
+        head, _, body = sock.makefile("rb").read().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert "GET /v1/health HTTP/1.1" in json.loads(body)["error"]
+    assert "internal error" not in caplog.text

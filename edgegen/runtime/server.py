@@ -220,6 +220,16 @@ class _Handler(BaseHTTPRequestHandler):
         short, long = self.responses.get(code, ("", ""))
         self._json(code, {"error": f"{message or short}: {explain or long}".rstrip(": ")})
 
+    def parse_request(self) -> bool:
+        """http.server's parsing, less HTTP/0.9 (a request line without a version), whose answer would have no
+        status line or headers: refused before headers are read, as an HTTP/0.9 client sends none."""
+        if len(self.raw_requestline.split()) == 2:
+            self.command, self.requestline = None, str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")  # for the log
+            self.send_error(400, "Bad request version", "send the HTTP version at the end of the request line, "
+                                                        "e.g. GET /v1/health HTTP/1.1 (HTTP/0.9 is not served)")
+            return False
+        return super().parse_request()
+
     def _guard(self, action: Callable[[], None]) -> None:
         try:
             action()
