@@ -494,3 +494,22 @@ def test_a_request_line_without_a_version_gets_a_json_400(server, caplog):
     assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
     assert "GET /v1/health HTTP/1.1" in json.loads(body)["error"]
     assert "internal error" not in caplog.text
+
+
+def test_transfer_encoding_and_short_bodies_are_refused_and_the_connection_closed(server):
+    """A POST with Transfer-Encoding and Content-Length was framed by Content-Length and its chunk ran as a second
+    request (request smuggling); a body cut short of its Content-Length was served as if complete."""
+    url = urlparse(server.url)
+    inner = b"GET /v1/stats HTTP/1.1\r\nHost: x\r\n\r\n"
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner)
+    for head, body, status, message in (
+            (b"Transfer-Encoding: chunked\r\nContent-Length: 4", chunked, 411, "Transfer-Encoding is not supported"),
+            (b"Content-Length: 4\r\nTransfer-Encoding: chunked", chunked, 411, "Transfer-Encoding is not supported"),
+            (b"Content-Length: 2\r\nContent-Length: 200", b"{}" + inner, 400, "'2, 200' is invalid"),
+            (b"Content-Length: 500", b'{"seed": 1, "label": 1}', 400, "the body ended after 23 of its 500 bytes")):
+        with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+            sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n\r\n" + body)
+            sock.shutdown(socket.SHUT_WR)
+            answers = sock.makefile("rb").read()  # to the end: the server closes the connection
+        assert answers.count(b"HTTP/1.1 ") == 1 and answers.startswith(b"HTTP/1.1 %d " % status), answers
+        assert message in json.loads(answers.partition(b"\r\n\r\n")[2])["error"]

@@ -12,8 +12,8 @@
 Requests are checked before they queue (body size, image size, fields, seed range, labels, ROI,
 sizes); misses go through a micro-batcher. Errors are JSON {"error": message} with 400 (bad
 request, including an input the network cannot run at), 404 (no such path), 405 (a method the path
-does not take, with Allow), 411, 413 (too large), 503 (overloaded) or 500 (a fault of the bundle or
-backend, logged; its message is short, never a traceback).
+does not take, with Allow), 411 (no Content-Length, or a Transfer-Encoding), 413 (too large), 503
+(overloaded) or 500 (a fault of the bundle or backend, logged; its message is short, never a traceback).
 """
 
 from __future__ import annotations
@@ -281,28 +281,35 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path != "/v1/generate":
             self._not_served(url.path)
             return
-        length = self.headers.get("Content-Length")
-        if length is None:
-            self.close_connection = True  # a chunked body is not read: it must not be taken for the next request
-            self._json(411, {"error": "send a Content-Length header with the JSON body"})
-            return
-        if not (length.isascii() and length.isdigit()):
-            self.close_connection = True  # where the body ends is unknown
-            self._json(400, {"error": f"the Content-Length header {length!r} is invalid; it must be the body's "
-                                      "size in bytes (an integer >= 0)"})
-            return
-        if int(length) > self.app.max_body_bytes:
+        body = self._body()
+        if body is not None:
+            self._guard(lambda: self._send(*self.app.generate(body, parse_qs(url.query))))
+
+    def _body(self) -> bytes | None:
+        """The request body, framed by its one Content-Length; None when it is refused (answered, and the
+        connection closed: where the body ends is unknown, or it was not read, and must not be taken for the
+        next request)."""
+        lengths = self.headers.get_all("Content-Length") or []
+        length = ", ".join(lengths)  # several are invalid: another server could frame the body by any of them
+        if not lengths or "Transfer-Encoding" in self.headers:  # RFC 9112 6.3: it overrides Content-Length
+            status, error = 411, "send a Content-Length header with the JSON body; Transfer-Encoding is not supported"
+        elif not (length.isascii() and length.isdigit()):
+            status, error = 400, (f"the Content-Length header {length!r} is invalid; it must be the body's size in "
+                                  "bytes (one integer >= 0)")
+        elif int(length) > self.app.max_body_bytes:
             if int(length) <= DRAIN_FACTOR * self.app.max_body_bytes:  # read it away so the client sees the answer
                 left = int(length)
                 while left > 0:
                     left -= len(self.rfile.read(min(1 << 16, left))) or left
-            self.close_connection = True
-            self._json(413, {"error": f"the body is {length} bytes; this server takes at most "
-                                      f"{self.app.max_body_bytes}"})
-            return
-        body = self.rfile.read(int(length))
-        self._guard(lambda: self._send(*self.app.generate(body, parse_qs(url.query))))
-
+            status, error = 413, f"the body is {length} bytes; this server takes at most {self.app.max_body_bytes}"
+        else:
+            body = self.rfile.read(int(length))
+            if len(body) == int(length):
+                return body
+            status, error = 400, f"the body ended after {len(body)} of its {length} bytes; send the whole body"
+        self.close_connection = True
+        self._json(status, {"error": error})
+        return None
 
 def _bind(host: str, port: int, handler: type) -> _HTTPServer:
     """The listening HTTP server; BindError saying why an address cannot be listened on."""
