@@ -7,11 +7,13 @@ import io
 import json
 import logging
 import re
+import signal
 import socket
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from urllib.parse import urlparse
 
 import numpy as np
@@ -513,3 +515,40 @@ def test_transfer_encoding_and_short_bodies_are_refused_and_the_connection_close
             answers = sock.makefile("rb").read()  # to the end: the server closes the connection
         assert answers.count(b"HTTP/1.1 ") == 1 and answers.startswith(b"HTTP/1.1 %d " % status), answers
         assert message in json.loads(answers.partition(b"\r\n\r\n")[2])["error"]
+
+
+@pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stopped_server_answers_the_requests_it_has_taken(bundles, stop, code):
+    """Ctrl-C or SIGTERM with requests waiting in the batcher: the server exited without answering them
+    (its handler threads died with it); an idle keep-alive connection must not hold the exit up."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgegen.cli", "serve", str(bundles / "glyph"), "--port", "0",
+                             "--cache-mb", "0", "--max-delay-us", "5000000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        srv = type("Remote", (), {"url": re.search(r"http://[\d.:]+", proc.stdout.readline()).group(0)})()
+        idle = http.client.HTTPConnection(*urlparse(srv.url).netloc.split(":"), timeout=30)
+        idle.request("GET", "/v1/health")
+        assert idle.getresponse().read()  # the connection stays open, waiting for a next request
+        results = {}
+        clients = [threading.Thread(target=lambda i=i: results.update({i: post(srv, {"seed": 40 + i, "label": 1})}))
+                   for i in range(6)]  # fewer than --max-batch, which would run them at once
+        for client in clients:
+            client.start()
+        deadline = time.monotonic() + 60
+        while json.loads(get(srv, "/v1/stats")[1])["batcher"]["pending"] < 6:  # all wait in the batcher
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(stop)
+        start = time.monotonic()
+        proc.wait(timeout=30)
+        assert time.monotonic() - start < 3  # not the 5 s the batch would wait, nor the grace for idle connections
+        for client in clients:
+            client.join(timeout=30)
+        assert proc.returncode == code
+        assert sorted(results) == list(range(6))
+        assert all(response.status == 200 and png_pixels(data).shape == (32, 32, 3)
+                   for response, data in results.values())
+        assert idle.sock.recv(1) == b""  # closed by the server
+    finally:
+        proc.kill()
+        proc.communicate()

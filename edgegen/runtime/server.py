@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import errno
 import io
 import json
@@ -52,6 +53,7 @@ ENCODED_CACHE_BYTES = 16 << 20
 LATENCY_WINDOW = 4096
 DRAIN_FACTOR = 4
 READ_TIMEOUT_S = 30.0
+CLOSE_GRACE_S = 5.0  # how long close() waits for the requests it has taken to be answered
 MAX_DIGITS = 100  # longer integer literals take no field (and Python refuses to convert past 4300 digits)
 ROUTES = {"/v1/generate": "POST", "/v1/health": "GET", "/v1/stats": "GET", "/": "GET", "/index.html": "GET"}
 
@@ -95,10 +97,14 @@ class Server:
         self._thread.start()
         return self
 
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
+        """Stop taking connections, close the idle ones, compute what waits in the batcher and give the
+        handlers up to grace_s to answer the requests they have taken."""
+        if self._thread is not None:
+            self.httpd.shutdown()  # the accept loop ends (serve() runs its own, which the interrupt ended)
+        self.httpd.stop()
         self.batcher.close()
+        self.httpd.wait(grace_s)
 
     # -- endpoints ------------------------------------------------------------------------------
     def generate(self, body: bytes, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
@@ -180,12 +186,64 @@ class Server:
 
 
 class _HTTPServer(ThreadingHTTPServer):
+    """Keeps its open connections, and which of them wait for a request, so that stop() closes those and
+    wait() waits for the others' answers, for a bounded time (server_close() does not join handler threads;
+    they are daemons, so that one stuck past the wait does not hold the process)."""
+
     daemon_threads = True
+    block_on_close = False
     request_queue_size = 256  # many clients connecting at once must not be reset by a short listen backlog
+
+    def __init__(self, address: tuple[str, int], handler: type) -> None:
+        self.connections: dict[socket.socket, bool] = {}  # open connection -> idle (waiting for a request)
+        self.changed = threading.Condition()
+        self.stopping = False
+        super().__init__(address, handler)
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        with self.changed:
+            self.connections[request] = False  # taken: its request is on its way
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        super().shutdown_request(request)
+        with self.changed:
+            self.connections.pop(request, None)
+            self.changed.notify_all()
+
+    def set_idle(self, connection: socket.socket, idle: bool) -> None:
+        """Mark a connection as waiting for its next request or not (once stopping, it waits for none)."""
+        with self.changed:
+            self.connections[connection] = idle
+            if idle and self.stopping:
+                _end_reading(connection)
+
+    def stop(self) -> None:
+        """Take no more connections; the open ones close once they have answered what they were sent (those
+        waiting for a request read their end)."""
+        self.server_close()
+        with self.changed:
+            self.stopping = True
+            for connection, idle in self.connections.items():
+                if idle:
+                    _end_reading(connection)
+
+    def wait(self, grace_s: float) -> None:
+        """Wait up to grace_s for every connection to be answered and closed."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: not self.connections, grace_s):
+                log.warning("stopping with %d connection(s) still busy after %g s", len(self.connections), grace_s)
+
+
+def _end_reading(connection: socket.socket) -> None:
+    """Shut a connection for reading: what it was sent can still be read, then its end (a blocked read wakes)."""
+    with contextlib.suppress(OSError):  # closed meanwhile
+        connection.shutdown(socket.SHUT_RD)
 
 
 class _Handler(BaseHTTPRequestHandler):
     app: Server
+    server: _HTTPServer
     protocol_version = "HTTP/1.1"
     server_version = "edgegen"
 
@@ -197,12 +255,27 @@ class _Handler(BaseHTTPRequestHandler):
         # answers go out in one write, without waiting for the client's delayed ACK (Nagle)
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def handle_one_request(self) -> None:
+        """Handle the next request; until it begins, the connection is marked idle, so that stopping the server
+        ends the wait."""
+        self.server.set_idle(self.connection, True)
+        try:
+            self.rfile.peek(1)  # the request's first byte, or the end (the client's, or the server's)
+        except TimeoutError:  # as http.server: an idle connection is closed after its timeout
+            self.close_connection = True
+            return
+        finally:
+            self.server.set_idle(self.connection, False)
+        super().handle_one_request()  # at the end, it reads nothing and closes the connection
+
     def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
         """One answer; to HEAD, the same headers without the body."""
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
+        if self.server.stopping:
+            self.send_header("Connection", "close")  # this connection takes no more requests
         self._headers_buffer.append(b"\r\n")
         self.wfile.write(b"".join(self._headers_buffer) + (b"" if self.command == "HEAD" else body))
         self._headers_buffer = []
@@ -385,5 +458,4 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8080, threads
     try:
         server.httpd.serve_forever()
     finally:
-        server.httpd.server_close()
-        server.batcher.close()
+        server.close()
