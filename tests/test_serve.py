@@ -552,3 +552,12 @@ def test_a_stopped_server_answers_the_requests_it_has_taken(bundles, stop, code)
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_listening_beyond_this_machine_warns_that_there_is_no_authentication(bundles, caplog):
+    caplog.set_level(logging.WARNING)
+    gen = Generator.open(bundles / "glyph")
+    Server(gen).close()
+    assert "authentication" not in caplog.text
+    Server(gen, host="0.0.0.0").close()
+    assert re.search(r"listening on 0\.0\.0\.0:\d+, every interface: this API has no authentication", caplog.text)

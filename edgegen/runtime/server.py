@@ -23,6 +23,7 @@ import binascii
 import contextlib
 import errno
 import io
+import ipaddress
 import json
 import logging
 import socket
@@ -76,6 +77,7 @@ class Server:
         # a connection that sends nothing for read_timeout_s (a stalled upload, an idle keep-alive) is closed
         handler = type("Handler", (_Handler,), {"app": self, "timeout": read_timeout_s})
         self.httpd = _bind(host, port, handler)
+        _warn_if_reachable(*self.httpd.server_address[:2])
         self.batcher = MicroBatcher(generator, max_batch, max_delay_us)
         self.max_body_bytes = max_body_bytes
         self.max_image_pixels = max_image_pixels
@@ -399,6 +401,15 @@ def _bind(host: str, port: int, handler: type) -> _HTTPServer:
                 errno.EADDRNOTAVAIL: "the address is not one of this machine's; use 127.0.0.1, 0.0.0.0 or one of "
                                      "its own addresses"}.get(exc.errno, "choose another host or port")
         raise BindError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {hint}") from None
+
+
+def _warn_if_reachable(address: str, port: int) -> None:
+    """A warning when the server listens beyond this machine, as the API has no authentication."""
+    ip = ipaddress.ip_address(address)
+    if not ip.is_loopback:
+        log.warning("listening on %s:%d, %s: this API has no authentication and other machines can reach it; "
+                    "listen on 127.0.0.1 (the default) unless that is meant, or put an authenticating proxy in front",
+                    address, port, "every interface" if ip.is_unspecified else "an address of this machine's network")
 
 
 class _LongNumber:
