@@ -386,6 +386,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(status, {"error": error})
         return None
 
+
 def _bind(host: str, port: int, handler: type) -> _HTTPServer:
     """The listening HTTP server; BindError saying why an address cannot be listened on."""
     if not 0 <= port <= 65535:
