@@ -590,17 +590,9 @@ def test_an_openvino_int8_build_of_a_cubic_downscale_is_scored_and_built(tmp_pat
     """Scoring the OpenVINO int8 form (uint8 activations) in ONNX Runtime failed at session load: its layout
     optimizer moves the uint8 cubic Resize channels-last, where a downscale fails its scale check (an
     internal error; ONNX Runtime int8 and OpenVINO fp32 built)."""
-    from int8_builds import save_graph
+    from int8_builds import resize_between_convs
 
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w"),
-             numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "scales"),
-             numpy_helper.from_array(rng.standard_normal((3, 8, 3, 3)).astype(np.float32) * 0.3, "w2")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["h"], ["a"]),
-             helper.make_node("Resize", ["a", "", "scales"], ["d"], mode="cubic"),
-             helper.make_node("Conv", ["d", "w2"], ["out"], pads=[1, 1, 1, 1])]
-    path = save_graph(tmp_path / "down.onnx", nodes, inits, 3)
+    path = resize_between_convs(tmp_path / "down.onnx", 3, 8, [1, 1, 0.5, 0.5], mode="cubic")
     result = build(path, "x86-openvino", tmp_path / "b", precision="int8", calibration_count=8,
                    graph_options={"input_shapes": {"x": [1, 3, 32, 32]}})
     assert result.fidelity["psnr_db"] > 35

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgegen.passes.shuffle_nhwc import moves_channels_last
 
-from int8_builds import onnxruntime_int8, save_graph
+from int8_builds import onnxruntime_int8, resize_between_convs, save_graph
 
 CHANNELS = 32
 
@@ -113,15 +113,7 @@ def test_onnxruntime_int8_artifact_of_a_transposed_convolution_has_it(tmp_path):
 
 
 def test_onnxruntime_int8_artifact_of_a_nearest_upsampler_has_it(tmp_path):
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((16, 4, 3, 3)).astype(np.float32) * 0.3, "w"),
-             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
-             numpy_helper.from_array(rng.standard_normal((3, 16, 3, 3)).astype(np.float32) * 0.3, "w2")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["h"], ["a"]),
-             helper.make_node("Resize", ["a", "", "scales"], ["u"], mode="nearest"),
-             helper.make_node("Conv", ["u", "w2"], ["out"], pads=[1, 1, 1, 1])]
-    path = save_graph(tmp_path / "nearest.onnx", nodes, inits, 4)
+    path = resize_between_convs(tmp_path / "nearest.onnx", 4, 16, [1, 1, 2, 2], mode="nearest")
     result, ops = onnxruntime_int8(path, tmp_path / "b", graph_options={"input_shapes": {"x": [1, 4, 16, 16]}})
     assert "Resize" not in ops and "Expand" in ops
     qdq_graph = result.manifest["passes"]["quantize"]["all_int8"]["psnr_db"]  # before the backend's rewrites
