@@ -117,7 +117,8 @@ def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
     for name, expected in sorted(manifest.get("files", {}).items()):
         file = path / name
         if not file.is_file():
-            raise DamagedBundle(f"{path}: file {name!r} listed in the manifest is missing. Rebuild or re-copy the bundle.")
+            raise DamagedBundle(f"{path}: file {name!r} listed in the manifest is missing. Rebuild or re-copy the "
+                                "bundle.")
         if sha256_file(file) != expected:
             raise DamagedBundle(f"{path}: file {name!r} does not match its sha256 in the manifest (modified or "
                               "corrupted). Refusing to load it; rebuild or re-copy the bundle.")

@@ -43,7 +43,8 @@ class EmulatedRun:
     reference: dict[str, Any] = field(repr=False)
     ranges: dict[str, list[float]] = field(default_factory=dict, repr=False)  # declared (low, high) per output
 
-    def assert_close(self, output: str, min_psnr: float | None = None, max_abs: float | None = None) -> dict[str, float]:
+    def assert_close(self, output: str, min_psnr: float | None = None,
+                     max_abs: float | None = None) -> dict[str, float]:
         """assert_images_close of one output against the reference, PSNR over the output's declared range
         (widened to what the reference spans), as `edgegen emulate` measures it."""
         from .metrics import value_range

@@ -70,7 +70,8 @@ def test_request_file_forms(tmp_path):
                           ("requests: 5", "requests: must be a list"), ("[]", "holds no requests"),
                           ("- {seed: 1, seed: 2}", "key 'seed' is given twice"),
                           ("grid: {seed: '0..999999999'}", "holds 1000000000 values; precompute at most"),
-                          ("grid: {seed: '0..99999', label: '0..99'}", r"the grid holds 10000000 requests \(100000 x 100\)"),
+                          ("grid: {seed: '0..99999', label: '0..99'}",
+                           r"the grid holds 10000000 requests \(100000 x 100\)"),
                           ("log: log.jsonl\ntop: true", "top must be a positive integer, got True")]:  # was top 1
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(BuildError, match=message):

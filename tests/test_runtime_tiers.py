@@ -303,6 +303,7 @@ def test_a_tier_of_a_model_resizing_to_a_fixed_size_is_refused_naming_the_resize
     """F.interpolate(size=(32, 32)) before the output: a static export built a 16 tier as if it were a x4 scale
     (an image the model never gives: it gives 32x32 at any input); a dynamic one blamed a ConvTranspose."""
     onnx.save(sized_resize_like(form=form, skip=False), str(tmp_path / "m.onnx"))
-    with pytest.raises(BuildError, match=r"--tiers 16: Resize '.*' resizes to the fixed size \[32, 32\] .* only 32 can"):
+    with pytest.raises(BuildError, match=r"--tiers 16: Resize '.*' resizes to the fixed size \[32, 32\] .* "
+                                         r"only 32 can"):
         build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[16, 32])
     assert not (tmp_path / "b").exists()

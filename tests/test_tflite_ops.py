@@ -314,7 +314,8 @@ def test_one_node_mish_and_selu_lower(tmp_path, target, op, attrs):
     """The dynamo exporter keeps nn.Mish and nn.SELU as one ONNX node: refused on every TFLite and FPGA
     target ("no TFLite lowering"), though the legacy exporter's spelling of the same function built."""
     path = tmp_path / "act.onnx"
-    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]), helper.make_node(op, ["h"], ["y"], **attrs)]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node(op, ["h"], ["y"], **attrs)]
     onnx.save(_model(nodes, [_init("w", 3, 3, 3, 3, scale=1.0)], [1, 3, 6, 6], opset=18), str(path))
     precision = "fp32" if target == "x86-litert" else "int8"
     result = build(path, target, tmp_path / "b", precision=precision, samples=3)

@@ -55,7 +55,8 @@ def unary_spec(node: onnx.NodeProto, p: Prepared) -> tuple[str, dict] | None:
     if op == "Gelu":
         return data[0], {"op": op, "approximate": str(a.get("approximate", "none"))}
     if op == "Selu":
-        return data[0], {"op": op, "alpha": float(a.get("alpha", SELU_ALPHA)), "gamma": float(a.get("gamma", SELU_GAMMA))}
+        return data[0], {"op": op, "alpha": float(a.get("alpha", SELU_ALPHA)),
+                         "gamma": float(a.get("gamma", SELU_GAMMA))}
     if op == "HardSigmoid":
         return data[0], {"op": op, "alpha": float(a.get("alpha", 0.2)), "beta": float(a.get("beta", 0.5))}
     if op == "Clip":
