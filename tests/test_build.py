@@ -346,6 +346,8 @@ def test_a_model_exported_in_float16_is_built_from_its_float32_form(tmp_path):
     out = Generator.open(tmp_path / "x86-litert-fp32").run({"image": x})["out"]
     file_out = ort.InferenceSession(str(tmp_path / "half.onnx")).run(None, {"image": x})[0]
     assert out.dtype == np.float16 and np.abs(out.astype(np.float32) - file_out.astype(np.float32)).max() < 2e-3
+    from_float32 = Generator.open(tmp_path / "x86-litert-fp32").run({"image": x.astype(np.float32)})["out"]
+    np.testing.assert_array_equal(from_float32, out)  # float32 inputs as the README says (they were refused)
     np.savez(tmp_path / "calibration.npz", image=rng.random((40, 3, 8, 8)).astype(np.float16))
     build(tmp_path / "half.onnx", "x86-onnxruntime", tmp_path / "calibrated", precision="int8",
           calibration=str(tmp_path / "calibration.npz"))

@@ -656,9 +656,11 @@ class Generator:
         dtype = spec.dtype if computed else spec.source_dtype
         wanted = "x".join("N" if (d is None and batched and i == 0) else ("?" if d is None else str(d))
                           for i, d in enumerate(declared))
+        if dtype == "float16" and array.dtype == np.float32:  # a float16 export's inputs, given in float32
+            array = array.astype(np.float16)
         if array.dtype != np.dtype(dtype):
-            raise RequestError(f"input {spec.name!r} must be {dtype}, got {array.dtype}; "
-                               f"convert with .astype(np.{dtype})")
+            raise RequestError(f"input {spec.name!r} must be {dtype}{' (or float32)' * (dtype == 'float16')}, got "
+                               f"{array.dtype}; convert with .astype(np.{dtype})")
         if array.ndim != len(declared) or any(d is not None and d != s for d, s in zip(declared, array.shape)):
             raise RequestError(f"input {spec.name!r} must have shape {wanted or 'scalar'}"
                                f"{' (with the batch axis)' if batched else ' (without the batch axis)'}, "
