@@ -271,7 +271,8 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
     from .passes.calibration import load_calibration
 
     report("calibrate", 0, 1)
-    calibration = load_calibration(graph.inputs, opts.calibration, opts.calibration_count, graph.name)
+    calibration = load_calibration(graph.inputs, opts.calibration, opts.calibration_count, graph.name,
+                                   sum(c.activation_bytes for c in graph.node_costs()))
     if opts.prune is not None or opts.prune_to_macs is not None:
         graph, passes["prune"] = _prune(graph, calibration, opts, evaluator, report)
     if precision == "int8":

@@ -252,8 +252,23 @@ def test_an_output_path_through_a_file_is_a_user_error_not_a_traceback(capsys, t
 def test_a_calibration_count_beyond_memory_is_refused_before_allocating(capsys, tmp_path, cgen_path):
     code, _, err = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "--precision", "int8",
                        "--calibration-count", "1000000000", "-o", str(tmp_path / "b"))
-    assert code == 2 and "--calibration-count 1000000000: calibration holds every sample in memory" in err
+    assert code == 2 and "--calibration-count 1000000000: calibration holds every sample and what it collects " \
+                         "from it in memory" in err
     assert "use at most" in err and not (tmp_path / "b").exists()
+    # a count whose inputs fit but whose activations, which calibration collects too, do not (it was accepted
+    # and calibration died of bad_alloc)
+    from edgegen.graph import Graph
+    from edgegen.inputs import sample_feeds
+    from edgegen.passes.calibration import MEMORY_SHARE, available_memory
+
+    graph = Graph.load(cgen_path)
+    inputs = sum(v.nbytes for v in sample_feeds(graph.inputs, [0]).values())
+    activations = sum(c.activation_bytes for c in graph.node_costs())
+    count = int(available_memory() * MEMORY_SHARE / (inputs + activations / 2))
+    assert count * inputs < available_memory() * MEMORY_SHARE / 2
+    code, _, err = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "--precision", "int8",
+                       "--calibration-count", str(count), "-o", str(tmp_path / "b"))
+    assert code == 2 and "use at most" in err and not (tmp_path / "b").exists()
     with pytest.raises(SystemExit) as exit_:
         main(["build", str(cgen_path), "-t", "x86-onnxruntime", "--calibration-count", "-4", "-o", str(tmp_path / "b")])
     assert exit_.value.code == 2 and "--calibration-count: -4 is out of range; use >= 1" in capsys.readouterr().err

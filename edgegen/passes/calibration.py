@@ -42,22 +42,24 @@ class Calibration:
         return {"source": self.source, "count": self.count}
 
 
-def load_calibration(specs: list[TensorSpec], source: str | None, count: int, model_name: str = "") -> Calibration:
-    """Calibration inputs from `source` (None/'spec', 'zoo', an image folder, or an .npy/.npz file)."""
+def load_calibration(specs: list[TensorSpec], source: str | None, count: int, model_name: str = "",
+                     activation_bytes: int = 0) -> Calibration:
+    """Calibration inputs from `source` (None/'spec', 'zoo', an image folder, or an .npy/.npz file);
+    activation_bytes: what the model's tensors take per sample, which calibration keeps too."""
     if count < 1:
         raise RequestError(f"calibration count must be >= 1, got {count}")
     if source in (None, "spec"):
-        check_memory(specs, count)
+        check_memory(specs, count, activation_bytes)
         return Calibration(sample_feeds(specs, list(range(count))), f"input spec (seeds 0..{count - 1})")
     if source == "zoo":
         folder = ZOO_DIR / f"{model_name}.calib"
         if not folder.is_dir():
             raise RequestError(f"zoo model {model_name!r} ships no calibration images ({folder}); use "
                                "--calibration spec, a folder of images or an .npz file")
-        return _from_images(specs, folder, count, f"zoo:{model_name} calibration images")
+        return _from_images(specs, folder, count, f"zoo:{model_name} calibration images", activation_bytes)
     path = Path(source)
     if path.is_dir():
-        return _from_images(specs, path, count, str(path))
+        return _from_images(specs, path, count, str(path), activation_bytes)
     if path.suffix in (".npy", ".npz") and path.is_file():
         return _from_arrays(specs, path, count)
     if not path.exists() and (path.suffix in (".npy", ".npz") or len(path.parts) > 1):
@@ -66,14 +68,16 @@ def load_calibration(specs: list[TensorSpec], source: str | None, count: int, mo
                        ".npy/.npz file")
 
 
-def check_memory(specs: list[TensorSpec], count: int) -> None:
-    """Refuse a calibration count whose input samples alone would not fit in this host's memory (arrays from
-    a file give at most the samples they hold, so only the spec and image folders are checked)."""
-    per_sample = sum(v.nbytes for v in sample_feeds(specs, [0]).values())
+def check_memory(specs: list[TensorSpec], count: int, activation_bytes: int = 0) -> None:
+    """Refuse a calibration count whose samples, and the tensors the calibrator collects from each (up to the
+    model's activations: the histogram methods keep them all), would not fit in this host's memory (arrays
+    from a file give at most the samples they hold, so only the spec and image folders are checked)."""
+    per_sample = sum(v.nbytes for v in sample_feeds(specs, [0]).values()) + activation_bytes
     available = available_memory()
     if available is not None and count * per_sample > available * MEMORY_SHARE:
         most = max(1, int(available * MEMORY_SHARE // per_sample))
-        raise RequestError(f"--calibration-count {count}: calibration holds every sample in memory, about "
+        raise RequestError(f"--calibration-count {count}: calibration holds every sample and what it collects "
+                           "from it in memory, about "
                            f"{count * per_sample / 1e9:,.1f} GB ({per_sample / 1e6:.2f} MB per sample), and this "
                            f"host has {available / 1e9:.1f} GB available; use at most {most} (32-512 samples are "
                            "typical)")
@@ -90,10 +94,11 @@ def available_memory() -> int | None:
     return None
 
 
-def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str) -> Calibration:
+def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str,
+                 activation_bytes: int = 0) -> Calibration:
     from PIL import Image
 
-    check_memory(specs, count)
+    check_memory(specs, count, activation_bytes)
     image_specs = [s for s in specs if s.role == "image"]
     if len(image_specs) != 1:
         raise RequestError(f"calibration from images needs a model with exactly one image input; this one has "
