@@ -27,7 +27,7 @@ from .errors import BuildError, BundleError
 from .float16 import float32_reference
 from .inputs import run_batched
 from .source import SourceSession
-from .specs import TensorSpec
+from .specs import TensorSpec, format_shape
 
 
 def run(bundle_dir: str | Path, threads: list[int], batch: int | None = None, runs: int = 50, warmup: int = 5,
@@ -120,12 +120,20 @@ def _source_path(manifest: dict[str, Any], given: str | None) -> Path:
         raise BuildError(f"{path} changed since the bundle was built (sha256 differs); pass --source explicitly.")
     import onnx
 
-    # a model given in the source's place must at least take the bundle's inputs
-    takes = sorted(i.name for i in onnx.load(str(path), load_external_data=False).graph.input)
-    wanted = sorted(s["name"] for s in manifest["model"]["inputs"])
-    if not set(wanted) <= set(takes):
+    # a model given in the source's place must take the bundle's inputs, no others, at shapes that fit them
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}  # listed as inputs by keep_initializers_as_inputs
+    takes = {i.name: [d.dim_value or None for d in i.type.tensor_type.shape.dim] for i in graph.input
+             if i.name not in weights}
+    wanted = {spec.name: spec.source_shape for spec in map(TensorSpec.from_json, manifest["model"]["inputs"])}
+    differs = set(takes) != set(wanted) or any(
+        len(takes[name]) != len(dims) or any(a and b and a != b for a, b in zip(takes[name][1:], dims[1:]))
+        for name, dims in wanted.items())
+    if differs:
+        shapes = "; ".join(f"{name} {format_shape(dims)}" for name, dims in sorted(takes.items()))
+        bundle = "; ".join(f"{name} {format_shape(dims)}" for name, dims in sorted(wanted.items()))
         raise BuildError(f"--source {path} is not the model this bundle was built from: its sha256 differs from "
-                         f"{manifest['model']['source']}'s, and it takes inputs {takes}, the bundle {wanted}. Pass the "
+                         f"{manifest['model']['source']}'s, and it takes inputs {shapes}, the bundle {bundle}. Pass the "
                          "model the bundle was built from.")
     return path
 

@@ -142,6 +142,17 @@ def test_bench_with_baseline_writes_json(capsys, tmp_path, ort_bundle):
     onnx.save(spade_like(), str(other))
     code, _, err = run(capsys, "bench", str(ort_bundle), "--baseline", "--source", str(other), "--runs", "2")
     assert code == 2 and "is not the model this bundle was built from" in err and "Traceback" not in err
+    # one more input, or another latent size: was taken as the source, then failed with a SourceRunError
+    source = onnx.load(json.loads((ort_bundle / "manifest.json").read_text())["model"]["source"])
+    extra, narrow = onnx.ModelProto(), onnx.ModelProto()
+    extra.CopyFrom(source)
+    narrow.CopyFrom(source)
+    extra.graph.input.append(onnx.helper.make_tensor_value_info("noise", onnx.TensorProto.FLOAT, ["N", 4]))
+    next(i for i in narrow.graph.input if i.name == "latent").type.tensor_type.shape.dim[1].dim_value = 8
+    for model in (extra, narrow):
+        onnx.save(model, str(other))
+        code, _, err = run(capsys, "bench", str(ort_bundle), "--baseline", "--source", str(other), "--runs", "2")
+        assert code == 2 and "is not the model this bundle was built from" in err, err
 
 
 def test_zoo_lists_names(capsys):
