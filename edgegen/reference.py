@@ -26,7 +26,9 @@ def load(directory: Path, manifest: dict[str, Any]) -> tuple[dict[str, np.ndarra
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError) as exc:
-        raise DamagedBundle(f"{path}: reference data unreadable ({exc}); rebuild the bundle") from None
+        # numpy reads what is not an .npz as a pickle, which allow_pickle=False refuses: a damaged file, not a pickle
+        why = "not a numpy .npz archive" if "allow_pickle" in str(exc) else str(exc)
+        raise DamagedBundle(f"{path}: reference data unreadable ({why}); rebuild the bundle") from None
     split = {"input": {}, "output": {}}
     for key, value in arrays.items():
         kind, name = key.split(":", 1)
