@@ -80,10 +80,10 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
                          f"{manifest['precision']} on this model here; try another target or precision")
     execution = manifest.get("execution")
     if execution and manifest["precision"] in ("fp16", "bf16") and execution.get("float_types"):
-        lines.append(f"  executes  {manifest['precision']}: the plugin runs the compute layers in "
+        lines.append(f"  executes  {manifest['precision']}: {manifest['backend']} runs the compute layers in "
                      + ", ".join(f"{k} x{v}" for k, v in sorted(execution["float_types"].items())))
         if INFERENCE_PRECISION[manifest["precision"]] not in execution["float_types"]:
-            lines.append(f"  warning   no layer runs in {manifest['precision']} on this host (the plugin chose "
+            lines.append(f"  warning   no layer runs in {manifest['precision']} on this host ({manifest['backend']} chose "
                          f"{', '.join(sorted(execution['float_types']))}): the fidelity and latency above are not "
                          f"{manifest['precision']}'s; a device that runs it will differ")
     if execution and execution["int8"]:

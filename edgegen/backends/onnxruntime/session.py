@@ -76,19 +76,24 @@ class Session:
         return provider
 
     def execution_report(self) -> dict[str, dict[str, int]]:
-        """Compute nodes of the graph ONNX Runtime actually executes (after its QDQ fusions), int8 vs float."""
-        report: dict[str, dict[str, int]] = {"int8": {}, "float": {}}
-        for op_type in self._optimized_ops():
+        """Compute nodes of the graph ONNX Runtime actually executes (after its QDQ fusions), int8 vs float; the
+        float ones also by the type they compute in (`float_types`: the CPU provider has no fp16 convolution, so
+        it casts an fp16 model's weights to f32 and computes there)."""
+        report: dict[str, dict[str, int]] = {"int8": {}, "float": {}, "float_types": {}}
+        for op_type, computes_in in self._optimized_ops():
             if op_type in _PLUMBING:
                 continue
             if op_type in _INT8_KERNELS or op_type.startswith("QLinear"):
                 kind, layer = "int8", _INT8_KERNELS.get(op_type, op_type.removeprefix("QLinear"))
             else:
                 kind, layer = "float", op_type
+                report["float_types"][computes_in] = report["float_types"].get(computes_in, 0) + 1
             report[kind][layer] = report[kind].get(layer, 0) + 1
         return report
 
-    def _optimized_ops(self) -> list[str]:
+    def _optimized_ops(self) -> list[tuple[str, str]]:
+        """(op type, the float type of its first input: "f16", "f32" or "other") of every node ONNX Runtime
+        runs, the types followed from the graph's inputs and constants through Casts."""
         import tempfile
 
         import onnx  # build-host only: execution_report is a build-time introspection
@@ -100,7 +105,17 @@ class Session:
             options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
             options.log_severity_level = 3
             ort.InferenceSession(self._path, options, providers=self.providers)
-            return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+            graph = onnx.load(options.optimized_model_filepath).graph
+        types = {v.name: v.type.tensor_type.elem_type for v in graph.input}
+        types.update({t.name: t.data_type for t in graph.initializer})
+        names = {onnx.TensorProto.FLOAT16: "f16", onnx.TensorProto.FLOAT: "f32"}
+        ops = []
+        for node in graph.node:
+            first = types.get(node.input[0]) if node.input else None
+            to = next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+            types.update({out: to if to is not None else first for out in node.output})
+            ops.append((node.op_type, names.get(first, "other")))
+        return ops
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for one batch of inputs."""
