@@ -11,9 +11,10 @@ import re
 import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import DamagedBundle, EdgegenError, RequestError, first_line
 from .targets import PRECISIONS
@@ -24,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error, 1 internal fault, 3 a failed check)."""
     parser = _parser()
     args = parser.parse_args(_ranges_joined(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    # --verbose: edgegen's own steps; the libraries it calls stay at warnings (onnxscript's notes per node)
+    logging.getLogger("edgegen").setLevel(logging.INFO if args.verbose else logging.NOTSET)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)  # unwind like Ctrl-C, so temporary files are removed
     try:
@@ -331,11 +334,20 @@ def _graph_options(args) -> dict:
             "output_range": parse_range(args.output_range, "--output-range") if args.output_range else None}
 
 
+_STAGE: dict[str, Any] = {"name": None, "since": 0.0}  # the stage under way, for --verbose
+
+
 def _progress(stage: str, done: int, total: int) -> None:
-    """The progress bar on a terminal; also where a SIGTERM whose exception Python discarded (raised while
-    a __del__ or a callback ran, "Exception ignored in ...") stops the work after all."""
+    """The progress bar on a terminal, and with --verbose a line per stage with the time the last one took;
+    also where a SIGTERM whose exception Python discarded (raised while a __del__ or a callback ran,
+    "Exception ignored in ...") stops the work after all."""
     if _TERMINATED.is_set():
         raise _Terminated()
+    if stage != _STAGE["name"]:
+        now = time.perf_counter()
+        took = f" ({_STAGE['name']} took {now - _STAGE['since']:.2f} s)" if _STAGE["name"] else ""
+        logging.getLogger("edgegen").info("%s%s", stage if stage == "done" else f"{stage} ...", took)
+        _STAGE.update(name=stage, since=now)
     if sys.stderr.isatty():
         width = 20
         filled = int(width * done / max(total, 1))

@@ -155,6 +155,22 @@ def test_bench_with_baseline_writes_json(capsys, tmp_path, ort_bundle):
         assert code == 2 and "is not the model this bundle was built from" in err, err
 
 
+def test_verbose_logs_each_step_and_not_the_libraries_notes(capsys, tmp_path, cgen_path):
+    """-v logged nothing of edgegen's own steps, only onnxscript's notes on every node it did not fold."""
+    import logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [logging.StreamHandler(sys.stderr)]  # basicConfig is a no-op once pytest has set handlers
+    try:
+        code, _, err = run(capsys, "-v", "build", str(cgen_path), "-t", "x86-onnxruntime", "-o", str(tmp_path / "b"))
+    finally:
+        root.handlers = saved
+        logging.getLogger("edgegen").setLevel(logging.NOTSET)
+    assert code == 0 and "compile ... (load took" in err and "done (verify took" in err, err
+    assert "Skipping constant folding" not in err
+
+
 def test_zoo_lists_names(capsys):
     code, out, _ = run(capsys, "zoo")
     assert code == 0
