@@ -222,3 +222,26 @@ def test_a_disk_cache_that_is_not_a_path_is_refused_naming_it(ort_bundle, value)
     """123 and bytes were a TypeError from pathlib; "" turned the disk cache off without a word."""
     with pytest.raises(RequestError, match=r"disk_cache=.*: give a directory path"):
         Generator.open(ort_bundle, disk_cache=value)
+
+
+def test_a_directory_made_again_by_another_cache_is_read_back(tmp_path):
+    """The lock file counted changes: a directory removed and made again by another cache counted from zero
+    back to the first cache's own count, which then kept a removed entry counted (and missed the other's)."""
+    directory = tmp_path / "cache"
+    first = DiskCache(directory, 1 << 20)
+    first.put("a" * 64, np.zeros(500, np.float32))  # twice the others' size
+    shutil.rmtree(directory)
+    second = DiskCache(directory, 1 << 20)
+    second.put("b" * 64, np.ones(250, np.float32))
+    first.put("c" * 64, np.ones(250, np.float32))
+    total, keys = _entries(directory)
+    assert keys == ["b" * 64, "c" * 64] and (first.stats.entries, first.stats.bytes) == (2, total)
+
+
+def test_a_cache_opened_with_no_budget_leaves_the_directory_alone(tmp_path):
+    """Budget 0 turns the cache off: opened on a directory another process fills, it evicted every entry."""
+    shared = DiskCache(tmp_path, 1 << 20)
+    shared.put("a" * 64, np.zeros(250, np.float32))
+    off = DiskCache(tmp_path, 0)
+    off.put("b" * 64, np.zeros(250, np.float32))
+    assert _entries(tmp_path)[1] == ["a" * 64]

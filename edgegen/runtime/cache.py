@@ -5,9 +5,9 @@ hold more than their budget. The disk cache writes each entry to a temporary fil
 into place, and checks the sha256 stored in the entry (over its key, dtype, shape and data) on every
 read: an entry cut short by a crash or damaged on disk is dropped and recomputed, never served. A
 full disk stops writes, not serving. Processes sharing a directory hold its budget together: each
-change to the entries is made holding an flock on the directory's `.egc.lock`, which counts the
-changes, and a cache that finds the count moved since its own last change reads the entries back
-first. The cache touches only names it makes: `<key>.egc` entries, `.egc.lock` and
+change to the entries is made holding an flock on the directory's `.egc.lock`, where each change
+leaves a random token, and a cache that finds another token than its own last one reads the entries
+back first. The cache touches only names it makes: `<key>.egc` entries, `.egc.lock` and
 `.<key>.<random>.egc.tmp` temporary files (a process killed mid-write leaves one; the next open
 removes it), so it can live in a directory that holds other files; a directory removed while in
 use is made again at the next write.
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"EGC2"  # EGC1 entries (a digest of the data only) read as damaged: dropped and recomputed
 ENTRY = re.compile(r"[0-9a-f]{64}\.egc")
-LOCK = ".egc.lock"  # the flock processes sharing the directory take turns at; holds the count of changes
+LOCK = ".egc.lock"  # the flock processes sharing the directory take turns at; holds the last change's token
+TOKEN_BYTES = 16
 TEMPORARY = re.compile(rf"\.[0-9a-f]{{64}}\.{owner_pattern()}\.[A-Za-z0-9_]+\.egc\.tmp")  # of this host
 
 
@@ -113,10 +114,11 @@ class DiskCache:
         self._lock = threading.Lock()
         self.stats = CacheStats(budget_bytes=_budget(budget_bytes, "a disk cache budget (disk_cache_bytes)"))
         self._sizes: dict[str, int] = {}
-        self._changes_seen: int | None = None  # the lock file's count after this cache's last change
+        self._last_change = b""  # the token this cache wrote into the lock file with its last change
         try:
-            with self._turn():  # a cache reopened with a smaller budget evicts down to it now
-                self._make_room(0)
+            with self._turn():  # a cache reopened with a smaller budget evicts down to it now (0: it is off)
+                if self.stats.budget_bytes:
+                    self._make_room(0)
         except OSError as exc:  # an unusable directory: writes count as failed; what it holds is still read
             log.warning("disk cache %s cannot be written (%s); serving without storing", self.directory, exc)
             self._rescan()
@@ -128,19 +130,20 @@ class DiskCache:
     def _turn(self) -> Iterator[None]:
         """This cache's turn at changing the directory's entries: the lock file held (the directory made
         again if it was removed), the entries read back if another cache changed them since this one
-        last did, and the change counted on the way out."""
+        last did (the lock file holds another token than this cache last wrote), and a new random token
+        written on the way out (a count could come back to the same value: a directory removed and made
+        again starts from zero)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            count = int.from_bytes(os.pread(fd, 8, 0).ljust(8, b"\0"), "little")
-            if count != self._changes_seen:
+            if os.pread(fd, TOKEN_BYTES, 0) != self._last_change or not self._last_change:
                 self._rescan()
             try:
                 yield
             finally:
-                self._changes_seen = count + 1
-                os.pwrite(fd, self._changes_seen.to_bytes(8, "little"), 0)
+                self._last_change = os.urandom(TOKEN_BYTES)
+                os.pwrite(fd, self._last_change, 0)
         finally:
             os.close(fd)  # which releases the flock
 
