@@ -148,7 +148,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
         manifest.update(serving_step(graph, tgt, precision, staging, opts.serving, opts.precompute, manifest,
                                      feeds, report))
         bundle.write_manifest(staging, manifest)
-        bundle.publish(staging, out)
+        bundle.publish_when_free(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -224,6 +224,16 @@ def updating(out: Path, waiting: str) -> Iterator[None]:
             os.close(fd)
 
 
+def publish_when_free(staging: Path, out: Path) -> None:
+    """publish, once no `edgegen precompute` is adding to the bundle at out (one that had read the old bundle
+    published it over the new one)."""
+    if not out.is_dir():
+        publish(staging, out)
+        return
+    with updating(out, f"{out}: an `edgegen precompute` is adding to this bundle; the new build waits for it"):
+        publish(staging, out)
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two directories atomically (renameat2 RENAME_EXCHANGE); False where the C library, kernel or
     filesystem does not offer it."""
