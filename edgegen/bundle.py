@@ -60,7 +60,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     except ValueError as exc:
         raise DamagedBundle(f"{path / MANIFEST}: not valid JSON ({exc}). The bundle is damaged; rebuild it.") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{path / MANIFEST}: not an edgegen manifest. Rebuild the bundle with `edgegen build`.")
+        raise DamagedBundle(f"{path / MANIFEST}: not an edgegen manifest. Rebuild the bundle with `edgegen build`.")
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise BundleError(f"{path}: bundle schema version {manifest.get('schema_version')} is not the "
                           f"{SCHEMA_VERSION} this edgegen reads. Rebuild it with this version of edgegen.")
@@ -93,6 +93,31 @@ def _check_types(path: Path, manifest: dict[str, Any]) -> None:
     if bad is not None:
         raise DamagedBundle(f"{path / MANIFEST}: files[{bad!r}] is not a sha256 (a damaged or edited manifest). "
                             "Rebuild the bundle or copy it again.")
+    problem = _kind_problem(manifest)
+    if problem:
+        raise DamagedBundle(f"{path / MANIFEST}: {problem} (a damaged or edited manifest). Rebuild the bundle or "
+                            "copy it again.")
+
+
+def _kind_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the backend and precision, the tensor specs, and the sections the runtime reads."""
+    from .backends import PRECISIONS
+
+    if manifest["backend"] not in PRECISIONS:
+        return f"backend is {manifest['backend']!r}, not one of {', '.join(PRECISIONS)}"
+    if manifest["precision"] not in PRECISIONS[manifest["backend"]]:
+        return f"precision is {manifest['precision']!r}, not one {manifest['backend']} runs"
+    for kind in ("inputs", "outputs"):
+        specs = manifest["model"].get(kind)
+        if not isinstance(specs, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("shape"), list)
+                and all(d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in s["shape"])
+                for s in specs):
+            return f"model.{kind} is not a list of tensor specs (name, shape of integers or null)"
+    for section in ("parts", "batching", "serving", "assets", "latency", "fidelity"):
+        if section in manifest and not isinstance(manifest[section], dict):
+            return f"{section} is {manifest[section]!r}, not a mapping"
+    return None
 
 
 def _check_listing(path: Path, manifest: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -419,3 +420,27 @@ def test_an_artifact_that_does_not_load_is_a_bundle_error_naming_it(tmp_path, or
                                           r"artifact, or one the onnxruntime version here cannot read"):
         Generator.open(copy)
     assert main(["verify", str(copy)]) == 2
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda m: m.update(parts="x"), "parts is 'x', not a mapping"),  # was an AttributeError in verify
+    (lambda m: m.update(batching=7), "batching is 7, not a mapping"),
+    (lambda m: m["model"].update(inputs="x"), "model.inputs is not a list of tensor specs"),  # a TypeError
+    (lambda m: m["model"].update(outputs=None), "model.outputs is not a list of tensor specs"),
+    (lambda m: m["model"]["inputs"][0].update(shape="abc"), "model.inputs is not a list"),  # verify passed it
+    (lambda m: m.update(precision="x"), "precision is 'x', not one onnxruntime runs"),  # verify passed it
+    (lambda m: m.update(backend="x"), "backend is 'x', not one of"),  # exit 2, "unknown backend"
+    (lambda m: m.update(format="other"), "not an edgegen manifest"),  # exit 2
+])
+def test_a_manifest_edited_into_wrong_types_is_a_damaged_bundle(tmp_path, ort_bundle, edit, said):
+    from edgegen.cli import main
+    from edgegen.errors import DamagedBundle
+
+    copy = _tampered_copy(ort_bundle, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "model.onnx").write_bytes((ort_bundle / "model.onnx").read_bytes())  # only the manifest is damaged
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DamagedBundle, match=re.escape(said)):
+        Generator.open(copy)
+    assert main(["verify", str(copy), "--runs", "1"]) == 3
