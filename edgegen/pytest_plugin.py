@@ -124,6 +124,8 @@ def assert_images_close(actual, expected, min_psnr: float | None = None, max_abs
 
     from .metrics import compare, value_range
 
+    if min_psnr is None and max_abs is None:
+        raise ValueError("assert_images_close needs min_psnr and/or max_abs: with neither it checks nothing")
     a, b = np.asarray(actual), np.asarray(expected)
     if a.shape != b.shape:
         raise AssertionError(f"images differ in shape: {a.shape} vs expected {b.shape}")

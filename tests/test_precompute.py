@@ -116,6 +116,10 @@ def test_damaged_pack_entry_is_recomputed_not_served(tmp_path, asset_bundle):
     (copy / "assets/table.bin").write_bytes(bytes(table))
     with pytest.raises(BundleError, match="assets/table.bin"):
         Generator.open(copy)
+    missing = tmp_path / "missing"
+    shutil.copytree(asset_bundle, missing)
+    (missing / "assets/pack.bin").unlink()
+    assert main(["verify", str(missing), "--runs", "1"]) == 3  # was 2 where emulate said 3
 
 
 def test_precompute_verb_adds_assets_atomically(tmp_path, capsys, glyph_path):

@@ -154,7 +154,9 @@ def test_a_runs_assert_close_measures_over_the_declared_range(tmp_path):
     with pytest.raises(AssertionError, match="images not close"):
         assert_images_close(got, reference, min_psnr=30)
     with pytest.raises(AssertionError, match="has no output 'rgb'"):
-        run.assert_close("rgb")
+        run.assert_close("rgb", min_psnr=30)
+    with pytest.raises(ValueError, match="needs min_psnr and/or max_abs"):  # it passed, checking nothing
+        run.assert_close("image")
 
 
 def test_assert_images_close_measures_psnr_and_max_abs():
@@ -166,7 +168,7 @@ def test_assert_images_close_measures_psnr_and_max_abs():
     with pytest.raises(AssertionError, match="max-abs 40 > 1"):
         assert_images_close(b, a, max_abs=1)
     with pytest.raises(AssertionError, match="shape"):
-        assert_images_close(a[:4], a)
+        assert_images_close(a[:4], a, max_abs=0)
 
 
 def test_the_plugin_is_cheap_to_import_and_registered():

@@ -181,8 +181,8 @@ class AssetPack:
         try:
             file = open(path, "rb")
         except OSError as exc:
-            raise BundleError(f"{path}: cannot open ({exc.strerror or exc}); rerun `edgegen precompute` or rebuild "
-                              "the bundle") from None
+            raise DamagedBundle(f"{path}: cannot open ({exc.strerror or exc}); rerun `edgegen precompute` or "
+                                "rebuild the bundle") from None
         if path.stat().st_size == 0:
             file.close()
             return None
