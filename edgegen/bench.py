@@ -10,6 +10,7 @@ load from elsewhere on a shared machine hits both alike.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import statistics
@@ -135,6 +136,10 @@ def _source_path(manifest: dict[str, Any], given: str | None) -> Path:
         raise BuildError(f"--source {path} is not the model this bundle was built from: its sha256 differs from "
                          f"{manifest['model']['source']}'s, and it takes inputs {shapes}, the bundle {bundle}. Pass the "
                          "model the bundle was built from.")
+    logging.getLogger(__name__).warning(
+        "--source %s is not the file the bundle was built from (its sha256 differs from %s's); it takes the same "
+        "inputs, so the ratio is measured against it: a re-export of the same model, or another one", path,
+        manifest["model"]["source"])
     return path
 
 
