@@ -134,8 +134,8 @@ def _source_path(manifest: dict[str, Any], given: str | None) -> Path:
         shapes = "; ".join(f"{name} {format_shape(dims)}" for name, dims in sorted(takes.items()))
         bundle = "; ".join(f"{name} {format_shape(dims)}" for name, dims in sorted(wanted.items()))
         raise BuildError(f"--source {path} is not the model this bundle was built from: its sha256 differs from "
-                         f"{manifest['model']['source']}'s, and it takes inputs {shapes}, the bundle {bundle}. Pass the "
-                         "model the bundle was built from.")
+                         f"{manifest['model']['source']}'s, and it takes inputs {shapes}, the bundle {bundle}. "
+                         "Pass the model the bundle was built from.")
     logging.getLogger(__name__).warning(
         "--source %s is not the file the bundle was built from (its sha256 differs from %s's); it takes the same "
         "inputs, so the ratio is measured against it: a re-export of the same model, or another one", path,

@@ -83,8 +83,8 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
         lines.append(f"  executes  {manifest['precision']}: {manifest['backend']} runs the compute layers in "
                      + ", ".join(f"{k} x{v}" for k, v in sorted(execution["float_types"].items())))
         if INFERENCE_PRECISION[manifest["precision"]] not in execution["float_types"]:
-            lines.append(f"  warning   no layer runs in {manifest['precision']} on this host ({manifest['backend']} chose "
-                         f"{', '.join(sorted(execution['float_types']))}): the fidelity and latency above are not "
+            lines.append(f"  warning   no layer runs in {manifest['precision']} on this host ({manifest['backend']} "
+                         f"chose {', '.join(sorted(execution['float_types']))}): the fidelity and latency above are not "
                          f"{manifest['precision']}'s; a device that runs it will differ")
     if execution and execution["int8"]:
         lines.append("  executes  int8: " + ", ".join(f"{k} x{v}" for k, v in sorted(execution["int8"].items()))

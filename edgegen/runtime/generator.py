@@ -602,7 +602,9 @@ class Generator:
         """The backend on batched inputs already checked and in the form the bundle computes on (run() after its
         checks; the outputs in that form too): what the artifact itself costs, as benchmarks time it."""
         with self._sizes_checked(feeds):  # a fixed-batch export built with --batch-sizes runs its batch-N parts
-            return self._run_in_batches(feeds) if self.batch_parts else run_batched(self.session.run, self.inputs, feeds)
+            if self.batch_parts:
+                return self._run_in_batches(feeds)
+            return run_batched(self.session.run, self.inputs, feeds)
 
     def _check_static_sizes(self, feeds: dict[str, np.ndarray]) -> None:
         """RequestError, in the model file's form, for an input of another size than a static-shape artifact
