@@ -163,35 +163,31 @@ def test_two_precomputes_into_one_bundle_at_once_keep_both_sets(tmp_path, glyph_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["1.yaml", "2.yaml", "b"]
 
 
-def test_a_rebuild_waits_for_a_precompute_into_the_same_bundle(tmp_path, glyph_path):
+def test_a_rebuild_waits_for_a_precompute_into_the_same_bundle(tmp_path, glyph_path, monkeypatch):
     """A precompute that had read the old bundle published it, with its assets, over a rebuild made meanwhile:
     both said done, and the rebuild was gone."""
-    import logging
     import threading
+    import time
 
     from edgegen import bundle
 
     out = tmp_path / "b"
     build(glyph_path, "x86-onnxruntime", out)
-    waiting = threading.Event()
+    held_by_precompute, asked = bundle.updating, threading.Event()
 
-    class Seen(logging.Handler):
-        def emit(self, record):
-            if "the new build waits for it" in record.getMessage():
-                waiting.set()
+    def asking(path, waiting):
+        asked.set()
+        return held_by_precompute(path, waiting)
 
-    seen = Seen()
-    logging.getLogger("edgegen").addHandler(seen)
-    try:
-        with bundle.updating(out, "a precompute (this test)"):
-            rebuild = threading.Thread(target=build, args=(glyph_path, "x86-onnxruntime", out),
-                                       kwargs={"precision": "int8", "calibration_count": 8})
-            rebuild.start()
-            assert waiting.wait(60), "the rebuild did not wait for the bundle's lock"
-            assert read_manifest(out)["precision"] == "fp32"  # still the bundle the precompute would publish over
-        rebuild.join(120)
-    finally:
-        logging.getLogger("edgegen").removeHandler(seen)
+    monkeypatch.setattr(bundle, "updating", asking)
+    with held_by_precompute(out, "a precompute (this test)"):
+        rebuild = threading.Thread(target=build, args=(glyph_path, "x86-onnxruntime", out),
+                                   kwargs={"precision": "int8", "calibration_count": 8})
+        rebuild.start()
+        assert asked.wait(60), "the rebuild published without asking for the bundle's lock"
+        time.sleep(0.5)
+        assert read_manifest(out)["precision"] == "fp32"  # still the bundle the precompute would publish over
+    rebuild.join(120)
     assert read_manifest(out)["precision"] == "int8"
 
 
