@@ -207,14 +207,13 @@ class DiskCache:
                     try:
                         _write_atomically(self.directory, self._path(key), data)
                         _touch(self._path(key))
+                        self._sizes[key] = len(data)
                     except OSError:  # the previous entry for this key may still be there
                         with contextlib.suppress(OSError):
                             self._sizes[key] = self._path(key).stat().st_size
                         raise
                     finally:
                         self._count()
-                    self._sizes[key] = len(data)
-                    self._count()
             except OSError as exc:  # full disk, read-only medium, quota: keep serving without storing
                 self.stats.write_errors += 1
                 log.warning("disk cache %s: cannot store an entry (%s); serving continues", self.directory, exc)
