@@ -46,7 +46,8 @@ def _why_not_local(op: str) -> str:
         return "mixes pixels across the whole frame"
     if op in ("Resize", "Upsample"):
         return ("is a resize the region planner does not map (it maps nearest, linear and cubic resizes by an "
-                "integer ratio or its inverse, without align_corners or antialiasing)")
+                "integer ratio or its inverse, without align_corners, antialiasing, or pytorch_half_pixel below a "
+                "2x upscale)")
     return ("moves pixels in a way the region planner does not map (it maps convolutions, pooling, resizes, "
             "pixel shuffles, pads and per-pixel ops)")
 
@@ -206,6 +207,8 @@ def _resize(node, attrs, consts):
     if len(scales) != 4 or scales[0] != 1 or scales[1] != 1 or attrs.get("exclude_outside") \
             or attrs.get("antialias") and min(scales[2:]) < 1:  # an antialiased downscale widens its filter
         return None, []
+    if coord == "pytorch_half_pixel" and min(scales[2:]) < 2:  # maps an output of length 1 to source 0: a narrow
+        return None, []  # region would compute another value than the frame does
     nearest = attrs.get("nearest_mode", b"round_prefer_floor")
     nearest = nearest.decode() if isinstance(nearest, bytes) else nearest
     axes = []

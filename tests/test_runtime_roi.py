@@ -12,7 +12,7 @@ from edgegen.errors import BuildError, BundleError, RequestError
 from edgegen.graph import Graph
 from edgegen.receptive_field import RoiRefused, spatial_program
 from edgegen.runtime import Generator
-from edgegen.runtime.geometry import needed
+from edgegen.runtime.geometry import needed, out_size
 from runtime_models import geometry_like, glyph_like, sized_resize_like, upscaler_like
 
 FAMILIES = "tests/data/families"
@@ -204,6 +204,46 @@ def test_receptive_fields_of_single_ops():
     cubic = {"scale": [2, 1], "mode": "cubic", "coord": "half_pixel"}
     assert needed("resize", cubic, 0, 1, 8) == (0, 2) and needed("resize", cubic, 8, 9, 8) == (2, 6)
     assert needed("d2s", {"b": 3}, 4, 7, 5) == (1, 3)
+
+
+def test_ceil_mode_pooling_sizes_follow_onnx_runtime():
+    """A last window that would start in the end padding is dropped (31 -> 16, not 17, at k2 s2 p1)."""
+    import onnxruntime as ort
+    h = onnx.helper
+    for k, s, p in [(2, 2, 1), (3, 2, 1), (3, 3, 0), (2, 2, 0)]:
+        node = h.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, 1], strides=[s, 1], pads=[p, 0, p, 0],
+                           ceil_mode=1)
+        graph = h.make_graph([node], "pool", [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "n", 1])],
+                             [h.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        session = ort.InferenceSession(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]).SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        for n in range(k, 40):
+            got = session.run(None, {"x": np.zeros((1, 1, n, 1), np.float32)})[0].shape[2]
+            assert out_size("pool", {"k": k, "s": s, "d": 1, "p0": p, "p1": p, "ceil": True}, n) == got, (k, s, p, n)
+
+
+@pytest.mark.parametrize("scale, mapped", [(0.5, False), (1.5, False), (2.0, True)])
+def test_a_pytorch_half_pixel_resize_is_mapped_only_where_no_region_has_one_output_pixel(tmp_path, scale, mapped):
+    """pytorch_half_pixel reads source 0 for an output of length 1, which a narrow region's window can have
+    below a 2x upscale: the frame computes another value there, so the planner does not map it."""
+    h = onnx.helper
+    weights = [numpy_helper.from_array(np.array([1, 1, scale, scale], np.float32), "scales"),
+               numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w")]
+    nodes = [h.make_node("Resize", ["image", "", "scales"], ["r"], mode="linear",
+                         coordinate_transformation_mode="pytorch_half_pixel"),
+             h.make_node("Conv", ["r", "w"], ["out"])]
+    side = int(16 * scale)
+    graph = h.make_graph(nodes, "phpx", [h.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+                         [h.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, side, side])], weights)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    graph = Graph.load(tmp_path / "m.onnx")
+    if mapped:
+        assert spatial_program(graph, "out")
+    else:
+        with pytest.raises(RoiRefused, match=r"\(Resize\) is a resize .*pytorch_half_pixel below a 2x upscale"):
+            spatial_program(graph, "out")
 
 
 def test_int8_regions_and_static_shape_backends(tmp_path):

@@ -21,7 +21,10 @@ def out_size(kind: str, p: Params, n: int) -> int:
     """Output length of one axis for input length n."""
     if kind in ("conv", "pool"):
         span = n + p["p0"] + p["p1"] - p["d"] * (p["k"] - 1) - 1
-        return (math.ceil(span / p["s"]) if p.get("ceil") else span // p["s"]) + 1
+        if not p.get("ceil"):
+            return span // p["s"] + 1
+        size = -(-span // p["s"]) + 1  # ceil mode drops a last window that would start in the end padding
+        return size - 1 if (size - 1) * p["s"] >= n + p["p0"] else size
     if kind == "convT":
         return (n - 1) * p["s"] - p["p0"] - p["p1"] + p["d"] * (p["k"] - 1) + 1 + p.get("op", 0)
     if kind == "resize":
