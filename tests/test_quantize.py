@@ -1,5 +1,6 @@
 import json
 import logging
+import math
 
 import numpy as np
 import onnx
@@ -53,6 +54,29 @@ def test_qdq_ir_has_per_channel_symmetric_weights_and_int8_activations(qdq):
     assert activation_qs and all(inits[n.input[2]].data_type == TensorProto.INT8 for n in activation_qs)
     summary = qdq_summary(qdq)
     assert {"Conv", "ConvTranspose", "Gemm", "Concat"} <= set(summary["quantized_ops"])
+
+
+def test_a_layer_kept_in_float_between_int8_neighbours_is_counted_float():
+    """A conv kept in float for the floor can read a DequantizeLinear and feed a QuantizeLinear (its neighbours
+    stay int8) while its weights stay float: it was counted as quantized, against the report's own list of
+    layers kept in float."""
+    inits = [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.int8(0), "z"),
+             numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w_float"),
+             numpy_helper.from_array(np.ones((3, 3, 1, 1), np.int8), "w_int8"),
+             numpy_helper.from_array(np.full(3, 0.1, np.float32), "w_scale")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Conv", ["xd", "w_float"], ["a"], name="kept_float"),
+             helper.make_node("QuantizeLinear", ["a", "s", "z"], ["aq"]),
+             helper.make_node("DequantizeLinear", ["aq", "s", "z"], ["ad"]),
+             helper.make_node("DequantizeLinear", ["w_int8", "w_scale"], ["wd"], axis=0),
+             helper.make_node("Conv", ["ad", "wd"], ["b"], name="int8"),
+             helper.make_node("QuantizeLinear", ["b", "s", "z"], ["bq"]),
+             helper.make_node("DequantizeLinear", ["bq", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "kept", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])], inits)
+    summary = qdq_summary(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert summary == {"quantized_ops": {"Conv": 1}, "float_ops": {"Conv": 1}}
 
 
 def test_uint8_reencoding_is_lossless(qdq):
@@ -147,6 +171,27 @@ def test_a_layer_kept_in_float_that_the_floor_does_not_need_is_quantized_again()
     model, report = search_float_layers(candidates, Quantizer(), Scores(), QualityFloor(min_psnr=65))
     assert report["kept_float"] == ["a", "c"] and model == ("exclude", frozenset("ac"))
     assert report["result"]["psnr_db"] == 67.0
+
+
+def test_the_floor_search_goes_on_past_the_last_convolution_left_in_int8():
+    """The search stopped at the first row it may not keep (the last int8 conv) and never tried the less
+    damaging layers ranked after it: conv A and Add C in float meet the floor with conv B still int8."""
+    from edgegen.passes.floor import QualityFloor, search_float_layers
+
+    noise = {"A": 8.0, "B": 1.0, "C": 0.5}  # each layer in int8 adds this much error
+
+    class Quantizer:
+        def emit(self, exclude=(), only=None):
+            return frozenset(only if only is not None else set(noise) - set(exclude))  # the layers in int8
+
+    class Scores:
+        def quality(self, int8_layers):
+            error = sum(noise[name] for name in int8_layers)
+            return {"psnr_db": 60 - 10 * math.log10(error), "ssim": 1.0, "nmse": error}
+
+    candidates = [("A", "Conv"), ("B", "Conv"), ("C", "Add")]
+    model, report = search_float_layers(candidates, Quantizer(), Scores(), QualityFloor(min_psnr=59.5))
+    assert model == {"B"} and report["kept_float"] == ["A", "C"]
 
 
 def test_an_npu_target_with_an_unmet_floor_says_so(tmp_path):

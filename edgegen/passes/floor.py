@@ -14,9 +14,9 @@ from ..errors import BuildError
 from ..inputs import run_batched
 from ..metrics import psnr, quality_outputs, ssim, value_range
 from ..specs import TensorSpec
+from .quantize import WEIGHT_OPS
 
 log = logging.getLogger(__name__)
-WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # an int8 model keeps at least one of these in int8
 
 
 @dataclass
@@ -121,7 +121,7 @@ def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator:
     weights = {name for name, op in candidates if op in WEIGHT_OPS}
     for row in ranked:
         if weights <= set(kept) | {row["node"]}:
-            break  # that would leave no layer that multiplies in int8: a float model, not an int8 one
+            continue  # that would leave no layer that multiplies in int8 (a float model): try the ones after it
         kept.append(row["node"])
         model = quantizer.emit(exclude=kept)
         quality = score(model)

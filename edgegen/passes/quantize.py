@@ -27,6 +27,9 @@ from ..graph import Graph
 from ..inputs import fixed_batch
 from .calibration import Calibration
 
+WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # an int8 model keeps at least one of these in int8
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+
 log = logging.getLogger(__name__)
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -318,9 +321,10 @@ def _own_grids_for_interpolation(model: onnx.ModelProto, ranges) -> None:
 
 def qdq_summary(model: onnx.ModelProto) -> dict[str, object]:
     """Per op type, how many nodes the QDQ graph makes int8 (every input from a DequantizeLinear, every
-    output into a QuantizeLinear) and how many stay float."""
+    output into a QuantizeLinear, weights dequantized too) and how many stay float."""
     graph = model.graph
     inits = {t.name for t in graph.initializer}
+    float_weights = {t.name for t in graph.initializer if t.data_type in FLOAT_TYPES}
     produced_by_dq = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     consumers: dict[str, list[str]] = {}
     for node in graph.node:
@@ -333,7 +337,8 @@ def qdq_summary(model: onnx.ModelProto) -> dict[str, object]:
             continue
         data_inputs = [i for i in node.input if i and i not in inits]
         int8 = bool(data_inputs) and all(i in produced_by_dq for i in data_inputs) and all(
-            consumers.get(o) and set(consumers[o]) == {"QuantizeLinear"} for o in node.output)
+            consumers.get(o) and set(consumers[o]) == {"QuantizeLinear"} for o in node.output) and not (
+            node.op_type in WEIGHT_OPS and len(node.input) > 1 and node.input[1] in float_weights)  # a float layer
         bucket = quantized if int8 else float_ops
         bucket[node.op_type] = bucket.get(node.op_type, 0) + 1
     return {"quantized_ops": quantized, "float_ops": float_ops}
