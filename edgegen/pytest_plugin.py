@@ -129,12 +129,18 @@ def assert_images_close(actual, expected, min_psnr: float | None = None, max_abs
     a, b = np.asarray(actual), np.asarray(expected)
     if a.shape != b.shape:
         raise AssertionError(f"images differ in shape: {a.shape} vs expected {b.shape}")
+    if data_range is not None and not data_range > 0:
+        raise ValueError(f"data_range must be a positive span, got {data_range}")
+    for name, array in (("actual", a), ("expected", b)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise AssertionError(f"images not close: the {name} image holds {bad} NaN or infinite value(s)")
     span = data_range or (255.0 if b.dtype == np.uint8 else value_range(None, b.astype(np.float32)))
     numbers = compare(b.astype(np.float32), a.astype(np.float32), span)
     problems = []
-    if min_psnr is not None and numbers["psnr_db"] < min_psnr:
+    if min_psnr is not None and not numbers["psnr_db"] >= min_psnr:
         problems.append(f"PSNR {numbers['psnr_db']:.2f} dB < {min_psnr} dB")
-    if max_abs is not None and numbers["max_abs"] > max_abs:
+    if max_abs is not None and not numbers["max_abs"] <= max_abs:
         problems.append(f"max-abs {numbers['max_abs']:.4g} > {max_abs}")
     if problems:
         raise AssertionError("images not close: " + "; ".join(problems) + f" (data range {span:g})")

@@ -171,6 +171,21 @@ def test_assert_images_close_measures_psnr_and_max_abs():
         assert_images_close(a[:4], a, max_abs=0)
 
 
+@pytest.mark.parametrize("where", ["actual", "expected"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_assert_images_close_fails_on_nan_or_infinite_values(where, bad):
+    """A device output holding NaN passed both floors: every comparison with NaN is false."""
+    good = np.array([[0.0, 0.1]], np.float32)
+    broken = good.copy()
+    broken[0, 0] = bad
+    pair = (broken, good) if where == "actual" else (good, broken)
+    for criterion in ({"min_psnr": 30}, {"max_abs": 0.01}):
+        with pytest.raises(AssertionError, match=f"the {where} image holds 1 NaN or infinite value"):
+            assert_images_close(*pair, **criterion)
+    with pytest.raises(ValueError, match="data_range must be a positive span"):
+        assert_images_close(good, good, min_psnr=30, data_range=0)
+
+
 def test_the_plugin_is_cheap_to_import_and_registered():
     code = ("import sys, edgegen.pytest_plugin; from importlib.metadata import entry_points; "
             "print(sorted(m for m in ('numpy', 'onnx', 'edgegen.emulate') if m in sys.modules)); "
