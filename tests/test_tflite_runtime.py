@@ -133,3 +133,20 @@ def test_an_absent_edge_tpu_is_reported_without_a_runtime_traceback():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "needs a Coral Edge TPU" in done.stdout
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_an_absent_edge_tpu_names_the_host_fallback_not_another_runtime(tmp_path):
+    """The message proposed EDGEGEN_TFLITE_RUNTIME, which brings no Edge TPU either, and not --host-fallback."""
+    import ctypes
+
+    from edgegen.backends.tflite import session
+
+    try:
+        ctypes.CDLL(session.EDGETPU_LIBRARY)
+        pytest.skip("this host has the Edge TPU runtime library")
+    except OSError:
+        pass
+    with pytest.raises(BackendUnavailableError) as caught:
+        session.Session(tmp_path, {"delegate": "edgetpu", "runtime": "ai-edge-litert"}, threads=1)
+    assert "needs a Coral Edge TPU" in str(caught.value) and "--host-fallback" in str(caught.value)
+    assert session.RUNTIME_ENV not in str(caught.value)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ...errors import BackendUnavailableError, RequestError
 from ...inputs import chunks
+from .. import hardware_absent
 from . import xnnpack
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ RUNTIMES = {"ai-edge-litert": "ai_edge_litert", "tflite-runtime": "tflite_runtim
 DEFAULT_RUNTIME = "ai-edge-litert"
 RUNTIME_ENV = "EDGEGEN_TFLITE_RUNTIME"  # a device may pick the other runtime for any bundle
 EDGETPU_LIBRARY = "libedgetpu.so.1"
+EDGETPU_ABSENT = (f"needs a Coral Edge TPU and its runtime library {EDGETPU_LIBRARY} (Coral's apt repository: "
+                  "libedgetpu1-std)")
 
 
 def _load(runtime: str):
@@ -63,8 +66,7 @@ def host_support(options: dict[str, Any]) -> tuple[bool, str]:
             ctypes.CDLL(EDGETPU_LIBRARY)
             module.load_delegate(EDGETPU_LIBRARY)
         except (ValueError, OSError):
-            return False, (f"needs a Coral Edge TPU and its runtime library {EDGETPU_LIBRARY} "
-                           "(Coral's apt repository: libedgetpu1-std)")
+            return False, EDGETPU_ABSENT
     return True, f"{runtime} {version}"
 
 
@@ -76,8 +78,11 @@ class Session:
         bundle_dir = Path(bundle_dir)
         ok, why = host_support(session)
         if not ok and not host_fallback:
+            if why == EDGETPU_ABSENT:  # another runtime would not bring the Edge TPU either
+                raise hardware_absent(why)
             raise BackendUnavailableError(f"cannot run this TFLite bundle here: {why}. To use another installed "
-                                          f"TFLite runtime, set {RUNTIME_ENV}=tflite-runtime or ai-edge-litert.")
+                                          f"TFLite runtime, set {RUNTIME_ENV}=tflite-runtime or ai-edge-litert, or "
+                                          "open it with host_fallback=True (--host-fallback on the command line)")
         runtime = _chosen(session)
         if not ok:
             runtime = self._available(runtime)
