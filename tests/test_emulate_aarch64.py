@@ -62,6 +62,15 @@ def test_a_userland_that_cannot_be_built_leaves_nothing_behind(tmp_path, monkeyp
     assert [p.name for p in root.parent.iterdir()] == [f".{root.name}.lock"]
 
 
+def test_a_userland_directory_that_cannot_be_made_is_named(tmp_path, monkeypatch):
+    """A root under a file (or under /proc) was an internal error with a FileExistsError traceback."""
+    monkeypatch.setattr(userland.binfmt, "ensure", lambda: None)  # the directory is checked, whatever the host
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(EmulatorUnavailableError, match=r"cannot make the arm64 userland .*a_file.*point "
+                                                       r"EDGEGEN_AARCH64_ROOT at a writable directory"):
+        userland.ensure(tmp_path / "a_file" / "sub" / "arm64")
+
+
 def test_an_interrupted_build_is_never_used_and_is_cleaned_up(tmp_path):
     root = tmp_path / "arm64"
     stale = tmp_path / f".{root.name}.abc123.tmp"

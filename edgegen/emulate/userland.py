@@ -62,8 +62,14 @@ def ensure(root: Path | None = None, rebuild: bool = False) -> dict:
     stamp = info(root)
     if stamp is not None and not rebuild:
         return stamp
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(root.parent / f".{root.name}.lock"):
+    lock = root.parent / f".{root.name}.lock"
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        lock.touch()
+    except OSError as exc:
+        raise EmulatorUnavailableError(f"cannot make the arm64 userland {root} ({exc.strerror}: {exc.filename}); "
+                                       f"point {ROOT_ENV} at a writable directory") from None
+    with _locked(lock):
         stamp = info(root)
         if stamp is not None and not rebuild:  # another process built it while we waited
             return stamp
