@@ -532,8 +532,13 @@ def _failed_check(exc: DamagedBundle) -> int:
 
 
 def main_exit() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point. Once the command has finished (its outputs published, its exit code
+    known), a Ctrl-C or SIGTERM while the interpreter shuts down changes nothing: it is ignored."""
+    code = main()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

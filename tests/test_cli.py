@@ -372,3 +372,16 @@ def test_a_stop_that_arrives_wrapped_by_a_c_extension_exits_as_a_stop(capsys, mo
 
     monkeypatch.setattr(cli, "_zoo", wait_interrupted)
     assert main(["zoo"]) == 143 and "edgegen: terminated" in capsys.readouterr().err
+
+
+def test_a_stop_after_the_command_has_finished_is_ignored():
+    """Ctrl-C just after a build published its bundle (while the interpreter joined its threads) ended the
+    process by SIGINT (130, no message): a CI job read "not built" over a bundle that had been replaced."""
+    code = ("import os, signal, sys, threading, time; import edgegen.cli as cli\n"
+            "def done(args):\n"
+            "    threading.Thread(target=time.sleep, args=(0.5,)).start()  # joined while the interpreter exits\n"
+            "    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+            "    return 0\n"
+            "cli._zoo = done\nsys.argv = ['edgegen', 'zoo']\ncli.main_exit()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "KeyboardInterrupt" not in done.stderr, done.stderr
