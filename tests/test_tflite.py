@@ -392,3 +392,19 @@ def test_an_output_that_repeats_another_or_passes_the_input_through_is_lowered(t
         out = Generator.open(tmp_path / precision).run({"image": x})
         np.testing.assert_array_equal(out["copy"], out["out"])
         assert np.abs(out["passthrough"] - x).max() <= (0 if precision == "fp32" else 0.05)  # int8: the input grid
+
+
+def test_the_quality_floor_scores_int8_as_litert_runs_it(tmp_path):
+    """The floor search scored the QDQ graph with a float Tanh at the output, which LiteRT runs in int8 on
+    its fixed 1/128 grid: a floor met in that scoring failed on the artifact, and a Sigmoid the search
+    kept in float for it was int8 in the .tflite all the same."""
+    source = Path(__file__).parent / "data" / "families" / "dcgan__legacy_b1.onnx"
+    result = build(source, "x86-litert", tmp_path / "b", precision="int8")
+    searched = result.manifest["passes"]["quantize"]["all_int8"]["psnr_db"]
+    assert searched == pytest.approx(result.fidelity["psnr_db"], abs=0.05)
+    qdq = onnx.load(str(_ort_qdq(tmp_path, source)))
+    deployed = tflite_compile.int8_form(qdq)
+    last = next(n for n in deployed.graph.node if n.output[0] == deployed.graph.output[0].name)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in deployed.graph.initializer}
+    assert last.op_type == "DequantizeLinear" and (float(inits[last.input[1]]), int(inits[last.input[2]])) == (
+        1 / 128, 0)

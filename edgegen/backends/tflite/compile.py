@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from ...errors import BuildError, UnsupportedOpError
 from ...graph import Graph
 from ...targets import Target
@@ -15,7 +17,9 @@ from .. import require
 from . import edgetpu, xnnpack
 from .lower import lower
 from .ops import RULES
+from .ops.elementwise import FIXED_GRID
 from .prepare import prepare
+from .qdq import with_fixed_grids
 
 ARTIFACT = "model.tflite"
 # a cubic Resize would otherwise be a float island in an int8 model; TRANSPOSE_CONV has int8 kernels (a
@@ -48,6 +52,12 @@ def int8_lowerings(target: Target) -> tuple[str, ...]:
     if target.backend_options.get("delegate") == "edgetpu":
         return tuple(name for name in INT8_LOWERINGS if name not in EDGETPU_WITHOUT)
     return INT8_LOWERINGS
+
+
+def int8_form(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The QDQ graph as the TFLite artifact computes it (and the quality-floor search scores it): an int8
+    TANH or LOGISTIC writes TFLite's fixed output grid (1/128 and 1/256 steps)."""
+    return with_fixed_grids(model, {"Tanh": FIXED_GRID["TANH"], "Sigmoid": FIXED_GRID["LOGISTIC"]})
 
 
 def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict[str, Any]:

@@ -127,3 +127,40 @@ def _dequantize(data: np.ndarray, params: QParams) -> np.ndarray:
         shape[params.axis] = -1
         scale, zero = scale.reshape(shape), zero.reshape(shape)
     return ((data.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+def with_fixed_grids(model: onnx.ModelProto, grids: dict[str, QParams]) -> onnx.ModelProto:
+    """The QDQ graph with each op of `grids` (ONNX op type -> TFLite's fixed int8 output grid) whose input is
+    on an int8 grid writing that grid, as the lowering runs it: in place of the grid the QDQ graph gave its
+    output, or of none (a layer the graph kept float there still runs int8 on LiteRT)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        grid = grids.get(node.op_type)
+        source = producers.get(node.input[0]) if node.input else None
+        if grid is None or source is None or source.op_type != "DequantizeLinear":
+            continue
+        scale, zero = f"{node.output[0]}/fixed_scale", f"{node.output[0]}/fixed_zero_point"
+        graph.initializer.extend([helper.make_tensor(scale, onnx.TensorProto.FLOAT, [], [grid.scale[0]]),
+                                  helper.make_tensor(zero, onnx.TensorProto.INT8, [], [grid.zero_point[0]])])
+        readers = consumers.get(node.output[0], [])
+        if readers and node.output[0] not in outputs and all(r.op_type == "QuantizeLinear" for r in readers):
+            for quantize in readers:  # onto the fixed grid, and so are their DequantizeLinear readers
+                for reader in [quantize, *consumers.get(quantize.output[0], [])]:
+                    reader.input[1:3] = [scale, zero]
+            continue
+        rounded = node.output[0]
+        node.output[0] = f"{rounded}/unrounded"
+        nodes += [helper.make_node("QuantizeLinear", [node.output[0], scale, zero], [f"{rounded}/fixed_grid"]),
+                  helper.make_node("DequantizeLinear", [f"{rounded}/fixed_grid", scale, zero], [rounded])]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
