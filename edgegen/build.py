@@ -273,19 +273,22 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
     report("calibrate", 0, 1)
     calibration = load_calibration(graph.inputs, opts.calibration, opts.calibration_count, graph.name,
                                    sum(c.activation_bytes for c in graph.node_costs()))
+    from .passes.lowering import SIZE_BOUND, lower
+
+    if opts.tiers:
+        lowerings = tuple(name for name in lowerings if name not in SIZE_BOUND)
     if opts.prune is not None or opts.prune_to_macs is not None:
-        graph, passes["prune"] = _prune(graph, calibration, opts, evaluator, report)
+        compiled_macs = (lambda g: sum(c.macs for c in lower(g, lowerings)[0].node_costs())) \
+            if precision == "int8" and lowerings else None  # a MAC budget holds for what ships
+        graph, passes["prune"] = _prune(graph, calibration, opts, evaluator, report, compiled_macs)
     if precision == "int8":
         from .passes.floor import search_float_layers
-        from .passes.lowering import SIZE_BOUND, lower
         from .passes.norm_equalize import equalize_before_instance_norms
         from .passes.quantize import Quantizer, qdq_summary
 
         graph, equalized = equalize_before_instance_norms(graph, calibration)
         if equalized:
             passes["equalized"] = {"layers": equalized, "fp32": evaluator.quality(graph.model)}
-        if opts.tiers:
-            lowerings = tuple(name for name in lowerings if name not in SIZE_BOUND)
         graph, lowered = lower(graph, lowerings)
         if lowered:
             passes["lowered"] = lowered
@@ -303,9 +306,10 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
     return graph, passes
 
 
-def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator,
-           report: Progress) -> tuple[Graph, dict[str, Any]]:
-    """Structured channel pruning: to a MAC budget, to the quality floor (up to the given ratio), or a ratio."""
+def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator, report: Progress,
+           compiled_macs=None) -> tuple[Graph, dict[str, Any]]:
+    """Structured channel pruning: to a MAC budget (counted by `compiled_macs` where the build's lowerings add
+    some), to the quality floor (up to the given ratio), or a ratio."""
     from .passes import prune
 
     report("prune", 0, 1)
@@ -316,7 +320,7 @@ def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator,
     if opts.prune is not None and opts.prune_to_macs is not None:
         raise BuildError("give either --prune RATIO or --prune-to-macs N, not both")
     if opts.prune_to_macs is not None:
-        pruned, result = prune.prune_to_macs(graph, calibration, opts.prune_to_macs, evaluator, step)
+        pruned, result = prune.prune_to_macs(graph, calibration, opts.prune_to_macs, evaluator, step, compiled_macs)
         quality = result["quality"]["result"]
         if opts.floor and not opts.floor.met(quality):
             raise BuildError(f"{graph.source}: pruned to {result['macs']['after']:,} MACs (--prune-to-macs "

@@ -586,6 +586,11 @@ def test_a_mac_target_undershot_by_channel_steps_is_explained(tmp_path):
     text = render_build_report(result.manifest, tmp_path / "b")
     assert re.search(rf"under the {full * 0.6 / 1e6:.2f} M target: the closest above it, \d+%, needs "
                      rf"{full * 0.75 / 1e6:.2f} M \(groups of 32\+ channels keep a multiple of 8", text), text
+    # int8 lowers the to-RGB conv to a strided form with more MACs: the budget holds for what ships
+    result = build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "q", precision="int8",
+                   prune_to_macs=int(full * 0.8))
+    assert result.manifest["passes"]["lowered"]["narrow_conv_strided"]
+    assert result.manifest["model"]["macs"] <= full * 0.8
 
 
 def test_a_source_that_computes_nan_is_refused_before_anything_is_built(tmp_path):

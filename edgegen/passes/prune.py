@@ -110,10 +110,14 @@ def prune_to_floor(graph: Graph, calibration: Calibration, evaluator: Evaluator,
 
 
 def prune_to_macs(graph: Graph, calibration: Calibration, target_macs: int, evaluator: Evaluator | None = None,
-                  progress: Progress | None = None) -> tuple[Graph, dict[str, Any]]:
-    """The smallest ratio on a 0.01 grid whose result needs at most `target_macs` MACs (batch 1), reconstructed."""
+                  progress: Progress | None = None, compiled_macs: Callable[[Graph], int] | None = None
+                  ) -> tuple[Graph, dict[str, Any]]:
+    """The smallest ratio on a 0.01 grid whose result needs at most `target_macs` MACs (batch 1), reconstructed.
+    compiled_macs: the MACs of a graph as the build compiles it (after lowerings that add some), when not the
+    graph's own."""
     pruner = Pruner(graph, calibration, progress)
-    before = pruner.costs_before["macs"]
+    count = compiled_macs or (lambda g: pruner.costs(g.model)["macs"])
+    before = count(graph)
     if not 0 < target_macs < before:
         raise RequestError(f"--prune-to-macs {target_macs}: {graph.source} needs {before:,} MACs (batch "
                            f"{fixed_batch(graph.inputs) or 1}); give "
@@ -122,7 +126,7 @@ def prune_to_macs(graph: Graph, calibration: Calibration, target_macs: int, eval
     macs = {}
 
     def fits(k: int) -> bool:
-        macs[grid[k]] = pruner.costs(pruner.model(grid[k], False)[0])["macs"]
+        macs[grid[k]] = count(graph.with_model(pruner.model(grid[k], False)[0], []))
         return macs[grid[k]] <= target_macs
 
     if not fits(len(grid) - 1):
@@ -135,7 +139,8 @@ def prune_to_macs(graph: Graph, calibration: Calibration, target_macs: int, eval
         lo, hi = (lo, mid) if fits(mid) else (mid, hi)
     pruned, report = pruner.result(grid[hi], True, evaluator or pruner.default_evaluator())
     report["search"] = {"target_macs": target_macs, "step": MACS_STEP,
-                        "tried": [{"ratio": r, "macs": m} for r, m in sorted(macs.items())]}
+                        "tried": [{"ratio": r, "macs": m} for r, m in sorted(macs.items())],
+                        "counted": "as compiled (after the int8 lowerings)" if compiled_macs else "as pruned"}
     return pruned, report
 
 
@@ -331,8 +336,8 @@ class Pruner:
             "psnr_db"]
         final = final if refit_kept else raw
         quality["result"] = quality["with_reconstruction" if refit_kept else "without_reconstruction"]
-        selection = (f"the MACs of floor(ratio x channels) in every group, re-allocated across groups by measured "
-                     f"sensitivity" if allocation["used"] else "floor(ratio x channels) of every prunable group")
+        selection = ("the MACs of floor(ratio x channels) in every group, re-allocated across groups by measured "
+                     "sensitivity" if allocation["used"] else "floor(ratio x channels) of every prunable group")
         report = {
             "ratio": ratio,
             "selection": f"{selection}, least important first; groups of {4 * CHANNEL_MULTIPLE}+ channels keep a "
