@@ -277,33 +277,85 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
 
     if opts.tiers:
         lowerings = tuple(name for name in lowerings if name not in SIZE_BOUND)
+    source = graph
     if opts.prune is not None or opts.prune_to_macs is not None:
         compiled_macs = (lambda g: sum(c.macs for c in lower(g, lowerings)[0].node_costs())) \
             if precision == "int8" and lowerings else None  # a MAC budget holds for what ships
         graph, passes["prune"] = _prune(graph, calibration, opts, evaluator, report, compiled_macs)
     if precision == "int8":
-        from .passes.floor import search_float_layers
-        from .passes.norm_equalize import equalize_before_instance_norms
-        from .passes.quantize import Quantizer, qdq_summary
+        from .passes.floor import FloorNotMet
 
-        graph, equalized = equalize_before_instance_norms(graph, calibration)
-        if equalized:
-            passes["equalized"] = {"layers": equalized, "fp32": evaluator.quality(graph.model)}
-        graph, lowered = lower(graph, lowerings)
-        if lowered:
-            passes["lowered"] = lowered
-        quantizer = Quantizer(graph, calibration, opts.calibration_method)
-        report("quantize", 0, 1)
-        model, floor_report = search_float_layers(quantizer.layers(), quantizer, evaluator, opts.floor,
-                                                  getattr(compiler, "int8_form", None),
-                                                  getattr(compiler, "INT8_ONLY", None))
-        passes["quantize"] = {"ir": "QDQ ONNX (int8 per-channel symmetric weights, int8 per-tensor activations)",
-                              "method": opts.calibration_method, "calibration": calibration.report(),
-                              **floor_report, **qdq_summary(model)}
-        if quantizer.float_note:
-            passes["quantize"]["float_by_design"] = quantizer.float_note
-        graph = graph.with_model(model, [f"quantized to int8 QDQ ({opts.calibration_method})"])
+        try:
+            graph, int8_passes = _quantize(graph, calibration, opts, evaluator, report, lowerings, compiler)
+        except FloorNotMet as exc:
+            if "floor" not in passes.get("prune", {}).get("search", {}):
+                raise
+            graph, int8_passes, passes["prune"] = _back_off_pruning(source, calibration, opts, evaluator, report,
+                                                                    lowerings, compiler, passes["prune"], exc)
+        passes.update(int8_passes)
     return graph, passes
+
+
+def _quantize(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator, report: Progress,
+              lowerings: tuple[str, ...], compiler) -> tuple[Graph, dict[str, Any]]:
+    """The int8 QDQ graph (the backend's lowerings first; the quality floor scored as the backend's `compiler`
+    module deploys it) and its reports; FloorNotMet where no mix of int8 and float layers meets the floor."""
+    from .passes.floor import search_float_layers
+    from .passes.lowering import lower
+    from .passes.norm_equalize import equalize_before_instance_norms
+    from .passes.quantize import Quantizer, qdq_summary
+
+    passes: dict[str, Any] = {}
+    graph, equalized = equalize_before_instance_norms(graph, calibration)
+    if equalized:
+        passes["equalized"] = {"layers": equalized, "fp32": evaluator.quality(graph.model)}
+    graph, lowered = lower(graph, lowerings)
+    if lowered:
+        passes["lowered"] = lowered
+    quantizer = Quantizer(graph, calibration, opts.calibration_method)
+    report("quantize", 0, 1)
+    model, floor_report = search_float_layers(quantizer.layers(), quantizer, evaluator, opts.floor,
+                                              getattr(compiler, "int8_form", None),
+                                              getattr(compiler, "INT8_ONLY", None))
+    passes["quantize"] = {"ir": "QDQ ONNX (int8 per-channel symmetric weights, int8 per-tensor activations)",
+                          "method": opts.calibration_method, "calibration": calibration.report(),
+                          **floor_report, **qdq_summary(model)}
+    if quantizer.float_note:
+        passes["quantize"]["float_by_design"] = quantizer.float_note
+    return graph.with_model(model, [f"quantized to int8 QDQ ({opts.calibration_method})"]), passes
+
+
+def _back_off_pruning(source: Graph, calibration, opts: BuildOptions, evaluator: Evaluator, report: Progress,
+                      lowerings: tuple[str, ...], compiler, pruned: dict[str, Any], failure: Exception
+                      ) -> tuple[Graph, dict[str, Any], dict[str, Any]]:
+    """int8 missed the floor at the ratio the prune search chose in fp32 (the pruning spent the floor): the
+    largest smaller ratio on its grid whose int8 build meets it, bisected; the prune report lists the tries."""
+    from .passes.floor import FloorNotMet
+    from .passes.prune import FLOOR_STEP, Pruner
+
+    pruner = Pruner(source, calibration)
+    grid = [r for r in (round(FLOOR_STEP * k, 2) for k in range(1, round(pruned["ratio"] / FLOOR_STEP)))
+            if pruner.keep(r)]
+    tried, best = [{"ratio": pruned["ratio"], "int8_met": False}], None
+    lo, hi = -1, len(grid)  # grid[lo] meets the floor in int8; grid[hi:] do not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        graph, result = pruner.result(grid[mid], True, evaluator)
+        try:
+            best = (*_quantize(graph, calibration, opts, evaluator, report, lowerings, compiler), result)
+            lo = mid
+        except FloorNotMet:
+            hi = mid
+        tried.append({"ratio": grid[mid], "int8_met": hi != mid})
+    if best is None:
+        raise FloorNotMet(f"{failure} The prune search chose {pruned['ratio']:.0%} in fp32, spending the floor "
+                          f"before int8; no smaller ratio down to {grid[0] if grid else pruned['ratio']:.0%} meets "
+                          "it in int8 either: build without --prune, or lower the floor.") from None
+    graph, int8_passes, result = best
+    result["search"] = {**pruned["search"], "int8_back_off": tried}
+    log.warning("--prune with the floor chose %.0f%% in fp32, where int8 misses the floor; backed off to %.0f%%, "
+                "the largest ratio whose int8 build meets it", 100 * pruned["ratio"], 100 * result["ratio"])
+    return graph, int8_passes, result
 
 
 def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator, report: Progress,

@@ -625,3 +625,36 @@ def test_openvino_refuses_an_antialiased_downscale(tmp_path, scales, refused):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "aa.onnx"))
     found = unsupported_nodes(Graph.load(tmp_path / "aa.onnx"), targets.load("x86-openvino"))
     assert [(name, op) for name, op, _ in found] == ([("shrink", "Resize")] if refused else [])
+
+
+def test_int8_that_misses_the_floor_after_pruning_backs_off_the_ratio(tmp_path, monkeypatch):
+    """--prune R --min-psnr F in int8: the prune search spent the floor in fp32 (it chose R), int8 then missed
+    it and the build failed, although a smaller ratio met F in int8. Here int8 meets the floor only while
+    pruning keeps 70% of the MACs: the build backs off to the largest such ratio."""
+    import edgegen.build as build_module
+    from edgegen.graph import Graph
+    from edgegen.passes.floor import FloorNotMet
+
+    model = Path(__file__).parent / "data" / "families" / "dcgan__legacy_dyn.onnx"
+    full = sum(c.macs for c in Graph.load(model).node_costs())
+    real = build_module._quantize
+
+    def quantize(graph, *args):
+        if sum(c.macs for c in graph.node_costs()) < 0.7 * full:
+            raise FloorNotMet("int8 misses the floor (this test's rule)")
+        return real(graph, *args)
+
+    monkeypatch.setattr(build_module, "_quantize", quantize)
+    result = build(model, "x86-onnxruntime", tmp_path / "b", precision="int8", prune=0.6, min_psnr=20)
+    pruned = result.manifest["passes"]["prune"]
+    tries = pruned["search"]["int8_back_off"]
+    assert tries[0] == {"ratio": 0.6, "int8_met": False} and 0 < pruned["ratio"] < 0.6
+    assert pruned["macs"]["after"] >= 0.7 * full and {"ratio": pruned["ratio"], "int8_met": True} in tries
+    assert all(t["ratio"] <= pruned["ratio"] for t in tries if t["int8_met"])
+    larger = round(pruned["ratio"] + 0.05, 2)
+    assert larger >= 0.6 or {"ratio": larger, "int8_met": False} in tries  # the next ratio up misses
+    monkeypatch.setattr(build_module, "_quantize", lambda *args: (_ for _ in ()).throw(FloorNotMet("misses")))
+    with pytest.raises(FloorNotMet, match=r"misses The prune search chose 60% in fp32, spending the floor before "
+                                          r"int8; no smaller ratio down to \d+% meets it in int8 either"):
+        build(model, "x86-onnxruntime", tmp_path / "c", precision="int8", prune=0.6, min_psnr=20)
+    assert not (tmp_path / "c").exists()

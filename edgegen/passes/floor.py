@@ -19,6 +19,10 @@ from .quantize import WEIGHT_OPS
 log = logging.getLogger(__name__)
 
 
+class FloorNotMet(BuildError):
+    """No int8 form of the model meets the quality floor."""
+
+
 @dataclass
 class QualityFloor:
     """Minimum PSNR (dB) and/or SSIM of every image output against the fp32 source."""
@@ -107,7 +111,7 @@ def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator:
         report["result"] = base
         return model, report
     if int8_only:
-        raise BuildError(f"the quality floor ({floor.describe()}) is not met: all int8 gives {base['psnr_db']:.1f} "
+        raise FloorNotMet(f"the quality floor ({floor.describe()}) is not met: all int8 gives {base['psnr_db']:.1f} "
                          f"dB / SSIM {base['ssim']:.4f}, and {int8_only}, so no layer can stay in float. Lower "
                          "--min-psnr/--min-ssim, calibrate with more representative data (--calibration), or build "
                          "for a CPU target, which can keep layers in float.")
@@ -130,7 +134,7 @@ def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator:
             kept, model, quality = _drop_needless(kept, quantizer, score, floor, model, quality)
             report.update(kept_float=kept, result=quality)
             return model, report
-    raise BuildError(f"no mix of int8 and float layers meets the quality floor ({floor.describe()}): all int8 gives "
+    raise FloorNotMet(f"no mix of int8 and float layers meets the quality floor ({floor.describe()}): all int8 gives "
                      f"{base['psnr_db']:.1f} dB / SSIM {base['ssim']:.4f}; with {len(kept)} of the {len(candidates)} "
                      f"quantizable layers in float (one convolution or matrix product left in int8), "
                      f"{quality['psnr_db']:.1f} dB / SSIM {quality['ssim']:.4f}. Lower --min-psnr/--min-ssim, "
