@@ -38,6 +38,7 @@ class Lowered:
     builder: ModelBuilder
     inputs: list[dict]
     outputs: list[dict]
+    warnings: list[str]  # precision the op rules lose, for the build to log once
 
 
 class Lowerer:
@@ -53,6 +54,7 @@ class Lowerer:
         self.plan = plan_orders(p)
         self.node: onnx.NodeProto | None = None
         self._converted: dict[tuple[str, str], Value] = {}
+        self.warnings: list[str] = []
 
     # -- what the graph says -------------------------------------------------------------------
     def const(self, name: str) -> np.ndarray | None:
@@ -232,7 +234,7 @@ def lower(p: Prepared, precision: str, delegate: str = "xnnpack") -> Lowered:
         value = lw.reorder(lw.values[spec.name], None)
         lw.b.outputs.append(value.index)
         outputs.append(_boundary(spec.name, value.nhwc, lw.b.dtype(value.index), value.quant))
-    return Lowered(lw.b, inputs, outputs)
+    return Lowered(lw.b, inputs, outputs, lw.warnings)
 
 
 def _boundary(name: str, nhwc: bool, dtype: str, grid: QParams | None) -> dict:

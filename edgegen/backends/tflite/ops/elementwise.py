@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import onnx
@@ -19,7 +18,6 @@ _UNARY = {"Relu": "RELU", "Tanh": "TANH", "Sigmoid": "LOGISTIC", "HardSwish": "H
 _FLOAT_ONLY = {"ELU", "SQRT", "EXP", "ROUND"}  # LiteRT registers these for float only
 # int8 TANH and LOGISTIC have a fixed output grid (their range is [-1, 1] / [0, 1])
 FIXED_GRID = {"TANH": QParams.of(1 / 128, 0), "LOGISTIC": QParams.of(1 / 256, -128)}
-log = logging.getLogger(__name__)
 COARSER = 1.5  # warn where the fixed grid's step is this many times the calibrated one's (3.5 dB), or more
 _BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV"}
 _CLIPS = {(0.0, 6.0): "RELU6", (0.0, None): "RELU", (-1.0, 1.0): "RELU_N1_TO_1"}
@@ -42,16 +40,26 @@ def _unary_op(lw: Lowerer, node: onnx.NodeProto, code: str, options=None, int8_o
     x, out = node.input[0], node.output[0]
     grid = lw.quantized([x], out, FIXED_GRID.get(code)) if int8_ok else None
     calibrated = lw.p.quant.activations.get(out)
+    if calibrated is None and grid is not None and code in FIXED_GRID:  # an output the QDQ graph left float
+        calibrated = _range_through(code, lw.grid(x))
     if grid is not None and code in FIXED_GRID and calibrated is not None and \
             calibrated.scale[0] * COARSER <= grid.scale[0]:
         coarser = grid.scale[0] / calibrated.scale[0]
-        log.warning("node %r (%s): its calibrated output range is %.3g wide, and TFLite's int8 %s has a fixed grid "
-                    "%.3g wide, %.1fx as coarse as the QDQ graph's: about %.0f dB of PSNR lost on LiteRT there "
-                    "(another target, or fp16, keeps it)", node.name, node.op_type, 255 * calibrated.scale[0], code,
-                    255 * grid.scale[0], coarser, 20 * np.log10(coarser))
+        lw.warnings.append(f"node {node.name!r} ({node.op_type}): its calibrated output range is "
+                           f"{255 * calibrated.scale[0]:.3g} wide, and TFLite's int8 {code} has a fixed grid "
+                           f"{255 * grid.scale[0]:.3g} wide, {coarser:.1f}x as coarse as the QDQ graph's: about "
+                           f"{20 * np.log10(coarser):.0f} dB of PSNR lost on LiteRT there (another target, or fp16, "
+                           "keeps it)")
     value = lw.operand(x, grid is not None)
     index = lw.define(out, lw.tshape(value), value.nhwc, value.order, grid)
     lw.op(code, [value.index], [index], options)
+
+
+def _range_through(code: str, grid: QParams) -> QParams:
+    """The grid of 255 steps over what a monotonic TANH or LOGISTIC makes of its input grid's range."""
+    ends = grid.scale[0] * (np.array([-128.0, 127.0]) - grid.zero_point[0])
+    low, high = np.tanh(ends) if code == "TANH" else 1 / (1 + np.exp(-ends))
+    return QParams.of(max(float(high - low), 1e-12) / 255, 0)
 
 
 def _check_unary(node: onnx.NodeProto, p: Prepared) -> str | None:
