@@ -110,8 +110,11 @@ def test_edge_tpu_op_support_applies_coral_rules_to_the_bundle_model(tmp_path, c
     assert first["op"] == ops[first["index"]].code and first["why"] and first["op"] in result["summary"]
 
 
-def test_fpga_target_runs_the_functional_and_rtl_tiers(tmp_path, cgen_path, capsys):
+def test_fpga_target_runs_the_functional_and_rtl_tiers(tmp_path, cgen_path, capsys, monkeypatch):
     built = build(cgen_path, "fpga-sim", tmp_path / "npu")
+    with monkeypatch.context() as env:  # the RTL was compared with itself where this was set
+        env.setenv("EDGEGEN_FPGA_MODE", "rtl")
+        assert "functional" in emulate(tmp_path / "npu", runs=1, rtl=False)["host"]["runtime"]
     assert "speed_vs_source" not in built.manifest["latency"], "a simulated NPU is not compared with the CPU"
     report = emulate(tmp_path / "npu", runs=2)
     assert report["pass"], report["checks"]

@@ -40,7 +40,10 @@ def emulate(bundle: str | Path, target: str | None = None, runs: int = 20, rebui
     verify_files(bundle, manifest)
     device = _target(bundle, manifest, target)
     estimate = roofline.estimate(manifest, device)
-    settings = process.Settings(threads=device.threads, memory_mb=device.memory_mb, runs=runs, host_fallback=True)
+    # an FPGA bundle's host tier is the NPU's functional model, whatever EDGEGEN_FPGA_MODE or the target says:
+    # the RTL tier is compared with it
+    settings = process.Settings(threads=device.threads, memory_mb=device.memory_mb, runs=runs, host_fallback=True,
+                                env={"EDGEGEN_FPGA_MODE": "functional"} if device.backend == "fpga" else None)
     host = process.run(bundle, settings)
     checks = [_memory_check(bundle, host, settings)]
     report: dict[str, Any] = {
@@ -90,7 +93,8 @@ def _memory_check(bundle: Path, run: dict[str, Any], settings: process.Settings)
         return {"name": "memory ceiling", "pass": True,
                 "detail": f"peak RSS {run['peak_rss_mb']:.0f} MB, peak address space {run['peak_vm_mb']:.0f} MB "
                           f"<= {limit} MB"}
-    free = process.run(bundle, process.Settings(settings.threads, None, runs=1, warmup=0, host_fallback=True))
+    free = process.run(bundle, process.Settings(settings.threads, None, runs=1, warmup=0, host_fallback=True,
+                                                env=settings.env))
     if not free["ok"]:
         return {"name": "bundle runs", "pass": False, "detail": run["message"]}
     return {"name": "memory ceiling", "pass": False,
