@@ -34,7 +34,7 @@ from .resize_sizes import lone_fixed_sizes
 from .runtime.roi import STATIC_SHAPE_BACKENDS, WHOLE_FRAME_SHARE, static_shapes_refusal
 from .specs import TensorSpec, format_shape
 from .split import find_split, split_at
-from .subgraph import extract, with_batch, with_input_dims
+from .subgraph import extract, quantized_boundaries, with_batch, with_input_dims
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,9 @@ def compile_serving(graph: Graph, tgt: targets.Target, precision: str, staging: 
         if split is None:
             serving["split"] = {"none": why}
         else:
-            comp.add("trunk", extract(graph, split.trunk_inputs, split.cut, "trunk"))
-            head = extract(graph, split.cut + names, outputs, "head")
+            held = quantized_boundaries(graph, split.cut)
+            comp.add("trunk", extract(held, split.trunk_inputs, split.cut, "trunk"))
+            head = extract(held, split.cut + names, outputs, "head")
             comp.add("head", head)
             serving["split"] = split.to_json()
     wanted = [flag for flag, on in (("--roi", options.roi), ("--tiers", options.tiers),
@@ -129,16 +130,17 @@ def _roi_parts(graph: Graph, comp: _Compiler) -> dict[str, Any]:
             result[spec.name] = {"refused": str(exc)}
             continue
         roots = [r["name"] for r in program["roots"]]
+        held = quantized_boundaries(graph, roots)
         pre, pre_share = None, 0.0
         if program["needs_pre"]:
-            whole = extract(graph, sorted(inputs), [r for r in roots if r not in inputs], f"roi {spec.name} roots")
+            whole = extract(held, sorted(inputs), [r for r in roots if r not in inputs], f"roi {spec.name} roots")
             pre, pre_share = comp.add(f"roi{i}_pre", whole), _macs(whole) / max(_macs(graph), 1)
             if pre_share >= WHOLE_FRAME_SHARE:
                 log.warning("output %r: a region first computes %.0f%% of the MACs on the whole frame (the tensors "
                             "it needs whole, such as the channel gates of squeeze-excitation or NAFNet's "
                             "simplified channel attention), so regions are served as the whole frame, cropped: "
                             "no faster than a full one", spec.name, 100 * pre_share)
-        post = extract(graph, roots, [spec.name], f"roi {spec.name} region")
+        post = extract(held, roots, [spec.name], f"roi {spec.name} region")
         spatial = {r["name"] for r in program["roots"] if r["spatial"]}
         dims = {s.name: [s.shape[0] if s.shape and s.shape[0] is not None else "N", s.default_shape[1],
                          f"{s.name}_h", f"{s.name}_w"] for s in post.inputs if s.name in spatial}
@@ -186,7 +188,8 @@ def _tier_parts(graph: Graph, comp: _Compiler, options: ServingOptions, split) -
 def _preview(graph: Graph, comp: _Compiler, options: ServingOptions, split, small, full) -> dict[str, Any]:
     entry: dict[str, Any] = {"output": small.name, "size": small.default_shape[2:]}
     if split is not None:
-        head = extract(graph, split.cut + [s.name for s in graph.inputs], [small.name], "head to the preview")
+        head = extract(quantized_boundaries(graph, split.cut), split.cut + [s.name for s in graph.inputs],
+                       [small.name], "head to the preview")
         entry.update(part=comp.add("head_preview", head), trunk=True)
     else:
         entry.update(part=comp.add("preview", extract(graph, [s.name for s in graph.inputs], [small.name],

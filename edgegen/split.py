@@ -96,7 +96,8 @@ def split_at(graph: Graph, tensors: list[str], chosen_by: str = "--split") -> Sp
     produced = {out for i in trunk for out in nodes[i].output}
     read_by_head = {x for i, n in enumerate(nodes) if i not in trunk for x in n.input}
     outputs = {s.name for s in graph.outputs}
-    cut = [t for t in _ordered(produced, nodes) if (t in read_by_head or t in outputs) and deps[t]]
+    crossing = [t for t in _ordered(produced, nodes) if (t in read_by_head or t in outputs) and deps[t]]
+    cut = _quantized_by_name(crossing, nodes, producer, outputs)
     inside = [t for t in tensors if t not in cut]
     if inside and chosen_by == "--split":
         log.warning("--split tensor(s) %s are computed inside the trunk that the other tensors named need, and no "
@@ -105,6 +106,18 @@ def split_at(graph: Graph, tensors: list[str], chosen_by: str = "--split") -> Sp
     trunk_macs = sum(c.macs for i, c in enumerate(costs) if i in trunk and deps[nodes[i].output[0]])
     total = sum(c.macs for c in costs)
     return Split(sorted(trunk_inputs), cut, trunk_macs, total - trunk_macs, chosen_by)
+
+
+def _quantized_by_name(cut: list[str], nodes, producer: dict[str, int], outputs: set[str]) -> list[str]:
+    """In an int8 graph, a dequantized tensor (DequantizeLinear of a QuantizeLinear) by the name of the model's
+    tensor it quantizes: the names `inspect --nodes` lists (parts cut there keep it on its int8 grid)."""
+    named = []
+    for tensor in cut:
+        dq = nodes[producer[tensor]]
+        q = nodes[producer[dq.input[0]]] if dq.op_type == "DequantizeLinear" and dq.input[0] in producer else None
+        named.append(q.input[0] if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in producer
+                     and tensor not in outputs else tensor)
+    return list(dict.fromkeys(named))
 
 
 def _missing(graph: Graph, name: str, tensors: dict[str, frozenset[str]]) -> str:

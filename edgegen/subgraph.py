@@ -56,6 +56,65 @@ def extract(graph: Graph, inputs: list[str], outputs: list[str], note: str) -> G
                  [_spec(n, graph, types, shapes) for n in outputs])
 
 
+def quantized_boundaries(graph: Graph, tensors: list[str]) -> Graph:
+    """The graph with each of `tensors` that a QDQ graph quantizes (read by QuantizeLinear nodes alone) held on
+    its int8 grid, so that parts cut there stay int8 on both sides: the part before ends with its
+    QuantizeLinear -> DequantizeLinear (the tensor is the dequantized value), the part after quantizes it again
+    onto the same grid (lossless) before its DequantizeLinear readers. A backend that runs int8 only (the NPU)
+    needs both; the others keep their fused int8 kernels at the cut. Names and values stay the same."""
+    model = onnx.ModelProto.FromString(graph.model.SerializeToString())
+    nodes = model.graph.node
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in model.graph.output}
+    producer = {o: n for n in nodes for o in n.output}
+    changed = False
+    for tensor in tensors:
+        source = producer.get(tensor)
+        if source is not None and source.op_type == "DequantizeLinear" and readers.get(tensor) and \
+                getattr(producer.get(source.input[0]), "op_type", None) == "QuantizeLinear":
+            again = f"{tensor}/on_grid_again"  # the part after reads it through its own Q -> DQ
+            for reader in readers[tensor]:
+                reader.input[:] = [again if i == tensor else i for i in reader.input]
+            position = next(i for i, n in enumerate(nodes) if n is source)
+            nodes.insert(position + 1, helper.make_node("QuantizeLinear", [tensor, *source.input[1:]],
+                                                        [f"{tensor}/requantized"], **_axis(source)))
+            nodes.insert(position + 2, helper.make_node("DequantizeLinear", [f"{tensor}/requantized",
+                                                                             *source.input[1:]], [again],
+                                                        **_axis(source)))
+            changed = True
+            continue
+        quantizers = readers.get(tensor, [])
+        if source is None or not quantizers or tensor in outputs or any(q.op_type != "QuantizeLinear" or q.input[1:] !=
+                                                      quantizers[0].input[1:] for q in quantizers):
+            continue
+        first = quantizers[0]
+        unquantized = f"{tensor}/unquantized"
+        for node in nodes:
+            node.output[:] = [unquantized if o == tensor else o for o in node.output]
+        position = next(i for i, n in enumerate(nodes) if n is first)
+        held = helper.make_node("DequantizeLinear", [first.output[0], *first.input[1:]], [tensor],
+                                name=f"{tensor}/on_grid", **_axis(first))
+        nodes.insert(position + 1, held)
+        for q in quantizers:  # the readers' quantization reads the held value: the same integers
+            q.input[0] = unquantized if q is first else tensor
+        requantized = helper.make_node("QuantizeLinear", [tensor, *first.input[1:]], [f"{tensor}/requantized"],
+                                       name=f"{tensor}/requantize", **_axis(first))
+        nodes.insert(position + 2, requantized)
+        for dq in readers.get(first.output[0], []):
+            dq.input[0] = requantized.output[0]
+        changed = True
+    if not changed:
+        return graph
+    return graph.with_model(model, ["cut tensors held on their int8 grid"])
+
+
+def _axis(node: onnx.NodeProto) -> dict[str, int]:
+    return {a.name: a.i for a in node.attribute if a.name == "axis"}
+
+
 def with_input_dims(graph: Graph, dims: dict[str, list[int | str | None]], note: str) -> Graph:
     """The same graph with some input dims replaced (int: fixed, str: a named dynamic dim); every
     other shape is inferred anew. Fails clearly when the model hard-codes the old size."""

@@ -454,3 +454,15 @@ def test_a_fractional_resize_after_a_function_is_refused_alike_by_inspect_and_bu
     assert [(name, op) for name, op, _ in missing] == [("grow", "Resize")]
     with pytest.raises(UnsupportedOpError, match=why):
         build(tmp_path / "m.onnx", "fpga-sim", tmp_path / "b", precision="int8")
+
+
+def test_serving_parts_cut_at_a_quantized_tensor_stay_int8_on_the_npu(tmp_path):
+    """A part ending or starting at a tensor the QDQ graph quantizes was cut before its QuantizeLinear (or after
+    its DequantizeLinear): the NPU, which runs int8 only, refused every --split and a U-Net's --roi, and the
+    suggested --split named tensors of the quantized graph (`..._DequantizeLinear_Output`)."""
+    split = ["/style/Gemm_output_0", "/Slice_1_output_0", "/Sub_output_0"]  # as `inspect --nodes` lists them
+    built = build("zoo:glyphtiny", "fpga-sim", tmp_path / "split", split=split)
+    assert built.manifest["serving"]["split"]["cut"] == split
+    assert built.manifest["serving_report"]["split"]["max_abs"] == 0
+    unet = build(FAMILIES / "pix2pix_unet__legacy_b1.onnx", "fpga-sim", tmp_path / "roi", roi=True)
+    assert "program" in unet.manifest["serving"]["roi"]["96"], unet.manifest["serving"]["roi"]
