@@ -315,6 +315,46 @@ def test_vendor_target_writes_the_project_and_names_the_missing_tool(tmp_path, n
         assert "PIN_V11 -to clk" in (project / "npu.qsf").read_text()
 
 
+REPORTS = Path(__file__).parent / "data" / "reports"
+
+
+def _vendor_tool(tmp_path: Path, monkeypatch, tool: str, writes: dict[str, Path | str], exit_code: int = 0) -> None:
+    """Put a stand-in for a vendor tool first on PATH: it prints a line, writes `writes` (path in its working
+    directory -> report file to copy or text) and exits with exit_code."""
+    lines = ["#!/bin/sh", f"echo '{tool} stand-in: exit {exit_code}'"]
+    for name, source in writes.items():
+        text = source.read_text() if isinstance(source, Path) else source
+        lines += [f"mkdir -p $(dirname {name})", f"cat > {name} <<'EOF'", text.rstrip("\n"), "EOF"]
+    script = tmp_path / "bin" / tool
+    script.parent.mkdir(exist_ok=True)
+    script.write_text("\n".join([*lines, f"exit {exit_code}", ""]))
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{script.parent}:{os.environ['PATH']}")
+
+
+VIVADO_REPORTS = {"utilization.rpt": REPORTS / "vivado_utilization.rpt",
+                  "timing_summary.rpt": REPORTS / "vivado_timing_summary.rpt"}
+QUARTUS_REPORTS = {"output_files/npu.fit.summary": REPORTS / "npu.fit.summary",
+                   "output_files/npu.sta.rpt": REPORTS / "npu.sta.rpt"}
+
+
+@pytest.mark.parametrize("name,tool,writes,missing", [
+    ("arty-a7-100t", "vivado", {}, "utilization.rpt, timing_summary.rpt, npu.bit"),
+    ("arty-a7-100t", "vivado", VIVADO_REPORTS, "npu.bit"),
+    ("de10-nano", "quartus_sh", {}, "output_files/npu.fit.summary, output_files/npu.sta.rpt, output_files/npu.sof"),
+    ("de10-nano", "quartus_sh", QUARTUS_REPORTS, "output_files/npu.sof"),
+])
+def test_vendor_tool_that_exits_0_without_its_outputs_fails_the_build(tmp_path, monkeypatch, name, tool, writes,
+                                                                      missing):
+    """No report or no bitstream from a tool that says it succeeded: a ToolFailedError naming the tool, what it
+    did not write and its log, and no bundle."""
+    _vendor_tool(tmp_path, monkeypatch, tool, writes)
+    with pytest.raises(ToolFailedError, match=rf"(?s){tool} exited 0 but did not write {missing} .*log .*"
+                                              rf"{tool} stand-in: exit 0"):
+        build(_model(tmp_path, 1), name, tmp_path / "b", precision="int8")
+    assert not (tmp_path / "b").exists()
+
+
 def test_missing_tool_error_names_the_tool_and_how_to_get_it(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(ToolNotFoundError, match=r"vivado is not installed.*Install AMD/Xilinx Vivado"):

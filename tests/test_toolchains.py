@@ -69,6 +69,8 @@ def test_runner_keeps_the_log_and_quotes_it_on_failure(tmp_path):
     assert seconds > 0 and "hello from the tool" in log.read_text() and log.read_text().startswith("$ ")
     with pytest.raises(ToolFailedError, match=r"(?s)exit 3.*broken input"):
         runner.run([sys.executable, "-c", "import sys; print('broken input'); sys.exit(3)"], log, tmp_path, 60)
+    with pytest.raises(ToolFailedError, match=r"(?s)python\S* exited 0 but did not write report.txt .*quiet"):
+        runner.run([sys.executable, "-c", "print('quiet')"], log, tmp_path, 60, outputs=("report.txt",))
     out = tmp_path / "out.txt"
     (tmp_path / "in.txt").write_text("piped")
     runner.run([sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read().upper())"], log, tmp_path, 60,

@@ -59,7 +59,7 @@ def synthesize(device: Device, sources: list[str], top: str, params: dict[str, o
     script = "\n".join([f"read_verilog {' '.join(sources)}", f"chparam {chparam} {top}" if chparam else "",
                         f"{synth} -top {top} -json {netlist}", "tee -o synth_stat.txt stat", ""])
     (cwd / "synth.ys").write_text(script)
-    return runner.run([yosys, "-q", "synth.ys"], log, cwd, SYNTH_TIMEOUT_S)
+    return runner.run([yosys, "-q", "synth.ys"], log, cwd, SYNTH_TIMEOUT_S, outputs=(netlist, "synth_stat.txt"))
 
 
 def _param(value: object) -> str:
@@ -75,14 +75,16 @@ def place_and_route(device: Device, netlist: str, constraints: str, freq_mhz: fl
     out = ["--asc", text] if device.family == "ice40" else ["--textcfg", text]
     cmd = [nextpnr, *device.part, "--json", netlist, device.constraint_flag, constraints, *out, "--freq",
            f"{freq_mhz:g}", "--timing-allow-fail", "--seed", str(seed), "--report", report, "-q"]
-    return runner.run(cmd, log, cwd, PNR_TIMEOUT_S)
+    return runner.run(cmd, log, cwd, PNR_TIMEOUT_S, outputs=(text, report))
 
 
 def pack(device: Device, text: str, bitstream: str, cwd: Path, log: Path) -> float:
     """icepack / ecppack: text configuration -> bitstream; returns seconds."""
     if device.family == "ice40":
-        return runner.run([_tool("icepack", "pack an iCE40 bitstream"), text, bitstream], log, cwd, 600)
-    return runner.run([_tool("ecppack", "pack an ECP5 bitstream"), text, bitstream], log, cwd, 600)
+        return runner.run([_tool("icepack", "pack an iCE40 bitstream"), text, bitstream], log, cwd, 600,
+                          outputs=(bitstream,))
+    return runner.run([_tool("ecppack", "pack an ECP5 bitstream"), text, bitstream], log, cwd, 600,
+                      outputs=(bitstream,))
 
 
 def patch_bram(device: Device, text: str, old_hex: str, new_hex: str, out: str, cwd: Path, log: Path) -> float:

@@ -46,11 +46,12 @@ def write_project(project: Path, part: str, top: str, sources: list[str], constr
 def build(project: Path, script: str) -> dict:
     """Run Quartus on the script (ToolNotFoundError when it is not on PATH); returns bitstream and report."""
     executable = runner.require((TOOL,), "build the bitstream for an Intel part", INSTALL)
-    seconds = runner.run([executable, "-t", script], project / "quartus.log", project, TIMEOUT_S)
-    out = project / "output_files"
-    report = parse_fit_summary((out / f"{REVISION}.fit.summary").read_text())
-    report.update(parse_sta_fmax((out / f"{REVISION}.sta.rpt").read_text()))
-    return {"bitstream": f"output_files/{REVISION}.sof", "report": report, "stages_s": {"quartus": seconds}}
+    fit, sta, sof = (f"output_files/{REVISION}.{kind}" for kind in ("fit.summary", "sta.rpt", "sof"))
+    seconds = runner.run([executable, "-t", script], project / "quartus.log", project, TIMEOUT_S,
+                         outputs=(fit, sta, sof))
+    report = parse_fit_summary((project / fit).read_text())
+    report.update(parse_sta_fmax((project / sta).read_text()))
+    return {"bitstream": sof, "report": report, "stages_s": {"quartus": seconds}}
 
 
 def parse_fit_summary(text: str) -> dict:

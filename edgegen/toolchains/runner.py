@@ -35,9 +35,10 @@ def require(names: tuple[str, ...], purpose: str, install: str) -> str:
 
 
 def run(cmd: list[str], log: Path, cwd: Path, timeout_s: float, stdin: Path | None = None,
-        stdout: Path | None = None) -> float:
+        stdout: Path | None = None, outputs: tuple[str, ...] = ()) -> float:
     """Run cmd in cwd with its output appended to `log` (stdout to a file when given); returns seconds.
-    Raises ToolFailedError quoting the log's tail when it fails or runs past timeout_s."""
+    Raises ToolFailedError quoting the log's tail when it fails, runs past timeout_s, or exits 0 without
+    writing one of `outputs` (paths relative to cwd)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "a") as out:
@@ -54,6 +55,14 @@ def run(cmd: list[str], log: Path, cwd: Path, timeout_s: float, stdin: Path | No
                 if f not in (subprocess.DEVNULL, out):
                     f.close()
     if proc.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-12:])
-        raise ToolFailedError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}); log {log}:\n{tail}")
+        raise _failed(cmd, f"failed (exit {proc.returncode})", log)
+    missing = [name for name in outputs if not (cwd / name).is_file()]
+    if missing:
+        raise _failed(cmd, f"exited 0 but did not write {', '.join(missing)} (in {cwd})", log)
     return time.perf_counter() - start
+
+
+def _failed(cmd: list[str], what: str, log: Path) -> ToolFailedError:
+    """The error for a program that ran and failed: its name, what went wrong, its log and the log's tail."""
+    tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-12:])
+    return ToolFailedError(f"{Path(cmd[0]).name} {what}; log {log}:\n{tail}")

@@ -18,7 +18,7 @@ INSTALL = ("Install AMD/Xilinx Vivado ML Standard (free for Artix-7; https://www
            "build.tcl` in the bundle's fpga/project directory.")
 TIMEOUT_S = 4 * 3600
 SCRIPT = "build.tcl"
-UTILIZATION, TIMING = "utilization.rpt", "timing_summary.rpt"
+UTILIZATION, TIMING, BITSTREAM = "utilization.rpt", "timing_summary.rpt", "npu.bit"
 _ROWS = {"Slice LUTs": "luts", "Slice Registers": "ffs", "Block RAM Tile": "bram36", "DSPs": "dsp",
          "Bonded IOB": "io"}
 
@@ -37,7 +37,7 @@ def write_project(project: Path, part: str, top: str, sources: list[str], constr
         "opt_design", "place_design", "route_design",
         f"report_utilization -file {UTILIZATION}",
         f"report_timing_summary -file {TIMING}",
-        "write_bitstream -force npu.bit", "",
+        f"write_bitstream -force {BITSTREAM}", "",
     ])
     (project / SCRIPT).write_text(script)
     return SCRIPT
@@ -47,10 +47,10 @@ def build(project: Path, script: str) -> dict:
     """Run Vivado on the script (ToolNotFoundError when it is not on PATH); returns bitstream and report."""
     executable = runner.require((TOOL,), "build the bitstream for a Xilinx part", INSTALL)
     seconds = runner.run([executable, "-mode", "batch", "-nojournal", "-source", script], project / "vivado.log",
-                         project, TIMEOUT_S)
+                         project, TIMEOUT_S, outputs=(UTILIZATION, TIMING, BITSTREAM))
     report = parse_utilization((project / UTILIZATION).read_text())
     report.update(parse_timing_summary((project / TIMING).read_text()))
-    return {"bitstream": "npu.bit", "report": report, "stages_s": {"vivado": seconds}}
+    return {"bitstream": BITSTREAM, "report": report, "stages_s": {"vivado": seconds}}
 
 
 def _table_rows(text: str) -> list[list[str]]:
