@@ -320,7 +320,7 @@ REPORTS = Path(__file__).parent / "data" / "reports"
 
 def _vendor_tool(tmp_path: Path, monkeypatch, tool: str, writes: dict[str, Path | str], exit_code: int = 0) -> None:
     """Put a stand-in for a vendor tool first on PATH: it prints a line, writes `writes` (path in its working
-    directory -> report file to copy or text) and exits with exit_code."""
+    directory -> report file to copy or text) and exits with exit_code. Logs of failed runs go to tmp_path/logs."""
     lines = ["#!/bin/sh", f"echo '{tool} stand-in: exit {exit_code}'"]
     for name, source in writes.items():
         text = source.read_text() if isinstance(source, Path) else source
@@ -330,6 +330,7 @@ def _vendor_tool(tmp_path: Path, monkeypatch, tool: str, writes: dict[str, Path 
     script.write_text("\n".join([*lines, f"exit {exit_code}", ""]))
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{script.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(runner, "LOGS", tmp_path / "logs")
 
 
 VIVADO_REPORTS = {"utilization.rpt": REPORTS / "vivado_utilization.rpt",
@@ -353,6 +354,19 @@ def test_vendor_tool_that_exits_0_without_its_outputs_fails_the_build(tmp_path, 
                                               rf"{tool} stand-in: exit 0"):
         build(_model(tmp_path, 1), name, tmp_path / "b", precision="int8")
     assert not (tmp_path / "b").exists()
+
+
+def test_a_failed_vendor_tool_names_its_log_where_it_was_kept(tmp_path, monkeypatch):
+    """The build directory the tool ran in is removed with the failed build: the error names a copy of the log
+    that outlives it, and a second failure keeps its own copy."""
+    _vendor_tool(tmp_path, monkeypatch, "vivado", {}, exit_code=1)
+    kept = []
+    for _ in range(2):
+        with pytest.raises(ToolFailedError, match=r"vivado failed \(exit 1\); log ") as failed:
+            build(_model(tmp_path, 1), "arty-a7-100t", tmp_path / "b", precision="int8")
+        kept.append(Path(str(failed.value).split("; log ")[1].split(":\n")[0]))
+        assert kept[-1].parent == tmp_path / "logs" and "vivado stand-in: exit 1" in kept[-1].read_text()
+    assert kept[0] != kept[1] and kept[0].is_file() and not (tmp_path / "b").exists()
 
 
 def test_missing_tool_error_names_the_tool_and_how_to_get_it(monkeypatch):

@@ -63,7 +63,8 @@ def test_quartus_fit_summary_and_fmax_panels():
         quartus.parse_fit_summary("Flow Status : Successful\n")
 
 
-def test_runner_keeps_the_log_and_quotes_it_on_failure(tmp_path):
+def test_runner_keeps_the_log_and_quotes_it_on_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "LOGS", tmp_path / "kept")
     log = tmp_path / "logs" / "tool.log"
     seconds = runner.run([sys.executable, "-c", "print('hello from the tool')"], log, tmp_path, 60)
     assert seconds > 0 and "hello from the tool" in log.read_text() and log.read_text().startswith("$ ")
@@ -71,6 +72,7 @@ def test_runner_keeps_the_log_and_quotes_it_on_failure(tmp_path):
         runner.run([sys.executable, "-c", "import sys; print('broken input'); sys.exit(3)"], log, tmp_path, 60)
     with pytest.raises(ToolFailedError, match=r"(?s)python\S* exited 0 but did not write report.txt .*quiet"):
         runner.run([sys.executable, "-c", "print('quiet')"], log, tmp_path, 60, outputs=("report.txt",))
+    assert len(list((tmp_path / "kept").glob("python*.log"))) == 2  # a copy per failure, beyond the run's directory
     out = tmp_path / "out.txt"
     (tmp_path / "in.txt").write_text("piped")
     runner.run([sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read().upper())"], log, tmp_path, 60,

