@@ -147,6 +147,9 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
             lines.append("            layer sensitivity (PSNR with only this layer int8), most damaging first:")
             for row in sorted(quant["sensitivity"], key=lambda r: -r["nmse"])[:12]:
                 lines.append(f"              {row['node'][:48]:<48} {row['op']:<22} {row['psnr_db_alone']:7.2f} dB")
+    timing = manifest.get("session", {}).get("bitstream", {}).get("timing_warning")
+    if timing:
+        lines.append(f"  warning   {timing}")
     lines += _serving_lines(manifest)
     return "\n".join(lines)
 

@@ -356,6 +356,43 @@ def test_vendor_tool_that_exits_0_without_its_outputs_fails_the_build(tmp_path, 
     assert not (tmp_path / "b").exists()
 
 
+SETUP_FAILS = (REPORTS / "vivado_timing_summary.rpt").read_text()  # WNS -3.125 ns at 100 MHz
+HOLD_FAILS = SETUP_FAILS.replace("-3.125", " 0.412")  # setup met, "Timing constraints are not met" (hold)
+MET = HOLD_FAILS.replace("Timing constraints are not met.", "All user specified timing constraints are met.")
+FMAX = round(1000 / 13.125, 2)
+
+
+@pytest.mark.parametrize("timing,says", [
+    (SETUP_FAILS, [f"npu.bit misses timing: Fmax {FMAX:g} MHz (WNS -3.125 ns on sys_clk) against the NPU's 100 MHz "
+                   f"clock", f"MMCM/PLL at {FMAX:g} MHz or less", f"quoted at {FMAX:g} MHz"]),
+    (HOLD_FAILS, ["vivado reports timing constraints not met (WNS 0.412 ns on sys_clk) although Fmax",
+                  "timing report beside fpga/project/npu.bit"]),
+    (MET, None)])
+def test_a_bitstream_that_misses_timing_is_kept_with_a_warning_and_no_latency_at_the_clock(tmp_path, monkeypatch,
+                                                                                           caplog, timing, says):
+    """Vivado's verdict on the Arty's 100 MHz clock: a bitstream that misses timing is built, the log, the report and
+    the build summary say so (Fmax against the clock, what to do), and no latency is quoted at 100 MHz."""
+    from edgegen.report import render_build_report
+
+    _vendor_tool(tmp_path, monkeypatch, "vivado", {**VIVADO_REPORTS, "timing_summary.rpt": timing, "npu.bit": "BIT"})
+    result = build(_model(tmp_path, 1), "arty-a7-100t", tmp_path / "b", precision="int8")
+    report = result.manifest["session"]["bitstream"]
+    met = says is None
+    assert report["built"] and report["timing_met"] is met and report["clock_mhz"] == 100.0
+    assert json.loads((tmp_path / "b" / "reports" / "bitstream.json").read_text()) == report
+    measured = report["cycles_per_image"] is not None
+    assert measured == ("latency_ms" in report) and (measured and met) == ("latency_ms_at_board_clock" in report)
+    summary = render_build_report(result.manifest, tmp_path / "b")
+    if met:
+        assert "timing_warning" not in report and "timing" not in caplog.text
+        assert not [line for line in summary.splitlines() if line.startswith("  warning") and "timing" in line]
+        return
+    warning = report["timing_warning"]
+    for part in says:
+        assert part in warning, part
+    assert warning in caplog.text and f"  warning   {warning}" in summary
+
+
 def test_a_failed_vendor_tool_names_its_log_where_it_was_kept(tmp_path, monkeypatch):
     """The build directory the tool ran in is removed with the failed build: the error names a copy of the log
     that outlives it, and a second failure keeps its own copy."""

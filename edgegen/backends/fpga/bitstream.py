@@ -183,9 +183,30 @@ def stage(workdir: Path, target: Target, config: NpuConfig, memory: dict[str, An
         return _skipped(workdir, report, str(exc))
     report["built"] = True
     report.setdefault("clock_mhz", board.clock_hz / 1e6)
-    report["timing_met"] = report["fmax_mhz"] >= report["clock_mhz"]
-    report.update(_cycles(config, images, report["fmax_mhz"], report["clock_mhz"]))
+    # Vivado gives its own verdict (setup, hold, pulse width); nextpnr and Quartus give Fmax only
+    report["timing_met"] = report["fmax_mhz"] >= report["clock_mhz"] and report.get("timing_met", True)
+    report.update(_cycles(config, images, report["fmax_mhz"], report["clock_mhz"] if report["timing_met"] else None))
+    if not report["timing_met"]:
+        report["timing_warning"] = _timing_warning(report, target, board)
+        log.warning("%s", report["timing_warning"])
     return _finish(workdir, report)
+
+
+def _timing_warning(report: dict[str, Any], target: Target, board: Board) -> str:
+    """What a bitstream that fails timing at the NPU's clock on the board is worth, and what to do about it."""
+    fmax, clock, bitfile = report["fmax_mhz"], report["clock_mhz"], report["bitstream"]
+    wns = f" (WNS {report['wns_ns']:g} ns on {report['clock']})" if "wns_ns" in report else ""
+    if fmax >= clock:  # a failed constraint other than setup at the clock (hold, pulse width)
+        return (f"target {target.name}: {report['flow']} reports timing constraints not met{wns} although Fmax "
+                f"{fmax:g} MHz reaches the {clock:g} MHz clock; read the timing report beside {bitfile} before "
+                "using it")
+    slower = (f"lower backend_options.fmax_mhz in {target.path} to {fmax:g} or less (the board's PLL makes that clock)"
+              if board.pll else f"clock the NPU from an MMCM/PLL at {fmax:g} MHz or less (the generated top runs it "
+              f"from the {board.name}'s {board.clock_hz / 1e6:g} MHz oscillator and writes no MMCM/PLL yet)")
+    return (f"target {target.name}: the bitstream {bitfile} misses timing: Fmax {fmax:g} MHz{wns} against the NPU's "
+            f"{clock:g} MHz clock on the board, where it can compute wrong results. It is kept; to run it, {slower}, "
+            f"or build a smaller NPU (fewer backend_options.lanes). latency_ms and images_per_s are quoted at "
+            f"{fmax:g} MHz, not at {clock:g}")
 
 
 def _skipped(workdir: Path, report: dict, reason: str) -> tuple[list[str], dict]:
@@ -382,9 +403,9 @@ def wrapper(params: dict[str, object], pll_family: str | None = None) -> str:
             f"        .led_busy(led_busy), .led_done(led_done));\nendmodule\n")
 
 
-def _cycles(config: NpuConfig, images: Images, fmax_mhz: float, clock_mhz: float) -> dict[str, Any]:
+def _cycles(config: NpuConfig, images: Images, fmax_mhz: float, clock_mhz: float | None) -> dict[str, Any]:
     """Cycles per image from the NPU's RTL in Verilator (the cycle count does not depend on the data);
-    latency = cycles / Fmax and at the clock the board runs the NPU at."""
+    latency = cycles / Fmax, and at the clock the board runs the NPU at when given (None: it fails timing)."""
     try:
         from .rtlsim import RtlNpu
         npu = RtlNpu(config)
@@ -400,4 +421,4 @@ def _cycles(config: NpuConfig, images: Images, fmax_mhz: float, clock_mhz: float
     cycles = status.cycles
     return {"cycles_per_image": cycles, "latency_ms": round(cycles / (fmax_mhz * 1e3), 3),
             "images_per_s": round(fmax_mhz * 1e6 / cycles, 2),
-            "latency_ms_at_board_clock": round(cycles / (clock_mhz * 1e3), 3)}
+            **({"latency_ms_at_board_clock": round(cycles / (clock_mhz * 1e3), 3)} if clock_mhz else {})}
