@@ -1,6 +1,7 @@
 """Report parsers of the FPGA toolchain wrappers, on report text in each tool's published format
 (tests/data/reports/), and the logged runner."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -70,9 +71,13 @@ def test_runner_keeps_the_log_and_quotes_it_on_failure(tmp_path, monkeypatch):
     assert seconds > 0 and "hello from the tool" in log.read_text() and log.read_text().startswith("$ ")
     with pytest.raises(ToolFailedError, match=r"(?s)exit 3.*broken input"):
         runner.run([sys.executable, "-c", "import sys; print('broken input'); sys.exit(3)"], log, tmp_path, 60)
-    with pytest.raises(ToolFailedError, match=r"(?s)python\S* exited 0 but did not write report.txt .*quiet"):
+    with pytest.raises(ToolFailedError, match=r"(?s)python\S* exited 0 but did not write report.txt; log .*quiet"):
         runner.run([sys.executable, "-c", "print('quiet')"], log, tmp_path, 60, outputs=("report.txt",))
     assert len(list((tmp_path / "kept").glob("python*.log"))) == 2  # a copy per failure, beyond the run's directory
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(runner, "LOGS", tmp_path / "file" / "kept")  # no copy can be written: the log itself
+    with pytest.raises(ToolFailedError, match=rf"exit 3\); log {re.escape(str(log))}:"):
+        runner.run([sys.executable, "-c", "import sys; sys.exit(3)"], log, tmp_path, 60)
     out = tmp_path / "out.txt"
     (tmp_path / "in.txt").write_text("piped")
     runner.run([sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read().upper())"], log, tmp_path, 60,

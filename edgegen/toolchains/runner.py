@@ -64,7 +64,7 @@ def run(cmd: list[str], log: Path, cwd: Path, timeout_s: float, stdin: Path | No
         raise _failed(cmd, f"failed (exit {proc.returncode})", log)
     missing = [name for name in outputs if not (cwd / name).is_file()]
     if missing:
-        raise _failed(cmd, f"exited 0 but did not write {', '.join(missing)} (in {cwd})", log)
+        raise _failed(cmd, f"exited 0 but did not write {', '.join(missing)}", log)
     return time.perf_counter() - start
 
 
@@ -78,6 +78,7 @@ def _failed(cmd: list[str], what: str, log: Path) -> ToolFailedError:
 def _keep(log: Path, name: str) -> Path:
     """A copy of the log under LOGS, new and named after the program and the time (the caller may remove
     the log's directory on the way out); the log itself where no copy can be written."""
+    kept = None
     try:
         LOGS.mkdir(parents=True, exist_ok=True)
         fd, kept = tempfile.mkstemp(prefix=f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-", suffix=".log", dir=LOGS)
@@ -85,5 +86,7 @@ def _keep(log: Path, name: str) -> Path:
         with atomic_path(kept) as tmp:
             shutil.copyfile(log, tmp)
     except (OSError, OutputPathError):
+        if kept:  # the name reserved for the copy
+            Path(kept).unlink(missing_ok=True)
         return log
     return Path(kept)
