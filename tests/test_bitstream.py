@@ -239,6 +239,7 @@ def test_ecp5_bitstream_weight_swap_equals_a_full_rebuild(tmp_path, monkeypatch)
     assert a["built"] and a["weight_swap"]["used"] is False and "cache miss" in a["weight_swap"]["reason"]
     # no PLL on the ULX3S: its 25 MHz oscillator clocks the NPU (and the UART divider), fmax_mhz is the P&R target
     assert not a["pll"] and a["clock_mhz"] == 25.0 and a["clocks"] and a["timing_met"] == (a["fmax_mhz"] >= 25.0)
+    assert ("timing_warning" in a) != a["timing_met"]  # nextpnr routes a slower design (--timing-allow-fail): warned
     top = (cache / "shared" / a["architecture"] / "rtl" / "npu_fpga_top.v").read_text()
     assert ".CLK_HZ(25000000)" in top and "npu_pll" not in top
     assert a["resources"]["dsp"]["used"] >= 2 and a["resources"]["bram"]["used"] > 0
@@ -280,7 +281,7 @@ def test_up5k_bitstream_runs_the_npu_from_the_pll_and_swaps_its_block_ram(tmp_pa
     a = build(_model(tmp_path, 1), "ice40-up5k", tmp_path / "a", precision="int8").manifest["session"]["bitstream"]
     assert a["built"] and a["pll"] and a["clock_mhz"] == 30.0 and a["oscillator_mhz"] == 12.0
     assert a["host_loads"] == ["wgt"] and a["resources"]["spram"]["used"] == 4
-    assert a["timing_met"] == (a["fmax_mhz"] >= 30.0)
+    assert a["timing_met"] == (a["fmax_mhz"] >= 30.0) and ("timing_warning" in a) != a["timing_met"]
     verilog = (cache / a["architecture"] / "rtl" / "npu_fpga_top.v").read_text()
     assert "npu_pll pll (.clock_in(clk), .clock_out(core_clk)" in verilog and ".CLK_HZ(30000000)" in verilog
     assert "SB_PLL40_PAD" in (cache / a["architecture"] / "rtl" / "npu_pll.v").read_text()
@@ -392,6 +393,22 @@ def test_a_bitstream_that_misses_timing_is_kept_with_a_warning_and_no_latency_at
     for part in says:
         assert part in warning, part
     assert warning in caplog.text and f"  warning   {warning}" in summary
+
+
+def test_open_flow_bitstream_below_its_pll_clock_warns_to_lower_fmax_mhz(tmp_path, monkeypatch, caplog):
+    """nextpnr routes a design slower than its clock (--timing-allow-fail): Fmax 21.5 MHz against the iCEBreaker
+    PLL's 24 MHz is warned about, with the target's fmax_mhz to lower (place-and-route stood in for)."""
+    def routed(out, *args):
+        (out / "npu.bin").write_bytes(b"BIN")
+        return {"bitstream": "fpga/npu.bin", "fmax_mhz": 21.5, "clock_mhz": 24.0, "pll": True}
+
+    monkeypatch.setattr(bitstream, "_open_flow", routed)
+    target = targets.TARGETS_DIR / "ice40-up5k-bram.yaml"
+    report = build(_model(tmp_path, 1), str(target), tmp_path / "b", precision="int8").manifest["session"]["bitstream"]
+    assert report["built"] and report["timing_met"] is False and "latency_ms_at_board_clock" not in report
+    assert "fpga/npu.bin misses timing: Fmax 21.5 MHz against the NPU's 24 MHz clock" in report["timing_warning"]
+    assert f"lower backend_options.fmax_mhz in {target} to 21.5 or less" in report["timing_warning"]
+    assert report["timing_warning"] in caplog.text
 
 
 def test_a_failed_vendor_tool_names_its_log_where_it_was_kept(tmp_path, monkeypatch):
