@@ -21,6 +21,7 @@ weights change but whose block-RAM memories do not needs no new bitstream at all
 
 When the part cannot hold the instance, or the vendor tool is absent, the bundle is built without a
 bitstream and the report says why (`built: false`, `reason`); a tool that runs and fails fails the build.
+A bitstream that misses timing at the NPU's clock is kept, with a warning (the report's `timing_warning`).
 """
 
 from __future__ import annotations
