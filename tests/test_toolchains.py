@@ -49,6 +49,11 @@ def test_vivado_timing_summary_fmax_from_wns():
     assert timing["timing_met"] is False and timing["fmax_mhz"] == round(1000 / 13.125, 2)
     with pytest.raises(ToolFailedError):
         vivado.parse_timing_summary("Timing Summary Report\n")
+    text = (REPORTS / "vivado_timing_summary.rpt").read_text()
+    row = next(line for line in text.splitlines() if line.strip().startswith("-3.125"))
+    unconstrained = text.replace(row, row.replace("-3.125", "   inf", 1))  # no constrained path: Fmax unknown
+    with pytest.raises(ToolFailedError, match=r"no constrained path \(WNS inf on clock sys_clk\)"):
+        vivado.parse_timing_summary(unconstrained)
 
 
 def test_quartus_fit_summary_and_fmax_panels():

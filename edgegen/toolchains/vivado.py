@@ -83,6 +83,10 @@ def parse_timing_summary(text: str) -> dict:
     if not design or not clocks:
         raise ToolFailedError("not a Vivado timing summary: no Design Timing Summary / Clock Summary table")
     wns, period = float(design.group(1)), float(clocks.group(2))
+    if wns == float("inf"):
+        raise ToolFailedError(f"Vivado's timing summary has no constrained path (WNS inf on clock {clocks.group(1)}): "
+                              "the clock constraint did not reach the design, so its Fmax is unknown; check the "
+                              "project's .xdc against the board's clock pin")
     return {"wns_ns": wns, "clock": clocks.group(1), "constraint_mhz": float(clocks.group(3)),
             "timing_met": wns >= 0 and "All user specified timing constraints are met" in text,
             "fmax_mhz": round(1000.0 / (period - wns), 2)}
