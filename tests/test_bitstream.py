@@ -3,6 +3,7 @@ through the open flow (Yosys, nextpnr, ecppack/icepack from YoWASP), the weight 
 rebuild byte for byte, and vendor targets without their tool."""
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -376,6 +377,7 @@ def test_a_bitstream_that_misses_timing_is_kept_with_a_warning_and_no_latency_at
     the build summary say so (Fmax against the clock, what to do), and no latency is quoted at 100 MHz."""
     from edgegen.report import render_build_report
 
+    caplog.set_level(logging.WARNING)  # whatever level another module left the root logger at
     _vendor_tool(tmp_path, monkeypatch, "vivado", {**VIVADO_REPORTS, "timing_summary.rpt": timing, "npu.bit": "BIT"})
     result = build(_model(tmp_path, 1), "arty-a7-100t", tmp_path / "b", precision="int8")
     report = result.manifest["session"]["bitstream"]
@@ -398,6 +400,8 @@ def test_a_bitstream_that_misses_timing_is_kept_with_a_warning_and_no_latency_at
 def test_open_flow_bitstream_below_its_pll_clock_warns_to_lower_fmax_mhz(tmp_path, monkeypatch, caplog):
     """nextpnr routes a design slower than its clock (--timing-allow-fail): Fmax 21.5 MHz against the iCEBreaker
     PLL's 24 MHz is warned about, with the target's fmax_mhz to lower (place-and-route stood in for)."""
+    caplog.set_level(logging.WARNING)
+
     def routed(out, *args):
         (out / "npu.bin").write_bytes(b"BIN")
         return {"bitstream": "fpga/npu.bin", "fmax_mhz": 21.5, "clock_mhz": 24.0, "pll": True}
