@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 SPLIT_MAX_ABS = 1e-5
 PART_MAX_ABS = 1e-3  # a compiled part against its own fp32 graph, as the build checks the whole artifact
 ROI_CHECKS = 6
+UPSCALER_CALIBRATION = 32  # samples an int8 bundle's preview upscaler is calibrated on
 Progress = Callable[[str, int, int], None]
 
 
@@ -202,7 +203,8 @@ def _preview(graph: Graph, comp: _Compiler, options: ServingOptions, split, smal
         else:
             entry["upscale"] = "upscaler"
             entry["upscaler_model"] = upscale
-            comp.add("upscaler", _upscaler(upscale, small, full))
+            up = _upscaler(upscale, small, full)
+            comp.add("upscaler", _quantized(up) if comp.precision == "int8" else up)
     return entry
 
 
@@ -225,6 +227,16 @@ def _upscaler(model: str, small, full) -> Graph:
         raise BuildError(f"{model}: upscales a {small.default_shape[1:]} preview to "
                          f"{out.default_shape[1:] if out else 'no image'}, not the full image's {full.default_shape[1:]}")
     return up
+
+
+def _quantized(up: Graph) -> Graph:
+    """An int8 bundle's upscaler as int8 QDQ (all layers; calibrated from its input spec): a backend that runs
+    int8 models only (LiteRT full-integer, the NPU) takes no float graph."""
+    from .passes.calibration import load_calibration
+    from .passes.quantize import Quantizer
+
+    calibration = load_calibration(up.inputs, None, UPSCALER_CALIBRATION, up.name)
+    return up.with_model(Quantizer(up, calibration).emit(), ["quantized to int8 QDQ (minmax), as the bundle"])
 
 
 def _size_parts(graph: Graph, comp: _Compiler, sizes: list[int], images) -> dict[str, Any]:

@@ -69,6 +69,15 @@ def test_preview_upscaled_by_an_upscaler_compiled_for_the_target(tmp_path, model
     assert up.shape == (32, 32, 3) and np.abs(up.astype(int) - expected).max() <= 1
 
 
+def test_an_int8_bundles_upscaler_is_int8_too(tmp_path, models):
+    """LiteRT int8 is full-integer: the float upscaler part failed the build with "quantize it first"."""
+    result = build(models / "glyph.onnx", "x86-litert", tmp_path / "b", precision="int8",
+                   preview_upscale=str(models / "up.onnx"))
+    assert result.manifest["parts"]["upscaler"]["session"]["precision"] == "int8"
+    gen = Generator.open(tmp_path / "b", cache_bytes=0)
+    assert gen.generate(seed=1, label=1, quality="preview").shape == (32, 32, 3)
+
+
 def test_an_upscaler_exported_for_another_size_is_refused_saying_so(tmp_path, models):
     """The refusal read "the shape 1x3x16x16 given for it does not fit", a shape the user never gave."""
     fixed = upscaler_like()
