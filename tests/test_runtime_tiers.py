@@ -316,3 +316,18 @@ def test_a_tier_of_a_model_resizing_to_a_fixed_size_is_refused_naming_the_resize
                                          r"only 32 can"):
         build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[16, 32])
     assert not (tmp_path / "b").exists()
+
+
+def test_the_default_size_tier_runs_through_the_split(tmp_path):
+    """With --tiers the default size was routed to the whole artifact: the split shipped, and the feature
+    cache was never asked (0 hits for the same image with other segmentation maps)."""
+    from runtime_models import spade_like
+
+    onnx.save(spade_like(), str(tmp_path / "m.onnx"))
+    build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b", split=["auto"], tiers=[16, 32],
+          graph_options={"input_shapes": {"image": [1, 3, 16, 16], "seg": [1, 2, 16, 16]}})
+    gen = Generator.open(tmp_path / "b", cache_bytes=0)
+    image = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    for seed in range(3):
+        gen.generate(image=image, seed=seed)
+    assert gen.stats()["features"]["hits"] == 2

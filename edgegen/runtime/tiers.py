@@ -102,7 +102,8 @@ class Tiers:
             raise RequestError("this model has no image output; use run() for raw tensors")
         if size is not None and size in self.sizes:
             entry = self.sizes[size]
-            return Route(f"size{size}", entry["part"], name, size=(size, size),
+            split = self._split and entry["part"] == "main"  # the default size: trunk and head, as without a size
+            return Route(f"size{size}", "head" if split else entry["part"], name, size=(size, size), trunk=split,
                          inputs={k: tuple(v) for k, v in entry["inputs"].items()})
         default = self._output_sizes.get(name)
         if size is not None and (default is None or size != max(default)):
