@@ -144,6 +144,10 @@ class Tiers:
         return next((size for size, entry in self.sizes.items()
                      if any(tuple(shape[1:]) == tuple(height_width) for shape in entry["inputs"].values())), None)
 
+    def image_sizes(self, name: str, default: tuple[int, ...]) -> set[tuple[int, ...]]:
+        """The shapes (without batch) the tiers take for an image input, the default one included."""
+        return {default} | {tuple(entry["inputs"][name]) for entry in self.sizes.values() if name in entry["inputs"]}
+
     def offered(self) -> list[int]:
         sizes = set(self.sizes) | {max(s) for name, s in self._output_sizes.items() if name == self.full}
         if self.preview:
