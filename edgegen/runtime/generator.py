@@ -568,7 +568,7 @@ class Generator:
             tensor = image_to_tensor(picture, spec.default_shape[1], spec.range or [0.0, 1.0], spec.dtype)
             if spec.name not in route.inputs:
                 taken = self.tiers.image_sizes(spec.name, tuple(spec.default_shape[1:]))
-                if len(taken) > 1 and tensor.shape not in taken:
+                if len(taken) > 1 and tensor.shape not in taken and None not in spec.shape[2:]:  # fixed sizes only
                     raise RequestError(f"request {index}: a {tensor.shape[2]}x{tensor.shape[1]} image (input "
                                        f"{spec.name!r}); this bundle's tiers take "
                                        f"{', '.join(f'{w}x{h}' for _, h, w in sorted(taken))} images")
