@@ -348,9 +348,15 @@ def _back_off_pruning(source: Graph, calibration, opts: BuildOptions, evaluator:
             hi = mid
         tried.append({"ratio": grid[mid], "int8_met": hi != mid})
     if best is None:
+        try:
+            _quantize(source, calibration, opts, evaluator, report, lowerings, compiler)
+        except FloorNotMet as unpruned:  # pruning is not what misses the floor
+            raise FloorNotMet(f"int8 misses the floor even without pruning: {unpruned}") from None
+        smaller = f"no smaller ratio down to {grid[0]:.0%} meets it in int8 either" if grid else \
+            "no smaller ratio removes a channel"
         raise FloorNotMet(f"{failure} The prune search chose {pruned['ratio']:.0%} in fp32, spending the floor "
-                          f"before int8; no smaller ratio down to {grid[0] if grid else pruned['ratio']:.0%} meets "
-                          "it in int8 either: build without --prune, or lower the floor.") from None
+                          f"before int8; {smaller}, and the unpruned model meets it in int8: build without "
+                          "--prune, or lower the floor.") from None
     graph, int8_passes, result = best
     result["search"] = {**pruned["search"], "int8_back_off": tried}
     log.warning("--prune with the floor chose %.0f%% in fp32, where int8 misses the floor; backed off to %.0f%%, "

@@ -115,8 +115,11 @@ def _quantized_by_name(cut: list[str], nodes, producer: dict[str, int], outputs:
     for tensor in cut:
         dq = nodes[producer[tensor]]
         q = nodes[producer[dq.input[0]]] if dq.op_type == "DequantizeLinear" and dq.input[0] in producer else None
-        named.append(q.input[0] if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in producer
-                     and tensor not in outputs else tensor)
+        if q is None or q.op_type != "QuantizeLinear" or tensor in outputs:
+            named.append(tensor)
+        elif q.input[0] in producer:
+            named.append(q.input[0])
+        # else a graph input's quantized copy: the head reads the graph inputs and quantizes it itself
     return list(dict.fromkeys(named))
 
 

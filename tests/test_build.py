@@ -654,7 +654,17 @@ def test_int8_that_misses_the_floor_after_pruning_backs_off_the_ratio(tmp_path, 
     larger = round(pruned["ratio"] + 0.05, 2)
     assert larger >= 0.6 or {"ratio": larger, "int8_met": False} in tries  # the next ratio up misses
     monkeypatch.setattr(build_module, "_quantize", lambda *args: (_ for _ in ()).throw(FloorNotMet("misses")))
+    with pytest.raises(FloorNotMet, match="int8 misses the floor even without pruning: misses"):
+        build(model, "x86-onnxruntime", tmp_path / "c", precision="int8", prune=0.6, min_psnr=20)
+
+    def unpruned_only(graph, *args):
+        if sum(c.macs for c in graph.node_costs()) < full:
+            raise FloorNotMet("misses")
+        return real(graph, *args)
+
+    monkeypatch.setattr(build_module, "_quantize", unpruned_only)
     with pytest.raises(FloorNotMet, match=r"misses The prune search chose 60% in fp32, spending the floor before "
-                                          r"int8; no smaller ratio down to \d+% meets it in int8 either"):
+                                          r"int8; no smaller ratio down to \d+% meets it in int8 either, and the "
+                                          r"unpruned model meets it in int8: build without --prune"):
         build(model, "x86-onnxruntime", tmp_path / "c", precision="int8", prune=0.6, min_psnr=20)
     assert not (tmp_path / "c").exists()

@@ -192,3 +192,28 @@ def test_an_int8_split_that_rounds_otherwise_than_the_whole_artifact_is_warned_o
     build(glyph_path, "x86-onnxruntime", tmp_path / "b", precision="int8", split=["auto"])
     assert any("split: trunk + head differ from the whole int8 artifact by up to 0.00784 (1.0 levels of an "
                "8-bit image)" in w for w in warnings), warnings
+
+
+def test_an_int8_split_at_a_gate_that_reads_an_input_the_head_reads_too(tmp_path):
+    """int8 --split br, where br = sigmoid(conv(seg)) and the head reads seg as well: the cut held the QDQ
+    graph's copy of the input (`seg_DequantizeLinear_Output`), which LiteRT could not lower; and LiteRT's int8
+    LOGISTIC writes its fixed 1/256 grid, which the head requantized onto the calibrated one (2 levels off)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {name: rng.normal(0, 0.3, shape).astype(np.float32)
+               for name, shape in (("wi", (3, 3, 3, 3)), ("ws", (3, 2, 3, 3)), ("wd", (3, 2, 3, 3)))}
+    nodes = [helper.make_node("Conv", ["image", "wi"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["seg", "ws"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["b"], ["br"]), helper.make_node("Mul", ["a", "br"], ["c"]),
+             helper.make_node("Conv", ["seg", "wd"], ["d"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "d"], ["e"]), helper.make_node("Sigmoid", ["e"], ["y"])]
+    g = helper.make_graph(nodes, "gate", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16]),
+                                          helper.make_tensor_value_info("seg", TensorProto.FLOAT, [1, 2, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [numpy_helper.from_array(w, name) for name, w in weights.items()])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    for target in ("x86-litert", "x86-onnxruntime"):
+        result = build(tmp_path / "m.onnx", target, tmp_path / target, precision="int8", split=["br"])
+        assert result.manifest["serving"]["split"]["cut"] == ["br"]
+        assert result.manifest["serving_report"]["split"]["max_abs"] == 0, target

@@ -62,6 +62,9 @@ def int8_form(model: onnx.ModelProto) -> onnx.ModelProto:
     return with_fixed_grids(model, {"Tanh": FIXED_GRID["TANH"], "Sigmoid": FIXED_GRID["LOGISTIC"]})
 
 
+parts_form = int8_form  # the int8 graph serving parts are cut from: a part's boundary on the grid the op writes
+
+
 def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict[str, Any]:
     """Write model.tflite (and reports) into workdir; return files, session settings and tool versions."""
     require("ai_edge_litert", "building for TFLite", "tflite")
