@@ -140,8 +140,12 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
         # an fp32 artifact must equal what it was compiled from: the source, or the pruned graph
         compiled_from = expected if graph is source or precision != "fp32" else \
             run_batched(SourceSession(graph.model).run, source.inputs, feeds, per_call)
+        pruned = passes.get("prune", {})
+        spent = f" The prune search chose {pruned['ratio']:.0%} against the floor in fp32, spending it: a smaller " \
+            "--prune may meet it." if "floor" in pruned.get("search", {}) else ""
         checks = _verify(source, tgt, precision, opts.floor, staging, compiled["session"], feeds, expected,
-                         compiled_from, reference_run.describe, passes.get("quantize", {}).get("result"), per_call)
+                         compiled_from, reference_run.describe, passes.get("quantize", {}).get("result"), per_call,
+                         spent)
         if inputs_from:
             checks["fidelity"]["inputs_from"] = inputs_from
         manifest = _manifest(source, graph, tgt, precision, compiled, checks, passes)
@@ -402,10 +406,11 @@ def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator, 
 def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFloor, staging: Path,
             session_cfg: dict, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray],
             compiled_from: dict[str, np.ndarray], reference_name: str,
-            graph_quality: dict[str, float] | None, per_call: int) -> dict[str, Any]:
+            graph_quality: dict[str, float] | None, per_call: int, floor_hint: str = "") -> dict[str, Any]:
     """Run the artifact on the held-out inputs: quality against the fp32 source (`expected`); an fp32
     artifact must also match the graph it was compiled from within FP32_MAX_ABS; every precision must
-    meet the floor (`graph_quality`: the int8 graph's own, run in ONNX Runtime, to say where a miss is)."""
+    meet the floor (`graph_quality`: the int8 graph's own, run in ONNX Runtime, to say where a miss is;
+    `floor_hint`: what else to try, appended to a miss)."""
     session_mod = backends.session_module(tgt.backend)
     native, where = targets.runs_here(tgt, precision)
     try:
@@ -435,7 +440,7 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
             "target (x86-onnxruntime), or in fp16/bf16 here." if graph_quality and floor.met(graph_quality) else ""
         raise BuildError(f"the {precision} artifact for {tgt.name} reaches PSNR {quality['psnr_db']:.2f} dB / SSIM "
                          f"{quality['ssim']:.4f} against the fp32 source, below the floor ({floor.describe()})."
-                         + where)
+                         + where + floor_hint)
     unit = fixed_batch(source.inputs) or 1
     first = {k: v[:unit] for k, v in feeds.items()}
     ref_file = reference.save(staging, first, {k: v[:unit] for k, v in compiled_from.items()})

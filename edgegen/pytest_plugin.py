@@ -129,8 +129,8 @@ def assert_images_close(actual, expected, min_psnr: float | None = None, max_abs
     a, b = np.asarray(actual), np.asarray(expected)
     if a.shape != b.shape:
         raise AssertionError(f"images differ in shape: {a.shape} vs expected {b.shape}")
-    if data_range is not None and not data_range > 0:
-        raise ValueError(f"data_range must be a positive span, got {data_range}")
+    if data_range is not None and not 0 < data_range < float("inf"):
+        raise ValueError(f"data_range must be a finite positive span, got {data_range}")
     for name, array in (("actual", a), ("expected", b)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         if bad:

@@ -112,8 +112,12 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
                      + f"; {sum(after < before for before, after in (g['channels'] for g in pruned['groups']))} of "
                      f"{len(pruned['groups'])} groups pruned, {len(pruned['excluded'])} excluded")
         search = pruned.get("search", {})
+        compiled = search.get("compiled_macs")  # the count the --prune-to-macs budget held, after int8 lowerings
+        if compiled:
+            lines.append(f"            as compiled for int8 (the budget's count): MACs {compiled['before'] / 1e6:.2f}"
+                         f" -> {compiled['after'] / 1e6:.2f} M")
         over = [t for t in search.get("tried", []) if "macs" in t and t["macs"] > search.get("target_macs", 0)]
-        if over and pruned["macs"]["after"] < 0.9 * search["target_macs"]:  # why --prune-to-macs undershoots
+        if over and (compiled or pruned["macs"])["after"] < 0.9 * search["target_macs"]:  # why it undershoots
             closest = min(over, key=lambda t: t["macs"])
             lines.append(f"            under the {search['target_macs'] / 1e6:.2f} M target: the closest above it, "
                          f"{closest['ratio']:.0%}, needs {closest['macs'] / 1e6:.2f} M (groups of "

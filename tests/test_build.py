@@ -591,6 +591,8 @@ def test_a_mac_target_undershot_by_channel_steps_is_explained(tmp_path):
                    prune_to_macs=int(full * 0.8))
     assert result.manifest["passes"]["lowered"]["narrow_conv_strided"]
     assert result.manifest["model"]["macs"] <= full * 0.8
+    search = result.manifest["passes"]["prune"]["search"]
+    assert search["counted"].startswith("as compiled") and search["compiled_macs"]["after"] <= full * 0.8
 
 
 def test_a_source_that_computes_nan_is_refused_before_anything_is_built(tmp_path):
@@ -653,6 +655,11 @@ def test_int8_that_misses_the_floor_after_pruning_backs_off_the_ratio(tmp_path, 
     assert all(t["ratio"] <= pruned["ratio"] for t in tries if t["int8_met"])
     larger = round(pruned["ratio"] + 0.05, 2)
     assert larger >= 0.6 or {"ratio": larger, "int8_met": False} in tries  # the next ratio up misses
+    with monkeypatch.context() as patch:  # the backend's artifact misses what its QDQ graph met (OpenVINO's can)
+        patch.setattr(build_module, "compare", lambda *args: {"psnr_db": 10.0, "ssim": 0.5, "max_abs": 1.0})
+        with pytest.raises(BuildError, match=r"below the floor \(PSNR >= 20 dB\)\. .*The prune search chose 60% "
+                                             r"against the floor in fp32, spending it: a smaller --prune may meet it"):
+            build(model, "x86-onnxruntime", tmp_path / "c", prune=0.6, min_psnr=20)
     monkeypatch.setattr(build_module, "_quantize", lambda *args: (_ for _ in ()).throw(FloorNotMet("misses")))
     with pytest.raises(FloorNotMet, match="int8 misses the floor even without pruning: misses"):
         build(model, "x86-onnxruntime", tmp_path / "c", precision="int8", prune=0.6, min_psnr=20)

@@ -182,8 +182,9 @@ def test_assert_images_close_fails_on_nan_or_infinite_values(where, bad):
     for criterion in ({"min_psnr": 30}, {"max_abs": 0.01}):
         with pytest.raises(AssertionError, match=f"the {where} image holds 1 NaN or infinite value"):
             assert_images_close(*pair, **criterion)
-    with pytest.raises(ValueError, match="data_range must be a positive span"):
-        assert_images_close(good, good, min_psnr=30, data_range=0)
+    for span in (0, float("inf")):
+        with pytest.raises(ValueError, match="data_range must be a finite positive span"):
+            assert_images_close(good, good, min_psnr=30, data_range=span)
 
 
 def test_the_plugin_is_cheap_to_import_and_registered():

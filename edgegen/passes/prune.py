@@ -141,6 +141,8 @@ def prune_to_macs(graph: Graph, calibration: Calibration, target_macs: int, eval
     report["search"] = {"target_macs": target_macs, "step": MACS_STEP,
                         "tried": [{"ratio": r, "macs": m} for r, m in sorted(macs.items())],
                         "counted": "as compiled (after the int8 lowerings)" if compiled_macs else "as pruned"}
+    if compiled_macs:  # the budget's count beside the pruned graph's own (report["macs"])
+        report["search"]["compiled_macs"] = {"before": before, "after": count(pruned)}
     return pruned, report
 
 
