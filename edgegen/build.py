@@ -136,6 +136,8 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     try:
         report("compile", 0, 1)
         compiled = compiler.compile(graph, tgt, precision, staging)
+        for warning in compiled.pop("warnings", []):  # the whole artifact's; its serving parts repeat them
+            log.warning("%s", warning)
         report("verify", 0, 1)
         # an fp32 artifact must equal what it was compiled from: the source, or the pruned graph
         compiled_from = expected if graph is source or precision != "fp32" else \

@@ -5,7 +5,6 @@ TensorFlow), plus the XNNPACK delegation report and, for int8, the Edge TPU comp
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ INT8_LOWERINGS = ("cubic_resize", "narrow_conv_strided", "activation_into_phases
 EDGETPU_WITHOUT = ("narrow_conv_strided",)
 EDGETPU_ARTIFACT = "model_edgetpu.tflite"
 REPORTS = "reports"
-log = logging.getLogger(__name__)
 
 
 def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]]:
@@ -81,8 +79,6 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
         raise BuildError(f"{graph.source}: {'the Edge TPU runs int8 models only' if delegate == 'edgetpu' else 'the graph is quantized (QDQ)'}"
                          f"; build target {target.name} with --precision int8")
     lowered = lower(p, precision, delegate)
-    for warning in lowered.warnings:
-        log.warning("%s", warning)
     if delegate == "edgetpu":
         lowered.builder.reorder(edgetpu.schedule(*lowered.builder.view()))
     workdir = Path(workdir)
@@ -107,7 +103,7 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
     for name, rep in reports.items():
         (workdir / REPORTS / f"{name}.json").write_text(json.dumps(rep, indent=2) + "\n")
         files.append(f"{REPORTS}/{name}.json")
-    return {"files": files, "session": session, "tools": tools}
+    return {"files": files, "session": session, "tools": tools, "warnings": lowered.warnings}
 
 
 def _edgetpu_compatibility(p, lowered) -> dict[str, Any]:
