@@ -140,7 +140,8 @@ def _missing(graph: Graph, name: str, tensors: dict[str, frozenset[str]]) -> str
         carried = readers[carried][0]
     instead = f"; the tensor that carries it on is {carried!r}: --split {carried}" if carried in tensors else \
         "; `edgegen inspect MODEL --nodes` lists each node's output tensor"
-    return f"was folded away by edgegen's import (e.g. a Conv and the BatchNorm after it became one Conv){instead}"
+    return ("was folded away by edgegen's import (e.g. a Conv and the BatchNorm after it became one Conv) or, in an "
+            f"int8 build, rewritten by its int8 lowering (an activation moved into a ConvTranspose's phases){instead}")
 
 
 def _file_nodes(source: Path) -> list[onnx.NodeProto]:

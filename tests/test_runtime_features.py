@@ -217,3 +217,24 @@ def test_an_int8_split_at_a_gate_that_reads_an_input_the_head_reads_too(tmp_path
         result = build(tmp_path / "m.onnx", target, tmp_path / target, precision="int8", split=["br"])
         assert result.manifest["serving"]["split"]["cut"] == ["br"]
         assert result.manifest["serving_report"]["split"]["max_abs"] == 0, target
+
+
+def test_a_split_tensor_the_int8_lowering_rewrote_is_named_as_such(tmp_path):
+    """The int8 lowering moves a ReLU into a ConvTranspose's phases: --split at the ConvTranspose's output
+    (which `inspect --nodes` lists) was said to be folded away by the import."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "wc"),
+               numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 4, 4)).astype(np.float32), "wt")]
+    nodes = [helper.make_node("Conv", ["image", "wc"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ConvTranspose", ["r", "wt"], ["up"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["up"], ["u"]), helper.make_node("Mul", ["u", "z"], ["y"])]
+    g = helper.make_graph(nodes, "convt", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16]),
+                                           helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])], weights)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    assert build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "f", split=["up"]).manifest["serving"]["split"]
+    with pytest.raises(BuildError, match="rewritten by its int8 lowering"):
+        build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "q", precision="int8", split=["up"])
