@@ -325,7 +325,7 @@ def _quantize(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluato
                                               getattr(compiler, "INT8_ONLY", None))
     passes["quantize"] = {"ir": "QDQ ONNX (int8 per-channel symmetric weights, int8 per-tensor activations)",
                           "method": opts.calibration_method, "calibration": calibration.report(),
-                          **floor_report, **qdq_summary(model)}
+                          **floor_report, **qdq_summary(getattr(compiler, "lowered_form", lambda m: m)(model))}
     if quantizer.float_note:
         passes["quantize"]["float_by_design"] = quantizer.float_note
     return graph.with_model(model, [f"quantized to int8 QDQ ({opts.calibration_method})"]), passes

@@ -88,7 +88,7 @@ def compile_serving(graph: Graph, tgt: targets.Target, precision: str, staging: 
     """Compile every part the options ask for; return the manifest's `parts` and `serving` sections
     and the graph of each part."""
     comp = _Compiler(tgt, precision, staging, report)
-    form = getattr(comp.module, "parts_form", None)
+    form = getattr(comp.module, "lowered_form", None)
     if form is not None and precision == "int8":  # cut where the backend's own int8 grids are written
         graph = graph.with_model(form(graph.model), ["in the backend's int8 form, for its serving parts"])
     serving: dict[str, Any] = {}

@@ -402,6 +402,7 @@ def test_the_quality_floor_scores_int8_as_litert_runs_it(tmp_path):
     result = build(source, "x86-litert", tmp_path / "b", precision="int8")
     searched = result.manifest["passes"]["quantize"]["all_int8"]["psnr_db"]
     assert searched == pytest.approx(result.fidelity["psnr_db"], abs=0.05)
+    assert "Tanh" not in result.manifest["passes"]["quantize"]["float_ops"]  # counted as LiteRT runs it: int8
     qdq = onnx.load(str(_ort_qdq(tmp_path, source)))
     deployed = tflite_compile.int8_form(qdq)
     last = next(n for n in deployed.graph.node if n.output[0] == deployed.graph.output[0].name)
