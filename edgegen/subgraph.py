@@ -11,6 +11,7 @@ from onnx import helper, numpy_helper, shape_inference
 
 from .errors import BuildError
 from .graph import Graph
+from .passes.qdq import links
 from .specs import TensorSpec
 
 
@@ -64,12 +65,8 @@ def quantized_boundaries(graph: Graph, tensors: list[str]) -> Graph:
     needs both; the others keep their fused int8 kernels at the cut. Names and values stay the same."""
     model = onnx.ModelProto.FromString(graph.model.SerializeToString())
     nodes = model.graph.node
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producer, readers = links(model.graph)
     outputs = {o.name for o in model.graph.output}
-    producer = {o: n for n in nodes for o in n.output}
     changed = False
     for tensor in tensors:
         source = producer.get(tensor)

@@ -15,6 +15,7 @@ import onnx
 from onnx import helper
 
 from ...errors import UnsupportedOpError
+from ...passes.qdq import links
 from .flatbuffer import QParams
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -135,11 +136,7 @@ def with_fixed_grids(model: onnx.ModelProto, grids: dict[str, QParams]) -> onnx.
     output, or of none (a layer the graph kept float there still runs int8 on LiteRT)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producers, consumers = links(graph)
     outputs = {o.name for o in graph.output}
     nodes = []
     for node in graph.node:
