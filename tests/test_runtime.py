@@ -59,8 +59,10 @@ def test_pil_helper(gen):
     ({"seed": 1, "label": -1}, "label -1 is out of range"),
     ({"seed": 1}, "needs a label"),
     ({"label": 1}, "needs a seed"),
-    ({"seed": 1, "label": 1, "latent": np.zeros(15, np.float32)}, "'latent' must have shape 16"),
-    ({"seed": 1, "label": 1, "latent": np.zeros(16, np.float64)}, "'latent' must be float32, got float64"),
+    ({"label": 1, "latent": np.zeros(15, np.float32)}, "'latent' must have shape 16"),
+    ({"label": 1, "latent": np.zeros(16, np.float64)}, "'latent' must be float32, got float64"),
+    ({"seed": 1, "label": 1, "latent": np.zeros(16, np.float32)}, "gives a seed and an array for every latent "
+                                                                   r"input \(latent\): the seed would be unused"),
     ({"seed": 1, "label": 1, "style": 3}, "unknown key"),
 ])
 def test_bad_requests_are_clear_errors(gen, kwargs, message):
@@ -333,7 +335,7 @@ def test_a_seeded_map_at_its_verified_size_beside_an_image_of_another_is_named(t
     with pytest.raises(RequestError, match=r"input shape 'image' 3x8x8 .* 'seg' 2x16x16 kept its verified size "
                                            r"\(made from the seed .*give seg by name at the size the image needs"):
         gen.generate(image=np.zeros((8, 8, 3), np.uint8), seed=1)
-    out = gen.generate(image=np.zeros((8, 8, 3), np.uint8), seed=1, seg=np.zeros((2, 8, 8), np.float32))
+    out = gen.generate(image=np.zeros((8, 8, 3), np.uint8), seg=np.zeros((2, 8, 8), np.float32))
     assert out.shape == (8, 8, 3)
 
 

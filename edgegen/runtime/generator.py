@@ -289,6 +289,10 @@ class Generator:
                 given = f"{'an' if field == 'image' else 'a'} {field}"
                 raise RequestError(f"request {index} gives {given}, but this model has no {role} input (its inputs: "
                                    f"{', '.join(f'{s.name} ({s.role})' for s in self.inputs)}); leave {field} out")
+        latents = [s for s in self.inputs if s.role == "latent"]
+        if request.seed is not None and latents and all(self._raw_array(s, request.arrays) for s in latents):
+            raise RequestError(f"request {index} gives a seed and an array for every latent input "
+                               f"({', '.join(s.name for s in latents)}): the seed would be unused; leave one out")
         size = request.size
         if size is None and request.image is not None:  # an image of a compiled size picks that size
             size = self.tiers.size_of_image(request.image.shape[:2])
