@@ -180,6 +180,7 @@ def clean(model: onnx.ModelProto, origin: str) -> tuple[onnx.ModelProto, list[st
     for i, node in enumerate(model.graph.node):
         node.name = node.name or f"{node.op_type}_{i}"
     declared = {o.name: _dims(o) for o in model.graph.output}
+    _refuse_training_mode(model, origin)
     _weights_not_inputs(model, notes)
     model = _drop_passthrough(model, notes)
     model = _fold(model, notes)
@@ -211,6 +212,27 @@ def _weights_not_inputs(model: onnx.ModelProto, notes: list[str]) -> None:
                      "they are weights only now")
         del model.graph.input[:]
         model.graph.input.extend(inputs)
+
+
+def _refuse_training_mode(model: onnx.ModelProto, origin: str) -> None:
+    """A model exported in training mode (Dropout drawing random masks, BatchNormalization using the batch's own
+    statistics) gives other outputs at every run and for every batch: refused, naming the nodes."""
+    constants = {t.name: t for t in model.graph.initializer}
+    constants.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
+                      if a.name == "value"})
+    training = []
+    for node in model.graph.node:
+        if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+            flag = constants.get(node.input[2])
+            if flag is None or bool(numpy_helper.to_array(flag).any()):
+                training.append(f"{node.name} (Dropout, training_mode: random masks)")
+        elif node.op_type == "BatchNormalization" and any(a.name == "training_mode" and a.i for a in node.attribute):
+            training.append(f"{node.name} (BatchNormalization, training_mode=1: the batch's own statistics)")
+    if training:
+        raise ModelError(f"{origin}: exported in training mode: {', '.join(training[:4])}"
+                         f"{f' and {len(training) - 4} more' if len(training) > 4 else ''}; its outputs change from "
+                         "run to run and with the batch. Export it after model.eval() (torch.onnx.export's "
+                         "training=TrainingMode.EVAL, the default)")
 
 
 def _drop_passthrough(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:

@@ -513,3 +513,23 @@ def test_nodes_the_optimizer_merges_keep_a_name_of_the_model(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
     names = {n.name for n in Graph.load(tmp_path / "m.onnx").model.graph.node}
     assert not [n for n in names if n.startswith("node_")], names
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_model_exported_in_training_mode_is_refused_naming_the_nodes(tmp_path, training):
+    """training=TrainingMode.TRAINING: Dropout drew random masks and BatchNormalization used the batch's statistics;
+    the build blamed a frozen batch, or edgegen, or an op OpenVINO lacked."""
+    inits = [numpy_helper.from_array(np.array(training), "train"), numpy_helper.from_array(np.float32(0.5), "ratio")]
+    inits += [numpy_helper.from_array(np.full(3, v, np.float32), n) for n, v in (("g", 1), ("b", 0), ("m", 0), ("v", 1))]
+    nodes = [helper.make_node("Dropout", ["x", "ratio", "train"], ["d"], name="drop"),
+             helper.make_node("BatchNormalization", ["d", "g", "b", "m", "v"], ["y"], name="bn",
+                              training_mode=int(training))]
+    g = helper.make_graph(nodes, "train", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4, 4])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 15)]), str(tmp_path / "m.onnx"))
+    if not training:  # inference mode: the Dropout is removed, the BatchNorm kept
+        assert "Dropout" not in {n.op_type for n in Graph.load(tmp_path / "m.onnx").model.graph.node}
+        return
+    with pytest.raises(ModelError, match=r"exported in training mode: drop \(Dropout, training_mode: random masks\), "
+                                         r"bn \(BatchNormalization, training_mode=1.*model\.eval\(\)"):
+        Graph.load(tmp_path / "m.onnx")
