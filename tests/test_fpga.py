@@ -466,3 +466,23 @@ def test_serving_parts_cut_at_a_quantized_tensor_stay_int8_on_the_npu(tmp_path):
     assert built.manifest["serving_report"]["split"]["max_abs"] == 0
     unet = build(FAMILIES / "pix2pix_unet__legacy_b1.onnx", "fpga-sim", tmp_path / "roi", roi=True)
     assert "program" in unet.manifest["serving"]["roi"]["96"], unet.manifest["serving"]["roi"]
+
+
+def test_a_nearest_upsampling_of_the_input_scaled_before_an_add(tmp_path):
+    """An ESPCN output plus `F.interpolate(x, scale_factor=2) * 0.5`: the Mul read the upsampling, which no layer
+    had absorbed, and the build said its input 'is not computed by any node before it'."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (12, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+             numpy_helper.from_array(np.float32(0.5), "half")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("DepthToSpace", ["c"], ["d"], blocksize=2, mode="CRD"),
+             helper.make_node("Resize", ["x", "", "scales"], ["r"], mode="nearest"),
+             helper.make_node("Mul", ["r", "half"], ["m"]), helper.make_node("Add", ["d", "m"], ["y"])]
+    g = helper.make_graph(nodes, "skip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    result = build(tmp_path / "m.onnx", "fpga-sim", tmp_path / "b", precision="int8")
+    assert result.fidelity["psnr_db"] > 40 and result.manifest["execution"]["int8"]["Resize"] == 1

@@ -306,6 +306,8 @@ class Lowerer(LinearLayers, MovementLayers):
             else:
                 self.values[out] = replace(value, chain=value.chain + [spec], grid=grid)
                 return
+        if isinstance(value, Upsampled):  # a nearest upsampling the next layer did not absorb: made on the NPU
+            value = self.tensor(data)
         if isinstance(value, Tensor):
             value = Func(value, [])
         if not isinstance(value, Func):
