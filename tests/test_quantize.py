@@ -641,3 +641,24 @@ def test_an_openvino_int8_build_of_a_cubic_downscale_is_scored_and_built(tmp_pat
     result = build(path, "x86-openvino", tmp_path / "b", precision="int8", calibration_count=8,
                    graph_options={"input_shapes": {"x": [1, 3, 32, 32]}})
     assert result.fidelity["psnr_db"] > 35
+
+
+@pytest.mark.parametrize("bounds", [(0.25, None), (0.25, 0.75), (None, -0.1)])
+def test_a_clip_whose_range_leaves_out_zero_keeps_its_bounds_in_int8(tmp_path, bounds):
+    """onnxruntime's quantizer dropped `clamp(min=0.25)` for the saturation of its output grid, which holds 0:
+    every int8 target returned 0.0 where the source gave 0.25 (30 dB, or 11 dB with both bounds), silently."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (3, 3, 3, 3)).astype(np.float32), "w")]
+    names = []
+    for name, value in zip(("lo", "hi"), bounds):
+        names.append(name if value is not None else "")
+        if value is not None:
+            inits.append(numpy_helper.from_array(np.float32(value), name))
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c", *names], ["y"], name="clamp")]
+    g = helper.make_graph(nodes, "clip", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    result = build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b", precision="int8")
+    assert result.fidelity["psnr_db"] > 40, result.fidelity
+    assert "Clip kept in float" in result.manifest["passes"]["quantize"]["float_by_design"]

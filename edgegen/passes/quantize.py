@@ -91,7 +91,8 @@ class Quantizer:
                                | set(ACTIVATIONS) | set(ARITHMETIC))
         self.grouped_transposed = _grouped_transposed_convs(self.model)
         self.faint_softmaxes = _faint_softmaxes(self.model, self.ranges)
-        self.float_only = self.grouped_transposed + self.faint_softmaxes  # never quantized, by design
+        self.clips_off_zero = _clips_off_zero(self.model)
+        self.float_only = self.grouped_transposed + self.faint_softmaxes + self.clips_off_zero  # never quantized
         self._unlisted = _subs_left_float(self.model, self.op_types, latent_chain)
 
     @property
@@ -105,6 +106,10 @@ class Quantizer:
             notes.append(f"{len(self.faint_softmaxes)} Softmax kept in float (int8 gives a softmax the fixed grid of "
                          f"[0, 1] in 255 steps, and its calibrated outputs stay below {FAINT_SOFTMAX:g}, where that "
                          f"grid rounds most to zero: a softmax over many tokens): {', '.join(self.faint_softmaxes)}")
+        if self.clips_off_zero:
+            notes.append(f"{len(self.clips_off_zero)} Clip kept in float (its range leaves out 0, which every int8 "
+                         "grid holds, so the grid's saturation cannot stand in for its bounds as onnxruntime's "
+                         f"quantizer would have it): {', '.join(self.clips_off_zero)}")
         return "; ".join(notes) or None
 
     def layers(self) -> list[tuple[str, str]]:
@@ -196,6 +201,24 @@ def _subs_left_float(model: onnx.ModelProto, op_types: list[str], latent_chain: 
     float_reads = {x for n in model.graph.node if n.op_type not in op_types for x in n.input}
     return [n.name for n in model.graph.node if n.op_type == "Sub" and any(i in weights for i in n.input)
             and (n.output[0] in float_reads or n.output[0] in outputs or any(i in latent_chain for i in n.input))]
+
+
+def _clips_off_zero(model: onnx.ModelProto) -> list[str]:
+    """Clip nodes whose constant bounds leave out 0 (`clamp(min=0.25)`). onnxruntime's quantizer drops a Clip
+    after a quantized layer for the saturation of its output grid, and that grid always holds 0: the values
+    between 0 and the bound would come back."""
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Clip":
+            continue
+        bounds = {a.name: a.f for a in node.attribute if a.name in ("min", "max")}  # opset 6 form
+        for key, index in (("min", 1), ("max", 2)):
+            if len(node.input) > index and node.input[index] in values:
+                bounds[key] = float(values[node.input[index]])
+        if bounds.get("min", -np.inf) > 0 or bounds.get("max", np.inf) < 0:
+            found.append(node.name)
+    return found
 
 
 def _grouped_transposed_convs(model: onnx.ModelProto) -> list[str]:
