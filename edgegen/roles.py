@@ -144,6 +144,8 @@ def _looks_like_image(shape: list[int | None]) -> bool:
 def _input_role(spec: TensorSpec) -> str:
     if spec.dtype.startswith(("int", "uint")) or _one_hot_classes(spec) and _LABEL_WORDS.search(spec.name):
         return "label"
+    if not spec.dtype.startswith("float"):  # a boolean mask: given by name, as it is
+        return "tensor"
     shape = spec.shape
     if len(shape) == 2 or (len(shape) == 4 and shape[2] == 1 and shape[3] == 1):
         return "latent"

@@ -533,3 +533,16 @@ def test_a_model_exported_in_training_mode_is_refused_naming_the_nodes(tmp_path,
     with pytest.raises(ModelError, match=r"exported in training mode: drop \(Dropout, training_mode: random masks\), "
                                          r"bn \(BatchNormalization, training_mode=1.*model\.eval\(\)"):
         Graph.load(tmp_path / "m.onnx")
+
+
+def test_a_boolean_mask_input_is_a_tensor_given_by_name(tmp_path):
+    """`torch.where(mask, x, 0)` with a bool [N, 1, H, W] mask: edgegen guessed the role image and then
+    refused its own guess ("Drop the image role for it, and edgegen takes it as a image")."""
+    zero = numpy_helper.from_array(np.float32(0), "zero")
+    g = helper.make_graph([helper.make_node("Where", ["mask", "x", "zero"], ["y"])], "masked",
+                          [helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", 1, 8, 8]),
+                           helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])], [zero])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    roles = {s.name: s.role for s in Graph.load(tmp_path / "m.onnx").inputs}
+    assert roles == {"mask": "tensor", "x": "image"}
