@@ -182,6 +182,7 @@ def clean(model: onnx.ModelProto, origin: str) -> tuple[onnx.ModelProto, list[st
     declared = {o.name: _dims(o) for o in model.graph.output}
     _refuse_training_mode(model, origin)
     _weights_not_inputs(model, notes)
+    model = _inline_schema_functions(model, notes)
     model = _drop_passthrough(model, notes)
     model = _fold(model, notes)
     model, norms = fold_norm_into_gemm(model)
@@ -212,6 +213,28 @@ def _weights_not_inputs(model: onnx.ModelProto, notes: list[str]) -> None:
                      "they are weights only now")
         del model.graph.input[:]
         model.graph.input.extend(inputs)
+
+
+INLINED_OPS = ("GroupNormalization",)  # function ops onnx's shape inference leaves untyped (opset 21)
+
+
+def _inline_schema_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """GroupNormalization written as the ops of its ONNX function body (the dynamo exporter's nn.GroupNorm at
+    opset 21): onnx's shape inference gives its output no type, and the backends know the plain ops."""
+    found = [n for n in model.graph.node if n.op_type in INLINED_OPS and n.domain in ("", "ai.onnx")]
+    if not found:
+        return model
+    import onnx.inliner
+
+    typed = onnx.ModelProto.FromString(model.SerializeToString())  # the inliner needs every operand's type
+    typed.graph.value_info.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                                  for t in typed.graph.initializer)
+    inlined = onnx.inliner.inline_selected_functions(typed, [("", op) for op in INLINED_OPS],
+                                                     inline_schema_functions=True)
+    for i, node in enumerate(inlined.graph.node):
+        node.name = node.name or f"{node.op_type}_inlined_{i}"
+    notes.append(f"{len(found)} {'/'.join(INLINED_OPS)} node(s) written as their ONNX function body")
+    return inlined
 
 
 def _refuse_training_mode(model: onnx.ModelProto, origin: str) -> None:
