@@ -81,6 +81,7 @@ class Graph:
         notes = upgraded + notes
         shapes = _default_shapes(proto, _internal_shapes(input_shapes or {}, forms, proto, str(path)), str(path))
         _check_names(proto, shapes, roles or {}, str(path))
+        _known_output_dims(proto, _infer_concrete(proto, shapes, str(path)))
         ins, outs = describe_io(proto, {}, roles, input_range, output_range, forms)
         _check_batch_axis(ins, outs, str(path))
         for spec in ins:
@@ -235,6 +236,23 @@ def _check_names(model: onnx.ModelProto, shapes: dict, roles: dict, origin: str)
         if key not in names:
             raise ModelError(f"{origin}: role given for {key!r}, which is not an input or output "
                              f"(these are: {', '.join(sorted(names))})")
+
+
+def _known_output_dims(model: onnx.ModelProto, concrete: dict[str, list[int]]) -> None:
+    """Where every input is fixed but for its batch, every output is too: an output dim that shape inference
+    could not follow (an `expand(B, 3, H, W)` whose shape is built from the batch; the exporter names it
+    `Tanhimage_dim_1`) takes its size at the default input shapes. Roles then see an image where there is one."""
+    init = {t.name for t in model.graph.initializer}
+    if any(not d.HasField("dim_value") for value in model.graph.input if value.name not in init
+           for d in value.type.tensor_type.shape.dim[1:]):
+        return
+    for out in model.graph.output:
+        dims, sizes = out.type.tensor_type.shape.dim, concrete.get(out.name)
+        if not sizes or len(dims) != len(sizes):
+            continue
+        for dim, size in zip(dims[1:], sizes[1:]):
+            if not dim.HasField("dim_value") and size:
+                dim.dim_value = int(size)
 
 
 def _infer_concrete(model: onnx.ModelProto, shapes: dict[str, list[int]], origin: str) -> dict[str, list[int]]:

@@ -566,3 +566,35 @@ def test_an_opset_21_group_normalization_is_written_as_its_function_body(tmp_pat
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     got = ort.InferenceSession(graph.model.SerializeToString()).run(None, {"x": x})[0]
     assert np.abs(want - got).max() <= 1e-5
+
+
+def test_an_output_expanded_to_a_batch_read_from_the_input_is_still_an_image(tmp_path):
+    """`y + b.expand(B, 3, H, W)` with B = z.shape[0]: shape inference could not follow the Expand's shape, the
+    exporter named the output's dims (`Tanhimage_dim_1`), and the 3-channel image became a shapeless tensor."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.1, (16, 48)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (1, 3, 4, 4)).astype(np.float32), "bias"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array([0], np.int64), "axis"),
+             numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+             numpy_helper.from_array(np.array([3, 4, 4], np.int64), "chw"),
+             numpy_helper.from_array(np.array(-1, np.int64), "minus")]
+    nodes = [helper.make_node("Shape", ["z"], ["zs"]), helper.make_node("Gather", ["zs", "zero"], ["b"]),
+             helper.make_node("Unsqueeze", ["b", "axis"], ["n"]),
+             helper.make_node("Concat", ["n", "chw"], ["joined"], axis=0),
+             helper.make_node("MatMul", ["z", "w"], ["m"]), helper.make_node("Reshape", ["m", "joined"], ["r"]),
+             # then the Expand's shape, behind the legacy exporter's -1 guard
+             helper.make_node("Reshape", ["joined", "flat"], ["cat"]),
+             helper.make_node("Shape", ["cat"], ["cs"]),  # Where(Equal(shape, -1), ones, shape)
+             helper.make_node("ConstantOfShape", ["cs"], ["ones"], value=numpy_helper.from_array(np.ones(1, np.int64))),
+             helper.make_node("Mul", ["ones", "minus"], ["neg"]), helper.make_node("Equal", ["cat", "neg"], ["eq"]),
+             helper.make_node("Where", ["eq", "ones", "cat"], ["to"]),
+             helper.make_node("Expand", ["bias", "to"], ["bb"]), helper.make_node("Add", ["r", "bb"], ["a"]),
+             helper.make_node("Tanh", ["a"], ["image"])]
+    out = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", "Tanhimage_dim_1", "Tanhimage_dim_2",
+                                                                     "Tanhimage_dim_3"])
+    g = helper.make_graph(nodes, "expand", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 16])], [out],
+                          inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "m.onnx"))
+    spec = Graph.load(tmp_path / "m.onnx").outputs[0]
+    assert spec.role == "image" and spec.shape[1:] == [3, 4, 4] and spec.range == [-1.0, 1.0]
