@@ -486,3 +486,25 @@ def test_a_nearest_upsampling_of_the_input_scaled_before_an_add(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
     result = build(tmp_path / "m.onnx", "fpga-sim", tmp_path / "b", precision="int8")
     assert result.fidelity["psnr_db"] > 40 and result.manifest["execution"]["int8"]["Resize"] == 1
+
+
+def test_an_activation_ram_overflow_names_the_layer_where_it_happens(tmp_path):
+    """An intermediate tensor kept as an output stays live to the end, where two 64x64 images join it: the
+    refusal named the first layer and said the tensors live there fit."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (12, 8, 3, 3)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["feat"], pads=[1, 1, 1, 1], name="c1"),
+             helper.make_node("Conv", ["feat", "w2"], ["c"], pads=[1, 1, 1, 1], name="c2"),
+             helper.make_node("DepthToSpace", ["c"], ["d"], blocksize=2, mode="CRD", name="shuffle"),
+             helper.make_node("Sigmoid", ["d"], ["image"], name="sigmoid")]
+    g = helper.make_graph(nodes, "kept", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                          [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 64, 64]),
+                           helper.make_tensor_value_info("feat", TensorProto.FLOAT, [1, 8, 32, 32])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    with pytest.raises(BuildError) as caught:
+        build(tmp_path / "m.onnx", "fpga-sim", tmp_path / "b", precision="int8")
+    message = str(caught.value)
+    assert "layer 'c1'" not in message and "but the NPU has 65536 bytes" in message and "feat" in message, message

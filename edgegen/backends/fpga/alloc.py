@@ -47,9 +47,15 @@ def _place(program: Program, buffers: list[Buffer], offset: int, size: int, targ
             buf.base = offset + base
         return peak
     config = program.config
-    live_now = [b for b in buffers if b.first <= top.first <= b.last]
+
+    def live_at(step: int) -> list[Buffer]:
+        return [b for b in buffers if b.first <= step <= b.last]
+
+    busiest = max({b.first for b in buffers}, key=lambda step: sum(b.words for b in live_at(step)))
+    moment = busiest if sum(b.words for b in live_at(busiest)) > size else top.first  # too much at once, or gaps
+    live_now = live_at(moment)
     need = sum(b.words for b in live_now) * config.lanes
-    writer = "the host (a model input)" if top.first < 0 else _describe(program.layers[top.first])
+    writer = "the host (a model input)" if moment < 0 else _describe(program.layers[moment])
     tensors = ", ".join(f"{b.name} {b.words * config.lanes} B" for b in live_now)
     capacity = size * config.lanes
     why = f"needs {need} bytes of activation RAM at once{where} (live tensors: {tensors}), " + (
