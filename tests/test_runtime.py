@@ -446,3 +446,23 @@ def test_a_manifest_edited_into_wrong_types_is_a_damaged_bundle(tmp_path, ort_bu
     with pytest.raises(DamagedBundle, match=re.escape(said)):
         Generator.open(copy)
     assert main(["verify", str(copy), "--runs", "1"]) == 3
+
+
+def test_an_int32_label_input_takes_numpys_int64_arrays(tmp_path):
+    """run(label=np.array([3, 7])) on an int32 label input said "must be int32, got int64": every numpy user
+    hit it once. Integer labels are cast where they fit."""
+    from conftest import conditional_generator
+
+    model = conditional_generator(extras=False)
+    next(i for i in model.graph.input if i.name == "label").type.tensor_type.elem_type = TensorProto.INT32
+    next(n for n in model.graph.node if n.op_type == "Gather").input[1] = "label64"
+    model.graph.node.insert(0, helper.make_node("Cast", ["label"], ["label64"], to=TensorProto.INT64))
+    onnx.save(model, str(tmp_path / "int32.onnx"))
+    build(tmp_path / "int32.onnx", "x86-onnxruntime", tmp_path / "b")
+    gen = Generator.open(tmp_path / "b", cache_bytes=0)
+    latent = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+    as_int64 = gen.run({"latent": latent, "label": np.array([3, 7])})
+    as_int32 = gen.run({"latent": latent, "label": np.array([3, 7], np.int32)})
+    np.testing.assert_array_equal(as_int64["image"], as_int32["image"])
+    with pytest.raises(RequestError, match="do not fit int32"):
+        gen.run({"latent": latent, "label": np.array([3, 2 ** 40])})

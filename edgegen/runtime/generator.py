@@ -669,6 +669,12 @@ class Generator:
                           for i, d in enumerate(declared))
         if dtype == "float16" and array.dtype == np.float32:  # a float16 export's inputs, given in float32
             array = array.astype(np.float16)
+        if spec.role == "label" and array.dtype.kind in "iu" and np.dtype(dtype).kind in "iu" and \
+                array.dtype != np.dtype(dtype):  # numpy's int64 for an int32 label: the same class indices
+            info = np.iinfo(dtype)
+            if array.size and (array.min() < info.min or array.max() > info.max):
+                raise RequestError(f"input {spec.name!r}: labels {array.min()}..{array.max()} do not fit {dtype}")
+            array = array.astype(dtype)
         if array.dtype != np.dtype(dtype):
             raise RequestError(f"input {spec.name!r} must be {dtype}{' (or float32)' * (dtype == 'float16')}, got "
                                f"{array.dtype}; convert with .astype(np.{dtype})")
