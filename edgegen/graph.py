@@ -81,12 +81,12 @@ class Graph:
         notes = upgraded + notes
         shapes = _default_shapes(proto, _internal_shapes(input_shapes or {}, forms, proto, str(path)), str(path))
         _check_names(proto, shapes, roles or {}, str(path))
-        _known_output_dims(proto, _infer_concrete(proto, shapes, str(path)))
+        concrete = _infer_concrete(proto, shapes, str(path))
+        _known_output_dims(proto, concrete)
         ins, outs = describe_io(proto, {}, roles, input_range, output_range, forms)
         _check_batch_axis(ins, outs, str(path))
         for spec in ins:
             spec.default_shape = shapes[spec.name]
-        concrete = _infer_concrete(proto, shapes, str(path))
         unshuffles = pixel_unshuffles_as_space_to_depth(proto, concrete)
         if unshuffles:
             notes.append(f"{unshuffles} pixel_unshuffle(s) (a Reshape/Transpose chain) as SpaceToDepth, the convs "

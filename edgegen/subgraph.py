@@ -58,58 +58,70 @@ def extract(graph: Graph, inputs: list[str], outputs: list[str], note: str) -> G
 
 
 def quantized_boundaries(graph: Graph, tensors: list[str]) -> Graph:
-    """The graph with each of `tensors` that a QDQ graph quantizes (read by QuantizeLinear nodes alone) held on
-    its int8 grid, so that parts cut there stay int8 on both sides: the part before ends with its
-    QuantizeLinear -> DequantizeLinear (the tensor is the dequantized value), the part after quantizes it again
-    onto the same grid (lossless) before its DequantizeLinear readers. A backend that runs int8 only (the NPU)
-    needs both; the others keep their fused int8 kernels at the cut. Names and values stay the same."""
+    """The graph with each of `tensors` that a QDQ graph quantizes held on its int8 grid, so that parts cut
+    there stay int8 on both sides: the part before ends with its QuantizeLinear -> DequantizeLinear (the tensor
+    is the dequantized value), the part after quantizes it again onto the same grid (lossless) before its
+    readers. A backend that runs int8 only (the NPU) needs both; the others keep their fused int8 kernels at
+    the cut. Names and values stay the same."""
     model = onnx.ModelProto.FromString(graph.model.SerializeToString())
-    nodes = model.graph.node
-    producer, readers = links(model.graph)
     outputs = {o.name for o in model.graph.output}
+    producer, readers = links(model.graph)
     changed = False
     for tensor in tensors:
-        source = producer.get(tensor)
-        if source is not None and source.op_type == "DequantizeLinear" and readers.get(tensor) and \
-                getattr(producer.get(source.input[0]), "op_type", None) == "QuantizeLinear":
-            again = f"{tensor}/on_grid_again"  # the part after reads it through its own Q -> DQ
-            for reader in readers[tensor]:
-                reader.input[:] = [again if i == tensor else i for i in reader.input]
-            position = next(i for i, n in enumerate(nodes) if n is source)
-            nodes.insert(position + 1, helper.make_node("QuantizeLinear", [tensor, *source.input[1:]],
-                                                        [f"{tensor}/requantized"], **_axis(source)))
-            nodes.insert(position + 2, helper.make_node("DequantizeLinear", [f"{tensor}/requantized",
-                                                                             *source.input[1:]], [again],
-                                                        **_axis(source)))
-            changed = True
+        users = readers.get(tensor)
+        if not users or tensor not in producer:
             continue
-        quantizers = readers.get(tensor, [])
-        if source is None or not quantizers or tensor in outputs or any(q.op_type != "QuantizeLinear" or q.input[1:] !=
-                                                      quantizers[0].input[1:] for q in quantizers):
+        if _is_dequantized(producer, tensor):
+            _requantize_for(model.graph, producer[tensor], tensor, users)
+        elif tensor not in outputs and all(q.op_type == "QuantizeLinear" and q.input[1:] == users[0].input[1:]
+                                           for q in users):
+            _hold_on_grid(model.graph, producer[tensor], tensor, users, readers)
+        else:
             continue
-        first = quantizers[0]
-        unquantized = f"{tensor}/unquantized"
-        for node in nodes:
-            node.output[:] = [unquantized if o == tensor else o for o in node.output]
-        position = next(i for i, n in enumerate(nodes) if n is first)
-        held = helper.make_node("DequantizeLinear", [first.output[0], *first.input[1:]], [tensor],
-                                name=f"{tensor}/on_grid", **_axis(first))
-        nodes.insert(position + 1, held)
-        for q in quantizers:  # the readers' quantization reads the held value: the same integers
-            q.input[0] = unquantized if q is first else tensor
-        requantized = helper.make_node("QuantizeLinear", [tensor, *first.input[1:]], [f"{tensor}/requantized"],
-                                       name=f"{tensor}/requantize", **_axis(first))
-        nodes.insert(position + 2, requantized)
-        for dq in readers.get(first.output[0], []):
-            dq.input[0] = requantized.output[0]
         changed = True
-    if not changed:
-        return graph
-    return graph.with_model(model, ["cut tensors held on their int8 grid"])
+    return graph.with_model(model, ["cut tensors held on their int8 grid"]) if changed else graph
 
 
-def _axis(node: onnx.NodeProto) -> dict[str, int]:
-    return {a.name: a.i for a in node.attribute if a.name == "axis"}
+def _is_dequantized(producer: dict[str, onnx.NodeProto], tensor: str) -> bool:
+    """Whether a tensor is the DequantizeLinear of a QuantizeLinear (an activation's int8 grid)."""
+    dq = producer[tensor]
+    return dq.op_type == "DequantizeLinear" and getattr(producer.get(dq.input[0]), "op_type", None) == \
+        "QuantizeLinear"
+
+
+def _requantize_for(graph: onnx.GraphProto, dq: onnx.NodeProto, tensor: str, readers: list[onnx.NodeProto]) -> None:
+    """A dequantized tensor's readers read it through a Q -> DQ of their own onto the same grid."""
+    again = f"{tensor}/on_grid_again"
+    for reader in readers:
+        reader.input[:] = [again if i == tensor else i for i in reader.input]
+    _insert_after(graph, dq, [_qdq_node("QuantizeLinear", tensor, f"{tensor}/requantized", dq),
+                              _qdq_node("DequantizeLinear", f"{tensor}/requantized", again, dq)])
+
+
+def _hold_on_grid(graph: onnx.GraphProto, source: onnx.NodeProto, tensor: str, quantizers: list,
+                  readers: dict[str, list]) -> None:
+    """A tensor read by QuantizeLinear nodes alone becomes its own dequantized value (the producer writes
+    `/unquantized`), and the DequantizeLinear readers of the first quantizer read it quantized again."""
+    first, unquantized = quantizers[0], f"{tensor}/unquantized"
+    source.output[:] = [unquantized if o == tensor else o for o in source.output]
+    for q in quantizers:  # the readers' quantization reads the held value: the same integers
+        q.input[0] = unquantized if q is first else tensor
+    requantized = _qdq_node("QuantizeLinear", tensor, f"{tensor}/requantized", first)
+    for dq in readers.get(first.output[0], []):
+        dq.input[0] = requantized.output[0]
+    _insert_after(graph, first, [_qdq_node("DequantizeLinear", first.output[0], tensor, first), requantized])
+
+
+def _qdq_node(op: str, data: str, out: str, like: onnx.NodeProto) -> onnx.NodeProto:
+    """A QuantizeLinear or DequantizeLinear onto the grid (scale, zero point, axis) of `like`."""
+    axis = {a.name: a.i for a in like.attribute if a.name == "axis"}
+    return helper.make_node(op, [data, *like.input[1:]], [out], name=f"{out}/{op}", **axis)
+
+
+def _insert_after(graph: onnx.GraphProto, node: onnx.NodeProto, new: list[onnx.NodeProto]) -> None:
+    position = next(i for i, n in enumerate(graph.node) if n is node)
+    for offset, added in enumerate(new, 1):
+        graph.node.insert(position + offset, added)
 
 
 def with_input_dims(graph: Graph, dims: dict[str, list[int | str | None]], note: str) -> Graph:

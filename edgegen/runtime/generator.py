@@ -126,6 +126,7 @@ class Generator:
         self.image_outputs = [s.name for s in self.outputs if s.role == "image"]
         self._input_names = tuple(s.name for s in self.inputs)
         self._input_roles = frozenset(s.role for s in self.inputs)
+        self._latents = [s for s in self.inputs if s.role == "latent"]
         self._image_inputs = [s.name for s in self.inputs if s.role == "image"]
         self._streams = seed_streams(self.inputs)
         serving = manifest.get("serving", {})
@@ -289,10 +290,11 @@ class Generator:
                 given = f"{'an' if field == 'image' else 'a'} {field}"
                 raise RequestError(f"request {index} gives {given}, but this model has no {role} input (its inputs: "
                                    f"{', '.join(f'{s.name} ({s.role})' for s in self.inputs)}); leave {field} out")
-        latents = [s for s in self.inputs if s.role == "latent"]
-        if request.seed is not None and latents and all(self._raw_array(s, request.arrays) for s in latents):
+        if request.seed is not None and self._latents and all(self._raw_array(s, request.arrays)
+                                                              for s in self._latents):
             raise RequestError(f"request {index} gives a seed and an array for every latent input "
-                               f"({', '.join(s.name for s in latents)}): the seed would be unused; leave one out")
+                               f"({', '.join(s.name for s in self._latents)}): the seed would be unused; leave "
+                               "one out")
         size = request.size
         if size is None and request.image is not None:  # an image of a compiled size picks that size
             size = self.tiers.size_of_image(request.image.shape[:2])
@@ -571,11 +573,13 @@ class Generator:
         if picture is not None:
             tensor = image_to_tensor(picture, spec.default_shape[1], spec.range or [0.0, 1.0], spec.dtype)
             if spec.name not in route.inputs:
-                taken = self.tiers.image_sizes(spec.name, tuple(spec.default_shape[1:]))
-                if len(taken) > 1 and tensor.shape not in taken and None not in spec.shape[2:]:  # fixed sizes only
-                    raise RequestError(f"request {index}: a {tensor.shape[2]}x{tensor.shape[1]} image (input "
-                                       f"{spec.name!r}); this bundle's tiers take "
-                                       f"{', '.join(f'{w}x{h}' for _, h, w in sorted(taken))} images")
+                default = tuple(spec.default_shape[1:])
+                if tensor.shape != default and None not in spec.shape[2:]:  # a fixed-size export's other tiers
+                    taken = self.tiers.image_sizes(spec.name, default)
+                    if len(taken) > 1 and tensor.shape not in taken:
+                        raise RequestError(f"request {index}: a {tensor.shape[2]}x{tensor.shape[1]} image (input "
+                                           f"{spec.name!r}); this bundle's tiers take "
+                                           f"{', '.join(f'{w}x{h}' for _, h, w in sorted(taken))} images")
                 return self._check_array(spec, tensor, batched=False, computed=True)
             if tensor.shape != tuple(route.inputs[spec.name]):
                 _, h, w = route.inputs[spec.name]
