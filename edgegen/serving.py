@@ -102,7 +102,8 @@ def compile_serving(graph: Graph, tgt: targets.Target, precision: str, staging: 
         else:
             held = quantized_boundaries(graph, split.cut)
             comp.add("trunk", extract(held, split.trunk_inputs, split.cut, "trunk"))
-            head = extract(held, split.cut + names, outputs, "head")
+            # an output the trunk computes (a cut tensor) comes with the trunk's features, not from the head
+            head = extract(held, split.cut + names, [o for o in outputs if o not in split.cut], "head")
             comp.add("head", head)
             serving["split"] = split.to_json()
     wanted = [flag for flag, on in (("--roi", options.roi), ("--tiers", options.tiers),

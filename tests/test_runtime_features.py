@@ -238,3 +238,37 @@ def test_a_split_tensor_the_int8_lowering_rewrote_is_named_as_such(tmp_path):
     assert build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "f", split=["up"]).manifest["serving"]["split"]
     with pytest.raises(BuildError, match="rewritten by its int8 lowering"):
         build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "q", precision="int8", split=["up"])
+
+
+def test_a_split_at_a_tensor_that_is_also_an_output_is_served_from_the_trunk(tmp_path):
+    """`feat` (the image branch's last tensor, a second model output) is the cut: the head took it as an input
+    and gave it back as an output, and LiteRT could not lower a head output that no op computes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
+               for name, shape in (("wa", (4, 3, 3, 3)), ("wo", (3, 4, 3, 3)), ("fc", (8, 4)))]
+    nodes = [helper.make_node("Conv", ["image", "wa"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["feat"]),
+             helper.make_node("MatMul", ["z", "fc"], ["s"]),
+             helper.make_node("Unsqueeze", ["s", "axes"], ["s4"]),
+             helper.make_node("Mul", ["feat", "s4"], ["m"]),
+             helper.make_node("Conv", ["m", "wo"], ["o"], pads=[1, 1, 1, 1]), helper.make_node("Tanh", ["o"], ["out"])]
+    g = helper.make_graph(nodes, "outcut", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16]),
+                                            helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 16, 16]),
+                           helper.make_tensor_value_info("feat", TensorProto.FLOAT, [1, 4, 16, 16])],
+                          weights + [numpy_helper.from_array(np.array([2, 3], np.int64), "axes")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    image = (rng.random((16, 16, 3)) * 255).astype(np.uint8)
+    for target, precision in (("x86-litert", "fp32"), ("x86-litert", "int8"), ("x86-onnxruntime", "int8")):
+        out = tmp_path / f"{target}-{precision}"
+        result = build(tmp_path / "m.onnx", target, out, precision=precision, split=["auto"])
+        assert result.manifest["serving"]["split"]["cut"] == ["feat"], target
+        assert result.manifest["serving_report"]["split"]["max_abs"] == 0, (target, precision)
+        split, whole = Generator.open(out, cache_bytes=0), Generator.open(out, cache_bytes=0, feature_cache_bytes=0)
+        for seed in (1, 2):  # the second seed: the image's features come from the cache
+            for name in ("out", "feat"):
+                np.testing.assert_array_equal(split.generate(seed=seed, image=image, output=name),
+                                              whole.generate(seed=seed, image=image, output=name))
+        assert split.stats()["features"]["hits"] >= 1
