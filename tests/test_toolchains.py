@@ -1,6 +1,7 @@
 """Report parsers of the FPGA toolchain wrappers, on report text in each tool's published format
 (tests/data/reports/), and the logged runner."""
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -79,6 +80,14 @@ def test_runner_keeps_the_log_and_quotes_it_on_failure(tmp_path, monkeypatch):
     with pytest.raises(ToolFailedError, match=r"(?s)python\S* exited 0 but did not write report.txt; log .*quiet"):
         runner.run([sys.executable, "-c", "print('quiet')"], log, tmp_path, 60, outputs=("report.txt",))
     assert len(list((tmp_path / "kept").glob("python*.log"))) == 2  # a copy per failure, beyond the run's directory
+    monkeypatch.setattr(runner, "KEPT_LOGS", 3)  # the oldest logs go as new ones come
+    for old in range(4):
+        (tmp_path / "kept" / f"old{old}.log").write_text("")
+        os.utime(tmp_path / "kept" / f"old{old}.log", (old, old))
+    with pytest.raises(ToolFailedError, match=r"(?s)exit 3.*broken input"):
+        runner.run([sys.executable, "-c", "import sys; print('broken input'); sys.exit(3)"], log, tmp_path, 60)
+    kept = sorted(p.name for p in (tmp_path / "kept").glob("*.log"))
+    assert len(kept) == 3 and not any(name.startswith("old") for name in kept), kept
     (tmp_path / "file").write_text("")
     monkeypatch.setattr(runner, "LOGS", tmp_path / "file" / "kept")  # no copy can be written: the log itself
     with pytest.raises(ToolFailedError, match=rf"exit 3\); log {re.escape(str(log))}:"):

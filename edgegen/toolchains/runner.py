@@ -16,6 +16,7 @@ from . import ToolFailedError, ToolNotFoundError
 
 CACHE_ROOT = Path(os.environ.get("EDGEGEN_CACHE", Path.home() / ".cache" / "edgegen"))
 LOGS = CACHE_ROOT / "logs"  # the logs of failed runs: a tool's working directory is often temporary
+KEPT_LOGS = 100  # the newest failed runs' logs kept under LOGS; older ones are removed as new ones come
 
 
 def find(*names: str) -> str | None:
@@ -89,4 +90,19 @@ def _keep(log: Path, name: str) -> Path:
         if kept:  # the name reserved for the copy
             Path(kept).unlink(missing_ok=True)
         return log
+    _drop_old_logs(Path(kept))
     return Path(kept)
+
+
+def _drop_old_logs(newest: Path) -> None:
+    """Remove all but the KEPT_LOGS newest logs under LOGS (a log another process removes first is skipped)."""
+    logs = []
+    for path in LOGS.glob("*.log"):
+        try:
+            logs.append((path.stat().st_mtime, path))
+        except OSError:
+            continue
+    logs.sort(reverse=True)
+    for _, path in logs[KEPT_LOGS:]:
+        if path != newest:
+            path.unlink(missing_ok=True)
