@@ -129,8 +129,9 @@ def load_file(path: Path) -> Target:
     if data["precision"] not in precisions:
         raise TargetError(f"{path}: key 'precision' ({data['precision']}) must be one of 'precisions' {precisions}")
     _check_backend(path, data["backend"], precisions, data.get("backend_options") or {})
-    if data["threads"] < 1 or data["memory_mb"] < 16:
-        raise TargetError(f"{path}: keys 'threads' (>= 1) and 'memory_mb' (>= 16) are out of range")
+    for key, least in (("threads", 1), ("memory_mb", 16)):
+        if data[key] < least:
+            raise TargetError(f"{path}: key {key!r} is {data[key]}; give {least} or more")
     if "roofline" in data:
         _check_roofline(path, data["roofline"], precisions)
     if data["name"] != path.stem:

@@ -55,6 +55,8 @@ def test_unknown_target_suggests_close_name():
     (lambda t: "- just\n- a list\n", "must be a mapping"),
     (lambda t: "name: [unclosed\n", "not valid YAML"),
     (lambda t: t + "threads: 4\n", "key 'threads' is given twice; keep one"),
+    (lambda t: t.replace("memory_mb: 512", "memory_mb: 8"), "key 'memory_mb' is 8; give 16 or more"),
+    (lambda t: t.replace("threads: 2", "threads: 0"), "key 'threads' is 0; give 1 or more"),
     (lambda t: t + "backend_options:\n  provider: [CPUExecutionProvider]\n",
      "backend_options: unknown key 'provider' \\(did you mean 'providers'\\?\\) for the onnxruntime backend"),
     (lambda t: t + "backend_options:\n  providers: [CPUExecutionProvidr]\n",
