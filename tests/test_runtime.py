@@ -185,6 +185,22 @@ def test_a_backend_returning_too_few_images_is_an_error_not_a_crash(ort_bundle, 
     assert gen.stats()["served"].get("computed", 0) == 0
 
 
+def test_a_request_asked_twice_in_one_call_is_computed_once(ort_bundle, monkeypatch):
+    """Concurrent clients asking for the same picture (merged into one call by the batcher) cost one image's
+    work; each caller still gets an array of its own."""
+    gen = Generator.open(ort_bundle, cache_bytes=0)
+    real, batches = gen.parts.run, []
+    monkeypatch.setattr(gen.parts, "run", lambda name, feeds: batches.append(len(next(iter(feeds.values()))))
+                        or real(name, feeds))
+    same, other = {"seed": 5, "label": 2}, {"seed": 6, "label": 2}
+    served = gen.render([same, other, same])
+    assert batches == [2]
+    np.testing.assert_array_equal(served[0].pixels, served[2].pixels)
+    assert served[0].pixels is not served[2].pixels and not np.shares_memory(served[0].pixels, served[2].pixels)
+    np.testing.assert_array_equal(served[0].pixels, Generator.open(ort_bundle, cache_bytes=0).generate(**same))
+    assert [r.served_by for r in served] == ["computed"] * 3
+
+
 def one_hot_generator() -> onnx.ModelProto:
     """z [N,16] and a float one-hot class vector [N,10], concatenated before the first layer (a cGAN
     as often written: `torch.cat([z, onehot], 1)`) -> image [N,3,4,4]."""

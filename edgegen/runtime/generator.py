@@ -220,9 +220,15 @@ class Generator:
             if found is None:  # an artifact whose results depend on the batch size computes each alone
                 groups.setdefault(job.bucket if self.batch_invariant else n, []).append((n, job))
         for group in groups.values():
-            for (n, job), pixels in zip(group, self._compute([job for _, job in group])):
-                self._remember(job.key, pixels)
-                results[n] = Rendered(pixels, "computed")
+            firsts: dict[str, Job] = {}  # a request asked twice in one call (concurrent clients) is computed once
+            for _, job in group:
+                firsts.setdefault(job.key, job)
+            computed = dict(zip(firsts, self._compute(list(firsts.values()))))
+            for key, pixels in computed.items():
+                self._remember(key, pixels)
+            for n, job in group:
+                pixels = computed[job.key]
+                results[n] = Rendered(pixels if firsts[job.key] is job else pixels.copy(), "computed")
         if counted:
             with self._count_lock:
                 self._served.update(found.served_by for found in results)
