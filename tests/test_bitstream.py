@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +212,26 @@ def test_pll_module_from_icepll_and_ecppll(tmp_path, family, osc, want, achieved
         shutil.rmtree(work, ignore_errors=True)
     assert got == achieved and primitive in text and "module npu_pll" in text
     assert all(port in text for port in (*openflow.PLL_PORTS[family], "locked"))
+
+
+@pytest.mark.parametrize("call", ["pll", "patch_bram"])
+def test_an_ecp5_tool_that_exits_0_without_its_output_is_a_tool_failure(tmp_path, monkeypatch, call):
+    """ecppll / ecpbram exiting 0 without writing their file: a ToolFailedError naming it and the log (the PLL
+    read was a FileNotFoundError traceback; a block-RAM patch went on without its configuration)."""
+    from edgegen.toolchains import ToolFailedError
+
+    quiet = tmp_path / "quiet-tool"
+    quiet.write_text(f"#!{sys.executable}\nprint('nothing written')\n")
+    quiet.chmod(0o755)
+    monkeypatch.setattr(openflow, "_tool", lambda name, purpose: str(quiet))
+    monkeypatch.setattr(runner, "find", lambda *names: None)
+    monkeypatch.setattr(runner, "LOGS", tmp_path / "kept")
+    device = openflow.Device("ecp5", ())
+    with pytest.raises(ToolFailedError, match=r"(?s)quiet-tool exited 0 but did not write (pll\.v|new\.config).*nothing"):
+        if call == "pll":
+            openflow.pll(device, 25, 57, "npu_pll", "pll.v", tmp_path, tmp_path / "tool.log")
+        else:
+            openflow.patch_bram(device, "old.config", "old.hex", "new.hex", "new.config", tmp_path, tmp_path / "tool.log")
 
 
 def test_generated_top_clocks_the_board_from_the_pll_lock():

