@@ -227,11 +227,13 @@ def test_an_ecp5_tool_that_exits_0_without_its_output_is_a_tool_failure(tmp_path
     monkeypatch.setattr(runner, "find", lambda *names: None)
     monkeypatch.setattr(runner, "LOGS", tmp_path / "kept")
     device = openflow.Device("ecp5", ())
-    with pytest.raises(ToolFailedError, match=r"(?s)quiet-tool exited 0 but did not write (pll\.v|new\.config).*nothing"):
+    written = r"(?s)quiet-tool exited 0 but did not write (pll\.v|new\.config).*nothing"
+    with pytest.raises(ToolFailedError, match=written):
         if call == "pll":
             openflow.pll(device, 25, 57, "npu_pll", "pll.v", tmp_path, tmp_path / "tool.log")
         else:
-            openflow.patch_bram(device, "old.config", "old.hex", "new.hex", "new.config", tmp_path, tmp_path / "tool.log")
+            openflow.patch_bram(device, "old.config", "old.hex", "new.hex", "new.config", tmp_path,
+                                tmp_path / "tool.log")
 
 
 def test_generated_top_clocks_the_board_from_the_pll_lock():

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 from test_bitstream import tiny_decoder
 
 from edgegen.backends.fpga import bitstream, hostio
@@ -32,7 +31,7 @@ def _board_sim(tmp_path: Path, config: NpuConfig, sizes: dict[str, int]) -> Path
               **{param: f"mem/{name}.hex" for name, param in bitstream.HEX.items()}}
     args = [*verilator_or_skip(), "--cc", "--exe", "--build", "-O2", "--top-module", "npu_board", "-Wno-fatal",
             "-Wno-WIDTH", *(f"-G{k}={v}" if isinstance(v, int) else f'-G{k}="{v}"' for k, v in params.items()),
-            f"-CFLAGS", f"-DDIV={DIV}", "-Mdir", "obj", "-o", "board_sim", *(str(p) for p in bitstream.RTL),
+            "-CFLAGS", f"-DDIV={DIV}", "-Mdir", "obj", "-o", "board_sim", *(str(p) for p in bitstream.RTL),
             str(HARNESS)]
     result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
