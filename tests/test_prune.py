@@ -63,8 +63,8 @@ def _same_function(graph: Graph, ratio: float) -> tuple[Graph, dict]:
     calibration = load_calibration(graph.inputs, None, 10)
     feeds = load_calibration(graph.inputs, None, 3).feeds
     expected = _run(graph.model, feeds)
-    for reconstruct in (False, True):
-        pruned, report = prune(graph, ratio, calibration, reconstruct=reconstruct)
+    for refit in (False, True):
+        pruned, report = prune(graph, ratio, calibration, reconstruct=refit)
         np.testing.assert_allclose(_run(pruned.model, feeds), expected, atol=2e-4)
     assert report["quality"]["with_reconstruction"]["psnr_db"] > 60
     return pruned, report
