@@ -131,6 +131,36 @@ def test_depthwise_batchnorm_and_clip_follow_the_producer(tmp_path):
     assert _weight(pruned, "bn", 4).shape == (6,) and _weight(pruned, "c").shape == (3, 6, 1, 1)
 
 
+@pytest.mark.parametrize("opset", [17, 18])
+def test_squeeze_excite_pooling_by_reduce_mean_follows_the_producer(tmp_path, opset):
+    """The dynamo exporter writes a squeeze-excite's AdaptiveAvgPool2d(1) as ReduceMean (its axes an input from
+    opset 18): the block was left unpruned, while the legacy export's GlobalAveragePool was pruned."""
+    rng = np.random.default_rng(4)
+    dead = [2, 5]
+    axes = {"axes": [2, 3]} if opset < 18 else {}
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="r"),
+             helper.make_node("ReduceMean", ["r"] + (["axes"] if opset >= 18 else []), ["m"], name="pool",
+                              keepdims=1, **axes),
+             helper.make_node("Conv", ["m", "w1", "b1"], ["s1"], name="s1"),
+             helper.make_node("Relu", ["s1"], ["s1r"], name="s1r"),
+             helper.make_node("Conv", ["s1r", "w2", "b2"], ["s2"], name="s2"),
+             helper.make_node("Sigmoid", ["s2"], ["g"], name="g"),
+             helper.make_node("Mul", ["r", "g"], ["e"], name="excite"),
+             helper.make_node("Conv", ["e", "wc"], ["y"], name="c")]
+    inits = {"wa": _weights(rng, (8, 3, 3, 3), dead), "ba": _bias(rng, 8, dead), "w1": _weights(rng, (4, 8, 1, 1), [1]),
+             "b1": _bias(rng, 4, [1]), "w2": _weights(rng, (8, 4, 1, 1)), "b2": _bias(rng, 8),
+             "wc": _weights(rng, (3, 8, 1, 1)), "axes": np.array([2, 3], np.int64)}
+    graph = helper.make_graph(nodes, "se", [_image("x", 3)], [_image("y", 3)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items() if opset >= 18 or k != "axes"])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "se.onnx"))
+    pruned, report = _same_function(Graph.load(tmp_path / "se.onnx"), 0.25)
+    assert _weight(pruned, "a").shape[0] == 6 and _weight(pruned, "s1").shape == (3, 6, 1, 1)
+    assert _weight(pruned, "s2").shape == (6, 3, 1, 1) and _weight(pruned, "c").shape == (3, 6, 1, 1)
+
+
 def test_conv_transpose_and_instance_norm(tmp_path):
     rng = np.random.default_rng(3)
     up = {"strides": [2, 2], "pads": [1, 1, 1, 1]}

@@ -33,6 +33,10 @@ CHANNELWISE_OPS = {"Relu", "LeakyRelu", "Tanh", "Sigmoid", "HardSigmoid", "HardS
                    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where"}
 LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+# per channel where their axes leave the channel (and batch) axis alone: a squeeze-excite's pooling, as the
+# dynamo exporter writes AdaptiveAvgPool2d(1) and x.mean((2, 3))
+REDUCE_OPS = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare",
+              "ReduceLogSumExp", "ReduceProd"}
 _NORM_PARAMS = {"BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2)}
 
 
@@ -264,6 +268,8 @@ class _Walker:
             self.passthrough(node)
         elif node.op_type in ELEMENTWISE_OPS:
             self.elementwise(i, node)
+        elif node.op_type in REDUCE_OPS:
+            self.reduce(node)
         elif node.op_type in ("DepthToSpace", "SpaceToDepth"):
             self.opaque(node, f"{node.op_type} node {node.name!r} moves channels into space in blocks of r*r")
         else:
@@ -438,6 +444,21 @@ class _Walker:
                 self.cg.shape_entries.append(ShapeEntry(i, 3, layout))
         else:
             self.opaque(node, f"Resize node {node.name!r} has computed scales or resizes channels")
+
+    def reduce(self, node: onnx.NodeProto) -> None:
+        """Per channel when the axes (an attribute before opset 18, an input after) are all spatial."""
+        rank = len(self.shape(node.input[0]) or [])
+        axes = attribute(node, "axes", None)
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = self.constant(node, 1)
+            if axes is None:
+                return self.opaque(node, f"{node.op_type} node {node.name!r} has computed axes")
+        if axes is None or len(axes) == 0:
+            return self.passthrough(node) if attribute(node, "noop_with_empty_axes", 0) else \
+                self.opaque(node, f"{node.op_type} node {node.name!r} reduces every axis, channels included")
+        if rank < 2 or any(int(a) % rank < 2 for a in np.ravel(axes)):
+            return self.opaque(node, f"{node.op_type} node {node.name!r} reduces the batch or channel axis")
+        self.passthrough(node)
 
     def clip(self, i: int, node: onnx.NodeProto) -> None:
         bounds = [n for n in node.input[1:] if n]
