@@ -21,7 +21,7 @@ from .geometry import Interval, needed, out_size
 from .parts import Parts
 
 Rect = tuple[Interval, Interval]  # (rows, columns), half-open, output pixels
-STATIC_SHAPE_BACKENDS = {"tflite"}  # a region runs on a crop of its own size, which they cannot take
+STATIC_SHAPE_BACKENDS = {"tflite", "fpga"}  # a region runs on a crop of its own size, which they cannot take
 
 
 def static_shapes_refusal(backend: str) -> str:
