@@ -322,7 +322,8 @@ def _quantize(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluato
     report("quantize", 0, 1)
     model, floor_report = search_float_layers(quantizer.layers(), quantizer, evaluator, opts.floor,
                                               getattr(compiler, "int8_form", None),
-                                              getattr(compiler, "INT8_ONLY", None))
+                                              getattr(compiler, "INT8_ONLY", None),
+                                              getattr(compiler, "EXACT_INT8", False))
     passes["quantize"] = {"ir": "QDQ ONNX (int8 per-channel symmetric weights, int8 per-tensor activations)",
                           "method": opts.calibration_method, "calibration": calibration.report(),
                           **floor_report, **qdq_summary(getattr(compiler, "lowered_form", lambda m: m)(model))}

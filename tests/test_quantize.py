@@ -161,7 +161,7 @@ def test_a_layer_kept_in_float_that_the_floor_does_not_need_is_quantized_again()
             return ("only", only[0]) if only else ("exclude", frozenset(exclude))
 
     class Scores:
-        def quality(self, model):
+        def quality(self, model, reference=False):
             kind, what = model
             if kind == "only":
                 return {"psnr_db": 40.0, "ssim": 1.0, "nmse": nmse[what]}
@@ -185,7 +185,7 @@ def test_the_floor_search_goes_on_past_the_last_convolution_left_in_int8():
             return frozenset(only if only is not None else set(noise) - set(exclude))  # the layers in int8
 
     class Scores:
-        def quality(self, int8_layers):
+        def quality(self, int8_layers, reference=False):
             error = sum(noise[name] for name in int8_layers)
             return {"psnr_db": 60 - 10 * math.log10(error), "ssim": 1.0, "nmse": error}
 

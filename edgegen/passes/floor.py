@@ -57,11 +57,13 @@ class Evaluator:
         self.inputs, self.outputs, self.feeds, self.expected = inputs, outputs, feeds, expected
         self.per_call = per_call  # samples per run (see Graph.samples_per_run); None: all in one
 
-    def quality(self, model: onnx.ModelProto) -> dict[str, float]:
-        """Worst PSNR and SSIM over the image outputs (each output's own value range; see quality_outputs)."""
+    def quality(self, model: onnx.ModelProto, reference: bool = False) -> dict[str, float]:
+        """Worst PSNR and SSIM over the image outputs (each output's own value range; see quality_outputs).
+        reference: a QDQ graph computed as ONNX defines it (each layer in float between exact conversions, as
+        an integer kernel computes it), not by ONNX Runtime's fused int8 kernels."""
         import onnxruntime as ort
 
-        session = _scoring_session(ort, model)
+        session = _scoring_session(ort, model, reference)
         names = [o.name for o in session.get_outputs()]
         got = run_batched(lambda f: dict(zip(names, session.run(names, f))), self.inputs, self.feeds, self.per_call)
         worst = {"psnr_db": float("inf"), "ssim": 1.0, "nmse": 0.0}
@@ -75,12 +77,16 @@ class Evaluator:
         return {"psnr_db": round(worst["psnr_db"], 3), "ssim": round(worst["ssim"], 5), "nmse": worst["nmse"]}
 
 
-def _scoring_session(ort, model: onnx.ModelProto):
+def _scoring_session(ort, model: onnx.ModelProto, reference: bool = False):
     """A CPU session of the graph to score. ONNX Runtime's layout optimizer (its last level) refuses some
     graphs it could run as they are: a uint8 cubic downscale moved channels-last fails its scale check.
-    The graph is then scored without that level: the same arithmetic, in NCHW."""
+    The graph is then scored without that level: the same arithmetic, in NCHW. reference: without the
+    level that fuses Q/DQ pairs into int8 kernels either."""
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    if reference:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception:  # onnxruntime raises its own exception types; a graph it cannot load at all raises below
@@ -90,7 +96,8 @@ def _scoring_session(ort, model: onnx.ModelProto):
 
 def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator: Evaluator,
                         floor: QualityFloor, deployed: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
-                        int8_only: str | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                        int8_only: str | None = None, exact_int8: bool = False
+                        ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Keep the most damaging layers in float until the floor holds.
 
     Sensitivity: each layer quantized alone (all others float) and its error measured as mean squared
@@ -98,10 +105,11 @@ def search_float_layers(candidates: list[tuple[str, str]], quantizer, evaluator:
     largest error first, until the whole model meets the floor. A model with no convolution or matrix
     product left in int8 is not an int8 model: that is a failure, reported with what was reachable.
     deployed: the QDQ graph as the target's artifact computes it (what is scored); int8_only: why the
-    target keeps no layer in float (an NPU), where it keeps none.
+    target keeps no layer in float (an NPU), where it keeps none; exact_int8: the target's integer kernels
+    compute what the QDQ graph defines, so candidates are scored by its definition (Evaluator's reference).
     """
     def score(candidate: onnx.ModelProto) -> dict[str, float]:
-        return evaluator.quality(deployed(candidate) if deployed else candidate)
+        return evaluator.quality(deployed(candidate) if deployed else candidate, reference=exact_int8)
 
     model = quantizer.emit()
     base = score(model)

@@ -29,6 +29,7 @@ PROGRAM = "npu/program.npz"
 # the NPU runs transposed convolution itself and has no cubic resize (refused before any pass runs)
 INT8_LOWERINGS: tuple[str, ...] = ()
 INT8_ONLY = "the edgegen NPU runs every layer in int8"  # the quality floor cannot keep layers in float here
+EXACT_INT8 = True  # integer layers as the QDQ graph defines them: the floor is scored by that definition
 HOST_TABLES = "npu/host.npz"
 REPORT = "reports/npu.json"
 _FLOAT_ONLY = {"InstanceNormalization": "instance normalization needs per-image statistics, which the QDQ graph "
