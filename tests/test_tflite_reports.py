@@ -112,3 +112,67 @@ def test_parse_size_units():
     assert compiler.parse_size("0.00B") == 0 and compiler.parse_size("1.50KiB") == 1536
     with pytest.raises(ValueError):
         compiler.parse_size("12 parsecs")
+
+
+@pytest.fixture
+def stand_in_edgetpu_compiler(monkeypatch):
+    """Coral's compiler cannot be installed here: a stand-in that copies the model as the compiled one."""
+    from edgegen.backends.tflite import compile as tflite_compile
+
+    def compile_model(model, out, compat):
+        out.write_bytes(model.read_bytes())
+        out.with_suffix(".log").write_text("stand-in\n")
+        return {"version": "stand-in", "log": out.with_suffix(".log").name}
+
+    monkeypatch.setattr(tflite_compile.edgetpu, "compile_model", compile_model)
+
+
+def _latent_clamp_decoder(path: Path) -> Path:
+    """A TAESD-style decoder's start: `tanh(latent / 3) * 3`, then convolutions and a sigmoid."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.float32(3), "three"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (8, 4, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (3, 8, 3, 3)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Div", ["latent", "three"], ["d"], name="clamp_div"),
+             helper.make_node("Tanh", ["d"], ["t"]), helper.make_node("Mul", ["t", "three"], ["m"]),
+             helper.make_node("Conv", ["m", "w1"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["o"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["o"], ["image"])]
+    graph = helper.make_graph(nodes, "clamp",
+                              [helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_latent_clamp_maps_to_the_edge_tpu_from_its_first_op(tmp_path, stand_in_edgetpu_compiler, caplog):
+    """The latent's `/ 3`, which the CPU targets keep float, split the Edge TPU graph at op 0 (0 of 29 ops of a
+    TAESD-style decoder mapped, without a word): for the Edge TPU it is a Mul, quantized with the input."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    model = _latent_clamp_decoder(tmp_path / "clamp.onnx")
+    result = build(model, "coral-edgetpu", tmp_path / "coral")
+    assert result.manifest["session"]["edgetpu"].startswith("Edge TPU: all "), result.manifest["session"]["edgetpu"]
+    assert result.manifest["passes"]["lowered"]["latent_arithmetic"] == [
+        {"node": "clamp_div", "from": "Div"}]
+    assert not [r for r in caplog.records if "would map" in r.getMessage()]
+    cpu = build(model, "x86-litert", tmp_path / "cpu", precision="int8")  # the CPU targets keep it float
+    assert "latent_arithmetic" not in cpu.manifest["passes"].get("lowered", {})
+
+
+def test_an_edge_tpu_graph_that_splits_is_warned_of(tmp_path, cgen_path, stand_in_edgetpu_compiler, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    build(cgen_path, "coral-edgetpu", tmp_path / "coral")
+    warned = [r.getMessage() for r in caplog.records if "ops would map" in r.getMessage()]
+    assert len(warned) == 1 and "GATHER" in warned[0] and "its CPU" in warned[0], warned
+    from edgegen.emulate.device import emulate  # its roofline is the Edge TPU's alone, and it says so
+
+    estimate = emulate(tmp_path / "coral", runs=1, aarch64=False)["estimate"]
+    assert estimate["uncounted"].startswith("only ") and "the device's CPU runs the rest" in estimate["uncounted"]

@@ -55,6 +55,9 @@ def emulate(bundle: str | Path, target: str | None = None, runs: int = 20, rebui
     if host["ok"]:
         checks.append(_self_test_check("self-test on this host", host))
         report["op_support"] = support.check(bundle, manifest, device, host.get("execution"))
+        if report["op_support"].get("first_fallback"):  # the roofline is the accelerator's alone
+            estimate["uncounted"] = (f"only {report['op_support']['mapped']}/{report['op_support']['total']} ops "
+                                     "map to the Edge TPU; the device's CPU runs the rest, which this does not count")
         outputs = host["outputs"]
         if device.arch == "aarch64":
             report["aarch64"], outputs = _aarch64(bundle, manifest, device, host, checks, rebuild, userland_root) \

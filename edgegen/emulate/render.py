@@ -37,7 +37,8 @@ def emulation(report: dict[str, Any]) -> str:
     e = report["estimate"]
     lines.append(f"  estimate     {e['latency_ms']:.3g} ms per image on the device: ESTIMATE from the roofline "
                  f"({e['bound']}-bound; {e['ops'] / 1e6:.3g} Mops at {e['peak_gops']:g} GOPS, {e['bytes'] / 1e6:.2f} "
-                 f"MB at {e['bandwidth_gbs']:g} GB/s), a lower bound")
+                 f"MB at {e['bandwidth_gbs']:g} GB/s), a lower bound"
+                 + (f"; {e['uncounted']}" if "uncounted" in e else ""))
     for check in report["checks"]:
         lines.append(f"  {'PASS' if check['pass'] else 'FAIL'}  {check['name']}: {check['detail']}")
     lines.append(f"result: {'PASS' if report['pass'] else 'FAIL'}")

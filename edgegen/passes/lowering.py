@@ -14,6 +14,7 @@ from typing import Any, Callable
 from ..errors import BuildError
 from ..graph import Graph
 from .activation_phases import activations_into_phases
+from .latent_arithmetic import latent_arithmetic_as_products
 from .lower_conv_transpose import lower_conv_transposes, merge_narrow_conv_transposes
 from .lower_resize import lower_cubic_resizes
 from .narrow_conv_strided import narrow_convs_strided
@@ -26,6 +27,7 @@ LOWERINGS: dict[str, Callable[[Graph], tuple[Graph, list[dict[str, Any]]]]] = {
     "activation_into_phases": activations_into_phases,  # Conv(s) -> DepthToSpace -> Relu: Relu on each Conv
     "shuffle_dcr": depth_to_space_as_dcr,     # Conv -> DepthToSpace CRD: the Conv's channels permuted to DCR
     "narrow_conv_strided": narrow_convs_strided,   # 3-output kxk Conv -> 12-output (k+1)x(k+1) stride-2 Conv + DepthToSpace
+    "latent_arithmetic": latent_arithmetic_as_products,  # latent / c -> latent * (1/c), latent - c -> latent + (-c)
 }
 
 # rewrites that hold at the input size the graph was lowered at only (stride-2 blocks need an even output):

@@ -68,10 +68,10 @@ class Quantizer:
         self.graph = graph
         self.method = method
         self.calibration = calibration
-        latent_chain = _latent_chain(graph)
+        chain = latent_chain(graph)
         with tempfile.TemporaryDirectory(prefix="edgegen-quant-") as tmp:
             src, pre = Path(tmp) / "source.onnx", Path(tmp) / "pre.onnx"
-            onnx.save(_divisions_as_products(graph.model, latent_chain), str(src))
+            onnx.save(_divisions_as_products(graph.model, chain), str(src))
             # edgegen's clean-up already folded BatchNorm and constants; ONNX Runtime's own optimizer here
             # would also inline function ops (HardSwish -> HardSigmoid * x), which no backend fuses in int8
             q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, skip_optimization=True)
@@ -93,7 +93,7 @@ class Quantizer:
         self.faint_softmaxes = _faint_softmaxes(self.model, self.ranges)
         self.clips_off_zero = _clips_off_zero(self.model)
         self.float_only = self.grouped_transposed + self.faint_softmaxes + self.clips_off_zero  # never quantized
-        self._unlisted = _subs_left_float(self.model, self.op_types, latent_chain)
+        self._unlisted = _subs_left_float(self.model, self.op_types, chain)
 
     @property
     def float_note(self) -> str | None:
@@ -143,7 +143,7 @@ def _faint_softmaxes(model: onnx.ModelProto, ranges) -> list[str]:
             and ranges[n.output[0]].range_value[1] < FAINT_SOFTMAX]
 
 
-def _latent_chain(graph: Graph) -> set[str]:
+def latent_chain(graph: Graph) -> set[str]:
     """Graph inputs that are not 8-bit pictures (latents, conditions), and what Subs and Divs by a constant
     compute from them alone: their values fill no fixed grid, so that chain stays float, as onnxruntime leaves
     it, and is quantized once, after it (quantizing the input first as well cost a TAESD-style decoder's
@@ -157,11 +157,11 @@ def _latent_chain(graph: Graph) -> set[str]:
     return tensors
 
 
-def _divisions_as_products(model: onnx.ModelProto, latent_chain: set[str]) -> onnx.ModelProto:
+def _divisions_as_products(model: onnx.ModelProto, chain: set[str]) -> onnx.ModelProto:
     """A copy whose Div of a tensor by a scalar or one float constant per channel is a Mul by its reciprocal (the
     same values to a rounding): onnxruntime.quantization has no entry for Div and leaves it float, so
     `x / 127.5 - 1` or `(x - mean) / std` on an image input kept a LiteRT int8 artifact's input float and split
-    an Edge TPU graph at its first op. These stay Div (float): one on the latent chain (see _latent_chain); one
+    an Edge TPU graph at its first op. These stay Div (float): one on the latent chain (see latent_chain); one
     by a constant map (its reciprocal on one 8-bit grid cost a vignetting output 7.7 dB); one that writes a
     graph output (an extra rounding of the result) or feeds a Softmax (attention's `/ sqrt(d)`: ONNX Runtime's
     int8 softmax ran 2-2.7x slower than the float one)."""
@@ -175,7 +175,7 @@ def _divisions_as_products(model: onnx.ModelProto, latent_chain: set[str]) -> on
     for node in model.graph.node:
         divisor = weights.get(node.input[1]) if node.op_type == "Div" and len(node.input) == 2 else None
         if divisor is None or divisor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE) or \
-                node.input[0] in latent_chain or node.output[0] in outputs or \
+                node.input[0] in chain or node.output[0] in outputs or \
                 "Softmax" in readers.get(node.output[0], ()):
             continue
         values = numpy_helper.to_array(divisor)
@@ -192,15 +192,15 @@ def _divisions_as_products(model: onnx.ModelProto, latent_chain: set[str]) -> on
     return model
 
 
-def _subs_left_float(model: onnx.ModelProto, op_types: list[str], latent_chain: set[str]) -> list[str]:
-    """Sub nodes of a constant that stay float: on a tensor of the latent chain (see _latent_chain), writing a
+def _subs_left_float(model: onnx.ModelProto, op_types: list[str], chain: set[str]) -> list[str]:
+    """Sub nodes of a constant that stay float: on a tensor of the latent chain (see latent_chain), writing a
     graph output (`1 - sigmoid(y)`: an extra rounding of the result cost 1.1 dB), or read by an op the quantizer
     leaves float."""
     weights = {t.name for t in model.graph.initializer}
     outputs = {o.name for o in model.graph.output}
     float_reads = {x for n in model.graph.node if n.op_type not in op_types for x in n.input}
     return [n.name for n in model.graph.node if n.op_type == "Sub" and any(i in weights for i in n.input)
-            and (n.output[0] in float_reads or n.output[0] in outputs or any(i in latent_chain for i in n.input))]
+            and (n.output[0] in float_reads or n.output[0] in outputs or any(i in chain for i in n.input))]
 
 
 def _clips_off_zero(model: onnx.ModelProto) -> list[str]:

@@ -28,6 +28,9 @@ INT8_LOWERINGS = ("cubic_resize", "narrow_conv_strided", "activation_into_phases
 # the Edge TPU has no DEPTH_TO_SPACE (ops/tensor.py writes one as a TRANSPOSE_CONV there): a to-RGB layer stays
 # one CONV_2D rather than become two layers whose speed on a TPU nobody here has measured
 EDGETPU_WITHOUT = ("narrow_conv_strided",)
+# and it maps a graph only up to its first float op: a latent's `/ 3` (which CPUs keep float) made a TAESD-style
+# decoder run all on the host; as a Mul it is quantized with the input
+EDGETPU_WITH = ("latent_arithmetic",)
 EDGETPU_ARTIFACT = "model_edgetpu.tflite"
 REPORTS = "reports"
 
@@ -50,7 +53,7 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
 def int8_lowerings(target: Target) -> tuple[str, ...]:
     """The exact rewrites before int8 quantization for this target (see passes.lowering)."""
     if target.backend_options.get("delegate") == "edgetpu":
-        return tuple(name for name in INT8_LOWERINGS if name not in EDGETPU_WITHOUT)
+        return EDGETPU_WITH + tuple(name for name in INT8_LOWERINGS if name not in EDGETPU_WITHOUT)
     return INT8_LOWERINGS
 
 
@@ -111,7 +114,11 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
     for name, rep in reports.items():
         (workdir / REPORTS / f"{name}.json").write_text(json.dumps(rep, indent=2) + "\n")
         files.append(f"{REPORTS}/{name}.json")
-    return {"files": files, "session": session, "tools": tools, "warnings": lowered.warnings}
+    warnings = list(lowered.warnings)
+    if delegate == "edgetpu" and reports["edgetpu"]["first_fallback"] is not None:
+        warnings.append(f"{session['edgetpu']}: on the device those run on its CPU, far slower than on the Edge "
+                        "TPU (reports/edgetpu.json lists each op and why)")
+    return {"files": files, "session": session, "tools": tools, "warnings": warnings}
 
 
 def _edgetpu_compatibility(p, lowered) -> dict[str, Any]:
