@@ -22,12 +22,12 @@ import platform
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Container
+from typing import Any, Callable, Container, Iterator
 
 from . import backends, bundle
 from .errors import BuildError, EdgegenError
 from .image_files import IMAGE_SUFFIXES
-from .runtime.assets import DIR as ASSETS_DIR, write_pack
+from .runtime.assets import DIR as ASSETS_DIR, AssetPack, write_pack
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -126,13 +126,42 @@ def _from_log(log_path: Path, top: Any, origin: Path) -> list[dict[str, Any]]:
     return [json.loads(text) for text, _ in counts.most_common(top)]
 
 
+class KeptAssets:
+    """The undamaged entries of a bundle's pack, to write again before new ones: read from its mapping each time
+    they are iterated, never held (adding two requests to a pack of 3,000 assets took twice the pack in memory).
+    `keys` are those that read whole when counted; `dropped`, how many did not."""
+
+    def __init__(self, pack: AssetPack | None = None):
+        self.pack = pack
+        self.keys = frozenset(key for key, _, array in pack.items() if array is not None) if pack else frozenset()
+        self.dropped = len(pack) - len(self.keys) if pack else 0
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any], Any]]:
+        for key, request, array in self.pack.items() if self.pack else ():
+            if array is not None and key in self.keys:
+                yield key, request, array
+
+
 def render_assets(gen, requests: list[dict[str, Any]], directory: Path, rendered_on: str, progress: Progress,
-                  keep: list[tuple[str, dict[str, Any], Any]] = ()) -> int:
-    """Render requests with `gen` (caches off) and write the pack into a staging bundle directory,
-    after the entries in `keep`; return the number of assets."""
-    entries = {key: (key, request, array) for key, request, array in keep}
-    render_new(gen, requests, entries, progress)
-    return write_pack(directory, gen.content_hash, entries.values(), rendered_on)
+                  kept: KeptAssets | None = None) -> int:
+    """Render requests with `gen` (caches off) and write the pack into a staging bundle directory, after the
+    `kept` entries, CHUNK requests at a time as the pack is written; return the number of assets."""
+    kept = kept or KeptAssets()
+    return write_pack(directory, gen.content_hash, itertools.chain(kept, _rendered(gen, requests, progress, kept.keys)),
+                      rendered_on)
+
+
+def _rendered(gen, requests: list[dict[str, Any]], progress: Progress,
+              skip: frozenset[str]) -> Iterator[tuple[str, dict[str, Any], Any]]:
+    """(key, request, pixels) of each request whose key is not in `skip`, each key once, CHUNK at a time."""
+    seen = set(skip)
+    for start in range(0, len(requests), CHUNK):
+        entries: dict[str, tuple] = {}
+        render_new(gen, requests[start:start + CHUNK], entries,
+                   lambda stage, done, total: progress(stage, start + done, len(requests)), seen, start)
+        seen.update(entries)
+        yield from entries.values()
+    progress("precompute", len(requests), len(requests))
 
 
 def render_new(gen, requests: list[dict[str, Any]], entries: dict[str, tuple], progress: Progress,
@@ -210,7 +239,8 @@ def add_assets(bundle_dir: str | Path, requests_path: str | Path, progress: Prog
 
     check_executor(executor, address)
     if workers is not None and executor != "ray":
-        raise BuildError(f"--workers applies to --executor ray (got --workers {workers} with --executor {executor}); leave it out")
+        raise BuildError(f"--workers applies to --executor ray (got --workers {workers} with --executor {executor}); "
+                         "leave it out")
 
     out = Path(bundle_dir)
     requests = load_requests(requests_path)
@@ -228,22 +258,19 @@ def _add_assets(out: Path, requests: list[dict[str, Any]], requests_path: str | 
     report = progress or (lambda stage, done, total: None)
     old = Generator.open(out, host_fallback=True, cache_bytes=0, feature_cache_bytes=0)
     bundle.check_output_dir(out)
-    keep = []
-    if old.assets is not None:
-        keep = [(key, request, array) for key, request, array in old.assets.items() if array is not None]
-        dropped = len(old.assets) - len(keep)
-        if dropped:
-            log.warning("%s: %d damaged asset(s) dropped (re-rendered if the request file names them)", out, dropped)
+    kept = KeptAssets(old.assets)
+    if kept.dropped:
+        log.warning("%s: %d damaged asset(s) dropped (re-rendered if the request file names them)", out, kept.dropped)
     staging = bundle.staging_dir(out)
     try:
         _copy_bundle(out, staging)
         if executor == "ray":
             from .scale.precompute import render_assets_on_ray
 
-            count = render_assets_on_ray(old, requests, staging, rendered_on(old.manifest), report, keep,
+            count = render_assets_on_ray(old, requests, staging, rendered_on(old.manifest), report, kept,
                                          address, workers)
         else:
-            count = render_assets(old, requests, staging, rendered_on(old.manifest), report, keep)
+            count = render_assets(old, requests, staging, rendered_on(old.manifest), report, kept)
         manifest = {k: v for k, v in old.manifest.items() if k not in ("format", "schema_version", "files")}
         manifest["assets"] = {"count": count, "rendered_on": rendered_on(old.manifest),
                               "requests": str(Path(requests_path))}

@@ -12,7 +12,7 @@ from edgegen.build import build
 from edgegen.bundle import read_manifest
 from edgegen.cli import main
 from edgegen.errors import BuildError, BundleError
-from edgegen.precompute import load_requests
+from edgegen.precompute import add_assets, load_requests
 from edgegen.runtime import Generator
 from runtime_models import glyph_like
 
@@ -142,6 +142,37 @@ def test_precompute_verb_adds_assets_atomically(tmp_path, capsys, glyph_path):
     assert "request 0 has unknown key(s) ['colour']" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "bad.yaml", "more.yaml", "r.yaml"]
+
+
+def test_adding_assets_holds_neither_the_kept_nor_the_new_ones_in_memory(tmp_path, glyph_path, monkeypatch):
+    """Adding two requests to a pack loaded every asset it had (twice the pack in memory for a catalogue), and
+    the local executor held every new asset until the pack was written: both now stream into the pack."""
+    import weakref
+
+    from edgegen import precompute
+    from edgegen.runtime import assets
+
+    out = tmp_path / "b"
+    build(glyph_path, "x86-onnxruntime", out)
+    (tmp_path / "r.yaml").write_text("grid: {seed: '0..79', label: 4}\n")
+    add_assets(out, tmp_path / "r.yaml")
+    alive, peak = set(), [0]
+
+    def tracked(array):
+        alive.add(id(array))
+        weakref.finalize(array, alive.discard, id(array))
+        peak[0] = max(peak[0], len(alive))
+        return array
+
+    real_items, real_write = assets.AssetPack.items, assets.write_pack
+    monkeypatch.setattr(assets.AssetPack, "items",
+                        lambda self: ((k, r, tracked(a) if a is not None else a) for k, r, a in real_items(self)))
+    monkeypatch.setattr(precompute, "write_pack", lambda directory, content_hash, entries, rendered_on: real_write(
+        directory, content_hash, ((k, r, tracked(a)) for k, r, a in entries), rendered_on))
+    (tmp_path / "more.yaml").write_text("grid: {seed: '0..119', label: 4}\n")  # 80 kept, 40 new
+    add_assets(out, tmp_path / "more.yaml")
+    assert len(Generator.open(out).assets) == 120
+    assert peak[0] <= precompute.CHUNK + 2, peak[0]
 
 
 def test_two_precomputes_into_one_bundle_at_once_keep_both_sets(tmp_path, glyph_path):
