@@ -192,11 +192,16 @@ def file_hashes(directory: Path) -> dict[str, str]:
             for file in sorted(p for p in Path(directory).rglob("*") if p.is_file() and p.name != MANIFEST)}
 
 
-def content_hash(files: dict[str, str], serving: dict[str, Any] | None = None) -> str:
-    """The bundle's content hash: sha256 over the hashes of its files except the precomputed
-    assets (adding assets does not change what the bundle computes) and its serving settings.
-    Every cache key starts with it."""
-    digest = hashlib.sha256(json.dumps(serving or {}, sort_keys=True).encode())
+def content_hash(manifest: dict[str, Any]) -> str:
+    """The bundle's content hash: sha256 over what decides its pixels: the hashes of its files except the
+    precomputed assets (adding assets does not change what the bundle computes), its serving settings, and
+    the backend, precision and session settings it is opened with (OpenVINO's fp32 and bf16 bundles of one
+    model hold the same files: the bf16 is a session setting; with the files alone they shared a hash, so a
+    disk cache or a Ray node's bundle copy served the one's pixels for the other). Every cache key starts
+    with it."""
+    computes = {key: manifest.get(key) for key in ("backend", "precision", "session")}
+    digest = hashlib.sha256(json.dumps([manifest.get("serving", {}), computes], sort_keys=True).encode())
+    files = manifest.get("files", {})
     for name, sha in sorted(files.items()):
         if not name.startswith(ASSETS_DIR + "/"):
             digest.update(f"{name}\0{sha}\n".encode())

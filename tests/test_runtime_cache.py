@@ -245,3 +245,24 @@ def test_a_cache_opened_with_no_budget_leaves_the_directory_alone(tmp_path):
     off = DiskCache(tmp_path, 0)
     off.put("b" * 64, np.zeros(250, np.float32))
     assert _entries(tmp_path)[1] == ["a" * 64]
+
+
+def test_bundles_that_differ_only_in_their_session_settings_share_no_cache_entries(tmp_path):
+    """OpenVINO's fp32 and bf16 bundles of one model hold the same files (bf16 is a session setting): with a
+    content hash over the files alone, a disk cache both used served the fp32 pixels to the bf16 bundle."""
+    import onnx
+
+    from edgegen.build import build
+    from runtime_models import glyph_like
+
+    onnx.save(glyph_like(), str(tmp_path / "glyph.onnx"))
+    for precision in ("fp32", "bf16"):
+        build(tmp_path / "glyph.onnx", "x86-openvino", tmp_path / precision, precision=precision)
+    fp32, bf16 = (json.loads((tmp_path / p / "manifest.json").read_text()) for p in ("fp32", "bf16"))
+    assert {k: v for k, v in fp32["files"].items() if k != "reference.npz"} == \
+        {k: v for k, v in bf16["files"].items() if k != "reference.npz"}  # the same model files
+    shared = {"disk_cache": str(tmp_path / "cache"), "cache_bytes": 0}
+    first, second = (Generator.open(tmp_path / p, **shared) for p in ("fp32", "bf16"))
+    assert first.content_hash != second.content_hash
+    first.generate(seed=1, label=2)
+    assert second.render([{"seed": 1, "label": 2}])[0].served_by == "computed"

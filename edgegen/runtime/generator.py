@@ -130,7 +130,7 @@ class Generator:
         self._image_inputs = [s.name for s in self.inputs if s.role == "image"]
         self._streams = seed_streams(self.inputs)
         serving = manifest.get("serving", {})
-        self.content_hash = content_hash(manifest.get("files", {}), serving)
+        self.content_hash = content_hash(manifest)
         self.parts = Parts(self.path, manifest, threads, host_fallback, session, verify)
         self.cache = LRUCache(self.config.cache_bytes)
         self.disk = DiskCache(self.config.disk_cache, self.config.disk_cache_bytes) if self.config.disk_cache else None
