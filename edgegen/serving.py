@@ -266,11 +266,11 @@ def _size_parts(graph: Graph, comp: _Compiler, sizes: list[int], images) -> dict
                              "(F.interpolate(size=...)), and no other tensor of the model sets it, so the output keeps "
                              f"that size whatever the input's; only {base} can be served. Export with "
                              "scale_factor= (and dynamic height and width) to serve other sizes")
-        dims, sized, tried = _input_dims_for(graph, spatial, out.name, base, size)
+        dims, sized, tried, line = _input_dims_for(graph, spatial, out.name, base, size)
         if sized is None:
             near = _sizes_near(graph, spatial, out.name, base, size)
             hint = f"the nearest size{'s' * (len(near) > 1)} it gives: {', '.join(map(str, near))}" if near else \
-                _size_step_hint(base, spatial[0].default_shape[2])
+                _size_line_hint(line) if line and line[1] else _size_step_hint(base, spatial[0].default_shape[2])
             fixed = [s for s in spatial if None not in s.shape[2:]]
             if fixed and not near:  # an export at one size may hard-code it (a Reshape to the exported map)
                 hint += (f"; input {fixed[0].name!r} was exported at a fixed {format_shape(fixed[0].source_shape)}: "
@@ -285,16 +285,27 @@ def _size_parts(graph: Graph, comp: _Compiler, sizes: list[int], images) -> dict
 SIZE_SEARCH = (0, 1, -1, 2, -2)  # offsets tried around the proportional input size (2n - 1 layers, floors)
 
 
-def _input_dims_for(graph: Graph, spatial: list, output: str, base: int, size: int) -> tuple[dict, Graph | None, list]:
-    """Input dims ([N, C, h, w] by input) at which the model's own layers give a size x size output, and
-    the graph at them; else (_, None, what the input sizes tried gave)."""
-    tried = []
-    for offset in SIZE_SEARCH:
-        dims = {s.name: [s.shape[0] if s.shape[0] is not None else "N", s.default_shape[1],
-                         *(round(d * size / base) + offset for d in s.default_shape[2:])] for s in spatial}
-        given = "x".join(map(str, dims[spatial[0].name][2:]))
-        if min(min(d[2:]) for d in dims.values()) < 1:
+def _input_dims_for(graph: Graph, spatial: list, output: str, base: int,
+                    size: int) -> tuple[dict, Graph | None, list, tuple[int, int] | None]:
+    """Input dims ([N, C, h, w] by input) at which the model's own layers give a size x size output, and the
+    graph at them; else (_, None, what the input sizes tried gave, the line (a, b) of output = a*n + b rows
+    from n input rows where two sizes tried ran on one). Tried: the input rows proportional to the output's,
+    with SIZE_SEARCH's offsets; once two of them ran, first the rows that line names: a stack of layers makes
+    a*n + b rows from n (a DCGAN's 8n + 24 from its latent map), not a multiple of n."""
+    rows0 = spatial[0].default_shape[2]
+    tried: list[str] = []
+    ran: dict[int, int] = {}  # the first input's rows -> the output's
+    line = None
+    queue = [round(rows0 * size / base) + offset for offset in SIZE_SEARCH]
+    done: set[int] = set()
+    while queue:
+        rows = queue.pop(0)
+        if rows < 1 or rows in done:
             continue
+        done.add(rows)
+        dims = {s.name: [s.shape[0] if s.shape[0] is not None else "N", s.default_shape[1],
+                         *(max(1, round(d * rows / rows0)) for d in s.default_shape[2:])] for s in spatial}
+        given = "x".join(map(str, dims[spatial[0].name][2:]))
         try:
             sized = with_input_dims(graph, dims, f"output size {size}")
         except BuildError:
@@ -302,9 +313,16 @@ def _input_dims_for(graph: Graph, spatial: list, output: str, base: int, size: i
             continue
         got = next(o.default_shape[2:] for o in sized.outputs if o.name == output)
         if list(got) == [size, size]:
-            return dims, sized, tried
+            return dims, sized, tried, line
         tried.append(f"input {spatial[0].name!r} at {given} gives {'x'.join(map(str, got))}")
-    return {}, None, tried
+        ran[rows] = got[0]
+        if line is None and len(ran) == 2:
+            (n1, o1), (n2, o2) = ran.items()
+            if (o2 - o1) % (n2 - n1) == 0 and (o2 - o1) // (n2 - n1) > 0:
+                line = (o2 - o1) // (n2 - n1), o1 - (o2 - o1) // (n2 - n1) * n1
+                aimed = (size - line[1]) / line[0]
+                queue = [round(aimed), math.floor(aimed), math.ceil(aimed)] + queue
+    return {}, None, tried, line
 
 
 def _sizes_near(graph: Graph, spatial: list, output: str, base: int, size: int) -> list[int]:
@@ -317,6 +335,16 @@ def _sizes_near(graph: Graph, spatial: list, output: str, base: int, size: int) 
         return []
     below = size // step * step
     return [s for s in (below, below + step) if s >= 1 and _input_dims_for(graph, spatial, output, base, s)[1]]
+
+
+def _size_line_hint(line: tuple[int, int]) -> str:
+    """Which sizes a model whose n input rows make a*n + b output rows can serve."""
+    slope, intercept = line
+    first = [slope * n + intercept for n in range(1, 40) if slope * n + intercept >= 1][:4]
+    lost = " (a layer loses rows, as a ConvTranspose k3 s2 p1 without output_padding=1 makes 2n - 1)" \
+        if intercept < 0 else ""
+    return (f"its layers make {slope}n {'+' if intercept > 0 else '-'} {abs(intercept)} rows from n input rows{lost}: "
+            f"choose sizes among {', '.join(map(str, first))}, ...")
 
 
 def _check_tier_memory(sized: Graph, size: int, tgt: targets.Target, source: str) -> None:

@@ -238,8 +238,9 @@ def test_tiers_of_an_output_one_pixel_short_of_the_input_scale_follow_its_layers
                          [nh.from_array(np.full((3, 3, 3, 3), 0.1, np.float32), "w")])
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(tmp_path / "ct.onnx"))
     with pytest.raises(BuildError, match=r"no input size gives output size 16 \(input 'image' at 9x9 gives 17x17; "
-                                         r"input 'image' at 10x10 gives 19x19; .*; its output \(15\) is not a whole "
-                                         r"multiple of its input \(8\), as a ConvTranspose .*output_padding=1"):
+                                         r"input 'image' at 10x10 gives 19x19; .*; its layers make 2n - 1 rows from n "
+                                         r"input rows \(.*ConvTranspose k3 s2 p1 without output_padding=1.*\): choose "
+                                         r"sizes among 1, 3, 5, 7"):
         build(tmp_path / "ct.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[15, 16])
     assert not (tmp_path / "b").exists()
     result = build(tmp_path / "ct.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[15, 31])
@@ -333,3 +334,27 @@ def test_the_default_size_tier_runs_through_the_split(tmp_path):
         gen.generate(image=image, seed=seed)
     assert gen.stats()["features"]["hits"] == 2
 
+
+
+def test_tiers_of_a_dcgan_stack_follow_its_affine_size_line(tmp_path):
+    """A DCGAN stack (ConvTranspose k4 s1 p0, then three k4 s2 p1) makes 8n + 24 rows from an n x n latent map:
+    sizes were searched around the proportional input (5x5 for 40 from the exported 64x64 -> 536), so 40 (2x2)
+    was refused, with the advice 'multiples of 32' and a ConvTranspose the model does not have."""
+    h, nh = onnx.helper, onnx.numpy_helper
+    rng = np.random.default_rng(0)
+    nodes, x = [], "z"
+    for i, (stride, pad) in enumerate([(1, 0), (2, 1), (2, 1), (2, 1)]):
+        nodes.append(h.make_node("ConvTranspose", [x, f"w{i}"], [f"t{i}"], strides=[stride] * 2, pads=[pad] * 4))
+        x = f"t{i}"
+    nodes.append(h.make_node("Tanh", [x], ["image"]))
+    weights = [nh.from_array(rng.normal(0, 0.3, (4 if i == 0 else 2, 2 if i < 3 else 3, 4, 4)).astype(np.float32),
+                             f"w{i}") for i in range(4)]
+    graph = h.make_graph(nodes, "dcgan", [h.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1, 4, "h", "w"])],
+                         [h.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, "H", "W"])], weights)
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(tmp_path / "dcgan.onnx"))
+    shape = {"graph_options": {"input_shapes": {"z": [1, 4, 64, 64]}}}
+    result = build(tmp_path / "dcgan.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[40, 48], **shape)
+    assert result.manifest["serving"]["tiers"]["sizes"]["40"]["inputs"]["z"] == [4, 2, 2]
+    with pytest.raises(BuildError, match=r"its layers make 8n \+ 24 rows from n input rows: choose sizes among "
+                                         r"32, 40, 48, 56"):
+        build(tmp_path / "dcgan.onnx", "x86-onnxruntime", tmp_path / "c", tiers=[44], **shape)
