@@ -126,6 +126,12 @@ def _from_log(log_path: Path, top: Any, origin: Path) -> list[dict[str, Any]]:
     return [json.loads(text) for text, _ in counts.most_common(top)]
 
 
+def render_threads(manifest: dict[str, Any]) -> int:
+    """The intra-op threads assets are rendered at: the target's, as on the device (not capped at this host's
+    cores: OpenVINO's bf16 kernels round otherwise at 1 thread than at 2)."""
+    return int(manifest["target"]["threads"])
+
+
 class KeptAssets:
     """The undamaged entries of a bundle's pack, to write again before new ones: read from its mapping each time
     they are iterated, never held (adding two requests to a pack of 3,000 assets took twice the pack in memory).
@@ -187,13 +193,24 @@ def render_new(gen, requests: list[dict[str, Any]], entries: dict[str, tuple], p
         try:
             rendered = gen.serve([job for job, _ in todo]) if todo else []
         except EdgegenError as exc:
-            where = first + start
-            raise BuildError(f"precomputing requests {where}..{where + len(chunk) - 1}: {exc}") from None
+            raise _the_request_refused(gen, todo, exc) from None
         for (job, request), result in zip(todo, rendered):
             entries[job.key] = (job.key, request, result.pixels)
         keys += [job.key for job, _ in jobs]
     progress("precompute", len(requests), len(requests))
     return keys
+
+
+def _the_request_refused(gen, todo: list[tuple[Any, dict[str, Any]]], error: EdgegenError) -> BuildError:
+    """The error of a chunk the runtime refused (a region of a bundle without --roi), naming the first request
+    that it refuses alone by its position and fields, as a request's own check does."""
+    for job, request in todo:
+        try:
+            gen.serve([job])
+        except EdgegenError as exc:
+            return BuildError(f"precomputing request {job.index} {_shown(request)}: {exc}")
+    first, last = todo[0][0].index, todo[-1][0].index
+    return BuildError(f"precomputing requests {first}..{last}: {error}")
 
 
 TEXT_FIELDS = ("quality", "output")  # request fields whose value is a word, not an image file
@@ -256,7 +273,8 @@ def _add_assets(out: Path, requests: list[dict[str, Any]], requests_path: str | 
     from .runtime import Generator
 
     report = progress or (lambda stage, done, total: None)
-    old = Generator.open(out, host_fallback=True, cache_bytes=0, feature_cache_bytes=0)
+    old = Generator.open(out, threads=render_threads(bundle.read_manifest(out)), host_fallback=True, cache_bytes=0,
+                         feature_cache_bytes=0)
     bundle.check_output_dir(out)
     kept = KeptAssets(old.assets)
     if kept.dropped:

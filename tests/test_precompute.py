@@ -175,6 +175,19 @@ def test_adding_assets_holds_neither_the_kept_nor_the_new_ones_in_memory(tmp_pat
     assert peak[0] <= precompute.CHUNK + 2, peak[0]
 
 
+def test_a_request_the_runtime_refuses_is_named_by_its_position_and_fields(tmp_path, glyph_path):
+    """A region request to a bundle built without --roi is refused when its chunk is served, not when it is
+    checked: the error named the chunk ('requests 32..63'), and the Ray executor another range."""
+    out = tmp_path / "b"
+    build(glyph_path, "x86-onnxruntime", out)
+    requests = [{"seed": n, "label": 1} for n in range(50)]
+    requests[40]["roi"] = [0, 0, 8, 8]
+    (tmp_path / "r.json").write_text(json.dumps(requests))
+    with pytest.raises(BuildError, match=r"precomputing request 40 \{seed: 40, label: 1, roi: \[0, 0, 8, 8\]\}: "
+                                         r"region-of-interest requests are not offered"):
+        add_assets(out, tmp_path / "r.json")
+
+
 def test_two_precomputes_into_one_bundle_at_once_keep_both_sets(tmp_path, glyph_path):
     """Both runs read the bundle, rendered and published: both said so, and the first one's assets were lost."""
     out = tmp_path / "b"

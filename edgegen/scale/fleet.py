@@ -24,6 +24,7 @@ from . import check_executor, cluster
 
 TASK_RETRIES = 2  # a task whose worker died is run again this many times
 FLEET_PREFIX = "edgegen-fleet-"  # a Ray task's build directory in the worker's temporary directory
+WAIT_S = 0.5  # the longest wait for a task between two calls of the progress callback
 
 
 def destinations(out: str | Path, names: list[str], precision: str | None) -> dict[str, Path]:
@@ -54,7 +55,7 @@ def build_fleet(model: str, names: list[str], out: str | Path, options: BuildOpt
     failures: dict[str, EdgegenError] = {}
     if executor == "ray":
         read_model(zoo.resolve(model))  # a missing or unreadable model is said once, before Ray starts
-        yield from _on_ray(model, dests, options, address, failures)
+        yield from _on_ray(model, dests, options, address, failures, progress or (lambda *_: None))
     else:
         from ..graph import Graph
 
@@ -73,7 +74,10 @@ def build_fleet(model: str, names: list[str], out: str | Path, options: BuildOpt
 
 
 def _on_ray(model: str, dests: dict[str, Path], options: BuildOptions, address: str | None,
-            failures: dict[str, EdgegenError]) -> Iterator[BuildResult]:
+            failures: dict[str, EdgegenError], progress: Progress) -> Iterator[BuildResult]:
+    """The fleet as one Ray task per target, each bundle published as its task ends. `progress` is called at
+    least every WAIT_S seconds while they run: a caller's signal handler that raised inside Ray's wait (which
+    parks the exception until the wait ends, 11-14 s for a SIGTERM) gets to stop the fleet there."""
     model, options = _absolute(model), replace(options, calibration=_absolute(options.calibration),
                                                precompute=_absolute(options.precompute),
                                                preview_upscale=_absolute(options.preview_upscale))
@@ -83,7 +87,11 @@ def _on_ray(model: str, dests: dict[str, Path], options: BuildOptions, address: 
             pending = {task.remote(model, name, options): name for name in dests}
             try:
                 while pending:
-                    [ref], _ = ray.wait(list(pending), num_returns=1)
+                    progress("fleet", len(dests) - len(pending), len(dests))
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
+                    if not ready:
+                        continue
+                    ref = ready[0]
                     name = pending.pop(ref)
                     try:
                         with cluster.user_errors(ray, "fleet build"):

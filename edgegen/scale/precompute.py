@@ -20,15 +20,17 @@ from typing import Any, Iterator
 
 from ..bundle import MANIFEST, ASSETS_DIR
 from ..errors import BuildError, BundleError
-from ..precompute import Progress, render_new
+from ..fileio import owner, remove_orphans
+from ..precompute import KeptAssets, Progress, render_new, render_threads
 from ..runtime.assets import AssetPack, write_pack
 from . import cluster
 
 SHARD_MAX = 256  # requests per shard at most
 SHARDS_PER_WORKER = 4  # at least this many shards per actor when the list allows, to balance load
 ACTOR_RESTARTS = 4
-# one intra-op thread per actor (Ray gives each actor its CPU); no caches, no assets: every request is rendered
-OPEN = {"threads": 1, "host_fallback": True, "cache_bytes": 0, "feature_cache_bytes": 0, "assets": False}
+# no caches, no assets: every request is rendered; at the target's threads, as the device and the local executor
+# render (OpenVINO's bf16 kernels round otherwise at 1 thread than at 2: 410 of 600 assets one level off)
+OPEN = {"host_fallback": True, "cache_bytes": 0, "feature_cache_bytes": 0, "assets": False}
 
 
 def shard_size(count: int, workers: int) -> int:
@@ -37,12 +39,13 @@ def shard_size(count: int, workers: int) -> int:
 
 
 def render_assets_on_ray(gen, requests: list[dict[str, Any]], staging: Path, rendered_on: str, progress: Progress,
-                         keep: list[tuple[str, dict[str, Any], Any]], address: str | None = None,
+                         kept: KeptAssets, address: str | None = None,
                          workers: int | None = None) -> int:
     """Ray twin of precompute.render_assets: same arguments (plus the cluster and the actor count),
     same pack and index bytes; returns the number of assets."""
     with cluster.connect(address) as ray:
-        count = workers or cluster.cluster_cpus(ray)
+        threads = render_threads(gen.manifest)
+        count = workers or max(1, cluster.cluster_cpus(ray) // threads)  # default: the cluster's CPUs, filled
         if count < 1:
             raise BuildError(f"--workers must be >= 1, got {count}")
         size = shard_size(len(requests), count)
@@ -52,9 +55,11 @@ def render_assets_on_ray(gen, requests: list[dict[str, Any]], staging: Path, ren
         actor_cls = ray.remote(num_cpus=cpus, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)(
             ShardRenderer)
         files = [ray.put(_bundle_files(gen.path, gen.manifest))]
-        skip = ray.put(frozenset(key for key, _, _ in keep))
-        actors = [actor_cls.remote(gen.content_hash) for _ in range(count)]
-        shard_dir = Path(tempfile.mkdtemp(prefix=f".{gen.path.name}.", suffix=".shards", dir=gen.path.parent))
+        skip = ray.put(kept.keys)
+        actors = [actor_cls.remote(gen.content_hash, threads) for _ in range(count)]
+        remove_orphans(gen.path.parent, f".{gen.path.name}.", r"\.[^.]+\.shards")  # a killed run's (SIGKILL, OOM)
+        shard_dir = Path(tempfile.mkdtemp(prefix=f".{gen.path.name}.{owner()}.", suffix=".shards",
+                                          dir=gen.path.parent))
         try:
             pool = ray.util.ActorPool(actors)
             progress("precompute", 0, len(requests))
@@ -66,7 +71,7 @@ def render_assets_on_ray(gen, requests: list[dict[str, Any]], staging: Path, ren
                     _write_shard(shard_dir, first // size, gen.content_hash, keys, entries)
                     done += len(keys)
                     progress("precompute", done, len(requests))
-            return write_pack(staging, gen.content_hash, _merged(keep, shard_dir, len(shards), gen.content_hash),
+            return write_pack(staging, gen.content_hash, _merged(kept, shard_dir, len(shards), gen.content_hash),
                               rendered_on)
         finally:
             for actor in actors:
@@ -78,8 +83,8 @@ class ShardRenderer:
     """A Ray actor: one Generator on a local copy of the bundle (opened at its first shard, and again
     after a restart), rendering shards of requests."""
 
-    def __init__(self, content_hash: str):
-        self.content_hash = content_hash
+    def __init__(self, content_hash: str, threads: int):
+        self.content_hash, self.threads = content_hash, threads
         self.gen = None
 
     def render(self, first: int, requests: list[dict[str, Any]], skip: frozenset[str],
@@ -100,10 +105,10 @@ class ShardRenderer:
         files = ray.get(ref)
         directory = _materialize(files, self.content_hash)
         try:
-            gen = Generator.open(directory, **OPEN)
+            gen = Generator.open(directory, threads=self.threads, **OPEN)
         except BundleError:  # a copy left damaged on this node: write it anew
             shutil.rmtree(directory, ignore_errors=True)
-            gen = Generator.open(_materialize(files, self.content_hash), **OPEN)
+            gen = Generator.open(_materialize(files, self.content_hash), threads=self.threads, **OPEN)
         if gen.content_hash != self.content_hash:
             raise BundleError(f"{directory}: the bundle copy on this Ray node is not the one being precomputed; "
                               "delete it and rerun")
@@ -151,12 +156,12 @@ def _write_shard(shard_dir: Path, number: int, content_hash: str, keys: list[str
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _merged(keep: list[tuple[str, dict[str, Any], Any]], shard_dir: Path, shards: int,
+def _merged(kept: KeptAssets, shard_dir: Path, shards: int,
             content_hash: str) -> Iterator[tuple[str, dict[str, Any], Any]]:
     """Kept entries, then each shard's in order, each key once (its first occurrence, as the local
     executor keeps it); BuildError when a shard is missing or lacks a key it was given."""
     seen = set()
-    for key, request, array in keep:
+    for key, request, array in kept:
         seen.add(key)
         yield key, request, array
     for number in range(shards):
