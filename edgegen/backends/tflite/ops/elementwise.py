@@ -46,9 +46,9 @@ def _unary_op(lw: Lowerer, node: onnx.NodeProto, code: str, options=None, int8_o
         coarser = grid.scale[0] / calibrated.scale[0]
         lw.warnings.append(f"node {node.name!r} ({node.op_type}): its calibrated output range is "
                            f"{255 * calibrated.scale[0]:.3g} wide, and TFLite's int8 {code} has a fixed grid "
-                           f"{255 * grid.scale[0]:.3g} wide, {coarser:.1f}x as coarse as the QDQ graph's: about "
-                           f"{20 * np.log10(coarser):.0f} dB of PSNR lost on LiteRT there (another target, or fp16, "
-                           "keeps it)")
+                           f"{255 * grid.scale[0]:.3g} wide, {coarser:.1f}x as coarse as the QDQ graph's: up to "
+                           f"{20 * np.log10(coarser):.0f} dB of PSNR lost on LiteRT at that tensor (the build's "
+                           "fidelity line gives the output's; another target, or fp16, keeps it)")
     value = lw.operand(x, grid is not None)
     index = lw.define(out, lw.tshape(value), value.nhwc, value.order, grid)
     lw.op(code, [value.index], [index], options)
