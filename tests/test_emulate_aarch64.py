@@ -45,7 +45,7 @@ def test_fp32_onnxruntime_bundle_matches_x86_within_1e_5_on_arm64(tmp_path, cgen
     report = emulate(tmp_path / "b", runs=2)
     assert report["pass"], report["checks"]
     arm = report["aarch64"]
-    assert arm["runtime"] == "onnxruntime" or arm["runtime"].startswith("onnxruntime"), arm["runtime"]
+    assert arm["runtime"].startswith("onnxruntime 1."), arm["runtime"]  # with its version, as LiteRT's
     assert arm["match"]["rule"].startswith("max-abs <= 1e-05") and arm["match"]["max_abs"] <= 1e-5
     assert report["constraints"]["accelerator_replaced_by_cpu"].startswith("TensorrtExecutionProvider")
 

@@ -65,6 +65,7 @@ class Session:
         self._path = str(Path(bundle_dir) / session["entry"])
         self._session = ort.InferenceSession(self._path, options, providers=providers)
         self.providers = self._session.get_providers()
+        self.runtime = f"onnxruntime {ort.__version__}"
         self.output_names = [o.name for o in self._session.get_outputs()]
 
     @staticmethod

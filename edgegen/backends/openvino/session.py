@@ -64,6 +64,7 @@ class Session:
         self._ready: dict[int | str, tuple[Any, Any]] = {}
         self._ready_for(self._primary)
         self.device = device
+        self.runtime = f"openvino {ov.__version__.split('-')[0]}"
         # the plugin gives an output that absorbed a fused node that node's tensor name too
         self.output_names = [_name(o, session.get("outputs", ())) for o in self._compiled.outputs]
         self._tensor = ov.Tensor
