@@ -119,10 +119,10 @@ def _source_path(manifest: dict[str, Any], given: str | None) -> Path:
         return path
     if given is None:
         raise BuildError(f"{path} changed since the bundle was built (sha256 differs); pass --source explicitly.")
-    import onnx
+    from .graph_load import read_model
 
     # a model given in the source's place must take the bundle's inputs, no others, at shapes that fit them
-    graph = onnx.load(str(path), load_external_data=False).graph
+    graph = read_model(path).graph  # a file that is no ONNX model (or a truncated one): a ModelError naming it
     weights = {t.name for t in graph.initializer}  # listed as inputs by keep_initializers_as_inputs
     takes = {i.name: [d.dim_value or None for d in i.type.tensor_type.shape.dim] for i in graph.input
              if i.name not in weights}

@@ -8,6 +8,8 @@ activation produces an image).
 
 from __future__ import annotations
 
+import math
+
 import re
 
 import numpy as np
@@ -50,6 +52,8 @@ def parse_range(text: str, origin: str) -> list[float]:
         raise ModelError(f"{origin}: range {text!r} is not 'LOW,HIGH' (e.g. -1,1)") from None
     if not hi > lo:
         raise ModelError(f"{origin}: range {text!r} must have HIGH > LOW")
+    if not math.isfinite(lo) or not math.isfinite(hi):  # 0,inf scaled every pixel to 0 and scored 200 dB
+        raise ModelError(f"{origin}: range {text!r} must be finite: give the values the tensor spans (e.g. 0,255)")
     return [lo, hi]
 
 

@@ -143,6 +143,9 @@ def test_bench_with_baseline_writes_json(capsys, caplog, tmp_path, ort_bundle):
     onnx.save(spade_like(), str(other))
     code, _, err = run(capsys, "bench", str(ort_bundle), "--baseline", "--source", str(other), "--runs", "2")
     assert code == 2 and "is not the model this bundle was built from" in err and "Traceback" not in err
+    (tmp_path / "calib.npz").write_bytes(b"PK\x03\x04 not a model")  # the wrong file: was a protobuf traceback
+    code, _, err = run(capsys, "bench", str(ort_bundle), "--baseline", "--source", str(tmp_path / "calib.npz"))
+    assert code == 2 and "calib.npz: not a readable ONNX file" in err and "Traceback" not in err, err
     # one more input, or another latent size: was taken as the source, then failed with a SourceRunError
     source = onnx.load(json.loads((ort_bundle / "manifest.json").read_text())["model"]["source"])
     extra, narrow = onnx.ModelProto(), onnx.ModelProto()
@@ -312,6 +315,9 @@ def test_a_range_starting_below_zero_is_taken_as_the_options_value(capsys, tmp_p
     assert main(["inspect", str(cgen_path), "--output-range", "-2.5,1.5", "--input-range", "-1e-1,1"]) == 0
     out = capsys.readouterr().out
     assert "range [-2.5, 1.5]" in out
+    for flag in ("--output-range", "--input-range"):  # 0,inf scaled every pixel to 0 and scored 200 dB
+        assert main(["inspect", str(cgen_path), flag, "0,inf"]) == 2
+        assert "range '0,inf' must be finite" in capsys.readouterr().err
 
 
 def test_a_sigterm_whose_exception_python_discarded_still_stops_at_the_next_progress_step():
