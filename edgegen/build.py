@@ -119,7 +119,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     source = model if isinstance(model, Graph) else Graph.load(model, **opts.graph_options)
     compiler = backends.compiler_module(tgt.backend)
     _refuse_unsupported(compiler.unsupported_nodes(source, tgt), source, tgt)
-    feeds, inputs_from = _verification_feeds(source, opts)
+    feeds, inputs_from = _verification_feeds(source, opts, precision)
     if inputs_from is None:
         _warn_synthetic_maps(source)
     per_call = source.samples_per_run()
@@ -162,19 +162,22 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     return BuildResult(out, bundle.read_manifest(out))
 
 
-def _verification_feeds(source: Graph, opts: BuildOptions) -> tuple[dict[str, np.ndarray], str | None]:
+def _verification_feeds(source: Graph, opts: BuildOptions,
+                        precision: str) -> tuple[dict[str, np.ndarray], str | None]:
     """The held-out inputs: seeded samples of the input spec; or, where --calibration names an array file
     (real inputs: one-hot segmentation maps, masks), its rows after those calibration takes (the file's last
-    rows where it holds no more), and where they come from."""
+    rows where it holds no more; its first where the build does not calibrate), and where they come from."""
     source_file = opts.calibration
     if not source_file or Path(source_file).suffix not in (".npy", ".npz"):
         return sample_feeds(source.inputs, list(range(VERIFY_SEED, VERIFY_SEED + opts.samples))), None
     from .passes.calibration import load_calibration
 
-    arrays = load_calibration(source.inputs, source_file, opts.calibration_count + opts.samples).feeds
+    calibrates = precision == "int8" or opts.prune is not None or opts.prune_to_macs is not None
+    taken = opts.calibration_count if calibrates else 0  # the rows calibration takes first, none where it does not
+    arrays = load_calibration(source.inputs, source_file, taken + opts.samples).feeds
     rows = len(next(iter(arrays.values())))
-    start = opts.calibration_count if rows >= opts.calibration_count + opts.samples else max(0, rows - opts.samples)
-    shared = ", calibration took them too: the file holds no more" if start < opts.calibration_count else ""
+    start = taken if rows >= taken + opts.samples else max(0, rows - opts.samples)
+    shared = ", calibration took them too: the file holds no more" if start < taken else ""
     return ({name: array[start:start + opts.samples] for name, array in arrays.items()},
             f"rows {start}..{min(rows, start + opts.samples) - 1} of {Path(source_file).name}{shared}")
 
@@ -271,8 +274,9 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
     passes: dict[str, Any] = {}
     if precision != "int8" and opts.prune is None and opts.prune_to_macs is None:
         if opts.calibration is not None:
-            log.warning("--calibration %s is not used: a %s build without pruning does not calibrate",
-                        opts.calibration, precision)
+            arrays = Path(opts.calibration).suffix in (".npy", ".npz")
+            log.warning("--calibration %s is not used to calibrate: a %s build without pruning does not calibrate%s",
+                        opts.calibration, precision, "; its first rows are the held-out inputs" if arrays else "")
         return graph, passes
     from .passes.calibration import load_calibration
 

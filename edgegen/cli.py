@@ -400,10 +400,14 @@ def _read_array(path: str):
     import numpy as np
 
     try:
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise RequestError(f"{path}: cannot read the array ({first_line(exc)}); give a .npy file written by "
                            "numpy.save") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive under an .npy name
+        raise RequestError(f"{path}: an .npz archive of {len(array.files)} array(s), not one array; give a .npy "
+                           "file written by numpy.save")
+    return array
 
 
 def _generate(args) -> int:
@@ -413,7 +417,9 @@ def _generate(args) -> int:
     from .runtime import Generator, to_pil
     from .runtime.requests import FIELDS as REQUEST_FIELDS
 
-    image = read_rgb(args.image) if args.image else None
+    gen = Generator.open(args.bundle, threads=args.threads, host_fallback=args.host_fallback)
+    channels = {s.name: s.default_shape[1] for s in gen.inputs if s.role == "image"}  # 4: its alpha kept
+    image = read_rgb(args.image, next(iter(channels.values()), 3)) if args.image else None
     named = {}
     for item in args.input:
         name, sep, path = item.partition("=")
@@ -423,8 +429,7 @@ def _generate(args) -> int:
             raise RequestError(f"--input {item!r}: {name} is a request field; use --{name}")
         if name in named:
             raise RequestError(f"--input {item!r}: {name} is given twice; give each input once")
-        named[name] = _read_array(path) if path.endswith(".npy") else read_rgb(path)
-    gen = Generator.open(args.bundle, threads=args.threads, host_fallback=args.host_fallback)
+        named[name] = _read_array(path) if path.endswith(".npy") else read_rgb(path, channels.get(name, 3))
     for spec in gen.inputs:
         if spec.name in named and spec.role != "image" and named[spec.name].dtype == np.uint8:
             raise RequestError(f"--input {spec.name}=...: {spec.name!r} is a {spec.role} input ({spec.dtype} "
@@ -441,6 +446,9 @@ def _generate(args) -> int:
                           quality=args.quality, roi=roi, **named)
     out = Path(args.out)
     fmt = _format_of(out)
+    if fmt == "JPEG" and pixels.ndim == 3 and pixels.shape[2] in (2, 4):
+        raise RequestError(f"{out}: JPEG holds no alpha channel, and the image has one ({pixels.shape[2]} "
+                           "channels); write a .png")
     with atomic_path(out) as tmp:
         to_pil(pixels).save(tmp, format=fmt)
     print(f"wrote {args.out} ({pixels.shape[1]}x{pixels.shape[0]})")

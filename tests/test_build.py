@@ -545,7 +545,7 @@ def test_a_ratio_pruned_to_a_poor_image_is_warned_about(tmp_path, caplog):
     assert "--prune 0.7 leaves PSNR" in caplog.text and "--min-psnr DB to prune only as far" in caplog.text
 
 
-def test_the_held_out_inputs_come_from_a_calibration_array_file(tmp_path):
+def test_the_held_out_inputs_come_from_a_calibration_array_file(tmp_path, caplog):
     """Real maps given with --calibration FILE.npz calibrated the build, but it was verified (and the floor
     searched) on seeded Gaussian noise for them: 31.5 dB reported where the real maps gave 61.8."""
     from runtime_models import spade_like
@@ -566,6 +566,12 @@ def test_the_held_out_inputs_come_from_a_calibration_array_file(tmp_path):
     short = build(tmp_path / "spade.onnx", "x86-onnxruntime", tmp_path / "c", precision="int8",
                   calibration=str(tmp_path / "cal.npz"), calibration_count=36, graph_options=shapes)  # 44 > 40
     assert short.fidelity["inputs_from"] == "rows 32..39 of cal.npz, calibration took them too: the file holds no more"
+    caplog.set_level(logging.WARNING)  # fp32 calibrates nothing: the file's first rows, and the warning says so
+    fp32 = build(tmp_path / "spade.onnx", "x86-onnxruntime", tmp_path / "d", calibration=str(tmp_path / "cal.npz"),
+                 graph_options=shapes)
+    assert fp32.fidelity["inputs_from"] == "rows 0..7 of cal.npz"
+    assert "is not used to calibrate: a fp32 build without pruning does not calibrate; its first rows are the " \
+        "held-out inputs" in caplog.text
 
 
 def test_a_mac_target_undershot_by_channel_steps_is_explained(tmp_path):

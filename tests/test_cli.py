@@ -391,3 +391,28 @@ def test_a_stop_after_the_command_has_finished_is_ignored():
             "cli._zoo = done\nsys.argv = ['edgegen', 'zoo']\ncli.main_exit()\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "KeyboardInterrupt" not in done.stderr, done.stderr
+
+
+def test_generate_keeps_an_rgba_pictures_alpha_and_refuses_a_jpeg_of_four_channels(capsys, tmp_path):
+    """A 4-channel image model: generate --image read the picture as RGB ('image has 3 channels'), and -o out.jpg
+    of its RGBA output ended in Pillow's 'cannot write mode RGBA as JPEG' traceback. An .npz given as an .npy
+    input was an AttributeError traceback."""
+    g = onnx.helper.make_graph([onnx.helper.make_node("Sigmoid", ["rgba"], ["out"])], "rgba",
+                               [onnx.helper.make_tensor_value_info("rgba", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+                               [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 4, 8, 8])])
+    onnx.save(onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    assert main(["build", str(tmp_path / "m.onnx"), "-t", "x86-onnxruntime", "-o", str(tmp_path / "b"),
+                 "--role", "rgba=image"]) == 0, capsys.readouterr().err
+    Image.fromarray(np.full((8, 8, 4), 200, np.uint8), "RGBA").save(tmp_path / "in.png")
+    code, out, err = run(capsys, "generate", str(tmp_path / "b"), "--image", str(tmp_path / "in.png"), "-o",
+                         str(tmp_path / "out.png"))
+    assert code == 0, err
+    assert Image.open(tmp_path / "out.png").mode == "RGBA"
+    code, _, err = run(capsys, "generate", str(tmp_path / "b"), "--image", str(tmp_path / "in.png"), "-o",
+                       str(tmp_path / "out.jpg"))
+    assert code == 2 and "JPEG holds no alpha channel" in err and not (tmp_path / "out.jpg").exists(), err
+    np.savez(tmp_path / "x.npy", rgba=np.zeros((4, 8, 8), np.float32))  # numpy names it x.npy.npz
+    (tmp_path / "x.npy.npz").rename(tmp_path / "x.npy")
+    code, _, err = run(capsys, "generate", str(tmp_path / "b"), "--input", f"rgba={tmp_path / 'x.npy'}", "-o",
+                       str(tmp_path / "o2.png"))
+    assert code == 2 and "an .npz archive of 1 array(s), not one array" in err, err

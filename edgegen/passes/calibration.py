@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RequestError, first_line
-from ..image_files import IMAGE_SUFFIXES, eight_bit
+from ..image_files import IMAGE_SUFFIXES, eight_bit, read_errors
 from ..inputs import check_label, chunks, sample_feeds
 from ..specs import TensorSpec
 from ..zoo import ZOO_DIR
 
 MEMORY_SHARE = 0.5  # of the available memory calibration may take
+MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # the picture mode a folder's images are read in, by input channels
 
 
 @dataclass
@@ -104,6 +105,9 @@ def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str,
         raise RequestError(f"calibration from images needs a model with exactly one image input; this one has "
                            f"{[s.name for s in image_specs] or 'none'}. Use an .npz file keyed by input name.")
     spec = image_specs[0]
+    if spec.default_shape[1] not in MODES:
+        raise RequestError(f"calibration from images fills 1 (grey), 3 (RGB) or 4 (RGBA) channels; input "
+                           f"{spec.name!r} has {spec.default_shape[1]}. Use an .npz file keyed by input name.")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise RequestError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -114,9 +118,9 @@ def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str,
         file = files[i % len(files)]
         try:
             with Image.open(file) as img:
-                img = eight_bit(img).convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BICUBIC)
+                img = eight_bit(img).convert(MODES[c]).resize((w, h), Image.Resampling.BICUBIC)
                 array = np.asarray(img, dtype=np.float32).reshape(h, w, c).transpose(2, 0, 1)
-        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        except read_errors() as exc:
             raise RequestError(f"{file}: not a readable image ({exc}); remove it from the calibration folder") from None
         images.append(lo + array * ((hi - lo) / 255.0))
     feeds = sample_feeds([s for s in specs if s is not spec], list(range(count)))
@@ -144,6 +148,9 @@ def _from_arrays(specs: list[TensorSpec], path: Path, count: int) -> Calibration
         if spec.name not in arrays:
             raise RequestError(f"{path}: no array for input {spec.name!r} (has {sorted(arrays)})")
         array = arrays[spec.name]
+        if not isinstance(array, np.ndarray):  # a member numpy could not read as .npy: it hands back its bytes
+            raise RequestError(f"{path}: member {spec.name!r} is not a numpy array; save the arrays with "
+                               "numpy.savez (keyed by input name)")
         want = spec.default_shape[1:]
         in_file = spec.source_dims(spec.default_shape)[1:]  # the model file's form (a uint8 NHWC export's)
         also = f" (or {spec.source_dtype} [N, {', '.join(map(str, in_file))}], as the model file declares it)" \
