@@ -117,6 +117,11 @@ def _kind_problem(manifest: dict[str, Any]) -> str | None:
     for section in ("parts", "batching", "serving", "assets", "latency", "fidelity"):
         if section in manifest and not isinstance(manifest[section], dict):
             return f"{section} is {manifest[section]!r}, not a mapping"
+    tolerance = manifest["reference"].get("tolerance")  # the self-test's criteria: an empty one would pass anything
+    criteria = {"max_abs", "min_psnr_db"}
+    if not isinstance(tolerance, dict) or not criteria & set(tolerance) or set(tolerance) - criteria or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) for v in tolerance.values()):
+        return f"reference.tolerance is {tolerance!r}, not max_abs and/or min_psnr_db as numbers"
     return None
 
 

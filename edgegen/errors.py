@@ -51,7 +51,12 @@ class OutputPathError(EdgegenError):
 
 
 class BackendUnavailableError(EdgegenError):
-    """The runtime package or device a backend needs is not present on this host."""
+    """The runtime package or device a backend needs is not present on this host. `absent`: the device or runtime
+    missing, without the advice to run the bundle on this host's CPU instead (which `verify` does not take)."""
+
+    def __init__(self, message: str, absent: str | None = None):
+        super().__init__(message)
+        self.absent = absent
 
 
 def first_line(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 from . import reference
 from .bundle import verify_files
+from .errors import BackendUnavailableError
 from .runtime.assets import PACK
 from .emulate.worker import runtime_name, sample_ms
 
@@ -18,7 +19,14 @@ def verify(bundle: str | Path, threads: int | None = None, runs: int = 10) -> di
     """The self-test result of a bundle on this machine, with its numbers."""
     from .runtime import Generator
 
-    gen = Generator.open(bundle, threads=threads)
+    try:
+        gen = Generator.open(bundle, threads=threads)
+    except BackendUnavailableError as exc:  # its advice to fall back to this CPU is not verify's to take
+        if exc.absent is None:
+            raise
+        raise BackendUnavailableError(f"{exc.absent}. verify checks a bundle with its target's own runtime, on the "
+                                      "device; to try it on this host instead, run `edgegen emulate BUNDLE` (or "
+                                      "generate / bench with --host-fallback)") from None
     packed = {k: v for k, v in gen.manifest["files"].items() if k == PACK}  # serving checks it entry by entry
     verify_files(gen.path, {"files": packed})
     test = gen.self_test()

@@ -153,7 +153,7 @@ def test_emulate_and_verify_commands_print_numbers_and_exit_by_result(tmp_path, 
     assert main(["emulate", str(failing), "--runs", "1"]) == 3
 
 
-@pytest.mark.parametrize("damage", ["flipped byte", "threads a string", "reference not an npz"])
+@pytest.mark.parametrize("damage", ["flipped byte", "threads a string", "reference not an npz", "no tolerance"])
 def test_a_damaged_bundle_fails_verify_and_emulate_with_exit_3(tmp_path, ort_bundle, capsys, damage):
     """A bundle off its sha256 exited 2 (a usage error) and a manifest's target.threads of "2" was an
     internal error in verify: both are a failed check, named."""
@@ -169,6 +169,11 @@ def test_a_damaged_bundle_fails_verify_and_emulate_with_exit_3(tmp_path, ort_bun
         manifest["target"]["threads"] = "2"
         (copy / "manifest.json").write_text(json.dumps(manifest))
         said = "target.threads is '2', not an integer >= 1"
+    elif damage == "no tolerance":  # was a KeyError traceback (exit 1); an empty one passed anything
+        manifest = json.loads((copy / "manifest.json").read_text())
+        del manifest["reference"]["tolerance"]
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        said = "reference.tolerance is None, not max_abs and/or min_psnr_db as numbers"
     else:  # listed with its new sha256: numpy's message spoke of pickled data and allow_pickle
         from edgegen.bundle import sha256_file
 
@@ -224,3 +229,13 @@ def test_an_aarch64_target_whose_runtime_the_userland_lacks_says_so(tmp_path, cg
     check = next(c for c in report["checks"] if c["name"] == "loads on aarch64 (QEMU)")
     assert not check["pass"] and "a bundle for openvino needs a runtime it does not install" in check["detail"]
     assert not report["pass"] and report["aarch64"]["skipped"] == check["detail"]
+
+
+def test_verify_of_a_bundle_for_absent_hardware_points_to_emulate_not_to_a_flag_it_lacks(tmp_path, cgen_path,
+                                                                                          capsys):
+    """verify said to pass --host-fallback, which verify does not take (it checks on the device itself)."""
+    build(cgen_path, "jetson-orin-onnxruntime", tmp_path / "b")
+    assert main(["verify", str(tmp_path / "b"), "--runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run this bundle here" in err and "edgegen emulate BUNDLE" in err
+    assert "--host-fallback on the command line" not in err

@@ -76,9 +76,10 @@ def compiler_module(backend: str) -> ModuleType:
 
 def hardware_absent(why: str) -> BackendUnavailableError:
     """The error of a bundle whose device is not here, with the way to run it on this CPU instead."""
-    return BackendUnavailableError(f"cannot run this bundle here: it {why}; to run it on this host's CPU instead "
-                                   "(to try it, not to measure the device), open it with host_fallback=True "
-                                   "(--host-fallback on the command line)")
+    absent = f"cannot run this bundle here: it {why}"
+    return BackendUnavailableError(f"{absent}; to run it on this host's CPU instead (to try it, not to measure the "
+                                   "device), open it with host_fallback=True (--host-fallback on the command line)",
+                                   absent)
 
 
 def require(package: str, purpose: str, extra: str) -> ModuleType:

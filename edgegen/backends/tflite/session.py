@@ -82,7 +82,8 @@ class Session:
                 raise hardware_absent(why)
             raise BackendUnavailableError(f"cannot run this TFLite bundle here: {why}. To use another installed "
                                           f"TFLite runtime, set {RUNTIME_ENV}=tflite-runtime or ai-edge-litert, or "
-                                          "open it with host_fallback=True (--host-fallback on the command line)")
+                                          "open it with host_fallback=True (--host-fallback on the command line)",
+                                          f"cannot run this TFLite bundle here: {why}")
         runtime = _chosen(session)
         if not ok:
             runtime = self._available(runtime)
