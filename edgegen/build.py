@@ -214,9 +214,10 @@ def _warn_synthetic_maps(source: Graph) -> None:
     (seeded Gaussian noise as a latent or condition, smooth images as an image): verification and
     calibration then run on inputs unlike the real ones."""
     for spec in source.inputs:
-        if spec.role in ("latent", "condition", "image") and len(spec.default_shape) == 4 and \
+        if spec.role in ("latent", "condition", "image", "tensor") and len(spec.default_shape) == 4 and \
                 min(spec.default_shape[2:]) > 1 and MAP_NAMES.search(spec.name):
-            fed = "smooth synthetic images" if spec.role == "image" else "seeded Gaussian noise"
+            fed = "smooth synthetic images" if spec.role == "image" else "random masks (seeded noise > 0)" \
+                if np.dtype(spec.dtype) == np.bool_ else "seeded Gaussian noise"
             log.warning("input %r (%s) is fed %s to verify and calibrate the build: if it is a segmentation map, "
                         "mask or coordinate grid, the fidelity printed is not measured on inputs like the real "
                         "ones; give real ones with --calibration FILE.npz (quantization and pruning fit to them)",

@@ -72,7 +72,10 @@ def sample(spec: TensorSpec, seed: int, label: int | None = None, stream: int = 
         return label_tensor(spec, label, shape)
     if spec.role == "image":
         return synthetic_image(seed, shape, spec.range or [0.0, 1.0]).astype(spec.dtype)
-    return latent_from_seed(seed, shape, stream).astype(spec.dtype)
+    noise = latent_from_seed(seed, shape, stream)
+    if np.dtype(spec.dtype) == np.bool_:  # a mask: half of it set (noise cast to bool was all True)
+        return noise > 0
+    return noise.astype(spec.dtype)
 
 
 def sample_feeds(specs: list[TensorSpec], seeds: list[int]) -> dict[str, np.ndarray]:
