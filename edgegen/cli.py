@@ -411,8 +411,6 @@ def _read_array(path: str):
 
 
 def _generate(args) -> int:
-    import numpy as np
-
     from .image_files import read_rgb
     from .runtime import Generator, to_pil
     from .runtime.requests import FIELDS as REQUEST_FIELDS
@@ -420,7 +418,7 @@ def _generate(args) -> int:
     gen = Generator.open(args.bundle, threads=args.threads, host_fallback=args.host_fallback)
     channels = {s.name: s.default_shape[1] for s in gen.inputs if s.role == "image"}  # 4: its alpha kept
     image = read_rgb(args.image, next(iter(channels.values()), 3)) if args.image else None
-    named = {}
+    named, pictures = {}, set()  # inputs given as image files, by name
     for item in args.input:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
@@ -430,8 +428,10 @@ def _generate(args) -> int:
         if name in named:
             raise RequestError(f"--input {item!r}: {name} is given twice; give each input once")
         named[name] = _read_array(path) if path.endswith(".npy") else read_rgb(path, channels.get(name, 3))
+        if not path.endswith(".npy"):
+            pictures.add(name)
     for spec in gen.inputs:
-        if spec.name in named and spec.role != "image" and named[spec.name].dtype == np.uint8:
+        if spec.name in pictures and spec.role != "image":  # a .npy goes to the runtime's own checks
             raise RequestError(f"--input {spec.name}=...: {spec.name!r} is a {spec.role} input ({spec.dtype} "
                                f"{'x'.join(map(str, spec.default_shape[1:]))}), not an image: give it as a .npy array "
                                f"of that shape and dtype" + (", or leave it out to draw it from --seed"

@@ -363,6 +363,11 @@ def test_generate_takes_a_float_map_by_name_from_a_npy_file(tmp_path, capsys):
     assert main(["generate", str(tmp_path / "b"), "--image", str(tmp_path / "in.png"), "--input",
                  f"seg={tmp_path / 'in.png'}", "-o", str(tmp_path / "x.png")]) == 2
     assert "'seg' is a latent input (float32 2x16x16), not an image: give it as a .npy array" in capsys.readouterr().err
+    np.save(tmp_path / "seg8.npy", np.ones((2, 8, 8), np.uint8))  # a .npy goes to the runtime's own checks
+    assert main(["generate", str(tmp_path / "b"), "--image", str(tmp_path / "in.png"), "--input",
+                 f"seg={tmp_path / 'seg8.npy'}", "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "not an image" not in err and "uint8" in err and "float32" in err, err
 
 
 def test_a_stop_that_arrives_wrapped_by_a_c_extension_exits_as_a_stop(capsys, monkeypatch):
