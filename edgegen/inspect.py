@@ -24,7 +24,7 @@ def inspect_model(model: str, **graph_options: Any) -> dict[str, Any]:
     """Inputs/outputs with roles, op inventory, costs per node and op support per target."""
     graph = Graph.load(model, **graph_options)
     costs = graph.node_costs()
-    problem = _runs_at_its_shapes(graph)
+    problem = _runs_at_its_shapes(graph, sum(c.activation_bytes for c in costs))
     support = {}
     for target in targets.load_all():
         try:
@@ -51,18 +51,27 @@ def inspect_model(model: str, **graph_options: Any) -> dict[str, Any]:
     }
 
 
-def _runs_at_its_shapes(graph: Graph) -> str | None:
+def _runs_at_its_shapes(graph: Graph, activation_bytes: int) -> str | None:
     """Why the model does not run at its input shapes, from one run on zeros (None when it does): shape
-    inference can follow a Reshape or Concat that fails to run, and leaves what it cannot follow at 0."""
+    inference can follow a Reshape or Concat that fails to run, and leaves what it cannot follow at 0. Not run
+    where its inputs and activations would take over half of this host's available memory (an extra zero in
+    --input-shape took 24 GB, or ended in a MemoryError), and said so."""
     import numpy as np
 
+    from .host_memory import MEMORY_SHARE, available_memory
     from .source import SourceRunError, SourceSession
 
+    given = ", ".join(f"{s.name} {'x'.join(map(str, s.default_shape))}" for s in graph.inputs)
+    needed = activation_bytes + sum(int(np.prod(s.default_shape)) * np.dtype(s.dtype).itemsize for s in graph.inputs)
+    available = available_memory()
+    if available is not None and needed > available * MEMORY_SHARE:
+        return (f"the model was not run at input shapes {given} to check them: its inputs and activations would "
+                f"take about {needed / 1e9:,.1f} GB, over half of the {available / 1e9:.1f} GB this host has "
+                "available; the costs below are computed from the shapes alone")
     feeds = {s.name: np.zeros(s.default_shape, s.dtype) for s in graph.inputs}
     try:
         SourceSession(graph.model).run(feeds)
     except SourceRunError as exc:
-        given = ", ".join(f"{s.name} {'x'.join(map(str, s.default_shape))}" for s in graph.inputs)
         return (f"the model does not run at input shapes {given} ({exc.failure}); the costs leave what cannot run at "
                 "0. Choose with --input-shape a size the model runs at")
     return None

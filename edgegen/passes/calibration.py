@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RequestError, first_line
+from ..host_memory import MEMORY_SHARE, available_memory
 from ..image_files import IMAGE_SUFFIXES, eight_bit, read_errors
 from ..inputs import check_label, chunks, sample_feeds
 from ..specs import TensorSpec
 from ..zoo import ZOO_DIR
 
-MEMORY_SHARE = 0.5  # of the available memory calibration may take
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # the picture mode a folder's images are read in, by input channels
 
 
@@ -82,17 +82,6 @@ def check_memory(specs: list[TensorSpec], count: int, activation_bytes: int = 0)
                            f"{count * per_sample / 1e9:,.1f} GB ({per_sample / 1e6:.2f} MB per sample), and this "
                            f"host has {available / 1e9:.1f} GB available; use at most {most} (32-512 samples are "
                            "typical)")
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (MemAvailable), or None where it cannot be read."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str,
