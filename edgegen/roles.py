@@ -88,6 +88,7 @@ def describe_io(
             raise ModelError(f"output {value.name!r} cannot have role {spec.role!r}: an output is an image or a "
                              f"tensor (--role {value.name}=image or {value.name}=tensor)")
         if spec.role == "image":
+            _refuse_range_of_pixels(spec, output_range, "--output-range")
             spec.range = list(output_range or _pixel_range(spec) or _range_from_producer(value.name, producers, init)
                               or DEFAULT_RANGE)
         outputs.append(spec)
@@ -117,6 +118,7 @@ def describe_io(
         if spec.role == "label":
             spec.num_classes = _num_classes(value.name, graph, init, meta) or _one_hot_classes(spec)
         elif spec.role == "image":
+            _refuse_range_of_pixels(spec, input_range, "--input-range")
             spec.range = list(input_range or _pixel_range(spec) or image_range or DEFAULT_RANGE)
             if not (input_range or _pixel_range(spec)):
                 spec.range_assumed = "the image output's range" if image_range else "the default"
@@ -130,6 +132,17 @@ def _spec(value: onnx.ValueInfoProto, default_shape: list[int], form: dict[str, 
     shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
     return TensorSpec(name=value.name, dtype=dtype, shape=shape, role="tensor", default_shape=list(default_shape),
                       source_form=dict(form) if form else None)
+
+
+def _refuse_range_of_pixels(spec: TensorSpec, given: list[float] | None, flag: str) -> None:
+    """A range other than the one its integer type spans, given for an image the model file takes or gives as
+    integers: those are its pixels as they are (--input-range 0,1 on a uint8 input fed every picture as 0s and
+    1s, black, and the build scored 200 dB on the same mis-scaled inputs)."""
+    pixels = _pixel_range(spec)
+    if given is not None and pixels is not None and list(given) != pixels:
+        raise ModelError(f"{flag} {given[0]:g},{given[1]:g}: image {spec.name!r} is {spec.source_dtype} in the model "
+                         f"file, so its values are its pixels as they are ({pixels[0]:g}..{pixels[1]:g}); leave "
+                         f"{flag} out")
 
 
 def _pixel_range(spec: TensorSpec) -> list[float] | None:

@@ -65,6 +65,11 @@ def test_uint8_nhwc_image_io_is_an_image_in_nchw_float_with_run_in_the_model_fil
     assert spec_out.source_form == {"dtype": "uint8", "layout": "NHWC", "rounding": "nearest"}
     assert (spec_out.role, spec_out.range) == ("image", [0.0, 255.0])
     assert not any(n.op_type in ("Cast", "Transpose", "Round") for n in graph.model.graph.node)  # the NPU has no Round
+    for flag, given in (("input_range", [0.0, 1.0]), ("output_range", [-1.0, 1.0])):  # its pixels are as they are
+        with pytest.raises(ModelError, match=rf"--{flag.replace('_', '-')} {given[0]:g},{given[1]:g}: image '.*' is "
+                                             r"uint8 in the model file, so its values are its pixels as they are"):
+            Graph.load(path, **{flag: given})
+    assert Graph.load(path, input_range=[0.0, 255.0]).inputs[0].range == [0.0, 255.0]
 
     build(path, "x86-onnxruntime", tmp_path / "b")
     gen = Generator.open(tmp_path / "b")
