@@ -203,11 +203,21 @@ def _default_shapes(model: onnx.ModelProto, given: dict[str, list[int]], origin:
     if unknown:
         raise ModelError(f"{origin}: --input-shape names {unknown}, which the model does not take; its inputs are "
                          f"{names}")
+    declared = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+                for v in model.graph.input if v.name not in init}
+    # the inputs whose batch axis is dynamic share one batch: the one --input-shape gives (not 1 for those it omits)
+    batches = {name: list(shape)[0] for name, shape in given.items() if declared[name] and declared[name][0] is None
+               and shape}
+    if len(set(batches.values())) > 1:
+        raise ModelError(f"{origin}: --input-shape gives the inputs different batches "
+                         f"({', '.join(f'{n} {b}' for n, b in sorted(batches.items()))}); they share one batch axis: "
+                         "give them one")
+    batch = next(iter(batches.values()), 1)
     out = {}
     for value in model.graph.input:
         if value.name in init:
             continue
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        dims = declared[value.name]
         if value.name in given:
             shape = list(given[value.name])
             if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape)):
@@ -222,7 +232,7 @@ def _default_shapes(model: onnx.ModelProto, given: dict[str, list[int]], origin:
                 if d is not None:
                     shape.append(d)
                 elif axis == 0:
-                    shape.append(1)
+                    shape.append(batch)
                 elif len(dims) == 4 and axis >= 2:
                     shape.append(spatial[axis - 2])
                 else:

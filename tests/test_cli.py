@@ -87,6 +87,11 @@ def test_costs_are_labelled_with_the_batch_an_input_shape_gives(capsys, tmp_path
                        "--input-shape", "latent=2x16", "--input-shape", "label=2")
     assert code == 0 and re.search(r"cost .* KB \(batch 2\)", out)
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["model"]["cost_batch"] == 2
+    # the other input left out follows the batch given (it stayed at 1: the model did not run, 0 MACs recorded)
+    code, alone, _ = run(capsys, "inspect", str(cgen_path), "--input-shape", "latent=2x16", "--json")
+    assert code == 0 and json.loads(alone)["macs"] == two["macs"] and "shape_problem" not in json.loads(alone)
+    code, _, err = run(capsys, "inspect", str(cgen_path), "--input-shape", "latent=4x16", "--input-shape", "label=2")
+    assert code == 2 and "gives the inputs different batches (label 2, latent 4)" in err
 
 
 def test_build_then_generate(capsys, tmp_path, cgen_path):
