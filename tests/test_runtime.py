@@ -233,6 +233,12 @@ def test_a_float_one_hot_input_takes_labels(tmp_path):
     assert not np.array_equal(gen.generate(seed=3, label=7), gen.generate(seed=3, label=2))
     with pytest.raises(RequestError, match=r"label 10 is out of range .* 0..9"):
         gen.generate(seed=3, label=10)
+    from edgegen.passes.calibration import load_calibration  # noise given as one-hot rows: refused, not fitted to
+
+    noise = np.random.default_rng(0).normal(size=(4, 10)).astype(np.float32)
+    np.savez(tmp_path / "noise.npz", z=np.zeros((4, 16), np.float32), onehot=noise)
+    with pytest.raises(RequestError, match=r"noise\.npz: array 'onehot' holds values outside \[0, 1\]"):
+        load_calibration(gen.inputs, str(tmp_path / "noise.npz"), 4)
 
 
 def test_a_field_no_input_takes_is_refused(gen, tmp_path):

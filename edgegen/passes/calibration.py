@@ -153,6 +153,10 @@ def _from_arrays(specs: list[TensorSpec], path: Path, count: int) -> Calibration
                                f"[N, {', '.join(map(str, want))}] (N samples of the input's shape){also}")
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise RequestError(f"{path}: array {spec.name!r} holds NaN or infinite values")
+        if spec.role == "label" and spec.one_hot and array.size and (array.min() < 0 or array.max() > 1):
+            raise RequestError(f"{path}: array {spec.name!r} holds values outside [0, 1] ({float(array.min()):g}.."
+                               f"{float(array.max()):g}); a one-hot label of {spec.num_classes} classes takes rows of "
+                               "0s and a 1 (or class weights between 0 and 1)")
         if spec.role == "label" and not spec.one_hot and array.size:
             for value in (int(array.min()), int(array.max())):
                 try:
