@@ -2,12 +2,13 @@
 
 Builds zoo:glyphgen for x86-onnxruntime, then measures (medians of --repeats runs):
 - precompute throughput (assets/s) of --assets requests: the local executor (`edgegen precompute`,
-  the target's threads), the local render loop on 1 thread (what one Ray worker does, without Ray),
+  the target's threads), the local render loop alone (what one Ray worker does, without Ray: at the target's
+  threads too),
   and the Ray executor with 1 and 2 workers (Ray already running, as on a cluster);
 - Ray's fixed costs: ray.init + ray.shutdown of a local instance, and a precompute of --small
   requests on Ray minus the same locally (actor start, bundle transfer and open, shard merge);
 - the per-asset overhead Ray adds: the marginal cost per asset (from --small to --assets) with 1
-  worker minus that of the 1-thread render loop;
+  worker minus that of the render loop;
 - a fleet build of every CPU target that runs here (targets.runnable_here, FPGA boards left out),
   local (one after the other) against Ray (one task per target).
 Writes OUT/ray.json and OUT/ray.md.
@@ -35,8 +36,9 @@ import ray
 
 from edgegen import targets
 from edgegen.build import BuildOptions, build
+from edgegen.bundle import read_manifest
 from edgegen.fileio import write_text
-from edgegen.precompute import add_assets, load_requests, render_assets, rendered_on
+from edgegen.precompute import add_assets, load_requests, render_assets, render_threads, rendered_on
 from edgegen.runtime import Generator
 from edgegen.scale.fleet import build_fleet
 
@@ -77,8 +79,9 @@ def precompute_runs(base: Path, work: Path, requests: Path, repeats: int, **exec
 
 
 def loop_runs(base: Path, work: Path, requests: Path, repeats: int) -> tuple[float, list]:
-    """Median seconds of the local render loop (render_assets) on 1 intra-op thread, bundle opened once."""
-    gen = Generator.open(base, threads=1, host_fallback=True, cache_bytes=0, feature_cache_bytes=0, assets=False)
+    """Median seconds of the local render loop (render_assets) at the target's threads, bundle opened once."""
+    gen = Generator.open(base, threads=render_threads(read_manifest(base)), host_fallback=True, cache_bytes=0,
+                         feature_cache_bytes=0, assets=False)
     listed, where = load_requests(requests), rendered_on(gen.manifest)
     out = work / "loop"
 
@@ -123,11 +126,11 @@ def main() -> int:
         ray.init(num_cpus=CPUS, logging_level="ERROR", log_to_driver=False)
         runs = {
             "local": precompute_runs(base, work, big, r),
-            "loop_1thread": loop_runs(base, work, big, r),
+            "loop": loop_runs(base, work, big, r),
             "ray_1": precompute_runs(base, work, big, r, executor="ray", workers=1),
             "ray_2": precompute_runs(base, work, big, r, executor="ray", workers=2),
             "small_local": precompute_runs(base, work, small, r),
-            "small_loop_1thread": loop_runs(base, work, small, r),
+            "small_loop": loop_runs(base, work, small, r),
             "small_ray_1": precompute_runs(base, work, small, r, executor="ray", workers=1),
         }
         cpu_targets = [t.name for t in targets.runnable_here() if t.backend != "fpga"]
@@ -138,7 +141,7 @@ def main() -> int:
     n, m = args.assets, args.small
     med = {k: v[0] for k, v in runs.items()}
     per_asset_ray = (med["ray_1"] - med["small_ray_1"]) / (n - m)
-    per_asset_loop = (med["loop_1thread"] - med["small_loop_1thread"]) / (n - m)
+    per_asset_loop = (med["loop"] - med["small_loop"]) / (n - m)
     result = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -148,13 +151,13 @@ def main() -> int:
         "model": MODEL, "target": TARGET, "assets": n, "small": m, "repeats": r, "ray_cpus": CPUS,
         "precompute": {
             name: {"median_s": round(med[key], 3), "assets_per_s": round(n / med[key], 1), "runs_s": runs[key][1]}
-            for name, key in [("local executor (target threads)", "local"), ("local loop, 1 thread", "loop_1thread"),
+            for name, key in [("local executor (target threads)", "local"), ("local render loop alone", "loop"),
                               ("ray, 1 worker", "ray_1"), ("ray, 2 workers", "ray_2")]},
         "ray_fixed": {
             "init_shutdown_s": round(statistics.median(init_times), 3), "init_shutdown_runs_s": [round(t, 3) for t in init_times],
             "run_s": round(med["small_ray_1"] - med["small_local"], 3),
             "small_runs_s": {"ray_1": runs["small_ray_1"][1], "local": runs["small_local"][1]}},
-        "per_asset_ms": {"ray_1_worker": round(per_asset_ray * 1e3, 3), "loop_1thread": round(per_asset_loop * 1e3, 3),
+        "per_asset_ms": {"ray_1_worker": round(per_asset_ray * 1e3, 3), "loop": round(per_asset_loop * 1e3, 3),
                          "ray_overhead": round((per_asset_ray - per_asset_loop) * 1e3, 3)},
         "fleet": {"targets": cpu_targets,
                   "local_s": round(med["fleet_local"], 2), "ray_s": round(med["fleet_ray"], 2),
@@ -192,7 +195,7 @@ def markdown(res: dict[str, Any]) -> str:
         "(paid once per `edgegen precompute --executor ray` without `--ray-address`; a running cluster does not pay it).",
         f"- Ray's fixed cost per run: {fixed['run_s']} s ({res['small']} requests on 1 Ray worker minus the local "
         "executor: actor start, bundle transfer and open, merge).",
-        f"- Per asset: {per['ray_1_worker']} ms on 1 Ray worker against {per['loop_1thread']} ms in the local 1-thread "
+        f"- Per asset: {per['ray_1_worker']} ms on 1 Ray worker against {per['loop']} ms in the local render "
         f"loop (marginal cost from {res['small']} to {res['assets']} requests): Ray adds {per['ray_overhead']} ms per "
         "asset (shipping pixels through the object store, shard packs, merge).",
         "",
