@@ -535,15 +535,20 @@ def test_a_model_exported_in_training_mode_is_refused_naming_the_nodes(tmp_path,
         Graph.load(tmp_path / "m.onnx")
 
 
-def test_a_boolean_mask_input_is_a_tensor_given_by_name(tmp_path):
-    """`torch.where(mask, x, 0)` with a bool [N, 1, H, W] mask: edgegen guessed the role image and then
-    refused its own guess ("Drop the image role for it, and edgegen takes it as a image")."""
+def _masked_model(path) -> None:
+    """`torch.where(mask, x, 0)` with a bool [N, 1, 8, 8] mask and an image x, saved at path."""
     zero = numpy_helper.from_array(np.float32(0), "zero")
     g = helper.make_graph([helper.make_node("Where", ["mask", "x", "zero"], ["y"])], "masked",
                           [helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", 1, 8, 8]),
                            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])], [zero])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_a_boolean_mask_input_is_a_tensor_given_by_name(tmp_path):
+    """`torch.where(mask, x, 0)` with a bool [N, 1, H, W] mask: edgegen guessed the role image and then
+    refused its own guess ("Drop the image role for it, and edgegen takes it as a image")."""
+    _masked_model(tmp_path / "m.onnx")
     roles = {s.name: s.role for s in Graph.load(tmp_path / "m.onnx").inputs}
     assert roles == {"mask": "tensor", "x": "image"}
 
@@ -556,12 +561,7 @@ def test_a_boolean_mask_is_sampled_half_set_and_its_synthetic_samples_are_warned
     from edgegen.build import build
     from edgegen.inputs import sample_feeds
 
-    zero = numpy_helper.from_array(np.float32(0), "zero")
-    g = helper.make_graph([helper.make_node("Where", ["mask", "x", "zero"], ["y"])], "masked",
-                          [helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", 1, 8, 8]),
-                           helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])], [zero])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    _masked_model(tmp_path / "m.onnx")
     masks = sample_feeds(Graph.load(tmp_path / "m.onnx").inputs, list(range(8)))["mask"]
     assert masks.dtype == np.bool_ and 0.3 < masks.mean() < 0.7
     caplog.set_level(logging.WARNING)
