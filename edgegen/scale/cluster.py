@@ -90,6 +90,12 @@ def connect(address: str | None = None) -> Iterator[Any]:
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
         raise ClusterError(f"cannot connect to the Ray cluster at {address or 'this machine'}: "
                            f"{str(exc).strip().splitlines()[0]}. Check that `ray status` works there.") from None
+    except SystemExit as exc:  # Ray's own SIGTERM handler, while ray.init ran: sys.exit(15), without a word
+        if exc.code != signal.SIGTERM or signal.SIGTERM not in own_handlers:
+            raise
+        _restore(own_handlers)
+        signal.raise_signal(signal.SIGTERM)  # the signal, to the handler this process had
+        raise
     finally:
         for name in added:
             del os.environ[name]
@@ -129,6 +135,7 @@ def user_errors(ray: Any, what: str) -> Iterator[None]:
         if isinstance(cause, EdgegenError):
             raise cause from None
         raise
-    except ray.exceptions.RayActorError as exc:
+    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
+        # an actor, or a task's worker process, that died past its restarts (an OOM kill), or its node
         raise ClusterError(f"{what}: a Ray worker died and could not be restarted ({str(exc).splitlines()[0]}); "
                            "check the nodes' memory and `ray status`, then rerun") from None
