@@ -252,6 +252,11 @@ def test_a_calibration_folder_with_fewer_images_than_samples_says_they_repeat(tm
     cal = load_calibration([spec], str(tmp_path), 5)
     assert cal.count == 5 and cal.source.endswith("(2 files, repeated to 5 samples, resized to 8x8)")
     assert "repeated" not in load_calibration([spec], str(tmp_path), 2).source
+    for i in range(2, 8):  # fewer samples than files: spread over the folder (the first N were one class)
+        Image.fromarray(np.full((12, 12, 3), 30 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    few = load_calibration([spec], str(tmp_path), 2)
+    assert few.source.endswith("(2 of its 8 files, spread over their sorted names, resized to 8x8)")
+    np.testing.assert_allclose(few.feeds["image"][:, 0, 0, 0] * 255, [0, 120], atol=1e-3)  # 0.png and 4.png
 
 
 def test_calibration_from_images_and_arrays(tmp_path, graph):

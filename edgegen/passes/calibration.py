@@ -104,7 +104,8 @@ def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str,
     lo, hi = spec.range or [0.0, 1.0]
     images = []
     for i in range(count):
-        file = files[i % len(files)]
+        # fewer samples than files: spread over the sorted folder (its first N were one class: cat_*, dog_*)
+        file = files[i % len(files)] if count >= len(files) else files[i * len(files) // count]
         try:
             with Image.open(file) as img:
                 img = eight_bit(img).convert(MODES[c]).resize((w, h), Image.Resampling.BICUBIC)
@@ -114,8 +115,10 @@ def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str,
         images.append(lo + array * ((hi - lo) / 255.0))
     feeds = sample_feeds([s for s in specs if s is not spec], list(range(count)))
     feeds[spec.name] = np.stack(images).astype(spec.dtype)
-    repeated = f", repeated to {count} samples" if count > len(files) else ""
-    return Calibration(feeds, f"{label} ({len(files)} files{repeated}, resized to {w}x{h})")
+    taken = f"{len(files)} files, repeated to {count} samples" if count > len(files) else \
+        f"{count} of its {len(files)} files, spread over their sorted names" if count < len(files) else \
+        f"{len(files)} files"
+    return Calibration(feeds, f"{label} ({taken}, resized to {w}x{h})")
 
 
 def _from_arrays(specs: list[TensorSpec], path: Path, count: int) -> Calibration:
@@ -147,7 +150,8 @@ def _from_arrays(specs: list[TensorSpec], path: Path, count: int) -> Calibration
         if (array.dtype, list(array.shape[1:])) == (np.dtype(spec.source_dtype), list(in_file)) and also:
             array = spec.from_source(array)
         if array.dtype != np.dtype(spec.dtype):
-            raise RequestError(f"{path}: array {spec.name!r} is {array.dtype}; the input is {spec.dtype}{also}")
+            raise RequestError(f"{path}: array {spec.name!r} is {array.dtype}; the input is {spec.dtype}{also} "
+                               f"(numpy: array.astype(np.{spec.dtype}))")
         if list(array.shape[1:]) != list(want):
             raise RequestError(f"{path}: array {spec.name!r} has shape {list(array.shape)}; expected "
                                f"[N, {', '.join(map(str, want))}] (N samples of the input's shape){also}")
