@@ -27,7 +27,7 @@ from .errors import BackendUnavailableError, BuildError, UnsupportedOpError
 from .graph import Graph
 from .inputs import cost_batch, fixed_batch, run_batched, sample_feeds
 from .metrics import compare, max_abs, quality_outputs, value_range
-from .passes.floor import Evaluator, QualityFloor
+from .passes.floor import Evaluator, QualityFloor, delivered
 from .serving import ServingOptions, build_step as serving_step
 from .source import SourceRunError, SourceSession
 
@@ -430,8 +430,8 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
                          f"{str(exc).strip().splitlines()[0]}") from None
     actual = run_batched(session.run, source.inputs, feeds, per_call)
     per_output = {}
-    for spec in source.outputs:
-        ref, got = expected[spec.name], actual[spec.name].astype(np.float32)
+    for spec in source.outputs:  # as the model file gives them: a uint8 export's pixels rounded, as run() gives them
+        ref, got = delivered(spec, expected[spec.name]), delivered(spec, actual[spec.name])
         per_output[spec.name] = compare(ref, got, value_range(spec.range, ref))
     measured = [per_output[s.name] for s in quality_outputs(source.outputs)]
     quality = {"psnr_db": min(r["psnr_db"] for r in measured), "ssim": min(r.get("ssim", 1.0) for r in measured),
