@@ -162,6 +162,11 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     return BuildResult(out, bundle.read_manifest(out))
 
 
+def _calibrates(precision: str, opts: BuildOptions) -> bool:
+    """Whether the build calibrates: int8 quantizes, pruning scores channels on calibration activations."""
+    return precision == "int8" or opts.prune is not None or opts.prune_to_macs is not None
+
+
 def _verification_feeds(source: Graph, opts: BuildOptions,
                         precision: str) -> tuple[dict[str, np.ndarray], str | None]:
     """The held-out inputs: seeded samples of the input spec; or, where --calibration names an array file
@@ -172,8 +177,7 @@ def _verification_feeds(source: Graph, opts: BuildOptions,
         return sample_feeds(source.inputs, list(range(VERIFY_SEED, VERIFY_SEED + opts.samples))), None
     from .passes.calibration import load_calibration
 
-    calibrates = precision == "int8" or opts.prune is not None or opts.prune_to_macs is not None
-    taken = opts.calibration_count if calibrates else 0  # the rows calibration takes first, none where it does not
+    taken = opts.calibration_count if _calibrates(precision, opts) else 0  # the rows calibration takes first
     arrays = load_calibration(source.inputs, source_file, taken + opts.samples).feeds
     rows = len(next(iter(arrays.values())))
     start = taken if rows >= taken + opts.samples else max(0, rows - opts.samples)
@@ -273,7 +277,7 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
     floor scored on the QDQ graph as the backend's `compiler` module gives it to the device); returns the
     graph to compile and their reports."""
     passes: dict[str, Any] = {}
-    if precision != "int8" and opts.prune is None and opts.prune_to_macs is None:
+    if not _calibrates(precision, opts):
         if opts.calibration is not None:
             arrays = Path(opts.calibration).suffix in (".npy", ".npz")
             log.warning("--calibration %s is not used to calibrate: a %s build without pruning does not calibrate%s",

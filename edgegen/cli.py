@@ -411,13 +411,13 @@ def _read_array(path: str):
 
 
 def _generate(args) -> int:
-    from .image_files import read_rgb
+    from .image_files import read_image
     from .runtime import Generator, to_pil
     from .runtime.requests import FIELDS as REQUEST_FIELDS
 
     gen = Generator.open(args.bundle, threads=args.threads, host_fallback=args.host_fallback)
     channels = {s.name: s.default_shape[1] for s in gen.inputs if s.role == "image"}  # 4: its alpha kept
-    image = read_rgb(args.image, next(iter(channels.values()), 3)) if args.image else None
+    image = read_image(args.image, next(iter(channels.values()), 3)) if args.image else None
     named, pictures = {}, set()  # inputs given as image files, by name
     for item in args.input:
         name, sep, path = item.partition("=")
@@ -427,8 +427,10 @@ def _generate(args) -> int:
             raise RequestError(f"--input {item!r}: {name} is a request field; use --{name}")
         if name in named:
             raise RequestError(f"--input {item!r}: {name} is given twice; give each input once")
-        named[name] = _read_array(path) if path.endswith(".npy") else read_rgb(path, channels.get(name, 3))
-        if not path.endswith(".npy"):
+        if path.endswith(".npy"):
+            named[name] = _read_array(path)
+        else:
+            named[name] = read_image(path, channels.get(name, 3))
             pictures.add(name)
     for spec in gen.inputs:
         if spec.name in pictures and spec.role != "image":  # a .npy goes to the runtime's own checks

@@ -14,7 +14,7 @@ from onnx import helper, shape_inference
 from . import zoo
 from .errors import ModelError
 from .float16 import float16_io, upcast_float16
-from .host_memory import fits
+from .host_memory import over_share
 from .graph_load import clean, default_opset, fold_constants, read_model, upgrade_opset
 from .inputs import fixed_batch
 from .passes.pixel_unshuffle import pixel_unshuffles_as_space_to_depth
@@ -309,7 +309,8 @@ def _shapes_by_running(model: onnx.ModelProto, names: list[str], shapes: dict[st
     import onnxruntime as ort
 
     types = {v.name: np.dtype(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)) for v in model.graph.input}
-    if not fits(RUN_BYTES_PER_INPUT_BYTE * sum(int(np.prod(shapes.get(n, []))) * t.itemsize for n, t in types.items())):
+    if over_share(RUN_BYTES_PER_INPUT_BYTE * sum(int(np.prod(shapes.get(n, []))) * t.itemsize
+                                                for n, t in types.items())):
         return {}  # not run at sizes that would take this host's memory (an extra zero in --input-shape)
     probe = copy.deepcopy(model)
     probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)  # ONNX Runtime types them

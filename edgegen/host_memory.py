@@ -18,7 +18,7 @@ def available_memory() -> int | None:
     return None
 
 
-def fits(nbytes: int) -> bool:
-    """Whether nbytes stay within MEMORY_SHARE of the available memory (True where it cannot be read)."""
+def over_share(nbytes: int) -> int | None:
+    """The available memory where nbytes exceed MEMORY_SHARE of it, else None (also where it cannot be read)."""
     available = available_memory()
-    return available is None or nbytes <= available * MEMORY_SHARE
+    return available if available is not None and nbytes > available * MEMORY_SHARE else None

@@ -11,7 +11,7 @@ from .errors import RequestError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def read_rgb(path: str | Path, channels: int = 3) -> np.ndarray:
+def read_image(path: str | Path, channels: int = 3) -> np.ndarray:
     """H x W x 3 uint8 pixels of an image file (H x W x 4, its alpha kept, for a 4-channel input); RequestError
     naming the file when it cannot be read."""
     from PIL import Image

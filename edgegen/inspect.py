@@ -58,13 +58,13 @@ def _runs_at_its_shapes(graph: Graph, activation_bytes: int) -> str | None:
     --input-shape took 24 GB, or ended in a MemoryError), and said so."""
     import numpy as np
 
-    from .host_memory import MEMORY_SHARE, available_memory
+    from .host_memory import over_share
     from .source import SourceRunError, SourceSession
 
     given = ", ".join(f"{s.name} {'x'.join(map(str, s.default_shape))}" for s in graph.inputs)
     needed = activation_bytes + sum(int(np.prod(s.default_shape)) * np.dtype(s.dtype).itemsize for s in graph.inputs)
-    available = available_memory()
-    if available is not None and needed > available * MEMORY_SHARE:
+    available = over_share(needed)
+    if available:
         return (f"the model was not run at input shapes {given} to check them: its inputs and activations would "
                 f"take about {needed / 1e9:,.1f} GB, over half of the {available / 1e9:.1f} GB this host has "
                 "available; the costs below are computed from the shapes alone")

@@ -232,9 +232,9 @@ def _image_fields(request: dict[str, Any]) -> list[str]:
 
 def _with_pixels(request: dict[str, Any]) -> dict[str, Any]:
     """The request with the image files it names read into their pixels (the stored request keeps the paths)."""
-    from .image_files import read_rgb
+    from .image_files import read_image
 
-    return {**request, **{name: read_rgb(request[name]) for name in _image_fields(request)}}
+    return {**request, **{name: read_image(request[name]) for name in _image_fields(request)}}
 
 
 def rendered_on(manifest: dict[str, Any]) -> str:

@@ -318,9 +318,10 @@ def _input_dims_for(graph: Graph, spatial: list, output: str, base: int,
         ran[rows] = got[0]
         if line is None and len(ran) == 2:
             (n1, o1), (n2, o2) = ran.items()
-            if (o2 - o1) % (n2 - n1) == 0 and (o2 - o1) // (n2 - n1) > 0:
-                line = (o2 - o1) // (n2 - n1), o1 - (o2 - o1) // (n2 - n1) * n1
-                aimed = (size - line[1]) / line[0]
+            slope = (o2 - o1) // (n2 - n1)
+            if slope > 0 and slope * (n2 - n1) == o2 - o1:
+                line = slope, o1 - slope * n1
+                aimed = (size - line[1]) / slope
                 queue = [round(aimed), math.floor(aimed), math.ceil(aimed)] + queue
     return {}, None, tried, line
 

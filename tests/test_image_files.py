@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from edgegen.image_files import read_rgb
+from edgegen.image_files import read_image
 from edgegen.passes.calibration import load_calibration
 from edgegen.specs import TensorSpec
 
@@ -10,7 +10,7 @@ def test_a_16_bit_grayscale_png_is_scaled_to_8_bits_not_clipped(tmp_path):
     wide = np.array([[0, 257, 30000], [60000, 65535, 12850]], np.uint16)
     Image.fromarray(wide).save(tmp_path / "deep.png")
     assert Image.open(tmp_path / "deep.png").mode.startswith("I")
-    pixels = read_rgb(tmp_path / "deep.png")
+    pixels = read_image(tmp_path / "deep.png")
     np.testing.assert_array_equal(pixels[:, :, 0], [[0, 1, 117], [233, 255, 50]])
     assert pixels.shape == (2, 3, 3) and (pixels == pixels[:, :, :1]).all()
 
@@ -38,14 +38,14 @@ def test_pictures_pillow_cannot_take_as_they_are_are_refused_naming_the_file(tmp
     (tmp_path / "float").mkdir()
     Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "float" / "f.tif")
     with pytest.raises(RequestError, match=r"f\.tif: cannot read the image \(a 32-bit float image"):
-        read_rgb(tmp_path / "float" / "f.tif")
+        read_image(tmp_path / "float" / "f.tif")
     with pytest.raises(RequestError, match=r"f\.tif: not a readable image \(a 32-bit float image.*\.npz"):
         load_calibration([_image_spec(3)], str(tmp_path / "float"), 1)
     (tmp_path / "big").mkdir()
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "big" / "b.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit, a "bomb"
     with pytest.raises(RequestError, match=r"b\.png: cannot read the image \(Image size \(4096 pixels\)"):
-        read_rgb(tmp_path / "big" / "b.png")
+        read_image(tmp_path / "big" / "b.png")
     with pytest.raises(RequestError, match=r"b\.png: not a readable image \(Image size"):
         load_calibration([_image_spec(3)], str(tmp_path / "big"), 1)
 
@@ -57,7 +57,7 @@ def test_a_four_channel_image_input_reads_pictures_with_their_alpha(tmp_path):
     rgba[..., 3] = 255
     rgba[..., 0] = 51
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
-    assert read_rgb(tmp_path / "a.png", 4).shape == (8, 8, 4) and read_rgb(tmp_path / "a.png").shape == (8, 8, 3)
+    assert read_image(tmp_path / "a.png", 4).shape == (8, 8, 4) and read_image(tmp_path / "a.png").shape == (8, 8, 3)
     feeds = load_calibration([_image_spec(4)], str(tmp_path), 1).feeds["image"]
     np.testing.assert_allclose(feeds[0, :, 0, 0], [0.2, 0, 0, 1], atol=1e-6)
 

@@ -326,7 +326,7 @@ def test_a_pil_image_of_any_mode_is_the_picture_an_image_file_of_it_gives(tmp_pa
     1-bit images were refused: each is now read as an image file of it is."""
     from PIL import Image
 
-    from edgegen.image_files import read_rgb
+    from edgegen.image_files import read_image
 
     build("tests/data/families/espcn__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "b")  # a grey model
     rgb = np.random.default_rng(5).integers(0, 256, (16, 16, 3), dtype=np.uint8)
@@ -338,7 +338,7 @@ def test_a_pil_image_of_any_mode_is_the_picture_an_image_file_of_it_gives(tmp_pa
             from_file = np.asarray(picture.convert("RGB"))
         else:
             picture.save(tmp_path / "p.png")
-            from_file = read_rgb(tmp_path / "p.png")
+            from_file = read_image(tmp_path / "p.png")
         gen = Generator.open(tmp_path / "b")  # a fresh cache for each (grey of the RGB ones is one picture)
         first = gen.render([{"image": picture}])[0]
         again = gen.render([{"image": from_file}])[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RequestError, first_line
-from ..host_memory import MEMORY_SHARE, available_memory
+from ..host_memory import MEMORY_SHARE, over_share
 from ..image_files import IMAGE_SUFFIXES, eight_bit, read_errors
 from ..inputs import check_label, chunks, sample_feeds
 from ..specs import TensorSpec
@@ -74,8 +74,8 @@ def check_memory(specs: list[TensorSpec], count: int, activation_bytes: int = 0)
     model's activations: the histogram methods keep them all), would not fit in this host's memory (arrays
     from a file give at most the samples they hold, so only the spec and image folders are checked)."""
     per_sample = sum(v.nbytes for v in sample_feeds(specs, [0]).values()) + activation_bytes
-    available = available_memory()
-    if available is not None and count * per_sample > available * MEMORY_SHARE:
+    available = over_share(count * per_sample)
+    if available:
         most = max(1, int(available * MEMORY_SHARE // per_sample))
         raise RequestError(f"--calibration-count {count}: calibration holds every sample and what it collects "
                            "from it in memory, about "
