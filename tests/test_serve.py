@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -515,6 +516,32 @@ def test_transfer_encoding_and_short_bodies_are_refused_and_the_connection_close
             answers = sock.makefile("rb").read()  # to the end: the server closes the connection
         assert answers.count(b"HTTP/1.1 ") == 1 and answers.startswith(b"HTTP/1.1 %d " % status), answers
         assert message in json.loads(answers.partition(b"\r\n\r\n")[2])["error"]
+
+
+def test_a_content_length_of_thousands_of_digits_is_413(server):
+    """Python's int() refuses over 4300 digits: the connection was dropped unanswered, with a traceback."""
+    response, data = call(server, "POST", "/v1/generate", {"Content-Length": "9" * 5000}, b"{}")
+    assert response.status == 413 and "5000-digit" in json.loads(data)["error"]
+    response, data = call(server, "POST", "/v1/generate", {"Content-Length": "0" * 5000 + "2"}, b"{}")
+    assert response.status == 400 and "needs a seed" in json.loads(data)["error"]  # leading zeros: 2 bytes, read
+
+
+def test_a_client_gone_before_its_answer_is_one_log_line_not_a_fault(server, caplog, capfd):
+    """A client reset before its answer was logged as an internal error, with two tracebacks."""
+    caplog.set_level(logging.INFO, logger="edgegen.runtime.server")
+    url = urlparse(server.url)
+    for i in range(4):
+        sock = socket.create_connection((url.hostname, url.port), timeout=30)
+        body = json.dumps({"seed": 5000 + i, "label": i}).encode()
+        sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, before the answer
+    deadline = time.monotonic() + 20
+    while caplog.text.count("closed the connection before its answer") < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert caplog.text.count("closed the connection before its answer") == 4, caplog.text
+    assert "internal error" not in caplog.text and "Traceback" not in capfd.readouterr().err
+    assert get(server, "/v1/health")[0].status == 200
 
 
 @pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -27,6 +27,7 @@ import ipaddress
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -230,6 +231,13 @@ class _HTTPServer(ThreadingHTTPServer):
                 if idle:
                     _end_reading(connection)
 
+    def handle_error(self, request: socket.socket, client_address: Any) -> None:
+        """A client that went away before its answer is no fault of the server: one line, not a traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.info("client %s closed the connection before its answer", client_address[0])
+        else:
+            super().handle_error(request, client_address)
+
     def wait(self, grace_s: float) -> None:
         """Wait up to grace_s for every connection to be answered and closed."""
         with self.changed:
@@ -308,6 +316,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _guard(self, action: Callable[[], None]) -> None:
         try:
             action()
+        except ConnectionError:  # the client went away before its answer: nothing to answer, no fault
+            raise
         except TooLarge as exc:
             self._json(413, {"error": str(exc)})
         except OverloadedError as exc:
@@ -369,22 +379,30 @@ class _Handler(BaseHTTPRequestHandler):
         if not lengths or "Transfer-Encoding" in self.headers:  # RFC 9112 6.3: it overrides Content-Length
             status, error = 411, "send a Content-Length header with the JSON body; Transfer-Encoding is not supported"
         elif not (length.isascii() and length.isdigit()):
-            status, error = 400, (f"the Content-Length header {length!r} is invalid; it must be the body's size in "
-                                  "bytes (one integer >= 0)")
-        elif int(length) > self.app.max_body_bytes:
-            if int(length) <= DRAIN_FACTOR * self.app.max_body_bytes:  # read it away so the client sees the answer
-                left = int(length)
+            status, error = 400, (f"the Content-Length header {length[:40]!r} is invalid; it must be the body's size "
+                                  "in bytes (one integer >= 0)")
+        elif (size := _content_length(length)) > self.app.max_body_bytes:
+            if size <= DRAIN_FACTOR * self.app.max_body_bytes:  # read it away so the client sees the answer
+                left = size
                 while left > 0:
                     left -= len(self.rfile.read(min(1 << 16, left))) or left
-            status, error = 413, f"the body is {length} bytes; this server takes at most {self.app.max_body_bytes}"
+            shown = length.lstrip("0") if size < 10 ** 20 else f"a {len(length.lstrip('0'))}-digit number of"
+            status, error = 413, f"the body is {shown} bytes; this server takes at most {self.app.max_body_bytes}"
         else:
-            body = self.rfile.read(int(length))
-            if len(body) == int(length):
+            body = self.rfile.read(size)
+            if len(body) == size:
                 return body
             status, error = 400, f"the body ended after {len(body)} of its {length} bytes; send the whole body"
         self.close_connection = True
         self._json(status, {"error": error})
         return None
+
+
+def _content_length(digits: str) -> int:
+    """A Content-Length's value; any beyond 10**20 reads as 10**20 (more than any server takes, and Python refuses
+    int() of over 4300 digits)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 20 else 10 ** 20
 
 
 def _bind(host: str, port: int, handler: type) -> _HTTPServer:
