@@ -199,13 +199,16 @@ def file_hashes(directory: Path) -> dict[str, str]:
 
 def content_hash(manifest: dict[str, Any]) -> str:
     """The bundle's content hash: sha256 over what decides its pixels: the hashes of its files except the
-    precomputed assets (adding assets does not change what the bundle computes), its serving settings, and
-    the backend, precision and session settings it is opened with (OpenVINO's fp32 and bf16 bundles of one
-    model hold the same files: the bf16 is a session setting; with the files alone they shared a hash, so a
-    disk cache or a Ray node's bundle copy served the one's pixels for the other). Every cache key starts
-    with it."""
-    computes = {key: manifest.get(key) for key in ("backend", "precision", "session")}
-    digest = hashlib.sha256(json.dumps([manifest.get("serving", {}), computes], sort_keys=True).encode())
+    precomputed assets (adding assets does not change what the bundle computes), its serving settings and
+    parts, its inputs' and outputs' specs (an output's range maps the tensor to pixels: two builds of one model
+    with another `--output-range` hold the same files), and the backend, precision and session settings it
+    is opened with (OpenVINO's fp32 and bf16 bundles of one model hold the same files: bf16 is a session
+    setting). With the files alone such bundles shared a hash, so a disk cache or a Ray node's bundle copy
+    served the one's pixels for the other. Every cache key starts with it."""
+    model = manifest.get("model", {})
+    decides = {**{key: manifest.get(key) for key in ("backend", "precision", "session", "serving", "parts")},
+               "inputs": model.get("inputs"), "outputs": model.get("outputs")}
+    digest = hashlib.sha256(json.dumps(decides, sort_keys=True).encode())
     files = manifest.get("files", {})
     for name, sha in sorted(files.items()):
         if not name.startswith(ASSETS_DIR + "/"):

@@ -266,3 +266,24 @@ def test_bundles_that_differ_only_in_their_session_settings_share_no_cache_entri
     assert first.content_hash != second.content_hash
     first.generate(seed=1, label=2)
     assert second.render([{"seed": 1, "label": 2}])[0].served_by == "computed"
+
+
+def test_bundles_that_differ_only_in_their_output_range_share_no_cache_entries(tmp_path):
+    """A rebuild with the right --output-range holds the same files as the wrong one: the disk cache served
+    the wrong build's clipped pixels to the fixed bundle."""
+    import onnx
+
+    from edgegen.build import build
+    from runtime_models import glyph_like
+
+    onnx.save(glyph_like(), str(tmp_path / "glyph.onnx"))
+    build(tmp_path / "glyph.onnx", "x86-onnxruntime", tmp_path / "narrow", graph_options={"output_range": [0.0, 1.0]})
+    build(tmp_path / "glyph.onnx", "x86-onnxruntime", tmp_path / "right")
+    narrow, right = (json.loads((tmp_path / p / "manifest.json").read_text()) for p in ("narrow", "right"))
+    assert narrow["files"] == right["files"]  # the same files: only the output's range differs
+    shared = {"disk_cache": str(tmp_path / "cache"), "cache_bytes": 0}
+    first, second = (Generator.open(tmp_path / p, **shared) for p in ("narrow", "right"))
+    first.generate(seed=1, label=2)
+    served = second.render([{"seed": 1, "label": 2}])[0]
+    assert served.served_by == "computed"
+    assert np.array_equal(served.pixels, Generator.open(tmp_path / "right", cache_bytes=0).generate(seed=1, label=2))
