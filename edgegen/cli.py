@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno not in _MEDIUM_ERRORS:
             return _internal_error()
-        where = f"{exc.filename}: " if exc.filename else ""
+        written = getattr(args, getattr(args, "writes", ""), None)  # a file object's write names no file
+        where = f"{exc.filename}: " if exc.filename else f"writing {written}: " if written else ""
         print(f"edgegen: error: {where}{exc.strerror}. Free space or fix the permissions (or choose another "
               "path) and run the command again; edgegen moves what it writes into place only when it is complete, "
               "so nothing half-written was left.", file=sys.stderr)
@@ -128,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     _serving_args(p)
     _graph_args(p)
     _executor_args(p, "with several --target: build them here one by one, or one Ray task per target")
-    p.set_defaults(func=_build)
+    p.set_defaults(func=_build, writes="out")  # what a failed write without a file name is told
 
     p = verbs.add_parser("inspect", help="show a model's inputs, ops, costs and support per target")
     p.add_argument("model")
@@ -156,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="image file to write (.png, .jpg, ...)")
     p.add_argument("--threads", type=_integer(1))
     p.add_argument("--host-fallback", action="store_true", help="run a bundle for absent hardware on this CPU")
-    p.set_defaults(func=_generate)
+    p.set_defaults(func=_generate, writes="out")
 
     p = verbs.add_parser("bench", help="latency, throughput and peak memory of a bundle")
     p.add_argument("bundle")
@@ -168,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="the fp32 source model (default: the path recorded at build time)")
     p.add_argument("--json", type=_file_to_write, help="also write the result as JSON to this file")
     p.add_argument("--host-fallback", action="store_true")
-    p.set_defaults(func=_bench)
+    p.set_defaults(func=_bench, writes="json")
 
     p = verbs.add_parser("zoo", help="list the models that ship with edgegen")
     p.set_defaults(func=_zoo)
@@ -178,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("requests", help="YAML/JSON: a list of requests, or requests:/grid:/log: + top: (see README)")
     _executor_args(p, "render here, or in shards on Ray actors (same assets, byte for byte)")
     p.add_argument("--workers", type=_integer(1), metavar="N", help="Ray actors rendering shards (default: one per CPU)")
-    p.set_defaults(func=_precompute)
+    p.set_defaults(func=_precompute, writes="bundle")
 
     p = verbs.add_parser("serve", help="serve a bundle over HTTP (POST /v1/generate, GET /v1/health, /v1/stats, /)")
     p.add_argument("bundle")
@@ -204,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-aarch64", action="store_true", help="skip the QEMU run of an aarch64 target")
     p.add_argument("--no-rtl", action="store_true", help="skip the RTL simulation of an FPGA target")
     p.add_argument("--json", type=_file_to_write, help="also write the report as JSON to this file")
-    p.set_defaults(func=_emulate)
+    p.set_defaults(func=_emulate, writes="json")
 
     p = verbs.add_parser("verify", help="on the device: check an installed bundle's files and run its self-test; "
                                         "exit 3 if either fails")

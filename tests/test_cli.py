@@ -280,6 +280,15 @@ def test_a_medium_that_refuses_writes_is_a_user_error_not_a_traceback(capsys, tm
     assert code == 2 and f"edgegen: error: {tmp_path / '.b.tmp'}: Read-only file system. Free space" in err
     assert "Traceback" not in err and not (tmp_path / "b").exists()
 
+    def full(staging, manifest):  # a file object's write (onnx.save's, the pack's) names no file
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(bundle, "write_manifest", full)
+    code, _, err = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "-o", str(tmp_path / "b"))
+    assert code == 2 and f"edgegen: error: writing {tmp_path / 'b'}: No space left on device. Free space" in err
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b*"))
+
 
 def test_an_output_path_through_a_file_is_a_user_error_not_a_traceback(capsys, tmp_path, cgen_path):
     (tmp_path / "picture.png").write_bytes(b"mine")
