@@ -114,14 +114,17 @@ def _kind_problem(manifest: dict[str, Any]) -> str | None:
                 and all(d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in s["shape"])
                 for s in specs):
             return f"model.{kind} is not a list of tensor specs (name, shape of integers or null)"
+    if not manifest["model"]["outputs"]:
+        return "model.outputs lists no output (the self-test would compare nothing)"
     for section in ("parts", "batching", "serving", "assets", "latency", "fidelity"):
         if section in manifest and not isinstance(manifest[section], dict):
             return f"{section} is {manifest[section]!r}, not a mapping"
     tolerance = manifest["reference"].get("tolerance")  # the self-test's criteria: an empty one would pass anything
     criteria = {"max_abs", "min_psnr_db"}
     if not isinstance(tolerance, dict) or not criteria & set(tolerance) or set(tolerance) - criteria or any(
-            isinstance(v, bool) or not isinstance(v, (int, float)) for v in tolerance.values()):
-        return f"reference.tolerance is {tolerance!r}, not max_abs and/or min_psnr_db as numbers"
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")
+            for v in tolerance.values()):
+        return f"reference.tolerance is {tolerance!r}, not max_abs and/or min_psnr_db as positive finite numbers"
     return None
 
 

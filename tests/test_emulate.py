@@ -153,7 +153,8 @@ def test_emulate_and_verify_commands_print_numbers_and_exit_by_result(tmp_path, 
     assert main(["emulate", str(failing), "--runs", "1"]) == 3
 
 
-@pytest.mark.parametrize("damage", ["flipped byte", "threads a string", "reference not an npz", "no tolerance"])
+@pytest.mark.parametrize("damage", ["flipped byte", "threads a string", "reference not an npz", "no tolerance",
+                                    "negative tolerance", "no outputs", "output renamed"])
 def test_a_damaged_bundle_fails_verify_and_emulate_with_exit_3(tmp_path, ort_bundle, capsys, damage):
     """A bundle off its sha256 exited 2 (a usage error) and a manifest's target.threads of "2" was an
     internal error in verify: both are a failed check, named."""
@@ -173,7 +174,19 @@ def test_a_damaged_bundle_fails_verify_and_emulate_with_exit_3(tmp_path, ort_bun
         manifest = json.loads((copy / "manifest.json").read_text())
         del manifest["reference"]["tolerance"]
         (copy / "manifest.json").write_text(json.dumps(manifest))
-        said = "reference.tolerance is None, not max_abs and/or min_psnr_db as numbers"
+        said = "reference.tolerance is None, not max_abs and/or min_psnr_db as positive finite numbers"
+    elif damage in ("negative tolerance", "no outputs", "output renamed"):  # passed; passed comparing nothing;
+        manifest = json.loads((copy / "manifest.json").read_text())  # a KeyError traceback (a swapped backend's)
+        if damage == "negative tolerance":
+            manifest["reference"]["tolerance"] = {"max_abs": -5}
+            said = "not max_abs and/or min_psnr_db as positive finite numbers"
+        elif damage == "no outputs":
+            manifest["model"]["outputs"] = []
+            said = "model.outputs lists no output"
+        else:
+            manifest["model"]["outputs"][0]["name"] = "renamed"
+            said = "not 'renamed' that manifest.json names (a damaged or edited manifest"
+        (copy / "manifest.json").write_text(json.dumps(manifest))
     else:  # listed with its new sha256: numpy's message spoke of pickled data and allow_pickle
         from edgegen.bundle import sha256_file
 
@@ -186,6 +199,19 @@ def test_a_damaged_bundle_fails_verify_and_emulate_with_exit_3(tmp_path, ort_bun
         assert main([verb, str(copy), "--runs", "1"]) == 3
         assert said in "".join(capsys.readouterr())  # a FAIL line, or a failed check of the report
     assert main(["verify", str(tmp_path / "nothing"), "--runs", "1"]) == 2
+
+
+def test_a_manifest_without_the_roofline_is_named_not_the_target_file(tmp_path, ort_bundle, capsys):
+    """The message blamed the installed target file, which has a roofline: following it changed nothing."""
+    copy = tmp_path / "b"
+    shutil.copytree(ort_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["target"]["roofline"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["emulate", str(copy), "--runs", "1"]) == 2
+    assert f"{copy / 'manifest.json'}: the target 'x86-onnxruntime' it records has no 'roofline'" in \
+        capsys.readouterr().err
+    assert main(["emulate", str(copy), "--runs", "1", "--target", "x86-onnxruntime"]) == 0
 
 
 def test_the_roofline_counts_activations_at_the_size_the_bundle_was_built_for(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..errors import BackendUnavailableError, BundleError, EdgegenError, TargetError, first_line, install_hint
+from ..errors import BackendUnavailableError, BundleError, DamagedBundle, EdgegenError, TargetError, first_line, install_hint
 
 NAMES = ("onnxruntime", "openvino", "tflite", "fpga")
 # the precisions each backend compiles, and the backend_options keys it reads: (what, check), or the values allowed
@@ -56,17 +56,26 @@ def session_module(backend: str) -> ModuleType:
     return _module(backend, "session")
 
 
-def open_session(backend: str, directory: Path, config: dict[str, Any], threads: int, host_fallback: bool = False):
-    """A backend session on a bundle's artifact; BundleError where the runtime cannot load it."""
+def open_session(backend: str, directory: Path, config: dict[str, Any], threads: int, outputs: list[str],
+                 host_fallback: bool = False):
+    """A backend session on a bundle's artifact that gives the outputs named; BundleError where the runtime
+    cannot load it, DamagedBundle where it gives other outputs (a manifest edited to another backend)."""
     module = session_module(backend)
     try:
-        return module.Session(directory, config, threads, host_fallback=host_fallback)
+        session = module.Session(directory, config, threads, host_fallback=host_fallback)
     except (EdgegenError, MemoryError):
         raise
     except Exception as exc:  # the runtime's own load error: a damaged artifact, or one this version cannot read
         raise BundleError(f"{directory}: its {backend} artifact {config.get('entry', '')!r} does not load "
                           f"({first_line(exc)}): a damaged artifact, or one the {backend} version here cannot read; "
                           "rebuild the bundle, or install the versions it was built with (manifest.json: tools)") from None
+    missing = [name for name in outputs if name not in session.output_names]
+    if missing:
+        raise DamagedBundle(f"{directory}: its {backend} artifact {config.get('entry', '')!r} gives the outputs "
+                            f"{session.output_names}, not {missing[0]!r} that manifest.json names (a damaged or "
+                            "edited manifest: its backend, session or outputs do not match the artifact). Rebuild "
+                            "the bundle or copy it again.")
+    return session
 
 
 def compiler_module(backend: str) -> ModuleType:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from .. import targets
-from ..bundle import read_manifest, verify_files
-from ..errors import BundleError
+from ..bundle import MANIFEST, read_manifest, verify_files
+from ..errors import BundleError, TargetError
 from ..metrics import compare, value_range
 from . import process, roofline, support, userland
 from .render import last_line
@@ -81,6 +81,11 @@ def _target(bundle: Path, manifest: dict[str, Any], name: str | None) -> targets
     if manifest["precision"] not in device.precisions:
         raise BundleError(f"{bundle}: precision {manifest['precision']} is not one target {device.name!r} runs "
                           f"({', '.join(device.precisions)})")
+    if not name and not device.roofline:  # the file named may have one now: the manifest is what lacks it
+        raise TargetError(f"{bundle / MANIFEST}: the target {built_for!r} it records has no 'roofline' key (its file "
+                          f"{device.path} had none when the bundle was built, or the manifest was edited), so the "
+                          f"latency cannot be estimated; emulate with --target {built_for} (the target file installed "
+                          "here) or a target file of that name that has one, or rebuild the bundle")
     return device
 
 

@@ -178,7 +178,8 @@ class Generator:
         if verify:
             verify_files(path, {"files": {k: v for k, v in manifest.get("files", {}).items() if k != PACK}})
         threads = threads or min(manifest["target"]["threads"], os.cpu_count() or 1)
-        session = backends.open_session(manifest["backend"], path, manifest["session"], threads, host_fallback)
+        session = backends.open_session(manifest["backend"], path, manifest["session"], threads,
+                                        [spec["name"] for spec in manifest["model"]["outputs"]], host_fallback)
         return cls(path, manifest, session, threads, host_fallback, ServeConfig(**config), verify=verify)
 
     # -- requests -----------------------------------------------------------------------------

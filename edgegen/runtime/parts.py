@@ -60,8 +60,9 @@ class Parts:
                                       "serving options that need it")
                 entry = self._entries[name]
                 self._check_files(name, entry["dir"])
-                self._sessions[name] = backends.open_session(self._backend, self._path / entry["dir"],
-                                                             entry["session"], self._threads, self._host_fallback)
+                self._sessions[name] = backends.open_session(
+                    self._backend, self._path / entry["dir"], entry["session"], self._threads,
+                    [spec.name for spec in self.outputs(name)], self._host_fallback)
             return self._sessions[name]
 
     def _check_files(self, name: str, directory: str) -> None:
