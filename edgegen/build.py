@@ -245,6 +245,21 @@ def _refuse_non_finite(source: Graph, expected: dict[str, np.ndarray], inputs_fr
                 "build) or --input-range LO,HI")
 
 
+def _refuse_non_finite_artifact(source: Graph, tgt: targets.Target, precision: str,
+                                actual: dict[str, np.ndarray]) -> None:
+    """An artifact that gives NaN or infinity where the fp32 source's outputs are finite is no bundle (its
+    PSNR is NaN, its self-test tolerance too, and NaN pixels are cast to black)."""
+    for spec in source.outputs:
+        values = actual[spec.name]
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            share = np.count_nonzero(~np.isfinite(values)) / values.size
+            raise BuildError(
+                f"the {precision} artifact for {tgt.name} gives NaN or infinity in {share:.0%} of output "
+                f"{spec.name!r}'s values on the {len(values)} held-out inputs, where the fp32 source's are finite: "
+                f"a weight or an activation of {source.source} exceeds {precision}'s range (fp16's largest value is "
+                "65504); build it in fp32 or int8, or scale that layer down in the model")
+
+
 def _warn_outside_range(source: Graph, expected: dict[str, np.ndarray]) -> None:
     """Warn when an image output's held-out values leave the range its 8-bit images and PSNR assume (an
     output no Tanh, Sigmoid or Clip bounds gets [0, 1] unless the user gives one)."""
@@ -433,6 +448,7 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
         raise BuildError(f"the compiled {tgt.backend} artifact for {source.source} does not load: "
                          f"{str(exc).strip().splitlines()[0]}") from None
     actual = run_batched(session.run, source.inputs, feeds, per_call)
+    _refuse_non_finite_artifact(source, tgt, precision, actual)
     per_output = {}
     for spec in source.outputs:  # as the model file gives them: a uint8 export's pixels rounded, as run() gives them
         ref, got = delivered(spec, expected[spec.name]), delivered(spec, actual[spec.name])

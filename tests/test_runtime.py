@@ -185,6 +185,21 @@ def test_a_backend_returning_too_few_images_is_an_error_not_a_crash(ort_bundle, 
     assert gen.stats()["served"].get("computed", 0) == 0
 
 
+def test_nan_from_the_backend_is_an_error_not_a_black_image(ort_bundle, monkeypatch):
+    """NaN outputs were cast to 0: a black picture served as the answer."""
+    gen = Generator.open(ort_bundle, cache_bytes=0)
+    real = gen.parts.run
+
+    def overflowing(name, feeds):
+        return {k: np.where(np.arange(v.size).reshape(v.shape) % 7 == 0, np.nan, v)
+                for k, v in real(name, feeds).items()}
+
+    monkeypatch.setattr(gen.parts, "run", overflowing)
+    with pytest.raises(BundleError, match=r"the model gave NaN or infinity in \d+ of the \d+ output values"):
+        gen.generate(seed=1, label=0)
+    assert gen.stats()["served"].get("computed", 0) == 0
+
+
 def test_a_request_asked_twice_in_one_call_is_computed_once(ort_bundle, monkeypatch):
     """Concurrent clients asking for the same picture (merged into one call by the batcher) cost one image's
     work; each caller still gets an array of its own."""

@@ -439,3 +439,39 @@ def test_a_narrow_output_tanh_on_the_fixed_grid_is_warned_once_naming_it(tmp_pat
     assert result.manifest["parts"]  # a part, lowered again, does not warn again
     named = [w for w in warnings if "'narrow_tanh'" in w]
     assert len(named) == 1 and "fixed grid" in named[0] and "dB of PSNR lost on LiteRT" in named[0], warnings
+
+
+def _scaled_past_float16(tmp_path: Path) -> Path:
+    """conv -> x1e5 -> conv -> x1e-5 -> tanh: finite in float32; 1e5 is infinity in float16."""
+    rng = np.random.default_rng(3)
+    inits = [onnx.numpy_helper.from_array(a.astype(np.float32), n) for n, a in (
+        ("w1", rng.standard_normal((8, 3, 3, 3)) * 0.2), ("w2", rng.standard_normal((3, 8, 3, 3)) * 0.2),
+        ("up", np.array(1e5)), ("down", np.array(1e-5)))]
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["a"], pads=[1] * 4),
+             helper.make_node("Mul", ["a", "up"], ["b"]),
+             helper.make_node("Conv", ["b", "w2"], ["c"], pads=[1] * 4),
+             helper.make_node("Mul", ["c", "down"], ["d"]),
+             helper.make_node("Tanh", ["d"], ["out"])]
+    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
+    path = tmp_path / "scaled.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_fp16_keeps_constants_past_float16s_range_in_float32_and_refuses_an_artifact_giving_nan(tmp_path, monkeypatch):
+    """The 1e5 stored as float16 was infinity: the artifact gave NaN, the build stated PSNR nan and shipped it,
+    and generate wrote a black image. ONNX Runtime's converter clamped it to 65504 (23.7 dB); its node is kept
+    float32 now."""
+    from edgegen.backends.tflite import lower
+
+    model = _scaled_past_float16(tmp_path)
+    result = build(model, "x86-litert", tmp_path / "b", precision="fp16")
+    assert 40 < result.fidelity["psnr_db"] < 200
+    _, tensors = read_model((tmp_path / "b" / "model.tflite").read_bytes())
+    assert any(t.dtype == "float32" and t.constant and t.data.size == 1 and t.data.max() == 1e5 for t in tensors)
+    assert build(model, "x86-onnxruntime", tmp_path / "ort", precision="fp16").fidelity["psnr_db"] > 40
+    monkeypatch.setattr(lower, "FLOAT16_MAX", float("inf"))  # as before: every constant stored as float16
+    with pytest.raises(BuildError, match="gives NaN or infinity in 100% of output 'out'.s values on the 8 held-out"):
+        build(model, "x86-litert", tmp_path / "nan", precision="fp16")
+    assert not (tmp_path / "nan").exists()

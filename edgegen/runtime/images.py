@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from ..errors import RequestError
+from ..errors import BundleError, RequestError
 
 
 def tensor_to_uint8(batch: np.ndarray, value_range: list[float], truncate: bool = False) -> np.ndarray:
@@ -14,6 +14,11 @@ def tensor_to_uint8(batch: np.ndarray, value_range: list[float], truncate: bool 
     pixels does, and clipped)."""
     lo, hi = value_range
     scaled = (batch.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    if not np.isfinite(scaled).all():  # would be cast to 0s (NaN) or clipped (infinity): a picture that is not
+        bad = int(np.count_nonzero(~np.isfinite(scaled)))
+        raise BundleError(f"the model gave NaN or infinity in {bad} of the {scaled.size} output values, so no "
+                          "image was made from them: the artifact overflows on this input (a reduced precision's "
+                          "range exceeded); rebuild the bundle in fp32 or int8")
     return np.clip(np.trunc(scaled) if truncate else np.rint(scaled), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 

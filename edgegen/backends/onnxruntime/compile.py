@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .. import require
 from ...graph import Graph
@@ -70,7 +72,8 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
         if precision == "fp16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+            model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False,
+                                             node_block_list=past_float16(model))
         _optimize_offline(ort, model, workdir)
     providers = target.backend_options.get("providers", ["CPUExecutionProvider"])
     session = {"entry": ARTIFACT, "precision": precision, "providers": providers}
@@ -78,6 +81,15 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
         session["required_providers"] = target.backend_options["required_providers"]
     return {"files": [ARTIFACT], "session": session,
             "tools": {"onnx": onnx.__version__, "onnxruntime": ort.__version__}}
+
+
+def past_float16(model: onnx.ModelProto) -> list[str]:
+    """The nodes that take a float constant past float16's range: kept float32 (the converter would clamp the
+    constant to 65504, changing what the node computes)."""
+    limit = float(np.finfo(np.float16).max)
+    large = {t.name for t in model.graph.initializer
+             if t.data_type == onnx.TensorProto.FLOAT and np.abs(numpy_helper.to_array(t)).max(initial=0) > limit}
+    return [node.name for node in model.graph.node if node.name and large.intersection(node.input)]
 
 
 def int8_form(model: onnx.ModelProto) -> onnx.ModelProto:

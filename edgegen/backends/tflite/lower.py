@@ -20,6 +20,8 @@ from .layout import channel_axis, plan_orders, tfl_shape
 from .prepare import Prepared
 from .versions import version
 
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+
 
 @dataclass
 class Value:
@@ -116,9 +118,10 @@ class Lowerer:
         self.op("QUANTIZE", [moved], [self.define(name, shape, nhwc, order, target)])
 
     def weight(self, array: np.ndarray, hint: str, quant: QParams | None = None) -> int:
-        """A constant operand; float constants are stored as float16 + DEQUANTIZE at fp16."""
+        """A constant operand; float constants are stored as float16 + DEQUANTIZE at fp16, but for those past
+        float16's range (kept float32: as float16 they would be infinity)."""
         array = np.ascontiguousarray(array)
-        if self.precision != "fp16" or array.dtype != np.float32:
+        if self.precision != "fp16" or array.dtype != np.float32 or np.abs(array).max(initial=0) > FLOAT16_MAX:
             return self.b.constant(hint, array, quant)
         half = self.b.constant(f"{hint}/fp16", array.astype(np.float16))
         index = self.b.tensor(hint, list(array.shape), "float32")
