@@ -133,6 +133,19 @@ def test_fp16_build_is_verified_and_smaller(tmp_path, cgen_path, target):
         render_build_report(all_f32, tmp_path / "b16")
 
 
+def test_openvino_fp16_counts_layers_by_the_type_their_kernel_computes_in(tmp_path):
+    """A DCGAN's Deconvolutions report runtimePrecision f16 (their weights) on a CPU without fp16 arithmetic
+    while an f32 kernel (`brgconv_avx512_f32`) computes them: counted as f16, the "no layer runs in fp16"
+    warning was skipped."""
+    if {"avx512_fp16", "amx_fp16"} & set(Path("/proc/cpuinfo").read_text().split()):
+        pytest.skip("this CPU has fp16 arithmetic: OpenVINO may run f16 for real")
+    model = Path(__file__).parent / "data" / "families" / "dcgan__legacy_b1.onnx"
+    result = build(model, "x86-openvino", tmp_path / "b", precision="fp16")
+    assert result.manifest["execution"]["float"]["ConvTranspose"] == 5
+    assert "f16" not in result.manifest["execution"]["float_types"]
+    assert "warning   no layer runs in fp16 on this host" in render_build_report(result.manifest, tmp_path / "b")
+
+
 @pytest.mark.parametrize("target", ["jetson-orin-onnxruntime", "intel-npu-openvino"])
 def test_device_targets_build_anywhere_and_say_where_they_were_verified(tmp_path, cgen_path, target):
     result = build(cgen_path, target, tmp_path / "dev")

@@ -114,6 +114,9 @@ class Session:
             if layer:
                 precision = info["runtimePrecision"].astype(str)
                 kind = "int8" if precision in ("i8", "u8") else "float"
+                if kind == "float":  # a kernel names the type it computes in (f16 weights into an f32 kernel
+                    # report f16: a Deconvolution on a CPU without fp16 arithmetic, `brgconv_avx512_f32`)
+                    precision = _KERNEL_TYPES.get(info["primitiveType"].astype(str).rsplit("_", 1)[-1], precision)
                 report[kind][layer] = report[kind].get(layer, 0) + 1
                 if kind == "float":
                     report["float_types"][precision] = report["float_types"].get(precision, 0) + 1
@@ -147,6 +150,10 @@ class Session:
 _LAYER_NAMES = {"Convolution": "Conv", "Deconvolution": "ConvTranspose", "FullyConnected": "Gemm",
                 "MatMul": "MatMul", "MVN": "InstanceNormalization", "Eltwise": "Eltwise",
                 "Concatenation": "Concat", "Interpolate": "Resize", "Pooling": "Pool"}
+
+
+# the float type a CPU plugin kernel computes in, by the end of its name (`jit_avx512_bf16`, `brgconv_avx512_f32`)
+_KERNEL_TYPES = {"f32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
 
 
 # CPU plugin layers that move, reshape, convert or (de)quantize values, or lay them out for a kernel: not
