@@ -341,6 +341,35 @@ def test_a_decompression_bomb_is_413_not_500(unet_server):
     assert response.status == 413 and "this server takes at most 4194304 pixels" in json.loads(data)["error"]
 
 
+def test_a_float_tiff_is_400_naming_the_field(unet_server, caplog):
+    """It was a 500 "internal error" with a traceback in the log: a client's picture is no fault of the server."""
+    caplog.set_level(logging.WARNING)
+    buffer = io.BytesIO()
+    Image.fromarray(np.linspace(0, 3, 24 * 20, dtype=np.float32).reshape(20, 24)).save(buffer, format="TIFF")
+    response, data = post(unet_server, {"image": base64.b64encode(buffer.getvalue()).decode()})
+    assert response.status == 400 and json.loads(data)["error"].startswith("image: a 32-bit float image")
+    assert "internal error" not in caplog.text
+
+
+def test_an_answer_after_which_the_connection_closes_says_so(server):
+    """RFC 9112 9.6: without `Connection: close` a keep-alive client sent its next request on the closed
+    connection, and that valid request failed."""
+    url = urlparse(server.url)
+    for method, path, headers, body in (("GET", "/nope", {}, None), ("PUT", "/v1/generate", {"Content-Length": "2"}, b"{}"),
+                                        ("POST", "/v1/generate", {"Content-Length": "x"}, b"{}")):
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        conn.putrequest(method, path)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.endheaders(body)
+        response = conn.getresponse()
+        response.read()
+        assert response.status >= 400 and response.getheader("Connection") == "close", (method, path)
+        conn.request("GET", "/v1/health")  # http.client reconnects, as it was told the connection closes
+        assert conn.getresponse().status == 200
+        conn.close()
+
+
 def test_an_image_size_the_network_cannot_take_is_400(unet_server, bundles):
     for width, height in ((33, 31), (1, 1)):
         response, data = post(unet_server, {"image": png_base64(Image.new("RGB", (width, height)))})
@@ -542,6 +571,26 @@ def test_a_client_gone_before_its_answer_is_one_log_line_not_a_fault(server, cap
     assert caplog.text.count("closed the connection before its answer") == 4, caplog.text
     assert "internal error" not in caplog.text and "Traceback" not in capfd.readouterr().err
     assert get(server, "/v1/health")[0].status == 200
+
+
+def test_closing_waits_no_longer_than_its_grace_for_a_running_backend_call(bundles, monkeypatch):
+    """close() joined the batcher's worker without a bound: a SIGTERM waited 19.5 s for a long request."""
+    srv = Server(Generator.open(bundles / "glyph", cache_bytes=0, assets=False)).start()
+    real = srv.generator.parts.run
+    started = threading.Event()
+
+    def slow(name, feeds):
+        started.set()
+        time.sleep(8)
+        return real(name, feeds)
+
+    monkeypatch.setattr(srv.generator.parts, "run", slow)
+    client = threading.Thread(target=lambda: post(srv, {"seed": 9, "label": 1}), daemon=True)
+    client.start()
+    assert started.wait(30)
+    begin = time.monotonic()
+    srv.close(grace_s=1.0)
+    assert time.monotonic() - begin < 4
 
 
 @pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -157,9 +157,10 @@ class MicroBatcher:
                     "mean_batch": round(self.counters["batched_requests"] / batches, 3) if batches else 0.0,
                     "batch_ms_p50": round(statistics.median(self._batch_ms), 3) if self._batch_ms else None}
 
-    def close(self) -> None:
-        """Finish what is waiting, then stop the worker."""
+    def close(self, timeout_s: float | None = None) -> None:
+        """Finish what is waiting, then stop the worker; wait for it up to timeout_s (None: as long as it
+        takes; the worker is a daemon thread, so one still computing does not hold the process)."""
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._worker.join()
+        self._worker.join(timeout_s)

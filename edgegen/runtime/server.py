@@ -106,8 +106,9 @@ class Server:
         if self._thread is not None:
             self.httpd.shutdown()  # the accept loop ends (serve() runs its own, which the interrupt ended)
         self.httpd.stop()
-        self.batcher.close()
-        self.httpd.wait(grace_s)
+        deadline = time.monotonic() + grace_s  # one grace for both: a long backend call does not extend it
+        self.batcher.close(grace_s)
+        self.httpd.wait(max(0.0, deadline - time.monotonic()))
 
     # -- endpoints ------------------------------------------------------------------------------
     def generate(self, body: bytes, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
@@ -284,7 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
-        if self.server.stopping:
+        if self.server.stopping or self.close_connection:  # RFC 9112 9.6: a client must not reuse it
             self.send_header("Connection", "close")  # this connection takes no more requests
         self._headers_buffer.append(b"\r\n")
         self.wfile.write(b"".join(self._headers_buffer) + (b"" if self.command == "HEAD" else body))
@@ -476,6 +477,8 @@ def _decode_image(text: str, max_pixels: int, field: str = "image") -> np.ndarra
                            "a base64-encoded PNG or JPEG") from None
     except OSError as exc:
         raise RequestError(f"{field} is not a readable PNG/JPEG ({first_line(exc)}); send the whole file") from None
+    except ValueError as exc:  # a picture whose pixels have no 8-bit reading (a float TIFF): eight_bit says why
+        raise RequestError(f"{field}: {first_line(exc)}") from None
 
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8080, threads: int | None = None,
