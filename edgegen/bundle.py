@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 from .errors import BuildError, BundleError, DamagedBundle, OutputPathError
 from .fileio import as_created, output_place, owner, remove_orphans, write_text
+from .specs import spec_problem
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -40,12 +41,27 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+MAX_MANIFEST_BYTES = 64 << 20  # far above any manifest; a link to /dev/zero would be read forever
+
+
 def is_bundle(path: Path) -> bool:
     """True when path holds an edgegen manifest."""
     try:
-        return json.loads((Path(path) / MANIFEST).read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+        return json.loads(_manifest_text(Path(path))).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError, BundleError):
         return False
+
+
+def _manifest_text(path: Path) -> str:
+    """The text of a bundle directory's manifest; FileNotFoundError where there is none, DamagedBundle where it
+    is no regular file (a directory, a FIFO, a link to a device) or past MAX_MANIFEST_BYTES."""
+    file = path / MANIFEST
+    if not file.exists():
+        raise FileNotFoundError(errno.ENOENT, "no manifest", str(file))
+    if not file.is_file() or file.stat().st_size > MAX_MANIFEST_BYTES:
+        what = "not a regular file" if not file.is_file() else f"{file.stat().st_size} bytes, no manifest"
+        raise DamagedBundle(f"{file}: {what} (a damaged bundle). Rebuild the bundle or copy it again.")
+    return file.read_text()
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -54,11 +70,14 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not path.is_dir():
         raise BundleError(f"{path}: no such bundle directory. Build one with `edgegen build MODEL --target NAME --out DIR`.")
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = json.loads(_manifest_text(path))
     except FileNotFoundError:
         raise BundleError(f"{path}: not a bundle ({MANIFEST} is missing). Rebuild it with `edgegen build`.") from None
-    except ValueError as exc:
+    except ValueError as exc:  # UnicodeDecodeError included
         raise DamagedBundle(f"{path / MANIFEST}: not valid JSON ({exc}). The bundle is damaged; rebuild it.") from None
+    except OSError as exc:  # unreadable: permissions, an I/O error
+        raise DamagedBundle(f"{path / MANIFEST}: cannot be read ({exc.strerror}). Fix its permissions, or copy the "
+                            "bundle again.") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DamagedBundle(f"{path / MANIFEST}: not an edgegen manifest. Rebuild the bundle with `edgegen build`.")
     if manifest.get("schema_version") != SCHEMA_VERSION:
@@ -107,15 +126,19 @@ def _kind_problem(manifest: dict[str, Any]) -> str | None:
         return f"backend is {manifest['backend']!r}, not one of {', '.join(PRECISIONS)}"
     if manifest["precision"] not in PRECISIONS[manifest["backend"]]:
         return f"precision is {manifest['precision']!r}, not one {manifest['backend']} runs"
-    for kind in ("inputs", "outputs"):
-        specs = manifest["model"].get(kind)
-        if not isinstance(specs, list) or not all(
-                isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("shape"), list)
-                and all(d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in s["shape"])
-                for s in specs):
-            return f"model.{kind} is not a list of tensor specs (name, shape of integers or null)"
-    if not manifest["model"]["outputs"]:
-        return "model.outputs lists no output (the self-test would compare nothing)"
+    for where, holder in (("model", manifest["model"]), *((f"parts.{n}", p) for n, p in _parts(manifest))):
+        for kind in ("inputs", "outputs"):
+            specs = holder.get(kind)
+            if not isinstance(specs, list):
+                return f"{where}.{kind} is not a list of tensor specs"
+            problem = next(filter(None, map(spec_problem, specs)), None)
+            if problem:
+                return f"{where}.{kind}: {problem}"
+        if not holder["outputs"]:
+            return f"{where}.outputs lists no output (the self-test would compare nothing)"
+    entry, ref_file = manifest["session"].get("entry"), manifest["reference"].get("file")
+    if not (isinstance(entry, str) and entry) or not (isinstance(ref_file, str) and ref_file):
+        return f"session.entry ({entry!r}) or reference.file ({ref_file!r}) is not a file name"
     for section in ("parts", "batching", "serving", "assets", "latency", "fidelity"):
         if section in manifest and not isinstance(manifest[section], dict):
             return f"{section} is {manifest[section]!r}, not a mapping"
@@ -126,6 +149,13 @@ def _kind_problem(manifest: dict[str, Any]) -> str | None:
             for v in tolerance.values()):
         return f"reference.tolerance is {tolerance!r}, not max_abs and/or min_psnr_db as positive finite numbers"
     return None
+
+
+def _parts(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The manifest's parts (trunk, head, preview) that are mappings; a part of another kind is left to the
+    parts section's own check."""
+    parts = manifest.get("parts")
+    return [(name, part) for name, part in parts.items() if isinstance(part, dict)] if isinstance(parts, dict) else []
 
 
 def _check_listing(path: Path, manifest: dict[str, Any]) -> None:

@@ -93,6 +93,46 @@ class TensorSpec:
         return cls(**data)
 
 
+def spec_problem(data: Any) -> str | None:
+    """What keeps a manifest's tensor spec from being read as a TensorSpec the runtime can use, or None."""
+    def count(value: Any, least: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("shape"), list):
+        return "not a tensor spec (name, shape)"
+    name, shape = data["name"], data["shape"]
+    unknown = set(data) - set(TensorSpec.__dataclass_fields__)
+    if unknown:
+        return f"{name!r} has unknown key(s) {sorted(unknown)}"
+    if not all(d is None or count(d, 0) for d in shape):
+        return f"{name!r}: shape {shape!r} is not a list of integers >= 0 or null"
+    if data.get("role") not in ROLES:
+        return f"{name!r}: role {data.get('role')!r} is not one of {', '.join(ROLES)}"
+    try:
+        kind = np.dtype(data.get("dtype")).kind if isinstance(data.get("dtype"), str) else ""
+    except TypeError:
+        kind = ""
+    if kind not in ("b", "i", "u", "f"):
+        return f"{name!r}: dtype {data.get('dtype')!r} is not a numeric numpy type name"
+    default = data.get("default_shape", [])
+    if not (isinstance(default, list) and len(default) == len(shape) and all(count(d, 1) for d in default)
+            and all(d is None or d == c for d, c in zip(shape, default))):
+        return f"{name!r}: default_shape {default!r} is not a shape of positive integers that fits shape {shape!r}"
+    value_range = data.get("range")
+    if value_range is not None and not (isinstance(value_range, list) and len(value_range) == 2
+                                        and all(number(v) for v in value_range) and value_range[0] < value_range[1]):
+        return f"{name!r}: range {value_range!r} is not [low, high] with finite low < high"
+    if data.get("num_classes") is not None and not count(data["num_classes"], 1):
+        return f"{name!r}: num_classes {data['num_classes']!r} is not an integer >= 1"
+    form = data.get("source_form")
+    if form is not None and not (isinstance(form, dict) and all(isinstance(v, str) for v in form.values())):
+        return f"{name!r}: source_form {form!r} is not a mapping of names"
+    return None
+
+
 def format_shape(dims) -> str:
     """A shape as people write it: 1x3x?x? (? for a dynamic dim)."""
     return "x".join("?" if d is None else str(d) for d in dims)

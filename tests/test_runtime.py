@@ -466,7 +466,16 @@ def test_an_artifact_that_does_not_load_is_a_bundle_error_naming_it(tmp_path, or
     (lambda m: m.update(batching=7), "batching is 7, not a mapping"),
     (lambda m: m["model"].update(inputs="x"), "model.inputs is not a list of tensor specs"),  # a TypeError
     (lambda m: m["model"].update(outputs=None), "model.outputs is not a list of tensor specs"),
-    (lambda m: m["model"]["inputs"][0].update(shape="abc"), "model.inputs is not a list"),  # verify passed it
+    (lambda m: m["model"]["inputs"][0].update(shape="abc"), "model.inputs: not a tensor spec"),  # verify passed it
+    # each a traceback in generate or verify, or passed by verify:
+    (lambda m: m["model"]["inputs"][0].pop("role"), "role None is not one of"),
+    (lambda m: m["reference"].pop("file"), "reference.file (None) is not a file name"),
+    (lambda m: m["model"]["inputs"][1].update(num_classes="10"), "num_classes '10' is not an integer"),
+    (lambda m: m["model"]["outputs"][0].update(range="x"), "range 'x' is not [low, high]"),
+    (lambda m: m["model"]["inputs"][0].update(dtype="bogus"), "dtype 'bogus' is not a numeric"),
+    (lambda m: m["model"]["inputs"][0].update(default_shape=[1, -5]), "default_shape [1, -5] is not a shape of"),
+    (lambda m: m["model"]["inputs"][0].update(default_shape=[1, 65]), "that fits shape [None, 16]"),
+    (lambda m: m["session"].update(entry=123), "session.entry (123)"),
     (lambda m: m.update(precision="x"), "precision is 'x', not one onnxruntime runs"),  # verify passed it
     (lambda m: m.update(backend="x"), "backend is 'x', not one of"),  # exit 2, "unknown backend"
     (lambda m: m.update(format="other"), "not an edgegen manifest"),  # exit 2
@@ -503,3 +512,22 @@ def test_an_int32_label_input_takes_numpys_int64_arrays(tmp_path):
     np.testing.assert_array_equal(as_int64["image"], as_int32["image"])
     with pytest.raises(RequestError, match="do not fit int32"):
         gen.run({"latent": latent, "label": np.array([3, 2 ** 40])})
+
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+def test_a_manifest_that_is_no_regular_file_is_named_not_read(ort_bundle, tmp_path, kind):
+    """A directory was an IsADirectoryError traceback; a FIFO hung every command; a link to /dev/zero was read
+    until memory ran out."""
+    import os
+    import shutil
+
+    from edgegen.errors import DamagedBundle
+
+    copy = tmp_path / "b"
+    shutil.copytree(ort_bundle, copy)
+    (copy / "manifest.json").unlink()
+    {"directory": lambda p: p.mkdir(), "fifo": os.mkfifo, "device": lambda p: p.symlink_to("/dev/zero")}[kind](
+        copy / "manifest.json")
+    with pytest.raises(DamagedBundle, match="manifest.json: not a regular file"):
+        Generator.open(copy)
