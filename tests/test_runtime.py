@@ -531,3 +531,40 @@ def test_a_manifest_that_is_no_regular_file_is_named_not_read(ort_bundle, tmp_pa
         copy / "manifest.json")
     with pytest.raises(DamagedBundle, match="manifest.json: not a regular file"):
         Generator.open(copy)
+
+
+def test_run_from_one_thread_and_generate_from_another_share_no_backend_call(ov_bundle):
+    """run() called the backend outside the Generator's lock: beside a generate() in another thread, one call's
+    outputs were computed on the other's inputs (OpenVINO's infer request is one per batch size), or OpenVINO
+    raised "Infer Request is busy"."""
+    import threading
+
+    gen = Generator.open(ov_bundle, cache_bytes=0, assets=False)
+    latents = [np.random.default_rng(i).standard_normal((1, 16)).astype(np.float32) for i in range(4)]
+    labels = [np.array([i]) for i in range(4)]
+    alone_run = [gen.run({"latent": z, "label": y})["image"] for z, y in zip(latents, labels)]
+    alone_generate = [gen.generate(seed=i, label=i) for i in range(4)]
+    wrong, errors = [], []
+
+    def runner(i):
+        for _ in range(40):
+            try:
+                if not np.array_equal(gen.run({"latent": latents[i], "label": labels[i]})["image"], alone_run[i]):
+                    wrong.append(("run", i))
+            except Exception as exc:  # noqa: BLE001 - any failure counts
+                errors.append(repr(exc))
+
+    def generator(i):
+        for _ in range(40):
+            try:
+                if not np.array_equal(gen.generate(seed=i, label=i), alone_generate[i]):
+                    wrong.append(("generate", i))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=f, args=(i,)) for i in range(4) for f in (runner, generator)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not wrong and not errors, (wrong[:5], errors[:5])

@@ -620,8 +620,10 @@ class Generator:
 
     def run_prepared(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The backend on batched inputs already checked and in the form the bundle computes on (run() after its
-        checks; the outputs in that form too): what the artifact itself costs, as benchmarks time it."""
-        with self._sizes_checked(feeds):  # a fixed-batch export built with --batch-sizes runs its batch-N parts
+        checks; the outputs in that form too): what the artifact itself costs, as benchmarks time it. One call
+        at a time, as every backend call of the Generator (an OpenVINO infer request or a LiteRT interpreter
+        shared by two threads computes one call's outputs on the other's inputs)."""
+        with self._lock, self._sizes_checked(feeds):  # a fixed-batch export built with --batch-sizes: batch-N parts
             if self.batch_parts:
                 return self._run_in_batches(feeds)
             return run_batched(self.session.run, self.inputs, feeds)
@@ -711,7 +713,8 @@ class Generator:
     def self_test(self) -> dict[str, Any]:
         """Run the bundle's reference input and compare with its reference output within tolerance."""
         feeds, expected_outputs = reference.load(self.path, self.manifest)
-        got = self.session.run(feeds)
+        with self._lock:
+            got = self.session.run(feeds)
         tolerance = self.manifest["reference"]["tolerance"]
         outputs, passed = {}, True
         measured = {s.name for s in quality_outputs(self.outputs)}  # the PSNR floor is on these (as in the build)
