@@ -93,6 +93,10 @@ def load(name_or_path: str) -> Target:
     candidate = TARGETS_DIR / f"{name_or_path}.yaml"
     if candidate.is_file():
         return load_file(candidate)
+    if path.suffix in (".yaml", ".yml"):
+        what = "is not a file" if path.exists() else "does not exist"
+        raise TargetError(f"target file {name_or_path!r} {what} (resolved: {path.resolve()}); check the path, or "
+                          "give a target by name (`edgegen targets` lists them)")
     known = [p.stem for p in target_files()]
     close = difflib.get_close_matches(name_or_path, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""

@@ -40,6 +40,14 @@ def test_target_by_path(tmp_path):
     assert targets.load(str(path)).name == "mine"
 
 
+def test_a_target_file_path_that_does_not_exist_says_so(tmp_path):
+    """It was an "unknown target" listing the names, and advised passing a .yaml path: what was done."""
+    missing = tmp_path / "tg" / "missing.yaml"
+    with pytest.raises(TargetError, match="does not exist") as caught:
+        targets.load(str(missing))
+    assert str(missing) in str(caught.value) and "Known targets" not in str(caught.value)
+
+
 def test_unknown_target_suggests_close_name():
     with pytest.raises(TargetError, match="did you mean 'x86-openvino'|Did you mean 'x86-openvino'"):
         targets.load("x86-openvno")
