@@ -12,7 +12,7 @@ expected array's observed span unless data_range says otherwise).
 The test runs once per target. `edgegen_device.open` emulates the bundle built for that target
 (`edgegen emulate`: threads, memory ceiling, op support, self-test, aarch64 under QEMU, FPGA RTL)
 and returns its outputs for the bundle's reference input. A target this host cannot emulate skips
-with the reason (or fails, with EDGEGEN_REQUIRE_EMULATION=1). The end of the run prints one row per
+with the reason (or fails, with EDGEGEN_REQUIRE_EMULATION=1; 0 or unset: skips). The end of the run prints one row per
 emulated bundle: latency, fidelity, memory peak. Importing the plugin costs nothing beyond pytest.
 """
 
@@ -28,6 +28,7 @@ import pytest
 MARKER = "edgegen_target"
 REQUIRE_ENV = "EDGEGEN_REQUIRE_EMULATION"
 _RECORDS = pytest.StashKey[list]()
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
 @dataclass
@@ -97,7 +98,7 @@ class EmulatedDevice:
         try:
             report = emulate(bundle, target=self.target, runs=self.runs, keep_outputs=True)
         except EmulatorUnavailableError as exc:
-            required = bool(os.environ.get(REQUIRE_ENV))
+            required = require_emulation()
             self._records.append({"target": self.target, "bundle": str(bundle),
                                   "failed" if required else "skipped": str(exc)})
             if required:
@@ -112,6 +113,19 @@ class EmulatedDevice:
         _, expected = reference.load(bundle, manifest)
         ranges = {o["name"]: o["range"] for o in manifest["model"]["outputs"] if o.get("range")}
         return EmulatedRun(self.target, bundle, report, outputs, expected, ranges)
+
+
+def require_emulation() -> bool:
+    """EDGEGEN_REQUIRE_EMULATION as a boolean: 1/true/yes/on makes a host that cannot emulate a failure,
+    0/false/no/off or unset/empty a skip; pytest.UsageError for any other value."""
+    value = os.environ.get(REQUIRE_ENV, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise pytest.UsageError(f"{REQUIRE_ENV}={os.environ[REQUIRE_ENV]!r} is not a boolean; set it to 1 (true, yes, "
+                            "on) to make a target this host cannot emulate a failure, or 0 (false, no, off, empty) "
+                            "to skip it")
 
 
 def assert_images_close(actual, expected, min_psnr: float | None = None, max_abs: float | None = None,
@@ -151,6 +165,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{MARKER}(*targets): run the test once per edgegen target; the "
                                        "`edgegen_device` fixture gives that target's emulated device")
     config.stash[_RECORDS] = []
+    require_emulation()  # a value that is not a boolean is refused before any test runs
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

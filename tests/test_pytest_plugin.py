@@ -14,7 +14,7 @@ import pytest
 from edgegen import targets
 from edgegen.build import build
 from edgegen.emulate import userland
-from edgegen.pytest_plugin import assert_images_close
+from edgegen.pytest_plugin import assert_images_close, require_emulation
 
 pytest_plugins = ["pytester"]
 ARM64_ROOT = userland.default_root()  # taken before pytester points HOME at a temporary directory
@@ -32,7 +32,7 @@ def bundles(tmp_path_factory, cgen_path) -> Path:
 def test_marker_runs_the_test_per_target_and_prints_a_summary(pytester, bundles):
     pytester.makepyfile(f"""
         import pytest
-        from edgegen.pytest_plugin import assert_images_close
+        from edgegen.pytest_plugin import assert_images_close, require_emulation
 
         @pytest.mark.edgegen_target("x86-onnxruntime", "x86-openvino")
         def test_generator(edgegen_device):
@@ -50,7 +50,7 @@ def test_marker_runs_the_test_per_target_and_prints_a_summary(pytester, bundles)
 def test_a_failing_image_assertion_fails_the_test_with_numbers(pytester, bundles):
     pytester.makepyfile(f"""
         import pytest
-        from edgegen.pytest_plugin import assert_images_close
+        from edgegen.pytest_plugin import assert_images_close, require_emulation
 
         @pytest.mark.edgegen_target("x86-onnxruntime")
         def test_strict(edgegen_device):
@@ -123,6 +123,13 @@ def test_a_host_that_cannot_emulate_skips_with_the_reason_or_fails_when_required
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["rpi4-litert*FAIL*install it with*"])  # the table said SKIP for a failed test
+    for off in ("0", "false", "No"):  # any non-empty value made it a failure, "0" included
+        monkeypatch.setenv("EDGEGEN_REQUIRE_EMULATION", off)
+        pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(skipped=1)
+    monkeypatch.setenv("EDGEGEN_REQUIRE_EMULATION", "sometimes")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "EDGEGEN_REQUIRE_EMULATION='sometimes' is not a boolean" in result.stderr.str()
 
 
 def test_a_bundle_that_cannot_be_opened_fails_the_test_and_shows_in_the_table(pytester, tmp_path):
@@ -196,15 +203,13 @@ def test_the_plugin_is_cheap_to_import_and_registered():
 
 
 def test_an_aarch64_target_runs_under_qemu_in_the_plugin(pytester, tmp_path, cgen_path, monkeypatch):
-    import os
-
     from edgegen.emulate import EmulatorUnavailableError
 
     monkeypatch.setenv("EDGEGEN_AARCH64_ROOT", str(ARM64_ROOT))
     try:
         userland.ensure()
     except EmulatorUnavailableError as exc:
-        if os.environ.get("EDGEGEN_REQUIRE_EMULATION"):
+        if require_emulation():
             pytest.fail(f"EDGEGEN_REQUIRE_EMULATION is set but this host cannot emulate aarch64: {exc}")
         pytest.skip(f"this host cannot emulate aarch64: {exc}")
     for target in ("rpi4-litert", "x86-litert"):
