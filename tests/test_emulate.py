@@ -265,3 +265,42 @@ def test_verify_of_a_bundle_for_absent_hardware_points_to_emulate_not_to_a_flag_
     err = capsys.readouterr().err
     assert "cannot run this bundle here" in err and "edgegen emulate BUNDLE" in err
     assert "--host-fallback on the command line" not in err
+
+
+def _costed(backend: str, precision: str, param_bytes: int, batch: int = 1) -> dict:
+    """A manifest's cost fields alone: what the roofline reads."""
+    return {"backend": backend, "precision": precision,
+            "model": {"macs": 10**8, "param_bytes": param_bytes, "activation_bytes": 4 * 10**6, "cost_batch": batch}}
+
+
+def test_the_estimate_of_a_bundle_built_at_batch_4_is_per_image_with_the_batch_said(capsys):
+    """Built with --input-shape z=4x..., the whole batch's estimate was printed as 'ms per image' (4x too high)."""
+    from edgegen.emulate import render
+
+    device = targets.load("x86-onnxruntime")
+    one, four = (roofline.estimate(_costed("onnxruntime", "fp32", 10**6, batch=b), device) for b in (1, 4))
+    four_alone = roofline.estimate(_costed("onnxruntime", "fp32", 10**6), device)  # the same costs, said as batch 1
+    assert four["latency_ms"] == pytest.approx(four_alone["latency_ms"] / 4, rel=1e-3)
+    assert four["batch"] == 4 and four["batch_latency_ms"] == four_alone["latency_ms"] and one["batch"] == 1
+    line = next(x for x in render.emulation(_report(four)).splitlines() if "estimate" in x)
+    assert f"{four['latency_ms']:.3g} ms per image (a batch of 4 in {four['batch_latency_ms']:.3g} ms)" in line
+    assert "per image (a batch" not in next(x for x in render.emulation(_report(one)).splitlines() if "estimate" in x)
+
+
+def _report(estimate: dict) -> dict:
+    return {"bundle": "b", "target": "t", "device": "d", "arch": "x86_64", "backend": "onnxruntime",
+            "precision": "fp32", "constraints": {"threads": 2, "memory_mb": 64, "accelerator_replaced_by_cpu": None},
+            "host": {"ok": False, "message": "not run"}, "estimate": estimate, "checks": [], "pass": True}
+
+
+def test_a_litert_fp16_bundle_is_costed_as_litert_computes_it_in_f32():
+    """LiteRT dequantizes fp16 weights at load and computes in f32: its fp16 estimate moved half the fp32 bytes
+    (activations at 2 bytes) for the same arithmetic."""
+    device = targets.load("rpi5-litert")  # its fp16 peak is twice fp32's: LiteRT's fp16 bundle does not reach it
+    fp32 = roofline.estimate(_costed("tflite", "fp32", 2 * 10**6), device)
+    fp16 = roofline.estimate(_costed("tflite", "fp16", 10**6), device)
+    assert (fp16["bytes"], fp16["peak_gops"], fp16["latency_ms"]) == (fp32["bytes"], fp32["peak_gops"],
+                                                                      fp32["latency_ms"])
+    assert "tflite computes fp16 bundles in fp32" in fp16["bytes_counted"]
+    ort = roofline.estimate(_costed("onnxruntime", "fp16", 10**6), targets.load("jetson-orin-onnxruntime"))
+    assert ort["bytes"] == 10**6 + 2 * 10**6 * 2  # a Jetson's fp16 activations stay at 2 bytes

@@ -35,9 +35,12 @@ def emulation(report: dict[str, Any]) -> str:
             lines.append(f"  RTL tier     {rtl['cycles']} cycles{at_fmax}; "
                          f"simulated in {rtl['latency_ms']['p50']:.0f} ms")
     e = report["estimate"]
-    lines.append(f"  estimate     {e['latency_ms']:.3g} ms per image on the device: ESTIMATE from the roofline "
-                 f"({e['bound']}-bound; {e['ops'] / 1e6:.3g} Mops at {e['peak_gops']:g} GOPS, {e['bytes'] / 1e6:.2f} "
-                 f"MB at {e['bandwidth_gbs']:g} GB/s), a lower bound"
+    batch = e.get("batch", 1)
+    per_batch = f" (a batch of {batch} in {e['batch_latency_ms']:.3g} ms)" if batch != 1 else ""
+    lines.append(f"  estimate     {e['latency_ms']:.3g} ms per image{per_batch} on the device: ESTIMATE from the "
+                 f"roofline ({e['bound']}-bound; {e['ops'] / 1e6:.3g} Mops at {e['peak_gops']:g} GOPS, "
+                 f"{e['bytes'] / 1e6:.2f} MB at {e['bandwidth_gbs']:g} GB/s{' for the batch' * (batch != 1)}), "
+                 "a lower bound"
                  + (f"; {e['uncounted']}" if "uncounted" in e else ""))
     for check in report["checks"]:
         lines.append(f"  {'PASS' if check['pass'] else 'FAIL'}  {check['name']}: {check['detail']}")

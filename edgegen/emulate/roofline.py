@@ -11,15 +11,27 @@ from ..errors import TargetError
 from ..targets import ROOFLINE_KEYS, Target
 
 ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+# (backend, precision) -> the precision the device computes it in, where another: LiteRT dequantizes an fp16
+# bundle's float16 weights once at load and computes in f32 (weights and activations at 4 bytes)
+COMPUTED_AS = {("tflite", "fp16"): "fp32"}
+
+
+def computed_precision(manifest: dict[str, Any]) -> str:
+    """The precision the bundle's backend computes in on its device (its own, or COMPUTED_AS's)."""
+    return COMPUTED_AS.get((manifest["backend"], manifest["precision"]), manifest["precision"])
 
 
 def traffic(manifest: dict[str, Any]) -> tuple[int, str]:
     """(bytes one image moves, how they were counted): the bundle's parameters once, plus every
     activation written and read once at the precision's element size: as the build recorded them, or
     from the source model where a bundle of an earlier edgegen did not and it is at hand (else inputs
-    and outputs only, a smaller lower bound)."""
-    model, precision = manifest["model"], manifest["precision"]
-    element = ELEMENT_BYTES[precision]
+    and outputs only, a smaller lower bound). At the precision the backend computes in: a LiteRT fp16
+    bundle's weights and activations in f32."""
+    model, precision, computed = manifest["model"], manifest["precision"], computed_precision(manifest)
+    element = ELEMENT_BYTES[computed]
+    params = model["param_bytes"] * element // ELEMENT_BYTES[precision] if computed != precision else \
+        model["param_bytes"]
+    how = f" ({manifest['backend']} computes {precision} bundles in {computed})" if computed != precision else ""
     source = Path(model.get("source", ""))
     if "activation_bytes" in model:
         activation_bytes = model["activation_bytes"]
@@ -33,13 +45,15 @@ def traffic(manifest: dict[str, Any]) -> tuple[int, str]:
         activation_bytes = sum(c.activation_bytes for c in costs)
     else:
         io = sum(_numel(s["default_shape"]) for s in model["inputs"] + model["outputs"])
-        return model["param_bytes"] + io * element, "parameters + inputs and outputs (source model absent)"
+        return params + io * element, "parameters + inputs and outputs (source model absent)" + how
     activations = activation_bytes // 4  # counted as fp32 elements
-    return model["param_bytes"] + 2 * activations * element, "parameters + activations written and read once"
+    return params + 2 * activations * element, "parameters + activations written and read once" + how
 
 
 def estimate(manifest: dict[str, Any], target: Target) -> dict[str, Any]:
-    """The roofline estimate of one image's latency on the target at the bundle's precision."""
+    """The roofline estimate of one image's latency on the target at the bundle's precision (at the peak of the
+    precision it computes in, where the target gives one): the cost of the batch the bundle was built for
+    (`model.cost_batch`) divided by that batch; batch_latency_ms is the whole batch's."""
     if not target.roofline:
         raise TargetError(f"{target.path}: target {target.name!r} has no 'roofline' key, so its latency cannot be "
                           f"estimated; add roofline: {{{', '.join(ROOFLINE_KEYS)}}} with a cited public source")
@@ -47,15 +61,18 @@ def estimate(manifest: dict[str, Any], target: Target) -> dict[str, Any]:
     peaks = target.roofline["peak_gops"]
     if precision not in peaks:
         raise TargetError(f"{target.path}: roofline.peak_gops has no entry for {precision} (the bundle's precision)")
+    peak = peaks.get(computed_precision(manifest), peaks[precision])
     ops = 2 * manifest["model"]["macs"]
+    batch = int(manifest["model"].get("cost_batch") or 1)
     moved, counted = traffic(manifest)
-    compute_ms = ops / (peaks[precision] * 1e9) * 1e3
+    compute_ms = ops / (peak * 1e9) * 1e3
     memory_ms = moved / (target.roofline["bandwidth_gbs"] * 1e9) * 1e3
     return {"label": "estimate (roofline: the device at its peak; real devices are slower)",
-            "latency_ms": round(max(compute_ms, memory_ms), 4), "bound": "compute" if compute_ms >= memory_ms
-            else "memory", "compute_ms": round(compute_ms, 4), "memory_ms": round(memory_ms, 4), "ops": ops,
-            "bytes": moved, "bytes_counted": counted, "peak_gops": peaks[precision],
-            "bandwidth_gbs": target.roofline["bandwidth_gbs"], "source": target.roofline["source"]}
+            "latency_ms": round(max(compute_ms, memory_ms) / batch, 4), "batch": batch,
+            "batch_latency_ms": round(max(compute_ms, memory_ms), 4),
+            "bound": "compute" if compute_ms >= memory_ms else "memory", "compute_ms": round(compute_ms, 4),
+            "memory_ms": round(memory_ms, 4), "ops": ops, "bytes": moved, "bytes_counted": counted,
+            "peak_gops": peak, "bandwidth_gbs": target.roofline["bandwidth_gbs"], "source": target.roofline["source"]}
 
 
 def _numel(shape: list) -> int:
