@@ -520,3 +520,35 @@ def test_an_activation_ram_overflow_names_the_layer_where_it_happens(tmp_path):
         build(tmp_path / "m.onnx", "fpga-sim", tmp_path / "b", precision="int8")
     message = str(caught.value)
     assert "layer 'c1'" not in message and "but the NPU has 65536 bytes" in message and "feat" in message, message
+
+
+def test_an_edited_npu_session_in_the_manifest_is_a_damaged_bundle_naming_the_key(tmp_path, cgen_path, capsys,
+                                                                                 monkeypatch):
+    """session.npu.lanes 0 was an IndexError traceback in verify; a bogus session.mode blamed EDGEGEN_FPGA_MODE
+    (unset), and emulate, which runs the functional model whatever the mode, passed it."""
+    import shutil
+
+    from edgegen.cli import main
+
+    build(cgen_path, "fpga-sim", tmp_path / "b", precision="int8")
+    cases = {"lanes 0": (("npu", "lanes"), 0, "session.npu.lanes is 0, not a positive integer"),
+             "lanes 6": (("npu", "lanes"), 6, "session.npu.lanes is 6, not a power of two"),
+             "mode": (("mode",), "warp", "session.mode is 'warp', not one of functional, rtl"),
+             "fmax 0": (("fmax_mhz",), 0, "session.fmax_mhz is 0, not a positive number")}
+    for keys, value, said in cases.values():
+        copy = tmp_path / "edited"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(tmp_path / "b", copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        place = manifest["session"]
+        for key in keys[:-1]:
+            place = place[key]
+        place[keys[-1]] = value
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        for verb in ("verify", "emulate"):
+            assert main([verb, str(copy), "--runs", "1", *(["--no-rtl"] if verb == "emulate" else [])]) == 3, said
+            out = "".join(capsys.readouterr())
+            assert f"{copy / 'manifest.json'}: {said}" in out and "a damaged or edited manifest" in out
+    monkeypatch.setenv("EDGEGEN_FPGA_MODE", "warp")
+    assert main(["verify", str(tmp_path / "b"), "--runs", "1"]) == 2
+    assert "EDGEGEN_FPGA_MODE='warp' is not an NPU mode" in capsys.readouterr().err

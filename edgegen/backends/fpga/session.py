@@ -10,13 +10,14 @@ On a board flashed with the bundle's bitstream it uploads only what the bitstrea
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...errors import BackendUnavailableError, RequestError
+from ...errors import BackendUnavailableError, DamagedBundle, RequestError
 from . import hostio, unary
 from .isa import Images, NpuConfig
 from .model import FunctionalNpu
@@ -41,6 +42,37 @@ def host_support(options: dict[str, Any]) -> tuple[bool, str]:
     return True, "NPU functional model (numpy)"
 
 
+def _npu_problem(npu: object) -> str | None:
+    """What is wrong with a manifest's session.npu (the NPU configuration the program was built for), or None."""
+    names = [f.name for f in dataclasses.fields(NpuConfig)]
+    if not isinstance(npu, dict) or set(npu) - set(names):
+        return f"session.npu is {npu!r}, not a mapping of {', '.join(names)}"
+    for key, value in npu.items():
+        if key == "wgt_single_port":
+            if not isinstance(value, bool):
+                return f"session.npu.{key} is {value!r}, not true or false"
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f"session.npu.{key} is {value!r}, not a positive integer"
+    lanes = npu.get("lanes", NpuConfig.lanes)
+    if lanes > 64 or lanes & (lanes - 1):
+        return f"session.npu.lanes is {lanes}, not a power of two from 1 to 64"
+    if npu.get("act_banks", 1) not in (1, 2):
+        return f"session.npu.act_banks is {npu['act_banks']}, not 1 or 2"
+    return None
+
+
+def session_problem(session: dict[str, Any]) -> str | None:
+    """What is wrong with the options of a manifest's session the NPU reads (npu, mode, fmax_mhz), or None."""
+    if "npu" not in session:
+        return "session.npu is missing"
+    if session.get("mode", "functional") not in MODES:
+        return f"session.mode is {session['mode']!r}, not one of {', '.join(MODES)}"
+    fmax = session.get("fmax_mhz")
+    if fmax is not None and (isinstance(fmax, bool) or not isinstance(fmax, (int, float)) or not 0 < fmax < 1e6):
+        return f"session.fmax_mhz is {fmax!r}, not a positive number of MHz"
+    return _npu_problem(session["npu"])
+
+
 def open_device(mode: str, config: NpuConfig) -> Transport:
     """A fresh NPU of this configuration: the functional model or the RTL simulation."""
     if mode == "functional":
@@ -48,8 +80,17 @@ def open_device(mode: str, config: NpuConfig) -> Transport:
     if mode == "rtl":
         from .rtlsim import RtlNpu
         return RtlNpu(config)
-    raise BackendUnavailableError(f"unknown NPU mode {mode!r} (from {MODE_ENV} or the target's backend_options.mode); "
-                                  f"use one of {', '.join(MODES)}, or pass a board transport")
+    raise BackendUnavailableError(f"unknown NPU mode {mode!r}; use one of {', '.join(MODES)}, or pass a board "
+                                  "transport")
+
+
+def _env_mode() -> str | None:
+    """EDGEGEN_FPGA_MODE, checked (None where unset or empty)."""
+    mode = os.environ.get(MODE_ENV)
+    if mode and mode not in MODES:
+        raise BackendUnavailableError(f"{MODE_ENV}={mode!r} is not an NPU mode; set it to one of {', '.join(MODES)}, "
+                                      "or unset it to run the mode the bundle records")
+    return mode or None
 
 
 class Session:
@@ -60,9 +101,12 @@ class Session:
     def __init__(self, bundle_dir: Path, session: dict[str, Any], threads: int, host_fallback: bool = False,
                  transport: Transport | None = None, mode: str | None = None):
         bundle_dir = Path(bundle_dir)
+        problem = session_problem(session)
+        if problem:
+            raise DamagedBundle(f"{bundle_dir / 'manifest.json'}: {problem} (a damaged or edited manifest); rebuild "
+                                "the bundle or copy it again")
         self.config = NpuConfig(**session["npu"])
-        self.mode = "board" if transport is not None else (mode or os.environ.get(MODE_ENV)
-                                                            or session.get("mode", "functional"))
+        self.mode = "board" if transport is not None else (mode or _env_mode() or session.get("mode", "functional"))
         self.device = transport or open_device(self.mode, self.config)
         self.inputs, self.outputs = session["inputs"], session["outputs"]
         self.output_names = [o["name"] for o in self.outputs]
