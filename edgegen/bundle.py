@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import BuildError, BundleError, DamagedBundle, OutputPathError
-from .fileio import as_created, output_place, owner, remove_orphans, write_text
+from .fileio import (as_created, check_name_lengths, fsync_path, orphans, output_place, owner, remove_orphans,
+                     short_name, write_text)
 from .specs import spec_problem
 
 MANIFEST = "manifest.json"
@@ -143,11 +144,18 @@ def _kind_problem(manifest: dict[str, Any]) -> str | None:
         if section in manifest and not isinstance(manifest[section], dict):
             return f"{section} is {manifest[section]!r}, not a mapping"
     tolerance = manifest["reference"].get("tolerance")  # the self-test's criteria: an empty one would pass anything
-    criteria = {"max_abs", "min_psnr_db"}
-    if not isinstance(tolerance, dict) or not criteria & set(tolerance) or set(tolerance) - criteria or any(
+    criteria, own_key = {"max_abs", "min_psnr_db"}, "output_min_psnr_db"  # own: {output: dB} beside the images
+    plain = {k: v for k, v in tolerance.items() if k != own_key} if isinstance(tolerance, dict) else None
+    if not isinstance(plain, dict) or not criteria & set(plain) or set(plain) - criteria or any(
             isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")
-            for v in tolerance.values()):
+            for v in plain.values()):
         return f"reference.tolerance is {tolerance!r}, not max_abs and/or min_psnr_db as positive finite numbers"
+    own, names = tolerance.get(own_key, {}), [o["name"] for o in manifest["model"]["outputs"]]
+    if not isinstance(own, dict) or set(own) - set(names) or any(  # may be <= 0: over an unbounded output's unit range
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not -float("inf") < v < float("inf")
+            for v in own.values()):
+        return (f"reference.tolerance.{own_key} is {own!r}, not a mapping of the model's outputs "
+                f"({', '.join(names)}) to finite PSNRs in dB")
     return None
 
 
@@ -189,7 +197,10 @@ def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
 
 def check_output_dir(out: Path) -> None:
     """Refuse to build into a directory that holds anything but an edgegen bundle (a bundle is replaced
-    whole, so a file its manifest does not list would be lost), or that holds the working directory."""
+    whole, so a file its manifest does not list would be lost), that holds the working directory, or whose
+    name is longer than its file system takes. A symbolic link is followed: the bundle it points to is checked."""
+    check_name_lengths(out)
+    out = followed(out)
     if out.exists() and not out.is_dir():
         raise BuildError(f"{out}: exists and is not a directory. Choose another --out.")
     if Path.cwd().resolve().is_relative_to(out.resolve()):
@@ -214,14 +225,37 @@ def unlisted_files(path: Path) -> list[str]:
                   if rel not in listed)
 
 
+def followed(out: Path) -> Path:
+    """out, or where it is a symbolic link (a `current -> v7` deployment link), the path it points to: the
+    bundle is published there and the link is kept (swapping the link itself away lost it)."""
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
+
+
 def staging_dir(out: Path) -> Path:
     """A fresh temporary directory beside out (same filesystem, so the final move is a rename), named
     after this host and process; earlier ones of processes that died without cleaning up are removed."""
+    out = followed(out)
     with output_place(out):
-        remove_orphans(out.parent, f".{out.name}.", r"\.[^.]+\.tmp")  # staging beside out
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{owner()}.", suffix=".tmp", dir=out.parent))
+        _clean_beside(out)
+        staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), suffix=".tmp", dir=out.parent))
     as_created(staging, directory=True)
     return staging
+
+
+def _temp_prefix(out: Path) -> str:
+    """The start of the names of out's temporaries (staging, a retired old bundle): this host's and process's
+    tag after out's name, shortened where long (a 240-byte --out name gave an over-long staging name)."""
+    return f".{short_name(out.name)}.{owner()}."
+
+
+def _clean_beside(out: Path) -> None:
+    """Remove the staging and retired directories beside out of processes that died; a retired bundle whose
+    process died between publish's two renames, out missing, is put back first."""
+    prefix = f".{short_name(out.name)}."
+    for retired in orphans(out.parent, prefix, r"\.[^.]+\.old"):
+        if not os.path.lexists(out):
+            os.replace(retired, out)
+    remove_orphans(out.parent, prefix, r"\.[^.]+\.(tmp|old)")
 
 
 def file_hashes(directory: Path) -> dict[str, str]:
@@ -260,17 +294,49 @@ def write_manifest(staging: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 def publish(staging: Path, out: Path) -> None:
     """Move a finished staging directory to out, replacing an older bundle there: in one atomic swap
     where the filesystem offers it (Linux renameat2), so out always holds a whole bundle, old or new,
-    whenever the process stops; elsewhere by two renames."""
+    whenever the process stops; elsewhere by two renames. A symbolic link at out is followed (see
+    `followed`). The new bundle's files and directories are synced to the disk before the swap, and the
+    swap after it, so a power loss cannot leave out naming files whose data never reached the disk."""
     check_output_dir(out)
-    if not out.exists():
-        os.replace(staging, out)
-    elif _exchange(staging, out):
-        shutil.rmtree(staging, ignore_errors=True)  # it now holds the old bundle
-    else:
-        retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.rmdir(retired)
+    out = followed(out)
+    _sync_tree(staging)
+    try:
+        if not out.exists():
+            os.replace(staging, out)
+        elif _exchange(staging, out):
+            shutil.rmtree(staging, ignore_errors=True)  # it now holds the old bundle
+        else:
+            _replace_by_renames(staging, out)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        raise OutputPathError(f"{out}: its file system will not move this directory (Invalid cross-device link: "
+                              "a directory in a container image's lower overlayfs layer, for one), so edgegen cannot "
+                              "replace it; the bundle there is unchanged. Copy the bundle into a writable directory "
+                              f"(cp -a {out} NEW) and update the copy, or build to another --out.") from None
+    fsync_path(out.parent, directory=True)
+
+
+def _sync_tree(root: Path) -> None:
+    """fsync every file under root and every directory, root last, in one walk."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fsync_path(os.path.join(folder, name))
+        fsync_path(folder, directory=True)
+
+
+def _replace_by_renames(staging: Path, out: Path) -> None:
+    """Replace out by staging without an exchange: out is moved aside (named like staging, so a killed
+    process's is found by `_clean_beside`), staging moved in, the old one removed; where the second rename
+    does not happen (an error, Ctrl-C, SIGTERM), the old bundle is put back."""
+    retired = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), suffix=".old", dir=out.parent))
+    os.rmdir(retired)
+    try:
         os.replace(out, retired)
         os.replace(staging, out)
+    finally:
+        if not os.path.lexists(out) and os.path.lexists(retired):
+            os.replace(retired, out)
         shutil.rmtree(retired, ignore_errors=True)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -45,14 +47,68 @@ def alive(pid: int) -> bool:
     return True
 
 
-def remove_orphans(parent: Path, prefix: str, rest: str) -> None:
-    """Remove the directories `prefix<host>-<pid><rest>` in parent (rest: a regular expression) that a process of
-    this host which is no longer running left behind (kill -9, a cancelled Ray task's worker, power loss)."""
+def orphans(parent: Path, prefix: str, rest: str) -> list[Path]:
+    """The directories `prefix<host>-<pid><rest>` in parent (rest: a regular expression) that a process of this
+    host which is no longer running left behind (kill -9, a cancelled Ray task's worker, power loss)."""
     pattern = re.compile(rf"{re.escape(prefix)}{owner_pattern()}{rest}")
+    found = []
     for candidate in parent.glob(f"{glob.escape(prefix)}*"):
         match = pattern.fullmatch(candidate.name)
         if match and candidate.is_dir() and not candidate.is_symlink() and not alive(int(match.group(1))):
-            shutil.rmtree(candidate, ignore_errors=True)
+            found.append(candidate)
+    return found
+
+
+def remove_orphans(parent: Path, prefix: str, rest: str) -> None:
+    """Remove the orphans (see `orphans`) in parent."""
+    for candidate in orphans(parent, prefix, rest):
+        shutil.rmtree(candidate, ignore_errors=True)
+
+
+SHORT_NAME = 96  # bytes of a name kept in its temporaries' names: the rest is a hash
+
+
+def short_name(name: str) -> str:
+    """A name for temporaries beside `name`: the name itself, or where it is long its first bytes and a hash
+    of the whole, so a temporary's longer name stays within the file system's limit (255 bytes)."""
+    raw = os.fsencode(name)
+    if len(raw) <= SHORT_NAME:
+        return name
+    return f"{raw[:SHORT_NAME - 17].decode('utf-8', 'ignore')}~{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
+def name_max(path: Path) -> int:
+    """The longest file name (bytes) the file system holding path (or its nearest existing ancestor) takes."""
+    for place in (path, *path.absolute().parents):
+        if place.is_dir():
+            try:
+                return os.pathconf(place, "PC_NAME_MAX")
+            except (OSError, ValueError):
+                break
+    return 255
+
+
+def check_name_lengths(path: Path) -> None:
+    """OutputPathError where a name on path is longer than its file system takes (found before any work)."""
+    limit = name_max(path.parent)
+    long = next((part for part in path.parts if len(os.fsencode(part)) > limit), None)
+    if long is not None:
+        raise OutputPathError(f"{path}: the name {long[:40]}... is {len(os.fsencode(long))} bytes, longer than the "
+                              f"{limit} its file system takes. Choose a shorter name.")
+
+
+def fsync_path(path: str | Path, directory: bool = False) -> None:
+    """Flush a file's (or a directory's entries') data to the disk, so a rename after it cannot reach the disk
+    before the data it names (a power loss left zero-length files otherwise); a file system that cannot sync
+    this kind of file (EINVAL) is let be."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
 
 
 def as_created(path: str | Path, directory: bool = False) -> None:
@@ -66,6 +122,7 @@ def output_place(path: Path) -> Iterator[None]:
     """Create the directory `path` goes in, then run the block that creates its temporary beside it;
     OutputPathError where that place cannot hold a file (a directory on the path is a file; a file
     system such as /proc creates none). Errors of the medium (read-only, full) pass on as they are."""
+    check_name_lengths(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield
@@ -77,16 +134,22 @@ def output_place(path: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces `path`, on failure it is removed."""
+    """Yield a temporary path to write; on success it replaces `path` (its data and the rename synced to the
+    disk), on failure it is removed."""
     path = Path(path)
     with output_place(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if path.is_dir():  # found before the temporary is written (its rename failed with IsADirectoryError)
+            raise OutputPathError(f"{path}: is a directory; give a file name (e.g. {path / ('out' + path.suffix)}) "
+                                  "or another path")
+        fd, tmp = tempfile.mkstemp(prefix=f".{short_name(path.name)}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         if os.path.isfile(tmp):
             as_created(tmp)
+            fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent, directory=True)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

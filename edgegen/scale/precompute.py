@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from ..bundle import MANIFEST, ASSETS_DIR
 from ..errors import BuildError, BundleError
-from ..fileio import owner, remove_orphans
+from ..fileio import owner, remove_orphans, short_name
 from ..precompute import KeptAssets, Progress, render_new, render_threads
 from ..runtime.assets import AssetPack, write_pack
 from . import cluster
@@ -57,8 +57,9 @@ def render_assets_on_ray(gen, requests: list[dict[str, Any]], staging: Path, ren
         files = [ray.put(_bundle_files(gen.path, gen.manifest))]
         skip = ray.put(kept.keys)
         actors = [actor_cls.remote(gen.content_hash, threads) for _ in range(count)]
-        remove_orphans(gen.path.parent, f".{gen.path.name}.", r"\.[^.]+\.shards")  # a killed run's (SIGKILL, OOM)
-        shard_dir = Path(tempfile.mkdtemp(prefix=f".{gen.path.name}.{owner()}.", suffix=".shards",
+        name = short_name(gen.path.name)  # a long bundle name's temporary name stays within the limit
+        remove_orphans(gen.path.parent, f".{name}.", r"\.[^.]+\.shards")  # a killed run's (SIGKILL, OOM)
+        shard_dir = Path(tempfile.mkdtemp(prefix=f".{name}.{owner()}.", suffix=".shards",
                                           dir=gen.path.parent))
         try:
             pool = ray.util.ActorPool(actors)
