@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Container, Iterator
 
 from . import backends, bundle
-from .errors import BuildError, EdgegenError
+from .errors import BuildError, DamagedBundle, EdgegenError
 from .image_files import IMAGE_SUFFIXES
 from .runtime.assets import DIR as ASSETS_DIR, AssetPack, write_pack
 
@@ -274,9 +274,10 @@ def _add_assets(out: Path, requests: list[dict[str, Any]], requests_path: str | 
 
     report = progress or (lambda stage, done, total: None)
     old = Generator.open(out, threads=render_threads(bundle.read_manifest(out)), host_fallback=True, cache_bytes=0,
-                         feature_cache_bytes=0)
+                         feature_cache_bytes=0, assets=False)
     bundle.check_output_dir(out)
-    kept = KeptAssets(old.assets)
+    pack = _usable_assets(old)
+    kept = KeptAssets(pack)
     if kept.dropped:
         log.warning("%s: %d damaged asset(s) dropped (re-rendered if the request file names them)", out, kept.dropped)
     staging = bundle.staging_dir(out)
@@ -293,13 +294,28 @@ def _add_assets(out: Path, requests: list[dict[str, Any]], requests_path: str | 
         manifest["assets"] = {"count": count, "rendered_on": rendered_on(old.manifest),
                               "requests": str(Path(requests_path))}
         bundle.write_manifest(staging, manifest)
-        if old.assets is not None:
-            old.assets.close()
+        if pack is not None:
+            pack.close()
         bundle.publish(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return manifest["assets"]
+
+
+def _usable_assets(gen) -> AssetPack | None:
+    """The bundle's asset pack, or None where it has none or one the runtime refuses (pack.bin missing, an index
+    rendered for another artifact): those assets are dropped, with a warning, and the requests render anew (the
+    runtime's error advises this command; opening the bundle as the runtime does refused it the same way)."""
+    if not AssetPack.present(gen.path):
+        return None
+    try:
+        return AssetPack(gen.path, gen.content_hash)
+    except DamagedBundle as exc:
+        count = gen.manifest.get("assets", {}).get("count", "its")
+        log.warning("%s: %s precomputed asset(s) dropped, unusable (%s); the request file's are rendered anew",
+                    gen.path, count, str(exc).split("; rerun")[0])
+        return None
 
 
 def _copy_bundle(src: Path, dst: Path) -> None:

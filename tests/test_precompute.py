@@ -122,6 +122,32 @@ def test_damaged_pack_entry_is_recomputed_not_served(tmp_path, asset_bundle):
     assert main(["verify", str(missing), "--runs", "1"]) == 3  # was 2 where emulate said 3
 
 
+@pytest.mark.parametrize("damage", ["pack.bin missing", "an index rendered for another artifact"])
+def test_precompute_renders_anew_the_assets_the_runtime_refuses(tmp_path, asset_bundle, caplog, damage):
+    """The runtime's error for these says "rerun `edgegen precompute`", and precompute refused the bundle with
+    the same error (it opened it as the runtime does): only a full rebuild got out."""
+    import hashlib
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(asset_bundle, copy)
+    if damage == "pack.bin missing":
+        (copy / "assets/pack.bin").unlink()
+    else:  # an asset directory copied from another build of the model
+        index = {**json.loads((copy / "assets/index.json").read_text()), "content_hash": "0" * 64}
+        (copy / "assets/index.json").write_text(json.dumps(index))
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["files"]["assets/index.json"] = hashlib.sha256((copy / "assets/index.json").read_bytes()).hexdigest()
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="rerun `edgegen precompute"):
+        Generator.open(copy)
+    (tmp_path / "r.yaml").write_text("[{seed: 2, label: 1}]\n")
+    assert main(["precompute", str(copy), str(tmp_path / "r.yaml")]) == 0
+    assert "9 precomputed asset(s) dropped, unusable" in caplog.text
+    gen = Generator.open(copy)
+    assert len(gen.assets) == 1 and gen.render([{"seed": 2, "label": 1}])[0].served_by == "asset"
+
+
 def test_precompute_verb_adds_assets_atomically(tmp_path, capsys, glyph_path):
     out = tmp_path / "b"
     build(glyph_path, "x86-onnxruntime", out)
