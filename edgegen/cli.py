@@ -187,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_integer(0, 65535), default=8080, help="TCP port (default 8080; 0: any free port)")
     p.add_argument("--threads", type=_integer(1), help="intra-op threads (default: the target's)")
     p.add_argument("--max-batch", type=_integer(1), default=8, help="micro-batcher: most requests per backend call")
-    p.add_argument("--max-delay-us", type=_integer(0), default=2000,
+    p.add_argument("--max-delay-us", type=_max_delay_us, default=2000,
                    help="micro-batcher: longest wait for a batch to fill")
     p.add_argument("--cache-mb", type=_mebibytes, default=64, help="in-memory LRU budget (MiB; 0: off)")
     p.add_argument("--disk-cache", help="directory of an on-disk cache (off by default)")
@@ -266,6 +266,13 @@ def _file_to_write(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name (e.g. "
                                          f"{text.rstrip('/')}/report.json)")
     return text
+
+
+def _max_delay_us(text: str) -> int:
+    """An argparse type: the micro-batcher's delay, 0..MAX_DELAY_US (imported only when the option is given)."""
+    from .runtime.batcher import MAX_DELAY_US
+
+    return _integer(0, MAX_DELAY_US)(text)
 
 
 def _integer(low: int, high: int | None = None) -> Callable[[str], int]:

@@ -427,6 +427,29 @@ def test_a_cut_short_pack_still_serves_by_computing(bundles, tmp_path, caplog):
     np.testing.assert_array_equal(got.pixels, Generator.open(bundles / "glyph").generate(seed=7, label=1))
 
 
+@pytest.mark.parametrize("cut", ["assets/pack.bin", "assets/table.bin"])
+def test_asset_files_cut_short_in_place_while_open_are_computed_not_a_sigbus(bundles, tmp_path, cut):
+    """A copy over a served bundle truncates its mapped files in place: the next read past their new end was a
+    SIGBUS that killed the server, with nothing logged. Run in a child process, so that a SIGBUS fails this test
+    instead of ending the test run."""
+    copy = tmp_path / "glyph"
+    shutil.copytree(bundles / "glyph", copy)
+    script = f"""
+import os, numpy as np
+from edgegen.runtime import Generator
+gen = Generator.open({str(copy)!r}, cache_bytes=0)
+assert gen.render([{{"seed": 7, "label": 1}}])[0].served_by == "asset"
+os.truncate({str(copy / cut)!r}, 1)
+got = gen.render([{{"seed": 7, "label": 1}}])[0]
+expected = Generator.open({str(bundles / "glyph")!r}, cache_bytes=0, assets=False).generate(seed=7, label=1)
+assert got.served_by == "computed" and np.array_equal(got.pixels, expected), got.served_by
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
+    assert f"{cut.split('/')[1]} was cut short while the bundle was open" in done.stderr
+
+
 def test_bind_problems_are_bind_errors(server, bundles):
     gen = Generator.open(bundles / "glyph")
     port = urlparse(server.url).port
@@ -442,7 +465,8 @@ def test_bind_problems_are_bind_errors(server, bundles):
     ("--port", "99999", "argument --port: 99999 is out of range; use 0..65535"),
     ("--port", "-1", "argument --port: -1 is out of range; use 0..65535"),
     ("--max-batch", "0", "argument --max-batch: 0 is out of range; use >= 1"),
-    ("--max-delay-us", "-100", "argument --max-delay-us: -100 is out of range; use >= 0"),
+    ("--max-delay-us", "-100", "argument --max-delay-us: -100 is out of range; use 0..60000000"),
+    ("--max-delay-us", "100000000000000000", "out of range; use 0..60000000"),  # the batcher's wait overflowed
     ("--threads", "0", "argument --threads: 0 is out of range; use >= 1"),
     ("--threads", "two", "argument --threads: 'two' is not an integer; use >= 1"),
     ("--cache-mb", "-1", "argument --cache-mb: '-1' is not a budget; give MiB >= 0"),

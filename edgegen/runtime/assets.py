@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import mmap
+import os
 import struct
 import threading
 from pathlib import Path
@@ -103,7 +104,7 @@ class AssetPack:
 
     def get(self, key: str, count_miss: bool = True) -> np.ndarray | None:
         """The asset for a key (a private copy), or None when absent or damaged."""
-        found = self._find(key)
+        found = self._find(key) if self._files_intact() else None
         array = self._read(found) if found is not None else None
         with self._lock:
             if array is None:
@@ -118,6 +119,9 @@ class AssetPack:
         orders = _records(self._table)["order"].copy()  # a copy: no view of the mapping outlives this line
         occupied = np.flatnonzero(orders != EMPTY)
         for slot in occupied[np.argsort(orders[occupied])]:
+            if not self._files_intact():
+                raise DamagedBundle(f"{self._dir / PACK}: the asset files were cut short while being read; copy "
+                                    "the bundle again, then rerun `edgegen precompute`")
             fields = SLOT.unpack_from(self._table, int(slot) * SLOT.size)
             yield fields[0].hex(), requests[fields[5]], self._read(fields)
 
@@ -130,6 +134,20 @@ class AssetPack:
         self._maps = []
 
     # -- reading ------------------------------------------------------------------------------------
+    def _files_intact(self) -> bool:
+        """Whether the mapped files still hold every byte mapped: a read past the end of a file cut short in
+        place (a copy or rsync --inplace over a served bundle) is a SIGBUS that kills the process. Once one
+        is cut short, the pack serves nothing (its requests are computed) and says so once."""
+        for file, mapping in self._maps:
+            if os.fstat(file.fileno()).st_size < len(mapping):
+                with self._lock:
+                    if self._slots:
+                        log.warning("%s was cut short while the bundle was open; its precomputed assets are "
+                                    "computed on request until the bundle is opened again", file.name)
+                    self._slots = 0
+                return False
+        return True
+
     def _find(self, key: str) -> tuple | None:
         """The fields of a key's slot: linear probing from the slot its first 8 bytes name."""
         if not self._slots:

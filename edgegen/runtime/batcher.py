@@ -34,12 +34,16 @@ class _Bucket:
     waiting: OrderedDict = field(default_factory=OrderedDict)  # key -> (request, [futures])
 
 
+MAX_DELAY_US = 60_000_000  # a minute: a batch held longer only keeps its requests waiting (and past about 9e15 us
+# the worker's wait overflows)
+
+
 class MicroBatcher:
     """Serves requests through a Generator, merging concurrent misses into batches."""
 
     def __init__(self, generator: Generator, max_batch: int = 8, max_delay_us: int = 2000, max_pending: int = 1024):
-        if max_batch < 1 or max_delay_us < 0:
-            raise ValueError("max_batch must be >= 1 and max_delay_us >= 0")
+        if max_batch < 1 or not 0 <= max_delay_us <= MAX_DELAY_US:
+            raise ValueError(f"max_batch must be >= 1 and max_delay_us 0..{MAX_DELAY_US}")
         self.generator = generator
         self.max_batch = max_batch
         self.max_delay = max_delay_us / 1e6
