@@ -568,3 +568,23 @@ def test_run_from_one_thread_and_generate_from_another_share_no_backend_call(ov_
     for thread in threads:
         thread.join()
     assert not wrong and not errors, (wrong[:5], errors[:5])
+
+
+def test_an_openvino_weights_file_changed_in_place_under_an_open_generator_changes_nothing(ov_bundle, tmp_path):
+    """OpenVINO maps model.bin: a copy over an open bundle changed the pixels it served (and one cut short was
+    a SIGBUS); the weights are read into memory when the bundle opens."""
+    import os
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(ov_bundle, copy)
+    gen = Generator.open(copy, cache_bytes=0, assets=False)
+    before = gen.generate(seed=5, label=3)
+    weights = copy / "model.bin"
+    with open(weights, "r+b") as file:  # in place, as cp over the file does
+        data = bytearray(file.read())
+        file.seek(0)
+        file.write(bytes(b ^ 0x55 for b in data))
+    assert np.array_equal(gen.generate_batch([{"seed": 5, "label": 3}] * 3)[2], before)  # a batch: a new compile
+    os.truncate(weights, 1)
+    assert np.array_equal(gen.generate(seed=5, label=3), before)

@@ -52,14 +52,18 @@ class Session:
                                   "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[session["precision"]]}
         if device == "CPU":
             config.update({"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1})
-        core, path = ov.Core(), str(Path(bundle_dir) / session["entry"])
+        core = ov.Core()
+        # the IR read once, its weights into memory: mapped (the default), a model.bin changed in place under an
+        # open session changed its pixels, one cut short was a SIGBUS; later compiles read no file again
+        core.set_property({"ENABLE_MMAP": False})
+        model = core.read_model(str(Path(bundle_dir) / session["entry"]))
         # a model whose only dynamic dimension is the batch runs each batch size (up to STATIC_BATCHES of them)
         # through a static compile for it, compiled on its first call: the plugin runs the zoo's glyphtiny int8
         # in 176 us at batch 1 instead of 246 dynamic, 1061 us at batch 8 instead of 1389; other shapes through
         # the dynamic model
-        self._per_sample = _per_sample_shapes(core.read_model(path))
+        self._per_sample = _per_sample_shapes(model)
         self._compile = lambda kind: core.compile_model(
-            path if kind == "any" else _with_batch(core.read_model(path), self._per_sample, kind), device, config)
+            model if kind == "any" else _with_batch(model.clone(), self._per_sample, kind), device, config)
         self._primary: int | str = 1 if self._per_sample is not None else "any"
         self._ready: dict[int | str, tuple[Any, Any]] = {}
         self._ready_for(self._primary)
