@@ -10,6 +10,7 @@ import numpy as np
 from .errors import DamagedBundle
 
 FILE = "reference.npz"
+OWN_PSNR = "output_min_psnr_db"  # tolerance key: {output: dB} for the outputs the images' min_psnr_db does not cover
 
 
 def save(directory: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> str:
@@ -17,6 +18,31 @@ def save(directory: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.n
     np.savez(directory / FILE, **{f"input:{k}": v for k, v in inputs.items()},
              **{f"output:{k}": v for k, v in outputs.items()})
     return FILE
+
+
+def delivered(spec: Any, array: np.ndarray) -> np.ndarray:
+    """An output as run() gives it (a float16 export's in float16, a uint8 export's pixels rounded), back in the
+    bundle's layout as float32: the form the build measures fidelity in (passes.floor.delivered, numpy only)."""
+    return spec.from_source(spec.to_source(array)).astype(np.float32)
+
+
+def criteria(tolerance: dict[str, Any], names: list[str], covered: set[str]) -> dict[str, dict[str, float]]:
+    """Each output's self-test criteria from a manifest's tolerance: max_abs on every output; min_psnr_db on the
+    outputs it covers (the images: metrics.quality_outputs), each other output (a score beside an image) its own
+    figure in output_min_psnr_db. A bundle built before that was recorded has none: that output is unchecked ({})."""
+    own = tolerance.get(OWN_PSNR, {})
+    result = {}
+    for name in names:
+        wanted = {"max_abs": tolerance["max_abs"]} if "max_abs" in tolerance else {}
+        psnr = tolerance.get("min_psnr_db") if name in covered else own.get(name)
+        result[name] = wanted if psnr is None else {**wanted, "min_psnr_db": psnr}
+    return result
+
+
+def meets(report: dict[str, float], wanted: dict[str, float]) -> bool:
+    """Whether an output's numbers (compare's) meet its criteria (NaN meets none)."""
+    return bool(report["max_abs"] <= wanted.get("max_abs", float("inf"))
+                and report["psnr_db"] >= wanted.get("min_psnr_db", float("-inf")))
 
 
 def load(directory: Path, manifest: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -304,3 +304,99 @@ def test_a_litert_fp16_bundle_is_costed_as_litert_computes_it_in_f32():
     assert "tflite computes fp16 bundles in fp32" in fp16["bytes_counted"]
     ort = roofline.estimate(_costed("onnxruntime", "fp16", 10**6), targets.load("jetson-orin-onnxruntime"))
     assert ort["bytes"] == 10**6 + 2 * 10**6 * 2  # a Jetson's fp16 activations stay at 2 bytes
+
+
+def _scored_model(tmp_path: Path, half: bool = False) -> Path:
+    """x [N,3,8,8] -> conv -> tanh: an image y; and score [N,1] = 1000 + 100 * mean(x), unbounded (no range).
+    half: exported in float16 (model.half()), image only."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    kind, dtype = (TensorProto.FLOAT16, np.float16) if half else (TensorProto.FLOAT, np.float32)
+    weights = np.random.default_rng(0).normal(0, 0.3, (3, 3, 3, 3)).astype(dtype)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Tanh", ["c"], ["y"])]
+    inits = [numpy_helper.from_array(weights, "w")]
+    outputs = [helper.make_tensor_value_info("y", kind, ["N", 3, 8, 8])]
+    if not half:
+        nodes += [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2, 3], keepdims=0),
+                  helper.make_node("Unsqueeze", ["m", "one"], ["m1"]),
+                  helper.make_node("Mul", ["m1", "hundred"], ["m2"]),
+                  helper.make_node("Add", ["m2", "base"], ["score"])]
+        inits += [numpy_helper.from_array(np.array([1], np.int64), "one"),
+                  numpy_helper.from_array(np.float32(100), "hundred"),
+                  numpy_helper.from_array(np.float32(1000), "base")]
+        outputs.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1]))
+    graph = helper.make_graph(nodes, "scored", [helper.make_tensor_value_info("x", kind, ["N", 3, 8, 8])], outputs,
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / ("half.onnx" if half else "scored.onnx")
+    onnx.save(model, str(path))
+    return path
+
+
+def _edit_manifest(bundle: Path, edit) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    edit(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_score_beside_an_image_is_held_to_its_own_criterion_in_a_reduced_precision_self_test(tmp_path, capsys):
+    """Only image outputs were held to min_psnr_db (and max_abs is fp32's): a score off by 6000 printed PASS."""
+    import numpy as np
+
+    from edgegen.bundle import sha256_file
+    from edgegen.emulate.render import summary_rows
+    from edgegen.runtime import Generator
+
+    bundle = tmp_path / "b"
+    build(_scored_model(tmp_path), "x86-onnxruntime", bundle, precision="fp16")
+    tolerance = json.loads((bundle / "manifest.json").read_text())["reference"]["tolerance"]
+    assert set(tolerance) == {"min_psnr_db", "output_min_psnr_db"} and set(tolerance["output_min_psnr_db"]) == {"score"}
+    test = Generator.open(bundle).self_test()
+    assert test["pass"] and test["outputs"]["score"]["tolerance"] == {"min_psnr_db": tolerance["output_min_psnr_db"]
+                                                                       ["score"]}
+    report = emulate(bundle, runs=1)  # the summary's min PSNR is the image's, not the score's beside it
+    image = report["host"]["self_test"]["outputs"]["y"]["psnr_db"]
+    report["host"]["self_test"]["outputs"]["score"]["psnr_db"] = 1.71  # as OpenVINO fp16's score read: a PASS at 1.71
+    row = summary_rows([{"target": "x86-onnxruntime", "bundle": str(bundle), "report": report}])[1]
+    assert f" {image:.2f} " in row and "1.71" not in row
+
+    wrong = tmp_path / "wrong"  # a device computing a wrong score looks like this reference
+    shutil.copytree(bundle, wrong)
+    with np.load(wrong / "reference.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["output:score"] = np.full_like(arrays["output:score"], -5000)
+    np.savez(wrong / "reference.npz", **arrays)
+    _edit_manifest(wrong, lambda m: m["files"].update({"reference.npz": sha256_file(wrong / "reference.npz")}))
+    assert main(["verify", str(wrong), "--runs", "1"]) == 3
+    out = capsys.readouterr().out
+    assert "PASS  y:" in out and "FAIL  score:" in out and "SSIM nan" not in out
+    assert main(["emulate", str(wrong), "--runs", "1"]) == 3
+
+    old = tmp_path / "old"  # built before the key: it opens and passes, its score said to be unchecked
+    shutil.copytree(bundle, old)
+    _edit_manifest(old, lambda m: m["reference"]["tolerance"].pop("output_min_psnr_db"))
+    assert main(["verify", str(old), "--runs", "1"]) == 0
+    assert "score: PSNR" in (out := capsys.readouterr().out) and "(unchecked: the bundle records no criterion" in out
+    for value, said in (({"image": 10.0}, "not a mapping of the model's outputs (y, score)"),
+                        ({"score": "10"}, "to finite PSNRs in dB"), ([10.0], "output_min_psnr_db is [10.0]")):
+        _edit_manifest(old, lambda m: m["reference"]["tolerance"].update({"output_min_psnr_db": value}))
+        assert main(["verify", str(old), "--runs", "1"]) == 3
+        assert said in "".join(capsys.readouterr())
+
+
+def test_the_self_test_of_a_float16_export_measures_what_run_gives_as_the_build_does(tmp_path):
+    """The self-test compared the float32 outputs before run()'s cast to float16 (LiteRT: 153 dB), the build
+    what run() gives, both in float16 (here identical: 200 dB)."""
+    import numpy as np
+
+    from edgegen import reference
+    from edgegen.runtime import Generator
+
+    bundle = tmp_path / "b"
+    built = build(_scored_model(tmp_path, half=True), "x86-litert", bundle, precision="fp16")
+    gen = Generator.open(bundle)
+    feeds, _ = reference.load(bundle, gen.manifest)
+    assert gen.run(feeds)["y"].dtype == np.float16
+    assert gen.self_test()["outputs"]["y"]["psnr_db"] == built.fidelity["outputs"]["y"]["psnr_db"]
