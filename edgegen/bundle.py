@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import BuildError, BundleError, DamagedBundle, OutputPathError
-from .fileio import (as_created, check_name_lengths, fsync_path, orphans, output_place, owner, remove_orphans,
+from .fileio import (as_created, check_name_lengths, followed, fsync_path, orphans, output_place, owner, remove_orphans,
                      short_name, write_text)
 from .specs import spec_problem
 
@@ -219,16 +219,12 @@ def check_output_dir(out: Path) -> None:
 
 
 def unlisted_files(path: Path) -> list[str]:
-    """Files under a bundle directory that its manifest does not list (the user's own)."""
+    """Files under a bundle directory that its manifest does not list (the user's own), and symbolic links (one
+    to a directory of the user's data, not counted as a file, was removed with the old bundle)."""
     listed = set(json.loads((path / MANIFEST).read_text()).get("files", {})) | {MANIFEST}
-    return sorted(rel for rel in (p.relative_to(path).as_posix() for p in path.rglob("*") if not p.is_dir())
+    return sorted(rel for rel in (p.relative_to(path).as_posix() for p in path.rglob("*")
+                                  if p.is_symlink() or not p.is_dir())
                   if rel not in listed)
-
-
-def followed(out: Path) -> Path:
-    """out, or where it is a symbolic link (a `current -> v7` deployment link), the path it points to: the
-    bundle is published there and the link is kept (swapping the link itself away lost it)."""
-    return Path(os.path.realpath(out)) if out.is_symlink() else out
 
 
 def staging_dir(out: Path) -> Path:

@@ -97,6 +97,12 @@ def check_name_lengths(path: Path) -> None:
                               f"{limit} its file system takes. Choose a shorter name.")
 
 
+def followed(path: Path) -> Path:
+    """path, or where it is a symbolic link (a `current -> v7` deployment link, `latest.png -> r001.png`), the
+    path it points to: that is written, and the link kept (replacing the link itself lost it)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def fsync_path(path: str | Path, directory: bool = False) -> None:
     """Flush a file's (or a directory's entries') data to the disk, so a rename after it cannot reach the disk
     before the data it names (a power loss left zero-length files otherwise); a file system that cannot sync
@@ -138,6 +144,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     disk), on failure it is removed."""
     path = Path(path)
     with output_place(path):
+        path = followed(path)
         if path.is_dir():  # found before the temporary is written (its rename failed with IsADirectoryError)
             raise OutputPathError(f"{path}: is a directory; give a file name (e.g. {path / ('out' + path.suffix)}) "
                                   "or another path")

@@ -14,9 +14,9 @@ import pytest
 
 from edgegen import bundle
 from edgegen.build import build
-from edgegen.bundle import FORMAT, MANIFEST, publish, read_manifest, staging_dir
+from edgegen.bundle import FORMAT, MANIFEST, check_output_dir, publish, read_manifest, staging_dir
 from edgegen.cli import main
-from edgegen.errors import OutputPathError
+from edgegen.errors import BuildError, OutputPathError
 from edgegen.fileio import write_text
 
 
@@ -230,3 +230,22 @@ def test_generate_to_an_existing_directory_is_a_clear_error(tmp_path, ort_bundle
     assert main(["generate", str(ort_bundle), "--seed", "1", "--label", "1", "-o", str(tmp_path / "d.png")]) == 2
     assert f"{tmp_path / 'd.png'}: is a directory; give a file name" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["d.png"] and not any((tmp_path / "d.png").iterdir())
+
+
+def test_a_rebuild_refuses_a_bundle_holding_the_users_symlink_to_a_directory(tmp_path):
+    """The link (not a file to unlisted_files) was deleted with the old bundle, without a word."""
+    (tmp_path / "userdata").mkdir()
+    (tmp_path / "userdata" / "f.txt").write_text("precious")
+    out = fake_bundle(tmp_path / "b", "old")
+    (out / "mydata").symlink_to("../userdata")
+    with pytest.raises(BuildError, match=r"holds 1 file\(s\) the bundle does not list \(mydata\)"):
+        check_output_dir(out)
+
+
+def test_an_atomic_write_through_a_symlink_writes_where_it_points_and_keeps_the_link(tmp_path):
+    """`generate -o latest.png` with latest.png -> r001.png replaced the link with a file, r001.png unchanged."""
+    (tmp_path / "r001.json").write_text("old")
+    (tmp_path / "latest.json").symlink_to("r001.json")
+    write_text(tmp_path / "latest.json", "new")
+    assert os.readlink(tmp_path / "latest.json") == "r001.json" and (tmp_path / "r001.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "r001.json"]
