@@ -400,3 +400,14 @@ def test_the_self_test_of_a_float16_export_measures_what_run_gives_as_the_build_
     feeds, _ = reference.load(bundle, gen.manifest)
     assert gen.run(feeds)["y"].dtype == np.float16
     assert gen.self_test()["outputs"]["y"]["psnr_db"] == built.fidelity["outputs"]["y"]["psnr_db"]
+
+
+def test_verify_of_a_bundle_for_another_architecture_points_to_emulate(tmp_path, cgen_path, capsys):
+    """An rpi4 (aarch64) bundle passed verify on x86 with x86 numbers, where a Jetson bundle was refused (exit 2)."""
+    build(cgen_path, "rpi4-litert", tmp_path / "pi")
+    if targets.host_arch() == "aarch64":
+        pytest.skip("this host is the rpi4 target's architecture")
+    assert main(["verify", str(tmp_path / "pi"), "--runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "needs an aarch64 device (this host is x86_64)" in err and "edgegen emulate BUNDLE" in err
+    assert main(["emulate", str(tmp_path / "pi"), "--runs", "1", "--no-aarch64"]) == 0  # emulate still runs it here
