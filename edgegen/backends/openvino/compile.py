@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import io
+import contextlib
 import re
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import onnx
 
@@ -35,7 +36,8 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
     from openvino.frontend import FrontEndManager
 
     frontend = FrontEndManager().load_by_framework("onnx")
-    partial = frontend.convert_partially(frontend.load(_stream(graph)))
+    with _onnx_file(graph) as path:
+        partial = frontend.convert_partially(frontend.load(path))
     producers = {out: (node.name or f"{node.op_type}_{i}", node.op_type)
                  for i, node in enumerate(graph.model.graph.node) for out in node.output}
     missing = []
@@ -65,7 +67,8 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
     ov = _ov()
     source = graph if precision != "int8" else graph.with_model(int8_form(graph.model), [])
     try:
-        model = ov.convert_model(_stream(source))
+        with _onnx_file(source) as path:
+            model = ov.convert_model(path)
     except Exception as exc:  # OpenVINO raises its own exception types per front end
         raise BuildError(f"OpenVINO could not convert {graph.source}: {str(exc).strip().splitlines()[0]}") from None
     _save_reproducibly(ov, model, workdir / ARTIFACT, compress_to_fp16=(precision == "fp16"))
@@ -97,5 +100,12 @@ def _save_reproducibly(ov, model, xml: Path, compress_to_fp16: bool) -> None:
     staged.with_suffix(".bin").unlink()
 
 
-def _stream(graph: Graph) -> io.BytesIO:
-    return io.BytesIO(graph.model.SerializeToString())
+@contextlib.contextmanager
+def _onnx_file(graph: Graph) -> Iterator[str]:
+    """The graph as a temporary ONNX file for OpenVINO's front end to read in C++. From a Python stream, a
+    Ctrl-C raised in its read callback came back out of the front end as a conversion error, blaming the model
+    for the user's stop."""
+    with tempfile.TemporaryDirectory(prefix="edgegen-ov-") as directory:
+        path = Path(directory) / "source.onnx"
+        path.write_bytes(graph.model.SerializeToString())
+        yield str(path)
