@@ -99,8 +99,11 @@ def test_damaged_and_foreign_entries_are_dropped_never_served(tmp_path):
     (tmp_path / f"{'d' * 64}.egc").write_bytes(b"EGC1\x10\x00")  # truncated
     deep = b"[" * 100_000  # a header nested beyond the JSON parser's recursion (was a RecursionError: a 500)
     (tmp_path / f"{'e' * 64}.egc").write_bytes(b"EGC1" + struct.pack("<I", len(deep)) + deep)
-    assert all(cache.get(k * 64) is None for k in "acde")
-    assert cache.stats.corrupt == 4 and not list(tmp_path.glob("*.egc"))
+    (tmp_path / f"{'f' * 64}.egc").symlink_to("/dev/zero")  # was read until memory ran out (a MemoryError)
+    os.mkfifo(tmp_path / f"{'9' * 64}.egc")  # would block the read
+    (tmp_path / f"{'8' * 64}.egc").write_bytes(b"EGC1" + bytes(1 << 20))  # over the budget: no entry of this cache
+    assert all(cache.get(k * 64) is None for k in "acdef98")
+    assert cache.stats.corrupt == 7 and not list(tmp_path.glob("*.egc"))
 
 
 def test_a_process_killed_mid_write_leaves_no_servable_damage(tmp_path):

@@ -16,6 +16,7 @@ use is made again at the next write.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -173,12 +174,12 @@ class DiskCache:
     def get(self, key: str, count_miss: bool = True) -> np.ndarray | None:
         path = self._path(key)
         try:
-            data = path.read_bytes()
+            data = _bounded_read(path, self.stats.budget_bytes)
         except OSError:
             with self._lock:
                 self.stats.misses += int(count_miss)
             return None
-        array = _decode(data, key)
+        array = _decode(data, key) if data is not None else None
         with self._lock:
             if array is None:
                 self.stats.corrupt += 1
@@ -290,3 +291,15 @@ def _decode(data: bytes, key: str) -> np.ndarray | None:
         return np.frombuffer(payload, dtype=np.dtype(header["dtype"])).reshape(header["shape"]).copy()
     except (ValueError, KeyError, TypeError, struct.error, RecursionError):  # a garbled header, however deep
         return None
+
+
+def _bounded_read(path: Path, most: int) -> bytes | None:
+    """An entry's bytes; None for one that cannot be an entry: no regular file (a FIFO would block the read, a
+    link to /dev/zero never end) or over the cache's budget. OSError where there is none."""
+    if not path.is_file():
+        if path.is_symlink() or path.exists():
+            return None
+        raise FileNotFoundError(errno.ENOENT, "no entry", str(path))
+    with open(path, "rb") as file:
+        data = file.read(most + 1)
+    return data if len(data) <= most else None
