@@ -72,6 +72,7 @@ def damage_slot(table: bytes, field: str, value: int) -> bytes:
     (lambda t: t[:-1], "holds"),
     (lambda t: damage_slot(t, "order", 7), "not those of the pack"),
     (lambda t: damage_slot(t, "offset", 10 ** 9), "outside the pack"),
+    (lambda t: damage_slot(t, "offset", 2 ** 64 - 8), "outside the pack"),  # offset + length wrapped: passed
     (lambda t: damage_slot(t, "layout", 5), "outside the pack"),
 ])
 def test_damaged_table_is_refused_with_the_file_named(tmp_path, damage, message):

@@ -355,7 +355,8 @@ def test_an_answer_after_which_the_connection_closes_says_so(server):
     """RFC 9112 9.6: without `Connection: close` a keep-alive client sent its next request on the closed
     connection, and that valid request failed."""
     url = urlparse(server.url)
-    for method, path, headers, body in (("GET", "/nope", {}, None), ("PUT", "/v1/generate", {"Content-Length": "2"}, b"{}"),
+    for method, path, headers, body in (("GET", "/nope", {}, None),
+                                        ("PUT", "/v1/generate", {"Content-Length": "2"}, b"{}"),
                                         ("POST", "/v1/generate", {"Content-Length": "x"}, b"{}")):
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
         conn.putrequest(method, path)

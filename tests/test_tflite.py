@@ -452,8 +452,8 @@ def _scaled_past_float16(tmp_path: Path) -> Path:
              helper.make_node("Conv", ["b", "w2"], ["c"], pads=[1] * 4),
              helper.make_node("Mul", ["c", "down"], ["d"]),
              helper.make_node("Tanh", ["d"], ["out"])]
-    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
+    image, out = (helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3, 16, 16]) for name in ("image", "out"))
+    graph = helper.make_graph(nodes, "scaled", [image], [out], inits)
     path = tmp_path / "scaled.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path

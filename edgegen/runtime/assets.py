@@ -260,7 +260,9 @@ def _table_problem(table, count: int, pack_bytes: int | None, layouts: list) -> 
         return "the table's entries are not those of the pack"
     sizes = np.array([dtype.itemsize * int(np.prod(shape)) for dtype, shape in layouts] or [0], np.uint64)
     layout, offset, length = (records[field][occupied] for field in ("layout", "offset", "length"))
-    if np.any(layout >= len(layouts)) or (pack_bytes is not None and np.any(offset + length > int(pack_bytes))) \
+    huge = np.any(offset >= 1 << 62) or np.any(length >= 1 << 62)  # offset + length would wrap past 2**64
+    past = pack_bytes is not None and np.any(offset + length > int(pack_bytes))
+    if huge or past or np.any(layout >= len(layouts)) \
             or np.any(sizes[np.minimum(layout, len(sizes) - 1)] != length):
         return "an entry lies outside the pack or does not match its layout"
     return None
