@@ -411,3 +411,22 @@ def test_verify_of_a_bundle_for_another_architecture_points_to_emulate(tmp_path,
     err = capsys.readouterr().err
     assert "needs an aarch64 device (this host is x86_64)" in err and "edgegen emulate BUNDLE" in err
     assert main(["emulate", str(tmp_path / "pi"), "--runs", "1", "--no-aarch64"]) == 0  # emulate still runs it here
+
+
+def test_emulating_a_tflite_runtime_target_says_litert_ran_in_its_place(tmp_path, cgen_path, capsys):
+    """A `runtime: tflite-runtime` target ran LiteRT and reported LiteRT's XNNPACK delegation as the device's."""
+    import importlib.util
+
+    if importlib.util.find_spec("tflite_runtime"):
+        pytest.skip("tflite-runtime is installed here: it runs itself")
+    target = _target_copy(tmp_path, "x86-litert", backend_options={"runtime": "tflite-runtime"})
+    build(cgen_path, str(target), tmp_path / "b")
+    report = emulate(tmp_path / "b", target=str(target), runs=1)
+    said = report["constraints"]["runtime_replaced"]
+    assert said.startswith("the device runs tflite-runtime, not installed here: ai-edge-litert") and \
+        "timings are ai-edge-litert's, not tflite-runtime's" in said
+    assert main(["emulate", str(tmp_path / "b"), "--target", str(target), "--runs", "1"]) == 0
+    assert f"  runtime      {said}" in capsys.readouterr().out
+    assert emulate(tmp_path / "b", runs=1)["constraints"]["runtime_replaced"] == said  # as the manifest records it
+    build(cgen_path, "x86-litert", tmp_path / "litert")  # its own runtime: nothing to say
+    assert emulate(tmp_path / "litert", runs=1)["constraints"]["runtime_replaced"] is None

@@ -55,6 +55,7 @@ def emulate(bundle: str | Path, target: str | None = None, runs: int = 20, rebui
                         "accelerator_replaced_by_cpu": support.accelerator(device)},
         "host": _summary(host), "estimate": estimate, "checks": checks}
     if host["ok"]:
+        report["constraints"]["runtime_replaced"] = support.runtime_replaced(device, host.get("runtime"))
         checks.append(_self_test_check("self-test on this host", host))
         report["op_support"] = support.check(bundle, manifest, device, host.get("execution"))
         if report["op_support"].get("first_fallback"):  # the roofline is the accelerator's alone

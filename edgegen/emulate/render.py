@@ -13,6 +13,8 @@ def emulation(report: dict[str, Any]) -> str:
              f"  constraints  {c['threads']} threads, memory ceiling {c['memory_mb']} MB (address-space limit on the "
              "process)" + (f"; {c['accelerator_replaced_by_cpu']} absent: its CPU path runs"
                            if c["accelerator_replaced_by_cpu"] else "")]
+    if c.get("runtime_replaced"):
+        lines.append(f"  runtime      {c['runtime_replaced']}")
     if "op_support" in report:
         lines.append(f"  op support   {report['op_support']['summary']}")
     lines.append(f"  this host    {_run(report['host'])}")

@@ -23,6 +23,20 @@ def accelerator(target: Target) -> str | None:
     return None
 
 
+def runtime_replaced(target: Target, ran: str | None) -> str | None:
+    """Where a TFLite target's runtime (backend_options.runtime) is not the one that ran here (tflite-runtime not
+    installed, LiteRT in its place): a note saying which ran and whose op support and timings these are; else None."""
+    if target.backend != "tflite" or not ran:
+        return None
+    from ..backends.tflite.session import DEFAULT_RUNTIME
+
+    wanted, here = target.backend_options.get("runtime", DEFAULT_RUNTIME), ran.split(" ")[0]
+    if here == wanted:
+        return None
+    return (f"the device runs {wanted}, not installed here: {ran} ran in its place, so the op support, self-test and "
+            f"timings are {here}'s, not {wanted}'s")
+
+
 def check(bundle: Path, manifest: dict[str, Any], target: Target, execution: dict[str, Any] | None) -> dict[str, Any]:
     """{"accelerator", "rules", "mapped", "total", "summary"} or {"checked": False, "summary": why}."""
     options = target.backend_options
