@@ -572,6 +572,15 @@ def test_transfer_encoding_and_short_bodies_are_refused_and_the_connection_close
         assert message in json.loads(answers.partition(b"\r\n\r\n")[2])["error"]
 
 
+def test_any_other_method_is_405_with_allow_and_a_huge_field_is_not_echoed_whole(server):
+    """TRACE, CONNECT, PROPFIND got http.server's 501 without Allow; a 2 MB field came back in a 2 MB error."""
+    for method in ("TRACE", "CONNECT", "PROPFIND", "get"):
+        response, data = call(server, method, "/v1/generate")
+        assert response.status == 405 and response.getheader("Allow") == "POST", method
+    response, data = post(server, {"seed": "x" * 2_000_000, "label": 1})
+    assert response.status == 400 and len(data) < 2000 and "characters in all)" in json.loads(data)["error"]
+
+
 def test_a_content_length_of_thousands_of_digits_is_413(server):
     """Python's int() refuses over 4300 digits: the connection was dropped unanswered, with a traceback."""
     response, data = call(server, "POST", "/v1/generate", {"Content-Length": "9" * 5000}, b"{}")

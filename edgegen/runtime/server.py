@@ -288,7 +288,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.stopping or self.close_connection:  # RFC 9112 9.6: a client must not reuse it
             self.send_header("Connection", "close")  # this connection takes no more requests
         self._headers_buffer.append(b"\r\n")
-        self.wfile.write(b"".join(self._headers_buffer) + (b"" if self.command == "HEAD" else body))
+        try:
+            self.wfile.write(b"".join(self._headers_buffer) + (b"" if self.command == "HEAD" else body))
+        except ConnectionError:  # counted, so that the responses add up to what the generator served
+            with self.app._lock:
+                self.app.counts["client_gone"] += 1
+            raise
         self._headers_buffer = []
         with self.app._lock:
             self.app.counts[str(status)] += 1
@@ -320,11 +325,11 @@ class _Handler(BaseHTTPRequestHandler):
         except ConnectionError:  # the client went away before its answer: nothing to answer, no fault
             raise
         except TooLarge as exc:
-            self._json(413, {"error": str(exc)})
+            self._json(413, {"error": _short(str(exc))})
         except OverloadedError as exc:
             self._json(503, {"error": str(exc)}, {"Retry-After": "1"})
         except RequestError as exc:
-            self._json(400, {"error": str(exc)})
+            self._json(400, {"error": _short(str(exc))})
         except EdgegenError as exc:  # the bundle or its backend failed, not the request: a fault, stated briefly
             log.error("serving %s: %s", self.path, exc)
             self._json(500, {"error": first_line(exc)})
@@ -358,6 +363,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _method_not_allowed(self) -> None:
         self._not_served(urlparse(self.path).path)
+
+    def __getattr__(self, name: str) -> Any:
+        """Any other method (TRACE, CONNECT, PROPFIND, ...): 405 with Allow, as PUT gets, not http.server's 501."""
+        if name.startswith("do_"):
+            return self._method_not_allowed
+        raise AttributeError(name)
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed  # noqa: N815
     do_HEAD = do_GET  # noqa: N815 - RFC 9110 9.3.2: GET's answer, which _send gives without its body
@@ -397,6 +408,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._json(status, {"error": error})
         return None
+
+
+def _short(message: str, most: int = 1000) -> str:
+    """An error message as answered: one that quotes a huge field is cut (the answer is not the size of the
+    refused request)."""
+    return message if len(message) <= most else f"{message[:most]}... ({len(message)} characters in all)"
 
 
 def _content_length(digits: str) -> int:
