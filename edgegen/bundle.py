@@ -15,14 +15,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import BuildError, BundleError, DamagedBundle, OutputPathError
 from .fileio import (as_created, check_name_lengths, followed, fsync_path, orphans, output_place, owner, remove_orphans,
-                     short_name, write_text)
+                     remove_tree, short_name, write_text)
 from .specs import spec_problem
 
 MANIFEST = "manifest.json"
@@ -195,17 +194,20 @@ def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
                               "corrupted). Refusing to load it; rebuild or re-copy the bundle.")
 
 
-def check_output_dir(out: Path) -> None:
+def check_output_dir(out: Path, precompute: bool = False) -> None:
     """Refuse to build into a directory that holds anything but an edgegen bundle (a bundle is replaced
     whole, so a file its manifest does not list would be lost), that holds the working directory, or whose
-    name is longer than its file system takes. A symbolic link is followed: the bundle it points to is checked."""
+    name is longer than its file system takes. A symbolic link is followed: the bundle it points to is checked.
+    precompute: the check is for `edgegen precompute` into out, which has no --out to advise."""
     check_name_lengths(out)
     out = followed(out)
     if out.exists() and not out.is_dir():
         raise BuildError(f"{out}: exists and is not a directory. Choose another --out.")
     if Path.cwd().resolve().is_relative_to(out.resolve()):
+        fix = f"Run it from outside the bundle: cd {out.resolve().parent} && edgegen precompute " \
+            f"{out.resolve().name} REQUESTS" if precompute else "Give a directory name, e.g. --out ./bundle"
         raise BuildError(f"{out}: is the working directory or holds it; a bundle is published by moving a whole "
-                         "directory into place. Give a directory name, e.g. --out ./bundle.")
+                         f"directory into place. {fix}.")
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not is_bundle(out):
@@ -300,7 +302,7 @@ def publish(staging: Path, out: Path) -> None:
         if not out.exists():
             os.replace(staging, out)
         elif _exchange(staging, out):
-            shutil.rmtree(staging, ignore_errors=True)  # it now holds the old bundle
+            remove_tree(staging)  # it now holds the old bundle
         else:
             _replace_by_renames(staging, out)
     except OSError as exc:
@@ -333,7 +335,7 @@ def _replace_by_renames(staging: Path, out: Path) -> None:
     finally:
         if not os.path.lexists(out) and os.path.lexists(retired):
             os.replace(retired, out)
-        shutil.rmtree(retired, ignore_errors=True)
+        remove_tree(retired)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import glob
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from typing import Iterator
 
 from .errors import OutputPathError
 
+log = logging.getLogger(__name__)
 
 def _read_umask() -> int:
     mask = os.umask(0o022)
@@ -62,7 +64,25 @@ def orphans(parent: Path, prefix: str, rest: str) -> list[Path]:
 def remove_orphans(parent: Path, prefix: str, rest: str) -> None:
     """Remove the orphans (see `orphans`) in parent."""
     for candidate in orphans(parent, prefix, rest):
-        shutil.rmtree(candidate, ignore_errors=True)
+        remove_tree(candidate)
+
+
+def remove_tree(path: str | Path) -> None:
+    """Remove a directory tree (gone already is fine), making its read-only directories writable on the way: an
+    old bundle made read-only (chmod -R a-w) stayed beside --out for good once swapped out. What cannot be
+    removed even so is warned about, naming it."""
+    def writable_then_retry(func, failed, exc_info) -> None:
+        if isinstance(exc_info[1], FileNotFoundError):
+            return
+        if not isinstance(exc_info[1], PermissionError):
+            raise exc_info[1]
+        os.chmod(os.path.dirname(failed), 0o700)
+        func(failed)
+
+    try:
+        shutil.rmtree(path, onerror=writable_then_retry)
+    except OSError as exc:
+        log.warning("%s: cannot be removed (%s); remove it by hand", path, exc.strerror or exc)
 
 
 SHORT_NAME = 96  # bytes of a name kept in its temporaries' names: the rest is a hash

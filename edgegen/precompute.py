@@ -275,7 +275,7 @@ def _add_assets(out: Path, requests: list[dict[str, Any]], requests_path: str | 
     report = progress or (lambda stage, done, total: None)
     old = Generator.open(out, threads=render_threads(bundle.read_manifest(out)), host_fallback=True, cache_bytes=0,
                          feature_cache_bytes=0, assets=False)
-    bundle.check_output_dir(out)
+    bundle.check_output_dir(out, precompute=True)
     pack = _usable_assets(old)
     kept = KeptAssets(pack)
     if kept.dropped:

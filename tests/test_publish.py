@@ -21,10 +21,11 @@ from edgegen.fileio import write_text
 
 
 def fake_bundle(path: Path, text: str) -> Path:
-    """A directory that passes as a bundle to publish: a manifest and the one file it lists."""
+    """A directory that passes as a bundle to publish: x.txt, what else it holds, and a manifest listing them."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "x.txt").write_text(text)
-    (path / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": {"x.txt": "0" * 64}}))
+    files = {p.relative_to(path).as_posix(): "0" * 64 for p in path.rglob("*") if p.is_file()}
+    (path / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}))
     return path
 
 
@@ -249,3 +250,45 @@ def test_an_atomic_write_through_a_symlink_writes_where_it_points_and_keeps_the_
     write_text(tmp_path / "latest.json", "new")
     assert os.readlink(tmp_path / "latest.json") == "r001.json" and (tmp_path / "r001.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "r001.json"]
+
+
+def as_a_non_root_user(monkeypatch) -> None:
+    """unlink and rmdir refused in a directory without write permission, as for a user without CAP_DAC_OVERRIDE
+    (the tests may run as root, who removes anything)."""
+    for name in ("unlink", "rmdir"):
+        real = getattr(os, name)
+
+        def refusing(path, *, dir_fd=None, real=real):
+            parent = os.path.dirname(os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd else "", path))
+            if not os.stat(parent or ".").st_mode & 0o200:
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return real(path, dir_fd=dir_fd)
+
+        monkeypatch.setattr(os, name, refusing)
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_replacing_a_read_only_bundle_removes_the_old_one(tmp_path, monkeypatch, exchange):
+    """The swapped-out old bundle of a `chmod -R a-w` bundle was left whole as `.b.<host>-<pid>.*.tmp`, which
+    the orphan cleanup could not remove either."""
+    (tmp_path / "b" / "parts").mkdir(parents=True)
+    (tmp_path / "b" / "parts" / "p.onnx").write_text("p")
+    out = fake_bundle(tmp_path / "b", "old")
+    for path in (out / "parts", out):
+        path.chmod(0o555)
+    as_a_non_root_user(monkeypatch)
+    if not exchange:
+        without_exchange(monkeypatch)
+    publish_new(out, "new")
+    assert (out / "x.txt").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def test_precompute_run_inside_the_bundle_says_to_run_it_from_outside(tmp_path, ort_bundle, monkeypatch, capsys):
+    """It advised `--out ./bundle`, an option precompute does not have."""
+    shutil.copytree(ort_bundle, tmp_path / "b")
+    (tmp_path / "r.yaml").write_text("- {seed: 1, label: 2}\n")
+    monkeypatch.chdir(tmp_path / "b")
+    assert main(["precompute", ".", str(tmp_path / "r.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"Run it from outside the bundle: cd {tmp_path.resolve()} && edgegen precompute b REQUESTS" in err
+    assert "--out" not in err
