@@ -192,6 +192,22 @@ def test_frames_over_the_memory_budget_are_computed_in_tiles(upscaler, glyph):
     np.testing.assert_array_equal(small.generate(seed=2, label=5), glyph.generate(seed=2, label=5))
 
 
+def test_a_batch_over_the_memory_budget_computes_each_frame_as_it_would_run_alone(upscaler):
+    """A batch whose frames fit one by one but not together was computed in tiles: how a request was computed
+    depended on how many requests shared its batch."""
+    images = [smooth_image(32, 32, seed) for seed in range(3)]
+    engine = upscaler.roi["image_2x"]
+    one = engine.program.bytes_per_pixel * 64 * 64  # one 64x64 output frame's activations
+    tight = Generator.open(upscaler.path, cache_bytes=0, memory_budget=int(1.5 * one))
+    tiled = []
+    original = tight.roi["image_2x"].tiled
+    tight.roi["image_2x"].tiled = lambda roots, tile: tiled.append(tile) or original(roots, tile)
+    batch = tight.generate_batch([{"image": image} for image in images])
+    assert not tiled
+    for image, got in zip(images, batch):
+        np.testing.assert_array_equal(got, upscaler.generate(image=image))
+
+
 def test_receptive_fields_of_single_ops():
     conv = {"k": 3, "s": 2, "d": 1, "p0": 1, "p1": 1}
     assert needed("conv", conv, 0, 1, 8) == (0, 2) and needed("conv", conv, 3, 4, 8) == (5, 8)

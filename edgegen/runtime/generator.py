@@ -359,6 +359,11 @@ class Generator:
     def _frame(self, route: Route, feeds: dict[str, np.ndarray]) -> np.ndarray:
         engine = self.roi.get(route.output)
         if route.tier == "full" and engine is not None:
+            count = len(next(iter(feeds.values())))
+            if count > 1 and self._too_big(engine, route, feeds):  # each frame as it runs alone (whole or in
+                # tiles by its own size), so that how a request is computed does not depend on its batch
+                return np.concatenate([self._frame(route, {k: v[i:i + 1] for k, v in feeds.items()})
+                                       for i in range(count)])
             roots = engine.roots(feeds) if engine.pre is None or self._too_big(engine, route, feeds) else None
             tile = engine.tile_size(roots, self.memory_budget) if roots is not None else None
             if tile is not None:
