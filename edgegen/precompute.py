@@ -13,6 +13,7 @@ same requests in shards on Ray actors (edgegen.scale.precompute) into the same b
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import logging
@@ -35,6 +36,14 @@ CHUNK = 32
 MAX_REQUESTS = 1_000_000
 
 
+def _regular_text(path: Path) -> str:
+    """A file's text; OSError for a path that is no regular file (a device such as /dev/zero would be read until
+    memory ran out, a FIFO block)."""
+    if path.exists() and not path.is_file():
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return path.read_text()
+
+
 def load_requests(path: str | Path) -> list[dict[str, Any]]:
     """The requests a request file names, in order, without duplicates."""
     import yaml
@@ -43,7 +52,7 @@ def load_requests(path: str | Path) -> list[dict[str, Any]]:
 
     path = Path(path)
     try:
-        data = load_yaml(path.read_text())
+        data = load_yaml(_regular_text(path))
     except OSError as exc:
         raise BuildError(f"{path}: cannot read the request file ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
@@ -110,7 +119,7 @@ def _grid(grid: Any, origin: Path) -> list[dict[str, Any]]:
 def _from_log(log_path: Path, top: Any, origin: Path) -> list[dict[str, Any]]:
     counts: Counter = Counter()
     try:
-        lines = log_path.read_text().splitlines()
+        lines = _regular_text(log_path).splitlines()
     except OSError as exc:
         raise BuildError(f"{origin}: cannot read the request log {log_path} ({exc.strerror or exc})") from None
     for number, line in enumerate(lines, 1):

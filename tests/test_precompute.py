@@ -1,6 +1,7 @@
 """Precomputed assets: request files, rendering at build time, `edgegen precompute`, and a damaged pack."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -76,6 +77,12 @@ def test_request_file_forms(tmp_path):
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(BuildError, match=message):
             load_requests(tmp_path / "bad.yaml")
+    os.mkfifo(tmp_path / "fifo.yaml")  # blocked the read; /dev/zero was read until memory ran out
+    (tmp_path / "zeros.jsonl").symlink_to("/dev/zero")
+    (tmp_path / "zlog.yaml").write_text("log: zeros.jsonl")
+    for name in ("fifo.yaml", "zlog.yaml"):
+        with pytest.raises(BuildError, match="not a regular file"):
+            load_requests(tmp_path / name)
 
 
 def test_assets_are_the_pixels_the_device_computes_and_hits_skip_the_backend(asset_bundle):
