@@ -81,7 +81,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DamagedBundle(f"{path / MANIFEST}: not an edgegen manifest. Rebuild the bundle with `edgegen build`.")
     if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{path}: bundle schema version {manifest.get('schema_version')} is not the "
+        raise BundleError(f"{path}: bundle schema version {manifest.get('schema_version')!r} is not the "
                           f"{SCHEMA_VERSION} this edgegen reads. Rebuild it with this version of edgegen.")
     missing = [key for key in REQUIRED_KEYS if not isinstance(manifest.get(key), dict)]
     if missing:
@@ -120,7 +120,7 @@ def _check_types(path: Path, manifest: dict[str, Any]) -> None:
 
 def _kind_problem(manifest: dict[str, Any]) -> str | None:
     """What is wrong with the backend and precision, the tensor specs, and the sections the runtime reads."""
-    from .backends import PRECISIONS
+    from .backends import OPTIONS, PRECISIONS, option_problem
 
     if manifest["backend"] not in PRECISIONS:
         return f"backend is {manifest['backend']!r}, not one of {', '.join(PRECISIONS)}"
@@ -136,6 +136,12 @@ def _kind_problem(manifest: dict[str, Any]) -> str | None:
                 return f"{where}.{kind}: {problem}"
         if not holder["outputs"]:
             return f"{where}.outputs lists no output (the self-test would compare nothing)"
+    carried = {} if manifest["backend"] == "fpga" else manifest["session"]  # the NPU's session is its own (a
+    # bitstream's record, the NPU's config), checked when it opens
+    options = next(filter(None, (option_problem(manifest["backend"], key, value) for key, value in
+                                 carried.items() if key in OPTIONS[manifest["backend"]])), None)
+    if options:  # the target's backend options the session carries (providers: a string read as its letters)
+        return f"session: {options}"
     entry, ref_file = manifest["session"].get("entry"), manifest["reference"].get("file")
     if not (isinstance(entry, str) and entry) or not (isinstance(ref_file, str) and ref_file):
         return f"session.entry ({entry!r}) or reference.file ({ref_file!r}) is not a file name"

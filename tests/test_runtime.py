@@ -476,6 +476,7 @@ def test_an_artifact_that_does_not_load_is_a_bundle_error_naming_it(tmp_path, or
     (lambda m: m["model"]["inputs"][0].update(default_shape=[1, -5]), "default_shape [1, -5] is not a shape of"),
     (lambda m: m["model"]["inputs"][0].update(default_shape=[1, 65]), "that fits shape [None, 16]"),
     (lambda m: m["session"].update(entry=123), "session.entry (123)"),
+    (lambda m: m["session"].update(providers="CPUExecutionProvider"), "session: 'providers' must be a list of names"),
     (lambda m: m.update(precision="x"), "precision is 'x', not one onnxruntime runs"),  # verify passed it
     (lambda m: m.update(backend="x"), "backend is 'x', not one of"),  # exit 2, "unknown backend"
     (lambda m: m.update(format="other"), "not an edgegen manifest"),  # exit 2
