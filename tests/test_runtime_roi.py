@@ -148,6 +148,24 @@ def test_edit_recomputes_only_what_the_change_reaches(upscaler):
         upscaler.edit(before, smooth_image(96, 92, 5))
 
 
+def test_an_edits_pixels_are_kept_apart_from_the_plain_requests(upscaler):
+    """An edit's result was stored under the plain request's key: where regions are not bit-exact (OpenVINO int8
+    at an unchecked size), generate(image=new) then gave the edit's pixels or the frame's, by which ran first,
+    in this process and through a shared disk cache."""
+    gen = Generator.open(upscaler.path)
+    before = smooth_image(48, 48, 3)
+    after = before.copy()
+    after[4:8, 4:8] = 0
+    newer = after.copy()
+    newer[40:44, 40:44] = 255
+    edited = gen.edit(before, after)
+    assert gen.render([{"image": after}])[0].served_by == "computed"
+    np.testing.assert_array_equal(gen.edit(before, after), edited)
+    assert gen.stats()["served"] == {"edit": 1, "computed": 1, "lru": 1}
+    gen.edit(after, newer)  # pastes onto the frame computed above
+    assert gen.stats()["served"]["edit"] == 2
+
+
 def test_one_edit_is_counted_as_one_request(upscaler):
     """The previous output an edit renders on the way was counted as a request of its own (served 2, missed 2)."""
     gen = Generator.open(upscaler.path)
@@ -190,6 +208,17 @@ def test_frames_over_the_memory_budget_are_computed_in_tiles(upscaler, glyph):
     np.testing.assert_array_equal(tiny.generate(image=image), whole)
     small = Generator.open(glyph.path, cache_bytes=0, memory_budget=30_000)
     np.testing.assert_array_equal(small.generate(seed=2, label=5), glyph.generate(seed=2, label=5))
+
+
+def test_a_memory_budget_of_its_own_shares_no_cache_entries_with_the_default(upscaler, tmp_path):
+    """Tiles may round a level off the whole frame (OpenVINO fp32): a process tiling under a budget of its own
+    and one computing whole frames served each other's pixels through a shared disk cache."""
+    image = smooth_image(64, 48, 9)
+    shared = {"disk_cache": str(tmp_path / "cache"), "cache_bytes": 0}
+    Generator.open(upscaler.path, **shared).generate(image=image)
+    assert Generator.open(upscaler.path, **shared).render([{"image": image}])[0].served_by == "disk"
+    tiny = Generator.open(upscaler.path, memory_budget=20_000, **shared)
+    assert tiny.render([{"image": image}])[0].served_by == "computed"
 
 
 def test_a_batch_over_the_memory_budget_computes_each_frame_as_it_would_run_alone(upscaler):
