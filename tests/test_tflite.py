@@ -475,3 +475,25 @@ def test_fp16_keeps_constants_past_float16s_range_in_float32_and_refuses_an_arti
     with pytest.raises(BuildError, match="gives NaN or infinity in 100% of output 'out'.s values on the 8 held-out"):
         build(model, "x86-litert", tmp_path / "nan", precision="fp16")
     assert not (tmp_path / "nan").exists()
+
+
+@pytest.mark.parametrize("side, whole", [(33, False), (32, True)])
+def test_a_linear_resize_by_a_scale_that_gives_no_whole_size_is_refused_naming_it(tmp_path, side, whole):
+    """ONNX maps a resize given by scales through 1/scale, TFLite's through in/out: at 33 x 1.5 (49 rows) every
+    pixel moved, the fp32 build was refused as 'report this model' and int8/fp16 builds shipped it."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="stem", pads=[1, 1, 1, 1]),
+         helper.make_node("Resize", ["c", "", "scales"], ["y"], name="up15", mode="linear")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, side, side])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, side * 3 // 2, side * 3 // 2])],
+        [onnx.numpy_helper.from_array(rng.standard_normal((3, 3, 3, 3)).astype(np.float32) * 0.3, "w"),
+         onnx.numpy_helper.from_array(np.array([1, 1, 1.5, 1.5], np.float32), "scales")])
+    path = tmp_path / "up15.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    if whole:
+        assert build(path, "x86-litert", tmp_path / "b").fidelity["max_abs"] < 1e-4
+        return
+    for precision in ("fp32", "int8"):
+        with pytest.raises(UnsupportedOpError, match=r"node 'up15' \(op Resize\).*not a whole size.*size=\(H, W\)"):
+            build(path, "x86-litert", tmp_path / precision, precision=precision)

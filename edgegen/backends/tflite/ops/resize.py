@@ -42,6 +42,13 @@ def _plan(node: onnx.NodeProto, p: Prepared) -> tuple[str, tuple] | str:
         return "only 4-D resizes of H and W are supported"
     mode = a.get("mode", "nearest")
     ctm = a.get("coordinate_transformation_mode", "half_pixel")
+    scales = p.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if mode != "nearest" and ctm != "align_corners" and scales is not None and scales.size == 4 and any(
+            s * float(k) != d for s, k, d in zip(src[2:], scales[2:], dst[2:])):
+        return (f"a {mode} resize by scales {[float(k) for k in scales[2:]]} of {src[2]}x{src[3]} (to "
+                f"{dst[2]}x{dst[3]}, not a whole size) maps pixels by 1/scale, TFLite's by {src[2]}/{dst[2]}: "
+                "export the resize with size=(H, W) instead of scale_factor, or build at a size where every "
+                "scaled side is whole")
     if a.get("antialias", 0) and any(d < s for d, s in zip(dst[2:], src[2:])):
         return "antialiased downscaling is not supported"
     if mode == "linear":
