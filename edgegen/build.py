@@ -546,11 +546,11 @@ def _latency(session, feeds: dict[str, np.ndarray], threads: int, where: str, so
     return result
 
 
-def _stored_param_bytes(graph: Graph, costs: list, precision: str) -> int:
+def _stored_param_bytes(graph: Graph, costs: list, backend: str, precision: str) -> int:
     """The parameters' bytes as the artifact stores them (costs: the graph's node costs): float32 weights at
-    2 bytes in fp16 and bf16."""
+    2 bytes in fp16 and bf16, but where the backend stores bf16 as fp32 (backends.STORED_AS)."""
     total = sum(c.param_bytes for c in costs)
-    if precision not in ("fp16", "bf16"):
+    if backends.STORED_AS.get((backend, precision), precision) not in ("fp16", "bf16"):
         return total
     weights = {t.name: t for t in graph.model.graph.initializer}
     floats = sum(4 * int(np.prod(weights[x].dims)) for n in graph.model.graph.node for x in n.input
@@ -572,7 +572,7 @@ def _manifest(source: Graph, graph: Graph, tgt: targets.Target, precision: str, 
             "inputs": [s.to_json() for s in source.inputs],
             "outputs": [s.to_json() for s in source.outputs],
             "macs": sum(c.macs for c in after),
-            "param_bytes": _stored_param_bytes(graph, after, precision),
+            "param_bytes": _stored_param_bytes(graph, after, tgt.backend, precision),
             "source_macs": sum(c.macs for c in before),
             "source_param_bytes": sum(c.param_bytes for c in before),
             "activation_bytes": sum(c.activation_bytes for c in before),  # fp32, what the roofline moves

@@ -16,6 +16,9 @@ NAMES = ("onnxruntime", "openvino", "tflite", "fpga")
 # the precisions each backend compiles, and the backend_options keys it reads: (what, check), or the values allowed
 PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "fp16", "bf16", "int8"),
               "tflite": ("fp32", "fp16", "int8"), "fpga": ("int8",)}
+# (backend, precision) -> the precision its artifact stores the weights in, where another: OpenVINO's bf16 is a
+# session setting over an fp32 IR (the plugin converts the weights when it compiles)
+STORED_AS = {("openvino", "bf16"): "fp32"}
 _COUNT = ("a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
 _FLAG = ("true or false", lambda v: isinstance(v, bool))
 _NAMES = ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))

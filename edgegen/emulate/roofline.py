@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..backends import STORED_AS
 from ..errors import TargetError
 from ..targets import ROOFLINE_KEYS, Target
 
@@ -29,8 +30,8 @@ def traffic(manifest: dict[str, Any]) -> tuple[int, str]:
     bundle's weights and activations in f32."""
     model, precision, computed = manifest["model"], manifest["precision"], computed_precision(manifest)
     element = ELEMENT_BYTES[computed]
-    params = model["param_bytes"] * element // ELEMENT_BYTES[precision] if computed != precision else \
-        model["param_bytes"]
+    stored = STORED_AS.get((manifest["backend"], precision), precision)  # OpenVINO's bf16: an fp32 IR
+    params = model["param_bytes"] * element // ELEMENT_BYTES[stored]
     how = f" ({manifest['backend']} computes {precision} bundles in {computed})" if computed != precision else ""
     source = Path(model.get("source", ""))
     if "activation_bytes" in model:
