@@ -524,8 +524,8 @@ def _batch_invariance(session, source: Graph, feeds: dict[str, np.ndarray],
 
 def _latency(session, feeds: dict[str, np.ndarray], threads: int, where: str, source: SourceSession | None,
              runs: int = 20) -> dict[str, Any]:
-    """p50 of the artifact at batch 1, at the target's threads; with the fp32 source's session (a CPU artifact
-    that runs natively here), both run in alternating blocks of BLOCK_RUNS runs (`bench.interleaved`: each
+    """p50 of the artifact on `feeds` (batch 1, or a fixed-batch export's N), at the target's threads; with the
+    fp32 source's session (a CPU artifact that runs natively here), both run in alternating blocks of BLOCK_RUNS runs (`bench.interleaved`: each
     block once the other runtime's threads have stopped spinning, so neither runs on cores the other's idle
     workers hold) and the speed against the source is the median over block pairs of their ratio
     (`bench.paired_speed`): paired, so load from elsewhere on a shared host hits both alike. The cores other
@@ -536,7 +536,8 @@ def _latency(session, feeds: dict[str, np.ndarray], threads: int, where: str, so
     else:
         with OtherLoad() as load:
             times, baseline = interleaved(lambda: session.run(feeds), lambda: source.run(feeds), runs, 1)
-    result = {"p50_ms": round(statistics.median(times), 3), "runs": runs, "batch": 1, "threads": threads,
+    batch = len(next(iter(feeds.values())))  # a model exported at a fixed batch N runs N at a time
+    result = {"p50_ms": round(statistics.median(times), 3), "runs": runs, "batch": batch, "threads": threads,
               "measured_on": where}
     if baseline:
         result.update(source_p50_ms=round(statistics.median(baseline), 3),

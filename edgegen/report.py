@@ -60,7 +60,8 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
            " (smooth synthetic images: photographs can score lower)"
            if any(i.get("role") == "image" for i in model.get("inputs", [])) else "")
         + (f" (floor: {fid['floor']})" if fid.get("floor") else ""),
-        f"  latency   p50 {lat['p50_ms']:.3f} ms, batch 1, {lat['threads']} thread(s), on {fid['ran_on']}"
+        f"  latency   p50 {lat['p50_ms']:.3f} ms, batch {lat.get('batch', 1)}, {lat['threads']} thread(s), "
+        f"on {fid['ran_on']}"
         + _speed_note(lat),
     ]
     if lat.get("speed_vs_source", 1.0) < SLOWER and manifest["precision"] != "fp32":

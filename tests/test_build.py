@@ -252,6 +252,7 @@ def test_model_exported_with_a_fixed_batch_of_two(tmp_path):
     onnx.save(conditional_generator(batch=2, extras=False), str(path))
     result = build(path, "x86-openvino", tmp_path / "b")
     assert result.fidelity["samples"] == 8
+    assert result.manifest["latency"]["batch"] == 2  # it times a batch of 2: was labelled batch 1
     gen = Generator.open(tmp_path / "b")
     images = gen.generate_batch([{"seed": s, "label": s} for s in range(3)])
     assert images.shape == (3, 8, 8, 3)

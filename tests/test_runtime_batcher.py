@@ -78,6 +78,17 @@ def test_queue_limit_rejects_with_overloaded(bundle):
     assert batcher.stats()["rejected"] == 1
 
 
+def test_every_batch_n_artifact_is_checked_at_build(tmp_path, monkeypatch):
+    """The check ran the held-out inputs in chunks of the largest batch: with 8 of them and sizes 1, 4, 8 only
+    the batch-8 artifact ever ran, and the report said all three were checked."""
+    from edgegen.runtime.parts import Parts
+
+    ran, real = [], Parts.run
+    monkeypatch.setattr(Parts, "run", lambda self, name, feeds: ran.append(name) or real(self, name, feeds))
+    build(f"{FAMILIES}/cgan_dcgan__legacy_b1.onnx", "x86-onnxruntime", tmp_path / "b", batch_sizes=[1, 4, 8])
+    assert {"main", "batch4", "batch8"} <= set(ran)
+
+
 def test_fixed_batch_model_uses_batch_n_artifacts(tmp_path):
     # exported at batch 1 with Reshape targets that hard-code it: the batch-4 artifact rewrites them
     build(f"{FAMILIES}/cgan_dcgan__legacy_b1.onnx", "x86-onnxruntime", tmp_path / "b", batch_sizes=[1, 4])
