@@ -303,6 +303,10 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
     report("calibrate", 0, 1)
     calibration = load_calibration(graph.inputs, opts.calibration, opts.calibration_count, graph.name,
                                    sum(c.activation_bytes for c in graph.node_costs()))
+    if opts.calibration_count > VERIFY_SEED and not str(opts.calibration or "").lower().endswith((".npy", ".npz")):
+        raise BuildError(f"--calibration-count {opts.calibration_count}: calibration draws seeds 0..count-1, which "
+                         f"would reach the held-out inputs' seeds (from {VERIFY_SEED}) and score the build on data it "
+                         f"calibrated on; give at most {VERIFY_SEED}, or calibrate on arrays (--calibration FILE.npz)")
     from .passes.lowering import SIZE_BOUND, lower
 
     if opts.tiers:
