@@ -39,8 +39,10 @@ def parse_overrides(text: str, origin: str) -> dict[str, str]:
     for item in filter(None, (s.strip() for s in text.split(","))):
         if "=" not in item:
             raise ModelError(f"{origin}: {item!r} is not NAME=VALUE")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value.strip()
+        key, value = (part.strip() for part in item.split("=", 1))
+        if out.get(key, value) != value:  # the last would win silently
+            raise ModelError(f"{origin}: {key!r} is given twice ({out[key]!r} and {value!r}); give it once")
+        out[key] = value
     return out
 
 

@@ -203,6 +203,8 @@ def test_zoo_lists_names(capsys):
      "does not offer precision"),
     (lambda t, m: ["inspect", str(m), "--role", "latent=colour"], "unknown role"),
     (lambda t, m: ["inspect", str(m), "--input-shape", "latent=1x17"], "does not fit"),
+    (lambda t, m: ["inspect", str(m), "--input-shape", "latent=1x16", "--input-shape", "latent=2x16"],
+     "'latent' is given twice ('1x16' and '2x16')"),  # the last won silently
     (lambda t, m: ["generate", str(t / "nobundle"), "--seed", "1", "-o", str(t / "x.png")], "no such bundle"),
 ])
 def test_bad_input_exits_2_with_one_paragraph_and_writes_nothing(capsys, tmp_path, cgen_path, make_args, message):
