@@ -99,8 +99,29 @@ def _internal_error() -> int:
     return 1
 
 
+class _Once(argparse.Action):
+    """argparse's store, but an option given twice with two values is a usage error (the last won silently:
+    `--precision int8 --precision fp32` built fp32)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = vars(namespace).setdefault("_given", {})
+        if self.dest in given and given[self.dest] != values:
+            parser.error(f"{option_string} is given twice ({given[self.dest]} and {values}); give it once")
+        given[self.dest] = values
+        setattr(namespace, self.dest, values)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The parser of edgegen and of each verb: a single-valued option takes one value (`_Once`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Once)
+        self.register("action", "store", _Once)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgegen", description="Compile image generators for edge devices.")
+    parser = _Parser(prog="edgegen", description="Compile image generators for edge devices.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each step does")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 

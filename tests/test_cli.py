@@ -327,6 +327,10 @@ def test_a_calibration_count_beyond_memory_is_refused_before_allocating(capsys, 
     with pytest.raises(SystemExit) as exit_:
         main(["build", str(cgen_path), "-t", "x86-onnxruntime", "--calibration-count", "-4", "-o", str(tmp_path / "b")])
     assert exit_.value.code == 2 and "--calibration-count: -4 is out of range; use >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # the last of two values won silently
+        main(["build", str(cgen_path), "-t", "x86-onnxruntime", "--precision", "int8", "--precision", "fp32",
+              "-o", str(tmp_path / "b")])
+    assert exit_.value.code == 2 and "--precision is given twice (int8 and fp32)" in capsys.readouterr().err
     code, _, err = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "--precision", "int8",
                        "--calibration-count", "10008", "-o", str(tmp_path / "b"))  # was calibrated on the held-out 8
     assert code == 2 and "would reach the held-out inputs' seeds (from 10000)" in err
