@@ -297,6 +297,12 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
             arrays = Path(opts.calibration).suffix in (".npy", ".npz")
             log.warning("--calibration %s is not used to calibrate: a %s build without pruning does not calibrate%s",
                         opts.calibration, precision, "; its first rows are the held-out inputs" if arrays else "")
+        defaults = BuildOptions()
+        unused = [f"{flag} {value}" for flag, value, default in (
+            ("--calibration-count", opts.calibration_count, defaults.calibration_count),
+            ("--calibration-method", opts.calibration_method, defaults.calibration_method)) if value != default]
+        if unused:
+            log.warning("%s: not used, a %s build without pruning does not calibrate", ", ".join(unused), precision)
         return graph, passes
     from .passes.calibration import load_calibration
 

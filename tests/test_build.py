@@ -586,6 +586,10 @@ def test_the_held_out_inputs_come_from_a_calibration_array_file(tmp_path, caplog
     assert fp32.fidelity["inputs_from"] == "rows 0..7 of cal.npz"
     assert "is not used to calibrate: a fp32 build without pruning does not calibrate; its first rows are the " \
         "held-out inputs" in caplog.text
+    build(tmp_path / "spade.onnx", "x86-onnxruntime", tmp_path / "e", calibration_count=5,
+          calibration_method="entropy", graph_options=shapes)  # were dropped without a word
+    assert "--calibration-count 5, --calibration-method entropy: not used, a fp32 build without pruning does not " \
+        "calibrate" in caplog.text
 
 
 def test_a_mac_target_undershot_by_channel_steps_is_explained(tmp_path):
