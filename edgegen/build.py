@@ -114,6 +114,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
         raise BuildError(f"--samples must be >= 1, got {opts.samples}")
     if opts.calibration_count < 1:
         raise BuildError(f"--calibration-count must be >= 1, got {opts.calibration_count}")
+    _refuse_missing_paths(opts)
     bundle.check_output_dir(out)
     report("load", 0, 1)
     source = model if isinstance(model, Graph) else Graph.load(model, **opts.graph_options)
@@ -284,6 +285,16 @@ def _refuse_unsupported(missing: list[tuple[str, str, str]], graph: Graph, tgt: 
         raise UnsupportedOpError(f"{graph.source}: {len(missing)} node(s) cannot run on target {tgt.name}: {lines}. "
                                  "Replace these ops in the model before export, or pick another target "
                                  "(`edgegen inspect MODEL` shows support per target).")
+
+
+def _refuse_missing_paths(opts: BuildOptions) -> None:
+    """A file or folder an option names that is not there, before anything is compiled (it was found at the
+    step that reads it, after a whole build, once per target)."""
+    for flag, value, words in (("--calibration", opts.calibration, ("spec", "zoo")),
+                               ("--precompute", opts.precompute, ()), ("--preview-upscale", opts.preview_upscale,
+                                                                       ("lanczos",))):
+        if value and value not in words and not str(value).startswith("zoo:") and not Path(value).exists():
+            raise BuildError(f"{flag} {value}: no such file or folder; check the path")
 
 
 def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: Evaluator, report: Progress,
