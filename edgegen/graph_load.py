@@ -7,6 +7,7 @@ what the clean-up changed. Broken input becomes a `ModelError` naming the file.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -305,13 +306,49 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     level = ir_log.level
     ir_log.setLevel(logging.ERROR)
     try:
-        return _named_as_before(onnxscript.optimizer.optimize(_static_shape_parts(_evaluate_constant_nodes(model))),
-                                model)
+        hidden, near = _near_identities_hidden(_static_shape_parts(_evaluate_constant_nodes(model)))
+        return _named_as_before(_near_identities_restored(onnxscript.optimizer.optimize(hidden), near), model)
     except Exception as exc:  # folding is an optimization; the model stays valid without it
         log.warning("constant folding skipped: %s", exc)
         return model
     finally:
         ir_log.setLevel(level)
+
+
+_IDENTITIES = {"Add": 0.0, "Sub": 0.0, "Mul": 1.0, "Div": 1.0}
+
+
+def _near_identities_hidden(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+    """A copy whose one-value constants that an Add, Sub, Mul or Div takes and that are close to but not that
+    op's identity (PixelNorm's `+ 1e-8`, a `* 1.00001`) are graph inputs, and those constants: onnxscript's
+    no-op rules match x + 0 within 1e-8 and x * 1 within 1e-5, and dropped such an epsilon (0 / 0 = NaN on an
+    all-zero pixel). `_near_identities_restored` makes them constants again."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    tensors = {t.name: t for t in graph.initializer}
+    names = {name for node in graph.node if node.op_type in _IDENTITIES for name in node.input[1:] + node.input[:1]
+             if name in tensors and _near(numpy_helper.to_array(tensors[name]), _IDENTITIES[node.op_type])}
+    near = [tensors[name] for name in sorted(names)]
+    for tensor in near:
+        graph.initializer.remove(tensor)
+        graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    return model, near
+
+
+def _near(value: np.ndarray, identity: float) -> bool:
+    return value.size == 1 and value.dtype.kind == "f" and float(value.flat[0]) != identity and \
+        math.isclose(float(value.flat[0]), identity, rel_tol=1e-4, abs_tol=1e-6)
+
+
+def _near_identities_restored(model: onnx.ModelProto, near: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """The hidden constants back as initializers (those the optimized model still reads)."""
+    names = {t.name for t in near}
+    kept = [i for i in model.graph.input if i.name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    read = {name for node in model.graph.node for name in node.input}
+    model.graph.initializer.extend(t for t in near if t.name in read)
+    return model
 
 
 def _named_as_before(folded: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:

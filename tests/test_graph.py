@@ -619,3 +619,30 @@ def test_an_output_expanded_to_a_batch_read_from_the_input_is_still_an_image(tmp
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "m.onnx"))
     spec = Graph.load(tmp_path / "m.onnx").outputs[0]
     assert spec.role == "image" and spec.shape[1:] == [3, 4, 4] and spec.range == [-1.0, 1.0]
+
+
+@pytest.mark.parametrize("op, value", [("Add", 1e-8), ("Mul", 1.000001)])
+def test_cleanup_keeps_an_epsilon_close_to_its_ops_identity(tmp_path, op, value):
+    """onnxscript's no-op rules take x + 0 within 1e-8 and x * 1 within 1e-5: PixelNorm's `+ 1e-8` was dropped,
+    and an all-zero pixel gave 0 / 0 = NaN."""
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq"], ["mean"], axes=[1], keepdims=1),
+             helper.make_node(op, ["mean", "near"], ["moved"]),
+             helper.make_node("Add", ["moved", "eps"], ["safe"]) if op == "Mul" else
+             helper.make_node("Identity", ["moved"], ["safe"]),
+             helper.make_node("Sqrt", ["safe"], ["root"]),
+             helper.make_node("Div", ["x", "root"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(value, np.float32), "near"),
+             numpy_helper.from_array(np.array(1e-3, np.float32), "eps")]
+    graph = helper.make_graph(nodes, "pixelnorm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    cleaned = Graph.load(tmp_path / "m.onnx").model
+    near = [t for t in cleaned.graph.initializer if numpy_helper.to_array(t).size == 1
+            and np.float32(numpy_helper.to_array(t).flat[0]) == np.float32(value)]
+    assert near, [n.op_type for n in cleaned.graph.node]
+    x = np.random.default_rng(0).random((1, 4, 8, 8)).astype(np.float32)
+    x[0, :, 3, 3] = 0  # an all-zero pixel
+    want = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0]
+    got = ort.InferenceSession(cleaned.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
