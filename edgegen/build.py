@@ -109,6 +109,8 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     tgt = targets.load(target)
     if not opts.bitstream and "board" in tgt.backend_options:
         tgt = replace(tgt, backend_options={**tgt.backend_options, "bitstream": False})
+    elif not opts.bitstream:
+        log.warning("--no-bitstream: target %s makes no bitstream (FPGA board targets do); nothing to skip", tgt.name)
     precision = target_precision(tgt, opts.precision)
     if opts.samples < 1:
         raise BuildError(f"--samples must be >= 1, got {opts.samples}")
@@ -118,6 +120,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     bundle.check_output_dir(out)
     report("load", 0, 1)
     source = model if isinstance(model, Graph) else Graph.load(model, **opts.graph_options)
+    _warn_unused_ranges(source, opts.graph_options)
     compiler = backends.compiler_module(tgt.backend)
     _refuse_unsupported(compiler.unsupported_nodes(source, tgt), source, tgt)
     feeds, inputs_from = _verification_feeds(source, opts, precision)
@@ -130,8 +133,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     _refuse_non_finite(source, expected, inputs_from)
     _warn_outside_range(source, expected)
     evaluator = Evaluator(source.inputs, source.outputs, feeds, expected, per_call)
-    # a backend whose targets differ in the ops they run chooses its lowerings per target
-    lowerings = compiler.int8_lowerings(tgt) if hasattr(compiler, "int8_lowerings") else compiler.INT8_LOWERINGS
+    lowerings = backends.int8_lowerings(tgt)
     graph, passes = _apply_passes(source, precision, opts, evaluator, report, lowerings, compiler)
     staging = bundle.staging_dir(out)
     try:
@@ -285,6 +287,16 @@ def _refuse_unsupported(missing: list[tuple[str, str, str]], graph: Graph, tgt: 
         raise UnsupportedOpError(f"{graph.source}: {len(missing)} node(s) cannot run on target {tgt.name}: {lines}. "
                                  "Replace these ops in the model before export, or pick another target "
                                  "(`edgegen inspect MODEL` shows support per target).")
+
+
+def _warn_unused_ranges(source: Graph, graph_options: dict[str, Any]) -> None:
+    """An --input-range (--output-range) on a model with no image input (output): it ranges image tensors only."""
+    for flag, key, specs in (("--input-range", "input_range", source.inputs),
+                             ("--output-range", "output_range", source.outputs)):
+        if graph_options.get(key) and not any(s.role == "image" for s in specs):
+            log.warning("%s %s: not used, %s has no image %s (a range maps image tensors to pixels; see its roles "
+                        "with `edgegen inspect`, --role NAME=image to name one)", flag,
+                        ",".join(f"{v:g}" for v in graph_options[key]), source.name, key.split("_")[0])
 
 
 def _refuse_missing_paths(opts: BuildOptions) -> None:
@@ -546,9 +558,9 @@ def _batch_invariance(session, source: Graph, feeds: dict[str, np.ndarray],
 def _latency(session, feeds: dict[str, np.ndarray], threads: int, where: str, source: SourceSession | None,
              runs: int = 20) -> dict[str, Any]:
     """p50 of the artifact on `feeds` (batch 1, or a fixed-batch export's N), at the target's threads; with the
-    fp32 source's session (a CPU artifact that runs natively here), both run in alternating blocks of BLOCK_RUNS runs (`bench.interleaved`: each
-    block once the other runtime's threads have stopped spinning, so neither runs on cores the other's idle
-    workers hold) and the speed against the source is the median over block pairs of their ratio
+    fp32 source's session (a CPU artifact that runs natively here), both run in alternating blocks of BLOCK_RUNS
+    runs (`bench.interleaved`: each block once the other runtime's threads have stopped spinning, so neither
+    runs on cores the other's idle workers hold) and the speed against the source is the median over block pairs of their ratio
     (`bench.paired_speed`): paired, so load from elsewhere on a shared host hits both alike. The cores other
     processes kept busy meanwhile are recorded (`other_load_cores`, of `host_cpus`): load that slows one runtime
     more than the other is not cancelled, and the report says so instead of blaming the precision."""
@@ -557,7 +569,7 @@ def _latency(session, feeds: dict[str, np.ndarray], threads: int, where: str, so
     else:
         with OtherLoad() as load:
             times, baseline = interleaved(lambda: session.run(feeds), lambda: source.run(feeds), runs, 1)
-    batch = len(next(iter(feeds.values())))  # a model exported at a fixed batch N runs N at a time
+    batch = next((len(array) for array in feeds.values()), 1)  # a model exported at a fixed batch N runs N
     result = {"p50_ms": round(statistics.median(times), 3), "runs": runs, "batch": batch, "threads": threads,
               "measured_on": where}
     if baseline:
@@ -566,6 +578,12 @@ def _latency(session, feeds: dict[str, np.ndarray], threads: int, where: str, so
         if load.cores is not None:
             result.update(other_load_cores=round(load.cores, 2), host_cpus=host_cpus())
     return result
+
+
+def _activation_bytes(costs: list) -> int:
+    """The activations' bytes at fp32 of the graph compiled (a pruned one's are fewer), but for the copies a QDQ
+    graph's (De)QuantizeLinear nodes write: the same tensors on the device."""
+    return sum(c.activation_bytes for c in costs if c.op not in ("QuantizeLinear", "DequantizeLinear"))
 
 
 def _stored_param_bytes(graph: Graph, costs: list, backend: str, precision: str) -> int:
@@ -597,7 +615,7 @@ def _manifest(source: Graph, graph: Graph, tgt: targets.Target, precision: str, 
             "param_bytes": _stored_param_bytes(graph, after, tgt.backend, precision),
             "source_macs": sum(c.macs for c in before),
             "source_param_bytes": sum(c.param_bytes for c in before),
-            "activation_bytes": sum(c.activation_bytes for c in before),  # fp32, what the roofline moves
+            "activation_bytes": _activation_bytes(after),  # fp32, what the roofline moves
             "cost_batch": cost_batch(source.inputs),  # the batch the MACs and bytes are for
             "cleanup": graph.notes,
         },

@@ -185,7 +185,9 @@ def _serving_lines(manifest: dict[str, Any]) -> list[str]:
     for row in checked.get("tiers", {}).get("rows", []):
         lines.append(f"tier {row['tier']}: {row['output']}, {row['macs'] / 1e6:.2f} MMACs, p50 {row['p50_ms']:.3f} ms"
                      + (f", {row['psnr_vs_full_downscaled_db']:.2f} dB vs the full image downscaled"
-                        if "psnr_vs_full_downscaled_db" in row else ""))
+                        if "psnr_vs_full_downscaled_db" in row else "")
+                     + (f"; upscaled by {row['upscale']}: {row['psnr_upscaled_vs_full_db']:.2f} dB vs the full image"
+                        if "psnr_upscaled_vs_full_db" in row else ""))
     if "batch_sizes" in checked:
         lines.append(f"batch sizes: {', '.join(map(str, checked['batch_sizes']['sizes']))}")
     if manifest.get("assets"):

@@ -208,7 +208,7 @@ def _preview(graph: Graph, comp: _Compiler, options: ServingOptions, split, smal
             entry["upscale"] = "upscaler"
             entry["upscaler_model"] = upscale
             up = _upscaler(upscale, small, full)
-            comp.add("upscaler", _quantized(up) if comp.precision == "int8" else up)
+            comp.add("upscaler", _quantized(up, backends.int8_lowerings(comp.tgt)) if comp.precision == "int8" else up)
     return entry
 
 
@@ -233,12 +233,16 @@ def _upscaler(model: str, small, full) -> Graph:
     return up
 
 
-def _quantized(up: Graph) -> Graph:
-    """An int8 bundle's upscaler as int8 QDQ (all layers; calibrated from its input spec): a backend that runs
-    int8 models only (LiteRT full-integer, the NPU) takes no float graph."""
+def _quantized(up: Graph, lowerings: tuple[str, ...]) -> Graph:
+    """An int8 bundle's upscaler as int8 QDQ (all layers; calibrated from its input spec), after the backend's
+    exact int8 lowerings as the bundle's own model gets them (without, its float Resize and CRD shuffle ran it
+    2.5x slower than the same model built alone): a backend that runs int8 models only (LiteRT full-integer,
+    the NPU) takes no float graph."""
     from .passes.calibration import load_calibration
+    from .passes.lowering import lower
     from .passes.quantize import Quantizer
 
+    up = lower(up, lowerings)[0]
     calibration = load_calibration(up.inputs, None, UPSCALER_CALIBRATION, up.name)
     return up.with_model(Quantizer(up, calibration).emit(), ["quantized to int8 QDQ (minmax), as the bundle"])
 
@@ -507,7 +511,8 @@ def _tier_report(gen, tiers: dict[str, Any], feeds: dict[str, np.ndarray], whole
         _refuse(precision, diff, "preview part")
         small = gen.render([{**request, "output": preview["output"]}])[0].pixels.astype(np.float64)
         down = _area_downscale(full_pixels, small.shape[:2])
-        macs = gen.parts.macs(preview["part"]) + (gen.parts.macs("trunk") if preview["trunk"] else 0)
+        macs = gen.parts.macs(preview["part"]) + (gen.parts.macs("trunk") if preview["trunk"] else 0) + \
+            (gen.parts.macs("upscaler") if preview.get("upscale") == "upscaler" else 0)
         row = {"tier": "preview", "output": preview["output"], "macs": macs,
                "p50_ms": _p50(lambda: gen.render([{**request, "quality": "preview"}])),
                "max_abs_vs_whole": diff, "psnr_vs_full_downscaled_db": round(psnr(down, small, 255.0), 2)}
@@ -517,14 +522,20 @@ def _tier_report(gen, tiers: dict[str, Any], feeds: dict[str, np.ndarray], whole
         rows.append(row)
     for size, entry in tiers.get("sizes", {}).items():
         sized = {**request, "size": int(size)}
-        if "image" in sized:  # an image of the size's input size (the held-out pixels repeated: a timing)
-            _, height, width = next(iter(entry["inputs"].values()))
-            sized["image"] = np.resize(request["image"], (height, width, *request["image"].shape[2:]))
+        for spec in (s for s in gen.inputs if s.role == "image" and s.name in entry["inputs"]):
+            field = _picture_field(gen, spec)  # a picture of the size's input size (held-out pixels repeated)
+            _, height, width = entry["inputs"][spec.name]
+            sized[field] = np.resize(request[field], (height, width, *request[field].shape[2:]))
         # the whole dynamic-size artifact serves it: a fully-convolutional model's MACs scale with the area
         macs = gen.parts.macs(entry["part"]) if entry["part"] != "main" else round(
             gen.manifest["model"]["macs"] * int(size) ** 2 / (full_pixels.shape[0] * full_pixels.shape[1]))
         rows.append({"tier": f"size{size}", "output": full, "macs": macs, "p50_ms": _p50(lambda: gen.render([sized]))})
     return {"rows": rows}
+
+
+def _picture_field(gen, spec) -> str:
+    """The request field an image input's picture goes in: `image` for the first, its name for another."""
+    return "image" if spec.name == next(s.name for s in gen.inputs if s.role == "image") else spec.name
 
 
 def _sample_request(gen, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -537,8 +548,8 @@ def _sample_request(gen, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
             request["seed"] = 0
         elif spec.role == "label":
             request["label"] = 0
-        elif spec.role == "image":
-            request["image"] = tensor_to_uint8(feeds[spec.name][:1], spec.range or [0.0, 1.0])[0]
+        elif spec.role == "image":  # the first as `image`, another (a mask) by its name, as a request gives them
+            request[_picture_field(gen, spec)] = tensor_to_uint8(feeds[spec.name][:1], spec.range or [0.0, 1.0])[0]
         else:
             request[spec.name] = feeds[spec.name][0]
     return request

@@ -358,3 +358,27 @@ def test_tiers_of_a_dcgan_stack_follow_its_affine_size_line(tmp_path):
     with pytest.raises(BuildError, match=r"its layers make 8n \+ 24 rows from n input rows: choose sizes among "
                                          r"32, 40, 48, 56"):
         build(tmp_path / "dcgan.onnx", "x86-onnxruntime", tmp_path / "c", tiers=[44], **shape)
+
+
+def test_tiers_of_a_model_taking_an_image_and_a_mask(tmp_path):
+    """The build's timing request gave the image alone: --tiers on an inpainting model (image + mask) failed,
+    telling the user how to pass a mask."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["image", "mask"], ["both"], axis=1),
+         helper.make_node("Conv", ["both", "w"], ["conv"], pads=[1, 1, 1, 1]),
+         helper.make_node("Sigmoid", ["conv"], ["out"])], "inpaint",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "H", "W"]),
+         helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, "H", "W"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, "H", "W"])],
+        [onnx.numpy_helper.from_array((rng.standard_normal((3, 4, 3, 3)) * 0.3).astype(np.float32), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    result = build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[16, 32],
+                   graph_options={"input_shapes": {"image": [1, 3, 32, 32], "mask": [1, 1, 32, 32]},
+                                  "roles": {"mask": "image"}})
+    assert {r["tier"] for r in result.manifest["serving_report"]["tiers"]["rows"]} == {"full", "size16", "size32"}
+    gen = Generator.open(tmp_path / "b")
+    mask = np.zeros((16, 16, 1), np.uint8)
+    assert gen.generate(image=gray(16, 1), mask=mask, size=16).shape[:2] == (16, 16)

@@ -81,6 +81,13 @@ def open_session(backend: str, directory: Path, config: dict[str, Any], threads:
     return session
 
 
+def int8_lowerings(target) -> tuple[str, ...]:
+    """The exact rewrites the target's backend takes before int8 quantization (a backend whose targets differ
+    in the ops they run chooses them per target)."""
+    compiler = compiler_module(target.backend)
+    return compiler.int8_lowerings(target) if hasattr(compiler, "int8_lowerings") else compiler.INT8_LOWERINGS
+
+
 def compiler_module(backend: str) -> ModuleType:
     """The build half of a backend."""
     return _module(backend, "compile")
