@@ -112,7 +112,9 @@ def _ratio(value: float) -> str:
 
 
 def _source_path(manifest: dict[str, Any], given: str | None) -> Path:
-    path = Path(given or manifest["model"]["source"])
+    from . import zoo
+
+    path = Path(zoo.resolve(given) if given else manifest["model"]["source"])  # zoo:NAME as everywhere
     if not path.is_file():
         raise BuildError(f"baseline needs the fp32 source model; {path} is not there. Pass it with --source MODEL.")
     if sha256_file(path) == manifest["model"]["source_sha256"]:

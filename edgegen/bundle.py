@@ -214,6 +214,10 @@ def check_output_dir(out: Path, precompute: bool = False) -> None:
             f"{out.resolve().name} REQUESTS" if precompute else "Give a directory name, e.g. --out ./bundle"
         raise BuildError(f"{out}: is the working directory or holds it; a bundle is published by moving a whole "
                          f"directory into place. {fix}.")
+    outer = next((parent for parent in out.resolve().parents if is_bundle(parent)), None)
+    if outer is not None:  # its files would be ones the outer bundle does not list: it would stop loading
+        raise BuildError(f"{out}: is inside the bundle {outer}, which holds only its own files (one it does not list "
+                         "makes it refuse to load); choose an --out outside it.")
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not is_bundle(out):

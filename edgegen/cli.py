@@ -502,6 +502,8 @@ def _bench(args) -> int:
         threads = [int(t) for t in args.threads.split(",")]
     except ValueError:
         raise RequestError(f"--threads {args.threads!r}: give comma-separated integers, e.g. 1,2") from None
+    if min(threads) < 1 or len(set(threads)) < len(threads):  # 0 failed in the worker; a repeat ran twice
+        raise RequestError(f"--threads {args.threads!r}: give distinct thread counts >= 1, e.g. 1,2")
     result = bench.run(args.bundle, threads, batch=args.batch, runs=args.runs, warmup=args.warmup,
                        baseline=args.baseline, source=args.source, host_fallback=args.host_fallback)
     print(bench.table(result))

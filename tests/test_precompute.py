@@ -134,8 +134,10 @@ def test_precompute_renders_anew_the_assets_the_runtime_refuses(tmp_path, asset_
     """The runtime's error for these says "rerun `edgegen precompute`", and precompute refused the bundle with
     the same error (it opened it as the runtime does): only a full rebuild got out."""
     import hashlib
+    import logging
     import shutil
 
+    caplog.set_level(logging.WARNING)
     copy = tmp_path / "copy"
     shutil.copytree(asset_bundle, copy)
     if damage == "pack.bin missing":

@@ -292,3 +292,16 @@ def test_precompute_run_inside_the_bundle_says_to_run_it_from_outside(tmp_path, 
     err = capsys.readouterr().err
     assert f"Run it from outside the bundle: cd {tmp_path.resolve()} && edgegen precompute b REQUESTS" in err
     assert "--out" not in err
+
+
+def test_an_out_inside_another_bundle_is_refused(tmp_path, cgen_path):
+    """A build into a bundle's parts/ or assets/ was accepted: the outer bundle then refused to load, its error
+    blaming an edited manifest."""
+    from edgegen.errors import BuildError
+    from edgegen.runtime import Generator
+
+    build(cgen_path, "x86-onnxruntime", tmp_path / "outer")
+    for inner in ("parts/extra", "assets/x", "deep/er/b"):
+        with pytest.raises(BuildError, match=f"is inside the bundle {tmp_path / 'outer'}"):
+            build(cgen_path, "x86-onnxruntime", tmp_path / "outer" / inner)
+    assert Generator.open(tmp_path / "outer").self_test()["pass"]
