@@ -102,6 +102,9 @@ CASES = {
                                     {"AVERAGE_POOL_2D": 1, "PAD": 0}),
     "avgpool_counting_pads": (*_unary("AveragePool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
                                       count_include_pad=1), [1, 3, 8, 8], {"PAD": 1, "AVERAGE_POOL_2D": 1}),
+    # pads SAME reproduces: SAME left the border out of the count (PyTorch's avg_pool2d(x, 3, 1, 1) default)
+    "avgpool_counting_same_pads": (*_unary("AveragePool", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                           count_include_pad=1), [1, 3, 6, 6], {"PAD": 1, "AVERAGE_POOL_2D": 1}),
     "global_avgpool": (*_unary("GlobalAveragePool"), [1, 3, 5, 6], {"MEAN": 1}),
     "global_maxpool": (*_unary("GlobalMaxPool"), [1, 3, 5, 6], {"REDUCE_MAX": 1}),
     "reduce_mean_hw": (*_unary("ReduceMean", axes=[2, 3], keepdims=1), [1, 3, 5, 6], {"MEAN": 1}),

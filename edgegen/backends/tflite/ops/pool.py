@@ -68,7 +68,9 @@ def pool(lw: Lowerer, node: onnx.NodeProto) -> None:
     kernel, strides, pads = _window(node, lw.p)
     value = lw.operand(node.input[0], lw.keeps_grid(node.input[0]))
     size = lw.shape(node.input[0])[2:]
-    padding = same_padding(size, kernel, strides, [1, 1], pads)
+    counts_pads = node.op_type == "AveragePool" and attrs(node).get("count_include_pad", 0) and any(pads)
+    # SAME leaves the border out of an average's count: one that counts its pads pads with zeros, then VALID
+    padding = None if counts_pads else same_padding(size, kernel, strides, [1, 1], pads)
     if padding is None:
         value = _pad(lw, value, pads, lowest=node.op_type == "MaxPool")
         padding = "VALID"
