@@ -255,12 +255,14 @@ def _refuse_non_finite_artifact(source: Graph, tgt: targets.Target, precision: s
     for spec in source.outputs:
         values = actual[spec.name]
         if values.dtype.kind == "f" and not np.isfinite(values).all():
-            share = np.count_nonzero(~np.isfinite(values)) / values.size
-            raise BuildError(
-                f"the {precision} artifact for {tgt.name} gives NaN or infinity in {share:.0%} of output "
-                f"{spec.name!r}'s values on the {len(values)} held-out inputs, where the fp32 source's are finite: "
-                f"a weight or an activation of {source.source} exceeds {precision}'s range (fp16's largest value is "
-                "65504); build it in fp32 or int8, or scale that layer down in the model")
+            bad = np.count_nonzero(~np.isfinite(values))
+            why = (f"a weight or an activation of {source.source} exceeds {precision}'s range (fp16's largest value "
+                   "is 65504); build it in fp32 or int8, or scale that layer down in the model") \
+                if precision != "fp32" else ("the compiled graph computes otherwise than the source; report this "
+                                             "model to the edgegen developers with `edgegen inspect` output")
+            raise BuildError(f"the {precision} artifact for {tgt.name} gives NaN or infinity in {bad} of output "
+                             f"{spec.name!r}'s {values.size} values on the {len(values)} held-out inputs, where the "
+                             f"fp32 source's are finite: {why}")
 
 
 def _warn_outside_range(source: Graph, expected: dict[str, np.ndarray]) -> None:
