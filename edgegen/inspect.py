@@ -32,6 +32,11 @@ def inspect_model(model: str, **graph_options: Any) -> dict[str, Any]:
         except BackendUnavailableError as exc:
             support[target.name] = {"checked": False, "why": str(exc)}
             continue
+        except MemoryError:  # a check that computes per-pixel tables (a resize's) at huge shapes
+            support[target.name] = {"checked": False, "why": "not checked: its check at these input shapes takes "
+                                                             "more memory than this host has; inspect at a smaller "
+                                                             "--input-shape"}
+            continue
         support[target.name] = {"checked": True, "supported": not missing,
                                 "unsupported": [{"node": n, "op": op, "why": why} for n, op, why in missing]}
     return {

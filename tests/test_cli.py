@@ -68,6 +68,21 @@ def test_inspect_at_a_shape_the_model_cannot_run_says_so(capsys):
     assert code == 0 and "warning the model was not run at input shapes x 1x3x100000x100000 to check them" in out, err
 
 
+def test_inspect_says_which_targets_it_could_not_check_for_memory(capsys, cgen_path, monkeypatch):
+    """zoo:upscale2x at 30000x30000: LiteRT's resize check built a 13 GB table, an internal error (or the OOM
+    killer)."""
+    from edgegen.backends.tflite import compile as tflite_compile
+
+    def out_of_memory(graph, target):
+        raise MemoryError
+
+    monkeypatch.setattr(tflite_compile, "unsupported_nodes", out_of_memory)
+    code, out, _ = run(capsys, "inspect", str(cgen_path), "--json")
+    support = json.loads(out)["targets"]
+    assert code == 0 and not support["x86-litert"]["checked"] and support["x86-onnxruntime"]["checked"]
+    assert "takes more memory than this host has" in support["x86-litert"]["why"]
+
+
 def test_inspect_gives_the_cost_of_a_fixed_batch_export_at_its_batch(capsys, tmp_path):
     import onnx
     from conftest import conditional_generator
