@@ -89,6 +89,9 @@ def describe_io(
         if spec.role not in OUTPUT_ROLES:
             raise ModelError(f"output {value.name!r} cannot have role {spec.role!r}: an output is an image or a "
                              f"tensor (--role {value.name}=image or {value.name}=tensor)")
+        if spec.role == "image" and len(spec.shape) != 4:  # a [1, 1] score named an image made no picture
+            raise ModelError(f"output {value.name!r} ({spec.dtype} {format_shape(spec.source_shape)}) cannot be an "
+                             f"image: an image output is a 4-D map (N, C, H, W); give it --role {value.name}=tensor")
         if spec.role == "image":
             _refuse_range_of_pixels(spec, output_range, "--output-range")
             spec.range = list(output_range or _pixel_range(spec) or _range_from_producer(value.name, producers, init)

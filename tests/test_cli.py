@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 from PIL import Image
 
 from edgegen.build import build
@@ -219,6 +220,7 @@ def test_zoo_lists_names(capsys):
     (lambda t, m: ["build", str(m), "-t", "x86-onnxruntime", "--precompute", str(t / "no.yaml"), "-o", str(t / "o")],
      "no such file or folder; check the path"),  # was found after the whole build, once per target
     (lambda t, m: ["inspect", str(m), "--role", "latent=colour"], "unknown role"),
+    (lambda t, m: ["inspect", str(t / "score.onnx"), "--role", "score=image"], "cannot be an image: an image output is"),
     (lambda t, m: ["inspect", str(m), "--input-shape", "latent=1x17"], "does not fit"),
     (lambda t, m: ["inspect", str(m), "--input-shape", "latent=1x16", "--input-shape", "latent=2x16"],
      "'latent' is given twice ('1x16' and '2x16')"),  # the last won silently
@@ -226,6 +228,10 @@ def test_zoo_lists_names(capsys):
 ])
 def test_bad_input_exits_2_with_one_paragraph_and_writes_nothing(capsys, tmp_path, cgen_path, make_args, message):
     (tmp_path / "text.onnx").write_text("this is not a model\n")
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["score"], axes=[1, 2, 3], keepdims=0)], "s",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "score.onnx"))
     (tmp_path / "cut.onnx").write_bytes(cgen_path.read_bytes()[:900])
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
