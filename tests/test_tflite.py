@@ -497,3 +497,26 @@ def test_a_linear_resize_by_a_scale_that_gives_no_whole_size_is_refused_naming_i
     for precision in ("fp32", "int8"):
         with pytest.raises(UnsupportedOpError, match=r"node 'up15' \(op Resize\).*not a whole size.*size=\(H, W\)"):
             build(path, "x86-litert", tmp_path / precision, precision=precision)
+
+
+def test_an_int32_label_of_shape_n_1_cast_and_flattened_before_its_embedding(tmp_path):
+    """PyTorch's emb(label.long().view(-1)) on an int32 [N, 1] label: the flattening RESHAPE was written with a
+    float output, and the GATHER it fed would not load ('Positions of type FLOAT32 are not supported')."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Cast", ["label"], ["long"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["long", "flat"], ["index"]),
+             helper.make_node("Gather", ["table", "index"], ["row"], axis=0),
+             helper.make_node("Reshape", ["row", "map"], ["grid"]),
+             helper.make_node("Conv", ["grid", "w"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["conv"], ["image"])]
+    inits = [onnx.numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+             onnx.numpy_helper.from_array(rng.standard_normal((7, 48)).astype(np.float32), "table"),
+             onnx.numpy_helper.from_array(np.array([-1, 3, 4, 4], np.int64), "map"),
+             onnx.numpy_helper.from_array((rng.standard_normal((3, 3, 3, 3)) * 0.3).astype(np.float32), "w")]
+    graph = helper.make_graph(nodes, "labels", [helper.make_tensor_value_info("label", TensorProto.INT32, ["N", 1])],
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 4, 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    result = build(tmp_path / "m.onnx", "x86-litert", tmp_path / "b")
+    assert result.fidelity["max_abs"] < 1e-5
+    np.testing.assert_array_equal(Generator.open(tmp_path / "b").generate(label=5),
+                                  Generator.open(tmp_path / "b").generate(label=5))

@@ -111,7 +111,9 @@ class Lowerer:
         requantized onto the QDQ graph's grid for `name` when that one differs."""
         target = self.p.quant.activations.get(name) if grid else None
         if target is None or target == grid:
-            self.op(code, inputs, [self.define(name, shape, nhwc, order, grid)], options)
+            moved = self.b.dtype(inputs[0])  # integer indices moved (a label's RESHAPE) stay integers
+            dtype = moved if grid is None and moved in ("int32", "int64") and code != "GATHER" else None
+            self.op(code, inputs, [self.define(name, shape, nhwc, order, grid, dtype)], options)
             return
         moved = self.temp(shape, grid, hint=code.lower())
         self.op(code, inputs, [moved], options)
