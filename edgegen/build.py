@@ -562,10 +562,11 @@ def _latency(session, feeds: dict[str, np.ndarray], threads: int, where: str, so
     """p50 of the artifact on `feeds` (batch 1, or a fixed-batch export's N), at the target's threads; with the
     fp32 source's session (a CPU artifact that runs natively here), both run in alternating blocks of BLOCK_RUNS
     runs (`bench.interleaved`: each block once the other runtime's threads have stopped spinning, so neither
-    runs on cores the other's idle workers hold) and the speed against the source is the median over block pairs of their ratio
-    (`bench.paired_speed`): paired, so load from elsewhere on a shared host hits both alike. The cores other
-    processes kept busy meanwhile are recorded (`other_load_cores`, of `host_cpus`): load that slows one runtime
-    more than the other is not cancelled, and the report says so instead of blaming the precision."""
+    runs on cores the other's idle workers hold) and the speed against the source is the median over block
+    pairs of their ratio (`bench.paired_speed`): paired, so load from elsewhere on a shared host hits both
+    alike. The cores other processes kept busy meanwhile are recorded (`other_load_cores`, of `host_cpus`):
+    load that slows one runtime more than the other is not cancelled, and the report says so instead of
+    blaming the precision."""
     if source is None:
         times, baseline = measure(lambda: session.run(feeds), runs, 1), None
     else:

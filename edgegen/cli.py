@@ -199,7 +199,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("requests", help="YAML/JSON: a list of requests, or requests:/grid:/log: + top: (see README)")
     _executor_args(p, "render here, or in shards on Ray actors (same assets, byte for byte)")
-    p.add_argument("--workers", type=_integer(1), metavar="N", help="Ray actors rendering shards (default: the cluster's CPUs over the target's threads)")
+    p.add_argument("--workers", type=_integer(1), metavar="N",
+                   help="Ray actors rendering shards (default: the cluster's CPUs over the target's threads)")
     p.set_defaults(func=_precompute, writes="bundle")
 
     p = verbs.add_parser("serve", help="serve a bundle over HTTP (POST /v1/generate, GET /v1/health, /v1/stats, /)")

@@ -220,7 +220,8 @@ def test_zoo_lists_names(capsys):
     (lambda t, m: ["build", str(m), "-t", "x86-onnxruntime", "--precompute", str(t / "no.yaml"), "-o", str(t / "o")],
      "no such file or folder; check the path"),  # was found after the whole build, once per target
     (lambda t, m: ["inspect", str(m), "--role", "latent=colour"], "unknown role"),
-    (lambda t, m: ["inspect", str(t / "score.onnx"), "--role", "score=image"], "cannot be an image: an image output is"),
+    (lambda t, m: ["inspect", str(t / "score.onnx"), "--role", "score=image"],
+     "cannot be an image: an image output is"),
     (lambda t, m: ["inspect", str(m), "--input-shape", "latent=1x17"], "does not fit"),
     (lambda t, m: ["inspect", str(m), "--input-shape", "latent=1x16", "--input-shape", "latent=2x16"],
      "'latent' is given twice ('1x16' and '2x16')"),  # the last won silently

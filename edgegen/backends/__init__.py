@@ -10,7 +10,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..errors import BackendUnavailableError, BundleError, DamagedBundle, EdgegenError, TargetError, first_line, install_hint
+from ..errors import (BackendUnavailableError, BundleError, DamagedBundle, EdgegenError, TargetError, first_line,
+                      install_hint)
 
 NAMES = ("onnxruntime", "openvino", "tflite", "fpga")
 # the precisions each backend compiles, and the backend_options keys it reads: (what, check), or the values allowed
