@@ -231,38 +231,45 @@ def _warn_synthetic_maps(source: Graph) -> None:
                         spec.name, spec.role, fed)
 
 
+def _first_non_finite(source: Graph, arrays: dict[str, np.ndarray]) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """(output name, its values, where they are NaN or infinity) of the first float output that holds any."""
+    for spec in source.outputs:
+        values = arrays[spec.name]
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            return spec.name, values, ~np.isfinite(values)
+    return None
+
+
 def _refuse_non_finite(source: Graph, expected: dict[str, np.ndarray], inputs_from: str | None) -> None:
     """A source whose outputs hold NaN or infinity on the held-out inputs has nothing to verify against (its
     bundle would fail its own self-test; int8 calibration fails on it)."""
-    for spec in source.outputs:
-        values = expected[spec.name]
-        bad = ~np.isfinite(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
-        if bad.any():
-            kinds = " and ".join(k for k, f in (("NaN", np.isnan), ("infinity", np.isinf)) if f(values).any())
-            given = inputs_from or "seeded latents and smooth synthetic images"
-            raise BuildError(
-                f"{source.source}: the fp32 source's output {spec.name!r} holds {kinds} in {bad.mean():.0%} of its "
-                f"values on the {len(values)} held-out inputs ({given}), so no artifact can be verified against it. "
-                "Fix the model (a log or a division of values that reach 0, an exp that overflows), or give the "
-                "inputs it is meant for with --calibration FILE.npz (the rows after the calibration ones verify the "
-                "build) or --input-range LO,HI")
+    found = _first_non_finite(source, expected)
+    if found:
+        name, values, bad = found
+        kinds = " and ".join(k for k, f in (("NaN", np.isnan), ("infinity", np.isinf)) if f(values).any())
+        given = inputs_from or "seeded latents and smooth synthetic images"
+        raise BuildError(
+            f"{source.source}: the fp32 source's output {name!r} holds {kinds} in {bad.mean():.0%} of its "
+            f"values on the {len(values)} held-out inputs ({given}), so no artifact can be verified against it. "
+            "Fix the model (a log or a division of values that reach 0, an exp that overflows), or give the "
+            "inputs it is meant for with --calibration FILE.npz (the rows after the calibration ones verify the "
+            "build) or --input-range LO,HI")
 
 
 def _refuse_non_finite_artifact(source: Graph, tgt: targets.Target, precision: str,
                                 actual: dict[str, np.ndarray]) -> None:
     """An artifact that gives NaN or infinity where the fp32 source's outputs are finite is no bundle (its
     PSNR is NaN, its self-test tolerance too, and NaN pixels are cast to black)."""
-    for spec in source.outputs:
-        values = actual[spec.name]
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            bad = np.count_nonzero(~np.isfinite(values))
-            why = (f"a weight or an activation of {source.source} exceeds {precision}'s range (fp16's largest value "
-                   "is 65504); build it in fp32 or int8, or scale that layer down in the model") \
-                if precision != "fp32" else ("the compiled graph computes otherwise than the source; report this "
-                                             "model to the edgegen developers with `edgegen inspect` output")
-            raise BuildError(f"the {precision} artifact for {tgt.name} gives NaN or infinity in {bad} of output "
-                             f"{spec.name!r}'s {values.size} values on the {len(values)} held-out inputs, where the "
-                             f"fp32 source's are finite: {why}")
+    found = _first_non_finite(source, actual)
+    if found:
+        name, values, bad = found
+        why = (f"a weight or an activation of {source.source} exceeds {precision}'s range (fp16's largest value "
+               "is 65504); build it in fp32 or int8, or scale that layer down in the model") \
+            if precision != "fp32" else ("the compiled graph computes otherwise than the source; report this "
+                                         "model to the edgegen developers with `edgegen inspect` output")
+        raise BuildError(f"the {precision} artifact for {tgt.name} gives NaN or infinity in "
+                         f"{np.count_nonzero(bad)} of output {name!r}'s {values.size} values on the {len(values)} "
+                         f"held-out inputs, where the fp32 source's are finite: {why}")
 
 
 def _warn_outside_range(source: Graph, expected: dict[str, np.ndarray]) -> None:
