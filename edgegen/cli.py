@@ -44,13 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except OSError as exc:
-        if exc.errno not in _MEDIUM_ERRORS:
+        if exc.errno not in _MEDIUM_ADVICE:
             return _internal_error()
         written = getattr(args, getattr(args, "writes", ""), None)  # a file object's write names no file
         where = f"{exc.filename}: " if exc.filename else f"writing {written}: " if written else ""
-        print(f"edgegen: error: {where}{exc.strerror}. Free space or fix the permissions (or choose another "
-              "path) and run the command again; edgegen moves what it writes into place only when it is complete, "
-              "so nothing half-written was left.", file=sys.stderr)
+        print(f"edgegen: error: {where}{exc.strerror}. {_MEDIUM_ADVICE[exc.errno]} and run the command again; "
+              "edgegen moves what it writes into place only when it is complete, so nothing half-written was left.",
+              file=sys.stderr)
         return 2
     except Exception:
         return _internal_error()
@@ -65,8 +65,13 @@ def _stopped(exc: BaseException) -> int:
     return 128 + signal.SIGTERM
 
 
-# a write failed because of the medium, not a fault of edgegen: read-only, full, over quota, not permitted
-_MEDIUM_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG}
+# a write failed because of the medium, not a fault of edgegen: read-only, full, over quota, not permitted;
+# what the user can do about each
+_MEDIUM_ADVICE = {errno.ENOSPC: "Free space (or choose another path)", errno.EDQUOT: "Free space within your quota "
+                  "(or choose another path)", errno.EFBIG: "Choose a path on a file system that takes larger files",
+                  errno.EROFS: "Choose a path on a writable file system",
+                  errno.EACCES: "Fix the permissions (or choose another path)",
+                  errno.EPERM: "Fix the permissions (or choose another path)"}
 
 
 class _Terminated(BaseException):

@@ -303,7 +303,7 @@ def test_a_medium_that_refuses_writes_is_a_user_error_not_a_traceback(capsys, tm
 
     monkeypatch.setattr(bundle, "staging_dir", read_only)
     code, _, err = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "-o", str(tmp_path / "b"))
-    assert code == 2 and f"edgegen: error: {tmp_path / '.b.tmp'}: Read-only file system. Free space" in err
+    assert code == 2 and f"edgegen: error: {tmp_path / '.b.tmp'}: Read-only file system. Choose a path on a writable" in err
     assert "Traceback" not in err and not (tmp_path / "b").exists()
 
     def full(staging, manifest):  # a file object's write (onnx.save's, the pack's) names no file
@@ -314,6 +314,14 @@ def test_a_medium_that_refuses_writes_is_a_user_error_not_a_traceback(capsys, tm
     code, _, err = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "-o", str(tmp_path / "b"))
     assert code == 2 and f"edgegen: error: writing {tmp_path / 'b'}: No space left on device. Free space" in err
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b*"))
+
+    def denied(staging, manifest):
+        raise OSError(errno.EACCES, "Permission denied", str(tmp_path / "b" / "manifest.json"))
+
+    monkeypatch.setattr(bundle, "write_manifest", denied)
+    code, _, err = run(capsys, "build", str(cgen_path), "-t", "x86-onnxruntime", "-o", str(tmp_path / "b"))
+    assert code == 2 and "Permission denied. Fix the permissions (or choose another path)" in err
+    assert "Free space" not in err
 
 
 def test_an_output_path_through_a_file_is_a_user_error_not_a_traceback(capsys, tmp_path, cgen_path):
