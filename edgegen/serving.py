@@ -458,11 +458,11 @@ def _levels(gen, diff: float) -> str:
 def _check_part(gen, name: str, graph: Graph, precision: str) -> dict[str, Any]:
     """A part against its own graph run by ONNX Runtime on seeded inputs at the part's shapes."""
     from .build import VERIFY_SEED
-    from .inputs import sample_feeds
+    from .inputs import fixed_batch, sample_feeds
     from .source import SourceSession
 
     specs = gen.parts.inputs(name)
-    feeds = sample_feeds(specs, [VERIFY_SEED])
+    feeds = sample_feeds(specs, [VERIFY_SEED + i for i in range(fixed_batch(specs) or 1)])  # a fixed batch: full
     with tempfile.TemporaryDirectory(prefix="edgegen-part-") as tmp:
         graph.save(Path(tmp) / "part.onnx")
         expected = SourceSession(Path(tmp) / "part.onnx").run(feeds)

@@ -182,6 +182,24 @@ def test_image_model_sizes_take_the_image_of_their_size(tmp_path):
         dyn.generate(image=gray(16, 1), size=192)
 
 
+def test_sizes_of_a_model_exported_with_a_fixed_batch_of_two(tmp_path):
+    """The size's part was checked on a batch of one, which a fixed batch of 2 refuses: the build failed
+    blaming the size."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["image", "w"], ["h"], pads=[1, 1, 1, 1]),
+                               helper.make_node("Sigmoid", ["h"], ["out"])], "fcn",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [2, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 3, 8, 8])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "b2.onnx"))
+    build(tmp_path / "b2.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[16])
+    gen = Generator.open(tmp_path / "b")
+    picture = np.stack([gray(16, 3)] * 3, axis=-1)
+    assert gen.generate(image=picture, size=16).shape == (16, 16, 3)
+    assert gen.generate(image=picture[:8, :8]).shape == (8, 8, 3)
+
+
 def test_the_default_size_of_an_image_model_without_tiers_is_made_from_the_default_image(tmp_path):
     """size=S named the default output and was served at the image's size, whatever the image."""
     build(f"{FAMILIES}/espcn__legacy_dyn.onnx", "x86-onnxruntime", tmp_path / "b")
