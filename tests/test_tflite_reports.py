@@ -47,7 +47,8 @@ def test_edgetpu_report_for_a_model_that_maps_entirely(tmp_path):
     result = build(FAMILIES / "dcgan__legacy_b1.onnx", "x86-litert", tmp_path / "b", precision="int8")
     report = json.loads((tmp_path / "b" / "reports" / "edgetpu.json").read_text())
     assert report["first_fallback"] is None and report["edgetpu_ops"] == report["ops"] == 6
-    assert report["by_op"] == {"TANH": {"edgetpu": 1, "cpu": 0}, "TRANSPOSE_CONV": {"edgetpu": 5, "cpu": 0}}
+    assert report["by_op"] == {"TANH": {"edgetpu": 1, "uncertain": 0, "cpu": 0},
+                               "TRANSPOSE_CONV": {"edgetpu": 5, "uncertain": 0, "cpu": 0}}
     assert result.manifest["session"]["edgetpu"] == "Edge TPU: all 6 ops would map (one Edge TPU subgraph)"
 
 
@@ -62,7 +63,7 @@ def test_edgetpu_report_names_the_first_fallback_and_schedules_it_late(tmp_path,
     assert first["index"] == report["edgetpu_ops"] == 4 and report["cpu_ops"] == report["ops"] - 4
     # the trunk's maps; the other is the head's pixel shuffle (its to-RGB layer runs strided: narrow_conv_strided),
     # which the Edge TPU form writes as a TRANSPOSE_CONV, on the CPU after the GATHER
-    assert report["by_op"]["TRANSPOSE_CONV"] == {"edgetpu": 1, "cpu": 1}
+    assert report["by_op"]["TRANSPOSE_CONV"] == {"edgetpu": 1, "uncertain": 0, "cpu": 1}
     ops, _ = read_model((tmp_path / "b" / "model.tflite").read_bytes())
     assert ops[0].code == "GATHER"  # in the graph's own order (the XNNPACK artifact) nothing would have mapped
 
@@ -119,7 +120,7 @@ def stand_in_edgetpu_compiler(monkeypatch):
     """Coral's compiler cannot be installed here: a stand-in that copies the model as the compiled one."""
     from edgegen.backends.tflite import compile as tflite_compile
 
-    def compile_model(model, out, compat):
+    def compile_model(model, out, compat, source=None):
         out.write_bytes(model.read_bytes())
         out.with_suffix(".log").write_text("stand-in\n")
         return {"version": "stand-in", "log": out.with_suffix(".log").name}

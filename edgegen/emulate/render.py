@@ -15,7 +15,11 @@ def emulation(report: dict[str, Any]) -> str:
                            if c["accelerator_replaced_by_cpu"] else "")]
     if c.get("runtime_replaced"):
         lines.append(f"  runtime      {c['runtime_replaced']}")
-    if "op_support" in report:
+    e = report["estimate"]
+    compiled = e.get("edgetpu_compiler")  # the compiler's counts, where the build recorded them, say what maps
+    if compiled:
+        lines.append(f"  op support   {compiled['summary']}")
+    elif "op_support" in report:
         lines.append(f"  op support   {report['op_support']['summary']}")
     lines.append(f"  this host    {_run(report['host'])}")
     arm = report.get("aarch64")
@@ -36,14 +40,14 @@ def emulation(report: dict[str, Any]) -> str:
             at_fmax = f", {rtl['latency_ms_at_fmax']} ms at Fmax" if rtl.get("latency_ms_at_fmax") else ""
             lines.append(f"  RTL tier     {rtl['cycles']} cycles{at_fmax}; "
                          f"simulated in {rtl['latency_ms']['p50']:.0f} ms")
-    e = report["estimate"]
     batch = e.get("batch", 1)
+    uncounted = compiled["uncounted"] if compiled else e.get("uncounted")
     per_batch = f" (a batch of {batch} in {e['batch_latency_ms']:.3g} ms)" if batch != 1 else ""
     lines.append(f"  estimate     {e['latency_ms']:.3g} ms per image{per_batch} on the device: ESTIMATE from the "
                  f"roofline ({e['bound']}-bound; {e['ops'] / 1e6:.3g} Mops at {e['peak_gops']:g} GOPS, "
                  f"{e['bytes'] / 1e6:.2f} MB at {e['bandwidth_gbs']:g} GB/s{' for the batch' * (batch != 1)}), "
                  "a lower bound"
-                 + (f"; {e['uncounted']}" if "uncounted" in e else ""))
+                 + (f"; {uncounted}" if uncounted else ""))
     for check in report["checks"]:
         lines.append(f"  {'PASS' if check['pass'] else 'FAIL'}  {check['name']}: {check['detail']}")
     lines.append(f"result: {'PASS' if report['pass'] else 'FAIL'}")

@@ -1,6 +1,8 @@
 """Device latency from a roofline model: the larger of compute time (ops / peak ops/s) and memory
 time (bytes moved / bandwidth), with the peaks a target YAML records and cites. It is the latency
-of a device running at its peak: an estimate, a lower bound on what a real device measures."""
+of a device running at its peak: an estimate, a lower bound on what a real device measures. On an
+accelerator that caches the parameters in on-chip memory and keeps activations on chip (the Edge
+TPU), only the inputs, outputs and off-chip-streamed parameters cross its link per image."""
 
 from __future__ import annotations
 
@@ -15,6 +17,10 @@ ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 # (backend, precision) -> the precision the device computes it in, where another: LiteRT dequantizes an fp16
 # bundle's float16 weights once at load and computes in f32 (weights and activations at 4 bytes)
 COMPUTED_AS = {("tflite", "fp16"): "fp32"}
+# a bundle's session.delegate -> its accelerator's on-chip memory for parameters, in bytes: its activations stay on
+# chip too, so the target's bandwidth_gbs is the host link's (Coral: "roughly 8 MB of SRAM" on the Edge TPU; its
+# compiler's on-chip / off-chip split, session.edgetpu_compiler, is used where the build recorded it)
+ON_CHIP_PARAMETER_BYTES = {"edgetpu": 8 * 1024 ** 2}
 
 
 def computed_precision(manifest: dict[str, Any]) -> str:
@@ -27,7 +33,10 @@ def traffic(manifest: dict[str, Any]) -> tuple[int, str]:
     activation written and read once at the precision's element size: as the build recorded them, or
     from the source model where a bundle of an earlier edgegen did not and it is at hand (else inputs
     and outputs only, a smaller lower bound). At the precision the backend computes in: a LiteRT fp16
-    bundle's weights and activations in f32."""
+    bundle's weights and activations in f32. An accelerator with on-chip parameter memory
+    (ON_CHIP_PARAMETER_BYTES): see link_traffic."""
+    if manifest.get("session", {}).get("delegate") in ON_CHIP_PARAMETER_BYTES:
+        return link_traffic(manifest)
     model, precision, computed = manifest["model"], manifest["precision"], computed_precision(manifest)
     element = ELEMENT_BYTES[computed]
     stored = STORED_AS.get((manifest["backend"], precision), precision)  # OpenVINO's bf16: an fp32 IR
@@ -51,6 +60,24 @@ def traffic(manifest: dict[str, Any]) -> tuple[int, str]:
     return params + 2 * activations * element, "parameters + activations written and read once" + how
 
 
+def link_traffic(manifest: dict[str, Any]) -> tuple[int, str]:
+    """(bytes one call moves over the link to an accelerator that caches parameters on chip and keeps
+    activations there, how they were counted): the inputs and outputs, plus the parameters the compiler streams
+    from off-chip memory (session.edgetpu_compiler.off_chip_bytes; without it, those beyond the on-chip memory)."""
+    model, session = manifest["model"], manifest["session"]
+    element = ELEMENT_BYTES[computed_precision(manifest)]
+    io = sum(_numel(s["default_shape"]) for s in model["inputs"] + model["outputs"]) * element
+    off_chip = (session.get("edgetpu_compiler") or {}).get("off_chip_bytes")
+    if off_chip is not None:
+        how = "the compiler's off-chip parameters"
+    else:
+        on_chip = ON_CHIP_PARAMETER_BYTES[session["delegate"]]
+        off_chip = max(0, model["param_bytes"] - on_chip)
+        how = f"parameters beyond the {on_chip / 1024 ** 2:g} MiB on-chip memory"
+    return io + off_chip, (f"inputs and outputs over the host link + {how} ({off_chip} bytes); parameters cached on "
+                           "chip and activations kept there do not cross it")
+
+
 def estimate(manifest: dict[str, Any], target: Target) -> dict[str, Any]:
     """The roofline estimate of one image's latency on the target at the bundle's precision (at the peak of the
     precision it computes in, where the target gives one): the cost of the batch the bundle was built for
@@ -68,12 +95,20 @@ def estimate(manifest: dict[str, Any], target: Target) -> dict[str, Any]:
     moved, counted = traffic(manifest)
     compute_ms = ops / (peak * 1e9) * 1e3
     memory_ms = moved / (target.roofline["bandwidth_gbs"] * 1e9) * 1e3
-    return {"label": "estimate (roofline: the device at its peak; real devices are slower)",
-            "latency_ms": round(max(compute_ms, memory_ms) / batch, 4), "batch": batch,
+    result = {"label": "estimate (roofline: the device at its peak; real devices are slower)",
+              "latency_ms": round(max(compute_ms, memory_ms) / batch, 4), "batch": batch,
             "batch_latency_ms": round(max(compute_ms, memory_ms), 4),
             "bound": "compute" if compute_ms >= memory_ms else "memory", "compute_ms": round(compute_ms, 4),
-            "memory_ms": round(memory_ms, 4), "ops": ops, "bytes": moved, "bytes_counted": counted,
-            "peak_gops": peak, "bandwidth_gbs": target.roofline["bandwidth_gbs"], "source": target.roofline["source"]}
+              "memory_ms": round(memory_ms, 4), "ops": ops, "bytes": moved, "bytes_counted": counted,
+              "peak_gops": peak, "bandwidth_gbs": target.roofline["bandwidth_gbs"], "source": target.roofline["source"]}
+    counts = manifest.get("session", {}).get("edgetpu_compiler")
+    if counts and counts.get("edgetpu_ops") is not None:  # the compiler's own mapping, which the build recorded
+        cpu = (f"the compiler maps {counts['edgetpu_ops']}/{counts['total_ops']} ops to the Edge TPU; the device's "
+               f"CPU runs the other {counts['cpu_ops']}, which this does not count") if counts.get("cpu_ops") else None
+        result["edgetpu_compiler"] = {**counts, "summary": manifest["session"]["edgetpu"], "uncounted": cpu}
+        if cpu:
+            result["uncounted"] = cpu
+    return result
 
 
 def _numel(shape: list) -> int:

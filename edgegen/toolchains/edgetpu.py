@@ -8,6 +8,7 @@ memory, number of Edge TPU subgraphs, ops on the Edge TPU and on the CPU) and wr
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -38,6 +39,8 @@ _FIELDS = {
     "cpu_ops": (r"Number of operations that will run on CPU: (\d+)", int),
 }
 _ROW = re.compile(r"^([A-Z][A-Z0-9_]*)\s+(\d+)\s+(\S.*?)\s*$")
+# the summary fields without which the compiler's result is not known (its format was not recognised)
+REQUIRED = ("subgraphs", "total_ops", "edgetpu_ops", "cpu_ops")
 
 
 @dataclass
@@ -58,6 +61,10 @@ class CompilerReport:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def unknown(self) -> list[str]:
+        """The REQUIRED fields the compiler's output did not give (its format was not recognised)."""
+        return [key for key in REQUIRED if getattr(self, key) is None]
 
 
 def parse_size(text: str) -> int:
@@ -105,21 +112,31 @@ def require() -> str:
     return path
 
 
-def compile_model(model: Path, out_dir: Path, timeout_s: int = TIMEOUT_S) -> tuple[Path, Path, CompilerReport]:
-    """Run the compiler; returns (compiled model, its log file, parsed report)."""
+def compile_model(model: Path, out_dir: Path, timeout_s: int = TIMEOUT_S, label: str | None = None
+                  ) -> tuple[Path, Path | None, CompilerReport, str]:
+    """Run the compiler; returns (compiled model, its log file or None where it wrote none, parsed report,
+    its console output). label: what messages call the model (default: its path)."""
     executable = require()
+    label = label or str(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = command(executable, model, out_dir, timeout_s)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30)
     except subprocess.TimeoutExpired:
-        raise ToolFailedError(f"{TOOL} did not finish compiling {model} within {timeout_s + 30} s") from None
+        raise ToolFailedError(f"{TOOL} did not finish compiling {label} within {timeout_s + 30} s") from None
+    except OSError as exc:  # the x86-64 binary on an aarch64 host (exec format error), a file not executable
+        raise ToolFailedError(f"cannot execute {TOOL} at {executable}: {exc.strerror or exc}; the compiler runs on "
+                              f"x86-64 Linux only: {INSTALL}") from None
     compiled = out_dir / f"{model.stem}_edgetpu.tflite"
     log_file = out_dir / f"{model.stem}_edgetpu.log"
+    # the paths it prints are the build's temporary ones: the model's and the output's names say as much
+    console = (proc.stdout + proc.stderr).strip().replace(f"{out_dir}{os.sep}", "").replace(str(model), model.name)
     if proc.returncode != 0 or not compiled.is_file():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
-        raise ToolFailedError(f"{TOOL} failed on {model} (exit {proc.returncode}): {tail}")
+        tail = "\n".join(console.splitlines()[-8:])
+        raise ToolFailedError(f"{TOOL} failed on {label} (exit {proc.returncode}): {tail}")
     report = parse_log(proc.stdout)
-    if log_file.is_file():  # the log lists every operator type; the console only the unmapped ones
-        report.operators = parse_log(log_file.read_text()).operators
-    return compiled, log_file, report
+    if not log_file.is_file():
+        return compiled, None, report, console  # the console's operator table (--show_operations) stands
+    logged = parse_log(log_file.read_text()).operators  # every operator type; the console only the unmapped ones
+    report.operators = logged or report.operators
+    return compiled, log_file, report, console

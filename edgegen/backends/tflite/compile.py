@@ -32,6 +32,9 @@ EDGETPU_WITHOUT = ("narrow_conv_strided",)
 # decoder run all on the host; as a Mul it is quantized with the input
 EDGETPU_WITH = ("latent_arithmetic",)
 EDGETPU_ARTIFACT = "model_edgetpu.tflite"
+# what the manifest's session.edgetpu_compiler keeps of the compiler's report (emulate's estimate reads it)
+COMPILER_COUNTS = ("version", "total_ops", "edgetpu_ops", "cpu_ops", "subgraphs", "on_chip_used_bytes",
+                   "on_chip_remaining_bytes", "off_chip_bytes")
 REPORTS = "reports"
 
 
@@ -105,20 +108,62 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
         reports["edgetpu"] = _edgetpu_compatibility(p, lowered if delegate == "edgetpu" else None)
         session["edgetpu"] = edgetpu.summary(reports["edgetpu"])
     if delegate == "edgetpu":
-        compiled = edgetpu.compile_model(workdir / ARTIFACT, workdir / EDGETPU_ARTIFACT, reports["edgetpu"])
+        compiled = edgetpu.compile_model(workdir / ARTIFACT, workdir / EDGETPU_ARTIFACT, reports["edgetpu"],
+                                         str(graph.source))
         reports["edgetpu_compiler"] = compiled
-        files += [EDGETPU_ARTIFACT, compiled["log"]]
+        files += [EDGETPU_ARTIFACT, *([compiled["log"]] if compiled.get("log") else [])]
         session["edgetpu_entry"] = EDGETPU_ARTIFACT
         tools["edgetpu_compiler"] = compiled["version"]
+        said = edgetpu.compiler_summary(compiled, reports["edgetpu"])
+        if said:  # once the compiler ran, its counts are what the bundle states
+            session["edgetpu"] = said
+            session["edgetpu_compiler"] = {k: compiled.get(k) for k in COMPILER_COUNTS}
     (workdir / REPORTS).mkdir(exist_ok=True)
     for name, rep in reports.items():
         (workdir / REPORTS / f"{name}.json").write_text(json.dumps(rep, indent=2) + "\n")
         files.append(f"{REPORTS}/{name}.json")
     warnings = list(lowered.warnings)
-    if delegate == "edgetpu" and reports["edgetpu"]["first_fallback"] is not None:
-        warnings.append(f"{session['edgetpu']}: on the device those run on its CPU, far slower than on the Edge "
-                        "TPU (reports/edgetpu.json lists each op and why)")
+    if delegate == "edgetpu":
+        warnings += _edgetpu_warnings(session, reports)
     return {"files": files, "session": session, "tools": tools, "warnings": warnings}
+
+
+def _edgetpu_warnings(session: dict[str, Any], reports: dict[str, Any]) -> list[str]:
+    """A split Edge TPU graph (by the compiler's counts once it ran; else by edgegen's rules), and a compiler
+    summary edgegen could not read."""
+    compiled, warnings = reports.get("edgetpu_compiler") or {}, []
+    if compiled.get("unknown"):
+        warnings.append(f"{edgetpu.compiler.TOOL} {compiled.get('version') or '(version not recognised either)'} "
+                        f"compiled the model (exit 0, {EDGETPU_ARTIFACT} written), but its summary is not in the "
+                        f"format edgegen reads (that of compiler 16): {', '.join(compiled['unknown'])} not found, "
+                        f"marked unknown in {REPORTS}/edgetpu_compiler.json; how much maps is edgegen's prediction "
+                        f"alone ({session['edgetpu']}). Its last lines: {compiled.get('console_tail', '')}")
+    counts = session.get("edgetpu_compiler")
+    if counts:
+        split = counts["cpu_ops"] or counts["edgetpu_ops"] != counts["total_ops"] or (counts["subgraphs"] or 1) > 1
+        where = f"{REPORTS}/edgetpu_compiler.json lists the compiler's operator table"
+    else:
+        split = reports["edgetpu"]["first_fallback"] is not None
+        where = f"{REPORTS}/edgetpu.json lists each op and why"
+    if split:
+        warnings.append(f"{session['edgetpu']}: on the device those run on its CPU, far slower than on the Edge TPU "
+                        f"({where})")
+    return warnings
+
+
+def edgetpu_preview(graph: Graph, target: Target, calibration_count: int = 4) -> dict[str, Any]:
+    """The Edge TPU compatibility report of a float graph (`edgegen inspect`): quantized with every layer in int8
+    on `calibration_count` synthetic inputs, then checked as an Edge TPU build checks its own (a build that keeps
+    layers in float to meet its quality floor splits the graph at the first of them)."""
+    from ...passes.calibration import load_calibration
+    from ...passes.lowering import lower as lower_graph
+    from ...passes.quantize import Quantizer
+
+    if prepare(graph).quant:  # already QDQ: as it is
+        return _edgetpu_compatibility(prepare(graph), None)
+    rewritten, _ = lower_graph(graph, int8_lowerings(target))
+    model = Quantizer(rewritten, load_calibration(graph.inputs, None, calibration_count)).emit()
+    return _edgetpu_compatibility(prepare(rewritten.with_model(model, [])), None)
 
 
 def _edgetpu_compatibility(p, lowered) -> dict[str, Any]:

@@ -3,9 +3,11 @@ step through Coral's edgetpu_compiler (edgegen.toolchains.edgetpu).
 
 The rules follow Coral's published requirements (coral.ai/docs/edgetpu/models-intro, "Supported
 operations"): every tensor int8/uint8 (int32 only for constant biases and shapes), static
-shapes, at most the 3 innermost dimensions larger than 1, and the per-operator limits below. The
+shapes, no dimension outside the 3 innermost larger than 1, and the per-operator limits below. The
 compiler maps operators in execution order up to the first one it cannot map; that operator and
-everything after it run on the CPU (one Edge TPU subgraph).
+everything after it run on the CPU (one Edge TPU subgraph). Where Coral documents only that the compiler
+decides (RESIZE_BILINEAR / RESIZE_NEAREST_NEIGHBOR: by input/output size), the report says the op may
+not map rather than count it as mapped.
 """
 
 from __future__ import annotations
@@ -83,6 +85,14 @@ SUPPORTED: dict[str, Limit | None] = {
     "SQUARED_DIFFERENCE": None, "TANH": None, "TRANSPOSE": _not_along_batch, "TRANSPOSE_CONV": None,
 }
 _INT_TYPES = ("int8", "uint8")
+# operators Coral's table says the compiler may leave on the CPU at its own discretion ("Depending on input/output
+# size, this operation may not be mapped to the Edge TPU to avoid loss in precision"): no rule here can say
+MAY_NOT_MAP = {
+    "RESIZE_BILINEAR": "the compiler decides by input/output size (and op version) whether it maps, to avoid loss "
+                       "in precision",
+    "RESIZE_NEAREST_NEIGHBOR": "the compiler decides by input/output size (and op version) whether it maps, to "
+                               "avoid loss in precision",
+}
 
 
 def why_not(op: ModelOp, tensors: list[ModelTensor]) -> str | None:
@@ -97,8 +107,11 @@ def why_not(op: ModelOp, tensors: list[ModelTensor]) -> str | None:
             continue
         if t.dtype not in _INT_TYPES:
             return f"tensor {t.name!r} is {t.dtype}; the Edge TPU runs int8/uint8 tensors only"
-        if sum(d > 1 for d in t.shape[:-3]):
-            return f"tensor {t.name!r} {t.shape} has more than 3 dimensions larger than 1"
+        outer = [d for d in t.shape[:-3] if d > 1]
+        if outer:
+            what = "the batch" if len(t.shape) == 4 and t.shape[0] > 1 else "a dimension"
+            return (f"tensor {t.name!r} {t.shape}: {what} ({outer[0]}) is outside the 3 innermost dimensions and "
+                    "larger than 1 (the Edge TPU allows only the 3 innermost to be); build with batch 1")
     limit = SUPPORTED[op.code]
     return limit(op, tensors) if limit else None
 
@@ -107,21 +120,26 @@ def compatibility(data: bytes, origins: list[str]) -> dict[str, Any]:
     """Which operators would map to the Edge TPU and where the first CPU fallback splits the graph.
 
     origins: the ONNX node each operator was lowered from (same order as the model's operators).
+    Operators are counted "edgetpu" up to the first one that may not map (MAY_NOT_MAP), "uncertain" from
+    there to the first that cannot, "cpu" from that one on.
     """
     ops, tensors = read_model(data)
     reasons = [why_not(op, tensors) for op in ops]
     split = next((i for i, why in enumerate(reasons) if why), len(ops))
+    node = (lambda i: origins[i] if i < len(origins) else "")
+    maybe = [{"index": i, "op": ops[i].code, "node": node(i), "why": MAY_NOT_MAP[ops[i].code]}
+             for i in range(split) if ops[i].code in MAY_NOT_MAP]
+    certain = maybe[0]["index"] if maybe else split
     by_op: dict[str, dict[str, int]] = {}
     for i, op in enumerate(ops):
-        entry = by_op.setdefault(op.code, {"edgetpu": 0, "cpu": 0})
-        entry["edgetpu" if i < split else "cpu"] += 1
-    node = (lambda i: origins[i] if i < len(origins) else "")
+        entry = by_op.setdefault(op.code, {"edgetpu": 0, "uncertain": 0, "cpu": 0})
+        entry["edgetpu" if i < certain else "uncertain" if i < split else "cpu"] += 1
     unmappable = [{"index": i, "op": ops[i].code, "node": node(i), "why": why} for i, why in enumerate(reasons) if why]
     return {
-        "rules": RULES_SOURCE, "ops": len(ops), "edgetpu_ops": split, "cpu_ops": len(ops) - split,
-        "first_fallback": unmappable[0] if unmappable else None,
-        "unmappable": unmappable, "unmappable_by_op": dict(Counter(u["op"] for u in unmappable)),
-        "by_op": dict(sorted(by_op.items())),
+        "rules": RULES_SOURCE, "ops": len(ops), "edgetpu_ops": certain, "uncertain_ops": split - certain,
+        "cpu_ops": len(ops) - split, "first_fallback": unmappable[0] if unmappable else None,
+        "may_not_map": maybe, "unmappable": unmappable,
+        "unmappable_by_op": dict(Counter(u["op"] for u in unmappable)), "by_op": dict(sorted(by_op.items())),
     }
 
 
@@ -151,25 +169,56 @@ def schedule(ops: list[ModelOp], tensors: list[ModelTensor]) -> list[int]:
 
 def summary(rep: dict[str, Any]) -> str:
     """One line of the compatibility report."""
-    first = rep["first_fallback"]
-    if first is None:
+    first, maybe = rep["first_fallback"], rep.get("may_not_map") or []
+    if first is None and not maybe:
         return f"Edge TPU: all {rep['ops']} ops would map (one Edge TPU subgraph)"
-    return (f"Edge TPU: {rep['edgetpu_ops']}/{rep['ops']} ops would map; the graph splits at op {first['index']} "
-            f"{first['op']} (node {first['node']!r}): {first['why']}; it and the {rep['cpu_ops'] - 1} ops after it "
-            "run on the CPU")
+    line = f"Edge TPU: {rep['edgetpu_ops']}/{rep['ops']} ops would map"
+    if maybe:
+        m = maybe[0]
+        kinds = " / ".join(sorted({x["op"] for x in maybe}))
+        line += (f" for certain; {rep['uncertain_ops']} more only if the compiler maps {len(maybe)} {kinds} op(s) "
+                 f"(first: op {m['index']}, node {m['node']!r}), which may not map: {m['why']}")
+    if first is None:
+        return line
+    return (f"{line}; the graph splits at op {first['index']} {first['op']} (node {first['node']!r}): {first['why']}; "
+            f"it and the {rep['cpu_ops'] - 1} ops after it run on the CPU")
 
 
-def compile_model(model: Path, out: Path, compat: dict[str, Any]) -> dict[str, Any]:
-    """Compile model for the Edge TPU into `out` (+ its log beside it); the compiler's parsed report."""
+def compiler_summary(compiled: dict[str, Any], predicted: dict[str, Any]) -> str | None:
+    """One line of what edgetpu_compiler reported (None where its counts are unknown), with edgegen's
+    prediction beside it where the two disagree."""
+    if compiled.get("edgetpu_ops") is None or compiled.get("total_ops") is None:
+        return None
+    total, tpu, cpu = compiled["total_ops"], compiled["edgetpu_ops"], compiled.get("cpu_ops") or 0
+    subgraphs = compiled.get("subgraphs")
+    graphs = f"{subgraphs} Edge TPU subgraph{'s' * (subgraphs != 1)}" if subgraphs is not None else "subgraphs unknown"
+    tool = f"{compiler.TOOL} {compiled.get('version') or '(version unknown)'}"
+    line = (f"Edge TPU ({tool}): all {total} ops mapped ({graphs})" if cpu == 0 and tpu == total else
+            f"Edge TPU ({tool}): {tpu}/{total} ops run on the Edge TPU, {cpu} on the CPU ({graphs})")
+    agree = (predicted["ops"], predicted["edgetpu_ops"], predicted.get("uncertain_ops", 0)) == (total, tpu, 0)
+    return line if agree else f"{line}; edgegen's rules predicted: {summary(predicted).removeprefix('Edge TPU: ')}"
+
+
+def compile_model(model: Path, out: Path, compat: dict[str, Any], source: str | None = None) -> dict[str, Any]:
+    """Compile model for the Edge TPU into `out` (+ its log beside it, where the compiler wrote one); the
+    compiler's parsed report, paths relative to the bundle, "log" (None without one) and "unknown" (the
+    summary fields the compiler's output did not give). source: the user's model, which messages name."""
     work = out.parent / ".edgetpu"
+    label = f"the int8 {model.name} built from {source}" if source else model.name
     try:
-        compiled, log_file, report = compiler.compile_model(model, work)
+        compiled, log_file, report, console = compiler.compile_model(model, work, label=label)
     except ToolNotFoundError as exc:
         raise ToolNotFoundError(f"this target's compile step needs {compiler.TOOL}: {exc} The compatibility "
                                 f"check on this host says: {summary(compat)}") from None
     if compiled.name != out.name:
         raise BuildError(f"{compiler.TOOL} wrote {compiled.name}, expected {out.name}")
     shutil.move(str(compiled), out)
-    shutil.move(str(log_file), out.with_suffix(".log"))
+    log = None
+    if log_file is not None:
+        log = out.with_suffix(".log").name
+        shutil.move(str(log_file), out.with_suffix(".log"))
     shutil.rmtree(work, ignore_errors=True)
-    return {"version": report.version, "log": out.with_suffix(".log").name, **report.to_json()}
+    report.input_model, report.output_model = model.name, out.name  # the bundle's names, not the build's temp dir
+    unknown = report.unknown()
+    tail = {"console_tail": " | ".join(console.splitlines()[-3:])} if unknown else {}
+    return {**report.to_json(), "log": log, "unknown": unknown, **tail}
