@@ -68,8 +68,11 @@ def table(result: dict[str, Any]) -> str:
         ratio = _ratio(r["speedup_vs_baseline"]) if "speedup_vs_baseline" in r else ""
         if ratio and busy_host(r.get("interleaved", {}), r["threads"]):
             ratio += "*"
-        lines.append(f"| {r['subject']} | {r['threads']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | "
+        subject = f"{r['subject']} (host fallback)" if r.get("host_fallback") else r["subject"]
+        lines.append(f"| {subject} | {r['threads']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | "
                      f"{r['images_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} | {_delegation(r.get('delegation'))} |")
+    fallbacks = sorted({r["host_fallback"] for r in result["rows"] if r.get("host_fallback")})
+    lines += ["", *fallbacks] if fallbacks else []
     if any("speedup_vs_baseline" in r for r in result["rows"]):
         lines += ["", f"vs fp32 ORT: the fp32 source's time over the bundle's, measured apart from the p50 columns in "
                       f"one process in alternating blocks of {BLOCK_RUNS} runs, each block started once the other "
@@ -196,14 +199,30 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         subject = f"{gen.manifest['target']['name']} {gen.manifest['precision']} ({runtime})"
         run_once, feeds = gen.run, file_feeds
         delegation = gen.session.delegation() if hasattr(gen.session, "delegation") else None
+        fallback = host_fallback(gen.manifest) if config["host_fallback"] else None
     else:
         run_once = _source_run(config, threads)
-        subject = "fp32 source, onnxruntime CPU"
+        subject, fallback = "fp32 source, onnxruntime CPU", None
     times = measure(lambda: run_once(feeds), config["runs"], config["warmup"])
     p50 = statistics.median(times)
     return {"subject": subject, "threads": threads, "batch": batch, "p50_ms": round(p50, 4),
             "p95_ms": round(float(np.percentile(times, 95)), 4), "images_per_s": round(batch * 1e3 / p50, 2),
-            "peak_rss_mb": round(_peak_rss_kb() / 1024, 1), "delegation": delegation}
+            "peak_rss_mb": round(_peak_rss_kb() / 1024, 1), "delegation": delegation,
+            **({"host_fallback": fallback} if fallback else {})}
+
+
+def host_fallback(manifest: dict[str, Any]) -> str | None:
+    """What a --host-fallback run of the bundle ran in place of its target's hardware or runtime, absent on this
+    host (None where they are present and it ran as on the target)."""
+    from .backends import session_module
+
+    session = manifest["session"]
+    ok, why = session_module(manifest["backend"]).host_support(session)
+    if ok:
+        return None
+    ran = f"CPU ran {session['entry']} instead of the Edge TPU" if session.get("edgetpu_entry") else \
+        "CPU path ran instead"
+    return f"host fallback (the bundle {why}): this host's {ran}; these are not the target's timings"
 
 
 def _source_run(config: dict[str, Any], threads: int):

@@ -200,3 +200,18 @@ def test_the_edge_tpu_roofline_counts_the_link_traffic_only():
     assert roofline.traffic(manifest)[0] == 3 * 224 * 224 + 1000 + 2 * 1024 ** 2
     manifest["session"] = {"delegate": "xnnpack"}  # other targets: parameters and activations, as before
     assert roofline.traffic(manifest)[0] == 10 * 1024 ** 2 + 2 * 16_000_000
+
+
+def test_bench_host_fallback_rows_say_the_cpu_model_ran():
+    from edgegen import bench
+
+    manifest = {"backend": "tflite", "session": {"runtime": "ai-edge-litert", "delegate": "edgetpu",
+                                                 "entry": "model.tflite", "edgetpu_entry": "model_edgetpu.tflite"}}
+    said = bench.host_fallback(manifest)
+    assert said.startswith("host fallback (the bundle needs a Coral Edge TPU") and "ran model.tflite instead of " \
+        "the Edge TPU" in said
+    row = {"subject": "coral-edgetpu int8 (ai-edge-litert)", "threads": 1, "batch": 1, "p50_ms": 1.0, "p95_ms": 1.0,
+           "images_per_s": 1000.0, "peak_rss_mb": 50, "delegation": None, "host_fallback": said}
+    table = bench.table({"rows": [row]})
+    assert "| coral-edgetpu int8 (ai-edge-litert) (host fallback) |" in table and table.endswith(said)
+    assert bench.host_fallback({"backend": "onnxruntime", "session": {}}) is None  # runs here as on its target
