@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from . import backends, targets
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, EdgegenError
 from .graph import Graph
 from .inputs import cost_batch
 from .io_forms import describe as describe_form
+
+EDGETPU_CAVEAT = (" (every layer int8, calibrated on 4 synthetic inputs; a build that keeps a layer float to meet "
+                  "its quality floor splits the graph there, and its edgetpu_compiler has the last word)")
+
 
 def target_rows() -> list[dict[str, Any]]:
     """Every shipped target with whether it runs on this host."""
@@ -39,6 +43,8 @@ def inspect_model(model: str, **graph_options: Any) -> dict[str, Any]:
             continue
         support[target.name] = {"checked": True, "supported": not missing,
                                 "unsupported": [{"node": n, "op": op, "why": why} for n, op, why in missing]}
+        if not missing and target.backend_options.get("delegate") == "edgetpu" and not problem:
+            support[target.name]["edgetpu"] = _edgetpu(graph, target)
     return {
         "model": str(graph.source),
         "opset": graph.opset,
@@ -54,6 +60,17 @@ def inspect_model(model: str, **graph_options: Any) -> dict[str, Any]:
         "targets": support,
         **({"shape_problem": problem} if problem else {}),
     }
+
+
+def _edgetpu(graph: Graph, target: targets.Target) -> str:
+    """The Edge TPU compatibility summary of the model quantized with every layer in int8 (see edgetpu_preview)."""
+    from .backends.tflite import edgetpu
+    from .backends.tflite.compile import edgetpu_preview
+
+    try:
+        return edgetpu.summary(edgetpu_preview(graph, target)) + EDGETPU_CAVEAT
+    except EdgegenError as exc:
+        return f"Edge TPU mapping not checked: quantizing the model for the check failed: {exc}"
 
 
 def _runs_at_its_shapes(graph: Graph, activation_bytes: int) -> str | None:
@@ -115,6 +132,8 @@ def render(report: dict[str, Any], nodes: bool = False) -> str:
     for name, s in report["targets"].items():
         if not s["checked"]:
             lines.append(f"  {name:<26} not checked: {s['why']}")
+        elif s.get("edgetpu"):
+            lines.append(f"  {name:<26} lowers to TFLite; {s['edgetpu']}")
         elif s["supported"]:
             lines.append(f"  {name:<26} all ops supported")
         else:

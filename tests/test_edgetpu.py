@@ -215,3 +215,13 @@ def test_bench_host_fallback_rows_say_the_cpu_model_ran():
     table = bench.table({"rows": [row]})
     assert "| coral-edgetpu int8 (ai-edge-litert) (host fallback) |" in table and table.endswith(said)
     assert bench.host_fallback({"backend": "onnxruntime", "session": {}}) is None  # runs here as on its target
+
+
+def test_inspect_gives_the_edge_tpu_summary():
+    from edgegen.inspect import inspect_model, render
+
+    report = inspect_model("zoo:glyphtiny")
+    coral = report["targets"]["coral-edgetpu"]
+    assert "GATHER" in coral["edgetpu"] and "ops would map; the graph splits" in coral["edgetpu"]
+    line = next(x for x in render(report).splitlines() if x.strip().startswith("coral-edgetpu"))
+    assert "all ops supported" not in line and "Edge TPU: " in line
