@@ -160,6 +160,17 @@ def test_the_compilers_counts_are_what_the_bundle_states(tmp_path, fake_compiler
     assert "the compiler maps 2/6 ops to the Edge TPU; the device's CPU runs the other 4" in text
 
 
+def test_emulate_states_the_compilers_counts_where_the_rules_predict_a_split(tmp_path, fake_compiler):
+    """The rules' predicted split overwrote the estimate's caveat with the prediction's counts."""
+    from edgegen.emulate.device import emulate
+
+    fake_compiler("partial")
+    build("zoo:glyphtiny", "coral-edgetpu", tmp_path / "b")
+    report = emulate(tmp_path / "b", runs=1, aarch64=False)
+    assert report["op_support"]["first_fallback"]  # the rules split it at the label's GATHER
+    assert report["estimate"]["uncounted"].startswith("the compiler maps 2/6 ops to the Edge TPU")
+
+
 def test_resizes_are_reported_as_may_not_map():
     """Coral: RESIZE_BILINEAR / RESIZE_NEAREST_NEIGHBOR "may not be mapped" depending on input/output size."""
     from edgegen.backends.tflite.compile import edgetpu_preview

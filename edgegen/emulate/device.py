@@ -58,7 +58,8 @@ def emulate(bundle: str | Path, target: str | None = None, runs: int = 20, rebui
         report["constraints"]["runtime_replaced"] = support.runtime_replaced(device, host.get("runtime"))
         checks.append(_self_test_check("self-test on this host", host))
         report["op_support"] = support.check(bundle, manifest, device, host.get("execution"))
-        if report["op_support"].get("first_fallback"):  # the roofline is the accelerator's alone
+        if report["op_support"].get("first_fallback") and "edgetpu_compiler" not in estimate:  # the
+            # roofline is the accelerator's alone; the compiler's own counts, where recorded, already say so
             estimate["uncounted"] = (f"only {report['op_support']['mapped']}/{report['op_support']['total']} ops "
                                      "map to the Edge TPU; the device's CPU runs the rest, which this does not count")
         outputs = host["outputs"]
