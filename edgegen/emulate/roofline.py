@@ -97,8 +97,8 @@ def estimate(manifest: dict[str, Any], target: Target) -> dict[str, Any]:
     memory_ms = moved / (target.roofline["bandwidth_gbs"] * 1e9) * 1e3
     result = {"label": "estimate (roofline: the device at its peak; real devices are slower)",
               "latency_ms": round(max(compute_ms, memory_ms) / batch, 4), "batch": batch,
-            "batch_latency_ms": round(max(compute_ms, memory_ms), 4),
-            "bound": "compute" if compute_ms >= memory_ms else "memory", "compute_ms": round(compute_ms, 4),
+              "batch_latency_ms": round(max(compute_ms, memory_ms), 4),
+              "bound": "compute" if compute_ms >= memory_ms else "memory", "compute_ms": round(compute_ms, 4),
               "memory_ms": round(memory_ms, 4), "ops": ops, "bytes": moved, "bytes_counted": counted,
               "peak_gops": peak, "bandwidth_gbs": target.roofline["bandwidth_gbs"], "source": target.roofline["source"]}
     counts = manifest.get("session", {}).get("edgetpu_compiler")
