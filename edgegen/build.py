@@ -43,6 +43,9 @@ REDUCED_PSNR_MARGIN_DB = 6.0
 # f32 by a CPU plugin, a GPU or NPU target verified on the CPU). fp16 has an 11-bit significand, bf16 8 bits.
 REDUCED_PSNR_CEILING_DB = {"fp16": 50.0, "bf16": 35.0}
 VERIFY_SEED = 10_000
+# inputs no choice of the build saw (the prune allocation and the floor search choose by the held-out ones):
+# their fidelity is reported beside the held-out inputs'
+FRESH_SEED = 20_000
 PRUNED_PSNR_WARNING_DB = 30.0  # a ratio that leaves less than this (no floor given) is warned about
 OUTSIDE_MARGIN, OUTSIDE_SHARE = 0.01, 0.01  # an image output beyond its range by 1% of it, for over 1% of values
 
@@ -135,6 +138,8 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     evaluator = Evaluator(source.inputs, source.outputs, feeds, expected, per_call)
     lowerings = backends.int8_lowerings(tgt)
     graph, passes = _apply_passes(source, precision, opts, evaluator, report, lowerings, compiler)
+    fresh = _fresh_inputs(source, opts, precision, reference_run, per_call) if "prune" in passes or opts.floor \
+        else None
     staging = bundle.staging_dir(out)
     try:
         report("compile", 0, 1)
@@ -150,7 +155,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
             "--prune may meet it." if "floor" in pruned.get("search", {}) else ""
         checks = _verify(source, tgt, precision, opts.floor, staging, compiled["session"], feeds, expected,
                          compiled_from, reference_run.describe, passes.get("quantize", {}).get("result"), per_call,
-                         spent)
+                         spent, fresh)
         if inputs_from:
             checks["fidelity"]["inputs_from"] = inputs_from
         manifest = _manifest(source, graph, tgt, precision, compiled, checks, passes)
@@ -168,6 +173,26 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
 def _calibrates(precision: str, opts: BuildOptions) -> bool:
     """Whether the build calibrates: int8 quantizes, pruning scores channels on calibration activations."""
     return precision == "int8" or opts.prune is not None or opts.prune_to_macs is not None
+
+
+def _fresh_inputs(source: Graph, opts: BuildOptions, precision: str, reference_run: SourceSession,
+                  per_call: int) -> dict[str, Any] | None:
+    """Inputs no choice of the build saw, with the source's outputs on them: seeded samples from FRESH_SEED, or
+    an array file's rows after the held-out ones (None where it holds no more)."""
+    source_file = opts.calibration
+    if not source_file or Path(source_file).suffix not in (".npy", ".npz"):
+        feeds = sample_feeds(source.inputs, list(range(FRESH_SEED, FRESH_SEED + opts.samples)))
+        where = {"seed": FRESH_SEED}
+    else:
+        from .passes.calibration import load_calibration
+
+        start = (opts.calibration_count if _calibrates(precision, opts) else 0) + opts.samples
+        arrays = load_calibration(source.inputs, source_file, start + opts.samples).feeds
+        if len(next(iter(arrays.values()))) < start + opts.samples:
+            return None
+        feeds = {name: array[start:start + opts.samples] for name, array in arrays.items()}
+        where = {"inputs_from": f"rows {start}..{start + opts.samples - 1} of {Path(source_file).name}"}
+    return {"feeds": feeds, "expected": run_batched(reference_run.run, source.inputs, feeds, per_call), **where}
 
 
 def _verification_feeds(source: Graph, opts: BuildOptions,
@@ -475,11 +500,13 @@ def _prune(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluator, 
 def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFloor, staging: Path,
             session_cfg: dict, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray],
             compiled_from: dict[str, np.ndarray], reference_name: str,
-            graph_quality: dict[str, float] | None, per_call: int, floor_hint: str = "") -> dict[str, Any]:
+            graph_quality: dict[str, float] | None, per_call: int, floor_hint: str = "",
+            fresh: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the artifact on the held-out inputs: quality against the fp32 source (`expected`); an fp32
     artifact must also match the graph it was compiled from within FP32_MAX_ABS; every precision must
     meet the floor (`graph_quality`: the int8 graph's own, run in ONNX Runtime, to say where a miss is;
-    `floor_hint`: what else to try, appended to a miss)."""
+    `floor_hint`: what else to try, appended to a miss). `fresh` (see _fresh_inputs): inputs no choice saw,
+    whose quality is reported beside, and warned of where it misses the floor."""
     session_mod = backends.session_module(tgt.backend)
     native, where = targets.runs_here(tgt, precision)
     try:
@@ -491,13 +518,7 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
                          f"{str(exc).strip().splitlines()[0]}") from None
     actual = run_batched(session.run, source.inputs, feeds, per_call)
     _refuse_non_finite_artifact(source, tgt, precision, actual)
-    per_output = {}
-    for spec in source.outputs:  # as the model file gives them: a uint8 export's pixels rounded, as run() gives them
-        ref, got = delivered(spec, expected[spec.name]), delivered(spec, actual[spec.name])
-        per_output[spec.name] = compare(ref, got, value_range(spec.range, ref))
-    measured = [per_output[s.name] for s in quality_outputs(source.outputs)]
-    quality = {"psnr_db": min(r["psnr_db"] for r in measured), "ssim": min(r.get("ssim", 1.0) for r in measured),
-               "max_abs": max(r["max_abs"] for r in per_output.values())}
+    per_output, quality = _quality(source, expected, actual)
     samples = len(next(iter(feeds.values())))
     drift = max(max_abs(compiled_from[s.name], actual[s.name].astype(np.float32)) for s in source.outputs)
     if precision == "fp32" and drift > FP32_MAX_ABS:
@@ -511,6 +532,7 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
         raise BuildError(f"the {precision} artifact for {tgt.name} reaches PSNR {quality['psnr_db']:.2f} dB / SSIM "
                          f"{quality['ssim']:.4f} against the fp32 source, below the floor ({floor.describe()})."
                          + where + floor_hint)
+    fresh_quality = _fresh_quality(source, session, fresh, per_call, floor, quality) if fresh else None
     unit = fixed_batch(source.inputs) or 1
     first = {k: v[:unit] for k, v in feeds.items()}
     ref_file = reference.save(staging, first, {k: v[:unit] for k, v in compiled_from.items()})
@@ -519,13 +541,46 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
     ran_on = where if native else f"build host fallback ({where}); device numerics not measured"
     return {
         "fidelity": {"samples": samples, "seed": VERIFY_SEED, "reference": reference_name, "ran_on": ran_on,
-                     "floor": floor.describe() or None, "outputs": per_output, **quality},
+                     "floor": floor.describe() or None, "outputs": per_output, **quality,
+                     **({"fresh": fresh_quality} if fresh_quality else {})},
         "reference": {"file": ref_file, "tolerance": tolerance},
         "latency": _latency(session, first, tgt.threads, ran_on,
                             SourceSession(source.reference, tgt.threads) if native and tgt.backend != "fpga" else None),
         "execution": session.execution_report() if hasattr(session, "execution_report") else None,
         "batching": _batch_invariance(session, source, feeds, actual),
     }
+
+
+def _quality(source: Graph, expected: dict[str, np.ndarray],
+             actual: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, float]]:
+    """(each output's comparison, the images' least PSNR and SSIM and every output's max-abs) of an
+    artifact's outputs against the source's, as the model file gives them (a uint8 export's pixels
+    rounded, as run() gives them)."""
+    per_output = {}
+    for spec in source.outputs:
+        ref, got = delivered(spec, expected[spec.name]), delivered(spec, actual[spec.name])
+        per_output[spec.name] = compare(ref, got, value_range(spec.range, ref))
+    measured = [per_output[s.name] for s in quality_outputs(source.outputs)]
+    return per_output, {"psnr_db": min(r["psnr_db"] for r in measured),
+                        "ssim": min(r.get("ssim", 1.0) for r in measured),
+                        "max_abs": max(r["max_abs"] for r in per_output.values())}
+
+
+def _fresh_quality(source: Graph, session, fresh: dict[str, Any], per_call: int, floor: QualityFloor,
+                   chosen_by: dict[str, float]) -> dict[str, Any]:
+    """The artifact's quality on inputs no choice of the build saw; a warning where they miss the floor that
+    the held-out inputs (`chosen_by`) meet."""
+    actual = run_batched(session.run, source.inputs, fresh["feeds"], per_call)
+    quality = _quality(source, fresh["expected"], actual)[1]
+    samples = len(next(iter(fresh["feeds"].values())))
+    if floor and not floor.met(quality):
+        log.warning("on %d fresh inputs, which no choice of the build saw, the artifact reaches PSNR %.2f dB / SSIM "
+                    "%.4f, below the floor (%s) that the %d held-out inputs it was chosen by meet (%.2f dB): the "
+                    "floor holds with less margin than it shows; a smaller --prune, or more --samples, leaves "
+                    "more", samples, quality["psnr_db"], quality["ssim"], floor.describe(), samples,
+                    chosen_by["psnr_db"])
+    where = {k: fresh[k] for k in ("seed", "inputs_from") if k in fresh}
+    return {"samples": samples, **where, "psnr_db": quality["psnr_db"], "ssim": quality["ssim"]}
 
 
 def _tolerance(source: Graph, precision: str, psnr_db: float, expected: dict[str, np.ndarray],

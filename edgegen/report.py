@@ -59,7 +59,9 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
         + (f" ({fid['inputs_from']})" if fid.get("inputs_from") else
            " (smooth synthetic images: photographs can score lower)"
            if any(i.get("role") == "image" for i in model.get("inputs", [])) else "")
-        + (f" (floor: {fid['floor']})" if fid.get("floor") else ""),
+        + (f" (floor: {fid['floor']})" if fid.get("floor") else "")
+        + (f"; PSNR {fid['fresh']['psnr_db']:.2f} dB, SSIM {fid['fresh']['ssim']:.4f} on "
+           f"{fid['fresh']['samples']} fresh inputs no choice of the build saw" if fid.get("fresh") else ""),
         f"  latency   p50 {lat['p50_ms']:.3f} ms, batch {lat.get('batch', 1)}, {lat['threads']} thread(s), "
         f"on {fid['ran_on']}"
         + _speed_note(lat),

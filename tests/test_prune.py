@@ -326,6 +326,28 @@ def test_unprunable_models_and_bad_input_fail_clearly(tmp_path):
         prune(graph, 0.3, wrong)
 
 
+def test_a_pruned_build_reports_its_fidelity_on_inputs_no_choice_saw(tmp_path):
+    """The allocation and the floor search choose by the held-out inputs, so their PSNR flatters the build."""
+    from edgegen.build import FRESH_SEED, build
+    from edgegen.inputs import sample_feeds
+    from edgegen.metrics import psnr
+    from edgegen.report import render_build_report
+    from edgegen.runtime import Generator
+
+    model = FAMILIES / "espcn__legacy_dyn.onnx"
+    result = build(model, "x86-onnxruntime", tmp_path / "b", prune=0.5, min_psnr=30)
+    fresh = result.fidelity["fresh"]
+    assert fresh["seed"] == FRESH_SEED and fresh["samples"] == 8
+    gen = Generator.open(tmp_path / "b")
+    feeds = sample_feeds(gen.inputs, list(range(FRESH_SEED, FRESH_SEED + 8)))
+    source = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    expected, got = source.run(None, feeds)[0], gen.run(feeds)[gen.outputs[0].name]
+    assert fresh["psnr_db"] == pytest.approx(psnr(expected, got, 1.0), abs=0.01)
+    assert "fresh inputs no choice of the build saw" in render_build_report(result.manifest, tmp_path / "b")
+    build(model, "x86-onnxruntime", tmp_path / "plain")  # chose nothing: nothing to report beside
+    assert "fresh" not in Generator.open(tmp_path / "plain").manifest["fidelity"]
+
+
 def test_prune_to_floor_and_to_macs():
     graph = Graph.load(FAMILIES / "espcn__dynamo_dyn.onnx")
     calibration = load_calibration(graph.inputs, None, 8)
