@@ -6,8 +6,10 @@ per-axis geometry and for every tensor its scale (how an offset in output pixels
 walk stops at the *roots*: graph inputs, or tensors computed by a projection from non-spatial
 tensors (a Gemm reshaped to a map, an embedding expanded over the frame, a 1x1 latent through a
 transposed conv). Roots are computed whole by a small `pre` graph; the local rest (`post`) runs on a
-crop. A global op on the way (InstanceNormalization, global pooling, attention, reshapes of a map)
-means no ROI: `RoiRefused` names it.
+crop. A global op on the way, map in and map out (InstanceNormalization, attention, reshapes of a map),
+means no ROI: `RoiRefused` names it. A tensor read beside the map that is computed from the whole image
+but is not a map at its scale (a squeeze-excite gate; the 3-D tensor GroupNorm's exported Reshapes turn
+back into a map) is a root too, computed whole.
 """
 
 from __future__ import annotations
@@ -41,9 +43,17 @@ class RoiRefused(Exception):
     """The output cannot be computed by region: names the node and op that prevent it."""
 
 
-def _why_not_local(op: str) -> str:
+def _why_not_local(node, consts) -> str:
+    op = node.op_type
     if op in _GLOBAL_OPS:
         return "mixes pixels across the whole frame"
+    scales = node.input[2] if op == "Resize" and len(node.input) > 2 else ""
+    if op == "Resize" and not (scales and scales in consts):
+        sizes = node.input[3] if len(node.input) > 3 else ""
+        given = "to a fixed size" if sizes in consts else "to sizes computed from another tensor's shape " \
+            "(F.interpolate(size=t.shape[2:]) in a dynamic-size export)"
+        return (f"resizes {given}, not by constant scales, so its ratio depends on the frame; the region planner "
+                "maps resizes by constant scales: export with scale_factor= to get ROI")
     if op in ("Resize", "Upsample"):
         return ("is a resize the region planner does not map (it maps nearest, linear and cubic resizes by an "
                 "integer ratio or its inverse, without align_corners, antialiasing, or pytorch_half_pixel below a "
@@ -78,7 +88,7 @@ def spatial_program(graph: Graph, output: str) -> dict[str, Any]:
         spatial_in = [x for x in mapped if _spatial(shapes.get(x))]
         if kind is None:
             if spatial_in:
-                raise RoiRefused(f"node {node.name or node.op_type!r} ({node.op_type}) {_why_not_local(node.op_type)}; "
+                raise RoiRefused(f"node {node.name or node.op_type!r} ({node.op_type}) {_why_not_local(node, consts)}; "
                                  "ROI, edits and tiles need a model whose image path is local")
             roots[name] = True  # a projection from non-spatial tensors: computed whole
             continue

@@ -111,6 +111,28 @@ def test_latent_model_regions_start_after_the_projection(glyph):
                                   preview[2:6, 2:6])
 
 
+def test_a_resize_to_another_tensors_shape_is_refused_for_that_reason(tmp_path):
+    """F.interpolate(q, size=x.shape[2:]) in a dynamic-size export: the message blamed the mode or ratio."""
+    w = numpy_helper.from_array(np.full((3, 3, 2, 2), 0.1, np.float32), "w")
+    starts, ends = numpy_helper.from_array(np.array([2], np.int64), "starts"), \
+        numpy_helper.from_array(np.array([4], np.int64), "ends")
+    head = numpy_helper.from_array(np.array([1, 3], np.int64), "head")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["half"], strides=[2, 2]),
+             helper.make_node("Shape", ["image"], ["shape"]),
+             helper.make_node("Slice", ["shape", "starts", "ends"], ["hw"]),
+             helper.make_node("Concat", ["head", "hw"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["half", "", "", "sizes"], ["out"], mode="nearest")]
+    g = helper.make_graph(nodes, "resize_to_shape",
+                          [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "H", "W"])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, "H", "W"])],
+                          [w, starts, ends, head])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    graph = Graph.load(tmp_path / "m.onnx")
+    with pytest.raises(RoiRefused, match=r"\(Resize\) resizes to sizes computed from another tensor's shape .*export "
+                                         r"with scale_factor= to get ROI"):
+        spatial_program(graph, "out")
+
+
 def test_global_ops_refuse_roi_naming_the_op(tmp_path):
     graph = Graph.load(f"{FAMILIES}/cyclegan_resnet__legacy_dyn.onnx")
     with pytest.raises(RoiRefused, match=r"\(InstanceNormalization\) mixes pixels across the whole frame"):
