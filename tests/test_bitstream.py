@@ -5,6 +5,7 @@ rebuild byte for byte, and vendor targets without their tool."""
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -380,6 +381,58 @@ def test_vendor_tool_that_exits_0_without_its_outputs_fails_the_build(tmp_path, 
     log = Path(str(failed.value).split("; log ")[1].split(":\n")[0])
     assert f"{tool} stand-in: exit 0" in log.read_text() and str(failed.value).endswith(f"{tool} stand-in: exit 0")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("name,tool,writes,report,says", [
+    ("arty-a7-100t", "vivado", {**VIVADO_REPORTS, "npu.bit": "BIT", "timing_summary.rpt":
+                                (REPORTS / "vivado_timing_summary.rpt").read_text().replace("-3.125", "   inf")},
+     "timing_summary.rpt", "no constrained path (WNS inf on clock sys_clk)"),
+    ("arty-a7-100t", "vivado", {**VIVADO_REPORTS, "npu.bit": "BIT", "utilization.rpt": "| Site Type | Used |\n"},
+     "utilization.rpt", "no 'Slice LUTs' row"),
+    ("de10-nano", "quartus_sh", {**QUARTUS_REPORTS, "output_files/npu.sof": "SOF",
+                                 "output_files/npu.sta.rpt": "Timing Analyzer Summary\n"},
+     "npu.sta.rpt", "no 'Model Fmax Summary' panel"),
+])
+def test_vendor_report_that_cannot_be_parsed_fails_with_the_log_and_the_report_kept(tmp_path, monkeypatch, name,
+                                                                                   tool, writes, report, says):
+    """A tool that exits 0 with a report edgegen cannot read fails as a failed run does: the error names copies of
+    the tool's log and of that report kept under $EDGEGEN_CACHE/logs (the build directory goes with the build)."""
+    _vendor_tool(tmp_path, monkeypatch, tool, writes)
+    with pytest.raises(ToolFailedError, match=rf"{tool} exited 0 but its report {report} cannot be read "
+                                              rf"\(.*{re.escape(says)}.*\); report \S+, log \S+:\n") as failed:
+        build(_model(tmp_path, 1), name, tmp_path / "b", precision="int8")
+    kept_report, kept_log = re.search(r"; report (\S+), log (\S+):\n", str(failed.value)).groups()
+    assert Path(kept_log).parent == tmp_path / "logs" and f"{tool} stand-in: exit 0" in Path(kept_log).read_text()
+    source = writes[next(k for k in writes if k.endswith(report))]
+    text = source.read_text() if isinstance(source, Path) else source
+    assert Path(kept_report) == tmp_path / "logs" / f"{Path(kept_log).stem}.{report}"
+    assert Path(kept_report).read_text().rstrip("\n") == text.rstrip("\n")
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("text,says", [('{"utilization": {}, "fmax": {}}', "has no clock"),
+                                       ('{"utilization": {"ICESTORM_LC": {"us', "JSONDecodeError")])
+def test_nextpnr_report_that_cannot_be_parsed_keeps_the_log_and_the_report(tmp_path, monkeypatch, text, says):
+    monkeypatch.setattr(runner, "LOGS", tmp_path / "logs")
+    (tmp_path / "pnr.log").write_text("$ nextpnr-ice40 --up5k\nInfo: routed\n")
+    (tmp_path / "nextpnr_report.json").write_text(text)
+    with pytest.raises(ToolFailedError, match=rf"(?s)nextpnr-ice40 exited 0 but its report nextpnr_report.json cannot be "
+                                              rf"read \(.*{says}.*\); report \S+, log \S+:\n.*Info: routed"):
+        openflow.read_report(openflow.Device("ice40", ()), tmp_path / "nextpnr_report.json", tmp_path / "pnr.log")
+    log, = (tmp_path / "logs").glob("nextpnr-ice40-*.log")
+    assert (tmp_path / "logs" / f"{log.stem}.nextpnr_report.json").read_text() == text
+
+
+def test_old_logs_go_with_the_reports_kept_beside_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "LOGS", tmp_path / "logs")
+    monkeypatch.setattr(runner, "KEPT_LOGS", 1)
+    (tmp_path / "tool.log").write_text("log")
+    (tmp_path / "r.rpt").write_text("report")
+    first = runner._keep(tmp_path / "tool.log", "tool")
+    runner._keep(tmp_path / "r.rpt", "tool", beside=first)
+    os.utime(first, (1, 1))
+    second = runner._keep(tmp_path / "tool.log", "tool")
+    assert sorted((tmp_path / "logs").iterdir()) == [second]
 
 
 SETUP_FAILS = (REPORTS / "vivado_timing_summary.rpt").read_text()  # WNS -3.125 ns at 100 MHz

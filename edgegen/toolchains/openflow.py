@@ -116,10 +116,14 @@ def pll(device: Device, in_mhz: float, out_mhz: float, module: str, path: str, c
                "-f", path]
         pattern = r'FREQUENCY_PIN_CLKOP="([\d.]+)"'
     runner.run(cmd, log, cwd, 120, outputs=(path,))
-    found = re.search(pattern, (cwd / path).read_text())
-    if not found:
-        raise ToolFailedError(f"{cmd[0]} wrote {cwd / path} without its output frequency (no {pattern!r} in it)")
-    return float(found.group(1))
+
+    def frequency(text: str) -> dict:
+        found = re.search(pattern, text)
+        if not found:
+            raise ToolFailedError(f"no output frequency: no {pattern!r} in it")
+        return {"mhz": float(found.group(1))}
+
+    return runner.read_report(frequency, cwd / path, log, Path(cmd[0]).name)["mhz"]
 
 
 def parse_report(text: str, family: str) -> dict:
@@ -135,6 +139,13 @@ def parse_report(text: str, family: str) -> dict:
         raise ToolFailedError("nextpnr's report has no clock (fmax is empty): the design has no constrained clock")
     fmax = min(c["achieved_mhz"] for c in clocks.values())
     return {"resources": resources, "fmax_mhz": fmax, "clocks": clocks}
+
+
+def read_report(device: Device, report: Path, log: Path) -> dict:
+    """parse_report of the `--report` nextpnr wrote (its output in log); one it cannot parse fails as a
+    failed run does, with the log and the report kept (runner.read_report)."""
+    return runner.read_report(lambda text: parse_report(text, device.family), report, log,
+                              f"nextpnr-{device.family}")
 
 
 def parse_synth_stat(text: str) -> dict[str, int]:

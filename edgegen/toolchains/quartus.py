@@ -47,10 +47,10 @@ def build(project: Path, script: str) -> dict:
     """Run Quartus on the script (ToolNotFoundError when it is not on PATH); returns bitstream and report."""
     executable = runner.require((TOOL,), "build the bitstream for an Intel part", INSTALL)
     fit, sta, sof = (f"output_files/{REVISION}.{kind}" for kind in ("fit.summary", "sta.rpt", "sof"))
-    seconds = runner.run([executable, "-t", script], project / "quartus.log", project, TIMEOUT_S,
-                         outputs=(fit, sta, sof))
-    report = parse_fit_summary((project / fit).read_text())
-    report.update(parse_sta_fmax((project / sta).read_text()))
+    log, name = project / "quartus.log", Path(executable).name
+    seconds = runner.run([executable, "-t", script], log, project, TIMEOUT_S, outputs=(fit, sta, sof))
+    report = runner.read_report(parse_fit_summary, project / fit, log, name)
+    report.update(runner.read_report(parse_sta_fmax, project / sta, log, name))
     return {"bitstream": sof, "report": report, "stages_s": {"quartus": seconds}}
 
 

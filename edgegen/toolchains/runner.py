@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from ..errors import OutputPathError
 from ..fileio import atomic_path
@@ -69,33 +70,55 @@ def run(cmd: list[str], log: Path, cwd: Path, timeout_s: float, stdin: Path | No
     return time.perf_counter() - start
 
 
+def read_report(parse: Callable[[str], dict], report: Path, log: Path, tool: str) -> dict:
+    """parse(report's text) for a report `tool` wrote, its output in `log`. A report that cannot be parsed
+    fails as a failed run does: a ToolFailedError naming copies of the log and of the report kept under LOGS."""
+    try:
+        return parse(report.read_text(errors="replace"))
+    except (ToolFailedError, ValueError, KeyError, TypeError) as exc:
+        what = str(exc) if isinstance(exc, ToolFailedError) else f"{type(exc).__name__}: {exc}"
+        kept = _keep(log, tool)
+        copy = _keep(report, tool, beside=kept) if kept != log else report
+        raise ToolFailedError(f"{tool} exited 0 but its report {report.name} cannot be read ({what}); report {copy}, "
+                              f"log {kept}:\n{_tail(log)}") from None
+
+
 def _failed(cmd: list[str], what: str, log: Path) -> ToolFailedError:
     """The error for a program that ran and failed: its name, what went wrong, its kept log and the log's tail."""
     name = Path(cmd[0]).name
-    tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-12:])
-    return ToolFailedError(f"{name} {what}; log {_keep(log, name)}:\n{tail}")
+    return ToolFailedError(f"{name} {what}; log {_keep(log, name)}:\n{_tail(log)}")
 
 
-def _keep(log: Path, name: str) -> Path:
-    """A copy of the log under LOGS, new and named after the program and the time (the caller may remove
-    the log's directory on the way out); the log itself where no copy can be written."""
+def _tail(log: Path) -> str:
+    return "\n".join(log.read_text(errors="replace").strip().splitlines()[-12:])
+
+
+def _keep(path: Path, name: str, beside: Path | None = None) -> Path:
+    """A copy of a log under LOGS, new and named after the program and the time (the caller may remove
+    the log's directory on the way out); the file itself where no copy can be written. beside: a log kept
+    under LOGS; the copy, of another file of that run, is `<its stem>.<file name>` and goes when that log does."""
     kept = None
     try:
         LOGS.mkdir(parents=True, exist_ok=True)
-        fd, kept = tempfile.mkstemp(prefix=f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-", suffix=".log", dir=LOGS)
-        os.close(fd)
+        if beside:
+            kept = LOGS / f"{beside.stem}.{path.name}"
+        else:
+            fd, kept = tempfile.mkstemp(prefix=f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-", suffix=".log", dir=LOGS)
+            os.close(fd)
         with atomic_path(kept) as tmp:
-            shutil.copyfile(log, tmp)
+            shutil.copyfile(path, tmp)
     except (OSError, OutputPathError):
-        if kept:  # the name reserved for the copy
+        if kept and not beside:  # the name reserved for the copy
             Path(kept).unlink(missing_ok=True)
-        return log
-    _drop_old_logs(Path(kept))
+        return path
+    if not beside:
+        _drop_old_logs(Path(kept))
     return Path(kept)
 
 
 def _drop_old_logs(newest: Path) -> None:
-    """Remove all but the KEPT_LOGS newest logs under LOGS (a log another process removes first is skipped)."""
+    """Remove all but the KEPT_LOGS newest logs under LOGS, with the files kept beside them (a log another
+    process removes first is skipped)."""
     logs = []
     for path in LOGS.glob("*.log"):
         try:
@@ -105,4 +128,5 @@ def _drop_old_logs(newest: Path) -> None:
     logs.sort(reverse=True)
     for _, path in logs[KEPT_LOGS:]:
         if path != newest:
-            path.unlink(missing_ok=True)
+            for beside in LOGS.glob(f"{path.stem}.*"):  # the log and the files kept beside it
+                beside.unlink(missing_ok=True)

@@ -46,10 +46,11 @@ def write_project(project: Path, part: str, top: str, sources: list[str], constr
 def build(project: Path, script: str) -> dict:
     """Run Vivado on the script (ToolNotFoundError when it is not on PATH); returns bitstream and report."""
     executable = runner.require((TOOL,), "build the bitstream for a Xilinx part", INSTALL)
-    seconds = runner.run([executable, "-mode", "batch", "-nojournal", "-source", script], project / "vivado.log",
-                         project, TIMEOUT_S, outputs=(UTILIZATION, TIMING, BITSTREAM))
-    report = parse_utilization((project / UTILIZATION).read_text())
-    report.update(parse_timing_summary((project / TIMING).read_text()))
+    log, name = project / "vivado.log", Path(executable).name
+    seconds = runner.run([executable, "-mode", "batch", "-nojournal", "-source", script], log, project, TIMEOUT_S,
+                         outputs=(UTILIZATION, TIMING, BITSTREAM))
+    report = runner.read_report(parse_utilization, project / UTILIZATION, log, name)
+    report.update(runner.read_report(parse_timing_summary, project / TIMING, log, name))
     return {"bitstream": BITSTREAM, "report": report, "stages_s": {"vivado": seconds}}
 
 

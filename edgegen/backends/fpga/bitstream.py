@@ -288,7 +288,7 @@ def _place_template(cached: Path, board: Board, device, params: dict, lanes: int
         stages["place_and_route"] = openflow.place_and_route(device, "netlist.json", board.constraint_path.name,
                                                              clock["clock_mhz"] if clock["pll"] else freq, text,
                                                              "nextpnr_report.json", work, work / "pnr.log")
-        report = openflow.parse_report((work / "nextpnr_report.json").read_text(), device.family)
+        report = openflow.read_report(device, work / "nextpnr_report.json", work / "pnr.log")
         report["synth_cells"] = openflow.parse_synth_stat((work / "synth_stat.txt").read_text())
         summary = {"report": report, "clock": clock, "text": text, "stages_s": stages}
         if device.family == "ice40":
