@@ -316,6 +316,85 @@ def test_up5k_bitstream_runs_the_npu_from_the_pll_and_swaps_its_block_ram(tmp_pa
     shutil.rmtree(cache, ignore_errors=True)
 
 
+def _stand_in_open_flow(monkeypatch) -> list[str]:
+    """Yosys, nextpnr, ecpbram and ecppack stood in for (files a real run writes, in moments); returns the list
+    each place-and-route appends its work directory to."""
+    placed = []
+
+    def synthesize(device, sources, top, params, netlist, cwd, log):
+        (cwd / netlist).write_text("{}")
+        (cwd / "synth_stat.txt").write_text("   10   TRELLIS_COMB\n")
+        log.write_text("synthesized\n")
+        return 1.0
+
+    def place_and_route(device, netlist, constraints, freq, text, report, cwd, log, seed=1):
+        placed.append(cwd.name)
+        (cwd / text).write_text("placed design\n")
+        (cwd / report).write_text(json.dumps({"utilization": {"TRELLIS_COMB": {"used": 10, "available": 100}},
+                                              "fmax": {"clk": {"achieved": 60.0, "constraint": 50.0}}}))
+        log.write_text("routed\n")
+        return 2.0
+
+    def patch_bram(device, text, old, new, out, cwd, log):
+        (cwd / out).write_text((cwd / text).read_text() + f"{new}\n")
+        return 0.1
+
+    def pack(device, text, bitstream, cwd, log):
+        (cwd / bitstream).write_text((cwd / text).read_text())
+        log.write_text("packed\n")
+        return 0.1
+
+    for name, stand_in in [("synthesize", synthesize), ("place_and_route", place_and_route),
+                           ("patch_bram", patch_bram), ("pack", pack)]:
+        monkeypatch.setattr(openflow, name, stand_in)
+    return placed
+
+
+@pytest.mark.parametrize("damage", ["design.config", "pnr.log", "template/wgt.hex", "truncated summary.json",
+                                    "empty summary.json", "summary.json"])
+def test_a_damaged_bitstream_cache_entry_is_a_miss_and_is_replaced(tmp_path, monkeypatch, caplog, damage):
+    """A cache entry with a file removed or summary.json truncated (something outside edgegen changed it) is
+    placed again and replaced whole, with a warning naming it (it was an internal error on every later build)."""
+    caplog.set_level(logging.WARNING)
+    placed = _stand_in_open_flow(monkeypatch)
+    monkeypatch.setattr(bitstream, "CACHE", tmp_path / "cache")
+    target = _board_target(tmp_path, "ecp5-85f", lanes=2)
+    a = build(_model(tmp_path, 1), str(target), tmp_path / "a", precision="int8").manifest["session"]["bitstream"]
+    entry = tmp_path / "cache" / a["architecture"]
+    assert len(placed) == 1 and a["weight_swap"]["used"] is False
+    b = build(_model(tmp_path, 2), str(target), tmp_path / "b", precision="int8").manifest["session"]["bitstream"]
+    assert len(placed) == 1 and b["weight_swap"]["used"] is True  # a complete entry: a hit
+    summary = (entry / "summary.json").read_text()
+    if damage.endswith(" summary.json"):
+        (entry / "summary.json").write_text(summary[:len(summary) // 2] if damage.startswith("truncated") else "")
+    else:
+        (entry / damage).unlink()
+    c = build(_model(tmp_path, 2), str(target), tmp_path / "c", precision="int8").manifest["session"]["bitstream"]
+    assert len(placed) == 2 and c["weight_swap"]["used"] is False and c["architecture"] == a["architecture"]
+    assert f"the bitstream cache entry {entry} is damaged" in caplog.text
+    assert (entry / "summary.json").read_text() == summary and (entry / "design.config").is_file()
+    assert (tmp_path / "c" / "fpga" / "npu.bit").read_bytes() == (tmp_path / "b" / "fpga" / "npu.bit").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [a["architecture"]]  # nothing left aside
+
+
+def test_a_patch_of_a_cached_design_that_fails_names_the_entry_to_delete(tmp_path, monkeypatch):
+    """A complete entry whose placed design the patcher cannot read (changed outside edgegen): the error names the
+    entry and says that deleting it places the design again."""
+    _stand_in_open_flow(monkeypatch)
+    monkeypatch.setattr(bitstream, "CACHE", tmp_path / "cache")
+    target = _board_target(tmp_path, "ecp5-85f", lanes=2)
+    a = build(_model(tmp_path, 1), str(target), tmp_path / "a", precision="int8").manifest["session"]["bitstream"]
+
+    def refuse(*args, **kwargs):
+        raise ToolFailedError("ecpbram failed (exit 1); log kept.log:\nCannot parse the configuration")
+
+    monkeypatch.setattr(openflow, "patch_bram", refuse)
+    entry = tmp_path / "cache" / a["architecture"]
+    with pytest.raises(ToolFailedError, match=rf"(?s)Cannot parse.*the cached placed design {re.escape(str(entry))}: "
+                                              "if it is damaged, delete that directory"):
+        build(_model(tmp_path, 2), str(target), tmp_path / "b", precision="int8")
+
+
 # -- vendor targets without their tool ----------------------------------------------------------------
 
 @pytest.mark.parametrize("name,tool,files", [

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ...toolchains import ToolNotFoundError, fpga_parts, ice40_ram, openflow, quartus, runner, vivado
+from ...toolchains import ToolFailedError, ToolNotFoundError, fpga_parts, ice40_ram, openflow, quartus, runner, vivado
 from ...toolchains.fpga_parts import MEMORIES, Board, DoesNotFitError
 from ...targets import Target
 from .isa import DESC_WORDS, Images, NpuConfig
@@ -233,10 +233,20 @@ def _open_flow(out: Path, board: Board, params: dict, images: Images, config: Np
     cached = CACHE / key
     bitfile = _BITFILE[device.family]
     placed = None
-    if not (cached / "summary.json").is_file():
+    damage = _damage(cached)
+    if damage:
+        if cached.exists():
+            log.warning("the bitstream cache entry %s is damaged (%s; changed outside edgegen): placing the design "
+                        "again to replace it", cached, damage)
         placed = _place_template(cached, board, device, params, config.lanes, sizes, freq)
     summary = json.loads((cached / "summary.json").read_text())
-    patched = _patch(cached, device, images, config.lanes, sizes, summary, host_loaded(config))
+    try:
+        patched = _patch(cached, device, images, config.lanes, sizes, summary, host_loaded(config))
+    except ToolFailedError as exc:
+        if placed is not None:
+            raise
+        raise ToolFailedError(f"{exc}\n(patching the cached placed design {cached}: if it is damaged, delete that "
+                              "directory and build again to place the design again)") from None
     try:
         shutil.copyfile(patched["bitstream"], out / bitfile)
         (out / "mem").mkdir(exist_ok=True)
@@ -256,6 +266,23 @@ def _open_flow(out: Path, board: Board, params: dict, images: Images, config: Np
     stages = {**(placed or {}), "patch_and_pack": round(patched["seconds"], 3)}
     return {"architecture": key, "bitstream": f"fpga/{bitfile}", "cache": str(cached), **summary["report"],
             **summary["clock"], "stages_s": stages, "weight_swap": swap}
+
+
+_CACHED = ("synth.log", "pnr.log", "nextpnr_report.json")  # besides summary.json, its text and the templates
+
+
+def _damage(cached: Path) -> str | None:
+    """What keeps the cache entry `cached` from being used (absent, a file removed, summary.json truncated), or
+    None where it is complete."""
+    try:
+        summary = json.loads((cached / "summary.json").read_text())
+        if not isinstance(summary, dict) or not {"report", "clock", "text", "stages_s"} <= set(summary):
+            return "summary.json lacks report, clock, text or stages_s"
+        files = [summary["text"], *_CACHED, *(f"template/{name}.hex" for name in HEX)]
+        missing = [name for name in files if not (cached / name).is_file()]
+    except (OSError, ValueError, TypeError) as exc:
+        return f"summary.json: {exc}"
+    return f"no {', '.join(missing)}" if missing else None
 
 
 _NEXTPNR_PART = {"iCE40UP5K-SG48": ("--up5k", "--package", "sg48"),
@@ -294,13 +321,28 @@ def _place_template(cached: Path, board: Board, device, params: dict, lanes: int
         if device.family == "ice40":
             summary["columns"] = _placed_columns((work / text).read_text(), lanes, work / "template")
         _write(work / "summary.json", json.dumps(summary, indent=2))
-        work.rename(cached)
-    except OSError:
-        if not (cached / "summary.json").is_file():
-            raise
+        _publish(work, cached)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return stages
+
+
+def _publish(work: Path, cached: Path) -> None:
+    """Rename the placed design in work to the cache entry `cached`: a complete entry a build beside this
+    one published first wins; a damaged one is moved aside and removed (a build never sees it half replaced)."""
+    if cached.exists() and _damage(cached):
+        aside = Path(tempfile.mkdtemp(prefix=f".{cached.name}.damaged.", dir=CACHE))
+        try:
+            cached.rename(aside / "entry")
+        except FileNotFoundError:  # another build moved it first
+            pass
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+    try:
+        work.rename(cached)
+    except OSError:
+        if _damage(cached):
+            raise
 
 
 def _patch(cached: Path, device, images: Images, lanes: int, sizes: dict[str, int], summary: dict,
