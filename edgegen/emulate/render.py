@@ -37,8 +37,7 @@ def emulation(report: dict[str, Any]) -> str:
         if "skipped" in rtl:
             lines.append(f"  RTL tier     skipped: {rtl['skipped']}")
         elif rtl.get("ok"):
-            at_fmax = f", {rtl['latency_ms_at_fmax']} ms at Fmax" if rtl.get("latency_ms_at_fmax") else ""
-            lines.append(f"  RTL tier     {rtl['cycles']} cycles{at_fmax}; "
+            lines.append(f"  RTL tier     {rtl['cycles']} cycles{_at_fmax(rtl.get('execution') or {})}; "
                          f"simulated in {rtl['latency_ms']['p50']:.0f} ms")
     batch = e.get("batch", 1)
     uncounted = compiled["uncounted"] if compiled else e.get("uncounted")
@@ -52,6 +51,22 @@ def emulation(report: dict[str, Any]) -> str:
         lines.append(f"  {'PASS' if check['pass'] else 'FAIL'}  {check['name']}: {check['detail']}")
     lines.append(f"result: {'PASS' if report['pass'] else 'FAIL'}")
     return "\n".join(lines)
+
+
+def _at_fmax(execution: dict[str, Any]) -> str:
+    """The RTL run's latency and the clock it is at (the FPGA session's `latency_clock`), or nothing."""
+    if not execution.get("latency_ms_at_fmax"):
+        return ""
+    at = f", {execution['latency_ms_at_fmax']} ms at "
+    if execution.get("fmax_source") != "bitstream":
+        return at + f"the target's fmax_mhz {execution['fmax_mhz']:g} MHz (no bitstream built: timing not checked)"
+    at += f"the bitstream's Fmax {execution['fmax_mhz']:g} MHz"
+    board = execution.get("board_clock_mhz")
+    if execution.get("latency_ms_at_board_clock"):
+        return at + f" ({execution['latency_ms_at_board_clock']} ms at the board's {board:g} MHz NPU clock, which " \
+                    "it meets)"
+    return at + (f" (it fails timing at the board's {board:g} MHz NPU clock: no latency quoted there)" if board and
+                 not execution.get("timing_met") else "")
 
 
 def last_line(message: str) -> str:

@@ -73,6 +73,23 @@ def session_problem(session: dict[str, Any]) -> str | None:
     return _npu_problem(session["npu"])
 
 
+def latency_clock(session: dict[str, Any]) -> dict[str, Any] | None:
+    """The clock a run's latency is quoted at: a built bitstream's achieved Fmax (fmax_source "bitstream", with
+    its timing verdict at the board's NPU clock), else the target's fmax_mhz ("target": no timing result); None
+    where neither is known."""
+    bitstream = session.get("bitstream") or {}
+    fmax, clock = _mhz(bitstream.get("fmax_mhz")), _mhz(bitstream.get("clock_mhz"))
+    if bitstream.get("built") and fmax:
+        return {"fmax_mhz": fmax, "fmax_source": "bitstream", "timing_met": bitstream.get("timing_met") is True,
+                "board_clock_mhz": clock}
+    return {"fmax_mhz": session["fmax_mhz"], "fmax_source": "target"} if session.get("fmax_mhz") else None
+
+
+def _mhz(value: object) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e6
+    return float(value) if ok else None
+
+
 def open_device(mode: str, config: NpuConfig) -> Transport:
     """A fresh NPU of this configuration: the functional model or the RTL simulation."""
     if mode == "functional":
@@ -112,7 +129,7 @@ class Session:
         self.output_names = [o["name"] for o in self.outputs]
         tables = np.load(bundle_dir / session["host_tables"])
         self.tables = {k: tables[k] for k in tables.files}
-        self.fmax_mhz = session.get("fmax_mhz")
+        self.clock = latency_clock(session)
         self.layer_ops = session.get("layer_ops", {})
         self.last_status: RunStatus | None = None
         for address, data in Images.load(bundle_dir / session["entry"]).host_writes(self.uploads(session)):
@@ -187,13 +204,17 @@ class Session:
         return {name: np.stack([p[name] for p in parts]).astype(np.float32) for name in self.output_names}
 
     def execution_report(self) -> dict[str, Any]:
-        """Where the layers run (the NPU, int8) and the last run's cycles and latency at Fmax."""
+        """Where the layers run (the NPU, int8) and the last run's cycles and latency at Fmax (`latency_clock`:
+        the bitstream's achieved Fmax where one was built, then also at the board's clock where it meets timing)."""
         host = [spec["op"] for entry in self.inputs + self.outputs for spec in entry["chain"]]
         host += ["Gather" for entry in self.inputs if "gather" in entry]
         report: dict[str, Any] = {"int8": dict(self.layer_ops), "device": self.mode,
                                   "float": {f"{op} (host)": host.count(op) for op in host}}
         if self.last_status is not None and self.last_status.cycles:
             report["cycles"] = self.last_status.cycles
-            if self.fmax_mhz:
-                report["latency_ms_at_fmax"] = round(self.last_status.cycles / (self.fmax_mhz * 1e3), 3)
+            clock = self.clock or {}
+            if clock:
+                report.update(clock, latency_ms_at_fmax=round(report["cycles"] / (clock["fmax_mhz"] * 1e3), 3))
+            if clock.get("timing_met") and clock.get("board_clock_mhz"):
+                report["latency_ms_at_board_clock"] = round(report["cycles"] / (clock["board_clock_mhz"] * 1e3), 3)
         return report
