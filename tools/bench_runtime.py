@@ -192,7 +192,9 @@ def tiers(bundles: dict[str, Path], runs: int) -> list[dict[str, Any]]:
                                         lambda i: gen.generate(seed=seed(i), label=i % 10, **request), runs, burst)
         report = {r["tier"]: r for r in gen.manifest["serving_report"]["tiers"]["rows"]}
         preview = report["preview"]
-        macs = gen.parts.macs(gen.manifest["serving"]["tiers"]["preview"]["part"]) if warm else preview["macs"]
+        tier = gen.manifest["serving"]["tiers"]["preview"]
+        upscaler = gen.parts.macs("upscaler") if tier.get("upscale") == "upscaler" and "output" in request else 0
+        macs = gen.parts.macs(tier["part"]) if warm else preview["macs"] - upscaler  # a raw preview: no upscaler
         result = row(f"preview tier ({label}) vs full tier; the preview path holds "
                      f"{macs / report['full']['macs']:.1%} of the MACs", preview_t, full_t, 0.35,
                      "caches off" if not warm else "LRU off; full generation cold")
