@@ -27,14 +27,15 @@ import pytest
 
 MARKER = "edgegen_target"
 REQUIRE_ENV = "EDGEGEN_REQUIRE_EMULATION"
-_RECORDS = pytest.StashKey[list]()
+ROW = "edgegen"  # the user property of a test's report that holds its rows of the end-of-run table
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
 @dataclass
 class EmulatedRun:
     """One bundle emulated on one target: the report of `edgegen emulate` and the outputs (of the
-    bundle's reference input) as the emulated device computed them, beside the reference outputs.
+    bundle's reference input) as the emulated device computed them, beside the reference outputs, both as
+    `run()` gives them (uint8 pixels rounded, NHWC: the model file's form).
     outputs is empty when the bundle did not run (over the memory ceiling, say): `passed` is False."""
 
     target: str
@@ -43,6 +44,7 @@ class EmulatedRun:
     outputs: dict[str, Any] = field(repr=False)
     reference: dict[str, Any] = field(repr=False)
     ranges: dict[str, list[float]] = field(default_factory=dict, repr=False)  # declared (low, high) per output
+    specs: dict[str, Any] = field(default_factory=dict, repr=False)  # TensorSpec per output
 
     def assert_close(self, output: str, min_psnr: float | None = None,
                      max_abs: float | None = None) -> dict[str, float]:
@@ -54,8 +56,11 @@ class EmulatedRun:
             raise AssertionError(f"{self.bundle} has no output {output!r}; it has {sorted(self.reference)}")
         if output not in self.outputs:
             raise AssertionError(f"{self.target}: the bundle did not run here: {self.failures}")
-        span = value_range(self.ranges.get(output), self.reference[output].astype("float32"))
-        return assert_images_close(self.outputs[output], self.reference[output], min_psnr, max_abs, span)
+        actual, expected = self.outputs[output], self.reference[output]
+        if output in self.specs:  # in the bundle's layout as float32, as emulate measures (SSIM reads NCHW)
+            actual, expected = (self.specs[output].from_source(a).astype("float32") for a in (actual, expected))
+        span = value_range(self.ranges.get(output), expected.astype("float32"))
+        return assert_images_close(actual, expected, min_psnr, max_abs, span)
 
     @property
     def passed(self) -> bool:
@@ -72,7 +77,7 @@ class EmulatedDevice:
     def __init__(self, target: str, records: list, runs: int = 10):
         self.target = target
         self.runs = runs
-        self._records = records
+        self._records = records  # the test's user_properties: its table rows travel in its report (pytest-xdist)
 
     def __repr__(self) -> str:
         return f"EmulatedDevice({self.target!r})"
@@ -92,27 +97,35 @@ class EmulatedDevice:
         from .bundle import read_manifest
         from .emulate import EmulatorUnavailableError
         from .emulate.device import emulate
+        from .emulate.render import summary_row
         from .errors import EdgegenError
+        from .specs import TensorSpec
 
         bundle = self.bundle_path(path)
         try:
             report = emulate(bundle, target=self.target, runs=self.runs, keep_outputs=True)
         except EmulatorUnavailableError as exc:
             required = require_emulation()
-            self._records.append({"target": self.target, "bundle": str(bundle),
-                                  "failed" if required else "skipped": str(exc)})
+            self._records.append((ROW, summary_row({"target": self.target, "bundle": str(bundle),
+                                                    "failed" if required else "skipped": str(exc)})))
             if required:
                 pytest.fail(f"edgegen cannot emulate {self.target} here ({REQUIRE_ENV} is set): {exc}")
             pytest.skip(f"edgegen cannot emulate {self.target} on this host: {exc}")
         except EdgegenError as exc:  # a damaged bundle, one built for another target: the test fails, and the table says so
-            self._records.append({"target": self.target, "bundle": str(bundle), "failed": str(exc)})
+            self._records.append((ROW, summary_row({"target": self.target, "bundle": str(bundle),
+                                                    "failed": str(exc)})))
             raise
         outputs = report.pop("outputs", {})  # none when the bundle failed on this host (run.failures says why)
-        self._records.append({"target": self.target, "bundle": str(bundle), "report": report})
+        self._records.append((ROW, summary_row({"target": self.target, "bundle": str(bundle), "report": report})))
         manifest = read_manifest(bundle)
         _, expected = reference.load(bundle, manifest)
-        ranges = {o["name"]: o["range"] for o in manifest["model"]["outputs"] if o.get("range")}
-        return EmulatedRun(self.target, bundle, report, outputs, expected, ranges)
+        specs = {o["name"]: TensorSpec.from_json(o) for o in manifest["model"]["outputs"]}
+        ranges = {name: spec.range for name, spec in specs.items() if spec.range}
+        # as run() gives them (Generator.run: spec.to_source), the reference as self_test delivers it
+        delivered = {k: specs[k].to_source(v) if k in specs else v for k, v in outputs.items()}
+        wanted = {k: specs[k].to_source(reference.delivered(specs[k], v)) if k in specs else v
+                  for k, v in expected.items()}
+        return EmulatedRun(self.target, bundle, report, delivered, wanted, ranges, specs)
 
 
 def require_emulation() -> bool:
@@ -164,18 +177,19 @@ def assert_images_close(actual, expected, min_psnr: float | None = None, max_abs
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{MARKER}(*targets): run the test once per edgegen target; the "
                                        "`edgegen_device` fixture gives that target's emulated device")
-    config.stash[_RECORDS] = []
+    config.pluginmanager.register(_Table(), "edgegen-table")
     require_emulation()  # a value that is not a boolean is refused before any test runs
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    marker = metafunc.definition.get_closest_marker(MARKER)
     if "edgegen_device" not in metafunc.fixturenames:
         return
-    if marker is None or not marker.args:
+    # every marker's targets (stacked on the test, its class's, its module's), the closest first, each once
+    names = list(dict.fromkeys(t for marker in metafunc.definition.iter_markers(MARKER) for t in marker.args))
+    if not names:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: the edgegen_device fixture needs "
                                 f"@pytest.mark.{MARKER}(\"TARGET\", ...) naming the targets to emulate")
-    metafunc.parametrize("edgegen_device", list(marker.args), indirect=True, ids=list(marker.args))
+    metafunc.parametrize("edgegen_device", names, indirect=True, ids=names)
 
 
 @pytest.fixture
@@ -188,15 +202,25 @@ def edgegen_device(request: pytest.FixtureRequest) -> EmulatedDevice:
         load(request.param)
     except TargetError as exc:
         raise pytest.UsageError(f"@pytest.mark.{MARKER}: {exc}") from None
-    return EmulatedDevice(request.param, request.config.stash[_RECORDS])
+    return EmulatedDevice(request.param, request.node.user_properties)
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    records = config.stash.get(_RECORDS, [])
-    if not records:
-        return
-    from .emulate.render import summary_rows
+class _Table:
+    """The end-of-run table, its rows read from the tests' reports: under pytest-xdist a worker's reports (their
+    user_properties) are what reaches the controller, which prints the table."""
 
-    terminalreporter.section("edgegen emulated targets")
-    for line in summary_rows(records):
-        terminalreporter.write_line(line)
+    def __init__(self) -> None:
+        self.rows: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "teardown":  # its user_properties hold every row of the test, its fixtures' included
+            self.rows.extend(value for name, value in report.user_properties if name == ROW)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.rows:
+            return
+        from .emulate.render import summary_rows
+
+        terminalreporter.section("edgegen emulated targets")
+        for line in summary_rows(self.rows):
+            terminalreporter.write_line(line)

@@ -351,7 +351,7 @@ def test_a_score_beside_an_image_is_held_to_its_own_criterion_in_a_reduced_preci
     import numpy as np
 
     from edgegen.bundle import sha256_file
-    from edgegen.emulate.render import summary_rows
+    from edgegen.emulate.render import summary_row
     from edgegen.runtime import Generator
 
     bundle = tmp_path / "b"
@@ -364,7 +364,7 @@ def test_a_score_beside_an_image_is_held_to_its_own_criterion_in_a_reduced_preci
     report = emulate(bundle, runs=1)  # the summary's min PSNR is the image's, not the score's beside it
     image = report["host"]["self_test"]["outputs"]["y"]["psnr_db"]
     report["host"]["self_test"]["outputs"]["score"]["psnr_db"] = 1.71  # as OpenVINO fp16's score read: a PASS at 1.71
-    row = summary_rows([{"target": "x86-onnxruntime", "bundle": str(bundle), "report": report}])[1]
+    row = summary_row({"target": "x86-onnxruntime", "bundle": str(bundle), "report": report})
     assert f" {image:.2f} " in row and "1.71" not in row
 
     wrong = tmp_path / "wrong"  # a device computing a wrong score looks like this reference

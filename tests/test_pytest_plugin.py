@@ -227,3 +227,84 @@ def test_an_aarch64_target_runs_under_qemu_in_the_plugin(pytester, tmp_path, cge
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*edgegen emulated targets*", "rpi4-litert*PASS*", "x86-litert*PASS*"])
+
+
+def test_the_table_rows_travel_in_the_reports_as_pytest_xdist_sends_them(pytester, bundles):
+    """Under pytest-xdist (-n 2) the table was absent: each worker kept its rows, the controller printed none.
+    The rows are the tests' user_properties, which xdist sends back in their reports, and the table is read
+    from the reports."""
+    pytester.makeconftest("""
+        import pytest
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_runtest_logreport(report):
+            if report.when == "teardown":  # what a controller gets: the report, not the worker's objects
+                assert [name for name, _ in report.user_properties] == ["edgegen"], report.user_properties
+                report.user_properties[:] = [(n, v.replace("PASS", "SENT")) for n, v in report.user_properties]
+    """)
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.edgegen_target("x86-onnxruntime")
+        def test_generator(edgegen_device):
+            assert edgegen_device.open({str(bundles)!r}).passed
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*edgegen emulated targets*", "x86-onnxruntime*SENT*"])
+
+
+def test_stacked_and_module_markers_give_the_union_of_their_targets(pytester):
+    """Only the closest marker counted: the module's targets and a second stacked marker's were dropped."""
+    pytester.makepyfile("""
+        import pytest
+
+        pytestmark = pytest.mark.edgegen_target("x86-onnxruntime", "x86-litert")
+
+        @pytest.mark.edgegen_target("fpga-sim")
+        @pytest.mark.edgegen_target("x86-openvino", "x86-onnxruntime")
+        def test_stacked(edgegen_device):
+            pass
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*test_stacked[[]x86-openvino[]]", "*test_stacked[[]x86-onnxruntime[]]",
+                                 "*test_stacked[[]fpga-sim[]]", "*test_stacked[[]x86-litert[]]", "4 tests collected*"])
+
+
+def test_outputs_and_reference_are_as_run_gives_them_and_assert_close_agrees_with_emulate(pytester, tmp_path):
+    """A uint8 NHWC export's outputs were handed over as the backend's float NCHW tensors, unrounded: a golden
+    picture could not be compared, and assert_close measured other numbers than emulate's self-test."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    rng = np.random.default_rng(3)
+    consts = [numpy_helper.from_array((rng.standard_normal((3, 3, 3, 3)) * 0.5).astype(np.float32), "w"),
+              numpy_helper.from_array(np.float32(255), "k255")]
+    nodes = [helper.make_node("Cast", ["pixels"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Div", ["f", "k255"], ["unit"]),
+             helper.make_node("Transpose", ["unit"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["s", "k255"], ["scaled"]),
+             helper.make_node("Round", ["scaled"], ["rounded"]),
+             helper.make_node("Transpose", ["rounded"], ["nhwc"], perm=[0, 2, 3, 1]),
+             helper.make_node("Cast", ["nhwc"], ["picture"], to=TensorProto.UINT8)]
+    graph = helper.make_graph(nodes, "mobile", [helper.make_tensor_value_info("pixels", TensorProto.UINT8,
+                                                                              ["N", 12, 16, 3])],
+                              [helper.make_tensor_value_info("picture", TensorProto.UINT8, ["N", 12, 16, 3])], consts)
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "mobile.onnx"))
+    build(tmp_path / "mobile.onnx", "x86-onnxruntime", tmp_path / "b", precision="fp16")
+    pytester.makepyfile(f"""
+        import numpy as np
+        import pytest
+
+        @pytest.mark.edgegen_target("x86-onnxruntime")
+        def test_mobile(edgegen_device):
+            run = edgegen_device.open({str(tmp_path / 'b')!r})
+            assert run.passed, run.failures
+            for array in (run.outputs["picture"], run.reference["picture"]):
+                assert (array.dtype, array.shape) == (np.uint8, (1, 12, 16, 3))
+            numbers = run.assert_close("picture", max_abs=255)
+            emulated = run.report["host"]["self_test"]["outputs"]["picture"]
+            assert {{k: numbers[k] for k in ("psnr_db", "max_abs", "ssim")}} == \\
+                {{k: emulated[k] for k in ("psnr_db", "max_abs", "ssim")}}
+    """)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)

@@ -104,27 +104,28 @@ def tolerance(wanted: dict[str, float]) -> str:
     return "tolerance " + ", ".join(f"{k} {v}" for k, v in wanted.items())
 
 
-def summary_rows(records: list[dict[str, Any]]) -> list[str]:
-    """The pytest plugin's end-of-run table: one row per emulated bundle (or why it was skipped or failed)."""
-    rows = [f"{'target':<24} {'result':<6} {'host p50 ms':>11} {'aarch64 p50 ms':>14} {'estimate ms':>11} "
-            f"{'min PSNR dB':>11} {'arm64 max-abs':>11} {'peak RSS MB':>11}  bundle"]
-    for record in records:
-        if "skipped" in record or "failed" in record:
-            rows.append(f"{record['target']:<24} {'SKIP' if 'skipped' in record else 'FAIL':<6} "
-                        f"{record.get('skipped') or record['failed']}")
-            continue
-        r = record["report"]
-        host, arm = r["host"], r.get("aarch64") or {}
-        # the images' PSNR (the build's fidelity): not a score's beside them, held to its own criterion
-        psnr = [o["psnr_db"] for o in (host.get("self_test") or {}).get("outputs", {}).values() if o["quality"]]
-        match = f"{arm['match']['max_abs']:.1g}" if "match" in arm else "-"
-        fidelity = f"{min(psnr):.2f}" if psnr else "-"
-        rows.append(f"{r['target']:<24} {'PASS' if r['pass'] else 'FAIL':<6} {_ms(host):>11} {_ms(arm):>14} "
-                    f"{r['estimate']['latency_ms']:>11.3g} {fidelity:>11} {match:>11} "
-                    f"{host.get('peak_rss_mb', 0):>11.0f}  {record['bundle']}")
-    rows.append("estimate: roofline of the target's cited peaks (a lower bound, not a measurement); aarch64 p50: "
-                "under QEMU on this host; arm64 max-abs: vs x86; peak RSS: this host's run under the ceiling")
-    return rows
+def summary_rows(rows: list[str]) -> list[str]:
+    """The pytest plugin's end-of-run table: the header, one row per emulated bundle (summary_row), the legend."""
+    return [f"{'target':<24} {'result':<6} {'host p50 ms':>11} {'aarch64 p50 ms':>14} {'estimate ms':>11} "
+            f"{'min PSNR dB':>11} {'arm64 max-abs':>11} {'peak RSS MB':>11}  bundle", *rows,
+            "estimate: roofline of the target's cited peaks (a lower bound, not a measurement); aarch64 p50: "
+            "under QEMU on this host; arm64 max-abs: vs x86; peak RSS: this host's run under the ceiling"]
+
+
+def summary_row(record: dict[str, Any]) -> str:
+    """One emulated bundle's row of that table: {target, bundle, and report, or why it was skipped or failed}."""
+    if "skipped" in record or "failed" in record:
+        return (f"{record['target']:<24} {'SKIP' if 'skipped' in record else 'FAIL':<6} "
+                f"{record.get('skipped') or record['failed']}")
+    r = record["report"]
+    host, arm = r["host"], r.get("aarch64") or {}
+    # the images' PSNR (the build's fidelity): not a score's beside them, held to its own criterion
+    psnr = [o["psnr_db"] for o in (host.get("self_test") or {}).get("outputs", {}).values() if o["quality"]]
+    match = f"{arm['match']['max_abs']:.1g}" if "match" in arm else "-"
+    fidelity = f"{min(psnr):.2f}" if psnr else "-"
+    return (f"{r['target']:<24} {'PASS' if r['pass'] else 'FAIL':<6} {_ms(host):>11} {_ms(arm):>14} "
+            f"{r['estimate']['latency_ms']:>11.3g} {fidelity:>11} {match:>11} "
+            f"{host.get('peak_rss_mb', 0):>11.0f}  {record['bundle']}")
 
 
 def _ms(run: dict[str, Any]) -> str:
