@@ -55,8 +55,34 @@ def load(directory: Path, manifest: dict[str, Any]) -> tuple[dict[str, np.ndarra
         # numpy reads what is not an .npz as a pickle, which allow_pickle=False refuses: a damaged file, not a pickle
         why = "not a numpy .npz archive" if "allow_pickle" in str(exc) else str(exc)
         raise DamagedBundle(f"{path}: reference data unreadable ({why}); rebuild the bundle") from None
-    split = {"input": {}, "output": {}}
+    split: dict[str, dict[str, np.ndarray]] = {"input": {}, "output": {}}
     for key, value in arrays.items():
-        kind, name = key.split(":", 1)
+        kind, _, name = key.partition(":")
+        if kind not in split or not name:
+            _damaged(path, f"entry {key!r} is neither input:NAME nor output:NAME")
         split[kind][name] = value
+    for kind in ("input", "output"):
+        for spec in manifest["model"].get(f"{kind}s", []):
+            array = split[kind].get(spec["name"])
+            if array is None:
+                _damaged(path, f"{kind} {spec['name']!r} is missing (it holds {kind}s {sorted(split[kind])})")
+            if not _fits(array.shape, spec.get("shape")):
+                _damaged(path, f"{kind} {spec['name']!r} has shape {_dims(array.shape)}, the manifest says "
+                               f"{_dims(spec.get('shape'))}")
+            if kind == "input" and spec.get("dtype") and array.dtype != np.dtype(spec["dtype"]):
+                _damaged(path, f"input {spec['name']!r} is {array.dtype}, the manifest says {spec['dtype']}")
     return split["input"], split["output"]
+
+
+def _fits(shape: tuple[int, ...], declared: list | None) -> bool:
+    """Whether an array's shape is one the manifest's shape allows (a dimension not an integer: any size)."""
+    return declared is None or (len(shape) == len(declared) and
+                                all(not isinstance(d, int) or d == n for n, d in zip(shape, declared)))
+
+
+def _dims(shape) -> str:
+    return "x".join(str(d) if isinstance(d, int) else "?" for d in shape) if shape is not None else "any"
+
+
+def _damaged(path: Path, what: str) -> None:
+    raise DamagedBundle(f"{path}: the reference data does not match manifest.json: {what}; rebuild the bundle")

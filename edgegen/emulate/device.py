@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import targets
+from .. import reference, targets
 from ..bundle import MANIFEST, read_manifest, verify_files
 from ..errors import BundleError, TargetError
 from ..metrics import compare, quality_outputs, value_range
@@ -40,6 +40,7 @@ def emulate(bundle: str | Path, target: str | None = None, runs: int = 20, rebui
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
+    reference.load(bundle, manifest)  # a reference that does not fit the manifest: DamagedBundle, naming it
     device = _target(bundle, manifest, target)
     estimate = roofline.estimate(manifest, device)
     # an FPGA bundle's host tier is the NPU's functional model, whatever EDGEGEN_FPGA_MODE or the target says:
