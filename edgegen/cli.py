@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -546,18 +547,38 @@ def _serve(args) -> int:
 
 
 def _emulate(args) -> int:
-    from .emulate.device import emulate
+    from .emulate.device import SCHEMA, emulate
     from .emulate.render import emulation
 
     try:
         report = emulate(args.bundle, target=args.target, runs=args.runs, rebuild=args.rebuild,
                          aarch64=not args.no_aarch64, rtl=not args.no_rtl)
-    except DamagedBundle as exc:
-        return _failed_check(exc)
+    except EdgegenError as exc:  # a report all the same: a CI step reads its verdict there, never an earlier run's
+        if args.json:
+            check = "bundle intact" if isinstance(exc, DamagedBundle) else "emulation runs here"
+            write_text(args.json, _strict_json({"schema": SCHEMA, "bundle": args.bundle, "target": args.target,
+                                                "checks": [{"name": check, "pass": False, "detail": str(exc)}],
+                                                "pass": False}))
+        if isinstance(exc, DamagedBundle):
+            return _failed_check(exc)
+        raise
     print(emulation(report))
     if args.json:
-        write_text(args.json, json.dumps(report, indent=2, default=str) + "\n")
+        write_text(args.json, _strict_json(report))
     return 0 if report["pass"] else 3
+
+
+def _strict_json(report: dict[str, Any]) -> str:
+    """A report as strict JSON: a NaN or infinite number is null (the check's detail says it was not finite)."""
+    def finite(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+    return json.dumps(finite(report), indent=2, default=str, allow_nan=False) + "\n"
 
 
 def _verify(args) -> int:

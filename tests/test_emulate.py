@@ -473,3 +473,44 @@ def test_a_reference_that_does_not_fit_the_manifest_is_a_damaged_bundle(tmp_path
         err = capsys.readouterr().err
         assert err.startswith(f"FAIL  {copy / 'reference.npz'}: the reference data does not match manifest.json: "
                               f"{said}") and "rebuild the bundle" in err, err
+
+
+def test_emulate_json_is_written_for_a_run_that_cannot_start_and_is_versioned(tmp_path, ort_bundle, capsys):
+    """A damaged bundle (exit 3) or one that cannot be emulated here (exit 2) wrote no report, and an earlier run's
+    report.json stayed, saying "pass": true."""
+    from edgegen.emulate.device import SCHEMA
+
+    report = tmp_path / "report.json"
+    assert main(["emulate", str(ort_bundle), "--runs", "1", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["schema"] == SCHEMA == 1
+    copy = tmp_path / "b"
+    shutil.copytree(ort_bundle, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 1
+    (copy / "model.onnx").write_bytes(bytes(data))
+    assert main(["emulate", str(copy), "--runs", "1", "--json", str(report)]) == 3
+    written = json.loads(report.read_text())
+    assert (written["pass"], written["schema"], written["checks"][0]["name"]) == (False, 1, "bundle intact")
+    assert "'model.onnx' does not match its sha256" in written["checks"][0]["detail"]
+    assert main(["emulate", str(ort_bundle), "--runs", "1", "--target", "rpi4-litert", "--json", str(report)]) == 2
+    written = json.loads(report.read_text())
+    assert not written["pass"] and "was built for target 'x86-onnxruntime'" in written["checks"][0]["detail"]
+    assert list(tmp_path.glob("*.tmp*")) == [] and capsys.readouterr()
+
+
+def test_emulate_json_is_strict_json_when_a_number_is_not_finite(tmp_path, ort_bundle, capsys):
+    """A NaN in the reference wrote bare NaN tokens, which JSON parsers (JSON.parse) refuse."""
+    import numpy as np
+
+    copy = _with_reference(ort_bundle, tmp_path / "b",
+                           lambda r: {**r, "output:image": np.full_like(r["output:image"], np.nan)})
+    assert main(["emulate", str(copy), "--runs", "1", "--json", str(tmp_path / "r.json")]) == 3
+    capsys.readouterr()
+
+    def refuse(token: str):
+        raise ValueError(f"not JSON: {token}")
+
+    report = json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse)
+    [test] = [c for c in report["checks"] if c["name"] == "self-test on this host"]
+    assert report["host"]["self_test"]["outputs"]["image"]["psnr_db"] is None
+    assert "not finite numbers, null in --json" in test["detail"] and not test["pass"]

@@ -9,6 +9,7 @@ images as this host; FPGA targets run the NPU's functional model and its RTL sim
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from .render import last_line, tolerance as output_tolerance
 
 QEMU_RUNS = 3
 FP32_MAX_ABS = 1e-5
+SCHEMA = 1  # the version of the report's layout (README: "Emulated devices", --json)
+log = logging.getLogger(__name__)
 
 
 def emulate(bundle: str | Path, target: str | None = None, runs: int = 20, rebuild: bool = False,
@@ -50,7 +53,7 @@ def emulate(bundle: str | Path, target: str | None = None, runs: int = 20, rebui
     host = process.run(bundle, settings)
     checks = [_memory_check(bundle, host, settings)]
     report: dict[str, Any] = {
-        "bundle": str(bundle), "target": device.name, "device": device.device, "arch": device.arch,
+        "schema": SCHEMA, "bundle": str(bundle), "target": device.name, "device": device.device, "arch": device.arch,
         "backend": manifest["backend"], "precision": manifest["precision"],
         "constraints": {"threads": device.threads, "memory_mb": device.memory_mb,
                         "accelerator_replaced_by_cpu": support.accelerator(device)},
@@ -119,6 +122,8 @@ def _memory_check(bundle: Path, run: dict[str, Any], settings: process.Settings)
 def _self_test_check(name: str, run: dict[str, Any]) -> dict[str, Any]:
     test = run["self_test"]
     parts = [f"{out}: PSNR {r['psnr_db']:.2f} dB, max-abs {r['max_abs']:.3g} ({output_tolerance(r['tolerance'])})"
+             + ("" if np.isfinite([r["psnr_db"], r["max_abs"]]).all() else
+                " (not finite numbers, null in --json: the output or its reference holds NaN or infinite values)")
              for out, r in test["outputs"].items()]
     return {"name": name, "pass": bool(test["pass"]), "detail": "; ".join(parts)}
 
