@@ -436,6 +436,48 @@ def test_emulating_a_tflite_runtime_target_says_litert_ran_in_its_place(tmp_path
     assert emulate(tmp_path / "b", runs=1)["constraints"]["runtime_replaced"] == said  # as the manifest records it
     build(cgen_path, "x86-litert", tmp_path / "litert")  # its own runtime: nothing to say
     assert emulate(tmp_path / "litert", runs=1)["constraints"]["runtime_replaced"] is None
+
+
+@pytest.fixture(scope="module")
+def fpga_bundle(tmp_path_factory, cgen_path) -> Path:
+    out = tmp_path_factory.mktemp("fpga") / "npu"
+    build(cgen_path, "fpga-sim", out)
+    return out
+
+
+def test_an_unwritable_build_cache_of_the_rtl_simulator_is_cannot_emulate_here(fpga_bundle, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """EDGEGEN_CACHE (or HOME) read-only: the RTL tier failed as "a damaged artifact ... rebuild the bundle", exit 3."""
+    from conftest import verilator_or_skip
+
+    from edgegen.emulate import EmulatorUnavailableError
+
+    verilator_or_skip()
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("EDGEGEN_CACHE", str(tmp_path / "a_file" / "cache"))  # read by the RTL run's own process
+    with pytest.raises(EmulatorUnavailableError, match=r"RTL tier .* cannot run here: cannot build the NPU simulator: "
+                                                       r"its cache directory .*a_file/cache/npu-verilator cannot be "
+                                                       r"made .*point EDGEGEN_CACHE at a writable directory"):
+        emulate(fpga_bundle, runs=1)
+    assert main(["emulate", str(fpga_bundle), "--runs", "1"]) == 2
+    assert "damaged" not in capsys.readouterr().err
+
+
+def test_an_fpga_target_whose_rtl_cannot_be_simulated_here_is_not_a_pass(fpga_bundle, monkeypatch, capsys):
+    """Without Verilator the RTL tier was skipped in a line and the run passed (exit 0, a green pytest test with
+    EDGEGEN_REQUIRE_EMULATION=1): every tier must run unless --no-rtl leaves it out."""
+    from edgegen.backends import session_module
+    from edgegen.emulate import EmulatorUnavailableError
+
+    monkeypatch.setattr(session_module("fpga"), "host_support", lambda options: (False, "it needs Verilator"))
+    with pytest.raises(EmulatorUnavailableError, match=r"RTL tier .* cannot run here: it needs Verilator \(or pass "
+                                                       r"--no-rtl"):
+        emulate(fpga_bundle, runs=1)
+    assert main(["emulate", str(fpga_bundle), "--runs", "1"]) == 2
+    assert main(["emulate", str(fpga_bundle), "--runs", "1", "--no-rtl"]) == 0
+    assert "RTL tier     skipped: not run (--no-rtl)" in capsys.readouterr().out
+
+
 def _with_reference(bundle: Path, copy: Path, change) -> Path:
     """A copy of a bundle whose reference.npz is changed (listed with its new sha256: only its content is off)."""
     import numpy as np
@@ -514,3 +556,25 @@ def test_emulate_json_is_strict_json_when_a_number_is_not_finite(tmp_path, ort_b
     [test] = [c for c in report["checks"] if c["name"] == "self-test on this host"]
     assert report["host"]["self_test"]["outputs"]["image"]["psnr_db"] is None
     assert "not finite numbers, null in --json" in test["detail"] and not test["pass"]
+
+
+def test_a_runtime_that_cannot_use_a_file_of_this_host_is_not_a_damaged_artifact(tmp_path, monkeypatch):
+    """Every load error was "a damaged artifact ... rebuild the bundle", an unwritable cache outside the bundle too."""
+    import errno
+    import types
+
+    from edgegen import backends
+    from edgegen.errors import BackendUnavailableError
+
+    def session_raising(filename):
+        def session(*args, **kwargs):
+            raise OSError(errno.EACCES, "Permission denied", filename)
+        return types.SimpleNamespace(Session=session)
+
+    monkeypatch.setattr(backends, "session_module", lambda backend: session_raising("/proc/nocache/x"))
+    with pytest.raises(BackendUnavailableError, match=r"cannot use /proc/nocache/x \(Permission denied\), which is "
+                                                      r"this host's, not the bundle's.*point EDGEGEN_CACHE"):
+        backends.open_session("fpga", tmp_path, {"entry": "npu/program.npz"}, 1, [])
+    monkeypatch.setattr(backends, "session_module", lambda backend: session_raising(str(tmp_path / "npu")))
+    with pytest.raises(BundleError, match="'npu/program.npz' does not load .*a damaged artifact"):
+        backends.open_session("fpga", tmp_path, {"entry": "npu/program.npz"}, 1, [])

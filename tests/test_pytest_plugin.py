@@ -308,3 +308,28 @@ def test_outputs_and_reference_are_as_run_gives_them_and_assert_close_agrees_wit
                 {{k: emulated[k] for k in ("psnr_db", "max_abs", "ssim")}}
     """)
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_an_fpga_target_without_its_rtl_simulator_skips_or_fails_when_required(pytester, tmp_path, cgen_path,
+                                                                                monkeypatch):
+    """Without Verilator the RTL tier was skipped unseen: the test passed, with EDGEGEN_REQUIRE_EMULATION=1 too,
+    and its row said PASS."""
+    from edgegen.backends import session_module
+
+    build(cgen_path, "fpga-sim", tmp_path / "fpga-sim")
+    monkeypatch.setattr(session_module("fpga"), "host_support", lambda options: (False, "it needs Verilator"))
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.edgegen_target("fpga-sim")
+        def test_npu(edgegen_device):
+            assert edgegen_device.open({str(tmp_path)!r}).passed
+    """)
+    monkeypatch.delenv("EDGEGEN_REQUIRE_EMULATION", raising=False)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["fpga-sim*SKIP*the RTL tier of * cannot run here: it needs Verilator*"])
+    monkeypatch.setenv("EDGEGEN_REQUIRE_EMULATION", "1")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["fpga-sim*FAIL*the RTL tier of * cannot run here*"])

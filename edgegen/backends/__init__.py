@@ -69,10 +69,15 @@ def open_session(backend: str, directory: Path, config: dict[str, Any], threads:
         session = module.Session(directory, config, threads, host_fallback=host_fallback)
     except (EdgegenError, MemoryError):
         raise
+    except OSError as exc:
+        if exc.filename is None or Path(exc.filename).resolve().is_relative_to(Path(directory).resolve()):
+            raise _not_loading(backend, directory, config, exc) from None
+        raise BackendUnavailableError(f"{directory}: the {backend} runtime cannot use {exc.filename} "
+                                      f"({exc.strerror}), which is this host's, not the bundle's: make it "
+                                      "accessible (edgegen's caches: point EDGEGEN_CACHE at a writable "
+                                      "directory)") from None
     except Exception as exc:  # the runtime's own load error: a damaged artifact, or one this version cannot read
-        raise BundleError(f"{directory}: its {backend} artifact {config.get('entry', '')!r} does not load "
-                          f"({first_line(exc)}): a damaged artifact, or one the {backend} version here cannot read; "
-                          "rebuild the bundle, or install the versions it was built with (manifest.json: tools)") from None
+        raise _not_loading(backend, directory, config, exc) from None
     missing = [name for name in outputs if name not in session.output_names]
     if missing:
         raise DamagedBundle(f"{directory}: its {backend} artifact {config.get('entry', '')!r} gives the outputs "
@@ -80,6 +85,13 @@ def open_session(backend: str, directory: Path, config: dict[str, Any], threads:
                             "edited manifest: its backend, session or outputs do not match the artifact). Rebuild "
                             "the bundle or copy it again.")
     return session
+
+
+def _not_loading(backend: str, directory: Path, config: dict[str, Any], exc: Exception) -> BundleError:
+    """The runtime's own load error: a damaged artifact, or one this version cannot read."""
+    return BundleError(f"{directory}: its {backend} artifact {config.get('entry', '')!r} does not load "
+                       f"({first_line(exc)}): a damaged artifact, or one the {backend} version here cannot read; "
+                       "rebuild the bundle, or install the versions it was built with (manifest.json: tools)")
 
 
 def int8_lowerings(target) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ from ..errors import BundleError, TargetError
 from ..metrics import compare, quality_outputs, value_range
 from ..reference import criteria, meets
 from ..specs import TensorSpec
-from . import process, roofline, support, userland
+from . import EmulatorUnavailableError, process, roofline, support, userland
 from .render import last_line, tolerance as output_tolerance
 
 QEMU_RUNS = 3
@@ -189,10 +189,13 @@ def _rtl(bundle: Path, device: targets.Target, functional: dict[str, Any], check
 
     ok, why = session_module("fpga").host_support({"mode": "rtl"})
     if not ok:
-        return {"skipped": f"RTL simulation unavailable on this host: {why}"}
+        raise EmulatorUnavailableError(f"the RTL tier of {bundle} cannot run here: {why} (or pass --no-rtl, "
+                                       "rtl=False, to check the functional model alone)")
     settings = process.Settings(threads=1, memory_mb=None, runs=1, warmup=0, host_fallback=True,
                                 env={"EDGEGEN_FPGA_MODE": "rtl"})
     rtl = process.run(bundle, settings)
+    if rtl.get("error") == "unavailable":  # the simulator cannot be built here (its cache not writable, say)
+        raise EmulatorUnavailableError(f"the RTL tier of {bundle} cannot run here: {rtl['message']}")
     if not rtl["ok"]:
         checks.append({"name": "RTL simulation", "pass": False, "detail": rtl["message"]})
         return _summary(rtl)

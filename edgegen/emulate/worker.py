@@ -32,18 +32,22 @@ def main(config_path: str) -> None:
     except Exception as exc:  # report what the device would have seen, classified
         message = f"{type(exc).__name__}: {exc}"
         is_oom = any(word in message.lower() for word in _OOM_WORDS)
-        kind = "memory" if is_oom else ("bundle" if _is_user_error(exc) else "crash")
-        result = {"ok": False, "error": kind, "message": message}
+        kind = "memory" if is_oom else _kind(exc)
+        result = {"ok": False, "error": kind, "message": str(exc) if kind == "unavailable" else message}
     memory = memory_kb()
     result.update(machine=platform.machine(), peak_rss_mb=round(memory.get("VmHWM", 0) / 1024, 1),
                   peak_vm_mb=round(memory.get("VmPeak", 0) / 1024, 1))
     Path(config["result"]).write_text(json.dumps(result))
 
 
-def _is_user_error(exc: Exception) -> bool:
-    from ..errors import EdgegenError
+def _kind(exc: Exception) -> str:
+    """"unavailable" (this host cannot run it: a runtime or simulator absent), "bundle" (another error the user
+    can fix) or "crash"."""
+    from ..errors import BackendUnavailableError, EdgegenError
 
-    return isinstance(exc, EdgegenError)
+    if isinstance(exc, BackendUnavailableError):
+        return "unavailable"
+    return "bundle" if isinstance(exc, EdgegenError) else "crash"
 
 
 def run(config: dict[str, Any]) -> dict[str, Any]:

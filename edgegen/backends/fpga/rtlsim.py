@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ...errors import install_hint
+from ...errors import BackendUnavailableError, install_hint
 from ...toolchains import ToolFailedError, ToolNotFoundError, runner
 from .isa import NpuConfig
 from .transport import FramedTransport, RunStatus
@@ -64,7 +64,12 @@ def build(config: NpuConfig) -> tuple[Path, dict]:
         return binary, facts
     building = workdir.with_name(f"{workdir.name}.{os.getpid()}")  # built aside, renamed into place
     shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
+    try:
+        building.mkdir(parents=True)
+    except OSError as exc:  # this host's setting, not the bundle's fault
+        raise BackendUnavailableError(f"cannot build the NPU simulator: its cache directory {CACHE} cannot be made "
+                                      f"({exc.strerror}: {exc.filename}); point EDGEGEN_CACHE at a writable "
+                                      "directory") from None
     params = [f"-G{k}={v}" for k, v in _parameters(config).items()]
     args = [*command, "--cc", "--exe", "--build", "-O3", "-j", str(os.cpu_count() or 2), "--top-module", "npu_top",
             "-Wall", "-Wno-fatal", "-Wno-DECLFILENAME", "-Wno-UNUSEDSIGNAL", "-Wno-UNUSEDPARAM", "-Wno-WIDTH",
