@@ -79,3 +79,23 @@ def test_an_interrupted_build_is_never_used_and_is_cleaned_up(tmp_path):
     assert userland.info(root) is None  # only a renamed, complete userland counts
     userland._remove_stale(root)
     assert not stale.exists()
+def test_run_directories_of_killed_runs_are_removed_by_the_next_run(tmp_path):
+    """A run killed with SIGKILL left its copy of edgegen and of the bundle in the userland's /tmp for good."""
+    import subprocess
+    import sys
+
+    from edgegen.emulate import qemu
+    from edgegen.fileio import owner
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    root, bundle = tmp_path / "arm64", tmp_path / "bundle"
+    bundle.mkdir()
+    stale = root / "tmp" / f"{qemu.RUN_PREFIX}{owner().rsplit('-', 1)[0]}-{gone.stdout.strip()}-k2x8a"
+    live = root / "tmp" / f"{qemu.RUN_PREFIX}{owner()}-q9w1e"  # this process's: in use
+    old = root / "tmp" / f"{qemu.RUN_PREFIX}2ue38zni"  # unnamed: whose it is cannot be told
+    for directory in (stale, live, old):
+        (directory / "bundle").mkdir(parents=True)
+    with qemu.staged(root, bundle, 1) as (host, inside):
+        assert host.name.startswith(f"{qemu.RUN_PREFIX}{owner()}-") and inside == f"/tmp/{host.name}"
+        assert not stale.exists() and live.is_dir() and old.is_dir()
+    assert not host.exists()

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from ..fileio import owner, remove_orphans
 from . import userland
 
 CPU = "cortex-a72"  # QEMU's model: ~2x faster than its default "max" CPU (FIELD-NOTES)
@@ -23,13 +24,16 @@ _CPUINFO = ("processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm 
             "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\n"
             "CPU revision\t: 3\n\n")
 PACKAGE = Path(__file__).resolve().parent.parent
+RUN_PREFIX = "edgegen-run-"  # + owner() + "-" + random: a run's directory in the userland's /tmp
 
 
 @contextlib.contextmanager
 def staged(root: Path, bundle: Path, cores: int) -> Iterator[tuple[Path, str]]:
     """A run directory in the userland with the package, the bundle and a cpuinfo of `cores`
-    Cortex-A72 cores: yields (its path on the host, its path inside the userland); removed after."""
-    host = Path(tempfile.mkdtemp(prefix="edgegen-run-", dir=root / "tmp"))
+    Cortex-A72 cores: yields (its path on the host, its path inside the userland); removed after, and those
+    of runs whose process is gone (killed with SIGKILL) are removed first. Named after this process."""
+    remove_orphans(root / "tmp", RUN_PREFIX, r"-[^/]+")
+    host = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{owner()}-", dir=root / "tmp"))
     try:
         shutil.copytree(PACKAGE, host / "src" / "edgegen",
                         ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.calib", "*.html", "zoo"))
