@@ -79,6 +79,30 @@ def test_an_interrupted_build_is_never_used_and_is_cleaned_up(tmp_path):
     assert userland.info(root) is None  # only a renamed, complete userland counts
     userland._remove_stale(root)
     assert not stale.exists()
+
+
+def test_a_host_that_may_not_enter_the_userland_cannot_emulate(tmp_path, monkeypatch):
+    """Without the privileges every run needs (unshare --mount, mount, chroot), a prebuilt userland was used and
+    each bundle failed "loads on aarch64" (a failed test) instead of a skip; the non-root advice said a userland
+    built elsewhere would do."""
+    monkeypatch.setattr(userland.binfmt, "ensure", lambda: None)
+    root = tmp_path / "arm64"
+    root.mkdir()
+    (root / userland.STAMP).write_text("{}")  # a complete userland
+    monkeypatch.setattr(userland, "effective_capabilities", lambda: 1 << 18)  # CAP_SYS_CHROOT alone
+    with pytest.raises(EmulatorUnavailableError, match=r"cannot run the arm64 userland: .*lacks CAP_SYS_ADMIN "
+                                                       r"\(unshare --mount, mount\); run edgegen as root \(a "
+                                                       r"container needs --privileged\)"):
+        userland.ensure(root)
+    monkeypatch.setattr(userland, "effective_capabilities", lambda: (1 << 21) | (1 << 18))
+    assert userland.ensure(root) == {}
+    monkeypatch.setattr(userland.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
+    monkeypatch.setattr(userland.os, "geteuid", lambda: 1000)
+    with pytest.raises(EmulatorUnavailableError) as refused:
+        userland._require_tools()
+    assert "every run in it" in str(refused.value) and "built elsewhere" not in str(refused.value)
+
+
 def test_run_directories_of_killed_runs_are_removed_by_the_next_run(tmp_path):
     """A run killed with SIGKILL left its copy of edgegen and of the bundle in the userland's /tmp for good."""
     import subprocess

@@ -59,6 +59,7 @@ def ensure(root: Path | None = None, rebuild: bool = False) -> dict:
     by a lock file; a stale temporary directory from an interrupted build is removed."""
     root = Path(root or default_root())
     binfmt.ensure()
+    require_privileges()
     stamp = info(root)
     if stamp is not None and not rebuild:
         return stamp
@@ -156,15 +157,38 @@ def mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
+CAPABILITIES = {21: "CAP_SYS_ADMIN (unshare --mount, mount)", 18: "CAP_SYS_CHROOT (chroot)"}  # bit: what needs it
+
+
+def effective_capabilities() -> int:
+    """This process's effective capability set (/proc/self/status CapEff); 0 where it cannot be read."""
+    try:
+        with open("/proc/self/status") as status:
+            return next((int(line.split()[1], 16) for line in status if line.startswith("CapEff:")), 0)
+    except OSError:
+        return 0
+
+
+def require_privileges() -> None:
+    """EmulatorUnavailableError unless this process may enter the userland: every run does so with unshare --mount,
+    mount and chroot, which need root's CAP_SYS_ADMIN and CAP_SYS_CHROOT."""
+    caps = effective_capabilities()
+    missing = [what for bit, what in CAPABILITIES.items() if not caps >> bit & 1]
+    if missing:
+        raise EmulatorUnavailableError(f"this host cannot run the arm64 userland: each run enters it with unshare "
+                                       f"--mount, mount and chroot, and this process lacks {' and '.join(missing)}; "
+                                       "run edgegen as root (a container needs --privileged)")
+
+
 def _require_tools() -> None:
     missing = [tool for tool in ("debootstrap", "chroot") if shutil.which(tool) is None]
     if missing:
         raise EmulatorUnavailableError(f"building the arm64 userland needs {', '.join(missing)}; install it with "
                                        "`apt-get install debootstrap qemu-user-static` (Debian/Ubuntu)")
     if os.geteuid() != 0:
-        raise EmulatorUnavailableError("building the arm64 userland (debootstrap, chroot) needs root; run "
-                                       "`edgegen emulate --rebuild` once as root, or point "
-                                       f"{ROOT_ENV} at a userland built elsewhere")
+        raise EmulatorUnavailableError("building the arm64 userland (debootstrap, chroot) needs root, and so does "
+                                       "every run in it (unshare, mount, chroot): run `edgegen emulate` as root (a "
+                                       "container needs --privileged)")
 
 
 def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> str:
