@@ -123,3 +123,30 @@ def test_run_directories_of_killed_runs_are_removed_by_the_next_run(tmp_path):
         assert host.name.startswith(f"{qemu.RUN_PREFIX}{owner()}-") and inside == f"/tmp/{host.name}"
         assert not stale.exists() and live.is_dir() and old.is_dir()
     assert not host.exists()
+
+
+def test_a_userland_whose_runtimes_differ_from_this_hosts_is_warned_of_and_what_ran_is_reported(
+        tmp_path, monkeypatch, caplog):
+    """A userland restored from a cache after the host's runtime moved on: no word, and the report printed the
+    versions of its build stamp, not those that ran."""
+    import numpy as np
+
+    from edgegen import targets
+    from edgegen.emulate import device
+
+    ran = {"numpy": "2.0.0", "onnxruntime": "1.31.1"}
+    monkeypatch.setattr(device.userland, "ensure", lambda root, rebuild=False: {"build_s": 9.0,
+                                                                                 "packages": {"onnxruntime": "1.32.0"}})
+    monkeypatch.setattr(device.userland, "host_version", {"numpy": "2.0.0", "onnxruntime": "1.32.0"}.get)
+    arm = {"ok": True, "machine": "aarch64", "runtime": "onnxruntime 1.31.1", "packages": ran,
+           "latency_ms": {"p50": 20.0}, "self_test": {"pass": True, "outputs": {}}, "outputs": {"y": np.zeros(2)}}
+    monkeypatch.setattr(device.process, "run", lambda bundle, settings, userland=None: arm)
+    manifest = {"backend": "onnxruntime", "precision": "int8"}
+    host = {"latency_ms": {"p50": 1.0}, "outputs": {"y": np.zeros(2)}}
+    with caplog.at_level("WARNING"):
+        result, _ = device._aarch64(tmp_path, manifest, targets.load("jetson-orin-onnxruntime"), host, [], False,
+                                    tmp_path / "arm64")
+    assert result["packages"] == ran
+    assert result["runtime_drift"].startswith("its runtimes differ from this host's: onnxruntime 1.31.1 (this host: "
+                                              "1.32.0)")
+    assert "edgegen emulate --rebuild" in caplog.text and "1.31.1" in caplog.text

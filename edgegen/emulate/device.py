@@ -148,8 +148,12 @@ def _aarch64(bundle: Path, manifest: dict[str, Any], device: targets.Target, hos
     loads = arm["ok"] and arm.get("machine") == "aarch64"
     checks.append({"name": "loads on aarch64 (QEMU)", "pass": loads,
                    "detail": f"{arm.get('runtime')} on {arm.get('machine')}" if arm["ok"] else arm["message"]})
-    result = {"userland": str(root), "userland_build_s": stamp.get("build_s"), "packages": stamp.get("packages"),
-              **_summary(arm)}
+    ran = arm.get("packages") or stamp.get("packages") or {}  # the versions that ran (the stamp's: a failed run)
+    result = {"userland": str(root), "userland_build_s": stamp.get("build_s"), **_summary(arm), "packages": ran}
+    drift = runtime_drift(ran, {name: userland.host_version(name) for name in ran})
+    if drift:
+        result["runtime_drift"] = drift
+        log.warning("the arm64 userland %s: %s", root, drift)
     if not arm["ok"]:
         return result, {}
     checks.append(_self_test_check("self-test on aarch64", arm))
@@ -158,6 +162,17 @@ def _aarch64(bundle: Path, manifest: dict[str, Any], device: targets.Target, hos
     result["match"] = match
     result["slowdown_vs_host"] = round(arm["latency_ms"]["p50"] / host["latency_ms"]["p50"], 1)
     return result, arm["outputs"]
+
+
+def runtime_drift(userland_versions: dict[str, str], host_versions: dict[str, str | None]) -> str | None:
+    """What differs between the userland's runtime packages and this host's (None: nothing): a comparison of
+    arm64 with x86 is then one of two runtime versions."""
+    differ = [f"{name} {version} (this host: {host_versions[name]})" for name, version in userland_versions.items()
+              if host_versions.get(name) and host_versions[name] != version]
+    if not differ:
+        return None
+    return (f"its runtimes differ from this host's: {', '.join(differ)}, so arm64 is compared with x86 across two "
+            "versions; run `edgegen emulate --rebuild` to install this host's versions in it")
 
 
 def same_images(manifest: dict[str, Any], reference: dict[str, np.ndarray], got: dict[str, np.ndarray]

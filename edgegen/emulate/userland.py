@@ -115,7 +115,7 @@ def _install_runtimes(staging: Path) -> dict[str, str]:
     and CA bundle (the host's own pip configuration is for x86 and is not used)."""
     shutil.copyfile("/etc/resolv.conf", staging / "etc" / "resolv.conf")
     shutil.copyfile(host_ca_bundle(), staging / HOST_CA.lstrip("/"))
-    pins = [f"{name}=={_host_version(name)}" if _host_version(name) else name for name in PACKAGES]
+    pins = [f"{name}=={host_version(name)}" if host_version(name) else name for name in PACKAGES]
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "PIP_CONFIG_FILE": "/dev/null",
            "PIP_CERT": HOST_CA, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
            "QEMU_CPU": "cortex-a72", "LC_ALL": "C.UTF-8"}
@@ -139,7 +139,8 @@ def host_ca_bundle() -> str:
     raise EmulationError("building the arm64 userland: no CA bundle found for pip (set PIP_CERT to one)")
 
 
-def _host_version(name: str) -> str | None:
+def host_version(name: str) -> str | None:
+    """The version of a package installed on this host, or None."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:

@@ -65,13 +65,28 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     np.savez(config["outputs"], **outputs)
     times = sample_ms(lambda: gen.session.run(feeds), config["runs"], config["warmup"])
     result = {"ok": True, "self_test": test, "load_s": round(load_s, 3), "latency_ms": times,
-              "runtime": runtime_name(gen), "threads": gen.threads}
+              "runtime": runtime_name(gen), "threads": gen.threads, "packages": _versions()}
     if hasattr(gen.session, "execution_report"):
         try:
             result["execution"] = gen.session.execution_report()
         except ImportError:  # a build-host introspection (ONNX Runtime's needs onnx): not on a device
             pass
     return result
+
+
+def _versions() -> dict[str, str]:
+    """The versions of the device runtimes installed where this runs (those the arm64 userland holds)."""
+    from importlib import metadata
+
+    from .userland import PACKAGES
+
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 def runtime_name(gen) -> str:
