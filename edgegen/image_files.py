@@ -11,13 +11,15 @@ from .errors import RequestError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def read_image(path: str | Path, channels: int = 3) -> np.ndarray:
-    """H x W x 3 uint8 pixels of an image file (H x W x 4, its alpha kept, for a 4-channel input); RequestError
-    naming the file when it cannot be read."""
+def read_image(path: str | Path, channels: int = 3, data: bytes | None = None) -> np.ndarray:
+    """H x W x 3 uint8 pixels of an image file (H x W x 4, its alpha kept, for a 4-channel input), or of its
+    bytes `data` read elsewhere (on another machine); RequestError naming the file when it cannot be read."""
+    import io
+
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
             return np.asarray(eight_bit(image).convert("RGBA" if channels == 4 else "RGB"))
     except read_errors() as exc:
         raise RequestError(f"{path}: cannot read the image ({exc})") from None

@@ -180,10 +180,11 @@ def _rendered(gen, requests: list[dict[str, Any]], progress: Progress,
 
 
 def render_new(gen, requests: list[dict[str, Any]], entries: dict[str, tuple], progress: Progress,
-               skip: Container[str] = (), first: int = 0) -> list[str]:
+               skip: Container[str] = (), first: int = 0, images: dict[str, bytes] | None = None) -> list[str]:
     """Render, CHUNK requests per backend call, those whose keys are neither in `entries` nor in
     `skip`, adding (key, request, pixels) to `entries` in request order; return every request's key.
-    `first` is the position of requests[0] in the whole request list (for error messages)."""
+    `first` is the position of requests[0] in the whole request list (for error messages); `images`: the
+    image files the requests name, read by the caller (see image_bytes), else they are read here."""
     keys: list[str] = []
     for start in range(0, len(requests), CHUNK):
         progress("precompute", start, len(requests))
@@ -191,7 +192,7 @@ def render_new(gen, requests: list[dict[str, Any]], entries: dict[str, tuple], p
         jobs = []
         for n, request in enumerate(chunk, first + start):  # each request checked, and its inputs built, alone
             try:
-                job = gen.prepare(_with_pixels(request), index=n)
+                job = gen.prepare(_with_pixels(request, images), index=n)
                 if job.key not in entries and job.key not in skip:
                     gen.materialize(job)
             except EdgegenError as exc:
@@ -239,11 +240,26 @@ def _image_fields(request: dict[str, Any]) -> list[str]:
             and (k == "image" or Path(v).suffix.lower() in IMAGE_SUFFIXES)]
 
 
-def _with_pixels(request: dict[str, Any]) -> dict[str, Any]:
-    """The request with the image files it names read into their pixels (the stored request keeps the paths)."""
+def _with_pixels(request: dict[str, Any], images: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """The request with the image files it names read into their pixels (the stored request keeps the paths);
+    from `images` (path -> the file's bytes) where given."""
     from .image_files import read_image
 
-    return {**request, **{name: read_image(request[name]) for name in _image_fields(request)}}
+    return {**request, **{name: read_image(request[name], data=images[request[name]] if images else None)
+                          for name in _image_fields(request)}}
+
+
+def image_bytes(requests: list[dict[str, Any]]) -> dict[str, bytes]:
+    """The bytes of every image file the requests name, by path: read where the request file is, for workers
+    on machines that do not have it."""
+    found = {}
+    for request in requests:
+        for name in _image_fields(request):
+            try:
+                found[request[name]] = Path(request[name]).read_bytes()
+            except OSError as exc:
+                raise BuildError(f"{request[name]}: cannot read the image file ({exc.strerror or exc})") from None
+    return found
 
 
 def rendered_on(manifest: dict[str, Any]) -> str:
@@ -301,7 +317,7 @@ def _add_assets(out: Path, requests: list[dict[str, Any]], requests_path: str | 
             count = render_assets(old, requests, staging, rendered_on(old.manifest), report, kept)
         manifest = {k: v for k, v in old.manifest.items() if k not in ("format", "schema_version", "files")}
         manifest["assets"] = {"count": count, "rendered_on": rendered_on(old.manifest),
-                              "requests": str(Path(requests_path))}
+                              "requests": str(Path(requests_path).resolve())}
         bundle.write_manifest(staging, manifest)
         if pack is not None:
             pack.close()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -157,12 +158,14 @@ def test_precompute_renders_anew_the_assets_the_runtime_refuses(tmp_path, asset_
     assert len(gen.assets) == 1 and gen.render([{"seed": 2, "label": 1}])[0].served_by == "asset"
 
 
-def test_precompute_verb_adds_assets_atomically(tmp_path, capsys, glyph_path):
+def test_precompute_verb_adds_assets_atomically(tmp_path, capsys, glyph_path, monkeypatch):
     out = tmp_path / "b"
     build(glyph_path, "x86-onnxruntime", out)
     (tmp_path / "r.yaml").write_text("grid: {seed: '0..2', label: 4}\n")
-    assert main(["precompute", str(out), str(tmp_path / "r.yaml")]) == 0
+    monkeypatch.chdir(tmp_path)  # a relative request file is recorded resolved, as the model's source is
+    assert main(["precompute", str(out), "r.yaml"]) == 0
     assert "3 precomputed asset(s)" in capsys.readouterr().out
+    assert read_manifest(out)["assets"]["requests"] == str(tmp_path.resolve() / "r.yaml")
     (tmp_path / "more.yaml").write_text("[{seed: 0, label: 4}, {seed: 7, label: 7}]\n")
     assert main(["precompute", str(out), str(tmp_path / "more.yaml")]) == 0
     gen = Generator.open(out)
@@ -312,6 +315,18 @@ def test_image_requests_name_image_files_beside_the_request_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("- {image: pics/none.png}\n")
     with pytest.raises(BuildError, match=r"request 0: image 'pics/none.png' is not a file"):
         load_requests(tmp_path / "bad.yaml")
+    # a Ray worker on a machine without the request file's pictures renders from their bytes, sent with its shard
+    from edgegen.precompute import image_bytes
+    from edgegen.scale.precompute import ShardRenderer
+
+    requests = load_requests(tmp_path / "assets.yaml")
+    images = image_bytes(requests)
+    shutil.rmtree(tmp_path / "pics")
+    worker = ShardRenderer(cold.content_hash, 1)
+    worker.gen = cold
+    _, keys, entries = worker.render(0, requests, images, frozenset(), [])
+    assert keys == [gen.key_of({"image": p}) for p in pictures]
+    np.testing.assert_array_equal(entries[1][2], result.pixels)
 
 
 def test_precompute_refuses_a_bundle_holding_the_users_files_before_rendering(tmp_path, capsys, glyph_path):

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from ..bundle import MANIFEST, ASSETS_DIR
 from ..errors import BuildError, BundleError
 from ..fileio import owner, remove_orphans, short_name
-from ..precompute import KeptAssets, Progress, render_new, render_threads
+from ..precompute import KeptAssets, Progress, image_bytes, render_new, render_threads
 from ..runtime.assets import AssetPack, write_pack
 from . import cluster
 
@@ -66,7 +66,9 @@ def render_assets_on_ray(gen, requests: list[dict[str, Any]], staging: Path, ren
             progress("precompute", 0, len(requests))
             done = 0
             with cluster.user_errors(ray, f"precomputing {gen.path}"):
-                jobs = pool.map_unordered(lambda actor, job: actor.render.remote(*job, skip, files),
+                # each shard's image files travel with it (read as it is sent): nodes need not have them
+                jobs = pool.map_unordered(lambda actor, job: actor.render.remote(*job, image_bytes(job[1]), skip,
+                                                                                 files),
                                           [(i * size, shard) for i, shard in enumerate(shards)])
                 for first, keys, entries in jobs:
                     _write_shard(shard_dir, first // size, gen.content_hash, keys, entries)
@@ -88,14 +90,15 @@ class ShardRenderer:
         self.content_hash, self.threads = content_hash, threads
         self.gen = None
 
-    def render(self, first: int, requests: list[dict[str, Any]], skip: frozenset[str],
+    def render(self, first: int, requests: list[dict[str, Any]], images: dict[str, bytes], skip: frozenset[str],
                files_ref: list) -> tuple[int, list, list]:
-        """(first, every request's key, new (key, request, pixels) entries) of one shard; files_ref
-        holds the ref of the bundle's files (nested, so it is fetched only when the bundle is opened)."""
+        """(first, every request's key, new (key, request, pixels) entries) of one shard; images: the bytes
+        of the image files its requests name, by path; files_ref holds the ref of the bundle's files (nested,
+        so it is fetched only when the bundle is opened)."""
         if self.gen is None:
             self.gen = self._open(files_ref[0])
         entries: dict[str, tuple] = {}
-        keys = render_new(self.gen, requests, entries, lambda *_: None, skip, first)
+        keys = render_new(self.gen, requests, entries, lambda *_: None, skip, first, images)
         return first, keys, list(entries.values())
 
     def _open(self, ref):
