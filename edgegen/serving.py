@@ -595,5 +595,5 @@ def build_step(graph: Graph, tgt: targets.Target, precision: str, staging: Path,
     if requests:
         where = rendered_on(manifest)
         count = render_assets(gen, requests, staging, where, report)
-        extra["assets"] = {"count": count, "rendered_on": where, "requests": str(precompute)}
+        extra["assets"] = {"count": count, "rendered_on": where, "requests": str(Path(precompute).resolve())}
     return extra

@@ -175,19 +175,40 @@ def test_interrupted_precompute_leaves_the_previous_pack(tmp_path, base_bundle):
         add_assets(out, tmp_path / "bad.yaml", address="10.0.0.1:6379")
 
 
-def test_fleet_build_on_ray_matches_local(tmp_path, base_bundle, capsys):
+def test_ray_address_auto_without_a_cluster_says_how_to_start_one(monkeypatch):
+    """Ray's own advice named its `--address` flag and said to check `ray status` where nothing runs (Ray's
+    error stood in: a real "auto" joins any Ray instance running on this machine, such as another test's)."""
+    from types import SimpleNamespace
+
+    from edgegen.scale import cluster
+
+    def init(**_):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to by "
+                              "setting `--address` flag or `RAY_ADDRESS` environment variable.")
+
+    monkeypatch.setattr(cluster, "import_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=init))
+    with pytest.raises(cluster.ClusterError, match=r"^--ray-address auto: no Ray cluster runs on this machine; "
+                                                   r"start one with `ray start --head`"):
+        with cluster.connect("auto"):
+            pass
+
+
+def test_fleet_build_on_ray_matches_local(tmp_path, base_bundle, capsys, monkeypatch):
     model = str(base_bundle.parent / "glyph.onnx")
-    fleet = ["-t", "x86-onnxruntime", "-t", "x86-openvino"]
+    (tmp_path / "r.yaml").write_text("[{seed: 1, label: 2}]\n")
+    monkeypatch.chdir(tmp_path)  # the request file as given, relative: recorded resolved by both executors
+    fleet = ["-t", "x86-onnxruntime", "-t", "x86-openvino", "--precompute", "r.yaml"]
     assert main(["build", model, *fleet, "-o", str(tmp_path / "local")]) == 0
     assert main(["build", model, *fleet, "-o", str(tmp_path / "ray"), "--executor", "ray"]) == 0, \
         capsys.readouterr().err
     assert capsys.readouterr().out.count("PSNR") >= 4  # a report per bundle, both executors
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["local", "ray"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local", "r.yaml", "ray"]
     for target in ("x86-onnxruntime", "x86-openvino"):
         local, remote = read_manifest(tmp_path / "local" / target), read_manifest(tmp_path / "ray" / target)
         assert remote["target"]["name"] == target
         assert remote["files"] == local["files"]  # same artifacts and reference data, byte for byte
         assert remote["fidelity"] == local["fidelity"]
+        assert remote["assets"] == local["assets"]  # the request file was recorded as the workers' absolute path
         Generator.open(tmp_path / "ray" / target).generate(seed=1, label=2)
 
 

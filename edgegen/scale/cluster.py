@@ -88,8 +88,13 @@ def connect(address: str | None = None) -> Iterator[Any]:
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
-        raise ClusterError(f"cannot connect to the Ray cluster at {address or 'this machine'}: "
-                           f"{str(exc).strip().splitlines()[0]}. Check that `ray status` works there.") from None
+        why = str(exc).strip().splitlines()[0]
+        if address == "auto" and "Could not find any running Ray instance" in why:  # Ray's advice names its flags
+            raise ClusterError("--ray-address auto: no Ray cluster runs on this machine; start one with `ray start "
+                               "--head`, give the address of a running one, or leave out --ray-address to start a "
+                               "Ray instance for this command") from None
+        raise ClusterError(f"cannot connect to the Ray cluster at {address or 'this machine'}: {why}. Check that "
+                           "`ray status` works there.") from None
     except SystemExit as exc:  # Ray's own SIGTERM handler, while ray.init ran: sys.exit(15), without a word
         if exc.code != signal.SIGTERM or signal.SIGTERM not in own_handlers:
             raise
