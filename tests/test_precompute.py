@@ -324,7 +324,7 @@ def test_image_requests_name_image_files_beside_the_request_file(tmp_path):
     shutil.rmtree(tmp_path / "pics")
     worker = ShardRenderer(cold.content_hash, 1)
     worker.gen = cold
-    _, keys, entries = worker.render(0, requests, images, frozenset(), [])
+    _, keys, entries, _ = worker.render(0, requests, images, frozenset(), [])
     assert keys == [gen.key_of({"image": p}) for p in pictures]
     np.testing.assert_array_equal(entries[1][2], result.pixels)
 

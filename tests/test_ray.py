@@ -3,6 +3,7 @@ executor, through a killed worker and an interrupt; fleet builds as Ray tasks; c
 unreachable cluster and a missing Ray. One local Ray instance (2 CPUs) serves the whole module."""
 
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -117,6 +118,22 @@ def test_ray_precompute_is_byte_identical_to_local(tmp_path, base_bundle, local_
     assert gen.render([{"seed": 59, "label": 3}])[0].served_by == "asset"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no staging or shard directories left
     assert no_renderers_within(10)
+
+
+def test_ray_names_the_first_refused_request_of_the_list_as_the_local_executor_does(tmp_path, base_bundle, capsys):
+    """The first shard error to arrive was raised: shard 1's, refused at its first request, before shard 0's
+    last one; a rerun could name another request than the local executor."""
+    from edgegen.scale.precompute import shard_size
+
+    size = shard_size(2000, 2)  # shard 0 renders 7 chunks before its last request, shard 1 none before its first
+    requests = [{"seed": i, "label": 99 if i in (size - 1, size) else i % 10} for i in range(2000)]
+    (tmp_path / "bad.json").write_text(json.dumps(requests))
+    out = tmp_path / "bundle"
+    shutil.copytree(base_bundle, out)
+    for executor in (["--executor", "ray", "--workers", "2"], []):
+        assert main(["precompute", str(out), str(tmp_path / "bad.json"), *executor]) == 2
+        assert f"precomputing request {size - 1} {{seed: {size - 1}, label: 99}}" in capsys.readouterr().err
+    assert files(out) == files(base_bundle)
 
 
 def test_actors_render_at_the_targets_threads_as_the_local_executor_does(tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..bundle import MANIFEST, ASSETS_DIR
-from ..errors import BuildError, BundleError
+from ..errors import BuildError, BundleError, EdgegenError
 from ..fileio import owner, remove_orphans, short_name
 from ..precompute import KeptAssets, Progress, image_bytes, render_new, render_threads
 from ..runtime.assets import AssetPack, write_pack
@@ -66,14 +66,21 @@ def render_assets_on_ray(gen, requests: list[dict[str, Any]], staging: Path, ren
             progress("precompute", 0, len(requests))
             done = 0
             with cluster.user_errors(ray, f"precomputing {gen.path}"):
-                # each shard's image files travel with it (read as it is sent): nodes need not have them
-                jobs = pool.map_unordered(lambda actor, job: actor.render.remote(*job, image_bytes(job[1]), skip,
-                                                                                 files),
-                                          [(i * size, shard) for i, shard in enumerate(shards)])
-                for first, keys, entries in jobs:
+                for number, shard in enumerate(shards):  # each shard's image files travel with it (read as it
+                    pool.submit(lambda actor, job: actor.render.remote(*job, image_bytes(job[1]), skip, files),
+                                (number * size, shard))  # is sent): nodes need not have them
+                waiting, refused = set(range(len(shards))), {}
+                while waiting and not (refused and min(refused) < min(waiting)):
+                    first, keys, entries, error = pool.get_next_unordered()
+                    waiting.discard(first // size)
+                    if error is not None:
+                        refused[first // size] = error
+                        continue
                     _write_shard(shard_dir, first // size, gen.content_hash, keys, entries)
                     done += len(keys)
                     progress("precompute", done, len(requests))
+                if refused:  # the first refused request of the list, as the local executor names it
+                    raise refused[min(refused)]
             return write_pack(staging, gen.content_hash, _merged(kept, shard_dir, len(shards), gen.content_hash),
                               rendered_on)
         finally:
@@ -91,15 +98,19 @@ class ShardRenderer:
         self.gen = None
 
     def render(self, first: int, requests: list[dict[str, Any]], images: dict[str, bytes], skip: frozenset[str],
-               files_ref: list) -> tuple[int, list, list]:
-        """(first, every request's key, new (key, request, pixels) entries) of one shard; images: the bytes
-        of the image files its requests name, by path; files_ref holds the ref of the bundle's files (nested,
-        so it is fetched only when the bundle is opened)."""
+               files_ref: list) -> tuple[int, list, list, EdgegenError | None]:
+        """(first, every request's key, new (key, request, pixels) entries, None) of one shard, or (first, [],
+        [], the error) where one of its requests is refused; images: the bytes of the image files its requests
+        name, by path; files_ref holds the ref of the bundle's files (nested, so it is fetched only when the
+        bundle is opened)."""
         if self.gen is None:
             self.gen = self._open(files_ref[0])
         entries: dict[str, tuple] = {}
-        keys = render_new(self.gen, requests, entries, lambda *_: None, skip, first, images)
-        return first, keys, list(entries.values())
+        try:
+            keys = render_new(self.gen, requests, entries, lambda *_: None, skip, first, images)
+        except EdgegenError as exc:  # returned, not raised: the driver names the first refused of all shards
+            return first, [], [], exc
+        return first, keys, list(entries.values()), None
 
     def _open(self, ref):
         import ray
