@@ -4,6 +4,7 @@ unreachable cluster and a missing Ray. One local Ray instance (2 CPUs) serves th
 
 import http.server
 import json
+import logging
 import os
 import shutil
 import signal
@@ -208,6 +209,37 @@ def test_ray_address_auto_without_a_cluster_says_how_to_start_one(monkeypatch):
                                                    r"start one with `ray start --head`"):
         with cluster.connect("auto"):
             pass
+
+
+def test_a_ray_start_stopped_half_way_shuts_down_what_it_started(monkeypatch):
+    """Ctrl-C or SIGTERM while ray.init ran skipped ray.shutdown(): the half-started local instance's agents
+    outlived the command for a minute."""
+    from types import SimpleNamespace
+
+    from edgegen.scale import cluster
+
+    calls = []
+
+    def init(**_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cluster, "import_ray", lambda: SimpleNamespace(
+        is_initialized=lambda: False, init=init, shutdown=lambda: calls.append("shutdown")))
+    with pytest.raises(KeyboardInterrupt):
+        with cluster.connect():
+            pass
+    assert calls == ["shutdown"]
+
+
+def test_more_workers_than_the_cluster_has_cpus_render_with_one_actor_per_cpu(tmp_path, base_bundle, caplog,
+                                                                            local_result):
+    """Each actor loads the model: --workers 10**12 on 24 requests started an actor (176 MB) per request."""
+    caplog.set_level(logging.WARNING)
+    out = tmp_path / "bundle"
+    shutil.copytree(base_bundle, out)
+    add_assets(out, base_bundle.parent / "second.yaml", executor="ray", workers=10 ** 12)
+    assert "--workers 1000000000000: the Ray cluster has 2 CPUs; rendering with 2 actors" in caplog.text
+    assert_same_assets(out, local_result)
 
 
 def test_fleet_build_on_ray_matches_local(tmp_path, base_bundle, capsys, monkeypatch):

@@ -85,8 +85,10 @@ def connect(address: str | None = None) -> Iterator[Any]:
     added = {k: v for k, v in _JOIN_TIMEOUTS.items() if k not in os.environ} if address else {}
     os.environ.update(added)
     own_handlers = _signal_handlers()
+    started = False
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        started = True
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
         why = str(exc).strip().splitlines()[0]
         if address == "auto" and "Could not find any running Ray instance" in why:  # Ray's advice names its flags
@@ -105,6 +107,9 @@ def connect(address: str | None = None) -> Iterator[Any]:
         for name in added:
             del os.environ[name]
         _restore(own_handlers)  # ray.init takes SIGTERM and SIGINT: a stopped command then died with a crash dump
+        if not started:  # stopped or failed half way: a local instance it started would outlive the command
+            with contextlib.suppress(Exception):
+                ray.shutdown()
     try:
         yield ray
     finally:

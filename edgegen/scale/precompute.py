@@ -11,6 +11,7 @@ from the kept entries and the shards in request order with the same writer as th
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,6 +25,8 @@ from ..fileio import owner, remove_orphans, short_name
 from ..precompute import KeptAssets, Progress, image_bytes, render_new, render_threads
 from ..runtime.assets import AssetPack, write_pack
 from . import cluster
+
+log = logging.getLogger(__name__)
 
 SHARD_MAX = 256  # requests per shard at most
 SHARDS_PER_WORKER = 4  # at least this many shards per actor when the list allows, to balance load
@@ -44,14 +47,18 @@ def render_assets_on_ray(gen, requests: list[dict[str, Any]], staging: Path, ren
     """Ray twin of precompute.render_assets: same arguments (plus the cluster and the actor count),
     same pack and index bytes; returns the number of assets."""
     with cluster.connect(address) as ray:
-        threads = render_threads(gen.manifest)
-        count = workers or max(1, cluster.cluster_cpus(ray) // threads)  # default: the cluster's CPUs, filled
+        threads, cpus_total = render_threads(gen.manifest), cluster.cluster_cpus(ray)
+        count = workers or max(1, cpus_total // threads)  # default: the cluster's CPUs, filled
         if count < 1:
             raise BuildError(f"--workers must be >= 1, got {count}")
+        if count > cpus_total:  # each actor holds the model: more than the CPUs only adds copies of it
+            log.warning("--workers %d: the Ray cluster has %d CPUs; rendering with %d actors", count, cpus_total,
+                        cpus_total)
+            count = cpus_total
         size = shard_size(len(requests), count)
         shards = [requests[i:i + size] for i in range(0, len(requests), size)]
         count = min(count, max(1, len(shards)))
-        cpus = min(1.0, cluster.cluster_cpus(ray) / count)
+        cpus = min(1.0, cpus_total / count)
         actor_cls = ray.remote(num_cpus=cpus, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)(
             ShardRenderer)
         files = [ray.put(_bundle_files(gen.path, gen.manifest))]
