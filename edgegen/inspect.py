@@ -44,7 +44,7 @@ def inspect_model(model: str, **graph_options: Any) -> dict[str, Any]:
         support[target.name] = {"checked": True, "supported": not missing,
                                 "unsupported": [{"node": n, "op": op, "why": why} for n, op, why in missing]}
         if not missing and target.backend_options.get("delegate") == "edgetpu" and not problem:
-            support[target.name]["edgetpu"] = _edgetpu(graph, target)
+            support[target.name]["edgetpu"] = _edgetpu(graph, target, sum(c.activation_bytes for c in costs))
     return {
         "model": str(graph.source),
         "opset": graph.opset,
@@ -62,15 +62,23 @@ def inspect_model(model: str, **graph_options: Any) -> dict[str, Any]:
     }
 
 
-def _edgetpu(graph: Graph, target: targets.Target) -> str:
-    """The Edge TPU compatibility summary of the model quantized with every layer in int8 (see edgetpu_preview)."""
+def _edgetpu(graph: Graph, target: targets.Target, activation_bytes: int) -> str:
+    """The Edge TPU compatibility summary of the model quantized with every layer in int8 (see edgetpu_preview);
+    not checked where calibrating it would take over half of this host's available memory (an upscaler at
+    2048x2048: about 16 GB), or where quantizing it fails (the runtime's own error: inspect still reports)."""
     from .backends.tflite import edgetpu
-    from .backends.tflite.compile import edgetpu_preview
+    from .backends.tflite.compile import EDGETPU_PREVIEW_SAMPLES, edgetpu_preview
+    from .host_memory import over_share
 
+    if over_share(2 * EDGETPU_PREVIEW_SAMPLES * activation_bytes):  # the activations, and their calibration ranges
+        return ("Edge TPU mapping not checked: quantizing the model for the check at these input shapes would take "
+                "over half of this host's available memory; inspect at a smaller --input-shape, or build for "
+                f"{target.name}")
     try:
         return edgetpu.summary(edgetpu_preview(graph, target)) + EDGETPU_CAVEAT
-    except EdgegenError as exc:
-        return f"Edge TPU mapping not checked: quantizing the model for the check failed: {exc}"
+    except Exception as exc:  # a summary line of inspect's, not its verdict: say why and go on
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"Edge TPU mapping not checked: quantizing the model for the check failed: {why}"
 
 
 def _runs_at_its_shapes(graph: Graph, activation_bytes: int) -> str | None:

@@ -490,7 +490,8 @@ def test_vendor_report_that_cannot_be_parsed_fails_with_the_log_and_the_report_k
 
 
 @pytest.mark.parametrize("text,says", [('{"utilization": {}, "fmax": {}}', "has no clock"),
-                                       ('{"utilization": {"ICESTORM_LC": {"us', "JSONDecodeError")])
+                                       ('{"utilization": {"ICESTORM_LC": {"us', "JSONDecodeError"),
+                                       ("[]", "AttributeError")])
 def test_nextpnr_report_that_cannot_be_parsed_keeps_the_log_and_the_report(tmp_path, monkeypatch, text, says):
     monkeypatch.setattr(runner, "LOGS", tmp_path / "logs")
     (tmp_path / "pnr.log").write_text("$ nextpnr-ice40 --up5k\nInfo: routed\n")
@@ -500,6 +501,14 @@ def test_nextpnr_report_that_cannot_be_parsed_keeps_the_log_and_the_report(tmp_p
         openflow.read_report(openflow.Device("ice40", ()), tmp_path / "nextpnr_report.json", tmp_path / "pnr.log")
     log, = (tmp_path / "logs").glob("nextpnr-ice40-*.log")
     assert (tmp_path / "logs" / f"{log.stem}.nextpnr_report.json").read_text() == text
+
+
+def test_a_missing_nextpnr_report_fails_as_a_failed_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "LOGS", tmp_path / "logs")
+    (tmp_path / "pnr.log").write_text("$ nextpnr-ice40 --up5k\nInfo: routed\n")
+    with pytest.raises(ToolFailedError, match=r"(?s)nextpnr-ice40 exited 0 but its report nextpnr_report.json cannot be "
+                                              r"read \(FileNotFoundError: .*\); report \S+, log \S+:\n.*Info: routed"):
+        openflow.read_report(openflow.Device("ice40", ()), tmp_path / "nextpnr_report.json", tmp_path / "pnr.log")
 
 
 def test_old_logs_go_with_the_reports_kept_beside_them(tmp_path, monkeypatch):

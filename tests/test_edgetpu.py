@@ -236,3 +236,24 @@ def test_inspect_gives_the_edge_tpu_summary():
     assert "GATHER" in coral["edgetpu"] and "ops would map; the graph splits" in coral["edgetpu"]
     line = next(x for x in render(report).splitlines() if x.strip().startswith("coral-edgetpu"))
     assert "all ops supported" not in line and "Edge TPU: " in line
+
+
+def test_inspect_reports_on_where_the_edge_tpu_check_cannot_run(monkeypatch):
+    """A failure of the preview's quantization (ONNX Runtime out of memory at 2048x2048) was a traceback, and
+    an upscaler at 1024x1024 took 4 GB and 5x inspect's time to check."""
+    from edgegen import host_memory
+    from edgegen.backends.tflite import compile as tflite_compile
+    from edgegen.inspect import inspect_model
+
+    def fails(graph, target):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv node")
+
+    monkeypatch.setattr(tflite_compile, "edgetpu_preview", fails)
+    coral = inspect_model("zoo:glyphtiny")["targets"]["coral-edgetpu"]
+    assert coral["edgetpu"] == ("Edge TPU mapping not checked: quantizing the model for the check failed: "
+                                "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv node")
+    activations = inspect_model("zoo:glyphtiny")["activation_bytes"]  # the check's run at its shapes needs less
+    monkeypatch.setattr(host_memory, "over_share", lambda nbytes: 1 << 20 if nbytes > 4 * activations else None)
+    coral = inspect_model("zoo:glyphtiny")["targets"]["coral-edgetpu"]
+    assert coral["edgetpu"].startswith("Edge TPU mapping not checked: quantizing the model for the check at these "
+                                       "input shapes would take over half of this host's available memory")

@@ -75,7 +75,7 @@ def read_report(parse: Callable[[str], dict], report: Path, log: Path, tool: str
     fails as a failed run does: a ToolFailedError naming copies of the log and of the report kept under LOGS."""
     try:
         return parse(report.read_text(errors="replace"))
-    except (ToolFailedError, ValueError, KeyError, TypeError) as exc:
+    except (ToolFailedError, ValueError, KeyError, TypeError, AttributeError, OSError) as exc:  # OSError: not there
         what = str(exc) if isinstance(exc, ToolFailedError) else f"{type(exc).__name__}: {exc}"
         kept = _keep(log, tool)
         copy = _keep(report, tool, beside=kept) if kept != log else report

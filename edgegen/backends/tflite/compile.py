@@ -151,7 +151,10 @@ def _edgetpu_warnings(session: dict[str, Any], reports: dict[str, Any]) -> list[
     return warnings
 
 
-def edgetpu_preview(graph: Graph, target: Target, calibration_count: int = 4) -> dict[str, Any]:
+EDGETPU_PREVIEW_SAMPLES = 4  # synthetic inputs inspect's Edge TPU preview calibrates on
+
+
+def edgetpu_preview(graph: Graph, target: Target, calibration_count: int = EDGETPU_PREVIEW_SAMPLES) -> dict[str, Any]:
     """The Edge TPU compatibility report of a float graph (`edgegen inspect`): quantized with every layer in int8
     on `calibration_count` synthetic inputs, then checked as an Edge TPU build checks its own (a build that keeps
     layers in float to meet its quality floor splits the graph at the first of them)."""
