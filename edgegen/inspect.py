@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import backends, targets
-from .errors import BackendUnavailableError, EdgegenError
+from .errors import BackendUnavailableError
 from .graph import Graph
 from .inputs import cost_batch
 from .io_forms import describe as describe_form
