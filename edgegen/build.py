@@ -123,6 +123,10 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     bundle.check_output_dir(out)
     report("load", 0, 1)
     source = model if isinstance(model, Graph) else Graph.load(model, **opts.graph_options)
+    unit = fixed_batch(source.inputs)
+    if unit and opts.samples < unit:  # the latency and the reference input run one whole batch of held-out inputs
+        raise BuildError(f"--samples {opts.samples}: {source.source} was exported with a fixed batch of {unit}; give "
+                         f"at least --samples {unit}")
     _warn_unused_ranges(source, opts.graph_options)
     compiler = backends.compiler_module(tgt.backend)
     _refuse_unsupported(compiler.unsupported_nodes(source, tgt), source, tgt)

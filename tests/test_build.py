@@ -250,6 +250,9 @@ def test_fixed_batch_model_builds_and_batches(tmp_path):
 def test_model_exported_with_a_fixed_batch_of_two(tmp_path):
     path = tmp_path / "b2.onnx"
     onnx.save(conditional_generator(batch=2, extras=False), str(path))
+    with pytest.raises(BuildError, match=r"--samples 1: .*b2.onnx was exported with a fixed batch of 2; give at "
+                                         r"least --samples 2"):  # was ONNX Runtime's invalid dimensions, internal
+        build(path, "x86-openvino", tmp_path / "one", samples=1)
     result = build(path, "x86-openvino", tmp_path / "b")
     assert result.fidelity["samples"] == 8
     assert result.manifest["latency"]["batch"] == 2  # it times a batch of 2: was labelled batch 1
