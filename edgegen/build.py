@@ -196,7 +196,10 @@ def _fresh_inputs(source: Graph, opts: BuildOptions, precision: str, reference_r
             return None
         feeds = {name: array[start:start + opts.samples] for name, array in arrays.items()}
         where = {"inputs_from": f"rows {start}..{start + opts.samples - 1} of {Path(source_file).name}"}
-    return {"feeds": feeds, "expected": run_batched(reference_run.run, source.inputs, feeds, per_call), **where}
+    lever = "a smaller --prune" if opts.prune is not None else "a larger --prune-to-macs" \
+        if opts.prune_to_macs is not None else "a floor set higher than you need"  # what gives the floor margin
+    return {"feeds": feeds, "expected": run_batched(reference_run.run, source.inputs, feeds, per_call),
+            "lever": lever, **where}
 
 
 def _verification_feeds(source: Graph, opts: BuildOptions,
@@ -580,9 +583,9 @@ def _fresh_quality(source: Graph, session, fresh: dict[str, Any], per_call: int,
     if floor and not floor.met(quality):
         log.warning("on %d fresh inputs, which no choice of the build saw, the artifact reaches PSNR %.2f dB / SSIM "
                     "%.4f, below the floor (%s) that the %d held-out inputs it was chosen by meet (%.2f dB): the "
-                    "floor holds with less margin than it shows; a smaller --prune, or more --samples, leaves "
-                    "more", samples, quality["psnr_db"], quality["ssim"], floor.describe(), samples,
-                    chosen_by["psnr_db"])
+                    "floor holds with less margin than it shows; %s, or more --samples, leaves more", samples,
+                    quality["psnr_db"], quality["ssim"], floor.describe(), samples, chosen_by["psnr_db"],
+                    fresh["lever"])
     where = {k: fresh[k] for k in ("seed", "inputs_from") if k in fresh}
     return {"samples": samples, **where, "psnr_db": quality["psnr_db"], "ssim": quality["ssim"]}
 
