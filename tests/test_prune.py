@@ -354,7 +354,7 @@ def test_fresh_inputs_that_miss_the_floor_are_warned_of_with_the_lever_the_build
     from edgegen.build import build
 
     caplog.set_level(logging.WARNING)
-    result = build("zoo:glyphtiny", "x86-onnxruntime", tmp_path / "b", prune_to_macs=9_000_000, min_psnr=28)
+    result = build("zoo:glyphtiny", "x86-onnxruntime", tmp_path / "b", prune_to_macs=9_000_000, min_psnr=28.0)
     assert result.fidelity["psnr_db"] >= 28 > result.fidelity["fresh"]["psnr_db"]  # 30.24 dB, and 27.53 fresh
     assert "below the floor (PSNR >= 28.0 dB) that the 8 held-out inputs it was chosen by meet" in caplog.text
     assert "a larger --prune-to-macs, or more --samples, leaves more" in caplog.text
