@@ -395,6 +395,16 @@ def test_a_patch_of_a_cached_design_that_fails_names_the_entry_to_delete(tmp_pat
         build(_model(tmp_path, 2), str(target), tmp_path / "b", precision="int8")
 
 
+def test_a_cached_template_that_is_not_hex_is_a_tool_failure_naming_it(tmp_path):
+    """Garbage in a cache entry's template image was a ValueError traceback, not the entry to delete."""
+    (tmp_path / "entry" / "template").mkdir(parents=True)
+    (tmp_path / "entry" / "template" / "tap.hex").write_text("00ff\nzz\n")
+    (tmp_path / "work" / "mem").mkdir(parents=True)
+    (tmp_path / "work" / "mem" / "tap.hex").write_text("0001\n0002\n")
+    with pytest.raises(ToolFailedError, match=r"entry/template/tap.hex is not a hex memory image"):
+        bitstream._patch_images(tmp_path / "entry", tmp_path / "work", "tap", [0])
+
+
 # -- vendor targets without their tool ----------------------------------------------------------------
 
 @pytest.mark.parametrize("name,tool,files", [

@@ -397,7 +397,10 @@ def _patch_images(cached: Path, work: Path, name: str, keep: list[int] | None) -
     """(from, to) image paths, relative to work, that patch one memory over its template."""
     if keep is None:
         return [(f"../template/{name}.hex", f"mem/{name}.hex")]
-    template = [int(w, 16) for w in (cached / "template" / f"{name}.hex").read_text().split()]
+    try:
+        template = [int(w, 16) for w in (cached / "template" / f"{name}.hex").read_text().split()]
+    except ValueError:  # changed outside edgegen: the caller names the entry to delete
+        raise ToolFailedError(f"{cached / 'template' / f'{name}.hex'} is not a hex memory image") from None
     image = [int(w, 16) for w in (work / "mem" / f"{name}.hex").read_text().split()]
     pairs = []
     for n, (old, new) in enumerate(ice40_ram.column_images(template, image, keep)):
