@@ -87,12 +87,9 @@ SUPPORTED: dict[str, Limit | None] = {
 _INT_TYPES = ("int8", "uint8")
 # operators Coral's table says the compiler may leave on the CPU at its own discretion ("Depending on input/output
 # size, this operation may not be mapped to the Edge TPU to avoid loss in precision"): no rule here can say
-MAY_NOT_MAP = {
-    "RESIZE_BILINEAR": "the compiler decides by input/output size (and op version) whether it maps, to avoid loss "
-                       "in precision",
-    "RESIZE_NEAREST_NEIGHBOR": "the compiler decides by input/output size (and op version) whether it maps, to "
-                               "avoid loss in precision",
-}
+_COMPILER_DECIDES = "the compiler decides by input/output size (and op version) whether it maps, to avoid loss " \
+    "in precision"
+MAY_NOT_MAP = {"RESIZE_BILINEAR": _COMPILER_DECIDES, "RESIZE_NEAREST_NEIGHBOR": _COMPILER_DECIDES}
 
 
 def why_not(op: ModelOp, tensors: list[ModelTensor]) -> str | None:
