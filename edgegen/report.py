@@ -150,7 +150,9 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
         if quant.get("float_by_design"):
             lines.append(f"            {quant['float_by_design']}")
         if quant["sensitivity"]:
-            lines.append(f"            kept in float for the floor: {', '.join(quant['kept_float']) or 'none'}")
+            against = f" (searched against {quant['searched_against']}: the first mix lost the rest in this " \
+                "target's own int8 execution)" if quant.get("searched_against") else ""
+            lines.append(f"            kept in float for the floor: {', '.join(quant['kept_float']) or 'none'}{against}")
             lines.append("            layer sensitivity (PSNR with only this layer int8), most damaging first:")
             for row in sorted(quant["sensitivity"], key=lambda r: -r["nmse"])[:12]:
                 lines.append(f"              {row['node'][:48]:<48} {row['op']:<22} {row['psnr_db_alone']:7.2f} dB")
