@@ -56,6 +56,41 @@ def test_qdq_ir_has_per_channel_symmetric_weights_and_int8_activations(qdq):
     assert {"Conv", "ConvTranspose", "Gemm", "Concat"} <= set(summary["quantized_ops"])
 
 
+def _grids(model):
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {n.input[0]: (float(inits[n.input[1]]), int(inits[n.input[2]])) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+
+
+def test_a_layer_kept_in_float_leaves_every_other_grid_as_all_int8_has_it(tmp_path):
+    """glyphgen's colour Gemm feeds a Slice that shares its grid in int8; with the Gemm kept in float for a
+    floor, onnxruntime's quantizer gave the Slice its own narrower calibrated grid, and colours beyond the
+    calibration's saturated (23 dB on some fresh inputs, against 32.6 dB all-int8)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (16, 8)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([0], np.int64), "start"),
+             numpy_helper.from_array(np.array([3], np.int64), "end"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis"),
+             numpy_helper.from_array(np.array([0, 3, 1, 1], np.int64), "shape"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "k")]
+    nodes = [helper.make_node("Gemm", ["z", "w"], ["g"], name="gemm"),
+             helper.make_node("Slice", ["g", "start", "end", "axis"], ["colour"], name="slice"),
+             helper.make_node("Reshape", ["colour", "shape"], ["c4"], name="reshape"),
+             helper.make_node("Conv", ["x", "k"], ["m"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Mul", ["m", "c4"], ["y"], name="mul")]
+    g = helper.make_graph(nodes, "colours", [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 16]),
+                                             helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "c.onnx"))
+    graph = Graph.load(tmp_path / "c.onnx")
+    quantizer = Quantizer(graph, load_calibration(graph.inputs, None, 16))
+    all_int8 = _grids(quantizer.emit())
+    assert all_int8["colour"] == all_int8["g"]  # the Slice shares its producer's grid
+    for layer, _ in quantizer.layers():
+        mix = _grids(quantizer.emit([layer]))
+        assert mix and all(all_int8[name] == grid for name, grid in mix.items()), layer
+
+
 def test_a_layer_kept_in_float_between_int8_neighbours_is_counted_float():
     """A conv kept in float for the floor can read a DequantizeLinear and feed a QuantizeLinear (its neighbours
     stay int8) while its weights stay float: it was counted as quantized, against the report's own list of

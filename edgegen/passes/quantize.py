@@ -95,6 +95,7 @@ class Quantizer:
         self.clips_off_zero = _clips_off_zero(self.model)
         self.float_only = self.grouped_transposed + self.faint_softmaxes + self.clips_off_zero  # never quantized
         self._unlisted = _subs_left_float(self.model, self.op_types, chain)
+        self._int8_grids: dict[str, list[dict[str, np.ndarray]]] | None = None  # see emit
 
     @property
     def float_note(self) -> str | None:
@@ -121,19 +122,46 @@ class Quantizer:
                 and n.name not in self._unlisted]
 
     def emit(self, exclude: Iterable[str] = (), only: Iterable[str] | None = None) -> onnx.ModelProto:
-        """A QDQ model with the `exclude` nodes kept in float (or with only the `only` nodes quantized)."""
+        """A QDQ model with the `exclude` nodes kept in float (or with only the `only` nodes quantized).
+        Every activation keeps the grid the all-int8 graph gives it: a layer kept in float only loses its
+        quantization. Left to itself, onnxruntime's quantizer re-grids what a float layer feeds: a Slice
+        that shares its producer Gemm's grid in int8 got its own, narrower calibrated one once the Gemm stayed
+        float, and inputs beyond the calibration's slice saturated (a floor-searched glyphgen 23 dB on some)."""
+        exclude = list(exclude)
+        if self._int8_grids is None:
+            self._int8_grids = _activation_grids(self._quantized([], None, {}), self.model)
+        model = self._quantized(exclude, only, self._int8_grids) if exclude or only is not None else \
+            self._quantized([], None, {})
+        _own_grids_for_interpolation(model, self.ranges)
+        return model
+
+    def _quantized(self, exclude: list[str], only: Iterable[str] | None,
+                   grids: dict[str, list[dict[str, np.ndarray]]]) -> onnx.ModelProto:
+        """onnxruntime's QDQ quantization of the graph (`grids`: activations' scales and zero points to use)."""
         q = _ort_quantization()
         quantizer = q.QDQQuantizer(
             onnx.ModelProto.FromString(self.model.SerializeToString()), True, False, q.QuantType.QInt8,
             q.QuantType.QInt8, self.ranges, [n for n in only if n not in self.float_only] if only is not None else None,
             [*exclude, *self.float_only, *self._unlisted], self.op_types,
-            {"WeightSymmetric": True, "ActivationSymmetric": False})
+            {"WeightSymmetric": True, "ActivationSymmetric": False, "TensorQuantOverrides": grids})
         with _ort_quantizer_quiet():
             quantizer.quantize_model()
         quantizer.model.topological_sort()
-        model = quantizer.model.model
-        _own_grids_for_interpolation(model, self.ranges)
-        return model
+        return quantizer.model.model
+
+
+def _activation_grids(quantized: onnx.ModelProto, source: onnx.ModelProto) -> dict[str, list[dict[str, np.ndarray]]]:
+    """The scale and zero point each activation of `source` (not a weight) is quantized with in `quantized`,
+    as onnxruntime.quantization's TensorQuantOverrides."""
+    constants = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer}
+    weights = {i.name for i in source.graph.initializer}
+    grids = {}
+    for node in quantized.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in weights and len(node.input) == 3 \
+                and constants.get(node.input[1], np.empty(0)).size == 1:
+            grids[node.input[0]] = [{"scale": constants[node.input[1]].reshape(()),
+                                     "zero_point": constants[node.input[2]].reshape(())}]
+    return grids
 
 
 def _faint_softmaxes(model: onnx.ModelProto, ranges) -> list[str]:
