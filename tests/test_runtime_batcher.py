@@ -177,3 +177,18 @@ def test_an_artifact_whose_outputs_change_with_the_batch_is_computed_one_request
     gen.batch_invariant, calls[:] = False, []
     np.testing.assert_array_equal(gen.generate_batch(requests), together)
     assert calls == [1] * 4 * per_batch
+
+
+def test_the_batch_check_compares_every_held_out_input_with_its_row(bundle):
+    """The check ran the first three inputs alone: an OpenVINO int8 U-Net whose full batch gave its fourth row
+    0.08 off that input alone was marked invariant, and generate_batch served 4 of 8 images up to 6 levels off."""
+    from edgegen.build import _batch_invariance
+
+    gen = Generator.open(bundle, cache_bytes=0, feature_cache_bytes=0)
+    feeds = gen.feeds([{"seed": s, "label": s % 10} for s in range(8)])
+    batched = gen.session.run(feeds)
+    batched = {k: v.copy() for k, v in batched.items()}
+    for array in batched.values():
+        array[3] += 0.08  # the fourth row of the full batch only
+    checked = _batch_invariance(gen.session, gen, feeds, batched)
+    assert not checked["invariant"] and checked["max_abs"] == pytest.approx(0.08, abs=1e-5)
