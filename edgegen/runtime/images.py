@@ -1,12 +1,30 @@
-"""Conversions between model tensors and 8-bit images (numpy only; Pillow imported on demand)."""
+"""Conversions between model tensors and 8-bit images (numpy only; Pillow imported on demand, by `pillow_image`)."""
 
 from __future__ import annotations
 
 import os
+from types import ModuleType
 
 import numpy as np
 
-from ..errors import BundleError, RequestError
+from ..errors import BundleError, EdgegenError, RequestError
+
+
+class PillowMissing(EdgegenError):
+    """Pillow, which picture I/O needs (to_pil, the server's image uploads), is not installed here."""
+
+
+def pillow_image(purpose: str) -> ModuleType:
+    """Pillow's PIL.Image, or PillowMissing saying that `purpose` needs it and how to install it (the runtime
+    itself needs only numpy and the bundle's backend)."""
+    try:
+        from PIL import Image
+    except ModuleNotFoundError as exc:
+        if exc.name != "PIL":
+            raise
+        raise PillowMissing(f"{purpose} needs Pillow, which is not installed here (the runtime itself needs only "
+                            "numpy and the bundle's backend); `pip install pillow`") from None
+    return Image
 
 
 def tensor_to_uint8(batch: np.ndarray, value_range: list[float], truncate: bool = False) -> np.ndarray:
@@ -76,7 +94,5 @@ def model_pixels(image, channels: int) -> np.ndarray:
 
 
 def to_pil(image: np.ndarray):
-    """A uint8 HWC array as a PIL image (needs Pillow)."""
-    from PIL import Image
-
-    return Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+    """A uint8 HWC array as a PIL image (needs Pillow: PillowMissing without it)."""
+    return pillow_image("to_pil").fromarray(image[:, :, 0] if image.shape[2] == 1 else image)

@@ -12,8 +12,9 @@
 Requests are checked before they queue (body size, image size, fields, seed range, labels, ROI,
 sizes); misses go through a micro-batcher. Errors are JSON {"error": message} with 400 (bad
 request, including an input the network cannot run at), 404 (no such path), 405 (a method the path
-does not take, with Allow), 411 (no Content-Length, or a Transfer-Encoding), 413 (too large), 503
-(overloaded) or 500 (a fault of the bundle or backend, logged; its message is short, never a traceback).
+does not take, with Allow), 411 (no Content-Length, or a Transfer-Encoding), 413 (too large), 501 (an
+uploaded image where Pillow, which decodes it, is not installed: `pip install pillow`), 503 (overloaded) or
+500 (a fault of the bundle or backend, logged; its message is short, never a traceback).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from ..image_files import eight_bit
 from .batcher import MicroBatcher, OverloadedError
 from .cache import LRUCache
 from .generator import Generator
+from .images import PillowMissing, pillow_image
 from .png import encode_png
 from .requests import FIELDS
 
@@ -57,6 +59,7 @@ DRAIN_FACTOR = 4
 READ_TIMEOUT_S = 30.0
 CLOSE_GRACE_S = 5.0  # how long close() waits for the requests it has taken to be answered
 MAX_DIGITS = 100  # longer integer literals take no field (and Python refuses to convert past 4300 digits)
+UPLOADS = "decoding uploaded images"  # what Pillow does for the server
 ROUTES = {"/v1/generate": "POST", "/v1/health": "GET", "/v1/stats": "GET", "/": "GET", "/index.html": "GET"}
 
 
@@ -89,6 +92,11 @@ class Server:
         self.latencies: deque = deque(maxlen=LATENCY_WINDOW)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        if any(s.role == "image" for s in generator.inputs):
+            try:
+                pillow_image(UPLOADS)
+            except PillowMissing as exc:  # said once here; each such request is answered 501 saying it again
+                log.warning("%s; until then requests with an image are answered 501", exc)
 
     @property
     def url(self) -> str:
@@ -328,6 +336,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(413, {"error": _short(str(exc))})
         except OverloadedError as exc:
             self._json(503, {"error": str(exc)}, {"Retry-After": "1"})
+        except PillowMissing as exc:  # the request is well formed; this server cannot take its image
+            self._json(501, {"error": str(exc)})
         except RequestError as exc:
             self._json(400, {"error": _short(str(exc))})
         except EdgegenError as exc:  # the bundle or its backend failed, not the request: a fault, stated briefly
@@ -471,8 +481,9 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _decode_image(text: str, max_pixels: int, field: str = "image") -> np.ndarray:
-    """RGB uint8 pixels of a base64 image file (request field `field`); RequestError (TooLarge past max_pixels) saying what is wrong."""
-    from PIL import Image, UnidentifiedImageError  # image I/O only; lazily
+    """RGB uint8 pixels of a base64 image file (request field `field`); RequestError (TooLarge past max_pixels)
+    saying what is wrong, PillowMissing where Pillow is not installed."""
+    Image = pillow_image(f"{field}: {UPLOADS}")  # image I/O only; lazily
 
     if text.startswith("data:"):  # a data URL, as a browser's FileReader gives it
         text = text.partition(",")[2]
@@ -489,7 +500,7 @@ def _decode_image(text: str, max_pixels: int, field: str = "image") -> np.ndarra
         return np.asarray(eight_bit(image).convert("RGB"))  # 16-bit grey scaled, not clipped
     except Image.DecompressionBombError:  # Pillow's own cap, far above the server's
         raise TooLarge(f"the image is over {2 * Image.MAX_IMAGE_PIXELS} pixels; {limit}") from None
-    except UnidentifiedImageError:
+    except Image.UnidentifiedImageError:
         raise RequestError(f"{field}: its {len(data)} decoded bytes are not a PNG, JPEG or other image file; send "
                            "a base64-encoded PNG or JPEG") from None
     except OSError as exc:
