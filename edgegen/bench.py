@@ -25,9 +25,7 @@ import numpy as np
 from . import reference
 from .bundle import read_manifest, sha256_file
 from .errors import BuildError, BundleError
-from .float16 import float32_reference
 from .inputs import run_batched
-from .source import SourceSession
 from .specs import TensorSpec, format_shape
 
 
@@ -45,6 +43,8 @@ def run(bundle_dir: str | Path, threads: list[int], batch: int | None = None, ru
         raise BundleError(f"{bundle_dir}: its model was exported with a fixed batch of {fixed}; bench it at "
                           f"--batch {fixed}{also}")
     batch = batch or fixed or 1
+    if baseline:  # runs the ONNX source: onnx missing (a device install) is said here, not as a worker's last line
+        from .source import SourceSession  # noqa: F401
     rows = []
     for n in threads:
         rows.append(_spawn({"kind": "bundle", "bundle": str(bundle_dir), "threads": n, "batch": batch, "runs": runs,
@@ -228,6 +228,9 @@ def host_fallback(manifest: dict[str, Any]) -> str | None:
 def _source_run(config: dict[str, Any], threads: int):
     """The fp32 source's run; a fixed-batch export's in chunks of its batch (a bundle built with
     --batch-sizes is benched at those)."""
+    from .float16 import float32_reference  # the build host's onnx: a device benches the bundle alone
+    from .source import SourceSession
+
     session = SourceSession(float32_reference(config["source"]), threads)
     specs = [TensorSpec.from_json(s) for s in read_manifest(Path(config["bundle"]))["model"]["inputs"]]
     return lambda feeds: run_batched(session.run, specs, feeds)

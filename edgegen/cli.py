@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemError as exc:  # a stop raised while a C extension waited (Ray's wait) arrives wrapped in this
         return _stopped(exc.__cause__) if isinstance(exc.__cause__, (KeyboardInterrupt, _Terminated)) \
             else _internal_error()
+    except ModuleNotFoundError as exc:
+        if exc.name not in BUILD_PACKAGES:
+            return _internal_error()
+        print(f"edgegen: error: {_not_installed(args.verb, exc.name)}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stderr.close()
         return 0
@@ -55,6 +60,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception:
         return _internal_error()
+
+
+# the `build` extra's packages by import name: the build host has them, a device install (numpy and one
+# backend: `pip install 'edgegen[ort]'`) does not
+BUILD_PACKAGES = {"onnx": "onnx", "onnxscript": "onnxscript", "yaml": "pyyaml", "PIL": "pillow"}
+
+
+def _not_installed(verb: str, name: str) -> str:
+    """What a verb that imported a build package (by import name) absent here tells the user: Pillow alone
+    for a picture's file, the whole build extra for anything else."""
+    how = "`pip install pillow`" if name == "PIL" else ("install the build host's packages: "
+                                                         "`pip install 'edgegen[build]'` (`pip install -e '.[build]'` "
+                                                         "in the checkout)")
+    return (f"`edgegen {verb}` needs {BUILD_PACKAGES[name]}, which is not installed here (a device install has "
+            f"numpy and one backend); {how}")
 
 
 def _stopped(exc: BaseException) -> int:
@@ -448,7 +468,7 @@ def _read_array(path: str):
 
 def _generate(args) -> int:
     from .image_files import read_image
-    from .runtime import Generator, to_pil
+    from .runtime import Generator
     from .runtime.requests import FIELDS as REQUEST_FIELDS
 
     gen = Generator.open(args.bundle, threads=args.threads, host_fallback=args.host_fallback)
@@ -482,24 +502,35 @@ def _generate(args) -> int:
             raise RequestError(f"--roi {args.roi!r}: give X,Y,WIDTH,HEIGHT in pixels, e.g. 0,0,32,32") from None
     pixels = gen.generate(seed=args.seed, label=args.label, image=image, output=args.output_name, size=args.size,
                           quality=args.quality, roi=roi, **named)
-    out = Path(args.out)
-    fmt = _format_of(out)
-    if fmt == "JPEG" and pixels.ndim == 3 and pixels.shape[2] in (2, 4):
-        raise RequestError(f"{out}: JPEG holds no alpha channel, and the image has one ({pixels.shape[2]} "
-                           "channels); write a .png")
-    with atomic_path(out) as tmp:
-        to_pil(pixels).save(tmp, format=fmt)
+    _save_image(pixels, Path(args.out))
     print(f"wrote {args.out} ({pixels.shape[1]}x{pixels.shape[0]})")
     return 0
 
 
-def _format_of(path: Path) -> str:
-    from PIL import Image
+def _save_image(pixels: Any, out: Path) -> None:
+    """Write HxWxC uint8 pixels in the format out's extension names, with Pillow; without it (a device
+    install) a .png by the runtime's own PNG writer, any other format refused naming Pillow."""
+    from .runtime.images import PillowMissing, pillow_image, to_pil
+    from .runtime.png import encode_png
 
-    fmt = Image.registered_extensions().get(path.suffix.lower())
+    suffix = out.suffix.lower()
+    try:
+        pil = pillow_image(f"writing a {suffix or 'file without an extension'} image")
+    except PillowMissing as exc:
+        if suffix != ".png":
+            raise RequestError(f"{out}: {exc}, or write a .png") from None
+        pil = None
+    fmt = pil.registered_extensions().get(suffix) if pil else "PNG"
     if fmt is None:
-        raise RequestError(f"{path}: unknown image file extension; use .png or .jpg")
-    return fmt
+        raise RequestError(f"{out}: unknown image file extension; use .png or .jpg")
+    if fmt == "JPEG" and pixels.ndim == 3 and pixels.shape[2] in (2, 4):
+        raise RequestError(f"{out}: JPEG holds no alpha channel, and the image has one ({pixels.shape[2]} "
+                           "channels); write a .png")
+    with atomic_path(out) as tmp:
+        if pil is None:
+            tmp.write_bytes(encode_png(pixels, level=6))
+        else:
+            to_pil(pixels).save(tmp, format=fmt)
 
 
 def _bench(args) -> int:

@@ -14,10 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import TargetError
-from .yaml_files import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +72,8 @@ def target_files() -> list[Path]:
     files = sorted(TARGETS_DIR.glob("*.yaml"))
     if not files:
         raise TargetError(f"{TARGETS_DIR}: no target files (*.yaml) there; edgegen reads its targets from the "
-                          "checkout's targets/ directory: install it from the checkout (pip install -e .), or set "
-                          "EDGEGEN_TARGETS_DIR to a directory of target files")
+                          "checkout's targets/ directory: install it from the checkout (pip install -e '.[build]'), "
+                          "or set EDGEGEN_TARGETS_DIR to a directory of target files")
     return files
 
 
@@ -105,7 +102,12 @@ def load(name_or_path: str) -> Target:
 
 
 def load_file(path: Path) -> Target:
-    """Parse and validate one target file."""
+    """Parse and validate one target file (PyYAML imported here: a device install, which reads no target
+    files, has none)."""
+    import yaml
+
+    from .yaml_files import load_yaml
+
     try:
         data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
