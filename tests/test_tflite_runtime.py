@@ -150,3 +150,19 @@ def test_an_absent_edge_tpu_names_the_host_fallback_not_another_runtime(tmp_path
         session.Session(tmp_path, {"delegate": "edgetpu", "runtime": "ai-edge-litert"}, threads=1)
     assert "needs a Coral Edge TPU" in str(caught.value) and "--host-fallback" in str(caught.value)
     assert session.RUNTIME_ENV not in str(caught.value)
+
+
+def test_no_tflite_runtime_at_all_offers_no_host_fallback(tmp_path, monkeypatch):
+    """With no TFLite runtime installed (a device with ONNX Runtime only), the message proposed host_fallback=True,
+    which then failed with "no TFLite runtime is usable here"; it names the package to install, no more."""
+    from edgegen.backends.tflite import session
+
+    def absent(runtime: str):
+        raise BackendUnavailableError(f"the {runtime} package is not installed here; `pip install {runtime}`")
+
+    monkeypatch.setattr(session, "_load", absent)
+    for options in ({"runtime": "ai-edge-litert"}, {"runtime": "ai-edge-litert", "delegate": "edgetpu"}):
+        with pytest.raises(BackendUnavailableError) as caught:
+            session.Session(tmp_path, options, threads=1)
+        assert str(caught.value) == ("cannot run this TFLite bundle here: the ai-edge-litert package is not installed "
+                                     "here; `pip install ai-edge-litert`"), str(caught.value)

@@ -70,6 +70,17 @@ def host_support(options: dict[str, Any]) -> tuple[bool, str]:
     return True, f"{runtime} {version}"
 
 
+def _first_usable(preferred: str) -> str | None:
+    """The first TFLite runtime that loads here, `preferred` tried first; None where none does."""
+    for runtime in dict.fromkeys((preferred, *RUNTIMES)):
+        try:
+            _load(runtime)
+        except BackendUnavailableError:
+            continue
+        return runtime
+    return None
+
+
 class Session:
     """Runs a bundle's .tflite model; host_fallback runs an Edge TPU bundle's CPU model, or uses
     the other TFLite runtime, when the target's is absent (build-host verification)."""
@@ -80,6 +91,8 @@ class Session:
         if not ok and not host_fallback:
             if why == EDGETPU_ABSENT:  # another runtime would not bring the Edge TPU either
                 raise hardware_absent(why)
+            if _first_usable(_chosen(session)) is None:  # no TFLite runtime: neither another nor the fallback helps
+                raise BackendUnavailableError(f"cannot run this TFLite bundle here: {why}")
             raise BackendUnavailableError(f"cannot run this TFLite bundle here: {why}. To use another installed "
                                           f"TFLite runtime, set {RUNTIME_ENV}=tflite-runtime or ai-edge-litert, or "
                                           "open it with host_fallback=True (--host-fallback on the command line)",
@@ -102,16 +115,13 @@ class Session:
 
     @staticmethod
     def _available(preferred: str) -> str:
-        for runtime in (preferred, *RUNTIMES):
-            try:
-                _load(runtime)
-            except BackendUnavailableError:
-                continue
-            if runtime != preferred:
-                log.warning("TFLite runtime %s is not usable here; running with %s", preferred, runtime)
-            return runtime
-        raise BackendUnavailableError("no TFLite runtime is usable here; `pip install ai-edge-litert` "
-                                      "(or tflite-runtime with numpy<2)")
+        runtime = _first_usable(preferred)
+        if runtime is None:
+            raise BackendUnavailableError("no TFLite runtime is usable here; `pip install ai-edge-litert` "
+                                          "(or tflite-runtime with numpy<2)")
+        if runtime != preferred:
+            log.warning("TFLite runtime %s is not usable here; running with %s", preferred, runtime)
+        return runtime
 
     def delegation(self) -> dict[str, Any]:
         """Which operators the delegate took in this session (see xnnpack.report)."""
