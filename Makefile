@@ -8,7 +8,7 @@ STAMP := $(VENV)/.edgegen-installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[ort,openvino,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[build,ort,openvino,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
