@@ -145,7 +145,7 @@ def _kind_problem(manifest: dict[str, Any]) -> str | None:
     entry, ref_file = manifest["session"].get("entry"), manifest["reference"].get("file")
     if not (isinstance(entry, str) and entry) or not (isinstance(ref_file, str) and ref_file):
         return f"session.entry ({entry!r}) or reference.file ({ref_file!r}) is not a file name"
-    for section in ("parts", "batching", "serving", "assets", "latency", "fidelity"):
+    for section in ("parts", "batching", "threading", "serving", "assets", "latency", "fidelity"):
         if section in manifest and not isinstance(manifest[section], dict):
             return f"{section} is {manifest[section]!r}, not a mapping"
     tolerance = manifest["reference"].get("tolerance")  # the self-test's criteria: an empty one would pass anything

@@ -97,6 +97,11 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
         lines.append(f"  batching  per request: {manifest['backend']} gives an input outputs up to "
                      f"{batching['max_abs']:.3g} apart alone and in a batch, so requests are computed one at a time "
                      "(the same request, the same pixels, whatever the traffic)")
+    threading = manifest.get("threading", {})
+    if not threading.get("invariant", True):
+        lines.append(f"  threads   {manifest['backend']} gives outputs up to {threading['max_abs']:.3g} apart at 1 thread "
+                     f"and at the target's {manifest['target']['threads']}: a runtime at other threads keys its "
+                     "results apart from the assets and disk caches, which hold the target's pixels")
     pruned = manifest.get("passes", {}).get("prune")
     if pruned:
         quality = pruned["quality"]

@@ -154,10 +154,14 @@ class Generator:
         budget = self.config.memory_budget
         self.memory_budget = budget if budget is not None else manifest["target"]["memory_mb"] * MiB // 2
         # a memory budget of one's own decides which frames are tiled, and tiles may round a level off the whole
-        # frame (OpenVINO): such a Generator keys its results apart from the bundle's default, which the assets
-        # and other processes sharing a disk cache use
-        self._key_base = self.content_hash if budget is None else \
-            hashlib.sha256(f"{self.content_hash}\nmemory_budget={budget}".encode()).hexdigest()
+        # frame (OpenVINO); an artifact whose outputs change with the thread count (checked at build) gives
+        # other pixels at threads other than the target's: such a Generator keys its results apart from the
+        # bundle's default, which the assets and other processes sharing a disk cache use
+        own = [f"memory_budget={budget}"] if budget is not None else []
+        if threads != manifest["target"]["threads"] and not manifest.get("threading", {}).get("invariant", True):
+            own.append(f"threads={threads}")
+        self._key_base = hashlib.sha256("\n".join([self.content_hash, *own]).encode()).hexdigest() if own else \
+            self.content_hash
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._served: Counter = Counter()
