@@ -85,6 +85,11 @@ def test_invalid_target_names_file_and_key(tmp_path, edit, message):
     ("fpga-sim", {"wgt_single_port": "yes"}, "'wgt_single_port' must be true or false"),
     ("x86-litert", {"delegate": "xnnpak"}, "'delegate' is 'xnnpak'; allowed: xnnpack, edgetpu"),
     ("x86-openvino", {"devices": "GPU"}, "unknown key 'devices' \\(did you mean 'device'\\?\\)"),
+    # OpenVINO's names are case-sensitive and CPU has no index: both built as a "host fallback" for a device
+    # OpenVINO itself would refuse
+    ("intel-npu-openvino", {"device": "npu"}, "'device' must be an OpenVINO device name, upper case: .*got 'npu'"),
+    ("x86-openvino", {"device": "CPU.0"}, "'device' must be an OpenVINO device name, .*got 'CPU.0'"),
+    ("x86-openvino", {"device": "HETERO"}, "'device' must be an OpenVINO device name, .*got 'HETERO'"),
 ])
 def test_backend_options_are_checked_against_what_the_backend_reads(tmp_path, name, options, message):
     data = yaml.safe_load((targets.TARGETS_DIR / f"{name}.yaml").read_text())
@@ -101,3 +106,17 @@ def test_a_targets_directory_without_target_files_is_an_error_saying_where_targe
     wanted = r"no target files \(\*\.yaml\) there; .*pip install -e '\.\[build\]'.*EDGEGEN_TARGETS_DIR"
     with pytest.raises(TargetError, match=wanted):
         targets.load_all()
+
+
+@pytest.mark.parametrize("device, here", [("AUTO", True), ("AUTO:NPU,CPU", True), ("MULTI:CPU", True),
+                                          ("HETERO:NPU,CPU", False), ("GPU.1", False)])
+def test_openvino_virtual_devices_run_where_their_devices_are(device, here):
+    """AUTO, which OpenVINO runs on any host, was always "absent" (the host's device list never names it)."""
+    from edgegen.backends import option_problem
+    from edgegen.backends.openvino.session import host_support
+
+    ov = pytest.importorskip("openvino")
+    if set(ov.Core().available_devices) != {"CPU"}:
+        pytest.skip("this host has OpenVINO devices besides the CPU")
+    assert option_problem("openvino", "device", device) is None
+    assert host_support({"device": device, "precision": "fp32"})[0] is here

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,9 +25,14 @@ _COUNT = ("a positive integer", lambda v: isinstance(v, int) and not isinstance(
 _FLAG = ("true or false", lambda v: isinstance(v, bool))
 _NAMES = ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
 _NAME = ("a name", lambda v: isinstance(v, str) and bool(v))
+# OpenVINO's device names (case-sensitive): a plugin, GPU with an index, or a virtual device over a list of them
+_OV_PLUGIN = r"(CPU|NPU|GPU(\.\d+)?)"
+_OV_DEVICE = re.compile(rf"{_OV_PLUGIN}|AUTO(:{_OV_PLUGIN}(,{_OV_PLUGIN})*)?|(HETERO|MULTI|BATCH):{_OV_PLUGIN}(,{_OV_PLUGIN})*")
+_OPENVINO_DEVICE = ("an OpenVINO device name, upper case: CPU, GPU, GPU.1, NPU, AUTO, or AUTO/HETERO/MULTI:NPU,CPU",
+                    lambda v: isinstance(v, str) and _OV_DEVICE.fullmatch(v) is not None)
 OPTIONS: dict[str, dict[str, tuple]] = {
     "onnxruntime": {"providers": _NAMES, "required_providers": _NAMES},
-    "openvino": {"device": _NAME},
+    "openvino": {"device": _OPENVINO_DEVICE},
     "tflite": {"runtime": ("ai-edge-litert", "tflite-runtime"), "delegate": ("xnnpack", "edgetpu")},
     "fpga": {**{k: _COUNT for k in ("lanes", "act_kb", "wgt_kb", "act_banks", "par_entries", "lut_tables",
                                     "tap_entries", "prog_layers", "baud")},

@@ -29,8 +29,12 @@ def host_support(options: dict[str, Any]) -> tuple[bool, str]:
     device = options.get("device", "CPU")
     core = ov.Core()
     devices = core.available_devices
-    if any(d.split(".")[0] == device for d in devices):
-        if options.get("precision") == "bf16" and "BF16" not in core.get_property(device, "OPTIMIZATION_CAPABILITIES"):
+    virtual, _, listed = device.partition(":") if ":" in device or device == "AUTO" else ("", "", device)
+    wanted = [name for name in listed.split(",") if name]
+    present = [name for name in wanted if any(d == name or d.split(".")[0] == name for d in devices)]
+    if (virtual == "AUTO" and (present or not wanted)) or (wanted and present == wanted):
+        if options.get("precision") == "bf16" and not virtual and \
+                "BF16" not in core.get_property(device, "OPTIMIZATION_CAPABILITIES"):
             return False, f"needs bf16 support on {device} (AVX-512-BF16 or AMX); this {device} has none"
         return True, f"openvino {ov.__version__} {device}"
     return False, f"needs the OpenVINO {device} device; this host has {', '.join(devices) or 'none'}"
