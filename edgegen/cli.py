@@ -446,6 +446,7 @@ def _targets(args) -> int:
     print(f"{'target':<26} {'backend':<12} {'precisions':<20} {'runs here':<9} device / why not")
     for r in rows:
         note = f"{r['device']} (runs on: {r['why']})" if r["runs_here"] else r["why"]
+        note += "".join(f"; not {p}: {why}" for p, why in r["precisions_not_here"].items())
         print(f"{r['name']:<26} {r['backend']:<12} {','.join(r['precisions']):<20} "
               f"{'yes' if r['runs_here'] else 'no':<9} {note}")
     return 0

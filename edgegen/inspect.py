@@ -15,12 +15,15 @@ EDGETPU_CAVEAT = (" (every layer int8, calibrated on 4 synthetic inputs; a build
 
 
 def target_rows() -> list[dict[str, Any]]:
-    """Every shipped target with whether it runs on this host."""
+    """Every shipped target with whether it runs on this host, and at which of its precisions it does not
+    where it runs at its own (OpenVINO's bf16 needs AVX-512-BF16 or AMX)."""
     rows = []
     for target in targets.load_all():
         ok, why = targets.runs_here(target)
+        others = {p: targets.runs_here(target, p) for p in target.precisions if ok and p != target.precision}
         rows.append({"name": target.name, "backend": target.backend, "device": target.device,
-                     "precisions": target.precisions, "runs_here": ok, "why": why})
+                     "precisions": target.precisions, "runs_here": ok, "why": why,
+                     "precisions_not_here": {p: reason for p, (runs, reason) in others.items() if not runs}})
     return rows
 
 

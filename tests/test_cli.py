@@ -31,6 +31,23 @@ def test_targets_lists_every_target_with_host_support(capsys):
     assert rows["x86-onnxruntime"]["runs_here"] and not rows["intel-npu-openvino"]["runs_here"]
 
 
+def test_targets_name_the_precisions_that_do_not_run_here(capsys, monkeypatch):
+    """The README's precision table says `edgegen targets` tells whether bf16 runs here (AVX-512-BF16 or AMX);
+    it checked each target at its own precision only, so a CPU without bf16 was listed as running it all."""
+    from edgegen.backends.openvino import session
+
+    real = session.host_support
+    monkeypatch.setattr(session, "host_support", lambda options: (False, "needs bf16 support on CPU (AVX-512-BF16 "
+                        "or AMX); this CPU has none") if options.get("precision") == "bf16" else real(options))
+    code, out, _ = run(capsys, "targets")
+    line = next(line for line in out.splitlines() if line.startswith("x86-openvino "))
+    assert code == 0 and "; not bf16: needs bf16 support on CPU (AVX-512-BF16 or AMX)" in line
+    code, out, _ = run(capsys, "targets", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert set(rows["x86-openvino"]["precisions_not_here"]) == {"bf16"}
+    assert rows["x86-onnxruntime"]["precisions_not_here"] == {}
+
+
 def test_inspect_shows_roles_ops_costs_and_support(capsys, cgen_path):
     code, out, _ = run(capsys, "inspect", str(cgen_path), "--nodes")
     assert code == 0
