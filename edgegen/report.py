@@ -82,15 +82,18 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
                          f"speed of the fp32 source on this host: {manifest['backend']} gains nothing from "
                          f"{manifest['precision']} on this model here; try another target or precision")
     execution = manifest.get("execution")
+    # verified on this host's CPU in place of the target's device: the layer precisions are the CPU's
+    stand_in = "(on this host's CPU in place of the device) " if str(manifest.get("fidelity", {}).get(
+        "ran_on", "")).startswith("build host fallback") else ""
     if execution and manifest["precision"] in ("fp16", "bf16") and execution.get("float_types"):
-        lines.append(f"  executes  {manifest['precision']}: {manifest['backend']} runs the compute layers in "
+        lines.append(f"  executes  {stand_in}{manifest['precision']}: {manifest['backend']} runs the compute layers in "
                      + ", ".join(f"{k} x{v}" for k, v in sorted(execution["float_types"].items())))
         if INFERENCE_PRECISION[manifest["precision"]] not in execution["float_types"]:
             lines.append(f"  warning   no layer runs in {manifest['precision']} on this host ({manifest['backend']} "
                          f"chose {', '.join(sorted(execution['float_types']))}): the fidelity and latency above are not "
                          f"{manifest['precision']}'s; a device that runs it will differ")
     if execution and execution["int8"]:
-        lines.append("  executes  int8: " + ", ".join(f"{k} x{v}" for k, v in sorted(execution["int8"].items()))
+        lines.append(f"  executes  {stand_in}int8: " + ", ".join(f"{k} x{v}" for k, v in sorted(execution["int8"].items()))
                      + "; float: " + (", ".join(f"{k} x{v}" for k, v in sorted(execution["float"].items())) or "none"))
     batching = manifest.get("batching", {})
     if not batching.get("invariant", True):

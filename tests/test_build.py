@@ -157,6 +157,11 @@ def test_device_targets_build_anywhere_and_say_where_they_were_verified(tmp_path
                                                           r"\(--host-fallback on the command line\)"):
             Generator.open(tmp_path / "dev")
         assert Generator.open(tmp_path / "dev", host_fallback=True).self_test()["pass"]
+        # the layer precisions are this CPU's, not the device's: the report says so
+        executes = [line for line in render_build_report(result.manifest, tmp_path / "dev").splitlines()
+                    if line.startswith("  executes")]
+        assert all("(on this host's CPU in place of the device)" in line for line in executes)
+        assert executes or target != "intel-npu-openvino"
 
 
 def test_refuses_directory_with_other_files(tmp_path, cgen_path):
