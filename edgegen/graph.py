@@ -20,6 +20,7 @@ from .inputs import fixed_batch
 from .passes.pixel_unshuffle import pixel_unshuffles_as_space_to_depth
 from .io_forms import TO_NCHW, TO_NHWC, take_boundary_forms
 from .io_forms import note as io_note
+from .ort_ops import unfuse_ort_ops
 from .roles import describe_io
 from .specs import TensorSpec, format_shape
 
@@ -66,7 +67,12 @@ class Graph:
     ) -> "Graph":
         """Load a model path or `zoo:NAME`, clean it up and describe its inputs and outputs."""
         path = zoo.resolve(model)
-        proto, upgraded = upgrade_opset(read_model(path), path)
+        proto = read_model(path)
+        unfused = unfuse_ort_ops(proto, str(path))
+        proto, upgraded = upgrade_opset(proto, path)
+        if unfused:
+            upgraded.insert(0, f"{unfused} ONNX Runtime FusedConv/FusedGemm node(s) written as the standard Conv or "
+                               "Gemm and its activation")
         reference = None
         halves = float16_io(proto)
         upcast = upcast_float16(proto)
