@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 MIN_OPSET = 13
 MAX_OPSET = 21
 UPGRADE_OPSET = 17  # an older model is raised to this opset with onnx's version converter
+MIN_IR_VERSION = 4  # the first in which an initializer need not be a graph input
 _PASSTHROUGH_OPS = {"Identity", "Dropout"}
 # Not folded: quantized weights stay int8 (QDQ), random ops stay random.
 _NEVER_FOLD = {"DequantizeLinear", "QuantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike",
@@ -74,7 +75,20 @@ def read_model(path: str | Path) -> onnx.ModelProto:
             f"with e.g. torch.onnx.export(..., opset_version={UPGRADE_OPSET})."
         )
     _check_weights_present(model, path)
+    _refuse_repeated_outputs(model, path)
     return model
+
+
+def _refuse_repeated_outputs(model: onnx.ModelProto, path: Path) -> None:
+    """A tensor listed twice among the graph's outputs (ONNX Runtime returns it twice): outputs are served by
+    name, and the second would need a name the file does not give it."""
+    names = [o.name for o in model.graph.output]
+    repeated = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    if repeated is not None:
+        raise ModelError(f"{path}: output {repeated!r} is listed {names.count(repeated)} times among the model's "
+                         "outputs; edgegen serves each output by its name. List it once (return the tensor once "
+                         "from the exported forward, or remove the repeat from graph.output), and copy it in your "
+                         "own code where you need it twice")
 
 
 def _check_weights_present(model: onnx.ModelProto, path: Path) -> None:
@@ -206,7 +220,11 @@ def clean(model: onnx.ModelProto, origin: str) -> tuple[onnx.ModelProto, list[st
 
 def _weights_not_inputs(model: onnx.ModelProto, notes: list[str]) -> None:
     """Take initializers off the graph's inputs, where torch.onnx.export(keep_initializers_as_inputs=True)
-    and opset <= 8 exports list them: as inputs they could be fed, so nothing would fold them."""
+    and opset <= 8 exports list them: as inputs they could be fed, so nothing would fold them. IR version 3
+    (those old exporters') requires every initializer to be an input, so the model becomes IR version 4,
+    where one need not be: ONNX Runtime refuses an IR-3 model holding one that is not (such as a scale
+    the int8 passes add)."""
+    model.ir_version = max(model.ir_version, MIN_IR_VERSION)
     weights = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in weights]
     if len(inputs) < len(model.graph.input):
@@ -307,7 +325,8 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     ir_log.setLevel(logging.ERROR)
     try:
         hidden, near = _near_identities_hidden(_static_shape_parts(_evaluate_constant_nodes(model)))
-        return _named_as_before(_near_identities_restored(onnxscript.optimizer.optimize(hidden), near), model)
+        folded = _near_identities_restored(onnxscript.optimizer.optimize(hidden), near)
+        return _passed_through_inputs(_named_as_before(folded, model), model)
     except Exception as exc:  # folding is an optimization; the model stays valid without it
         log.warning("constant folding skipped: %s", exc)
         return model
@@ -369,6 +388,24 @@ def _named_as_before(folded: onnx.ModelProto, model: onnx.ModelProto) -> onnx.Mo
         if old is not None:
             node.name = old
             used.add(old)
+    return folded
+
+
+def _passed_through_inputs(folded: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:
+    """A graph input that is also a graph output, as in the model: the optimizer renames such an input
+    `<name>_orig` and writes the output with an Identity, so the input would lose its name in the file (and
+    its declared shape, where the output declares none)."""
+    inputs = {v.name: v for v in model.graph.input}
+    outputs = {v.name for v in folded.graph.output}
+    for node in list(folded.graph.node):
+        if node.op_type == "Identity" and node.output[0] in outputs and node.output[0] in inputs \
+                and node.input[0] not in inputs and any(v.name == node.input[0] for v in folded.graph.input):
+            renamed, name = node.input[0], node.output[0]
+            folded.graph.node.remove(node)
+            _rename(folded.graph, renamed, name)
+            for value in folded.graph.input:
+                if value.name == renamed:
+                    value.CopyFrom(inputs[name])
     return folded
 
 
