@@ -154,6 +154,7 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
     _warn_unused_ranges(source, opts.graph_options)
     compiler = backends.compiler_module(tgt.backend)
     _refuse_unsupported(compiler.unsupported_nodes(source, tgt), source, tgt)
+    _refuse_passed_through(source, tgt, precision)
     feeds, inputs_from = _verification_feeds(source, opts, precision)
     if inputs_from is None:
         _warn_synthetic_maps(source)
@@ -286,11 +287,47 @@ def _refuse_batch_dependence(source: Graph, reference_run: SourceSession, feeds:
     except SourceRunError as exc:  # runs on one input, fails on two: a batch of 1 written into a Reshape's shape
         raise BuildError(f"{source.source}: the model runs on one input but fails on a batch of two ({exc.failure}): "
                          f"{FROZEN_BATCH}") from None
+    constants = {name for name, inputs in source.input_dependencies().items() if not inputs} | \
+        {t.name for t in source.model.graph.initializer}
+    for spec in source.outputs:
+        _refuse_no_batch_axis(source, spec.name, np.shape(alone[spec.name]), np.shape(pair[spec.name]),
+                              spec.name in constants)
     drift = max(max_abs(pair[s.name][:1], alone[s.name]) for s in source.outputs)
     if drift > FP32_MAX_ABS:
         raise BuildError(f"{source.source}: the model's output for one input depends on how many inputs run with "
                          f"it (the first held-out input alone and in a batch of two differ by {drift:.3g} max-abs): "
                          f"{FROZEN_BATCH}")
+
+
+def _refuse_no_batch_axis(source: Graph, name: str, alone: tuple[int, ...], pair: tuple[int, ...],
+                          constant: bool) -> None:
+    """An output whose first axis is not the batch: one input gives it other than one row, or two inputs other
+    than one (a constant of batch 1, served as it is) or two."""
+    if alone[:1] == (1,) and pair[:1] in ((1,), (2,)):
+        return
+    shape = "x".join(map(str, alone)) or "a scalar"
+    if constant:
+        raise BuildError(f"{source.source}: output {name!r} is a constant in the file ({shape}, computed from no "
+                         "input), and its first axis is not a batch axis: edgegen batches requests along the first "
+                         "axis of every output. Drop it from the model's outputs (the application can hold the "
+                         "constant itself), or give it a batch axis of 1")
+    raise BuildError(f"{source.source}: output {name!r} has no batch axis: it is {shape} for one input and "
+                     f"{'x'.join(map(str, pair)) or 'a scalar'} for a batch of two, and edgegen batches requests "
+                     "along the first axis of every output. Export it with the batch as its first axis (no "
+                     "reduction or reshape across the batch), or drop it from the model's outputs")
+
+
+def _refuse_passed_through(source: Graph, tgt: targets.Target, precision: str) -> None:
+    """An output that is a graph input itself (the file lists the input as an output too) builds in fp32 for ONNX
+    Runtime and LiteRT; ONNX Runtime's quantizer and float16 converter and OpenVINO's converter take the two for
+    different tensors of one name."""
+    inputs = {s.name for s in source.inputs}
+    passed = [s.name for s in source.outputs if s.name in inputs]
+    if passed and (precision != "fp32" or tgt.backend not in ("onnxruntime", "tflite")):
+        raise BuildError(f"{source.source}: output {passed[0]!r} is the input {passed[0]!r} itself, passed through, "
+                         f"which {precision} builds for {tgt.name} cannot compile (the model's input and output are "
+                         "one tensor). Drop it from the model's outputs (the caller has the input already), or "
+                         "build it in fp32 for an onnxruntime or litert target")
 
 
 FROZEN_BATCH = ("the export froze a batch size into its shape arithmetic (such as `x.view(B, C, H, W)` with B taken "
@@ -476,9 +513,21 @@ def _quantize(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluato
     passes["quantize"] = {"ir": "QDQ ONNX (int8 per-channel symmetric weights, int8 per-tensor activations)",
                           "method": opts.calibration_method, "calibration": calibration.report(),
                           **floor_report, **qdq_summary(getattr(compiler, "lowered_form", lambda m: m)(model))}
+    _refuse_nothing_quantized(graph, passes["quantize"])
     if quantizer.float_note:
         passes["quantize"]["float_by_design"] = quantizer.float_note
     return graph.with_model(model, [f"quantized to int8 QDQ ({opts.calibration_method})"]), passes
+
+
+def _refuse_nothing_quantized(graph: Graph, summary: dict[str, Any]) -> None:
+    """An int8 build in which no op is int8 would ship the float graph under the name int8."""
+    if summary["quantized_ops"]:
+        return
+    ops = ", ".join(f"{op} x{n}" for op, n in summary["float_ops"].items()) or "none"
+    raise BuildError(f"{graph.source}: int8 quantization left every op of the model in float ({ops}): an int8 "
+                     "bundle of it would be the float model. int8 quantizes standard ONNX layers (Conv, "
+                     "ConvTranspose, Gemm, MatMul) and the ops between them; re-export the model with them, or "
+                     "build it in fp32 (or fp16/bf16)")
 
 
 def _back_off_pruning(source: Graph, calibration, opts: BuildOptions, evaluator: Evaluator, report: Progress,
