@@ -15,7 +15,7 @@ from ...graph import Graph
 from ...targets import Target
 from .. import require
 from . import edgetpu, xnnpack
-from .lower import lower
+from .lower import constant_output, lower
 from .ops import RULES
 from .ops.elementwise import FIXED_GRID
 from .prepare import prepare
@@ -50,6 +50,7 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
         why = rule.check(node, p) if rule else "no TFLite lowering for this op"
         if why:
             missing.append((node.name, node.op_type, why))
+    missing += [(name, "Constant", constant_output(name)) for name in (s.name for s in p.outputs) if name in p.consts]
     return missing
 
 

@@ -235,11 +235,19 @@ def lower(p: Prepared, precision: str, delegate: str = "xnnpack") -> Lowered:
     outputs = []
     for spec in p.outputs:
         if spec.name not in lw.values:
-            raise UnsupportedOpError(f"output {spec.name!r} is not computed by any lowered node")
+            raise UnsupportedOpError(constant_output(spec.name) if spec.name in p.consts else
+                                     f"output {spec.name!r} is not computed by any lowered node")
         value = lw.reorder(lw.values[spec.name], None)
         lw.b.outputs.append(value.index)
         outputs.append(_boundary(spec.name, value.nhwc, lw.b.dtype(value.index), value.quant))
     return Lowered(lw.b, inputs, outputs, lw.warnings)
+
+
+def constant_output(name: str) -> str:
+    """Why an output that is a constant of the model cannot be a TFLite output, and what to do."""
+    return (f"output {name!r} is a constant in the model file (computed from no input), and a TFLite model returns "
+            "only tensors its operators compute: drop it from the model's outputs (the application can hold the "
+            "constant itself), or build for an onnxruntime or openvino target, which return it")
 
 
 def _boundary(name: str, nhwc: bool, dtype: str, grid: QParams | None) -> dict:
