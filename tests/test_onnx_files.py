@@ -1,0 +1,179 @@
+"""ONNX files as users have them: IR version 3, files saved by ONNX Runtime's optimizer, odd graph outputs."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import conditional_generator
+from onnx import TensorProto, helper, numpy_helper
+
+from edgegen.build import build
+from edgegen.errors import BuildError, ModelError, UnsupportedOpError
+from edgegen.graph import Graph
+
+RNG = np.random.default_rng(0)
+
+
+def _weight(name: str, *shape: int) -> onnx.TensorProto:
+    """Seeded by its name: the same weights in every model that has it."""
+    values = np.random.default_rng(zlib.crc32(name.encode())).standard_normal(shape) * 0.3
+    return numpy_helper.from_array(values.astype(np.float32), name)
+
+
+def _save(model: onnx.ModelProto, path) -> str:
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _ort(model: onnx.ModelProto | str) -> ort.InferenceSession:
+    """A session of the model as it is (ONNX Runtime's own optimizer would rewrite FusedConv again)."""
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def test_an_ir3_model_with_weights_listed_as_inputs_builds_int8_on_openvino(tmp_path):
+    """IR 3 requires every initializer to be an input; with the weights taken off the inputs the model is IR 4, where
+    ONNX Runtime takes the initializers a later pass adds (the int8 lowering's scales: its scoring session failed)."""
+    inits = [_weight("w1", 8, 3, 3, 3), _weight("b1", 8), _weight("w2", 3, 8, 3, 3), _weight("b2", 3)]
+    nodes = [helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], "conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r"]),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["c2"], "conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c2"], ["out"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])]
+        + [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims)) for t in inits],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    path = _save(model, tmp_path / "ir3.onnx")
+    loaded = Graph.load(path).model
+    assert loaded.ir_version >= 4 and [v.name for v in loaded.graph.input] == ["image"]
+    result = build(path, "x86-openvino", tmp_path / "b", precision="int8", samples=2, calibration_count=4)
+    assert result.manifest["precision"] == "int8" and result.fidelity["psnr_db"] > 30
+
+
+FUSED_ACTIVATIONS = [("Relu", []), ("Tanh", []), ("Sigmoid", []), ("Silu", []), ("LeakyRelu", [0.2]),
+                     ("HardSigmoid", [0.3, 0.4]), ("Clip", [-0.5, 0.7]), (None, [])]
+
+
+def _ort_optimized(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], out_shape: list) -> onnx.ModelProto:
+    """A model as ONNX Runtime's optimizer saves one (contrib ops in com.microsoft)."""
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1),
+                                                   helper.make_opsetid("com.microsoft.nchwc", 1)])
+
+
+def _fused_conv(activation: str | None, params: list[float], summand: bool = False) -> onnx.ModelProto:
+    attrs = {"activation": activation, "activation_params": params} if activation else {}
+    if activation and not params:
+        del attrs["activation_params"]
+    inputs = ["image", "w", "b"] + (["image"] if summand else [])
+    node = helper.make_node("FusedConv", inputs, ["out"], "/head/Conv", domain="com.microsoft", pads=[1, 1, 1, 1],
+                            kernel_shape=[3, 3], **attrs)
+    return _ort_optimized([node], [_weight("w", 3, 3, 3, 3), _weight("b", 3)], ["N", 3, 8, 8])
+
+
+@pytest.mark.parametrize("activation, params", FUSED_ACTIVATIONS)
+def test_fused_conv_is_written_as_conv_and_its_activation(tmp_path, activation, params):
+    """FusedConv becomes the Conv (keeping the node's name) and its activation: the same outputs as ONNX Runtime
+    gives for the file, its MACs counted, and an output range read from the activation."""
+    path = _save(_fused_conv(activation, params), tmp_path / "fused.onnx")
+    graph = Graph.load(path)
+    assert all(n.domain in ("", "ai.onnx") for n in graph.model.graph.node)
+    assert graph.model.graph.node[0].op_type == "Conv" and graph.model.graph.node[0].name == "/head/Conv"
+    assert sum(c.macs for c in graph.node_costs()) == 3 * 8 * 8 * 3 * 3 * 3
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32) * 3
+    if activation == "Silu":  # x * sigmoid(x) of the conv (this ONNX Runtime's FusedConv does not take Silu yet)
+        (conv,) = _ort(_fused_conv(None, [])).run(None, {"image": x})
+        want = conv / (1 + np.exp(-conv))
+    else:
+        (want,) = _ort(path).run(None, {"image": x})
+    np.testing.assert_allclose(_ort(graph.model).run(None, {"image": x})[0], want, atol=1e-5)
+    if activation in ("Tanh", "Sigmoid"):
+        assert graph.outputs[0].range == ([-1.0, 1.0] if activation == "Tanh" else [0.0, 1.0])
+
+
+def test_fused_conv_with_a_summand_and_fused_gemm(tmp_path):
+    """FusedConv's fourth input is added before the activation; FusedGemm is a Gemm and its activation."""
+    path = _save(_fused_conv("LeakyRelu", [0.1], summand=True), tmp_path / "sum.onnx")
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_ort(Graph.load(path).model).run(None, {"image": x})[0],
+                               _ort(path).run(None, {"image": x})[0], atol=1e-6)
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"]),
+             helper.make_node("FusedGemm", ["flat", "fw", "fb"], ["out"], "/fc/Gemm", domain="com.microsoft",
+                              transB=1, activation="HardSigmoid", activation_alpha=0.3, activation_beta=0.4)]
+    path = _save(_ort_optimized(nodes, [_weight("fw", 10, 192), _weight("fb", 10)], ["N", 10]), tmp_path / "gemm.onnx")
+    graph = Graph.load(path)
+    assert [n.op_type for n in graph.model.graph.node][1:] == ["Gemm", "HardSigmoid"]  # Flatten: a Reshape
+    np.testing.assert_allclose(_ort(graph.model).run(None, {"image": x})[0], _ort(path).run(None, {"image": x})[0],
+                               atol=1e-6)
+
+
+def test_onnx_runtimes_layout_ops_are_refused_at_load_naming_node_and_op(tmp_path):
+    nodes = [helper.make_node("ReorderInput", ["image"], ["blocked"], "ReorderInput", domain="com.microsoft.nchwc"),
+             helper.make_node("ReorderOutput", ["blocked"], ["out"], "ReorderOutput", domain="com.microsoft.nchwc",
+                              channels=3)]
+    path = _save(_ort_optimized(nodes, [], ["N", 3, 8, 8]), tmp_path / "nchwc.onnx")
+    with pytest.raises(ModelError, match=r"'ReorderInput' \(com\.microsoft\.nchwc\.ReorderInput\).*ORT_ENABLE_BASIC"):
+        Graph.load(path)
+
+
+def test_an_int8_build_that_quantizes_no_op_is_refused_saying_why(tmp_path):
+    nodes = [helper.make_node("Softplus", ["image"], ["s"]), helper.make_node("Neg", ["s"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 8, 8])])
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "plain.onnx")
+    with pytest.raises(BuildError, match=r"left every op of the model in float \(Softplus x1, Neg x1\).*fp32"):
+        build(path, "x86-onnxruntime", tmp_path / "b", precision="int8", samples=2, calibration_count=2)
+    assert not (tmp_path / "b").exists()
+
+
+def _with_output(model: onnx.ModelProto, value: onnx.ValueInfoProto, init: onnx.TensorProto | None = None):
+    if init is not None:
+        model.graph.initializer.append(init)
+    model.graph.output.append(value)
+    return model
+
+
+def test_an_input_also_listed_as_output_keeps_its_name_and_builds_in_fp32(tmp_path):
+    model = _with_output(conditional_generator(extras=False),
+                         helper.make_tensor_value_info("latent", TensorProto.FLOAT, ["N", 16]))
+    path = _save(model, tmp_path / "through.onnx")
+    graph = Graph.load(path)
+    assert [s.name for s in graph.inputs] == ["latent", "label"] and graph.outputs[1].name == "latent"
+    assert graph.outputs[1].default_shape == [1, 16]
+    result = build(path, "x86-onnxruntime", tmp_path / "b", precision="fp32", samples=2)
+    assert result.fidelity["max_abs"] == 0
+    with pytest.raises(BuildError, match=r"output 'latent' is the input 'latent' itself.*Drop it"):
+        build(path, "x86-openvino", tmp_path / "b2", precision="fp32", samples=2)
+
+
+def test_a_constant_output_without_a_batch_axis_is_refused_naming_it(tmp_path):
+    model = _with_output(conditional_generator(extras=False),
+                         helper.make_tensor_value_info("table", TensorProto.FLOAT, [10, 4]), _weight("table", 10, 4))
+    with pytest.raises(BuildError, match=r"output 'table' is a constant in the file \(10x4.*Drop it"):
+        build(_save(model, tmp_path / "table.onnx"), "x86-onnxruntime", tmp_path / "b", samples=2)
+
+
+def test_a_tensor_listed_twice_as_output_is_refused_naming_it(tmp_path):
+    model = conditional_generator(extras=False)
+    model.graph.output.append(onnx.ValueInfoProto.FromString(model.graph.output[0].SerializeToString()))
+    with pytest.raises(ModelError, match=r"output 'image' is listed 2 times.*List it once"):
+        Graph.load(_save(model, tmp_path / "twice.onnx"))
+
+
+def test_a_constant_image_output_on_litert_names_the_file_output_and_what_to_do(tmp_path):
+    background = numpy_helper.from_array(np.full((1, 3, 8, 8), 0.25, np.float32), "bg")
+    model = _with_output(conditional_generator(extras=False),
+                         helper.make_tensor_value_info("bg", TensorProto.FLOAT, [1, 3, 8, 8]), background)
+    path = _save(model, tmp_path / "bg.onnx")
+    with pytest.raises(UnsupportedOpError, match=r"bg\.onnx.*output 'bg' is a constant in the model file.*drop it"):
+        build(path, "x86-litert", tmp_path / "b", precision="fp32", samples=2)
