@@ -161,6 +161,36 @@ def test_squeeze_excite_pooling_by_reduce_mean_follows_the_producer(tmp_path, op
     assert _weight(pruned, "s2").shape == (6, 3, 1, 1) and _weight(pruned, "c").shape == (3, 6, 1, 1)
 
 
+def test_channel_means_broadcast_along_w_keep_their_channels(tmp_path):
+    """h * h.mean((2, 3)) with W == C multiplies the [N, C] means along W, not along the channels: they were
+    pruned as channels and the build ended in "pruning produced an invalid ONNX model". (A batch of one: the
+    means' batch axis meets H.)"""
+    rng = np.random.default_rng(14)
+    one = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, c, 8, 8]) for n, c in (("x", 3), ("y", 3))]
+
+    def model(means_of: str, name: str) -> Graph:  # y = c(h * mean(means_of)), an 8x8 map of 8 channels
+        return _graph(tmp_path, [
+            helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["a"], ["h"], name="h"),
+            helper.make_node("Conv", ["x", "wb"], ["b"], name="b", pads=[1, 1, 1, 1]),
+            helper.make_node("ReduceMean", [means_of], ["m"], name="pool", axes=[2, 3], keepdims=0),
+            helper.make_node("Mul", ["h", "m"], ["e"], name="mul"),
+            helper.make_node("Conv", ["e", "wc"], ["y"], name="c", pads=[1, 1, 1, 1]),
+        ], {"wa": _weights(rng, (8, 3, 3, 3), [1, 6]), "ba": _bias(rng, 8, [1, 6]), "wb": _weights(rng, (8, 3, 3, 3)),
+            "wc": _weights(rng, (3, 8, 3, 3))}, one[:1], one[1:], name=name)
+
+    other = model("b", "other")  # b's means: a's channels still prune
+    pruned, report = prune(other, 0.25, load_calibration(other.inputs, None, 4))
+    feeds = load_calibration(other.inputs, None, 1).feeds
+    np.testing.assert_allclose(_run(pruned.model, feeds), _run(other.model, feeds), atol=2e-4)
+    assert [g["layers"] for g in report["groups"]] == [["a"]] and _weight(pruned, "c").shape == (3, 6, 3, 3)
+    broadcast = "Mul node 'mul' broadcasts the channels of 'm' along axis 3 of its output, not its channel axis"
+    assert next(g["reasons"] for g in report["excluded"] if g["layers"] == ["b"]) == [broadcast]
+    own = model("h", "own")
+    with pytest.raises(BuildError, match=f"no prunable channels: .*{broadcast}"):
+        prune(own, 0.25, load_calibration(own.inputs, None, 4))
+
+
 def test_conv_transpose_and_instance_norm(tmp_path):
     rng = np.random.default_rng(3)
     up = {"strides": [2, 2], "pads": [1, 1, 1, 1]}

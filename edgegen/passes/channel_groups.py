@@ -394,6 +394,10 @@ class _Walker:
         self.cg.layouts[node.output[0]] = Layout(tuple(segments))
 
     def elementwise(self, i: int, node: onnx.NodeProto) -> None:
+        """Ties the operands whose channel axis meets the output's (broadcasting aligns trailing axes); constants
+        there follow the channels. An operand whose channels meet another axis of the output (an [N, C] map times
+        an [N, C, H, W] one with W == C broadcasts along W) keeps them; a computed operand whose other axis meets
+        the output's channels leaves nothing here prunable."""
         out = self.shape(node.output[0])
         if not out or len(out) < 2:
             return self.opaque(node)
@@ -402,15 +406,23 @@ class _Walker:
             shape = self.shape(name) if name else []
             if shape is None:
                 return self.opaque(node)
-            axis = 1 - (rank - len(shape))
-            if axis < 0 or shape[axis] == 1:
-                continue  # broadcast along channels
+            axis = 1 - (rank - len(shape))  # the operand's axis that meets the output's channel axis
+            meets = axis >= 0 and shape[axis] != 1
             if name in self.consts:
-                params.append((slot, axis))
-            elif name in self.cg.layouts:
-                tied.append(self.cg.layouts[name])
-            else:
+                params += [(slot, axis)] if meets else []
+                continue
+            layout = self.cg.layouts.get(name)
+            if layout is not None and axis != 1 and len(shape) > 1 and shape[1] != 1:
+                self.cg.exclude(layout, f"{node.op_type} node {node.name!r} broadcasts the channels of {name!r} "
+                                        f"along axis {rank - len(shape) + 1} of its output, not its channel axis")
+            if not meets:
+                continue
+            if layout is None:
                 return self.opaque(node)
+            if axis != 1:
+                return self.opaque(node, f"{node.op_type} node {node.name!r} broadcasts axis {axis} of {name!r}, not "
+                                         "its channels, along the channels of its output")
+            tied.append(layout)
         layout = self.unify(node, tied) if tied else None
         if layout is None:
             return self.fresh(node.output[0], f"output of {node.op_type} node {node.name!r}")
