@@ -9,12 +9,15 @@ order, each tensor gets a `Layout`: the spaces its channel axis (axis 1) is made
 - Add/Mul/... of two tensors ties them: their spaces are merged (same channel indices);
 - Concat on axis 1 lays the inputs' spaces side by side, so each input keeps its own offset;
 - Gemm/MatMul followed by Reshape to [N, C, H, W] makes a space of C channels of H*W features each;
+- a Reshape/Flatten/Squeeze/Unsqueeze that keeps the batch axis and one entry of axis 1 per channel passes
+  the layout through (a squeeze-excite gate's [N, C] -> [N, C, 1, 1]);
 - a layer reading channels (Conv groups=1, ConvTranspose groups=1, Gemm, MatMul) is a *consumer*:
   its input axis of weights follows the layout (and it is what least squares can refit).
 
-Anything else (graph inputs and outputs, grouped convolutions, DepthToSpace, Reshape/Slice/Flatten,
-ops not listed) marks the spaces it touches as excluded, with the reason. Merged spaces form a
-*group*: one set of channel indices kept or removed in every member at once.
+Anything else (graph inputs and outputs, grouped convolutions, DepthToSpace, Slice, a Reshape that regroups
+channels, an operand whose channels broadcast along another axis, ops not listed) marks the spaces it
+touches as excluded, with the reason. Merged spaces form a *group*: one set of channel indices kept or
+removed in every member at once.
 """
 
 from __future__ import annotations
@@ -186,7 +189,8 @@ class _Walker:
         self.rules = {"Conv": self.conv, "ConvTranspose": self.conv_transpose, "Gemm": self.gemm,
                       "MatMul": self.matmul, "Concat": self.concat, "Reshape": self.reshape, "Pad": self.pad,
                       "Resize": self.resize, "Clip": self.clip, "BatchNormalization": self.norm,
-                      "InstanceNormalization": self.norm}
+                      "InstanceNormalization": self.norm, "Squeeze": self.squeeze, "Unsqueeze": self.squeeze,
+                      "Flatten": self.flatten}
 
     def run(self) -> ChannelGraph:
         for value in self.graph.input:
@@ -361,13 +365,75 @@ class _Walker:
         return found.pop() if len(found) == 1 else (features, 1)
 
     def reshape(self, i: int, node: onnx.NodeProto) -> None:
-        x, shape = self.data_layout(node), self.constant(node, 1)
-        if x is not None and shape is not None and len(shape) == 4 and len(x.segments) == 1 and \
-                x.block > 1 and shape[1] == x.channels and shape[2] * shape[3] == x.block:
-            self.cg.layouts[node.output[0]] = Layout(x.segments)
-            self.cg.shape_entries.append(ShapeEntry(i, 1, Layout(x.segments)))
+        """Whole channels where the batch axis stays first and axis 1 holds one entry per channel: a latent
+        projection's [N, C*H*W] -> [N, C, H, W], a squeeze-excite gate's [N, C] -> [N, C, 1, 1]. The constant
+        shape's entry 1 then follows the channel count."""
+        shape, inp = self.constant(node, 1), self.shape(node.input[0]) or [None]
+        if shape is None:
+            return self.opaque(node, f"Reshape node {node.name!r} has a computed shape")
+        dims = [int(d) for d in np.ravel(shape)]
+        why = self.regroup(node, same_axis1=False)
+        if why is None and dims[0] not in ((-1, inp[0]) if attribute(node, "allowzero", 0) else (-1, 0, inp[0])):
+            why = f"Reshape node {node.name!r} does not keep the batch axis (shape {dims})"
+        if why is None and -1 in dims[1:]:
+            why = f"Reshape node {node.name!r} infers a non-batch axis (shape {dims}), which edgegen does not re-count"
+        layout = self.reshaped(node, why)
+        if layout is not None:
+            self.cg.shape_entries.append(ShapeEntry(i, 1, layout))
+
+    def squeeze(self, i: int, node: onnx.NodeProto) -> None:
+        """Squeeze / Unsqueeze of axes after the channel axis move no channel (a gate's [N, C] -> [N, C, 1, 1])."""
+        axes, computed = self.axes(node)
+        rank = len(self.shape(node.input[0] if node.op_type == "Squeeze" else node.output[0]) or [])
+        what = f"{node.op_type} node {node.name!r}"
+        if computed:
+            why = f"{what} has computed axes"
+        elif not rank:
+            why = f"the shapes around {what} are unknown"
+        elif not axes:
+            why = f"{what} removes every axis of size 1, a batch of one included"
+        elif any(a % rank < 2 for a in axes):
+            why = f"{what} changes the batch or channel axis (axes {axes})"
         else:
-            self.opaque(node, f"Reshape node {node.name!r} regroups channels")
+            why = self.regroup(node, same_axis1=True)
+        self.reshaped(node, why)
+
+    def flatten(self, i: int, node: onnx.NodeProto) -> None:
+        """Flatten at axis 1 moves no channel where the axes it folds into axis 1 are all of size 1."""
+        rank = len(self.shape(node.input[0]) or [])
+        why = self.regroup(node, same_axis1=True) if rank and attribute(node, "axis", 1) % rank == 1 else \
+            f"Flatten node {node.name!r} folds the channel axis into the batch axis"
+        self.reshaped(node, why)
+
+    def regroup(self, node: onnx.NodeProto, same_axis1: bool) -> str | None:
+        """Why a node that only reshapes its data (elements in order) does not keep whole channels; None where
+        its output's axis 1 holds one entry per channel (or, `same_axis1`, as many as the input's did) and the
+        batch axis is kept; "" where its input has no channel layout."""
+        x, inp, out = self.data_layout(node), self.shape(node.input[0]), self.shape(node.output[0])
+        what = f"{node.op_type} node {node.name!r}"
+        if x is None:
+            return ""
+        if not inp or not out or None in inp[1:] + out[1:]:
+            return f"the shapes around {what} are unknown"
+        if len(out) < 2 or int(np.prod(inp[1:])) != int(np.prod(out[1:])):
+            return f"{what} moves elements across the batch axis ({inp} -> {out})"
+        if out[1] == x.channels or (same_axis1 and out[1] == inp[1]):
+            return None
+        if out[1] == inp[1]:
+            return f"{what} keeps {x.block} entries of axis 1 per channel, where edgegen re-counts a shape's entry 1 " \
+                   "only at one entry per channel"
+        return f"{what} regroups channels: axis 1 goes from {inp[1]} to {out[1]} entries ({x.channels} channels)"
+
+    def reshaped(self, node: onnx.NodeProto, why: str | None) -> Layout | None:
+        """Where `why` is None (see `regroup`), the output's layout: the input's channels, each over out[1] /
+        channels entries of axis 1; else None and the node excluded for `why`."""
+        if why is not None:
+            self.opaque(node, why or None)
+            return None
+        x, out = self.cg.layouts[node.input[0]], self.shape(node.output[0])
+        layout = Layout(x.segments, out[1] // x.channels)
+        self.cg.layouts[node.output[0]] = layout
+        return layout
 
     def concat(self, i: int, node: onnx.NodeProto) -> None:
         rank = len(self.shape(node.output[0]) or [])
@@ -460,17 +526,24 @@ class _Walker:
     def reduce(self, node: onnx.NodeProto) -> None:
         """Per channel when the axes (an attribute before opset 18, an input after) are all spatial."""
         rank = len(self.shape(node.input[0]) or [])
+        axes, computed = self.axes(node)
+        if computed:
+            return self.opaque(node, f"{node.op_type} node {node.name!r} has computed axes")
+        if axes is None or len(axes) == 0:
+            return self.passthrough(node) if attribute(node, "noop_with_empty_axes", 0) else \
+                self.opaque(node, f"{node.op_type} node {node.name!r} reduces every axis, channels included")
+        if rank < 2 or any(a % rank < 2 for a in axes):
+            return self.opaque(node, f"{node.op_type} node {node.name!r} reduces the batch or channel axis")
+        self.passthrough(node)
+
+    def axes(self, node: onnx.NodeProto) -> tuple[list[int] | None, bool]:
+        """(axes, computed): the `axes` attribute (older opsets) or constant input 1; None where neither is given."""
         axes = attribute(node, "axes", None)
         if axes is None and len(node.input) > 1 and node.input[1]:
             axes = self.constant(node, 1)
             if axes is None:
-                return self.opaque(node, f"{node.op_type} node {node.name!r} has computed axes")
-        if axes is None or len(axes) == 0:
-            return self.passthrough(node) if attribute(node, "noop_with_empty_axes", 0) else \
-                self.opaque(node, f"{node.op_type} node {node.name!r} reduces every axis, channels included")
-        if rank < 2 or any(int(a) % rank < 2 for a in np.ravel(axes)):
-            return self.opaque(node, f"{node.op_type} node {node.name!r} reduces the batch or channel axis")
-        self.passthrough(node)
+                return None, True
+        return (None if axes is None else [int(a) for a in np.ravel(axes)]), False
 
     def clip(self, i: int, node: onnx.NodeProto) -> None:
         bounds = [n for n in node.input[1:] if n]
