@@ -91,6 +91,44 @@ def test_a_layer_kept_in_float_leaves_every_other_grid_as_all_int8_has_it(tmp_pa
         assert mix and all(all_int8[name] == grid for name, grid in mix.items()), layer
 
 
+def test_an_upsample_whose_scales_are_computed_from_shapes_builds_in_int8(tmp_path):
+    """An opset-10 export of `F.interpolate(h, size=(2 * H, 2 * W))` on a dynamic input computes the Resize's
+    scales in float (output size / input size, after [1, 1]); quantized like data, the channel scale 1.0 came
+    back under 1 and every int8 build failed inside onnxruntime ("C: 7 kernel channels: 8")."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "k1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (3, 8, 3, 3)).astype(np.float32), "k2"),
+             numpy_helper.from_array(np.array([2], np.int64), "two"), numpy_helper.from_array(np.array([4], np.int64),
+                                                                                              "four"),
+             numpy_helper.from_array(np.array([1.0, 1.0], np.float32), "ones")]
+    nodes = [helper.make_node("Conv", ["image", "k1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["h"]),
+             helper.make_node("Shape", ["image"], ["in_shape"]),
+             helper.make_node("Slice", ["in_shape", "two", "four"], ["in_hw"]),
+             helper.make_node("Cast", ["in_hw"], ["in_hw_f"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["in_hw_f", "in_hw_f"], ["out_hw_f"]),
+             helper.make_node("Shape", ["h"], ["h_shape"]),
+             helper.make_node("Slice", ["h_shape", "two", "four"], ["h_hw"]),
+             helper.make_node("Cast", ["h_hw"], ["h_hw_f"], to=TensorProto.FLOAT),
+             helper.make_node("Div", ["out_hw_f", "h_hw_f"], ["ratio"]),
+             helper.make_node("Concat", ["ones", "ratio"], ["scales"], axis=0),
+             helper.make_node("Resize", ["h", "scales"], ["up"], mode="nearest"),
+             helper.make_node("Conv", ["up", "k2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c2"], ["out"])]
+    graph = helper.make_graph(nodes, "interp", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                              ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, "H2", "W2"])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)]), str(tmp_path / "up.onnx"))
+    loaded = Graph.load(tmp_path / "up.onnx", input_shapes={"image": [1, 3, 16, 16]})
+    from edgegen.passes.quantize import shape_arithmetic
+
+    assert {"Add", "Div", "Concat"} <= {n.op_type for n in loaded.model.graph.node
+                                        if n.name in shape_arithmetic(loaded.model)}
+    result = build(tmp_path / "up.onnx", "x86-onnxruntime", tmp_path / "b", precision="int8", samples=4,
+                   graph_options={"input_shapes": {"image": [1, 3, 16, 16]}})
+    assert result.fidelity["psnr_db"] > 40 and result.manifest["passes"]["quantize"]["quantized_ops"]["Conv"] == 2
+
+
 def test_a_layer_kept_in_float_between_int8_neighbours_is_counted_float():
     """A conv kept in float for the floor can read a DequantizeLinear and feed a QuantizeLinear (its neighbours
     stay int8) while its weights stay float: it was counted as quantized, against the report's own list of

@@ -46,6 +46,10 @@ ACTIVATIONS = ("HardSwish", "HardSigmoid")
 # artifact take float input and split an Edge TPU graph at its first op. One on a latent input, or whose result
 # a float op reads, stays float (see _subs_left_float), a float chain the NPU's host runs.
 ARITHMETIC = ("Sub",)
+# the inputs (by position) that ops read as parameters (sizes, shapes, bounds, axes), not as data to quantize
+PARAMETER_INPUTS = {"Resize": (1, 2, 3), "Upsample": (1,), "Reshape": (1,), "Slice": (1, 2, 3, 4), "Expand": (1,),
+                    "Tile": (1,), "Pad": (1, 2, 3), "ConstantOfShape": (0,), "Range": (0, 1, 2), "Squeeze": (1,),
+                    "Unsqueeze": (1,), "Split": (1,), "CenterCropPad": (1,), "Col2Im": (1, 2)}
 FAINT_SOFTMAX = 0.25  # a Softmax whose calibrated outputs stay below this (64 of 255 steps) stays in float
 
 
@@ -94,7 +98,7 @@ class Quantizer:
         self.faint_softmaxes = _faint_softmaxes(self.model, self.ranges)
         self.clips_off_zero = _clips_off_zero(self.model)
         self.float_only = self.grouped_transposed + self.faint_softmaxes + self.clips_off_zero  # never quantized
-        self._unlisted = _subs_left_float(self.model, self.op_types, chain)
+        self._unlisted = _subs_left_float(self.model, self.op_types, chain) + shape_arithmetic(self.model)
         self._int8_grids: dict[str, list[dict[str, np.ndarray]]] | None = None  # see emit
 
     @property
@@ -219,6 +223,25 @@ def _divisions_as_products(model: onnx.ModelProto, chain: set[str]) -> onnx.Mode
             model.graph.initializer.remove(divisor)
         node.op_type, node.input[1] = "Mul", name
     return model
+
+
+def shape_arithmetic(model: onnx.ModelProto) -> list[str]:
+    """Nodes that compute only what other ops read as parameters (a Resize's scales or sizes, a Reshape's
+    shape, a Slice's bounds), never data: an opset-9 export's `F.interpolate(size=(2 * H, 2 * W))` divides the
+    output size by the input's in float and concatenates it with [1, 1] into the Upsample's scales. Quantized,
+    the channel scale 1.0 came back a little under 1 and the Resize gave 7 channels of 8."""
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, index))
+    outputs = {o.name for o in model.graph.output}
+    found: set[int] = set()
+    for node in reversed(model.graph.node):  # topologically sorted: every reader is decided before its producer
+        if node.output and not outputs & set(node.output) and all(
+                readers.get(name) and all(index in PARAMETER_INPUTS.get(reader.op_type, ()) or id(reader) in found
+                                          for reader, index in readers[name]) for name in node.output):
+            found.add(id(node))
+    return [node.name for node in model.graph.node if id(node) in found]
 
 
 def _subs_left_float(model: onnx.ModelProto, op_types: list[str], chain: set[str]) -> list[str]:
