@@ -121,6 +121,9 @@ def _source_path(manifest: dict[str, Any], given: str | None) -> Path:
     if not path.is_file():
         raise BuildError(f"baseline needs the fp32 source model; {path} is not there. Pass it with --source MODEL.")
     if sha256_file(path) == manifest["model"]["source_sha256"]:
+        from .graph_load import read_model
+
+        read_model(path)  # its external data too: a .data file moved away is a ModelError saying where it belongs
         return path
     if given is None:
         raise BuildError(f"{path} changed since the bundle was built (sha256 differs); pass --source explicitly.")

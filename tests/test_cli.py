@@ -205,6 +205,19 @@ def test_bench_with_baseline_writes_json(capsys, caplog, tmp_path, ort_bundle):
     assert code == 0 and "is not the file the bundle was built from" in caplog.text, err
 
 
+def test_bench_baseline_names_a_source_whose_external_data_moved(capsys, tmp_path, cgen_path):
+    """The source file was there and unchanged but its .data file moved: onnx's checker text came back as the
+    benchmark's failure, instead of where the file belongs."""
+    model = onnx.load(str(cgen_path))
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data",
+              size_threshold=0)
+    code, _, err = run(capsys, "build", str(tmp_path / "ext.onnx"), "-t", "x86-onnxruntime", "-o", str(tmp_path / "b"))
+    assert code == 0, err
+    (tmp_path / "ext.onnx.data").rename(tmp_path / "moved.data")
+    code, _, err = run(capsys, "bench", str(tmp_path / "b"), "--baseline", "--runs", "2")
+    assert code == 2 and "its external weight data could not be read" in err and "Keep the .data file next to" in err
+
+
 def test_verbose_logs_each_step_and_not_the_libraries_notes(capsys, tmp_path, cgen_path):
     """-v logged nothing of edgegen's own steps, only onnxscript's notes on every node it did not fold."""
     import logging
