@@ -317,21 +317,21 @@ def test_fixed_batch_models_calibrate_in_padded_chunks(tmp_path):
     assert report["groups"][0]["channels"] == [8, 6] and report["reconstruction"]["layers"]
 
 
-def _two_convs(tmp_path) -> Graph:
-    """Conv (8 channels) -> Relu -> Conv: one prunable group of 8."""
+def _two_convs(tmp_path, channels: int = 8) -> Graph:
+    """Conv (`channels` channels) -> Relu -> Conv: one prunable group."""
     rng = np.random.default_rng(5)
     return _graph(tmp_path, [
         helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["a"], ["r"], name="r"),
         helper.make_node("Conv", ["r", "wb"], ["y"], name="b", pads=[1, 1, 1, 1]),
-    ], {"wa": _weights(rng, (8, 3, 3, 3)), "ba": _bias(rng, 8), "wb": _weights(rng, (3, 8, 3, 3))},
-        [_image("x", 3)], [_image("y", 3)])
+    ], {"wa": _weights(rng, (channels, 3, 3, 3)), "ba": _bias(rng, channels),
+        "wb": _weights(rng, (3, channels, 3, 3))}, [_image("x", 3)], [_image("y", 3)], name=f"two{channels}")
 
 
 def test_a_ratio_that_removes_no_channel_is_refused_and_a_larger_one_refits(tmp_path):
     graph = _two_convs(tmp_path)
     with pytest.raises(BuildError, match=r"--prune 0.01 removes no channel \(its 1 prunable groups have 8-8 "
-                                         r"channels; the smallest ratio that removes one is 0.13\)"):
+                                         r"channels; the smallest ratio that removes one is 0.125\)"):
         prune(graph, 0.01, load_calibration(graph.inputs, None, 8))
     with pytest.raises(BuildError, match=r"no pruning ratio up to 0.1 removes a channel"):
         calibration = load_calibration(graph.inputs, None, 8)
@@ -340,6 +340,26 @@ def test_a_ratio_that_removes_no_channel_is_refused_and_a_larger_one_refits(tmp_
     pruned, report = prune(graph, 0.5, load_calibration(graph.inputs, None, 8))
     quality = report["quality"]
     assert quality["with_reconstruction"]["psnr_db"] > quality["without_reconstruction"]["psnr_db"]
+
+
+def test_a_floor_search_tries_the_ratio_asked_for_and_the_smallest_that_removes_a_channel(tmp_path):
+    """--prune 0.08 --min-psnr 30 on groups of 16 channels said no ratio up to 0.08 removes a channel, the smallest
+    that does being 0.07: the grid held only 0.05, which removes none, and 1/16 = 0.0625 removes one."""
+    graph = _two_convs(tmp_path, 16)
+    calibration = load_calibration(graph.inputs, None, 8)
+    pruner = Pruner(graph, calibration)
+    evaluator = pruner.default_evaluator()
+    _, report = prune_to_floor(graph, calibration, evaluator, QualityFloor(min_psnr=10), max_ratio=0.08)
+    assert report["ratio"] == 0.08 and [t["ratio"] for t in report["search"]["tried"]] == [0.0625, 0.08]
+    assert pruner.smallest_ratio() == 0.0625 and pruner.floor_grid(0.08) == [0.0625, 0.08]
+    assert pruner.floor_grid(0.5) == [0.0625, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
+    with pytest.raises(BuildError, match=r": 0.0625, the smallest ratio that removes any channel, already gives"):
+        prune_to_floor(graph, calibration, evaluator, QualityFloor(min_psnr=200), max_ratio=0.5)
+    with pytest.raises(BuildError, match=r"--prune 0.06 removes no channel .* the smallest ratio that removes one is "
+                                         r"0.0625\)"):
+        prune(graph, 0.06, calibration)
+    wide = _two_convs(tmp_path, 40)  # 32+ channels keep a multiple of 8: the first ratio that removes any takes 8
+    assert Pruner(wide, load_calibration(wide.inputs, None, 4)).smallest_ratio() == 0.2
 
 
 def test_a_refit_that_scores_lower_than_the_plain_pruned_graph_is_not_shipped(tmp_path, monkeypatch):

@@ -71,18 +71,17 @@ def prune(graph: Graph, ratio: float, calibration: Calibration, reconstruct: boo
 
 def prune_to_floor(graph: Graph, calibration: Calibration, evaluator: Evaluator, floor: QualityFloor,
                    max_ratio: float = 0.9, progress: Progress | None = None) -> tuple[Graph, dict[str, Any]]:
-    """The largest ratio on a 0.05 grid (up to max_ratio) whose reconstructed result meets `floor`.
+    """The largest ratio of `Pruner.floor_grid(max_ratio)` whose reconstructed result meets `floor`.
 
     Quality falls with the ratio, so the grid is bisected; every ratio tried is in the report's `search`.
-    Ratios that remove no channel at all are skipped: if the smallest one that does misses the floor,
-    that is an error, not a silently unpruned model.
+    If the smallest ratio that removes a channel misses the floor, that is an error, not a silently
+    unpruned model.
     """
     if not floor:
         raise RequestError("pruning to a quality floor needs --min-psnr and/or --min-ssim")
     _check_ratio(max_ratio)
     pruner = Pruner(graph, calibration, progress)
-    grid = [round(FLOOR_STEP * k, 2) for k in range(1, int(max_ratio / FLOOR_STEP + 1e-9) + 1)] or [max_ratio]
-    grid = [r for r in grid if pruner.keep(r)]  # ratios too small to remove a channel prune nothing
+    grid = pruner.floor_grid(max_ratio)
     if not grid:
         raise BuildError(f"{graph.source}: no pruning ratio up to {max_ratio:g} removes a channel "
                          f"({pruner.smallest_effect()}); give a larger --prune")
@@ -95,7 +94,7 @@ def prune_to_floor(graph: Graph, calibration: Calibration, evaluator: Evaluator,
 
     if not meets(grid[0]):
         raise BuildError(f"{graph.source}: no pruning ratio meets the quality floor ({floor.describe()}): "
-                         f"{grid[0]:.0%}, the smallest ratio that removes any channel, already gives "
+                         f"{grid[0]:g}, the smallest ratio that removes any channel, already gives "
                          f"{search[0]['psnr_db']:.1f} dB / SSIM {search[0]['ssim']:.4f} with reconstruction. Lower "
                          "the floor, calibrate with more representative data, or build without pruning.")
     lo, hi = 0, len(grid)  # grid[lo] meets the floor; grid[hi:] do not
@@ -188,12 +187,27 @@ class Pruner:
         """Kept channel indices per group at the same ratio everywhere (see keep_shares)."""
         return self.keep_shares({g.root: ratio for g in self.prunable})
 
+    def smallest_ratio(self) -> float:
+        """The smallest ratio that removes a channel (k/n of a group of n, rounded up to 4 decimals)."""
+        candidates = sorted({math.ceil(k / g.size * 1e4 - 1e-6) / 1e4 for g in self.prunable
+                             for k in range(1, g.size)})
+        lo, hi = -1, len(candidates) - 1  # removing n - 1 of any group of n removes one; candidates[:lo + 1] do not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self.keep(candidates[mid]) else (mid, hi)
+        return candidates[hi]
+
     def smallest_effect(self) -> str:
-        """The smallest ratio on a 0.01 grid that removes a channel, said for an error message."""
-        first = next(k / 100 for k in range(1, 100) if self.keep(k / 100))  # 0.99 removes one of any group of 2+
+        """The smallest ratio that removes a channel, said for an error message."""
         sizes = sorted(g.size for g in self.prunable)
         return (f"its {len(sizes)} prunable groups have {sizes[0]}-{sizes[-1]} channels; the smallest ratio that "
-                f"removes one is {first:g}")
+                f"removes one is {self.smallest_ratio():g}")
+
+    def floor_grid(self, max_ratio: float) -> list[float]:
+        """The ratios a floor search tries: the multiples of FLOOR_STEP up to `max_ratio`, `max_ratio` itself and
+        the smallest ratio that removes a channel, less those that remove none."""
+        steps = {round(FLOOR_STEP * k, 2) for k in range(1, int(max_ratio / FLOOR_STEP + 1e-9) + 1)}
+        return [r for r in sorted(steps | {max_ratio, self.smallest_ratio()}) if r <= max_ratio and self.keep(r)]
 
     def keep_shares(self, shares: dict[int, float]) -> dict[int, np.ndarray]:
         """Kept channel indices per group root: all but the floor(share x size) least important, at least one;
