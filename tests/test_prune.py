@@ -161,18 +161,23 @@ def test_squeeze_excite_pooling_by_reduce_mean_follows_the_producer(tmp_path, op
     assert _weight(pruned, "s2").shape == (6, 3, 1, 1) and _weight(pruned, "c").shape == (3, 6, 1, 1)
 
 
-@pytest.mark.parametrize("view", ["Reshape", "Unsqueeze"])
-def test_a_squeeze_excite_gate_of_linear_layers_prunes_with_the_trunk_it_multiplies(tmp_path, view):
-    """SENet's gate Linear -> Sigmoid -> view(-1, C, 1, 1) (or [:, :, None, None]) moves no channel: the gated trunk
-    was excluded as "Reshape node ... regroups channels"; its Linear's output rows now go with the trunk's channels."""
+@pytest.mark.parametrize("pool,view", [("ReduceMean", "Reshape"), ("ReduceMean", "Unsqueeze"),
+                                       ("Flatten", "Reshape"), ("Squeeze", "Unsqueeze")])
+def test_a_squeeze_excite_gate_of_linear_layers_prunes_with_the_trunk_it_multiplies(tmp_path, pool, view):
+    """SENet's gate pool -> Linear -> Sigmoid -> view(-1, C, 1, 1) (or [:, :, None, None]) moves no channel: the
+    gated trunk was excluded as "Reshape node ... regroups channels"; its Linear's output rows now go with the
+    trunk's channels. The pool: x.mean((2, 3)), or a GlobalAveragePool flattened or squeezed to [N, C]."""
     rng = np.random.default_rng(13)
     dead = [2, 5]
     to_4d = helper.make_node("Reshape", ["g", "shape"], ["g4"], name="view") if view == "Reshape" else \
         helper.make_node("Unsqueeze", ["g", "axes"], ["g4"], name="view")
+    pooled = [helper.make_node("ReduceMean", ["r"], ["m"], name="pool", axes=[2, 3], keepdims=0)] if \
+        pool == "ReduceMean" else [helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+                                   helper.make_node(pool, ["p"] + (["axes"] if pool == "Squeeze" else []), ["m"])]
     graph = _graph(tmp_path, [
         helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["a"], ["r"], name="r"),
-        helper.make_node("ReduceMean", ["r"], ["m"], name="pool", axes=[2, 3], keepdims=0),  # [N, 8]
+        *pooled,  # [N, 8]
         helper.make_node("Gemm", ["m", "w1", "b1"], ["f1"], name="l1", transB=1),
         helper.make_node("Relu", ["f1"], ["f1r"], name="f1r"),
         helper.make_node("Gemm", ["f1r", "w2", "b2"], ["f2"], name="l2", transB=1),
