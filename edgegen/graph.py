@@ -15,7 +15,7 @@ from . import zoo
 from .errors import ModelError
 from .float16 import float16_io, upcast_float16
 from .host_memory import over_share
-from .graph_load import clean, default_opset, fold_constants, read_model, upgrade_opset
+from .graph_load import clean, default_opset, fold_constants, read_model, unique_node_names, upgrade_opset
 from .inputs import fixed_batch
 from .passes.pixel_unshuffle import pixel_unshuffles_as_space_to_depth
 from .io_forms import TO_NCHW, TO_NHWC, take_boundary_forms
@@ -69,6 +69,7 @@ class Graph:
         path = zoo.resolve(model)
         proto = read_model(path)
         unfused = unfuse_ort_ops(proto, str(path))
+        renamed = unique_node_names(proto)  # the fp32 source runs them too: ONNX Runtime refuses repeated names
         proto, upgraded = upgrade_opset(proto, path)
         if unfused:
             upgraded.insert(0, f"{unfused} ONNX Runtime FusedConv/FusedGemm node(s) written as the standard Conv or "
@@ -84,7 +85,9 @@ class Graph:
             upgraded.append(io_note(forms))
         for name in halves:  # the file's own form, which run() and calibration files may give
             forms.setdefault(name, {}).setdefault("dtype", "float16")
-        if upcast or forms:
+        if renamed:
+            upgraded.append(f"{renamed} node(s) named like an earlier node renamed <name>_<k>")
+        if upcast or forms or renamed:
             reference = copy.deepcopy(proto)
         proto, notes = clean(proto, str(path))
         notes = upgraded + notes
@@ -201,8 +204,7 @@ def _internal_shapes(shapes: dict[str, list[int]], forms: dict[str, dict[str, st
 
 def _default_shapes(model: onnx.ModelProto, given: dict[str, list[int]], origin: str) -> dict[str, list[int]]:
     """Concrete input shapes: batch 1, dynamic spatial dims from metadata or DEFAULT_SPATIAL."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    spatial = [int(v) for v in meta.get("edgegen.default_size", f"{DEFAULT_SPATIAL}x{DEFAULT_SPATIAL}").split("x")]
+    spatial = _default_size(model, origin)
     init = {t.name for t in model.graph.initializer}
     names = [v.name for v in model.graph.input if v.name not in init]
     unknown = sorted(set(given) - set(names))
@@ -247,6 +249,19 @@ def _default_shapes(model: onnx.ModelProto, given: dict[str, list[int]], origin:
                                      f"{'x'.join(['D'] * len(dims))}")
         out[value.name] = shape
     return out
+
+
+def _default_size(model: onnx.ModelProto, origin: str) -> list[int]:
+    """The dynamic spatial dims' default: the model's `edgegen.default_size` metadata (HxW, or one side for a
+    square), else DEFAULT_SPATIAL."""
+    text = next((p.value for p in model.metadata_props if p.key == "edgegen.default_size"), None)
+    if text is None:
+        return [DEFAULT_SPATIAL, DEFAULT_SPATIAL]
+    parts = text.strip().lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return [int(parts[0]), int(parts[-1])]
+    raise ModelError(f"{origin}: model metadata edgegen.default_size {text!r} is not a size: give it as HxW (e.g. "
+                     "64x64) or one side for a square (64), each a whole number >= 1")
 
 
 def _check_names(model: onnx.ModelProto, shapes: dict, roles: dict, origin: str) -> None:

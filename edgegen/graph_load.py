@@ -53,6 +53,12 @@ def read_model(path: str | Path) -> onnx.ModelProto:
             "file. Copy the .data file again whole, or re-export the model."
         ) from None
     except (FileNotFoundError, OSError, onnx.checker.ValidationError) as exc:
+        if "symbolic link" in str(exc):  # onnx's guard against a model pointing its weights at other files
+            raise ModelError(
+                f"{path}: its external weight data is a symbolic link, which onnx does not follow ({first_line(exc)}), "
+                "as in a Hugging Face hub cache (snapshots/ link into blobs/). Copy the files themselves into one "
+                "folder (cp -L MODEL.onnx MODEL.onnx.data DIR/), or download with hf_hub_download(..., local_dir=DIR)."
+            ) from None
         raise ModelError(
             f"{path}: its external weight data could not be read ({exc}). Keep the .data file next to the "
             ".onnx file under the name the model refers to."
@@ -74,9 +80,51 @@ def read_model(path: str | Path) -> onnx.ModelProto:
             f"{path}: ONNX opset {opset} is newer than the supported range {MIN_OPSET}-{MAX_OPSET}. Re-export "
             f"with e.g. torch.onnx.export(..., opset_version={UPGRADE_OPSET})."
         )
+    _densify_sparse_initializers(model)
     _check_weights_present(model, path)
     _refuse_repeated_outputs(model, path)
     return model
+
+
+def _densify_sparse_initializers(model: onnx.ModelProto) -> None:
+    """Weights stored as sparse initializers (ONNX's COO form) as ordinary ones: the clean-up and every backend
+    read `graph.initializer` only."""
+    graph = model.graph
+    for sparse in graph.sparse_initializer:
+        values = numpy_helper.to_array(sparse.values).reshape(-1)
+        indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+        dense = np.zeros(int(np.prod(sparse.dims)), values.dtype)
+        flat = indices.reshape(-1) if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), tuple(sparse.dims))
+        dense[flat] = values
+        graph.initializer.append(numpy_helper.from_array(dense.reshape(tuple(sparse.dims)), sparse.values.name))
+    del graph.sparse_initializer[:]
+
+
+def unique_node_names(model: onnx.ModelProto) -> int:
+    """Give a node whose name another node has already a name of its own (`<name>_<k>`): ONNX Runtime refuses a
+    graph with two nodes of one name, and messages name nodes. Returns how many were renamed."""
+    seen = {n.name for n in model.graph.node}
+    used: set[str] = set()
+    renamed = 0
+    for node in model.graph.node:
+        if node.name and node.name in used:
+            k = 1
+            while f"{node.name}_{k}" in seen:
+                k += 1
+            node.name = f"{node.name}_{k}"
+            seen.add(node.name)
+            renamed += 1
+        used.add(node.name)
+    return renamed
+
+
+def _negative_dims_unknown(model: onnx.ModelProto) -> None:
+    """An input or output dim declared -1 (as some converters write a dynamic one; ONNX Runtime reads it so) as
+    an unknown dim."""
+    for value in [*model.graph.input, *model.graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.Clear()
 
 
 def _refuse_repeated_outputs(model: onnx.ModelProto, path: Path) -> None:
@@ -194,6 +242,7 @@ def clean(model: onnx.ModelProto, origin: str) -> tuple[onnx.ModelProto, list[st
     nodes_before = len(model.graph.node)
     for i, node in enumerate(model.graph.node):
         node.name = node.name or f"{node.op_type}_{i}"
+    _negative_dims_unknown(model)
     declared = {o.name: _dims(o) for o in model.graph.output}
     _refuse_training_mode(model, origin)
     _weights_not_inputs(model, notes)
