@@ -188,8 +188,24 @@ _INDEX_KEEPING_OPS = ("Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Ide
 
 
 def _num_classes(name: str, graph: onnx.GraphProto, init: dict, meta: dict) -> int | None:
-    if "edgegen.num_classes" in meta:
-        return int(meta["edgegen.num_classes"])
+    """The label's class count: the model's `edgegen.num_classes` metadata (at most the rows of the table the
+    label indexes), else those rows."""
+    table = _table_classes(name, graph, init)
+    if "edgegen.num_classes" not in meta:
+        return table
+    text = meta["edgegen.num_classes"]
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ModelError(f"model metadata edgegen.num_classes {text!r} is not a class count: give a whole number "
+                         ">= 1 (e.g. 10), or leave it out and edgegen reads the count from the label's embedding table")
+    if table is not None and int(text) > table:
+        raise ModelError(f"model metadata edgegen.num_classes says {int(text)} classes, but the table label "
+                         f"{name!r} indexes has {table} rows: a label from {table} on has no row. Set it to at most "
+                         f"{table}, or leave it out")
+    return int(text)
+
+
+def _table_classes(name: str, graph: onnx.GraphProto, init: dict) -> int | None:
+    """The rows of the embedding table (or the depth of the OneHot) the label indexes, where it does."""
     names = {name}
     for node in graph.node:
         # an int32 label cast to int64 for its lookup; an [N, 1] label flattened first (`emb(label.view(-1))`)
