@@ -177,3 +177,68 @@ def test_a_constant_image_output_on_litert_names_the_file_output_and_what_to_do(
     path = _save(model, tmp_path / "bg.onnx")
     with pytest.raises(UnsupportedOpError, match=r"bg\.onnx.*output 'bg' is a constant in the model file.*drop it"):
         build(path, "x86-litert", tmp_path / "b", precision="fp32", samples=2)
+
+
+def test_a_batch_dim_declared_minus_one_is_dynamic(tmp_path):
+    model = conditional_generator(extras=False)
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].Clear()
+        value.type.tensor_type.shape.dim[0].dim_value = -1
+    graph = Graph.load(_save(model, tmp_path / "minus1.onnx"))
+    assert all(s.shape[0] is None and s.default_shape[0] == 1 for s in graph.inputs + graph.outputs)
+
+
+def test_sparse_initializers_are_read_as_weights(tmp_path):
+    model = conditional_generator(extras=False)
+    bias = next(t for t in model.graph.initializer if t.name == "head_b")
+    values = numpy_helper.to_array(bias)
+    model.graph.initializer.remove(bias)
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(
+        numpy_helper.from_array(values[1:], "head_b"), numpy_helper.from_array(np.array([1, 2], np.int64)), [3]))
+    graph = Graph.load(_save(model, tmp_path / "sparse.onnx"))
+    dense = {t.name: numpy_helper.to_array(t) for t in graph.model.graph.initializer}
+    assert not graph.model.graph.sparse_initializer
+    np.testing.assert_array_equal(dense["head_b"], [0, *values[1:]])
+
+
+def test_repeated_node_names_are_made_unique_and_the_model_builds(tmp_path):
+    model = conditional_generator(extras=False)
+    for node in model.graph.node:
+        node.name = "node"
+    path = _save(model, tmp_path / "dupnames.onnx")
+    graph = Graph.load(path)
+    assert len({n.name for n in graph.model.graph.node}) == len(graph.model.graph.node)
+    assert build(path, "x86-onnxruntime", tmp_path / "b", samples=2).fidelity["max_abs"] == 0
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("edgegen.default_size", "0x0", r"edgegen.default_size '0x0' is not a size: give it as HxW"),
+    ("edgegen.default_size", "big", r"edgegen.default_size 'big' is not a size"),
+    ("edgegen.num_classes", "ten", r"edgegen.num_classes 'ten' is not a class count"),
+    ("edgegen.num_classes", "1000", r"says 1000 classes, but the table label 'label' indexes has 10 rows"),
+])
+def test_malformed_or_impossible_metadata_is_refused_naming_key_and_value(tmp_path, key, value, message):
+    model = conditional_generator(extras=False)
+    helper.set_model_props(model, {key: value})
+    with pytest.raises(ModelError, match=message):
+        Graph.load(_save(model, tmp_path / "meta.onnx"))
+
+
+def test_default_size_metadata_may_give_one_side_of_a_square(tmp_path):
+    inits = [_weight("w", 3, 3, 3, 3)]
+    graph = helper.make_graph([helper.make_node("Conv", ["image", "w"], ["out"], pads=[1, 1, 1, 1])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, "H", "W"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, {"edgegen.default_size": "32"})
+    assert Graph.load(_save(model, tmp_path / "square.onnx")).inputs[0].default_shape == [1, 3, 32, 32]
+
+
+def test_external_data_behind_a_symbolic_link_is_refused_saying_how_to_copy_it(tmp_path):
+    onnx.save(conditional_generator(extras=False), str(tmp_path / "gen.onnx"), save_as_external_data=True,
+              location="gen.onnx.data", size_threshold=0)
+    (tmp_path / "snapshot").mkdir()
+    (tmp_path / "snapshot" / "gen.onnx").symlink_to(tmp_path / "gen.onnx")
+    (tmp_path / "snapshot" / "gen.onnx.data").symlink_to(tmp_path / "gen.onnx.data")
+    with pytest.raises(ModelError, match=r"is a symbolic link, which onnx does not follow.*cp -L"):
+        Graph.load(tmp_path / "snapshot" / "gen.onnx")
