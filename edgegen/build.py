@@ -404,11 +404,17 @@ def _warn_outside_range(source: Graph, expected: dict[str, np.ndarray]) -> None:
         margin = (hi - lo) * OUTSIDE_MARGIN
         outside = float(np.mean((values < lo - margin) | (values > hi + margin)))
         if outside > OUTSIDE_SHARE:
+            # an image input whose range nothing declared was fed [0, 1] too: a model of pixel units (0..255)
+            # was then built and scored on inputs it never sees (52 dB reported, 18 dB on real pictures)
+            assumed = "".join(f"; the held-out inputs of {i.name!r} were drawn in [{i.range[0]:g}, {i.range[1]:g}], "
+                              f"assumed ({i.range_assumed}): if the model takes other values (0..255 pixels), give "
+                              "them with --input-range LO,HI too" for i in source.inputs
+                              if i.role == "image" and i.range and i.range_assumed)
             log.warning("output %r: on the held-out inputs the fp32 source spans %.3g..%.3g, %.0f%% of its values "
                         "outside the range [%g, %g] its 8-bit images use (they clip there; PSNR is measured over the "
                         "wider span the source reaches, so it does not show the clipping); give the real range with "
-                        "--output-range LO,HI", spec.name, float(values.min()), float(values.max()),
-                        100 * outside, lo, hi)
+                        "--output-range LO,HI%s", spec.name, float(values.min()), float(values.max()),
+                        100 * outside, lo, hi, assumed)
 
 
 def _refuse_unsupported(missing: list[tuple[str, str, str]], graph: Graph, tgt: targets.Target) -> None:

@@ -66,6 +66,9 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
         f"on {fid['ran_on']}"
         + _speed_note(lat),
     ]
+    lines[3:3] = [f"  inputs    {i['name']!r}: the held-out inputs were drawn in [{i['range'][0]:g}, {i['range'][1]:g}], "
+                  f"assumed ({i['range_assumed']}); give --input-range LO,HI if the model takes other values (0..255 "
+                  "pixels)" for i in model.get("inputs", []) if i.get("range_assumed") and i.get("range")]
     if lat.get("speed_vs_source", 1.0) < SLOWER and manifest["precision"] != "fp32":
         if _unsteady(lat):
             lines.append(f"  warning   the speed of this {manifest['precision']} artifact against the fp32 source "

@@ -448,12 +448,20 @@ def test_an_unbounded_output_beyond_its_assumed_range_is_warned_about(tmp_path, 
                               [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 16, 16])], [weight])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
-    build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b")
+    built = build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b")
     assert "output 'out': on the held-out inputs the fp32 source spans" in caplog.text
     assert "outside the range [0, 1] its 8-bit images use (they clip there" in caplog.text and "--output-range" in caplog.text
+    # the input's range was assumed too: a fast-style export of pixel units was built and scored on [0, 1] inputs
+    # (52 dB reported, 18 dB on pictures), and neither the warning nor the report said the input's was a guess
+    assert "the held-out inputs of 'image' were drawn in [0, 1], assumed (" in caplog.text
+    assert "--input-range LO,HI too" in caplog.text
+    assert "  inputs    'image': the held-out inputs were drawn in [0, 1], assumed (" in \
+        render_build_report(built.manifest, tmp_path / "b")
     caplog.clear()
-    build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b2", graph_options={"input_range": [0.0, 1.0], "output_range": [0.0, 6.0]})
+    declared = build(tmp_path / "m.onnx", "x86-onnxruntime", tmp_path / "b2",
+                     graph_options={"input_range": [0.0, 1.0], "output_range": [0.0, 6.0]})
     assert "held-out inputs the fp32 source spans" not in caplog.text
+    assert "  inputs  " not in render_build_report(declared.manifest, tmp_path / "b2")
 
 
 def test_held_out_inputs_run_a_few_at_a_time_where_one_batch_would_be_large(tmp_path, cgen_path, monkeypatch):
