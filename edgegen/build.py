@@ -482,7 +482,6 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
             if precision == "int8" and lowerings else None  # a MAC budget holds for what ships
         graph, passes["prune"] = _prune(graph, calibration, opts, evaluator, report, compiled_macs)
     if precision == "int8":
-
         try:
             graph, int8_passes = _quantize(graph, calibration, opts, evaluator, report, lowerings, compiler)
         except FloorNotMet as exc:
@@ -541,11 +540,10 @@ def _back_off_pruning(source: Graph, calibration, opts: BuildOptions, evaluator:
                       ) -> tuple[Graph, dict[str, Any], dict[str, Any]]:
     """int8 missed the floor at the ratio the prune search chose in fp32 (the pruning spent the floor): the
     largest smaller ratio on its grid whose int8 build meets it, bisected; the prune report lists the tries."""
-    from .passes.prune import FLOOR_STEP, Pruner
+    from .passes.prune import Pruner
 
     pruner = Pruner(source, calibration)
-    grid = [r for r in (round(FLOOR_STEP * k, 2) for k in range(1, round(pruned["ratio"] / FLOOR_STEP)))
-            if pruner.keep(r)]
+    grid = [r for r in pruner.floor_grid(pruned["ratio"]) if r < pruned["ratio"]]  # the prune search's own grid
     tried, best = [{"ratio": pruned["ratio"], "int8_met": False}], None
     lo, hi = -1, len(grid)  # grid[lo] meets the floor in int8; grid[hi:] do not
     while hi - lo > 1:
