@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         if exc.name not in BUILD_PACKAGES:
             return _internal_error()
-        print(f"edgegen: error: {_not_installed(args.verb, exc.name)}", file=sys.stderr)
+        verb = f"{args.verb} --baseline" if getattr(args, "baseline", False) else args.verb  # bench runs without
+        print(f"edgegen: error: {_not_installed(verb, exc.name)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stderr.close()
@@ -70,9 +71,9 @@ BUILD_PACKAGES = {"onnx": "onnx", "onnxscript": "onnxscript", "yaml": "pyyaml", 
 def _not_installed(verb: str, name: str) -> str:
     """What a verb that imported a build package (by import name) absent here tells the user: Pillow alone
     for a picture's file, the whole build extra for anything else."""
-    how = "`pip install pillow`" if name == "PIL" else ("install the build host's packages: "
-                                                         "`pip install 'edgegen[build]'` (`pip install -e '.[build]'` "
-                                                         "in the checkout)")
+    how = "`pip install pillow`" if name == "PIL" else ("install the build host's packages in the checkout: "
+                                                         "`pip install -e '.[build]'` (a build host runs from the "
+                                                         "checkout, which holds targets/ and hw/)")
     return (f"`edgegen {verb}` needs {BUILD_PACKAGES[name]}, which is not installed here (a device install has "
             f"numpy and one backend); {how}")
 

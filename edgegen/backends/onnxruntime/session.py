@@ -14,7 +14,7 @@ from .. import hardware_absent, require
 
 
 def _ort():
-    return require("onnxruntime", "this bundle", "ort")
+    return require("onnxruntime", "running an ONNX Runtime artifact", "ort")
 
 
 def host_support(options: dict[str, Any]) -> tuple[bool, str]:

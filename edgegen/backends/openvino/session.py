@@ -17,7 +17,7 @@ INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f3
 
 
 def _ov():
-    return require("openvino", "this bundle", "openvino")
+    return require("openvino", "running an OpenVINO artifact", "openvino")
 
 
 def host_support(options: dict[str, Any]) -> tuple[bool, str]:
