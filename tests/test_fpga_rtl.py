@@ -240,3 +240,17 @@ def test_single_port_ram_maps_to_spram():
     _, stat = _synth_ice40(["npu_spram.v"], "chparam -set NB 2 -set DEPTH 32768 -set AW 15 npu_spram; "
                                             "synth_ice40 -spram -top npu_spram")
     assert re.search(r"\b2\s+SB_SPRAM256KA", stat) and "SB_RAM40_4K" not in stat, stat
+
+
+def test_an_install_without_the_verilog_sources_says_the_rtl_needs_the_checkout(tmp_path, cgen_path, monkeypatch):
+    """A wheel or non-editable install has no hw/npu: the RTL tier failed saying to point EDGEGEN_CACHE at a
+    writable directory, which had nothing to do with it."""
+    from edgegen.backends.fpga import rtlsim
+
+    build(cgen_path, "fpga-sim", tmp_path / "b", precision="int8")
+    monkeypatch.setattr(rtlsim, "HW_DIR", tmp_path / "site-packages" / "hw" / "npu")
+    monkeypatch.setenv("EDGEGEN_FPGA_MODE", "rtl")
+    with pytest.raises(ToolNotFoundError, match=r"needs its Verilog sources \(.*npu_ram.v\), which are in the "
+                                                r"checkout, not in this install: run from the checkout") as info:
+        Generator.open(tmp_path / "b").generate(seed=5, label=3)
+    assert "EDGEGEN_CACHE" not in str(info.value)

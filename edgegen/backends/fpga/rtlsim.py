@@ -52,6 +52,11 @@ def _version(command: list[str]) -> str:
 def build(config: NpuConfig) -> tuple[Path, dict]:
     """Compile the simulator for this configuration (or reuse a cached one); returns it and build facts."""
     command = verilator_command()
+    missing = [name for name in (*SOURCES, HARNESS) if not (HW_DIR / name).is_file()]
+    if missing:  # an install from a wheel or a copy of the package: the Verilog lives in the checkout's hw/
+        raise ToolNotFoundError(f"RTL simulation of the NPU needs its Verilog sources ({HW_DIR}/{missing[0]}), which "
+                                "are in the checkout, not in this install: run from the checkout (`pip install -e "
+                                "'.[fpga]'` there), or check the functional model only (`emulate --no-rtl`)")
     version = _version(command)
     digest = hashlib.sha256(version.encode())
     for name in (*SOURCES, HARNESS):
