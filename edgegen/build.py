@@ -59,10 +59,14 @@ class BackendMissedFloor(BuildError):
 
     def __init__(self, message: str, backend: str, graph_quality: dict[str, float], quality: dict[str, float]):
         super().__init__(message)
+        self._arguments = (message, backend, graph_quality, quality)  # pickled whole (a fleet build's Ray task)
         self.loss = {key: max(0.0, graph_quality[key] - quality[key]) for key in ("psnr_db", "ssim")}
         ssim = f" / {self.loss['ssim']:.4f} SSIM" if self.loss["ssim"] > 0 else ""
         self.loss_note = f"{backend}'s own int8 execution scored {self.loss['psnr_db']:.2f} dB PSNR{ssim} below " \
             "ONNX Runtime's on the chosen mix, missing the floor."
+
+    def __reduce__(self):
+        return type(self), self._arguments
 
     def raised_floor(self, floor: QualityFloor) -> QualityFloor | None:
         """The floor raised by the loss and a margin, for the search; None where it cannot be raised."""
@@ -179,12 +183,12 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
             log.warning("%s Searching again with the floor raised by that loss (%s).", miss.loss_note,
                         raised.describe())
             search = replace(opts, min_psnr=raised.min_psnr, min_ssim=raised.min_ssim)
-        except FloorNotMet as unmet:
+        except BuildError as unmet:  # the second search's own failure (int8's or pruning's), against the raised floor
             if search is opts:
                 raise
-            raise BuildError(f"{first_miss.loss_note} No mix of int8 and float layers meets the floor raised by that "
-                             f"loss ({search.floor.describe()}): {unmet} Build for another target (x86-onnxruntime), "
-                             "or in fp16/bf16 here.") from None
+            raise BuildError(f"{first_miss.loss_note} The search against the floor raised by that loss "
+                             f"({search.floor.describe()}, yours: {opts.floor.describe()}) failed: {unmet} Build for "
+                             "another target (x86-onnxruntime), or in fp16/bf16 here.") from None
     report("done", 1, 1)
     return BuildResult(out, bundle.read_manifest(out))
 
@@ -518,9 +522,9 @@ def _quantize(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluato
     passes["quantize"] = {"ir": "QDQ ONNX (int8 per-channel symmetric weights, int8 per-tensor activations)",
                           "method": opts.calibration_method, "calibration": calibration.report(),
                           **floor_report, **qdq_summary(getattr(compiler, "lowered_form", lambda m: m)(model))}
-    _refuse_nothing_quantized(graph, passes["quantize"])
     if quantizer.float_note:
         passes["quantize"]["float_by_design"] = quantizer.float_note
+    _refuse_nothing_quantized(graph, passes["quantize"])
     return graph.with_model(model, [f"quantized to int8 QDQ ({opts.calibration_method})"]), passes
 
 
@@ -529,7 +533,8 @@ def _refuse_nothing_quantized(graph: Graph, summary: dict[str, Any]) -> None:
     if summary["quantized_ops"]:
         return
     ops = ", ".join(f"{op} x{n}" for op, n in summary["float_ops"].items()) or "none"
-    raise BuildError(f"{graph.source}: int8 quantization left every op of the model in float ({ops}): an int8 "
+    why = f" ({summary['float_by_design']})" if summary.get("float_by_design") else ""
+    raise BuildError(f"{graph.source}: int8 quantization left every op of the model in float ({ops}){why}: an int8 "
                      "bundle of it would be the float model. int8 quantizes standard ONNX layers (Conv, "
                      "ConvTranspose, Gemm, MatMul) and the ops between them; re-export the model with them, or "
                      "build it in fp32 (or fp16/bf16)")
@@ -651,6 +656,8 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
     tolerance = _tolerance(source, precision, quality["psnr_db"], {k: v[:unit] for k, v in compiled_from.items()},
                            {k: v[:unit] for k, v in actual.items()})
     ran_on = where if native else f"build host fallback ({where}); device numerics not measured"
+    # each request alone, for the batch and the thread checks (an NPU computes one request at a time anyway)
+    alone = None if getattr(session, "one_at_a_time", False) else _runs_alone(session, source, feeds)
     return {
         "fidelity": {"samples": samples, "seed": VERIFY_SEED, "reference": reference_name, "ran_on": ran_on,
                      "floor": floor.describe() or None, "outputs": per_output, **quality,
@@ -659,9 +666,9 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
         "latency": _latency(session, first, tgt.threads, ran_on,
                             SourceSession(source.reference, tgt.threads) if native and tgt.backend != "fpga" else None),
         "execution": session.execution_report() if hasattr(session, "execution_report") else None,
-        "batching": _batch_invariance(session, source, feeds, actual),
-        "threading": _thread_invariance(session, session_mod, staging, session_cfg, tgt, source, feeds)
-        if native else {"invariant": True, "max_abs": 0.0, "checked": False},
+        "batching": _batch_invariance(session, source, feeds, actual, alone),
+        "threading": _thread_invariance(session, session_mod, staging, session_cfg, tgt, source, feeds, alone)
+        if native else {"invariant": None, "max_abs": None, "checked": False},  # unknown: keyed apart at other threads
     }
 
 
@@ -715,41 +722,59 @@ def _tolerance(source: Graph, precision: str, psnr_db: float, expected: dict[str
     return {"min_psnr_db": floor, **({reference.OWN_PSNR: own} if own else {})}
 
 
-def _batch_invariance(session, source: Graph, feeds: dict[str, np.ndarray],
-                      batched: dict[str, np.ndarray]) -> dict[str, Any]:
+def _runs_alone(session, source: Graph, feeds: dict[str, np.ndarray]) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """(start, outputs) of each held-out request run alone: one input, or one whole batch of a fixed-batch
+    export (a last part short of it is left out)."""
+    unit, count = fixed_batch(source.inputs) or 1, len(next(iter(feeds.values())))
+    return [(start, session.run({k: v[start:start + unit] for k, v in feeds.items()}))
+            for start in range(0, count - unit + 1, unit)]
+
+
+def _drift(source: Graph, a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    return max(max_abs(a[s.name].astype(np.float32), b[s.name].astype(np.float32)) for s in source.outputs)
+
+
+def _batch_invariance(session, source: Graph, feeds: dict[str, np.ndarray], batched: dict[str, np.ndarray],
+                      alone: list[tuple[int, dict[str, np.ndarray]]] | None = None) -> dict[str, Any]:
     """Whether the artifact gives an input the same outputs whatever batch it runs in (the held-out batch,
-    each input alone, a batch of 3): a backend's kernels for another batch size may sum in another order
-    (OpenVINO's int8 at batch 3: pixels one level off). Where they differ, the runtime computes requests one
-    at a time, so the same request always gives the same pixels whatever the traffic."""
+    each input alone (`alone`: see _runs_alone), a batch of 3): a backend's kernels for another batch size may
+    sum in another order (OpenVINO's int8 at batch 3: pixels one level off; an OpenVINO int8 U-Net gave the
+    held-out batch's fourth row 0.08 off its run alone, rows 1-3 exact). Where they differ, the runtime
+    computes requests one at a time, so the same request always gives the same pixels whatever the traffic."""
     count = len(next(iter(feeds.values())))
     if fixed_batch(source.inputs) is not None or count < 2 or getattr(session, "one_at_a_time", False):
         return {"invariant": True, "max_abs": 0.0}
-    drift = 0.0
-    # (start, size): every input alone (an OpenVINO int8 U-Net gave the held-out batch's fourth row 0.08 off its
-    # run alone, rows 1-3 exact), then the first three together (a batch of 3 is where one backend differed)
-    for start, size in [(i, 1) for i in range(count)] + [(0, 3)]:
-        part = session.run({k: v[start:start + size] for k, v in feeds.items()})
-        drift = max(drift, *(max_abs(batched[s.name][start:start + size].astype(np.float32),
-                                     part[s.name].astype(np.float32)) for s in source.outputs))
+    parts = [(start, 1, outputs) for start, outputs in alone or _runs_alone(session, source, feeds)]
+    parts.append((0, 3, session.run({k: v[:3] for k, v in feeds.items()})))
+    drift = max(_drift(source, {k: v[start:start + size] for k, v in batched.items()}, outputs)
+                for start, size, outputs in parts)
     return {"invariant": drift == 0.0, "max_abs": float(drift)}
 
 
+def _threads_apply(tgt: targets.Target) -> bool:
+    """Whether the target's thread count is a CPU runtime's intra-op threads (not the NPU's, nor a GPU's)."""
+    options = tgt.backend_options
+    if tgt.backend == "onnxruntime":
+        return (options.get("providers") or ["CPUExecutionProvider"])[0] == "CPUExecutionProvider"
+    return tgt.backend == "tflite" or (tgt.backend == "openvino" and options.get("device", "CPU") == "CPU")
+
+
 def _thread_invariance(session, session_mod, staging: Path, session_cfg: dict, tgt: targets.Target, source: Graph,
-                       feeds: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Whether the artifact gives the same outputs at 1 intra-op thread as at the target's (OpenVINO's bf16
-    kernels round otherwise: zoo:glyphgen 25 of 40 requests a level off). Where they differ, a runtime at
-    another thread count than the target's keys its results apart from the assets and disk caches, which
-    hold the pixels computed at the target's."""
-    if tgt.threads <= 1:
+                       feeds: dict[str, np.ndarray], alone: list[tuple[int, dict[str, np.ndarray]]] | None = None
+                       ) -> dict[str, Any]:
+    """Whether the artifact gives the same outputs at 1 intra-op thread as at the target's (`alone`: its runs
+    at the target's, see _runs_alone). OpenVINO's bf16 kernels round otherwise (zoo:glyphgen: 25 of 40 requests
+    a level off). Where they differ, or the check could not run (invariant None), a runtime at another thread
+    count than the target's keys its results apart from the assets and disk caches, which hold the pixels
+    computed at the target's."""
+    if tgt.backend == "fpga" or (tgt.threads <= 1 and _threads_apply(tgt)):  # the NPU's integers; nothing to vary
         return {"invariant": True, "max_abs": 0.0, "checked": False}
+    if not _threads_apply(tgt):
+        return {"invariant": None, "max_abs": None, "checked": False}
     one = session_mod.Session(staging, session_cfg, 1, host_fallback=True)
-    unit = fixed_batch(source.inputs) or 1  # one request at a time: a batch may split over threads by its rows
-    drift = 0.0
-    for start in range(0, len(next(iter(feeds.values()))), unit):
-        part = {k: v[start:start + unit] for k, v in feeds.items()}
-        at_target, at_one = session.run(part), one.run(part)
-        drift = max(drift, *(max_abs(at_target[s.name].astype(np.float32), at_one[s.name].astype(np.float32))
-                             for s in source.outputs))
+    unit = fixed_batch(source.inputs) or 1
+    drift = max(_drift(source, outputs, one.run({k: v[start:start + unit] for k, v in feeds.items()}))
+                for start, outputs in alone or _runs_alone(session, source, feeds))
     return {"invariant": drift == 0.0, "max_abs": float(drift), "checked": True}
 
 

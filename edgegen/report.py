@@ -66,9 +66,10 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
         f"on {fid['ran_on']}"
         + _speed_note(lat),
     ]
-    lines[3:3] = [f"  inputs    {i['name']!r}: the held-out inputs were drawn in [{i['range'][0]:g}, {i['range'][1]:g}], "
-                  f"assumed ({i['range_assumed']}); give --input-range LO,HI if the model takes other values (0..255 "
-                  "pixels)" for i in model.get("inputs", []) if i.get("range_assumed") and i.get("range")]
+    lines[3:3] = [f"  inputs    {i['name']!r}: the held-out inputs were drawn in [{i['range'][0]:g}, "
+                  f"{i['range'][1]:g}], assumed ({i['range_assumed']}); give --input-range LO,HI if the model takes "
+                  "other values (0..255 pixels)"
+                  for i in model.get("inputs", []) if i.get("range_assumed") and i.get("range")]
     if lat.get("speed_vs_source", 1.0) < SLOWER and manifest["precision"] != "fp32":
         if _unsteady(lat):
             lines.append(f"  warning   the speed of this {manifest['precision']} artifact against the fp32 source "
@@ -96,7 +97,8 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
                          f"chose {', '.join(sorted(execution['float_types']))}): the fidelity and latency above are not "
                          f"{manifest['precision']}'s; a device that runs it will differ")
     if execution and execution["int8"]:
-        lines.append(f"  executes  {stand_in}int8: " + ", ".join(f"{k} x{v}" for k, v in sorted(execution["int8"].items()))
+        lines.append(f"  executes  {stand_in}int8: "
+                     + ", ".join(f"{k} x{v}" for k, v in sorted(execution["int8"].items()))
                      + "; float: " + (", ".join(f"{k} x{v}" for k, v in sorted(execution["float"].items())) or "none"))
     batching = manifest.get("batching", {})
     if not batching.get("invariant", True):
@@ -104,9 +106,9 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
                      f"{batching['max_abs']:.3g} apart alone and in a batch, so requests are computed one at a time "
                      "(the same request, the same pixels, whatever the traffic)")
     threading = manifest.get("threading", {})
-    if not threading.get("invariant", True):
-        lines.append(f"  threads   {manifest['backend']} gives outputs up to {threading['max_abs']:.3g} apart at 1 thread "
-                     f"and at the target's {manifest['target']['threads']}: a runtime at other threads keys its "
+    if threading.get("invariant") is False:
+        lines.append(f"  threads   {manifest['backend']} gives outputs up to {threading['max_abs']:.3g} apart at 1 "
+                     f"thread and at the target's {manifest['target']['threads']}: a runtime at other threads keys its "
                      "results apart from the assets and disk caches, which hold the target's pixels")
     pruned = manifest.get("passes", {}).get("prune")
     if pruned:
@@ -163,7 +165,8 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
         if quant["sensitivity"]:
             against = f" (searched against {quant['searched_against']}: the first mix lost the rest in this " \
                 "target's own int8 execution)" if quant.get("searched_against") else ""
-            lines.append(f"            kept in float for the floor: {', '.join(quant['kept_float']) or 'none'}{against}")
+            kept = ", ".join(quant["kept_float"]) or "none"
+            lines.append(f"            kept in float for the floor: {kept}{against}")
             lines.append("            layer sensitivity (PSNR with only this layer int8), most damaging first:")
             for row in sorted(quant["sensitivity"], key=lambda r: -r["nmse"])[:12]:
                 lines.append(f"              {row['node'][:48]:<48} {row['op']:<22} {row['psnr_db_alone']:7.2f} dB")

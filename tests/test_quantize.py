@@ -647,8 +647,9 @@ def test_a_backend_miss_searches_once_more_then_says_what_the_backend_lost(tmp_p
     assert "Searching again with the floor raised by that loss (PSNR >= 22.05 dB)" in caplog.text
     verify, calls = _missing_by(500.0)
     monkeypatch.setattr(build_module, "_verify", verify)
-    with pytest.raises(BuildError, match=r"scored 500.00 dB PSNR .* No mix of int8 and float layers meets the floor "
-                                         r"raised by that loss \(PSNR >= 520.05 dB\): .*Build for another target"):
+    with pytest.raises(BuildError, match=r"scored 500.00 dB PSNR .* The search against the floor raised by that "
+                                         r"loss \(PSNR >= 520.05 dB, yours: PSNR >= 20.0 dB\) failed: .*Build for "
+                                         r"another target"):
         build(tmp_path / "mod.onnx", "x86-onnxruntime", tmp_path / "b", precision="int8", samples=4, min_psnr=20.0)
     assert calls == [20.0] and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -800,3 +801,14 @@ def test_a_dead_layer_keeps_its_relu_in_int8(tmp_path, target):
     assert result.fidelity["psnr_db"] > 45, result.fidelity
     out = Generator.open(tmp_path / "b").run({"image": rng.random((1, 3, 16, 16), dtype=np.float32)})["out"]
     np.testing.assert_allclose(out[0, :, 8, 8], np.tanh([-0.01, -0.11, -0.07]), atol=1 / 128)  # LiteRT's TANH grid
+
+
+def test_a_backend_miss_survives_pickling_as_a_fleet_build_on_ray_returns_it():
+    """Ray pickles a task's exception: one whose constructor takes more than its message came back as an
+    UnserializableException, and the fleet stopped as an internal fault instead of naming that target."""
+    import pickle
+
+    miss = BackendMissedFloor("the artifact misses the floor", "openvino", {"psnr_db": 45.02, "ssim": 0.99},
+                              {"psnr_db": 44.99, "ssim": 0.99})
+    back = pickle.loads(pickle.dumps(miss))
+    assert type(back) is BackendMissedFloor and str(back) == str(miss) and back.loss_note == miss.loss_note

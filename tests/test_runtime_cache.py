@@ -292,7 +292,7 @@ def test_bundles_that_differ_only_in_their_output_range_share_no_cache_entries(t
     assert np.array_equal(served.pixels, Generator.open(tmp_path / "right", cache_bytes=0).generate(seed=1, label=2))
 
 
-@pytest.mark.parametrize("invariant", [True, False])
+@pytest.mark.parametrize("invariant", [True, False, None])  # None: not checked (verified on a host fallback)
 def test_a_runtime_at_other_threads_shares_no_cache_entries_where_the_threads_change_the_pixels(
         tmp_path, ort_bundle, invariant):
     """OpenVINO's bf16 kernels round otherwise at 1 thread than at 2 (zoo:glyphgen: 25 of 40 requests a level
@@ -300,13 +300,14 @@ def test_a_runtime_at_other_threads_shares_no_cache_entries_where_the_threads_ch
     bundle = tmp_path / "bundle"
     shutil.copytree(ort_bundle, bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["threading"] = {"invariant": invariant, "max_abs": 0.0 if invariant else 0.0015, "checked": True}
+    manifest["threading"] = {"invariant": invariant, "max_abs": 0.0 if invariant else 0.0015,
+                             "checked": invariant is not None}
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     shared = {"disk_cache": str(tmp_path / "cache"), "cache_bytes": 0, "verify": False}
     at_target = Generator.open(bundle, threads=manifest["target"]["threads"], **shared)
     at_one = Generator.open(bundle, threads=1, **shared)
     at_target.generate(seed=1, label=2)
-    assert (at_one.key_of({"seed": 1, "label": 2}) == at_target.key_of({"seed": 1, "label": 2})) is invariant
+    assert (at_one.key_of({"seed": 1, "label": 2}) == at_target.key_of({"seed": 1, "label": 2})) is bool(invariant)
     assert at_one.render([{"seed": 1, "label": 2}])[0].served_by == ("disk" if invariant else "computed")
 
 
@@ -331,3 +332,16 @@ def test_the_build_measures_whether_the_threads_change_the_outputs(tmp_path, ort
     plain = type("module", (), {"Session": lambda *a, **k: gen.session})
     assert _thread_invariance(gen.session, plain, ort_bundle, {}, target, gen, feeds) == \
         {"invariant": True, "max_abs": 0.0, "checked": True}
+
+
+def test_the_thread_and_batch_checks_run_a_fixed_batch_export_by_whole_batches(tmp_path):
+    """The thread check cut 8 held-out inputs into parts of a fixed batch of 3 and ran the short last part:
+    every native build of such an export failed inside onnxruntime (an internal error)."""
+    import onnx
+
+    from conftest import conditional_generator
+    from edgegen.build import build
+
+    onnx.save(conditional_generator(batch=3), str(tmp_path / "b3.onnx"))
+    built = build(tmp_path / "b3.onnx", "x86-onnxruntime", tmp_path / "b")
+    assert built.manifest["threading"]["checked"] and built.manifest["threading"]["invariant"] is True

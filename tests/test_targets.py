@@ -109,7 +109,8 @@ def test_a_targets_directory_without_target_files_is_an_error_saying_where_targe
 
 
 @pytest.mark.parametrize("device, here", [("AUTO", True), ("AUTO:NPU,CPU", True), ("MULTI:CPU", True),
-                                          ("HETERO:NPU,CPU", False), ("GPU.1", False)])
+                                          ("HETERO:NPU,CPU", False), ("GPU.1", False), ("AUTO:-CPU", False),
+                                          ("AUTO:-GPU", True), ("BATCH:CPU(4)", True), ("BATCH:GPU(4)", False)])
 def test_openvino_virtual_devices_run_where_their_devices_are(device, here):
     """AUTO, which OpenVINO runs on any host, was always "absent" (the host's device list never names it)."""
     from edgegen.backends import option_problem

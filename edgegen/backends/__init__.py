@@ -25,11 +25,13 @@ _COUNT = ("a positive integer", lambda v: isinstance(v, int) and not isinstance(
 _FLAG = ("true or false", lambda v: isinstance(v, bool))
 _NAMES = ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
 _NAME = ("a name", lambda v: isinstance(v, str) and bool(v))
-# OpenVINO's device names (case-sensitive): a plugin, GPU with an index, or a virtual device over a list of them
-_OV_PLUGIN = r"(CPU|NPU|GPU(\.\d+)?)"
-_OV_DEVICE = re.compile(rf"{_OV_PLUGIN}|AUTO(:{_OV_PLUGIN}(,{_OV_PLUGIN})*)?|(HETERO|MULTI|BATCH):{_OV_PLUGIN}(,{_OV_PLUGIN})*")
-_OPENVINO_DEVICE = ("an OpenVINO device name, upper case: CPU, GPU, GPU.1, NPU, AUTO, or AUTO/HETERO/MULTI:NPU,CPU",
-                    lambda v: isinstance(v, str) and _OV_DEVICE.fullmatch(v) is not None)
+# OpenVINO's device names (case-sensitive): a plugin (GPU and NPU with an index), or a virtual device over a list of
+# them: AUTO's may exclude one (AUTO:-CPU), BATCH's names a batch (BATCH:GPU(4))
+_OV_PLUGIN = r"(CPU|(GPU|NPU)(\.\d+)?)"
+_OV_DEVICE = re.compile(rf"{_OV_PLUGIN}|AUTO(:-?{_OV_PLUGIN}(,-?{_OV_PLUGIN})*)?|(HETERO|MULTI):{_OV_PLUGIN}"
+                        rf"(,{_OV_PLUGIN})*|BATCH:{_OV_PLUGIN}(\(\d+\))?")
+_OPENVINO_DEVICE = ("an OpenVINO device name, upper case: CPU, GPU, GPU.1, NPU, AUTO, AUTO:-CPU, HETERO:NPU,CPU, "
+                    "MULTI:GPU,CPU, BATCH:GPU(4)", lambda v: isinstance(v, str) and _OV_DEVICE.fullmatch(v) is not None)
 OPTIONS: dict[str, dict[str, tuple]] = {
     "onnxruntime": {"providers": _NAMES, "required_providers": _NAMES},
     "openvino": {"device": _OPENVINO_DEVICE},

