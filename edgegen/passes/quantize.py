@@ -99,7 +99,8 @@ class Quantizer:
         self.clips_off_zero = _clips_off_zero(self.model)
         self.float_only = self.grouped_transposed + self.faint_softmaxes + self.clips_off_zero  # never quantized
         self._unlisted = _subs_left_float(self.model, self.op_types, chain) + shape_arithmetic(self.model)
-        self._int8_grids: dict[str, list[dict[str, np.ndarray]]] | None = None  # see emit
+        self._all_int8: onnx.ModelProto | None = None  # see emit
+        self._int8_grids: dict[str, list[dict[str, np.ndarray]]] = {}
 
     @property
     def float_note(self) -> str | None:
@@ -132,10 +133,11 @@ class Quantizer:
         that shares its producer Gemm's grid in int8 got its own, narrower calibrated one once the Gemm stayed
         float, and inputs beyond the calibration's slice saturated (a floor-searched glyphgen 23 dB on some)."""
         exclude = list(exclude)
-        if self._int8_grids is None:
-            self._int8_grids = _activation_grids(self._quantized([], None, {}), self.model)
+        if self._all_int8 is None:  # quantized once; every later call without exclusions gets a copy
+            self._all_int8 = self._quantized([], None, {})
+            self._int8_grids = _activation_grids(self._all_int8, self.model)
         model = self._quantized(exclude, only, self._int8_grids) if exclude or only is not None else \
-            self._quantized([], None, {})
+            onnx.ModelProto.FromString(self._all_int8.SerializeToString())
         _own_grids_for_interpolation(model, self.ranges)
         return model
 
