@@ -21,7 +21,7 @@ from .passes.pixel_unshuffle import pixel_unshuffles_as_space_to_depth
 from .io_forms import TO_NCHW, TO_NHWC, take_boundary_forms
 from .io_forms import note as io_note
 from .ort_ops import unfuse_ort_ops
-from .roles import describe_io
+from .roles import describe_io, whole_number
 from .specs import TensorSpec, format_shape
 
 DEFAULT_SPATIAL = 64
@@ -95,7 +95,7 @@ class Graph:
         _check_names(proto, shapes, roles or {}, str(path))
         concrete = _infer_concrete(proto, shapes, str(path))
         _known_output_dims(proto, concrete)
-        ins, outs = describe_io(proto, {}, roles, input_range, output_range, forms)
+        ins, outs = describe_io(proto, {}, roles, input_range, output_range, forms, str(path))
         _check_batch_axis(ins, outs, str(path))
         for spec in ins:
             spec.default_shape = shapes[spec.name]
@@ -258,8 +258,9 @@ def _default_size(model: onnx.ModelProto, origin: str) -> list[int]:
     if text is None:
         return [DEFAULT_SPATIAL, DEFAULT_SPATIAL]
     parts = text.strip().lower().split("x")
-    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        return [int(parts[0]), int(parts[-1])]
+    sides = [whole_number(p) for p in parts]
+    if len(sides) in (1, 2) and all(side is not None and side > 0 for side in sides):
+        return [sides[0], sides[-1]]
     raise ModelError(f"{origin}: model metadata edgegen.default_size {text!r} is not a size: give it as HxW (e.g. "
                      "64x64) or one side for a square (64), each a whole number >= 1")
 

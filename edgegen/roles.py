@@ -66,21 +66,22 @@ def describe_io(
     input_range: list[float] | None = None,
     output_range: list[float] | None = None,
     forms: dict[str, dict[str, str]] | None = None,
+    origin: str = "the model",
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """TensorSpecs for the graph inputs and outputs, with roles and value ranges; `forms` holds the model
     file's own form of image tensors taken into NCHW float (`edgegen.io_forms`): integer pixels span their
-    type's range unless a range is given."""
+    type's range unless a range is given. `origin` (the model file) begins the metadata's errors."""
     forms = forms or {}
     meta = {p.key: p.value for p in model.metadata_props}
-    explicit = parse_overrides(meta.get("edgegen.roles", ""), "model metadata edgegen.roles")
+    explicit = parse_overrides(meta.get("edgegen.roles", ""), f"{origin}: model metadata edgegen.roles")
     explicit.update(roles or {})
     graph = model.graph
     init = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
     if output_range is None and "edgegen.output_range" in meta:
-        output_range = parse_range(meta["edgegen.output_range"], "model metadata edgegen.output_range")
+        output_range = parse_range(meta["edgegen.output_range"], f"{origin}: model metadata edgegen.output_range")
     if input_range is None and "edgegen.input_range" in meta:
-        input_range = parse_range(meta["edgegen.input_range"], "model metadata edgegen.input_range")
+        input_range = parse_range(meta["edgegen.input_range"], f"{origin}: model metadata edgegen.input_range")
 
     outputs = []
     for value in graph.output:
@@ -121,7 +122,7 @@ def describe_io(
                              "image: an image is a float map [N, C, H, W] (or its uint8 or NHWC form). Drop the "
                              f"image role for it, and edgegen takes it as a {_input_role(spec)}")
         if spec.role == "label":
-            spec.num_classes = _num_classes(value.name, graph, init, meta) or _one_hot_classes(spec)
+            spec.num_classes = _num_classes(value.name, graph, init, meta, origin) or _one_hot_classes(spec)
         elif spec.role == "image":
             _refuse_range_of_pixels(spec, input_range, "--input-range")
             spec.range = list(input_range or _pixel_range(spec) or image_range or DEFAULT_RANGE)
@@ -187,21 +188,30 @@ def _one_hot_classes(spec: TensorSpec) -> int | None:
 _INDEX_KEEPING_OPS = ("Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 
 
-def _num_classes(name: str, graph: onnx.GraphProto, init: dict, meta: dict) -> int | None:
+def whole_number(text: str) -> int | None:
+    """The whole number an ASCII run of digits (spaces around) gives, else None ('²' and '٣' are digits to
+    Python's isdigit, which int() refuses or reads)."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdecimal() else None
+
+
+def _num_classes(name: str, graph: onnx.GraphProto, init: dict, meta: dict, origin: str) -> int | None:
     """The label's class count: the model's `edgegen.num_classes` metadata (at most the rows of the table the
     label indexes), else those rows."""
     table = _table_classes(name, graph, init)
     if "edgegen.num_classes" not in meta:
         return table
     text = meta["edgegen.num_classes"]
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ModelError(f"model metadata edgegen.num_classes {text!r} is not a class count: give a whole number "
-                         ">= 1 (e.g. 10), or leave it out and edgegen reads the count from the label's embedding table")
-    if table is not None and int(text) > table:
-        raise ModelError(f"model metadata edgegen.num_classes says {int(text)} classes, but the table label "
+    count = whole_number(text)
+    if count is None or count < 1:
+        raise ModelError(f"{origin}: model metadata edgegen.num_classes {text!r} is not a class count: give a whole "
+                         "number >= 1 (e.g. 10), or leave it out and edgegen reads the count from the label's "
+                         "embedding table")
+    if table is not None and count > table:
+        raise ModelError(f"{origin}: model metadata edgegen.num_classes says {count} classes, but the table label "
                          f"{name!r} indexes has {table} rows: a label from {table} on has no row. Set it to at most "
                          f"{table}, or leave it out")
-    return int(text)
+    return count
 
 
 def _table_classes(name: str, graph: onnx.GraphProto, init: dict) -> int | None:

@@ -214,13 +214,19 @@ def test_repeated_node_names_are_made_unique_and_the_model_builds(tmp_path):
 @pytest.mark.parametrize("key, value, message", [
     ("edgegen.default_size", "0x0", r"edgegen.default_size '0x0' is not a size: give it as HxW"),
     ("edgegen.default_size", "big", r"edgegen.default_size 'big' is not a size"),
+    ("edgegen.default_size", "²", r"edgegen.default_size '²' is not a size"),
     ("edgegen.num_classes", "ten", r"edgegen.num_classes 'ten' is not a class count"),
-    ("edgegen.num_classes", "1000", r"says 1000 classes, but the table label 'label' indexes has 10 rows"),
+    ("edgegen.num_classes", "²", r"edgegen.num_classes '²' is not a class count"),
+    ("edgegen.num_classes", "1000", r"edgegen.num_classes says 1000 classes, but the table label 'label' indexes "
+                                    r"has 10 rows"),
+    ("edgegen.roles", "image", r"edgegen.roles: 'image' is not NAME=VALUE"),
+    ("edgegen.output_range", "1,0", r"edgegen.output_range: range '1,0' must have HIGH > LOW"),
 ])
-def test_malformed_or_impossible_metadata_is_refused_naming_key_and_value(tmp_path, key, value, message):
+def test_malformed_or_impossible_metadata_is_refused_naming_file_key_and_value(tmp_path, key, value, message):
+    """The file, the key and the value; a Unicode digit ('²', a digit to str.isdigit) is no number either."""
     model = conditional_generator(extras=False)
     helper.set_model_props(model, {key: value})
-    with pytest.raises(ModelError, match=message):
+    with pytest.raises(ModelError, match=r"meta\.onnx: model metadata " + message):
         Graph.load(_save(model, tmp_path / "meta.onnx"))
 
 
