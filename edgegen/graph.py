@@ -68,12 +68,12 @@ class Graph:
         """Load a model path or `zoo:NAME`, clean it up and describe its inputs and outputs."""
         path = zoo.resolve(model)
         proto = read_model(path)
-        unfused = unfuse_ort_ops(proto, str(path))
+        written = unfuse_ort_ops(proto, str(path))
         renamed = unique_node_names(proto)  # the fp32 source runs them too: ONNX Runtime refuses repeated names
         proto, upgraded = upgrade_opset(proto, path)
-        if unfused:
-            upgraded.insert(0, f"{unfused} ONNX Runtime FusedConv/FusedGemm node(s) written as the standard Conv or "
-                               "Gemm and its activation")
+        if written:
+            listed = ", ".join(f"{op} x{count}" for op, count in written.items())
+            upgraded.insert(0, f"ONNX Runtime's contrib ops ({listed}) written back as the standard ops they fuse")
         reference = None
         halves = float16_io(proto)
         upcast = upcast_float16(proto)

@@ -122,8 +122,81 @@ def test_onnx_runtimes_layout_ops_are_refused_at_load_naming_node_and_op(tmp_pat
              helper.make_node("ReorderOutput", ["blocked"], ["out"], "ReorderOutput", domain="com.microsoft.nchwc",
                               channels=3)]
     path = _save(_ort_optimized(nodes, [], ["N", 3, 8, 8]), tmp_path / "nchwc.onnx")
-    with pytest.raises(ModelError, match=r"'ReorderInput' \(com\.microsoft\.nchwc\.ReorderInput\).*ORT_ENABLE_BASIC"):
+    with pytest.raises(ModelError, match=r"'ReorderInput' \(com\.microsoft\.nchwc\.ReorderInput\).*vector width of "
+                                         r"the CPU that saved.*ORT_ENABLE_EXTENDED or below"):
         Graph.load(path)
+
+
+def _silu_net(path) -> str:
+    """Conv -> SiLU -> Conv -> Tanh, as a diffusion U-Net or VAE block computes it."""
+    nodes = [helper.make_node("Conv", ["image", "sw1"], ["a"], "c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["a"], ["s"]), helper.make_node("Mul", ["a", "s"], ["m"]),
+             helper.make_node("Conv", ["m", "sw2"], ["c"], "c2", pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["c"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [_weight("sw1", 8, 3, 3, 3), _weight("sw2", 3, 8, 3, 3)])
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_an_ort_extended_file_of_a_silu_net_has_its_quick_gelu_written_back_and_builds_everywhere(tmp_path):
+    """ORT_ENABLE_EXTENDED turns SiLU into com.microsoft.QuickGelu (alpha 1): written back as Sigmoid and Mul, the
+    file loads in standard ops, computes what the original file does, and builds for ONNX Runtime and LiteRT."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "silu_ext.onnx")
+    original = ort.InferenceSession(_silu_net(tmp_path / "silu.onnx"), options, providers=["CPUExecutionProvider"])
+    saved = onnx.load(options.optimized_model_filepath)
+    assert "QuickGelu" in [n.op_type for n in saved.graph.node if n.domain == "com.microsoft"]
+    graph = Graph.load(options.optimized_model_filepath)
+    assert all(n.domain in ("", "ai.onnx") for n in graph.model.graph.node)
+    assert any("QuickGelu x1" in note for note in graph.notes)
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_ort(graph.model).run(None, {"image": x})[0], original.run(None, {"image": x})[0],
+                               atol=1e-5)
+    for target in ("x86-onnxruntime", "x86-litert"):
+        result = build(options.optimized_model_filepath, target, tmp_path / target, precision="fp32", samples=2)
+        assert result.fidelity["psnr_db"] > 60, target
+
+
+def _one_contrib_op(op: str, path, bias: bool = False, **attrs) -> str:
+    """Conv -> com.microsoft `op` (with a bias input, along the last axis as ONNX Runtime's take one) -> Tanh."""
+    inputs = ["c"] + (["bias"] if bias else [])
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], "conv", pads=[1, 1, 1, 1]),
+             helper.make_node(op, inputs, ["g"], f"/act/{op}", domain="com.microsoft", **attrs),
+             helper.make_node("Tanh", ["g"], ["out"])]
+    bias_init = numpy_helper.from_array(np.linspace(-0.5, 0.5, 8, dtype=np.float32), "bias")
+    inits = [_weight("w", 3, 3, 3, 3)] + [bias_init] * bias
+    return _save(_ort_optimized(nodes, inits, ["N", 3, 8, 8]), path)
+
+
+@pytest.mark.parametrize("op, bias, attrs", [("QuickGelu", False, {"alpha": 1.702}), ("QuickGelu", False, {}),
+                                             ("Gelu", False, {}), ("BiasGelu", True, {}), ("FastGelu", False, {}),
+                                             ("FastGelu", True, {})])
+def test_onnx_runtimes_gelu_ops_are_written_back_as_standard_ops(tmp_path, op, bias, attrs):
+    """QuickGelu as x * sigmoid(alpha x), Gelu with Erf, FastGelu as its tanh approximation (a bias added first):
+    the same outputs as ONNX Runtime's own kernels give for the file."""
+    path = _one_contrib_op(op, tmp_path / "gelu.onnx", bias, **attrs)
+    graph = Graph.load(path)
+    assert all(n.domain in ("", "ai.onnx") for n in graph.model.graph.node)
+    assert f"/act/{op}" in [n.name for n in graph.model.graph.node]  # the node writing its output keeps its name
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32) * 2
+    np.testing.assert_allclose(_ort(graph.model).run(None, {"image": x})[0], _ort(path).run(None, {"image": x})[0],
+                               atol=1e-5)
+
+
+def test_other_contrib_ops_are_left_to_the_targets_support_check(tmp_path):
+    """A contrib op edgegen does not write back builds for ONNX Runtime, which runs it, and is refused for a target
+    whose backend cannot, naming the target, node and op."""
+    path = _one_contrib_op("FusedMatMul", tmp_path / "matmul.onnx", alpha=0.5)
+    model = onnx.load(path)
+    model.graph.node[1].input.append("mm")
+    model.graph.initializer.append(_weight("mm", 8, 8))
+    path = _save(model, tmp_path / "matmul.onnx")
+    result = build(path, "x86-onnxruntime", tmp_path / "ort", precision="fp32", samples=2)
+    assert result.fidelity["psnr_db"] > 60
+    with pytest.raises(UnsupportedOpError, match=r"target x86-litert: node '/act/FusedMatMul' \(op FusedMatMul\)"):
+        build(path, "x86-litert", tmp_path / "litert", precision="fp32", samples=2)
 
 
 def test_an_int8_build_that_quantizes_no_op_is_refused_saying_why(tmp_path):
