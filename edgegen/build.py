@@ -513,7 +513,7 @@ def _quantize(graph: Graph, calibration, opts: BuildOptions, evaluator: Evaluato
     graph, lowered = lower(graph, lowerings)
     if lowered:
         passes["lowered"] = lowered
-    quantizer = Quantizer(graph, calibration, opts.calibration_method)
+    quantizer = Quantizer(graph, calibration, opts.calibration_method, getattr(compiler, "SYMMETRIC_INT8_INPUTS", ()))
     report("quantize", 0, 1)
     model, floor_report = search_float_layers(quantizer.layers(), quantizer, evaluator, opts.floor,
                                               getattr(compiler, "int8_form", None),

@@ -65,7 +65,10 @@ def _ort_quantization():
 class Quantizer:
     """Calibrated once for a graph; `emit(exclude)` gives QDQ graphs with chosen layers left in float."""
 
-    def __init__(self, graph: Graph, calibration: Calibration, method: str = "minmax"):
+    def __init__(self, graph: Graph, calibration: Calibration, method: str = "minmax",
+                 symmetric_inputs: Iterable[str] = ()):
+        """symmetric_inputs: op types whose data input the backend runs in int8 only on a grid symmetric about 0
+        (OpenVINO's Deconvolution): that tensor is quantized so."""
         if method not in METHODS:
             raise BuildError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
         q = _ort_quantization()
@@ -99,6 +102,9 @@ class Quantizer:
         self.clips_off_zero = _clips_off_zero(self.model)
         self.float_only = self.grouped_transposed + self.faint_softmaxes + self.clips_off_zero  # never quantized
         self._unlisted = _subs_left_float(self.model, self.op_types, chain) + shape_arithmetic(self.model)
+        self._symmetric = {n.input[0]: [{"symmetric": True}] for n in self.model.graph.node
+                           if n.op_type in set(symmetric_inputs) and n.input[0] not in {t.name for t in
+                                                                                        self.model.graph.initializer}}
         self._all_int8: onnx.ModelProto | None = None  # see emit
         self._int8_grids: dict[str, list[dict[str, np.ndarray]]] = {}
 
@@ -134,7 +140,7 @@ class Quantizer:
         float, and inputs beyond the calibration's slice saturated (a floor-searched glyphgen 23 dB on some)."""
         exclude = list(exclude)
         if self._all_int8 is None:  # quantized once; every later call without exclusions gets a copy
-            self._all_int8 = self._quantized([], None, {})
+            self._all_int8 = self._quantized([], None, self._symmetric)
             self._int8_grids = _activation_grids(self._all_int8, self.model)
         model = self._quantized(exclude, only, self._int8_grids) if exclude or only is not None else \
             onnx.ModelProto.FromString(self._all_int8.SerializeToString())
