@@ -520,6 +520,12 @@ def test_a_slow_ratio_measured_on_a_busy_host_does_not_blame_the_precision(tmp_p
                                                             "source_p50_ms": 6.144, "speed_vs_source": 0.64}}, tmp_path)
     assert "unsteady on this host: 0.64x by paired blocks, 1.01x by medians" in unsteady
     assert "gains nothing" not in unsteady and "changed while it was measured" in unsteady
+    # a fast ratio under load was printed bare (seven builds of one U-Net: 1.37x to 8.29x, 0.55-1.5 cores busy)
+    fast = {**manifest["latency"], "speed_vs_source": 3.2, "p50_ms": 0.16}
+    assert "cores busy" not in render_build_report({**manifest, "latency": fast}, tmp_path)
+    loaded = render_build_report({**manifest, "latency": {**fast, "other_load_cores": 1.4}}, tmp_path)
+    latency = next(line for line in loaded.splitlines() if line.startswith("  latency"))
+    assert "3.20x the speed of" in latency and "other processes kept 1.4 of 2 cores busy: rerun" in latency
 
 
 def test_a_model_whose_output_depends_on_the_batch_it_runs_in_is_refused(tmp_path):
