@@ -65,7 +65,7 @@ class BackendMissedFloor(BuildError):
         self.loss_note = f"{backend}'s own int8 execution scored {self.loss['psnr_db']:.2f} dB PSNR{ssim} below " \
             "ONNX Runtime's on the chosen mix, missing the floor."
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type, tuple]:
         return type(self), self._arguments
 
     def raised_floor(self, floor: QualityFloor) -> QualityFloor | None:
@@ -183,12 +183,12 @@ def build(model: str | Path | Graph, target: str, out: str | Path, options: Buil
             log.warning("%s Searching again with the floor raised by that loss (%s).", miss.loss_note,
                         raised.describe())
             search = replace(opts, min_psnr=raised.min_psnr, min_ssim=raised.min_ssim)
-        except BuildError as unmet:  # the second search's own failure (int8's or pruning's), against the raised floor
-            if search is opts:
+        except BuildError as unmet:  # the second search's own failure (int8's or pruning's), naming the raised floor
+            if search is opts or search.floor.describe() not in str(unmet):
                 raise
             raise BuildError(f"{first_miss.loss_note} The search against the floor raised by that loss "
                              f"({search.floor.describe()}, yours: {opts.floor.describe()}) failed: {unmet} Build for "
-                             "another target (x86-onnxruntime), or in fp16/bf16 here.") from None
+                             "another target (x86-onnxruntime), or in fp16/bf16 here.") from unmet
     report("done", 1, 1)
     return BuildResult(out, bundle.read_manifest(out))
 
@@ -656,8 +656,9 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
     tolerance = _tolerance(source, precision, quality["psnr_db"], {k: v[:unit] for k, v in compiled_from.items()},
                            {k: v[:unit] for k, v in actual.items()})
     ran_on = where if native else f"build host fallback ({where}); device numerics not measured"
-    # each request alone, for the batch and the thread checks (an NPU computes one request at a time anyway)
-    alone = None if getattr(session, "one_at_a_time", False) else _runs_alone(session, source, feeds)
+    # each request alone, for the batch check (a dynamic batch) and the thread check (a CPU runtime here)
+    batch_checked = fixed_batch(source.inputs) is None and not getattr(session, "one_at_a_time", False)
+    alone = _runs_alone(session, source, feeds) if batch_checked or (native and _threads_apply(tgt)) else None
     return {
         "fidelity": {"samples": samples, "seed": VERIFY_SEED, "reference": reference_name, "ran_on": ran_on,
                      "floor": floor.describe() or None, "outputs": per_output, **quality,
@@ -731,6 +732,7 @@ def _runs_alone(session, source: Graph, feeds: dict[str, np.ndarray]) -> list[tu
 
 
 def _drift(source: Graph, a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    """The largest difference between two runs' outputs."""
     return max(max_abs(a[s.name].astype(np.float32), b[s.name].astype(np.float32)) for s in source.outputs)
 
 
@@ -756,22 +758,24 @@ def _threads_apply(tgt: targets.Target) -> bool:
     options = tgt.backend_options
     if tgt.backend == "onnxruntime":
         return (options.get("providers") or ["CPUExecutionProvider"])[0] == "CPUExecutionProvider"
-    return tgt.backend == "tflite" or (tgt.backend == "openvino" and options.get("device", "CPU") == "CPU")
+    if tgt.backend == "tflite":
+        return options.get("delegate", "xnnpack") != "edgetpu"
+    return tgt.backend == "openvino" and options.get("device", "CPU") == "CPU"
 
 
 def _thread_invariance(session, session_mod, staging: Path, session_cfg: dict, tgt: targets.Target, source: Graph,
                        feeds: dict[str, np.ndarray], alone: list[tuple[int, dict[str, np.ndarray]]] | None = None
                        ) -> dict[str, Any]:
-    """Whether the artifact gives the same outputs at 1 intra-op thread as at the target's (`alone`: its runs
-    at the target's, see _runs_alone). OpenVINO's bf16 kernels round otherwise (zoo:glyphgen: 25 of 40 requests
-    a level off). Where they differ, or the check could not run (invariant None), a runtime at another thread
-    count than the target's keys its results apart from the assets and disk caches, which hold the pixels
-    computed at the target's."""
-    if tgt.backend == "fpga" or (tgt.threads <= 1 and _threads_apply(tgt)):  # the NPU's integers; nothing to vary
+    """Whether the artifact gives the same outputs at another intra-op thread count (1, or 2 for a 1-thread
+    target) as at the target's (`alone`: its runs at the target's, see _runs_alone). OpenVINO's bf16 kernels
+    round otherwise (zoo:glyphgen: 25 of 40 requests a level off). Where they differ, or the check could not
+    run (invariant None: a GPU, NPU or Edge TPU runs it), a runtime at another thread count than the target's
+    keys its results apart from the assets and disk caches, which hold the pixels computed at the target's."""
+    if tgt.backend == "fpga":  # the NPU's integers, whatever the host's threads
         return {"invariant": True, "max_abs": 0.0, "checked": False}
     if not _threads_apply(tgt):
         return {"invariant": None, "max_abs": None, "checked": False}
-    one = session_mod.Session(staging, session_cfg, 1, host_fallback=True)
+    one = session_mod.Session(staging, session_cfg, 1 if tgt.threads > 1 else 2, host_fallback=True)
     unit = fixed_batch(source.inputs) or 1
     drift = max(_drift(source, outputs, one.run({k: v[start:start + unit] for k, v in feeds.items()}))
                 for start, outputs in alone or _runs_alone(session, source, feeds))

@@ -66,6 +66,9 @@ class _Writer:
         return out
 
 
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+
+
 def unfuse_ort_ops(model: onnx.ModelProto, origin: str) -> Counter[str]:
     """Write every FusedConv / FusedGemm as its Conv or Gemm and the activation (an Add of FusedConv's Z input
     before it), and every QuickGelu / Gelu / BiasGelu / FastGelu as the standard ops it computes; refuse the
@@ -108,16 +111,20 @@ def _writes_back(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
 
 
 def _elem_type(name: str, types: dict[str, int], producers: dict[str, onnx.NodeProto]) -> int:
-    """A tensor's element type: as declared, else that of the Cast or DequantizeLinear that wrote it or of its
-    writer's first input, walking back (ONNX Runtime saves no value_info); float where none says."""
+    """A float tensor's element type: as declared, else that of the Cast or DequantizeLinear that wrote it or of
+    its writer's data input, walking back (ONNX Runtime saves no value_info); float32 where none says, or where
+    the walk ends on a tensor that is not float (a Where's condition, a ConstantOfShape's shape)."""
     seen = set()
     while name not in types and name in producers and name not in seen:
         seen.add(name)
         node = producers[name]
         if node.op_type == "Cast":
-            return next(a.i for a in node.attribute if a.name == "to")
-        name = node.input[1] if node.op_type == "DequantizeLinear" else node.input[0] if node.input else ""
-    return types.get(name) or onnx.TensorProto.FLOAT
+            found = next(a.i for a in node.attribute if a.name == "to")
+            return found if found in FLOAT_TYPES else onnx.TensorProto.FLOAT
+        data = 1 if node.op_type in ("DequantizeLinear", "Where") else 0
+        name = node.input[data] if len(node.input) > data else ""
+    found = types.get(name)
+    return found if found in FLOAT_TYPES else onnx.TensorProto.FLOAT
 
 
 def _gelu(node: onnx.NodeProto, w: _Writer) -> None:

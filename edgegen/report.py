@@ -16,10 +16,10 @@ UNSTEADY = 1.25  # the two speed estimates disagreeing by more than this mark th
 BACKEND_GAP_DB = 6.0  # an int8 artifact this far below its QDQ graph (run in ONNX Runtime) gets a warning
 
 
-def _speed_note(lat: dict[str, Any], dest: Path) -> str:
+def _speed_note(lat: dict[str, Any], dest: Path, warned: bool) -> str:
     """The latency line's comparison with the fp32 source: the paired-block speed, or both estimates where
     they disagree (load changed during the measurement), and the load of other processes where it was
-    enough to distort it (a ratio under SLOWER gets its own warning saying so)."""
+    enough to distort it (`warned`: a warning line below says so already)."""
     if "speed_vs_source" not in lat:
         return ""
     source = f"the fp32 source in ONNX Runtime ({lat['source_p50_ms']:.3f} ms"
@@ -28,7 +28,7 @@ def _speed_note(lat: dict[str, Any], dest: Path) -> str:
                 f"{lat['source_p50_ms'] / lat['p50_ms']:.2f}x by medians")
     busy = f"; other processes kept {lat['other_load_cores']:.1f} of {lat.get('host_cpus', '?')} cores busy: " \
         f"rerun `edgegen bench {dest} --baseline` on a quiet host for a figure to compare" \
-        if busy_host(lat, lat["threads"]) and lat["speed_vs_source"] >= SLOWER else ""
+        if busy_host(lat, lat["threads"]) and not warned else ""
     return f"; {lat['speed_vs_source']:.2f}x the speed of {source}, in alternating blocks{busy})"
 
 
@@ -68,7 +68,7 @@ def render_build_report(manifest: dict[str, Any], dest: Path) -> str:
            f"{fid['fresh']['samples']} fresh inputs no choice of the build saw" if fid.get("fresh") else ""),
         f"  latency   p50 {lat['p50_ms']:.3f} ms, batch {lat.get('batch', 1)}, {lat['threads']} thread(s), "
         f"on {fid['ran_on']}"
-        + _speed_note(lat, dest),
+        + _speed_note(lat, dest, lat.get("speed_vs_source", 1.0) < SLOWER and manifest["precision"] != "fp32"),
     ]
     lines[3:3] = [f"  inputs    {i['name']!r}: the held-out inputs were drawn in [{i['range'][0]:g}, "
                   f"{i['range'][1]:g}], assumed ({i['range_assumed']}); give --input-range LO,HI if the model takes "

@@ -52,6 +52,9 @@ class SourceRunError(BuildError):
         super().__init__(message)
         self.failure = failure
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # pickled whole (a fleet build's Ray task)
+        return type(self), (self.failure, str(self))
+
 
 def _open_file(ort, path: Path, options):
     """The file by path; where ONNX Runtime cannot load it so (a small constant it must read at load time

@@ -721,3 +721,36 @@ def test_int8_that_misses_the_floor_after_pruning_backs_off_the_ratio(tmp_path, 
                                           r"unpruned model meets it in int8: build without --prune"):
         build(model, "x86-onnxruntime", tmp_path / "c", precision="int8", prune=0.6, min_psnr=20)
     assert not (tmp_path / "c").exists()
+
+
+def test_every_edgegen_error_survives_pickling():
+    """A fleet build on Ray pickles a task's exception: one whose constructor takes more than its message
+    (SourceRunError, BackendMissedFloor) came back as Ray's UnserializableException, and the fleet stopped as
+    an internal fault instead of naming the target that failed."""
+    import inspect
+    import pickle
+
+    import edgegen.build
+    import edgegen.source
+    from edgegen.errors import EdgegenError
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    made = [edgegen.source.SourceRunError("Got invalid dimensions", "the source fails"),
+            edgegen.build.BackendMissedFloor("misses", "openvino", {"psnr_db": 45.02, "ssim": 0.99},
+                                             {"psnr_db": 44.99, "ssim": 0.99})]
+    for cls in subclasses(EdgegenError):
+        try:
+            required = [p for p in inspect.signature(cls.__init__).parameters.values()
+                        if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD][1:]  # after self
+        except ValueError:  # BaseException's own __init__: the message only
+            required = []
+        assert len(required) <= 1 or cls in {type(e) for e in made}, f"{cls.__name__}: add one to `made`"
+        if cls not in {type(e) for e in made}:
+            made.append(cls("the message"))
+    for error in made:
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error) and str(back) == str(error) and vars(back) == vars(error), type(error)

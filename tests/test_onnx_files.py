@@ -321,3 +321,23 @@ def test_external_data_behind_a_symbolic_link_is_refused_saying_how_to_copy_it(t
     (tmp_path / "snapshot" / "gen.onnx.data").symlink_to(tmp_path / "gen.onnx.data")
     with pytest.raises(ModelError, match=r"is a symbolic link, which onnx does not follow.*cp -L"):
         Graph.load(tmp_path / "snapshot" / "gen.onnx")
+
+
+def test_a_quickgelu_after_a_where_keeps_its_float_alpha(tmp_path):
+    """The write-back typed its constants by walking back through each writer's first input: through a Where
+    (a bool condition first) alpha became a bool, and the clean-up then dropped the multiply by it, computing
+    x * sigmoid(x) instead of x * sigmoid(1.702 x)."""
+    mask = numpy_helper.from_array(np.ones((1, 3, 8, 8), bool), "mask")
+    zero = numpy_helper.from_array(np.zeros((1,), np.float32), "zero")
+    nodes = [helper.make_node("Where", ["mask", "x", "zero"], ["m"], "where"),
+             helper.make_node("QuickGelu", ["m"], ["y"], "qg", domain="com.microsoft", alpha=1.702)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])], [mask, zero])
+    path = tmp_path / "where.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("com.microsoft", 1)]), str(path))
+    loaded = Graph.load(path)
+    x = np.linspace(-3, 3, 192, dtype=np.float32).reshape(1, 3, 8, 8)
+    got = ort.InferenceSession(loaded.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    np.testing.assert_allclose(got, x / (1 + np.exp(-1.702 * x)), atol=1e-5)

@@ -835,3 +835,30 @@ def test_openvino_runs_a_convtranspose_reading_a_lopsided_tensor_in_int8(tmp_pat
     execution = result.manifest["execution"]
     assert execution["int8"].get("ConvTranspose") == 1 and "ConvTranspose" not in execution["float"]
     assert result.fidelity["psnr_db"] > 35
+
+
+@pytest.mark.parametrize("activation", [("Relu", {}), ("Clip", {"bounds": (-0.5, 1.0)})])
+def test_an_activation_before_an_openvino_convtranspose_keeps_its_bounds_in_int8(tmp_path, activation):
+    """A symmetric grid for a ConvTranspose's input dropped the Relu before it: onnxruntime's quantizer removes
+    a Relu or Clip for its output grid's saturation, which a symmetric grid does not have, and the negatives
+    passed (a Conv -> Relu -> ConvTranspose generator: 11.3 dB on x86-openvino int8, 42 dB before)."""
+    op, extra = activation
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (16, 16, 4, 4)).astype(np.float32), "wt"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (3, 16, 3, 3)).astype(np.float32), "rgb")]
+    inputs = ["h"]
+    if "bounds" in extra:
+        inits += [numpy_helper.from_array(np.float32(extra["bounds"][0]), "lo"),
+                  numpy_helper.from_array(np.float32(extra["bounds"][1]), "hi")]
+        inputs += ["lo", "hi"]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node(op, inputs, ["a"]),
+             helper.make_node("ConvTranspose", ["a", "wt"], ["up"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["up", "rgb"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Tanh", ["c"], ["out"])]
+    graph = helper.make_graph(nodes, "act", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                           ["N", 3, 32, 32])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 64, 64])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    result = build(tmp_path / "m.onnx", "x86-openvino", tmp_path / "ov", precision="int8", samples=4)
+    assert result.fidelity["psnr_db"] > 35
