@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # the `build` extra's packages by import name: the build host has them, a device install (numpy and one
-# backend: `pip install 'edgegen[ort]'`) does not
+# backend: `pip install '.[ort]'`) does not
 BUILD_PACKAGES = {"onnx": "onnx", "onnxscript": "onnxscript", "yaml": "pyyaml", "PIL": "pillow"}
 
 
