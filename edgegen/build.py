@@ -296,7 +296,7 @@ def _refuse_batch_dependence(source: Graph, reference_run: SourceSession, feeds:
     for spec in source.outputs:
         _refuse_no_batch_axis(source, spec.name, np.shape(alone[spec.name]), np.shape(pair[spec.name]),
                               spec.name in constants)
-    drift = max(max_abs(pair[s.name][:1], alone[s.name]) for s in source.outputs)
+    drift = _drift(source, {name: values[:1] for name, values in pair.items()}, alone)
     if drift > FP32_MAX_ABS:
         raise BuildError(f"{source.source}: the model's output for one input depends on how many inputs run with "
                          f"it (the first held-out input alone and in a batch of two differ by {drift:.3g} max-abs): "
@@ -635,7 +635,7 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
     _refuse_non_finite_artifact(source, tgt, precision, actual)
     per_output, quality = _quality(source, expected, actual)
     samples = len(next(iter(feeds.values())))
-    drift = max(max_abs(compiled_from[s.name], actual[s.name].astype(np.float32)) for s in source.outputs)
+    drift = _drift(source, compiled_from, actual)
     if precision == "fp32" and drift > FP32_MAX_ABS:
         raise BuildError(f"fp32 artifact for {tgt.name} differs from the model it was compiled from by {drift:.3g} "
                          f"max-abs (limit {FP32_MAX_ABS}) on {samples} held-out inputs; the build is refused. "
@@ -732,7 +732,7 @@ def _runs_alone(session, source: Graph, feeds: dict[str, np.ndarray]) -> list[tu
 
 
 def _drift(source: Graph, a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
-    """The largest difference between two runs' outputs."""
+    """The largest difference between two runs' outputs (max-abs over the source's outputs, in float32)."""
     return max(max_abs(a[s.name].astype(np.float32), b[s.name].astype(np.float32)) for s in source.outputs)
 
 
