@@ -182,18 +182,20 @@ def _rendered(gen, requests: list[dict[str, Any]], progress: Progress,
 def render_new(gen, requests: list[dict[str, Any]], entries: dict[str, tuple], progress: Progress,
                skip: Container[str] = (), first: int = 0, images: dict[str, bytes] | None = None) -> list[str]:
     """Render, CHUNK requests per backend call, those whose keys are neither in `entries` nor in
-    `skip`, adding (key, request, pixels) to `entries` in request order; return every request's key.
+    `skip`, adding (key, request, pixels) to `entries` in request order, each key with its first request (a
+    later one giving the same key is an alias of it); return every request's key.
     `first` is the position of requests[0] in the whole request list (for error messages); `images`: the
     image files the requests name, read by the caller (see image_bytes), else they are read here."""
     keys: list[str] = []
     for start in range(0, len(requests), CHUNK):
         progress("precompute", start, len(requests))
         chunk = requests[start:start + CHUNK]
-        jobs = []
+        jobs, fresh = [], set()  # fresh: the chunk's new keys; a later request with one (an alias) is not rendered
         for n, request in enumerate(chunk, first + start):  # each request checked, and its inputs built, alone
             try:
                 job = gen.prepare(_with_pixels(request, images), index=n)
-                if job.key not in entries and job.key not in skip:
+                if job.key not in entries and job.key not in skip and job.key not in fresh:
+                    fresh.add(job.key)
                     gen.materialize(job)
             except EdgegenError as exc:
                 why = str(exc).removeprefix(f"request {n}: ")

@@ -182,6 +182,18 @@ def test_precompute_verb_adds_assets_atomically(tmp_path, capsys, glyph_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "bad.yaml", "more.yaml", "r.yaml"]
 
 
+def test_requests_giving_one_key_keep_the_first_request_in_and_across_chunks(tmp_path, glyph_path):
+    """`quality: full` is the default tier: such a request is an alias of the one without it. The pack records
+    each key's first request wherever the aliases fall in the render's chunks (a Ray shard starts its own)."""
+    out = tmp_path / "b"
+    build(glyph_path, "x86-onnxruntime", out)
+    first = [{"seed": s, "label": 1} for s in range(40)]
+    aliases = [{"seed": s, "label": 1, "quality": "full"} for s in reversed(range(40))]
+    (tmp_path / "r.json").write_text(json.dumps(first + aliases))
+    add_assets(out, tmp_path / "r.json")
+    assert [json.loads(line) for line in (out / "assets/requests.jsonl").read_text().splitlines()] == first
+
+
 def test_adding_assets_holds_neither_the_kept_nor_the_new_ones_in_memory(tmp_path, glyph_path, monkeypatch):
     """Adding two requests to a pack loaded every asset it had (twice the pack in memory for a catalogue), and
     the local executor held every new asset until the pack was written: both now stream into the pack."""
