@@ -372,6 +372,13 @@ def _size_step_hint(output: int, given: int) -> str:
 
 def _batch_parts(graph: Graph, comp: _Compiler, sizes: list[int]) -> dict[str, str]:
     fixed = [s for s in graph.inputs if not s.batch_dynamic]
+    if not fixed and comp.tgt.backend in STATIC_SHAPE_BACKENDS:
+        example = graph.inputs[0]
+        raise BuildError(f"{graph.source}: --batch-sizes is for models exported with a fixed batch; this model's "
+                         f"batch axis is dynamic, which a {comp.tgt.backend} artifact (static shapes) takes at batch 1, "
+                         "running a batch as batch-1 calls; to compile it at batch N give --input-shape "
+                         f"{example.name}={format_shape(example.source_dims([4, *example.shape[1:]]))} (N=4: "
+                         "a batch then runs in calls of 4, the last one padded)")
     if not fixed:
         raise BuildError(f"{graph.source}: --batch-sizes is for models exported with a fixed batch; this model's "
                          "batch axis is dynamic, so every batch size already runs in one call")
