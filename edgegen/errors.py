@@ -45,6 +45,18 @@ class RequestError(EdgegenError):
     """A generation request or an input array does not fit the model."""
 
 
+class StaticShapeError(RequestError):
+    """An input of another shape than a static-shape artifact (TFLite) was built for. `name`, `given` and `built`
+    (batch axis first, as the bundle computes on it) let the runtime restate it in the model file's form."""
+
+    def __init__(self, message: str, name: str = "", given: list[int] | None = None, built: list[int] | None = None):
+        super().__init__(message)
+        self.name, self.given, self.built = name, list(given or []), list(built or [])
+
+    def __reduce__(self):
+        return type(self), (str(self), self.name, self.given, self.built)
+
+
 class OutputPathError(EdgegenError):
     """A path edgegen was asked to write to cannot hold a file (a directory on it is a file, or its file
     system creates none)."""

@@ -71,7 +71,10 @@ def sample(spec: TensorSpec, seed: int, label: int | None = None, stream: int = 
             label = seed % spec.num_classes if spec.num_classes else 0
         return label_tensor(spec, label, shape)
     if spec.role == "image":
-        return synthetic_image(seed, shape, spec.range or [0.0, 1.0]).astype(spec.dtype)
+        image = synthetic_image(seed, shape, spec.range or [0.0, 1.0])
+        if spec.source_dtype and np.dtype(spec.source_dtype).kind in "iu":  # the whole pixels a uint8 export takes
+            image = np.rint(image)
+        return image.astype(spec.dtype)
     noise = latent_from_seed(seed, shape, stream)
     if np.dtype(spec.dtype) == np.bool_:  # a mask: half of it set (noise cast to bool was all True)
         return noise > 0

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import backends, reference
 from ..bundle import content_hash, read_manifest, verify_files
-from ..errors import BundleError, EdgegenError, RequestError, first_line
+from ..errors import BundleError, EdgegenError, RequestError, StaticShapeError, first_line
 from ..inputs import check_label, label_tensor, latent_from_seed, run_batched, seed_streams
 from ..metrics import compare, quality_outputs, value_range
 from ..specs import TensorSpec, format_shape
@@ -649,15 +649,18 @@ class Generator:
     def _check_static_sizes(self, feeds: dict[str, np.ndarray]) -> None:
         """RequestError, in the model file's form, for an input of another size than a static-shape artifact
         was built at."""
-        backend = self.manifest["backend"]
         for spec in self.inputs:
             got = list(feeds[spec.name].shape)
             if got[1:] != list(spec.default_shape[1:]):
-                raise RequestError(
-                    f"input {spec.name!r} has shape {format_shape(spec.source_dims(got))} but this {backend} bundle "
-                    f"was built for {format_shape(spec.source_dims(spec.default_shape))} ({backend} artifacts have "
-                    f"static shapes); give it that shape, or build a bundle for this one with --input-shape "
-                    f"{spec.name}={format_shape(spec.source_dims([1, *got[1:]]))}")
+                raise self._static_shape_error(spec, got, spec.default_shape)
+
+    def _static_shape_error(self, spec: TensorSpec, got: list[int], built: list[int]) -> RequestError:
+        backend = self.manifest["backend"]
+        return RequestError(
+            f"input {spec.name!r} has shape {format_shape(spec.source_dims(got))} but this {backend} bundle was built "
+            f"for {format_shape(spec.source_dims(built))} ({backend} artifacts have static shapes); give it that "
+            f"shape, or build a bundle for this one with --input-shape "
+            f"{spec.name}={format_shape(spec.source_dims([1, *got[1:]]))}")
 
     @contextlib.contextmanager
     def _sizes_checked(self, feeds: dict[str, np.ndarray]) -> Iterator[None]:
@@ -665,6 +668,11 @@ class Generator:
         cannot take) into a RequestError; any other failure stays what it is, a fault of the bundle or backend."""
         try:
             yield
+        except StaticShapeError as exc:  # the backend's own check, restated in the model file's form (NHWC)
+            spec = next((s for s in self.inputs if s.name == exc.name), None)
+            if spec is None:
+                raise
+            raise self._static_shape_error(spec, exc.given, exc.built) from None
         except EdgegenError:
             raise
         except Exception as exc:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BackendUnavailableError, RequestError
+from ...errors import BackendUnavailableError, StaticShapeError
 from ...inputs import chunks
 from .. import hardware_absent
 from . import xnnpack
@@ -157,12 +157,12 @@ class Session:
             if spec["layout"] == "nhwc":
                 array = array.transpose(0, 2, 3, 1)
             if tuple(array.shape) != tuple(detail["shape"]):
-                built = "x".join(map(str, _onnx_shape(detail["shape"], spec["layout"])))
-                given = "x".join(map(str, (1, *feeds[spec["name"]].shape[1:])))
-                raise RequestError(f"input {spec['name']!r} has shape {'x'.join(map(str, feeds[spec['name']].shape))}"
-                                   f" but this TFLite bundle was built for {built} (TFLite models have static "
-                                   f"shapes); give it that shape, or build a bundle for this one with --input-shape "
-                                   f"{spec['name']}={given}")
+                name, given = spec["name"], list(feeds[spec["name"]].shape)
+                built = _onnx_shape(detail["shape"], spec["layout"])
+                raise StaticShapeError(f"input {name!r} has shape {'x'.join(map(str, given))} but this TFLite bundle "
+                                       f"was built for {'x'.join(map(str, built))} (TFLite models have static shapes); "
+                                       "give it that shape, or build a bundle for this one with --input-shape "
+                                       f"{name}={'x'.join(map(str, (1, *given[1:])))}", name, given, built)
             if "quant" in spec:
                 array = _quantize(array, spec["quant"])
             it.set_tensor(detail["index"], np.ascontiguousarray(array, dtype=detail["dtype"]))
