@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 SPLIT_MAX_ABS = 1e-5
 PART_MAX_ABS = 1e-3  # a compiled part against its own fp32 graph, as the build checks the whole artifact
-ROI_CHECKS = 6
+ROI_CHECKS = 16  # regions checked per image output: the frame, its edges and corners, random ones
 UPSCALER_CALIBRATION = 32  # samples an int8 bundle's preview upscaler is calibrated on
 Progress = Callable[[str, int, int], None]
 
@@ -420,7 +420,8 @@ def verify_serving(gen, feeds: dict[str, np.ndarray], precision: str, graphs: di
         first = {k: v[:1] for k, v in feeds.items()}
         roots = engine.roots(first)
         h, w = engine.frame_size(roots)
-        rects = [((0, h), (0, w)), ((0, max(1, h // 2)), (0, max(1, w // 2))), ((h // 3, h), (w // 4, w))]
+        rects = [((0, h), (0, w)), ((0, max(1, h // 2)), (0, max(1, w // 2))), ((h // 3, h), (w // 4, w)),
+                 *_edge_strips(h, w)]
         while len(rects) < ROI_CHECKS:
             y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
             rects.append(((y0, int(rng.integers(y0 + 1, h + 1))), (x0, int(rng.integers(x0 + 1, w + 1)))))
@@ -454,6 +455,16 @@ def verify_serving(gen, feeds: dict[str, np.ndarray], precision: str, graphs: di
     if tiers:
         out["tiers"] = _tier_report(gen, tiers, feeds, whole, precision)
     return out
+
+
+def _edge_strips(h: int, w: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Regions along each edge of an h x w frame, a few rows or columns deep, and the four corners: where a
+    region's window meets the frame's padding, and where a backend's own int8 rounding of a cropped feature
+    map (OpenVINO) left a frame's top rows a level or two off."""
+    dh, dw = max(1, h // 8), max(1, w // 8)
+    return [((0, dh), (0, w)), ((h - dh, h), (0, w)), ((0, h), (0, dw)), ((0, h), (w - dw, w)),
+            ((0, dh), (w - dw, w)), ((h - dh, h), (0, dw)),
+            ((min(1, h - dh), min(1, h - dh) + dh), (w // 3, w // 3 + dw))]  # one row in from the top
 
 
 def _levels(gen, diff: float) -> str:

@@ -551,3 +551,19 @@ def test_the_memory_budget_holds_for_a_large_image_behind_a_channel_gate(tmp_pat
     assert not tiled
     np.testing.assert_array_equal(tight.generate(image=large), whole.generate(image=large))
     assert tiled and tiled[0] < 64
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (64, 64), (97, 131)])
+def test_the_build_checks_regions_along_every_edge_and_in_every_corner(size):
+    """OpenVINO int8 regions touching a frame's top rows came back a level or two off while the 6 regions the build
+    checked (the frame, two large ones, random ones) were bit-exact; the check now covers each edge and corner."""
+    from edgegen.serving import _edge_strips
+
+    h, w = size
+    rects = _edge_strips(h, w)
+    assert all(0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w for (y0, y1), (x0, x1) in rects)
+    thin = [((y0, y1), (x0, x1)) for (y0, y1), (x0, x1) in rects if (y1 - y0) * (x1 - x0) < h * w or h * w == 1]
+    assert any(y0 == 0 for (y0, _), _ in thin) and any(y1 == h for (_, y1), _ in thin)
+    assert any(x0 == 0 for _, (x0, _) in thin) and any(x1 == w for _, (_, x1) in thin)
+    corners = {(y0 == 0, x0 == 0, y1 == h, x1 == w) for (y0, y1), (x0, x1) in thin}
+    assert {(True, False, False, True), (False, True, True, False)} <= corners or h * w <= 15
