@@ -249,7 +249,10 @@ def _quantized(up: Graph, lowerings: tuple[str, ...]) -> Graph:
 
 def _size_parts(graph: Graph, comp: _Compiler, sizes: list[int], images) -> dict[str, Any]:
     if len(images) != 1:
-        raise BuildError(f"{graph.source}: --tiers sizes need a model with one image output")
+        raise BuildError(f"{graph.source}: --tiers sizes need a model with one image output; this one has "
+                         f"{len(images)} ({', '.join(repr(s.name) for s in images)}). Build without --tiers: a "
+                         "lower-resolution image output is served as the preview tier by itself "
+                         "(quality=\"preview\" or output=NAME), the other at its own size")
     out = images[0]
     base = out.default_shape[2]
     spatial = [s for s in graph.inputs if len(s.default_shape) == 4]

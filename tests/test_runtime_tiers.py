@@ -119,6 +119,13 @@ def test_preview_needs_a_low_resolution_output(tmp_path):
         Generator.open(tmp_path / "b").generate(seed=1, quality="preview")
 
 
+def test_tiers_of_a_model_with_two_image_outputs_say_its_preview_comes_without_them(tmp_path, models):
+    with pytest.raises(BuildError, match=r"one image output; this one has 2 \('image', 'preview'\)\. Build without "
+                                         r"--tiers: a lower-resolution image output is served as the preview tier"):
+        build(models / "glyph.onnx", "x86-onnxruntime", tmp_path / "b", tiers=[32, 64])
+    assert not (tmp_path / "b").exists()
+
+
 def test_a_bundle_built_without_its_preview_tier_says_how_to_get_one():
     tiers = Tiers({}, ["image", "preview"], {"image": (32, 32), "preview": (16, 16)}, has_split=False)
     with pytest.raises(RequestError, match="built without a preview tier.*--preview-upscale lanczos"):

@@ -84,6 +84,9 @@ def _integer(value: Any, name: str, index: int) -> int:
 
 
 def _roi(value: Any, index: int) -> tuple[int, int, int, int]:
+    if isinstance(value, (str, bytes)):  # "10,20,30,40", as --roi spells it: read character by character otherwise
+        raise RequestError(f"request {index}: roi must be (x, y, width, height) of integers, got the string "
+                           f"{value!r}; give roi=(x, y, width, height)")
     try:
         x, y, w, h = (_integer(v, "roi", index) for v in value)
     except (TypeError, ValueError):
