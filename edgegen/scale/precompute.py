@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..bundle import MANIFEST, ASSETS_DIR
 from ..errors import BuildError, BundleError, EdgegenError
@@ -68,17 +68,17 @@ def render_assets_on_ray(gen, requests: list[dict[str, Any]], staging: Path, ren
         remove_orphans(gen.path.parent, f".{name}.", r"\.[^.]+\.shards")  # a killed run's (SIGKILL, OOM)
         shard_dir = Path(tempfile.mkdtemp(prefix=f".{name}.{owner()}.", suffix=".shards",
                                           dir=gen.path.parent))
+        # each shard's image files travel with it (read as it is sent): nodes need not have them
+        pool = ShardPool(ray, actors, lambda actor, job: actor.render.remote(*job, image_bytes(job[1]), skip, files))
         try:
-            pool = ray.util.ActorPool(actors)
             progress("precompute", 0, len(requests))
             done = 0
             with cluster.user_errors(ray, f"precomputing {gen.path}"):
-                for number, shard in enumerate(shards):  # each shard's image files travel with it (read as it
-                    pool.submit(lambda actor, job: actor.render.remote(*job, image_bytes(job[1]), skip, files),
-                                (number * size, shard))  # is sent): nodes need not have them
+                for number, shard in enumerate(shards):
+                    pool.submit((number * size, shard))
                 waiting, refused = set(range(len(shards))), {}
                 while waiting and not (refused and min(refused) < min(waiting)):
-                    first, keys, entries, error = pool.get_next_unordered()
+                    first, keys, entries, error = pool.next_done()
                     waiting.discard(first // size)
                     if error is not None:
                         refused[first // size] = error
@@ -91,9 +91,47 @@ def render_assets_on_ray(gen, requests: list[dict[str, Any]], staging: Path, ren
             return write_pack(staging, gen.content_hash, _merged(kept, shard_dir, len(shards), gen.content_hash),
                               rendered_on)
         finally:
+            pool.cancel()  # first: a task on an actor killed under it was reported as "will be retried"
             for actor in actors:
                 ray.kill(actor)
             shutil.rmtree(shard_dir, ignore_errors=True)
+
+
+class ShardPool:
+    """Shards sent to the actors one at a time each, the next as one returns (as ray.util.ActorPool sends them),
+    with cancel(): ActorPool cannot reach its tasks in flight, and Ray reports a task whose actor was killed
+    under it as failed and "will be retried" (with the actor's restarts left), though nothing is, unless the
+    task was cancelled first."""
+
+    def __init__(self, ray: Any, actors: list, send: Callable[[Any, Any], Any]):
+        self.ray, self.idle, self.send = ray, list(actors), send
+        self.queued: list = []
+        self.running: dict[Any, Any] = {}  # a task's ref: its actor
+
+    def submit(self, job: Any) -> None:
+        """Send `job` to an idle actor, or queue it (here, not in Ray) until one is."""
+        self.queued.append(job)
+        self._start()
+
+    def next_done(self) -> Any:
+        """The result of the next task to finish (its error raised as Ray raises it); its actor takes the next
+        queued job."""
+        [ref], _ = self.ray.wait(list(self.running), num_returns=1)
+        self.idle.append(self.running.pop(ref))
+        self._start()
+        return self.ray.get(ref)
+
+    def cancel(self) -> None:
+        """Drop the queued jobs and cancel the tasks in flight (a running one still ends with its actor)."""
+        self.queued.clear()
+        for ref in self.running:
+            self.ray.cancel(ref)
+        self.running.clear()
+
+    def _start(self) -> None:
+        while self.queued and self.idle:
+            actor = self.idle.pop(0)
+            self.running[self.send(actor, self.queued.pop(0))] = actor
 
 
 class ShardRenderer:
