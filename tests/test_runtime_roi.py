@@ -569,3 +569,19 @@ def test_the_build_checks_regions_along_every_edge_and_in_every_corner(size):
     assert any(x0 == 0 for _, (x0, _) in thin) and any(x1 == w for _, (_, x1) in thin)
     corners = {(y0 == 0, x0 == 0, y1 == h, x1 == w) for (y0, y1), (x0, x1) in thin}
     assert {(True, False, False, True), (False, True, True, False)} <= corners or h * w <= 15
+
+
+def test_a_region_of_a_frame_size_the_network_cannot_take_is_refused_as_the_frame_is(tmp_path_factory):
+    """A U-Net's skip Concat at an odd side: the frame is refused by the backend, but a region near the corner
+    was served (a crop of the unrunnable frame runs), with pixels of no frame the model can compute."""
+    from runtime_models import unet_like
+
+    gen = build_roi(tmp_path_factory, "unet", unet_like())
+    odd = smooth_image(17, 16, 1)
+    for request in [{}, {"roi": (0, 0, 4, 4)}, {"roi": (8, 8, 8, 8)}]:
+        with pytest.raises(RequestError, match=r"cannot run at input shape 'image' 3x17x16 \(the region planner: node "
+                                               r"'\S+' \(Concat\) would join maps of 17x16 and 18x16, which do not "
+                                               r"line up\); the bundle was verified at 'image' 3x16x16"):
+            gen.generate(image=odd, **request)
+    even = smooth_image(18, 16, 1)
+    assert np.array_equal(gen.generate(image=even, roi=(0, 0, 4, 4)), gen.generate(image=even)[:4, :4])

@@ -33,7 +33,7 @@ from .features import FeatureCache
 from .images import image_to_tensor, model_pixels, tensor_to_uint8
 from .parts import MAIN, Parts
 from .requests import Request, cache_key, digest, parse
-from .roi import STATIC_SHAPE_BACKENDS, RoiEngine, SpatialProgram, static_shapes_refusal, to_rect
+from .roi import STATIC_SHAPE_BACKENDS, RoiEngine, SpatialProgram, UnrunnableSize, static_shapes_refusal, to_rect
 from .tiers import Route, Tiers, lanczos_resize
 
 RequestDict = dict[str, Any]
@@ -692,8 +692,10 @@ class Generator:
                 f"{', '.join(s.name for s in kept)} by name at the size the image needs")
             reason = first_line(exc)
             reason = reason if len(reason) <= 300 else reason[:300].rsplit(" ", 1)[0] + " ..."
-            raise RequestError(f"the model cannot run at input shape {given} (the {self.manifest['backend']} "
-                               f"backend: {reason}); the bundle was verified at {verified}. {advice}") from exc
+            found_by = "the region planner" if isinstance(exc, UnrunnableSize) else \
+                f"the {self.manifest['backend']} backend"
+            raise RequestError(f"the model cannot run at input shape {given} ({found_by}: {reason}); the bundle was "
+                               f"verified at {verified}. {advice}") from exc
 
     @staticmethod
     def _check_array(spec: TensorSpec, array: np.ndarray, batched: bool, computed: bool = False,

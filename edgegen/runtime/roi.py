@@ -44,11 +44,21 @@ class SpatialProgram:
         self.scales = {t: tuple(Fraction(*s) for s in pair) for t, pair in data["scales"].items()}
 
     def sizes(self, root_sizes: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
-        """Full-frame (H, W) of every tensor, from the roots' sizes."""
+        """Full-frame (H, W) of every tensor, from the roots' sizes; UnrunnableSize where the network cannot
+        take them: an op whose inputs no longer line up (a U-Net's skip Concat at a side its strides floor), or
+        one left with an empty map. The backend refuses such a frame; a crop of it could run all the same."""
         sizes = dict(root_sizes)
         for op in self.ops:
-            src = sizes[op["inputs"][0]]
-            sizes[op["output"]] = tuple(out_size(op["kind"], op["axes"][a], src[a]) for a in (0, 1))
+            given = [sizes[x] for x in op["inputs"]]
+            outs = {tuple(out_size(op["kind"], op["axes"][a], src[a]) for a in (0, 1)) for src in given}
+            if len(outs) > 1:
+                raise UnrunnableSize(f"node {op['node']!r} ({op['op']}) would join maps of "
+                                     f"{' and '.join(f'{h}x{w}' for h, w in given)}, which do not line up")
+            out = outs.pop()
+            if min(out) < 1:
+                raise UnrunnableSize(f"node {op['node']!r} ({op['op']}) would be left with an empty "
+                                     f"{out[0]}x{out[1]} map")
+            sizes[op["output"]] = out
         return sizes
 
     def needed(self, axis: int, interval: Interval, sizes: dict[str, tuple[int, int]]) -> dict[str, Interval]:
@@ -79,6 +89,11 @@ class SpatialProgram:
         scale, full_out, full = self.scales[root][axis], sizes[self.output][axis], sizes[root][axis]
         end = full if window[1] >= full_out else min(math.ceil(window[1] * scale), full)
         return int(window[0] * scale), end
+
+
+class UnrunnableSize(ValueError):
+    """A frame size the network cannot take (found by the planner, which the runtime reports as the backend's
+    own refusal of that frame)."""
 
 
 WHOLE_FRAME_SHARE = 0.5  # a region that first computes this share of the MACs on the whole frame comes from the frame
@@ -159,7 +174,8 @@ class RoiEngine:
         windows = [self._window(a, rect[a], sizes) for a in (0, 1)]
         return all(crop == ((0, sizes[r][0]), (0, sizes[r][1])) for r, crop in self._crops(windows, sizes).items())
 
-    def _crops(self, windows: list[Interval], sizes: dict[str, tuple[int, int]]) -> dict[str, tuple[Interval, Interval]]:
+    def _crops(self, windows: list[Interval],
+               sizes: dict[str, tuple[int, int]]) -> dict[str, tuple[Interval, Interval]]:
         """Each root's (rows, columns) that an output window needs."""
         return {r: tuple(self.program.root_crop(r, a, windows[a], sizes) for a in (0, 1)) for r in self.program.roots}
 
