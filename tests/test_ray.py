@@ -207,18 +207,24 @@ def test_interrupted_precompute_leaves_the_previous_pack(tmp_path, base_bundle, 
         add_assets(out, tmp_path / "bad.yaml", address="10.0.0.1:6379")
 
 
+def fake_ray(**attrs):
+    """A stand-in for the ray module where Ray is not initialized, with `attrs` (init, shutdown) set."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{"is_initialized": lambda: False, "exceptions": ray.exceptions,
+                              "shutdown": lambda: None, **attrs})
+
+
 def test_ray_address_auto_without_a_cluster_says_how_to_start_one(monkeypatch):
     """Ray's own advice named its `--address` flag and said to check `ray status` where nothing runs (Ray's
     error stood in: a real "auto" joins any Ray instance running on this machine, such as another test's)."""
-    from types import SimpleNamespace
-
     from edgegen.scale import cluster
 
     def init(**_):
         raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to by "
                               "setting `--address` flag or `RAY_ADDRESS` environment variable.")
 
-    monkeypatch.setattr(cluster, "import_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=init))
+    monkeypatch.setattr(cluster, "import_ray", lambda: fake_ray(init=init))
     with pytest.raises(cluster.ClusterError, match=r"^--ray-address auto: no Ray cluster runs on this machine; "
                                                    r"start one with `ray start --head`"):
         with cluster.connect("auto"):
@@ -228,8 +234,6 @@ def test_ray_address_auto_without_a_cluster_says_how_to_start_one(monkeypatch):
 def test_a_ray_start_stopped_half_way_shuts_down_what_it_started(monkeypatch):
     """Ctrl-C or SIGTERM while ray.init ran skipped ray.shutdown(): the half-started local instance's agents
     outlived the command for a minute."""
-    from types import SimpleNamespace
-
     from edgegen.scale import cluster
 
     calls = []
@@ -237,12 +241,48 @@ def test_a_ray_start_stopped_half_way_shuts_down_what_it_started(monkeypatch):
     def init(**_):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cluster, "import_ray", lambda: SimpleNamespace(
-        is_initialized=lambda: False, init=init, shutdown=lambda: calls.append("shutdown")))
+    monkeypatch.setattr(cluster, "import_ray", lambda: fake_ray(init=init, shutdown=lambda: calls.append("shutdown")))
     with pytest.raises(KeyboardInterrupt):
         with cluster.connect():
             pass
     assert calls == ["shutdown"]
+
+
+def test_a_cluster_with_token_authentication_says_so_and_what_to_do(monkeypatch):
+    """A head started where ~/.ray/auth_token exists takes only that token (Ray 2.60): edgegen kept Ray's first line,
+    "Failed to connect to Ray cluster at ...", and dropped the reason, which Ray gives as the text of the error that
+    line is raised from; with RAY_AUTH_MODE=token and no token, Ray's AuthenticationError was an internal error.
+    (Ray's errors as Ray 2.60 raises them: these tests run one Ray cluster, not a second one with a token.)"""
+    from edgegen.scale import cluster
+
+    refused = ("Failed to connect to GCS. Last connection error: Traceback (most recent call last):\n  File "
+               "\"python/ray/includes/common.pxi\", line 119, in ray._raylet.check_status\n"
+               "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing or "
+               "incorrect. Ensure that the token for the cluster is available in a local file\n")
+
+    def init_refused(**_):
+        try:
+            raise RuntimeError(refused)
+        except RuntimeError as exc:
+            raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6379") from exc
+
+    def init_without_token(**_):
+        raise ray.exceptions.AuthenticationError("Token authentication is enabled but no authentication token was "
+                                                 "found")
+
+    monkeypatch.setattr(cluster, "check_reachable", lambda address: None)
+    for mode, init, why in [("", init_refused, "it uses token authentication, and Ray here sent no token"),
+                            ("token", init_refused, "the cluster refused the token found here"),
+                            ("token", init_without_token, "RAY_AUTH_MODE=token, but there is no token here")]:
+        monkeypatch.setenv("RAY_AUTH_MODE", mode)
+        monkeypatch.setattr(cluster, "import_ray", lambda: fake_ray(init=init))
+        with pytest.raises(ClusterError) as error:
+            with cluster.connect("10.0.0.5:6379"):
+                pass
+        said = str(error.value)
+        assert said.startswith(f"cannot connect to the Ray cluster at 10.0.0.5:6379: {why}"), said
+        assert "token in ~/.ray/auth_token" in said and "`ray get-auth-token` on the cluster's head" in said
+        assert ("set RAY_AUTH_MODE=token" in said) == (mode != "token")
 
 
 def test_more_workers_than_the_cluster_has_cpus_render_with_one_actor_per_cpu(tmp_path, base_bundle, caplog,

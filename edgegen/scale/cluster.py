@@ -20,6 +20,7 @@ CONNECT_TIMEOUT_S = 5
 # server's first frame is SETTINGS (RFC 9113, section 3.4). Anything else there is not a Ray head.
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
 _HTTP2_SETTINGS = 4
+TOKEN_AUTH_DOCS = "https://docs.ray.io/en/latest/ray-security/token-auth.html"
 # Ray retries for ~14 minutes on an address where something that is not a Ray head listens; these
 # bound its retries while it joins a cluster (set for ray.init only, where the user has not set them).
 _JOIN_TIMEOUTS = {"RAY_gcs_server_port_wait_time_s": "1", "RAY_py_gcs_connect_timeout_s": "5",
@@ -84,19 +85,13 @@ def connect(address: str | None = None) -> Iterator[Any]:
         check_reachable(address)
     added = {k: v for k, v in _JOIN_TIMEOUTS.items() if k not in os.environ} if address else {}
     os.environ.update(added)
-    own_handlers = _signal_handlers()
+    own_handlers, auth_errors = _signal_handlers(), _auth_errors(ray)
     started = False
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         started = True
-    except (ConnectionError, TimeoutError, RuntimeError) as exc:
-        why = str(exc).strip().splitlines()[0]
-        if address == "auto" and "Could not find any running Ray instance" in why:  # Ray's advice names its flags
-            raise ClusterError("--ray-address auto: no Ray cluster runs on this machine; start one with `ray start "
-                               "--head`, give the address of a running one, or leave out --ray-address to start a "
-                               "Ray instance for this command") from None
-        raise ClusterError(f"cannot connect to the Ray cluster at {address or 'this machine'}: {why}. Check that "
-                           "`ray status` works there.") from None
+    except (ConnectionError, TimeoutError, RuntimeError, *auth_errors) as exc:
+        raise _join_error(address, exc, auth_errors) from None
     except SystemExit as exc:  # Ray's own SIGTERM handler, while ray.init ran: sys.exit(15), without a word
         if exc.code != signal.SIGTERM or signal.SIGTERM not in own_handlers:
             raise
@@ -114,6 +109,45 @@ def connect(address: str | None = None) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _auth_errors(ray: Any) -> tuple[type[Exception], ...]:
+    """Ray's AuthenticationError, where this Ray has one (token authentication came with Ray 2.5x)."""
+    error = getattr(ray.exceptions, "AuthenticationError", None)
+    return (error,) if error else ()
+
+
+def _join_error(address: str | None, exc: Exception, auth_errors: tuple[type[Exception], ...]) -> ClusterError:
+    """What to say where ray.init failed with `exc` (Ray's first line, unless it is Ray's advice on its own flags
+    or an authentication failure)."""
+    where = address or "this machine"
+    why = str(exc).strip().splitlines()[0]
+    if address == "auto" and "Could not find any running Ray instance" in why:  # Ray's advice names its flags
+        return ClusterError("--ray-address auto: no Ray cluster runs on this machine; start one with `ray start "
+                            "--head`, give the address of a running one, or leave out --ray-address to start a "
+                            "Ray instance for this command")
+    auth = _auth_failure(exc, auth_errors)
+    if auth:
+        return ClusterError(f"cannot connect to the Ray cluster at {where}: {auth} `ray get-auth-token` on the "
+                            f"cluster's head prints its token; see {TOKEN_AUTH_DOCS}")
+    return ClusterError(f"cannot connect to the Ray cluster at {where}: {why}. Check that `ray status` works there.")
+
+
+def _auth_failure(exc: Exception, auth_errors: tuple[type[Exception], ...]) -> str | None:
+    """Why token authentication failed, and what to do, where it did: Ray raises its AuthenticationError as
+    itself when RAY_AUTH_MODE=token finds no token here, and where the head refused this process (no token, or
+    another) as the last connection error in the text of the error that its ConnectionError is raised from."""
+    errors = [exc, exc.__cause__, exc.__context__]
+    if not any(isinstance(err, auth_errors) or "AuthenticationError: " in str(err) for err in errors if err):
+        return None
+    put = ("put the cluster's token in ~/.ray/auth_token on this machine (or in a file RAY_AUTH_TOKEN_PATH names, "
+           "or in RAY_AUTH_TOKEN)")
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return (f"it uses token authentication, and Ray here sent no token (RAY_AUTH_MODE is not 'token'); set "
+                f"RAY_AUTH_MODE=token and {put}.")
+    if "no authentication token was found" in str(exc):
+        return f"RAY_AUTH_MODE=token, but there is no token here; {put}."
+    return f"the cluster refused the token found here (it is not the cluster's); {put}."
 
 
 def _signal_handlers() -> dict[int, Any]:
