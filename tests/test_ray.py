@@ -460,3 +460,22 @@ def test_a_missing_model_is_said_once_before_ray_starts(tmp_path):
         list(build_fleet(str(tmp_path / "nope.onnx"), ["x86-onnxruntime", "x86-openvino"], tmp_path / "o",
                          BuildOptions(), executor="ray"))
     assert time.perf_counter() - started < 5 and not (tmp_path / "o").exists()
+
+
+def test_a_model_option_error_is_said_once_before_ray_starts(tmp_path, base_bundle, monkeypatch):
+    """A Ray fleet checked the model with its options (--input-shape) only in each task: a bad shape started Ray
+    (16 s) and was said once per target ("2 of 2 targets failed"); the local executor says it once, first."""
+    from edgegen.build import BuildOptions
+    from edgegen.errors import ModelError
+    from edgegen.scale import fleet
+
+    def no_ray(address):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(fleet.cluster, "connect", no_ray)
+    options = BuildOptions(graph_options={"input_shapes": {"latent": [1, 3]}})
+    with pytest.raises(ModelError, match=r"glyph.onnx: input 'latent' is declared \?x16; the shape 1x3 given for it "
+                                         r"does not fit$"):
+        list(fleet.build_fleet(str(base_bundle.parent / "glyph.onnx"), ["x86-onnxruntime", "x86-openvino"],
+                               tmp_path / "o", options, executor="ray"))
+    assert not (tmp_path / "o").exists()

@@ -15,11 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
-from .. import bundle, targets, zoo
+from .. import bundle, targets
 from ..build import BuildOptions, BuildResult, Progress, build, target_precision
 from ..errors import BuildError, EdgegenError
 from ..fileio import owner, remove_orphans
-from ..graph_load import read_model
 from . import check_executor, cluster
 
 TASK_RETRIES = 2  # a task whose worker died is run again this many times
@@ -52,14 +51,14 @@ def build_fleet(model: str, names: list[str], out: str | Path, options: BuildOpt
     dests = destinations(out, names, options.precision)
     for dest in dests.values():
         bundle.check_output_dir(dest)
+    from ..graph import Graph
+
+    # the model and its options (a missing or unreadable model, a bad --input-shape) are said once, before Ray starts
+    graph = Graph.load(model, **options.graph_options)
     failures: dict[str, EdgegenError] = {}
     if executor == "ray":
-        read_model(zoo.resolve(model))  # a missing or unreadable model is said once, before Ray starts
         yield from _on_ray(model, dests, options, address, failures, progress or (lambda *_: None))
     else:
-        from ..graph import Graph
-
-        graph = Graph.load(model, **options.graph_options)
         for name, dest in dests.items():
             try:
                 yield build(graph, name, dest, options, progress=progress)
