@@ -257,3 +257,17 @@ def test_inspect_reports_on_where_the_edge_tpu_check_cannot_run(monkeypatch):
     coral = inspect_model("zoo:glyphtiny")["targets"]["coral-edgetpu"]
     assert coral["edgetpu"].startswith("Edge TPU mapping not checked: quantizing the model for the check at these "
                                        "input shapes would take over half of this host's available memory")
+
+
+def test_a_dcgan_viewing_its_latent_takes_int8_input_and_maps_whole(tmp_path):
+    """A DCGAN whose forward starts with `z.view(N, nz, 1, 1)` kept the RESHAPE and its input float: 0 of its ops
+    mapped (the graph split at op 0 RESHAPE)."""
+    from test_quantize import latent_view_model
+
+    bundle = tmp_path / "b"
+    result = build(latent_view_model(tmp_path / "view.onnx"), "x86-litert", bundle, precision="int8",
+                   calibration_count=8)
+    assert [i["dtype"] for i in result.manifest["session"]["inputs"]] == ["int8"]
+    compat = json.loads((bundle / "reports" / "edgetpu.json").read_text())
+    assert compat["first_fallback"] is None and compat["edgetpu_ops"] == compat["ops"]
+    assert edgetpu.summary(compat).startswith("Edge TPU: all ")

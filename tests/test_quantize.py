@@ -862,3 +862,45 @@ def test_an_activation_before_an_openvino_convtranspose_keeps_its_bounds_in_int8
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
     result = build(tmp_path / "m.onnx", "x86-openvino", tmp_path / "ov", precision="int8", samples=4)
     assert result.fidelity["psnr_db"] > 35
+
+
+def latent_view_model(path, divided: bool = False, transposed: bool = False):
+    """A DCGAN-style head: a latent [N, 8] (divided by 3 where `divided`) viewed as [N, 8, 1, 1] (through a
+    Transpose of its two unit axes where `transposed`), a 4x4 ConvTranspose and a Tanh."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array([-1, 8, 1, 1], np.int64), "shape"),
+             numpy_helper.from_array(np.float32(3.0), "three"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (8, 4, 4, 4)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Div", ["z", "three"], ["scaled"], "scale")] if divided else []
+    nodes.append(helper.make_node("Reshape", ["scaled" if divided else "z", "shape"], ["viewed"], "view"))
+    if transposed:
+        nodes.append(helper.make_node("Transpose", ["viewed"], ["turned"], "turn", perm=[0, 1, 3, 2]))
+    nodes += [helper.make_node("ConvTranspose", ["turned" if transposed else "viewed", "w"], ["up"], "up"),
+              helper.make_node("Tanh", ["up"], ["image"], "tanh")]
+    g = helper.make_graph(nodes, "view", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8])],
+                          [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 4, 4, 4])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("divided, transposed", [(False, False), (True, False), (False, True)])
+def test_a_reshape_of_the_latent_reads_it_quantized(tmp_path, divided, transposed):
+    """A DCGAN's `z.view(N, nz, 1, 1)` stayed float (onnxruntime's quantizer runs a Reshape in int8 only on an
+    int8 input): the LiteRT int8 artifact took float input and the Edge TPU graph split at its first op. The latent
+    is quantized before it, on its output's grid (the same values); a `/ 3` of the latent stays float before it."""
+    graph = Graph.load(latent_view_model(tmp_path / "view.onnx", divided, transposed))
+    quantizer = Quantizer(graph, load_calibration(graph.inputs, None, 8))
+    model = quantizer.emit()
+    producers = {o: n for n in model.graph.node for o in n.output}
+    nodes = {n.name: n for n in model.graph.node}
+    dequantize = producers[nodes["view"].input[0]]
+    assert dequantize.op_type == "DequantizeLinear" and producers[dequantize.input[0]].op_type == "QuantizeLinear"
+    assert producers[dequantize.input[0]].input[0] == ("scaled" if divided else "z")
+    quantized = qdq_summary(model)["quantized_ops"]
+    assert quantized.get("Reshape") == 1 and quantized.get("Transpose") == (1 if transposed else None)
+    if divided:
+        assert nodes["scale"].op_type == "Div" and "Div" in qdq_summary(model)["float_ops"]
+    z = {"z": np.random.default_rng(1).standard_normal((3, 8), dtype=np.float32)}
+    kept = ["view", "turn"] if transposed else ["view"]
+    assert "Reshape" in qdq_summary(quantizer.emit(exclude=kept))["float_ops"]
+    np.testing.assert_array_equal(run(model, z), run(quantizer.emit(exclude=kept), z))  # the grid commutes

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from ..errors import BuildError, install_hint
 from ..graph import Graph
@@ -51,6 +51,10 @@ PARAMETER_INPUTS = {"Resize": (1, 2, 3), "Upsample": (1,), "Reshape": (1,), "Sli
                     "Tile": (1,), "Pad": (1, 2, 3), "ConstantOfShape": (0,), "Range": (0, 1, 2), "Squeeze": (1,),
                     "Unsqueeze": (1,), "Split": (1,), "CenterCropPad": (1,), "Col2Im": (1, 2)}
 FAINT_SOFTMAX = 0.25  # a Softmax whose calibrated outputs stay below this (64 of 255 steps) stays in float
+# ops that only move values: a per-tensor QuantizeLinear commutes with them exactly. onnxruntime's quantizer runs
+# one in int8 only where its input is quantized already, so a DCGAN's `z.view(N, nz, 1, 1)` on the latent input
+# stayed float: the LiteRT int8 artifact took float input and the Edge TPU graph split at its first op (RESHAPE)
+DATA_MOVEMENT = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")
 
 
 def _ort_quantization():
@@ -76,6 +80,7 @@ class Quantizer:
         self.method = method
         self.calibration = calibration
         chain = latent_chain(graph)
+        self._chain = chain
         with tempfile.TemporaryDirectory(prefix="edgegen-quant-") as tmp:
             src, pre = Path(tmp) / "source.onnx", Path(tmp) / "pre.onnx"
             onnx.save(_divisions_as_products(graph.model, chain), str(src))
@@ -136,14 +141,21 @@ class Quantizer:
         quantization. Left to itself, onnxruntime's quantizer re-grids what a float layer feeds: a Slice
         that shares its producer Gemm's grid in int8 got its own, narrower calibrated one once the Gemm stayed
         float, and inputs beyond the calibration's slice saturated (a floor-searched glyphgen 23 dB on some)."""
-        exclude = list(exclude)
+        exclude, only = list(exclude), list(only) if only is not None else None
         if self._all_int8 is None:  # quantized once; every later call without exclusions gets a copy
             self._all_int8 = self._quantized([], None, self._symmetric)
             self._int8_grids = _activation_grids(self._all_int8, self.model)
         model = self._quantized(exclude, only, self._int8_grids) if exclude or only is not None else \
             onnx.ModelProto.FromString(self._all_int8.SerializeToString())
         _own_grids_for_interpolation(model, self.ranges)
+        _latent_moves_quantized(model, self._chain, self._movers(exclude, only))
         return model
+
+    def _movers(self, exclude: list[str], only: list[str] | None) -> set[str]:
+        """The data-movement nodes (DATA_MOVEMENT) an emit with these exclusions may quantize."""
+        kept = {*exclude, *self.float_only, *self._unlisted}
+        return {n.name for n in self.model.graph.node if n.op_type in DATA_MOVEMENT and n.name
+                and n.name not in kept and (only is None or n.name in only)}
 
     def _quantized(self, exclude: list[str], only: Iterable[str] | None,
                    grids: dict[str, list[dict[str, np.ndarray]]]) -> onnx.ModelProto:
@@ -210,6 +222,64 @@ def latent_chain(graph: Graph) -> set[str]:
                 and node.input[1] in weights:
             tensors.add(node.output[0])
     return tensors
+
+
+def _latent_moves_quantized(model: onnx.ModelProto, chain: set[str], movers: set[str]) -> None:
+    """Quantize the latent before the data-movement ops (`movers`, by name) that read it, on the grid their output
+    has: `z -> Reshape -> QuantizeLinear` becomes `z -> Q -> DQ -> Reshape -> Q`, the same values (a per-tensor
+    grid commutes with a reshape or transpose), and the Reshape runs in int8 on an int8 input. A tensor of the
+    latent chain (see latent_chain), or what such ops compute from it alone, is read so; the chain itself stays
+    as it is (quantized after it)."""
+    nodes = list(model.graph.node)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    reachable = set(chain)
+    for node in nodes:  # topologically sorted
+        if node.name in movers and node.input and node.input[0] in reachable:
+            reachable.add(node.output[0])
+    constants = {t.name: t for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    before: dict[int, list[onnx.NodeProto]] = {}
+    for index in reversed(range(len(nodes))):  # each mover's output is quantized by then, where its readers are
+        node = nodes[index]
+        if node.name not in movers or not node.input or node.input[0] not in reachable or node.output[0] in outputs:
+            continue
+        grid = _one_grid(readers.get(node.output[0], []), constants)
+        if grid is None:
+            continue
+        source = node.input[0]
+        quantize = helper.make_node("QuantizeLinear", [source, *grid], [f"{node.name}/input/quantized"],
+                                    f"{node.name}/input/QuantizeLinear")
+        dequantize = helper.make_node("DequantizeLinear", [quantize.output[0], *grid], [f"{node.name}/input/int8"],
+                                      f"{node.name}/input/DequantizeLinear")
+        node.input[0] = dequantize.output[0]
+        readers[source] = [r for r in readers.get(source, []) if r is not node] + [quantize]
+        before[index] = [quantize, dequantize]
+    if before:
+        ordered = [copy for index, node in enumerate(nodes) for copy in [*before.get(index, []), _copied(node)]]
+        del model.graph.node[:]
+        model.graph.node.extend(ordered)
+
+
+def _copied(node: onnx.NodeProto) -> onnx.NodeProto:
+    """A copy of a node that does not belong to a graph."""
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
+
+
+def _one_grid(readers: list[onnx.NodeProto], constants: dict[str, onnx.TensorProto]) -> list[str] | None:
+    """The (scale, zero point) names of the one per-tensor grid all `readers` quantize a tensor with, or None where
+    a reader is no QuantizeLinear, the readers' grids differ, or the grid is per channel."""
+    grids = {tuple(r.input[1:]) for r in readers if r.op_type == "QuantizeLinear" and len(r.input) == 3}
+    if not readers or len(grids) != 1 or any(r.op_type != "QuantizeLinear" for r in readers):
+        return None
+    scale = constants.get(next(iter(grids))[0])
+    if scale is None or np.prod(scale.dims, dtype=np.int64) != 1:
+        return None
+    return list(next(iter(grids)))
 
 
 def _divisions_as_products(model: onnx.ModelProto, chain: set[str]) -> onnx.ModelProto:
