@@ -125,8 +125,11 @@ def test_a_compiler_that_cannot_be_executed_is_a_clear_error(espcn_int8, tmp_pat
     tool.chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
     with pytest.raises(ToolFailedError, match=r"cannot execute edgetpu_compiler at .*badbin/edgetpu_compiler: "
-                                              r"Exec format error; the compiler runs on x86-64 Linux only.*apt"):
+                                              r"Exec format error; the compiler runs on x86-64 Linux only.*apt") as err:
         _compile(espcn_int8, tmp_path)
+    # it ends as the not-found case does (the README): with what the compatibility check on this host says
+    compat = json.loads((espcn_int8 / "reports" / "edgetpu.json").read_text())
+    assert str(err.value).endswith(f"The compatibility check on this host says: {edgetpu.summary(compat)}")
 
 
 def test_an_unreadable_compiler_summary_is_a_warning_and_unknown(tmp_path, fake_compiler, caplog):

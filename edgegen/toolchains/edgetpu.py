@@ -1,7 +1,8 @@
 """Coral's `edgetpu_compiler`: compile an int8 .tflite for the Edge TPU, and parse its report.
 
 The compiler is a closed x86-64 Linux binary from Coral's apt repository; it is run when it is on
-PATH and otherwise a ToolNotFoundError says how to get it. It prints a summary (model sizes, on-chip
+PATH and otherwise a ToolNotFoundError says how to get it (a CompilerNotRunnableError where this host
+cannot execute the one on PATH). It prints a summary (model sizes, on-chip
 memory, number of Edge TPU subgraphs, ops on the Edge TPU and on the CPU) and writes
 `<model>_edgetpu.log` with one row per operator type and status; `parse_log` reads either text.
 """
@@ -41,6 +42,11 @@ _FIELDS = {
 _ROW = re.compile(r"^([A-Z][A-Z0-9_]*)\s+(\d+)\s+(\S.*?)\s*$")
 # the summary fields without which the compiler's result is not known (its format was not recognised)
 REQUIRED = ("subgraphs", "total_ops", "edgetpu_ops", "cpu_ops")
+
+
+class CompilerNotRunnableError(ToolFailedError):
+    """The compiler is on PATH but this host cannot execute it (the x86-64 binary on an aarch64 host, a file
+    that is not executable): as good as missing, so the message says how to install one that runs."""
 
 
 @dataclass
@@ -125,8 +131,8 @@ def compile_model(model: Path, out_dir: Path, timeout_s: int = TIMEOUT_S, label:
     except subprocess.TimeoutExpired:
         raise ToolFailedError(f"{TOOL} did not finish compiling {label} within {timeout_s + 30} s") from None
     except OSError as exc:  # the x86-64 binary on an aarch64 host (exec format error), a file not executable
-        raise ToolFailedError(f"cannot execute {TOOL} at {executable}: {exc.strerror or exc}; the compiler runs on "
-                              f"x86-64 Linux only: {INSTALL}") from None
+        raise CompilerNotRunnableError(f"cannot execute {TOOL} at {executable}: {exc.strerror or exc}; the compiler "
+                                       f"runs on x86-64 Linux only: {INSTALL}.") from None
     compiled = out_dir / f"{model.stem}_edgetpu.tflite"
     log_file = out_dir / f"{model.stem}_edgetpu.log"
     # the paths it prints are the build's temporary ones: the model's and the output's names say as much

@@ -204,9 +204,9 @@ def compile_model(model: Path, out: Path, compat: dict[str, Any], source: str | 
     label = f"the int8 {model.name} built from {source}" if source else model.name
     try:
         compiled, log_file, report, console = compiler.compile_model(model, work, label=label)
-    except ToolNotFoundError as exc:
-        raise ToolNotFoundError(f"this target's compile step needs {compiler.TOOL}: {exc} The compatibility "
-                                f"check on this host says: {summary(compat)}") from None
+    except (ToolNotFoundError, compiler.CompilerNotRunnableError) as exc:  # the README: both end the same way
+        raise type(exc)(f"this target's compile step needs {compiler.TOOL}: {exc} The compatibility check on this "
+                        f"host says: {summary(compat)}") from None
     if compiled.name != out.name:
         raise BuildError(f"{compiler.TOOL} wrote {compiled.name}, expected {out.name}")
     shutil.move(str(compiled), out)
