@@ -370,3 +370,21 @@ def test_a_label_fed_as_int32_and_cast_for_its_embedding(tmp_path, target, preci
     onnx.save(model, str(tmp_path / "int32.onnx"))
     result = build(tmp_path / "int32.onnx", target, tmp_path / "b", precision=precision)
     assert result.fidelity["psnr_db"] > (100 if precision == "fp32" else 30)
+
+
+@pytest.mark.parametrize("exponent, got", [
+    (np.float32(2.5), "got the exponent 2.5"),
+    (np.full((1, 3, 1, 1), 2.0, np.float32), "its exponent is a constant of shape [1, 3, 1, 1], not one value")])
+def test_a_pow_without_a_tflite_form_says_which_exponents_are_lowered(tmp_path, exponent, got):
+    """A Pow by 2.5 was refused as "no TFLite lowering for this op", as if no Pow were lowered; `edgegen inspect`
+    said the same."""
+    from edgegen.inspect import inspect_model
+
+    path = tmp_path / "pow.onnx"
+    onnx.save(_model([helper.make_node("Pow", ["x", "e"], ["y"], "power")], [numpy_helper.from_array(exponent, "e")],
+                     [1, 3, 8, 8]), str(path))
+    why = f"Pow is lowered for a constant exponent of 0.5, 2 or 3 (as SQRT or products); {got}: write the power"
+    with pytest.raises(UnsupportedOpError) as info:
+        build(path, "x86-litert", tmp_path / "b", samples=1)
+    assert f"node 'power' (op Pow): {why}" in str(info.value) and not (tmp_path / "b").exists()
+    assert why in inspect_model(str(path))["targets"]["x86-litert"]["unsupported"][0]["why"]

@@ -15,7 +15,7 @@ from ...graph import Graph
 from ...targets import Target
 from .. import require
 from . import edgetpu, xnnpack
-from .lower import constant_output, lower
+from .lower import constant_output, lower, no_rule
 from .ops import RULES
 from .ops.elementwise import FIXED_GRID
 from .prepare import prepare
@@ -47,7 +47,7 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
     missing = []
     for node in p.nodes:
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        why = rule.check(node, p) if rule else "no TFLite lowering for this op"
+        why = rule.check(node, p) if rule else no_rule(node, p)
         if why:
             missing.append((node.name, node.op_type, why))
     missing += [(name, "Constant", constant_output(name)) for name in (s.name for s in p.outputs) if name in p.consts]

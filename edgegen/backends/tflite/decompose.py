@@ -82,6 +82,28 @@ def decompose(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray], shapes
     return out
 
 
+def why_kept(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> str | None:
+    """Why `decompose` left a node it rewrites in some forms as it is (no TFLite builtin runs it), for the
+    refusal to name; None where the op has no such form or no known reason."""
+    if node.op_type == "Pow" and node.domain in ("", "ai.onnx") and len(node.input) == 2:
+        return _pow_kept(consts.get(node.input[1]), node.input[1])
+    return None
+
+
+def _pow_kept(exponent: np.ndarray | None, name: str) -> str:
+    """Why a Pow with this exponent (None: not a constant) has no TFLite form."""
+    values = [f"{e:g}" for e in POW_EXPONENTS]
+    lowered = (f"Pow is lowered for a constant exponent of {', '.join(values[:-1])} or {values[-1]} "
+               "(as SQRT or products)")
+    if exponent is None:
+        got = f"its exponent {name!r} is computed in the model"
+    elif exponent.size != 1:
+        got = f"its exponent is a constant of shape {list(exponent.shape)}, not one value"
+    else:
+        got = f"got the exponent {float(exponent.ravel()[0]):g}"
+    return f"{lowered}; {got}: write the power with those in the model (x ** 2.5 as x * x * sqrt(x), say)"
+
+
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 

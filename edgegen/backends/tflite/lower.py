@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from ...errors import UnsupportedOpError
+from .decompose import why_kept
 from .flatbuffer import ModelBuilder, QParams
 from .layout import channel_axis, plan_orders, tfl_shape
 from .prepare import Prepared
@@ -227,7 +228,7 @@ def lower(p: Prepared, precision: str, delegate: str = "xnnpack") -> Lowered:
     for node in p.nodes:
         lw.node = node
         rule = RULES.get(node.op_type)
-        why = rule.check(node, p) if rule else "no TFLite lowering for this op"
+        why = rule.check(node, p) if rule else no_rule(node, p)
         if why:
             raise lw.unsupported(why)
         rule.lower(lw, node)
@@ -241,6 +242,12 @@ def lower(p: Prepared, precision: str, delegate: str = "xnnpack") -> Lowered:
         lw.b.outputs.append(value.index)
         outputs.append(_boundary(spec.name, value.nhwc, lw.b.dtype(value.index), value.quant))
     return Lowered(lw.b, inputs, outputs, lw.warnings)
+
+
+def no_rule(node: onnx.NodeProto, p: Prepared) -> str:
+    """Why a node no lowering rule takes is refused: the reason its decomposition (see decompose.py) did not apply
+    (a Pow's exponent), or that TFLite has no builtin for the op."""
+    return why_kept(node, p.consts) or "no TFLite lowering for this op"
 
 
 def constant_output(name: str) -> str:
