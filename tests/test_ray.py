@@ -479,3 +479,25 @@ def test_a_model_option_error_is_said_once_before_ray_starts(tmp_path, base_bund
         list(fleet.build_fleet(str(base_bundle.parent / "glyph.onnx"), ["x86-onnxruntime", "x86-openvino"],
                                tmp_path / "o", options, executor="ray"))
     assert not (tmp_path / "o").exists()
+
+
+def test_what_a_worker_lacks_is_said_to_be_missing_on_its_node(tmp_path, base_bundle, monkeypatch):
+    """A fleet task (and a precompute actor) on a node without a backend's package said it "is not installed
+    here", though the driver's machine had it. (The worker's code run here, the package hidden as if not
+    installed: the tests' one Ray instance has no node without it.)"""
+    from edgegen.build import BuildOptions
+    from edgegen.errors import BackendUnavailableError
+    from edgegen.scale.fleet import build_files
+    from edgegen.scale.precompute import ShardRenderer, _bundle_files
+
+    node = rf"on the Ray worker at {ray.util.get_node_ip_address()} \(host {socket.gethostname()}\): "
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(BackendUnavailableError, match=rf"^{node}building for OpenVINO needs the openvino package, "
+                                                      r"which is not installed on that node; install it with"):
+        build_files(str(base_bundle.parent / "glyph.onnx"), "x86-openvino", BuildOptions())
+    gen = Generator.open(base_bundle)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendUnavailableError, match=rf"^{node}.*onnxruntime package, which is not installed on "
+                                                      r"that node; .*; every node of the Ray cluster needs edgegen"):
+        ShardRenderer(gen.content_hash, 1).render(0, [{"seed": 1, "label": 1}], {}, frozenset(),
+                                                  [ray.put(_bundle_files(gen.path, gen.manifest))])

@@ -1,17 +1,21 @@
 """Connecting to Ray: import it with an install hint, check a cluster address before Ray would
-wait minutes on it, and turn Ray's failures into messages that say what to do."""
+wait minutes on it, and turn Ray's failures into messages that say what to do (a worker's too: what its
+node lacks is said to be missing there, not "here", which reads as the driver's machine)."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
+import re
 import signal
 import socket
 import threading
 from typing import Any, Iterator
 
-from ..errors import EdgegenError, install_hint
+from ..errors import BackendUnavailableError, EdgegenError, install_hint
+from ..toolchains import ToolNotFoundError
 from . import ClusterError
 
 INSTALL = install_hint("ray", "ray")
@@ -21,6 +25,8 @@ CONNECT_TIMEOUT_S = 5
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
 _HTTP2_SETTINGS = 4
 TOKEN_AUTH_DOCS = "https://docs.ray.io/en/latest/ray-security/token-auth.html"
+# errors that say what this host lacks (a backend's package, a tool) as missing "here"
+_HOST_ERRORS = (BackendUnavailableError, ToolNotFoundError)
 # Ray retries for ~14 minutes on an address where something that is not a Ray head listens; these
 # bound its retries while it joins a cluster (set for ray.init only, where the user has not set them).
 _JOIN_TIMEOUTS = {"RAY_gcs_server_port_wait_time_s": "1", "RAY_py_gcs_connect_timeout_s": "5",
@@ -183,3 +189,24 @@ def user_errors(ray: Any, what: str) -> Iterator[None]:
         # an actor, or a task's worker process, that died past its restarts (an OOM kill), or its node
         raise ClusterError(f"{what}: a Ray worker died and could not be restarted ({str(exc).splitlines()[0]}); "
                            "check the nodes' memory and `ray status`, then rerun") from None
+
+
+@contextlib.contextmanager
+def on_worker_node() -> Iterator[None]:
+    """Around a Ray worker's work: an error saying what this host lacks names the worker's node, and says it is
+    missing on that node (its "here" read as the driver's machine, which may well have it)."""
+    try:
+        yield
+    except _HOST_ERRORS as exc:
+        raise _on_node(exc) from None
+
+
+def _on_node(exc: EdgegenError) -> EdgegenError:
+    """`exc` (same type and attributes) saying it happened on this Ray worker's node."""
+    import ray
+
+    said = re.sub(r"\bhere\b", "on that node", str(exc))
+    error = copy.copy(exc)
+    error.args = (f"on the Ray worker at {ray.util.get_node_ip_address()} (host {socket.gethostname()}): "
+                  f"{said.rstrip('.')}; every node of the Ray cluster needs edgegen installed the same way",)
+    return error

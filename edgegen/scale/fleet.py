@@ -113,7 +113,8 @@ def build_files(model: str, target: str, options: BuildOptions) -> dict[str, byt
     remove_orphans(Path(tempfile.gettempdir()), FLEET_PREFIX, "-.+")
     with tempfile.TemporaryDirectory(prefix=f"{FLEET_PREFIX}{owner()}-") as tmp:
         out = Path(tmp) / target
-        build(model, target, out, options)
+        with cluster.on_worker_node():
+            build(model, target, out, options)
         return {file.relative_to(out).as_posix(): file.read_bytes() for file in out.rglob("*") if file.is_file()}
 
 

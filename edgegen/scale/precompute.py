@@ -149,7 +149,8 @@ class ShardRenderer:
         name, by path; files_ref holds the ref of the bundle's files (nested, so it is fetched only when the
         bundle is opened)."""
         if self.gen is None:
-            self.gen = self._open(files_ref[0])
+            with cluster.on_worker_node():
+                self.gen = self._open(files_ref[0])
         entries: dict[str, tuple] = {}
         try:
             keys = render_new(self.gen, requests, entries, lambda *_: None, skip, first, images)
