@@ -312,6 +312,19 @@ def test_a_litert_fp16_bundle_is_costed_as_litert_computes_it_in_f32():
     assert ort["bytes"] == 10**6 + 2 * 10**6 * 2  # a Jetson's fp16 activations stay at 2 bytes
 
 
+def test_the_roofline_counts_what_the_artifact_computes_and_stores_where_the_build_measured_it():
+    """A LiteRT build's sub-pixel ConvTranspose computes 2.2x a DCGAN graph's MACs: the roofline used the graph's."""
+    device = targets.load("x86-litert")
+    graph = _costed("tflite", "int8", 10**6)
+    own = {**graph, "session": {"delegate": "xnnpack", "artifact": {"macs": 3 * 10**8, "param_bytes": 2 * 10**6}}}
+    before, after = roofline.estimate(graph, device), roofline.estimate(own, device)
+    assert before["ops"] == 2 * 10**8 and after["ops"] == 6 * 10**8 and after["bytes"] == before["bytes"] + 10**6
+    assert after["costs_from"].startswith("the artifact") and before["costs_from"].startswith("the compiled graph")
+    tpu = {**own, "session": {**own["session"], "delegate": "edgetpu"}}
+    tpu["session"]["artifact"] = {"macs": 10**8, "param_bytes": 9 * 1024 ** 2}  # 1 MiB beyond the on-chip memory
+    assert "(1048576 bytes)" in roofline.link_traffic({**tpu, "model": {**tpu["model"], "inputs": [], "outputs": []}})[1]
+
+
 def _scored_model(tmp_path: Path, half: bool = False) -> Path:
     """x [N,3,8,8] -> conv -> tanh: an image y; and score [N,1] = 1000 + 100 * mean(x), unbounded (no range).
     half: exported in float16 (model.half()), image only."""

@@ -177,3 +177,64 @@ def test_an_edge_tpu_graph_that_splits_is_warned_of(tmp_path, cgen_path, stand_i
 
     estimate = emulate(tmp_path / "coral", runs=1, aarch64=False)["estimate"]
     assert estimate["uncounted"].startswith("only ") and "the device's CPU runs the rest" in estimate["uncounted"]
+
+
+def _interpreter_costs(model: Path) -> tuple[int, int]:
+    """(MACs, constant buffer bytes) of a .tflite counted apart from edgegen: ai-edge-litert's op and tensor details
+    (its shapes) and the schema's buffers."""
+    import math
+
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_path=str(model),
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    shape = {t["index"]: [int(d) for d in t["shape"]] for t in it.get_tensor_details()}
+    macs = 0
+    for op in it._get_ops_details():
+        out, w = math.prod(shape[op["outputs"][0]]), shape[op["inputs"][1]] if len(op["inputs"]) > 1 else []
+        macs += {"CONV_2D": lambda: out * math.prod(w[1:]), "DEPTHWISE_CONV_2D": lambda: out * w[1] * w[2],
+                 "TRANSPOSE_CONV": lambda: math.prod(shape[op["inputs"][2]]) * math.prod(w[:3]),
+                 "FULLY_CONNECTED": lambda: out * w[1]}.get(op["op_name"], lambda: 0)()
+    flat = schema.Model.GetRootAsModel(model.read_bytes(), 0)
+    return macs, sum(flat.Buffers(i).DataLength() for i in range(flat.BuffersLength()))
+
+
+def test_the_cost_of_a_sub_pixel_conv_transpose_is_the_artifacts(tmp_path):
+    """On XNNPACK a strided ConvTranspose is a sub-pixel CONV_2D (every phase over the union of their taps) +
+    DEPTH_TO_SPACE: a DCGAN's .tflite computes 2.2x the ONNX graph's MACs and stores 1.2x its weight bytes, and
+    the cost line, the manifest and emulate's roofline gave the graph's alone."""
+    from edgegen.emulate import roofline
+    from edgegen.report import render_build_report
+    from edgegen.targets import load
+
+    result = build(FAMILIES / "dcgan__legacy_b1.onnx", "x86-litert", tmp_path / "b")
+    model, own = result.manifest["model"], result.manifest["session"]["artifact"]
+    assert (own["macs"], own["param_bytes"]) == _interpreter_costs(tmp_path / "b" / "model.tflite")
+    assert own["macs"] > 2 * model["macs"] and own["param_bytes"] > 1.15 * model["param_bytes"]
+    assert model["macs"] == model["source_macs"]  # model.macs stays the graph's
+    cost = next(line for line in render_build_report(result.manifest, tmp_path / "b").splitlines()
+                if line.strip().startswith("cost"))
+    assert f"the tflite artifact computes {own['macs'] / 1e6:.2f} MMACs and stores " \
+        f"{own['param_bytes'] / 1e3:.0f} KB as lowered" in cost, cost
+    estimate = roofline.estimate(result.manifest, load("x86-litert"))
+    assert estimate["ops"] == 2 * own["macs"] and estimate["costs_from"].startswith("the artifact")
+    same = {**result.manifest, "session": {**result.manifest["session"],
+                                           "artifact": {k: round(model[k] * 1.04) for k in ("macs", "param_bytes")}}}
+    assert "artifact computes" not in render_build_report(same, tmp_path / "b")  # within a few percent: not said
+
+
+def test_a_kept_transpose_conv_counts_the_graphs_macs():
+    """The Edge TPU form keeps TRANSPOSE_CONV (it has no DEPTH_TO_SPACE): the same MACs as the graph."""
+    from edgegen.backends.tflite.cost import artifact_cost
+    from edgegen.backends.tflite.edgetpu import schedule
+    from edgegen.backends.tflite.lower import lower
+    from edgegen.backends.tflite.prepare import prepare
+    from edgegen.graph import Graph
+
+    graph = Graph.load(FAMILIES / "dcgan__legacy_b1.onnx")
+    lowered = lower(prepare(graph), "fp32", "edgetpu")
+    lowered.builder.reorder(schedule(*lowered.builder.view()))
+    own = artifact_cost(lowered.builder.serialize("edgetpu"))
+    assert own["macs"] == sum(c.macs for c in graph.node_costs())

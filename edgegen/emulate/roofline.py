@@ -23,6 +23,16 @@ COMPUTED_AS = {("tflite", "fp16"): "fp32"}
 ON_CHIP_PARAMETER_BYTES = {"edgetpu": 8 * 1024 ** 2}
 
 
+def device_costs(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The MACs and parameter bytes of what the device runs: the artifact's own where its backend counted them
+    (session.artifact: a LiteRT build's sub-pixel CONV_2D computes 2.2x a DCGAN graph's MACs and stores 1.7x its
+    weight bytes), else the compiled graph's (model.macs, model.param_bytes); `from` says which."""
+    own, model = manifest.get("session", {}).get("artifact"), manifest["model"]
+    if own:
+        return {"macs": own["macs"], "param_bytes": own["param_bytes"], "from": "the artifact (session.artifact)"}
+    return {"macs": model["macs"], "param_bytes": model["param_bytes"], "from": "the compiled graph (model)"}
+
+
 def computed_precision(manifest: dict[str, Any]) -> str:
     """The precision the bundle's backend computes in on its device (its own, or COMPUTED_AS's)."""
     return COMPUTED_AS.get((manifest["backend"], manifest["precision"]), manifest["precision"])
@@ -40,7 +50,7 @@ def traffic(manifest: dict[str, Any]) -> tuple[int, str]:
     model, precision, computed = manifest["model"], manifest["precision"], computed_precision(manifest)
     element = ELEMENT_BYTES[computed]
     stored = STORED_AS.get((manifest["backend"], precision), precision)  # OpenVINO's bf16: an fp32 IR
-    params = model["param_bytes"] * element // ELEMENT_BYTES[stored]
+    params = device_costs(manifest)["param_bytes"] * element // ELEMENT_BYTES[stored]
     how = f" ({manifest['backend']} computes {precision} bundles in {computed})" if computed != precision else ""
     source = Path(model.get("source", ""))
     if "activation_bytes" in model:
@@ -72,7 +82,7 @@ def link_traffic(manifest: dict[str, Any]) -> tuple[int, str]:
         how = "the compiler's off-chip parameters"
     else:
         on_chip = ON_CHIP_PARAMETER_BYTES[session["delegate"]]
-        off_chip = max(0, model["param_bytes"] - on_chip)
+        off_chip = max(0, device_costs(manifest)["param_bytes"] - on_chip)
         how = f"parameters beyond the {on_chip / 1024 ** 2:g} MiB on-chip memory"
     return io + off_chip, (f"inputs and outputs over the host link + {how} ({off_chip} bytes); parameters cached on "
                            "chip and activations kept there do not cross it")
@@ -90,7 +100,8 @@ def estimate(manifest: dict[str, Any], target: Target) -> dict[str, Any]:
     if precision not in peaks:
         raise TargetError(f"{target.path}: roofline.peak_gops has no entry for {precision} (the bundle's precision)")
     peak = peaks.get(computed_precision(manifest), peaks[precision])
-    ops = 2 * manifest["model"]["macs"]
+    costs = device_costs(manifest)
+    ops = 2 * costs["macs"]
     batch = int(manifest["model"].get("cost_batch") or 1)
     moved, counted = traffic(manifest)
     compute_ms = ops / (peak * 1e9) * 1e3
@@ -100,7 +111,8 @@ def estimate(manifest: dict[str, Any], target: Target) -> dict[str, Any]:
               "batch_latency_ms": round(max(compute_ms, memory_ms), 4),
               "bound": "compute" if compute_ms >= memory_ms else "memory", "compute_ms": round(compute_ms, 4),
               "memory_ms": round(memory_ms, 4), "ops": ops, "bytes": moved, "bytes_counted": counted,
-              "peak_gops": peak, "bandwidth_gbs": target.roofline["bandwidth_gbs"], "source": target.roofline["source"]}
+              "costs_from": costs["from"], "peak_gops": peak, "bandwidth_gbs": target.roofline["bandwidth_gbs"],
+              "source": target.roofline["source"]}
     counts = manifest.get("session", {}).get("edgetpu_compiler")
     if counts and counts.get("edgetpu_ops") is not None:  # the compiler's own mapping, which the build recorded
         cpu = (f"the compiler maps {counts['edgetpu_ops']}/{counts['total_ops']} ops to the Edge TPU; the device's "

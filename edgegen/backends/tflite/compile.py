@@ -15,6 +15,7 @@ from ...graph import Graph
 from ...targets import Target
 from .. import require
 from . import edgetpu, xnnpack
+from .cost import artifact_cost
 from .lower import constant_output, lower, no_rule
 from .ops import RULES
 from .ops.elementwise import FIXED_GRID
@@ -102,7 +103,8 @@ def compile(graph: Graph, target: Target, precision: str, workdir: Path) -> dict
     session = {"entry": ARTIFACT, "precision": precision,
                "runtime": target.backend_options.get("runtime", "ai-edge-litert"), "delegate": delegate,
                "inputs": lowered.inputs, "outputs": lowered.outputs,
-               "delegation": xnnpack.summary(reports["xnnpack"])}
+               "delegation": xnnpack.summary(reports["xnnpack"]),
+               "artifact": artifact_cost((workdir / ARTIFACT).read_bytes())}  # see cost.py
     files = [ARTIFACT]
     tools = {"ai-edge-litert": ai_edge_litert.__version__, "flatbuffers": flatbuffers.__version__}
     if precision == "int8":
