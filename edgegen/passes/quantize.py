@@ -322,18 +322,27 @@ def shape_arithmetic(model: onnx.ModelProto) -> list[str]:
     shape, a Slice's bounds), never data: an opset-9 export's `F.interpolate(size=(2 * H, 2 * W))` divides the
     output size by the input's in float and concatenates it with [1, 1] into the Upsample's scales. Quantized,
     the channel scale 1.0 came back a little under 1 and the Resize gave 7 channels of 8."""
-    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for node in model.graph.node:
+    found = _parameter_nodes(model)
+    return [node.name for position, node in enumerate(model.graph.node) if position in found]
+
+
+def _parameter_nodes(model: onnx.ModelProto) -> set[int]:
+    """The positions in model.graph.node of the nodes shape_arithmetic names (nodes need no name, and a node's
+    Python object, so its id(), is not kept between two walks of the graph)."""
+    nodes = list(model.graph.node)
+    readers: dict[str, list[tuple[int, int]]] = {}
+    for position, node in enumerate(nodes):
         for index, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, index))
+            readers.setdefault(name, []).append((position, index))
     outputs = {o.name for o in model.graph.output}
     found: set[int] = set()
-    for node in reversed(model.graph.node):  # topologically sorted: every reader is decided before its producer
+    for position in reversed(range(len(nodes))):  # topologically sorted: every reader is decided before its producer
+        node = nodes[position]
         if node.output and not outputs & set(node.output) and all(
-                readers.get(name) and all(index in PARAMETER_INPUTS.get(reader.op_type, ()) or id(reader) in found
+                readers.get(name) and all(index in PARAMETER_INPUTS.get(nodes[reader].op_type, ()) or reader in found
                                           for reader, index in readers[name]) for name in node.output):
-            found.add(id(node))
-    return [node.name for node in model.graph.node if id(node) in found]
+            found.add(position)
+    return found
 
 
 def _subs_left_float(model: onnx.ModelProto, op_types: list[str], chain: set[str]) -> list[str]:
@@ -501,9 +510,13 @@ def _own_grids_for_interpolation(model: onnx.ModelProto, ranges) -> None:
 
 
 def qdq_summary(model: onnx.ModelProto) -> dict[str, object]:
-    """Per op type, how many nodes the QDQ graph makes int8 (every input from a DequantizeLinear, every
-    output into a QuantizeLinear, weights dequantized too) and how many stay float."""
+    """Per op type, how many nodes the QDQ graph makes int8 (every data input from a DequantizeLinear, every
+    output into a QuantizeLinear, weights dequantized too) and how many stay float. Parameter inputs
+    (PARAMETER_INPUTS) are no data: the Reshape of an opset-11 DCGAN's `z.view(N, nz, 1, 1)` reads a shape
+    computed from Shape(z), and was listed float though LiteRT runs it in int8. The nodes computing parameters
+    (shape_arithmetic) are neither: backends fold them at the shapes they build for."""
     graph = model.graph
+    parameter_nodes = _parameter_nodes(model)
     inits = {t.name for t in graph.initializer}
     float_weights = {t.name for t in graph.initializer if t.data_type in FLOAT_TYPES}
     produced_by_dq = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
@@ -513,10 +526,11 @@ def qdq_summary(model: onnx.ModelProto) -> dict[str, object]:
             consumers.setdefault(name, []).append(node.op_type)
     quantized: dict[str, int] = {}
     float_ops: dict[str, int] = {}
-    for node in graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+    for position, node in enumerate(graph.node):
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or position in parameter_nodes:
             continue
-        data_inputs = [i for i in node.input if i and i not in inits]
+        parameters = PARAMETER_INPUTS.get(node.op_type, ())
+        data_inputs = [i for k, i in enumerate(node.input) if i and i not in inits and k not in parameters]
         int8 = bool(data_inputs) and all(i in produced_by_dq for i in data_inputs) and all(
             consumers.get(o) and set(consumers[o]) == {"QuantizeLinear"} for o in node.output) and not (
             node.op_type in WEIGHT_OPS and len(node.input) > 1 and node.input[1] in float_weights)  # a float layer
