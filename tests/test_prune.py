@@ -161,41 +161,91 @@ def test_squeeze_excite_pooling_by_reduce_mean_follows_the_producer(tmp_path, op
     assert _weight(pruned, "s2").shape == (6, 3, 1, 1) and _weight(pruned, "c").shape == (3, 6, 1, 1)
 
 
-@pytest.mark.parametrize("pool,view", [("ReduceMean", "Reshape"), ("ReduceMean", "Unsqueeze"),
-                                       ("Flatten", "Reshape"), ("Squeeze", "Unsqueeze")])
-def test_a_squeeze_excite_gate_of_linear_layers_prunes_with_the_trunk_it_multiplies(tmp_path, pool, view):
-    """SENet's gate pool -> Linear -> Sigmoid -> view(-1, C, 1, 1) (or [:, :, None, None]) moves no channel: the
-    gated trunk was excluded as "Reshape node ... regroups channels"; its Linear's output rows now go with the
-    trunk's channels. The pool: x.mean((2, 3)), or a GlobalAveragePool flattened or squeezed to [N, C]."""
+def _linear_gate(tmp_path, pooled: list, to_4d: list, inits: dict) -> Graph:
+    """conv a (8 channels, 2 dead) -> Relu r -> pooled to [N, 8] m -> Linear l1 -> Relu -> Linear l2 -> Sigmoid g
+    -> `to_4d` g4 ([N, 8, 1, 1]) -> r * g4 -> conv c: a squeeze-excite gate of Linear layers."""
     rng = np.random.default_rng(13)
     dead = [2, 5]
-    to_4d = helper.make_node("Reshape", ["g", "shape"], ["g4"], name="view") if view == "Reshape" else \
-        helper.make_node("Unsqueeze", ["g", "axes"], ["g4"], name="view")
-    pooled = [helper.make_node("ReduceMean", ["r"], ["m"], name="pool", axes=[2, 3], keepdims=0)] if \
-        pool == "ReduceMean" else [helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
-                                   helper.make_node(pool, ["p"] + (["axes"] if pool == "Squeeze" else []), ["m"])]
-    graph = _graph(tmp_path, [
+    return _graph(tmp_path, [
         helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["a"], ["r"], name="r"),
         *pooled,  # [N, 8]
         helper.make_node("Gemm", ["m", "w1", "b1"], ["f1"], name="l1", transB=1),
         helper.make_node("Relu", ["f1"], ["f1r"], name="f1r"),
         helper.make_node("Gemm", ["f1r", "w2", "b2"], ["f2"], name="l2", transB=1),
-        helper.make_node("Sigmoid", ["f2"], ["g"], name="gate"), to_4d,  # [N, 8, 1, 1]
+        helper.make_node("Sigmoid", ["f2"], ["g"], name="gate"), *to_4d,  # [N, 8, 1, 1]
         helper.make_node("Mul", ["r", "g4"], ["e"], name="excite"),
         helper.make_node("Conv", ["e", "wc"], ["y"], name="c", pads=[1, 1, 1, 1]),
     ], {"wa": _weights(rng, (8, 3, 3, 3), dead), "ba": _bias(rng, 8, dead), "w1": _weights(rng, (4, 8), [1]),
         "b1": _bias(rng, 4, [1]), "w2": _weights(rng, (8, 4)), "b2": _bias(rng, 8), "wc": _weights(rng, (3, 8, 3, 3)),
-        "shape": np.array([-1, 8, 1, 1], np.int64), "axes": np.array([2, 3], np.int64)},
-        [_image("x", 3)], [_image("y", 3)])
+        **inits}, [_image("x", 3)], [_image("y", 3)])
+
+
+def _gate_pruned_with_its_trunk(graph: Graph) -> dict:
+    """Prune `_linear_gate`'s model by 25% (its dead channels go); the trunk's group holds the gate's l2."""
     pruned, report = _same_function(graph, 0.25)
     trunk = next(g for g in report["groups"] if "a" in g["layers"])
     assert trunk["layers"] == ["a", "l2"] and trunk["consumers"] == ["l1", "c"] and trunk["channels"] == [8, 6]
     assert _weight(pruned, "a").shape == (6, 3, 3, 3) and _weight(pruned, "l2").shape == (6, 3)
     assert _weight(pruned, "l1").shape == (3, 6) and _weight(pruned, "c").shape == (3, 6, 3, 3)
-    if view == "Reshape":
-        assert _weight(pruned, "view", 1).tolist() == [-1, 6, 1, 1]
     assert [g["reasons"] for g in report["excluded"]] == [["graph input 'x'"], ["reaches graph output 'y'"]]
+    return pruned
+
+
+@pytest.mark.parametrize("pool,view", [("ReduceMean", "Reshape"), ("ReduceMean", "Unsqueeze"),
+                                       ("Flatten", "Reshape"), ("Squeeze", "Unsqueeze")])
+def test_a_squeeze_excite_gate_of_linear_layers_prunes_with_the_trunk_it_multiplies(tmp_path, pool, view):
+    """SENet's gate pool -> Linear -> Sigmoid -> view(-1, C, 1, 1) (or [:, :, None, None]) moves no channel: the
+    gated trunk was excluded as "Reshape node ... regroups channels"; its Linear's output rows now go with the
+    trunk's channels. The pool: x.mean((2, 3)), or a GlobalAveragePool flattened or squeezed to [N, C]."""
+    to_4d = helper.make_node("Reshape", ["g", "shape"], ["g4"], name="view") if view == "Reshape" else \
+        helper.make_node("Unsqueeze", ["g", "axes"], ["g4"], name="view")
+    pooled = [helper.make_node("ReduceMean", ["r"], ["m"], name="pool", axes=[2, 3], keepdims=0)] if \
+        pool == "ReduceMean" else [helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+                                   helper.make_node(pool, ["p"] + (["axes"] if pool == "Squeeze" else []), ["m"])]
+    pruned = _gate_pruned_with_its_trunk(_linear_gate(tmp_path, pooled, [to_4d], {
+        "shape": np.array([-1, 8, 1, 1], np.int64), "axes": np.array([2, 3], np.int64)}))
+    if view == "Reshape":
+        assert _weight(pruned, "view", 1).tolist() == [-1, 8 - 2, 1, 1]
+
+
+@pytest.mark.parametrize("channels", ["shape", "folded", "constant", "maximum"])
+def test_a_gate_viewed_to_a_shape_computed_from_the_trunks_prunes_with_it(tmp_path, monkeypatch, channels):
+    """The TorchScript exporter writes SENet's `n, c = x.shape[:2]; x * g.view(n, c, 1, 1)` as Shape -> Gather ->
+    Unsqueeze -> Concat -> Reshape: with a dynamic batch the shape stays computed, and the trunk was excluded
+    ("read by Shape node", "Reshape node ... has a computed shape"), leaving a MobileNet block's expansion
+    unpruned (83 -> 45 MMACs at --prune 0.5; its dynamo export 21 MMACs). The channel count: the trunk's Shape's
+    entry 1, which follows the pruned count at run time (where shape inference does not reach the gate and the
+    load's folding leaves it), that entry folded to a constant [8] by the load, or `view(n, C, 1, 1)`'s constant
+    [8, 1, 1], re-counted. Through arithmetic edgegen does not follow (max(c, 1)) the trunk stays excluded."""
+    if channels in ("shape", "maximum"):
+        monkeypatch.setattr("edgegen.graph_load._static_shape_parts", lambda model: model)
+    gather = [helper.make_node("Shape", ["r"], ["r_shape"], name="shape"),
+              helper.make_node("Gather", ["r_shape", "zero"], ["n"], name="n", axis=0),
+              helper.make_node("Unsqueeze", ["n", "axis0"], ["n1"], name="n1")]
+    if channels == "constant":
+        to_4d = [*gather, helper.make_node("Concat", ["n1", "c11"], ["to_4d"], name="to_4d", axis=0)]
+    else:
+        count = [helper.make_node("Gather", ["r_shape", "one"], ["c"], name="c_of", axis=0)] + (
+            [helper.make_node("Max", ["c", "one"], ["c_max"], name="max")] if channels == "maximum" else [])
+        to_4d = [*gather, *count, helper.make_node("Unsqueeze", [count[-1].output[0], "axis0"], ["c1"], name="c1"),
+                 helper.make_node("Concat", ["n1", "c1", "ones"], ["to_4d"], name="to_4d", axis=0)]
+    pooled = [helper.make_node("ReduceMean", ["r"], ["m"], name="pool", axes=[2, 3], keepdims=0)]
+    graph = _linear_gate(tmp_path, pooled, [*to_4d, helper.make_node("Reshape", ["g", "to_4d"], ["g4"], name="view")],
+                         {"zero": np.array(0, np.int64), "one": np.array(1, np.int64), "axis0": np.array([0], np.int64),
+                          "ones": np.array([1, 1], np.int64), "c11": np.array([8, 1, 1], np.int64)})
+    assert graph.op_inventory()["Gather"] == (2 if channels in ("shape", "maximum") else 1)  # the load's folding
+    if channels == "maximum":
+        with pytest.raises(BuildError, match="its channel count, read by Shape node 'shape', reaches Max node 'max', "
+                                             "which edgegen does not re-count; Reshape node 'view' has a computed"):
+            prune(graph, 0.25, load_calibration(graph.inputs, None, 4))
+        return
+    pruned = _gate_pruned_with_its_trunk(graph)
+    if channels != "shape":
+        concat = next(n for n in pruned.model.graph.node if n.name == "to_4d")
+        pieces = [numpy_helper.to_array(t).tolist() for name in concat.input[1:]
+                  for t in pruned.model.graph.initializer if t.name == name]
+        assert pieces == ([[6, 1, 1]] if channels == "constant" else [[6], [1, 1]])
 
 
 def test_channel_means_broadcast_along_w_keep_their_channels(tmp_path):

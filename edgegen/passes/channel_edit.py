@@ -56,8 +56,8 @@ def remove_channels(model: onnx.ModelProto, cg: ChannelGraph, keep: dict[int, np
     for entry in cg.shape_entries:
         count = cg.kept_channels(entry.layout, keep)
         array = numpy_helper.to_array(values[nodes[entry.node].input[entry.slot]]).copy()
-        if array[1] != count:
-            array[1] = count
+        if array[entry.index] != count:
+            array[entry.index] = count
             nodes[entry.node].input[entry.slot] = add_initializer(model, array, nodes[entry.node].input[entry.slot])
     for i, layout in cg.depthwise:
         for a in nodes[i].attribute:

@@ -10,7 +10,13 @@ order, each tensor gets a `Layout`: the spaces its channel axis (axis 1) is made
 - Concat on axis 1 lays the inputs' spaces side by side, so each input keeps its own offset;
 - Gemm/MatMul followed by Reshape to [N, C, H, W] makes a space of C channels of H*W features each;
 - a Reshape/Flatten/Squeeze/Unsqueeze that keeps the batch axis and one entry of axis 1 per channel passes
-  the layout through (a squeeze-excite gate's [N, C] -> [N, C, 1, 1]);
+  the layout through (a squeeze-excite gate's [N, C] -> [N, C, 1, 1]). A Reshape's shape may be computed
+  (Shape -> Gather -> Unsqueeze -> Concat, as the TorchScript exporter writes `n, c = x.shape[:2]; g.view(n, c,
+  1, 1)`) where it holds a batch read from a Shape, a channel count that is a constant of its Concat (re-counted
+  as a constant shape's is) or read from the Shape of a tensor whose channels it then shares (it follows the
+  pruned count at run time), and constants or spatial dims after;
+- a Shape moves no channel: only where its channel count (entry 1) reaches anything but such a Reshape (or the
+  Gather / Unsqueeze / Concat steps that lead there) is the tensor it reads excluded;
 - a layer reading channels (Conv groups=1, ConvTranspose groups=1, Gemm, MatMul) is a *consumer*:
   its input axis of weights follows the layout (and it is what least squares can refit).
 
@@ -77,11 +83,40 @@ class ParamAxis:
 
 @dataclass(frozen=True)
 class ShapeEntry:
-    """Entry 1 of the constant shape/sizes vector at input `slot` of node `node` is `layout`'s channel count."""
+    """Entry `index` of the constant shape/sizes vector at input `slot` of node `node` is `layout`'s channel
+    count (entry 1 of a Reshape's or Resize's own constant; any entry of a constant piece of a computed shape)."""
 
     node: int
     slot: int
     layout: Layout
+    index: int = 1
+
+
+@dataclass(frozen=True)
+class Dim:
+    """An entry of a shape vector computed at run time: axis `axis` of `tensor`'s shape, read by Shape node
+    `reader`."""
+
+    tensor: str
+    axis: int
+    reader: str
+
+    def __str__(self) -> str:
+        return f"{self.tensor}.shape[{self.axis}]"
+
+
+@dataclass(frozen=True)
+class Const:
+    """An entry of a shape vector that is a constant: entry `index` of the initializer at input `slot` of node
+    `node`."""
+
+    value: int
+    node: int
+    slot: int
+    index: int
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 @dataclass(frozen=True)
@@ -186,6 +221,9 @@ class _Walker:
             for name in node.input:
                 self.users[name].append(node)
         self.cg = ChannelGraph()
+        self.dims: dict[str, list[Dim | Const]] = {}  # shape vectors computed at run time, entry by entry
+        self.arithmetic = {"Shape": self.shape_of, "Gather": self.gathered, "Unsqueeze": self.unsqueezed,
+                           "Concat": self.concatenated}
         self.rules = {"Conv": self.conv, "ConvTranspose": self.conv_transpose, "Gemm": self.gemm,
                       "MatMul": self.matmul, "Concat": self.concat, "Reshape": self.reshape, "Pad": self.pad,
                       "Resize": self.resize, "Clip": self.clip, "BatchNormalization": self.norm,
@@ -200,8 +238,10 @@ class _Walker:
             self.visit(i, node)
         for value in self.graph.output:
             self.cg.exclude(self.cg.layouts.get(value.name), f"reaches graph output {value.name!r}")
+            self.count_read([value.name], f"graph output {value.name!r}")
         for name in _subgraph_reads(self.graph):
             self.cg.exclude(self.cg.layouts.get(name), f"{name!r} is read inside a subgraph (If/Loop/Scan)")
+            self.count_read([name], "a subgraph (If/Loop/Scan)")
         return self.cg
 
     # helpers -------------------------------------------------------------------------------------------
@@ -264,7 +304,12 @@ class _Walker:
 
     # rules ---------------------------------------------------------------------------------------------
     def visit(self, i: int, node: onnx.NodeProto) -> None:
-        if node.domain not in ("", "ai.onnx"):
+        standard = node.domain in ("", "ai.onnx")
+        if standard and self.shape_arithmetic(i, node):
+            return
+        reshape = standard and node.op_type == "Reshape"  # `reshape` says whether it follows its shape's entries
+        self.count_read(node.input[:1] if reshape else node.input, f"{node.op_type} node {node.name!r}")
+        if not standard:
             self.opaque(node)
         elif node.op_type in self.rules:
             self.rules[node.op_type](i, node)
@@ -366,20 +411,114 @@ class _Walker:
 
     def reshape(self, i: int, node: onnx.NodeProto) -> None:
         """Whole channels where the batch axis stays first and axis 1 holds one entry per channel: a latent
-        projection's [N, C*H*W] -> [N, C, H, W], a squeeze-excite gate's [N, C] -> [N, C, 1, 1]. The constant
-        shape's entry 1 then follows the channel count."""
-        shape, inp = self.constant(node, 1), self.shape(node.input[0]) or [None]
-        if shape is None:
-            return self.opaque(node, f"Reshape node {node.name!r} has a computed shape")
-        dims = [int(d) for d in np.ravel(shape)]
-        why = self.regroup(node, same_axis1=False)
-        if why is None and dims[0] not in ((-1, inp[0]) if attribute(node, "allowzero", 0) else (-1, 0, inp[0])):
-            why = f"Reshape node {node.name!r} does not keep the batch axis (shape {dims})"
-        if why is None and -1 in dims[1:]:
-            why = f"Reshape node {node.name!r} infers a non-batch axis (shape {dims}), which edgegen does not re-count"
+        projection's [N, C*H*W] -> [N, C, H, W], a squeeze-excite gate's [N, C] -> [N, C, 1, 1]. The shape's
+        entry 1 then follows the channel count: a constant is re-counted; a Shape's entry 1 of another tensor
+        ties that tensor's channels to these (see `target_why` for the computed shapes followed)."""
+        entries = self.target(i, node)
+        why = f"Reshape node {node.name!r} has a computed shape" if entries is None else \
+            self.regroup(node, same_axis1=False)
+        why = self.target_why(i, node, entries) if why is None else why
         layout = self.reshaped(node, why)
-        if layout is not None:
-            self.cg.shape_entries.append(ShapeEntry(i, 1, layout))
+        if layout is None:
+            return self.count_read(node.input[1:2], f"Reshape node {node.name!r}")
+        channel = entries[1]
+        if isinstance(channel, Const):
+            self.cg.shape_entries.append(ShapeEntry(channel.node, channel.slot, layout, channel.index))
+        elif self.unify(node, [layout, self.cg.layouts[channel.tensor]]) is None:
+            self.count_read(node.input[1:2], f"Reshape node {node.name!r}")
+
+    def target(self, i: int, node: onnx.NodeProto) -> list[Dim | Const] | None:
+        """The entries of a Reshape's shape: its constant's, or those of a shape computed as `shape_arithmetic`
+        follows; None where neither."""
+        shape = self.constant(node, 1)
+        if shape is None:
+            return self.dims.get(node.input[1])
+        return [Const(int(d), i, 1, k) for k, d in enumerate(np.ravel(shape))]
+
+    def target_why(self, i: int, node: onnx.NodeProto, entries: list[Dim | Const]) -> str | None:
+        """Why a Reshape's shape does not keep the batch axis and follow the channel count; None where it does.
+        Followed: entry 0 a batch (-1, 0 or the batch, or a Shape's entry 0 of a tensor with channels), entry 1
+        the Reshape's own constant, a constant of the Concat that only it reads, or a Shape's entry 1 of a
+        tensor with channels, the other entries constants other than -1 or a Shape's spatial entries."""
+        inp, what = self.shape(node.input[0]) or [None], f"Reshape node {node.name!r}"
+        shown = "[" + ", ".join(str(e) for e in entries) + "]"
+        first, channel = entries[0], entries[1]
+        batch = (-1, inp[0]) if attribute(node, "allowzero", 0) else (-1, 0, inp[0])
+        if not (self.read_axis(first, 0) or isinstance(first, Const) and first.value in batch):
+            return f"{what} does not keep the batch axis (shape {shown})"
+        if any(isinstance(e, Const) and e.value == -1 for e in entries[1:]):
+            return f"{what} infers a non-batch axis (shape {shown}), which edgegen does not re-count"
+        if any(isinstance(e, Dim) and not self.read_axis(e, k) for k, e in enumerate(entries)):
+            return f"{what} computes its shape {shown} from a tensor's shape in a way edgegen does not re-count"
+        own = isinstance(channel, Const) and (channel.node == i or (
+            self.graph.node[channel.node].output[0] == node.input[1] and len(self.users[node.input[1]]) == 1))
+        if isinstance(channel, Const) and not own:
+            return f"{what} takes its channel count from a constant that other nodes read too (shape {shown})"
+        return None
+
+    def read_axis(self, entry: Dim | Const, position: int) -> bool:
+        """Whether `entry` is a Shape's entry that pruning leaves in place at `position` of a reshaped tensor
+        with channels: the batch at 0, the channel count at 1, a spatial dim after."""
+        return isinstance(entry, Dim) and entry.tensor in self.cg.layouts and (
+            entry.axis == position if position < 2 else entry.axis >= 2)
+
+    def shape_arithmetic(self, i: int, node: onnx.NodeProto) -> bool:
+        """Follow the steps by which exporters compute a shape from a tensor's (Shape, Gather of constant
+        indices, Unsqueeze of a scalar, Concat with constants): the entries go to `dims`. False where `node`
+        is no such step (it is then visited as any other node)."""
+        step = self.arithmetic.get(node.op_type)
+        entries = step(i, node) if step else None
+        if entries is None:
+            return False
+        self.dims[node.output[0]] = entries
+        return True
+
+    def count_read(self, names: list[str], where: str) -> None:
+        """Exclude the channels whose count, read by a Shape, reaches `where`, which does not follow it."""
+        for name in names:
+            for entry in self.dims.get(name, ()):
+                if isinstance(entry, Dim) and entry.axis == 1:
+                    self.cg.exclude(self.cg.layouts.get(entry.tensor), f"its channel count, read by Shape node "
+                                                                       f"{entry.reader!r}, reaches {where}, which "
+                                                                       "edgegen does not re-count")
+
+    def shape_of(self, i: int, node: onnx.NodeProto) -> list[Dim | Const] | None:
+        """A Shape's entries (its start and end attributes applied), where the rank is known."""
+        rank = len(self.shape(node.input[0]) or [])
+        if not rank or node.input[0] in self.consts:
+            return None
+        axes = range(rank)[attribute(node, "start", 0):attribute(node, "end", rank)]
+        return [Dim(node.input[0], k, node.name) for k in axes]
+
+    def gathered(self, i: int, node: onnx.NodeProto) -> list[Dim | Const] | None:
+        """The entries a Gather takes at constant indices (a scalar or a vector of them) from a shape vector."""
+        data, index = self.dims.get(node.input[0]), self.constant(node, 1)
+        if data is None or index is None or index.ndim > 1 or attribute(node, "axis", 0) not in (0, -1):
+            return None
+        picks = [int(k) for k in np.ravel(index)]
+        return [data[k] for k in picks] if all(-len(data) <= k < len(data) for k in picks) else None
+
+    def unsqueezed(self, i: int, node: onnx.NodeProto) -> list[Dim | Const] | None:
+        """A scalar entry made a vector of one (the only Unsqueeze whose output is a vector)."""
+        data = self.dims.get(node.input[0])
+        if data is None or self.axes(node)[1] or len(data) != 1 or len(self.shape(node.output[0]) or []) != 1:
+            return None
+        return data
+
+    def concatenated(self, i: int, node: onnx.NodeProto) -> list[Dim | Const] | None:
+        """Shape vectors and constant vectors laid end to end, each constant entry with where it is written."""
+        if not any(n in self.dims for n in node.input) or len(self.shape(node.output[0]) or []) != 1:
+            return None
+        entries: list[Dim | Const] = []
+        for slot, name in enumerate(node.input):
+            value = self.consts.get(name)
+            if name in self.dims:
+                entries += self.dims[name]
+            elif value is not None and value.ndim == 1:
+                entries += [Const(int(v), i, slot, k) for k, v in enumerate(value)]
+            else:
+                return None
+        return entries
 
     def squeeze(self, i: int, node: onnx.NodeProto) -> None:
         """Squeeze / Unsqueeze of axes after the channel axis move no channel (a gate's [N, C] -> [N, C, 1, 1])."""
