@@ -380,7 +380,7 @@ def _batch_parts(graph: Graph, comp: _Compiler, sizes: list[int]) -> dict[str, s
         raise BuildError(f"{graph.source}: --batch-sizes is for models exported with a fixed batch; this model's "
                          f"batch axis is dynamic, which a {comp.tgt.backend} artifact (static shapes) takes at batch 1, "
                          "running a batch as batch-1 calls; to compile it at batch N give --input-shape "
-                         f"{example.name}={format_shape(example.source_dims([4, *example.shape[1:]]))} (N=4: "
+                         f"{example.name}={format_shape(example.source_dims([4, *example.default_shape[1:]]))} (N=4: "
                          "a batch then runs in calls of 4, the last one padded)")
     if not fixed:
         raise BuildError(f"{graph.source}: --batch-sizes is for models exported with a fixed batch; this model's "

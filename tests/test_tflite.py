@@ -522,18 +522,21 @@ def test_an_int32_label_of_shape_n_1_cast_and_flattened_before_its_embedding(tmp
                                   Generator.open(tmp_path / "b").generate(label=5))
 
 
-def test_batch_sizes_on_a_dynamic_batch_model_say_how_a_static_artifact_takes_a_batch(tmp_path):
+@pytest.mark.parametrize("dims", [[12, 10], ["h", "w"]])
+def test_batch_sizes_on_a_dynamic_batch_model_say_how_a_static_artifact_takes_a_batch(tmp_path, dims):
     """A dynamic batch runs as batch-1 calls on LiteRT (static shapes): the refusal said every batch size
     "already runs in one call"; it names the --input-shape that compiles a batch of 4, which then builds."""
     weights = np.random.default_rng(0).normal(0, 0.2, (3, 3, 3, 3)).astype(np.float32)
     g = helper.make_graph([helper.make_node("Conv", ["image", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
                            helper.make_node("Sigmoid", ["c"], ["out"])], "dyn",
-                          [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, 12, 10])],
-                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 3, 12, 10])],
+                          [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, *dims])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 3, *dims])],
                           [onnx.numpy_helper.from_array(weights, "w")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
-    with pytest.raises(BuildError, match=r"static shapes.*batch-1 calls.*--input-shape image=4x3x12x10") as refused:
-        build(tmp_path / "m.onnx", "x86-litert", tmp_path / "b", batch_sizes=[1, 4])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.metadata_props.add(key="edgegen.default_size", value="12x10")  # the size a dynamic one is built at
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    with pytest.raises(BuildError, match=r"static shapes.*batch-1 calls.*--input-shape image=4x3x12x10 ") as refused:
+        build(tmp_path / "m.onnx", "x86-litert", tmp_path / "b", batch_sizes=[1, 4])  # a shape the CLI takes
     assert "already runs in one call" not in str(refused.value) and not (tmp_path / "b").exists()
     result = build(tmp_path / "m.onnx", "x86-litert", tmp_path / "b",
                    graph_options={"input_shapes": {"image": [4, 3, 12, 10]}})

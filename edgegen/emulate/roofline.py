@@ -25,7 +25,7 @@ ON_CHIP_PARAMETER_BYTES = {"edgetpu": 8 * 1024 ** 2}
 
 def device_costs(manifest: dict[str, Any]) -> dict[str, Any]:
     """The MACs and parameter bytes of what the device runs: the artifact's own where its backend counted them
-    (session.artifact: a LiteRT build's sub-pixel CONV_2D computes 2.2x a DCGAN graph's MACs and stores 1.7x its
+    (session.artifact: a LiteRT build's sub-pixel CONV_2D computes 2.2x a DCGAN graph's MACs and stores 1.2-1.7x its
     weight bytes), else the compiled graph's (model.macs, model.param_bytes); `from` says which."""
     own, model = manifest.get("session", {}).get("artifact"), manifest["model"]
     if own:

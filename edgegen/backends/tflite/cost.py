@@ -2,7 +2,7 @@
 
 The lowering rewrites layers, so the ONNX graph's costs (the manifest's model.macs and model.param_bytes) are not
 the artifact's: on XNNPACK a strided ConvTranspose becomes one stride-1 CONV_2D computing every output phase over
-the union of their taps, then DEPTH_TO_SPACE (ops/conv.py; a DCGAN's .tflite holds 1.7x the graph's weight bytes and
+the union of their taps, then DEPTH_TO_SPACE (ops/conv.py; a DCGAN's .tflite holds 1.2-1.7x the graph's weight bytes and
 computes 2.2x its MACs), and an int8 cubic Resize becomes a CONV_2D the graph counts no MACs for. `compile` records
 these counts as the session's `artifact` entry (beside `delegation` and `edgetpu_compiler`, the other facts of the
 artifact the build measured); the build's cost line prints them where they differ from the graph's and the roofline
