@@ -114,6 +114,7 @@ def spatial_program(graph: Graph, output: str) -> dict[str, Any]:
                 stack.append(x)
     spatial_roots = [r for r, spatial in roots.items() if spatial and _spatial(shapes.get(r))]
     _check_proportional(output, spatial_roots, scales, ops, shapes)
+    _check_holes(ops, shapes)
     side_roots = [r for r in roots if r not in spatial_roots]
     align = [math.lcm(*(s[axis].denominator for s in scales.values())) for axis in (0, 1)]
     order = [out for n in model.node for out in n.output if out in ops]
@@ -263,15 +264,40 @@ def _check_proportional(output: str, roots: list[str], scales: dict, ops: dict, 
         expected = [float(shapes[root][2 + i] / scales[root][i]) for i in (0, 1)]
         if expected == out:
             continue
+        off = [op for op in ops.values() if op["kind"] != "pad" and _off_scale(op, shapes)]
+        off = off or [op for op in ops.values() if _off_scale(op, shapes)]  # a Pad that adds rows of its own
         culprits = [f"{op['node']!r} ({op['op']}: {'x'.join(map(str, shapes[op['inputs'][0]][2:]))} -> "
-                    f"{'x'.join(map(str, shapes[name][2:]))})" for name, op in ops.items() if op["kind"] != "pad"
-                    and [out_size(op["kind"], a, n) for a, n in zip(op["axes"], shapes[op["inputs"][0]][2:])]
-                    != [n * scale_factor(op["kind"], a) for a, n in zip(op["axes"], shapes[op["inputs"][0]][2:])]]
+                    f"{'x'.join(map(str, shapes[op['output']][2:]))})" for op in off]
+        hint = " (a ConvTranspose k3 s2 p1 needs output_padding=1)" if any(op["kind"] == "convT" for op in off) else ""
         raise RoiRefused(f"output {output!r} is {out[0]}x{out[1]} where its input {root!r} "
                          f"({shapes[root][2]}x{shapes[root][3]}) maps to {expected[0]:g}x{expected[1]:g}"
                          f"{' (' + ', '.join(culprits) + ')' if culprits else ''}, so a crop of the input would not "
-                         "give the matching part of the output; ROI, edits and tiles need an output whose size "
-                         "follows the input's (a ConvTranspose k3 s2 p1 needs output_padding=1)")
+                         f"give the matching part of the output; ROI, edits and tiles need an output whose size "
+                         f"follows the input's{hint}")
+
+
+def _off_scale(op: dict, shapes: dict) -> bool:
+    """Whether an op's output size is not its input's times its scale (a Pad adding rows, a ConvTranspose giving
+    2n - 1 rows)."""
+    sizes = shapes[op["inputs"][0]][2:]
+    return [out_size(op["kind"], a, n) for a, n in zip(op["axes"], sizes)] != \
+        [n * scale_factor(op["kind"], a) for a, n in zip(op["axes"], sizes)]
+
+
+def _check_holes(ops: dict, shapes: dict) -> None:
+    """A ConvTranspose whose taps leave gaps (kernel span < stride: the rows between them are its bias, read from
+    no input) and whose output is not its input's times the stride (2n - 1 rows) gives a crop's output one gap
+    short of the frame's at its end, which the layers after it read as padding: regions came out 0.17 off the
+    frame. Refused, even where later layers bring the size back in proportion."""
+    for op in ops.values():
+        if op["kind"] == "convT" and _off_scale(op, shapes) and \
+                any(a["d"] * (a["k"] - 1) + 1 < a["s"] for a in op["axes"]):
+            sizes, out = shapes[op["inputs"][0]][2:], shapes[op["output"]][2:]
+            raise RoiRefused(f"node {op['node']!r} (ConvTranspose: {sizes[0]}x{sizes[1]} -> {out[0]}x{out[1]}, "
+                             f"kernel {[a['k'] for a in op['axes']]}, stride {[a['s'] for a in op['axes']]}) leaves "
+                             "rows between its taps that no input computes, and gives fewer than its input's rows "
+                             "times its stride, so a crop of its input would not give the matching part of its "
+                             "output; export it with output_padding making its output stride x its input")
 
 
 def _bytes_per_pixel(ops: dict, shapes: dict, output: str) -> float:
