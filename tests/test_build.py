@@ -675,6 +675,27 @@ def test_openvino_refuses_an_antialiased_downscale(tmp_path, scales, refused):
     assert [(name, op) for name, op, _ in found] == ([("shrink", "Resize")] if refused else [])
 
 
+@pytest.mark.parametrize("exclude_outside, refused", [(1, True), (0, False)])
+def test_openvino_refuses_a_cubic_resize_excluding_outside_taps(tmp_path, exclude_outside, refused):
+    """OpenVINO computes exclude_outside=1 as 0: a detailed image's border pixels came back 2-3 levels off while the
+    build, on smooth held-out inputs, reported 1e-7 and shipped the bundle."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgegen import targets
+    from edgegen.backends.openvino.compile import unsupported_nodes
+    from edgegen.graph import Graph
+
+    inits = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["out"], name="up_cubic", mode="cubic",
+                              exclude_outside=exclude_outside)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 16, 16])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "cubic.onnx"))
+    found = unsupported_nodes(Graph.load(tmp_path / "cubic.onnx"), targets.load("x86-openvino"))
+    assert [(name, op) for name, op, _ in found] == ([("up_cubic", "Resize")] if refused else [])
+    assert not refused or "exclude_outside=0" in found[0][2]
+
+
 def test_int8_that_misses_the_floor_after_pruning_backs_off_the_ratio(tmp_path, monkeypatch):
     """--prune R --min-psnr F in int8: the prune search spent the floor in fp32 (it chose R), int8 then missed
     it and the build failed, although a smaller ratio met F in int8. Here int8 meets the floor only while

@@ -45,20 +45,31 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
         if op.get_type_name() in _UNCONVERTED:
             name, op_type = producers.get(op.get_friendly_name(), (op.get_friendly_name(), op.get_type_name()))
             missing.append((name, op_type, f"openvino {ov.__version__} has no conversion for it"))
-    return missing + _antialiased_downscales(graph)
+    return missing + _resizes_computed_otherwise(graph)
 
 
-def _antialiased_downscales(graph: Graph) -> list[tuple[str, str, str]]:
-    """Resizes that shrink with antialias=1: OpenVINO converts them, but its CPU plugin filters differently
-    from ONNX's definition (0.06 max-abs off ONNX Runtime and PyTorch on a bilinear x0.5)."""
+def _resizes_computed_otherwise(graph: Graph) -> list[tuple[str, str, str]]:
+    """Resizes OpenVINO converts but computes otherwise than ONNX defines them: a downscale with antialias=1 (its
+    CPU plugin filters differently: 0.06 max-abs off ONNX Runtime and PyTorch on a bilinear x0.5), and a cubic
+    one with exclude_outside=1 (it clamps the border taps instead of dropping and renormalizing them: 2-3 levels
+    of an 8-bit image off at the borders of a detailed image, which the build's smooth held-out inputs hid)."""
     shapes = graph.concrete_shapes()
     found = []
     for i, node in enumerate(graph.model.graph.node):
-        antialias = any(a.name == "antialias" and a.i for a in node.attribute)
+        if node.op_type != "Resize":
+            continue
+        attrs = {a.name: a for a in node.attribute}
         src, dst = shapes.get(node.input[0]) if node.input else None, shapes.get(node.output[0])
-        if node.op_type == "Resize" and antialias and src and dst and any(d < s for d, s in zip(dst[2:], src[2:])):
-            found.append((node.name or f"Resize_{i}", "Resize", "OpenVINO's antialiased downscaling does not compute "
-                          "ONNX's (its filter differs); export with antialias=False, or build for onnxruntime"))
+        name = node.name or f"Resize_{i}"
+        if "antialias" in attrs and attrs["antialias"].i and src and dst and \
+                any(d < s for d, s in zip(dst[2:], src[2:])):
+            found.append((name, "Resize", "OpenVINO's antialiased downscaling does not compute ONNX's (its filter "
+                          "differs); export with antialias=False, or build for onnxruntime"))
+        elif "exclude_outside" in attrs and attrs["exclude_outside"].i and "mode" in attrs and \
+                attrs["mode"].s == b"cubic":
+            found.append((name, "Resize", "OpenVINO computes a cubic resize with exclude_outside=1 as one with "
+                          "exclude_outside=0 (its border pixels 2-3 levels off); export with exclude_outside=0 (as "
+                          "PyTorch's bicubic interpolate does), or build for onnxruntime"))
     return found
 
 
