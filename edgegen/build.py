@@ -633,6 +633,12 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
                          f"{str(exc).strip().splitlines()[0]}") from None
     actual = run_batched(session.run, source.inputs, feeds, per_call)
     _refuse_non_finite_artifact(source, tgt, precision, actual)
+    # each request alone, for the batch check (a dynamic batch) and the thread check (a CPU runtime here)
+    batch_checked = fixed_batch(source.inputs) is None and not getattr(session, "one_at_a_time", False)
+    alone = _runs_alone(session, source, feeds) if batch_checked or (native and _threads_apply(tgt)) else None
+    batching = _batch_invariance(session, source, feeds, actual, alone)
+    if not batching["invariant"] and alone:  # the runtime computes each request alone: measured as it serves them
+        actual = {name: np.concatenate([outputs[name] for _, outputs in alone]) for name in actual}
     per_output, quality = _quality(source, expected, actual)
     samples = len(next(iter(feeds.values())))
     drift = _drift(source, compiled_from, actual)
@@ -656,9 +662,6 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
     tolerance = _tolerance(source, precision, quality["psnr_db"], {k: v[:unit] for k, v in compiled_from.items()},
                            {k: v[:unit] for k, v in actual.items()})
     ran_on = where if native else f"build host fallback ({where}); device numerics not measured"
-    # each request alone, for the batch check (a dynamic batch) and the thread check (a CPU runtime here)
-    batch_checked = fixed_batch(source.inputs) is None and not getattr(session, "one_at_a_time", False)
-    alone = _runs_alone(session, source, feeds) if batch_checked or (native and _threads_apply(tgt)) else None
     return {
         "fidelity": {"samples": samples, "seed": VERIFY_SEED, "reference": reference_name, "ran_on": ran_on,
                      "floor": floor.describe() or None, "outputs": per_output, **quality,
@@ -667,7 +670,7 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
         "latency": _latency(session, first, tgt.threads, ran_on,
                             SourceSession(source.reference, tgt.threads) if native and tgt.backend != "fpga" else None),
         "execution": session.execution_report() if hasattr(session, "execution_report") else None,
-        "batching": _batch_invariance(session, source, feeds, actual, alone),
+        "batching": batching,
         "threading": _thread_invariance(session, session_mod, staging, session_cfg, tgt, source, feeds, alone)
         if native else {"invariant": None, "max_abs": None, "checked": False},  # unknown: keyed apart at other threads
     }
