@@ -655,7 +655,8 @@ def _verify(source: Graph, tgt: targets.Target, precision: str, floor: QualityFl
                 f"{graph_quality['ssim']:.4f}): {tgt.backend}'s own int8 execution loses the rest; build for another "
                 f"target (x86-onnxruntime), or in fp16/bf16 here.{floor_hint}", tgt.backend, graph_quality, quality)
         raise BuildError(missed + floor_hint)
-    fresh_quality = _fresh_quality(source, session, fresh, per_call, floor, quality) if fresh else None
+    served_per_call = per_call if batching["invariant"] else 1  # fresh inputs too, as the runtime serves them
+    fresh_quality = _fresh_quality(source, session, fresh, served_per_call, floor, quality) if fresh else None
     unit = fixed_batch(source.inputs) or 1
     first = {k: v[:unit] for k, v in feeds.items()}
     ref_file = reference.save(staging, first, {k: v[:unit] for k, v in compiled_from.items()})

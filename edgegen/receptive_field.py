@@ -290,9 +290,10 @@ def _check_holes(ops: dict, shapes: dict) -> None:
     short of the frame's at its end, which the layers after it read as padding: regions came out 0.17 off the
     frame. Refused, even where later layers bring the size back in proportion."""
     for op in ops.values():
-        if op["kind"] == "convT" and _off_scale(op, shapes) and \
-                any(a["d"] * (a["k"] - 1) + 1 < a["s"] for a in op["axes"]):
-            sizes, out = shapes[op["inputs"][0]][2:], shapes[op["output"]][2:]
+        sizes = shapes[op["inputs"][0]][2:]
+        if op["kind"] == "convT" and any(a["d"] * (a["k"] - 1) + 1 < a["s"] and out_size("convT", a, n) != n * a["s"]
+                                         for a, n in zip(op["axes"], sizes)):  # both on one axis
+            out = shapes[op["output"]][2:]
             raise RoiRefused(f"node {op['node']!r} (ConvTranspose: {sizes[0]}x{sizes[1]} -> {out[0]}x{out[1]}, "
                              f"kernel {[a['k'] for a in op['axes']]}, stride {[a['s'] for a in op['axes']]}) leaves "
                              "rows between its taps that no input computes, and gives fewer than its input's rows "

@@ -213,3 +213,6 @@ def test_an_artifact_whose_outputs_change_with_the_batch_is_measured_as_it_serve
     assert result.manifest["batching"]["invariant"] is False
     assert result.manifest["batching"]["max_abs"] == pytest.approx(0.01, abs=1e-6)
     assert result.fidelity["max_abs"] < 1e-5  # each held-out input alone: the source's outputs
+    floored = build(tmp_path / "glyph.onnx", "x86-onnxruntime", tmp_path / "f", precision="fp16", min_psnr=30)
+    fresh = floored.fidelity["fresh"]  # the inputs no choice saw, also measured as served (32 dB batched)
+    assert floored.manifest["batching"]["invariant"] is False and fresh["psnr_db"] > 60

@@ -622,3 +622,22 @@ def test_a_pad_that_puts_an_output_out_of_proportion_is_named_without_a_conv_tra
     with pytest.raises(RoiRefused, match=r"input 'image' \(12x12\) maps to 12x12 \('top_pad' \(Pad: 12x12 -> "
                                          r"13x12\)\), so .* follows the input's$"):
         spatial_program(_holes_model(tmp_path, 2, pad_rows=1), "out")
+
+
+def test_a_conv_transpose_with_gaps_on_one_axis_and_2n_minus_1_on_the_other_keeps_its_regions(tmp_path):
+    """Kernel (1, 3), stride 2: gaps between the taps along H, where output_padding makes it 2n, and 2n - 1 columns
+    along W, where the taps overlap: its regions were exact, and the first gap check refused it (it asked for the two
+    on any axes, not on one)."""
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("ConvTranspose", ["image", "wt"], ["t"], name="up", kernel_shape=[1, 3], strides=[2, 2],
+                              pads=[0, 1, 0, 1], output_padding=[1, 0]),
+             helper.make_node("Conv", ["t", "w1"], ["c"], name="down", strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["out"])]
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (3, 4, 1, 3)).astype(np.float32), "wt"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (3, 4, 3, 3)).astype(np.float32), "w1")]
+    g = helper.make_graph(nodes, "axes", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 12, 12])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 12, 12])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "axes.onnx"))
+    graph = Graph.load(tmp_path / "axes.onnx")
+    assert graph.concrete_shapes()["t"][2:] == [24, 23]
+    assert spatial_program(graph, "out")["scales"]["image"] == [[1, 1], [1, 1]]
