@@ -378,8 +378,8 @@ def _batch_parts(graph: Graph, comp: _Compiler, sizes: list[int]) -> dict[str, s
     if not fixed and comp.tgt.backend in STATIC_SHAPE_BACKENDS:
         example = graph.inputs[0]
         raise BuildError(f"{graph.source}: --batch-sizes is for models exported with a fixed batch; this model's "
-                         f"batch axis is dynamic, which a {comp.tgt.backend} artifact (static shapes) takes at batch 1, "
-                         "running a batch as batch-1 calls; to compile it at batch N give --input-shape "
+                         f"batch axis is dynamic, which a {comp.tgt.backend} artifact (static shapes) takes at batch "
+                         "1, running a batch as batch-1 calls; to compile it at batch N give --input-shape "
                          f"{example.name}={format_shape(example.source_dims([4, *example.default_shape[1:]]))} (N=4: "
                          "a batch then runs in calls of 4, the last one padded)")
     if not fixed:

@@ -322,7 +322,8 @@ def test_the_roofline_counts_what_the_artifact_computes_and_stores_where_the_bui
     assert after["costs_from"].startswith("the artifact") and before["costs_from"].startswith("the compiled graph")
     tpu = {**own, "session": {**own["session"], "delegate": "edgetpu"}}
     tpu["session"]["artifact"] = {"macs": 10**8, "param_bytes": 9 * 1024 ** 2}  # 1 MiB beyond the on-chip memory
-    assert "(1048576 bytes)" in roofline.link_traffic({**tpu, "model": {**tpu["model"], "inputs": [], "outputs": []}})[1]
+    bare = {**tpu, "model": {**tpu["model"], "inputs": [], "outputs": []}}
+    assert "(1048576 bytes)" in roofline.link_traffic(bare)[1]
 
 
 def _scored_model(tmp_path: Path, half: bool = False) -> Path:

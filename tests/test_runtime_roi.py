@@ -151,7 +151,8 @@ def test_bad_roi_requests(upscaler, glyph):
         upscaler.generate(image=image, roi=(60, 0, 8, 8))
     with pytest.raises(RequestError, match="roi must be"):
         upscaler.generate(image=image, roi=(1, 2, 3))
-    with pytest.raises(RequestError, match=r"roi must be \(x, y, width, height\) of integers, got the string '1,2,3,4'"):
+    with pytest.raises(RequestError,
+                       match=r"roi must be \(x, y, width, height\) of integers, got the string '1,2,3,4'"):
         upscaler.generate(image=image, roi="1,2,3,4")  # was: "roi must be an integer, got '1'"
     with pytest.raises(RequestError, match="width, height >= 1"):
         glyph.generate(seed=1, label=1, roi=(0, 0, 0, 4))

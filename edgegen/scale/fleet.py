@@ -57,6 +57,7 @@ def build_fleet(model: str, names: list[str], out: str | Path, options: BuildOpt
     graph = Graph.load(model, **options.graph_options)
     failures: dict[str, EdgegenError] = {}
     if executor == "ray":
+        del graph  # each worker loads the model itself: the driver need not hold it for the whole run
         yield from _on_ray(model, dests, options, address, failures, progress or (lambda *_: None))
     else:
         for name, dest in dests.items():
