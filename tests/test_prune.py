@@ -298,24 +298,36 @@ def test_conv_transpose_and_instance_norm(tmp_path):
     assert _weight(pruned, "b").shape == (6, 5, 4, 4) and _weight(pruned, "c").shape == (3, 5, 3, 3)
 
 
-@pytest.mark.parametrize("linear", ["Gemm", "MatMul"])
-def test_latent_projection_prunes_whole_channel_blocks(tmp_path, linear):
+@pytest.mark.parametrize("linear,batch", [("Gemm", "-1"), ("MatMul", "-1"), ("Gemm", "z"), ("Gemm", "f")])
+def test_latent_projection_prunes_whole_channel_blocks(tmp_path, linear, batch):
+    """fc(z).view(-1, C, H, W), and the TorchScript export of `view(z.size(0), C, H, W)` or PyTorch-GAN's
+    `out.view(out.shape[0], C, H, W)`: Shape -> Gather -> Unsqueeze -> Concat with [C, H, W] -> Reshape. The
+    computed shape's batch left the projection unpruned ("Reshape node 'view' regroups channels: axis 1 goes from
+    128 to 8 entries"); its constant [C, H, W] is re-counted now as the constant shape is."""
     rng = np.random.default_rng(4)
     w = _weights(rng, (16, 8, 16), [2, 5], axis=1).reshape(16, 128)  # channel c = features c*16..c*16+15
     bias = np.repeat(_bias(rng, 8, [2, 5]), 16)
     first = [helper.make_node("Gemm", ["z", "w", "bias"], ["f"], name="fc")] if linear == "Gemm" else [
         helper.make_node("MatMul", ["z", "w"], ["m"], name="fc"), helper.make_node("Add", ["m", "bias"], ["f"])]
-    graph = _graph(tmp_path, first + [
+    shape = [] if batch == "-1" else [
+        helper.make_node("Shape", [batch], ["z_shape"], name="size"),
+        helper.make_node("Gather", ["z_shape", "zero"], ["n"], name="n", axis=0),
+        helper.make_node("Unsqueeze", ["n", "axis0"], ["n1"], name="n1"),
+        helper.make_node("Concat", ["n1", "chw"], ["shape"], name="to_4d", axis=0)]
+    constants = {"shape": np.array([-1, 8, 4, 4], dtype=np.int64)} if batch == "-1" else {
+        "zero": np.array(0, np.int64), "axis0": np.array([0], np.int64), "chw": np.array([8, 4, 4], np.int64)}
+    graph = _graph(tmp_path, first + shape + [
         helper.make_node("Reshape", ["f", "shape"], ["f4"], name="view"),
         helper.make_node("Relu", ["f4"], ["r"], name="r"),
         helper.make_node("ConvTranspose", ["r", "wt", "bt"], ["t"], name="up", strides=[2, 2], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["t"], ["rt"], name="rt"),
         helper.make_node("Conv", ["rt", "wc"], ["y"], name="head", pads=[1, 1, 1, 1]),
-    ], {"w": w, "bias": bias, "shape": np.array([-1, 8, 4, 4], dtype=np.int64),
+    ], {"w": w, "bias": bias, **constants,
         "wt": _weights(rng, (8, 4, 4, 4), [0], axis=1), "bt": _bias(rng, 4, [0]), "wc": _weights(rng, (3, 4, 3, 3))},
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 16])], [_image("y", 3)])
     pruned, report = _same_function(graph, 0.25)
-    assert _weight(pruned, "fc").shape == (16, 96) and _weight(pruned, "view").tolist() == [-1, 6, 4, 4]
+    counted = _weight(pruned, "view") if batch == "-1" else _weight(pruned, "to_4d", 1)
+    assert _weight(pruned, "fc").shape == (16, 96) and counted.tolist() == ([-1] if batch == "-1" else []) + [6, 4, 4]
     assert _weight(pruned, "up").shape == (6, 3, 4, 4)
     assert sorted(g["channels"] for g in report["groups"]) == [[4, 3], [8, 6]]
 

@@ -220,6 +220,7 @@ class _Walker:
         for node in model.graph.node:
             for name in node.input:
                 self.users[name].append(node)
+        self.producers = {name: node for node in model.graph.node for name in node.output}
         self.cg = ChannelGraph()
         self.dims: dict[str, list[Dim | Const]] = {}  # shape vectors computed at run time, entry by entry
         self.arithmetic = {"Shape": self.shape_of, "Gather": self.gathered, "Unsqueeze": self.unsqueezed,
@@ -403,11 +404,30 @@ class _Walker:
                     seen.add(user.name)
                     todo.append(user.output[0])
                 elif user.op_type == "Reshape" and user.input[0] == tensor:
-                    shape = self.constant(user, 1)
-                    if shape is not None and len(shape) == 4 and all(shape[1:] > 0) and \
-                            int(np.prod(shape[1:])) == features:
+                    shape = self.shape_values(user.input[1])
+                    if shape is not None and len(shape) == 4 and all(d is not None and d > 0 for d in shape[1:]) \
+                            and int(np.prod(shape[1:])) == features:
                         found.add((int(shape[1]), int(shape[2] * shape[3])))
         return found.pop() if len(found) == 1 else (features, 1)
+
+    def shape_values(self, name: str) -> list[int | None] | None:
+        """A shape vector's entries where they are constants (None for a computed one, as the batch in
+        `view(z.size(0), C, H, W)`): a constant's, or a Concat's of constants and computed vectors of known length."""
+        if name in self.consts:
+            return [int(d) for d in np.ravel(self.consts[name])]
+        node = self.producers.get(name)
+        if node is None or node.op_type != "Concat":
+            return None
+        values: list[int | None] = []
+        for piece in node.input:
+            length = self.shape(piece)
+            if piece in self.consts:
+                values += [int(d) for d in np.ravel(self.consts[piece])]
+            elif length is not None and len(length) == 1 and length[0] is not None:
+                values += [None] * int(length[0])
+            else:
+                return None
+        return values
 
     def reshape(self, i: int, node: onnx.NodeProto) -> None:
         """Whole channels where the batch axis stays first and axis 1 holds one entry per channel: a latent
