@@ -307,7 +307,7 @@ def _refuse_no_batch_axis(source: Graph, name: str, alone: tuple[int, ...], pair
                           constant: bool) -> None:
     """An output whose first axis is not the batch: one input gives it other than one row, or two inputs other
     than one (a constant of batch 1, served as it is) or two."""
-    if alone[:1] == (1,) and pair[:1] in ((1,), (2,)):
+    if alone[:1] == (1,) and (pair[:1] == (2,) or pair[:1] == (1,) and constant):
         return
     shape = "x".join(map(str, alone)) or "a scalar"
     if constant:
@@ -317,8 +317,10 @@ def _refuse_no_batch_axis(source: Graph, name: str, alone: tuple[int, ...], pair
                          "constant itself), or give it a batch axis of 1")
     raise BuildError(f"{source.source}: output {name!r} has no batch axis: it is {shape} for one input and "
                      f"{'x'.join(map(str, pair)) or 'a scalar'} for a batch of two, and edgegen batches requests "
-                     "along the first axis of every output. Export it with the batch as its first axis (no "
-                     "reduction or reshape across the batch), or drop it from the model's outputs")
+                     "along the first axis of every output. " + (
+                         FROZEN_BATCH[0].upper() + FROZEN_BATCH[1:]
+                         if alone[:1] == pair[:1] == (1,) else "Export it with the batch as its first axis (no "
+                         "reduction or reshape across the batch), or drop it from the model's outputs"))
 
 
 def _refuse_passed_through(source: Graph, tgt: targets.Target, precision: str) -> None:
@@ -335,7 +337,8 @@ def _refuse_passed_through(source: Graph, tgt: targets.Target, precision: str) -
 
 
 FROZEN_BATCH = ("the export froze a batch size into its shape arithmetic (such as `x.view(B, C, H, W)` with B taken "
-                "from a shape the tracer recorded as a constant, or `B = int(x.shape[0] / ...)` in Swin-style window "
+                "from a shape the tracer recorded as a constant, a Resize to `sizes` with a batch in them, or "
+                "`B = int(x.shape[0] / ...)` in Swin-style window "
                 "code; the exporter warns about it with a TracerWarning), so the file is right only at the batch it "
                 "was traced with. Use -1 or x.shape[0] without int() there and re-export, or export with a fixed "
                 "batch (no dynamic batch axis)")

@@ -236,6 +236,23 @@ def test_a_constant_output_without_a_batch_axis_is_refused_naming_it(tmp_path):
         build(_save(model, tmp_path / "table.onnx"), "x86-onnxruntime", tmp_path / "b", samples=2)
 
 
+@pytest.mark.parametrize("target", ["x86-onnxruntime", "x86-openvino", "x86-litert"])
+def test_an_output_whose_batch_a_resize_froze_at_one_is_refused_on_every_target(tmp_path, target):
+    """A dynamic-batch model resized to `sizes` [1, C, H, W]: one image for any batch. It passed the batch check
+    (an output of batch 1 for two inputs was taken for a constant); ONNX Runtime built it, OpenVINO and LiteRT
+    ended in internal errors."""
+    sizes = numpy_helper.from_array(np.array([1, 3, 12, 12], np.int64), "sizes")
+    nodes = [helper.make_node("Resize", ["image", "", "", "sizes"], ["up"], mode="nearest"),
+             helper.make_node("Sigmoid", ["up"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 12, 12])], [sizes])
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "frozen.onnx")
+    with pytest.raises(BuildError, match=r"output 'out' has no batch axis: it is 1x3x12x12 for one input and "
+                                         r"1x3x12x12 for a batch of two.*froze a batch size.*Resize to `sizes`"):
+        build(path, target, tmp_path / "b", samples=2)
+    assert not (tmp_path / "b").exists()
+
+
 def test_a_tensor_listed_twice_as_output_is_refused_naming_it(tmp_path):
     model = conditional_generator(extras=False)
     model.graph.output.append(onnx.ValueInfoProto.FromString(model.graph.output[0].SerializeToString()))
