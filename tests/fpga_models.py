@@ -92,9 +92,9 @@ def hardswish_upsample() -> onnx.ModelProto:
                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
 
 
-def gelu_block() -> onnx.ModelProto:
+def gelu_block(half_last: bool = False) -> onnx.ModelProto:
     """image [1,3,8,8] -> conv 3x3 -> exact GELU as exporters write it below opset 20 (x / sqrt 2, Erf, + 1,
-    * 0.5, * x) -> conv 3x3 -> image [1,3,8,8]."""
+    * 0.5, * x; or * x, * 0.5 as torch.onnx.export writes nn.GELU) -> conv 3x3 -> image [1,3,8,8]."""
     rng = np.random.default_rng(9)
     inits = [_init(rng, "w1", 8, 3, 3, 3), _init(rng, "w2", 3, 8, 3, 3, scale=0.2),
              *(numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
@@ -104,8 +104,8 @@ def gelu_block() -> onnx.ModelProto:
         helper.make_node("Div", ["h", "root2"], ["s"]),
         helper.make_node("Erf", ["s"], ["e"]),
         helper.make_node("Add", ["e", "one"], ["a"]),
-        helper.make_node("Mul", ["half", "a"], ["m"]),
-        helper.make_node("Mul", ["h", "m"], ["g"]),
+        *([helper.make_node("Mul", ["h", "a"], ["m"]), helper.make_node("Mul", ["m", "half"], ["g"])] if half_last
+          else [helper.make_node("Mul", ["half", "a"], ["m"]), helper.make_node("Mul", ["h", "m"], ["g"])]),
         helper.make_node("Conv", ["g", "w2"], ["out"], pads=[1, 1, 1, 1]),
     ]
     return _model(nodes, [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],

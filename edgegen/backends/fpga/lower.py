@@ -52,6 +52,8 @@ def unary_spec(node: onnx.NodeProto, p: Prepared) -> tuple[str, dict] | None:
     if op == "PRelu" and node.input[1] in p.consts:  # one slope for every channel: a LeakyRelu table
         slope = np.unique(np.asarray(p.consts[node.input[1]], np.float32))
         return (data[0], {"op": "LeakyRelu", "alpha": float(slope[0])}) if slope.size == 1 else None
+    if op == "Gelu" and node.output[0] in p.gelu_steps:  # the exporters' Erf form, fused: replayed step by step
+        return data[0], {"op": "GeluSteps", "input": data[0], "steps": p.gelu_steps[node.output[0]]}
     if op == "Gelu":
         return data[0], {"op": op, "approximate": str(a.get("approximate", "none"))}
     if op == "Selu":

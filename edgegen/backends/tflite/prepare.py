@@ -27,6 +27,8 @@ class Prepared:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
+    # the nodes each fused GELU came from, by its output: {"op", "inputs" (names or constants), "out", "grid"}
+    gelu_steps: dict[str, list[dict]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.consumers = {}
@@ -188,10 +190,20 @@ def _fuse_gelu(p: Prepared) -> None:
         if chain is None:
             continue
         x, nodes = chain
+        p.gelu_steps[nodes[-1].output[0]] = [_gelu_step(p, node) for node in nodes]
         p.nodes[p.nodes.index(nodes[-1])] = helper.make_node("Gelu", [x], [nodes[-1].output[0]], name=nodes[-1].name)
         for node in nodes[:-1]:
             p.nodes.remove(node)
         p.__post_init__()
+
+
+def _gelu_step(p: Prepared, node: onnx.NodeProto) -> dict:
+    """One node of a fused GELU as the FPGA table replays it: its operands (tensor names, or the constants' values
+    as the QDQ graph dequantizes them) and the grid its output is rounded onto (None where it is not)."""
+    params = p.quant.activations.get(node.output[0])
+    return {"op": node.op_type, "out": node.output[0],
+            "inputs": [float(np.ravel(p.consts[i])[0]) if i in p.consts else i for i in node.input],
+            "grid": [float(params.scale[0]), int(params.zero_point[0])] if params is not None else None}
 
 
 def _gelu_chain(p: Prepared, erf: onnx.NodeProto) -> tuple[str, list[onnx.NodeProto]] | None:
