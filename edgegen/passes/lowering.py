@@ -15,7 +15,7 @@ from ..errors import BuildError
 from ..graph import Graph
 from .activation_phases import activations_into_phases
 from .latent_arithmetic import latent_arithmetic_as_products
-from .lower_conv_transpose import lower_conv_transposes, merge_narrow_conv_transposes
+from .lower_conv_transpose import lower_conv_transposes, lower_short_conv_transposes, merge_narrow_conv_transposes
 from .lower_resize import lower_cubic_resizes
 from .narrow_conv_strided import narrow_convs_strided
 from .shuffle_dcr import depth_to_space_as_dcr
@@ -24,6 +24,7 @@ LOWERINGS: dict[str, Callable[[Graph], tuple[Graph, list[dict[str, Any]]]]] = {
     "cubic_resize": lower_cubic_resizes,      # integer-factor cubic Resize -> Pad + Conv + DepthToSpace
     "conv_transpose": lower_conv_transposes,  # strided ConvTranspose -> per-phase Conv + DepthToSpace
     "narrow_conv_transpose": merge_narrow_conv_transposes,  # 3-output one -> one Conv of all phases + DepthToSpace
+    "short_conv_transpose": lower_short_conv_transposes,  # one with a 2n - 1 output -> per-phase Conv + DepthToSpace
     "activation_into_phases": activations_into_phases,  # Conv(s) -> DepthToSpace -> Relu: Relu on each Conv
     "shuffle_dcr": depth_to_space_as_dcr,     # Conv -> DepthToSpace CRD: the Conv's channels permuted to DCR
     "narrow_conv_strided": narrow_convs_strided,   # 3-output kxk Conv -> 12-output (k+1)x(k+1) stride-2 Conv + DepthToSpace

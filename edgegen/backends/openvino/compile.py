@@ -20,7 +20,8 @@ from ...targets import Target
 ARTIFACT = "model.xml"
 # cubic Interpolate runs in float (and slowly); its ConvTranspose runs in int8 and beats per-phase Convs,
 # except a to-RGB one: its int8 (de)convolutions pad the output channels to 16, which 3 outputs waste
-INT8_LOWERINGS = ("cubic_resize", "narrow_conv_transpose", "narrow_conv_strided", "activation_into_phases")
+INT8_LOWERINGS = ("cubic_resize", "narrow_conv_transpose", "short_conv_transpose", "narrow_conv_strided",
+                  "activation_into_phases")
 # What OpenVINO's ONNX front end leaves in a partially converted model where it has no conversion.
 _AUTOMATIC_NAME = re.compile(r"[A-Z][A-Za-z0-9]*_\d+(?:_[a-z]+)*")  # Constant_4769, Constant_4769_compressed
 _UNCONVERTED = {"NotSupportedONNXNode", "ONNXFrameworkNode", "FrameworkNode"}
