@@ -73,3 +73,19 @@ def test_an_npz_member_that_is_not_an_array_is_named(tmp_path):
         archive.writestr("image.npy", b"\x89PNG not an array")
     with pytest.raises(RequestError, match=r"c\.npz: member 'image' is not a numpy array"):
         load_calibration([_image_spec(3)], str(tmp_path / "c.npz"), 1)
+
+
+def test_calibration_arrays_far_outside_an_image_inputs_range_are_refused(tmp_path):
+    """float32 0..255 pixels for a [0, 1] input: the build calibrated and verified on them (40.9 dB) and the bundle
+    served photos at 12 dB. Arrays within one range width of it (a [-1, 1] input's [0, 1] data) are taken."""
+    import pytest
+
+    from edgegen.errors import RequestError
+
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "c.npy", pixels)
+    with pytest.raises(RequestError, match=r"c\.npy: array 'image' holds values 0\.\.255, far outside the image "
+                                           r"input's range \[0, 1\].*divide by 255.*--input-range"):
+        load_calibration([_image_spec(3)], str(tmp_path / "c.npy"), 4)
+    np.save(tmp_path / "c.npy", pixels / 255 * 2 - 0.5)  # -0.5..1.5: within a range width
+    assert load_calibration([_image_spec(3)], str(tmp_path / "c.npy"), 4).feeds["image"].shape == (4, 3, 8, 8)

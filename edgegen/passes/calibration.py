@@ -121,6 +121,23 @@ def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str,
     return Calibration(feeds, f"{label} ({taken}, resized to {w}x{h})")
 
 
+def _check_image_range(path: Path, spec: TensorSpec, array: np.ndarray) -> None:
+    """Refuse an image input's float arrays that reach past its value range by more than the range's width (0..255
+    pixels for a [0, 1] input): the int8 grid would be set, and the build verified, for inputs the model never
+    gets (such a build reported 40.9 dB and served photos at 12 dB)."""
+    if spec.role != "image" or not spec.range or array.dtype.kind != "f" or not array.size:
+        return
+    lo, hi = spec.range
+    low, high = float(array.min()), float(array.max())
+    if low >= lo - (hi - lo) and high <= hi + (hi - lo):
+        return
+    source = f"assumed: {spec.range_assumed}" if spec.range_assumed else "as the model or --input-range gives it"
+    raise RequestError(f"{path}: array {spec.name!r} holds values {low:g}..{high:g}, far outside the image input's "
+                       f"range [{lo:g}, {hi:g}] ({source}). Scale the arrays to that range (pixels 0..255 for "
+                       f"[0, 1]: divide by 255), or give the range the model takes with --input-range "
+                       "LO,HI")
+
+
 def _from_arrays(specs: list[TensorSpec], path: Path, count: int) -> Calibration:
     try:
         data = np.load(path, allow_pickle=False)
@@ -157,6 +174,7 @@ def _from_arrays(specs: list[TensorSpec], path: Path, count: int) -> Calibration
                                f"[N, {', '.join(map(str, want))}] (N samples of the input's shape){also}")
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise RequestError(f"{path}: array {spec.name!r} holds NaN or infinite values")
+        _check_image_range(path, spec, array)
         if spec.role == "label" and spec.one_hot and array.size and (array.min() < 0 or array.max() > 1):
             raise RequestError(f"{path}: array {spec.name!r} holds values outside [0, 1] ({float(array.min()):g}.."
                                f"{float(array.max()):g}); a one-hot label of {spec.num_classes} classes takes rows of "
