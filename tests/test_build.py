@@ -775,3 +775,23 @@ def test_every_edgegen_error_survives_pickling():
     for error in made:
         back = pickle.loads(pickle.dumps(error))
         assert type(back) is type(error) and str(back) == str(error) and vars(back) == vars(error), type(error)
+
+
+def test_the_fp32_limits_follow_each_outputs_range():
+    """1e-3 max-abs on a [0, 255] output is 4e-6 of it: a correct rpi4-litert fp32 build of a `(tanh(x) + 1) *
+    127.5` generator was refused at 0.00104. The limit scales with the range's width past 1; an output with no
+    range (a score) keeps 1e-3."""
+    from types import SimpleNamespace
+
+    from edgegen.build import _fp32_drift, _tolerance
+    from edgegen.specs import TensorSpec
+
+    image = TensorSpec("image", "float32", [None, 3, 4, 4], "image", range=[0.0, 255.0])
+    score = TensorSpec("score", "float32", [None, 1], "score")
+    source = SimpleNamespace(outputs=[image, score])
+    zeros = {"image": np.zeros((1, 3, 4, 4), np.float32), "score": np.zeros((1, 1), np.float32)}
+    drift, limit = _fp32_drift(source, zeros, {**zeros, "image": zeros["image"] + np.float32(0.1)})
+    assert drift == pytest.approx(0.1) and limit == pytest.approx(0.255)
+    assert _fp32_drift(source, zeros, {**zeros, "score": zeros["score"] + np.float32(0.002)}) == \
+        pytest.approx((0.002, 0.001))
+    assert _tolerance(source, "fp32", 200.0, zeros, zeros) == {"max_abs": pytest.approx(0.255)}
