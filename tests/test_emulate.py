@@ -592,3 +592,37 @@ def test_a_runtime_that_cannot_use_a_file_of_this_host_is_not_a_damaged_artifact
     monkeypatch.setattr(backends, "session_module", lambda backend: session_raising(str(tmp_path / "npu")))
     with pytest.raises(BundleError, match="'npu/program.npz' does not load .*a damaged artifact"):
         backends.open_session("fpga", tmp_path, {"entry": "npu/program.npz"}, 1, [])
+
+
+OPENVINO_UNDER_CEILING = (  # the worker's message where OpenVINO's libraries do not fit a 150 MB ceiling
+    "running an OpenVINO artifact needs the openvino package, which is installed but fails to load here "
+    "(/work/main/.venv/lib/python3.11/site-packages/openvino/_pyopenvino.cpython-311-x86_64-linux-gnu.so: failed to "
+    "map segment from shared object); under a memory limit (ulimit -v, a device's ceiling) its libraries may not fit: "
+    "raise the limit")
+
+
+def test_a_memory_ceiling_failure_keeps_the_end_of_its_cause_and_its_row_no_crashed_rss(tmp_path, monkeypatch):
+    """The cause was cut at 200 characters, mid-path: "openvino is installed but fails to load here (...so: )", the
+    hint that a memory limit was the reason cut off; the pytest table printed the crashed run's 35 MB as the RSS."""
+    from edgegen.emulate import device, process
+    from edgegen.emulate.render import emulation, last_line, summary_row
+
+    failed = {"ok": False, "error": "unavailable", "message": OPENVINO_UNDER_CEILING, "machine": "x86_64",
+              "peak_rss_mb": 34.7, "peak_vm_mb": 148.1}
+    unlimited = {"ok": True, "peak_rss_mb": 100.2, "peak_vm_mb": 614.0}
+    monkeypatch.setattr(process, "run", lambda bundle, settings, userland=None: unlimited)
+    check = device._memory_check(tmp_path, failed, process.Settings(threads=2, memory_mb=150))
+    assert not check["pass"] and "failed to map segment from shared object); under a memory limit (ulimit -v, a " \
+        "device's ceiling) its libraries may not fit: raise the limit); without it, it needs 614 MB" in check["detail"]
+    report = {"bundle": "b", "target": "x86-openvino", "device": "x86-64 CPU", "arch": "x86_64", "backend": "openvino",
+              "precision": "fp32", "constraints": {"threads": 2, "memory_mb": 150, "accelerator_replaced_by_cpu": None},
+              "host": failed, "checks": [check], "pass": False,
+              "estimate": {"latency_ms": 0.46, "bound": "compute", "ops": 7.4e7, "peak_gops": 160, "bytes": 5e6,
+                           "bandwidth_gbs": 38.4}}
+    assert f"  this host    failed: {OPENVINO_UNDER_CEILING}\n" in emulation(report)
+    row = summary_row({"target": "x86-openvino", "bundle": "b", "report": report})
+    assert row.split()[1:3] == ["FAIL", "-"] and row.split()[-2:] == ["-", "b"] and "35" not in row
+    long = "first words of the cause " + "x" * 600 + " and the hint at its end: raise the limit"
+    cut = last_line(f"Traceback ...\n{long}\n")
+    assert cut.startswith("first words of the cause ") and cut.endswith(" and the hint at its end: raise the limit")
+    assert " [...] " in cut and len(cut) < 500

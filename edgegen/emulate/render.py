@@ -70,10 +70,22 @@ def _at_fmax(execution: dict[str, Any]) -> str:
                         board and not execution.get("timing_met") else "")
 
 
-def last_line(message: str) -> str:
-    """The last non-empty line of a (multi-line) error message, cut to 200 characters."""
-    lines = [line for line in str(message).strip().splitlines() if line.strip()]
-    return lines[-1][:200] if lines else "no message"
+LINE_KEEPS = 480  # characters of an error's last line a report line keeps whole
+
+
+def last_line(message: str, keep: int = LINE_KEEPS) -> str:
+    """The last non-empty line of a (multi-line) error message; one longer than `keep` characters loses its middle,
+    not its end: the cause's start (what failed) and its end (the hint that explains it, the fix) both stay."""
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    if not lines:
+        return "no message"
+    line = lines[-1]
+    if len(line) <= keep:
+        return line
+    head, tail = line[:keep // 3], line[-(keep - keep // 3):]
+    head = head.rsplit(" ", 1)[0] if " " in head else head  # whole words either side of the cut
+    tail = tail.split(" ", 1)[1] if " " in tail else tail
+    return f"{head} [...] {tail}"
 
 
 def _run(run: dict[str, Any]) -> str:
@@ -110,7 +122,8 @@ def summary_rows(rows: list[str]) -> list[str]:
     return [f"{'target':<24} {'result':<6} {'host p50 ms':>11} {'aarch64 p50 ms':>14} {'estimate ms':>11} "
             f"{'min PSNR dB':>11} {'arm64 max-abs':>11} {'peak RSS MB':>11}  bundle", *rows,
             "estimate: roofline of the target's cited peaks (a lower bound, not a measurement); aarch64 p50: "
-            "under QEMU on this host; arm64 max-abs: vs x86; peak RSS: this host's run under the ceiling"]
+            "under QEMU on this host; arm64 max-abs: vs x86; peak RSS: this host's run under the ceiling (- where "
+            "that run failed: the memory check's detail says what the bundle needs)"]
 
 
 def summary_row(record: dict[str, Any]) -> str:
@@ -124,9 +137,11 @@ def summary_row(record: dict[str, Any]) -> str:
     psnr = [o["psnr_db"] for o in (host.get("self_test") or {}).get("outputs", {}).values() if o["quality"]]
     match = f"{arm['match']['max_abs']:.1g}" if "match" in arm else "-"
     fidelity = f"{min(psnr):.2f}" if psnr else "-"
+    # a run that failed (under the memory ceiling, say) stopped before the bundle was loaded: its RSS is not the
+    # bundle's, so none is printed
+    rss = f"{host['peak_rss_mb']:.0f}" if host.get("ok") and host.get("peak_rss_mb") is not None else "-"
     return (f"{r['target']:<24} {'PASS' if r['pass'] else 'FAIL':<6} {_ms(host):>11} {_ms(arm):>14} "
-            f"{r['estimate']['latency_ms']:>11.3g} {fidelity:>11} {match:>11} "
-            f"{host.get('peak_rss_mb', 0):>11.0f}  {record['bundle']}")
+            f"{r['estimate']['latency_ms']:>11.3g} {fidelity:>11} {match:>11} {rss:>11}  {record['bundle']}")
 
 
 def _ms(run: dict[str, Any]) -> str:
