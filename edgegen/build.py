@@ -30,6 +30,7 @@ from .metrics import compare, max_abs, quality_outputs, value_range
 from .passes.floor import Evaluator, FloorNotMet, QualityFloor, delivered
 from .serving import ServingOptions, build_step as serving_step
 from .source import SourceRunError, SourceSession
+from .specs import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,20 @@ def _build_bundle(source: Graph, tgt: targets.Target, precision: str, opts: Buil
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def _folder_inputs(source: Graph, opts: BuildOptions, precision: str,
+                   skip: int = 0) -> tuple[dict[str, np.ndarray], str] | None:
+    """--samples inputs from a --calibration folder's images that calibration does not read (after `skip` of
+    them), and where they come from; None where it names no folder or the folder holds too few: the user's own
+    pictures measure the build (smooth synthetic ones hid up to 12 dB a photo loses)."""
+    if opts.calibration in (None, "spec", "zoo") or not Path(opts.calibration).is_dir():
+        return None
+    from .passes.calibration import held_out_images
+
+    taken = opts.calibration_count if _calibrates(precision, opts) else 0
+    picked = held_out_images(source.inputs, Path(opts.calibration), taken, opts.samples, skip)
+    return (picked.feeds, picked.source) if picked else None
+
+
 def _calibrates(precision: str, opts: BuildOptions) -> bool:
     """Whether the build calibrates: int8 quantizes, pruning scores channels on calibration activations."""
     return precision == "int8" or opts.prune is not None or opts.prune_to_macs is not None
@@ -238,10 +253,14 @@ def _calibrates(precision: str, opts: BuildOptions) -> bool:
 
 def _fresh_inputs(source: Graph, opts: BuildOptions, precision: str, reference_run: SourceSession,
                   per_call: int) -> dict[str, Any] | None:
-    """Inputs no choice of the build saw, with the source's outputs on them: seeded samples from FRESH_SEED, or
-    an array file's rows after the held-out ones (None where it holds no more)."""
+    """Inputs no choice of the build saw, with the source's outputs on them: seeded samples from FRESH_SEED, a
+    calibration folder's images after the held-out ones (where it holds enough), or an array file's rows after
+    the held-out ones (None where it holds no more)."""
     source_file = opts.calibration
-    if not source_file or Path(source_file).suffix not in (".npy", ".npz"):
+    from_folder = _folder_inputs(source, opts, precision, skip=opts.samples)
+    if from_folder:
+        feeds, where = from_folder[0], {"inputs_from": from_folder[1]}
+    elif not source_file or Path(source_file).suffix not in (".npy", ".npz"):
         feeds = sample_feeds(source.inputs, list(range(FRESH_SEED, FRESH_SEED + opts.samples)))
         where = {"seed": FRESH_SEED}
     else:
@@ -263,7 +282,11 @@ def _verification_feeds(source: Graph, opts: BuildOptions,
                         precision: str) -> tuple[dict[str, np.ndarray], str | None]:
     """The held-out inputs: seeded samples of the input spec; or, where --calibration names an array file
     (real inputs: one-hot segmentation maps, masks), its rows after those calibration takes (the file's last
-    rows where it holds no more; its first where the build does not calibrate), and where they come from."""
+    rows where it holds no more; its first where the build does not calibrate), or where it names a folder of
+    images holding enough that calibration does not read, those; and where they come from."""
+    from_folder = _folder_inputs(source, opts, precision)
+    if from_folder:
+        return from_folder
     source_file = opts.calibration
     if not source_file or Path(source_file).suffix not in (".npy", ".npz"):
         return sample_feeds(source.inputs, list(range(VERIFY_SEED, VERIFY_SEED + opts.samples))), None
@@ -460,9 +483,10 @@ def _apply_passes(graph: Graph, precision: str, opts: BuildOptions, evaluator: E
     passes: dict[str, Any] = {}
     if not _calibrates(precision, opts):
         if opts.calibration is not None:
-            arrays = Path(opts.calibration).suffix in (".npy", ".npz")
+            given = "; its first rows are the held-out inputs" if Path(opts.calibration).suffix in (".npy", ".npz") \
+                else "; its images are the held-out inputs" if Path(opts.calibration).is_dir() else ""
             log.warning("--calibration %s is not used to calibrate: a %s build without pruning does not calibrate%s",
-                        opts.calibration, precision, "; its first rows are the held-out inputs" if arrays else "")
+                        opts.calibration, precision, given)
         defaults = BuildOptions()
         unused = [f"{flag} {value}" for flag, value, default in (
             ("--calibration-count", opts.calibration_count, defaults.calibration_count),

@@ -86,9 +86,39 @@ def check_memory(specs: list[TensorSpec], count: int, activation_bytes: int = 0)
 
 def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str,
                  activation_bytes: int = 0) -> Calibration:
-    from PIL import Image
-
     check_memory(specs, count, activation_bytes)
+    spec, files = _image_files(specs, folder)
+    # fewer samples than files: spread over the sorted folder (its first N were one class: cat_*, dog_*)
+    chosen = [files[i % len(files)] for i in range(count)] if count >= len(files) else _spread(files, count)
+    c, h, w = spec.default_shape[1:]
+    taken = f"{len(files)} files, repeated to {count} samples" if count > len(files) else \
+        f"{count} of its {len(files)} files, spread over their sorted names" if count < len(files) else \
+        f"{len(files)} files"
+    return Calibration(_image_feeds(specs, spec, chosen), f"{label} ({taken}, resized to {w}x{h})")
+
+
+def held_out_images(specs: list[TensorSpec], folder: Path, calibrated: int, count: int,
+                    skip: int = 0) -> Calibration | None:
+    """`count` inputs from the folder's image files that calibration with `calibrated` samples does not read
+    (after the first `skip` of those), spread over their sorted names, other inputs seeded; None where the folder
+    holds fewer."""
+    spec, files = _image_files(specs, folder)
+    used = set(files if calibrated >= len(files) else _spread(files, calibrated))
+    rest = [f for f in files if f not in used][skip:]
+    if len(rest) < count:
+        return None
+    chosen = _spread(rest, count)
+    after = f", after the {skip} held-out ones" if skip else ""
+    return Calibration(_image_feeds(specs, spec, chosen),
+                       f"{count} of the {len(rest) + skip} images in {folder.name}/ calibration did not read{after}")
+
+
+def _spread(files: list[Path], count: int) -> list[Path]:
+    return [files[i * len(files) // count] for i in range(count)]
+
+
+def _image_files(specs: list[TensorSpec], folder: Path) -> tuple[TensorSpec, list[Path]]:
+    """The model's one image input and the folder's image files, sorted by name."""
     image_specs = [s for s in specs if s.role == "image"]
     if len(image_specs) != 1:
         raise RequestError(f"calibration from images needs a model with exactly one image input; this one has "
@@ -100,12 +130,17 @@ def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str,
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise RequestError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return spec, files
+
+
+def _image_feeds(specs: list[TensorSpec], spec: TensorSpec, files: list[Path]) -> dict[str, np.ndarray]:
+    """The files as the image input's samples (resized, in its range), the other inputs seeded."""
+    from PIL import Image
+
     c, h, w = spec.default_shape[1:]
     lo, hi = spec.range or [0.0, 1.0]
     images = []
-    for i in range(count):
-        # fewer samples than files: spread over the sorted folder (its first N were one class: cat_*, dog_*)
-        file = files[i % len(files)] if count >= len(files) else files[i * len(files) // count]
+    for file in files:
         try:
             with Image.open(file) as img:
                 img = eight_bit(img).convert(MODES[c]).resize((w, h), Image.Resampling.BICUBIC)
@@ -113,12 +148,9 @@ def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str,
         except read_errors() as exc:
             raise RequestError(f"{file}: not a readable image ({exc}); remove it from the calibration folder") from None
         images.append(lo + array * ((hi - lo) / 255.0))
-    feeds = sample_feeds([s for s in specs if s is not spec], list(range(count)))
+    feeds = sample_feeds([s for s in specs if s is not spec], list(range(len(files))))
     feeds[spec.name] = np.stack(images).astype(spec.dtype)
-    taken = f"{len(files)} files, repeated to {count} samples" if count > len(files) else \
-        f"{count} of its {len(files)} files, spread over their sorted names" if count < len(files) else \
-        f"{len(files)} files"
-    return Calibration(feeds, f"{label} ({taken}, resized to {w}x{h})")
+    return feeds
 
 
 def _check_image_range(path: Path, spec: TensorSpec, array: np.ndarray) -> None:
