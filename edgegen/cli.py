@@ -589,7 +589,8 @@ def _emulate(args) -> int:
     except EdgegenError as exc:  # a report all the same: a CI step reads its verdict there, never an earlier run's
         if args.json:
             check = "bundle intact" if isinstance(exc, DamagedBundle) else "emulation runs here"
-            write_text(args.json, _strict_json({"schema": SCHEMA, "bundle": args.bundle, "target": args.target,
+            write_text(args.json, _strict_json({"schema": SCHEMA, "bundle": args.bundle,
+                                                "target": _emulated_target(args),
                                                 "checks": [{"name": check, "pass": False, "detail": str(exc)}],
                                                 "pass": False}))
         if isinstance(exc, DamagedBundle):
@@ -599,6 +600,20 @@ def _emulate(args) -> int:
     if args.json:
         write_text(args.json, _strict_json(report))
     return 0 if report["pass"] else 3
+
+
+def _emulated_target(args) -> str | None:
+    """The target an emulate run is for, where known: --target's name (or as given, where it names no target
+    file), else the one the bundle's manifest records (None where that cannot be read)."""
+    from . import targets
+    from .bundle import read_manifest
+
+    try:
+        if args.target:
+            return targets.load(args.target).name
+        return str(read_manifest(args.bundle)["target"]["name"])
+    except Exception:  # a label for a report that says why the run stopped: the reason is in its check
+        return args.target or None
 
 
 def _strict_json(report: dict[str, Any]) -> str:

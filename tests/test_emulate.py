@@ -626,3 +626,27 @@ def test_a_memory_ceiling_failure_keeps_the_end_of_its_cause_and_its_row_no_cras
     cut = last_line(f"Traceback ...\n{long}\n")
     assert cut.startswith("first words of the cause ") and cut.endswith(" and the hint at its end: raise the limit")
     assert " [...] " in cut and len(cut) < 500
+
+
+def test_the_report_of_a_run_that_stops_early_names_the_target_the_bundle_records(tmp_path, ort_bundle, capsys):
+    """"target": null unless --target was passed, although the manifest (readable: only the artifact was damaged)
+    says x86-onnxruntime."""
+    copy = tmp_path / "b"
+    shutil.copytree(ort_bundle, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 1
+    (copy / "model.onnx").write_bytes(bytes(data))
+    report = tmp_path / "r.json"
+    assert main(["emulate", str(copy), "--runs", "1", "--json", str(report)]) == 3
+    assert json.loads(report.read_text())["target"] == "x86-onnxruntime"
+    custom = _target_copy(tmp_path, "rpi4-litert")  # --target as a file: the target it names
+    assert main(["emulate", str(copy), "--runs", "1", "--target", str(custom), "--json", str(report)]) == 3
+    assert json.loads(report.read_text())["target"] == "rpi4-litert"
+    assert main(["emulate", str(ort_bundle), "--target", "rpi4-litert", "--json", str(report)]) == 2
+    assert json.loads(report.read_text())["target"] == "rpi4-litert"
+    (copy / "manifest.json").write_text("{")  # nothing records it
+    assert main(["emulate", str(copy), "--runs", "1", "--json", str(report)]) == 3
+    written = json.loads(report.read_text())
+    assert written["target"] is None and written["checks"][0]["name"] == "bundle intact"
+    capsys.readouterr()
+
