@@ -583,22 +583,41 @@ def _emulate(args) -> int:
     from .emulate.device import SCHEMA, emulate
     from .emulate.render import emulation
 
+    def stopped_early(check: str, detail: str) -> dict[str, Any]:
+        """The report of a run that stopped before its checks: a CI step reads its verdict there, never an
+        earlier run's."""
+        return {"schema": SCHEMA, "bundle": args.bundle, "target": _emulated_target(args),
+                "checks": [{"name": check, "pass": False, "detail": detail}], "pass": False}
+
+    written = False
     try:
-        report = emulate(args.bundle, target=args.target, runs=args.runs, rebuild=args.rebuild,
-                         aarch64=not args.no_aarch64, rtl=not args.no_rtl)
-    except EdgegenError as exc:  # a report all the same: a CI step reads its verdict there, never an earlier run's
-        if args.json:
-            check = "bundle intact" if isinstance(exc, DamagedBundle) else "emulation runs here"
-            write_text(args.json, _strict_json({"schema": SCHEMA, "bundle": args.bundle,
-                                                "target": _emulated_target(args),
-                                                "checks": [{"name": check, "pass": False, "detail": str(exc)}],
-                                                "pass": False}))
-        if isinstance(exc, DamagedBundle):
-            return _failed_check(exc)
+        if args.json:  # replaced at the end; what stays where this run is killed (SIGKILL, out of memory) or crashes
+            write_text(args.json, _strict_json(stopped_early(
+                "emulation finished", "it did not: the run writing this report was still going, or ended without "
+                "writing its verdict (killed, or an internal error: see its stderr)")))
+        try:
+            report = emulate(args.bundle, target=args.target, runs=args.runs, rebuild=args.rebuild,
+                             aarch64=not args.no_aarch64, rtl=not args.no_rtl)
+        except EdgegenError as exc:
+            if args.json:
+                check = "bundle intact" if isinstance(exc, DamagedBundle) else "emulation runs here"
+                write_text(args.json, _strict_json(stopped_early(check, str(exc))))
+                written = True
+            if isinstance(exc, DamagedBundle):
+                return _failed_check(exc)
+            raise
+        if args.json:  # before the text: a reader of stdout that stops early (`| head`) leaves the report whole
+            write_text(args.json, _strict_json(report))
+            written = True
+        print(emulation(report))
+    except (KeyboardInterrupt, _Terminated) as exc:  # the previous run's report (a PASS, for another bundle) stayed
+        if args.json and not written:
+            how = "interrupted (Ctrl-C, exit 130)" if isinstance(exc, KeyboardInterrupt) else \
+                "stopped by SIGTERM (exit 143: a CI step's timeout, say)"
+            _write_undisturbed(args.json, _strict_json(stopped_early(
+                "emulation finished", f"it did not: {how} before its checks completed, so there is no verdict; "
+                "run it again to its end")))
         raise
-    print(emulation(report))
-    if args.json:
-        write_text(args.json, _strict_json(report))
     return 0 if report["pass"] else 3
 
 
@@ -614,6 +633,20 @@ def _emulated_target(args) -> str | None:
         return str(read_manifest(args.bundle)["target"]["name"])
     except Exception:  # a label for a report that says why the run stopped: the reason is in its check
         return args.target or None
+
+
+def _write_undisturbed(path: str, text: str) -> None:
+    """write_text with SIGINT and SIGTERM held until it is done (a second Ctrl-C in a row must not leave the
+    previous report in place); they arrive afterwards."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread():
+        write_text(path, text)
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        write_text(path, text)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _strict_json(report: dict[str, Any]) -> str:

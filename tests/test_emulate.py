@@ -650,3 +650,31 @@ def test_the_report_of_a_run_that_stops_early_names_the_target_the_bundle_record
     assert written["target"] is None and written["checks"][0]["name"] == "bundle intact"
     capsys.readouterr()
 
+
+@pytest.mark.parametrize("stop, code, said", [(KeyboardInterrupt, 130, "interrupted (Ctrl-C"),
+                                              ("terminated", 143, "stopped by SIGTERM")])
+def test_a_stopped_emulate_replaces_the_previous_report_with_a_failed_one(tmp_path, ort_bundle, monkeypatch, capsys,
+                                                                         stop, code, said):
+    """A run stopped by a CI step's timeout (SIGTERM) or Ctrl-C left the previous run's report, a PASS for another
+    bundle, in the --json file; a run killed outright (SIGKILL) too."""
+    from edgegen import cli
+    from edgegen.emulate import device
+
+    report = tmp_path / "report.json"
+    assert main(["emulate", str(ort_bundle), "--runs", "1", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["pass"]
+    seen = {}
+
+    def stopped(bundle, **kwargs):
+        seen.update(json.loads(report.read_text()))  # what a run killed here (SIGKILL) would leave
+        raise KeyboardInterrupt() if stop is KeyboardInterrupt else cli._Terminated()
+
+    monkeypatch.setattr(device, "emulate", stopped)
+    assert main(["emulate", str(ort_bundle), "--json", str(report)]) == code
+    assert not seen["pass"] and seen["checks"][0]["name"] == "emulation finished"
+    assert "still going, or ended without writing its verdict" in seen["checks"][0]["detail"]
+    written = json.loads(report.read_text())
+    assert (written["pass"], written["target"], written["checks"][0]["name"]) == (False, "x86-onnxruntime",
+                                                                                   "emulation finished")
+    assert said in written["checks"][0]["detail"] and "no verdict" in written["checks"][0]["detail"]
+    assert list(tmp_path.glob(".*.tmp")) == [] and "edgegen: " in capsys.readouterr().err
