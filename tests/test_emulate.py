@@ -678,3 +678,36 @@ def test_a_stopped_emulate_replaces_the_previous_report_with_a_failed_one(tmp_pa
                                                                                    "emulation finished")
     assert said in written["checks"][0]["detail"] and "no verdict" in written["checks"][0]["detail"]
     assert list(tmp_path.glob(".*.tmp")) == [] and "edgegen: " in capsys.readouterr().err
+
+
+def test_the_rtl_execution_report_always_has_its_clock_keys(tmp_path, cgen_path, monkeypatch):
+    """rtl.execution lacked timing_met and latency_ms_at_board_clock without a built bitstream (fpga-sim always): a CI
+    script reading them met a KeyError. They are null where no bitstream checked timing."""
+    import numpy as np
+
+    from conftest import verilator_or_skip
+
+    from edgegen.backends.fpga import session as fpga_session
+    from edgegen.backends.fpga.model import FunctionalNpu
+    from edgegen.backends.fpga.transport import RunStatus
+
+    class CountingNpu(FunctionalNpu):  # the functional model counting cycles as the RTL does
+        def wait(self, limit_cycles: int) -> RunStatus:
+            return RunStatus(self.status, 1000, self.layers_run)
+
+    bundle = tmp_path / "npu"
+    build(cgen_path, "fpga-sim", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    with monkeypatch.context() as patched:
+        patched.setattr(fpga_session, "open_device", lambda mode, config: CountingNpu(config))
+        npu = fpga_session.Session(bundle, manifest["session"], 1)
+    npu.run({"latent": np.zeros((1, 16), np.float32), "label": np.zeros(1, np.int64)})
+    execution = npu.execution_report()
+    assert execution["cycles"] > 0 and execution["fmax_source"] == "target" and execution["fmax_mhz"] > 0
+    assert execution["timing_met"] is None and execution["latency_ms_at_board_clock"] is None, execution
+    verilator_or_skip()
+    report = emulate(bundle, runs=1)
+    assert report["pass"], report["checks"]
+    execution = report["rtl"]["execution"]
+    assert (execution["fmax_source"], execution["timing_met"], execution["latency_ms_at_board_clock"]) == \
+        ("target", None, None) and execution["fmax_mhz"] > 0 and report["rtl"]["latency_ms_at_fmax"] > 0

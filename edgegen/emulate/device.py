@@ -27,6 +27,7 @@ from .render import last_line, tolerance as output_tolerance
 QEMU_RUNS = 3
 FP32_MAX_ABS = 1e-5
 SCHEMA = 1  # the version of the report's layout (README: "Emulated devices", --json)
+RTL_CLOCK_KEYS = ("fmax_mhz", "fmax_source", "timing_met", "latency_ms_at_board_clock")  # rtl.execution's, always
 log = logging.getLogger(__name__)
 
 
@@ -215,7 +216,9 @@ def _rtl(bundle: Path, device: targets.Target, functional: dict[str, Any], check
         checks.append({"name": "RTL simulation", "pass": False, "detail": rtl["message"]})
         return _summary(rtl)
     same = all(np.array_equal(functional["outputs"][k], rtl["outputs"][k]) for k in functional["outputs"])
-    execution = rtl.get("execution", {})
+    execution = rtl.setdefault("execution", {})
+    for key in RTL_CLOCK_KEYS:  # each there (null: unknown, or no bitstream checked timing), as the README lists them
+        execution.setdefault(key, None)
     checks.append({"name": "RTL identical to the functional model", "pass": same,
                    "detail": f"{execution.get('cycles')} cycles" + (", outputs bit-identical" if same else
                                                                     ", outputs differ")})

@@ -75,14 +75,19 @@ def session_problem(session: dict[str, Any]) -> str | None:
 
 def latency_clock(session: dict[str, Any]) -> dict[str, Any] | None:
     """The clock a run's latency is quoted at: a built bitstream's achieved Fmax (fmax_source "bitstream", with
-    its timing verdict at the board's NPU clock), else the target's fmax_mhz ("target": no timing result); None
-    where neither is known."""
+    its timing verdict at the board's NPU clock), else the target's fmax_mhz ("target": no timing result, so
+    timing_met and board_clock_mhz None); None where neither is known. Its keys go into the execution report
+    as they are, with latency_ms_at_board_clock None until a run's cycles give it at a clock the bitstream meets:
+    every key is there whether or not a bitstream checked timing."""
     bitstream = session.get("bitstream") or {}
     fmax, clock = _mhz(bitstream.get("fmax_mhz")), _mhz(bitstream.get("clock_mhz"))
     if bitstream.get("built") and fmax:
         return {"fmax_mhz": fmax, "fmax_source": "bitstream", "timing_met": bitstream.get("timing_met") is True,
-                "board_clock_mhz": clock}
-    return {"fmax_mhz": session["fmax_mhz"], "fmax_source": "target"} if session.get("fmax_mhz") else None
+                "board_clock_mhz": clock, "latency_ms_at_board_clock": None}
+    if not session.get("fmax_mhz"):
+        return None
+    return {"fmax_mhz": session["fmax_mhz"], "fmax_source": "target", "timing_met": None, "board_clock_mhz": None,
+            "latency_ms_at_board_clock": None}
 
 
 def _mhz(value: object) -> float | None:
