@@ -417,7 +417,7 @@ def test_a_floor_search_tries_the_ratio_asked_for_and_the_smallest_that_removes_
     pruner = Pruner(graph, calibration)
     evaluator = pruner.default_evaluator()
     _, report = prune_to_floor(graph, calibration, evaluator, QualityFloor(min_psnr=10), max_ratio=0.08)
-    assert report["ratio"] == 0.08 and [t["ratio"] for t in report["search"]["tried"]] == [0.0625, 0.08]
+    assert report["ratio"] == 0.08 and [t["ratio"] for t in report["search"]["tried"]] == [0.08]  # it meets: shipped
     assert pruner.smallest_ratio() == 0.0625 and pruner.floor_grid(0.08) == [0.0625, 0.08]
     assert pruner.floor_grid(0.5) == [0.0625, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
     with pytest.raises(BuildError, match=r": 0.0625, the smallest ratio that removes any channel, already gives"):
@@ -427,6 +427,23 @@ def test_a_floor_search_tries_the_ratio_asked_for_and_the_smallest_that_removes_
         prune(graph, 0.06, calibration)
     wide = _two_convs(tmp_path, 40)  # 32+ channels keep a multiple of 8: the first ratio that removes any takes 8
     assert Pruner(wide, load_calibration(wide.inputs, None, 4)).smallest_ratio() == 0.2
+
+
+def test_a_floor_the_ratio_asked_for_meets_as_plain_pruning_ships_it_is_not_searched_below(tmp_path):
+    """--prune 0.3 alone shipped 30% (re-allocated, 48.9 dB on a U-Net) but --prune 0.3 --min-psnr 40 shipped 10%:
+    the search stepped the uniform ratio, which missed the floor at 0.3. The ratio asked for is tried first as a
+    plain --prune ships it."""
+    from runtime_models import glyph_like
+
+    onnx.save(glyph_like(), str(tmp_path / "glyph.onnx"))
+    graph = Graph.load(tmp_path / "glyph.onnx")
+    calibration = load_calibration(graph.inputs, None, 16)
+    _, plain = prune(graph, 0.5, calibration)
+    uniform, allocated = plain["allocation"]["uniform_psnr_db"], plain["allocation"]["allocated_psnr_db"]
+    assert plain["allocation"]["used"] and allocated > uniform + 0.5  # the case: only the allocation meets the floor
+    floor = QualityFloor(min_psnr=round((uniform + allocated) / 2, 2))
+    _, report = prune_to_floor(graph, calibration, Pruner(graph, calibration).default_evaluator(), floor, max_ratio=0.5)
+    assert report["ratio"] == 0.5 and report["quality"]["result"]["psnr_db"] == pytest.approx(allocated, abs=0.01)
 
 
 def test_a_refit_that_scores_lower_than_the_plain_pruned_graph_is_not_shipped(tmp_path, monkeypatch):

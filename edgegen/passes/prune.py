@@ -86,6 +86,14 @@ def prune_to_floor(graph: Graph, calibration: Calibration, evaluator: Evaluator,
         raise BuildError(f"{graph.source}: no pruning ratio up to {max_ratio:g} removes a channel "
                          f"({pruner.smallest_effect()}); give a larger --prune")
     search: list[dict[str, Any]] = []
+    if grid[-1] == max_ratio:  # the ratio asked for, as --prune alone ships it (re-allocated): where it meets, it ships
+        pruned, report = pruner.result(max_ratio, True, evaluator, allocate=True)
+        search.append({"ratio": max_ratio, "allocated": True, **report["quality"]["result"],
+                       "met": floor.met(report["quality"]["result"])})
+        if search[-1]["met"]:
+            report["search"] = {"floor": floor.describe(), "max_ratio": max_ratio, "step": FLOOR_STEP,
+                                "tried": search}
+            return pruned, report
 
     def meets(ratio: float) -> bool:
         quality = evaluator.quality(pruner.model(ratio, True)[0])
@@ -95,7 +103,7 @@ def prune_to_floor(graph: Graph, calibration: Calibration, evaluator: Evaluator,
     if not meets(grid[0]):
         raise BuildError(f"{graph.source}: no pruning ratio meets the quality floor ({floor.describe()}): "
                          f"{grid[0]:g}, the smallest ratio that removes any channel, already gives "
-                         f"{search[0]['psnr_db']:.1f} dB / SSIM {search[0]['ssim']:.4f} with reconstruction. Lower "
+                         f"{search[-1]['psnr_db']:.1f} dB / SSIM {search[-1]['ssim']:.4f} with reconstruction. Lower "
                          "the floor, calibrate with more representative data, or build without pruning.")
     lo, hi = 0, len(grid)  # grid[lo] meets the floor; grid[hi:] do not
     while hi - lo > 1:
