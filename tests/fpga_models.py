@@ -112,6 +112,29 @@ def gelu_block(half_last: bool = False) -> onnx.ModelProto:
                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
 
 
+def gelu_tanh_pow_block() -> onnx.ModelProto:
+    """image [1,3,8,8] -> conv 3x3 -> tanh GELU as the dynamo exporter writes it (0.5 * x * (1 + tanh(sqrt(2 / pi)
+    * (x + 0.044715 * Pow(x, 3))))) -> conv 3x3 -> image [1,3,8,8]."""
+    rng = np.random.default_rng(11)
+    inits = [_init(rng, "w1", 8, 3, 3, 3), _init(rng, "w2", 3, 8, 3, 3, scale=0.2),
+             *(numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
+               (("three", 3.0), ("k", 0.044715), ("root", np.sqrt(2 / np.pi)), ("one", 1.0), ("half", 0.5)))]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("Pow", ["h", "three"], ["cube"]),
+        helper.make_node("Mul", ["cube", "k"], ["kc"]),
+        helper.make_node("Add", ["h", "kc"], ["inner"]),
+        helper.make_node("Mul", ["inner", "root"], ["scaled"]),
+        helper.make_node("Tanh", ["scaled"], ["t"]),
+        helper.make_node("Add", ["t", "one"], ["a"]),
+        helper.make_node("Mul", ["h", "a"], ["m"]),
+        helper.make_node("Mul", ["m", "half"], ["g"]),
+        helper.make_node("Conv", ["g", "w2"], ["out"], pads=[1, 1, 1, 1]),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
+
+
 def grouped_conv() -> onnx.ModelProto:
     """A convolution with 2 groups of 4 channels: neither dense nor depthwise."""
     rng = np.random.default_rng(5)

@@ -7,12 +7,12 @@ import logging
 import numpy as np
 import onnx
 import pytest
-from fpga_models import (dense_decoder, gelu_block, grouped_conv, hardswish_upsample, instance_norm, mobile_block,
-                         prelu_block, residual_denoiser, rgb_head, view_decoder)
+from fpga_models import (dense_decoder, gelu_block, gelu_tanh_pow_block, grouped_conv, hardswish_upsample,
+                         instance_norm, mobile_block, prelu_block, residual_denoiser, rgb_head, view_decoder)
 
 from edgegen import targets
 from edgegen.backends.fpga.alloc import FitError
-from edgegen.backends.fpga.compile import lower_graph
+from edgegen.backends.fpga.compile import lower_graph, unsupported_nodes
 from edgegen.backends.fpga.isa import DESC_WORDS, KIND_ADD, KIND_CONV, Layer, NpuConfig
 from edgegen.build import build
 from edgegen.emulate import fpga as emu
@@ -110,6 +110,20 @@ def test_a_gelu_in_the_exporters_erf_form_gives_onnxruntimes_codes(tmp_path, hal
     compiled = emu.compile_for(emu.quantize(_graph(tmp_path, lambda: gelu_block(half_last))), ROOMY, tmp_path / "n")
     layers = emu.layer_agreement(compiled)["layers"]
     assert [row["exact"] for row in layers] == [row["values"] for row in layers], layers
+
+
+def test_a_tanh_gelu_with_pow_as_the_dynamo_exporter_writes_it_gives_onnxruntimes_codes(tmp_path):
+    """x ** 3 of the dynamo exporter's tanh GELU was refused ("node_Pow_1 (op Pow): the edgegen NPU has no layer");
+    a Pow by one constant exponent is a table like the other element-wise ops. One with a computed exponent is
+    refused naming why."""
+    compiled = emu.compile_for(emu.quantize(_graph(tmp_path, gelu_tanh_pow_block)), ROOMY, tmp_path / "n")
+    stats = emu.agreement(compiled, samples=3)
+    assert stats["values"] > 0 and stats["exact"] == stats["values"], stats
+    model = gelu_tanh_pow_block()
+    next(n for n in model.graph.node if n.op_type == "Pow").input[1] = "h"  # x ** x
+    onnx.save(model, str(tmp_path / "pow.onnx"))
+    assert [m[1:] for m in unsupported_nodes(Graph.load(tmp_path / "pow.onnx"), targets.load("fpga-sim"))] == \
+        [("Pow", "a Pow runs as a 256-entry table, so only with one constant exponent")]
 
 
 def test_every_layer_kind_is_exercised(tmp_path):

@@ -59,6 +59,9 @@ def unsupported_nodes(graph: Graph, target: Target) -> list[tuple[str, str, str]
         elif node.op_type == "PRelu" and unary_spec(node, prepared) is None:
             missing.append((node.name, node.op_type, "per-channel slopes: the NPU applies one 256-entry table per "
                                                       "layer, so only a PRelu with a single slope runs"))
+        elif node.op_type == "Pow" and unary_spec(node, prepared) is None:
+            missing.append((node.name, node.op_type, "a Pow runs as a 256-entry table, so only with one constant "
+                                                      "exponent"))
         elif node.op_type not in SUPPORTED and node.op_type not in ("Constant", "BatchNormalization", "Dropout",
                                                                       "Identity", "Shape", "Cast"):
             missing.append((node.name, node.op_type, "the edgegen NPU has no layer for this op"))

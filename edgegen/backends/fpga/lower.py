@@ -64,6 +64,9 @@ def unary_spec(node: onnx.NodeProto, p: Prepared) -> tuple[str, dict] | None:
     if op == "Clip":
         lo, hi = clip_bounds(node, p)
         return data[0], {"op": op, **({"min": lo} if lo is not None else {}), **({"max": hi} if hi is not None else {})}
+    if op == "Pow" and len(node.input) == 2 and node.input[1] in p.consts and node.input[0] not in p.consts:
+        exponent = np.asarray(p.consts[node.input[1]])  # x ** 3 of the dynamo exporter's tanh GELU
+        return (data[0], {"op": op, "const": float(exponent.reshape(-1)[0])}) if exponent.size == 1 else None
     if op in ("Add", "Sub", "Mul", "Div") and len(node.input) == 2:
         index = 0 if node.input[0] in p.consts else 1
         const = np.asarray(p.consts[node.input[index]])

@@ -72,6 +72,7 @@ _FUNCTIONS = {
     "Sub": lambda x, s: _const(s) - x if s.get("const_first") else x - _const(s),
     "Mul": lambda x, s: x * _const(s),
     "Div": lambda x, s: _const(s) / x if s.get("const_first") else x / _const(s),
+    "Pow": lambda x, s: np.power(x, _const(s)),
 }
 OPS = tuple(_FUNCTIONS)
 
