@@ -46,7 +46,8 @@ def test_fp32_onnxruntime_bundle_matches_x86_within_1e_5_on_arm64(tmp_path, cgen
     assert report["pass"], report["checks"]
     arm = report["aarch64"]
     assert arm["runtime"].startswith("onnxruntime 1."), arm["runtime"]  # with its version, as LiteRT's
-    assert arm["match"]["rule"].startswith("max-abs <= 1e-05") and arm["match"]["max_abs"] <= 1e-5
+    assert arm["match"]["rule"].startswith("max-abs <= 1e-05 x the output's declared range width")
+    assert "(fp32: image 2e-05 over [-1, 1])" in arm["match"]["rule"] and arm["match"]["max_abs"] <= 2e-5
     assert report["constraints"]["accelerator_replaced_by_cpu"].startswith("TensorrtExecutionProvider")
 
 
@@ -141,7 +142,7 @@ def test_a_userland_whose_runtimes_differ_from_this_hosts_is_warned_of_and_what_
     arm = {"ok": True, "machine": "aarch64", "runtime": "onnxruntime 1.31.1", "packages": ran,
            "latency_ms": {"p50": 20.0}, "self_test": {"pass": True, "outputs": {}}, "outputs": {"y": np.zeros(2)}}
     monkeypatch.setattr(device.process, "run", lambda bundle, settings, userland=None: arm)
-    manifest = {"backend": "onnxruntime", "precision": "int8"}
+    manifest = {"backend": "onnxruntime", "precision": "int8", "model": {"outputs": []}}
     host = {"latency_ms": {"p50": 1.0}, "outputs": {"y": np.zeros(2)}}
     with caplog.at_level("WARNING"):
         result, _ = device._aarch64(tmp_path, manifest, targets.load("jetson-orin-onnxruntime"), host, [], False,
@@ -150,3 +151,34 @@ def test_a_userland_whose_runtimes_differ_from_this_hosts_is_warned_of_and_what_
     assert result["runtime_drift"].startswith("its runtimes differ from this host's: onnxruntime 1.31.1 (this host: "
                                               "1.32.0)")
     assert "edgegen emulate --rebuild" in caplog.text and "1.31.1" in caplog.text
+
+
+def _manifest(precision: str, outputs: dict, floats: dict | None = None, tolerance: dict | None = None) -> dict:
+    """A manifest's keys same_images reads: outputs {name: declared range or None}, the ops kept in float."""
+    return {"precision": precision, "reference": {"tolerance": tolerance or {"min_psnr_db": 36.79}},
+            "model": {"outputs": [{"name": name, "dtype": "float32", "shape": [1, 3, 8, 8],
+                                   "role": "image" if bounds else "score", **({"range": bounds} if bounds else {})}
+                                  for name, bounds in outputs.items()]},
+            "execution": {"int8": {"Conv": 8, "Add": 3}, "float": floats or {}}}
+
+
+def test_the_fp32_arm64_rule_scales_with_each_outputs_declared_range():
+    """A correct [0, 255] generator failed at 2e-4 (13 float32 ulps there, PSNR 136 dB) under an absolute 1e-5."""
+    import numpy as np
+
+    from edgegen.emulate.device import same_images
+
+    x86 = {"image": np.random.default_rng(0).uniform(0, 255, (1, 3, 8, 8)).astype(np.float32)}
+    pixels = _manifest("fp32", {"image": [0.0, 255.0]})
+    match = same_images(pixels, x86, {"image": x86["image"] + np.float32(1.98e-4)})
+    assert match["pass"] and "max-abs <= 1e-05 x the output's declared range width" in match["detail"]
+    assert "image 0.00255 over [0, 255]" in match["rule"]
+    assert not same_images(pixels, x86, {"image": x86["image"] + np.float32(0.01)})["pass"]  # a real difference
+    unit = {"image": x86["image"] / 255}  # the same model in [0, 1]: 1e-5 x 1
+    assert not same_images(_manifest("fp32", {"image": [0.0, 1.0]}), unit, {"image": unit["image"] + 2e-4})["pass"]
+    scored = {**unit, "score": np.full((1, 1), 0.5, np.float32)}  # no declared range: 1e-5 as it was
+    both = _manifest("fp32", {"image": [0.0, 1.0], "score": None})
+    assert same_images(both, scored, {**scored, "score": scored["score"] + np.float32(5e-6)})["pass"]
+    match = same_images(both, scored, {**scored, "score": scored["score"] + np.float32(5e-5)})
+    assert not match["pass"] and "score 1e-05 (no declared range)" in match["rule"]
+
