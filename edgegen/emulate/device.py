@@ -178,17 +178,20 @@ def runtime_drift(userland_versions: dict[str, str], host_versions: dict[str, st
 
 def same_images(manifest: dict[str, Any], reference: dict[str, np.ndarray], got: dict[str, np.ndarray]
                 ) -> dict[str, Any]:
-    """arm64's outputs against x86's. int8: identical. fp32: each output's max-abs <= 1e-5 x the width of its
-    declared range (FP32_MAX_ABS itself where it declares none): float32 rounding differs between the two CPUs'
-    kernels by some ulps of the values, so the limit scales with them. fp16/bf16: the bundle's self-test tolerance
-    (max-abs and PSNR, each output's own). The rule, with what it was applied to, is in the detail."""
+    """arm64's outputs against x86's. int8 where every op of the artifact runs in int8 (the manifest's
+    `execution` lists none in float): identical. fp32: each output's max-abs <= 1e-5 x the width of its declared
+    range (FP32_MAX_ABS itself where it declares none): float32 rounding differs between the two CPUs' kernels by
+    some ulps of the values, so the limit scales with them. fp16/bf16, and int8 with ops kept in float (their
+    rounding differs, and the requantized values after them by a step): the bundle's self-test tolerance (max-abs
+    and PSNR, each output's own). The rule, with what it was applied to, is in the detail."""
     precision = manifest["precision"]
     specs = [TensorSpec.from_json(s) for s in manifest["model"]["outputs"] if s["name"] in reference]
     diffs = {k: float(np.max(np.abs(reference[k].astype(np.float64) - got[k]))) if reference[k].size else 0.0
              for k in reference}
     worst = max(diffs.values())
-    if precision == "int8":
-        ok, rule = worst == 0.0, "identical (int8)"
+    floats = _float_ops(manifest) if precision == "int8" else None
+    if precision == "int8" and floats == "":
+        ok, rule = worst == 0.0, "identical (int8: every op of the artifact runs in int8)"
     elif precision == "fp32":
         limits = {name: FP32_MAX_ABS for name in diffs}  # an output the manifest does not name: 1e-5
         limits.update({s.name: FP32_MAX_ABS * (s.range[1] - s.range[0]) for s in specs if s.range})
@@ -204,8 +207,20 @@ def same_images(manifest: dict[str, Any], reference: dict[str, np.ndarray], got:
                    for s in specs}
         ok = all(meets(numbers[name], wanted[name]) for name in numbers)
         psnr = "; ".join(f"{name} {n['psnr_db']:.1f} dB" for name, n in numbers.items())
-        rule = f"the bundle's tolerance ({precision}: {_tolerance(tolerance)}; PSNR vs x86: {psnr})"
+        why = precision if precision != "int8" else (f"int8 with {floats} in float" if floats else
+                                                     "int8, the ops kept in float not recorded")
+        rule = f"the bundle's tolerance ({why}: {_tolerance(tolerance)}; PSNR vs x86: {psnr})"
     return {"rule": rule, "max_abs": worst, "pass": ok, "detail": f"max-abs {worst:.3g} vs x86, rule: {rule}"}
+
+
+def _float_ops(manifest: dict[str, Any]) -> str | None:
+    """The ops an int8 artifact keeps in float, as its manifest's `execution` records them ("Tanh x1, ..."; ""
+    where none), or None where it records no such list."""
+    execution = manifest.get("execution")
+    floats = execution.get("float") if isinstance(execution, dict) else None
+    if not isinstance(floats, dict):
+        return None
+    return ", ".join(f"{op} x{count}" for op, count in floats.items() if count)
 
 
 def _rtl(bundle: Path, device: targets.Target, functional: dict[str, Any], checks: list[dict[str, Any]]
