@@ -136,6 +136,40 @@ def test_openvino_int8_lowers_a_conv_transpose_with_a_short_output(tmp_path, ker
     assert ("ConvolutionBackpropData" in (tmp_path / "b" / "model.xml").read_text()) is not short
 
 
+@pytest.mark.parametrize("form,out,short", [({"strides": [1, 2], "pads": [1, 1, 1, 1]}, [16, 31], True),
+                                            ({"strides": [2, 2], "output_shape": [31, 31]}, [31, 31], True),
+                                            ({"strides": [1, 2], "pads": [1, 1, 1, 1], "output_padding": [0, 1]},
+                                             [16, 32], False)])
+def test_openvino_int8_runs_a_short_conv_transpose_the_lowering_leaves_in_float(tmp_path, form, out, short):
+    """Strides (1, 2) or an output_shape: the phase lowering leaves them whole, and OpenVINO's int8 Deconvolution
+    of a 2n - 1 output gave other pixels on 2166 of 3000 calls at 2 threads. Such a layer gets its weights
+    dequantized to float (OpenVINO's f32 Deconvolution is stable), the QDQ graph's values, so its numbers stay."""
+    from edgegen.backends.openvino.compile import int8_form, short_conv_transposes_in_float
+    from edgegen.passes.calibration import load_calibration
+    from edgegen.passes.quantize import Quantizer
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal((6, 3, 3, 3)) * 0.3).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((6, 4, 3, 3)) * 0.2).astype(np.float32), "wt")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("ConvTranspose", ["c", "wt"], ["t"], name="up", **form),
+             helper.make_node("Sigmoid", ["t"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, *out])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    source = Graph.load(tmp_path / "m.onnx")
+    qdq = Quantizer(source, load_calibration(source.inputs, None, 4)).emit()
+    ov_form = int8_form(qdq)
+    producer = {o: n.op_type for n in ov_form.graph.node for o in n.output}
+    up = next(n for n in ov_form.graph.node if n.op_type == "ConvTranspose")
+    assert (producer.get(up.input[1]) != "DequantizeLinear") is short
+    x = rng.uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the QDQ graph's own arithmetic
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), plain).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(short_conv_transposes_in_float(qdq)), run(qdq), atol=1e-6)
+
+
 def test_the_phases_of_a_lowered_conv_transpose_share_one_int8_grid(tmp_path, cgen_path):
     built = build(cgen_path, "x86-onnxruntime", tmp_path / "b", precision="int8", samples=2)
     model = onnx.load(str(tmp_path / "b" / "model.onnx"))
