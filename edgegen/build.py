@@ -232,17 +232,18 @@ def _build_bundle(source: Graph, tgt: targets.Target, precision: str, opts: Buil
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _folder_inputs(source: Graph, opts: BuildOptions, precision: str,
+def _folder_inputs(source: Graph, opts: BuildOptions, precision: str, seed: int,
                    skip: int = 0) -> tuple[dict[str, np.ndarray], str] | None:
-    """--samples inputs from a --calibration folder's images that calibration does not read (after `skip` of
-    them), and where they come from; None where it names no folder or the folder holds too few: the user's own
-    pictures measure the build (smooth synthetic ones hid up to 12 dB a photo loses)."""
+    """--samples inputs from a --calibration folder's images that calibration does not read (besides the `skip`
+    held-out ones), other inputs seeded from `seed`, and where they come from; None where it names no folder or
+    the folder holds too few: the user's own pictures measure the build (smooth synthetic ones hid up to 12 dB a
+    photo loses)."""
     if opts.calibration in (None, "spec", "zoo") or not Path(opts.calibration).is_dir():
         return None
     from .passes.calibration import held_out_images
 
     taken = opts.calibration_count if _calibrates(precision, opts) else 0
-    picked = held_out_images(source.inputs, Path(opts.calibration), taken, opts.samples, skip)
+    picked = held_out_images(source.inputs, Path(opts.calibration), taken, opts.samples, skip, seed)
     return (picked.feeds, picked.source) if picked else None
 
 
@@ -257,7 +258,7 @@ def _fresh_inputs(source: Graph, opts: BuildOptions, precision: str, reference_r
     calibration folder's images after the held-out ones (where it holds enough), or an array file's rows after
     the held-out ones (None where it holds no more)."""
     source_file = opts.calibration
-    from_folder = _folder_inputs(source, opts, precision, skip=opts.samples)
+    from_folder = _folder_inputs(source, opts, precision, FRESH_SEED, skip=opts.samples)
     if from_folder:
         feeds, where = from_folder[0], {"inputs_from": from_folder[1]}
     elif not source_file or Path(source_file).suffix not in (".npy", ".npz"):
@@ -284,7 +285,7 @@ def _verification_feeds(source: Graph, opts: BuildOptions,
     (real inputs: one-hot segmentation maps, masks), its rows after those calibration takes (the file's last
     rows where it holds no more; its first where the build does not calibrate), or where it names a folder of
     images holding enough that calibration does not read, those; and where they come from."""
-    from_folder = _folder_inputs(source, opts, precision)
+    from_folder = _folder_inputs(source, opts, precision, VERIFY_SEED)
     if from_folder:
         return from_folder
     source_file = opts.calibration

@@ -94,23 +94,26 @@ def _from_images(specs: list[TensorSpec], folder: Path, count: int, label: str,
     taken = f"{len(files)} files, repeated to {count} samples" if count > len(files) else \
         f"{count} of its {len(files)} files, spread over their sorted names" if count < len(files) else \
         f"{len(files)} files"
-    return Calibration(_image_feeds(specs, spec, chosen), f"{label} ({taken}, resized to {w}x{h})")
+    return Calibration(_image_feeds(specs, spec, chosen, 0), f"{label} ({taken}, resized to {w}x{h})")
 
 
-def held_out_images(specs: list[TensorSpec], folder: Path, calibrated: int, count: int,
-                    skip: int = 0) -> Calibration | None:
-    """`count` inputs from the folder's image files that calibration with `calibrated` samples does not read
-    (after the first `skip` of those), spread over their sorted names, other inputs seeded; None where the folder
-    holds fewer."""
+def held_out_images(specs: list[TensorSpec], folder: Path, calibrated: int, count: int, skip: int = 0,
+                    seed: int = 0) -> Calibration | None:
+    """`count` inputs from the folder's image files that calibration with `calibrated` samples does not read,
+    spread over their sorted names (after leaving out the `skip` the held-out inputs take the same way), other
+    inputs seeded from `seed`; None where the folder holds fewer."""
     spec, files = _image_files(specs, folder)
     used = set(files if calibrated >= len(files) else _spread(files, calibrated))
-    rest = [f for f in files if f not in used][skip:]
+    rest = [f for f in files if f not in used]
+    unread = len(rest)
+    if skip:
+        held = set(_spread(rest, skip)) if len(rest) > skip else set(rest)
+        rest = [f for f in rest if f not in held]
     if len(rest) < count:
         return None
-    chosen = _spread(rest, count)
-    after = f", after the {skip} held-out ones" if skip else ""
-    return Calibration(_image_feeds(specs, spec, chosen),
-                       f"{count} of the {len(rest) + skip} images in {folder.name}/ calibration did not read{after}")
+    after = f", besides the {skip} held-out ones" if skip else ""
+    return Calibration(_image_feeds(specs, spec, _spread(rest, count), seed),
+                       f"{count} of the {unread} images in {folder.name}/ calibration did not read{after}")
 
 
 def _spread(files: list[Path], count: int) -> list[Path]:
@@ -133,8 +136,8 @@ def _image_files(specs: list[TensorSpec], folder: Path) -> tuple[TensorSpec, lis
     return spec, files
 
 
-def _image_feeds(specs: list[TensorSpec], spec: TensorSpec, files: list[Path]) -> dict[str, np.ndarray]:
-    """The files as the image input's samples (resized, in its range), the other inputs seeded."""
+def _image_feeds(specs: list[TensorSpec], spec: TensorSpec, files: list[Path], seed: int) -> dict[str, np.ndarray]:
+    """The files as the image input's samples (resized, in its range), the other inputs seeded from `seed`."""
     from PIL import Image
 
     c, h, w = spec.default_shape[1:]
@@ -148,7 +151,7 @@ def _image_feeds(specs: list[TensorSpec], spec: TensorSpec, files: list[Path]) -
         except read_errors() as exc:
             raise RequestError(f"{file}: not a readable image ({exc}); remove it from the calibration folder") from None
         images.append(lo + array * ((hi - lo) / 255.0))
-    feeds = sample_feeds([s for s in specs if s is not spec], list(range(len(files))))
+    feeds = sample_feeds([s for s in specs if s is not spec], list(range(seed, seed + len(files))))
     feeds[spec.name] = np.stack(images).astype(spec.dtype)
     return feeds
 
