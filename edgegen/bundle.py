@@ -150,7 +150,9 @@ def _kind_problem(manifest: dict[str, Any]) -> str | None:
             return f"{section} is {manifest[section]!r}, not a mapping"
     tolerance = manifest["reference"].get("tolerance")  # the self-test's criteria: an empty one would pass anything
     criteria, own_key = {"max_abs", "min_psnr_db"}, "output_min_psnr_db"  # own: {output: dB} beside the images
-    plain = {k: v for k, v in tolerance.items() if k != own_key} if isinstance(tolerance, dict) else None
+    own_abs = "output_max_abs"  # {output: max-abs} where an fp32 output's own differs (a [0, 255] image's)
+    plain = {k: v for k, v in tolerance.items() if k not in (own_key, own_abs)} if isinstance(tolerance, dict) \
+        else None
     if not isinstance(plain, dict) or not criteria & set(plain) or set(plain) - criteria or any(
             isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")
             for v in plain.values()):
@@ -161,6 +163,12 @@ def _kind_problem(manifest: dict[str, Any]) -> str | None:
             for v in own.values()):
         return (f"reference.tolerance.{own_key} is {own!r}, not a mapping of the model's outputs "
                 f"({', '.join(names)}) to finite PSNRs in dB")
+    limits = tolerance.get(own_abs, {})
+    if not isinstance(limits, dict) or set(limits) - set(names) or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")
+            for v in limits.values()):
+        return (f"reference.tolerance.{own_abs} is {limits!r}, not a mapping of the model's outputs "
+                f"({', '.join(names)}) to positive finite max-abs limits")
     return None
 
 

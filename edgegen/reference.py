@@ -11,6 +11,7 @@ from .errors import DamagedBundle
 
 FILE = "reference.npz"
 OWN_PSNR = "output_min_psnr_db"  # tolerance key: {output: dB} for the outputs the images' min_psnr_db does not cover
+OWN_MAX_ABS = "output_max_abs"  # tolerance key: {output: max-abs} where an output's own differs from max_abs
 
 
 def save(directory: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> str:
@@ -27,13 +28,14 @@ def delivered(spec: Any, array: np.ndarray) -> np.ndarray:
 
 
 def criteria(tolerance: dict[str, Any], names: list[str], covered: set[str]) -> dict[str, dict[str, float]]:
-    """Each output's self-test criteria from a manifest's tolerance: max_abs on every output; min_psnr_db on the
+    """Each output's self-test criteria from a manifest's tolerance: max_abs on every output (its own in
+    output_max_abs where it has one: an fp32 [0, 255] image's); min_psnr_db on the
     outputs it covers (the images: metrics.quality_outputs), each other output (a score beside an image) its own
     figure in output_min_psnr_db. A bundle built before that was recorded has none: that output is unchecked ({})."""
-    own = tolerance.get(OWN_PSNR, {})
+    own, own_max_abs = tolerance.get(OWN_PSNR, {}), tolerance.get(OWN_MAX_ABS, {})
     result = {}
     for name in names:
-        wanted = {"max_abs": tolerance["max_abs"]} if "max_abs" in tolerance else {}
+        wanted = {"max_abs": own_max_abs.get(name, tolerance["max_abs"])} if "max_abs" in tolerance else {}
         psnr = tolerance.get("min_psnr_db") if name in covered else own.get(name)
         result[name] = wanted if psnr is None else {**wanted, "min_psnr_db": psnr}
     return result

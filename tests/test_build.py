@@ -779,10 +779,11 @@ def test_every_edgegen_error_survives_pickling():
 
 def test_the_fp32_limits_follow_each_outputs_range():
     """1e-3 max-abs on a [0, 255] output is 4e-6 of it: a correct rpi4-litert fp32 build of a `(tanh(x) + 1) *
-    127.5` generator was refused at 0.00104. The limit scales with the range's width past 1; an output with no
+    127.5` generator was refused at 0.00104. The limit scales with half the range's width past 2; an output with no
     range (a score) keeps 1e-3."""
     from types import SimpleNamespace
 
+    from edgegen import reference
     from edgegen.build import _fp32_drift, _tolerance
     from edgegen.specs import TensorSpec
 
@@ -791,10 +792,13 @@ def test_the_fp32_limits_follow_each_outputs_range():
     source = SimpleNamespace(outputs=[image, score])
     zeros = {"image": np.zeros((1, 3, 4, 4), np.float32), "score": np.zeros((1, 1), np.float32)}
     drift, limit = _fp32_drift(source, zeros, {**zeros, "image": zeros["image"] + np.float32(0.1)})
-    assert drift == pytest.approx(0.1) and limit == pytest.approx(0.255)
+    assert drift == pytest.approx(0.1) and limit == pytest.approx(0.1275)
     assert _fp32_drift(source, zeros, {**zeros, "score": zeros["score"] + np.float32(0.002)}) == \
         pytest.approx((0.002, 0.001))
-    assert _tolerance(source, "fp32", 200.0, zeros, zeros) == {"max_abs": pytest.approx(0.255)}
+    tolerance = _tolerance(source, "fp32", 200.0, zeros, zeros)
+    assert tolerance == {"max_abs": 0.001, "output_max_abs": {"image": pytest.approx(0.1275)}}  # the score: 1e-3
+    assert reference.criteria(tolerance, ["image", "score"], {"image"}) == \
+        {"image": {"max_abs": pytest.approx(0.1275)}, "score": {"max_abs": 0.001}}
 
 
 def test_the_held_out_inputs_come_from_a_calibration_folders_other_images(tmp_path, caplog):
