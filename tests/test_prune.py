@@ -298,24 +298,27 @@ def test_conv_transpose_and_instance_norm(tmp_path):
     assert _weight(pruned, "b").shape == (6, 5, 4, 4) and _weight(pruned, "c").shape == (3, 5, 3, 3)
 
 
-@pytest.mark.parametrize("linear,batch", [("Gemm", "-1"), ("MatMul", "-1"), ("Gemm", "z"), ("Gemm", "f")])
+@pytest.mark.parametrize("linear,batch", [("Gemm", "-1"), ("MatMul", "-1"), ("Gemm", "z"), ("Gemm", "f"),
+                                          ("Gemm", "z, -1")])
 def test_latent_projection_prunes_whole_channel_blocks(tmp_path, linear, batch):
     """fc(z).view(-1, C, H, W), and the TorchScript export of `view(z.size(0), C, H, W)` or PyTorch-GAN's
     `out.view(out.shape[0], C, H, W)`: Shape -> Gather -> Unsqueeze -> Concat with [C, H, W] -> Reshape. The
     computed shape's batch left the projection unpruned ("Reshape node 'view' regroups channels: axis 1 goes from
-    128 to 8 entries"); its constant [C, H, W] is re-counted now as the constant shape is."""
+    128 to 8 entries"); its constant [C, H, W] is re-counted now as the constant shape is, and so is the -1 of
+    `view(z.size(0), -1, H, W)`."""
     rng = np.random.default_rng(4)
     w = _weights(rng, (16, 8, 16), [2, 5], axis=1).reshape(16, 128)  # channel c = features c*16..c*16+15
     bias = np.repeat(_bias(rng, 8, [2, 5]), 16)
     first = [helper.make_node("Gemm", ["z", "w", "bias"], ["f"], name="fc")] if linear == "Gemm" else [
         helper.make_node("MatMul", ["z", "w"], ["m"], name="fc"), helper.make_node("Add", ["m", "bias"], ["f"])]
     shape = [] if batch == "-1" else [
-        helper.make_node("Shape", [batch], ["z_shape"], name="size"),
+        helper.make_node("Shape", [batch[0]], ["z_shape"], name="size"),
         helper.make_node("Gather", ["z_shape", "zero"], ["n"], name="n", axis=0),
         helper.make_node("Unsqueeze", ["n", "axis0"], ["n1"], name="n1"),
         helper.make_node("Concat", ["n1", "chw"], ["shape"], name="to_4d", axis=0)]
     constants = {"shape": np.array([-1, 8, 4, 4], dtype=np.int64)} if batch == "-1" else {
-        "zero": np.array(0, np.int64), "axis0": np.array([0], np.int64), "chw": np.array([8, 4, 4], np.int64)}
+        "zero": np.array(0, np.int64), "axis0": np.array([0], np.int64),
+        "chw": np.array([-1 if batch == "z, -1" else 8, 4, 4], np.int64)}
     graph = _graph(tmp_path, first + shape + [
         helper.make_node("Reshape", ["f", "shape"], ["f4"], name="view"),
         helper.make_node("Relu", ["f4"], ["r"], name="r"),

@@ -405,9 +405,12 @@ class _Walker:
                     todo.append(user.output[0])
                 elif user.op_type == "Reshape" and user.input[0] == tensor:
                     shape = self.shape_values(user.input[1])
-                    if shape is not None and len(shape) == 4 and all(d is not None and d > 0 for d in shape[1:]) \
-                            and int(np.prod(shape[1:])) == features:
-                        found.add((int(shape[1]), int(shape[2] * shape[3])))
+                    if shape is None or len(shape) != 4 or not all(d is not None and d > 0 for d in shape[2:]):
+                        continue
+                    block = int(shape[2] * shape[3])  # axis 1 may be -1: view(n, -1, H, W) infers it
+                    channels = features // block if shape[1] == -1 and features % block == 0 else shape[1]
+                    if channels is not None and channels > 0 and channels * block == features:
+                        found.add((int(channels), block))
         return found.pop() if len(found) == 1 else (features, 1)
 
     def shape_values(self, name: str) -> list[int | None] | None:
@@ -466,7 +469,7 @@ class _Walker:
         batch = (-1, inp[0]) if attribute(node, "allowzero", 0) else (-1, 0, inp[0])
         if not (self.read_axis(first, 0) or isinstance(first, Const) and first.value in batch):
             return f"{what} does not keep the batch axis (shape {shown})"
-        if any(isinstance(e, Const) and e.value == -1 for e in entries[1:]):
+        if any(isinstance(e, Const) and e.value == -1 for e in entries[2:]):  # -1 at axis 1 infers the count
             return f"{what} infers a non-batch axis (shape {shown}), which edgegen does not re-count"
         if any(isinstance(e, Dim) and not self.read_axis(e, k) for k, e in enumerate(entries)):
             return f"{what} computes its shape {shown} from a tensor's shape in a way edgegen does not re-count"
