@@ -202,6 +202,11 @@ def test_the_int8_arm64_rule_is_identical_only_where_every_op_runs_in_int8():
     assert "the bundle's tolerance (int8 with InstanceNormalization x3, Tanh x1 in float: min_psnr_db 36.79" in \
         match["rule"]
     assert not same_images(normed, x86, {"out": -x86["out"]})["pass"]  # a real difference still fails
+    built = {**normed, "fidelity": {"psnr_db": 42.79}}  # the CPUs may differ by less than int8 does from float
+    assert same_images(built, x86, {"out": steps})["pass"]
+    shifted = same_images(built, x86, {"out": x86["out"] + np.float32(0.025)})  # 38 dB: above 36.79, not 42.79
+    assert same_images(normed, x86, {"out": x86["out"] + np.float32(0.025)})["pass"]  # the self-test floor alone
+    assert not shifted["pass"] and "min_psnr_db vs x86 42.79" in shifted["rule"], shifted
     pure = _manifest("int8", {"out": [-1.0, 1.0]})
     assert same_images(pure, x86, {"out": x86["out"].copy()})["rule"] == \
         "identical (int8: every op of the artifact runs in int8)"
