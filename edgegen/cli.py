@@ -580,8 +580,7 @@ def _serve(args) -> int:
 
 
 def _emulate(args) -> int:
-    from .emulate.device import SCHEMA, emulate
-    from .emulate.render import emulation
+    from .emulate import SCHEMA  # light: the first report is written before the emulator's modules load
 
     def stopped_early(check: str, detail: str) -> dict[str, Any]:
         """The report of a run that stopped before its checks: a CI step reads its verdict there, never an
@@ -595,6 +594,9 @@ def _emulate(args) -> int:
             write_text(args.json, _strict_json(stopped_early(
                 "emulation finished", "it did not: the run writing this report was still going, or ended without "
                 "writing its verdict (killed, or an internal error: see its stderr)")))
+        from .emulate.device import emulate
+        from .emulate.render import emulation
+
         try:
             report = emulate(args.bundle, target=args.target, runs=args.runs, rebuild=args.rebuild,
                              aarch64=not args.no_aarch64, rtl=not args.no_rtl)

@@ -2,6 +2,8 @@
 
 from ..errors import EdgegenError
 
+SCHEMA = 1  # the version of the report's layout (README: "Emulated devices", --json)
+
 
 class EmulationError(EdgegenError):
     """An emulated run failed: the bundle broke a device constraint or gave other images."""

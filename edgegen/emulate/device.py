@@ -21,12 +21,11 @@ from ..errors import BundleError, TargetError
 from ..metrics import compare, quality_outputs, value_range
 from ..reference import criteria, meets
 from ..specs import TensorSpec
-from . import EmulatorUnavailableError, process, roofline, support, userland
+from . import SCHEMA, EmulatorUnavailableError, process, roofline, support, userland
 from .render import last_line, tolerance as output_tolerance
 
 QEMU_RUNS = 3
 FP32_MAX_ABS = 1e-5
-SCHEMA = 1  # the version of the report's layout (README: "Emulated devices", --json)
 RTL_CLOCK_KEYS = ("fmax_mhz", "fmax_source", "timing_met", "latency_ms_at_board_clock")  # rtl.execution's, always
 log = logging.getLogger(__name__)
 
