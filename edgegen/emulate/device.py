@@ -204,11 +204,12 @@ def same_images(manifest: dict[str, Any], reference: dict[str, np.ndarray], got:
                 f"none (fp32: {each})")
     else:
         tolerance = manifest["reference"]["tolerance"]
-        wanted = criteria(tolerance, [s.name for s in specs], {s.name for s in quality_outputs(specs)})
+        images = {s.name for s in quality_outputs(specs)}
+        wanted = criteria(tolerance, [s.name for s in specs], images)
         built = manifest.get("fidelity", {}).get("psnr_db")
         if precision == "int8" and isinstance(built, (int, float)):  # the CPUs may differ by less than int8 does
-            wanted = {name: {**w, "min_psnr_db": max(w.get("min_psnr_db", built), built)} if name in
-                      {s.name for s in quality_outputs(specs)} else w for name, w in wanted.items()}
+            wanted = {name: {**w, "min_psnr_db": max(w.get("min_psnr_db", built), built)} if name in images else w
+                      for name, w in wanted.items()}
             tolerance = {**tolerance, "min_psnr_db vs x86": round(float(built), 2)}
         numbers = {s.name: compare(reference[s.name], got[s.name], value_range(s.range, reference[s.name]))
                    for s in specs}

@@ -53,10 +53,21 @@ def lower_short_conv_transposes(graph: Graph) -> tuple[Graph, list[dict[str, Any
 
 def _rewrite_short(node: onnx.NodeProto, model: onnx.ModelProto, shapes: dict, inits: dict):
     plan = _plan(node, shapes, inits)
-    if plan is None:
-        return None
-    (height, width), (out_h, out_w) = shapes[node.input[0]][2:], shapes[node.output[0]][2:]
-    return _rewrite(node, model, shapes, inits) if out_h < plan[0] * height or out_w < plan[0] * width else None
+    short = plan is not None and short_output(node, inits[node.input[1]].dims[2:])
+    return _rewrite(node, model, shapes, inits) if short else None
+
+
+def short_output(node: onnx.NodeProto, kernel: list[int]) -> bool:
+    """Whether a ConvTranspose's output stops short of stride x its input on an axis (at any input size: the
+    difference is (k - 1) d + 1 - s - pads + output_padding), or an output_shape or auto_pad sets it."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if "output_shape" in attrs or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return True
+    rank = len(kernel)
+    strides, dilations = attrs.get("strides", [1] * rank), attrs.get("dilations", [1] * rank)
+    pads, extra = attrs.get("pads", [0] * 2 * rank), attrs.get("output_padding", [0] * rank)
+    return any((k - 1) * d + 1 - s - pads[i] - pads[i + rank] + extra[i] < 0
+               for i, (k, s, d) in enumerate(zip(kernel, strides, dilations)))
 
 
 def _rewrite(node: onnx.NodeProto, model: onnx.ModelProto, shapes: dict, inits: dict, merged: bool = False):

@@ -16,6 +16,7 @@ from ...errors import BuildError
 from .. import require
 from ...graph import Graph
 from ...passes.channel_edit import drop_dead_nodes
+from ...passes.lower_conv_transpose import short_output
 from ...passes.qdq import (activations_to_uint8, computed_weights_in_float, fuse_activation_requantization,
                            shuffles_after_float_convs)
 from ...targets import Target
@@ -119,7 +120,8 @@ def short_conv_transposes_in_float(model: onnx.ModelProto) -> onnx.ModelProto:
     changed = False
     for node in model.graph.node:
         dq = producer.get(node.input[1]) if node.op_type == "ConvTranspose" and len(node.input) > 1 else None
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or not _short(node, inits, dq):
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or \
+                not short_output(node, inits[dq.input[0]].dims[2:]):
             continue
         values = [numpy_helper.to_array(inits[name]) if name in inits else None for name in dq.input]
         scale, zero = values[1], values[2] if len(values) > 2 and values[2] is not None else 0
@@ -136,19 +138,6 @@ def short_conv_transposes_in_float(model: onnx.ModelProto) -> onnx.ModelProto:
     if changed:
         drop_dead_nodes(model)
     return model
-
-
-def _short(node: onnx.NodeProto, inits: dict, dq: onnx.NodeProto) -> bool:
-    """Whether a ConvTranspose's output is shorter than stride x its input on an axis, or set otherwise."""
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if "output_shape" in attrs or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        return True
-    kernel = inits[dq.input[0]].dims[2:]
-    rank = len(kernel)
-    strides, dilations = attrs.get("strides", [1] * rank), attrs.get("dilations", [1] * rank)
-    pads, extra = attrs.get("pads", [0] * 2 * rank), attrs.get("output_padding", [0] * rank)
-    return any((k - 1) * d + 1 - s - pads[i] - pads[i + rank] + extra[i] < 0
-               for i, (k, s, d) in enumerate(zip(kernel, strides, dilations)))
 
 
 def _save_reproducibly(ov, model, xml: Path, compress_to_fp16: bool) -> None:
